@@ -1,0 +1,491 @@
+"""Step-wise f-divergences for sequence-level distillation (f-DISTILL), as pure tensor functions.
+
+This module is the one definition of every loss term in fdistill: the trainer, the
+kernels, the metrics and the baselines all import it.
+
+Notation (Wen et al., "f-Divergence Minimization for Sequence-Level Knowledge
+Distillation", ACL 2023 — "the paper"): teacher ``p``, student ``q``. At position
+``t`` of a sampled sequence both models give a next-token distribution ``p_t`` and
+``q_t`` over the vocabulary. A sequence-level divergence decomposes into a sum over
+positions of a per-step divergence at sampled prefixes (the paper's Theorem 1,
+Appendix A, Eqs. 14, 21, 22, 36, 37):
+
+=========  ==============================  ==============================  ===================
+kind       term on teacher samples y ~ p   term on student samples y' ~ q  combined loss
+=========  ==============================  ==============================  ===================
+``kl``     ``Σ_v p log(p/q)``              —                               teacher term
+``rkl``    —                               ``Σ_v q log(q/p)``              student term
+``js``     ``Σ_v p log(p/m)``              ``Σ_v q log(q/m)``              β·teacher + (1−β)·student
+``tvd``    ``½ Σ_v |q − p|``               ``½ Σ_v |q − p|``               ½·teacher + ½·student
+=========  ==============================  ==============================  ===================
+
+with β = ½ for the paper's JS. KL, RKL and JS decompose exactly; the TVD terms are an
+upper bound on the sequence-level TVD (Theorem 1b).
+
+The JS mixture ``m_t``. The paper's code used ``m_t = ½ p_t + ½ q_t`` (Eq. 11,
+``js_mixture="stepwise"``). Its §7 note 1 gives the exact conditional
+``m(Y_t | y_<t) = m(y_≤t) / m(y_<t)`` (Eq. 12), which works out to
+
+    m_t = w_t · p_t + (1 − w_t) · q_t,   w_t = σ(logit β + log p(y_<t) − log q(y_<t)),
+
+with ``log p(y_<t)``, ``log q(y_<t)`` the cumulative log-probabilities of the sampled
+prefix (``js_mixture="exact"``, :func:`exact_js_mixture_weight`). ``w_t`` carries no
+gradient. With it the expected JS step terms equal the sequence-level (skew) JS
+divergence ``β·KL(p‖m) + (1−β)·KL(q‖m)``, ``m = βp + (1−β)q`` exactly.
+
+Stop-gradient (§7 note 2): sampled prefixes carry no gradient; gradients flow only
+through the student's per-step distributions (and through ``m_t``, which contains them).
+
+Numerics: everything is computed in float32 (float64 stays float64) from logits with
+``log_softmax``; mixtures are formed in log space with ``logaddexp``; terms of the form
+``a · log(a/b)`` are taken as exactly 0 where ``a = 0`` (a banned, ``-inf``-logit token),
+so ``-inf`` logits give neither NaN values nor NaN gradients. Positions that are masked
+out are never read: they contribute exactly 0 to values and gradients whatever their
+logits hold.
+
+Why in-house: the terms themselves are a few lines of torch; what no library provides
+is the exact JS mixture, the TVD bound, and one definition shared by every objective.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "DIVERGENCES",
+    "JS_MIXTURES",
+    "REDUCTIONS",
+    "DivergenceLoss",
+    "SampledSequences",
+    "cross_entropy_terms",
+    "engine_terms",
+    "exact_js_mixture_weight",
+    "f_divergence_loss",
+    "hidden_state_mse_terms",
+    "reduce_terms",
+    "sequence_mask",
+    "step_divergence",
+    "token_entropy",
+    "token_logprobs",
+    "word_kd_terms",
+]
+
+DIVERGENCES = ("kl", "rkl", "js", "tvd")
+SIDES = ("teacher", "student")
+JS_MIXTURES = ("stepwise", "exact")
+REDUCTIONS = ("sequence", "token")
+IGNORE_INDEX = -100
+
+Divergence = Literal["kl", "rkl", "js", "tvd"]
+Side = Literal["teacher", "student"]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """float32 for half/bfloat16/float32 inputs, float64 for float64 inputs."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _log_probs(logits: Tensor, temperature: float, dtype: torch.dtype) -> Tensor:
+    """``log softmax(logits / T)`` in ``dtype`` (upcast before dividing)."""
+    logits = logits.to(dtype)
+    if temperature != 1.0:
+        logits = logits / temperature
+    return torch.log_softmax(logits, dim=-1)
+
+
+def _xlogy_ratio(log_a: Tensor, log_b: Tensor) -> Tensor:
+    """Element-wise ``a · (log a − log b)`` with the convention ``0 · log 0 = 0``.
+
+    The difference is zeroed *before* the product where ``a = 0``, so neither the value
+    nor the gradient sees ``0 · ∞`` (torch.where alone would give NaN gradients).
+    """
+    a = log_a.exp()
+    diff = torch.where(a > 0, log_a - log_b, torch.zeros_like(log_a))
+    return a * diff
+
+
+def _check_temperature(temperature: float) -> None:
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}; use 1.0 for the untempered divergence.")
+
+
+def _check_beta(beta: float) -> None:
+    if not 0.0 < beta < 1.0:
+        raise ValueError(
+            f"js_beta must lie strictly between 0 and 1, got {beta!r}; 0.5 is the paper's (symmetric) JS divergence."
+        )
+
+
+def _check_kind(kind: str, allowed: tuple[str, ...] = DIVERGENCES) -> None:
+    if kind not in allowed:
+        raise ValueError(f"unknown divergence {kind!r}; choose one of {', '.join(allowed)}.")
+
+
+def _check_same_vocab(student_logits: Tensor, teacher_logits: Tensor) -> None:
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ in "
+            "shape; both models must score the same positions over the same vocabulary (a student must share the "
+            "teacher's tokenizer; resize or slice padded LM heads to the tokenizer's vocabulary size)."
+        )
+
+
+# ----------------------------------------------------------------------------- per-step terms
+
+
+def step_divergence(
+    kind: Divergence,
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    *,
+    on: Side,
+    mixture_weight: Tensor | float | None = None,
+    temperature: float = 1.0,
+) -> Tensor:
+    """Per-position f-divergence term between teacher ``p_t`` and student ``q_t``.
+
+    ``p_t = softmax(teacher_logits / T)``, ``q_t = softmax(student_logits / T)``:
+
+    - ``kl``:  ``Σ_v p log(p/q)``          (paper Eq. 6/21)
+    - ``rkl``: ``Σ_v q log(q/p)``          (Eq. 7/22)
+    - ``js``:  ``Σ_v p log(p/m)`` if ``on="teacher"``, ``Σ_v q log(q/m)`` if ``on="student"``,
+      ``m = w·p + (1−w)·q`` (Eq. 8/14); ``w = mixture_weight`` (½ when ``None``; the
+      exact Eq. 12 weight comes from :func:`exact_js_mixture_weight`)
+    - ``tvd``: ``½ Σ_v |q − p|``           (Eq. 10/36/37)
+
+    ``on`` says which model sampled the prefixes. It selects the half of JS; the KL,
+    RKL and TVD terms have the same formula on either side (the table in the module
+    docstring says which sides each objective uses; KL on student samples is the
+    on-policy forward KL of GKD). The JS teacher-side term with a constant weight
+    ``α`` is the skew KL ``KL(p ‖ αp + (1−α)q)``.
+
+    Arguments:
+        kind: ``"kl"``, ``"rkl"``, ``"js"`` or ``"tvd"``.
+        student_logits: ``(..., V)`` student logits (any float dtype).
+        teacher_logits: ``(..., V)`` teacher logits, same shape.
+        on: ``"teacher"`` or ``"student"``.
+        mixture_weight: teacher weight ``w`` in the JS mixture, a float or a tensor
+            broadcastable to ``(...)``; gradient is not propagated through it.
+        temperature: loss temperature ``T`` applied to both models' logits.
+
+    Returns:
+        ``(...)`` tensor in float32 (float64 for float64 inputs), no reduction.
+
+    Example:
+        >>> s, t = torch.randn(2, 5, 11), torch.randn(2, 5, 11)
+        >>> step_divergence("js", s, t, on="student").shape
+        torch.Size([2, 5])
+    """
+    _check_kind(kind)
+    if on not in SIDES:
+        raise ValueError(f"on must be 'teacher' or 'student' (which model sampled the prefixes), got {on!r}.")
+    _check_temperature(temperature)
+    _check_same_vocab(student_logits, teacher_logits)
+    dtype = _compute_dtype(student_logits)
+    log_q = _log_probs(student_logits, temperature, dtype)  # (..., V)
+    log_p = _log_probs(teacher_logits, temperature, dtype)  # (..., V)
+
+    if kind == "kl":
+        return _xlogy_ratio(log_p, log_q).sum(-1)
+    if kind == "rkl":
+        return _xlogy_ratio(log_q, log_p).sum(-1)
+    if kind == "tvd":
+        return 0.5 * (log_q.exp() - log_p.exp()).abs().sum(-1)
+
+    # js: log m = logaddexp(log w + log p, log(1 − w) + log q), formed in log space.
+    if mixture_weight is None:
+        mixture_weight = 0.5
+    w = torch.as_tensor(mixture_weight, dtype=dtype, device=log_p.device).detach()
+    if w.dim() > 0:
+        w = w.unsqueeze(-1)  # broadcast over the vocabulary
+    if ((w < 0) | (w > 1)).any():
+        raise ValueError("mixture_weight must lie in [0, 1] (it is the teacher's share of the JS mixture m).")
+    log_wp = log_p + torch.log(w)  # (..., V)
+    log_wq = log_q + torch.log1p(-w)  # (..., V)
+    # A token banned by both models has m = 0; logaddexp(-inf, -inf) has a NaN gradient,
+    # so feed it zeros there: the term's weight (p or q) is 0 at such tokens anyway.
+    both_banned = torch.isneginf(log_p) & torch.isneginf(log_q)
+    log_m = torch.logaddexp(log_wp.masked_fill(both_banned, 0.0), log_wq.masked_fill(both_banned, 0.0))
+    if on == "teacher":
+        return _xlogy_ratio(log_p, log_m).sum(-1)
+    return _xlogy_ratio(log_q, log_m).sum(-1)
+
+
+def token_logprobs(logits: Tensor, labels: Tensor, *, temperature: float = 1.0, ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """``log softmax(logits / T)[labels]`` per position, 0 where ``labels == ignore_index``.
+
+    ``logits`` are ``(B, T, V)`` aligned with ``labels`` ``(B, T)``: ``logits[b, t]`` is the
+    distribution that ``labels[b, t]`` was drawn from (callers shift decoder-only logits).
+    """
+    _check_temperature(temperature)
+    mask = labels != ignore_index
+    log_probs = _log_probs(logits, temperature, _compute_dtype(logits))
+    picked = log_probs.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)  # (B, T)
+    return torch.where(mask, picked, torch.zeros_like(picked))
+
+
+def exact_js_mixture_weight(
+    teacher_token_logprobs: Tensor,
+    student_token_logprobs: Tensor,
+    mask: Tensor,
+    *,
+    beta: float = 0.5,
+) -> Tensor:
+    """Teacher weight ``w_t`` of the exact step-wise JS mixture (paper §7, Eq. 12).
+
+    ``m(Y_t | y_<t) = m(y_<t, Y_t) / m(y_<t)`` with ``m = βp + (1−β)q`` equals
+    ``w_t p_t + (1 − w_t) q_t`` where
+
+        w_t = σ( log β − log(1−β) + log p(y_<t) − log q(y_<t) ),
+        log p(y_<t) = Σ_{s<t, mask_s} log p(y_s | y_<s)   (exclusive of t).
+
+    Arguments:
+        teacher_token_logprobs: ``(B, T)`` teacher log-probability of each sampled token.
+        student_token_logprobs: ``(B, T)`` student log-probability of each sampled token.
+        mask: ``(B, T)`` bool, True where the token belongs to the sampled sequence
+            (prompt and padding positions are ignored in the prefix sums).
+        beta: the teacher's share of the sequence-level mixture (½ for the paper's JS).
+
+    Returns:
+        ``(B, T)`` weights in [0, 1], detached (the weight carries no gradient).
+    """
+    _check_beta(beta)
+    mask = mask.bool()
+    dtype = torch.promote_types(_compute_dtype(teacher_token_logprobs), _compute_dtype(student_token_logprobs))
+    diff = (teacher_token_logprobs.detach().to(dtype) - student_token_logprobs.detach().to(dtype)).masked_fill(~mask, 0)
+    prefix = diff.cumsum(-1) - diff  # exclusive cumulative sum: log p(y_<t) − log q(y_<t)
+    logit_beta = torch.log(torch.tensor(beta, dtype=dtype)) - torch.log1p(torch.tensor(-beta, dtype=dtype))
+    return torch.sigmoid(prefix + logit_beta.to(prefix.device))
+
+
+def token_entropy(logits: Tensor, *, temperature: float = 1.0) -> Tensor:
+    """Entropy ``H(q_t) = −Σ_v q log q`` of each position's distribution, ``(..., V) → (...)``."""
+    _check_temperature(temperature)
+    log_q = _log_probs(logits, temperature, _compute_dtype(logits))
+    return -_xlogy_ratio(log_q, torch.zeros_like(log_q)).sum(-1)
+
+
+# ----------------------------------------------------------------------------- baseline terms
+
+
+def cross_entropy_terms(logits: Tensor, labels: Tensor, *, ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """``−log q(y_t | y_<t)`` per position (MLE on references, SeqKD on teacher beam outputs, Eq. 3).
+
+    ``(B, T, V), (B, T) → (B, T)``, exactly 0 where ``labels == ignore_index``.
+    """
+    return -token_logprobs(logits, labels, ignore_index=ignore_index)
+
+
+def engine_terms(student_logits: Tensor, teacher_logits: Tensor, *, temperature: float = 1.0) -> Tensor:
+    """ENGINE energy ``Σ_v q · (−log p)`` per position on student samples (Tu et al. 2020; paper §2.2).
+
+    Equals the RKL term plus the student's entropy: RKL less the entropy bonus.
+    """
+    _check_temperature(temperature)
+    _check_same_vocab(student_logits, teacher_logits)
+    dtype = _compute_dtype(student_logits)
+    log_q = _log_probs(student_logits, temperature, dtype)
+    log_p = _log_probs(teacher_logits, temperature, dtype)
+    q = log_q.exp()
+    neg_log_p = torch.where(q > 0, -log_p, torch.zeros_like(log_p))  # 0 · ∞ := 0 for banned tokens
+    return (q * neg_log_p).sum(-1)
+
+
+def word_kd_terms(student_logits: Tensor, teacher_logits: Tensor, *, temperature: float = 1.0) -> Tensor:
+    """Word-level KD ``T² · KL(p_T ‖ q_T)`` per position (Hinton et al. 2015; pre-distillation after Shleifer & Rush 2020).
+
+    The ``T²`` factor keeps gradient magnitudes comparable across temperatures.
+    """
+    return temperature**2 * step_divergence("kl", student_logits, teacher_logits, on="teacher", temperature=temperature)
+
+
+def hidden_state_mse_terms(student_hidden: Tensor, teacher_hidden: Tensor) -> Tensor:
+    """Mean squared error between matched hidden states per position, ``(..., H) → (...)`` (Shleifer & Rush 2020).
+
+    Student and teacher must have the same hidden size (students copied from the
+    teacher's layers do); the mean runs over the hidden dimension.
+    """
+    if student_hidden.shape[-1] != teacher_hidden.shape[-1]:
+        raise ValueError(
+            f"hidden sizes differ (student {student_hidden.shape[-1]}, teacher {teacher_hidden.shape[-1]}); "
+            "hidden-state matching needs a student of the teacher's width (set the hidden-state weight to 0 otherwise)."
+        )
+    dtype = _compute_dtype(student_hidden)
+    return (student_hidden.to(dtype) - teacher_hidden.detach().to(dtype)).pow(2).mean(-1)
+
+
+# ----------------------------------------------------------------------------- masks and reductions
+
+
+def sequence_mask(labels: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """True where a position holds a sampled/target token (``labels != ignore_index``)."""
+    return labels != ignore_index
+
+
+def reduce_terms(
+    terms: Tensor,
+    mask: Tensor,
+    *,
+    reduction: Literal["sequence", "token"] = "sequence",
+    num_items_in_batch: int | Tensor | None = None,
+) -> Tensor:
+    """Reduce per-position terms ``(B, T)`` to a scalar.
+
+    - ``"sequence"`` (the paper's objective): ``Σ_{b,t} mask·terms / n_seq``, the sum over
+      each sequence's positions averaged over sequences; ``n_seq`` defaults to the number
+      of sequences with at least one unmasked position.
+    - ``"token"``: ``Σ_{b,t} mask·terms / n_tok``; ``n_tok`` defaults to ``mask.sum()``.
+
+    ``num_items_in_batch`` replaces the default denominator by the count over the whole
+    global batch (all gradient-accumulation micro-batches and all processes, as
+    transformers passes it), so that summing the micro-batch losses gives exactly the
+    full-batch loss. Masked positions contribute exactly 0 even if ``terms`` holds NaN there.
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; choose 'sequence' (sum over positions, mean over sequences) or 'token' (mean over tokens).")
+    mask = mask.bool()
+    total = torch.where(mask, terms, torch.zeros_like(terms)).sum()
+    if num_items_in_batch is None:
+        count = mask.any(-1).sum() if reduction == "sequence" else mask.sum()
+        num_items_in_batch = count.clamp_min(1).to(total.dtype)
+    return total / num_items_in_batch
+
+
+# ----------------------------------------------------------------------------- the f-DISTILL loss
+
+
+@dataclass
+class SampledSequences:
+    """Both models' logits on one batch of sampled sequences (teacher's or student's).
+
+    Attributes:
+        student_logits: ``(B, T, V)`` student logits at each position.
+        teacher_logits: ``(B, T, V)`` teacher logits at the same positions.
+        labels: ``(B, T)`` the token sampled at each position (aligned with the logits:
+            ``logits[b, t]`` is the distribution ``labels[b, t]`` was drawn from), and
+            ``ignore_index`` at prompt, padding and post-EOS positions.
+        num_items_in_batch: optional global denominator (sequences for the
+            ``"sequence"`` reduction, tokens for ``"token"``) for exact gradient accumulation.
+    """
+
+    student_logits: Tensor
+    teacher_logits: Tensor
+    labels: Tensor
+    num_items_in_batch: int | Tensor | None = None
+
+
+@dataclass
+class DivergenceLoss:
+    """The combined loss and its two halves (each already reduced; unweighted)."""
+
+    loss: Tensor
+    teacher_term: Tensor | None
+    student_term: Tensor | None
+
+
+def _side_weight(kind: str, side: Side, beta: float) -> float:
+    """Coefficient of each side's term in the combined objective (the module table)."""
+    weights = {"kl": (1.0, 0.0), "rkl": (0.0, 1.0), "js": (beta, 1.0 - beta), "tvd": (0.5, 0.5)}[kind]
+    return weights[0] if side == "teacher" else weights[1]
+
+
+def _side_terms(
+    kind: str,
+    batch: SampledSequences,
+    *,
+    on: Side,
+    js_mixture: str,
+    js_beta: float,
+    temperature: float,
+    ignore_index: int,
+) -> tuple[Tensor, Tensor]:
+    """Per-position terms ``(B, T)`` (exactly 0 at masked positions) and the mask for one side."""
+    _check_same_vocab(batch.student_logits, batch.teacher_logits)
+    if batch.labels.shape != batch.student_logits.shape[:-1]:
+        raise ValueError(
+            f"labels {tuple(batch.labels.shape)} do not match logits {tuple(batch.student_logits.shape)}; labels must "
+            "be (B, T) and aligned with the logits (shift decoder-only logits by one before calling)."
+        )
+    mask = sequence_mask(batch.labels, ignore_index)
+    rows = mask.nonzero(as_tuple=True)  # only unmasked positions are ever read
+    student = batch.student_logits[rows]  # (N, V)
+    teacher = batch.teacher_logits[rows]  # (N, V)
+    weight: Tensor | float = js_beta
+    if kind == "js" and js_mixture == "exact":
+        labels = batch.labels[rows]
+        with torch.no_grad():
+            lp_p = _log_probs(teacher, temperature, _compute_dtype(teacher)).gather(-1, labels[:, None]).squeeze(-1)
+            lp_q = _log_probs(student, temperature, _compute_dtype(student)).gather(-1, labels[:, None]).squeeze(-1)
+            full_p = torch.zeros(mask.shape, dtype=lp_p.dtype, device=lp_p.device).index_put(rows, lp_p)
+            full_q = torch.zeros(mask.shape, dtype=lp_q.dtype, device=lp_q.device).index_put(rows, lp_q)
+            weight = exact_js_mixture_weight(full_p, full_q, mask, beta=js_beta)[rows]
+    terms = step_divergence(kind, student, teacher, on=on, mixture_weight=weight, temperature=temperature)  # (N,)
+    full = torch.zeros(mask.shape, dtype=terms.dtype, device=terms.device).index_put(rows, terms)  # (B, T)
+    return full, mask
+
+
+def f_divergence_loss(
+    kind: Divergence,
+    *,
+    teacher_samples: SampledSequences | None = None,
+    student_samples: SampledSequences | None = None,
+    js_mixture: Literal["stepwise", "exact"] = "stepwise",
+    js_beta: float = 0.5,
+    temperature: float = 1.0,
+    reduction: Literal["sequence", "token"] = "sequence",
+    ignore_index: int = IGNORE_INDEX,
+) -> DivergenceLoss:
+    """The f-DISTILL objective for one batch (paper Eqs. 6–10, with Eq. 12 for ``js_mixture="exact"``).
+
+        J_KL  = E_{y~p} Σ_t KL(p_t ‖ q_t)
+        J_RKL = E_{y'~q} Σ_t KL(q_t ‖ p_t)
+        J_JS  = β E_{y~p} Σ_t KL(p_t ‖ m_t) + (1−β) E_{y'~q} Σ_t KL(q_t ‖ m_t)
+        J_TVD = ½ E_{y~p} Σ_t TVD(p_t, q_t) + ½ E_{y'~q} Σ_t TVD(p_t, q_t)
+
+    The expectations are the batch means of ``teacher_samples`` (offline teacher samples)
+    and ``student_samples`` (online student samples). Which ones are needed: ``kl`` the
+    teacher's, ``rkl`` the student's, ``js`` and ``tvd`` both.
+
+    Arguments:
+        kind: ``"kl"``, ``"rkl"``, ``"js"`` or ``"tvd"``.
+        teacher_samples, student_samples: :class:`SampledSequences` for each side.
+        js_mixture: ``"stepwise"`` (Eq. 11, the paper's code) or ``"exact"`` (Eq. 12).
+        js_beta: teacher share β of the JS mixture (½ = the paper's JS).
+        temperature: loss temperature applied to both models' logits.
+        reduction: ``"sequence"`` (sum over positions, mean over sequences) or ``"token"``.
+
+    Returns:
+        :class:`DivergenceLoss` with the combined ``loss`` and each side's reduced term.
+    """
+    _check_kind(kind)
+    if js_mixture not in JS_MIXTURES:
+        raise ValueError(f"unknown js_mixture {js_mixture!r}; choose 'stepwise' (paper Eq. 11) or 'exact' (Eq. 12).")
+    _check_beta(js_beta)
+    _check_temperature(temperature)
+    inputs = {"teacher": teacher_samples, "student": student_samples}
+    reduced: dict[str, Tensor | None] = {"teacher": None, "student": None}
+    loss: Tensor | None = None
+    for side in SIDES:
+        coeff = _side_weight(kind, side, js_beta)
+        if coeff == 0.0:
+            continue
+        batch = inputs[side]
+        if batch is None:
+            raise ValueError(
+                f"{kind} needs {side} samples: pass {side}_samples= (the {side}'s sampled sequences scored by both models)."
+            )
+        terms, mask = _side_terms(
+            kind, batch, on=side, js_mixture=js_mixture, js_beta=js_beta, temperature=temperature, ignore_index=ignore_index
+        )
+        reduced[side] = reduce_terms(terms, mask, reduction=reduction, num_items_in_batch=batch.num_items_in_batch)
+        loss = coeff * reduced[side] if loss is None else loss + coeff * reduced[side]
+    assert loss is not None
+    return DivergenceLoss(loss=loss, teacher_term=reduced["teacher"], student_term=reduced["student"])
