@@ -1,7 +1,18 @@
 """fdistill: sequence-level knowledge distillation by f-divergence minimisation (f-DISTILL) for transformers."""
 
+from fdistill.config import DistillArguments, FDistillConfig
 from fdistill.divergences import exact_js_mixture_weight, f_divergence_loss, step_divergence
+from fdistill.trainer import FDistillMixin, FDistillTrainer
 
 __version__ = "0.1.0"
 
-__all__ = ["exact_js_mixture_weight", "f_divergence_loss", "step_divergence", "__version__"]
+__all__ = [
+    "DistillArguments",
+    "FDistillConfig",
+    "FDistillMixin",
+    "FDistillTrainer",
+    "exact_js_mixture_weight",
+    "f_divergence_loss",
+    "step_divergence",
+    "__version__",
+]

@@ -1,0 +1,173 @@
+"""Configuration of an f-DISTILL run: `DistillArguments` (the distillation settings) and `FDistillConfig`.
+
+`FDistillConfig` is `Seq2SeqTrainingArguments` plus `DistillArguments`, so every
+transformers training option works unchanged. `DistillArguments` alone is what the
+`FDistillMixin` needs when a user brings their own `Trainer` and arguments class.
+Every field is validated in `__post_init__`; the user's values are never rewritten.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import Seq2SeqTrainingArguments
+
+from fdistill.divergences import DIVERGENCES, JS_MIXTURES, REDUCTIONS
+
+BASELINES = ("mle", "seqkd", "engine", "predistill")
+OBJECTIVES = DIVERGENCES + BASELINES
+
+# Which inputs each objective reads: ground-truth references, offline teacher samples, online student samples.
+NEEDS_REFERENCE = ("mle", "predistill")
+NEEDS_TEACHER_SAMPLES = ("kl", "js", "tvd", "seqkd")
+NEEDS_STUDENT_SAMPLES = ("rkl", "js", "tvd", "engine")
+NEEDS_TEACHER = ("kl", "rkl", "js", "tvd", "engine", "predistill")
+
+
+@dataclass
+class DistillArguments:
+    """Distillation settings shared by `FDistillConfig` and the `FDistillMixin`.
+
+    References: Wen et al. 2023 (f-DISTILL, arXiv:2305.15718); Shleifer & Rush 2020
+    (pre-distillation, arXiv:2010.13002).
+    """
+
+    objective: str = field(
+        default="tvd",
+        metadata={
+            "help": "What to minimise: an f-divergence ('kl', 'rkl', 'js', 'tvd') or a baseline ('mle' on references, "
+            "'seqkd' cross-entropy on teacher beam outputs, 'engine' teacher energy of student samples, 'predistill' "
+            "MLE + word-level KL + hidden-state MSE on references)."
+        },
+    )
+    js_mixture: str = field(
+        default="stepwise",
+        metadata={"help": "JS mixture m_t: 'stepwise' = ½p_t + ½q_t (paper Eq. 11) or 'exact' prefix-weighted (Eq. 12)."},
+    )
+    js_beta: float = field(
+        default=0.5, metadata={"help": "Teacher share β of the JS mixture, 0 < β < 1; 0.5 is the paper's JS."}
+    )
+    loss_temperature: float = field(
+        default=1.0,
+        metadata={"help": "Temperature applied to both models' logits inside the loss (not the sampling temperature)."},
+    )
+    loss_reduction: str = field(
+        default="sequence",
+        metadata={"help": "'sequence': sum over positions, mean over sequences (the paper's objective); 'token': token mean."},
+    )
+    # --- online student sampling
+    student_do_sample: bool = field(
+        default=True, metadata={"help": "Student samples by ancestral sampling (True, the paper) or greedy/beam search."}
+    )
+    student_sampling_temperature: float = field(
+        default=1.0, metadata={"help": "Sampling temperature of online student samples (1.0 = the model's distribution)."}
+    )
+    student_top_k: int = field(default=0, metadata={"help": "Top-k filter for student sampling; 0 disables it."})
+    student_top_p: float = field(default=1.0, metadata={"help": "Nucleus (top-p) filter for student sampling; 1.0 disables it."})
+    student_num_beams: int = field(default=1, metadata={"help": "Beams when student_do_sample is False (1 = greedy)."})
+    max_new_tokens: int = field(default=64, metadata={"help": "Length limit of online student samples, in new tokens."})
+    # --- data
+    prompt_column: str = field(default="prompt", metadata={"help": "Dataset column with the input text (or token ids)."})
+    reference_column: str = field(
+        default="reference", metadata={"help": "Dataset column with ground-truth targets (text or token ids)."}
+    )
+    teacher_sample_column: str = field(
+        default="teacher_sample_ids",
+        metadata={
+            "help": "Dataset column with offline teacher samples (token ids as the teacher sampled them, EOS included "
+            "when it stopped there; or text). For 'seqkd' point it at the teacher's beam-search outputs."
+        },
+    )
+    max_prompt_length: int = field(default=256, metadata={"help": "Prompts are truncated (from the left) to this many tokens."})
+    max_target_length: int = field(default=128, metadata={"help": "References and teacher samples are truncated to this many tokens."})
+    use_chat_template: bool = field(
+        default=False,
+        metadata={"help": "Wrap each prompt as a user message with the tokenizer's chat template (decoder-only chat models)."},
+    )
+    # --- pre-distillation (Shleifer & Rush 2020)
+    predistill_alpha_mle: float = field(default=0.8, metadata={"help": "Weight of cross-entropy on references in 'predistill'."})
+    predistill_alpha_kd: float = field(default=0.2, metadata={"help": "Weight of word-level KL(p‖q) on references in 'predistill'."})
+    predistill_alpha_hidden: float = field(
+        default=0.0, metadata={"help": "Weight of hidden-state MSE between matched layers in 'predistill' (needs equal widths)."}
+    )
+    predistill_layer_map: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Teacher layer matched by each student (decoder) layer for the hidden-state MSE; default: the layers "
+            "the student was copied from (recorded by fdistill.student)."
+        },
+    )
+    teacher_dtype: str | None = field(
+        default=None, metadata={"help": "dtype to load/cast the teacher to ('float32', 'bfloat16', ...); default: the student's."}
+    )
+
+    def __post_init__(self):
+        def bad(name, value, fix):
+            raise ValueError(f"{name}={value!r} is not valid: {fix}")
+
+        if self.objective not in OBJECTIVES:
+            bad("objective", self.objective, f"choose one of {', '.join(OBJECTIVES)}.")
+        if self.js_mixture not in JS_MIXTURES:
+            bad("js_mixture", self.js_mixture, "use 'stepwise' (paper Eq. 11) or 'exact' (Eq. 12).")
+        if not 0.0 < self.js_beta < 1.0:
+            bad("js_beta", self.js_beta, "use a value strictly between 0 and 1 (0.5 = the paper's JS).")
+        if not self.loss_temperature > 0:
+            bad("loss_temperature", self.loss_temperature, "use a positive temperature (1.0 = untempered).")
+        if self.loss_reduction not in REDUCTIONS:
+            bad("loss_reduction", self.loss_reduction, "use 'sequence' or 'token'.")
+        if not self.student_sampling_temperature > 0:
+            bad("student_sampling_temperature", self.student_sampling_temperature, "use a positive temperature.")
+        if self.student_top_k < 0:
+            bad("student_top_k", self.student_top_k, "use 0 (off) or a positive k.")
+        if not 0.0 < self.student_top_p <= 1.0:
+            bad("student_top_p", self.student_top_p, "use a value in (0, 1]; 1.0 disables nucleus filtering.")
+        if self.student_num_beams < 1:
+            bad("student_num_beams", self.student_num_beams, "use 1 or more beams.")
+        if self.student_do_sample and self.student_num_beams > 1:
+            bad("student_num_beams", self.student_num_beams, "beams need student_do_sample=False.")
+        for name in ("max_new_tokens", "max_prompt_length", "max_target_length"):
+            if getattr(self, name) < 1:
+                bad(name, getattr(self, name), "use a positive length.")
+        for name in ("predistill_alpha_mle", "predistill_alpha_kd", "predistill_alpha_hidden"):
+            if getattr(self, name) < 0:
+                bad(name, getattr(self, name), "weights must be >= 0.")
+        if self.objective == "predistill" and (
+            self.predistill_alpha_mle + self.predistill_alpha_kd + self.predistill_alpha_hidden == 0
+        ):
+            bad("predistill_alpha_*", 0, "at least one pre-distillation weight must be positive.")
+        if self.teacher_dtype not in (None, "float32", "float16", "bfloat16", "float64", "auto"):
+            bad("teacher_dtype", self.teacher_dtype, "use float32, float16, bfloat16, float64 or leave unset.")
+
+    @property
+    def needs_student_samples(self) -> bool:
+        return self.objective in NEEDS_STUDENT_SAMPLES
+
+    @property
+    def needs_teacher_samples(self) -> bool:
+        return self.objective in NEEDS_TEACHER_SAMPLES
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.objective in NEEDS_REFERENCE
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.objective in NEEDS_TEACHER
+
+
+@dataclass
+class FDistillConfig(DistillArguments, Seq2SeqTrainingArguments):
+    """`Seq2SeqTrainingArguments` with the f-DISTILL settings of :class:`DistillArguments`.
+
+    Example:
+        >>> FDistillConfig(output_dir="out", objective="js", js_mixture="exact", max_new_tokens=32)  # doctest: +SKIP
+    """
+
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={"help": "Kept False: the trainer reads its own columns (prompt, reference, teacher samples)."},
+    )
+
+    def __post_init__(self):
+        DistillArguments.__post_init__(self)
+        Seq2SeqTrainingArguments.__post_init__(self)

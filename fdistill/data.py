@@ -1,0 +1,196 @@
+"""Batches for distillation: the collator, completion masks, and model inputs for scoring sampled sequences.
+
+One representation serves every objective and both architectures. A batch holds
+prompts (left-padded for decoder-only models so they can be continued by
+``generate``; right-padded encoder inputs for encoder–decoders) and one or more sets of
+*completions* — references, offline teacher samples, online student samples — each
+right-padded with an explicit mask (never inferred from the pad id, since pad == eos
+in many chat models). :func:`scoring_inputs` turns prompts + completions into the
+forward kwargs of either architecture and says which logits score which completion token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+IGNORE_INDEX = -100
+
+
+def completion_mask(completions: Tensor, eos_token_ids: list[int] | int | None) -> Tensor:
+    """True up to and including the first EOS of each row (all True for rows cut at the length limit).
+
+    ``generate`` fills finished rows with the pad id, which may equal EOS: only the
+    first EOS counts, so a sequence that stops at EOS keeps that EOS as its last token.
+    """
+    if eos_token_ids is None:
+        return torch.ones_like(completions, dtype=torch.bool)
+    eos = torch.as_tensor(eos_token_ids, device=completions.device).reshape(-1)
+    is_eos = torch.isin(completions, eos).long()
+    return (is_eos.cumsum(-1) - is_eos) == 0  # no EOS strictly before this position
+
+
+def pad_right(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """Right-pad token lists to ``(B, L)`` ids and a bool mask (L ≥ 1)."""
+    length = max(1, max((len(r) for r in rows), default=0))
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.bool)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = True
+    return ids, mask
+
+
+def pad_left(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """Left-pad token lists to ``(B, L)`` ids and a bool mask."""
+    length = max(1, max((len(r) for r in rows), default=0))
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.bool)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, length - len(r) :] = torch.tensor(r, dtype=torch.long)
+            mask[i, length - len(r) :] = True
+    return ids, mask
+
+
+def cat_completions(parts: list[tuple[Tensor, Tensor]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """Stack completion sets ``[(ids, mask), ...]`` along the batch, right-padding to a common length."""
+    length = max(ids.shape[1] for ids, _ in parts)
+    out_ids, out_mask = [], []
+    for ids, mask in parts:
+        extra = length - ids.shape[1]
+        out_ids.append(torch.nn.functional.pad(ids, (0, extra), value=pad_id))
+        out_mask.append(torch.nn.functional.pad(mask, (0, extra), value=False))
+    return torch.cat(out_ids), torch.cat(out_mask)
+
+
+@dataclass
+class ScoringInputs:
+    """Forward kwargs for one model call, and how to read its logits.
+
+    ``logits[:, :-1]`` of a decoder-only forward with ``logits_to_keep = C + 1`` (or the
+    full decoder logits of an encoder–decoder) line up with ``labels`` ``(B, C)``.
+    """
+
+    model_kwargs: dict[str, Tensor]
+    labels: Tensor  # (B, C) completion tokens, IGNORE_INDEX where masked
+    decoder_only: bool
+
+    def logits(self, outputs: Any) -> Tensor:
+        """The ``(B, C, V)`` logits that predict ``labels``."""
+        return outputs.logits[:, :-1] if self.decoder_only else outputs.logits
+
+
+def scoring_inputs(
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    completion_ids: Tensor,
+    completion_mask_: Tensor,
+    *,
+    is_encoder_decoder: bool,
+    pad_token_id: int,
+    decoder_start_token_id: int | None = None,
+) -> ScoringInputs:
+    """Model inputs that score ``completion`` given ``prompt`` under teacher forcing.
+
+    Decoder-only: ``[prompt | completion]`` with position ids from the attention mask
+    (prompts are left-padded) and ``logits_to_keep = C + 1`` so no prompt logits are
+    materialised. Encoder–decoder: the prompt is the encoder input and the decoder
+    input is ``[decoder_start | completion[:-1]]``.
+    """
+    labels = completion_ids.masked_fill(~completion_mask_, IGNORE_INDEX)  # (B, C)
+    if is_encoder_decoder:
+        if decoder_start_token_id is None:
+            raise ValueError("the encoder–decoder model has no decoder_start_token_id; set it in its config.")
+        start = torch.full_like(completion_ids[:, :1], decoder_start_token_id)
+        decoder_ids = torch.cat([start, completion_ids[:, :-1].masked_fill(~completion_mask_[:, :-1], pad_token_id)], 1)
+        decoder_mask = torch.cat([torch.ones_like(completion_mask_[:, :1]), completion_mask_[:, :-1]], 1)
+        kwargs = dict(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask.long(),
+            decoder_input_ids=decoder_ids,
+            decoder_attention_mask=decoder_mask.long(),
+        )
+        return ScoringInputs(kwargs, labels, decoder_only=False)
+    ids = torch.cat([prompt_ids, completion_ids.masked_fill(~completion_mask_, pad_token_id)], 1)
+    mask = torch.cat([prompt_mask, completion_mask_], 1).long()
+    position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
+    kwargs = dict(
+        input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=completion_ids.shape[1] + 1
+    )
+    return ScoringInputs(kwargs, labels, decoder_only=True)
+
+
+class DistillCollator:
+    """Tokenise and pad examples into prompts plus the completion sets the objective needs.
+
+    Output keys: ``prompt_ids``, ``prompt_mask`` and, for each completion set
+    ``name`` in ``completions`` (``{"reference": column, "teacher": column}``),
+    ``{name}_ids`` / ``{name}_mask``. A column may hold text (tokenised without special
+    tokens, EOS appended) or token ids (used as they are: offline teacher samples keep
+    the EOS they stopped at and no EOS when they hit the length limit).
+
+    Arguments:
+        tokenizer: the student's (= teacher's) tokenizer; needs a pad token.
+        is_encoder_decoder: right-pad encoder inputs instead of left-padding prompts.
+        prompt_column: column with the input text or ids.
+        completions: completion sets to build, name → column.
+        max_prompt_length, max_target_length: truncation (prompts keep their end).
+        use_chat_template: wrap text prompts as a user turn of the chat template.
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        *,
+        is_encoder_decoder: bool,
+        prompt_column: str = "prompt",
+        completions: dict[str, str] | None = None,
+        max_prompt_length: int = 256,
+        max_target_length: int = 128,
+        use_chat_template: bool = False,
+    ):
+        if tokenizer.pad_token_id is None:
+            raise ValueError(
+                "the tokenizer has no pad token; set one before distilling, e.g. tokenizer.pad_token = tokenizer.eos_token."
+            )
+        self.tokenizer = tokenizer
+        self.is_encoder_decoder = is_encoder_decoder
+        self.prompt_column = prompt_column
+        self.completions = dict(completions or {})
+        self.max_prompt_length = max_prompt_length
+        self.max_target_length = max_target_length
+        self.use_chat_template = use_chat_template
+
+    def prompt_tokens(self, value: Any) -> list[int]:
+        if isinstance(value, str):
+            if self.use_chat_template:
+                ids = self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": value}], add_generation_prompt=True, tokenize=True
+                )
+                ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+            else:
+                ids = self.tokenizer(value, add_special_tokens=True)["input_ids"]
+        else:
+            ids = list(value)
+        return list(ids)[-self.max_prompt_length :]
+
+    def target_tokens(self, value: Any) -> list[int]:
+        if isinstance(value, str):
+            ids = self.tokenizer(value, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+        else:
+            ids = list(value)
+        return ids[: self.max_target_length]
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Tensor]:
+        pad = self.tokenizer.pad_token_id
+        prompts = [self.prompt_tokens(f[self.prompt_column]) for f in features]
+        ids, mask = (pad_right if self.is_encoder_decoder else pad_left)(prompts, pad)
+        batch = {"prompt_ids": ids, "prompt_mask": mask}
+        for name, column in self.completions.items():
+            targets = [self.target_tokens(f[column]) for f in features]
+            batch[f"{name}_ids"], batch[f"{name}_mask"] = pad_right(targets, pad)
+        return batch

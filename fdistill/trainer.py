@@ -1,0 +1,435 @@
+"""FDistillTrainer: f-DISTILL training with offline teacher samples and online student samples.
+
+The trainer orchestrates; the maths lives in :mod:`fdistill.divergences`. Each
+optimizer step:
+
+1. at the start of the step, the student draws one sample per prompt for every
+   micro-batch of the step (eval mode, KV cache, no gradient) — the parameters do not
+   change inside a step, so this equals sampling inside each micro-batch, and it gives
+   the exact token/sequence counts of the whole global batch before any loss is taken;
+2. for each micro-batch, one student forward (with gradient) and one teacher forward
+   (no gradient) score every completion set the objective needs — offline teacher
+   samples and online student samples concatenated along the batch;
+3. one loss call (:func:`fdistill.divergences.f_divergence_loss` or a baseline term)
+   divided by the global count, so gradient accumulation and several processes give
+   exactly the full-batch gradient.
+
+References: Wen et al. 2023, "f-Divergence Minimization for Sequence-Level Knowledge
+Distillation" (ACL, arXiv:2305.15718), §2.3 (offline teacher sampling,
+pre-distillation) and §7; Shleifer & Rush 2020 (pre-distillation).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    GenerationConfig,
+    PreTrainedModel,
+    Seq2SeqTrainer,
+)
+
+from fdistill.config import DistillArguments
+from fdistill.data import DistillCollator, cat_completions, completion_mask, scoring_inputs
+from fdistill.divergences import (
+    SampledSequences,
+    cross_entropy_terms,
+    engine_terms,
+    f_divergence_loss,
+    hidden_state_mse_terms,
+    reduce_terms,
+    token_entropy,
+    token_logprobs,
+    word_kd_terms,
+)
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+def _base_model(model: nn.Module) -> PreTrainedModel:
+    """The transformers model under PEFT / DDP wrappers."""
+    while hasattr(model, "module"):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+def _vocab_size(model: nn.Module) -> int:
+    return _base_model(model).get_output_embeddings().weight.shape[0]
+
+
+class FDistillMixin:
+    """Gives a `transformers.Trainer` subclass the f-DISTILL loss, online student sampling and a frozen teacher.
+
+    Put it first in the bases: ``class MyTrainer(FDistillMixin, Trainer)``. The
+    distillation settings come from ``args`` when it is a :class:`DistillArguments`
+    (as :class:`FDistillConfig` is), else from ``distill_args=``.
+
+    Arguments (besides the Trainer's):
+        teacher_model: a model, or a Hub name / local path loaded with the student's
+            architecture class. Kept frozen, in eval mode, on the student's device.
+        distill_args: the settings when ``args`` is not a ``DistillArguments``.
+    """
+
+    def __init__(self, *args, teacher_model: PreTrainedModel | str | None = None, distill_args=None, **kwargs):
+        train_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+        settings = distill_args if distill_args is not None else train_args
+        if not isinstance(settings, DistillArguments):
+            raise ValueError(
+                "no distillation settings: pass args=FDistillConfig(...) or distill_args=DistillArguments(...)."
+            )
+        self.distill_args: DistillArguments = settings
+        model = kwargs.get("model", args[0] if args else None)
+        if model is None:
+            raise ValueError("pass the student as model=.")
+        tokenizer = kwargs.get("processing_class")
+        if tokenizer is None:
+            raise ValueError("pass the student's tokenizer as processing_class= (it builds the batches).")
+        is_enc_dec = bool(_base_model(model).config.is_encoder_decoder)
+        if kwargs.get("data_collator") is None:
+            kwargs["data_collator"] = DistillCollator(
+                tokenizer,
+                is_encoder_decoder=is_enc_dec,
+                prompt_column=settings.prompt_column,
+                completions=self._completion_columns(settings),
+                max_prompt_length=settings.max_prompt_length,
+                max_target_length=settings.max_target_length,
+                use_chat_template=settings.use_chat_template,
+            )
+        self._check_datasets(settings, kwargs.get("train_dataset"), kwargs.get("eval_dataset"), kwargs["data_collator"])
+        super().__init__(*args, **kwargs)
+        self.is_encoder_decoder = is_enc_dec
+        self.teacher = self._prepare_teacher(teacher_model) if settings.needs_teacher else None
+        # Losses are divided by the global item count of the optimizer step (see _step_counts),
+        # so the Trainer must not divide again by the accumulation steps.
+        self.loss_is_scaled_for_ga = True
+        self._step_counts: dict[str, torch.Tensor] | None = None
+        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self.student_generation_config = self._student_generation_config()
+
+    # ------------------------------------------------------------------ setup and validation
+
+    @staticmethod
+    def _completion_columns(settings: DistillArguments) -> dict[str, str]:
+        columns = {}
+        if settings.needs_reference:
+            columns["reference"] = settings.reference_column
+        if settings.needs_teacher_samples:
+            columns["teacher"] = settings.teacher_sample_column
+        return columns
+
+    @classmethod
+    def _check_datasets(cls, settings, train_dataset, eval_dataset, collator) -> None:
+        """Fail before any work on: missing columns, empty datasets, all-empty targets."""
+        needed = [settings.prompt_column, *cls._completion_columns(settings).values()]
+        for split, dataset in (("train", train_dataset), ("eval", eval_dataset)):
+            if dataset is None:
+                continue
+            names = getattr(dataset, "column_names", None)
+            if names is not None:
+                missing = [c for c in needed if c not in names]
+                if missing:
+                    hint = ""
+                    if settings.teacher_sample_column in missing:
+                        hint = " Draw offline teacher samples first (`fdistill sample`) or set teacher_sample_column."
+                    raise ValueError(
+                        f"the {split} dataset lacks column(s) {missing} needed by objective {settings.objective!r}; "
+                        f"it has {names}.{hint}"
+                    )
+            if len(dataset) == 0:
+                raise ValueError(f"the {split} dataset is empty; give it at least one example.")
+            completions = cls._completion_columns(settings)
+            if completions:
+                probe = [dataset[i] for i in range(min(len(dataset), 256))]
+                batch = collator(probe)
+                for name in completions:
+                    if not batch[f"{name}_mask"].any():
+                        raise ValueError(
+                            f"every {name} target in the first {len(probe)} {split} examples is empty, so all labels "
+                            f"would be masked; check column {completions[name]!r}."
+                        )
+
+    def _prepare_teacher(self, teacher: PreTrainedModel | str | None) -> nn.Module:
+        a = self.distill_args
+        if teacher is None:
+            raise ValueError(f"objective {a.objective!r} needs a teacher: pass teacher_model= (a model or a path).")
+        student = _base_model(self.model)
+        dtype = _DTYPES.get(a.teacher_dtype or "", None) or next(student.parameters()).dtype
+        if isinstance(teacher, str):
+            auto = AutoModelForSeq2SeqLM if student.config.is_encoder_decoder else AutoModelForCausalLM
+            teacher = auto.from_pretrained(teacher, dtype=dtype)
+        if bool(teacher.config.is_encoder_decoder) != bool(student.config.is_encoder_decoder):
+            raise ValueError("teacher and student must both be encoder–decoders or both decoder-only.")
+        if _vocab_size(teacher) != _vocab_size(student):
+            raise ValueError(
+                f"teacher vocabulary ({_vocab_size(teacher)}) and student vocabulary ({_vocab_size(student)}) differ; "
+                "f-divergences compare next-token distributions, so the student must use the teacher's tokenizer "
+                "(make it with fdistill.student.create_student_from_teacher, or resize its embeddings)."
+            )
+        teacher.requires_grad_(False)
+        teacher.eval()
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
+        else:
+            teacher = teacher.to(device=self.args.device, dtype=dtype)
+        return teacher
+
+    def _student_generation_config(self) -> GenerationConfig:
+        """A clean sampling config: student samples must come from q itself (no repetition penalties etc.)."""
+        a = self.distill_args
+        base = _base_model(self.model)
+        tok = self.processing_class
+        eos = base.generation_config.eos_token_id if base.generation_config.eos_token_id is not None else tok.eos_token_id
+        return GenerationConfig(
+            do_sample=a.student_do_sample,
+            temperature=a.student_sampling_temperature if a.student_do_sample else None,
+            top_k=a.student_top_k if a.student_do_sample else None,
+            top_p=a.student_top_p if a.student_do_sample else None,
+            num_beams=a.student_num_beams,
+            max_new_tokens=a.max_new_tokens,
+            eos_token_id=eos,
+            pad_token_id=tok.pad_token_id,
+            decoder_start_token_id=getattr(base.config, "decoder_start_token_id", None),
+            use_cache=True,
+        )
+
+    @property
+    def _eos_ids(self) -> list[int]:
+        eos = self.student_generation_config.eos_token_id
+        return [eos] if isinstance(eos, int) else list(eos)
+
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            a = self.distill_args
+            self._signature_columns = [a.prompt_column, *self._completion_columns(a).values()]
+
+    # ------------------------------------------------------------------ online student samples
+
+    @torch.no_grad()
+    def generate_student_samples(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample one completion per prompt from the student: ``(ids, mask)``, each ``(B, C)``."""
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()  # dropout off while sampling, as at inference
+        try:
+            out = model.generate(
+                input_ids=prompt_ids, attention_mask=prompt_mask.long(), generation_config=self.student_generation_config
+            )
+        finally:
+            model.train(was_training)
+        completions = out[:, 1:] if self.is_encoder_decoder else out[:, prompt_ids.shape[1] :]
+        return completions, completion_mask(completions, self._eos_ids)
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """Collect the step's micro-batches, draw their student samples, and count items over the global batch."""
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.distill_args.needs_student_samples:
+            for batch in batches:
+                ids, mask = self.generate_student_samples(batch["prompt_ids"].to(device), batch["prompt_mask"].to(device))
+                batch["student_ids"], batch["student_mask"] = ids, mask
+        counts = defaultdict(lambda: torch.zeros((), dtype=torch.float32, device=device))
+        for batch in batches:
+            for name in ("reference", "teacher", "student"):
+                if f"{name}_mask" in batch:
+                    mask = batch[f"{name}_mask"].to(device)
+                    n = mask.any(-1).sum() if self.distill_args.loss_reduction == "sequence" else mask.sum()
+                    counts[name] = counts[name] + n
+        if self.accelerator.num_processes > 1:
+            counts = {k: self.accelerator.gather(v.reshape(1)).sum() for k, v in counts.items()}
+        self._step_counts = dict(counts)
+        return batches, num_items
+
+    # ------------------------------------------------------------------ the loss
+
+    def _count(self, name: str, inputs: dict[str, torch.Tensor], training: bool) -> torch.Tensor:
+        """Denominator for one side: global count of the optimizer step in training, the local one otherwise."""
+        if training and self._step_counts is not None and name in self._step_counts:
+            # DDP averages gradients over processes; a global denominator needs the loss scaled back up.
+            return self._step_counts[name].clamp_min(1) / self.accelerator.num_processes
+        mask = inputs[f"{name}_mask"]
+        n = mask.any(-1).sum() if self.distill_args.loss_reduction == "sequence" else mask.sum()
+        return n.clamp_min(1).float()
+
+    def _score(self, model: nn.Module, inputs: dict[str, torch.Tensor], names: list[str], hidden: bool = False):
+        """One forward of ``model`` over the completion sets ``names`` (concatenated along the batch).
+
+        Returns per-name ``(logits (B, C, V), labels (B, C), outputs)`` slices.
+        """
+        pad = self.processing_class.pad_token_id
+        ids, mask = cat_completions([(inputs[f"{n}_ids"], inputs[f"{n}_mask"]) for n in names], pad)
+        repeat = len(names)
+        scoring = scoring_inputs(
+            inputs["prompt_ids"].repeat(repeat, 1),
+            inputs["prompt_mask"].repeat(repeat, 1),
+            ids,
+            mask,
+            is_encoder_decoder=self.is_encoder_decoder,
+            pad_token_id=pad,
+            decoder_start_token_id=getattr(_base_model(model).config, "decoder_start_token_id", None),
+        )
+        outputs = model(**scoring.model_kwargs, output_hidden_states=hidden, use_cache=False)
+        logits, labels = scoring.logits(outputs), scoring.labels
+        b = inputs["prompt_ids"].shape[0]
+        return {n: (logits[i * b : (i + 1) * b], labels[i * b : (i + 1) * b]) for i, n in enumerate(names)}, outputs
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The objective of ``distill_args.objective`` on one micro-batch (see the module docstring)."""
+        a = self.distill_args
+        training = model.training
+        if a.needs_student_samples and "student_ids" not in inputs:  # evaluation, or a caller outside the loop
+            inputs["student_ids"], inputs["student_mask"] = self.generate_student_samples(
+                inputs["prompt_ids"], inputs["prompt_mask"]
+            )
+        if self.teacher is not None and self.teacher.training:
+            self.teacher.eval()  # the Trainer only knows the student; never let the teacher train
+        names = [n for n in ("reference", "teacher", "student") if f"{n}_ids" in inputs]
+        if a.objective in ("mle", "seqkd", "predistill"):
+            names = ["reference"] if a.objective != "seqkd" else ["teacher"]
+        hidden = a.objective == "predistill" and a.predistill_alpha_hidden > 0
+        student, s_out = self._score(model, inputs, names, hidden=hidden)
+        teacher, t_out = {}, None
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher, t_out = self._score(self.teacher, inputs, names, hidden=hidden)
+        metrics: dict[str, torch.Tensor] = {}
+        count = {n: self._count(n, inputs, training) for n in names}
+        reduce = lambda terms, n: reduce_terms(  # noqa: E731
+            terms, student[n][1] != -100, reduction=a.loss_reduction, num_items_in_batch=count[n]
+        )
+
+        if a.objective in ("mle", "seqkd"):
+            n = names[0]
+            loss = reduce(cross_entropy_terms(*student[n]), n)
+        elif a.objective == "engine":
+            loss = reduce(engine_terms(student["student"][0], teacher["student"][0], temperature=a.loss_temperature), "student")
+        elif a.objective == "predistill":
+            loss = self._predistill_loss(student, teacher, s_out, t_out, reduce, metrics)
+        else:
+            side = lambda n: (  # noqa: E731
+                SampledSequences(student[n][0], teacher[n][0], student[n][1], num_items_in_batch=count[n])
+                if n in student
+                else None
+            )
+            out = f_divergence_loss(
+                a.objective,
+                teacher_samples=side("teacher"),
+                student_samples=side("student"),
+                js_mixture=a.js_mixture,
+                js_beta=a.js_beta,
+                temperature=a.loss_temperature,
+                reduction=a.loss_reduction,
+            )
+            loss = out.loss
+            if out.teacher_term is not None:
+                metrics["loss_on_teacher_samples"] = out.teacher_term
+            if out.student_term is not None:
+                metrics["loss_on_student_samples"] = out.student_term
+        if "student" in student:
+            self._sample_metrics(student["student"], teacher.get("student"), inputs["student_mask"], metrics)
+        local = {n: self._count(n, inputs, training=False) for n in names}
+        self._store_metrics(metrics, {n: count[n] / local[n] for n in names}, training)
+        return (loss, s_out) if return_outputs else loss
+
+    def _predistill_loss(self, student, teacher, s_out, t_out, reduce, metrics) -> torch.Tensor:
+        """α_mle·CE + α_kd·T²·KL(p_T‖q_T) + α_hid·MSE(hidden) on references (Shleifer & Rush 2020)."""
+        a = self.distill_args
+        s_logits, labels = student["reference"]
+        loss = 0.0
+        if a.predistill_alpha_mle > 0:
+            metrics["loss_mle"] = reduce(cross_entropy_terms(s_logits, labels), "reference")
+            loss = loss + a.predistill_alpha_mle * metrics["loss_mle"]
+        if a.predistill_alpha_kd > 0:
+            kd = word_kd_terms(s_logits, teacher["reference"][0], temperature=a.loss_temperature)
+            metrics["loss_kd"] = reduce(kd, "reference")
+            loss = loss + a.predistill_alpha_kd * metrics["loss_kd"]
+        if a.predistill_alpha_hidden > 0:
+            metrics["loss_hidden"] = self._hidden_loss(s_out, t_out, labels, reduce)
+            loss = loss + a.predistill_alpha_hidden * metrics["loss_hidden"]
+        return loss
+
+    def _hidden_loss(self, s_out, t_out, labels, reduce) -> torch.Tensor:
+        """MSE between each student layer's output and its matched teacher layer's, at target positions."""
+        layer_map = self._layer_map()
+        hidden_key = "hidden_states" if not self.is_encoder_decoder else "decoder_hidden_states"
+        s_hidden, t_hidden = getattr(s_out, hidden_key), getattr(t_out, hidden_key)
+        c = labels.shape[1]
+        positions = slice(-c - 1, -1) if not self.is_encoder_decoder else slice(None)  # the completion's predictors
+        total = 0.0
+        for i, j in enumerate(layer_map):
+            s_h = F.layer_norm(s_hidden[i + 1][:, positions], s_hidden[i + 1].shape[-1:])  # shapes (B, C, H)
+            t_h = F.layer_norm(t_hidden[j + 1][:, positions], t_hidden[j + 1].shape[-1:])
+            total = total + reduce(hidden_state_mse_terms(s_h, t_h), "reference")
+        return total / len(layer_map)
+
+    def _layer_map(self) -> list[int]:
+        a = self.distill_args
+        if a.predistill_layer_map is not None:
+            return list(a.predistill_layer_map)
+        recorded = getattr(_base_model(self.model).config, "fdistill_teacher_layers", None)
+        if not recorded:
+            raise ValueError(
+                "predistill_alpha_hidden > 0 needs to know which teacher layer each student layer matches: set "
+                "predistill_layer_map, or make the student with fdistill.student.create_student_from_teacher."
+            )
+        return list(recorded["decoder"])
+
+    # ------------------------------------------------------------------ logging
+
+    @torch.no_grad()
+    def _sample_metrics(self, student_side, teacher_side, mask, metrics) -> None:
+        logits, labels = student_side
+        valid = labels != -100
+        metrics["student_entropy"] = token_entropy(logits.detach())[valid].mean()
+        metrics["student_sample_length"] = mask.sum(-1).float().mean()
+        if teacher_side is not None:
+            metrics["teacher_nll_of_student_samples"] = -token_logprobs(teacher_side[0], labels).sum(-1).mean()
+
+    def _store_metrics(self, metrics: dict[str, torch.Tensor], scale: dict[str, torch.Tensor], training: bool) -> None:
+        """Keep step metrics for the next log. Loss terms are rescaled from the global to the micro-batch denominator."""
+        store = self._metrics["train" if training else "eval"]
+        side = {"loss_on_teacher_samples": "teacher", "loss_on_student_samples": "student"}
+        for k, v in metrics.items():
+            value = v.detach().float()
+            if k.startswith("loss_"):
+                value = value * scale.get(side.get(k, "reference"), 1.0)
+            store[k].append(self.accelerator.gather_for_metrics(value.reshape(1)).mean().item())
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        split = "eval" if any(k.startswith("eval_") for k in logs) else "train"
+        prefix = "eval_" if split == "eval" else ""
+        for k, values in self._metrics[split].items():
+            if values:
+                logs[prefix + k] = sum(values) / len(values)
+        self._metrics[split].clear()
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------ evaluation
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Evaluation loss = the training objective on the eval batch (metrics: see fdistill.metrics)."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+
+class FDistillTrainer(FDistillMixin, Seq2SeqTrainer):
+    """`Seq2SeqTrainer` that distils ``teacher_model`` into ``model`` by f-DISTILL or a baseline.
+
+    Objectives (``FDistillConfig.objective``): ``kl``, ``rkl``, ``js``, ``tvd`` (Wen et
+    al. 2023, Eqs. 5–12), ``mle``, ``seqkd`` (Kim & Rush 2016), ``engine`` (Tu et al.
+    2020) and ``predistill`` (Shleifer & Rush 2020) — one code path for all.
+
+    Example:
+        >>> args = FDistillConfig(output_dir="out", objective="js", max_new_tokens=32)  # doctest: +SKIP
+        >>> trainer = FDistillTrainer(model=student, teacher_model=teacher, args=args,  # doctest: +SKIP
+        ...                           train_dataset=ds, processing_class=tokenizer)
+        >>> trainer.train()  # doctest: +SKIP
+    """

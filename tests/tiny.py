@@ -1,0 +1,76 @@
+"""Tiny models, tokenizer and data built in-process (no downloads) for trainer tests."""
+
+from __future__ import annotations
+
+import torch
+from datasets import Dataset
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import BartConfig, BartForConditionalGeneration, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+WORDS = "the a cat dog sat ran on under mat log big small red blue and then it was very happy sad".split()
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
+
+
+def tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {t: i for i, t in enumerate(SPECIALS + WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+VOCAB = len(SPECIALS) + len(WORDS)
+
+
+def llama(layers: int, seed: int, hidden: int = 32, init: float = 0.02) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, initializer_range=init,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(cfg)
+
+
+def bart(layers: int, seed: int, d_model: int = 32, init: float = 0.02) -> BartForConditionalGeneration:
+    torch.manual_seed(seed)
+    cfg = BartConfig(
+        vocab_size=VOCAB, d_model=d_model, encoder_layers=layers, decoder_layers=layers, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=2 * d_model, decoder_ffn_dim=2 * d_model, max_position_embeddings=128,
+        init_std=init, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=2,
+        forced_bos_token_id=None, forced_eos_token_id=None, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+    )
+    return BartForConditionalGeneration(cfg)
+
+
+def prompts(n: int, seed: int = 0) -> list[str]:
+    g = torch.Generator().manual_seed(seed)
+    return [" ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (int(torch.randint(2, 5, (1,), generator=g)),), generator=g)) for _ in range(n)]
+
+
+def dataset(n: int = 16, seed: int = 0, teacher=None, tok=None, max_new_tokens: int = 8) -> Dataset:
+    """Prompts, references and (if a teacher is given) teacher samples as token ids."""
+    ps = prompts(n, seed)
+    refs = [" ".join(reversed(p.split())) for p in ps]
+    data = {"prompt": ps, "reference": refs}
+    if teacher is not None:
+        data["teacher_sample_ids"] = sample_ids(teacher, tok, ps, max_new_tokens, seed)
+    return Dataset.from_dict(data)
+
+
+@torch.no_grad()
+def sample_ids(model, tok, ps: list[str], max_new_tokens: int, seed: int) -> list[list[int]]:
+    """Ancestral samples (EOS kept, nothing after it) — what offline teacher sampling stores."""
+    from fdistill.data import DistillCollator, completion_mask
+
+    torch.manual_seed(seed)
+    collator = DistillCollator(tok, is_encoder_decoder=model.config.is_encoder_decoder)
+    batch = collator([{"prompt": p} for p in ps])
+    out = model.generate(
+        input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"].long(), do_sample=True, top_k=0,
+        max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+    )
+    comp = out[:, 1:] if model.config.is_encoder_decoder else out[:, batch["prompt_ids"].shape[1]:]
+    mask = completion_mask(comp, tok.eos_token_id)
+    return [row[m].tolist() for row, m in zip(comp, mask)]
