@@ -127,9 +127,10 @@ def create_student_from_teacher(
             "encoder": ("encoder_layers", encoder_layers, "num_encoder_layers", num_encoder_layers),
             "decoder": ("decoder_layers", decoder_layers, "num_decoder_layers", num_decoder_layers),
         }
-        if encoder_layers is None and decoder_layers is None and num_encoder_layers is None and num_decoder_layers is None:
+        if all(x is None for x in (encoder_layers, decoder_layers, num_encoder_layers, num_decoder_layers)):
             raise ValueError(
-                "no layers chosen: pass encoder_layers= / num_encoder_layers= and/or decoder_layers= / num_decoder_layers="
+                "no layers chosen: pass encoder_layers= / num_encoder_layers= and/or "
+                "decoder_layers= / num_decoder_layers="
             )
     else:
         if any(x is not None for x in (encoder_layers, decoder_layers, num_encoder_layers, num_decoder_layers)):
@@ -149,7 +150,7 @@ def create_student_from_teacher(
     config = copy.deepcopy(teacher.config)
     for stack, (_, field, _) in stacks.items():
         setattr(config, field, len(chosen[stack]))
-    if "decoder" in chosen and not teacher.config.is_encoder_decoder:
+    if not teacher.config.is_encoder_decoder:  # per-layer lists (attention kind, NoPE flags) follow the layers
         n_teacher = len(stacks["decoder"][2])
         for field in _PER_LAYER_FIELDS:
             value = getattr(config, field, None)
@@ -192,8 +193,11 @@ def wrap_with_lora(
         A ``peft.PeftModel``.
 
     Example:
-        >>> peft_model = wrap_with_lora(student, r=4)
-        >>> peft_model.print_trainable_parameters()  # doctest: +SKIP
+        >>> from transformers import GPT2Config, GPT2LMHeadModel
+        >>> model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100))
+        >>> peft_model = wrap_with_lora(model, r=4)
+        >>> all("lora_" in name for name, p in peft_model.named_parameters() if p.requires_grad)
+        True
     """
     from peft import LoraConfig, TaskType, get_peft_model
 
@@ -214,7 +218,7 @@ def merge_lora(model) -> PreTrainedModel:
         model: a ``peft.PeftModel`` from :func:`wrap_with_lora`.
 
     Example:
-        >>> plain = merge_lora(peft_model)  # doctest: +SKIP
+        >>> plain = merge_lora(wrap_with_lora(student, r=4))  # doctest: +SKIP
         >>> plain.save_pretrained("student")  # doctest: +SKIP
     """
     if not hasattr(model, "merge_and_unload"):

@@ -27,16 +27,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import (
-    AutoModelForCausalLM,
-    AutoModelForSeq2SeqLM,
-    GenerationConfig,
-    PreTrainedModel,
-    Seq2SeqTrainer,
-)
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, GenerationConfig, PreTrainedModel, Seq2SeqTrainer
 
 from fdistill.config import DistillArguments
-from fdistill.data import DistillCollator, cat_completions, completion_mask, scoring_inputs
+from fdistill.data import DistillCollator, cat_completions, scoring_inputs
+from fdistill.sampling import _unwrap as _base_model
+from fdistill.sampling import sample_completions, sampling_config
 from fdistill.divergences import (
     SampledSequences,
     cross_entropy_terms,
@@ -50,15 +46,6 @@ from fdistill.divergences import (
 )
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
-
-
-def _base_model(model: nn.Module) -> PreTrainedModel:
-    """The transformers model under PEFT / DDP wrappers."""
-    while hasattr(model, "module"):
-        model = model.module
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    return model
 
 
 def _vocab_size(model: nn.Module) -> int:
@@ -111,6 +98,7 @@ class FDistillMixin:
         # so the Trainer must not divide again by the accumulation steps.
         self.loss_is_scaled_for_ga = True
         self._step_counts: dict[str, torch.Tensor] | None = None
+        self._pending_batches: list | None = None
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self.student_generation_config = self._student_generation_config()
 
@@ -182,28 +170,17 @@ class FDistillMixin:
         return teacher
 
     def _student_generation_config(self) -> GenerationConfig:
-        """A clean sampling config: student samples must come from q itself (no repetition penalties etc.)."""
         a = self.distill_args
-        base = _base_model(self.model)
-        tok = self.processing_class
-        eos = base.generation_config.eos_token_id if base.generation_config.eos_token_id is not None else tok.eos_token_id
-        return GenerationConfig(
-            do_sample=a.student_do_sample,
-            temperature=a.student_sampling_temperature if a.student_do_sample else None,
-            top_k=a.student_top_k if a.student_do_sample else None,
-            top_p=a.student_top_p if a.student_do_sample else None,
-            num_beams=a.student_num_beams,
+        return sampling_config(
+            self.model,
+            self.processing_class,
             max_new_tokens=a.max_new_tokens,
-            eos_token_id=eos,
-            pad_token_id=tok.pad_token_id,
-            decoder_start_token_id=getattr(base.config, "decoder_start_token_id", None),
-            use_cache=True,
+            do_sample=a.student_do_sample,
+            temperature=a.student_sampling_temperature,
+            top_k=a.student_top_k,
+            top_p=a.student_top_p,
+            num_beams=a.student_num_beams,
         )
-
-    @property
-    def _eos_ids(self) -> list[int]:
-        eos = self.student_generation_config.eos_token_id
-        return [eos] if isinstance(eos, int) else list(eos)
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
@@ -212,39 +189,43 @@ class FDistillMixin:
 
     # ------------------------------------------------------------------ online student samples
 
-    @torch.no_grad()
     def generate_student_samples(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sample one completion per prompt from the student: ``(ids, mask)``, each ``(B, C)``."""
+        """Sample one completion per prompt from the student (eval mode, KV cache, no gradient): ``(ids, mask)``."""
         model = self.accelerator.unwrap_model(self.model)
-        was_training = model.training
-        model.eval()  # dropout off while sampling, as at inference
-        try:
-            out = model.generate(
-                input_ids=prompt_ids, attention_mask=prompt_mask.long(), generation_config=self.student_generation_config
-            )
-        finally:
-            model.train(was_training)
-        completions = out[:, 1:] if self.is_encoder_decoder else out[:, prompt_ids.shape[1] :]
-        return completions, completion_mask(completions, self._eos_ids)
+        return sample_completions(model, prompt_ids, prompt_mask, self.student_generation_config)
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
-        """Collect the step's micro-batches, draw their student samples, and count items over the global batch."""
+        """Collect the optimizer step's micro-batches; their student samples are drawn at the step's first loss call.
+
+        Sampling waits for the first ``compute_loss`` of the step because, on resume, the
+        Trainer restores the RNG state only after this method returns: sampling here
+        would make a resumed run draw different student samples than an uninterrupted one.
+        """
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
-        if self.distill_args.needs_student_samples:
-            for batch in batches:
-                ids, mask = self.generate_student_samples(batch["prompt_ids"].to(device), batch["prompt_mask"].to(device))
-                batch["student_ids"], batch["student_mask"] = ids, mask
-        counts = defaultdict(lambda: torch.zeros((), dtype=torch.float32, device=device))
-        for batch in batches:
-            for name in ("reference", "teacher", "student"):
-                if f"{name}_mask" in batch:
-                    mask = batch[f"{name}_mask"].to(device)
-                    n = mask.any(-1).sum() if self.distill_args.loss_reduction == "sequence" else mask.sum()
-                    counts[name] = counts[name] + n
+        self._pending_batches, self._step_samples, self._step_counts, self._micro_index = batches, None, None, 0
+        return batches, num_items
+
+    def _prepare_step(self) -> None:
+        """Draw student samples for every micro-batch of the step and count items over the global batch."""
+        device = self.args.device
+        samples = []
+        for batch in self._pending_batches:
+            if self.distill_args.needs_student_samples:
+                samples.append(self.generate_student_samples(batch["prompt_ids"].to(device), batch["prompt_mask"].to(device)))
+            else:
+                samples.append(None)
+        counts = {}
+        for batch, sample in zip(self._pending_batches, samples):
+            masks = {n: batch[f"{n}_mask"] for n in ("reference", "teacher") if f"{n}_mask" in batch}
+            if sample is not None:
+                masks["student"] = sample[1]
+            for name, mask in masks.items():
+                mask = mask.to(device)
+                n = mask.any(-1).sum() if self.distill_args.loss_reduction == "sequence" else mask.sum()
+                counts[name] = counts.get(name, 0) + n.float()
         if self.accelerator.num_processes > 1:
             counts = {k: self.accelerator.gather(v.reshape(1)).sum() for k, v in counts.items()}
-        self._step_counts = dict(counts)
-        return batches, num_items
+        self._step_samples, self._step_counts = samples, counts
 
     # ------------------------------------------------------------------ the loss
 
@@ -283,6 +264,13 @@ class FDistillMixin:
         """The objective of ``distill_args.objective`` on one micro-batch (see the module docstring)."""
         a = self.distill_args
         training = model.training
+        if training and getattr(self, "_pending_batches", None) is not None:
+            if self._step_samples is None:
+                self._prepare_step()
+            sample = self._step_samples[self._micro_index]
+            self._micro_index += 1
+            if sample is not None:
+                inputs["student_ids"], inputs["student_mask"] = sample
         if a.needs_student_samples and "student_ids" not in inputs:  # evaluation, or a caller outside the loop
             inputs["student_ids"], inputs["student_mask"] = self.generate_student_samples(
                 inputs["prompt_ids"], inputs["prompt_mask"]

@@ -1,4 +1,4 @@
-"""Tiny models, tokenizer and data built in-process (no downloads) for trainer tests."""
+"""Tiny in-process models, tokenizer and data (no downloads) for tests, benchmarks and quick demos."""
 
 from __future__ import annotations
 

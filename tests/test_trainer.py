@@ -1,0 +1,185 @@
+"""FDistillTrainer end to end on tiny in-process models: every objective, both architecture families."""
+
+import pytest
+import torch
+import transformers
+from transformers import Trainer, TrainingArguments
+
+from fdistill import DistillArguments, FDistillConfig, FDistillMixin, FDistillTrainer
+from fdistill import testing as tiny
+from fdistill.metrics import sequence_divergences
+
+transformers.logging.set_verbosity_error()
+ARCHS = ["llama", "bart"]
+DIVERGENCE_OF = {"kl": "kl", "rkl": "rkl", "engine": "r_llh", "js": "js", "tvd": "tvd_bound"}
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny.tokenizer()
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def setup(request, tok):
+    arch = request.param
+    teacher = getattr(tiny, arch)(2, seed=0, init=0.15)
+    return arch, teacher, tiny.dataset(48, seed=0, teacher=teacher, tok=tok)
+
+
+def config(tmp_path, **kw):
+    defaults = dict(
+        output_dir=str(tmp_path), max_new_tokens=8, per_device_train_batch_size=8, learning_rate=3e-3,
+        lr_scheduler_type="constant", report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True, seed=0,
+        logging_steps=5,
+    )
+    defaults.update(kw)
+    return FDistillConfig(**defaults)
+
+
+@pytest.mark.parametrize("objective", ["kl", "rkl", "js", "tvd", "engine", "seqkd", "mle", "predistill"])
+def test_objective_reduces_its_divergence(setup, tok, tmp_path, objective):
+    arch, teacher, data = setup
+    student = getattr(tiny, arch)(1, seed=1)
+    args = config(tmp_path, objective=objective, max_steps=40, js_mixture="exact")
+    trainer = FDistillTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data, processing_class=tok)
+    prompts = tiny.prompts(24, seed=7)
+    if objective in DIVERGENCE_OF:
+        key = DIVERGENCE_OF[objective]
+        before = sequence_divergences(student, teacher, tok, prompts, num_samples=2, max_new_tokens=8)[key]
+        trainer.train()
+        after = sequence_divergences(student, teacher, tok, prompts, num_samples=2, max_new_tokens=8)[key]
+        assert after < 0.9 * before, (objective, key, before, after)
+    else:  # baselines (MLE, SeqKD, pre-distillation) fit fixed targets: their own training loss goes down
+        before = trainer.evaluate(data)["eval_loss"]
+        trainer.train()
+        after = trainer.evaluate(data)["eval_loss"]
+        assert after < 0.8 * before, (objective, before, after)
+    if trainer.teacher is not None:
+        assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_student_samples_online_and_teacher_never_trains(tok, tmp_path, monkeypatch):
+    teacher = tiny.llama(2, seed=0, init=0.15)
+    data = tiny.dataset(16, seed=0, teacher=teacher, tok=tok)
+    student = tiny.llama(1, seed=1)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    calls, modes = [], []
+    original_generate = student.generate
+
+    def counting_generate(*a, **kw):
+        calls.append(kw["input_ids"].shape[0])
+        modes.append(student.training)
+        return original_generate(*a, **kw)
+
+    monkeypatch.setattr(student, "generate", counting_generate)
+    real_train = teacher.train
+    monkeypatch.setattr(teacher, "train", lambda mode=True: pytest.fail("teacher put in train mode") if mode else real_train(False))
+    args = config(tmp_path, objective="tvd", max_steps=3, per_device_train_batch_size=4, gradient_accumulation_steps=2)
+    trainer = FDistillTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data, processing_class=tok)
+    trainer.train()
+    assert calls == [4] * 6  # a fresh sample per prompt in every micro-batch of every step
+    assert modes == [False] * 6  # sampled in eval mode (dropout off)
+    assert student.training  # and put back in train mode
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(v, before[k])
+    teacher_ids = {id(p) for p in teacher.parameters()}
+    assert not any(id(p) in teacher_ids for g in trainer.optimizer.param_groups for p in g["params"])
+    logged = trainer.state.log_history[0]
+    for key in ("loss_on_teacher_samples", "loss_on_student_samples", "student_entropy", "teacher_nll_of_student_samples"):
+        assert key in logged and logged[key] == logged[key]
+
+
+@pytest.mark.parametrize("objective,reduction", [("kl", "token"), ("rkl", "sequence"), ("tvd", "token")])
+def test_gradient_accumulation_is_exact(tok, tmp_path, objective, reduction):
+    """One step of batch 8 equals one step of 2 × 4 accumulated (greedy student samples: deterministic)."""
+    teacher = tiny.llama(2, seed=0, init=0.15)
+    data = tiny.dataset(8, seed=3, teacher=teacher, tok=tok)
+    params = []
+    for bs, ga in ((8, 1), (4, 2)):
+        student = tiny.llama(1, seed=1)
+        args = config(tmp_path / f"{bs}", objective=objective, loss_reduction=reduction, max_steps=1,
+                      per_device_train_batch_size=bs, gradient_accumulation_steps=ga, student_do_sample=False,
+                      optim="sgd", learning_rate=1.0, max_grad_norm=1e9)
+        FDistillTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data, processing_class=tok,
+                        ).train()
+        params.append(torch.cat([p.detach().flatten() for p in student.parameters()]))
+    start = torch.cat([p.detach().flatten() for p in tiny.llama(1, seed=1).parameters()])
+    assert (params[0] - start).abs().max() > 1e-3  # the step did something
+    torch.testing.assert_close(params[0], params[1], rtol=1e-4, atol=1e-5)
+
+
+def test_resume_equals_uninterrupted(tok, tmp_path):
+    teacher = tiny.bart(2, seed=0, init=0.15)
+    data = tiny.dataset(24, seed=0, teacher=teacher, tok=tok)
+    kw = dict(objective="js", max_steps=6, per_device_train_batch_size=4, save_strategy="steps", save_steps=3)
+
+    full = tiny.bart(1, seed=1)
+    FDistillTrainer(model=full, teacher_model=teacher, args=config(tmp_path / "a", **kw), train_dataset=data,
+                    processing_class=tok).train()
+    resumed = tiny.bart(1, seed=5)  # different init: everything must come from the checkpoint
+    FDistillTrainer(model=resumed, teacher_model=teacher, args=config(tmp_path / "b", **kw), train_dataset=data,
+                    processing_class=tok).train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-3"))
+    for (name, a), b in zip(full.named_parameters(), resumed.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_mixin_in_a_users_own_trainer(tok, tmp_path):
+    class MyTrainer(FDistillMixin, Trainer):
+        pass
+
+    teacher = tiny.llama(2, seed=0, init=0.15)
+    data = tiny.dataset(16, seed=0, teacher=teacher, tok=tok)
+    student = tiny.llama(1, seed=1)
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, report_to=[],
+                             use_cpu=True, save_strategy="no", remove_unused_columns=False, logging_steps=1)
+    trainer = MyTrainer(model=student, args=args, teacher_model=teacher, distill_args=DistillArguments(objective="js"),
+                        train_dataset=data, processing_class=tok)
+    trainer.train()
+    assert "loss_on_student_samples" in trainer.state.log_history[0]
+
+
+def test_evaluate_reports_the_objective(tok, tmp_path):
+    teacher = tiny.llama(2, seed=0, init=0.15)
+    data = tiny.dataset(8, seed=0, teacher=teacher, tok=tok)
+    trainer = FDistillTrainer(model=tiny.llama(1, seed=1), teacher_model=teacher, args=config(tmp_path, objective="tvd"),
+                              train_dataset=data, eval_dataset=data, processing_class=tok)
+    metrics = trainer.evaluate()
+    assert metrics["eval_loss"] > 0 and "eval_loss_on_student_samples" in metrics
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (dict(vocab=True), "vocabulary"),
+        (dict(drop="teacher_sample_ids"), "lacks column"),
+        (dict(empty=True), "is empty"),
+        (dict(blank_targets=True), "all labels"),
+        (dict(no_teacher=True), "needs a teacher"),
+    ],
+)
+def test_bad_input_fails_before_training(tok, tmp_path, change, message):
+    teacher = tiny.llama(2, seed=0, init=0.15)
+    data = tiny.dataset(8, seed=0, teacher=teacher, tok=tok)
+    if "drop" in change:
+        data = data.remove_columns(change["drop"])
+    if change.get("empty"):
+        data = data.select([])
+    if change.get("blank_targets"):
+        data = data.map(lambda x: {"teacher_sample_ids": []})
+    if change.get("vocab"):
+        teacher.resize_token_embeddings(tiny.VOCAB + 8)
+    with pytest.raises(ValueError, match=message):
+        FDistillTrainer(model=tiny.llama(1, seed=1), teacher_model=None if change.get("no_teacher") else teacher,
+                        args=config(tmp_path, objective="kl"), train_dataset=data, processing_class=tok)
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_config_validation_names_the_value_and_the_fix(tmp_path):
+    with pytest.raises(ValueError, match="objective='jsd'.*choose one of"):
+        FDistillConfig(output_dir=str(tmp_path), objective="jsd")
+    with pytest.raises(ValueError, match="js_beta=1.0"):
+        FDistillConfig(output_dir=str(tmp_path), js_beta=1.0)
+    with pytest.raises(ValueError, match="student_num_beams=4.*student_do_sample=False"):
+        FDistillConfig(output_dir=str(tmp_path), student_num_beams=4)
+    args = FDistillConfig(output_dir=str(tmp_path), objective="rkl", loss_temperature=2.0)
+    assert args.needs_student_samples and not args.needs_teacher_samples and args.loss_temperature == 2.0
