@@ -398,6 +398,15 @@ class FDistillMixin:
         self._metrics[split].clear()
         super().log(logs, start_time)
 
+    # ------------------------------------------------------------------ model card
+
+    def create_model_card(self, model_name: str | None = None, **kwargs) -> None:
+        """Write README.md in ``output_dir``: teacher, objective, data and final metrics (used by ``push_to_hub``)."""
+        from fdistill.hub import save_model_card
+
+        if self.is_world_process_zero():
+            save_model_card(self, model_name=model_name, **kwargs)
+
     # ------------------------------------------------------------------ evaluation
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
