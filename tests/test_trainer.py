@@ -183,3 +183,45 @@ def test_config_validation_names_the_value_and_the_fix(tmp_path):
         FDistillConfig(output_dir=str(tmp_path), student_num_beams=4)
     args = FDistillConfig(output_dir=str(tmp_path), objective="rkl", loss_temperature=2.0)
     assert args.needs_student_samples and not args.needs_teacher_samples and args.loss_temperature == 2.0
+
+
+def test_lora_student_trains_saves_and_merges(tok, tmp_path):
+    from peft import PeftModel
+
+    from fdistill.student import merge_lora, wrap_with_lora
+
+    teacher = tiny.llama(2, seed=0, init=0.15)
+    data = tiny.dataset(16, seed=0, teacher=teacher, tok=tok)
+    student = wrap_with_lora(tiny.llama(1, seed=1), r=4, alpha=8)
+    frozen = {n: p.detach().clone() for n, p in student.named_parameters() if not p.requires_grad}
+    lora = {n: p.detach().clone() for n, p in student.named_parameters() if p.requires_grad}
+    args = config(tmp_path, objective="tvd", max_steps=3, per_device_train_batch_size=4)
+    trainer = FDistillTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data, processing_class=tok)
+    trainer.train()
+    params = dict(student.named_parameters())
+    assert all(torch.equal(params[n], v) for n, v in frozen.items())
+    assert any(not torch.equal(params[n], v) for n, v in lora.items() if "lora_B" in n)
+    trainer.save_model(str(tmp_path / "adapter"))
+    assert (tmp_path / "adapter" / "adapter_config.json").exists()
+    reloaded = PeftModel.from_pretrained(tiny.llama(1, seed=1), str(tmp_path / "adapter"))
+    ids = torch.randint(4, tiny.VOCAB, (2, 6))
+    student.eval()
+    torch.testing.assert_close(reloaded(ids).logits, student(ids).logits)
+    merged = merge_lora(student)
+    torch.testing.assert_close(merged(ids).logits, reloaded(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_predistill_matches_hidden_states_of_copied_layers(tok, tmp_path, arch):
+    from fdistill.student import create_student_from_teacher
+
+    teacher = getattr(tiny, arch)(2, seed=0, init=0.15)
+    data = tiny.dataset(16, seed=0, teacher=teacher, tok=tok)
+    layers = {"layers": [1]} if arch == "llama" else {"encoder_layers": [1], "decoder_layers": [1]}
+    student = create_student_from_teacher(teacher, **layers)
+    args = config(tmp_path, objective="predistill", max_steps=20, predistill_alpha_hidden=1.0, logging_steps=1)
+    trainer = FDistillTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data, processing_class=tok)
+    trainer.train()
+    hidden = [h["loss_hidden"] for h in trainer.state.log_history if "loss_hidden" in h]
+    assert len(hidden) == 20 and all(h == h and h >= 0 for h in hidden)
+    assert sum(hidden[-5:]) < sum(hidden[:5])
