@@ -166,12 +166,16 @@ class DistillCollator:
         self.use_chat_template = use_chat_template
 
     def prompt_tokens(self, value: Any) -> list[int]:
-        if isinstance(value, str):
+        """Token ids of a prompt given as text, as chat messages (``[{"role", "content"}, ...]``) or as ids."""
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            ids = self.tokenizer.apply_chat_template(value, add_generation_prompt=True, tokenize=True)
+            ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+        elif isinstance(value, str):
             if self.use_chat_template:
                 ids = self.tokenizer.apply_chat_template(
                     [{"role": "user", "content": value}], add_generation_prompt=True, tokenize=True
                 )
-                ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+                ids = ids["input_ids"] if hasattr(ids, "keys") else ids
             else:
                 ids = self.tokenizer(value, add_special_tokens=True)["input_ids"]
         else:

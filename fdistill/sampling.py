@@ -13,11 +13,21 @@ the sampler starts from a clean :class:`~transformers.GenerationConfig`.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
 import torch
+from datasets import Dataset, load_from_disk
 from torch import Tensor
+from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
-from fdistill.data import completion_mask
+from fdistill.data import DistillCollator, completion_mask
 
 
 def _unwrap(model):
@@ -82,3 +92,286 @@ def sample_completions(model, prompt_ids: Tensor, prompt_mask: Tensor, generatio
         model.train(was_training)
     completions = out[:, 1:] if _unwrap(model).config.is_encoder_decoder else out[:, prompt_ids.shape[1] :]
     return completions, completion_mask(completions, eos_ids(generation_config))
+
+
+# ----------------------------------------------------------------------------- offline teacher sampling
+
+DECODINGS = ("sample", "beam", "greedy")
+
+
+@dataclass
+class OfflineSamplingSettings:
+    """How `sample_offline` draws teacher samples (f-DISTILL §2.3: teacher samples are drawn once, before training).
+
+    Attributes:
+        decoding: ``"sample"`` (ancestral, the f-DISTILL targets), ``"beam"`` (SeqKD targets) or ``"greedy"``.
+        num_samples: samples per input (k); for beam search the k best beams (k ≤ num_beams).
+        temperature, top_k, top_p: sampling filters (``top_k=0``, ``top_p=1`` = pure ancestral sampling).
+        num_beams: beams for ``decoding="beam"``.
+        max_new_tokens: length limit of each sample.
+        batch_size: inputs per generate call (inputs are batched by prompt length).
+        seed: base seed; batch ``b`` is drawn with seed ``seed·1000003 + b``, so results do not
+            depend on how many processes share the work or on interruptions.
+        topk_logprobs: if > 0, also store the teacher's k most likely tokens and their
+            log-probabilities (untempered) at every position of each sample.
+        prompt_column, max_prompt_length, use_chat_template: how prompts are tokenised — the
+            same as `FDistillConfig` uses at training time, so samples condition on the same tokens.
+    """
+
+    decoding: str = "sample"
+    num_samples: int = 1
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    num_beams: int = 4
+    max_new_tokens: int = 64
+    batch_size: int = 16
+    seed: int = 0
+    topk_logprobs: int = 0
+    prompt_column: str = "prompt"
+    max_prompt_length: int = 256
+    use_chat_template: bool = False
+
+    def __post_init__(self):
+        problems = []
+        if self.decoding not in DECODINGS:
+            problems.append(f"decoding={self.decoding!r}: use one of {', '.join(DECODINGS)}")
+        if self.num_samples < 1:
+            problems.append(f"num_samples={self.num_samples}: use 1 or more")
+        if self.decoding == "greedy" and self.num_samples != 1:
+            problems.append("greedy decoding gives one output per input: use num_samples=1 or decoding='sample'")
+        if self.decoding == "beam" and self.num_samples > self.num_beams:
+            problems.append(f"num_samples={self.num_samples} > num_beams={self.num_beams}: beam search returns at most num_beams")
+        if not self.temperature > 0:
+            problems.append(f"temperature={self.temperature}: use a positive temperature")
+        if self.top_k < 0 or not 0 < self.top_p <= 1:
+            problems.append(f"top_k={self.top_k}, top_p={self.top_p}: use top_k >= 0 and 0 < top_p <= 1")
+        for name in ("max_new_tokens", "batch_size", "max_prompt_length"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}={getattr(self, name)}: use a positive number")
+        if self.topk_logprobs < 0:
+            problems.append(f"topk_logprobs={self.topk_logprobs}: use 0 (off) or a positive k")
+        if problems:
+            raise ValueError("invalid sampling settings: " + "; ".join(problems) + ".")
+
+    def generation_config(self, model, tokenizer) -> GenerationConfig:
+        cfg = sampling_config(
+            model,
+            tokenizer,
+            max_new_tokens=self.max_new_tokens,
+            do_sample=self.decoding == "sample",
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            num_beams=self.num_beams if self.decoding == "beam" else 1,
+        )
+        cfg.num_return_sequences = self.num_samples
+        if self.topk_logprobs:
+            cfg.output_logits, cfg.return_dict_in_generate = True, True
+        return cfg
+
+
+PROVENANCE_FILE = "fdistill_provenance.json"
+_WORK_DIR = ".fdistill_work"
+
+
+def _fingerprint(record: dict) -> str:
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def sample_offline(
+    model,
+    tokenizer,
+    dataset: Dataset,
+    output_dir: str,
+    settings: OfflineSamplingSettings,
+    *,
+    teacher_id: str,
+    teacher_revision: str | None = None,
+    show_progress: bool = True,
+) -> Dataset:
+    """Draw teacher samples for every input once and save them as a `datasets` dataset at ``output_dir``.
+
+    Work is split into batches of similar prompt length; batch ``b`` is drawn by process
+    ``b mod world_size`` with its own seed and written to its own file, atomically. A
+    re-run with the same settings skips finished batches (resume after interruption:
+    no row lost or duplicated). When every batch is done the main process merges them in
+    input order, saves the dataset and only then makes it loadable (``state.json`` moved
+    last) and writes the provenance record ``fdistill_provenance.json``.
+
+    Output columns: the input columns, ``input_index``, ``sample_index``,
+    ``teacher_sample_ids`` (EOS kept when the teacher stopped there), ``teacher_sample``
+    (text), ``teacher_stopped`` (ended by EOS, not the length limit) and, with
+    ``topk_logprobs``, ``teacher_topk_ids`` / ``teacher_topk_logprobs`` per position.
+
+    Run it under ``accelerate launch`` to share the work between processes.
+    """
+    from accelerate import PartialState
+
+    state = PartialState()
+    # ---- validation: all before any generation or any write
+    if settings.prompt_column not in dataset.column_names:
+        raise ValueError(
+            f"the dataset has no column {settings.prompt_column!r} (it has {dataset.column_names}); set the prompt column."
+        )
+    if len(dataset) == 0:
+        raise ValueError("the dataset is empty; nothing to sample.")
+    if tokenizer.pad_token_id is None:
+        raise ValueError(
+            "the teacher's tokenizer has no pad token; batched generation needs one "
+            "(e.g. tokenizer.pad_token = tokenizer.eos_token)."
+        )
+    from fdistill import __version__
+
+    out = Path(output_dir)
+    provenance = {
+        "teacher": teacher_id,
+        "teacher_revision": teacher_revision,
+        "settings": asdict(settings),
+        "dataset_fingerprint": getattr(dataset, "_fingerprint", None),
+        "num_inputs": len(dataset),
+        "fdistill_version": __version__,
+    }
+    run_id = _fingerprint({k: v for k, v in provenance.items() if k != "fdistill_version"})
+    provenance["run_id"] = run_id
+    existing = out / PROVENANCE_FILE
+    if existing.exists():
+        previous = json.loads(existing.read_text())
+        if previous.get("run_id") != run_id:
+            raise ValueError(
+                f"{output_dir!r} already holds samples from a different run (run_id {previous.get('run_id')}, this run "
+                f"{run_id}); choose another output folder or delete it."
+            )
+        return load_from_disk(str(out))
+    work = out / _WORK_DIR
+    run_file = work / "run.json"
+    if run_file.exists() and json.loads(run_file.read_text()).get("run_id") != run_id:
+        raise ValueError(
+            f"{output_dir!r} holds an unfinished run with different settings; resume it with the same settings, "
+            "or choose another output folder."
+        )
+    if out.exists() and not work.exists() and any(out.iterdir()):
+        raise ValueError(f"{output_dir!r} exists and is not an fdistill sampling folder; choose an empty or new folder.")
+    generation_config = settings.generation_config(model, tokenizer)  # validates against the model too
+
+    collator = DistillCollator(
+        tokenizer,
+        is_encoder_decoder=bool(_unwrap(model).config.is_encoder_decoder),
+        prompt_column=settings.prompt_column,
+        max_prompt_length=settings.max_prompt_length,
+        use_chat_template=settings.use_chat_template,
+    )
+    prompts = [collator.prompt_tokens(p) for p in dataset[settings.prompt_column]]
+    order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))  # batch by length
+    batches = [order[i : i + settings.batch_size] for i in range(0, len(order), settings.batch_size)]
+    if state.is_main_process:
+        work.mkdir(parents=True, exist_ok=True)
+        if not run_file.exists():
+            _write_atomic(run_file, json.dumps(provenance, indent=1, default=str))
+    state.wait_for_everyone()
+
+    mine = [b for b in range(len(batches)) if b % state.num_processes == state.process_index]
+    todo = [b for b in mine if not (work / f"batch_{b:06d}.jsonl").exists()]
+    model.to(state.device)
+    progress = tqdm(
+        total=len(mine), initial=len(mine) - len(todo), desc=f"teacher samples [{state.process_index}]",
+        unit="batch", disable=not show_progress,
+    )
+    start, n_inputs, n_tokens = time.perf_counter(), 0, 0
+    for b in todo:
+        indices = batches[b]
+        rows = _sample_batch(model, tokenizer, collator, prompts, indices, generation_config, settings, state.device, b)
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+        _write_atomic(work / f"batch_{b:06d}.jsonl", text)
+        n_inputs += len(indices)
+        n_tokens += sum(len(r["teacher_sample_ids"]) for r in rows)
+        elapsed = time.perf_counter() - start
+        progress.set_postfix(inputs_per_s=f"{n_inputs / elapsed:.2f}", tokens_per_s=f"{n_tokens / elapsed:.1f}")
+        progress.update(1)
+    progress.close()
+    state.wait_for_everyone()
+    if state.is_main_process:
+        _merge(dataset, batches, work, out, settings, provenance)
+    state.wait_for_everyone()
+    return load_from_disk(str(out))
+
+
+@torch.no_grad()
+def _sample_batch(model, tokenizer, collator, prompts, indices, generation_config, settings, device, batch_id) -> list[dict]:
+    from fdistill.data import pad_left, pad_right
+
+    pad = tokenizer.pad_token_id
+    rows_in = [prompts[i] for i in indices]
+    ids, mask = (pad_right if collator.is_encoder_decoder else pad_left)(rows_in, pad)
+    torch.manual_seed(settings.seed * 1_000_003 + batch_id)
+    was_training = model.training
+    model.eval()
+    try:
+        out = model.generate(
+            input_ids=ids.to(device), attention_mask=mask.long().to(device), generation_config=generation_config
+        )
+    finally:
+        model.train(was_training)
+    sequences = out.sequences if hasattr(out, "sequences") else out
+    completions = sequences[:, 1:] if collator.is_encoder_decoder else sequences[:, ids.shape[1] :]
+    keep = completion_mask(completions, eos_ids(generation_config))
+    eos = torch.tensor(eos_ids(generation_config) or [-1], device=completions.device)
+    topk = None
+    if settings.topk_logprobs:
+        logits = torch.stack(out.logits, dim=1).float()  # (B·k, C, V), raw (untempered) scores
+        values, token_ids = torch.log_softmax(logits, -1).topk(settings.topk_logprobs, dim=-1)
+        topk = (token_ids, values)
+    rows = []
+    k = settings.num_samples
+    for r in range(completions.shape[0]):
+        i, s = indices[r // k], r % k
+        sample = completions[r][keep[r]]
+        row = {
+            "input_index": i,
+            "sample_index": s,
+            "teacher_sample_ids": sample.tolist(),
+            "teacher_sample": tokenizer.decode(sample, skip_special_tokens=True).strip(),
+            "teacher_stopped": bool(torch.isin(sample[-1:], eos).any()) if len(sample) else False,
+        }
+        if topk is not None:
+            n = len(sample)
+            row["teacher_topk_ids"] = topk[0][r, :n].tolist()
+            row["teacher_topk_logprobs"] = [[round(v, 6) for v in pos] for pos in topk[1][r, :n].tolist()]
+        rows.append(row)
+    return rows
+
+
+def _merge(dataset: Dataset, batches, work: Path, out: Path, settings, provenance) -> None:
+    """Merge the batch files in input order, check completeness, and publish the dataset atomically."""
+    rows = []
+    for b in range(len(batches)):
+        path = work / f"batch_{b:06d}.jsonl"
+        if not path.exists():
+            raise RuntimeError(f"batch {b} is missing from {work}; re-run the same command to finish it.")
+        rows.extend(json.loads(line) for line in path.read_text().splitlines())
+    rows.sort(key=lambda r: (r["input_index"], r["sample_index"]))
+    expected = [(i, s) for i in range(len(dataset)) for s in range(settings.num_samples)]
+    got = [(r["input_index"], r["sample_index"]) for r in rows]
+    if got != expected:
+        raise RuntimeError(f"sample rows do not match the inputs ({len(got)} rows for {len(expected)} expected).")
+    merged = dataset.select([r["input_index"] for r in rows])
+    for column in rows[0]:
+        if column in merged.column_names:
+            merged = merged.remove_columns(column)
+        merged = merged.add_column(column, [r[column] for r in rows])
+    staging = work / "final"
+    if staging.exists():
+        shutil.rmtree(staging)
+    merged.save_to_disk(str(staging))
+    files = sorted(staging.iterdir(), key=lambda p: p.name == "state.json")  # state.json last: loadable only when whole
+    for f in files:
+        os.replace(f, out / f.name)
+    provenance = dict(provenance, num_rows=len(merged), created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    _write_atomic(out / PROVENANCE_FILE, json.dumps(provenance, indent=1, default=str))
+    shutil.rmtree(work)

@@ -1,0 +1,407 @@
+"""Model cards and Hub upload for distilled students.
+
+:func:`save_model_card` writes ``README.md`` into the run's ``output_dir``: Hub metadata
+(teacher as ``base_model``, tags, license, datasets) and a body that says what the student
+is (teacher, objective, settings, sizes, data, training, final metrics, usage, citation).
+``FDistillTrainer.create_model_card`` calls it, so ``trainer.push_to_hub()`` uploads the
+student, its tokenizer and this card with the ordinary ``transformers`` machinery.
+Every section degrades gracefully: no teacher (MLE/SeqKD), no eval set, no logs yet.
+
+References: Wen et al. 2023, "f-Divergence Minimization for Sequence-Level Knowledge
+Distillation" (ACL, arXiv:2305.15718).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import fields
+
+import torch
+import transformers
+from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+import fdistill
+from fdistill.config import DistillArguments
+
+OBJECTIVE_NAMES = {
+    "kl": "sequence-level KL divergence KL(p‖q)",
+    "rkl": "sequence-level reverse KL divergence KL(q‖p)",
+    "js": "sequence-level Jensen–Shannon divergence",
+    "tvd": "sequence-level total variation distance",
+    "engine": "ENGINE objective (Tu et al. 2020)",
+    "predistill": "pre-distillation objective (Shleifer & Rush 2020)",
+    "seqkd": "sequence-level knowledge distillation (SeqKD, Kim & Rush 2016)",
+    "mle": "maximum likelihood (MLE baseline)",
+}
+
+OBJECTIVE_MEANING = {
+    "kl": "forward KL(p‖q) on offline teacher samples: the student spreads over all of the teacher's modes",
+    "rkl": "reverse KL(q‖p) on online student samples: the student concentrates on the teacher's main modes",
+    "js": "Jensen–Shannon: ½·KL(p‖m) on teacher samples + ½·KL(q‖m) on student samples, m the teacher–student mixture",
+    "tvd": "total variation distance (its step-wise upper bound) on teacher and student samples",
+    "engine": "teacher energy −log p of online student samples: reverse KL without the student's entropy",
+    "predistill": "α_mle·cross-entropy + α_kd·word-level KL(p‖q) + α_hid·hidden-state MSE on references",
+    "seqkd": "cross-entropy on the teacher's offline beam-search outputs",
+    "mle": "cross-entropy on ground-truth references (no teacher)",
+}
+
+# Metrics the trainer logs (train and eval_*), and what they mean.
+METRIC_MEANING = {
+    "loss": "the training objective",
+    "train_loss": "the objective averaged over the whole run",
+    "loss_on_teacher_samples": "divergence term on offline teacher samples",
+    "loss_on_student_samples": "divergence term on online student samples",
+    "student_entropy": "mean per-token entropy of the student on its own samples (nats)",
+    "student_sample_length": "mean length of the student's online samples (tokens)",
+    "teacher_nll_of_student_samples": "teacher's negative log-likelihood of student samples (nats per sequence)",
+    "loss_mle": "pre-distillation: cross-entropy on references",
+    "loss_kd": "pre-distillation: word-level KL(p‖q) on references",
+    "loss_hidden": "pre-distillation: hidden-state MSE",
+}
+
+# `datasets` builders that read local files: their name says nothing about where the data came from.
+PACKAGED_BUILDERS = {"arrow", "audiofolder", "csv", "generator", "imagefolder", "json", "pandas", "parquet", "sql",
+                     "text", "videofolder", "webdataset"}
+
+CITATION = """\
+@inproceedings{wen2023fdistill,
+  title     = {f-Divergence Minimization for Sequence-Level Knowledge Distillation},
+  author    = {Wen, Yuqiao and Li, Zichao and Du, Wenyu and Mou, Lili},
+  booktitle = {Proceedings of the 61st Annual Meeting of the Association for Computational Linguistics (ACL)},
+  year      = {2023},
+  eprint    = {2305.15718},
+  archivePrefix = {arXiv},
+}"""
+
+
+def save_model_card(
+    trainer,
+    *,
+    model_name: str | None = None,
+    language: str | list[str] | None = None,
+    license: str | None = None,
+    tags: str | list[str] | None = None,
+    finetuned_from: str | None = None,
+    dataset: str | list[str] | None = None,
+    **ignored,
+) -> str:
+    """Write ``README.md`` for the distilled student into ``trainer.args.output_dir`` and return its text.
+
+    The YAML front matter holds ``base_model`` (the teacher, or ``finetuned_from``; for a
+    PEFT student the adapter's base model), ``library_name``, tags (``fdistill``,
+    ``distillation``, ``knowledge-distillation``, the objective and ``tags``), ``license``,
+    ``language`` and ``datasets``; names that are local paths, not Hub ids, stay out of it.
+
+    Arguments:
+        trainer: an ``FDistillTrainer`` (or a Trainer with the ``FDistillMixin``), trained or not.
+        model_name: title of the card; default: the Hub repo name or the output folder's name.
+        language: language code(s) of the data.
+        license: license identifier (e.g. ``"apache-2.0"``).
+        tags: extra Hub tags.
+        finetuned_from: overrides ``base_model`` (by default the teacher's name, else the
+            name of the weights the student started from).
+        dataset: Hub id(s) of the training data; default: the train dataset's own name, if any.
+        ignored: the other ``Trainer.create_model_card`` arguments (tasks, dataset_tags, ...), unused.
+
+    Returns:
+        The card's text (front matter and body), as written.
+    """
+    a: DistillArguments = trainer.distill_args
+    model = _unwrap(trainer.model)
+    student = _base(model)
+    peft_base = _peft_base_name(model)
+    teacher = getattr(trainer, "teacher", None)
+    teacher_name = _name(teacher)
+    repo_id = getattr(trainer, "hub_model_id", None) or trainer.args.hub_model_id
+    title = model_name or (repo_id or os.path.abspath(trainer.args.output_dir)).rstrip("/").split("/")[-1]
+
+    base_model = finetuned_from or (peft_base if peft_base else teacher_name) or _name(student)
+    datasets = [dataset] if isinstance(dataset, str) else list(dataset or [])
+    if not datasets and _dataset_name(trainer.train_dataset):
+        datasets = [_dataset_name(trainer.train_dataset)]
+    all_tags = ["fdistill", "distillation", "knowledge-distillation", a.objective]
+    for tag in [tags] if isinstance(tags, str) else tags or []:
+        if tag not in all_tags:
+            all_tags.append(tag)
+    data = ModelCardData(
+        base_model=base_model if _is_hub_id(base_model) else None,
+        library_name="peft" if peft_base is not None else "transformers",
+        license=license,
+        language=language,
+        datasets=[d for d in datasets if _is_hub_id(d)] or None,
+        model_name=title,
+        tags=all_tags,
+        pipeline_tag="text2text-generation" if student.config.is_encoder_decoder else "text-generation",
+    )
+    sections = [
+        f"# {title}",
+        _intro(a, teacher_name, student, base_model if base_model != teacher_name else None),
+        "## Distillation settings\n\n" + _table(["setting", "value", "meaning"], _settings(a, student)),
+        "## Model size\n\n" + _table(["model", "parameters"], _sizes(model, teacher)),
+        "## Data\n\n" + _data(a, trainer.train_dataset, trainer.eval_dataset),
+        "## Training\n\n" + _table(["hyperparameter", "value"], _training(trainer)),
+        "## Final metrics\n\n" + _results(trainer.state.log_history),
+        "## Usage\n\n" + _usage(repo_id or trainer.args.output_dir, student, peft_base is not None, a.use_chat_template),
+        "## Framework versions\n\n"
+        f"- fdistill {fdistill.__version__}\n- transformers {transformers.__version__}\n- torch {torch.__version__}",
+        "## Citation\n\n```bibtex\n" + CITATION + "\n```",
+    ]
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n")
+    os.makedirs(trainer.args.output_dir, exist_ok=True)
+    card.save(os.path.join(trainer.args.output_dir, "README.md"))
+    return str(card)
+
+
+# ---------------------------------------------------------------------- sections
+
+
+def _intro(a: DistillArguments, teacher: str | None, student, init: str | None) -> str:
+    who = _link(teacher) if teacher else "a teacher model"
+    what = OBJECTIVE_NAMES[a.objective]
+    if a.objective in ("kl", "rkl", "js", "tvd"):
+        text = (
+            f"This model is a student distilled from {who} by minimising the {what} with "
+            "[f-DISTILL](https://arxiv.org/abs/2305.15718) (Wen et al., ACL 2023): the sequence-level "
+            "divergence is decomposed into per-step divergences between the teacher's and the student's "
+            "next-token distributions, on sequences sampled offline from the teacher and/or online from the student."
+        )
+    elif a.objective == "mle":
+        text = (
+            "This model was trained by maximum likelihood on reference targets — the MLE baseline of "
+            "[f-DISTILL](https://arxiv.org/abs/2305.15718) (Wen et al., ACL 2023), without a teacher."
+        )
+    elif a.objective == "seqkd":
+        text = (
+            f"This model is a student trained by {what} on the beam-search outputs of {who}, a baseline of "
+            "[f-DISTILL](https://arxiv.org/abs/2305.15718) (Wen et al., ACL 2023)."
+        )
+    else:
+        text = (
+            f"This model is a student distilled from {who} with the {what}, as run by "
+            "[f-DISTILL](https://arxiv.org/abs/2305.15718) (Wen et al., ACL 2023)."
+        )
+    if init:
+        text += f" Its weights started from {_link(init)}."
+    copied = getattr(student.config, "fdistill_teacher_layers", None)
+    if copied:
+        stacks = "; ".join(f"{stack}: {list(layers)}" for stack, layers in copied.items())
+        text += f" The student was made by copying teacher layers ({stacks})."
+    return text + f"\n\nTrained with [fdistill](https://pypi.org/project/fdistill/) {fdistill.__version__}."
+
+
+def _settings(a: DistillArguments, student) -> list[list[str]]:
+    help_of = {f.name: f.metadata.get("help", "") for f in fields(DistillArguments)}
+    names = ["objective"]
+    if a.objective == "js":
+        names += ["js_mixture", "js_beta"]
+    if a.needs_teacher:  # the objectives that compare with the teacher's logits
+        names.append("loss_temperature")
+    names.append("loss_reduction")
+    if a.needs_student_samples:
+        names.append("student_do_sample")
+        names += ["student_sampling_temperature", "student_top_k", "student_top_p"] if a.student_do_sample else [
+            "student_num_beams"]
+        names.append("max_new_tokens")
+    if a.objective == "predistill":
+        names += ["predistill_alpha_mle", "predistill_alpha_kd", "predistill_alpha_hidden"]
+    if a.teacher_dtype:
+        names.append("teacher_dtype")
+    rows = [[f"`{n}`", _fmt(getattr(a, n)), help_of[n]] for n in names]
+    rows[0][2] = OBJECTIVE_MEANING[a.objective]
+    if a.objective == "predistill" and a.predistill_alpha_hidden > 0:
+        recorded = (getattr(student.config, "fdistill_teacher_layers", None) or {}).get("decoder")
+        layer_map = a.predistill_layer_map if a.predistill_layer_map is not None else recorded
+        rows.append(["`predistill_layer_map`", _fmt(layer_map), help_of["predistill_layer_map"]])
+    return rows
+
+
+def _sizes(model, teacher) -> list[list[str]]:
+    n_student = _count(model.parameters())
+    rows = [["student", f"{n_student:,} ({_human(n_student)})"]]
+    trainable = _count(p for p in model.parameters() if p.requires_grad)
+    if trainable != n_student:  # PEFT / frozen parts
+        rows.append(["student, trainable", f"{trainable:,} ({100 * trainable / max(n_student, 1):.2f} %)"])
+    if teacher is not None:
+        n_teacher = _count(teacher.parameters())
+        rows.append(["teacher", f"{n_teacher:,} ({_human(n_teacher)})"])
+        rows.append(["teacher / student", f"{n_teacher / max(n_student, 1):.2f}× (the student has "
+                                          f"{100 * n_student / max(n_teacher, 1):.1f} % of the teacher's parameters)"])
+    return rows
+
+
+def _data(a: DistillArguments, train, eval_) -> str:
+    columns = [a.prompt_column]
+    if a.needs_reference:
+        columns.append(a.reference_column)
+    if a.needs_teacher_samples:
+        columns.append(a.teacher_sample_column)
+    splits = [("train", train)]
+    if isinstance(eval_, dict):
+        splits += [(f"eval ({name})", d) for name, d in eval_.items()]
+    elif eval_ is not None:
+        splits.append(("eval", eval_))
+    rows = []
+    for split, d in splits:
+        if d is None:
+            continue
+        size = f"{len(d):,}" if hasattr(d, "__len__") else "streamed"
+        rows.append([split, _dataset_name(d) or "local", size])
+    text = _table(["split", "dataset", "examples"], rows) if rows else "No dataset was attached to the trainer."
+    text += "\n\nColumns used: " + ", ".join(f"`{c}`" for c in columns)
+    if a.needs_student_samples:
+        text += " (student samples are drawn online during training)"
+    text += (
+        f". Prompts are truncated to {a.max_prompt_length} tokens, targets to {a.max_target_length}"
+        + ("; prompts are wrapped in the tokenizer's chat template." if a.use_chat_template else ".")
+    )
+    return text
+
+
+def _training(trainer) -> list[list[str]]:
+    args, state = trainer.args, trainer.state
+    world = getattr(args, "world_size", 1)
+    batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * world
+    precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+    return [
+        ["optimizer steps", _fmt(state.global_step)],
+        ["epochs", _fmt(state.epoch or 0.0)],
+        ["learning rate", f"{args.learning_rate:g} ({_value(args.lr_scheduler_type)} schedule)"],
+        ["batch size", f"{batch} = {args.per_device_train_batch_size} per device × "
+                       f"{args.gradient_accumulation_steps} accumulation × {world} process(es)"],
+        ["optimizer", _value(args.optim)],
+        ["precision", precision],
+        ["seed", str(args.seed)],
+    ]
+
+
+def _results(history: list[dict]) -> str:
+    train = [e for e in history if "loss" in e]
+    summary = next((e for e in reversed(history) if "train_loss" in e), {})
+    evals = [e for e in history if any(k.startswith("eval_") for k in e)]
+    rows = []
+    if train:
+        last = train[-1]
+        for key, value in last.items():
+            if key in METRIC_MEANING:
+                rows.append([f"`{key}` (train, step {last.get('step', '?')})", _fmt(value), METRIC_MEANING[key]])
+    if "train_loss" in summary:
+        rows.append(["`train_loss`", _fmt(summary["train_loss"]), METRIC_MEANING["train_loss"]])
+    if evals:
+        last = evals[-1]
+        skip = ("runtime", "per_second", "epoch")
+        for key, value in last.items():
+            if key.startswith("eval_") and not any(s in key for s in skip):
+                rows.append([f"`{key}` (step {last.get('step', '?')})", _fmt(value), METRIC_MEANING.get(key[5:], "")])
+    if not rows:
+        return "No metrics logged yet."
+    return _table(["metric", "value", "meaning"], rows)
+
+
+def _usage(repo: str, student, is_peft: bool, chat: bool) -> str:
+    seq2seq = bool(student.config.is_encoder_decoder)
+    auto = ("AutoPeftModelFor" if is_peft else "AutoModelFor") + ("Seq2SeqLM" if seq2seq else "CausalLM")
+    source = "peft" if is_peft else "transformers"
+    imports = f"from {source} import {auto}\nfrom transformers import AutoTokenizer" if is_peft else (
+        f"from transformers import {auto}, AutoTokenizer")
+    if chat:
+        encode = ('messages = [{"role": "user", "content": "Hello! Who are you?"}]\n'
+                  "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, "
+                  'return_tensors="pt", return_dict=True)')
+    else:
+        encode = 'inputs = tokenizer("Hello! Who are you?", return_tensors="pt")'
+    return (
+        "```python\n"
+        f"{imports}\n\n"
+        f'tokenizer = AutoTokenizer.from_pretrained("{repo}")\n'
+        f'model = {auto}.from_pretrained("{repo}")\n'
+        f"{encode}\n"
+        "outputs = model.generate(**inputs, max_new_tokens=64, do_sample=True)\n"
+        "print(tokenizer.decode(outputs[0], skip_special_tokens=True))\n"
+        "```"
+    )
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _unwrap(model):
+    """Strip DDP/accelerate wrappers (keeps a PEFT wrapper)."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+def _base(model):
+    """The transformers model under a PEFT wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _peft_base_name(model) -> str | None:
+    """Name of the base model of a PEFT student ("" when unknown), ``None`` when not PEFT."""
+    configs = getattr(model, "peft_config", None)
+    if not configs:
+        return None
+    config = configs.get(getattr(model, "active_adapter", "default")) or next(iter(configs.values()))
+    return getattr(config, "base_model_name_or_path", None) or ""
+
+
+def _name(model) -> str | None:
+    """``name_or_path`` of a model (its own attribute, else its config's), or ``None``."""
+    if model is None:
+        return None
+    model = _base(_unwrap(model))
+    name = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", None)
+    return str(name) if name else None
+
+
+def _is_hub_id(name: str | None) -> bool:
+    """Whether ``name`` can be a Hub repo id (and is not a local path): only those go in the metadata."""
+    if not name or os.path.exists(name):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _link(name: str) -> str:
+    return f"[{name}](https://huggingface.co/{name})" if _is_hub_id(name) else f"`{name}`"
+
+
+def _dataset_name(dataset) -> str | None:
+    info = getattr(dataset, "info", None)
+    for name in (getattr(info, "dataset_name", None), getattr(info, "builder_name", None)):
+        if name and name not in PACKAGED_BUILDERS:
+            return name
+    return None
+
+
+def _count(params) -> int:
+    # DeepSpeed ZeRO-3 leaves empty placeholders; the real size is in ds_numel.
+    return sum(getattr(p, "ds_numel", p.numel()) for p in params)
+
+
+def _human(n: int) -> str:
+    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return str(n)
+
+
+def _value(x) -> str:
+    return str(getattr(x, "value", x))
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    cell = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)

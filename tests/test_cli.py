@@ -1,0 +1,80 @@
+"""The `fdistill` command: sampling (one and two processes), training from a recipe, clear errors."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import transformers
+import yaml
+from datasets import load_from_disk
+
+from fdistill import testing as tiny
+from fdistill.cli import main
+
+transformers.logging.set_verbosity_error()
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("teacher")
+    tiny.llama(2, seed=0, init=0.15).save_pretrained(path)
+    tiny.tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "prompts.jsonl"
+    tiny.dataset(10, seed=8).to_json(str(path))
+    return path
+
+
+def sample_args(teacher_dir, prompts_file, out):
+    return ["sample", "--teacher", str(teacher_dir), "--data", str(prompts_file), "--output", str(out),
+            "--num-samples", "2", "--max-new-tokens", "6", "--batch-size", "3", "--no-progress"]
+
+
+def test_sample_then_train_from_a_recipe(teacher_dir, prompts_file, tmp_path):
+    main(sample_args(teacher_dir, prompts_file, tmp_path / "samples"))
+    samples = load_from_disk(str(tmp_path / "samples"))
+    assert len(samples) == 20 and "teacher_sample_ids" in samples.column_names
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "teacher": str(teacher_dir), "train_data": str(tmp_path / "samples"), "student_layers": [0],
+        "objective": "tvd", "output_dir": str(tmp_path / "run"), "max_steps": 2, "per_device_train_batch_size": 4,
+        "max_new_tokens": 6, "use_cpu": True, "report_to": [], "save_strategy": "no", "disable_tqdm": True,
+    }))
+    main(["train", str(recipe), "max_steps=3", "learning_rate=0.001"])
+    assert (tmp_path / "run" / "model.safetensors").exists() and (tmp_path / "run" / "README.md").exists()
+    student = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "run")
+    assert student.config.num_hidden_layers == 1 and student.config.fdistill_teacher_layers == {"decoder": [0]}
+
+
+def test_bad_input_is_one_clear_line(teacher_dir, prompts_file, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(sample_args(teacher_dir, prompts_file, tmp_path / "o") + ["--decoding", "nucleus"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: invalid sampling settings: decoding='nucleus'" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(yaml.safe_dump({"teacher": str(teacher_dir), "train_data": str(prompts_file), "objective": "jsd",
+                                      "output_dir": str(tmp_path / "run")}))
+    with pytest.raises(SystemExit):
+        main(["train", str(recipe)])
+    assert "objective='jsd'" in capsys.readouterr().err
+
+
+def test_two_processes_give_the_same_dataset_as_one(teacher_dir, prompts_file, tmp_path):
+    main(sample_args(teacher_dir, prompts_file, tmp_path / "one"))
+    launcher = shutil.which("accelerate")
+    assert launcher, "accelerate's launcher is installed with the package"
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    cmd = [launcher, "launch", "--num_processes", "2", "--cpu", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "-m", "fdistill.cli"] + sample_args(teacher_dir, prompts_file, tmp_path / "two")
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = load_from_disk(str(tmp_path / "one")), load_from_disk(str(tmp_path / "two"))
+    assert one["teacher_sample_ids"] == two["teacher_sample_ids"] and one["prompt"] == two["prompt"]

@@ -1,0 +1,161 @@
+"""Model card and Hub upload on tiny in-process models, against a local stand-in for the Hub API (no network)."""
+
+import fnmatch
+import os
+import shutil
+from types import SimpleNamespace
+
+import pytest
+import torch
+import transformers
+import transformers.trainer
+from huggingface_hub import ModelCard
+
+from fdistill import FDistillConfig, FDistillTrainer
+from fdistill import testing as tiny
+from fdistill.hub import save_model_card
+from fdistill.student import create_student_from_teacher
+
+transformers.logging.set_verbosity_error()
+TEACHER = "org/tiny-teacher"
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny.tokenizer()
+
+
+def config(tmp_path, **kw):
+    defaults = dict(
+        output_dir=str(tmp_path / "out"), max_new_tokens=8, per_device_train_batch_size=4, learning_rate=3e-3,
+        lr_scheduler_type="constant", report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True, seed=0,
+        logging_steps=1, max_steps=2,
+    )
+    defaults.update(kw)
+    return FDistillConfig(**defaults)
+
+
+def make_teacher(arch):
+    teacher = getattr(tiny, arch)(2, seed=0, init=0.15)
+    teacher.config._name_or_path = TEACHER  # as if loaded from the Hub (model.name_or_path stays "")
+    return teacher
+
+
+def n_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("arch", ["llama", "bart"])
+def test_card_after_js_distillation(tok, tmp_path, arch):
+    teacher = make_teacher(arch)
+    data = tiny.dataset(8, seed=0, teacher=teacher, tok=tok)
+    student = getattr(tiny, arch)(1, seed=1)
+    args = config(tmp_path, objective="js", js_mixture="exact")
+    trainer = FDistillTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data,
+                              eval_dataset=data.select(range(4)), processing_class=tok)
+    trainer.train()
+    trainer.evaluate()
+    trainer.create_model_card(license="apache-2.0", tags=["my-tag"])
+
+    path = os.path.join(args.output_dir, "README.md")
+    card = ModelCard.load(path)
+    assert card.data.base_model == TEACHER
+    assert card.data.library_name == "transformers" and card.data.license == "apache-2.0"
+    assert {"fdistill", "distillation", "knowledge-distillation", "js", "my-tag"} <= set(card.data.tags)
+    assert not card.data.get("datasets")  # an in-memory dataset has no Hub name
+    body = card.text
+    assert "Jensen–Shannon" in body and "`js_mixture` | exact" in body and "`js_beta` | 0.5" in body
+    assert "`student_sampling_temperature`" in body  # JS samples the student online
+    last = [e for e in trainer.state.log_history if "loss" in e][-1]
+    assert f"| `loss` (train, step 2) | {last['loss']:.4g} |" in body
+    for key in ("loss_on_teacher_samples", "loss_on_student_samples", "student_entropy",
+                "teacher_nll_of_student_samples", "eval_loss"):
+        assert f"`{key}`" in body, key
+    assert f"{n_params(student):,}" in body and f"{n_params(teacher):,}" in body
+    assert "| train | local | 8 |" in body and "| eval | local | 4 |" in body
+    auto = "AutoModelForSeq2SeqLM" if arch == "bart" else "AutoModelForCausalLM"
+    assert f"{auto}.from_pretrained(" in body
+    assert "2305.15718" in body and "@inproceedings" in body
+    # the text returned is what was written
+    assert save_model_card(trainer, license="apache-2.0", tags=["my-tag"]) == open(path, encoding="utf-8").read()
+
+
+def test_card_without_teacher_logs_or_eval(tok, tmp_path):
+    """MLE keeps no teacher; a card made before training still says what it can."""
+    teacher = make_teacher("llama")
+    student = create_student_from_teacher(teacher, num_layers=1)  # config (and name) copied from the teacher
+    data = tiny.dataset(8, seed=0)
+    trainer = FDistillTrainer(model=student, teacher_model=teacher, args=config(tmp_path, objective="mle"),
+                              train_dataset=data, processing_class=tok)
+    assert trainer.teacher is None
+
+    text = save_model_card(trainer, dataset="org/tiny-data")
+    card = ModelCard.load(os.path.join(trainer.args.output_dir, "README.md"))
+    assert card.data.base_model == TEACHER and card.data.datasets == ["org/tiny-data"]
+    assert "mle" in card.data.tags
+    assert "No metrics logged yet." in text and "teacher / student" not in text
+    assert "`loss_temperature`" not in text and "`student_top_p`" not in text  # MLE uses neither
+    assert "copying teacher layers (decoder: [0])" in text
+
+    trainer.train()
+    trainer.create_model_card()
+    text = open(os.path.join(trainer.args.output_dir, "README.md"), encoding="utf-8").read()
+    assert "maximum likelihood" in text and f"{n_params(student):,}" in text
+    last = [e for e in trainer.state.log_history if "loss" in e][-1]
+    assert f"{last['loss']:.4g}" in text and "`eval_" not in text
+
+
+class LocalHub:
+    """Stands in for `transformers.utils.hf_api()`: repos are folders under ``root``, uploads are copies."""
+
+    def __init__(self, root):
+        self.root, self.calls = root, []
+
+    def create_repo(self, repo_id, token=None, private=None, exist_ok=True, **kw):
+        self.calls.append(("create_repo", repo_id))
+        os.makedirs(self.root / repo_id, exist_ok=exist_ok)
+        return SimpleNamespace(repo_id=repo_id, url=f"local://{repo_id}")
+
+    def upload_folder(self, repo_id, folder_path, commit_message=None, token=None, run_as_future=False,
+                      ignore_patterns=None, revision=None, **kw):
+        self.calls.append(("upload_folder", repo_id, commit_message))
+        assert not run_as_future
+        for dirpath, _, files in os.walk(folder_path):
+            for name in files:
+                rel = os.path.relpath(os.path.join(dirpath, name), folder_path).replace(os.sep, "/")
+                if any(fnmatch.fnmatch(rel, p) for p in ignore_patterns or []):
+                    continue
+                os.makedirs((self.root / repo_id / rel).parent, exist_ok=True)
+                shutil.copy(os.path.join(dirpath, name), self.root / repo_id / rel)
+        return SimpleNamespace(commit_url=f"local://{repo_id}/commit", oid="0" * 40)
+
+
+def test_push_to_hub_uploads_student_and_card(tok, tmp_path, monkeypatch):
+    hub = LocalHub(tmp_path / "hub")
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: hub)
+    teacher = make_teacher("llama")
+    data = tiny.dataset(8, seed=0, teacher=teacher, tok=tok)
+    student = tiny.llama(1, seed=1)
+    args = config(tmp_path, objective="js", hub_model_id="me/tiny-student", push_to_hub=False)
+    trainer = FDistillTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data, processing_class=tok)
+    trainer.train()
+    assert hub.calls == []  # push_to_hub=False: nothing uploaded during training
+    os.makedirs(os.path.join(args.output_dir, "checkpoint-1"))
+    open(os.path.join(args.output_dir, "checkpoint-1", "junk.bin"), "w").close()
+
+    trainer.push_to_hub()
+
+    assert [c[:2] for c in hub.calls] == [("create_repo", "me/tiny-student"), ("upload_folder", "me/tiny-student")]
+    repo = hub.root / "me" / "tiny-student"
+    uploaded = {p.name for p in repo.iterdir()}
+    assert {"README.md", "config.json", "model.safetensors", "tokenizer.json"} <= uploaded
+    assert "checkpoint-1" not in uploaded  # the Trainer's ignore_patterns were honoured
+    card = ModelCard.load(repo / "README.md")
+    assert card.data.base_model == TEACHER and "fdistill" in card.data.tags
+    assert card.data.model_name == "tiny-student" and 'from_pretrained("me/tiny-student")' in card.text
+
+    reloaded = type(student).from_pretrained(repo).eval()
+    student.eval()
+    ids = tok(["the cat sat on the mat"], return_tensors="pt").input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, student(ids).logits, rtol=0, atol=0)
