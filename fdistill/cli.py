@@ -156,9 +156,13 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("recipe")
     t.add_argument("overrides", nargs="*", help="key=value pairs overriding the recipe")
     t.add_argument("--resume-from-checkpoint", default=None)
+    from fdistill import demo
+
+    d = sub.add_parser("demo", help="the embedded default: distil the packaged SmolLM2 teacher end to end on CPU")
+    demo.add_arguments(d)
     args = parser.parse_args(argv)
     try:
-        {"sample": run_sample, "train": run_train}[args.command](args)
+        {"sample": run_sample, "train": run_train, "demo": demo.run_from_args}[args.command](args)
     except ValueError as error:  # bad input: one clear line, no traceback
         print(f"fdistill {args.command}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -38,12 +38,19 @@ OBJECTIVE_NAMES = {
 OBJECTIVE_MEANING = {
     "kl": "forward KL(p‖q) on offline teacher samples: the student spreads over all of the teacher's modes",
     "rkl": "reverse KL(q‖p) on online student samples: the student concentrates on the teacher's main modes",
-    "js": "Jensen–Shannon: ½·KL(p‖m) on teacher samples + ½·KL(q‖m) on student samples, m the teacher–student mixture",
+    "js": "Jensen–Shannon: KL(p‖m) on teacher samples and KL(q‖m) on student samples, m their mixture",
     "tvd": "total variation distance (its step-wise upper bound) on teacher and student samples",
     "engine": "teacher energy −log p of online student samples: reverse KL without the student's entropy",
     "predistill": "α_mle·cross-entropy + α_kd·word-level KL(p‖q) + α_hid·hidden-state MSE on references",
     "seqkd": "cross-entropy on the teacher's offline beam-search outputs",
     "mle": "cross-entropy on ground-truth references (no teacher)",
+}
+
+SAMPLED_ON = {
+    "kl": "sequences sampled offline from the teacher",
+    "rkl": "sequences sampled online from the student",
+    "js": "sequences sampled offline from the teacher and online from the student",
+    "tvd": "sequences sampled offline from the teacher and online from the student",
 }
 
 # Metrics the trainer logs (train and eval_*), and what they mean.
@@ -142,9 +149,8 @@ def save_model_card(
         "## Data\n\n" + _data(a, trainer.train_dataset, trainer.eval_dataset),
         "## Training\n\n" + _table(["hyperparameter", "value"], _training(trainer)),
         "## Final metrics\n\n" + _results(trainer.state.log_history),
-        "## Usage\n\n" + _usage(repo_id or trainer.args.output_dir, student, peft_base is not None, a.use_chat_template),
-        "## Framework versions\n\n"
-        f"- fdistill {fdistill.__version__}\n- transformers {transformers.__version__}\n- torch {torch.__version__}",
+        "## Usage\n\n" + _usage(repo_id or trainer.args.output_dir, student, peft_base is not None, a),
+        "## Framework versions\n\n" + _versions(),
         "## Citation\n\n```bibtex\n" + CITATION + "\n```",
     ]
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n")
@@ -164,7 +170,7 @@ def _intro(a: DistillArguments, teacher: str | None, student, init: str | None) 
             f"This model is a student distilled from {who} by minimising the {what} with "
             "[f-DISTILL](https://arxiv.org/abs/2305.15718) (Wen et al., ACL 2023): the sequence-level "
             "divergence is decomposed into per-step divergences between the teacher's and the student's "
-            "next-token distributions, on sequences sampled offline from the teacher and/or online from the student."
+            f"next-token distributions, on {SAMPLED_ON[a.objective]}."
         )
     elif a.objective == "mle":
         text = (
@@ -187,7 +193,7 @@ def _intro(a: DistillArguments, teacher: str | None, student, init: str | None) 
     if copied:
         stacks = "; ".join(f"{stack}: {list(layers)}" for stack, layers in copied.items())
         text += f" The student was made by copying teacher layers ({stacks})."
-    return text + f"\n\nTrained with [fdistill](https://pypi.org/project/fdistill/) {fdistill.__version__}."
+    return text
 
 
 def _settings(a: DistillArguments, student) -> list[list[str]]:
@@ -200,8 +206,10 @@ def _settings(a: DistillArguments, student) -> list[list[str]]:
     names.append("loss_reduction")
     if a.needs_student_samples:
         names.append("student_do_sample")
-        names += ["student_sampling_temperature", "student_top_k", "student_top_p"] if a.student_do_sample else [
-            "student_num_beams"]
+        if a.student_do_sample:
+            names += ["student_sampling_temperature", "student_top_k", "student_top_p"]
+        else:
+            names.append("student_num_beams")
         names.append("max_new_tokens")
     if a.objective == "predistill":
         names += ["predistill_alpha_mle", "predistill_alpha_kd", "predistill_alpha_hidden"]
@@ -225,8 +233,9 @@ def _sizes(model, teacher) -> list[list[str]]:
     if teacher is not None:
         n_teacher = _count(teacher.parameters())
         rows.append(["teacher", f"{n_teacher:,} ({_human(n_teacher)})"])
-        rows.append(["teacher / student", f"{n_teacher / max(n_student, 1):.2f}× (the student has "
-                                          f"{100 * n_student / max(n_teacher, 1):.1f} % of the teacher's parameters)"])
+        share = 100 * n_student / max(n_teacher, 1)
+        ratio = n_teacher / max(n_student, 1)
+        rows.append(["teacher / student", f"{ratio:.2f}× (the student has {share:.1f} % of the teacher's parameters)"])
     return rows
 
 
@@ -261,14 +270,15 @@ def _data(a: DistillArguments, train, eval_) -> str:
 def _training(trainer) -> list[list[str]]:
     args, state = trainer.args, trainer.state
     world = getattr(args, "world_size", 1)
-    batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * world
+    per_device, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
+    total = per_device * accumulation * world
+    batch = f"{total} = {per_device} per device × {accumulation} accumulation × {world} process(es)"
     precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
     return [
         ["optimizer steps", _fmt(state.global_step)],
         ["epochs", _fmt(state.epoch or 0.0)],
         ["learning rate", f"{args.learning_rate:g} ({_value(args.lr_scheduler_type)} schedule)"],
-        ["batch size", f"{batch} = {args.per_device_train_batch_size} per device × "
-                       f"{args.gradient_accumulation_steps} accumulation × {world} process(es)"],
+        ["batch size", batch],
         ["optimizer", _value(args.optim)],
         ["precision", precision],
         ["seed", str(args.seed)],
@@ -298,18 +308,25 @@ def _results(history: list[dict]) -> str:
     return _table(["metric", "value", "meaning"], rows)
 
 
-def _usage(repo: str, student, is_peft: bool, chat: bool) -> str:
+def _usage(repo: str, student, is_peft: bool, a: DistillArguments) -> str:
     seq2seq = bool(student.config.is_encoder_decoder)
     auto = ("AutoPeftModelFor" if is_peft else "AutoModelFor") + ("Seq2SeqLM" if seq2seq else "CausalLM")
-    source = "peft" if is_peft else "transformers"
-    imports = f"from {source} import {auto}\nfrom transformers import AutoTokenizer" if is_peft else (
-        f"from transformers import {auto}, AutoTokenizer")
-    if chat:
+    if is_peft:
+        imports = f"from peft import {auto}\nfrom transformers import AutoTokenizer"
+    else:
+        imports = f"from transformers import {auto}, AutoTokenizer"
+    if a.use_chat_template:
         encode = ('messages = [{"role": "user", "content": "Hello! Who are you?"}]\n'
                   "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, "
                   'return_tensors="pt", return_dict=True)')
     else:
         encode = 'inputs = tokenizer("Hello! Who are you?", return_tensors="pt")'
+    note = ""
+    if is_peft and getattr(student.config, "fdistill_teacher_layers", None):
+        note = (
+            "\n\nThe adapter sits on a student made by copying teacher layers, which is not on the Hub by itself: "
+            "merge the adapter first (`fdistill.student.merge_lora`) to publish a standalone student."
+        )
     return (
         "```python\n"
         f"{imports}\n\n"
@@ -318,7 +335,7 @@ def _usage(repo: str, student, is_peft: bool, chat: bool) -> str:
         f"{encode}\n"
         "outputs = model.generate(**inputs, max_new_tokens=64, do_sample=True)\n"
         "print(tokenizer.decode(outputs[0], skip_special_tokens=True))\n"
-        "```"
+        "```" + note
     )
 
 
@@ -394,6 +411,10 @@ def _value(x) -> str:
     return str(getattr(x, "value", x))
 
 
+def _versions() -> str:
+    return f"- fdistill {fdistill.__version__}\n- transformers {transformers.__version__}\n- torch {torch.__version__}"
+
+
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
@@ -401,7 +422,6 @@ def _fmt(v) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
-    cell = lambda s: str(s).replace("|", "\\|")  # noqa: E731
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
     return "\n".join(lines)

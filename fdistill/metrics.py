@@ -54,7 +54,9 @@ def sequence_divergences(
     - ``rkl``: D_KL(q‖p) = E_{y'~q} Σ_t KL(q_t‖p_t)
     - ``js``: ½E_p Σ_t KL(p_t‖m_t) + ½E_q Σ_t KL(q_t‖m_t), exact mixture (Eq. 12)
     - ``tvd_bound``: the f-DISTILL TVD objective (an upper bound on the sequence TVD)
-    - ``r_llh``: E_{y'~q}[−log p(y')], ``r_cvg``: E_{y~p}[−log q(y)] (per sequence)
+    - ``r_llh``: E_{y'~q}[−log p(y')], ``r_cvg``: E_{y~p}[−log q(y)] (per sequence; the
+      paper's Table 3 risks), and ``r_llh_token`` / ``r_cvg_token`` (per token)
+    - ``student_sample_length`` / ``teacher_sample_length``: mean tokens per sample
     """
     if seed is not None:
         torch.manual_seed(seed)
@@ -65,6 +67,7 @@ def sequence_divergences(
     device = next(student.parameters()).device
     pad = tokenizer.pad_token_id
     totals: dict[str, float] = {}
+    tokens = {"student": 0, "teacher": 0}
     n = 0
     expanded = [p for p in prompts for _ in range(num_samples)]
     for start in range(0, len(expanded), batch_size):
@@ -89,5 +92,12 @@ def sequence_divergences(
         }
         for k, v in values.items():
             totals[k] = totals.get(k, 0.0) + v.item() * b
+        tokens["student"] += (sides["student"].labels != -100).sum().item()
+        tokens["teacher"] += (sides["teacher"].labels != -100).sum().item()
         n += b
-    return {k: v / n for k, v in totals.items()}
+    result = {k: v / n for k, v in totals.items()}
+    result["r_llh_token"] = totals["r_llh"] / max(tokens["student"], 1)
+    result["r_cvg_token"] = totals["r_cvg"] / max(tokens["teacher"], 1)
+    result["student_sample_length"] = tokens["student"] / n
+    result["teacher_sample_length"] = tokens["teacher"] / n
+    return result

@@ -108,10 +108,11 @@ def _reference_lists(predictions: Sequence[str], references: References) -> list
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
     out = []
     for i, refs in enumerate(references):
-        refs = [refs] if isinstance(refs, str) else list(refs)
-        if not refs or not all(isinstance(r, str) for r in refs):
+        if isinstance(refs, str):
+            refs = [refs]
+        if not isinstance(refs, Sequence) or not refs or not all(isinstance(r, str) for r in refs):
             raise ValueError(f"references[{i}] must be a string or a non-empty list of strings, got {refs!r}")
-        out.append(refs)
+        out.append(list(refs))
     return out
 
 
@@ -125,7 +126,7 @@ def _sacrebleu_streams(ref_lists: list[list[str]]) -> list[list[str | None]]:
     return [[r[j] if j < len(r) else None for r in ref_lists] for j in range(k)]
 
 
-def _sacrebleu_score(metric, predictions: Sequence[str], references: References) -> float:
+def _sacrebleu_score(metric: BLEU | CHRF | TER, predictions: Sequence[str], references: References) -> float:
     streams = _sacrebleu_streams(_reference_lists(predictions, references))
     return float(metric.corpus_score(list(predictions), streams).score)
 
@@ -143,7 +144,7 @@ def bleu(predictions: Sequence[str], references: References, *, max_ngram_order:
 
 
 def chrf(predictions: Sequence[str], references: References) -> float:
-    """Corpus chrF (Popović, 2015; character 6-grams, β = 2) in percent, via sacrebleu. References as in :func:`bleu`."""
+    """Corpus chrF (Popović, 2015; character 6-grams, β = 2) in percent, via sacrebleu. References as for bleu."""
     return _sacrebleu_score(CHRF(), predictions, references)
 
 
@@ -171,7 +172,7 @@ def rouge(predictions: Sequence[str], references: References, *, use_stemmer: bo
     keys = METRICS["rouge"]
     scorer = RougeScorer(list(keys), use_stemmer=use_stemmer)
     totals = dict.fromkeys(keys, 0.0)
-    for pred, refs in zip(predictions, ref_lists):
+    for pred, refs in zip(predictions, ref_lists, strict=True):
         scores = scorer.score_multi(refs, pred)  # arguments are (targets, prediction)
         for key in keys:
             totals[key] += scores[key].fmeasure
@@ -221,15 +222,17 @@ def bertscore(
         num_layers = _DEFAULT_BERTSCORE_LAYERS if num_layers is None else num_layers
     import bert_score  # pulls pandas and matplotlib; load only when asked for
 
-    try:
-        p, r, f = bert_score.score(
-            list(predictions), ref_lists, model_type=str(model_type), num_layers=num_layers,
-            batch_size=batch_size, device=device, verbose=False,
-        )  # fmt: skip
-    except KeyError:
-        if num_layers is not None:
-            raise
-        raise ValueError(f"bert_score does not know how many layers {model_type!r} has; pass num_layers=") from None
+    if num_layers is None and model_type not in bert_score.utils.model2layers:
+        raise ValueError(f"bert_score does not know how many layers {model_type!r} has; pass num_layers=")
+    p, r, f = bert_score.score(
+        list(predictions),
+        ref_lists,
+        model_type=str(model_type),
+        num_layers=num_layers,
+        batch_size=batch_size,
+        device=device,
+        verbose=False,
+    )
     return {"precision": 100.0 * p.mean().item(), "recall": 100.0 * r.mean().item(), "f1": 100.0 * f.mean().item()}
 
 

@@ -14,7 +14,7 @@ from huggingface_hub import ModelCard
 from fdistill import FDistillConfig, FDistillTrainer
 from fdistill import testing as tiny
 from fdistill.hub import save_model_card
-from fdistill.student import create_student_from_teacher
+from fdistill.student import create_student_from_teacher, wrap_with_lora
 
 transformers.logging.set_verbosity_error()
 TEACHER = "org/tiny-teacher"
@@ -26,19 +26,23 @@ def tok():
 
 
 def config(tmp_path, **kw):
-    defaults = dict(
-        output_dir=str(tmp_path / "out"), max_new_tokens=8, per_device_train_batch_size=4, learning_rate=3e-3,
-        lr_scheduler_type="constant", report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True, seed=0,
-        logging_steps=1, max_steps=2,
-    )
-    defaults.update(kw)
-    return FDistillConfig(**defaults)
+    defaults = {
+        "output_dir": str(tmp_path / "out"), "max_new_tokens": 8, "per_device_train_batch_size": 4,
+        "learning_rate": 3e-3, "lr_scheduler_type": "constant", "report_to": [], "use_cpu": True,
+        "save_strategy": "no", "disable_tqdm": True, "seed": 0, "logging_steps": 1, "max_steps": 2,
+    }
+    return FDistillConfig(**{**defaults, **kw})
 
 
 def make_teacher(arch):
     teacher = getattr(tiny, arch)(2, seed=0, init=0.15)
     teacher.config._name_or_path = TEACHER  # as if loaded from the Hub (model.name_or_path stays "")
     return teacher
+
+
+def read(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read()
 
 
 def n_params(model):
@@ -77,7 +81,7 @@ def test_card_after_js_distillation(tok, tmp_path, arch):
     assert f"{auto}.from_pretrained(" in body
     assert "2305.15718" in body and "@inproceedings" in body
     # the text returned is what was written
-    assert save_model_card(trainer, license="apache-2.0", tags=["my-tag"]) == open(path, encoding="utf-8").read()
+    assert save_model_card(trainer, license="apache-2.0", tags=["my-tag"]) == read(path)
 
 
 def test_card_without_teacher_logs_or_eval(tok, tmp_path):
@@ -99,7 +103,7 @@ def test_card_without_teacher_logs_or_eval(tok, tmp_path):
 
     trainer.train()
     trainer.create_model_card()
-    text = open(os.path.join(trainer.args.output_dir, "README.md"), encoding="utf-8").read()
+    text = read(os.path.join(trainer.args.output_dir, "README.md"))
     assert "maximum likelihood" in text and f"{n_params(student):,}" in text
     last = [e for e in trainer.state.log_history if "loss" in e][-1]
     assert f"{last['loss']:.4g}" in text and "`eval_" not in text
@@ -159,3 +163,19 @@ def test_push_to_hub_uploads_student_and_card(tok, tmp_path, monkeypatch):
     ids = tok(["the cat sat on the mat"], return_tensors="pt").input_ids
     with torch.no_grad():
         torch.testing.assert_close(reloaded(ids).logits, student(ids).logits, rtol=0, atol=0)
+
+
+def test_card_of_lora_student(tok, tmp_path):
+    teacher = make_teacher("llama")
+    data = tiny.dataset(8, seed=0, teacher=teacher, tok=tok)
+    student = wrap_with_lora(create_student_from_teacher(teacher, num_layers=1))
+    args = config(tmp_path, objective="rkl", max_steps=1, student_do_sample=False)
+    trainer = FDistillTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data, processing_class=tok)
+    trainer.train()
+    text = save_model_card(trainer)
+    card = ModelCard.load(os.path.join(args.output_dir, "README.md"))
+    assert card.data.library_name == "peft" and "rkl" in card.data.tags
+    trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
+    assert f"| student, trainable | {trainable:,} " in text
+    assert "AutoPeftModelForCausalLM.from_pretrained(" in text and "merge_lora" in text
+    assert "`student_num_beams` | 1" in text and "`student_top_p`" not in text  # greedy student samples
