@@ -117,7 +117,12 @@ class FDistillMixin:
     def _check_datasets(cls, settings, train_dataset, eval_dataset, collator) -> None:
         """Fail before any work on: missing columns, empty datasets, all-empty targets."""
         needed = [settings.prompt_column, *cls._completion_columns(settings).values()]
-        for split, dataset in (("train", train_dataset), ("eval", eval_dataset)):
+        named = [("train", train_dataset)]
+        if isinstance(eval_dataset, dict):  # several eval sets, as the Trainer allows
+            named += [(f"eval[{k}]", v) for k, v in eval_dataset.items()]
+        else:
+            named.append(("eval", eval_dataset))
+        for split, dataset in named:
             if dataset is None:
                 continue
             names = getattr(dataset, "column_names", None)
