@@ -17,19 +17,45 @@ import yaml
 # ----------------------------------------------------------------------------- sample
 
 
+def _require(args, *names: str) -> None:
+    missing = [n for n in names if not getattr(args, n, None)]
+    if missing:
+        flags = ", ".join("--" + n.replace("_", "-") for n in missing)
+        raise ValueError(f"missing {flags} (give it on the command line or in the --config YAML).")
+
+
+def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """Use a ``--config`` YAML's keys as defaults of the sub-command, so flags still override them."""
+    if "--config" not in argv:
+        return
+    path = argv[argv.index("--config") + 1]
+    with open(path) as f:
+        values = yaml.safe_load(f) or {}
+    command = argv[0]
+    sub = next(a for a in parser._subparsers._group_actions if a.dest == "command").choices[command]
+    known = {a.dest for a in sub._actions}
+    unknown = [k for k in values if k not in known]
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {unknown}; valid keys are {sorted(known - {'help', 'config'})}.")
+    sub.set_defaults(**values)
+
+
 def add_sample_parser(sub) -> None:
     from fdistill.sampling import OfflineSamplingSettings
 
     p = sub.add_parser("sample", help="draw teacher samples once and save them as a datasets dataset (f-DISTILL §2.3)")
-    p.add_argument("--teacher", required=True, help="Hub name or local folder (for GGUF: the folder holding the file)")
+    p.add_argument("--config", default=None, help="YAML file whose keys are these options (underscored); flags override it")
+    p.add_argument("--teacher", help="Hub name or local folder (for GGUF: the folder holding the file)")
     p.add_argument("--gguf-file", default=None, help="GGUF file name inside --teacher")
     p.add_argument("--revision", default=None, help="Hub revision of the teacher")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: as stored)")
-    p.add_argument("--data", required=True, help="JSON/JSONL/CSV/Parquet file, a save_to_disk folder, or a Hub dataset")
+    p.add_argument("--data", help="JSON/JSONL/CSV/Parquet file, a save_to_disk folder, or a Hub dataset")
     p.add_argument("--data-config", default=None, help="Hub dataset configuration")
     p.add_argument("--split", default="train")
-    p.add_argument("--output", required=True, help="folder for the sampled dataset (resumable)")
+    p.add_argument("--output", help="folder for the sampled dataset (resumable)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N inputs")
+    p.add_argument("--prompt-prefix", default="", help="text prepended to every prompt (T5 task prefixes)")
+    p.add_argument("--flatten-data", action="store_true", help="flatten nested columns (translation -> translation.en)")
     defaults = OfflineSamplingSettings()
     for name, value in vars(defaults).items():
         flag = "--" + name.replace("_", "-")
@@ -41,11 +67,13 @@ def add_sample_parser(sub) -> None:
 
 
 def run_sample(args) -> None:
-    from fdistill.loading import file_sha256, load_data, load_model_and_tokenizer
+    from fdistill.loading import file_sha256, load_data, load_model_and_tokenizer, prepare_prompts, resolve_package_path
     from fdistill.sampling import OfflineSamplingSettings, sample_offline
 
+    _require(args, "teacher", "data", "output")
     settings = OfflineSamplingSettings(**{k: getattr(args, k) for k in vars(OfflineSamplingSettings())})
     data = load_data(args.data, config=args.data_config, split=args.split)
+    data = prepare_prompts(data, prompt_column=args.prompt_column, prompt_prefix=args.prompt_prefix, flatten=args.flatten_data)
     if args.limit is not None:
         data = data.select(range(min(args.limit, len(data))))
     model, tokenizer = load_model_and_tokenizer(args.teacher, gguf_file=args.gguf_file, dtype=args.dtype, revision=args.revision)
@@ -53,7 +81,7 @@ def run_sample(args) -> None:
     if args.gguf_file:
         import os
 
-        revision = "sha256:" + file_sha256(os.path.join(args.teacher, args.gguf_file))
+        revision = "sha256:" + file_sha256(os.path.join(resolve_package_path(args.teacher), args.gguf_file))
     teacher_id = args.teacher + (f"/{args.gguf_file}" if args.gguf_file else "")
     result = sample_offline(
         model, tokenizer, data, args.output, settings, teacher_id=teacher_id, teacher_revision=revision,
@@ -80,6 +108,8 @@ class RunArguments:
     train_split: str = field(default="train", metadata={"help": "Split of train_data."})
     eval_data: str | None = field(default=None, metadata={"help": "Evaluation data (same forms as train_data)."})
     eval_split: str = field(default="validation", metadata={"help": "Split of eval_data."})
+    prompt_prefix: str = field(default="", metadata={"help": "Text prepended to every prompt (T5 task prefixes)."})
+    flatten_data: bool = field(default=False, metadata={"help": "Flatten nested columns (WMT `translation` → `translation.en`)."})
     lora_r: int = field(default=0, metadata={"help": "Train a LoRA adapter of this rank instead of all weights (0 = off)."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha."})
     model_dtype: str | None = field(default=None, metadata={"help": "dtype of teacher and student (default: as stored)."})
@@ -98,14 +128,42 @@ def load_recipe(path: str, overrides: list[str]):
             raise ValueError(f"override {item!r} is not key=value (e.g. max_steps=10).")
         key, value = item.split("=", 1)
         values[key] = yaml.safe_load(value)
+    _coerce_numbers(values, (RunArguments, FDistillConfig))
     parser = HfArgumentParser((RunArguments, FDistillConfig))
     run_args, config = parser.parse_dict(values, allow_extra_keys=False)
     return run_args, config
 
 
+def _coerce_numbers(values: dict, classes) -> None:
+    """YAML 1.1 reads ``5e-5`` as a string; convert such values of float/int fields (and name the key if impossible)."""
+    import dataclasses
+
+    kinds = {}
+    for cls in classes:
+        for f in dataclasses.fields(cls):
+            text = str(f.type)
+            kinds[f.name] = float if text.startswith("float") else int if text.startswith("int") else None
+    for key, value in values.items():
+        target = kinds.get(key)
+        if target is not None and isinstance(value, str):
+            try:
+                values[key] = target(float(value)) if target is int and float(value).is_integer() else target(value)
+            except ValueError:
+                raise ValueError(f"{key}: {value!r} is not a number.") from None
+
+
+def _is_sample_output(path: str) -> bool:
+    """`fdistill sample` output already holds prepared prompts (prefix applied, columns flattened)."""
+    import os
+
+    from fdistill.sampling import PROVENANCE_FILE
+
+    return os.path.isfile(os.path.join(path, PROVENANCE_FILE))
+
+
 def build_trainer(run_args: RunArguments, config):
     """Load teacher, student and data of a recipe and return a ready `FDistillTrainer`."""
-    from fdistill.loading import load_data, load_model_and_tokenizer
+    from fdistill.loading import load_data, load_model_and_tokenizer, prepare_prompts
     from fdistill.student import create_student_from_teacher, wrap_with_lora
     from fdistill.trainer import FDistillTrainer
 
@@ -124,8 +182,13 @@ def build_trainer(run_args: RunArguments, config):
         student = create_student_from_teacher(teacher, layers=run_args.student_layers)
     if run_args.lora_r:
         student = wrap_with_lora(student, r=run_args.lora_r, alpha=run_args.lora_alpha)
+    prep = dict(prompt_column=config.prompt_column, prompt_prefix=run_args.prompt_prefix, flatten=run_args.flatten_data)
     train = load_data(run_args.train_data, config=run_args.train_data_config, split=run_args.train_split)
-    evaluation = load_data(run_args.eval_data, split=run_args.eval_split) if run_args.eval_data else None
+    train = prepare_prompts(train, **prep) if not _is_sample_output(run_args.train_data) else train
+    evaluation = None
+    if run_args.eval_data:
+        evaluation = load_data(run_args.eval_data, config=run_args.train_data_config, split=run_args.eval_split)
+        evaluation = prepare_prompts(evaluation, **prep) if not _is_sample_output(run_args.eval_data) else evaluation
     return FDistillTrainer(
         model=student, teacher_model=teacher, args=config, train_dataset=train, eval_dataset=evaluation,
         processing_class=tokenizer,
@@ -145,6 +208,83 @@ def run_train(args) -> None:
         trainer.push_to_hub()
 
 
+# ----------------------------------------------------------------------------- evaluate
+
+
+def add_evaluate_parser(sub) -> None:
+    p = sub.add_parser("evaluate", help="generate and score models on a test set; risks R_llh/R_cvg; reports")
+    p.add_argument("--config", default=None, help="YAML file whose keys are these options (underscored); flags override it")
+    p.add_argument("--teacher", help="teacher (Hub name or folder): needed for the risks and TeacherDist")
+    p.add_argument("--gguf-file", default=None, help="GGUF file inside --teacher")
+    p.add_argument("--models", nargs="*", default=[], metavar="NAME=PATH", help="models to evaluate (students)")
+    p.add_argument("--include-teacher", action="store_true", help="also score the teacher's own outputs")
+    p.add_argument("--data", help="test data: file, save_to_disk folder or Hub name")
+    p.add_argument("--data-config", default=None)
+    p.add_argument("--split", default="test")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N inputs")
+    p.add_argument("--prompt-column", default="prompt")
+    p.add_argument("--reference-column", default="reference")
+    p.add_argument("--prompt-prefix", default="", help="text prepended to every prompt (T5 task prefixes)")
+    p.add_argument("--flatten-data", action="store_true", help="flatten nested columns (translation -> translation.en)")
+    p.add_argument("--use-chat-template", action="store_true")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--metrics", nargs="+", default=["bleu", "chrf", "ter", "rouge", "distinct"],
+                   help="text metrics (add bertscore; see fdistill.text_metrics)")
+    p.add_argument("--teacher-dist", action="store_true", help="also compute TeacherDist (5 teacher samples per input)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", help="folder for results.json, results.md and risks.png")
+    p.add_argument("--combine", nargs="*", default=None, metavar="RESULTS_JSON",
+                   help="instead of evaluating, merge earlier results.json files into one table")
+
+
+def run_evaluate(args) -> None:
+    from fdistill.evaluation import combine_results, evaluate_model, teacher_diversity, write_report
+    from fdistill.loading import load_data, load_model_and_tokenizer, prepare_prompts
+
+    _require(args, "output")
+    if args.combine:
+        paths = write_report(combine_results(args.combine), args.output)
+        print(f"combined table: {paths['markdown']}")
+        return
+    if not args.data:
+        raise ValueError("give --data (the test set) or --combine (earlier results to merge).")
+    if not args.models and not args.include_teacher:
+        raise ValueError("nothing to evaluate: give --models NAME=PATH ... and/or --include-teacher.")
+    specs = []
+    for item in args.models:
+        if "=" not in item:
+            raise ValueError(f"--models expects NAME=PATH, got {item!r}.")
+        specs.append(item.split("=", 1))
+    data = load_data(args.data, config=args.data_config, split=args.split)
+    data = prepare_prompts(data, prompt_column=args.prompt_column, prompt_prefix=args.prompt_prefix, flatten=args.flatten_data)
+    for column in (args.prompt_column, args.reference_column):
+        if column not in data.column_names:
+            raise ValueError(f"the test data has no column {column!r} (it has {data.column_names}).")
+    if args.limit is not None:
+        data = data.select(range(min(args.limit, len(data))))
+    prompts, references = data[args.prompt_column], {"reference": data[args.reference_column]}
+    teacher = tokenizer = None
+    if args.teacher:
+        teacher, tokenizer = load_model_and_tokenizer(args.teacher, gguf_file=args.gguf_file)
+    elif args.include_teacher or args.teacher_dist:
+        raise ValueError("--include-teacher and --teacher-dist need --teacher.")
+    common = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                  use_chat_template=args.use_chat_template, metrics=tuple(args.metrics), seed=args.seed)
+    results = {}
+    if args.include_teacher:
+        results["teacher"], _ = evaluate_model(teacher, tokenizer, prompts, references, **common)
+        if args.teacher_dist:
+            results["teacher"]["teacher_dist"] = teacher_diversity(
+                teacher, tokenizer, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                use_chat_template=args.use_chat_template, seed=args.seed)
+    for name, path in specs:
+        model, model_tokenizer = load_model_and_tokenizer(path)
+        results[name], _ = evaluate_model(model, model_tokenizer, prompts, references, teacher=teacher, **common)
+    paths = write_report(results, args.output)
+    print(open(paths["markdown"]).read())
+
+
 # ----------------------------------------------------------------------------- entry point
 
 
@@ -152,6 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="fdistill", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     add_sample_parser(sub)
+    add_evaluate_parser(sub)
     t = sub.add_parser("train", help="train from a YAML recipe (keys: RunArguments + FDistillConfig fields)")
     t.add_argument("recipe")
     t.add_argument("overrides", nargs="*", help="key=value pairs overriding the recipe")
@@ -160,9 +301,15 @@ def main(argv: list[str] | None = None) -> None:
 
     d = sub.add_parser("demo", help="the embedded default: distil the packaged SmolLM2 teacher end to end on CPU")
     demo.add_arguments(d)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        _apply_config(parser, argv)
+    except ValueError as error:
+        print(f"fdistill: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     args = parser.parse_args(argv)
     try:
-        {"sample": run_sample, "train": run_train, "demo": demo.run_from_args}[args.command](args)
+        {"sample": run_sample, "train": run_train, "evaluate": run_evaluate, "demo": demo.run_from_args}[args.command](args)
     except ValueError as error:  # bad input: one clear line, no traceback
         print(f"fdistill {args.command}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

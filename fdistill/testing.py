@@ -5,7 +5,17 @@ from __future__ import annotations
 import torch
 from datasets import Dataset
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import BartConfig, BartForConditionalGeneration, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    BartConfig,
+    BartForConditionalGeneration,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    T5Config,
+    T5ForConditionalGeneration,
+)
 
 WORDS = "the a cat dog sat ran on under mat log big small red blue and then it was very happy sad".split()
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
@@ -15,9 +25,12 @@ def tokenizer() -> PreTrainedTokenizerFast:
     vocab = {t: i for i, t in enumerate(SPECIALS + WORDS)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(
+    fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
     )
+    # a minimal chat template: turns joined by spaces, <s> opens the assistant's reply
+    fast.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}{% if add_generation_prompt %}<s>{% endif %}"
+    return fast
 
 
 VOCAB = len(SPECIALS) + len(WORDS)
@@ -42,6 +55,24 @@ def bart(layers: int, seed: int, d_model: int = 32, init: float = 0.02) -> BartF
         forced_bos_token_id=None, forced_eos_token_id=None, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
     )
     return BartForConditionalGeneration(cfg)
+
+
+def t5(layers: int, seed: int, d_model: int = 32, init: float = 1.0) -> T5ForConditionalGeneration:
+    torch.manual_seed(seed)
+    cfg = T5Config(
+        vocab_size=VOCAB, d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=layers, num_decoder_layers=layers,
+        num_heads=4, initializer_factor=init, pad_token_id=0, eos_token_id=2, decoder_start_token_id=0, dropout_rate=0.0,
+    )
+    return T5ForConditionalGeneration(cfg)
+
+
+def gpt2(layers: int, seed: int, hidden: int = 32, init: float = 0.02) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    cfg = GPT2Config(
+        vocab_size=VOCAB, n_embd=hidden, n_layer=layers, n_head=4, n_positions=128, initializer_range=init,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    )
+    return GPT2LMHeadModel(cfg)
 
 
 def prompts(n: int, seed: int = 0) -> list[str]:
