@@ -11,6 +11,7 @@ import argparse
 import sys
 from dataclasses import dataclass, field
 
+import torch
 import yaml
 
 
@@ -64,6 +65,8 @@ def add_sample_parser(sub) -> None:
         else:
             p.add_argument(flag, type=type(value), default=value)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="also upload the sampled dataset to this Hub repo")
+    p.add_argument("--private", action="store_true", help="make the pushed dataset repo private")
 
 
 def run_sample(args) -> None:
@@ -88,6 +91,11 @@ def run_sample(args) -> None:
         show_progress=not args.no_progress,
     )
     print(f"{len(result)} teacher samples in {args.output}")
+    if args.push_to_hub:
+        from accelerate import PartialState
+
+        if PartialState(cpu=not torch.cuda.is_available()).is_main_process:
+            result.push_to_hub(args.push_to_hub, private=args.private)  # provenance travels in the dataset info
 
 
 # ----------------------------------------------------------------------------- train
@@ -285,6 +293,20 @@ def run_evaluate(args) -> None:
     print(open(paths["markdown"]).read())
 
 
+def _main_process_only(run):
+    """Evaluation is not sharded: under `accelerate launch` the main process evaluates, the others wait."""
+
+    def wrapped(args):
+        from accelerate import PartialState
+
+        state = PartialState(cpu=not torch.cuda.is_available())  # several CPU processes need the gloo group
+        if state.is_main_process:
+            run(args)
+        state.wait_for_everyone()
+
+    return wrapped
+
+
 # ----------------------------------------------------------------------------- entry point
 
 
@@ -309,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     args = parser.parse_args(argv)
     try:
-        {"sample": run_sample, "train": run_train, "evaluate": run_evaluate, "demo": demo.run_from_args}[args.command](args)
+        {"sample": run_sample, "train": run_train, "evaluate": _main_process_only(run_evaluate), "demo": demo.run_from_args}[args.command](args)
     except ValueError as error:  # bad input: one clear line, no traceback
         print(f"fdistill {args.command}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

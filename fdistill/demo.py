@@ -43,15 +43,15 @@ ALL_OBJECTIVES = ["kl", "rkl", "js", "tvd", "seqkd", "engine"]
 class DemoSettings:
     """Sizes of the demo; ``quick()`` shrinks them for the test suite (same code path)."""
 
-    train_prompts: int = 320
-    eval_prompts: int = 48
-    max_new_tokens: int = 40
+    train_prompts: int = 192  # one teacher sample each: ~100 s of sampling on 2 cores
+    eval_prompts: int = 40
+    max_new_tokens: int = 32  # chatterbot replies are short; most teacher replies end before this
     sample_batch_size: int = 16
     batch_size: int = 8
-    predistill_steps: int = 100
+    predistill_steps: int = 100  # a copied student writes gibberish; ~100 steps make it write English
     predistill_lr: float = 5e-4
-    distill_steps: int = 40
-    distill_lr: float = 1e-4
+    distill_steps: int = 30
+    distill_lr: float = 2e-4
     bertscore: bool = True
     seed: int = 0
 
@@ -122,8 +122,10 @@ def run_demo(output_dir: str = "runs/demo", *, objectives: list[str] | None = No
     """Run every stage and write ``report.md`` (+ JSON, plot) into ``output_dir``; returns the results."""
     import transformers
 
-    from fdistill.evaluation import evaluate_model, generate_texts, plot_risks, teacher_diversity
+    from fdistill.evaluation import count_parameters, evaluate_model, generate_texts, plot_risks, teacher_diversity
+    from fdistill.text_metrics import compute_text_metrics
     from fdistill.loading import load_model_and_tokenizer
+    from fdistill.metrics import teacher_completions
     from fdistill.sampling import OfflineSamplingSettings, sample_offline
     from fdistill.student import create_student_from_teacher
 
@@ -195,14 +197,21 @@ def run_demo(output_dir: str = "runs/demo", *, objectives: list[str] | None = No
     metrics = ("bleu", "rouge", "distinct") + (("bertscore",) if settings.bertscore else ())
     common = dict(max_new_tokens=settings.max_new_tokens, batch_size=settings.sample_batch_size,
                   use_chat_template=True, metrics=metrics, seed=settings.seed)
+    shared = teacher_completions(teacher, tok, eval_prompts, max_new_tokens=settings.max_new_tokens,
+                                 batch_size=settings.sample_batch_size, use_chat_template=True, seed=settings.seed)
     results, outputs = {}, {"teacher": teacher_out.texts}
-    results["teacher"], _ = evaluate_model(teacher, tok, eval_prompts, {"corpus": references["corpus"]}, **common)
-    results["teacher"]["generation_tokens_per_s"] = teacher_out.tokens_per_second
+    results["teacher"] = {  # scored from the greedy replies above rather than generating them again
+        "parameters": float(count_parameters(teacher)),
+        "generation_tokens_per_s": teacher_out.tokens_per_second,
+        **{f"corpus/{k}": v for k, v in compute_text_metrics(
+            teacher_out.texts, references["corpus"], metrics=metrics).items()},
+    }
     for name, state in snapshots.items():
         student.load_state_dict(state)
-        results[name], outputs[name] = evaluate_model(student, tok, eval_prompts, references, teacher=teacher, **common)
+        results[name], outputs[name] = evaluate_model(student, tok, eval_prompts, references, teacher=teacher,
+                                                      teacher_samples=shared, **common)
     results["teacher"]["teacher_dist"] = teacher_diversity(
-        teacher, tok, eval_prompts[: max(2, len(eval_prompts) // 2)], k=5, max_new_tokens=settings.max_new_tokens,
+        teacher, tok, eval_prompts[: max(2, len(eval_prompts) // 4)], k=5, max_new_tokens=settings.max_new_tokens,
         batch_size=settings.sample_batch_size, use_chat_template=True, seed=settings.seed,
     )
     done("evaluation")

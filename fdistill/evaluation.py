@@ -90,6 +90,7 @@ def evaluate_model(
     bertscore_kwargs: dict | None = None,
     risk_samples: int = 1,
     seed: int = 0,
+    teacher_samples: list | None = None,
 ) -> tuple[dict[str, float], list[str]]:
     """Quality, risks and speed of one model; returns ``(flat metrics, greedy outputs)``.
 
@@ -99,6 +100,8 @@ def evaluate_model(
         teacher: when given (and not the model itself), adds R_llh, R_cvg and the
             sequence-level divergences (one sample per prompt and side, ``risk_samples`` times).
         metrics: text metrics (see ``fdistill.text_metrics.compute_text_metrics``; add "bertscore").
+        teacher_samples: teacher samples from :func:`fdistill.metrics.teacher_completions` for the
+            same prompts, shared when several models are compared against one teacher.
     """
     gen = generate_texts(
         model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
@@ -115,7 +118,7 @@ def evaluate_model(
     if teacher is not None and teacher is not model:
         div = sequence_divergences(
             model, teacher, tokenizer, prompts, num_samples=risk_samples, max_new_tokens=max_new_tokens,
-            batch_size=batch_size, use_chat_template=use_chat_template, seed=seed,
+            batch_size=batch_size, use_chat_template=use_chat_template, seed=seed, teacher_completions=teacher_samples,
         )
         result.update(div)
     return result, gen.texts

@@ -44,6 +44,7 @@ def sequence_divergences(
     batch_size: int = 16,
     use_chat_template: bool = False,
     seed: int | None = 0,
+    teacher_completions: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> dict[str, float]:
     """Monte Carlo estimates of sequence-level divergences between teacher ``p`` and student ``q``.
 
@@ -57,6 +58,9 @@ def sequence_divergences(
     - ``r_llh``: E_{y'~q}[−log p(y')], ``r_cvg``: E_{y~p}[−log q(y)] (per sequence; the
       paper's Table 3 risks), and ``r_llh_token`` / ``r_cvg_token`` (per token)
     - ``student_sample_length`` / ``teacher_sample_length``: mean tokens per sample
+
+    ``teacher_completions`` (from :func:`teacher_completions`, same prompts and batching)
+    reuses one set of teacher samples when several students are compared.
     """
     if seed is not None:
         torch.manual_seed(seed)
@@ -75,7 +79,10 @@ def sequence_divergences(
         pids, pmask = batch["prompt_ids"].to(device), batch["prompt_mask"].to(device)
         sides = {}
         for name, model, cfg in (("teacher", teacher, cfg_p), ("student", student, cfg_q)):
-            ids, mask = sample_completions(model, pids, pmask, cfg)
+            if name == "teacher" and teacher_completions is not None:
+                ids, mask = (x.to(device) for x in teacher_completions[start // batch_size])
+            else:
+                ids, mask = sample_completions(model, pids, pmask, cfg)
             s_logits, labels = _score(student, pids, pmask, ids, mask, pad)
             t_logits, _ = _score(teacher, pids, pmask, ids, mask, pad)
             sides[name] = SampledSequences(s_logits, t_logits, labels)
@@ -101,3 +108,31 @@ def sequence_divergences(
     result["student_sample_length"] = tokens["student"] / n
     result["teacher_sample_length"] = tokens["teacher"] / n
     return result
+
+
+@torch.no_grad()
+def teacher_completions(
+    teacher,
+    tokenizer,
+    prompts: list,
+    *,
+    num_samples: int = 1,
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    use_chat_template: bool = False,
+    seed: int | None = 0,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Teacher samples batched exactly as :func:`sequence_divergences` batches its prompts (to share between students)."""
+    if seed is not None:
+        torch.manual_seed(seed + 1)
+    collator = DistillCollator(
+        tokenizer, is_encoder_decoder=bool(_unwrap(teacher).config.is_encoder_decoder), use_chat_template=use_chat_template
+    )
+    cfg = sampling_config(teacher, tokenizer, max_new_tokens=max_new_tokens)
+    device = next(teacher.parameters()).device
+    expanded = [p for p in prompts for _ in range(num_samples)]
+    out = []
+    for start in range(0, len(expanded), batch_size):
+        batch = collator([{"prompt": p} for p in expanded[start : start + batch_size]])
+        out.append(sample_completions(teacher, batch["prompt_ids"].to(device), batch["prompt_mask"].to(device), cfg))
+    return out

@@ -214,7 +214,7 @@ def sample_offline(
     """
     from accelerate import PartialState
 
-    state = PartialState()
+    state = PartialState(cpu=not torch.cuda.is_available())  # several CPU processes need the gloo group
     # ---- validation: all before any generation or any write
     if settings.prompt_column not in dataset.column_names:
         raise ValueError(
@@ -365,6 +365,7 @@ def _merge(dataset: Dataset, batches, work: Path, out: Path, settings, provenanc
         if column in merged.column_names:
             merged = merged.remove_columns(column)
         merged = merged.add_column(column, [r[column] for r in rows])
+    merged.info.description = "fdistill offline teacher samples; provenance: " + json.dumps(provenance, default=str)
     staging = work / "final"
     if staging.exists():
         shutil.rmtree(staging)

@@ -31,6 +31,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, Generation
 
 from fdistill.config import DistillArguments
 from fdistill.data import DistillCollator, cat_completions, scoring_inputs
+from fdistill.loading import resolve_dtype
 from fdistill.sampling import _unwrap as _base_model
 from fdistill.sampling import sample_completions, sampling_config
 from fdistill.divergences import (
@@ -44,9 +45,6 @@ from fdistill.divergences import (
     token_logprobs,
     word_kd_terms,
 )
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
-
 
 def _vocab_size(model: nn.Module) -> int:
     return _base_model(model).get_output_embeddings().weight.shape[0]
@@ -99,6 +97,7 @@ class FDistillMixin:
         self.loss_is_scaled_for_ga = True
         self._step_counts: dict[str, torch.Tensor] | None = None
         self._pending_batches: list | None = None
+        self._micro_index = 0
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self.student_generation_config = self._student_generation_config()
 
@@ -154,7 +153,7 @@ class FDistillMixin:
         if teacher is None:
             raise ValueError(f"objective {a.objective!r} needs a teacher: pass teacher_model= (a model or a path).")
         student = _base_model(self.model)
-        dtype = _DTYPES.get(a.teacher_dtype or "", None) or next(student.parameters()).dtype
+        dtype = resolve_dtype(a.teacher_dtype) if a.teacher_dtype not in (None, "auto") else next(student.parameters()).dtype
         if isinstance(teacher, str):
             auto = AutoModelForSeq2SeqLM if student.config.is_encoder_decoder else AutoModelForCausalLM
             teacher = auto.from_pretrained(teacher, dtype=dtype)
@@ -269,7 +268,7 @@ class FDistillMixin:
         """The objective of ``distill_args.objective`` on one micro-batch (see the module docstring)."""
         a = self.distill_args
         training = model.training
-        if training and getattr(self, "_pending_batches", None) is not None:
+        if training and self._pending_batches is not None and self._micro_index < len(self._pending_batches):
             if self._step_samples is None:
                 self._prepare_step()
             sample = self._step_samples[self._micro_index]

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch.testing as torch_testing
 import transformers
 import yaml
 from datasets import load_from_disk
@@ -68,13 +69,48 @@ def test_bad_input_is_one_clear_line(teacher_dir, prompts_file, tmp_path, capsys
 
 
 def test_two_processes_give_the_same_dataset_as_one(teacher_dir, prompts_file, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` runs two CPU processes under torchrun when no GPU is
+    present (accelerate's `--cpu` with several processes needs an MPI hostfile and otherwise starts one)."""
     main(sample_args(teacher_dir, prompts_file, tmp_path / "one"))
     launcher = shutil.which("accelerate")
     assert launcher, "accelerate's launcher is installed with the package"
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    cmd = [launcher, "launch", "--num_processes", "2", "--cpu", "--num_machines", "1", "--mixed_precision", "no",
+    cmd = [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
            "--dynamo_backend", "no", "-m", "fdistill.cli"] + sample_args(teacher_dir, prompts_file, tmp_path / "two")
+    cmd.remove("--no-progress")  # each process shows its own progress bar: proof that two really ran
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "teacher samples [0]" in done.stderr and "teacher samples [1]" in done.stderr
     one, two = load_from_disk(str(tmp_path / "one")), load_from_disk(str(tmp_path / "two"))
     assert one["teacher_sample_ids"] == two["teacher_sample_ids"] and one["prompt"] == two["prompt"]
+
+
+def test_two_process_training_equals_one_process(teacher_dir, tmp_path):
+    """DDP on 2 CPU processes × batch 4 takes the same optimizer step as 1 process × batch 8 (global counts)."""
+    data = tmp_path / "data.jsonl"
+    teacher = transformers.AutoModelForCausalLM.from_pretrained(teacher_dir)
+    tiny.dataset(8, seed=9, teacher=teacher, tok=tiny.tokenizer()).to_json(str(data))
+    common = {"teacher": str(teacher_dir), "train_data": str(data), "student_layers": [1], "objective": "kl",
+              "loss_reduction": "token", "max_steps": 1, "optim": "sgd", "learning_rate": 1.0, "max_grad_norm": 1.0e9,
+              "use_cpu": True, "report_to": [], "save_strategy": "no", "disable_tqdm": True, "seed": 0,
+              "dataloader_drop_last": True, "max_new_tokens": 6}
+    recipes = {}
+    for name, batch in (("one", 8), ("two", 4)):
+        recipes[name] = tmp_path / f"{name}.yaml"
+        recipes[name].write_text(yaml.safe_dump({**common, "per_device_train_batch_size": batch,
+                                                 "output_dir": str(tmp_path / name)}))
+    main(["train", str(recipes["one"])])
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    cmd = [shutil.which("accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "fdistill.cli", "train", str(recipes["two"])]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "one")
+    two = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "two")
+    from fdistill.student import create_student_from_teacher
+
+    start = create_student_from_teacher(teacher, layers=[1])  # the step must move the weights for this to mean something
+    moved = max((a - b).abs().max().item() for a, b in zip(one.parameters(), start.parameters()))
+    assert moved > 1e-3
+    for (name, a), b in zip(one.named_parameters(), two.parameters()):
+        torch_testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
