@@ -256,7 +256,9 @@ def _report(out, settings, objectives, results, outputs, eval_pairs, timings, qu
         "Divergences are Monte Carlo estimates of the *sequence-level* divergences to the teacher on the held-out prompts "
         "(one teacher and one student sample per prompt; `fdistill.metrics.sequence_divergences`). R_llh: teacher NLL of "
         "student samples; R_cvg: student NLL of teacher samples (per token). BLEU/ROUGE against the teacher's greedy replies "
-        "(`teacher/`) and the corpus references (`corpus/`).",
+        "(`teacher/`) and the corpus references (`corpus/`). JS is bounded by log 2 ≈ 0.693 and saturates there when the "
+        "two models' sequence distributions barely overlap (as for 32-token replies here); one-sample estimates then "
+        "scatter around log 2 and say little — read KL, RKL, the TVD bound and the risks.",
         "",
         "## Results",
         "",

@@ -162,14 +162,14 @@ def plot_risks(results: dict[str, dict[str, float]], path: str, per: str = "toke
     import matplotlib.pyplot as plt
 
     key_x, key_y = ("r_llh_token", "r_cvg_token") if per == "token" else ("r_llh", "r_cvg")
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
     for name, r in results.items():
         if key_x in r and key_y in r:
             ax.scatter(r[key_x], r[key_y])
             ax.annotate(name, (r[key_x], r[key_y]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xlabel(f"likelihood risk R_llh (teacher NLL of student samples, per {per})")
-    ax.set_ylabel(f"coverage risk R_cvg (student NLL of teacher samples, per {per})")
-    ax.set_title("mode collapse (right) vs mode averaging (up)", fontsize=9)
+    ax.set_xlabel(f"R_llh: teacher NLL of student samples (per {per})\nhigh = mode averaging", fontsize=9)
+    ax.set_ylabel(f"R_cvg: student NLL of teacher samples (per {per})\nhigh = mode collapse", fontsize=9)
+    ax.set_title("likelihood vs coverage risk (lower-left is better)", fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -70,6 +70,7 @@ def main():
         teacher = getattr(tiny, arch)(2, seed=0, init=args.teacher_init)
         train = tiny.dataset(64, seed=0, teacher=teacher, tok=tok)
         eval_prompts = tiny.prompts(32, seed=123)
+        run(arch, "mle", 20, teacher, train, eval_prompts, tok, "/tmp/fdistill_convergence")  # warm-up, discarded
         for objective in args.objectives:
             rows.append(run(arch, objective, args.steps, teacher, train, eval_prompts, tok, "/tmp/fdistill_convergence"))
             r = rows[-1]

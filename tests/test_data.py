@@ -1,0 +1,41 @@
+"""Batches: completion masks with pad == eos, prompt forms (text, chat messages, ids), padding sides."""
+
+import torch
+
+from fdistill import testing as tiny
+from fdistill.data import DistillCollator, cat_completions, completion_mask
+
+
+def test_completion_mask_keeps_the_first_eos_when_pad_is_eos():
+    eos = 2
+    rows = torch.tensor([[5, 6, eos, eos, eos], [5, 6, 7, 8, 9], [eos, eos, eos, eos, eos]])
+    mask = completion_mask(rows, eos)
+    assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
+    assert completion_mask(rows, [7, eos]).tolist()[1] == [1, 1, 1, 0, 0]  # several EOS ids
+
+
+def test_prompts_as_text_messages_or_ids_and_padding_sides():
+    tok = tiny.tokenizer()
+    chat = DistillCollator(tok, is_encoder_decoder=False, use_chat_template=True, completions={"teacher": "t"})
+    batch = chat([
+        {"prompt": "the cat", "t": [5, 6, 2]},
+        {"prompt": [{"role": "user", "content": "a big red dog"}], "t": "sat on the mat"},
+        {"prompt": [4, 5], "t": [7]},
+    ])
+    text_ids = tok.apply_chat_template([{"role": "user", "content": "the cat"}], add_generation_prompt=True, tokenize=True)
+    text_ids = text_ids["input_ids"] if hasattr(text_ids, "keys") else text_ids
+    assert batch["prompt_ids"][0][batch["prompt_mask"][0]].tolist() == list(text_ids)
+    assert batch["prompt_mask"][:, -1].all()  # decoder-only prompts are left-padded
+    assert batch["prompt_ids"][2][batch["prompt_mask"][2]].tolist() == [4, 5]
+    assert batch["teacher_ids"][1][batch["teacher_mask"][1]].tolist() == tok("sat on the mat", add_special_tokens=False)["input_ids"] + [2]
+    assert batch["teacher_mask"].sum(-1).tolist() == [3, 5, 1]
+    enc = DistillCollator(tok, is_encoder_decoder=True)(
+        [{"prompt": "the cat"}, {"prompt": "a big red dog sat"}])
+    assert enc["prompt_mask"][:, 0].all()  # encoder inputs are right-padded
+
+
+def test_cat_completions_pads_to_a_common_length():
+    a = (torch.tensor([[1, 2]]), torch.tensor([[True, True]]))
+    b = (torch.tensor([[3, 4, 5]]), torch.tensor([[True, True, False]]))
+    ids, mask = cat_completions([a, b], pad_id=0)
+    assert ids.tolist() == [[1, 2, 0], [3, 4, 5]] and mask.tolist() == [[True, True, False], [True, True, False]]
