@@ -124,6 +124,34 @@ def scoring_inputs(
     return ScoringInputs(kwargs, labels, decoder_only=True)
 
 
+def base_model(model):
+    """The transformers model under PEFT / DDP wrappers (its ``config`` says which architecture it is)."""
+    while hasattr(model, "module"):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+def score_completions(
+    model, prompt_ids: Tensor, prompt_mask: Tensor, ids: Tensor, mask: Tensor, *, pad_token_id: int,
+    output_hidden_states: bool = False,
+) -> tuple[Tensor, Tensor, Any]:
+    """One teacher-forced forward over prompts + completions: ``(logits (B, C, V), labels (B, C), outputs)``."""
+    config = base_model(model).config
+    inputs = scoring_inputs(
+        prompt_ids,
+        prompt_mask,
+        ids,
+        mask,
+        is_encoder_decoder=bool(config.is_encoder_decoder),
+        pad_token_id=pad_token_id,
+        decoder_start_token_id=getattr(config, "decoder_start_token_id", None),
+    )
+    outputs = model(**inputs.model_kwargs, output_hidden_states=output_hidden_states, use_cache=False)
+    return inputs.logits(outputs), inputs.labels, outputs
+
+
 class DistillCollator:
     """Tokenise and pad examples into prompts plus the completion sets the objective needs.
 

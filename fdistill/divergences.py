@@ -62,6 +62,7 @@ __all__ = [
     "REDUCTIONS",
     "DivergenceLoss",
     "SampledSequences",
+    "count_items",
     "cross_entropy_terms",
     "engine_terms",
     "exact_js_mixture_weight",
@@ -354,9 +355,16 @@ def reduce_terms(
     mask = mask.bool()
     total = torch.where(mask, terms, torch.zeros_like(terms)).sum()
     if num_items_in_batch is None:
-        count = mask.any(-1).sum() if reduction == "sequence" else mask.sum()
-        num_items_in_batch = count.clamp_min(1).to(total.dtype)
+        num_items_in_batch = count_items(mask, reduction).clamp_min(1).to(total.dtype)
     return total / num_items_in_batch
+
+
+def count_items(mask: Tensor, reduction: Literal["sequence", "token"]) -> Tensor:
+    """The denominator of a reduction: sequences with at least one unmasked position, or unmasked tokens."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; choose 'sequence' or 'token'.")
+    mask = mask.bool()
+    return mask.any(-1).sum() if reduction == "sequence" else mask.sum()
 
 
 # ----------------------------------------------------------------------------- the f-DISTILL loss

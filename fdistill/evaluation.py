@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from fdistill.data import DistillCollator
+from fdistill.data import base_model
 from fdistill.metrics import sequence_divergences
-from fdistill.sampling import _unwrap, sample_completions, sampling_config
+from fdistill.sampling import sample_batches, sampling_config
 from fdistill.text_metrics import compute_text_metrics, teacher_dist
 
 # Metrics where lower is better (the rest: higher is better), for the report's arrows.
@@ -55,25 +55,17 @@ def generate_texts(
     if decoding not in ("greedy", "sample"):
         raise ValueError(f"decoding={decoding!r}: use 'greedy' or 'sample'.")
     torch.manual_seed(seed)
-    collator = DistillCollator(
-        tokenizer, is_encoder_decoder=bool(_unwrap(model).config.is_encoder_decoder), use_chat_template=use_chat_template
-    )
     config = sampling_config(model, tokenizer, max_new_tokens=max_new_tokens, do_sample=decoding == "sample")
-    device = next(model.parameters()).device
     expanded = [p for p in prompts for _ in range(num_samples)]
-    texts, tokens, seconds = [], 0, 0.0
-    for start in range(0, len(expanded), batch_size):
-        batch = collator([{"prompt": p} for p in expanded[start : start + batch_size]])
-        t0 = time.perf_counter()
-        ids, mask = sample_completions(model, batch["prompt_ids"].to(device), batch["prompt_mask"].to(device), config)
-        seconds += time.perf_counter() - t0
-        tokens += int(mask.sum())
-        texts += [tokenizer.decode(row[m], skip_special_tokens=True).strip() for row, m in zip(ids, mask)]
+    drawn = sample_batches(model, tokenizer, expanded, config, batch_size=batch_size, use_chat_template=use_chat_template)
+    texts = [tokenizer.decode(row[m], skip_special_tokens=True).strip() for ids, mask, _ in drawn for row, m in zip(ids, mask)]
+    tokens = sum(int(mask.sum()) for _, mask, _ in drawn)
+    seconds = sum(s for _, _, s in drawn)
     return Generations(texts, tokens, seconds)
 
 
 def count_parameters(model) -> int:
-    return sum(p.numel() for p in _unwrap(model).parameters())
+    return sum(p.numel() for p in base_model(model).parameters())
 
 
 def evaluate_model(

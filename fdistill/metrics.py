@@ -12,24 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from fdistill.data import DistillCollator, scoring_inputs
+from fdistill.data import score_completions
 from fdistill.divergences import SampledSequences, f_divergence_loss, token_logprobs
-from fdistill.sampling import _unwrap, sample_completions, sampling_config
-
-
-@torch.no_grad()
-def _score(model, prompt_ids, prompt_mask, ids, mask, pad_id):
-    cfg = _unwrap(model).config
-    inputs = scoring_inputs(
-        prompt_ids,
-        prompt_mask,
-        ids,
-        mask,
-        is_encoder_decoder=bool(cfg.is_encoder_decoder),
-        pad_token_id=pad_id,
-        decoder_start_token_id=getattr(cfg, "decoder_start_token_id", None),
-    )
-    return inputs.logits(model(**inputs.model_kwargs, use_cache=False)), inputs.labels
+from fdistill.sampling import prompt_batches, sample_batches, sampling_config
 
 
 @torch.no_grad()
@@ -64,27 +49,24 @@ def sequence_divergences(
     """
     if seed is not None:
         torch.manual_seed(seed)
-    is_enc_dec = bool(_unwrap(student).config.is_encoder_decoder)
-    collator = DistillCollator(tokenizer, is_encoder_decoder=is_enc_dec, use_chat_template=use_chat_template)
-    cfg_q = sampling_config(student, tokenizer, max_new_tokens=max_new_tokens)
-    cfg_p = sampling_config(teacher, tokenizer, max_new_tokens=max_new_tokens)
-    device = next(student.parameters()).device
     pad = tokenizer.pad_token_id
+    expanded = [p for p in prompts for _ in range(num_samples)]
+    common = dict(batch_size=batch_size, use_chat_template=use_chat_template)
+    if teacher_completions is None:
+        cfg_p = sampling_config(teacher, tokenizer, max_new_tokens=max_new_tokens)
+        teacher_completions = [(i, m) for i, m, _ in sample_batches(teacher, tokenizer, expanded, cfg_p, **common)]
+    cfg_q = sampling_config(student, tokenizer, max_new_tokens=max_new_tokens)
+    student_completions = [(i, m) for i, m, _ in sample_batches(student, tokenizer, expanded, cfg_q, **common)]
     totals: dict[str, float] = {}
     tokens = {"student": 0, "teacher": 0}
     n = 0
-    expanded = [p for p in prompts for _ in range(num_samples)]
-    for start in range(0, len(expanded), batch_size):
-        batch = collator([{"prompt": p} for p in expanded[start : start + batch_size]])
-        pids, pmask = batch["prompt_ids"].to(device), batch["prompt_mask"].to(device)
+    batches = prompt_batches(student, tokenizer, expanded, **common)
+    for (pids, pmask), drawn_p, drawn_q in zip(batches, teacher_completions, student_completions):
         sides = {}
-        for name, model, cfg in (("teacher", teacher, cfg_p), ("student", student, cfg_q)):
-            if name == "teacher" and teacher_completions is not None:
-                ids, mask = (x.to(device) for x in teacher_completions[start // batch_size])
-            else:
-                ids, mask = sample_completions(model, pids, pmask, cfg)
-            s_logits, labels = _score(student, pids, pmask, ids, mask, pad)
-            t_logits, _ = _score(teacher, pids, pmask, ids, mask, pad)
+        for name, (ids, mask) in (("teacher", drawn_p), ("student", drawn_q)):
+            ids, mask = ids.to(pids.device), mask.to(pids.device)
+            s_logits, labels, _ = score_completions(student, pids, pmask, ids, mask, pad_token_id=pad)
+            t_logits, _, _ = score_completions(teacher, pids, pmask, ids, mask, pad_token_id=pad)
             sides[name] = SampledSequences(s_logits, t_logits, labels)
         b = pids.shape[0]
         values = {
@@ -125,14 +107,7 @@ def teacher_completions(
     """Teacher samples batched exactly as :func:`sequence_divergences` batches its prompts (to share between students)."""
     if seed is not None:
         torch.manual_seed(seed + 1)
-    collator = DistillCollator(
-        tokenizer, is_encoder_decoder=bool(_unwrap(teacher).config.is_encoder_decoder), use_chat_template=use_chat_template
-    )
     cfg = sampling_config(teacher, tokenizer, max_new_tokens=max_new_tokens)
-    device = next(teacher.parameters()).device
     expanded = [p for p in prompts for _ in range(num_samples)]
-    out = []
-    for start in range(0, len(expanded), batch_size):
-        batch = collator([{"prompt": p} for p in expanded[start : start + batch_size]])
-        out.append(sample_completions(teacher, batch["prompt_ids"].to(device), batch["prompt_mask"].to(device), cfg))
-    return out
+    drawn = sample_batches(teacher, tokenizer, expanded, cfg, batch_size=batch_size, use_chat_template=use_chat_template)
+    return [(ids, mask) for ids, mask, _ in drawn]

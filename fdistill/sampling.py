@@ -27,15 +27,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
-from fdistill.data import DistillCollator, completion_mask
-
-
-def _unwrap(model):
-    while hasattr(model, "module"):
-        model = model.module
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    return model
+from fdistill.data import DistillCollator, base_model, completion_mask
 
 
 def sampling_config(
@@ -54,7 +46,7 @@ def sampling_config(
     ``top_k=0`` and ``top_p=1.0`` switch the filters off; ``do_sample=False`` gives greedy
     (``num_beams=1``) or beam search.
     """
-    base = _unwrap(model)
+    base = base_model(model)
     eos = base.generation_config.eos_token_id
     if eos is None:
         eos = tokenizer.eos_token_id
@@ -90,8 +82,33 @@ def sample_completions(model, prompt_ids: Tensor, prompt_mask: Tensor, generatio
         out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask.long(), generation_config=generation_config)
     finally:
         model.train(was_training)
-    completions = out[:, 1:] if _unwrap(model).config.is_encoder_decoder else out[:, prompt_ids.shape[1] :]
+    completions = out[:, 1:] if base_model(model).config.is_encoder_decoder else out[:, prompt_ids.shape[1] :]
     return completions, completion_mask(completions, eos_ids(generation_config))
+
+
+def prompt_batches(model, tokenizer, prompts: list, *, batch_size: int, use_chat_template: bool = False):
+    """Collated prompt batches ``(prompt_ids, prompt_mask)`` on the model's device, padded for its architecture."""
+    collator = DistillCollator(
+        tokenizer, is_encoder_decoder=bool(base_model(model).config.is_encoder_decoder), use_chat_template=use_chat_template
+    )
+    device = next(model.parameters()).device
+    for start in range(0, len(prompts), batch_size):
+        batch = collator([{"prompt": p} for p in prompts[start : start + batch_size]])
+        yield batch["prompt_ids"].to(device), batch["prompt_mask"].to(device)
+
+
+@torch.no_grad()
+def sample_batches(
+    model, tokenizer, prompts: list, generation_config: GenerationConfig, *, batch_size: int, use_chat_template: bool = False
+) -> list[tuple[Tensor, Tensor, float]]:
+    """:func:`sample_completions` over ``prompts`` in batches: ``[(ids, mask, seconds), ...]`` in prompt order."""
+    out = []
+    for prompt_ids, prompt_mask in prompt_batches(model, tokenizer, prompts, batch_size=batch_size,
+                                                  use_chat_template=use_chat_template):
+        start = time.perf_counter()
+        ids, mask = sample_completions(model, prompt_ids, prompt_mask, generation_config)
+        out.append((ids, mask, time.perf_counter() - start))
+    return out
 
 
 # ----------------------------------------------------------------------------- offline teacher sampling
@@ -262,7 +279,7 @@ def sample_offline(
 
     collator = DistillCollator(
         tokenizer,
-        is_encoder_decoder=bool(_unwrap(model).config.is_encoder_decoder),
+        is_encoder_decoder=bool(base_model(model).config.is_encoder_decoder),
         prompt_column=settings.prompt_column,
         max_prompt_length=settings.max_prompt_length,
         use_chat_template=settings.use_chat_template,

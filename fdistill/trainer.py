@@ -30,12 +30,13 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, GenerationConfig, PreTrainedModel, Seq2SeqTrainer
 
 from fdistill.config import DistillArguments
-from fdistill.data import DistillCollator, cat_completions, scoring_inputs
+from fdistill.data import DistillCollator, cat_completions, score_completions
 from fdistill.loading import resolve_dtype
-from fdistill.sampling import _unwrap as _base_model
+from fdistill.data import base_model as _base_model
 from fdistill.sampling import sample_completions, sampling_config
 from fdistill.divergences import (
     SampledSequences,
+    count_items,
     cross_entropy_terms,
     engine_terms,
     f_divergence_loss,
@@ -224,8 +225,7 @@ class FDistillMixin:
             if sample is not None:
                 masks["student"] = sample[1]
             for name, mask in masks.items():
-                mask = mask.to(device)
-                n = mask.any(-1).sum() if self.distill_args.loss_reduction == "sequence" else mask.sum()
+                n = count_items(mask.to(device), self.distill_args.loss_reduction)
                 counts[name] = counts.get(name, 0) + n.float()
         if self.accelerator.num_processes > 1:
             counts = {k: self.accelerator.gather(v.reshape(1)).sum() for k, v in counts.items()}
@@ -238,9 +238,7 @@ class FDistillMixin:
         if training and self._step_counts is not None and name in self._step_counts:
             # DDP averages gradients over processes; a global denominator needs the loss scaled back up.
             return self._step_counts[name].clamp_min(1) / self.accelerator.num_processes
-        mask = inputs[f"{name}_mask"]
-        n = mask.any(-1).sum() if self.distill_args.loss_reduction == "sequence" else mask.sum()
-        return n.clamp_min(1).float()
+        return count_items(inputs[f"{name}_mask"], self.distill_args.loss_reduction).clamp_min(1).float()
 
     def _score(self, model: nn.Module, inputs: dict[str, torch.Tensor], names: list[str], hidden: bool = False):
         """One forward of ``model`` over the completion sets ``names`` (concatenated along the batch).
@@ -250,17 +248,10 @@ class FDistillMixin:
         pad = self.processing_class.pad_token_id
         ids, mask = cat_completions([(inputs[f"{n}_ids"], inputs[f"{n}_mask"]) for n in names], pad)
         repeat = len(names)
-        scoring = scoring_inputs(
-            inputs["prompt_ids"].repeat(repeat, 1),
-            inputs["prompt_mask"].repeat(repeat, 1),
-            ids,
-            mask,
-            is_encoder_decoder=self.is_encoder_decoder,
-            pad_token_id=pad,
-            decoder_start_token_id=getattr(_base_model(model).config, "decoder_start_token_id", None),
+        logits, labels, outputs = score_completions(
+            model, inputs["prompt_ids"].repeat(repeat, 1), inputs["prompt_mask"].repeat(repeat, 1), ids, mask,
+            pad_token_id=pad, output_hidden_states=hidden,
         )
-        outputs = model(**scoring.model_kwargs, output_hidden_states=hidden, use_cache=False)
-        logits, labels = scoring.logits(outputs), scoring.labels
         b = inputs["prompt_ids"].shape[0]
         return {n: (logits[i * b : (i + 1) * b], labels[i * b : (i + 1) * b]) for i, n in enumerate(names)}, outputs
 

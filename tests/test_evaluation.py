@@ -7,6 +7,7 @@ import torch
 import transformers
 
 import fdistill.metrics as metrics_module
+import fdistill.sampling as sampling_module
 from fdistill import testing as tiny
 from fdistill.cli import main
 from fdistill.evaluation import combine_results, evaluate_model, write_report
@@ -42,7 +43,7 @@ def test_risks_match_a_hand_computation(arch, monkeypatch):
             ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), True
         return ids, mask
 
-    monkeypatch.setattr(metrics_module, "sample_completions", fake_sample)
+    monkeypatch.setattr(sampling_module, "sample_completions", fake_sample)
     out = metrics_module.sequence_divergences(student, teacher, tok, prompts, max_new_tokens=4)
     prompt_ids = [tok(p)["input_ids"] for p in prompts]
     r_llh = [naive_nll(teacher, p, c) for p, c in zip(prompt_ids, fixed[id(student)])]
