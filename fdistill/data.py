@@ -166,6 +166,8 @@ class DistillCollator:
         is_encoder_decoder: right-pad encoder inputs instead of left-padding prompts.
         prompt_column: column with the input text or ids.
         completions: completion sets to build, name → column.
+        optional_completions: sets built only when every example has the column (e.g. references
+            for evaluation metrics when the objective does not train on them).
         max_prompt_length, max_target_length: truncation (prompts keep their end).
         use_chat_template: wrap text prompts as a user turn of the chat template.
     """
@@ -177,6 +179,7 @@ class DistillCollator:
         is_encoder_decoder: bool,
         prompt_column: str = "prompt",
         completions: dict[str, str] | None = None,
+        optional_completions: dict[str, str] | None = None,
         max_prompt_length: int = 256,
         max_target_length: int = 128,
         use_chat_template: bool = False,
@@ -189,6 +192,7 @@ class DistillCollator:
         self.is_encoder_decoder = is_encoder_decoder
         self.prompt_column = prompt_column
         self.completions = dict(completions or {})
+        self.optional_completions = {k: v for k, v in (optional_completions or {}).items() if k not in self.completions}
         self.max_prompt_length = max_prompt_length
         self.max_target_length = max_target_length
         self.use_chat_template = use_chat_template
@@ -222,7 +226,8 @@ class DistillCollator:
         prompts = [self.prompt_tokens(f[self.prompt_column]) for f in features]
         ids, mask = (pad_right if self.is_encoder_decoder else pad_left)(prompts, pad)
         batch = {"prompt_ids": ids, "prompt_mask": mask}
-        for name, column in self.completions.items():
+        present = {k: v for k, v in self.optional_completions.items() if all(v in f for f in features)}
+        for name, column in {**self.completions, **present}.items():
             targets = [self.target_tokens(f[column]) for f in features]
             batch[f"{name}_ids"], batch[f"{name}_mask"] = pad_right(targets, pad)
         return batch

@@ -167,7 +167,6 @@ def run_demo(output_dir: str = "runs/demo", *, objectives: list[str] | None = No
 
     # 3. student by layer copying
     student = create_student_from_teacher(teacher, layers=STUDENT_LAYERS)
-    students = {"student (copied layers)": student}
     snapshots = {"student (copied layers)": {k: v.clone() for k, v in student.state_dict().items()}}
 
     # 4. pre-distillation on the teacher's replies

@@ -12,7 +12,6 @@ R_llh/R_cvg plane; several result files combine into one comparison table.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 

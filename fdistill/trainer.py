@@ -22,7 +22,6 @@ pre-distillation) and §7; Shleifer & Rush 2020 (pre-distillation).
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,9 +30,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, Generation
 
 from fdistill.config import DistillArguments
 from fdistill.data import DistillCollator, cat_completions, score_completions
-from fdistill.loading import resolve_dtype
 from fdistill.data import base_model as _base_model
-from fdistill.sampling import sample_completions, sampling_config
 from fdistill.divergences import (
     SampledSequences,
     count_items,
@@ -46,6 +43,9 @@ from fdistill.divergences import (
     token_logprobs,
     word_kd_terms,
 )
+from fdistill.loading import resolve_dtype
+from fdistill.sampling import sample_completions, sampling_config
+
 
 def _vocab_size(model: nn.Module) -> int:
     return _base_model(model).get_output_embeddings().weight.shape[0]
@@ -85,6 +85,7 @@ class FDistillMixin:
                 is_encoder_decoder=is_enc_dec,
                 prompt_column=settings.prompt_column,
                 completions=self._completion_columns(settings),
+                optional_completions={"reference": settings.reference_column},  # for compute_metrics when present
                 max_prompt_length=settings.max_prompt_length,
                 max_target_length=settings.max_target_length,
                 use_chat_template=settings.use_chat_template,
@@ -272,9 +273,8 @@ class FDistillMixin:
             )
         if self.teacher is not None and self.teacher.training:
             self.teacher.eval()  # the Trainer only knows the student; never let the teacher train
-        names = [n for n in ("reference", "teacher", "student") if f"{n}_ids" in inputs]
-        if a.objective in ("mle", "seqkd", "predistill"):
-            names = ["reference"] if a.objective != "seqkd" else ["teacher"]
+        needs = {"reference": a.needs_reference, "teacher": a.needs_teacher_samples, "student": a.needs_student_samples}
+        names = [n for n, needed in needs.items() if needed]  # completion sets this objective scores
         hidden = a.objective == "predistill" and a.predistill_alpha_hidden > 0
         student, s_out = self._score(model, inputs, names, hidden=hidden)
         teacher, t_out = {}, None
@@ -405,11 +405,22 @@ class FDistillMixin:
     # ------------------------------------------------------------------ evaluation
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        """Evaluation loss = the training objective on the eval batch (metrics: see fdistill.metrics)."""
+        """Evaluation: the training objective on the batch; with ``predict_with_generate`` and a
+        ``compute_metrics`` (e.g. ``fdistill.text_metrics.compute_metrics_fn``) also the student's greedy
+        replies as predictions and the references (else the teacher samples) as labels, -100-padded."""
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():
             loss = self.compute_loss(model, inputs)
-        return loss.detach(), None, None
+        if prediction_loss_only or self.compute_metrics is None or not getattr(self.args, "predict_with_generate", False):
+            return loss.detach(), None, None
+        greedy = sampling_config(self.model, self.processing_class, max_new_tokens=self.distill_args.max_new_tokens,
+                                 do_sample=False)
+        ids, mask = sample_completions(self.accelerator.unwrap_model(model), inputs["prompt_ids"], inputs["prompt_mask"], greedy)
+        name = next((n for n in ("reference", "teacher") if f"{n}_ids" in inputs), None)
+        if name is None:
+            raise ValueError("compute_metrics needs references: give the eval dataset a reference column.")
+        labels = inputs[f"{name}_ids"].masked_fill(~inputs[f"{name}_mask"], -100)
+        return loss.detach(), ids.masked_fill(~mask, -100), labels
 
 
 class FDistillTrainer(FDistillMixin, Seq2SeqTrainer):

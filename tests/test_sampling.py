@@ -2,12 +2,8 @@
 
 import json
 import multiprocessing as mp
-import os
-import subprocess
-import sys
 
 import pytest
-import torch
 import transformers
 from datasets import load_from_disk
 
@@ -109,7 +105,7 @@ def test_kill_and_resume_gives_identical_content(tok, tmp_path):
 
 def test_trainer_consumes_the_output(tok, tmp_path):
     data = tiny.dataset(8, seed=5)
-    samples = run("llama", tok, data, tmp_path / "s")
+    run("llama", tok, data, tmp_path / "s")
     args = FDistillConfig(output_dir=str(tmp_path / "o"), objective="js", max_steps=2, per_device_train_batch_size=4,
                           max_new_tokens=6, report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True)
     teacher = tiny.llama(2, seed=0, init=0.15)

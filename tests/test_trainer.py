@@ -225,3 +225,18 @@ def test_predistill_matches_hidden_states_of_copied_layers(tok, tmp_path, arch):
     hidden = [h["loss_hidden"] for h in trainer.state.log_history if "loss_hidden" in h]
     assert len(hidden) == 20 and all(h == h and h >= 0 for h in hidden)
     assert sum(hidden[-5:]) < sum(hidden[:5])
+
+
+def test_compute_metrics_on_generated_replies(tok, tmp_path):
+    from fdistill.text_metrics import compute_metrics_fn
+
+    teacher = tiny.llama(2, seed=0, init=0.15)
+    data = tiny.dataset(8, seed=0, teacher=teacher, tok=tok)
+    args = config(tmp_path, objective="kl", predict_with_generate=True, per_device_eval_batch_size=4)
+    trainer = FDistillTrainer(model=tiny.llama(1, seed=1), teacher_model=teacher, args=args, train_dataset=data,
+                              eval_dataset=data, processing_class=tok,
+                              compute_metrics=compute_metrics_fn(tok, metrics=("bleu", "rouge", "distinct")))
+    metrics = trainer.evaluate()
+    for key in ("eval_loss", "eval_bleu", "eval_rouge1", "eval_distinct1"):
+        assert key in metrics and metrics[key] == metrics[key]
+    assert 0 <= metrics["eval_bleu"] <= 100
