@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
@@ -64,6 +65,8 @@ __all__ = [
     "count_items",
     "cross_entropy_terms",
     "engine_terms",
+    "MixtureLogit",
+    "exact_js_mixture_logit",
     "exact_js_mixture_weight",
     "f_divergence_loss",
     "hidden_state_mse_terms",
@@ -203,13 +206,18 @@ def step_divergence(
     # js: log m = logaddexp(log w + log p, log(1 − w) + log q), formed in log space.
     if mixture_weight is None:
         mixture_weight = 0.5
-    w = torch.as_tensor(mixture_weight, dtype=dtype, device=log_p.device).detach()
-    if w.dim() > 0:
-        w = w.unsqueeze(-1)  # broadcast over the vocabulary
-    if ((w < 0) | (w > 1)).any():
-        raise ValueError("mixture_weight must lie in [0, 1] (it is the teacher's share of the JS mixture m).")
-    log_wp = log_p + torch.log(w)  # (..., V)
-    log_wq = log_q + torch.log1p(-w)  # (..., V)
+    if isinstance(mixture_weight, MixtureLogit):
+        z = mixture_weight.logit.detach().to(dtype=dtype, device=log_p.device)
+        w = MixtureLogit(z.unsqueeze(-1) if z.dim() > 0 else z)
+    else:
+        w = torch.as_tensor(mixture_weight, dtype=dtype, device=log_p.device).detach()
+        if w.dim() > 0:
+            w = w.unsqueeze(-1)  # broadcast over the vocabulary
+        if ((w < 0) | (w > 1)).any():
+            raise ValueError("mixture_weight must lie in [0, 1] (it is the teacher's share of the JS mixture m).")
+    log_w, log_1mw = _mixture_logs(w)
+    log_wp = log_p + log_w  # (..., V)
+    log_wq = log_q + log_1mw  # (..., V)
     # A token banned by both models has m = 0; logaddexp(-inf, -inf) has a NaN gradient,
     # so feed it zeros there: the term's weight (p or q) is 0 at such tokens anyway.
     both_banned = torch.isneginf(log_p) & torch.isneginf(log_q)
@@ -257,13 +265,34 @@ def exact_js_mixture_weight(
     Returns:
         ``(B, T)`` weights in [0, 1], detached (the weight carries no gradient).
     """
+    return torch.sigmoid(exact_js_mixture_logit(teacher_token_logprobs, student_token_logprobs, mask, beta=beta))
+
+
+def exact_js_mixture_logit(teacher_token_logprobs: Tensor, student_token_logprobs: Tensor, mask: Tensor, *,
+                           beta: float = 0.5) -> Tensor:
+    """The logit ``z_t = logit β + log p(y_<t) − log q(y_<t)`` of :func:`exact_js_mixture_weight` (detached)."""
     _check_beta(beta)
     mask = mask.bool()
     dtype = torch.promote_types(_compute_dtype(teacher_token_logprobs), _compute_dtype(student_token_logprobs))
     diff = (teacher_token_logprobs.detach().to(dtype) - student_token_logprobs.detach().to(dtype)).masked_fill(~mask, 0)
     prefix = diff.cumsum(-1) - diff  # exclusive cumulative sum: log p(y_<t) − log q(y_<t)
     logit_beta = torch.log(torch.tensor(beta, dtype=dtype)) - torch.log1p(torch.tensor(-beta, dtype=dtype))
-    return torch.sigmoid(prefix + logit_beta.to(prefix.device))
+    return prefix + logit_beta.to(prefix.device)
+
+
+def _mixture_logs(w: Tensor) -> tuple[Tensor, Tensor]:
+    """``(log w, log(1 − w))`` from a weight, or exactly from a logit when one is given (see `MixtureLogit`)."""
+    if isinstance(w, MixtureLogit):
+        return F.logsigmoid(w.logit), F.logsigmoid(-w.logit)
+    return torch.log(w), torch.log1p(-w)
+
+
+@dataclass
+class MixtureLogit:
+    """A JS mixture weight given by its logit ``z`` (``w = σ(z)``): long prefixes push ``σ(z)`` to exactly 0 or 1
+    in floating point, while ``log σ(±z)`` stays exact — so the (1−w)·q floor of ``m`` is never lost."""
+
+    logit: Tensor
 
 
 def token_entropy(logits: Tensor, *, temperature: float = 1.0) -> Tensor:
@@ -425,7 +454,7 @@ def _side_terms(
     rows = mask.nonzero(as_tuple=True)  # only unmasked positions are ever read
     student = batch.student_logits[rows]  # (N, V)
     teacher = batch.teacher_logits[rows]  # (N, V)
-    weight: Tensor | float = js_beta
+    weight: Tensor | float | MixtureLogit = js_beta
     if kind == "js" and js_mixture == "exact":
         labels = batch.labels[rows]
         with torch.no_grad():
@@ -433,7 +462,7 @@ def _side_terms(
             lp_q = _log_probs(student, temperature, _compute_dtype(student)).gather(-1, labels[:, None]).squeeze(-1)
             full_p = torch.zeros(mask.shape, dtype=lp_p.dtype, device=lp_p.device).index_put(rows, lp_p)
             full_q = torch.zeros(mask.shape, dtype=lp_q.dtype, device=lp_q.device).index_put(rows, lp_q)
-            weight = exact_js_mixture_weight(full_p, full_q, mask, beta=js_beta)[rows]
+            weight = MixtureLogit(exact_js_mixture_logit(full_p, full_q, mask, beta=js_beta)[rows])
     terms = step_divergence(kind, student, teacher, on=on, mixture_weight=weight, temperature=temperature)  # (N,)
     full = torch.zeros(mask.shape, dtype=terms.dtype, device=terms.device).index_put(rows, terms)  # (B, T)
     return full, mask

@@ -166,6 +166,9 @@ class OfflineSamplingSettings:
         for name in ("max_new_tokens", "batch_size", "max_prompt_length"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)}: use a positive number")
+        if self.topk_logprobs and self.decoding == "beam":
+            problems.append("topk_logprobs with beam search is not supported (generate's per-step logits follow "
+                            "live beams, not the returned ones): use decoding='sample' or 'greedy', or topk_logprobs=0")
         if self.topk_logprobs < 0:
             problems.append(f"topk_logprobs={self.topk_logprobs}: use 0 (off) or a positive k")
         if problems:

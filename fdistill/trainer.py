@@ -191,7 +191,7 @@ class FDistillMixin:
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
             a = self.distill_args
-            self._signature_columns = [a.prompt_column, *self._completion_columns(a).values()]
+            self._signature_columns = list({a.prompt_column, a.reference_column, *self._completion_columns(a).values()})
 
     # ------------------------------------------------------------------ online student samples
 
@@ -369,7 +369,8 @@ class FDistillMixin:
     def _sample_metrics(self, student_side, teacher_side, mask, metrics) -> None:
         logits, labels = student_side
         valid = labels != -100
-        metrics["student_entropy"] = token_entropy(logits.detach())[valid].mean()
+        if valid.any():
+            metrics["student_entropy"] = token_entropy(logits.detach())[valid].mean()
         metrics["student_sample_length"] = mask.sum(-1).float().mean()
         if teacher_side is not None:
             metrics["teacher_nll_of_student_samples"] = -token_logprobs(teacher_side[0], labels).sum(-1).mean()
@@ -382,7 +383,7 @@ class FDistillMixin:
             value = v.detach().float()
             if k.startswith("loss_"):
                 value = value * scale.get(side.get(k, "reference"), 1.0)
-            store[k].append(self.accelerator.gather_for_metrics(value.reshape(1)).mean().item())
+            store[k].append(self.accelerator.gather(value.reshape(1)).mean().item())  # one scalar per process
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         split = "eval" if any(k.startswith("eval_") for k in logs) else "train"

@@ -307,3 +307,18 @@ def test_bad_input_gives_one_clear_error(call, message):
     s, t = logits(2, 3, 7, seed=97), logits(2, 3, 7, seed=98)
     with pytest.raises(ValueError, match=message):
         call(s, t)
+
+
+def test_exact_js_stays_finite_when_the_prefix_weight_saturates():
+    """40 steps where p(y_<t) ≫ q(y_<t): σ(z) rounds to 1 in float32, yet each term stays ≤ −log(1 − w) < ∞."""
+    teacher = torch.tensor([0.0, float("-inf"), 8.0, 0.0, 0.0]).expand(1, 40, 5).clone()
+    student = torch.zeros(1, 40, 5, requires_grad=True)
+    labels = torch.full((1, 40), 2)
+    side = SampledSequences(student, teacher, labels)
+    out = f_divergence_loss("js", teacher_samples=side, student_samples=side, js_mixture="exact")
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and torch.isfinite(student.grad).all()
+    # the same loss in float64, where σ(z) has not saturated yet over these prefixes
+    side64 = SampledSequences(student.detach().double(), teacher.double(), labels)
+    ref = f_divergence_loss("js", teacher_samples=side64, student_samples=side64, js_mixture="exact").loss
+    assert out.loss.item() == pytest.approx(ref.item(), rel=1e-4)

@@ -122,6 +122,7 @@ def test_trainer_consumes_the_output(tok, tmp_path):
         (dict(decoding="greedy", num_samples=2), "greedy decoding gives one output"),
         (dict(decoding="beam", num_beams=2, num_samples=3), "beam search returns at most"),
         (dict(top_p=0.0), "top_p"),
+        (dict(decoding="beam", topk_logprobs=3), "topk_logprobs with beam search"),
     ],
 )
 def test_bad_settings(kw, message):
