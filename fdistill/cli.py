@@ -2,6 +2,7 @@
 
     fdistill sample --teacher gpt2 --data prompts.jsonl --output teacher_samples
     fdistill train recipes/smollm2.yaml max_steps=100 objective=js
+    fdistill flows experiment recipes/flows/digits_glow.yaml   # normalizing-flow distillation (fdistill.flows)
     accelerate launch -m fdistill.cli sample ...      # several processes share the work
 """
 
@@ -323,6 +324,10 @@ def main(argv: list[str] | None = None) -> None:
 
     d = sub.add_parser("demo", help="the embedded default: distil the packaged SmolLM2 teacher end to end on CPU")
     demo.add_arguments(d)
+    from fdistill.flows import cli as flows_cli
+
+    f = sub.add_parser("flows", help="normalizing-flow distillation (LKD/ILKD/SKD): teacher, distill, evaluate, experiment")
+    flows_cli.add_arguments(f)
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         _apply_config(parser, argv)
@@ -331,7 +336,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     args = parser.parse_args(argv)
     try:
-        {"sample": run_sample, "train": run_train, "evaluate": _main_process_only(run_evaluate), "demo": demo.run_from_args}[args.command](args)
+        {"sample": run_sample, "train": run_train, "evaluate": _main_process_only(run_evaluate), "demo": demo.run_from_args,
+         "flows": flows_cli.run}[args.command](args)
     except ValueError as error:  # bad input: one clear line, no traceback
         print(f"fdistill {args.command}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

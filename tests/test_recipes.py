@@ -15,12 +15,12 @@ from fdistill.sampling import OfflineSamplingSettings
 transformers.logging.set_verbosity_error()
 ROOT = Path(__file__).resolve().parents[1] / "recipes"
 RECIPES = sorted(ROOT.rglob("*.yaml"))  # recursive: every recipe, however deep
-TASKS = sorted(p.name for p in ROOT.iterdir() if p.is_dir() and p.name != "accelerate")
+TASKS = sorted(p.name for p in ROOT.iterdir() if p.is_dir() and p.name not in ("accelerate", "flows"))
 
 
 def kind(path: Path) -> str:
-    if path.parent.name == "accelerate":
-        return "accelerate"
+    if path.parent.name in ("accelerate", "flows"):
+        return path.parent.name
     return "sample" if "sample" in path.stem else "evaluate" if "evaluate" in path.stem else "train"
 
 
@@ -37,6 +37,11 @@ def test_recipe_parses_and_opens_with_its_command(path, monkeypatch):
         from accelerate.commands.config.config_args import ClusterConfig
 
         assert ClusterConfig.from_yaml_file(str(path)).num_processes >= 1
+    elif k == "flows":
+        from fdistill.flows import load_experiment_config
+
+        config = load_experiment_config(str(path))
+        assert config.methods and config.seeds
     elif k == "train":
         run_args, config = load_recipe(str(path), [])
         assert run_args.teacher and config.objective

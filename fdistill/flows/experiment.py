@@ -1,0 +1,309 @@
+"""The flow-distillation experiment: train a teacher, distil students with each loss mix over several seeds,
+evaluate them all the same way, and write a table, a JSON summary and a sample grid.
+
+Resumable: every finished teacher and student run is saved under ``output_dir`` (``teacher_seed{s}/``,
+``runs/{method}_seed{s}/``, each written to a temporary folder and renamed when complete); a rerun skips them.
+
+Example recipe (``recipes/flows/digits_glow.yaml``)::
+
+    dataset: digits
+    flow: glow
+    teacher: {levels: 3, depth: 8, hidden: 64}
+    student: {levels: 3, depth: 2, hidden: 32}
+    methods: [nll, lkd, ilkd, skd]
+    seeds: [0, 1, 2]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import yaml
+
+from .data import FLOW_DATASETS, FlowData, bits_per_dim, load_flow_data
+from .losses import DISTANCES, LossWeights, align_paths
+from .metrics import (
+    bootstrap_frechet,
+    mmd_rbf,
+    sampling_throughput,
+    save_sample_grid,
+    train_digits_feature_net,
+)
+from .models import FLOW_CLASSES, Flow, build_flow, load_flow, save_flow
+from .training import FlowTrainingArguments, evaluate_nll, train_flow
+
+DEFAULT_METHOD_WEIGHTS = {
+    "nll": {"nll": 1.0},  # the baseline student: same architecture and budget, no teacher
+    "lkd": {"nll": 0.9, "lkd": 0.1},
+    "ilkd": {"nll": 0.9, "ilkd": 0.1},  # the paper's default
+    "skd": {"nll": 0.9, "skd": 0.1},
+}
+
+
+@dataclass
+class FlowExperimentConfig:
+    """One experiment; every key of a recipe YAML is a field here."""
+
+    dataset: str = field(default="digits", metadata={"help": f"one of {FLOW_DATASETS}"})
+    data_root: str | None = field(default=None, metadata={"help": "folder of the MAF data archive (paper sets)"})
+    split_seed: int = 0
+    flow: str = field(default="glow", metadata={"help": f"one of {sorted(FLOW_CLASSES)}"})
+    teacher: dict = field(default_factory=lambda: {"levels": 3, "depth": 8, "hidden": 64})
+    student: dict = field(default_factory=lambda: {"levels": 3, "depth": 2, "hidden": 32})
+    teacher_epochs: int = 100
+    student_epochs: int = 100
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    max_grad_norm: float = 10.0
+    methods: list = field(default_factory=lambda: ["nll", "lkd", "ilkd", "skd"])
+    method_weights: dict = field(default_factory=dict, metadata={"help": "loss weights per method name; merged "
+                                                                         "over DEFAULT_METHOD_WEIGHTS"})
+    alignment: str = field(default="levels", metadata={"help": "ILKD alignment: 'levels' or 'uniform'"})
+    distance: str = field(default="l1", metadata={"help": f"latent distance, one of {DISTANCES}"})
+    skd_temperature: float = 0.7
+    skd_warmup_epochs: int = 10
+    seeds: list = field(default_factory=lambda: [0, 1, 2])
+    teacher_per_seed: bool = field(default=True, metadata={"help": "a teacher per seed (else one teacher, seed 0)"})
+    num_samples: int = 1000
+    sample_temperature: float = 1.0
+    bootstrap_rounds: int = 100
+    feature_epochs: int = 30
+    output_dir: str = "flows_output"
+
+    def __post_init__(self):
+        self.method_weights = {**DEFAULT_METHOD_WEIGHTS, **self.method_weights}  # a recipe adds or redefines methods
+        if self.dataset.lower() not in FLOW_DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {FLOW_DATASETS}")
+        if self.flow not in FLOW_CLASSES:
+            raise ValueError(f"unknown flow {self.flow!r}; choose one of {sorted(FLOW_CLASSES)}")
+        unknown = [m for m in self.methods if m not in self.method_weights]
+        if unknown:
+            raise ValueError(f"methods {unknown} have no entry in method_weights (known: {sorted(self.method_weights)})")
+        for method, weights in self.method_weights.items():
+            try:
+                LossWeights(**weights)
+            except TypeError as err:
+                raise ValueError(f"method_weights[{method!r}] = {weights}: keys must be nll, lkd, ilkd, skd") from err
+        if self.distance not in DISTANCES:
+            raise ValueError(f"unknown distance {self.distance!r}; choose one of {DISTANCES}")
+        if not self.seeds:
+            raise ValueError("seeds is empty; give at least one seed, e.g. [0, 1, 2]")
+        FlowTrainingArguments(epochs=self.teacher_epochs, batch_size=self.batch_size, learning_rate=self.learning_rate)
+        FlowTrainingArguments(epochs=self.student_epochs, batch_size=self.batch_size)
+
+
+def load_experiment_config(path: str | None = None, overrides: list[str] | None = None) -> FlowExperimentConfig:
+    """Read a recipe YAML (if given) and apply ``key=value`` overrides (values parsed as YAML)."""
+    values = {}
+    if path:
+        with open(path) as f:
+            values = yaml.safe_load(f) or {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value (e.g. student_epochs=20)")
+        key, value = item.split("=", 1)
+        values[key] = yaml.safe_load(value)
+    known = {f.name for f in dataclasses.fields(FlowExperimentConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown experiment keys {unknown}; valid keys: {sorted(known)}")
+    return FlowExperimentConfig(**values)
+
+
+def _architecture(config: FlowExperimentConfig, data: FlowData, part: dict) -> dict:
+    """Constructor arguments: the recipe's, plus the data's shape."""
+    args = dict(part)
+    if config.flow == "glow":
+        if len(data.event_shape) == 3:
+            args["image_shape"] = data.event_shape
+        else:
+            args["features"] = data.num_features
+    else:
+        if len(data.event_shape) != 1:
+            raise ValueError(f"{config.flow} models vectors; data set {data.name!r} has shape {data.event_shape}")
+        args["features"] = data.num_features
+    return args
+
+
+def _feature_fn(config: FlowExperimentConfig, data: FlowData, log) -> tuple:
+    """Features for the sample-quality metrics: the local digits network's, or the standardised tabular values."""
+    if data.labels is None:
+        return (lambda x: x.flatten(1)), {"features": "standardised data values"}
+    path = os.path.join(config.output_dir, "digits_feature_net.pt")
+    net, accuracy = None, None
+    if os.path.exists(path):
+        saved = torch.load(path, weights_only=False)
+        net, accuracy = saved["net"], saved["accuracy"]
+    else:
+        net, accuracy = train_digits_feature_net(data, config.feature_epochs)
+        torch.save({"net": net, "accuracy": accuracy}, path + ".tmp")
+        os.replace(path + ".tmp", path)
+    log(f"digits feature network: test accuracy {accuracy:.3f}")
+
+    @torch.no_grad()
+    def features(x):
+        return net.features(data.to_data_range(x))
+
+    return features, {"features": "digits-FD: penultimate layer of a locally trained digits CNN",
+                      "feature_net_test_accuracy": accuracy}
+
+
+@torch.no_grad()
+def evaluate_flow(flow: Flow, data: FlowData, features, config: FlowExperimentConfig, seed: int) -> dict:
+    """Test NLL (nats/dim, bits/dim for digits), FD (+95% bootstrap interval), MMD², parameters, samples/s."""
+    flow.eval()
+    nll = evaluate_nll(flow, data, "test", seed=0)
+    generator = torch.Generator().manual_seed(10_000 + seed)
+    samples = flow.sample(config.num_samples, config.sample_temperature, generator)
+    finite = torch.isfinite(samples.flatten(1)).all(1)
+    reference = data.model_inputs(data.test, torch.Generator().manual_seed(0))
+    metrics = {"test_nll": nll, "bits_per_dim": bits_per_dim(nll, data.levels),
+               "parameters": flow.num_parameters(), "nonfinite_samples": int((~finite).sum())}
+    if finite.sum() >= 2:
+        fd, low, high = bootstrap_frechet(features(samples[finite]).numpy(), features(reference).numpy(),
+                                          config.bootstrap_rounds, seed)
+        metrics.update(fd=fd, fd_low=low, fd_high=high,
+                       mmd=mmd_rbf(data.to_data_range(samples[finite]), data.to_data_range(reference)))
+    else:
+        metrics.update(fd=math.nan, fd_low=math.nan, fd_high=math.nan, mmd=math.nan)
+    metrics["samples_per_second"] = sampling_throughput(flow, config.num_samples)
+    return metrics
+
+
+def _atomic_save(directory: str, flow: Flow, record: dict) -> None:
+    tmp = directory + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_flow(flow, tmp)
+    with open(os.path.join(tmp, "result.json"), "w") as f:
+        json.dump(record, f, indent=2)
+    shutil.rmtree(directory, ignore_errors=True)
+    os.replace(tmp, directory)
+
+
+def _load_done(directory: str) -> tuple[Flow, dict] | None:
+    path = os.path.join(directory, "result.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return load_flow(directory), json.load(f)
+
+
+def _training_args(config: FlowExperimentConfig, epochs: int, seed: int) -> FlowTrainingArguments:
+    return FlowTrainingArguments(epochs=epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
+                                 max_grad_norm=config.max_grad_norm, skd_warmup_epochs=config.skd_warmup_epochs,
+                                 seed=seed)
+
+
+def train_teacher(config: FlowExperimentConfig, data: FlowData, seed: int, features, log=print) -> tuple[Flow, dict]:
+    """Train (or reload) the teacher of ``seed`` and evaluate it."""
+    directory = os.path.join(config.output_dir, f"teacher_seed{seed}")
+    done = _load_done(directory)
+    if done:
+        log(f"teacher seed {seed}: reusing {directory}")
+        return done
+    torch.manual_seed(seed)
+    teacher = build_flow(config.flow, **_architecture(config, data, config.teacher))
+    start = time.perf_counter()
+    result = train_flow(teacher, data, _training_args(config, config.teacher_epochs, seed), log=log)
+    record = {"model": "teacher", "seed": seed, "train_seconds": time.perf_counter() - start,
+              "best_epoch": result.best_epoch, **evaluate_flow(teacher, data, features, config, seed)}
+    _atomic_save(directory, teacher, record)
+    log(f"teacher seed {seed}: {record}")
+    return teacher, record
+
+
+def distill_student(config: FlowExperimentConfig, data: FlowData, teacher: Flow, method: str, seed: int, features,
+                    log=print) -> tuple[Flow, dict]:
+    """Train (or reload) one student with ``method``'s loss weights against ``teacher``, and evaluate it."""
+    directory = os.path.join(config.output_dir, "runs", f"{method}_seed{seed}")
+    done = _load_done(directory)
+    if done:
+        log(f"{method} seed {seed}: reusing {directory}")
+        return done
+    weights = LossWeights(**config.method_weights[method])
+    torch.manual_seed(1000 + seed)
+    student = build_flow(config.flow, **_architecture(config, data, config.student))
+    alignment = align_paths(student.depths, teacher.depths, config.alignment) if weights.ilkd else None
+    start = time.perf_counter()
+    result = train_flow(student, data, _training_args(config, config.student_epochs, seed), weights,
+                        teacher if weights.needs_teacher else None, alignment, config.distance,
+                        config.skd_temperature, log=log)
+    record = {"model": method, "seed": seed, "weights": dataclasses.asdict(weights),
+              "alignment": [list(pair) for pair in alignment] if alignment else None,
+              "train_seconds": time.perf_counter() - start, "best_epoch": result.best_epoch,
+              "skipped_steps": result.skipped_steps, "diverged": result.diverged, "diverged_at": result.diverged_at,
+              **evaluate_flow(student, data, features, config, seed)}
+    _atomic_save(directory, student, record)
+    log(f"{method} seed {seed}: {record}")
+    return student, record
+
+
+def _mean_std(values: list[float]) -> str:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return "—"
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1) if len(values) > 1 else 0.0:.3f}"
+
+
+def summarise(records: list[dict], data: FlowData, info: dict) -> str:
+    """A markdown table: one row per model, mean ± std over seeds."""
+    nll_key, nll_name = ("bits_per_dim", "test bits/dim") if data.levels else ("test_nll", "test NLL (nats/dim)")
+    fd_name = "digits-FD" if data.labels is not None else "FD (data space)"
+    lines = [f"| model | parameters | {nll_name} ↓ | {fd_name} ↓ | MMD² ↓ | samples/s | seeds | diverged |",
+             "|---|---|---|---|---|---|---|---|"]
+    for model in dict.fromkeys(r["model"] for r in records):
+        rows = [r for r in records if r["model"] == model]
+        lines.append(f"| {model} | {rows[0]['parameters']:,} | {_mean_std([r[nll_key] for r in rows])} | "
+                     f"{_mean_std([r['fd'] for r in rows])} | {_mean_std([r['mmd'] for r in rows])} | "
+                     f"{np.mean([r['samples_per_second'] for r in rows]):,.0f} | {len(rows)} | "
+                     f"{sum(bool(r.get('diverged')) for r in rows)} |")
+    notes = [f"Data: {data.name} ({len(data.train)}/{len(data.validate)}/{len(data.test)} train/val/test), "
+             f"features: {info['features']}" +
+             (f" (test accuracy {info['feature_net_test_accuracy']:.3f})" if "feature_net_test_accuracy" in info else "")]
+    return "\n".join(lines + [""] + notes) + "\n"
+
+
+def run_experiment(config: FlowExperimentConfig, log=print) -> dict:
+    """Run (or resume) the whole experiment; returns the summary written to ``output_dir/results.json``."""
+    start = time.perf_counter()
+    os.makedirs(config.output_dir, exist_ok=True)
+    data = load_flow_data(config.dataset, config.data_root, config.split_seed)
+    features, info = _feature_fn(config, data, log)
+    records, grid = [], {}
+    grid_u = torch.randn(16, data.num_features, generator=torch.Generator().manual_seed(123))
+    for seed in config.seeds:
+        teacher, record = train_teacher(config, data, seed if config.teacher_per_seed else config.seeds[0], features,
+                                        log)
+        records.append({**record, "seed": seed})
+        for method in config.methods:
+            student, record = distill_student(config, data, teacher, method, seed, features, log)
+            records.append(record)
+            if seed == config.seeds[0]:
+                grid[f"{method} student"] = student
+        if seed == config.seeds[0]:
+            grid = {"teacher": teacher, **grid}
+    table = summarise(records, data, info)
+    teacher_params = records[0]["parameters"]
+    student_params = next((r["parameters"] for r in records if r["model"] != "teacher"), None)
+    summary = {"config": dataclasses.asdict(config), "records": records, "table": table, **info,
+               "student_to_teacher_parameters": student_params / teacher_params if student_params else None,
+               "wall_seconds_this_run": time.perf_counter() - start}
+    with open(os.path.join(config.output_dir, "results.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    with open(os.path.join(config.output_dir, "table.md"), "w") as f:
+        f.write(table)
+    if data.levels is not None:  # one shared base draw, so rows differ only by the model
+        with torch.no_grad():
+            rows = {name: data.to_data_range(flow.inverse(config.sample_temperature * grid_u))
+                    for name, flow in grid.items()}
+        save_sample_grid(rows, os.path.join(config.output_dir, "samples.png"))
+    log(table)
+    return summary
