@@ -253,18 +253,19 @@ def _mean_std(values: list[float]) -> str:
     return f"{np.mean(values):.3f} ± {np.std(values, ddof=1) if len(values) > 1 else 0.0:.3f}"
 
 
-def summarise(records: list[dict], data: FlowData, info: dict) -> str:
-    """A markdown table: one row per model, mean ± std over seeds."""
+def summarise(records: list[dict], data: FlowData, info: dict, num_samples: int) -> str:
+    """A markdown table: one row per model, mean ± std over seeds (non-finite samples and skipped steps summed)."""
     nll_key, nll_name = ("bits_per_dim", "test bits/dim") if data.levels else ("test_nll", "test NLL (nats/dim)")
     fd_name = "digits-FD" if data.labels is not None else "FD (data space)"
-    lines = [f"| model | parameters | {nll_name} ↓ | {fd_name} ↓ | MMD² ↓ | samples/s | seeds | diverged |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [f"| model | parameters | {nll_name} ↓ | {fd_name} ↓ | MMD² ↓ | samples/s | seeds | non-finite samples | "
+             "skipped steps | diverged runs |", "|---|---|---|---|---|---|---|---|---|---|"]
     for model in dict.fromkeys(r["model"] for r in records):
         rows = [r for r in records if r["model"] == model]
         lines.append(f"| {model} | {rows[0]['parameters']:,} | {_mean_std([r[nll_key] for r in rows])} | "
                      f"{_mean_std([r['fd'] for r in rows])} | {_mean_std([r['mmd'] for r in rows])} | "
                      f"{np.mean([r['samples_per_second'] for r in rows]):,.0f} | {len(rows)} | "
-                     f"{sum(bool(r.get('diverged')) for r in rows)} |")
+                     f"{sum(r['nonfinite_samples'] for r in rows)} / {len(rows) * num_samples} | "
+                     f"{sum(r.get('skipped_steps', 0) for r in rows)} | {sum(bool(r.get('diverged')) for r in rows)} |")
     notes = [f"Data: {data.name} ({len(data.train)}/{len(data.validate)}/{len(data.test)} train/val/test), "
              f"features: {info['features']}" +
              (f" (test accuracy {info['feature_net_test_accuracy']:.3f})" if "feature_net_test_accuracy" in info else "")]
@@ -290,7 +291,7 @@ def run_experiment(config: FlowExperimentConfig, log=print) -> dict:
                 grid[f"{method} student"] = student
         if seed == config.seeds[0]:
             grid = {"teacher": teacher, **grid}
-    table = summarise(records, data, info)
+    table = summarise(records, data, info, config.num_samples)
     teacher_params = records[0]["parameters"]
     student_params = next((r["parameters"] for r in records if r["model"] != "teacher"), None)
     summary = {"config": dataclasses.asdict(config), "records": records, "table": table, **info,

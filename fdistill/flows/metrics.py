@@ -12,7 +12,7 @@ pooled sample (Gretton et al. 2012):
     MMD² = mean_{i≠j} k(a_i, a_j) + mean_{i≠j} k(b_i, b_j) − 2 mean_{i,j} k(a_i, b_j)
 
 Why in-house: torchmetrics' FID/KID take images through Inception (or a network of ours, but only on images), while
-these metrics must also run on tabular vectors and on precomputed features; the matrix square root is scipy's.
+these metrics must also run on tabular vectors and on precomputed features; each is a few lines of linear algebra.
 """
 
 from __future__ import annotations
@@ -64,16 +64,23 @@ def train_digits_feature_net(data: FlowData, epochs: int = 30, seed: int = 0) ->
     return net, accuracy
 
 
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to feature rows ``a`` ``[N, F]`` and ``b`` ``[M, F]``."""
-    from scipy import linalg
+def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
+    values, vectors = np.linalg.eigh(matrix)
+    return (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
 
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to feature rows ``a`` ``[N, F]`` and ``b`` ``[M, F]``.
+
+    ``tr (Σ_a Σ_b)^{1/2}`` is computed as ``tr (Σ_a^{1/2} Σ_b Σ_a^{1/2})^{1/2}`` (same eigenvalues, symmetric), which
+    stays real and stable when a covariance is singular (dead ReLU features).
+    """
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
-    root = linalg.sqrtm(cov_a @ cov_b)
-    root = root.real if np.iscomplexobj(root) else root  # imaginary parts are round-off for PSD products
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root))
+    root_a = _psd_sqrt(cov_a)
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ cov_b @ root_a), 0, None)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * cross)
 
 
 def bootstrap_frechet(a: np.ndarray, b: np.ndarray, rounds: int = 100, seed: int = 0) -> tuple[float, float, float]:
@@ -125,7 +132,7 @@ def save_sample_grid(rows: dict[str, torch.Tensor], path: str, per_row: int = 16
     fig, axes = plt.subplots(len(rows), 1, figsize=(per_row * 0.6, len(rows) * 0.8 + 0.2), squeeze=False)
     for ax, (name, images) in zip(axes[:, 0], rows.items()):
         images = images[:per_row].detach().cpu().float().clamp(0, 1)
-        strip = torch.cat([torch.nn.functional.pad(img[0], (1, 1, 1, 1), value=1.0) for img in images], dim=1)
+        strip = torch.cat([torch.nn.functional.pad(img[0], (1, 1, 1, 1), value=0.0) for img in images], dim=1)
         ax.imshow(strip.numpy(), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
         ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
         ax.set_xticks([])
