@@ -334,7 +334,11 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as error:
         print(f"fdistill: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides += extra  # key=value overrides given after an option (argparse stops at the option)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         {"sample": run_sample, "train": run_train, "evaluate": _main_process_only(run_evaluate), "demo": demo.run_from_args,
          "flows": flows_cli.run}[args.command](args)

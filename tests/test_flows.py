@@ -317,7 +317,7 @@ def test_cli_teacher_distill_evaluate(tmp_path, capsys):
         main(["flows", "distill", *common, "--method", "ilkd"])  # no teacher yet: one clear error
     assert "run `fdistill flows teacher" in capsys.readouterr().err
     assert not os.path.exists(os.path.join(out, "runs"))
-    main(["flows", "teacher", *common, "--seed", "0"])
+    main(["flows", "teacher", common[0], "--seed", "0", *common[1:]])  # key=value also after an option
     main(["flows", "distill", *common, "--weights", "nll=0.5,ilkd=0.5"])
     record = json.load(open(os.path.join(out, "runs", "custom_seed0", "result.json")))
     assert record["weights"] == {"nll": 0.5, "lkd": 0.0, "ilkd": 0.5, "skd": 0.0}

@@ -266,6 +266,17 @@ def summarise(records: list[dict], data: FlowData, info: dict, num_samples: int)
                      f"{np.mean([r['samples_per_second'] for r in rows]):,.0f} | {len(rows)} | "
                      f"{sum(r['nonfinite_samples'] for r in rows)} / {len(rows) * num_samples} | "
                      f"{sum(r.get('skipped_steps', 0) for r in rows)} | {sum(bool(r.get('diverged')) for r in rows)} |")
+    baseline = {r["seed"]: r for r in records if r["model"] == "nll"}
+    if baseline:
+        lines += ["", f"Paired with the NLL-only student of the same seed (same teacher, data order and initialisation): "
+                  "difference, mean ± std over seeds, and seeds where the method is better.", "",
+                  f"| model | Δ {nll_name} | seeds better | Δ {fd_name} | seeds better |", "|---|---|---|---|---|"]
+        for model in dict.fromkeys(r["model"] for r in records if r["model"] not in ("nll", "teacher")):
+            rows = [r for r in records if r["model"] == model and r["seed"] in baseline]
+            d_nll = [r[nll_key] - baseline[r["seed"]][nll_key] for r in rows]
+            d_fd = [r["fd"] - baseline[r["seed"]]["fd"] for r in rows]
+            lines.append(f"| {model} | {_mean_std(d_nll)} | {sum(d < 0 for d in d_nll)}/{len(rows)} | "
+                         f"{_mean_std(d_fd)} | {sum(d < 0 for d in d_fd)}/{len(rows)} |")
     notes = [f"Data: {data.name} ({len(data.train)}/{len(data.validate)}/{len(data.test)} train/val/test), "
              f"features: {info['features']}" +
              (f" (test accuracy {info['feature_net_test_accuracy']:.3f})" if "feature_net_test_accuracy" in info else "")]
