@@ -296,7 +296,7 @@ def test_tabular_experiment_with_maf(tmp_path):
 
 
 def test_config_errors_name_the_fix():
-    with pytest.raises(ValueError, match="unknown experiment keys"):
+    with pytest.raises(ValueError, match="unknown FlowExperimentConfig keys"):
         load_experiment_config(None, ["studnet_epochs=3"])
     with pytest.raises(ValueError, match="unknown dataset"):
         load_experiment_config(None, ["dataset=cifar"])

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import yaml
+
+from fdistill.yaml_config import load_dataclass_config
 
 from .data import FLOW_DATASETS, FlowData, bits_per_dim, load_flow_data
 from .losses import DISTANCES, LossWeights, align_paths
@@ -102,20 +103,7 @@ class FlowExperimentConfig:
 
 def load_experiment_config(path: str | None = None, overrides: list[str] | None = None) -> FlowExperimentConfig:
     """Read a recipe YAML (if given) and apply ``key=value`` overrides (values parsed as YAML)."""
-    values = {}
-    if path:
-        with open(path) as f:
-            values = yaml.safe_load(f) or {}
-    for item in overrides or []:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not key=value (e.g. student_epochs=20)")
-        key, value = item.split("=", 1)
-        values[key] = yaml.safe_load(value)
-    known = {f.name for f in dataclasses.fields(FlowExperimentConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown experiment keys {unknown}; valid keys: {sorted(known)}")
-    return FlowExperimentConfig(**values)
+    return load_dataclass_config(FlowExperimentConfig, path, overrides)
 
 
 def _architecture(config: FlowExperimentConfig, data: FlowData, part: dict) -> dict:
