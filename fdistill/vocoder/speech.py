@@ -179,5 +179,5 @@ def save_spectrograms(rows: dict[str, torch.Tensor], sample_rate: int, path: str
         ax.set_ylabel(f"{name}\nkHz", fontsize=8)
     axes[-1, 0].set_xlabel("seconds")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=72)
     plt.close(fig)
