@@ -15,6 +15,10 @@ def load_dataclass_config(cls, path: str | None = None, overrides: list[str] | N
     """``cls(**values)`` from the YAML at ``path`` (if given) updated by ``key=value`` overrides."""
     values = {}
     if path:
+        import os
+
+        if not os.path.exists(path):
+            raise ValueError(f"recipe {path} not found; give the path of a YAML file (see recipes/)")
         with open(path) as f:
             values = yaml.safe_load(f) or {}
     for item in overrides or []:

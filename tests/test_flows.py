@@ -19,6 +19,7 @@ from fdistill.flows import (
     align_paths,
     bits_per_dim,
     distillation_loss,
+    evaluate_nll,
     ilkd_loss,
     latent_distance,
     lkd_loss,
@@ -31,7 +32,8 @@ from fdistill.flows import (
     skd_loss,
     train_flow,
 )
-from fdistill.flows.metrics import frechet_distance, mmd_rbf, save_sample_grid
+from fdistill.flows.experiment import _mean_std
+from fdistill.flows.metrics import bootstrap_frechet, frechet_distance, mmd_rbf, save_sample_grid
 from fdistill.flows.models import standard_normal_log_prob
 
 FLOWS = {
@@ -193,10 +195,12 @@ def test_training_improves_validation_nll_and_keeps_the_best_epoch():
     data = tiny_digits()
     torch.manual_seed(0)
     flow = Glow(image_shape=(1, 8, 8), levels=3, depth=1, hidden=16)
-    result = train_flow(flow, data, FlowTrainingArguments(epochs=4, batch_size=64, learning_rate=3e-3))
+    args = FlowTrainingArguments(epochs=4, batch_size=64, learning_rate=3e-3)
+    result = train_flow(flow, data, args)
     vals = [h["val_nll"] for h in result.history]
     assert vals[-1] < vals[0] and result.best_val_nll == min(vals) and not result.diverged
     assert not flow.training
+    assert evaluate_nll(flow, data, "validate", seed=args.seed) == pytest.approx(result.best_val_nll, abs=1e-9)
 
 
 def test_skd_divergence_is_reported_not_hidden():
@@ -306,6 +310,13 @@ def test_config_errors_name_the_fix():
         load_experiment_config(None, ["method_weights={x: {kd: 1}}"])
     with pytest.raises(ValueError, match="not key=value"):
         load_experiment_config(None, ["seeds"])
+    for bad, message in [("seeds=3", "list of ints"), ("max_grad_norm=0", "max_grad_norm"),
+                         ("alignment=every", "unknown alignment"), ("bootstrap_rounds=0", "bootstrap_rounds"),
+                         ("teacher_epochs=abc", "teacher_epochs"), ("skd_warmup_epochs=500", "never be applied")]:
+        with pytest.raises(ValueError, match=message):
+            load_experiment_config(None, [bad])
+    with pytest.raises(ValueError, match="not found"):
+        load_experiment_config("recipes/flows/missing.yaml")
 
 
 def test_cli_teacher_distill_evaluate(tmp_path, capsys):
@@ -319,9 +330,65 @@ def test_cli_teacher_distill_evaluate(tmp_path, capsys):
     assert not os.path.exists(os.path.join(out, "runs"))
     main(["flows", "teacher", common[0], "--seed", "0", *common[1:]])  # key=value also after an option
     main(["flows", "distill", *common, "--weights", "nll=0.5,ilkd=0.5"])
-    record = json.load(open(os.path.join(out, "runs", "custom_seed0", "result.json")))
+    record = json.load(open(os.path.join(out, "runs", "custom-nll0.5-ilkd0.5_seed0", "result.json")))
     assert record["weights"] == {"nll": 0.5, "lkd": 0.0, "ilkd": 0.5, "skd": 0.0}
+    main(["flows", "distill", *common, "--weights", "nll=0.1,lkd=0.9"])  # another mix: its own run, not a reuse
+    assert os.path.exists(os.path.join(out, "runs", "custom-nll0.1-lkd0.9_seed0", "result.json"))
     capsys.readouterr()
-    main(["flows", "evaluate", *common, "--model", os.path.join(out, "runs", "custom_seed0")])
+    main(["flows", "evaluate", *common, "--model", os.path.join(out, "runs", "custom-nll0.5-ilkd0.5_seed0")])
     metrics = json.loads(capsys.readouterr().out.split("\n", 1)[1])
     assert metrics["bits_per_dim"] == pytest.approx(record["bits_per_dim"])
+
+
+def test_maf_and_iaf_parallel_directions(monkeypatch):
+    """MAF evaluates densities in one MADE pass per block and samples in D; IAF the other way round."""
+    from fdistill.flows import transforms
+
+    calls = {"n": 0}
+    original = transforms.MADE.forward
+
+    def counting(self, x):
+        calls["n"] += 1
+        return original(self, x)
+
+    monkeypatch.setattr(transforms.MADE, "forward", counting)
+    for cls, parallel in ((MAF, "forward"), (IAF, "inverse")):
+        flow = cls(features=5, blocks=2, hidden=8).eval()
+        counts = {}
+        for direction, run in (("forward", lambda: flow(torch.randn(3, 5))), ("inverse", lambda: flow.sample(3))):
+            calls["n"] = 0
+            run()
+            counts[direction] = calls["n"]
+        slow = "inverse" if parallel == "forward" else "forward"
+        assert counts[parallel] == 2 and counts[slow] == 2 * (5 + 1), (cls.__name__, counts)
+
+
+def test_bootstrap_interval_and_non_finite_cells():
+    rng = np.random.RandomState(0)
+    a, b = rng.randn(500, 2) + 1.0, rng.randn(500, 2)
+    fd, low, high = bootstrap_frechet(a, b, rounds=50)
+    assert 0 <= low < fd < high
+    assert _mean_std([1.0, 3.0]) == "2.000 ± 1.414"
+    assert _mean_std([1.0, float("nan")]) == "1.000 ± 0.000 (1 of 2 non-finite)"
+    assert _mean_std([float("inf")]) == "—"
+
+
+def test_resume_refuses_runs_trained_with_other_settings(tmp_path):
+    out = str(tmp_path / "exp")
+    base = TINY + ["seeds=[0]", "methods=[nll]", f"output_dir={out}"]
+    run_experiment(load_experiment_config("recipes/flows/digits_glow.yaml", base))
+    changed = load_experiment_config("recipes/flows/digits_glow.yaml", base + ["student={levels: 3, depth: 1, hidden: 4}"])
+    with pytest.raises(ValueError, match="student differ"):
+        run_experiment(changed)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("student={levels: 2, depth: 1, hidden: 8}", "same number of levels"),
+    ("teacher={levles: 3}", "does not fit flow=glow"),
+])
+def test_bad_architectures_fail_before_anything_is_written(tmp_path, override, message):
+    out = str(tmp_path / "never")
+    config = load_experiment_config("recipes/flows/digits_glow.yaml", TINY + [override, f"output_dir={out}"])
+    with pytest.raises(ValueError, match=message):
+        run_experiment(config)
+    assert not os.path.exists(out)

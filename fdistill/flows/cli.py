@@ -4,7 +4,7 @@ experiment table from a recipe (``recipes/flows/*.yaml``; ``key=value`` argument
     fdistill flows experiment recipes/flows/digits_glow.yaml            # teacher + every method × seed, table
     fdistill flows teacher recipes/flows/digits_glow.yaml --seed 0
     fdistill flows distill recipes/flows/digits_glow.yaml --method ilkd --seed 0
-    fdistill flows distill recipes/flows/digits_glow.yaml --weights nll=0.8,ilkd=0.2
+    fdistill flows distill recipes/flows/digits_glow.yaml --weights nll=0.8,ilkd=0.2   # → runs/custom-nll0.8-ilkd0.2_seed0
     fdistill flows evaluate recipes/flows/digits_glow.yaml --model flows_output/runs/ilkd_seed0
 """
 
@@ -47,12 +47,12 @@ def _parse_weights(text: str) -> dict:
 
 
 def run(args) -> None:
-    from .data import load_flow_data
     from .experiment import (
         _feature_fn,
         distill_student,
         evaluate_flow,
         load_experiment_config,
+        preflight,
         run_experiment,
         train_teacher,
     )
@@ -62,10 +62,12 @@ def run(args) -> None:
     if args.flows_command == "distill":
         if bool(args.method) == bool(args.weights):
             raise ValueError("give exactly one of --method NAME or --weights nll=…,ilkd=…")
-        if args.weights:
-            config = dataclasses.replace(config, method_weights={**config.method_weights,
-                                                                  "custom": _parse_weights(args.weights)})
-        method = args.method or "custom"
+        if args.weights:  # a custom mix is named after its weights: different mixes never share a run folder
+            weights = _parse_weights(args.weights)
+            method = "custom-" + "-".join(f"{k}{v:g}" for k, v in weights.items())
+            config = dataclasses.replace(config, method_weights={**config.method_weights, method: weights})
+        else:
+            method = args.method
         if method not in config.method_weights:
             raise ValueError(f"unknown method {method!r}; the recipe defines {sorted(config.method_weights)}")
         teacher_dir = os.path.join(config.output_dir, f"teacher_seed{args.seed}")
@@ -77,8 +79,8 @@ def run(args) -> None:
     if args.flows_command == "experiment":
         run_experiment(config)
         return
+    data = preflight(config, [method] if args.flows_command == "distill" else [])
     os.makedirs(config.output_dir, exist_ok=True)
-    data = load_flow_data(config.dataset, config.data_root, config.split_seed)
     features, _ = _feature_fn(config, data, print)
     if args.flows_command == "teacher":
         train_teacher(config, data, args.seed, features)

@@ -41,6 +41,7 @@ from .metrics import (
 from .models import FLOW_CLASSES, Flow, build_flow, load_flow, save_flow
 from .training import FlowTrainingArguments, evaluate_nll, train_flow
 
+ALIGNMENTS = ("auto", "levels", "uniform")
 DEFAULT_METHOD_WEIGHTS = {
     "nll": {"nll": 1.0},  # the baseline student: same architecture and budget, no teacher
     "lkd": {"nll": 0.9, "lkd": 0.1},
@@ -67,7 +68,7 @@ class FlowExperimentConfig:
     methods: list = field(default_factory=lambda: ["nll", "lkd", "ilkd", "skd"])
     method_weights: dict = field(default_factory=dict, metadata={"help": "loss weights per method name; merged "
                                                                          "over DEFAULT_METHOD_WEIGHTS"})
-    alignment: str = field(default="levels", metadata={"help": "ILKD alignment: 'levels' or 'uniform'"})
+    alignment: str = field(default="auto", metadata={"help": "ILKD alignment: 'levels', 'uniform' or 'auto'"})
     distance: str = field(default="l1", metadata={"help": f"latent distance, one of {DISTANCES}"})
     skd_temperature: float = 0.7
     skd_warmup_epochs: int = 10
@@ -95,10 +96,48 @@ class FlowExperimentConfig:
                 raise ValueError(f"method_weights[{method!r}] = {weights}: keys must be nll, lkd, ilkd, skd") from err
         if self.distance not in DISTANCES:
             raise ValueError(f"unknown distance {self.distance!r}; choose one of {DISTANCES}")
-        if not self.seeds:
-            raise ValueError("seeds is empty; give at least one seed, e.g. [0, 1, 2]")
-        FlowTrainingArguments(epochs=self.teacher_epochs, batch_size=self.batch_size, learning_rate=self.learning_rate)
-        FlowTrainingArguments(epochs=self.student_epochs, batch_size=self.batch_size)
+        if not isinstance(self.seeds, list) or not self.seeds or not all(isinstance(s, int) for s in self.seeds):
+            raise ValueError(f"seeds={self.seeds!r} must be a non-empty list of ints, e.g. [0, 1, 2]")
+        if self.alignment not in ALIGNMENTS:
+            raise ValueError(f"unknown alignment {self.alignment!r}; choose one of {ALIGNMENTS}")
+        for name in ("teacher", "student"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"{name} must be a mapping of constructor arguments, e.g. {{levels: 3, depth: 2}}")
+        integers = {"teacher_epochs": 1, "student_epochs": 1, "batch_size": 1, "num_samples": 2, "bootstrap_rounds": 1,
+                    "feature_epochs": 1, "skd_warmup_epochs": 0, "split_seed": 0}
+        for name, low in integers.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name}={value!r} must be an int ≥ {low}")
+        for name in ("learning_rate", "max_grad_norm", "skd_temperature", "sample_temperature"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name}={value!r} must be a number > 0")
+        if any(self.method_weights[m].get("skd", 0) for m in self.methods) and \
+                self.skd_warmup_epochs >= self.student_epochs:
+            raise ValueError(f"skd_warmup_epochs={self.skd_warmup_epochs} ≥ student_epochs={self.student_epochs}: "
+                             "SKD would never be applied; lower the warm-up")
+
+    def resolved_alignment(self) -> str:
+        """``auto``: level ends for Glow; every block for MAF/IAF (one level, where level ends would equal LKD)."""
+        if self.alignment != "auto":
+            return self.alignment
+        return "levels" if self.flow == "glow" else "uniform"
+
+    def run_settings(self, role: str, method: str | None = None) -> dict:
+        """What a saved run must have been trained with to be reused (compared on resume)."""
+        common = {"dataset": self.dataset.lower(), "data_root": self.data_root, "split_seed": self.split_seed,
+                  "flow": self.flow, "teacher": self.teacher, "teacher_epochs": self.teacher_epochs,
+                  "batch_size": self.batch_size, "learning_rate": self.learning_rate,
+                  "max_grad_norm": self.max_grad_norm, "teacher_per_seed": self.teacher_per_seed}
+        if role == "teacher":
+            return common
+        weights = dataclasses.asdict(LossWeights(**self.method_weights[method]))
+        return {**common, "student": self.student, "student_epochs": self.student_epochs, "weights": weights,
+                "alignment": self.resolved_alignment() if weights["ilkd"] else None,
+                "distance": self.distance if weights["lkd"] or weights["ilkd"] or weights["skd"] else None,
+                "skd_temperature": self.skd_temperature if weights["skd"] else None,
+                "skd_warmup_epochs": self.skd_warmup_epochs if weights["skd"] else None}
 
 
 def load_experiment_config(path: str | None = None, overrides: list[str] | None = None) -> FlowExperimentConfig:
@@ -176,12 +215,19 @@ def _atomic_save(directory: str, flow: Flow, record: dict) -> None:
     os.replace(tmp, directory)
 
 
-def _load_done(directory: str) -> tuple[Flow, dict] | None:
+def _load_done(directory: str, settings: dict) -> tuple[Flow, dict] | None:
+    """A finished run to reuse, or None; a finished run trained with other settings is an error, not reused."""
     path = os.path.join(directory, "result.json")
     if not os.path.exists(path):
         return None
     with open(path) as f:
-        return load_flow(directory), json.load(f)
+        record = json.load(f)
+    saved = record.get("settings")
+    if saved != json.loads(json.dumps(settings)):
+        changed = sorted(k for k in set(settings) | set(saved or {}) if (saved or {}).get(k) != settings.get(k))
+        raise ValueError(f"{directory} was trained with other settings ({', '.join(changed)} differ); use another "
+                         "output_dir or delete that folder to retrain it")
+    return load_flow(directory), record
 
 
 def _training_args(config: FlowExperimentConfig, epochs: int, seed: int) -> FlowTrainingArguments:
@@ -193,7 +239,8 @@ def _training_args(config: FlowExperimentConfig, epochs: int, seed: int) -> Flow
 def train_teacher(config: FlowExperimentConfig, data: FlowData, seed: int, features, log=print) -> tuple[Flow, dict]:
     """Train (or reload) the teacher of ``seed`` and evaluate it."""
     directory = os.path.join(config.output_dir, f"teacher_seed{seed}")
-    done = _load_done(directory)
+    settings = config.run_settings("teacher")
+    done = _load_done(directory, settings)
     if done:
         log(f"teacher seed {seed}: reusing {directory}")
         return done
@@ -201,8 +248,10 @@ def train_teacher(config: FlowExperimentConfig, data: FlowData, seed: int, featu
     teacher = build_flow(config.flow, **_architecture(config, data, config.teacher))
     start = time.perf_counter()
     result = train_flow(teacher, data, _training_args(config, config.teacher_epochs, seed), log=log)
-    record = {"model": "teacher", "seed": seed, "train_seconds": time.perf_counter() - start,
-              "best_epoch": result.best_epoch, **evaluate_flow(teacher, data, features, config, seed)}
+    record = {"model": "teacher", "seed": seed, "settings": settings, "train_seconds": time.perf_counter() - start,
+              "best_epoch": result.best_epoch, "skipped_steps": result.skipped_steps, "diverged": result.diverged,
+              "diverged_at": result.diverged_at, **evaluate_flow(teacher, data, features, config, seed),
+              "history": result.history}
     _atomic_save(directory, teacher, record)
     log(f"teacher seed {seed}: {record}")
     return teacher, record
@@ -212,33 +261,43 @@ def distill_student(config: FlowExperimentConfig, data: FlowData, teacher: Flow,
                     log=print) -> tuple[Flow, dict]:
     """Train (or reload) one student with ``method``'s loss weights against ``teacher``, and evaluate it."""
     directory = os.path.join(config.output_dir, "runs", f"{method}_seed{seed}")
-    done = _load_done(directory)
+    settings = config.run_settings("student", method)
+    done = _load_done(directory, settings)
     if done:
         log(f"{method} seed {seed}: reusing {directory}")
         return done
     weights = LossWeights(**config.method_weights[method])
     torch.manual_seed(1000 + seed)
     student = build_flow(config.flow, **_architecture(config, data, config.student))
-    alignment = align_paths(student.depths, teacher.depths, config.alignment) if weights.ilkd else None
+    alignment = align_paths(student.depths, teacher.depths, config.resolved_alignment()) if weights.ilkd else None
     start = time.perf_counter()
     result = train_flow(student, data, _training_args(config, config.student_epochs, seed), weights,
                         teacher if weights.needs_teacher else None, alignment, config.distance,
                         config.skd_temperature, log=log)
-    record = {"model": method, "seed": seed, "weights": dataclasses.asdict(weights),
+    record = {"model": method, "seed": seed, "settings": settings, "weights": dataclasses.asdict(weights),
               "alignment": [list(pair) for pair in alignment] if alignment else None,
               "train_seconds": time.perf_counter() - start, "best_epoch": result.best_epoch,
               "skipped_steps": result.skipped_steps, "diverged": result.diverged, "diverged_at": result.diverged_at,
-              **evaluate_flow(student, data, features, config, seed)}
+              **evaluate_flow(student, data, features, config, seed), "history": result.history}
     _atomic_save(directory, student, record)
     log(f"{method} seed {seed}: {record}")
     return student, record
 
 
 def _mean_std(values: list[float]) -> str:
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    if not values:
+    """``mean ± std`` over seeds; a non-finite value (a failed run) is shown, never silently dropped."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
         return "—"
-    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1) if len(values) > 1 else 0.0:.3f}"
+    text = f"{np.mean(finite):.3f} ± {np.std(finite, ddof=1) if len(finite) > 1 else 0.0:.3f}"
+    return text if len(finite) == len(values) else f"{text} ({len(values) - len(finite)} of {len(values)} non-finite)"
+
+
+def _count(rows: list[dict], key: str) -> str:
+    """Sum of a per-run count over seeds; 'n/a' when a run did not record it (never a made-up 0)."""
+    if any(r.get(key) is None for r in rows):
+        return "n/a"
+    return str(sum(int(r[key]) for r in rows))
 
 
 def summarise(records: list[dict], data: FlowData, info: dict, num_samples: int) -> str:
@@ -253,11 +312,12 @@ def summarise(records: list[dict], data: FlowData, info: dict, num_samples: int)
                      f"{_mean_std([r['fd'] for r in rows])} | {_mean_std([r['mmd'] for r in rows])} | "
                      f"{np.mean([r['samples_per_second'] for r in rows]):,.0f} | {len(rows)} | "
                      f"{sum(r['nonfinite_samples'] for r in rows)} / {len(rows) * num_samples} | "
-                     f"{sum(r.get('skipped_steps', 0) for r in rows)} | {sum(bool(r.get('diverged')) for r in rows)} |")
+                     f"{_count(rows, 'skipped_steps')} | {_count(rows, 'diverged')} |")
     baseline = {r["seed"]: r for r in records if r["model"] == "nll"}
     if baseline:
-        lines += ["", f"Paired with the NLL-only student of the same seed (same teacher, data order and initialisation): "
-                  "difference, mean ± std over seeds, and seeds where the method is better.", "",
+        lines += ["", "Paired with the NLL-only student of the same seed (same initialisation and data order; the "
+                  "distilled students learn from that seed's teacher): difference, mean ± std over seeds, and seeds "
+                  "where the method is better.", "",
                   f"| model | Δ {nll_name} | seeds better | Δ {fd_name} | seeds better |", "|---|---|---|---|---|"]
         for model in dict.fromkeys(r["model"] for r in records if r["model"] not in ("nll", "teacher")):
             rows = [r for r in records if r["model"] == model and r["seed"] in baseline]
@@ -271,11 +331,30 @@ def summarise(records: list[dict], data: FlowData, info: dict, num_samples: int)
     return "\n".join(lines + [""] + notes) + "\n"
 
 
+def preflight(config: FlowExperimentConfig, methods: list[str] | None = None) -> FlowData:
+    """Check everything that can fail before any training or writing: data files, both architectures, the ILKD
+    alignment of every method that uses it. Returns the loaded data."""
+    try:
+        data = load_flow_data(config.dataset, config.data_root, config.split_seed)
+    except FileNotFoundError as err:
+        raise ValueError(str(err)) from None
+    flows = {}
+    for role in ("teacher", "student"):
+        try:
+            flows[role] = build_flow(config.flow, **_architecture(config, data, getattr(config, role)))
+        except TypeError as err:
+            raise ValueError(f"{role}={getattr(config, role)} does not fit flow={config.flow}: {err}") from None
+    for method in methods if methods is not None else config.methods:
+        if LossWeights(**config.method_weights[method]).ilkd:
+            align_paths(flows["student"].depths, flows["teacher"].depths, config.resolved_alignment())
+    return data
+
+
 def run_experiment(config: FlowExperimentConfig, log=print) -> dict:
     """Run (or resume) the whole experiment; returns the summary written to ``output_dir/results.json``."""
     start = time.perf_counter()
+    data = preflight(config)
     os.makedirs(config.output_dir, exist_ok=True)
-    data = load_flow_data(config.dataset, config.data_root, config.split_seed)
     features, info = _feature_fn(config, data, log)
     records, grid = [], {}
     grid_u = torch.randn(16, data.num_features, generator=torch.Generator().manual_seed(123))
@@ -293,6 +372,7 @@ def run_experiment(config: FlowExperimentConfig, log=print) -> dict:
     table = summarise(records, data, info, config.num_samples)
     teacher_params = records[0]["parameters"]
     student_params = next((r["parameters"] for r in records if r["model"] != "teacher"), None)
+    records = [{k: v for k, v in r.items() if k != "history"} for r in records]  # histories stay in each run
     summary = {"config": dataclasses.asdict(config), "records": records, "table": table, **info,
                "student_to_teacher_parameters": student_params / teacher_params if student_params else None,
                "wall_seconds_this_run": time.perf_counter() - start}

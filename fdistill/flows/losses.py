@@ -17,6 +17,7 @@ Reference: Walton et al., "Distilling Normalizing Flows", 2025 (arXiv:2506.21003
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -47,7 +48,7 @@ def align_paths(student_depths: list[int], teacher_depths: list[int], mode: str 
     """The ILKD alignment map: pairs ``(student path index, teacher path index)``.
 
     Levels must match (their states have different shapes otherwise). Within level ℓ, with K_S student and K_T
-    teacher steps, student step j (1-based) is matched to teacher step ``round(j·K_T/K_S)``:
+    teacher steps, student step j (1-based) is matched to teacher step ``⌊j·K_T/K_S + ½⌋``:
     ``mode="uniform"`` matches every student step this way; ``mode="levels"`` only each level's last step (Glow's
     level ends — every squeeze after the first, plus the final layer). MAF/IAF have one level, so ``uniform`` with a
     teacher of 3× the blocks matches student block j to teacher block 3j.
@@ -63,7 +64,7 @@ def align_paths(student_depths: list[int], teacher_depths: list[int], mode: str 
             raise ValueError(f"the student has more steps ({ks}) than the teacher ({kt}) in a level; ILKD aligns a "
                              "shallower student to a deeper teacher")
         steps = range(1, ks + 1) if mode == "uniform" else [ks]
-        pairs += [(s_offset + j - 1, t_offset + round(j * kt / ks) - 1) for j in steps]
+        pairs += [(s_offset + j - 1, t_offset + math.floor(j * kt / ks + 0.5) - 1) for j in steps]
         s_offset, t_offset = s_offset + ks, t_offset + kt
     return pairs
 

@@ -87,12 +87,12 @@ def bootstrap_frechet(a: np.ndarray, b: np.ndarray, rounds: int = 100, seed: int
     """FD and a 95% basic-bootstrap interval from resampling the rows of ``a`` (the generated set).
 
     Resampling with replacement inflates FD (duplicated rows shrink the covariance), so the percentile interval can
-    miss the estimate; the basic interval ``[2·FD − q97.5, 2·FD − q2.5]`` corrects for that shift.
+    miss the estimate; the basic interval ``[max(0, 2·FD − q97.5), 2·FD − q2.5]`` corrects for that shift.
     """
     rng = np.random.RandomState(seed)
     fd = frechet_distance(a, b)
     values = [frechet_distance(a[rng.randint(0, len(a), len(a))], b) for _ in range(rounds)]
-    return fd, float(2 * fd - np.percentile(values, 97.5)), float(2 * fd - np.percentile(values, 2.5))
+    return fd, max(0.0, float(2 * fd - np.percentile(values, 97.5))), float(2 * fd - np.percentile(values, 2.5))
 
 
 def mmd_rbf(a: torch.Tensor, b: torch.Tensor, bandwidth: float | None = None) -> float:

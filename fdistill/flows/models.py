@@ -173,8 +173,8 @@ class Glow(Flow):
 class AutoregressiveFlow(Flow):
     """A stack of ``blocks`` × (masked autoregressive affine → ActNorm → reverse order), one level.
 
-    The path holds the state after each block in the data's feature order (the reversals undone), so teacher and
-    student states are comparable feature by feature whatever their depths.
+    The path and the latent hold the state after each block in the data's feature order (the reversals undone), so
+    teacher and student states are comparable feature by feature whatever their depths (and depth parities).
     """
 
     inverse_autoregressive = False
@@ -197,9 +197,11 @@ class AutoregressiveFlow(Flow):
                 h, ld = layer(h)
                 logdet = logdet + ld
             path.append(h if i % 2 else h.flip(1))  # i+1 reversals so far: undo when odd
-        return h, logdet, path
+        return path[-1], logdet, path  # the latent in data order too (a permutation: log p unchanged)
 
     def inverse(self, u: torch.Tensor) -> torch.Tensor:
+        if len(self.blocks) % 2:
+            u = u.flip(1)  # back to the last block's own order
         for block in reversed(self.blocks):
             for layer in reversed(block):
                 u = layer.inverse(u)

@@ -74,7 +74,8 @@ def train_flow(flow: Flow, data: FlowData, args: FlowTrainingArguments, weights:
     weights = weights or LossWeights()
     if teacher is not None:
         teacher.eval().requires_grad_(False)
-    generator = torch.Generator().manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(args.seed)  # batch order and dequantisation noise
+    skd_generator = torch.Generator().manual_seed(args.seed + 7919)  # SKD's base draws: same data order as NLL
     optimizer = torch.optim.Adam(flow.parameters(), lr=args.learning_rate)
     result, best_state = TrainResult(), None
     for epoch in range(args.epochs):
@@ -82,12 +83,13 @@ def train_flow(flow: Flow, data: FlowData, args: FlowTrainingArguments, weights:
         warming_up = epoch < args.skd_warmup_epochs and weights.nll + weights.lkd + weights.ilkd > 0
         epoch_weights = replace(weights, skd=0.0) if warming_up else weights
         sums: dict[str, float] = {}
+        taken = 0
         order = torch.randperm(len(data.train), generator=generator)
         batches = order.split(args.batch_size)
         for step, index in enumerate(batches):
             x = data.model_inputs(data.train[index], generator)
             terms = distillation_loss(flow, x, epoch_weights, teacher, alignment, distance, skd_temperature,
-                                      generator)
+                                      skd_generator)
             optimizer.zero_grad(set_to_none=True)
             finite = bool(torch.isfinite(terms["loss"]))
             if finite:
@@ -101,6 +103,7 @@ def train_flow(flow: Flow, data: FlowData, args: FlowTrainingArguments, weights:
                     break
                 continue
             optimizer.step()
+            taken += 1
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + value.item()
         if result.diverged:
@@ -109,7 +112,7 @@ def train_flow(flow: Flow, data: FlowData, args: FlowTrainingArguments, weights:
                     f"{result.best_epoch}")
             break
         val_nll = evaluate_nll(flow, data, "validate", seed=args.seed)
-        record = {"epoch": epoch, **{k: v / max(len(batches), 1) for k, v in sums.items()}, "val_nll": val_nll}
+        record = {"epoch": epoch, **{k: v / max(taken, 1) for k, v in sums.items()}, "val_nll": val_nll}
         result.history.append(record)
         if math.isfinite(val_nll) and val_nll < result.best_val_nll:
             result.best_epoch, result.best_val_nll = epoch, val_nll

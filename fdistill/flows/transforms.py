@@ -205,7 +205,7 @@ class GaussianPrior(nn.Module):
         return mean + eps * log_std.exp()
 
 
-def made_masks(features: int, hidden: list[int], generator: torch.Generator | None = None) -> list[torch.Tensor]:
+def made_masks(features: int, hidden: list[int]) -> list[torch.Tensor]:
     """MADE masks for inputs of degree 1..D: a unit of degree k sees inputs of degree ≤ k; outputs of degree d see
     hidden units of degree < d, so output d depends on inputs 1..d−1 only (Germain et al. 2015)."""
     degrees = [torch.arange(1, features + 1)]
