@@ -3,6 +3,7 @@
     fdistill sample --teacher gpt2 --data prompts.jsonl --output teacher_samples
     fdistill train recipes/smollm2.yaml max_steps=100 objective=js
     fdistill flows experiment recipes/flows/digits_glow.yaml   # normalizing-flow distillation (fdistill.flows)
+    fdistill vocoder gaussian --out docs/vocoder/gaussian       # probability density distillation (fdistill.vocoder)
     accelerate launch -m fdistill.cli sample ...      # several processes share the work
 """
 
@@ -328,6 +329,10 @@ def main(argv: list[str] | None = None) -> None:
 
     f = sub.add_parser("flows", help="normalizing-flow distillation (LKD/ILKD/SKD): teacher, distill, evaluate, experiment")
     flows_cli.add_arguments(f)
+    from fdistill.vocoder import cli as vocoder_cli
+
+    v = sub.add_parser("vocoder", help="probability density distillation (reverse KL vs z-/x-reconstruction): gaussian, audio")
+    vocoder_cli.add_arguments(v)
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         _apply_config(parser, argv)
@@ -341,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         {"sample": run_sample, "train": run_train, "evaluate": _main_process_only(run_evaluate), "demo": demo.run_from_args,
-         "flows": flows_cli.run}[args.command](args)
+         "flows": flows_cli.run, "vocoder": vocoder_cli.run}[args.command](args)
     except ValueError as error:  # bad input: one clear line, no traceback
         print(f"fdistill {args.command}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -162,3 +162,15 @@ def test_espeak_speech_is_deterministic_at_the_requested_rate():
     b = speak("Hello world.", 8000)
     assert a.dtype.name == "float32" and 0.3 * 8000 < len(a) < 3 * 8000
     assert (a == b).all() and abs(a).max() == pytest.approx(0.9, abs=1e-3)
+
+
+def test_cli_audio(tmp_path):
+    from fdistill.cli import main
+
+    out = str(tmp_path / "cli")
+    main(["vocoder", "audio", "recipes/vocoder/audio.yaml", *TINY, "methods=[x_rec]", f"output_dir={out}"])
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert list(summary["evaluation"]) == ["real speech", "teacher", "x_rec"]
+    with pytest.raises(SystemExit):
+        main(["vocoder", "audio", "recipes/vocoder/audio.yaml", "methods=[gan]", f"output_dir={tmp_path / 'x'}"])
+    assert not os.path.exists(tmp_path / "x")
