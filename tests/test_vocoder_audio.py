@@ -143,6 +143,9 @@ def test_audio_experiment_end_to_end_and_resume(tmp_path, capsys):
     log = capsys.readouterr().out
     assert log.count("reusing") == 6
     assert again["students"] == json.load(open(os.path.join(out, "summary.json")))["students"]
+    changed = load_audio_config("recipes/vocoder/audio.yaml", TINY + ["student_steps=16", f"output_dir={out}"])
+    with pytest.raises(ValueError, match="student_steps differ"):
+        run_audio_experiment(changed)  # a finished run is never reused under other settings
 
 
 def test_synthetic_corpus_and_config_errors():

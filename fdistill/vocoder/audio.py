@@ -145,44 +145,80 @@ def student_objective(method: str, student: IAFStudent, teacher: GaussianWaveNet
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
 
 
+TEACHER_SETTINGS = ("sample_rate", "n_fft", "hop", "n_mels", "corpus", "segment", "batch_size", "learning_rate",
+                    "teacher_channels", "teacher_dilations", "teacher_steps", "seed")
+STUDENT_SETTINGS = TEACHER_SETTINGS + ("student_flows", "student_channels", "student_dilations", "student_steps")
+METHOD_SETTINGS = {"reverse_kl": ("power_weight",), "clarinet": ("stft_weight",), "z_rec": ("recon_distance",),
+                   "x_rec": ("x_rec_distance", "x_rec_noise"), "oracle": ("recon_distance", "oracle_rollouts")}
+
+
+def _settings(config: AudioExperimentConfig, keys) -> dict:
+    return {k: getattr(config, k) for k in keys}
+
+
 def _save(path: str, payload: dict) -> None:
     torch.save(payload, path + ".tmp")
     os.replace(path + ".tmp", path)
+
+
+def _load_checked(path: str, settings: dict) -> dict | None:
+    """A finished stage to reuse, or None; one saved with other settings is an error, never silently reused."""
+    if not os.path.exists(path):
+        return None
+    saved = torch.load(path, weights_only=False)
+    if saved.get("settings") != settings:
+        changed = sorted(k for k in settings if (saved.get("settings") or {}).get(k) != settings[k])
+        raise ValueError(f"{path} was made with other settings ({', '.join(changed) or 'unrecorded'} differ); use "
+                         "another output_dir or delete the file to redo it")
+    return saved
+
+
+def _update(module: torch.nn.Module, optimizer, loss: torch.Tensor) -> bool:
+    """One guarded step: a non-finite loss is skipped (the caller counts it), never applied."""
+    optimizer.zero_grad()
+    if not torch.isfinite(loss):
+        return False
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(module.parameters(), 10.0)
+    optimizer.step()
+    return True
 
 
 def train_teacher(config, corpus, logmel, log=print) -> tuple[GaussianWaveNet, dict]:
     path = os.path.join(config.output_dir, "teacher.pt")
     torch.manual_seed(config.seed)
     teacher = GaussianWaveNet(config.n_mels, config.hop, config.teacher_channels, tuple(config.teacher_dilations))
-    if os.path.exists(path):
-        saved = torch.load(path, weights_only=False)
+    settings = _settings(config, TEACHER_SETTINGS)
+    saved = _load_checked(path, settings)
+    if saved:
         teacher.load_state_dict(saved["state_dict"])
         log("teacher: reusing " + path)
         return teacher.eval(), saved["record"]
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.Adam(teacher.parameters(), lr=config.learning_rate)
-    start, history = time.perf_counter(), []
+    start, history, skipped = time.perf_counter(), [], 0
     for step in range(config.teacher_steps):
         real = random_segments(corpus.train, config.batch_size, config.segment, generator)
         nll = -teacher.log_prob(real, logmel(real)).mean() / config.segment
-        optimizer.zero_grad()
-        nll.backward()
-        torch.nn.utils.clip_grad_norm_(teacher.parameters(), 10.0)
-        optimizer.step()
+        if not _update(teacher, optimizer, nll):
+            skipped += 1
+            continue
         history.append(nll.item())
         if step % 100 == 0 or step == config.teacher_steps - 1:
             log(f"teacher step {step}: NLL {nll.item():.3f} nats/sample")
-    record = {"train_seconds": time.perf_counter() - start, "final_train_nll": sum(history[-50:]) / len(history[-50:]),
+    record = {"train_seconds": time.perf_counter() - start, "skipped_steps": skipped,
+              "final_train_nll": sum(history[-50:]) / max(len(history[-50:]), 1),
               "parameters": sum(p.numel() for p in teacher.parameters()), "receptive_field": teacher.receptive_field}
-    _save(path, {"state_dict": teacher.state_dict(), "record": record, "history": history})
+    _save(path, {"state_dict": teacher.state_dict(), "record": record, "history": history, "settings": settings})
     return teacher.eval(), record
 
 
 def teacher_rollouts(config, corpus, logmel, teacher, log=print) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(z, T⁻¹(z), mel) for oracle prediction: sequential teacher samples conditioned on training mels."""
     path = os.path.join(config.output_dir, "oracle_rollouts.pt")
-    if os.path.exists(path):
-        saved = torch.load(path)
+    settings = _settings(config, TEACHER_SETTINGS + ("oracle_rollouts",))
+    saved = _load_checked(path, settings)
+    if saved:
         return saved["z"], saved["audio"], saved["mel"]
     generator = torch.Generator().manual_seed(config.seed + 1)
     real = random_segments(corpus.train, config.oracle_rollouts, config.segment, generator)
@@ -190,7 +226,7 @@ def teacher_rollouts(config, corpus, logmel, teacher, log=print) -> tuple[torch.
     start = time.perf_counter()
     audio, z, _ = teacher.sample(mel, config.segment, generator=generator)
     log(f"oracle rollouts: {config.oracle_rollouts} × {config.segment} samples in {time.perf_counter() - start:.0f} s")
-    _save(path, {"z": z, "audio": audio, "mel": mel})
+    _save(path, {"z": z, "audio": audio, "mel": mel, "settings": settings})
     return z, audio, mel
 
 
@@ -199,8 +235,9 @@ def train_student(config, corpus, logmel, teacher, method, rollouts=None, log=pr
     torch.manual_seed(config.seed + 1000)
     student = IAFStudent(config.n_mels, config.hop, config.student_flows, config.student_channels,
                          tuple(config.student_dilations))
-    if os.path.exists(path):
-        saved = torch.load(path, weights_only=False)
+    settings = _settings(config, STUDENT_SETTINGS + METHOD_SETTINGS[method])
+    saved = _load_checked(path, settings)
+    if saved:
         student.load_state_dict(saved["state_dict"])
         log(f"{method}: reusing {path}")
         return student.eval(), saved["record"]
@@ -215,20 +252,16 @@ def train_student(config, corpus, logmel, teacher, method, rollouts=None, log=pr
             index = torch.randint(len(rollouts[0]), (config.batch_size,), generator=generator)
             rollout, mel = (rollouts[0][index], rollouts[1][index]), rollouts[2][index]
         loss = student_objective(method, student, teacher, real, mel, config, generator, rollout)
-        optimizer.zero_grad()
-        if not torch.isfinite(loss):
+        if not _update(student, optimizer, loss):
             skipped += 1  # reported, never hidden
             continue
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 10.0)
-        optimizer.step()
         history.append(loss.item())
         if step % 100 == 0 or step == config.student_steps - 1:
             log(f"{method} step {step}: loss {loss.item():.4f}")
     record = {"train_seconds": time.perf_counter() - start, "skipped_steps": skipped,
               "final_loss": sum(history[-50:]) / max(len(history[-50:]), 1),
               "parameters": sum(p.numel() for p in student.parameters())}
-    _save(path, {"state_dict": student.state_dict(), "record": record, "history": history})
+    _save(path, {"state_dict": student.state_dict(), "record": record, "history": history, "settings": settings})
     return student.eval(), record
 
 
