@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from fdistill.flows.losses import latent_distance
+
 from .speech import average_power_spectrum, stft_magnitude
 from .wavenet import gaussian_log_prob
 
@@ -27,12 +29,8 @@ CLARINET_REGULARISER = 4.0
 
 
 def distance(a: torch.Tensor, b: torch.Tensor, kind: str = "l2") -> torch.Tensor:
-    """Mean per-sample ``(a − b)²`` (l2) or ``|a − b|`` (l1)."""
-    if kind == "l2":
-        return (a - b).pow(2).mean()
-    if kind == "l1":
-        return (a - b).abs().mean()
-    raise ValueError(f"unknown distance {kind!r}; choose 'l1' or 'l2'")
+    """Mean per-sample ``(a − b)²`` (l2) or ``|a − b|`` (l1): `fdistill.flows.losses.latent_distance`, l2 default."""
+    return latent_distance(a, b, kind)
 
 
 def reverse_kl(z: torch.Tensor, student_log_std: torch.Tensor, x: torch.Tensor, teacher_mean: torch.Tensor,
@@ -47,8 +45,8 @@ def power_loss(x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     return (average_power_spectrum(x) - average_power_spectrum(real)).pow(2).mean()
 
 
-def gaussian_kl(mean_q, log_std_q, mean_p, log_std_p) -> torch.Tensor:
-    """Elementwise closed-form ``KL(N(μ_q, σ_q²) ‖ N(μ_p, σ_p²))``."""
+def stepwise_gaussian_kl(mean_q, log_std_q, mean_p, log_std_p) -> torch.Tensor:
+    """Per-step (elementwise) closed-form ``KL(N(μ_q, σ_q²) ‖ N(μ_p, σ_p²))``; full covariances: `gaussian.gaussian_kl`."""
     var_ratio = torch.exp(2 * (log_std_q - log_std_p))
     return log_std_p - log_std_q + 0.5 * (var_ratio + ((mean_q - mean_p) * torch.exp(-log_std_p)) ** 2) - 0.5
 
@@ -57,7 +55,8 @@ def clarinet_kl(mean_q, log_std_q, mean_p, log_std_p, floor: float = CLARINET_LO
                 regulariser: float = CLARINET_REGULARISER) -> torch.Tensor:
     """ClariNet's regularised per-step KL: log σ clamped at ``floor`` plus ``regulariser·(log σ_q − log σ_p)²``."""
     log_std_q, log_std_p = log_std_q.clamp(min=floor), log_std_p.clamp(min=floor)
-    return (gaussian_kl(mean_q, log_std_q, mean_p, log_std_p) + regulariser * (log_std_q - log_std_p) ** 2).mean()
+    kl = stepwise_gaussian_kl(mean_q, log_std_q, mean_p, log_std_p)
+    return (kl + regulariser * (log_std_q - log_std_p) ** 2).mean()
 
 
 def stft_magnitude_loss(x: torch.Tensor, real: torch.Tensor, n_fft: int = 256, hop: int = 64) -> torch.Tensor:
