@@ -1,0 +1,292 @@
+"""f-DISTILL step divergences straight from hidden states and LM heads, without the ``[N, V]`` logits.
+
+At a 49k–128k vocabulary the loss head dominates distillation memory: materialising
+teacher and student logits (and their float32 copies and gradients) for 8k tokens costs
+tens of GiB. :func:`fused_divergence` computes the same per-position terms as
+:func:`fdistill.divergences.step_divergence` — every kind, both ``on`` sides, a constant
+or per-row (exact, Eq. 12) JS mixture weight, loss temperature — from
+
+    z_s = head_s(h_s),  z_t = head_t(h_t)    (:class:`~fdistill.kernels.heads.LinearHead`)
+
+one chunk of tokens at a time, and computes the student's gradients (hidden states,
+LM-head weight and bias) inside the same pass, so neither logits tensor ever exists in
+full. It returns the weighted sum ``Σ_n r_n · term_n`` (the only differentiable output)
+and the per-position terms, log-normalisers and student entropies (detached).
+
+Two backends compute a chunk's terms and logit gradients:
+
+- ``"torch"`` (CPU, and the reference): :func:`~fdistill.divergences.step_divergence`
+  itself on the chunk's logits, differentiated by autograd — the one definition.
+- ``"triton"`` (CUDA): one program per row streams the vocabulary in blocks and writes
+  the closed-form gradient over the logits buffer (:mod:`fdistill.kernels.triton_divergence`).
+
+Memory: ``chunk_size × V`` float32 logits per model at a time (plus the student's float32
+weight-gradient accumulator) instead of ``N × V``.
+
+Why in-house: TRL's ``ChunkedDivergenceFunction`` and Liger's ``LigerFusedLinearJSD``
+fuse the LM head with a generalised JSD only — no TVD, no reverse KL on student
+samples, no exact per-prefix JS mixture (Wen et al. 2023, §7 note 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fdistill.divergences import DIVERGENCES, SIDES, MixtureLogit, step_divergence, token_entropy
+from fdistill.kernels.heads import LinearHead
+
+__all__ = ["FusedDivergence", "fused_divergence", "fused_token_logprobs", "default_chunk_size"]
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+@dataclass
+class FusedDivergence:
+    """What :func:`fused_divergence` returns.
+
+    Attributes:
+        loss: scalar ``Σ_n r_n · term_n`` (float32); gradients reach the student's
+            hidden states, LM-head weight and bias.
+        terms: ``(N,)`` per-position terms (detached), exactly 0 at masked rows.
+        student_lse, teacher_lse: ``(N,)`` ``logsumexp(z / T)`` of each model's logits (detached).
+        student_entropy: ``(N,)`` entropy of ``softmax(z_s / T)`` (detached).
+    """
+
+    loss: Tensor
+    terms: Tensor
+    student_lse: Tensor
+    teacher_lse: Tensor
+    student_entropy: Tensor
+
+
+def default_chunk_size(vocab_size: int, device: torch.device) -> int:
+    """Rows per chunk: ~2²² logits per model on CPU (16 MiB float32), ~2²⁶ on CUDA (large matmuls)."""
+    budget = 2**26 if device.type == "cuda" else 2**22
+    return max(1, budget // vocab_size)
+
+
+def _mixture_logit(mixture_weight, n: int, beta_default: float, device) -> Tensor:
+    """The JS mixture weight as a per-row logit ``z`` (``w = σ(z)``), float32 ``(n,)``."""
+    if mixture_weight is None:
+        mixture_weight = beta_default
+    if isinstance(mixture_weight, MixtureLogit):
+        z = mixture_weight.logit.detach().float().to(device)
+    else:
+        w = torch.as_tensor(mixture_weight, dtype=torch.float64, device=device).detach()
+        if ((w < 0) | (w > 1)).any():
+            raise ValueError("mixture_weight must lie in [0, 1] (it is the teacher's share of the JS mixture m).")
+        z = (torch.log(w) - torch.log1p(-w)).float()
+    return z.expand(n).contiguous() if z.dim() == 0 else z.reshape(n)
+
+
+def _apply_head_transform(lin: Tensor, head: LinearHead) -> Tensor:
+    """``softcap·tanh(scale·lin/softcap)`` on float32 pre-activations (no-op for plain heads)."""
+    if head.scale != 1.0:
+        lin = lin * head.scale
+    if head.softcap is not None:
+        lin = torch.tanh(lin / head.softcap) * head.softcap
+    return lin
+
+
+def _torch_chunk(kind, on, lin_s: Tensor, lin_t: Tensor, s_head, t_head, z_mix, weights, temperature):
+    """Terms, lse's, entropy and ``∂(Σ r·terms)/∂lin_s`` for one chunk via ``step_divergence`` + autograd."""
+    lin_s, lin_t = _upcast(lin_s), _upcast(lin_t)
+    with torch.enable_grad():
+        lin_s = lin_s.detach().requires_grad_(True)
+        z_s = _apply_head_transform(lin_s, s_head)
+        z_t = _apply_head_transform(lin_t, t_head)
+        terms = step_divergence(kind, z_s, z_t, on=on, mixture_weight=MixtureLogit(z_mix), temperature=temperature)
+        (grad,) = torch.autograd.grad((terms * weights).sum(), lin_s)
+    z_s = z_s.detach()
+    s_lse = torch.logsumexp(z_s / temperature, -1)
+    t_lse = torch.logsumexp(z_t / temperature, -1)
+    return terms.detach(), s_lse, t_lse, token_entropy(z_s, temperature=temperature), grad
+
+
+def _upcast(x: Tensor) -> Tensor:
+    """float32 for half/bfloat16/float32, float64 stays float64."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
+class _FusedDivergenceFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h_s, w_s, b_s, h_t, w_t, b_t, weights, z_mix, meta):
+        kind, on, temperature, s_head, t_head, chunk, backend = meta
+        n = h_s.shape[0]
+        dev = h_s.device
+        acc = torch.float64 if h_s.dtype == torch.float64 else torch.float32  # accumulation dtype
+        terms, s_lse, t_lse, ent = (torch.zeros(n, dtype=acc, device=dev) for _ in range(4))
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_b = b_s is not None and ctx.needs_input_grad[2]
+        grad_h = torch.empty_like(h_s) if need_h else None
+        grad_w = torch.zeros(w_s.shape, dtype=acc, device=dev) if need_w else None
+        grad_b = torch.zeros(w_s.shape[0], dtype=acc, device=dev) if need_b else None
+        if backend == "triton":
+            from fdistill.kernels.triton_divergence import triton_chunk as chunk_fn
+        else:
+            chunk_fn = _torch_chunk
+        for start in range(0, n, chunk):
+            rows = slice(start, min(n, start + chunk))
+            hs = h_s[rows]
+            with torch.no_grad():
+                lin_s = F.linear(hs, s_head.weight, s_head.bias)  # in the model's dtype, as the model computes it
+                lin_t = F.linear(h_t[rows], t_head.weight, t_head.bias)
+                out = chunk_fn(kind, on, lin_s, lin_t, s_head, t_head, z_mix[rows], weights[rows], temperature)
+            terms[rows], s_lse[rows], t_lse[rows], ent[rows], g = out
+            g = g.to(w_s.dtype)
+            if need_h:
+                grad_h[rows] = g @ w_s
+            if need_w:
+                grad_w.addmm_(g.T.to(acc), hs.to(acc))
+            if need_b:
+                grad_b += g.to(acc).sum(0)
+        ctx.save_for_backward(grad_h, grad_w, grad_b)
+        ctx.w_dtype, ctx.b_dtype = w_s.dtype, None if b_s is None else b_s.dtype
+        ctx.mark_non_differentiable(terms, s_lse, t_lse, ent)
+        loss = (terms * weights.to(acc)).sum()
+        return loss, terms, s_lse, t_lse, ent
+
+    @staticmethod
+    def backward(ctx, grad_loss, *_):
+        grad_h, grad_w, grad_b = ctx.saved_tensors
+
+        def scaled(g, like_dtype=None):
+            return None if g is None else (g * grad_loss).to(like_dtype or g.dtype)
+
+        return (
+            scaled(grad_h),
+            None if grad_w is None else scaled(grad_w, ctx.w_dtype),
+            None if grad_b is None else scaled(grad_b, ctx.b_dtype),
+            None, None, None, None, None, None,
+        )
+
+
+def _resolve_backend(backend: str, device: torch.device) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
+    if backend == "auto":
+        return "triton" if device.type == "cuda" and _triton_available() else "torch"
+    if backend == "triton" and device.type != "cuda" and not _triton_interpreting():
+        raise ValueError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for the interpreter); use 'torch'.")
+    if backend == "triton" and not _triton_available():
+        raise ValueError("backend='triton' needs the triton package: pip install triton (or use backend='torch').")
+    return backend
+
+
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _triton_interpreting() -> bool:
+    import os
+
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def fused_divergence(
+    kind: Literal["kl", "rkl", "js", "tvd"],
+    student_hidden: Tensor,
+    student_head: LinearHead,
+    teacher_hidden: Tensor,
+    teacher_head: LinearHead,
+    *,
+    on: Literal["teacher", "student"],
+    row_weights: Tensor | float = 1.0,
+    mask: Tensor | None = None,
+    mixture_weight: Tensor | float | MixtureLogit | None = None,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+    backend: Literal["auto", "torch", "triton"] = "auto",
+) -> FusedDivergence:
+    """``Σ_n r_n · step_divergence(kind, z_s[n], z_t[n], on=on)`` without materialising ``z_s`` or ``z_t``.
+
+    Arguments:
+        kind, on, mixture_weight, temperature: as in :func:`fdistill.divergences.step_divergence`
+            (``mixture_weight``: a float, an ``(N,)`` tensor of weights, or a
+            :class:`~fdistill.divergences.MixtureLogit` with ``(N,)`` logits; ``None`` = ½).
+        student_hidden: ``(N, H_s)`` hidden states entering the student's LM head (any float dtype).
+        student_head: the student's :class:`LinearHead` (gradients reach ``weight`` and ``bias``).
+        teacher_hidden: ``(N, H_t)``; ``H_t`` may differ from ``H_s`` (same vocabulary). No gradient.
+        teacher_head: the teacher's :class:`LinearHead`.
+        row_weights: ``r_n``, a float or ``(N,)`` (e.g. ``coefficient / count`` of a reduction).
+        mask: ``(N,)`` bool; rows where it is False are never read and give exactly 0.
+        chunk_size: rows per chunk (default :func:`default_chunk_size`).
+        backend: ``"torch"``, ``"triton"`` (CUDA) or ``"auto"`` (Triton on CUDA when installed).
+
+    Returns:
+        :class:`FusedDivergence`.
+    """
+    if kind not in DIVERGENCES:
+        raise ValueError(f"unknown divergence {kind!r}; choose one of {', '.join(DIVERGENCES)}.")
+    if on not in SIDES:
+        raise ValueError(f"on must be 'teacher' or 'student' (which model sampled the prefixes), got {on!r}.")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}; use 1.0 for the untempered divergence.")
+    if student_hidden.dim() != 2 or teacher_hidden.dim() != 2 or student_hidden.shape[0] != teacher_hidden.shape[0]:
+        raise ValueError(
+            f"hidden states must be (N, H) with the same N for both models; got student {tuple(student_hidden.shape)}, "
+            f"teacher {tuple(teacher_hidden.shape)} (flatten the selected positions first)."
+        )
+    for name, hidden, head in (("student", student_hidden, student_head), ("teacher", teacher_hidden, teacher_head)):
+        if hidden.shape[1] != head.weight.shape[1]:
+            raise ValueError(f"{name} hidden size {hidden.shape[1]} does not match its LM head {tuple(head.weight.shape)}.")
+    if student_head.weight.shape[0] != teacher_head.weight.shape[0]:
+        raise ValueError(
+            f"student vocabulary ({student_head.weight.shape[0]}) and teacher vocabulary ({teacher_head.weight.shape[0]}) "
+            "differ; the student must share the teacher's tokenizer (slice padded LM heads to the tokenizer's size)."
+        )
+    n, device = student_hidden.shape[0], student_hidden.device
+    backend = _resolve_backend(backend, device)
+    vocab = student_head.weight.shape[0]
+    chunk = chunk_size or default_chunk_size(vocab, device)
+    if chunk < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size!r}.")
+    weights = torch.as_tensor(row_weights, dtype=torch.float32, device=device).detach()
+    weights = weights.expand(n).contiguous() if weights.dim() == 0 else weights.reshape(n).float()
+    z_mix = _mixture_logit(mixture_weight, n, 0.5, device)
+    if mask is not None:
+        if mask.shape != (n,):
+            raise ValueError(f"mask must be (N,) = ({n},), got {tuple(mask.shape)}.")
+        rows = mask.bool().nonzero(as_tuple=True)[0]
+        student_hidden, teacher_hidden, weights, z_mix = student_hidden[rows], teacher_hidden[rows], weights[rows], z_mix[rows]
+    meta = (kind, on, float(temperature), student_head, teacher_head, chunk, backend)
+    loss, terms, s_lse, t_lse, ent = _FusedDivergenceFunction.apply(
+        student_hidden, student_head.weight, student_head.bias,
+        teacher_hidden.detach(), teacher_head.weight.detach(),
+        None if teacher_head.bias is None else teacher_head.bias.detach(), weights, z_mix, meta,
+    )
+    if mask is None:
+        return FusedDivergence(loss, terms, s_lse, t_lse, ent)
+
+    def full(x: Tensor) -> Tensor:
+        return torch.zeros(n, dtype=x.dtype, device=device).index_put((rows,), x)
+
+    return FusedDivergence(loss, full(terms), full(s_lse), full(t_lse), full(ent))
+
+
+@torch.no_grad()
+def fused_token_logprobs(
+    hidden: Tensor, head: LinearHead, labels: Tensor, *, temperature: float = 1.0, chunk_size: int | None = None
+) -> Tensor:
+    """``log softmax(z / T)[labels]`` per row from hidden states, ``(N, H), (N,) → (N,)`` (no gradient).
+
+    One chunked pass for the log-normaliser; the label's logit is a row-wise dot
+    product. Used for the exact JS mixture weight (Eq. 12) and sample metrics.
+    """
+    n = hidden.shape[0]
+    chunk = chunk_size or default_chunk_size(head.weight.shape[0], hidden.device)
+    out = torch.empty(n, dtype=torch.float32, device=hidden.device)
+    for start in range(0, n, chunk):
+        rows = slice(start, min(n, start + chunk))
+        z = _apply_head_transform(_upcast(F.linear(hidden[rows], head.weight, head.bias)), head) / temperature
+        out[rows] = z.gather(-1, labels[rows, None]).squeeze(-1) - torch.logsumexp(z, -1)
+    return out
