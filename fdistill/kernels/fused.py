@@ -70,17 +70,17 @@ def default_chunk_size(vocab_size: int, device: torch.device) -> int:
     return max(1, budget // vocab_size)
 
 
-def _mixture_logit(mixture_weight, n: int, beta_default: float, device) -> Tensor:
-    """The JS mixture weight as a per-row logit ``z`` (``w = σ(z)``), float32 ``(n,)``."""
+def _mixture_logit(mixture_weight, n: int, dtype: torch.dtype, device) -> Tensor:
+    """The JS mixture weight (``None`` = ½) as a per-row logit ``z`` (``w = σ(z)``), ``(n,)`` in ``dtype``."""
     if mixture_weight is None:
-        mixture_weight = beta_default
+        mixture_weight = 0.5
     if isinstance(mixture_weight, MixtureLogit):
-        z = mixture_weight.logit.detach().float().to(device)
+        z = mixture_weight.logit.detach().to(device=device, dtype=dtype)
     else:
         w = torch.as_tensor(mixture_weight, dtype=torch.float64, device=device).detach()
         if ((w < 0) | (w > 1)).any():
             raise ValueError("mixture_weight must lie in [0, 1] (it is the teacher's share of the JS mixture m).")
-        z = (torch.log(w) - torch.log1p(-w)).float()
+        z = (torch.log(w) - torch.log1p(-w)).to(dtype)
     return z.expand(n).contiguous() if z.dim() == 0 else z.reshape(n)
 
 
@@ -250,9 +250,10 @@ def fused_divergence(
     chunk = chunk_size or default_chunk_size(vocab, device)
     if chunk < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size!r}.")
-    weights = torch.as_tensor(row_weights, dtype=torch.float32, device=device).detach()
-    weights = weights.expand(n).contiguous() if weights.dim() == 0 else weights.reshape(n).float()
-    z_mix = _mixture_logit(mixture_weight, n, 0.5, device)
+    acc = torch.float64 if student_hidden.dtype == torch.float64 else torch.float32
+    weights = torch.as_tensor(row_weights, dtype=acc, device=device).detach()
+    weights = weights.expand(n).contiguous() if weights.dim() == 0 else weights.reshape(n).to(acc)
+    z_mix = _mixture_logit(mixture_weight, n, acc, device)
     if mask is not None:
         if mask.shape != (n,):
             raise ValueError(f"mask must be (N,) = ({n},), got {tuple(mask.shape)}.")
@@ -284,7 +285,7 @@ def fused_token_logprobs(
     """
     n = hidden.shape[0]
     chunk = chunk_size or default_chunk_size(head.weight.shape[0], hidden.device)
-    out = torch.empty(n, dtype=torch.float32, device=hidden.device)
+    out = torch.empty(n, dtype=torch.float64 if hidden.dtype == torch.float64 else torch.float32, device=hidden.device)
     for start in range(0, n, chunk):
         rows = slice(start, min(n, start + chunk))
         z = _apply_head_transform(_upcast(F.linear(hidden[rows], head.weight, head.bias)), head) / temperature
