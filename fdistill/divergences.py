@@ -72,6 +72,7 @@ __all__ = [
     "hidden_state_mse_terms",
     "reduce_terms",
     "sequence_mask",
+    "side_weight",
     "step_divergence",
     "token_entropy",
     "token_logprobs",
@@ -427,8 +428,8 @@ class DivergenceLoss:
     student_term: Tensor | None
 
 
-def _side_weight(kind: str, side: Side, beta: float) -> float:
-    """Coefficient of each side's term in the combined objective (the module table)."""
+def side_weight(kind: str, side: Side, beta: float) -> float:
+    """Coefficient of each side's term in the combined objective (the module table): 0 where a side is unused."""
     weights = {"kl": (1.0, 0.0), "rkl": (0.0, 1.0), "js": (beta, 1.0 - beta), "tvd": (0.5, 0.5)}[kind]
     return weights[0] if side == "teacher" else weights[1]
 
@@ -510,7 +511,7 @@ def f_divergence_loss(
     reduced: dict[str, Tensor | None] = {"teacher": None, "student": None}
     loss: Tensor | None = None
     for side in SIDES:
-        coeff = _side_weight(kind, side, js_beta)
+        coeff = side_weight(kind, side, js_beta)
         if coeff == 0.0:
             continue
         batch = inputs[side]

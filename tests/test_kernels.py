@@ -16,12 +16,21 @@ import torch
 if not torch.cuda.is_available():  # the Triton kernel runs in Triton's interpreter on CPU
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from fdistill.divergences import DIVERGENCES, SIDES, MixtureLogit, step_divergence  # noqa: E402
+from fdistill.divergences import (  # noqa: E402
+    DIVERGENCES,
+    SIDES,
+    MixtureLogit,
+    SampledSequences,
+    f_divergence_loss,
+    step_divergence,
+)
 from fdistill.kernels import (  # noqa: E402
+    HiddenSequences,
     LinearHead,
     capture_head_inputs,
     check_head,
     fused_divergence,
+    fused_f_divergence_loss,
     fused_token_logprobs,
     head_logits,
     output_head,
@@ -84,6 +93,42 @@ def test_torch_backend_matches_float64_reference(kind, on, mix, head):
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
     assert (out.terms[mask] > -1e-12).all() and out.terms[mask].sum() > 0  # divergences: non-negative, not all 0
+
+
+@pytest.mark.parametrize("kind,js_mixture", [("kl", "stepwise"), ("rkl", "stepwise"), ("tvd", "stepwise"),
+                                             ("js", "stepwise"), ("js", "exact")])
+@pytest.mark.parametrize("reduction", ["sequence", "token"])
+def test_fused_objective_equals_f_divergence_loss(kind, js_mixture, reduction):
+    """The whole objective (both sides, reductions, exact JS mixture over prefixes) = the logits version."""
+    hs, ht, student, teacher = make_problem(softcap=6.0)
+    g = torch.Generator().manual_seed(8)
+    sides = {}
+    for i, side in enumerate(SIDES):
+        labels = torch.randint(0, V, (N,), generator=g).reshape(1, N).repeat(2, 1)[:, : N - 1]  # (2, 22)
+        labels[0, 15:] = -100  # a shorter first sequence
+        labels[1, :2] = -100
+        h_s = hs[1:].reshape(1, N - 1, H_S).repeat(2, 1, 1) * (1 + i)
+        h_t = ht[1:].reshape(1, N - 1, H_T).repeat(2, 1, 1) - i
+        sides[side] = (h_s, h_t, labels)
+    kwargs = dict(js_mixture=js_mixture, js_beta=0.3, temperature=1.3, reduction=reduction)
+    fused, details = fused_f_divergence_loss(
+        kind, student, teacher, chunk_size=5,
+        **{f"{s}_samples": HiddenSequences(*sides[s], num_items_in_batch=None) for s in SIDES}, **kwargs,
+    )
+    naive = f_divergence_loss(
+        kind, **{f"{s}_samples": SampledSequences(head_logits(student, sides[s][0]), head_logits(teacher, sides[s][1]),
+                                                  sides[s][2]) for s in SIDES}, **kwargs,
+    )
+    torch.testing.assert_close(fused.loss, naive.loss, rtol=1e-10, atol=1e-12)
+    for a, b in ((fused.teacher_term, naive.teacher_term), (fused.student_term, naive.student_term)):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    got = torch.autograd.grad(fused.loss, [hs, student.weight, student.bias], retain_graph=True)
+    want = torch.autograd.grad(naive.loss, [hs, student.weight, student.bias])
+    for x, y in zip(got, want):
+        torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-12)
+    assert set(details) == {s for s in SIDES if getattr(naive, f"{s}_term") is not None}
 
 
 def test_side_outputs_lse_entropy_and_token_logprobs():

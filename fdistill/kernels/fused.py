@@ -37,10 +37,29 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fdistill.divergences import DIVERGENCES, SIDES, MixtureLogit, step_divergence, token_entropy
+from fdistill.divergences import (
+    DIVERGENCES,
+    IGNORE_INDEX,
+    JS_MIXTURES,
+    SIDES,
+    DivergenceLoss,
+    MixtureLogit,
+    count_items,
+    exact_js_mixture_logit,
+    side_weight,
+    step_divergence,
+    token_entropy,
+)
 from fdistill.kernels.heads import LinearHead
 
-__all__ = ["FusedDivergence", "fused_divergence", "fused_token_logprobs", "default_chunk_size"]
+__all__ = [
+    "FusedDivergence",
+    "HiddenSequences",
+    "default_chunk_size",
+    "fused_divergence",
+    "fused_f_divergence_loss",
+    "fused_token_logprobs",
+]
 
 BACKENDS = ("auto", "torch", "triton")
 
@@ -291,3 +310,84 @@ def fused_token_logprobs(
         z = _apply_head_transform(_upcast(F.linear(hidden[rows], head.weight, head.bias)), head) / temperature
         out[rows] = z.gather(-1, labels[rows, None]).squeeze(-1) - torch.logsumexp(z, -1)
     return out
+
+
+@dataclass
+class HiddenSequences:
+    """Both models' LM-head inputs on one batch of sampled sequences (the fused twin of ``SampledSequences``).
+
+    Attributes:
+        student_hidden: ``(B, T, H_s)`` hidden states that would give the student's logits at each position.
+        teacher_hidden: ``(B, T, H_t)`` the teacher's, same positions.
+        labels: ``(B, T)`` sampled tokens aligned with the positions, ``ignore_index`` elsewhere.
+        num_items_in_batch: optional global denominator, as in ``SampledSequences``.
+    """
+
+    student_hidden: Tensor
+    teacher_hidden: Tensor
+    labels: Tensor
+    num_items_in_batch: int | Tensor | None = None
+
+
+def fused_f_divergence_loss(
+    kind: Literal["kl", "rkl", "js", "tvd"],
+    student_head: LinearHead,
+    teacher_head: LinearHead,
+    *,
+    teacher_samples: HiddenSequences | None = None,
+    student_samples: HiddenSequences | None = None,
+    js_mixture: Literal["stepwise", "exact"] = "stepwise",
+    js_beta: float = 0.5,
+    temperature: float = 1.0,
+    reduction: Literal["sequence", "token"] = "sequence",
+    ignore_index: int = IGNORE_INDEX,
+    chunk_size: int | None = None,
+    backend: Literal["auto", "torch", "triton"] = "auto",
+) -> tuple[DivergenceLoss, dict[str, FusedDivergence]]:
+    """:func:`fdistill.divergences.f_divergence_loss` computed from hidden states (same arguments and result).
+
+    Each side's reduced term is ``Σ_{b,t} mask·term / count`` as there; the exact JS
+    mixture (Eq. 12) takes one extra no-gradient pass per model for the sampled
+    tokens' log-probabilities. Also returns each used side's :class:`FusedDivergence`
+    (per-position terms, log-normalisers and student entropies for logging).
+    """
+    if js_mixture not in JS_MIXTURES:
+        raise ValueError(f"unknown js_mixture {js_mixture!r}; choose 'stepwise' (paper Eq. 11) or 'exact' (Eq. 12).")
+    inputs = {"teacher": teacher_samples, "student": student_samples}
+    reduced: dict[str, Tensor | None] = {"teacher": None, "student": None}
+    details: dict[str, FusedDivergence] = {}
+    loss: Tensor | None = None
+    for side in SIDES:
+        coeff = side_weight(kind, side, js_beta)
+        if coeff == 0.0:
+            continue
+        batch = inputs[side]
+        if batch is None:
+            raise ValueError(f"{kind} needs {side} samples: pass {side}_samples= (hidden states on the {side}'s samples).")
+        if batch.labels.shape != batch.student_hidden.shape[:-1] or batch.labels.shape != batch.teacher_hidden.shape[:-1]:
+            raise ValueError(
+                f"labels {tuple(batch.labels.shape)} do not match hidden states {tuple(batch.student_hidden.shape)} / "
+                f"{tuple(batch.teacher_hidden.shape)}; all must cover the same (B, T) positions."
+            )
+        mask = batch.labels != ignore_index
+        flat_mask = mask.reshape(-1)
+        hs, ht = batch.student_hidden.flatten(0, 1), batch.teacher_hidden.flatten(0, 1)
+        mixture: float | MixtureLogit = js_beta
+        if kind == "js" and js_mixture == "exact":
+            labels = batch.labels.clamp_min(0).reshape(-1)
+            lp_p = fused_token_logprobs(ht, teacher_head, labels, temperature=temperature, chunk_size=chunk_size)
+            lp_q = fused_token_logprobs(hs, student_head, labels, temperature=temperature, chunk_size=chunk_size)
+            logit = exact_js_mixture_logit(lp_p.view_as(mask), lp_q.view_as(mask), mask, beta=js_beta)
+            mixture = MixtureLogit(logit.reshape(-1))
+        count = batch.num_items_in_batch
+        if count is None:
+            count = count_items(mask, reduction).clamp_min(1)
+        count = torch.as_tensor(count, device=hs.device).to(torch.float64 if hs.dtype == torch.float64 else torch.float32)
+        out = fused_divergence(kind, hs, student_head, ht, teacher_head, on=side, row_weights=1.0 / count,
+                               mask=flat_mask, mixture_weight=mixture, temperature=temperature,
+                               chunk_size=chunk_size, backend=backend)
+        details[side] = out
+        reduced[side] = out.loss
+        loss = coeff * out.loss if loss is None else loss + coeff * out.loss
+    assert loss is not None
+    return DivergenceLoss(loss=loss, teacher_term=reduced["teacher"], student_term=reduced["student"]), details
