@@ -97,6 +97,17 @@ class DistillArguments:
             "the student was copied from (recorded by fdistill.student)."
         },
     )
+    fused_divergence: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Compute the f-divergence objectives (kl/rkl/js/tvd) from hidden states and LM heads without "
+            "materialising [tokens, vocab] logits (fdistill.kernels; Triton on CUDA, chunked PyTorch on CPU). "
+            "None: on when training on CUDA."
+        },
+    )
+    fused_chunk_size: int | None = field(
+        default=None, metadata={"help": "Tokens per chunk of the fused divergence; default: ~2^26 logits on CUDA, 2^22 on CPU."}
+    )
     teacher_dtype: str | None = field(
         default=None, metadata={"help": "dtype to load/cast the teacher to ('float32', 'bfloat16', ...); default: the student's."}
     )
@@ -135,6 +146,11 @@ class DistillArguments:
             self.predistill_alpha_mle + self.predistill_alpha_kd + self.predistill_alpha_hidden == 0
         ):
             bad("predistill_alpha_*", 0, "at least one pre-distillation weight must be positive.")
+        if self.fused_divergence and self.objective not in DIVERGENCES:
+            bad("fused_divergence", self.fused_divergence, f"it computes kl/rkl/js/tvd only; objective {self.objective!r} "
+                "uses materialised logits (leave it unset or False).")
+        if self.fused_chunk_size is not None and self.fused_chunk_size < 1:
+            bad("fused_chunk_size", self.fused_chunk_size, "use a positive number of tokens or leave it unset.")
         if self.teacher_dtype not in (None, "float32", "float16", "bfloat16", "float64", "auto"):
             bad("teacher_dtype", self.teacher_dtype, "use float32, float16, bfloat16, float64 or leave unset.")
 

@@ -29,9 +29,10 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, GenerationConfig, PreTrainedModel, Seq2SeqTrainer
 
 from fdistill.config import DistillArguments
-from fdistill.data import DistillCollator, cat_completions, score_completions
+from fdistill.data import DistillCollator, cat_completions, score_completions, scoring_inputs
 from fdistill.data import base_model as _base_model
 from fdistill.divergences import (
+    DIVERGENCES,
     SampledSequences,
     count_items,
     cross_entropy_terms,
@@ -42,6 +43,14 @@ from fdistill.divergences import (
     token_entropy,
     token_logprobs,
     word_kd_terms,
+)
+from fdistill.kernels import (
+    HiddenSequences,
+    capture_head_inputs,
+    check_head,
+    fused_f_divergence_loss,
+    label_logits,
+    output_head,
 )
 from fdistill.loading import resolve_dtype
 from fdistill.sampling import sample_completions, sampling_config
@@ -102,6 +111,7 @@ class FDistillMixin:
         self._micro_index = 0
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self.student_generation_config = self._student_generation_config()
+        self._heads_checked = False
 
     # ------------------------------------------------------------------ setup and validation
 
@@ -241,20 +251,45 @@ class FDistillMixin:
             return self._step_counts[name].clamp_min(1) / self.accelerator.num_processes
         return count_items(inputs[f"{name}_mask"], self.distill_args.loss_reduction).clamp_min(1).float()
 
-    def _score(self, model: nn.Module, inputs: dict[str, torch.Tensor], names: list[str], hidden: bool = False):
+    def _score(self, model: nn.Module, inputs: dict[str, torch.Tensor], names: list[str], hidden: bool = False,
+               fused: bool = False):
         """One forward of ``model`` over the completion sets ``names`` (concatenated along the batch).
 
-        Returns per-name ``(logits (B, C, V), labels (B, C), outputs)`` slices.
+        Returns per-name ``(logits (B, C, V), labels (B, C))`` slices and the model outputs;
+        with ``fused`` the LM-head inputs ``(B, C, H)`` stand in for the logits, which are never computed.
         """
         pad = self.processing_class.pad_token_id
         ids, mask = cat_completions([(inputs[f"{n}_ids"], inputs[f"{n}_mask"]) for n in names], pad)
         repeat = len(names)
-        logits, labels, outputs = score_completions(
-            model, inputs["prompt_ids"].repeat(repeat, 1), inputs["prompt_mask"].repeat(repeat, 1), ids, mask,
-            pad_token_id=pad, output_hidden_states=hidden,
-        )
+        args = (model, inputs["prompt_ids"].repeat(repeat, 1), inputs["prompt_mask"].repeat(repeat, 1), ids, mask)
+        if fused:
+            with capture_head_inputs(model) as captured:
+                _, labels, outputs = score_completions(*args, pad_token_id=pad)
+            logits = captured[-1][:, :-1] if not self.is_encoder_decoder else captured[-1]  # the labels' predictors
+        else:
+            logits, labels, outputs = score_completions(*args, pad_token_id=pad, output_hidden_states=hidden)
         b = inputs["prompt_ids"].shape[0]
         return {n: (logits[i * b : (i + 1) * b], labels[i * b : (i + 1) * b]) for i, n in enumerate(names)}, outputs
+
+    def _use_fused(self, model: nn.Module, inputs: dict[str, torch.Tensor], name: str) -> bool:
+        """Whether this objective runs through the fused divergence; checks both heads once, on one example."""
+        a = self.distill_args
+        if a.objective not in DIVERGENCES or a.fused_divergence is False:
+            return False
+        if a.fused_divergence is None and self.args.device.type != "cuda":
+            return False
+        if not self._heads_checked:
+            pad = self.processing_class.pad_token_id
+            config = _base_model(model).config
+            example = scoring_inputs(
+                inputs["prompt_ids"][:1], inputs["prompt_mask"][:1], inputs[f"{name}_ids"][:1], inputs[f"{name}_mask"][:1],
+                is_encoder_decoder=self.is_encoder_decoder, pad_token_id=pad,
+                decoder_start_token_id=getattr(config, "decoder_start_token_id", None),
+            ).model_kwargs
+            check_head(model, example)
+            check_head(self.teacher, example)
+            self._heads_checked = True
+        return True
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The objective of ``distill_args.objective`` on one micro-batch (see the module docstring)."""
@@ -276,11 +311,12 @@ class FDistillMixin:
         needs = {"reference": a.needs_reference, "teacher": a.needs_teacher_samples, "student": a.needs_student_samples}
         names = [n for n, needed in needs.items() if needed]  # completion sets this objective scores
         hidden = a.objective == "predistill" and a.predistill_alpha_hidden > 0
-        student, s_out = self._score(model, inputs, names, hidden=hidden)
+        fused = self._use_fused(model, inputs, names[0])
+        student, s_out = self._score(model, inputs, names, hidden=hidden, fused=fused)
         teacher, t_out = {}, None
         if self.teacher is not None:
             with torch.no_grad():
-                teacher, t_out = self._score(self.teacher, inputs, names, hidden=hidden)
+                teacher, t_out = self._score(self.teacher, inputs, names, hidden=hidden, fused=fused)
         metrics: dict[str, torch.Tensor] = {}
         count = {n: self._count(n, inputs, training) for n in names}
         reduce = lambda terms, n: reduce_terms(  # noqa: E731
@@ -294,6 +330,8 @@ class FDistillMixin:
             loss = reduce(engine_terms(student["student"][0], teacher["student"][0], temperature=a.loss_temperature), "student")
         elif a.objective == "predistill":
             loss = self._predistill_loss(student, teacher, s_out, t_out, reduce, metrics)
+        elif fused:
+            loss = self._fused_loss(model, student, teacher, count, inputs, metrics)
         else:
             side = lambda n: (  # noqa: E731
                 SampledSequences(student[n][0], teacher[n][0], student[n][1], num_items_in_batch=count[n])
@@ -314,11 +352,39 @@ class FDistillMixin:
                 metrics["loss_on_teacher_samples"] = out.teacher_term
             if out.student_term is not None:
                 metrics["loss_on_student_samples"] = out.student_term
-        if "student" in student:
+        if "student" in student and not fused:
             self._sample_metrics(student["student"], teacher.get("student"), inputs["student_mask"], metrics)
         local = {n: self._count(n, inputs, training=False) for n in names}
         self._store_metrics(metrics, {n: count[n] / local[n] for n in names}, training)
         return (loss, s_out) if return_outputs else loss
+
+    def _fused_loss(self, model, student, teacher, count, inputs, metrics) -> torch.Tensor:
+        """The f-divergence objective from LM-head inputs (:func:`fdistill.kernels.fused_f_divergence_loss`)."""
+        a = self.distill_args
+        side = lambda n: (  # noqa: E731
+            HiddenSequences(student[n][0], teacher[n][0], student[n][1], num_items_in_batch=count[n]) if n in student else None
+        )
+        out, details = fused_f_divergence_loss(
+            a.objective, output_head(model), output_head(self.teacher),
+            teacher_samples=side("teacher"), student_samples=side("student"),
+            js_mixture=a.js_mixture, js_beta=a.js_beta, temperature=a.loss_temperature, reduction=a.loss_reduction,
+            chunk_size=a.fused_chunk_size,
+        )
+        if out.teacher_term is not None:
+            metrics["loss_on_teacher_samples"] = out.teacher_term
+        if out.student_term is not None:
+            metrics["loss_on_student_samples"] = out.student_term
+        if "student" in details:  # the sample metrics of _sample_metrics, from the fused pass's side outputs
+            hidden, labels = teacher["student"]
+            done = details["student"]
+            valid = labels != -100
+            metrics["student_sample_length"] = inputs["student_mask"].sum(-1).float().mean()
+            if valid.any():
+                metrics["student_entropy"] = done.student_entropy[valid.reshape(-1)].float().mean()
+            if a.loss_temperature == 1.0:  # the fused log-normaliser is at the loss temperature
+                lp = label_logits(output_head(self.teacher), hidden, labels.clamp_min(0)) - done.teacher_lse.view_as(labels)
+                metrics["teacher_nll_of_student_samples"] = -(lp * valid).sum(-1).mean()
+        return out.loss
 
     def _predistill_loss(self, student, teacher, s_out, t_out, reduce, metrics) -> torch.Tensor:
         """α_mle·CE + α_kd·T²·KL(p_T‖q_T) + α_hid·MSE(hidden) on references (Shleifer & Rush 2020)."""

@@ -240,3 +240,35 @@ def test_compute_metrics_on_generated_replies(tok, tmp_path):
     for key in ("eval_loss", "eval_bleu", "eval_rouge1", "eval_distinct1"):
         assert key in metrics and metrics[key] == metrics[key]
     assert 0 <= metrics["eval_bleu"] <= 100
+
+
+@pytest.mark.parametrize("arch,objective,mixture", [("llama", "js", "exact"), ("bart", "tvd", "stepwise"),
+                                                    ("t5", "rkl", "stepwise"), ("gpt2", "kl", "stepwise")])
+def test_fused_divergence_step_equals_the_logits_step(tok, tmp_path, arch, objective, mixture):
+    """fused_divergence=True (hidden states + LM heads, no logits) takes the same optimizer step and logs the same."""
+    teacher = getattr(tiny, arch)(2, seed=0)
+    data = tiny.dataset(8, seed=3, teacher=teacher, tok=tok)
+    params, logs = [], []
+    for fused in (False, True):
+        student = getattr(tiny, arch)(1, seed=1)
+        args = config(tmp_path / str(fused), objective=objective, js_mixture=mixture, max_steps=1, logging_steps=1,
+                      student_do_sample=False, optim="sgd", learning_rate=1.0, max_grad_norm=1e9,
+                      fused_divergence=fused, fused_chunk_size=7)
+        trainer = FDistillTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data,
+                                  processing_class=tok)
+        trainer.train()
+        assert trainer._heads_checked == fused  # the fused path ran (and checked both heads) only when asked
+        params.append(torch.cat([p.detach().flatten() for p in student.parameters()]))
+        logs.append(next(h for h in trainer.state.log_history if "loss" in h))
+    start = torch.cat([p.detach().flatten() for p in getattr(tiny, arch)(1, seed=1).parameters()])
+    assert (params[0] - start).abs().max() > 1e-3
+    torch.testing.assert_close(params[1], params[0], rtol=1e-4, atol=1e-5)
+    assert logs[1]["loss"] == pytest.approx(logs[0]["loss"], rel=1e-4)
+    for key, value in logs[0].items():
+        if key.startswith(("loss_on", "student_", "teacher_nll")):
+            assert logs[1][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+
+
+def test_fused_divergence_refuses_baselines(tmp_path):
+    with pytest.raises(ValueError, match="fused_divergence"):
+        config(tmp_path, objective="engine", fused_divergence=True)

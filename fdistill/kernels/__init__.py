@@ -8,12 +8,21 @@ from fdistill.kernels.fused import (
     fused_f_divergence_loss,
     fused_token_logprobs,
 )
-from fdistill.kernels.heads import LinearHead, capture_head_inputs, check_head, head_logits, output_head
+from fdistill.kernels.heads import (
+    LinearHead,
+    apply_head_transform,
+    capture_head_inputs,
+    check_head,
+    head_logits,
+    label_logits,
+    output_head,
+)
 
 __all__ = [
     "FusedDivergence",
     "HiddenSequences",
     "LinearHead",
+    "apply_head_transform",
     "capture_head_inputs",
     "check_head",
     "default_chunk_size",
@@ -21,5 +30,6 @@ __all__ = [
     "fused_f_divergence_loss",
     "fused_token_logprobs",
     "head_logits",
+    "label_logits",
     "output_head",
 ]

@@ -50,7 +50,7 @@ from fdistill.divergences import (
     step_divergence,
     token_entropy,
 )
-from fdistill.kernels.heads import LinearHead
+from fdistill.kernels.heads import LinearHead, apply_head_transform
 
 __all__ = [
     "FusedDivergence",
@@ -103,22 +103,13 @@ def _mixture_logit(mixture_weight, n: int, dtype: torch.dtype, device) -> Tensor
     return z.expand(n).contiguous() if z.dim() == 0 else z.reshape(n)
 
 
-def _apply_head_transform(lin: Tensor, head: LinearHead) -> Tensor:
-    """``softcap·tanh(scale·lin/softcap)`` on float32 pre-activations (no-op for plain heads)."""
-    if head.scale != 1.0:
-        lin = lin * head.scale
-    if head.softcap is not None:
-        lin = torch.tanh(lin / head.softcap) * head.softcap
-    return lin
-
-
 def _torch_chunk(kind, on, lin_s: Tensor, lin_t: Tensor, s_head, t_head, z_mix, weights, temperature):
     """Terms, lse's, entropy and ``∂(Σ r·terms)/∂lin_s`` for one chunk via ``step_divergence`` + autograd."""
     lin_s, lin_t = _upcast(lin_s), _upcast(lin_t)
     with torch.enable_grad():
         lin_s = lin_s.detach().requires_grad_(True)
-        z_s = _apply_head_transform(lin_s, s_head)
-        z_t = _apply_head_transform(lin_t, t_head)
+        z_s = apply_head_transform(lin_s, s_head)
+        z_t = apply_head_transform(lin_t, t_head)
         terms = step_divergence(kind, z_s, z_t, on=on, mixture_weight=MixtureLogit(z_mix), temperature=temperature)
         (grad,) = torch.autograd.grad((terms * weights).sum(), lin_s)
     z_s = z_s.detach()
@@ -307,7 +298,7 @@ def fused_token_logprobs(
     out = torch.empty(n, dtype=torch.float64 if hidden.dtype == torch.float64 else torch.float32, device=hidden.device)
     for start in range(0, n, chunk):
         rows = slice(start, min(n, start + chunk))
-        z = _apply_head_transform(_upcast(F.linear(hidden[rows], head.weight, head.bias)), head) / temperature
+        z = apply_head_transform(_upcast(F.linear(hidden[rows], head.weight, head.bias)), head) / temperature
         out[rows] = z.gather(-1, labels[rows, None]).squeeze(-1) - torch.logsumexp(z, -1)
     return out
 

@@ -24,7 +24,8 @@ from torch import Tensor, nn
 
 from fdistill.data import base_model
 
-__all__ = ["LinearHead", "capture_head_inputs", "check_head", "head_logits", "output_head"]
+__all__ = ["LinearHead", "apply_head_transform", "capture_head_inputs", "check_head", "head_logits", "label_logits",
+           "output_head"]
 
 
 @dataclass
@@ -57,11 +58,24 @@ def head_logits(head: LinearHead, hidden: Tensor) -> Tensor:
     logits = hidden @ head.weight.T
     if head.bias is not None:
         logits = logits + head.bias
+    return apply_head_transform(logits, head)
+
+
+def apply_head_transform(logits: Tensor, head: LinearHead) -> Tensor:
+    """``softcap·tanh(scale·x/softcap)``: the head's element-wise map after ``h Wᵀ + b`` (identity for plain heads)."""
     if head.scale != 1.0:
         logits = logits * head.scale
     if head.softcap is not None:
         logits = torch.tanh(logits / head.softcap) * head.softcap
     return logits
+
+
+def label_logits(head: LinearHead, hidden: Tensor, labels: Tensor) -> Tensor:
+    """The logit of each row's label alone, ``(..., H), (...) → (...)`` in float32: a row-wise dot product."""
+    logits = (hidden.float() * head.weight[labels].float()).sum(-1)
+    if head.bias is not None:
+        logits = logits + head.bias[labels].float()
+    return apply_head_transform(logits, head)
 
 
 def output_head(model: nn.Module) -> LinearHead:
