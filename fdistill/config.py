@@ -66,6 +66,21 @@ class DistillArguments:
     student_top_p: float = field(default=1.0, metadata={"help": "Nucleus (top-p) filter for student sampling; 1.0 disables it."})
     student_num_beams: int = field(default=1, metadata={"help": "Beams when student_do_sample is False (1 = greedy)."})
     max_new_tokens: int = field(default=64, metadata={"help": "Length limit of online student samples, in new tokens."})
+    student_generation_cache: str = field(
+        default="auto",
+        metadata={
+            "help": "KV cache of online sampling: 'static' (preallocated; on CUDA transformers compiles the decode "
+            "step), 'dynamic', or 'auto' = static on CUDA, dynamic elsewhere. Same samples either way."
+        },
+    )
+    teacher_sampling: str = field(
+        default="offline",
+        metadata={
+            "help": "Teacher samples for kl/js/tvd: 'offline' reads them from teacher_sample_column (drawn once by "
+            "`fdistill sample`, the paper's choice) or 'online' draws them from the teacher at every step (the paper's "
+            "Table 4 comparison; max_new_tokens long, ancestral sampling)."
+        },
+    )
     # --- data
     prompt_column: str = field(default="prompt", metadata={"help": "Dataset column with the input text (or token ids)."})
     reference_column: str = field(
@@ -136,6 +151,10 @@ class DistillArguments:
             bad("student_num_beams", self.student_num_beams, "use 1 or more beams.")
         if self.student_do_sample and self.student_num_beams > 1:
             bad("student_num_beams", self.student_num_beams, "beams need student_do_sample=False.")
+        if self.student_generation_cache not in ("auto", "dynamic", "static"):
+            bad("student_generation_cache", self.student_generation_cache, "use 'auto', 'dynamic' or 'static'.")
+        if self.teacher_sampling not in ("offline", "online"):
+            bad("teacher_sampling", self.teacher_sampling, "use 'offline' (dataset column) or 'online' (drawn each step).")
         for name in ("max_new_tokens", "max_prompt_length", "max_target_length"):
             if getattr(self, name) < 1:
                 bad(name, getattr(self, name), "use a positive length.")
@@ -161,6 +180,11 @@ class DistillArguments:
     @property
     def needs_teacher_samples(self) -> bool:
         return self.objective in NEEDS_TEACHER_SAMPLES
+
+    @property
+    def reads_teacher_samples(self) -> bool:
+        """Whether teacher samples come from the dataset (offline) rather than from the teacher during training."""
+        return self.needs_teacher_samples and (self.teacher_sampling == "offline" or self.objective == "seqkd")
 
     @property
     def needs_reference(self) -> bool:

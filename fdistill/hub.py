@@ -243,7 +243,7 @@ def _data(a: DistillArguments, train, eval_) -> str:
     columns = [a.prompt_column]
     if a.needs_reference:
         columns.append(a.reference_column)
-    if a.needs_teacher_samples:
+    if a.reads_teacher_samples:
         columns.append(a.teacher_sample_column)
     splits = [("train", train)]
     if isinstance(eval_, dict):

@@ -111,6 +111,12 @@ class FDistillMixin:
         self._micro_index = 0
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self.student_generation_config = self._student_generation_config()
+        self.teacher_generation_config = None
+        if settings.needs_teacher_samples and not settings.reads_teacher_samples:
+            self.teacher_generation_config = sampling_config(
+                self.teacher, self.processing_class, max_new_tokens=settings.max_new_tokens,
+                cache_implementation=self.student_generation_config.cache_implementation,
+            )
         self._heads_checked = False
 
     # ------------------------------------------------------------------ setup and validation
@@ -120,7 +126,7 @@ class FDistillMixin:
         columns = {}
         if settings.needs_reference:
             columns["reference"] = settings.reference_column
-        if settings.needs_teacher_samples:
+        if settings.reads_teacher_samples:
             columns["teacher"] = settings.teacher_sample_column
         return columns
 
@@ -196,7 +202,15 @@ class FDistillMixin:
             top_k=a.student_top_k,
             top_p=a.student_top_p,
             num_beams=a.student_num_beams,
+            cache_implementation=self._cache_implementation(),
         )
+
+    def _cache_implementation(self) -> str | None:
+        """'static' KV cache on CUDA (transformers compiles the decode step), dynamic (None) elsewhere, unless set."""
+        choice = self.distill_args.student_generation_cache
+        if choice == "auto":
+            choice = "static" if self.args.device.type == "cuda" else "dynamic"
+        return "static" if choice == "static" else None
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
@@ -210,6 +224,21 @@ class FDistillMixin:
         model = self.accelerator.unwrap_model(self.model)
         return sample_completions(model, prompt_ids, prompt_mask, self.student_generation_config)
 
+    def generate_teacher_samples(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Online teacher samples (``teacher_sampling="online"``): one ancestral sample per prompt, ``(ids, mask)``."""
+        return sample_completions(self.teacher, prompt_ids, prompt_mask, self.teacher_generation_config)
+
+    def _online_samples(self, batch: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The samples drawn during training for one micro-batch: the student's, and the teacher's when online."""
+        device = self.args.device
+        prompts = (batch["prompt_ids"].to(device), batch["prompt_mask"].to(device))
+        drawn = {}
+        if self.teacher_generation_config is not None:
+            drawn["teacher"] = self.generate_teacher_samples(*prompts)
+        if self.distill_args.needs_student_samples:
+            drawn["student"] = self.generate_student_samples(*prompts)
+        return drawn
+
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """Collect the optimizer step's micro-batches; their student samples are drawn at the step's first loss call.
 
@@ -222,19 +251,13 @@ class FDistillMixin:
         return batches, num_items
 
     def _prepare_step(self) -> None:
-        """Draw student samples for every micro-batch of the step and count items over the global batch."""
+        """Draw the online samples for every micro-batch of the step and count items over the global batch."""
         device = self.args.device
-        samples = []
-        for batch in self._pending_batches:
-            if self.distill_args.needs_student_samples:
-                samples.append(self.generate_student_samples(batch["prompt_ids"].to(device), batch["prompt_mask"].to(device)))
-            else:
-                samples.append(None)
+        samples = [self._online_samples(batch) for batch in self._pending_batches]
         counts = {}
-        for batch, sample in zip(self._pending_batches, samples):
+        for batch, drawn in zip(self._pending_batches, samples):
             masks = {n: batch[f"{n}_mask"] for n in ("reference", "teacher") if f"{n}_mask" in batch}
-            if sample is not None:
-                masks["student"] = sample[1]
+            masks.update({n: mask for n, (_, mask) in drawn.items()})
             for name, mask in masks.items():
                 n = count_items(mask.to(device), self.distill_args.loss_reduction)
                 counts[name] = counts.get(name, 0) + n.float()
@@ -298,14 +321,14 @@ class FDistillMixin:
         if training and self._pending_batches is not None and self._micro_index < len(self._pending_batches):
             if self._step_samples is None:
                 self._prepare_step()
-            sample = self._step_samples[self._micro_index]
+            for name, (ids, mask) in self._step_samples[self._micro_index].items():
+                inputs[f"{name}_ids"], inputs[f"{name}_mask"] = ids, mask
             self._micro_index += 1
-            if sample is not None:
-                inputs["student_ids"], inputs["student_mask"] = sample
-        if a.needs_student_samples and "student_ids" not in inputs:  # evaluation, or a caller outside the loop
-            inputs["student_ids"], inputs["student_mask"] = self.generate_student_samples(
-                inputs["prompt_ids"], inputs["prompt_mask"]
-            )
+        if (a.needs_student_samples and "student_ids" not in inputs) or (
+            self.teacher_generation_config is not None and "teacher_ids" not in inputs
+        ):  # evaluation, or a caller outside the training loop
+            for name, (ids, mask) in self._online_samples(inputs).items():
+                inputs[f"{name}_ids"], inputs[f"{name}_mask"] = ids, mask
         if self.teacher is not None and self.teacher.training:
             self.teacher.eval()  # the Trainer only knows the student; never let the teacher train
         needs = {"reference": a.needs_reference, "teacher": a.needs_teacher_samples, "student": a.needs_student_samples}

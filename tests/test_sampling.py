@@ -4,12 +4,20 @@ import json
 import multiprocessing as mp
 
 import pytest
+import torch
 import transformers
 from datasets import load_from_disk
 
 from fdistill import FDistillConfig, FDistillTrainer
 from fdistill import testing as tiny
-from fdistill.sampling import PROVENANCE_FILE, OfflineSamplingSettings, sample_offline
+from fdistill.sampling import (
+    PROVENANCE_FILE,
+    OfflineSamplingSettings,
+    prompt_batches,
+    sample_completions,
+    sample_offline,
+    sampling_config,
+)
 
 transformers.logging.set_verbosity_error()
 
@@ -144,3 +152,18 @@ def test_bad_input_before_any_work(tok, tmp_path):
     with pytest.raises(ValueError, match="not an fdistill sampling folder"):
         run("llama", tok, data, tmp_path / "z")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "bart", "t5"])
+def test_static_cache_draws_the_same_samples_as_the_dynamic_cache(tok, arch):
+    """The fast path (preallocated KV cache; compiled decode step on CUDA) changes no sample for a given seed."""
+    model = getattr(tiny, arch)(2, seed=0, init=0.15)
+    prompt_ids, prompt_mask = next(prompt_batches(model, tok, tiny.prompts(12, seed=1), batch_size=12))
+    drawn = []
+    for cache in (None, "static"):
+        torch.manual_seed(0)
+        config = sampling_config(model, tok, max_new_tokens=10, cache_implementation=cache)
+        drawn.append(sample_completions(model, prompt_ids, prompt_mask, config))
+    assert drawn[0][1].sum() > 12  # non-trivial samples
+    assert torch.equal(drawn[0][0][drawn[0][1]], drawn[1][0][drawn[1][1]])
+    assert torch.equal(drawn[0][1], drawn[1][1])

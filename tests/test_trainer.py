@@ -272,3 +272,30 @@ def test_fused_divergence_step_equals_the_logits_step(tok, tmp_path, arch, objec
 def test_fused_divergence_refuses_baselines(tmp_path):
     with pytest.raises(ValueError, match="fused_divergence"):
         config(tmp_path, objective="engine", fused_divergence=True)
+
+
+def test_online_teacher_sampling_needs_no_teacher_column(tok, tmp_path, monkeypatch):
+    """teacher_sampling='online' draws teacher samples every step (the paper's Table 4 baseline) from the teacher."""
+    teacher = tiny.llama(2, seed=0, init=0.15)
+    data = tiny.dataset(16, seed=3, teacher=teacher, tok=tok).remove_columns(["teacher_sample_ids"])
+    calls = []
+    original = FDistillTrainer.generate_teacher_samples
+
+    def counting(self, prompt_ids, prompt_mask):
+        calls.append(prompt_ids.shape[0])
+        return original(self, prompt_ids, prompt_mask)
+
+    monkeypatch.setattr(FDistillTrainer, "generate_teacher_samples", counting)
+    args = config(tmp_path, objective="js", teacher_sampling="online", max_steps=3, logging_steps=1,
+                  per_device_train_batch_size=4, gradient_accumulation_steps=2)
+    trainer = FDistillTrainer(model=tiny.llama(1, seed=1), teacher_model=teacher, args=args, train_dataset=data,
+                              processing_class=tok)
+    trainer.train()
+    assert calls == [4] * 6  # one teacher sample per prompt, for every micro-batch of every step
+    logged = [h for h in trainer.state.log_history if "loss_on_teacher_samples" in h]
+    assert len(logged) == 3 and all(h["loss_on_teacher_samples"] > 0 for h in logged)
+    with pytest.raises(ValueError, match="teacher_sample_column"):  # offline (the default) still needs the column
+        FDistillTrainer(model=tiny.llama(1, seed=1), teacher_model=teacher, args=config(tmp_path, objective="js"),
+                        train_dataset=data, processing_class=tok)
+    with pytest.raises(ValueError, match="teacher_sampling"):
+        config(tmp_path, objective="js", teacher_sampling="sometimes")
