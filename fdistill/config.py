@@ -22,6 +22,8 @@ NEEDS_REFERENCE = ("mle", "predistill")
 NEEDS_TEACHER_SAMPLES = ("kl", "js", "tvd", "seqkd")
 NEEDS_STUDENT_SAMPLES = ("rkl", "js", "tvd", "engine")
 NEEDS_TEACHER = ("kl", "rkl", "js", "tvd", "engine", "predistill")
+# Columns written by `fdistill sample --topk-logprobs K` and read with teacher_topk_logprobs=True.
+TOPK_COLUMNS = ("teacher_topk_ids", "teacher_topk_logprobs")
 
 
 @dataclass
@@ -71,6 +73,15 @@ class DistillArguments:
         metadata={
             "help": "KV cache of online sampling: 'static' (preallocated; on CUDA transformers compiles the decode "
             "step), 'dynamic', or 'auto' = static on CUDA, dynamic elsewhere. Same samples either way."
+        },
+    )
+    teacher_topk_logprobs: bool = field(
+        default=False,
+        metadata={
+            "help": "Objective 'kl' only: instead of a teacher forward on the offline teacher samples, use the teacher's "
+            "top-k log-probabilities stored beside them by `fdistill sample --topk-logprobs K` (columns "
+            "teacher_topk_ids / teacher_topk_logprobs). The KL is then to the teacher's distribution restricted to its "
+            "top k tokens and renormalised (exact as k reaches the vocabulary); no teacher model is loaded."
         },
     )
     teacher_sampling: str = field(
@@ -153,6 +164,11 @@ class DistillArguments:
             bad("student_num_beams", self.student_num_beams, "beams need student_do_sample=False.")
         if self.student_generation_cache not in ("auto", "dynamic", "static"):
             bad("student_generation_cache", self.student_generation_cache, "use 'auto', 'dynamic' or 'static'.")
+        if self.teacher_topk_logprobs and (self.objective != "kl" or self.teacher_sampling != "offline"):
+            bad("teacher_topk_logprobs", True, "stored top-k teacher log-probabilities replace the teacher forward of "
+                "objective 'kl' on offline teacher samples only (objective='kl', teacher_sampling='offline').")
+        if self.teacher_topk_logprobs and self.fused_divergence:
+            bad("fused_divergence", True, "with teacher_topk_logprobs there is no teacher forward to fuse; unset one.")
         if self.teacher_sampling not in ("offline", "online"):
             bad("teacher_sampling", self.teacher_sampling, "use 'offline' (dataset column) or 'online' (drawn each step).")
         for name in ("max_new_tokens", "max_prompt_length", "max_target_length"):
@@ -192,7 +208,7 @@ class DistillArguments:
 
     @property
     def needs_teacher(self) -> bool:
-        return self.objective in NEEDS_TEACHER
+        return self.objective in NEEDS_TEACHER and not self.teacher_topk_logprobs
 
 
 @dataclass

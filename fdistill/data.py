@@ -183,6 +183,7 @@ class DistillCollator:
         max_prompt_length: int = 256,
         max_target_length: int = 128,
         use_chat_template: bool = False,
+        topk_columns: tuple[str, str] | None = None,
     ):
         if tokenizer.pad_token_id is None:
             raise ValueError(
@@ -196,6 +197,7 @@ class DistillCollator:
         self.max_prompt_length = max_prompt_length
         self.max_target_length = max_target_length
         self.use_chat_template = use_chat_template
+        self.topk_columns = topk_columns
 
     def prompt_tokens(self, value: Any) -> list[int]:
         """Token ids of a prompt given as text, as chat messages (``[{"role", "content"}, ...]``) or as ids."""
@@ -230,4 +232,25 @@ class DistillCollator:
         for name, column in {**self.completions, **present}.items():
             targets = [self.target_tokens(f[column]) for f in features]
             batch[f"{name}_ids"], batch[f"{name}_mask"] = pad_right(targets, pad)
+        if self.topk_columns is not None:
+            batch["teacher_topk_ids"], batch["teacher_topk_logprobs"] = self._topk(features, batch["teacher_ids"].shape[1])
         return batch
+
+    def _topk(self, features, length: int) -> tuple[Tensor, Tensor]:
+        """Stored top-k teacher ids / log-probabilities as ``(B, C, k)`` tensors aligned with ``teacher_ids``."""
+        ids_column, lp_column = self.topk_columns
+        k = max(len(pos) for f in features for pos in f[ids_column][:1]) if features else 0
+        ids = torch.zeros(len(features), length, k, dtype=torch.long)
+        logprobs = torch.zeros(len(features), length, k)
+        for b, f in enumerate(features):
+            rows = f[ids_column][: self.max_target_length]
+            expected = len(self.target_tokens(f[self.completions["teacher"]]))
+            if len(rows) != expected or len(f[lp_column][: self.max_target_length]) != expected:
+                raise ValueError(
+                    f"an example has {len(rows)} positions of {ids_column!r} / {lp_column!r} but {expected} teacher sample "
+                    "tokens; both must come from the same `fdistill sample --topk-logprobs K` run."
+                )
+            if rows:
+                ids[b, : len(rows)] = torch.tensor(rows, dtype=torch.long)
+                logprobs[b, : len(rows)] = torch.tensor(f[lp_column][: self.max_target_length], dtype=torch.float32)
+        return ids, logprobs

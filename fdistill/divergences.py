@@ -76,6 +76,7 @@ __all__ = [
     "step_divergence",
     "token_entropy",
     "token_logprobs",
+    "topk_teacher_logits",
     "word_kd_terms",
 ]
 
@@ -294,6 +295,17 @@ class MixtureLogit:
     in floating point, while ``log σ(±z)`` stays exact — so the (1−w)·q floor of ``m`` is never lost."""
 
     logit: Tensor
+
+
+def topk_teacher_logits(topk_ids: Tensor, topk_logprobs: Tensor, vocab_size: int) -> Tensor:
+    """Dense ``(..., V)`` teacher logits from stored top-k log-probabilities: ``-inf`` outside the top k.
+
+    ``softmax`` of the result is the teacher's distribution restricted to its top k tokens
+    and renormalised, ``p̃_v = p_v / Σ_{u∈top-k} p_u``; with it, :func:`step_divergence`'s
+    ``kl`` term is ``KL(p̃_t ‖ q_t)`` (exact when k = V). Arguments are ``(..., k)``.
+    """
+    dense = torch.full((*topk_ids.shape[:-1], vocab_size), -torch.inf, dtype=torch.float32, device=topk_ids.device)
+    return dense.scatter(-1, topk_ids, topk_logprobs.float())
 
 
 def token_entropy(logits: Tensor, *, temperature: float = 1.0) -> Tensor:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, GenerationConfig, PreTrainedModel, Seq2SeqTrainer
 
-from fdistill.config import DistillArguments
+from fdistill.config import TOPK_COLUMNS, DistillArguments
 from fdistill.data import DistillCollator, cat_completions, score_completions, scoring_inputs
 from fdistill.data import base_model as _base_model
 from fdistill.divergences import (
@@ -42,6 +42,7 @@ from fdistill.divergences import (
     reduce_terms,
     token_entropy,
     token_logprobs,
+    topk_teacher_logits,
     word_kd_terms,
 )
 from fdistill.kernels import (
@@ -98,6 +99,7 @@ class FDistillMixin:
                 max_prompt_length=settings.max_prompt_length,
                 max_target_length=settings.max_target_length,
                 use_chat_template=settings.use_chat_template,
+                topk_columns=TOPK_COLUMNS if settings.teacher_topk_logprobs else None,
             )
         self._check_datasets(settings, kwargs.get("train_dataset"), kwargs.get("eval_dataset"), kwargs["data_collator"])
         super().__init__(*args, **kwargs)
@@ -134,6 +136,8 @@ class FDistillMixin:
     def _check_datasets(cls, settings, train_dataset, eval_dataset, collator) -> None:
         """Fail before any work on: missing columns, empty datasets, all-empty targets."""
         needed = [settings.prompt_column, *cls._completion_columns(settings).values()]
+        if settings.teacher_topk_logprobs:
+            needed += list(TOPK_COLUMNS)
         named = [("train", train_dataset)]
         if isinstance(eval_dataset, dict):  # several eval sets, as the Trainer allows
             named += [(f"eval[{k}]", v) for k, v in eval_dataset.items()]
@@ -149,6 +153,8 @@ class FDistillMixin:
                     hint = ""
                     if settings.teacher_sample_column in missing:
                         hint = " Draw offline teacher samples first (`fdistill sample`) or set teacher_sample_column."
+                    elif set(TOPK_COLUMNS) & set(missing):
+                        hint = " Draw teacher samples with `fdistill sample --topk-logprobs K` to store them."
                     raise ValueError(
                         f"the {split} dataset lacks column(s) {missing} needed by objective {settings.objective!r}; "
                         f"it has {names}.{hint}"
@@ -297,7 +303,7 @@ class FDistillMixin:
     def _use_fused(self, model: nn.Module, inputs: dict[str, torch.Tensor], name: str) -> bool:
         """Whether this objective runs through the fused divergence; checks both heads once, on one example."""
         a = self.distill_args
-        if a.objective not in DIVERGENCES or a.fused_divergence is False:
+        if a.objective not in DIVERGENCES or a.fused_divergence is False or a.teacher_topk_logprobs:
             return False
         if a.fused_divergence is None and self.args.device.type != "cuda":
             return False
@@ -340,6 +346,9 @@ class FDistillMixin:
         if self.teacher is not None:
             with torch.no_grad():
                 teacher, t_out = self._score(self.teacher, inputs, names, hidden=hidden, fused=fused)
+        elif a.teacher_topk_logprobs:  # stored top-k log-probabilities stand in for the teacher forward
+            dense = topk_teacher_logits(inputs["teacher_topk_ids"], inputs["teacher_topk_logprobs"], _vocab_size(model))
+            teacher = {"teacher": (dense, student["teacher"][1])}
         metrics: dict[str, torch.Tensor] = {}
         count = {n: self._count(n, inputs, training) for n in names}
         reduce = lambda terms, n: reduce_terms(  # noqa: E731

@@ -299,3 +299,37 @@ def test_online_teacher_sampling_needs_no_teacher_column(tok, tmp_path, monkeypa
                         train_dataset=data, processing_class=tok)
     with pytest.raises(ValueError, match="teacher_sampling"):
         config(tmp_path, objective="js", teacher_sampling="sometimes")
+
+
+def test_stored_topk_teacher_logprobs_replace_the_teacher_forward(tok, tmp_path):
+    """KL from stored top-k log-probabilities (no teacher model): with k = V it is exactly the teacher-forward step."""
+    from fdistill.sampling import OfflineSamplingSettings, sample_offline
+
+    teacher = tiny.llama(2, seed=0, init=0.15)
+    vocab = teacher.get_output_embeddings().weight.shape[0]
+    settings = OfflineSamplingSettings(max_new_tokens=8, batch_size=4, topk_logprobs=vocab)
+    data = sample_offline(teacher, tok, tiny.dataset(8, seed=3), str(tmp_path / "s"), settings, teacher_id="tiny", show_progress=False)
+    params = []
+    for topk in (False, True):
+        student = tiny.llama(1, seed=1)
+        args = config(tmp_path / str(topk), objective="kl", max_steps=1, optim="sgd", learning_rate=1.0,
+                      max_grad_norm=1e9, teacher_topk_logprobs=topk)
+        trainer = FDistillTrainer(model=student, teacher_model=None if topk else teacher, args=args,
+                                  train_dataset=data, processing_class=tok)
+        assert (trainer.teacher is None) == topk  # no teacher model is loaded with stored log-probabilities
+        trainer.train()
+        params.append(torch.cat([p.detach().flatten() for p in student.parameters()]))
+    start = torch.cat([p.detach().flatten() for p in tiny.llama(1, seed=1).parameters()])
+    assert (params[0] - start).abs().max() > 1e-3
+    torch.testing.assert_close(params[1], params[0], rtol=1e-4, atol=1e-5)  # stored values are rounded to 1e-6
+
+    small = sample_offline(teacher, tok, tiny.dataset(8, seed=3), str(tmp_path / "s3"),
+                           OfflineSamplingSettings(max_new_tokens=8, batch_size=4, topk_logprobs=3), teacher_id="tiny",
+                           show_progress=False)
+    args = config(tmp_path / "k3", objective="kl", max_steps=2, teacher_topk_logprobs=True)
+    FDistillTrainer(model=tiny.llama(1, seed=1), args=args, train_dataset=small, processing_class=tok).train()
+    with pytest.raises(ValueError, match="topk-logprobs"):  # a dataset without the columns is refused up front
+        FDistillTrainer(model=tiny.llama(1, seed=1), args=args, train_dataset=tiny.dataset(8, seed=3, teacher=teacher,
+                        tok=tok), processing_class=tok)
+    with pytest.raises(ValueError, match="teacher_topk_logprobs"):
+        config(tmp_path, objective="js", teacher_topk_logprobs=True)
