@@ -344,3 +344,22 @@ def test_triton_bfloat16_on_gpu_matches_float32_reference(kind):
         assert (out.terms - ref.detach()).norm() / ref.norm() < 1e-2
         for x, y in zip(got, want):
             assert (x.float() - y).norm() / y.norm() < 2e-2
+
+
+def test_auto_backend_self_check_falls_back_with_a_warning(monkeypatch):
+    """backend='auto' uses the Triton kernel on CUDA only after it compiled and matched the torch backend once."""
+    tri = _triton_kernel_module()
+    from fdistill.kernels import fused
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setattr(fused, "_SELF_CHECKS", {})
+    assert fused._triton_self_check(device) is True  # interpreted on CPU, compiled on CUDA
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no kernel for this GPU")
+
+    monkeypatch.setattr(fused, "_SELF_CHECKS", {})
+    monkeypatch.setattr(tri, "triton_chunk", broken)
+    with pytest.warns(UserWarning, match="no kernel for this GPU"):
+        assert fused._triton_self_check(device) is False
+    assert fused._triton_self_check(device) is False  # decided once per device

@@ -180,12 +180,46 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
     if backend == "auto":
-        return "triton" if device.type == "cuda" and _triton_available() else "torch"
+        return "triton" if device.type == "cuda" and _triton_available() and _triton_self_check(device) else "torch"
     if backend == "triton" and device.type != "cuda" and not _triton_interpreting():
         raise ValueError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for the interpreter); use 'torch'.")
     if backend == "triton" and not _triton_available():
         raise ValueError("backend='triton' needs the triton package: pip install triton (or use backend='torch').")
     return backend
+
+
+_SELF_CHECKS: dict[str, bool] = {}
+
+
+def _triton_self_check(device: torch.device) -> bool:
+    """Once per device: the Triton kernel compiles and agrees with the torch backend on a small random problem.
+
+    ``backend="auto"`` falls back to the torch backend (with a warning naming the reason)
+    rather than train with a kernel that fails on this GPU or Triton version.
+    """
+    key = str(device)
+    if key not in _SELF_CHECKS:
+        import warnings
+
+        g = torch.Generator(device=device).manual_seed(0)
+        h_s, h_t = (torch.randn(16, d, device=device, generator=g) for d in (32, 48))
+        heads = [LinearHead(0.3 * torch.randn(1000, d, device=device, generator=g)) for d in (32, 48)]
+        try:
+            for kind in DIVERGENCES:
+                outs = []
+                for backend in ("torch", "triton"):
+                    w = heads[0].weight.clone().requires_grad_()
+                    out = fused_divergence(kind, h_s, LinearHead(w), h_t, heads[1], on="student", backend=backend)
+                    outs.append((out.terms, torch.autograd.grad(out.loss, [w])[0]))
+                for a, b in zip(*outs):
+                    if not torch.allclose(a, b, rtol=1e-3, atol=1e-4):
+                        raise RuntimeError(f"{kind}: Triton and torch backends differ by {(a - b).abs().max().item():.3g}")
+            _SELF_CHECKS[key] = True
+        except Exception as error:  # noqa: BLE001 - any failure means: do not use the kernel here
+            warnings.warn(f"fdistill: the Triton divergence kernel failed its self-check on {key} ({error}); "
+                          "using the chunked PyTorch backend.", stacklevel=3)
+            _SELF_CHECKS[key] = False
+    return _SELF_CHECKS[key]
 
 
 def _triton_available() -> bool:
