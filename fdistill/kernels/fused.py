@@ -123,6 +123,26 @@ def _upcast(x: Tensor) -> Tensor:
     return x if x.dtype == torch.float64 else x.float()
 
 
+_HALF_ACCUMULATE = {"ok": True}
+
+
+def _accumulate_product(acc: Tensor, a: Tensor, b: Tensor) -> None:
+    """``acc += a @ b`` into a float32/64 accumulator without rounding ``a @ b`` to half precision first.
+
+    On CUDA, half inputs go through ``addmm``'s ``out_dtype=float32`` (tensor cores, float32
+    output); elsewhere (or where that overload is missing) the inputs are upcast.
+    """
+    if _HALF_ACCUMULATE["ok"] and acc.device.type == "cuda" and acc.dtype == torch.float32 and a.dtype in (
+        torch.float16, torch.bfloat16
+    ):
+        try:
+            torch.addmm(acc, a, b.to(a.dtype), out_dtype=torch.float32, out=acc)
+            return
+        except (RuntimeError, TypeError):
+            _HALF_ACCUMULATE["ok"] = False
+    acc.addmm_(a.to(acc.dtype), b.to(acc.dtype))
+
+
 class _FusedDivergenceFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h_s, w_s, b_s, h_t, w_t, b_t, weights, z_mix, meta):
@@ -152,7 +172,7 @@ class _FusedDivergenceFunction(torch.autograd.Function):
             if need_h:
                 grad_h[rows] = g @ w_s
             if need_w:
-                grad_w.addmm_(g.T.to(acc), hs.to(acc))
+                _accumulate_product(grad_w, g.T, hs)
             if need_b:
                 grad_b += g.to(acc).sum(0)
         ctx.save_for_backward(grad_h, grad_w, grad_b)
