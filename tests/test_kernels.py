@@ -363,3 +363,20 @@ def test_auto_backend_self_check_falls_back_with_a_warning(monkeypatch):
     with pytest.warns(UserWarning, match="no kernel for this GPU"):
         assert fused._triton_self_check(device) is False
     assert fused._triton_self_check(device) is False  # decided once per device
+
+
+def test_no_gradient_work_under_no_grad_and_one_backward_only(monkeypatch):
+    from fdistill.kernels import fused
+
+    hs, ht, student, teacher = make_problem()
+    calls = []
+    original = fused._accumulate_product
+    monkeypatch.setattr(fused, "_accumulate_product", lambda *a: (calls.append(1), original(*a)))
+    with torch.no_grad():  # evaluation: values only, no weight-gradient accumulation
+        out = fused_divergence("tvd", hs, student, ht, teacher, on="teacher", chunk_size=5)
+    assert calls == [] and out.loss.grad_fn is None and out.terms.sum() > 0
+    out = fused_divergence("tvd", hs, student, ht, teacher, on="teacher", chunk_size=5)
+    assert len(calls) == 5  # one weight-gradient product per chunk (23 rows / 5)
+    out.loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="second backward"):
+        out.loss.backward()

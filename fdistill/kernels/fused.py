@@ -84,9 +84,9 @@ class FusedDivergence:
 
 
 def default_chunk_size(vocab_size: int, device: torch.device) -> int:
-    """Rows per chunk: ~2²² logits per model on CPU (16 MiB float32), ~2²⁶ on CUDA (large matmuls)."""
+    """Rows per chunk: ~2²² logits per model on CPU (16 MiB float32), ~2²⁶ on CUDA (large matmuls); at least 64."""
     budget = 2**26 if device.type == "cuda" else 2**22
-    return max(1, budget // vocab_size)
+    return max(64, budget // vocab_size)  # at least 64 rows: each chunk re-reads both heads
 
 
 def _mixture_logit(mixture_weight, n: int, dtype: torch.dtype, device) -> Tensor:
@@ -146,13 +146,14 @@ def _accumulate_product(acc: Tensor, a: Tensor, b: Tensor) -> None:
 class _FusedDivergenceFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h_s, w_s, b_s, h_t, w_t, b_t, weights, z_mix, meta):
-        kind, on, temperature, s_head, t_head, chunk, backend = meta
+        kind, on, temperature, s_head, t_head, chunk, backend, grad_enabled = meta
         n = h_s.shape[0]
         dev = h_s.device
         acc = torch.float64 if h_s.dtype == torch.float64 else torch.float32  # accumulation dtype
         terms, s_lse, t_lse, ent = (torch.zeros(n, dtype=acc, device=dev) for _ in range(4))
-        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        need_b = b_s is not None and ctx.needs_input_grad[2]
+        # needs_input_grad ignores no_grad(): ask the caller's grad mode too (evaluation computes no gradients)
+        need_h, need_w = grad_enabled and ctx.needs_input_grad[0], grad_enabled and ctx.needs_input_grad[1]
+        need_b = grad_enabled and b_s is not None and ctx.needs_input_grad[2]
         grad_h = torch.empty_like(h_s) if need_h else None
         grad_w = torch.zeros(w_s.shape, dtype=acc, device=dev) if need_w else None
         grad_b = torch.zeros(w_s.shape[0], dtype=acc, device=dev) if need_b else None
@@ -175,25 +176,25 @@ class _FusedDivergenceFunction(torch.autograd.Function):
                 _accumulate_product(grad_w, g.T, hs)
             if need_b:
                 grad_b += g.to(acc).sum(0)
-        ctx.save_for_backward(grad_h, grad_w, grad_b)
-        ctx.w_dtype, ctx.b_dtype = w_s.dtype, None if b_s is None else b_s.dtype
+        # Plain attributes, not save_for_backward: backward scales them in place and lets them go.
+        ctx.grads = (grad_h, grad_w, grad_b)
+        ctx.dtypes = (h_s.dtype, w_s.dtype, None if b_s is None else b_s.dtype)
         ctx.mark_non_differentiable(terms, s_lse, t_lse, ent)
         loss = (terms * weights.to(acc)).sum()
         return loss, terms, s_lse, t_lse, ent
 
     @staticmethod
     def backward(ctx, grad_loss, *_):
-        grad_h, grad_w, grad_b = ctx.saved_tensors
-
-        def scaled(g, like_dtype=None):
-            return None if g is None else (g * grad_loss).to(like_dtype or g.dtype)
-
-        return (
-            scaled(grad_h),
-            None if grad_w is None else scaled(grad_w, ctx.w_dtype),
-            None if grad_b is None else scaled(grad_b, ctx.b_dtype),
-            None, None, None, None, None, None,
-        )
+        if ctx.grads is None:
+            raise RuntimeError("fused_divergence's gradients were formed in its forward and already used; a second "
+                               "backward through the same loss needs a new fused_divergence call.")
+        grads = []
+        for g, dtype in zip(ctx.grads, ctx.dtypes):
+            if g is not None:
+                g = g.mul_(grad_loss.to(g.dtype)).to(dtype)  # in place: no second full-size copy
+            grads.append(g)
+        ctx.grads = None
+        return (*grads, None, None, None, None, None, None)
 
 
 def _resolve_backend(backend: str, device: torch.device) -> str:
@@ -323,7 +324,7 @@ def fused_divergence(
             raise ValueError(f"mask must be (N,) = ({n},), got {tuple(mask.shape)}.")
         rows = mask.bool().nonzero(as_tuple=True)[0]
         student_hidden, teacher_hidden, weights, z_mix = student_hidden[rows], teacher_hidden[rows], weights[rows], z_mix[rows]
-    meta = (kind, on, float(temperature), student_head, teacher_head, chunk, backend)
+    meta = (kind, on, float(temperature), student_head, teacher_head, chunk, backend, torch.is_grad_enabled())
     loss, terms, s_lse, t_lse, ent = _FusedDivergenceFunction.apply(
         student_hidden, student_head.weight, student_head.bias,
         teacher_hidden.detach(), teacher_head.weight.detach(),

@@ -176,6 +176,7 @@ def triton_chunk(kind, on, lin_s, lin_t, s_head, t_head, z_mix, weights, tempera
     lin_t = lin_t.contiguous()
     rows, vocab = lin_s.shape
     out = [torch.empty(rows, dtype=torch.float32, device=lin_s.device) for _ in range(4)]
+    block = min(block_v, triton.next_power_of_2(vocab))
     if rows:
         _divergence_rows_kernel[(rows,)](
             lin_s, lin_t, lin_s.stride(0), lin_t.stride(0), vocab,
@@ -183,8 +184,7 @@ def triton_chunk(kind, on, lin_s, lin_t, s_head, t_head, z_mix, weights, tempera
             float(s_head.scale), float(s_head.softcap or 1.0), float(t_head.scale), float(t_head.softcap or 1.0),
             1.0 / temperature,
             KIND=KINDS[kind], ON_STUDENT=on == "student", S_SOFTCAP=s_head.softcap is not None,
-            T_SOFTCAP=t_head.softcap is not None, BLOCK_V=min(block_v, triton.next_power_of_2(vocab)),
-            num_warps=8 if block_v >= 2048 else 4,
+            T_SOFTCAP=t_head.softcap is not None, BLOCK_V=block, num_warps=8 if block >= 2048 else 4,
         )
     terms, s_lse, t_lse, ent = out
     return terms, s_lse, t_lse, ent, lin_s
