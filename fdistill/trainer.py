@@ -4,15 +4,19 @@ The trainer orchestrates; the maths lives in :mod:`fdistill.divergences`. Each
 optimizer step:
 
 1. at the start of the step, the student draws one sample per prompt for every
-   micro-batch of the step (eval mode, KV cache, no gradient) — the parameters do not
-   change inside a step, so this equals sampling inside each micro-batch, and it gives
-   the exact token/sequence counts of the whole global batch before any loss is taken;
+   micro-batch of the step (eval mode, KV cache — static on CUDA, where transformers
+   compiles the decode step — no gradient); so does the teacher with
+   ``teacher_sampling="online"``. The parameters do not change inside a step, so this
+   equals sampling inside each micro-batch, and it gives the exact token/sequence counts
+   of the whole global batch before any loss is taken;
 2. for each micro-batch, one student forward (with gradient) and one teacher forward
    (no gradient) score every completion set the objective needs — offline teacher
-   samples and online student samples concatenated along the batch;
-3. one loss call (:func:`fdistill.divergences.f_divergence_loss` or a baseline term)
-   divided by the global count, so gradient accumulation and several processes give
-   exactly the full-batch gradient.
+   samples and online student samples concatenated along the batch (stored top-k teacher
+   log-probabilities replace the teacher forward with ``teacher_topk_logprobs``);
+3. one loss call (:func:`fdistill.divergences.f_divergence_loss`, its hidden-state twin
+   :func:`fdistill.kernels.fused_f_divergence_loss` with ``fused_divergence``, or a
+   baseline term) divided by the global count, so gradient accumulation and several
+   processes give exactly the full-batch gradient.
 
 References: Wen et al. 2023, "f-Divergence Minimization for Sequence-Level Knowledge
 Distillation" (ACL, arXiv:2305.15718), §2.3 (offline teacher sampling,
