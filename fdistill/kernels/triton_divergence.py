@@ -56,6 +56,17 @@ def _logits(lin_ptr, offs, in_vocab, scale, softcap, inv_t, SOFTCAP: tl.constexp
 
 
 @triton.jit
+def _block_logits(s_row, t_row, start, cols, V, s_scale, s_softcap, t_scale, t_softcap, inv_t,
+                  S_SOFTCAP: tl.constexpr, T_SOFTCAP: tl.constexpr):
+    """One vocabulary block of both rows: student z/T and ∂z/∂lin, teacher z/T, and the in-vocabulary mask."""
+    offs = start + cols
+    in_vocab = offs < V
+    zs, dz = _logits(s_row, offs, in_vocab, s_scale, s_softcap, inv_t, S_SOFTCAP)
+    zt, _ = _logits(t_row, offs, in_vocab, t_scale, t_softcap, inv_t, T_SOFTCAP)
+    return zs, dz, zt, offs, in_vocab
+
+
+@triton.jit
 def _row_block(zs, zt, s_lse, t_lse, log_w, log_1mw, KIND: tl.constexpr, ON_STUDENT: tl.constexpr):
     """Per-vocabulary-entry term contributions, c_v and q of one block."""
     a = zs - s_lse  # log q
@@ -113,10 +124,7 @@ def _divergence_rows_kernel(
     t_sum = 0.0
     s_dot = 0.0
     for start in range(0, V, BLOCK_V):
-        offs = start + cols
-        in_vocab = offs < V
-        zs, _ = _logits(s_row, offs, in_vocab, s_scale, s_softcap, inv_t, S_SOFTCAP)
-        zt, _ = _logits(t_row, offs, in_vocab, t_scale, t_softcap, inv_t, T_SOFTCAP)
+        zs, _, zt, _, _ = _block_logits(s_row, t_row, start, cols, V, s_scale, s_softcap, t_scale, t_softcap, inv_t, S_SOFTCAP, T_SOFTCAP)
         s_new = tl.maximum(s_max, tl.max(zs, 0))
         t_new = tl.maximum(t_max, tl.max(zt, 0))
         s_ref = tl.where(s_new == neg_inf, 0.0, s_new)
@@ -141,10 +149,7 @@ def _divergence_rows_kernel(
     term_acc = tl.zeros((BLOCK_V,), tl.float32)
     c_acc = tl.zeros((BLOCK_V,), tl.float32)
     for start in range(0, V, BLOCK_V):
-        offs = start + cols
-        in_vocab = offs < V
-        zs, _ = _logits(s_row, offs, in_vocab, s_scale, s_softcap, inv_t, S_SOFTCAP)
-        zt, _ = _logits(t_row, offs, in_vocab, t_scale, t_softcap, inv_t, T_SOFTCAP)
+        zs, _, zt, _, in_vocab = _block_logits(s_row, t_row, start, cols, V, s_scale, s_softcap, t_scale, t_softcap, inv_t, S_SOFTCAP, T_SOFTCAP)
         term, c, _ = _row_block(zs, zt, s_lse, t_lse, log_w, log_1mw, KIND, ON_STUDENT)
         term_acc += tl.where(in_vocab, term, 0.0)
         c_acc += tl.where(in_vocab, c, 0.0)
@@ -153,10 +158,7 @@ def _divergence_rows_kernel(
 
     # pass 3: r·(c − q·C)·∂z/∂lin over the student's buffer
     for start in range(0, V, BLOCK_V):
-        offs = start + cols
-        in_vocab = offs < V
-        zs, dz = _logits(s_row, offs, in_vocab, s_scale, s_softcap, inv_t, S_SOFTCAP)
-        zt, _ = _logits(t_row, offs, in_vocab, t_scale, t_softcap, inv_t, T_SOFTCAP)
+        zs, dz, zt, offs, in_vocab = _block_logits(s_row, t_row, start, cols, V, s_scale, s_softcap, t_scale, t_softcap, inv_t, S_SOFTCAP, T_SOFTCAP)
         _, c, q = _row_block(zs, zt, s_lse, t_lse, log_w, log_1mw, KIND, ON_STUDENT)
         grad = r * (c - q * c_total) * dz
         tl.store(s_row + offs, grad.to(lin_s_ptr.dtype.element_ty), mask=in_vocab)
