@@ -284,6 +284,15 @@ def test_peft_student_and_check_head():
     with pytest.raises(ValueError, match="fused_divergence=False"):
         check_head(Odd(teacher), {"input_ids": ids})
 
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    dropout = LlamaForCausalLM(LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                           num_attention_heads=4, num_key_value_heads=2, attention_dropout=0.5))
+    dropout.train()
+    state = torch.random.get_rng_state()
+    check_head(dropout, {"input_ids": ids})  # a training model with dropout: checked without randomness
+    assert dropout.training and torch.equal(torch.random.get_rng_state(), state)
+
 
 # ----------------------------------------------------------------------------- the Triton kernel
 

@@ -129,10 +129,18 @@ def capture_head_inputs(model: nn.Module):
 
 @torch.no_grad()
 def check_head(model: nn.Module, model_inputs: dict, *, atol: float = 1e-3) -> None:
-    """Raise if :func:`output_head` applied to the captured hidden states differs from ``model``'s own logits."""
-    reference = model(**model_inputs, use_cache=False).logits
-    with capture_head_inputs(model) as captured:
-        model(**model_inputs, use_cache=False)
+    """Raise if :func:`output_head` applied to the captured hidden states differs from ``model``'s own logits.
+
+    Runs in eval mode (no dropout, so no randomness is drawn) and restores the model's mode.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        reference = model(**model_inputs, use_cache=False).logits
+        with capture_head_inputs(model) as captured:
+            model(**model_inputs, use_cache=False)
+    finally:
+        model.train(was_training)
     logits = head_logits(output_head(model), captured[-1])
     n = min(reference.shape[1], logits.shape[1])
     gap = (logits[:, -n:].float() - reference[:, -n:].float()).abs().max().item()
