@@ -311,6 +311,11 @@ class FDistillMixin:
             return False
         if a.fused_divergence is None and self.args.device.type != "cuda":
             return False
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:  # sharded LM heads are not whole on any process
+            if a.fused_divergence:
+                raise ValueError("fused_divergence=True needs each process to hold the whole LM head; it is not "
+                                 "supported with FSDP or DeepSpeed. Leave fused_divergence unset or False.")
+            return False
         if not self._heads_checked:
             pad = self.processing_class.pad_token_id
             config = _base_model(model).config
