@@ -134,7 +134,7 @@ def test_audio_experiment_end_to_end_and_resume(tmp_path, capsys):
     assert all(math.isfinite(r["teacher_loglik_per_sample"]) for r in ev.values())
     # the teacher samples one step at a time; the students in one parallel pass
     assert all(ev[m]["real_time_factor"] < ev["teacher"]["real_time_factor"] for m in names[2:])
-    history = torch.load(os.path.join(out, "teacher.pt"), weights_only=False)["history"]
+    history = json.load(open(os.path.join(out, "teacher.json")))["history"]  # settings/records: JSON, tensors: safetensors
     assert sum(history[-10:]) < sum(history[:10])  # the teacher learns
     for name in ("summary.json", "table.md", "spectrograms.png", "wav/oracle.wav", "wav/real_speech.wav"):
         assert os.path.exists(os.path.join(out, name))
@@ -177,3 +177,63 @@ def test_cli_audio(tmp_path):
     with pytest.raises(SystemExit):
         main(["vocoder", "audio", "recipes/vocoder/audio.yaml", "methods=[gan]", f"output_dir={tmp_path / 'x'}"])
     assert not os.path.exists(tmp_path / "x")
+
+
+class _RunsCode:
+    """Unpickling this runs a shell command that creates ``marker`` — what a crafted stage file could do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _crafted_pickle(path, marker):
+    import pickle
+
+    with open(path, "wb") as f:
+        pickle.dump({"state_dict": _RunsCode(marker)}, f)
+
+
+@pytest.mark.parametrize("stage_file", ["teacher.pt", "teacher.safetensors"])
+def test_crafted_pickle_in_the_output_folder_is_never_run(tmp_path, stage_file):
+    from fdistill.flows.checks import StageFileError
+    from fdistill.vocoder.audio import TEACHER_SETTINGS, _settings
+
+    out, marker = tmp_path / "audio", tmp_path / "marker"
+    out.mkdir()
+    config = load_audio_config(None, TINY + ["teacher_steps=2", "methods=[x_rec]", f"output_dir={out}"])
+    _crafted_pickle(out / stage_file, marker)
+    if stage_file.endswith(".safetensors"):  # a complete-looking new-format stage whose tensors are a pickle
+        json.dump({"settings": _settings(config, TEACHER_SETTINGS), "record": {}}, open(out / "teacher.json", "w"))
+    with pytest.raises(StageFileError, match="(?i)delete it") as error:
+        run_audio_experiment(config, log=lambda *_: None)
+    assert stage_file in str(error.value) and not marker.exists()
+    assert sorted(os.listdir(out)) == sorted({stage_file, "teacher.json"} & set(os.listdir(out)))  # nothing written
+
+
+def test_a_stage_whose_steps_are_all_non_finite_is_an_error_not_a_result(tmp_path, monkeypatch):
+    out = tmp_path / "audio"
+    config = load_audio_config(None, TINY + ["teacher_steps=6", "methods=[x_rec]", f"output_dir={out}"])
+    monkeypatch.setattr(GaussianWaveNet, "log_prob", lambda self, x, mel: torch.full(x.shape[:1], float("nan")))
+    with pytest.raises(ValueError, match=r"teacher: 4 of 6 optimiser steps had a non-finite loss.*learning_rate"):
+        run_audio_experiment(config, log=lambda *_: None)
+    assert not (out / "teacher.json").exists() and not (out / "summary.json").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("hop=0", "hop=0 must be ≥ 1"), ("batch_size=0", "batch_size=0 must be ≥ 1"),
+    ("teacher_steps=-5", "teacher_steps=-5 must be ≥ 1"), ("student_steps=0", "student_steps=0"),
+    ("sample_rate=abc", "sample_rate='abc'"), ("sample_rate=4000", "8000 Hz or more"),
+    ("learning_rate=[1, 2]", "learning_rate=\\[1, 2\\]"), ("learning_rate=0", "learning_rate=0"),
+    ("learning_rate=.inf", "learning_rate=inf"), ("methods=[]", "non-empty list"),
+    ("methods=[x_rec, x_rec]", "repeats"), ("teacher_dilations=[]", "teacher_dilations"),
+    ("student_dilations=[1, 0]", "student_dilations"), ("seed=-1", "seed=-1 must be ≥ 0"),
+    ("n_fft=8192", "n_fft=8192"), ("eval_seconds=0.01", "eval_seconds"), ("eval_clips=0", "eval_clips"),
+    ("x_rec_noise=-1", "x_rec_noise"), ("recon_distance=cos", "recon_distance"), ("corpus=wav", "corpus"),
+    ("output_dir=README.md", "existing file"),
+])
+def test_bad_settings_are_one_clear_error_before_any_work(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_audio_config(None, ["corpus=synthetic", override])

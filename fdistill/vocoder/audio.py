@@ -8,7 +8,9 @@ multi-resolution STFT and log-mel distances to the held-out speech with the same
 real speech (the "whispering" check: too little low-band power, too much high-band), and the real-time factor of
 sequential teacher sampling vs parallel student sampling on the same machine; WAV files and a spectrogram figure.
 
-Resumable: the teacher, the oracle rollouts and each student are saved when complete; a rerun reuses them.
+Resumable: the teacher, the oracle rollouts and each student are saved when complete (``{stage}.safetensors`` for the
+tensors, ``{stage}.json`` for the settings and records; nothing pickled is ever loaded) and a rerun with the same
+settings reuses them. A stage in which more than half of the optimiser steps were non-finite stops with an error.
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fdistill.errors import InputError, invalid
+from fdistill.flows import checks
 from fdistill.yaml_config import load_dataclass_config
 
 from .losses import clarinet_kl, distance, power_loss, reverse_kl, stft_magnitude_loss
 from .speech import (
+    RESOLUTIONS,
     LogMel,
     SpeechCorpus,
     band_powers_db,
@@ -44,7 +49,7 @@ METHODS = ("reverse_kl", "clarinet", "z_rec", "x_rec", "oracle")
 class AudioExperimentConfig:
     """Every key of ``recipes/vocoder/audio.yaml``."""
 
-    sample_rate: int = 8000
+    sample_rate: int = field(default=8000, metadata={"help": "Hz, ≥ 8000 (the band-power check spans 0–4 kHz)"})
     n_fft: int = 256
     hop: int = 64
     n_mels: int = 40
@@ -53,13 +58,13 @@ class AudioExperimentConfig:
     batch_size: int = 8
     learning_rate: float = 1e-3
     teacher_channels: int = 32
-    teacher_dilations: list = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64, 128])
+    teacher_dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64, 128])
     teacher_steps: int = 1500
     student_flows: int = 3
     student_channels: int = 24
-    student_dilations: list = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
+    student_dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
     student_steps: int = 600
-    methods: list = field(default_factory=lambda: list(METHODS))
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
     power_weight: float = 1.0  # reverse KL's power loss
     stft_weight: float = 1.0  # ClariNet's STFT magnitude loss
     recon_distance: str = "l2"  # z-reconstruction and oracle prediction
@@ -72,18 +77,46 @@ class AudioExperimentConfig:
     output_dir: str = "runs/vocoder/audio"
 
     def __post_init__(self):
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown:
-            raise ValueError(f"unknown methods {unknown}; choose from {METHODS}")
-        if self.corpus not in ("espeak", "synthetic"):
-            raise ValueError(f"corpus={self.corpus!r}: choose 'espeak' or 'synthetic'")
+        """Every setting checked before anything is loaded, trained or written: one error naming value and fix."""
+        for name in ("sample_rate", "n_fft", "hop", "n_mels", "segment", "batch_size", "teacher_channels",
+                     "teacher_steps", "student_flows", "student_channels", "student_steps", "oracle_rollouts",
+                     "eval_clips"):
+            checks.whole_number(name, getattr(self, name))
+        checks.whole_number("seed", self.seed, low=0)
+        if self.sample_rate < 8000:
+            raise invalid("sample_rate", self.sample_rate, "use 8000 Hz or more (the band-power check compares "
+                          "0–1, 1–2 and 2–4 kHz).")
+        checks.number("learning_rate", self.learning_rate)
+        checks.number("eval_seconds", self.eval_seconds)
+        for name in ("power_weight", "stft_weight", "x_rec_noise"):
+            checks.number(name, getattr(self, name), allow_low=True)
+        checks.whole_numbers("teacher_dilations", self.teacher_dilations, example="[1, 2, 4, 8]")
+        checks.whole_numbers("student_dilations", self.student_dilations, example="[1, 2, 4, 8]")
+        checks.names("methods", self.methods, METHODS)
+        checks.choice("corpus", self.corpus, ("espeak", "synthetic"))
+        for name in ("recon_distance", "x_rec_distance"):
+            checks.choice(name, getattr(self, name), ("l1", "l2"))
+        if self.segment % self.hop:
+            raise invalid("segment", self.segment, f"must be a multiple of hop={self.hop} (e.g. "
+                          f"{max(self.segment // self.hop, 1) * self.hop}).")
+        if self.n_fft // 2 >= self.segment:
+            raise invalid("n_fft", self.n_fft, f"must be under 2 × segment={self.segment} (the STFT pads n_fft/2 "
+                          "samples by reflection); lower n_fft or raise segment.")
+        if self.n_mels > self.n_fft // 2:
+            raise invalid("n_mels", self.n_mels, f"use at most n_fft/2 = {self.n_fft // 2} mel bands (more leave "
+                          "bands without an STFT bin).")
+        window = max(n for n, _ in RESOLUTIONS)
+        if self.evaluation_length() < window:
+            raise invalid("eval_seconds", self.eval_seconds, f"evaluation clips need at least {window} samples (the "
+                          f"largest STFT window of the MR-STFT distance) at sample_rate={self.sample_rate}; raise "
+                          "eval_seconds.")
+        checks.output_folder("output_dir", self.output_dir)
         if self.corpus == "espeak" and not espeak_available():
             raise ValueError("corpus=espeak needs espeak-ng: `apt-get install espeak-ng` (or corpus=synthetic)")
-        if self.segment % self.hop:
-            raise ValueError(f"segment={self.segment} must be a multiple of hop={self.hop}")
-        for name in ("recon_distance", "x_rec_distance"):
-            if getattr(self, name) not in ("l1", "l2"):
-                raise ValueError(f"{name}={getattr(self, name)!r}: choose 'l1' or 'l2'")
+
+    def evaluation_length(self) -> int:
+        """Samples per held-out evaluation clip: ``eval_seconds`` rounded down to whole hops."""
+        return int(self.eval_seconds * self.sample_rate) // self.hop * self.hop
 
 
 def synthetic_corpus(sample_rate: int, seconds: float = 1.0, utterances: int = 12, held_out: int = 3,
@@ -156,21 +189,19 @@ def _settings(config: AudioExperimentConfig, keys) -> dict:
     return {k: getattr(config, k) for k in keys}
 
 
-def _save(path: str, payload: dict) -> None:
-    torch.save(payload, path + ".tmp")
-    os.replace(path + ".tmp", path)
+def _stage(config: AudioExperimentConfig, name: str) -> str:
+    """Base path of a saved stage: ``{output_dir}/{name}.safetensors`` (tensors) + ``.json`` (settings, record)."""
+    return os.path.join(config.output_dir, name)
 
 
-def _load_checked(path: str, settings: dict) -> dict | None:
-    """A finished stage to reuse, or None; one saved with other settings is an error, never silently reused."""
-    if not os.path.exists(path):
-        return None
-    saved = torch.load(path, weights_only=False)
-    if saved.get("settings") != settings:
-        changed = sorted(k for k in settings if (saved.get("settings") or {}).get(k) != settings[k])
-        raise ValueError(f"{path} was made with other settings ({', '.join(changed) or 'unrecorded'} differ); use "
-                         "another output_dir or delete the file to redo it")
-    return saved
+def _check_steps(stage: str, skipped: int, steps: int, config: AudioExperimentConfig) -> None:
+    """Stop a stage once more than half of its optimiser steps had a non-finite loss: it would save an untrained
+    model as finished."""
+    if skipped > steps // 2:
+        raise InputError(f"{stage}: {skipped} of {steps} optimiser steps had a non-finite loss and were skipped, so "
+                         f"it cannot train; likely cause: learning_rate={config.learning_rate!r} too high, or "
+                         "non-finite audio. Lower learning_rate (or check the corpus) and run again; nothing of "
+                         "this stage was saved.")
 
 
 def _update(module: torch.nn.Module, optimizer, loss: torch.Tensor) -> bool:
@@ -185,15 +216,14 @@ def _update(module: torch.nn.Module, optimizer, loss: torch.Tensor) -> bool:
 
 
 def train_teacher(config, corpus, logmel, log=print) -> tuple[GaussianWaveNet, dict]:
-    path = os.path.join(config.output_dir, "teacher.pt")
+    path = _stage(config, "teacher")
     torch.manual_seed(config.seed)
     teacher = GaussianWaveNet(config.n_mels, config.hop, config.teacher_channels, tuple(config.teacher_dilations))
-    settings = _settings(config, TEACHER_SETTINGS)
-    saved = _load_checked(path, settings)
+    saved = checks.load_stage(path, _settings(config, TEACHER_SETTINGS))
     if saved:
-        teacher.load_state_dict(saved["state_dict"])
+        teacher.load_state_dict(saved[0])
         log("teacher: reusing " + path)
-        return teacher.eval(), saved["record"]
+        return teacher.eval(), saved[1]["record"]
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.Adam(teacher.parameters(), lr=config.learning_rate)
     start, history, skipped = time.perf_counter(), [], 0
@@ -202,6 +232,7 @@ def train_teacher(config, corpus, logmel, log=print) -> tuple[GaussianWaveNet, d
         nll = -teacher.log_prob(real, logmel(real)).mean() / config.segment
         if not _update(teacher, optimizer, nll):
             skipped += 1
+            _check_steps("teacher", skipped, config.teacher_steps, config)
             continue
         history.append(nll.item())
         if step % 100 == 0 or step == config.teacher_steps - 1:
@@ -209,38 +240,40 @@ def train_teacher(config, corpus, logmel, log=print) -> tuple[GaussianWaveNet, d
     record = {"train_seconds": time.perf_counter() - start, "skipped_steps": skipped,
               "final_train_nll": sum(history[-50:]) / max(len(history[-50:]), 1),
               "parameters": sum(p.numel() for p in teacher.parameters()), "receptive_field": teacher.receptive_field}
-    _save(path, {"state_dict": teacher.state_dict(), "record": record, "history": history, "settings": settings})
+    checks.save_stage(path, teacher.state_dict(), {"settings": _settings(config, TEACHER_SETTINGS), "record": record,
+                                                   "history": history})
     return teacher.eval(), record
 
 
 def teacher_rollouts(config, corpus, logmel, teacher, log=print) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(z, T⁻¹(z), mel) for oracle prediction: sequential teacher samples conditioned on training mels."""
-    path = os.path.join(config.output_dir, "oracle_rollouts.pt")
+    path = _stage(config, "oracle_rollouts")
     settings = _settings(config, TEACHER_SETTINGS + ("oracle_rollouts",))
-    saved = _load_checked(path, settings)
+    saved = checks.load_stage(path, settings)
     if saved:
-        return saved["z"], saved["audio"], saved["mel"]
+        return saved[0]["z"], saved[0]["audio"], saved[0]["mel"]
     generator = torch.Generator().manual_seed(config.seed + 1)
     real = random_segments(corpus.train, config.oracle_rollouts, config.segment, generator)
     mel = logmel(real)
     start = time.perf_counter()
     audio, z, _ = teacher.sample(mel, config.segment, generator=generator)
     log(f"oracle rollouts: {config.oracle_rollouts} × {config.segment} samples in {time.perf_counter() - start:.0f} s")
-    _save(path, {"z": z, "audio": audio, "mel": mel, "settings": settings})
+    checks.finite_rows(f"oracle rollouts of the teacher in {config.output_dir}", audio)
+    checks.save_stage(path, {"z": z, "audio": audio, "mel": mel}, {"settings": settings})
     return z, audio, mel
 
 
 def train_student(config, corpus, logmel, teacher, method, rollouts=None, log=print) -> tuple[IAFStudent, dict]:
-    path = os.path.join(config.output_dir, f"student_{method}.pt")
+    path = _stage(config, f"student_{method}")
     torch.manual_seed(config.seed + 1000)
     student = IAFStudent(config.n_mels, config.hop, config.student_flows, config.student_channels,
                          tuple(config.student_dilations))
     settings = _settings(config, STUDENT_SETTINGS + METHOD_SETTINGS[method])
-    saved = _load_checked(path, settings)
+    saved = checks.load_stage(path, settings)
     if saved:
-        student.load_state_dict(saved["state_dict"])
+        student.load_state_dict(saved[0])
         log(f"{method}: reusing {path}")
-        return student.eval(), saved["record"]
+        return student.eval(), saved[1]["record"]
     teacher.requires_grad_(False)
     generator = torch.Generator().manual_seed(config.seed + 2)
     optimizer = torch.optim.Adam(student.parameters(), lr=config.learning_rate)
@@ -253,7 +286,8 @@ def train_student(config, corpus, logmel, teacher, method, rollouts=None, log=pr
             rollout, mel = (rollouts[0][index], rollouts[1][index]), rollouts[2][index]
         loss = student_objective(method, student, teacher, real, mel, config, generator, rollout)
         if not _update(student, optimizer, loss):
-            skipped += 1  # reported, never hidden
+            skipped += 1  # reported, never hidden; more than half: an error
+            _check_steps(f"student {method}", skipped, config.student_steps, config)
             continue
         history.append(loss.item())
         if step % 100 == 0 or step == config.student_steps - 1:
@@ -261,7 +295,7 @@ def train_student(config, corpus, logmel, teacher, method, rollouts=None, log=pr
     record = {"train_seconds": time.perf_counter() - start, "skipped_steps": skipped,
               "final_loss": sum(history[-50:]) / max(len(history[-50:]), 1),
               "parameters": sum(p.numel() for p in student.parameters())}
-    _save(path, {"state_dict": student.state_dict(), "record": record, "history": history, "settings": settings})
+    checks.save_stage(path, student.state_dict(), {"settings": settings, "record": record, "history": history})
     return student.eval(), record
 
 
@@ -274,7 +308,7 @@ def _timed(fn):
 @torch.no_grad()
 def evaluate(config, corpus, logmel, teacher, students: dict, log=print) -> dict:
     """Per model: teacher log-likelihood (nats/sample), MR-STFT and log-mel distances, band powers, RTF."""
-    length = int(config.eval_seconds * config.sample_rate) // config.hop * config.hop
+    length = config.evaluation_length()
     clips = [c[:length] for c in corpus.held_out[: config.eval_clips]]
     real = torch.stack([torch.nn.functional.pad(c, (0, length - len(c))) for c in clips])
     mel = logmel(real)
@@ -322,8 +356,11 @@ def run_audio_experiment(config: AudioExperimentConfig, log=print) -> dict:
     """Run (or resume) the audio experiment; writes summary.json, table.md, wav/ and spectrograms.png."""
     start = time.perf_counter()
     torch.manual_seed(config.seed)
-    os.makedirs(config.output_dir, exist_ok=True)
     corpus = load_corpus(config)
+    for part in ("train", "held_out"):
+        for i, clip in enumerate(getattr(corpus, part)):
+            checks.finite_rows(f"{config.corpus} corpus {part} clip {i}", clip)
+    os.makedirs(config.output_dir, exist_ok=True)
     log(f"corpus: {config.corpus}, {corpus.seconds('train'):.1f} s train / {corpus.seconds('held_out'):.1f} s "
         f"held out at {config.sample_rate} Hz")
     logmel = LogMel(config.sample_rate, config.n_fft, config.hop, config.n_mels)
