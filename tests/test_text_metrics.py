@@ -51,6 +51,55 @@ def test_identical_texts_score_perfectly():
     assert tm.rouge(PREDS, PREDS) == pytest.approx({"rouge1": 100.0, "rouge2": 100.0, "rougeL": 100.0})
 
 
+# One sentence per script, long enough for BLEU-4 (at least four tokens), with the tokenisation "auto" picks.
+SCRIPTS = {
+    "english": ("the cat sat on the mat", "13a"),
+    "romanian": ("Îmi plac foarte mult pisicile mici", "13a"),
+    "chinese": ("我喜欢在下午吃苹果和香蕉", "zh"),
+    "japanese": ("私は猫がとても好きです", "char"),
+    "thai": ("ฉันชอบแมวตัวเล็กมาก", "char"),
+    "emoji": ("😀😂🎉🎈🌟👍🏽", "intl"),
+    "hebrew": ("אני מאוד אוהב חתולים קטנים", "intl"),
+    "arabic": ("أنا أحب القطط الصغيرة كثيرا، أليس كذلك؟", "intl"),
+    "russian": ("Я очень люблю маленьких «кошек»", "intl"),
+    "hindi": ("मुझे बिल्लियाँ बहुत पसंद हैं।", "intl"),
+    "korean": ("나는 작은 고양이를 정말 좋아한다", "intl"),
+}
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_identical_texts_score_perfectly_in_every_script(script):
+    text, chosen = SCRIPTS[script]
+    assert tm.resolve_tokenize("auto", [text]) == chosen
+    out = tm.compute_text_metrics([text, text], [text, [text, "x"]], metrics=("bleu", "chrf", "ter", "rouge"))
+    assert out == pytest.approx({"bleu": 100, "chrf": 100, "ter": 0, "rouge1": 100, "rouge2": 100, "rougeL": 100})
+    # A partly different prediction scores in between (the tokens are real words or characters, not one blob).
+    half = text[: len(text) // 2]
+    partial = tm.compute_text_metrics([half], [text], metrics=("rouge",))
+    assert 0 < partial["rouge1"] < 100
+
+
+def test_tokenize_is_settable_and_english_is_unchanged():
+    zh = "我喜欢在下午吃苹果和香蕉"
+    # 13a leaves an unspaced Chinese sentence as one word: no 4-gram, BLEU 0 (what users saw before "auto").
+    assert tm.bleu([zh], [zh], tokenize="13a") == 0.0
+    assert tm.bleu([zh], [zh], tokenize="char") == pytest.approx(100.0)
+    assert tm.rouge([zh], [zh], tokenize="char")["rouge1"] == pytest.approx(100.0)
+    # char ROUGE counts characters: "cat" vs "cut" share c and t → F = 2/3.
+    assert tm.rouge(["cat"], ["cut"], tokenize="char")["rouge1"] == pytest.approx(100 * 2 / 3)
+    with pytest.raises(ValueError, match="tokenize='bpe' is not valid"):
+        tm.bleu(PREDS, REFS, tokenize="bpe")
+    # English (ASCII) text: auto is sacrebleu's default and rouge-score's own tokenizer, exactly.
+    assert tm.resolve_tokenize("auto", MULTI) == "13a"
+    assert tm.bleu(PREDS, MULTI) == BLEU().corpus_score(PREDS, MULTI_STREAMS).score
+    english = "The cats’ owners — don’t they (really) love 3 dogs?"  # curly quotes and a dash: not ASCII
+    for stem in (True, False):
+        default = RougeScorer(["rouge1"], use_stemmer=stem)._tokenizer
+        for text in (PREDS[1], REFS[0], english, "x_y 12ab, C-3PO's"):
+            assert tm.RougeTokenizer(stem).tokenize(text) == default.tokenize(text)
+    assert tm.resolve_tokenize("auto", [english]) == "13a"
+
+
 def test_rouge_matches_rouge_score():
     scorer = RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
     # Single reference: mean F-measure × 100.
@@ -123,12 +172,24 @@ def _explode(*args, **kwargs):
         (PREDS, [REFS[0], []], ("bleu",), r"references\[1\]"),
         (PREDS, [REFS[0], None], ("bleu",), r"references\[1\]"),
         ([PREDS[0], 3], REFS, ("bleu",), "must hold strings"),
+        ([PREDS[0], None], REFS, ("bleu",), r"predictions\[1\]=None is not a string.*use \"\" for an empty"),
+        (PREDS, [REFS[0], ["a", None]], ("bleu",), r"references\[1\]\[1\]=None is not valid"),
+        (PREDS, {"a": 1, "b": 2}, ("bleu",), "references must be a list.*dict"),
+        (PREDS, REFS, ("bleu", "rouge", "rouge"), None),  # valid: runs (here: the patched bleu explodes)
     ],
 )
 def test_compute_text_metrics_rejects_bad_input_before_work(monkeypatch, preds, refs, metrics, match):
     monkeypatch.setattr(tm, "bleu", _explode)
+    if match is None:  # the control case: valid input reaches the metrics
+        with pytest.raises(AssertionError, match="before the inputs were checked"):
+            tm.compute_text_metrics(preds, refs, metrics=metrics)
+        return
     with pytest.raises(ValueError, match=match):
         tm.compute_text_metrics(preds, refs, metrics=metrics)
+    with pytest.raises(ValueError, match="tokenize='spacy' is not valid: use one of auto, 13a"):
+        tm.compute_text_metrics(PREDS, REFS, metrics=("bleu",), tokenize="spacy")
+    with pytest.raises(ValueError, match=r"unknown bertscore_kwargs \['layers'\]"):
+        tm.compute_text_metrics(PREDS, REFS, metrics=("bleu",), bertscore_kwargs={"layers": 3})
 
 
 def test_bad_input_of_single_metrics():
