@@ -1,6 +1,7 @@
 """Checks of settings, data and saved stages shared by the flows and vocoder experiments.
 
-Each check raises one `fdistill.errors.InputError` (a ValueError) that names the setting or file, the value seen and
+Saved stages (`save_stage`, `load_stage`) are safetensors + JSON: resuming never unpickles a file of an output
+folder (a crafted pickle could run code). Each check raises one `fdistill.errors.InputError` (a ValueError) that names the setting or file, the value seen and
 the fix; experiment configs call them in ``__post_init__``, so a bad value stops a run before anything is loaded,
 trained or written. (Kept here, next to their first users; ``fdistill.vocoder`` imports them too.)
 
@@ -39,14 +40,14 @@ def number(name: str, value, low: float = 0.0, allow_low: bool = False) -> float
     return value
 
 
-def whole_numbers(name: str, values, low: int = 1, example: str = "[1, 2, 4]") -> list[int]:
-    """A non-empty list of distinct ints ≥ ``low``, else an InputError."""
+def whole_numbers(name: str, values, low: int = 1, example: str = "[1, 2, 4]", distinct: bool = True) -> list[int]:
+    """A non-empty list of ints ≥ ``low`` (each once, when ``distinct``), else an InputError."""
     if not isinstance(values, (list, tuple)) or not values:
         raise invalid(name, values, f"give a non-empty list of ints ≥ {low}, e.g. {example}.")
     for value in values:
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise invalid(name, values, f"every item must be a whole number ≥ {low} (saw {value!r}); e.g. {example}.")
-    if len(set(values)) != len(values):
+    if distinct and len(set(values)) != len(values):
         raise invalid(name, values, f"items repeat; list each once, e.g. {example}.")
     return list(values)
 
@@ -86,7 +87,10 @@ def finite_rows(what: str, array) -> None:
 
     ``array``: ``[N, ...]`` (numpy, torch or a pandas DataFrame); row ``i`` is ``array[i]``.
     """
-    values = np.asarray(array, dtype=np.float64)
+    try:
+        values = np.asarray(array, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{what} holds values that are not numbers ({err}); fix or re-create it.") from None
     bad = ~np.isfinite(values)
     if not bad.any():
         return

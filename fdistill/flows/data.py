@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import checks
+
 DIGIT_LEVELS = 17
 SKLEARN_TABULAR = ("breast_cancer", "wine", "diabetes")
 FLOW_DATASETS = ("digits",) + SKLEARN_TABULAR + ("power", "gas", "hepmass", "miniboone", "bsds300")
@@ -100,18 +102,26 @@ def load_sklearn_tabular(name: str, split_seed: int = 0) -> FlowData:
 
 
 def load_flow_data(name: str, data_root: str | None = None, split_seed: int = 0) -> FlowData:
-    """Load a data set by name: ``digits``, a scikit-learn tabular set, or a MAF paper set from ``data_root``."""
-    key = name.lower()
+    """Load a data set by name: ``digits``, a scikit-learn tabular set, or a MAF paper set from ``data_root``.
+
+    Every split is checked for NaN/±inf (`fdistill.flows.checks.finite_rows`): a non-finite value is one error naming
+    the data set, the count and the first bad row, never a run whose every step is skipped.
+    """
+    key = name.lower() if isinstance(name, str) else None
     if key not in FLOW_DATASETS:
         raise ValueError(f"unknown data set {name!r}; choose one of {FLOW_DATASETS}")
     if key == "digits":
-        return load_digits_data(split_seed)
-    if key in SKLEARN_TABULAR:
-        return load_sklearn_tabular(key, split_seed)
-    if not data_root:
+        data = load_digits_data(split_seed)
+    elif key in SKLEARN_TABULAR:
+        data = load_sklearn_tabular(key, split_seed)
+    elif not data_root:
         raise ValueError(f"data set {name!r} is read from local files: set data_root to the folder holding the "
                          "MAF data archive (see fdistill.flows.paper_datasets)")
-    from .paper_datasets import load_paper_dataset
+    else:
+        from .paper_datasets import load_paper_dataset
 
-    train, val, test = load_paper_dataset(key, data_root)
-    return _standardised(key, train, val, test, standardise=False)  # already preprocessed the standard way
+        train, val, test = load_paper_dataset(key, data_root)
+        data = _standardised(key, train, val, test, standardise=False)  # already preprocessed the standard way
+    for split in ("train", "validate", "test"):
+        checks.finite_rows(f"data set {key!r} ({split} split, after preprocessing)", getattr(data, split))
+    return data

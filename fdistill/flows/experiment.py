@@ -27,18 +27,21 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from fdistill.errors import InputError, invalid
 from fdistill.yaml_config import load_dataclass_config
 
+from . import checks
 from .data import FLOW_DATASETS, FlowData, bits_per_dim, load_flow_data
 from .losses import DISTANCES, LossWeights, align_paths
 from .metrics import (
+    DigitsFeatureNet,
     bootstrap_frechet,
     mmd_rbf,
     sampling_throughput,
     save_sample_grid,
     train_digits_feature_net,
 )
-from .models import FLOW_CLASSES, Flow, build_flow, load_flow, save_flow
+from .models import FLOW_CLASSES, Flow, build_flow, check_architecture, load_flow, save_flow
 from .training import FlowTrainingArguments, evaluate_nll, train_flow
 
 ALIGNMENTS = ("auto", "levels", "uniform")
@@ -58,21 +61,23 @@ class FlowExperimentConfig:
     data_root: str | None = field(default=None, metadata={"help": "folder of the MAF data archive (paper sets)"})
     split_seed: int = 0
     flow: str = field(default="glow", metadata={"help": f"one of {sorted(FLOW_CLASSES)}"})
-    teacher: dict = field(default_factory=lambda: {"levels": 3, "depth": 8, "hidden": 64})
+    teacher: dict = field(default_factory=lambda: {"levels": 3, "depth": 8, "hidden": 64},
+                          metadata={"help": "architecture sizes (glow: levels, depth, hidden; maf/iaf: blocks, "
+                                            "hidden, hidden_layers)"})
     student: dict = field(default_factory=lambda: {"levels": 3, "depth": 2, "hidden": 32})
     teacher_epochs: int = 100
     student_epochs: int = 100
     batch_size: int = 128
     learning_rate: float = 1e-3
     max_grad_norm: float = 10.0
-    methods: list = field(default_factory=lambda: ["nll", "lkd", "ilkd", "skd"])
-    method_weights: dict = field(default_factory=dict, metadata={"help": "loss weights per method name; merged "
-                                                                         "over DEFAULT_METHOD_WEIGHTS"})
+    methods: list[str] = field(default_factory=lambda: ["nll", "lkd", "ilkd", "skd"])
+    method_weights: dict[str, dict[str, float]] = field(
+        default_factory=dict, metadata={"help": "loss weights per method name; merged over DEFAULT_METHOD_WEIGHTS"})
     alignment: str = field(default="auto", metadata={"help": "ILKD alignment: 'levels', 'uniform' or 'auto'"})
     distance: str = field(default="l1", metadata={"help": f"latent distance, one of {DISTANCES}"})
     skd_temperature: float = 0.7
     skd_warmup_epochs: int = 10
-    seeds: list = field(default_factory=lambda: [0, 1, 2])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     teacher_per_seed: bool = field(default=True, metadata={"help": "a teacher per seed (else one teacher, seed 0)"})
     num_samples: int = 1000
     sample_temperature: float = 1.0
@@ -81,14 +86,20 @@ class FlowExperimentConfig:
     output_dir: str = "flows_output"
 
     def __post_init__(self):
+        """Every setting checked before anything is loaded, trained or written: one error naming value and fix."""
+        if not isinstance(self.method_weights, dict):
+            raise invalid("method_weights", self.method_weights, "give a mapping {method: {nll: 0.9, ilkd: 0.1}}.")
         self.method_weights = {**DEFAULT_METHOD_WEIGHTS, **self.method_weights}  # a recipe adds or redefines methods
-        if self.dataset.lower() not in FLOW_DATASETS:
+        if not isinstance(self.dataset, str) or self.dataset.lower() not in FLOW_DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {FLOW_DATASETS}")
         if self.flow not in FLOW_CLASSES:
             raise ValueError(f"unknown flow {self.flow!r}; choose one of {sorted(FLOW_CLASSES)}")
+        if not isinstance(self.methods, list) or not self.methods:
+            raise invalid("methods", self.methods, f"give a non-empty list of names from {sorted(self.method_weights)}.")
         unknown = [m for m in self.methods if m not in self.method_weights]
         if unknown:
             raise ValueError(f"methods {unknown} have no entry in method_weights (known: {sorted(self.method_weights)})")
+        checks.names("methods", self.methods, self.method_weights)  # no repeats
         for method, weights in self.method_weights.items():
             try:
                 LossWeights(**weights)
@@ -96,23 +107,27 @@ class FlowExperimentConfig:
                 raise ValueError(f"method_weights[{method!r}] = {weights}: keys must be nll, lkd, ilkd, skd") from err
         if self.distance not in DISTANCES:
             raise ValueError(f"unknown distance {self.distance!r}; choose one of {DISTANCES}")
-        if not isinstance(self.seeds, list) or not self.seeds or not all(isinstance(s, int) for s in self.seeds):
+        if not isinstance(self.seeds, list) or not self.seeds or not all(
+                isinstance(s, int) and not isinstance(s, bool) for s in self.seeds):
             raise ValueError(f"seeds={self.seeds!r} must be a non-empty list of ints, e.g. [0, 1, 2]")
+        checks.whole_numbers("seeds", self.seeds, low=0, example="[0, 1, 2]")
         if self.alignment not in ALIGNMENTS:
             raise ValueError(f"unknown alignment {self.alignment!r}; choose one of {ALIGNMENTS}")
         for name in ("teacher", "student"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{name} must be a mapping of constructor arguments, e.g. {{levels: 3, depth: 2}}")
+            check_architecture(self.flow, getattr(self, name), role=name, from_data=True)
         integers = {"teacher_epochs": 1, "student_epochs": 1, "batch_size": 1, "num_samples": 2, "bootstrap_rounds": 1,
                     "feature_epochs": 1, "skd_warmup_epochs": 0, "split_seed": 0}
         for name, low in integers.items():
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"{name}={value!r} must be an int ≥ {low}")
+            checks.whole_number(name, getattr(self, name), low)
         for name in ("learning_rate", "max_grad_norm", "skd_temperature", "sample_temperature"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{name}={value!r} must be a number > 0")
+            checks.number(name, getattr(self, name))
+        if not isinstance(self.teacher_per_seed, bool):
+            raise invalid("teacher_per_seed", self.teacher_per_seed, "use true or false.")
+        if self.data_root is not None and not isinstance(self.data_root, str):
+            raise invalid("data_root", self.data_root, "give the folder of the unpacked MAF data archive.")
+        checks.output_folder("output_dir", self.output_dir)
         if any(self.method_weights[m].get("skd", 0) for m in self.methods) and \
                 self.skd_warmup_epochs >= self.student_epochs:
             raise ValueError(f"skd_warmup_epochs={self.skd_warmup_epochs} ≥ student_epochs={self.student_epochs}: "
@@ -164,15 +179,16 @@ def _feature_fn(config: FlowExperimentConfig, data: FlowData, log) -> tuple:
     """Features for the sample-quality metrics: the local digits network's, or the standardised tabular values."""
     if data.labels is None:
         return (lambda x: x.flatten(1)), {"features": "standardised data values"}
-    path = os.path.join(config.output_dir, "digits_feature_net.pt")
-    net, accuracy = None, None
-    if os.path.exists(path):
-        saved = torch.load(path, weights_only=False)
-        net, accuracy = saved["net"], saved["accuracy"]
+    base = os.path.join(config.output_dir, "digits_feature_net")  # .safetensors (weights) + .json (settings)
+    settings = {"dataset": data.name, "split_seed": config.split_seed, "feature_epochs": config.feature_epochs}
+    saved = checks.load_stage(base, settings)
+    if saved:
+        net, accuracy = DigitsFeatureNet(), saved[1]["accuracy"]
+        net.load_state_dict(saved[0])
+        net.eval()
     else:
         net, accuracy = train_digits_feature_net(data, config.feature_epochs)
-        torch.save({"net": net, "accuracy": accuracy}, path + ".tmp")
-        os.replace(path + ".tmp", path)
+        checks.save_stage(base, net.state_dict(), {"settings": settings, "accuracy": accuracy})
     log(f"digits feature network: test accuracy {accuracy:.3f}")
 
     @torch.no_grad()
@@ -220,9 +236,13 @@ def _load_done(directory: str, settings: dict) -> tuple[Flow, dict] | None:
     path = os.path.join(directory, "result.json")
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        record = json.load(f)
-    saved = record.get("settings")
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        saved = record.get("settings")
+    except (OSError, ValueError, AttributeError) as err:
+        raise checks.StageFileError(f"{path} cannot be read ({err}); delete {directory} and run again to retrain "
+                                    "it") from None
     if saved != json.loads(json.dumps(settings)):
         changed = sorted(k for k in set(settings) | set(saved or {}) if (saved or {}).get(k) != settings.get(k))
         raise ValueError(f"{directory} was trained with other settings ({', '.join(changed)} differ); use another "
@@ -247,7 +267,8 @@ def train_teacher(config: FlowExperimentConfig, data: FlowData, seed: int, featu
     torch.manual_seed(seed)
     teacher = build_flow(config.flow, **_architecture(config, data, config.teacher))
     start = time.perf_counter()
-    result = train_flow(teacher, data, _training_args(config, config.teacher_epochs, seed), log=log)
+    result = train_flow(teacher, data, _training_args(config, config.teacher_epochs, seed), log=log,
+                        name=f"teacher seed {seed}")
     record = {"model": "teacher", "seed": seed, "settings": settings, "train_seconds": time.perf_counter() - start,
               "best_epoch": result.best_epoch, "skipped_steps": result.skipped_steps, "diverged": result.diverged,
               "diverged_at": result.diverged_at, **evaluate_flow(teacher, data, features, config, seed),
@@ -273,7 +294,7 @@ def distill_student(config: FlowExperimentConfig, data: FlowData, teacher: Flow,
     start = time.perf_counter()
     result = train_flow(student, data, _training_args(config, config.student_epochs, seed), weights,
                         teacher if weights.needs_teacher else None, alignment, config.distance,
-                        config.skd_temperature, log=log)
+                        config.skd_temperature, log=log, name=f"{method} student seed {seed}")
     record = {"model": method, "seed": seed, "settings": settings, "weights": dataclasses.asdict(weights),
               "alignment": [list(pair) for pair in alignment] if alignment else None,
               "train_seconds": time.perf_counter() - start, "best_epoch": result.best_epoch,

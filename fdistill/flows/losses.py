@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from fdistill.errors import invalid
+
 from .models import Flow, FlowOutput
 
 DISTANCES = ("l1", "l2")
@@ -105,8 +107,9 @@ class LossWeights:
     def __post_init__(self):
         for name in ("nll", "lkd", "ilkd", "skd"):
             value = getattr(self, name)
-            if not value >= 0:
-                raise ValueError(f"loss weight {name}={value} must be ≥ 0")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise invalid(f"loss weight {name}", value, "give a finite number ≥ 0, e.g. nll=0.9, ilkd=0.1.",
+                              problem="must be ≥ 0")
         if self.nll + self.lkd + self.ilkd + self.skd == 0:
             raise ValueError("all loss weights are zero; set at least one of nll, lkd, ilkd, skd")
 

@@ -35,6 +35,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from fdistill.errors import invalid
+
+from . import checks
 from .transforms import ActNorm, AutoregressiveAffine, GaussianPrior, GlowStep, Reverse
 
 LOG_2PI = math.log(2 * math.pi)
@@ -224,10 +227,43 @@ class IAF(AutoregressiveFlow):
 FLOW_CLASSES: dict[str, type[Flow]] = {cls.kind: cls for cls in (Glow, MAF, IAF)}
 
 
-def build_flow(kind: str, **config) -> Flow:
-    """Build a flow by name (``glow``, ``maf``, ``iaf``) from its constructor arguments."""
+# Architecture sizes per flow kind: (name, may it be a list of sizes — one per level / hidden layer).
+_SIZES = {"glow": (("levels", False), ("depth", True), ("hidden", False)),
+          "maf": (("blocks", False), ("hidden", True), ("hidden_layers", False))}
+_SIZES["iaf"] = _SIZES["maf"]
+_FROM_DATA = ("features", "image_shape")  # set from the data set by the experiment
+
+
+def check_architecture(kind: str, config, role: str = "flow", from_data: bool = False) -> None:
+    """One clear error for an architecture that cannot be built: unknown keys, non-positive sizes.
+
+    ``config``: the constructor arguments of ``FLOW_CLASSES[kind]``; with ``from_data`` (experiment recipes) the
+    data's shape is filled in later, so ``features``/``image_shape`` are refused there. Names in errors are
+    ``{role}.{key}``, e.g. ``teacher.blocks=-1 must be ≥ 1``.
+    """
     if kind not in FLOW_CLASSES:
-        raise ValueError(f"unknown flow kind {kind!r}; choose one of {sorted(FLOW_CLASSES)}")
+        raise invalid("flow", kind, f"choose one of {sorted(FLOW_CLASSES)}.")
+    if not isinstance(config, dict):
+        raise invalid(role, config, "give a mapping of architecture sizes, e.g. {levels: 3, depth: 2, hidden: 32}.")
+    sizes = dict(_SIZES[kind])
+    known = sorted(sizes) + ([] if from_data else list(_FROM_DATA))
+    unknown = sorted(set(config) - set(known))
+    if unknown:
+        where = " (features and image_shape come from the data set)" if set(unknown) & set(_FROM_DATA) else ""
+        raise invalid(role, config, f"unknown keys {unknown}{where}; valid keys: {known}.",
+                      problem=f"does not fit flow={kind}")
+    for key, may_be_list in sizes.items():
+        if key in config:
+            value = config[key]
+            if may_be_list and isinstance(value, (list, tuple)):
+                checks.whole_numbers(f"{role}.{key}", value, example="[64, 64]", distinct=False)
+            else:
+                checks.whole_number(f"{role}.{key}", value)
+
+
+def build_flow(kind: str, **config) -> Flow:
+    """Build a flow by name (``glow``, ``maf``, ``iaf``) from its constructor arguments (checked first)."""
+    check_architecture(kind, config)
     return FLOW_CLASSES[kind](**config)
 
 
@@ -240,15 +276,25 @@ def save_flow(flow: Flow, directory: str | os.PathLike) -> None:
 
 
 def load_flow(directory: str | os.PathLike, device: str | torch.device = "cpu") -> Flow:
-    """Rebuild a flow saved by :func:`save_flow`."""
+    """Rebuild a flow saved by :func:`save_flow` (JSON + safetensors: reading it never runs code).
+
+    A folder without ``flow.json`` is a FileNotFoundError; unreadable or inconsistent files are a
+    `fdistill.flows.checks.StageFileError` (a ValueError) that says to delete the folder and re-run.
+    """
+    from safetensors import SafetensorError
+
     path = os.path.join(directory, "flow.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"no saved flow in {directory} (missing flow.json); train one with `fdistill flows`")
-    with open(path) as f:
-        meta = json.load(f)
-    config = meta["config"]
-    if config.get("image_shape"):
-        config["image_shape"] = tuple(config["image_shape"])
-    flow = build_flow(meta["kind"], **config)
-    load_model(flow, os.path.join(directory, "flow.safetensors"), device=str(device))
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+        config = dict(meta["config"])
+        if config.get("image_shape"):
+            config["image_shape"] = tuple(config["image_shape"])
+        flow = build_flow(meta["kind"], **config)
+        load_model(flow, os.path.join(directory, "flow.safetensors"), device=str(device))
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as err:
+        raise checks.StageFileError(f"the saved flow in {directory} cannot be read ({type(err).__name__}: {err}); "
+                                    "delete that folder and run again to retrain it") from None
     return flow.to(device).eval()

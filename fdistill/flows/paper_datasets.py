@@ -14,8 +14,13 @@ files are the preprocessed archive published with the MAF paper, ``data.tar.gz``
         BSDS300/BSDS300.hdf5
 
 (the archive unpacks to ``data/``, so ``root`` is usually ``.../data``). BSDS300 needs h5py
-(``pip install fdistill[paper-data]``). The GAS file is a pandas pickle, and unpickling runs code: only load a file
-you trust.
+(``pip install fdistill[paper-data]``).
+
+Pickle: the GAS file is a pandas pickle, and unpickling can run code, so it is read only here, from the file the user
+downloaded from the MAF archive into ``root`` (the published format has no pickle-free equivalent) — never from an
+output folder, whose stages are safetensors + JSON (`fdistill.flows.checks.load_stage`). Only pass a ``root`` you
+trust. The ``.npy`` files are read with NumPy's default ``allow_pickle=False``. Every file is checked for NaN/±inf
+before preprocessing: one error names the file, the count and the first bad row.
 
 Why this is written here: no maintained library ships these loaders with the standard preprocessing, and results are
 comparable with the published ones only if its details match (POWER's noise columns and seed, GAS's correlation
@@ -32,6 +37,8 @@ import os
 from pathlib import Path
 
 import numpy as np
+
+from . import checks
 
 PAPER_DATASETS: tuple[str, ...] = ("power", "gas", "hepmass", "miniboone", "bsds300")
 PAPER_DATASET_DIMS = {"power": 6, "gas": 8, "hepmass": 21, "miniboone": 43, "bsds300": 63}
@@ -134,7 +141,8 @@ def _normalise_with_train_validate(train: np.ndarray, validate: np.ndarray, test
 
 
 def _power(path: Path) -> Splits:
-    data = np.load(path)
+    data = np.load(path)  # allow_pickle=False: a .npy holding objects is refused, never unpickled
+    checks.finite_rows(f"POWER file {path}", data)
     if data.ndim != 2 or data.shape[1] != _POWER_RAW_COLUMNS:
         raise ValueError(f"POWER file {path} holds an array of shape {data.shape}; expected {_POWER_RAW_COLUMNS} "
                          "columns (the MAF archive's power/data.npy)")
@@ -167,6 +175,7 @@ def _gas(path: Path) -> Splits:
         raise ValueError(f"GAS file {path} lacks the columns {missing}; expected a DataFrame with "
                          f"{', '.join(_GAS_DROPPED)} and the sensor columns (the MAF archive's gas/ethylene_CO.pickle)")
     data = data.drop(columns=list(_GAS_DROPPED))
+    checks.finite_rows(f"GAS file {path}", data)
     # Drop near-duplicate sensors one at a time: the first column highly correlated with another goes, then recount.
     while True:
         counts = (data.corr() > _GAS_CORRELATION_LIMIT).to_numpy().sum(axis=1)
@@ -183,6 +192,8 @@ def _hepmass(train_path: Path, test_path: Path) -> Splits:
 
     train = pd.read_csv(train_path, index_col=False)
     test = pd.read_csv(test_path, index_col=False)
+    checks.finite_rows(f"HEPMASS file {train_path}", train)
+    checks.finite_rows(f"HEPMASS file {test_path}", test)
     # Signal events only (label 1 in the first column), then the label goes.
     train = train[train.iloc[:, 0] == 1].iloc[:, 1:]
     test = test[test.iloc[:, 0] == 1].iloc[:, 1:]
@@ -210,6 +221,7 @@ def _hepmass(train_path: Path, test_path: Path) -> Splits:
 
 def _miniboone(path: Path) -> Splits:
     data = np.load(path)
+    checks.finite_rows(f"MINIBOONE file {path}", data)
     if data.ndim != 2:
         raise ValueError(f"MINIBOONE file {path} holds an array of shape {data.shape}; expected a 2-D [N, 43] array")
     return _normalise_with_train_validate(*_split_test_validate(data, f"MINIBOONE file {path}"))
@@ -221,4 +233,7 @@ def _bsds300(path: Path, h5py) -> Splits:
         if missing:
             raise ValueError(f"BSDS300 file {path} lacks the datasets {missing}; expected "
                              f"{', '.join(_BSDS300_SPLITS)} (the MAF archive's BSDS300/BSDS300.hdf5)")
-        return tuple(np.asarray(f[s][:], dtype=np.float32) for s in _BSDS300_SPLITS)
+        splits = tuple(np.asarray(f[s][:], dtype=np.float32) for s in _BSDS300_SPLITS)
+    for split, array in zip(_BSDS300_SPLITS, splits):
+        checks.finite_rows(f"BSDS300 file {path} ({split})", array)
+    return splits

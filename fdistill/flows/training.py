@@ -5,7 +5,8 @@ A teacher is trained with ``LossWeights(nll=1)``; a student with any mix of NLL/
 teacher (`fdistill.flows.losses.distillation_loss`). SKD compares the two inverses, which is only meaningful once the
 student's latents roughly line up with the teacher's, so its weight is zero for ``skd_warmup_epochs``. A step whose
 loss or gradient is not finite is skipped and counted; more than ``max_bad_steps`` of them end the run as diverged
-(``TrainResult.diverged``) and the best validated weights are kept.
+(``TrainResult.diverged``) and the best validated weights are kept; a run with no usable epoch, or with more
+skipped steps than taken ones, is an error (`TrainResult.failure`), never a finished result.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from fdistill.errors import InputError
+
+from . import checks
 from .data import FlowData
 from .losses import LossWeights, distillation_loss
 from .models import Flow
@@ -34,11 +38,12 @@ class FlowTrainingArguments:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be ≥ 1")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate={self.learning_rate} must be > 0")
+        for name in ("epochs", "batch_size", "max_bad_steps"):
+            checks.whole_number(name, getattr(self, name))
+        checks.whole_number("skd_warmup_epochs", self.skd_warmup_epochs, low=0)
+        checks.whole_number("seed", self.seed, low=0)
+        checks.number("learning_rate", self.learning_rate)
+        checks.number("max_grad_norm", self.max_grad_norm)
 
 
 @dataclass
@@ -49,8 +54,26 @@ class TrainResult:
     best_epoch: int = -1
     best_val_nll: float = math.inf
     skipped_steps: int = 0
+    steps_taken: int = 0
     diverged: bool = False
     diverged_at: str | None = None
+
+    def failure(self) -> str | None:
+        """Why this run must not be kept as a finished result, or None.
+
+        A run fails when no epoch ended with a finite validation NLL, or when it took no optimiser step or skipped
+        more steps as non-finite than it took (its weights are untrained or broken). A run that diverged late keeps
+        its best validated epoch and is counted as diverged in the results instead.
+        """
+        attempted = self.skipped_steps + self.steps_taken
+        if self.best_epoch < 0:
+            problem = "no epoch ended with a finite validation NLL"
+        elif self.steps_taken == 0 or self.skipped_steps > self.steps_taken:
+            problem = "most optimiser steps were non-finite"
+        else:
+            return None
+        where = f", diverged at {self.diverged_at}" if self.diverged else ""
+        return f"{problem} ({self.skipped_steps} of {attempted} optimiser steps skipped as non-finite{where})"
 
 
 @torch.no_grad()
@@ -69,8 +92,12 @@ def evaluate_nll(flow: Flow, data: FlowData, split: str = "test", batch_size: in
 
 def train_flow(flow: Flow, data: FlowData, args: FlowTrainingArguments, weights: LossWeights | None = None,
                teacher: Flow | None = None, alignment: list[tuple[int, int]] | None = None, distance: str = "l1",
-               skd_temperature: float = 0.7, log=None) -> TrainResult:
-    """Train ``flow`` in place; on return it holds the weights of the epoch with the best validation NLL."""
+               skd_temperature: float = 0.7, log=None, name: str = "flow") -> TrainResult:
+    """Train ``flow`` in place; on return it holds the weights of the epoch with the best validation NLL.
+
+    Raises an `InputError` naming ``name`` when the run learned nothing usable (`TrainResult.failure`), so an
+    untrained model is never saved as a finished result.
+    """
     weights = weights or LossWeights()
     if teacher is not None:
         teacher.eval().requires_grad_(False)
@@ -104,6 +131,7 @@ def train_flow(flow: Flow, data: FlowData, args: FlowTrainingArguments, weights:
                 continue
             optimizer.step()
             taken += 1
+            result.steps_taken += 1
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + value.item()
         if result.diverged:
@@ -122,4 +150,9 @@ def train_flow(flow: Flow, data: FlowData, args: FlowTrainingArguments, weights:
     if best_state is not None:
         flow.load_state_dict(best_state)
     flow.eval()
+    failure = result.failure()
+    if failure:
+        raise InputError(f"training {name} failed: {failure}. Likely cause: learning_rate={args.learning_rate!r} too "
+                         "high (lower it), or non-finite values in the data or the teacher. Nothing of this run was "
+                         "saved.")
     return result
