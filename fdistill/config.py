@@ -8,11 +8,13 @@ Every field is validated in `__post_init__`; the user's values are never rewritt
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from transformers import Seq2SeqTrainingArguments
 
 from fdistill.divergences import DIVERGENCES, JS_MIXTURES, REDUCTIONS
+from fdistill.errors import invalid
 
 BASELINES = ("mle", "seqkd", "engine", "predistill")
 OBJECTIVES = DIVERGENCES + BASELINES
@@ -22,6 +24,7 @@ NEEDS_REFERENCE = ("mle", "predistill")
 NEEDS_TEACHER_SAMPLES = ("kl", "js", "tvd", "seqkd")
 NEEDS_STUDENT_SAMPLES = ("rkl", "js", "tvd", "engine")
 NEEDS_TEACHER = ("kl", "rkl", "js", "tvd", "engine", "predistill")
+NONFINITE_POLICIES = ("error", "skip")
 # Columns written by `fdistill sample --topk-logprobs K` and read with teacher_topk_logprobs=True.
 TOPK_COLUMNS = ("teacher_topk_ids", "teacher_topk_logprobs")
 
@@ -137,10 +140,26 @@ class DistillArguments:
     teacher_dtype: str | None = field(
         default=None, metadata={"help": "dtype to load/cast the teacher to ('float32', 'bfloat16', ...); default: the student's."}
     )
+    on_nonfinite: str = field(
+        default="error",
+        metadata={
+            "help": "What a NaN/inf in a training step's logits (at scored positions; -inf, a banned token, is fine) or "
+            "loss does: 'error' stops training at once, naming the step, the completion set and the model; 'skip' "
+            "drops that micro-batch's gradient and counts it in the logged `nonfinite_skipped`."
+        },
+    )
 
     def __post_init__(self):
         def bad(name, value, fix):
-            raise ValueError(f"{name}={value!r} is not valid: {fix}")
+            raise invalid(name, value, fix)
+
+        def finite(name):  # a number that is NaN or ±inf has no meaning as any of these settings
+            if not math.isfinite(getattr(self, name)):
+                bad(name, getattr(self, name), "use a finite number.")
+
+        for name in ("js_beta", "loss_temperature", "student_sampling_temperature", "student_top_p",
+                     "predistill_alpha_mle", "predistill_alpha_kd", "predistill_alpha_hidden"):
+            finite(name)
 
         if self.objective not in OBJECTIVES:
             bad("objective", self.objective, f"choose one of {', '.join(OBJECTIVES)}.")
@@ -171,6 +190,11 @@ class DistillArguments:
             bad("fused_divergence", True, "with teacher_topk_logprobs there is no teacher forward to fuse; unset one.")
         if self.teacher_sampling not in ("offline", "online"):
             bad("teacher_sampling", self.teacher_sampling, "use 'offline' (dataset column) or 'online' (drawn each step).")
+        if self.objective == "seqkd" and self.teacher_sampling == "online":
+            bad("teacher_sampling", "online", "objective 'seqkd' trains on the teacher's beam-search outputs, drawn "
+                "offline once (`fdistill sample --decoding beam`); use teacher_sampling='offline'.")
+        if self.on_nonfinite not in NONFINITE_POLICIES:
+            bad("on_nonfinite", self.on_nonfinite, "use 'error' (stop at the first NaN/inf) or 'skip' (drop and count).")
         for name in ("max_new_tokens", "max_prompt_length", "max_target_length"):
             if getattr(self, name) < 1:
                 bad(name, getattr(self, name), "use a positive length.")

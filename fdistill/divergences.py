@@ -372,6 +372,16 @@ def sequence_mask(labels: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
     return labels != ignore_index
 
 
+def nonfinite_positions(values: Tensor, mask: Tensor) -> Tensor:
+    """True at the unmasked positions whose vector ``values[..., :]`` holds a NaN or ``+inf``: shape ``mask.shape``.
+
+    ``-inf`` (a banned token's logit) is allowed. One pass over ``values``: the sum over the last axis
+    is NaN or ``+inf`` exactly when the vector holds NaN, ``+inf``, or both infinities.
+    """
+    total = values.detach().sum(-1, dtype=torch.promote_types(values.dtype, torch.float32))
+    return (torch.isnan(total) | (total == float("inf"))) & mask.bool()
+
+
 def reduce_terms(
     terms: Tensor,
     mask: Tensor,

@@ -23,3 +23,7 @@ def invalid(name: str, value, fix: str, problem: str = "is not valid") -> InputE
         fdistill.errors.InputError: batch_size=0 is not valid: use 1 or more.
     """
     return InputError(f"{name}={value!r} {problem}: {fix}")
+
+
+class NonFiniteError(ArithmeticError):
+    """Training met a NaN or infinity; the message names the step, the inputs and the model concerned, and the likely cause."""

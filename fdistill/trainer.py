@@ -25,6 +25,8 @@ pre-distillation) and §7; Shleifer & Rush 2020 (pre-distillation).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections import defaultdict
 
 import torch
@@ -37,12 +39,14 @@ from fdistill.data import DistillCollator, cat_completions, score_completions, s
 from fdistill.data import base_model as _base_model
 from fdistill.divergences import (
     DIVERGENCES,
+    IGNORE_INDEX,
     SampledSequences,
     count_items,
     cross_entropy_terms,
     engine_terms,
     f_divergence_loss,
     hidden_state_mse_terms,
+    nonfinite_positions,
     reduce_terms,
     token_entropy,
     token_logprobs,
@@ -57,8 +61,18 @@ from fdistill.kernels import (
     label_logits,
     output_head,
 )
+from fdistill.errors import NonFiniteError
 from fdistill.loading import resolve_dtype
 from fdistill.sampling import sample_completions, sampling_config
+
+logger = logging.getLogger(__name__)
+_SET_NAMES = {"reference": "references", "teacher": "teacher samples", "student": "student samples"}
+_NONFINITE_CAUSES = {
+    "teacher": "the teacher's weights or dtype (check that it generates sensible text; load it in float32 or bfloat16 "
+    "with teacher_dtype, float16 overflows easily)",
+    "student": "the student diverged or was loaded broken (lower learning_rate, keep max_grad_norm, prefer bf16 to "
+    "fp16; check the model before training)",
+}
 
 
 def _vocab_size(model: nn.Module) -> int:
@@ -124,6 +138,8 @@ class FDistillMixin:
                 cache_implementation=self.student_generation_config.cache_implementation,
             )
         self._heads_checked = False
+        # on_nonfinite='skip': micro-batches dropped in all; training micro-batches in all; both since the last log
+        self._nonfinite_skipped, self._train_micro, self._window_micro, self._window_skipped = 0, 0, 0, 0
 
     # ------------------------------------------------------------------ setup and validation
 
@@ -232,11 +248,26 @@ class FDistillMixin:
     def generate_student_samples(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample one completion per prompt from the student (eval mode, KV cache, no gradient): ``(ids, mask)``."""
         model = self.accelerator.unwrap_model(self.model)
-        return sample_completions(model, prompt_ids, prompt_mask, self.student_generation_config)
+        with self._nonfinite_sampling("student"):
+            return sample_completions(model, prompt_ids, prompt_mask, self.student_generation_config)
 
     def generate_teacher_samples(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Online teacher samples (``teacher_sampling="online"``): one ancestral sample per prompt, ``(ids, mask)``."""
-        return sample_completions(self.teacher, prompt_ids, prompt_mask, self.teacher_generation_config)
+        with self._nonfinite_sampling("teacher"):
+            return sample_completions(self.teacher, prompt_ids, prompt_mask, self.teacher_generation_config)
+
+    @contextlib.contextmanager
+    def _nonfinite_sampling(self, model_name: str):
+        """torch.multinomial's error on NaN/inf probabilities, as a `NonFiniteError` naming the step and the model."""
+        try:
+            yield
+        except RuntimeError as error:
+            if "probability tensor contains" not in str(error):
+                raise
+            raise NonFiniteError(
+                f"training step {self.state.global_step + 1}: the {model_name}'s next-token probabilities hold NaN or "
+                f"inf while drawing {model_name} samples; likely cause: {_NONFINITE_CAUSES[model_name]}"
+            ) from None
 
     def _online_samples(self, batch: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """The samples drawn during training for one micro-batch: the student's, and the teacher's when online."""
@@ -393,11 +424,44 @@ class FDistillMixin:
                 metrics["loss_on_teacher_samples"] = out.teacher_term
             if out.student_term is not None:
                 metrics["loss_on_student_samples"] = out.student_term
+        self._window_micro += training
+        self._train_micro += training
+        problem = self._nonfinite_problem(names, student, teacher, loss, fused)
+        if problem is not None:
+            if a.on_nonfinite == "error":
+                raise NonFiniteError(f"training step {self.state.global_step + 1}, micro-batch {max(self._micro_index, 1)}: "
+                                     f"{problem} (on_nonfinite='skip' drops such micro-batches instead, counted).")
+            if training:  # 'skip': no gradient from this micro-batch; in evaluation the NaN stays visible
+                self._nonfinite_skipped += 1
+                self._window_skipped += 1
+                logger.warning("skipped a micro-batch at step %d: %s", self.state.global_step + 1, problem)
+                zero = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)  # keeps DDP's graph whole
+                return (zero, s_out) if return_outputs else zero
         if "student" in student and not fused:
             self._sample_metrics(student["student"], teacher.get("student"), inputs["student_mask"], metrics)
         local = {n: self._count(n, inputs, training=False) for n in names}
         self._store_metrics(metrics, {n: count[n] / local[n] for n in names}, training)
         return (loss, s_out) if return_outputs else loss
+
+    @staticmethod
+    @torch.no_grad()
+    def _nonfinite_problem(names, student, teacher, loss, fused) -> str | None:
+        """What is NaN/inf in this micro-batch (model, completion set, count) and its likely cause; None if nothing."""
+        what = "LM-head inputs" if fused else "logits"
+        for model_name, scored in (("teacher", teacher), ("student", student)):
+            for n in names:
+                if n not in scored:
+                    continue
+                values, labels = scored[n]
+                valid = labels != IGNORE_INDEX
+                bad = nonfinite_positions(values, valid)
+                if bad.any():
+                    return (f"the {model_name}'s {what} on the {_SET_NAMES[n]} hold NaN or +inf at {int(bad.sum())} of "
+                            f"{int(valid.sum())} scored positions; likely cause: {_NONFINITE_CAUSES[model_name]}")
+        if not torch.isfinite(loss):
+            return (f"the loss is {loss.item()} although every {what} entry is finite; likely cause: values too large "
+                    "for float32 (check loss_temperature and the models' dtypes)")
+        return None
 
     def _fused_loss(self, model, student, teacher, count, inputs, metrics) -> torch.Tensor:
         """The f-divergence objective from LM-head inputs (:func:`fdistill.kernels.fused_f_divergence_loss`)."""
@@ -499,6 +563,15 @@ class FDistillMixin:
             if values:
                 logs[prefix + k] = sum(values) / len(values)
         self._metrics[split].clear()
+        if split == "train" and self.distill_args.on_nonfinite == "skip":
+            logs["nonfinite_skipped"] = self._nonfinite_skipped  # cumulative count of dropped micro-batches
+            if "loss" in logs and self._window_skipped:  # dropped micro-batches added 0: average over the others
+                kept = self._window_micro - self._window_skipped
+                logs["loss"] = logs["loss"] * self._window_micro / kept if kept else float("nan")
+            self._window_micro = self._window_skipped = 0
+            if "train_loss" in logs and self._nonfinite_skipped:  # the run's mean, likewise over kept micro-batches
+                kept = self._train_micro - self._nonfinite_skipped
+                logs["train_loss"] = logs["train_loss"] * self._train_micro / kept if kept else float("nan")
         super().log(logs, start_time)
 
     # ------------------------------------------------------------------ model card

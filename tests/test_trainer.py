@@ -333,3 +333,88 @@ def test_stored_topk_teacher_logprobs_replace_the_teacher_forward(tok, tmp_path)
                         tok=tok), processing_class=tok)
     with pytest.raises(ValueError, match="teacher_topk_logprobs"):
         config(tmp_path, objective="js", teacher_topk_logprobs=True)
+
+
+# ----------------------------------------------------------------------------- non-finite values (issue 15, item 1)
+
+
+def _break(model, where: str):
+    """NaN in every logit (``"all"``) or in one vocabulary entry's logit (``"entry"``) of a tiny Llama."""
+    with torch.no_grad():
+        if where == "all":
+            model.model.norm.weight.fill_(float("nan"))
+        else:
+            model.lm_head.weight[7].fill_(float("nan"))
+    return model
+
+
+@pytest.mark.parametrize("objective, where, side", [
+    ("kl", "all", "teacher samples"), ("rkl", "entry", "student samples"), ("js", "entry", "teacher samples"),
+    ("tvd", "all", "teacher samples"), ("engine", "entry", "student samples"), ("predistill", "entry", "references"),
+])
+def test_nonfinite_teacher_stops_training_at_once(tok, tmp_path, objective, where, side):
+    """A broken teacher never trains silently: the first step raises, naming the step, the model and the samples."""
+    from fdistill.errors import NonFiniteError
+
+    teacher = tiny.llama(2, seed=0, init=0.15)
+    data = tiny.dataset(16, seed=0, teacher=teacher, tok=tok)
+    student = tiny.llama(1, seed=1)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    args = config(tmp_path, objective=objective, max_steps=3, logging_steps=1)
+    trainer = FDistillTrainer(model=student, teacher_model=_break(teacher, where), args=args, train_dataset=data,
+                              processing_class=tok)
+    with pytest.raises(NonFiniteError, match=rf"training step 1, micro-batch 1: the teacher's logits on the {side} "
+                                             r"hold NaN or \+inf at \d+ of \d+ scored positions; likely cause: the teacher"):
+        trainer.train()
+    assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())  # no step was applied
+
+
+def test_nonfinite_student_and_fused_path_are_named(tok, tmp_path):
+    from fdistill.errors import NonFiniteError
+
+    teacher = tiny.llama(2, seed=0, init=0.15)
+    data = tiny.dataset(8, seed=0, teacher=teacher, tok=tok)
+    args = config(tmp_path, objective="kl", max_steps=1)
+    trainer = FDistillTrainer(model=_break(tiny.llama(1, seed=1), "entry"), teacher_model=teacher, args=args,
+                              train_dataset=data, processing_class=tok)
+    with pytest.raises(NonFiniteError, match="the student's logits on the teacher samples.*the student diverged"):
+        trainer.train()
+    args = config(tmp_path, objective="tvd", max_steps=1)  # a NaN student cannot even draw its samples
+    trainer = FDistillTrainer(model=_break(tiny.llama(1, seed=1), "entry"), teacher_model=teacher, args=args,
+                              train_dataset=data, processing_class=tok)
+    with pytest.raises(NonFiniteError, match="step 1: the student's next-token probabilities hold NaN or inf while "
+                                             "drawing student samples"):
+        trainer.train()
+    args = config(tmp_path, objective="kl", max_steps=1, fused_divergence=True)
+    trainer = FDistillTrainer(model=tiny.llama(1, seed=1), teacher_model=_break(teacher, "all"), args=args,
+                              train_dataset=data, processing_class=tok)
+    with pytest.raises(NonFiniteError, match="the teacher's LM-head inputs on the teacher samples"):
+        trainer.train()
+
+
+def test_nonfinite_skip_drops_and_counts_micro_batches(tok, tmp_path):
+    """on_nonfinite='skip': no update from NaN micro-batches, the count is logged, and the loss never logs 0.0 for NaN."""
+    teacher = tiny.llama(2, seed=0, init=0.15)
+    data = tiny.dataset(16, seed=0, teacher=teacher, tok=tok)
+    student = tiny.llama(1, seed=1)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    args = config(tmp_path, objective="js", max_steps=2, logging_steps=1, on_nonfinite="skip",
+                  per_device_train_batch_size=4, gradient_accumulation_steps=2)
+    trainer = FDistillTrainer(model=student, teacher_model=_break(teacher, "entry"), args=args, train_dataset=data,
+                              processing_class=tok)
+    trainer.train()
+    assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert [h["nonfinite_skipped"] for h in logged] == [2, 4]  # cumulative: 2 micro-batches per step
+    assert all(h["loss"] != h["loss"] for h in logged)  # NaN, not 0.0: nothing was trained
+    assert trainer.state.log_history[-1]["train_loss"] != trainer.state.log_history[-1]["train_loss"]
+
+
+def test_nonfinite_settings_are_refused():
+    for kw, fragment in [(dict(loss_temperature=float("inf")), "loss_temperature=inf"),
+                         (dict(predistill_alpha_kd=float("nan")), "predistill_alpha_kd=nan"),
+                         (dict(student_sampling_temperature=float("inf")), "student_sampling_temperature=inf"),
+                         (dict(objective="seqkd", teacher_sampling="online"), "beam-search outputs"),
+                         (dict(on_nonfinite="ignore"), "on_nonfinite='ignore'")]:
+        with pytest.raises(ValueError, match=fragment):
+            DistillArguments(**kw)
