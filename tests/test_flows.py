@@ -391,3 +391,108 @@ def test_bad_architectures_fail_before_anything_is_written(tmp_path, override, m
     with pytest.raises(ValueError, match=message):  # from the config (sizes, keys) or the preflight (alignment)
         run_experiment(load_experiment_config("recipes/flows/digits_glow.yaml", TINY + [override, f"output_dir={out}"]))
     assert not os.path.exists(out)
+
+
+class _RunsCode:
+    """Unpickling this runs a shell command that creates ``marker`` — what a crafted stage file could do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _crafted_pickle(path, marker):
+    import pickle
+
+    with open(path, "wb") as f:
+        pickle.dump({"net": _RunsCode(marker), "accuracy": 1.0}, f)
+
+
+@pytest.mark.parametrize("stage_file", ["digits_feature_net.pt", "digits_feature_net.safetensors",
+                                        "teacher_seed0/flow.safetensors"])
+def test_crafted_pickle_in_the_output_folder_is_never_run(tmp_path, stage_file):
+    """Resume reads JSON + safetensors only: a pickle where a stage file is expected is an error, never executed."""
+    from fdistill.flows.checks import StageFileError
+
+    out, marker = tmp_path / "exp", tmp_path / "marker"
+    config = load_experiment_config("recipes/flows/digits_glow.yaml",
+                                    TINY + ["seeds=[0]", "methods=[nll]", f"output_dir={out}"])
+    (out / "teacher_seed0").mkdir(parents=True)
+    _crafted_pickle(out / stage_file, marker)
+    if stage_file == "digits_feature_net.safetensors":  # a complete-looking stage whose tensors are a pickle
+        settings = {"dataset": "digits", "split_seed": 0, "feature_epochs": 1}
+        json.dump({"settings": settings, "accuracy": 1.0}, open(out / "digits_feature_net.json", "w"))
+    if stage_file.startswith("teacher_seed0"):
+        json.dump({"kind": "glow", "config": {"image_shape": [1, 8, 8], "levels": 3, "depth": 2, "hidden": 8}},
+                  open(out / "teacher_seed0" / "flow.json", "w"))
+        json.dump({"settings": config.run_settings("teacher")}, open(out / "teacher_seed0" / "result.json", "w"))
+    with pytest.raises(StageFileError, match="(?i)delete") as error:
+        run_experiment(config, log=lambda *_: None)
+    assert not marker.exists()
+    assert os.path.dirname(stage_file) in str(error.value) or stage_file in str(error.value)
+    assert not (out / "results.json").exists()
+
+
+def test_a_run_whose_steps_are_all_non_finite_is_an_error_not_a_result(tmp_path, monkeypatch):
+    from fdistill.flows import training
+
+    data = tiny_digits()
+    nan_loss = lambda flow, x, *args: {"loss": flow(x).log_prob.mean() * float("nan")}  # noqa: E731
+    monkeypatch.setattr(training, "distillation_loss", nan_loss)
+    flow = Glow(image_shape=(1, 8, 8), levels=3, depth=1, hidden=8)
+    with pytest.raises(ValueError, match=r"training teacher seed 0 failed: .*4 of 4 optimiser steps skipped.*"
+                                         r"learning_rate=0.001"):
+        train_flow(flow, data, FlowTrainingArguments(epochs=1, batch_size=64), name="teacher seed 0")
+    out = tmp_path / "exp"
+    config = load_experiment_config("recipes/flows/digits_glow.yaml",
+                                    TINY + ["seeds=[0]", "methods=[nll]", f"output_dir={out}"])
+    with pytest.raises(ValueError, match="training teacher seed 0 failed"):
+        run_experiment(config, log=lambda *_: None)
+    assert not (out / "teacher_seed0").exists() and not (out / "results.json").exists()  # nothing saved as finished
+
+
+@pytest.mark.parametrize("override, message", [
+    ("teacher={levels: 3, depth: 2, hidden: -1}", "teacher.hidden=-1 must be ≥ 1"),
+    ("student={levels: 0, depth: 1, hidden: 8}", "student.levels=0 must be ≥ 1"),
+    ("teacher={levels: 3, depth: [2, 0, 2], hidden: 8}", "teacher.depth"),
+    ("teacher={levels: 3, depth: 2, hidden: 8, features: 64}", "come from the data set"),
+    ("teacher=3", "teacher"), ("learning_rate=[1, 2]", "learning_rate"), ("learning_rate=.nan", "learning_rate"),
+    ("learning_rate=-1", "learning_rate"), ("methods=[]", "non-empty"), ("methods=[nll, nll]", "repeats"),
+    ("seeds=[]", "non-empty list"), ("seeds=[0, 0]", "repeats"), ("seeds=[-1]", "≥ 0"), ("batch_size=0", "batch_size"),
+    ("student_epochs=0", "student_epochs"), ("num_samples=1", "num_samples"), ("output_dir=README.md", "existing file"),
+    ("method_weights={x: {nll: abc}}", "loss weight nll"), ("method_weights={x: {nll: .inf}}", "loss weight nll"),
+    ("sample_temperature=0", "sample_temperature"),
+])
+def test_bad_settings_are_one_clear_error_before_any_work(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_experiment_config("recipes/flows/digits_glow.yaml", TINY + [override])
+
+
+def test_maf_sizes_are_checked_for_the_flow_kind():
+    with pytest.raises(ValueError, match="teacher.blocks=-1 must be ≥ 1"):
+        load_experiment_config("recipes/flows/breast_cancer_maf.yaml", ["teacher={blocks: -1, hidden: 16}"])
+    from fdistill.flows import build_flow
+
+    with pytest.raises(ValueError, match="flow.hidden"):
+        build_flow("maf", features=3, blocks=1, hidden=[8, 0])
+
+
+def test_cli_worst_inputs_are_one_line_and_exit_2(tmp_path, capsys):
+    from fdistill.cli import main
+
+    out = str(tmp_path / "cli")
+    common = ["recipes/flows/digits_glow.yaml", *TINY, "seeds=[0]", f"output_dir={out}"]
+    for argv, message in [
+        (["flows", "distill", *common, "--weights", "nll=abc"], "--weights item='nll=abc'"),
+        (["flows", "distill", *common, "--weights", "nll=0.5,kd=0.5"], "--weights item='kd=0.5'"),
+        (["flows", "teacher", *common, "--seed", "-1"], "--seed=-1"),
+        (["flows", "experiment", *common, "teacher={levels: 3, depth: 2, hidden: 8, blocks: -1}"], "does not fit"),
+        (["flows", "experiment", *common, "output_dir=README.md"], "existing file"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in err and "Traceback" not in err, (argv, err)
+    assert not os.path.exists(out)

@@ -260,3 +260,42 @@ def test_hepmass_test_file_without_the_extra_column_is_rejected(tmp_path):
     frame.to_csv(tmp_path / "hepmass" / "1000_test.csv", index=False)  # same columns as train: one too few
     with pytest.raises(ValueError, match="expected the test file to have exactly one more"):
         load_paper_dataset("hepmass", tmp_path)
+
+
+@pytest.mark.parametrize("name", ["power", "gas", "hepmass", "miniboone"])
+def test_one_non_finite_cell_is_refused_with_file_count_and_row(tmp_path, name):
+    """One NaN in a data file would skip every training step; it is one error naming the file, count and first row."""
+    rng = np.random.default_rng(1)
+    {"power": write_power, "gas": write_gas, "hepmass": write_hepmass, "miniboone": write_miniboone}[name](tmp_path, rng)
+    if name in ("power", "miniboone"):
+        path = tmp_path / name / "data.npy"
+        data = np.load(path)
+        data[7, 2] = np.nan
+        np.save(path, data)
+    elif name == "gas":
+        path = tmp_path / "gas" / "ethylene_CO.pickle"
+        frame = pd.read_pickle(path)
+        frame.iloc[7, 4] = np.inf
+        frame.to_pickle(path)
+    else:
+        path = tmp_path / "hepmass" / "1000_train.csv"
+        frame = pd.read_csv(path)
+        frame.iloc[7, 3] = np.nan
+        frame.to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"holds 1 non-finite values .* in 1 rows; the first is row 7") as error:
+        load_paper_dataset(name, tmp_path)
+    assert str(path) in str(error.value)
+
+
+def test_non_finite_data_stops_the_experiment_before_anything_is_written(tmp_path):
+    from fdistill.flows import load_experiment_config, run_experiment
+
+    write_power(tmp_path, np.random.default_rng(2))
+    data = np.load(tmp_path / "power" / "data.npy")
+    data[3, 0] = np.nan
+    np.save(tmp_path / "power" / "data.npy", data)
+    out = tmp_path / "never"
+    config = load_experiment_config("recipes/flows/power_maf.yaml", [f"data_root={tmp_path}", f"output_dir={out}"])
+    with pytest.raises(ValueError, match="POWER file .*data.npy holds 1 non-finite"):
+        run_experiment(config)
+    assert not out.exists()

@@ -48,7 +48,7 @@ def whole_numbers(name: str, values, low: int = 1, example: str = "[1, 2, 4]", d
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise invalid(name, values, f"every item must be a whole number ≥ {low} (saw {value!r}); e.g. {example}.")
     if distinct and len(set(values)) != len(values):
-        raise invalid(name, values, f"items repeat; list each once, e.g. {example}.")
+        raise invalid(name, values, f"an item repeats; list each once, e.g. {example}.")
     return list(values)
 
 

@@ -16,6 +16,8 @@ import os
 
 import torch
 
+from fdistill.errors import invalid
+
 
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="flows_command", required=True)
@@ -37,18 +39,25 @@ def add_arguments(parser) -> None:
 
 
 def _parse_weights(text: str) -> dict:
+    """``"nll=0.9,ilkd=0.1"`` → ``{"nll": 0.9, "ilkd": 0.1}``; anything else is one InputError naming the item."""
     weights = {}
     for item in text.split(","):
         key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--weights item {item!r} is not name=value (e.g. nll=0.9,ilkd=0.1)")
-        weights[key.strip()] = float(value)
+        key = key.strip()
+        if not sep or key not in ("nll", "lkd", "ilkd", "skd") or key in weights:
+            raise invalid("--weights item", item, "write name=value pairs of nll, lkd, ilkd, skd, each once, e.g. "
+                          "--weights nll=0.9,ilkd=0.1.")
+        try:
+            weights[key] = float(value)
+        except ValueError:
+            raise invalid("--weights item", item, "the weight must be a number, e.g. ilkd=0.1.") from None
     return weights
 
 
 def run(args) -> None:
     from .experiment import (
         _feature_fn,
+        _load_done,
         distill_student,
         evaluate_flow,
         load_experiment_config,
@@ -59,6 +68,8 @@ def run(args) -> None:
     from .models import load_flow
 
     config = load_experiment_config(args.recipe, args.overrides)
+    if getattr(args, "seed", 0) < 0:
+        raise invalid("--seed", args.seed, "give a whole number ≥ 0.")
     if args.flows_command == "distill":
         if bool(args.method) == bool(args.weights):
             raise ValueError("give exactly one of --method NAME or --weights nll=…,ilkd=…")
@@ -71,7 +82,8 @@ def run(args) -> None:
         if method not in config.method_weights:
             raise ValueError(f"unknown method {method!r}; the recipe defines {sorted(config.method_weights)}")
         teacher_dir = os.path.join(config.output_dir, f"teacher_seed{args.seed}")
-        if not os.path.exists(os.path.join(teacher_dir, "result.json")):
+        done = _load_done(teacher_dir, config.run_settings("teacher"))  # trained with these settings, or an error
+        if not done:
             raise ValueError(f"no trained teacher in {teacher_dir}; run `fdistill flows teacher {args.recipe} "
                              f"--seed {args.seed}` (with the same overrides) first")
     if args.flows_command == "evaluate" and not os.path.exists(os.path.join(args.model, "flow.json")):
@@ -85,8 +97,7 @@ def run(args) -> None:
     if args.flows_command == "teacher":
         train_teacher(config, data, args.seed, features)
     elif args.flows_command == "distill":
-        teacher = load_flow(os.path.join(config.output_dir, f"teacher_seed{args.seed}"))
-        distill_student(config, data, teacher, method, args.seed, features)
+        distill_student(config, data, done[0], method, args.seed, features)
     else:
         torch.manual_seed(0)
         print(json.dumps(evaluate_flow(load_flow(args.model), data, features, config, seed=0), indent=2))
