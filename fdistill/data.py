@@ -11,13 +11,77 @@ forward kwargs of either architecture and says which logits score which completi
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from fdistill.errors import InputError
+
 IGNORE_INDEX = -100
+
+
+def _is_token_ids(value) -> bool:
+    return isinstance(value, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value)
+
+
+def prompt_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be a prompt, or None when it can: non-blank text, chat messages or token ids."""
+    if isinstance(value, str):
+        return None if value.strip() else "blank text"
+    if value is None:
+        return "missing (an empty cell)"
+    if isinstance(value, (int, float)):
+        return "a number, not text (a CSV column of numbers is read as numbers: quote the values or make the column text)"
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return "an empty list"
+        if all(isinstance(m, dict) for m in value):
+            return None if all("role" in m and "content" in m for m in value) else "chat messages without 'role' and 'content'"
+        return None if _is_token_ids(value) else "a list that is neither token ids (ints >= 0) nor chat messages"
+    return f"a {type(value).__name__}, not text, chat messages or token ids"
+
+
+def check_prompts(values, column: str) -> None:
+    """Raise one `InputError` naming the first prompt that is not usable (row index, column, value and fix).
+
+    ``values[i]`` is row ``i`` (the whole column, or the first rows of a dataset). Token-id lists and chat
+    messages are prompts too; None, blank text, numbers and other types are not.
+    """
+    for row, value in enumerate(values):
+        problem = prompt_problem(value)
+        if problem is not None:
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            raise InputError(
+                f"prompt column {column!r}, row {row}: {shown} is {problem}; every prompt must be non-empty text, "
+                "chat messages or token ids: fix or drop that row."
+            )
+
+
+_IDS_AS_TEXT = re.compile(r"\s*\[\s*\d+(\s*,\s*\d+)*\s*\]\s*")
+
+
+def check_targets(values, column: str) -> None:
+    """Raise one `InputError` naming the first completion (reference / teacher sample) that is not usable.
+
+    A completion is text or a list of token ids. None is refused, and so is text that spells a list of ids
+    (``"[5, 6, 2]"``, what a CSV makes of an id column): tokenising it as words would train on garbage.
+    """
+    for row, value in enumerate(values):
+        if isinstance(value, str):
+            if _IDS_AS_TEXT.fullmatch(value):
+                raise InputError(
+                    f"column {column!r}, row {row}: {value[:40]!r} is token ids stored as text (CSV files store lists "
+                    "as text): use the `fdistill sample` output folder, JSONL or Parquet for token-id columns."
+                )
+        elif not _is_token_ids(value):
+            shown = repr(value)[:60]
+            raise InputError(
+                f"column {column!r}, row {row}: {shown} is neither text nor a list of token ids (ints >= 0): "
+                "fix or drop that row."
+            )
 
 
 def completion_mask(completions: Tensor, eos_token_ids: list[int] | int | None) -> Tensor:
@@ -133,6 +197,21 @@ def base_model(model):
     return model
 
 
+def position_limit(model) -> int | None:
+    """The most positions the model was built for (``max_position_embeddings`` / ``n_positions``); None = no limit.
+
+    Models with learned position embeddings (GPT-2, BART) fail with an IndexError beyond it; rotary ones
+    (Llama) run on but were never trained there. T5 (relative positions) has no limit.
+    """
+    config = base_model(model).config
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def score_completions(
     model, prompt_ids: Tensor, prompt_mask: Tensor, ids: Tensor, mask: Tensor, *, pad_token_id: int,
     output_hidden_states: bool = False,
@@ -224,12 +303,15 @@ class DistillCollator:
         return ids[: self.max_target_length]
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Tensor]:
+        """Pad a batch; an unusable prompt or completion is an `InputError` naming its row in ``features``."""
         pad = self.tokenizer.pad_token_id
+        check_prompts([f[self.prompt_column] for f in features], self.prompt_column)
         prompts = [self.prompt_tokens(f[self.prompt_column]) for f in features]
         ids, mask = (pad_right if self.is_encoder_decoder else pad_left)(prompts, pad)
         batch = {"prompt_ids": ids, "prompt_mask": mask}
         present = {k: v for k, v in self.optional_completions.items() if all(v in f for f in features)}
         for name, column in {**self.completions, **present}.items():
+            check_targets([f[column] for f in features], column)
             targets = [self.target_tokens(f[column]) for f in features]
             batch[f"{name}_ids"], batch[f"{name}_mask"] = pad_right(targets, pad)
         if self.topk_columns is not None:

