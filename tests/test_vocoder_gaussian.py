@@ -197,3 +197,31 @@ def test_cli_rejects_bad_settings(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["vocoder", "gaussian", "--out", str(tmp_path), "--steps", "0"])
     assert exit_info.value.code == 2 and "steps=0 must be ≥ 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--dims", "0"], "dims=[0]"), (["--dims", "-4", "16"], "dims=[-4, 16]"), (["--dims", "4", "4"], "repeats"),
+    (["--repeats", "0"], "repeats=0 must be ≥ 1"), (["--steps", "-5"], "steps=-5 must be ≥ 1"),
+    (["--batch", "0"], "batch=0"), (["--lr", "nan"], "lr=nan"), (["--lr", "0"], "lr=0"),
+    (["--eval-samples", "1"], "eval_samples=1"), (["--prop1-samples", "0"], "prop1_samples=0"),
+    (["--seed", "-1"], "seed=-1"), (["--threads", "0"], "--threads=0"),
+])
+def test_cli_bad_settings_are_one_line_before_any_work(tmp_path, capsys, flags, message):
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["vocoder", "gaussian", "--out", str(out), *flags])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_output_path_that_is_a_file_and_diverging_training_are_errors(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit):
+        main(["vocoder", "gaussian", "--out", str(tmp_path / "file"), "--dims", "2", "--steps", "5"])
+    assert "existing file" in capsys.readouterr().err
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match=r"reverse KL student \(D=4\): the loss is non-finite .* lr=1000000.0"):
+        run_gaussian_study(str(out), dims=(4,), steps=20, lr=1e6, repeats=1, samples=8, eval_samples=50,
+                           prop1_samples=1000, log=lambda *_: None)
+    assert not out.exists()  # nothing saved as a finished study

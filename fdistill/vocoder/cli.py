@@ -44,7 +44,9 @@ def run_audio(args) -> None:
 def run_gaussian(args) -> None:
     from .gaussian import run_gaussian_study, study_table
 
-    torch.set_num_threads(args.threads)
+    from fdistill.flows.checks import whole_number
+
+    torch.set_num_threads(whole_number("--threads", args.threads))
     summary = run_gaussian_study(
         args.out, dims=tuple(args.dims), steps=args.steps, batch=args.batch, lr=args.lr, repeats=args.repeats,
         samples=args.samples, seed=args.seed, eval_samples=args.eval_samples, distance=args.distance,

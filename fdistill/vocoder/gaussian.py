@@ -47,6 +47,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from fdistill.errors import InputError
+from fdistill.flows import checks
+
 from . import losses
 
 METHODS = ("reverse_kl", "z_rec", "x_rec")
@@ -330,6 +333,10 @@ def train_student(teacher: TriangularGaussian, method: str, steps: int = 5000, b
     for step in range(steps):
         observe(step)
         loss = distillation_loss(method, student, teacher, batch, generator, distance)
+        if not torch.isfinite(loss):
+            raise InputError(f"{METHOD_LABELS[method]} student (D={teacher.dim}): the loss is non-finite at update "
+                             f"{step} of {steps}, so the run cannot finish; likely cause: lr={lr!r} too high. Lower "
+                             "the learning rate (--lr) and run again; nothing was written.")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -365,6 +372,24 @@ def _subsample(values: list, every: int) -> tuple[list, list]:
     return steps, [round(values[i], 5) for i in steps]
 
 
+def check_study_settings(out_dir, dims, steps, batch, lr, repeats, samples, seed, eval_samples, methods, distance,
+                         mean_value, prop1_samples) -> None:
+    """One clear error for any setting of `run_gaussian_study` that cannot work, before anything is computed."""
+    checks.output_folder("out_dir", out_dir)
+    checks.whole_numbers("dims", list(dims) if isinstance(dims, (list, tuple)) else dims, example="[4, 16, 32, 64]")
+    for name, value in (("steps", steps), ("batch", batch), ("repeats", repeats), ("samples", samples),
+                        ("prop1_samples", prop1_samples)):
+        checks.whole_number(name, value)
+    checks.whole_number("eval_samples", eval_samples, low=2)  # a standard deviation needs two samples
+    checks.whole_number("seed", seed, low=0)
+    checks.number("lr", lr)
+    checks.number("mean_value", mean_value, low=-math.inf)
+    checks.choice("distance", distance, ("l1", "l2"))
+    checks.names("methods", list(methods) if isinstance(methods, (list, tuple)) else methods, METHODS)
+    if "reverse_kl" not in methods:
+        raise ValueError("the study needs 'reverse_kl' among the methods (Figure 3 probes its training)")
+
+
 def run_gaussian_study(out_dir: str, dims=(4, 16, 32, 64), steps: int = 5000, batch: int = 64, lr: float = 0.005,
                        repeats: int = 8, samples: int = 128, seed: int = 0, eval_samples: int = 1000,
                        methods=METHODS, distance: str = "l2", mean_value: float = 2.0,
@@ -381,7 +406,8 @@ def run_gaussian_study(out_dir: str, dims=(4, 16, 32, 64), steps: int = 5000, ba
     and thread count). ``summary["trends"]`` checks the paper's claims on the numbers.
 
     Arguments:
-        out_dir: output folder (created).
+        out_dir: output folder (created when the study has finished; every setting is checked before any work by
+            `check_study_settings`, and a non-finite training loss stops the study with an error).
         dims: the dimensions D (paper: 4, 16, 32, 64).
         steps, batch, lr: Adam updates, minibatch size, learning rate per student (paper: 5000, 64, 0.005).
         repeats, samples: reverse-KL runs and probes per update behind Figure 3 (paper: 8, 128).
@@ -402,19 +428,9 @@ def run_gaussian_study(out_dir: str, dims=(4, 16, 32, 64), steps: int = 5000, ba
         >>> sorted(summary["dims"]["4"]["methods"])
         ['reverse_kl', 'x_rec', 'z_rec']
     """
-    for name, value in (("steps", steps), ("batch", batch), ("repeats", repeats), ("samples", samples),
-                        ("eval_samples", eval_samples)):
-        if value < 1:
-            raise ValueError(f"{name}={value} must be ≥ 1")
-    if distance not in ("l1", "l2"):
-        raise ValueError(f"distance={distance!r}: choose 'l1' or 'l2'")
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise ValueError(f"methods {list(methods)}: choose from {METHODS}")
-    if "reverse_kl" not in methods:
-        raise ValueError("the study needs 'reverse_kl' among the methods (Figure 3 probes its training)")
+    check_study_settings(out_dir, dims, steps, batch, lr, repeats, samples, seed, eval_samples, methods, distance,
+                         mean_value, prop1_samples)
     start = time.perf_counter()
-    os.makedirs(out_dir, exist_ok=True)
     summary = {"settings": {"dims": list(dims), "steps": steps, "batch": batch, "lr": lr, "repeats": repeats,
                             "samples": samples, "seed": seed, "eval_samples": eval_samples, "methods": list(methods),
                             "distance": distance, "mean_value": mean_value, "prop1_samples": prop1_samples,
@@ -484,6 +500,7 @@ def run_gaussian_study(out_dir: str, dims=(4, 16, 32, 64), steps: int = 5000, ba
         summary["dims"][str(dim)] = entry
     summary["trends"] = _trends(summary)
     summary["wall_seconds"] = time.perf_counter() - start
+    os.makedirs(out_dir, exist_ok=True)  # only now: a run stopped by an error leaves no half-written folder
     _plot_histograms(histograms, methods, os.path.join(out_dir, "figure2_loglik_histograms.png"))
     _plot_expansion(curves, repeats * samples, os.path.join(out_dir, "figure3_expansion_signal.png"))
     _plot_proposition1(summary, os.path.join(out_dir, "proposition1.png"))
