@@ -39,3 +39,26 @@ def test_cat_completions_pads_to_a_common_length():
     b = (torch.tensor([[3, 4, 5]]), torch.tensor([[True, True, False]]))
     ids, mask = cat_completions([a, b], pad_id=0)
     assert ids.tolist() == [[1, 2, 0], [3, 4, 5]] and mask.tolist() == [[True, True, False], [True, True, False]]
+
+
+def test_the_collator_names_the_row_and_column_of_an_unusable_prompt_or_target():
+    import pytest
+
+    from fdistill.errors import InputError
+
+    collator = DistillCollator(tiny.tokenizer(), is_encoder_decoder=False, completions={"teacher": "t"})
+    good = {"prompt": "the cat", "t": [5, 2]}
+    cases = [
+        ({"prompt": None, "t": [5]}, "prompt column 'prompt', row 1: None is missing"),
+        ({"prompt": 7, "t": [5]}, "row 1: 7 is a number, not text"),
+        ({"prompt": "", "t": [5]}, "row 1: '' is blank text"),
+        ({"prompt": [{"text": "hi"}], "t": [5]}, "chat messages without 'role' and 'content'"),
+        ({"prompt": [4, "x"], "t": [5]}, "neither token ids"),
+        ({"prompt": "the dog", "t": "[5, 6, 2]"}, "column 't', row 1: '\\[5, 6, 2\\]' is token ids stored as text"),
+        ({"prompt": "the dog", "t": None}, "column 't', row 1: None is neither text nor a list of token ids"),
+        ({"prompt": "the dog", "t": [5, 2.0]}, "neither text nor a list of token ids"),
+    ]
+    for bad, fragment in cases:
+        with pytest.raises(InputError, match=fragment):
+            collator([good, bad])
+    assert collator([good, {"prompt": [4, 5], "t": "sat on the mat"}])["teacher_mask"].sum().item() == 2 + 5  # text targets get EOS

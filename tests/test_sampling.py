@@ -10,6 +10,8 @@ from datasets import load_from_disk
 
 from fdistill import FDistillConfig, FDistillTrainer
 from fdistill import testing as tiny
+from fdistill.data import position_limit
+from fdistill.errors import InputError
 from fdistill.sampling import (
     PROVENANCE_FILE,
     OfflineSamplingSettings,
@@ -167,3 +169,100 @@ def test_static_cache_draws_the_same_samples_as_the_dynamic_cache(tok, arch):
     assert drawn[0][1].sum() > 12  # non-trivial samples
     assert torch.equal(drawn[0][0][drawn[0][1]], drawn[1][0][drawn[1][1]])
     assert torch.equal(drawn[0][1], drawn[1][1])
+
+
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        (dict(temperature=float("inf")), "temperature=inf: use a finite positive temperature"),
+        (dict(temperature=float("nan")), "temperature=nan"),
+        (dict(top_p=float("nan")), "top_p=nan"),
+        (dict(batch_size=0), "batch_size=0: use a positive number"),
+        (dict(max_new_tokens=-1), "max_new_tokens=-1"),
+        (dict(num_beams=0, decoding="sample"), "num_beams=0"),
+        (dict(num_samples="3"), "num_samples='3': use an int"),
+        (dict(batch_size=2.5), "batch_size=2.5: use an int"),
+        (dict(prompt_column=""), "prompt_column=''"),
+    ],
+)
+def test_bad_settings_are_refused_with_the_value(kw, message):
+    with pytest.raises(InputError, match=message.replace("(", r"\(")):
+        OfflineSamplingSettings(**kw)
+
+
+def _fail_after(model, calls: int):
+    """Make ``model.generate`` raise after ``calls`` successful calls (an interrupted run)."""
+    original, count = model.generate, [0]
+
+    def generate(*args, **kwargs):
+        count[0] += 1
+        if count[0] > calls:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    model.generate = generate
+    return model
+
+
+def test_resume_under_another_teacher_or_tokenizer_is_refused(tok, tmp_path):
+    data, out = tiny.dataset(12, seed=7), str(tmp_path / "r")
+    settings = OfflineSamplingSettings(max_new_tokens=4, batch_size=3)
+    with pytest.raises(KeyboardInterrupt):
+        sample_offline(_fail_after(tiny.llama(2, seed=0), 2), tok, data, out, settings, teacher_id="t", show_progress=False)
+    assert len(list((tmp_path / "r" / ".fdistill_work").glob("batch_*.jsonl"))) == 2
+    with pytest.raises(InputError, match=r"unfinished run \(2 batches done\).*the teacher changed.*delete that folder"):
+        sample_offline(tiny.llama(2, seed=1), tok, data, out, settings, teacher_id="t", show_progress=False)
+    other_tok = tiny.tokenizer()
+    other_tok.chat_template = "{{ messages[0]['content'] }}"
+    with pytest.raises(InputError, match="the tokenizer changed") as error:
+        sample_offline(tiny.llama(2, seed=0), other_tok, data, out, settings, teacher_id="t", show_progress=False)
+    assert "teacher changed" not in str(error.value)
+    # the same teacher content under another name resumes the run; nothing is mixed
+    result = sample_offline(tiny.llama(2, seed=0), tok, data, out, settings, teacher_id="./t", show_progress=False)
+    fresh = sample_offline(tiny.llama(2, seed=0), tok, data, str(tmp_path / "f"), settings, teacher_id="t", show_progress=False)
+    assert result["teacher_sample_ids"] == fresh["teacher_sample_ids"]
+    prov = json.loads((tmp_path / "r" / PROVENANCE_FILE).read_text())
+    assert prov["teacher_fingerprint"].startswith("tensors-sha256:") and prov["tokenizer_fingerprint"].startswith("sha256:")
+    with pytest.raises(InputError, match="finished samples from a different run.*the teacher changed"):
+        sample_offline(tiny.llama(2, seed=1), tok, data, out, settings, teacher_id="t", show_progress=False)
+
+
+def test_too_long_prompts_are_refused_before_any_write_and_a_corrected_rerun_runs(tok, tmp_path):
+    from datasets import Dataset
+
+    long = Dataset.from_dict({"prompt": ["the cat sat", " ".join(["the cat"] * 60)]})  # 120 tokens
+    teacher = tiny.gpt2(1, seed=0)  # learned positions: 128
+    out = tmp_path / "l"
+    with pytest.raises(InputError, match=r"longest prompt \(row 1\) needs 136 positions.*teacher's 128.*lower max_new_tokens"):
+        sample_offline(teacher, tok, long, str(out), OfflineSamplingSettings(max_new_tokens=16), teacher_id="t")
+    assert not out.exists()
+    bart = tiny.bart(1, seed=0)
+    with pytest.raises(InputError, match="decoder writes 1 \\+ max_new_tokens=200"):
+        sample_offline(bart, tok, long, str(out), OfflineSamplingSettings(max_new_tokens=200), teacher_id="t")
+    assert not out.exists()
+    ok = OfflineSamplingSettings(max_new_tokens=4, max_prompt_length=100)  # prompts keep their last 100 tokens
+    assert len(sample_offline(teacher, tok, long, str(out), ok, teacher_id="t", show_progress=False)) == 2
+    assert position_limit(tiny.t5(1, seed=0)) is None  # relative positions: no limit
+
+
+def test_a_run_that_failed_before_any_batch_does_not_block_a_corrected_rerun(tok, tmp_path):
+    data, out = tiny.dataset(4, seed=8), str(tmp_path / "c")
+    with pytest.raises(KeyboardInterrupt):
+        sample_offline(_fail_after(tiny.llama(2, seed=0), 0), tok, data, out, OfflineSamplingSettings(max_new_tokens=4),
+                       teacher_id="t", show_progress=False)
+    result = sample_offline(tiny.llama(2, seed=0), tok, data, out, OfflineSamplingSettings(max_new_tokens=3),
+                            teacher_id="t", show_progress=False)
+    assert len(result) == 4 and max(len(ids) for ids in result["teacher_sample_ids"]) <= 3
+
+
+def test_bad_prompts_and_outputs_before_any_write(tok, tmp_path):
+    from datasets import Dataset
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="output .* is a file, not a folder"):
+        run("llama", tok, tiny.dataset(2), tmp_path / "file")
+    for prompts, fragment in ((["the cat", "  "], "row 1: '  ' is blank text"), (["the cat", None], "row 1: None"),
+                              ([[4, 5], []], "row 1: \\[\\] is an empty list")):
+        with pytest.raises(InputError, match=fragment):
+            run("llama", tok, Dataset.from_dict({"prompt": prompts}), tmp_path / "p")
+    assert not (tmp_path / "p").exists()
