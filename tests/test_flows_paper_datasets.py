@@ -266,7 +266,8 @@ def test_hepmass_test_file_without_the_extra_column_is_rejected(tmp_path):
 def test_one_non_finite_cell_is_refused_with_file_count_and_row(tmp_path, name):
     """One NaN in a data file would skip every training step; it is one error naming the file, count and first row."""
     rng = np.random.default_rng(1)
-    {"power": write_power, "gas": write_gas, "hepmass": write_hepmass, "miniboone": write_miniboone}[name](tmp_path, rng)
+    writers = {"power": write_power, "gas": write_gas, "hepmass": write_hepmass, "miniboone": write_miniboone}
+    writers[name](tmp_path, rng)
     if name in ("power", "miniboone"):
         path = tmp_path / name / "data.npy"
         data = np.load(path)

@@ -134,7 +134,7 @@ def test_audio_experiment_end_to_end_and_resume(tmp_path, capsys):
     assert all(math.isfinite(r["teacher_loglik_per_sample"]) for r in ev.values())
     # the teacher samples one step at a time; the students in one parallel pass
     assert all(ev[m]["real_time_factor"] < ev["teacher"]["real_time_factor"] for m in names[2:])
-    history = json.load(open(os.path.join(out, "teacher.json")))["history"]  # settings/records: JSON, tensors: safetensors
+    history = json.load(open(os.path.join(out, "teacher.json")))["history"]  # records in JSON, tensors in safetensors
     assert sum(history[-10:]) < sum(history[:10])  # the teacher learns
     for name in ("summary.json", "table.md", "spectrograms.png", "wav/oracle.wav", "wav/real_speech.wav"):
         assert os.path.exists(os.path.join(out, name))

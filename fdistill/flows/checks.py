@@ -1,9 +1,9 @@
 """Checks of settings, data and saved stages shared by the flows and vocoder experiments.
 
 Saved stages (`save_stage`, `load_stage`) are safetensors + JSON: resuming never unpickles a file of an output
-folder (a crafted pickle could run code). Each check raises one `fdistill.errors.InputError` (a ValueError) that names the setting or file, the value seen and
-the fix; experiment configs call them in ``__post_init__``, so a bad value stops a run before anything is loaded,
-trained or written. (Kept here, next to their first users; ``fdistill.vocoder`` imports them too.)
+folder (a crafted pickle could run code). Each check raises one `fdistill.errors.InputError` (a ValueError) that
+names the setting or file, the value seen and the fix; experiment configs call them in ``__post_init__``, so a bad
+value stops a run before anything is loaded, trained or written. (Kept here, next to their first users; ``fdistill.vocoder`` imports them too.)
 
     >>> whole_number("batch_size", 0)
     Traceback (most recent call last):
@@ -144,7 +144,8 @@ def load_stage(base: str, settings: dict) -> tuple[dict, dict] | None:
         with open(base + ".json") as f:
             meta = json.load(f)
     except (OSError, ValueError) as err:
-        raise StageFileError(f"{base}.json cannot be read ({err}); delete it and run again to redo that stage") from None
+        raise StageFileError(f"{base}.json cannot be read ({err}); delete it and run again to redo that "
+                             "stage") from None
     saved = meta.get("settings") if isinstance(meta, dict) else None
     expected = json.loads(json.dumps(settings))
     if saved != expected:

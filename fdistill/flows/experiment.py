@@ -95,10 +95,12 @@ class FlowExperimentConfig:
         if self.flow not in FLOW_CLASSES:
             raise ValueError(f"unknown flow {self.flow!r}; choose one of {sorted(FLOW_CLASSES)}")
         if not isinstance(self.methods, list) or not self.methods:
-            raise invalid("methods", self.methods, f"give a non-empty list of names from {sorted(self.method_weights)}.")
+            raise invalid("methods", self.methods,
+                          f"give a non-empty list of names from {sorted(self.method_weights)}.")
         unknown = [m for m in self.methods if m not in self.method_weights]
         if unknown:
-            raise ValueError(f"methods {unknown} have no entry in method_weights (known: {sorted(self.method_weights)})")
+            raise ValueError(f"methods {unknown} have no entry in method_weights (known: "
+                             f"{sorted(self.method_weights)})")
         checks.names("methods", self.methods, self.method_weights)  # no repeats
         for method, weights in self.method_weights.items():
             try:
