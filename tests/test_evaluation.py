@@ -94,3 +94,106 @@ def test_evaluate_command_rejects_bad_input_before_work(tmp_path, capsys):
               "--models", "x=/nonexistent", "--output", str(tmp_path / "o")])
     assert "no column 'gold'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--batch-size", "0"], "batch_size=0 is not valid: use a whole number >= 1"),
+        (["--batch-size", "-4"], "batch_size=-4 is not valid"),
+        (["--max-new-tokens", "0"], "max_new_tokens=0 is not valid"),
+        (["--max-new-tokens", "-1"], "max_new_tokens=-1 is not valid"),
+        (["--limit", "0"], "limit=0 is not valid"),
+        (["--limit", "-2"], "limit=-2 is not valid"),
+        (["--metrics", "bleu", "meteor"], r"unknown metric\(s\) \['meteor'\]"),
+        (["--models", "=x"], "--models expects NAME=PATH, got '=x'"),
+        (["--models", "a=x", "a=y"], "--models names 'a' twice"),
+        (["--include-teacher"], "need --teacher"),
+        (["--against-teacher"], "need --teacher"),
+        (["--reference-column", "gold"], "no column 'gold'.*leave the option out"),
+        (["--data", "{nulls}"], r"column 'reference'\[1\]=None is not valid"),
+        (["--data", "{nulls}", "--prompt-column", "question"], r"question.*None"),
+        (["--data", "{noref}"], "no reference column 'reference'.*nothing to compare"),
+        (["--output", "{file}"], r"output='.*results.json' is an existing file: give a folder"),
+        (["--output", "{file}/sub"], "output=.* cannot be created: .* is a file"),
+        (["--combine", "{file}"], "results file=.* cannot be read: it is not JSON"),
+        (["--combine", "{missing}"], "results file=.* does not exist"),
+    ],
+)
+def test_evaluate_command_rejects_bad_input_before_work(tmp_path, capsys, extra, match):
+    data = str(tmp_path / "test.jsonl")
+    tiny.dataset(3, seed=4).to_json(data)
+    fill = {
+        "nulls": _jsonl(tmp_path / "nulls.jsonl", [{"prompt": "a", "question": None, "reference": "b"},
+                                                    {"prompt": "c", "question": "d", "reference": None}]),
+        "noref": _jsonl(tmp_path / "noref.jsonl", [{"prompt": "a cat"}]),
+        "file": str(tmp_path / "results.json"),
+        "missing": str(tmp_path / "missing.json"),
+    }
+    (tmp_path / "results.json").write_text("not json")
+    argv = ["evaluate", "--data", data, "--split", "train", "--models", "x=/nonexistent", "--output", str(tmp_path / "o")]
+    argv += [e.format(**fill) for e in extra]
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # (no progress bars)
+    assert len(errors) == 1 and errors[0].startswith("fdistill evaluate: error: ")  # one line, no traceback
+    assert __import__("re").search(match, errors[0]), errors[0]
+    assert not (tmp_path / "o").exists()  # nothing written
+
+
+def test_evaluate_without_references_and_against_the_teacher(tmp_path):
+    tok = tiny.tokenizer()
+    for name, model in (("teacher", tiny.llama(2, seed=0, init=0.15)), ("s1", tiny.llama(1, seed=1))):
+        model.save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    data = _jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in tiny.prompts(4, seed=2)])
+    main(["evaluate", "--teacher", str(tmp_path / "teacher"), "--data", data, "--split", "train", "--max-new-tokens", "4",
+          "--models", f"s1={tmp_path / 's1'}", "--include-teacher", "--against-teacher", "--metrics", "bleu", "rouge",
+          "--output", str(tmp_path / "out")])
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    s1 = results["s1"]
+    assert "r_llh" in s1 and "kl" in s1 and "teacher/bleu" in s1 and "teacher/rougeL" in s1
+    assert s1["teacher/tokenize"] == "13a"  # the tokenisation is recorded
+    assert not any(k.startswith("reference/") for r in results.values() for k in r)
+    assert "no column 'reference'" in s1["skipped"] and "no column 'reference'" in results["teacher"]["skipped"]
+    report = (tmp_path / "out" / "results.md").read_text()
+    assert "- skipped: reference metrics (bleu, rouge): the test data has no column 'reference'" in report
+    assert "(all models)" in report and "teacher/tokenize: 13a" in report
+
+
+def test_report_keeps_non_finite_values_visible(tmp_path):
+    results = {"a": {"kl": float("nan"), "r_llh": float("inf"), "bleu": 3.0, "reference/tokenize": "zh"},
+               "b": {"kl": 1.5, "r_llh": 2.0, "bleu": float("-inf"), "reference/tokenize": "zh"}}
+    paths = write_report(results, str(tmp_path / "r"))
+    text = open(paths["json"]).read()
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))["a"]["kl"] == "NaN"
+    md = open(paths["markdown"]).read()
+    assert "**NaN**" in md and "**inf**" in md and "**-inf**" in md
+    assert "**3 non-finite value(s)**" in md and "a: kl, a: r_llh, b: bleu" in md
+    assert "reference/tokenize: zh (all models)" in md and "| zh |" not in md  # text values below the table
+    back = combine_results([paths["json"]])
+    assert back["a"]["r_llh"] == float("inf") and back["b"]["bleu"] == float("-inf") and back["a"]["kl"] != back["a"]["kl"]
+    assert back["a"]["reference/tokenize"] == "zh"
+
+
+def test_evaluate_model_checks_its_arguments_before_work(monkeypatch):
+    import fdistill.evaluation as ev
+
+    monkeypatch.setattr(ev, "generate_texts", lambda *a, **k: pytest.fail("generated before the checks"))
+    tok, model = tiny.tokenizer(), tiny.llama(1, seed=1)
+    with pytest.raises(ValueError, match="there are no prompts"):
+        evaluate_model(model, tok, [], {})
+    with pytest.raises(ValueError, match="2 prompts but 1 references 'reference'"):
+        evaluate_model(model, tok, ["a", "b"], {"reference": ["x"]})
+    with pytest.raises(ValueError, match=r"references 'reference'\[1\]=None is not valid"):
+        evaluate_model(model, tok, ["a", "b"], {"reference": ["x", None]})
+    with pytest.raises(ValueError, match="tokenize='words' is not valid"):
+        evaluate_model(model, tok, ["a"], {}, tokenize="words")
+    with pytest.raises(ValueError, match="risk_samples=0 is not valid"):
+        evaluate_model(model, tok, ["a"], {}, risk_samples=0)
