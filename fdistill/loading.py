@@ -314,8 +314,10 @@ def _check_model_source(name_or_path: str, gguf_file: str | None) -> None:
             raise _missing("GGUF folder", name_or_path, "pass the folder that holds the GGUF file, and the file name as gguf_file.")
         if not (path / gguf_file).is_file():
             found = sorted(p.name for p in path.glob("*.gguf"))
-            raise invalid("gguf_file", gguf_file, f"{name_or_path!r} holds the GGUF files {found}; pass one of them.",
-                          "is not in the folder")
+            fix = f"{name_or_path!r} holds the GGUF files {found}; pass one of them." if found else (
+                f"{name_or_path!r} holds no .gguf file; pass the folder that holds it (or drop gguf_file for a "
+                "save_pretrained folder).")
+            raise invalid("gguf_file", gguf_file, fix, "is not in the folder")
         return
     if not path.exists():
         if not is_hub_name(name_or_path):

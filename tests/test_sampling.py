@@ -266,3 +266,23 @@ def test_bad_prompts_and_outputs_before_any_write(tok, tmp_path):
         with pytest.raises(InputError, match=fragment):
             run("llama", tok, Dataset.from_dict({"prompt": prompts}), tmp_path / "p")
     assert not (tmp_path / "p").exists()
+
+
+def test_replacing_the_teacher_folder_mid_run_is_refused(tok, tmp_path):
+    """The issue's scenario: interrupt sampling from ./folder, save another model into the folder, rerun."""
+    from fdistill.loading import load_model_and_tokenizer
+
+    folder, out, data = tmp_path / "teacher", str(tmp_path / "o"), tiny.dataset(9, seed=9)
+    settings = OfflineSamplingSettings(max_new_tokens=4, batch_size=3)
+    tiny.llama(2, seed=0).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    model, tokenizer = load_model_and_tokenizer(str(folder))
+    with pytest.raises(KeyboardInterrupt):
+        sample_offline(_fail_after(model, 1), tokenizer, data, out, settings, teacher_id=str(folder), show_progress=False)
+    run_record = json.loads((tmp_path / "o" / ".fdistill_work" / "run.json").read_text())
+    assert run_record["teacher_fingerprint"].startswith("files-sha256:")
+    tiny.llama(2, seed=1).save_pretrained(folder)  # same config, other weights
+    model, tokenizer = load_model_and_tokenizer(str(folder))
+    with pytest.raises(InputError, match="the teacher changed"):
+        sample_offline(model, tokenizer, data, out, settings, teacher_id=str(folder), show_progress=False)
+    assert len(list((tmp_path / "o" / ".fdistill_work").glob("batch_*.jsonl"))) == 1  # nothing added
