@@ -26,13 +26,17 @@ pre-distillation) and §7; Shleifer & Rush 2020 (pre-distillation).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
+import os
 from collections import defaultdict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, GenerationConfig, PreTrainedModel, Seq2SeqTrainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from fdistill.config import TOPK_COLUMNS, DistillArguments
 from fdistill.data import DistillCollator, cat_completions, score_completions, scoring_inputs
@@ -61,12 +65,15 @@ from fdistill.kernels import (
     label_logits,
     output_head,
 )
-from fdistill.errors import NonFiniteError
+from fdistill.errors import InputError, NonFiniteError
 from fdistill.loading import resolve_dtype
 from fdistill.sampling import sample_completions, sampling_config
 
 logger = logging.getLogger(__name__)
 _SET_NAMES = {"reference": "references", "teacher": "teacher samples", "student": "student samples"}
+RUN_RECORD = "fdistill_run.json"  # in each checkpoint folder: what it was trained with (see FDistillMixin.train)
+# Settings that change speed or failure handling, not the objective: a resumed run may change them.
+_SPEED_SETTINGS = ("fused_divergence", "fused_chunk_size", "student_generation_cache", "teacher_dtype", "on_nonfinite")
 _NONFINITE_CAUSES = {
     "teacher": "the teacher's weights or dtype (check that it generates sensible text; load it in float32 or bfloat16 "
     "with teacher_dtype, float16 overflows easily)",
@@ -77,6 +84,16 @@ _NONFINITE_CAUSES = {
 
 def _vocab_size(model: nn.Module) -> int:
     return _base_model(model).get_output_embeddings().weight.shape[0]
+
+
+def _record_changes(saved: dict, now: dict) -> list[str]:
+    """The differences between two run records, as ``name: saved → now`` phrases."""
+    changes = [f"{k}={saved['settings'].get(k)!r} then, {v!r} now" for k, v in now["settings"].items()
+               if k in saved.get("settings", {}) and saved["settings"][k] != v]
+    for part in ("teacher", "tokenizer"):
+        if saved.get(part) != now[part]:
+            changes.append(f"another {part} (fingerprint {saved.get(part)} then, {now[part]} now)")
+    return changes
 
 
 class FDistillMixin:
@@ -138,6 +155,7 @@ class FDistillMixin:
                 cache_implementation=self.student_generation_config.cache_implementation,
             )
         self._heads_checked = False
+        self._record: dict | None = None  # see _run_record
         # on_nonfinite='skip': micro-batches dropped in all; training micro-batches in all; both since the last log
         self._nonfinite_skipped, self._train_micro, self._window_micro, self._window_skipped = 0, 0, 0, 0
 
@@ -242,6 +260,49 @@ class FDistillMixin:
         if self._signature_columns is None:
             a = self.distill_args
             self._signature_columns = list({a.prompt_column, a.reference_column, *self._completion_columns(a).values()})
+
+    # ------------------------------------------------------------------ checkpoints: what they were trained with
+
+    def _run_record(self) -> dict:
+        """What a checkpoint was trained with: the distillation settings that change the objective, and fingerprints
+        of the teacher and tokenizer (:func:`fdistill.loading.model_fingerprint`). Computed once per trainer."""
+        if self._record is None:
+            from fdistill.loading import model_fingerprint
+
+            settings = {k: v for k, v in dataclasses.asdict(self.distill_args).items()
+                        if k in {f.name for f in dataclasses.fields(DistillArguments)} and k not in _SPEED_SETTINGS}
+            prints = model_fingerprint(self.teacher, self.processing_class) if self.teacher is not None else {
+                "tokenizer": model_fingerprint(self.model, self.processing_class)["tokenizer"]}
+            self._record = {"settings": settings, "teacher": prints.get("model"), "tokenizer": prints["tokenizer"]}
+        return self._record
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            with open(os.path.join(folder, RUN_RECORD), "w") as f:
+                json.dump(self._run_record(), f, indent=2, default=str)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs):
+        """`Trainer.train`; a resumed run is first checked against what its checkpoint was trained with.
+
+        A checkpoint trained with other distillation settings (objective, mixture, temperatures, sampling, data
+        columns, ...), another teacher or another tokenizer is refused with the differences named, before any work.
+        """
+        folder = resume_from_checkpoint
+        if folder is True:
+            folder = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
+        if isinstance(folder, str) and os.path.isfile(os.path.join(folder, RUN_RECORD)):
+            with open(os.path.join(folder, RUN_RECORD)) as f:
+                saved = json.load(f)
+            changes = _record_changes(saved, self._run_record())
+            if changes:
+                raise InputError(f"checkpoint {folder!r} was trained differently: {'; '.join(changes)}. Resume with the "
+                                 "settings and models it was trained with, or train into a new output_dir.")
+        elif isinstance(folder, str):
+            logger.warning("checkpoint %s has no %s (written by an older fdistill): its settings are not checked.",
+                           folder, RUN_RECORD)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
 
     # ------------------------------------------------------------------ online student samples
 

@@ -121,6 +121,22 @@ def test_resume_equals_uninterrupted(tok, tmp_path):
                     processing_class=tok).train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-3"))
     for (name, a), b in zip(full.named_parameters(), resumed.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    # The checkpoint records what it was trained with; a resume under another objective or teacher is refused.
+    from fdistill.errors import InputError
+
+    checkpoint = str(tmp_path / "a" / "checkpoint-3")
+    for changed, fragment in [(dict(objective="tvd"), r"objective='js' then, 'tvd' now"),
+                              (dict(loss_temperature=2.0), r"loss_temperature=1.0 then, 2.0 now")]:
+        trainer = FDistillTrainer(model=tiny.bart(1, seed=5), teacher_model=teacher, processing_class=tok,
+                                  args=config(tmp_path / "c", **{**kw, **changed}), train_dataset=data)
+        with pytest.raises(InputError, match=rf"checkpoint .*checkpoint-3' was trained differently: {fragment}"):
+            trainer.train(resume_from_checkpoint=checkpoint)
+    other_teacher = tiny.bart(2, seed=3, init=0.15)
+    trainer = FDistillTrainer(model=tiny.bart(1, seed=5), teacher_model=other_teacher, processing_class=tok,
+                              args=config(tmp_path / "a", **kw), train_dataset=data)
+    with pytest.raises(InputError, match=r"another teacher \(fingerprint tensors-sha256:"):
+        trainer.train(resume_from_checkpoint=True)  # True: the newest checkpoint in output_dir
+    assert trainer.state.global_step == 0  # refused before any work
 
 
 def test_mixin_in_a_users_own_trainer(tok, tmp_path):
