@@ -21,7 +21,7 @@ import torch
 
 from fdistill.data import base_model
 from fdistill.errors import InputError, invalid
-from fdistill.metrics import sequence_divergences
+from fdistill.metrics import nonfinite_sampling, sequence_divergences
 from fdistill.sampling import sample_batches, sampling_config
 from fdistill.text_metrics import check_metric_names, check_references, compute_text_metrics, resolve_tokenize, teacher_dist
 
@@ -92,7 +92,8 @@ def generate_texts(
     torch.manual_seed(seed)
     config = sampling_config(model, tokenizer, max_new_tokens=max_new_tokens, do_sample=decoding == "sample")
     expanded = [p for p in prompts for _ in range(num_samples)]
-    drawn = sample_batches(model, tokenizer, expanded, config, batch_size=batch_size, use_chat_template=use_chat_template)
+    with nonfinite_sampling("model"):
+        drawn = sample_batches(model, tokenizer, expanded, config, batch_size=batch_size, use_chat_template=use_chat_template)
     texts = [tokenizer.decode(row[m], skip_special_tokens=True).strip() for ids, mask, _ in drawn for row, m in zip(ids, mask)]
     tokens = sum(int(mask.sum()) for _, mask, _ in drawn)
     seconds = sum(s for _, _, s in drawn)

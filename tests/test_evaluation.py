@@ -197,3 +197,25 @@ def test_evaluate_model_checks_its_arguments_before_work(monkeypatch):
         evaluate_model(model, tok, ["a"], {}, tokenize="words")
     with pytest.raises(ValueError, match="risk_samples=0 is not valid"):
         evaluate_model(model, tok, ["a"], {}, risk_samples=0)
+
+
+def test_a_model_with_nan_logits_stops_the_evaluation_with_one_line(tmp_path, capsys):
+    from fdistill.errors import NonFiniteError
+
+    tok, teacher, broken = tiny.tokenizer(), tiny.llama(2, seed=0, init=0.15), tiny.llama(1, seed=1)
+    with torch.no_grad():
+        broken.lm_head.weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteError, match="the student's next-token probabilities hold NaN or inf"):
+        metrics_module.sequence_divergences(broken, teacher, tok, ["the cat"], max_new_tokens=3)
+    for name, model in (("teacher", teacher), ("broken", broken)):
+        model.save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    tiny.dataset(2, seed=4).to_json(str(tmp_path / "test.jsonl"))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        main(["evaluate", "--teacher", str(tmp_path / "teacher"), "--data", str(tmp_path / "test.jsonl"), "--split",
+              "train", "--max-new-tokens", "3", "--models", f"b={tmp_path / 'broken'}", "--output", str(tmp_path / "o")])
+    assert stop.value.code == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "student's next-token probabilities hold NaN" in errors[0]
+    assert not (tmp_path / "o").exists()
