@@ -350,7 +350,10 @@ def sample_offline(
     work = out / _WORK_DIR
     run_file = work / "run.json"
     done = sorted(work.glob("batch_*.jsonl")) if work.is_dir() else []
-    if run_file.exists() and done:  # an unfinished run: resume only the very same run
+    if done and not run_file.exists():
+        raise InputError(f"{output_dir!r} holds {len(done)} sampled batches but no run record ({run_file} is gone), so "
+                         "they cannot be checked against this run: delete that folder or choose another output folder.")
+    if done:  # an unfinished run: resume only the very same run
         changes = _run_changes(json.loads(run_file.read_text()), provenance)
         if changes:
             raise InputError(

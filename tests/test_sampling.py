@@ -268,9 +268,11 @@ def test_bad_prompts_and_outputs_before_any_write(tok, tmp_path):
     assert not (tmp_path / "p").exists()
 
 
-def test_replacing_the_teacher_folder_mid_run_is_refused(tok, tmp_path):
+def test_replacing_the_teacher_folder_mid_run_is_refused(tok, tmp_path, monkeypatch):
     """The issue's scenario: interrupt sampling from ./folder, save another model into the folder, rerun."""
     from fdistill.loading import load_model_and_tokenizer
+
+    monkeypatch.setenv("FDISTILL_CACHE", str(tmp_path / "cache"))  # remembered file digests stay in the test
 
     folder, out, data = tmp_path / "teacher", str(tmp_path / "o"), tiny.dataset(9, seed=9)
     settings = OfflineSamplingSettings(max_new_tokens=4, batch_size=3)
@@ -286,3 +288,6 @@ def test_replacing_the_teacher_folder_mid_run_is_refused(tok, tmp_path):
     with pytest.raises(InputError, match="the teacher changed"):
         sample_offline(model, tokenizer, data, out, settings, teacher_id=str(folder), show_progress=False)
     assert len(list((tmp_path / "o" / ".fdistill_work").glob("batch_*.jsonl"))) == 1  # nothing added
+    (tmp_path / "o" / ".fdistill_work" / "run.json").unlink()
+    with pytest.raises(InputError, match="no run record"):
+        sample_offline(model, tokenizer, data, out, settings, teacher_id=str(folder), show_progress=False)
