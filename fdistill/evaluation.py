@@ -23,7 +23,8 @@ from fdistill.data import base_model
 from fdistill.errors import InputError, invalid
 from fdistill.metrics import nonfinite_sampling, sequence_divergences
 from fdistill.sampling import sample_batches, sampling_config
-from fdistill.text_metrics import check_metric_names, check_references, compute_text_metrics, resolve_tokenize, teacher_dist
+from fdistill.text_metrics import (check_metric_names, check_references, compute_text_metrics, require_bertscore,
+                                   resolve_tokenize, teacher_dist)
 
 # Metrics where lower is better (the rest: higher is better), for the report's arrows.
 LOWER_IS_BETTER = ("ter", "r_llh", "r_cvg", "r_llh_token", "r_cvg_token", "kl", "rkl", "js", "tvd_bound")
@@ -42,7 +43,8 @@ def check_settings(*, max_new_tokens: int = 64, batch_size: int = 16, metrics=()
     check_positive("batch_size", batch_size, "prompts per generate call")
     check_positive("risk_samples", risk_samples, "samples per prompt and side for the risks")
     check_positive("num_samples", num_samples, "samples per prompt")
-    check_metric_names(metrics)
+    if "bertscore" in check_metric_names(metrics):
+        require_bertscore()
     resolve_tokenize(tokenize, [])
 
 

