@@ -1,0 +1,108 @@
+"""Every sub-command's worst inputs, in-process: one line on stderr naming the problem and the fix, exit status 2,
+no traceback, and nothing written (issue 15). One row per input: (argv, expected fragment of the error)."""
+
+import os
+
+import pytest
+import yaml
+
+from fdistill import testing as tiny
+from fdistill.cli import load_recipe, main
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A tiny saved teacher, a prompts file and a recipe that would train on them (never run here)."""
+    root = tmp_path_factory.mktemp("bad_inputs")
+    teacher = root / "teacher"
+    tiny.llama(1, seed=0).save_pretrained(teacher)
+    tiny.tokenizer().save_pretrained(teacher)
+    prompts = root / "prompts.jsonl"
+    tiny.dataset(4, seed=0).to_json(str(prompts))
+    recipe = root / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"teacher": str(teacher), "train_data": str(prompts), "student_layers": [0],
+                                      "objective": "kl", "output_dir": str(root / "never"), "use_cpu": True,
+                                      "report_to": []}))
+    (root / "no_teacher.yaml").write_text(yaml.safe_dump({"train_data": str(prompts), "output_dir": str(root / "never")}))
+    (root / "typo.yaml").write_text(yaml.safe_dump({"teacher": str(teacher), "temprature": 0.7}))
+    (root / "a_file").write_text("not a folder")
+    return {"root": root, "teacher": str(teacher), "prompts": str(prompts), "recipe": str(recipe)}
+
+
+def _rows():
+    """(argv with {placeholders}, error fragment). Placeholders: root, teacher, prompts, recipe."""
+    train = ["train", "{recipe}"]
+    sample = ["sample", "--teacher", "{teacher}", "--data", "{prompts}", "--output", "{root}/never", "--no-progress"]
+    audio = ["vocoder", "audio", "recipes/vocoder/audio.yaml", "corpus=synthetic", "output_dir={root}/never"]
+    gaussian = ["vocoder", "gaussian", "--out", "{root}/never"]
+    glow = ["recipes/flows/digits_glow.yaml", "output_dir={root}/never"]
+    return [
+        # fdistill train: the recipe, its typed values and the training settings
+        (["train", "{root}/missing.yaml"], "recipe '{root}/missing.yaml' not found"),
+        (["train", "{root}"], "is a folder"),
+        (["train", "{root}/no_teacher.yaml"], "lacks teacher"),
+        (train + ["learnig_rate=1e-3"], "'learnig_rate': did you mean learning_rate?"),
+        (train + ["learning_rate=[1,2]"], "learning_rate=[1, 2] is not valid: expected a number"),
+        (train + ["use_chat_template=maybe"], "use_chat_template='maybe' is not valid: expected true or false"),
+        (train + ["max_steps=2.5"], "max_steps=2.5 is not valid: expected a whole number"),
+        (train + ["max_steps"], "override 'max_steps' is not key=value"),
+        (train + ["loss_temperature=inf"], "loss_temperature=inf is not valid: use a finite number"),
+        (train + ["predistill_alpha_kd=nan"], "predistill_alpha_kd=nan is not valid"),
+        (train + ["objective=seqkd", "teacher_sampling=online"], "teacher_sampling='online' is not valid: objective 'seqkd'"),
+        (train + ["objective=klx"], "objective='klx' is not valid"),
+        (train + ["on_nonfinite=ignore"], "on_nonfinite='ignore' is not valid"),
+        (train + ["--resume-from-checkpoint", "latest"], "--resume-from-checkpoint latest: no checkpoint-N folder"),
+        (train + ["--resume-from-checkpoint", "{root}/nowhere"], "is not a folder"),
+        # --config files of sample / evaluate: the same parser
+        (["sample", "--config", "{root}/missing.yaml"], "--config file '{root}/missing.yaml' not found"),
+        (["sample", "--config", "{root}/typo.yaml"], "'temprature': did you mean temperature?"),
+        (["sample", "--config"], "--config needs a value"),
+        # fdistill vocoder
+        (audio + ["hop=0"], "hop=0 must be ≥ 1"),
+        (audio + ["batch_size=0"], "batch_size=0 must be ≥ 1"),
+        (audio + ["sample_rate=abc"], "sample_rate='abc' is not valid"),
+        (audio + ["teacher_steps=-5"], "teacher_steps=-5 must be ≥ 1"),
+        (audio + ["learning_rate=[1,2]"], "learning_rate=[1, 2] is not valid"),
+        (audio + ["methods=[]"], "methods=[] is not valid"),
+        (audio + ["methods=[gan]"], "unknown methods ['gan']"),
+        (audio + ["output_dir=README.md"], "it is an existing file"),
+        (gaussian + ["--dims", "0"], "dims=[0] is not valid"),
+        (gaussian + ["--repeats", "0"], "repeats=0 must be ≥ 1"),
+        (gaussian + ["--lr", "nan"], "lr=nan is not a finite number"),
+        # fdistill flows
+        (["flows", "experiment", *glow, "teacher={levels: -1, depth: 2, hidden: 8}"], "teacher.levels=-1 must be ≥ 1"),
+        (["flows", "experiment", "recipes/flows/breast_cancer_maf.yaml", "output_dir={root}/never",
+          "teacher={blocks: -1, hidden: 8}"], "teacher.blocks=-1 must be ≥ 1"),
+        (["flows", "experiment", *glow, "learning_rate=[1,2]"], "learning_rate=[1, 2] is not valid"),
+        (["flows", "experiment", *glow, "seeds=[]"], "seeds=[] must be a non-empty list"),
+        (["flows", "experiment", *glow, "studnet_epochs=3"], "did you mean student_epochs"),
+        (["flows", "distill", *glow, "--weights", "nll=abc"], "--weights item='nll=abc' is not valid"),
+    ]
+
+
+ROWS = _rows()
+
+
+@pytest.mark.parametrize("argv, fragment", ROWS, ids=[" ".join(a[:2] + a[-1:]) for a, _ in ROWS])
+def test_worst_input_is_one_clear_line_and_writes_nothing(files, argv, fragment, capsys):
+    def fill(text: str) -> str:
+        for key, value in files.items():
+            text = text.replace("{" + key + "}", str(value))
+        return text
+
+    argv, fragment = [fill(a) for a in argv], fill(fragment)
+    before = set(os.listdir(files["root"]))
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    assert fragment in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert set(os.listdir(files["root"])) == before  # nothing written, no output folder made
+
+
+def test_numbers_and_booleans_from_text_reach_the_config(files):
+    """The recipe values YAML leaves as text (5e-5, 'false') arrive typed in FDistillConfig."""
+    run_args, config = load_recipe(files["recipe"], ["learning_rate=5e-5", "use_chat_template=false", "max_steps=1e1"])
+    assert config.learning_rate == 5e-5 and config.use_chat_template is False and config.max_steps == 10
+    assert run_args.student_layers == [0]
