@@ -31,6 +31,7 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """``"bfloat16"`` → ``torch.bfloat16`` (None and dtypes pass through); an unknown name is an `InputError`."""
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in _DTYPES:
@@ -39,7 +40,7 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
 
 
 def is_hub_name(source: str) -> bool:
-    """True when ``source`` can only be meant as a Hub name (``name`` or ``owner/name``), not as a local path.
+    """True when ``source`` is a plausible Hub name (``name`` or ``owner/name``); anything else is a local path.
 
     Anything with a file suffix (``.jsonl``, ``.gguf``, ...), starting with ``./``, ``../``, ``/`` or ``~``,
     with a backslash or with more than one ``/`` is a local path: when it does not exist, fdistill says so
