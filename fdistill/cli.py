@@ -87,10 +87,14 @@ def add_sample_parser(sub) -> None:
 
 
 def run_sample(args) -> None:
+    from fdistill.checks import output_folder, whole_number
     from fdistill.loading import file_sha256, load_data, load_model_and_tokenizer, prepare_prompts, resolve_package_path
     from fdistill.sampling import OfflineSamplingSettings, sample_offline
 
     _require(args, "teacher", "data", "output")
+    output_folder("output", args.output)
+    if args.limit is not None:
+        whole_number("limit", args.limit)
     settings = OfflineSamplingSettings(**{k: getattr(args, k) for k in vars(OfflineSamplingSettings())})
     data = load_data(args.data, config=args.data_config, split=args.split)
     data = prepare_prompts(data, prompt_column=args.prompt_column, prompt_prefix=args.prompt_prefix, flatten=args.flatten_data)
@@ -177,6 +181,14 @@ def build_trainer(run_args: RunArguments, config):
     from fdistill.student import create_student_from_teacher, wrap_with_lora
     from fdistill.trainer import FDistillTrainer
 
+    # Data first: a bad file or prompt is refused before any model is loaded.
+    prep = dict(prompt_column=config.prompt_column, prompt_prefix=run_args.prompt_prefix, flatten=run_args.flatten_data)
+    train = load_data(run_args.train_data, config=run_args.train_data_config, split=run_args.train_split)
+    train = prepare_prompts(train, **prep) if not _is_sample_output(run_args.train_data) else train
+    evaluation = None
+    if run_args.eval_data:
+        evaluation = load_data(run_args.eval_data, config=run_args.train_data_config, split=run_args.eval_split)
+        evaluation = prepare_prompts(evaluation, **prep) if not _is_sample_output(run_args.eval_data) else evaluation
     teacher, tokenizer = load_model_and_tokenizer(run_args.teacher, gguf_file=run_args.teacher_gguf_file, dtype=run_args.model_dtype)
     if tokenizer.pad_token is None:
         raise ValueError("the teacher's tokenizer has no pad token; add one to its tokenizer files (e.g. pad = eos).")
@@ -192,13 +204,6 @@ def build_trainer(run_args: RunArguments, config):
         student = create_student_from_teacher(teacher, layers=run_args.student_layers)
     if run_args.lora_r:
         student = wrap_with_lora(student, r=run_args.lora_r, alpha=run_args.lora_alpha)
-    prep = dict(prompt_column=config.prompt_column, prompt_prefix=run_args.prompt_prefix, flatten=run_args.flatten_data)
-    train = load_data(run_args.train_data, config=run_args.train_data_config, split=run_args.train_split)
-    train = prepare_prompts(train, **prep) if not _is_sample_output(run_args.train_data) else train
-    evaluation = None
-    if run_args.eval_data:
-        evaluation = load_data(run_args.eval_data, config=run_args.train_data_config, split=run_args.eval_split)
-        evaluation = prepare_prompts(evaluation, **prep) if not _is_sample_output(run_args.eval_data) else evaluation
     return FDistillTrainer(
         model=student, teacher_model=teacher, args=config, train_dataset=train, eval_dataset=evaluation,
         processing_class=tokenizer,
@@ -270,7 +275,8 @@ def add_evaluate_parser(sub) -> None:
 
 def run_evaluate(args) -> None:
     """`fdistill evaluate`: every setting, the data and the output folder are checked before any model is loaded."""
-    from fdistill.evaluation import (check_output_dir, check_positive, check_prompts, check_settings, combine_results,
+    from fdistill.checks import output_folder, whole_number
+    from fdistill.evaluation import (check_prompts, check_settings, combine_results,
                                      evaluate_model, generate_texts, non_finite, teacher_diversity, write_report)
     from fdistill.loading import load_data, load_model_and_tokenizer, prepare_prompts
     from fdistill.text_metrics import check_references
@@ -279,7 +285,7 @@ def run_evaluate(args) -> None:
         return [value] if isinstance(value, str) else list(value or [])
 
     _require(args, "output")
-    check_output_dir(args.output)
+    output_folder("output", args.output)
     if args.combine is not None:
         paths = write_report(combine_results(as_list(args.combine)), args.output)
         print(f"combined table: {paths['markdown']}")
@@ -287,7 +293,7 @@ def run_evaluate(args) -> None:
     metrics = as_list(args.metrics)
     check_settings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, metrics=metrics, tokenize=args.tokenize)
     if args.limit is not None:
-        check_positive("limit", args.limit, "the number of test examples to use")
+        whole_number("limit", args.limit)
     if not args.data:
         raise InputError("give --data (the test set) or --combine (earlier results to merge).")
     if not args.models and not args.include_teacher:

@@ -9,6 +9,8 @@ one line on stderr and exit status 2) catches it; raise it before any work is do
 
 from __future__ import annotations
 
+import contextlib
+
 
 class InputError(ValueError):
     """A setting, file or data item that fdistill cannot use; the message names it, the value seen and the fix."""
@@ -27,3 +29,31 @@ def invalid(name: str, value, fix: str, problem: str = "is not valid") -> InputE
 
 class NonFiniteError(ArithmeticError):
     """Training met a NaN or infinity; the message names the step, the inputs and the model concerned, and the likely cause."""
+
+
+# Why a model's numbers are NaN/inf, as said by every NonFiniteError about the teacher, the student or another model.
+NONFINITE_CAUSES = {
+    "teacher": "the teacher's weights or dtype (check that it generates sensible text; load it in float32 or bfloat16 "
+    "(teacher_dtype), float16 overflows easily)",
+    "student": "the student diverged or was loaded broken (lower learning_rate, keep max_grad_norm, prefer bf16 to "
+    "fp16; check the model before training)",
+}
+_OTHER_CAUSE = "the model's weights or dtype (does it generate sensible text? float16 overflows easily: use float32 or bfloat16)"
+
+
+def nonfinite_cause(which: str) -> str:
+    """The likely cause of NaN/inf in the numbers of model ``which`` ('teacher', 'student' or another name)."""
+    return NONFINITE_CAUSES.get(which, _OTHER_CAUSE)
+
+
+@contextlib.contextmanager
+def nonfinite_sampling(which: str, where: str):
+    """torch.multinomial's RuntimeError on NaN/inf next-token probabilities, as a `NonFiniteError` naming
+    ``where`` (e.g. "training step 3"), the model ``which`` and the likely cause."""
+    try:
+        yield
+    except RuntimeError as error:
+        if "probability tensor contains" not in str(error):
+            raise
+        raise NonFiniteError(f"{where}: the {which}'s next-token probabilities hold NaN or inf while drawing {which} "
+                             f"samples; likely cause: {nonfinite_cause(which)}") from None

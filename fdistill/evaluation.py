@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from fdistill.checks import output_folder, whole_number
 from fdistill.data import base_model
-from fdistill.errors import InputError, invalid
-from fdistill.metrics import nonfinite_sampling, sequence_divergences
+from fdistill.data import check_prompts as check_prompt_rows
+from fdistill.errors import InputError, invalid, nonfinite_sampling
+from fdistill.metrics import sequence_divergences
 from fdistill.sampling import sample_batches, sampling_config
 from fdistill.text_metrics import (check_metric_names, check_references, compute_text_metrics, require_bertscore,
                                    resolve_tokenize, teacher_dist)
@@ -30,35 +31,26 @@ from fdistill.text_metrics import (check_metric_names, check_references, compute
 LOWER_IS_BETTER = ("ter", "r_llh", "r_cvg", "r_llh_token", "r_cvg_token", "kl", "rkl", "js", "tvd_bound")
 
 
-def check_positive(name: str, value, what: str) -> None:
-    """An InputError unless ``value`` is a whole number >= 1 (``what`` says what it counts, for the fix)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise invalid(name, value, f"use a whole number >= 1 ({what}).")
-
-
 def check_settings(*, max_new_tokens: int = 64, batch_size: int = 16, metrics=(), tokenize: str = "auto",
                    risk_samples: int = 1, num_samples: int = 1) -> None:
     """Check evaluation settings before any work: an InputError naming the first bad one and its fix."""
-    check_positive("max_new_tokens", max_new_tokens, "tokens generated per reply")
-    check_positive("batch_size", batch_size, "prompts per generate call")
-    check_positive("risk_samples", risk_samples, "samples per prompt and side for the risks")
-    check_positive("num_samples", num_samples, "samples per prompt")
+    whole_number("max_new_tokens", max_new_tokens)
+    whole_number("batch_size", batch_size)
+    whole_number("risk_samples", risk_samples)
+    whole_number("num_samples", num_samples)
     if "bertscore" in check_metric_names(metrics):
         require_bertscore()
     resolve_tokenize(tokenize, [])
 
 
 def check_prompts(prompts) -> list:
-    """The prompts as a non-empty list without missing entries, or an InputError naming the first bad one."""
+    """The prompts as a non-empty list of usable prompts (`fdistill.data.check_prompts`), or an InputError."""
     if isinstance(prompts, (str, bytes)):
         raise InputError(f"prompts must be a list (one prompt per example), got a single string {prompts[:40]!r}.")
     prompts = list(prompts)
     if not prompts:
         raise InputError("there are no prompts to evaluate (0 examples): give test data with at least one row.")
-    bad = next((i for i, p in enumerate(prompts) if p is None or (isinstance(p, float) and math.isnan(p))), None)
-    if bad is not None:
-        raise invalid(f"prompts[{bad}]", prompts[bad], "every example needs a prompt; fill in or drop that row.",
-                      problem="is missing")
+    check_prompt_rows(prompts, "prompts")
     return prompts
 
 
@@ -94,7 +86,7 @@ def generate_texts(
     torch.manual_seed(seed)
     config = sampling_config(model, tokenizer, max_new_tokens=max_new_tokens, do_sample=decoding == "sample")
     expanded = [p for p in prompts for _ in range(num_samples)]
-    with nonfinite_sampling("model"):
+    with nonfinite_sampling("model", "evaluation"):
         drawn = sample_batches(model, tokenizer, expanded, config, batch_size=batch_size, use_chat_template=use_chat_template)
     texts = [tokenizer.decode(row[m], skip_special_tokens=True).strip() for ids, mask, _ in drawn for row, m in zip(ids, mask)]
     tokens = sum(int(mask.sum()) for _, mask, _ in drawn)
@@ -179,7 +171,7 @@ def evaluate_model(
 def teacher_diversity(teacher, tokenizer, prompts: list, *, k: int = 5, max_new_tokens: int = 64, batch_size: int = 16,
                       use_chat_template: bool = False, seed: int = 0) -> float:
     """TeacherDist: distinct-bigram % among ``k`` teacher samples per input, averaged (paper Table 3)."""
-    check_positive("k", k, "teacher samples per input")
+    whole_number("k", k)
     prompts = check_prompts(prompts)
     gen = generate_texts(teacher, tokenizer, prompts, max_new_tokens=max_new_tokens, decoding="sample", num_samples=k,
                          batch_size=batch_size, use_chat_template=use_chat_template, seed=seed)
@@ -261,25 +253,6 @@ def plot_risks(results: dict[str, dict[str, float]], path: str, per: str = "toke
     plt.close(fig)
 
 
-def check_output_dir(path) -> None:
-    """An InputError unless ``path`` is a folder or can be made one; call it before any work is done."""
-    if not path:
-        raise invalid("output", path, "give a folder for results.json, results.md and risks.png.")
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise invalid("output", str(path), "give a folder (new or existing) for results.json, results.md and risks.png.",
-                      problem="is an existing file")
-    parent = out
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise invalid("output", str(path), f"{str(parent)!r} is a file, so no folder can be made inside it; give another path.",
-                      problem="cannot be created")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise invalid("output", str(path), f"{str(parent)!r} is not writable; give a folder you can write to.",
-                      problem="cannot be written")
-
-
 # Non-finite floats in results.json: JSON has no NaN or infinity, so they are written as these strings.
 _JSON_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
@@ -298,7 +271,7 @@ def write_report(results: dict[str, dict[str, float]], out_dir: str, *, columns:
     (read back as floats by :func:`combine_results`). ``results.md`` has the table, then the
     notes of :func:`report_notes`.
     """
-    check_output_dir(out_dir)
+    output_folder("output", out_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": str(out / "results.json"), "markdown": str(out / "results.md"), "plot": str(out / "risks.png")}

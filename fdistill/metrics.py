@@ -10,33 +10,12 @@ the whole vocabulary. The risks are the paper's Table 3 quantities:
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 from fdistill.data import score_completions
 from fdistill.divergences import SampledSequences, f_divergence_loss, token_logprobs
-from fdistill.errors import NonFiniteError
+from fdistill.errors import nonfinite_sampling
 from fdistill.sampling import prompt_batches, sample_batches, sampling_config
-
-
-@contextlib.contextmanager
-def nonfinite_sampling(which: str):
-    """torch.multinomial's error on NaN/inf next-token probabilities, as a `NonFiniteError` naming the model.
-
-    Non-finite values never become numbers in an evaluation: sampling from such a model stops
-    here, and NaN or infinite estimates are kept as such and counted by the report.
-    """
-    try:
-        yield
-    except RuntimeError as error:
-        if "probability tensor contains" not in str(error):
-            raise
-        raise NonFiniteError(
-            f"the {which}'s next-token probabilities hold NaN or inf while drawing {which} samples for the evaluation; "
-            f"check the {which} (does it generate sensible text? are its weights finite? float16 overflows easily: "
-            "load it in float32 or bfloat16)"
-        ) from None
 
 
 @torch.no_grad()
@@ -76,10 +55,10 @@ def sequence_divergences(
     common = dict(batch_size=batch_size, use_chat_template=use_chat_template)
     if teacher_completions is None:
         cfg_p = sampling_config(teacher, tokenizer, max_new_tokens=max_new_tokens)
-        with nonfinite_sampling("teacher"):
+        with nonfinite_sampling("teacher", "evaluation"):
             teacher_completions = [(i, m) for i, m, _ in sample_batches(teacher, tokenizer, expanded, cfg_p, **common)]
     cfg_q = sampling_config(student, tokenizer, max_new_tokens=max_new_tokens)
-    with nonfinite_sampling("student"):
+    with nonfinite_sampling("student", "evaluation"):
         student_completions = [(i, m) for i, m, _ in sample_batches(student, tokenizer, expanded, cfg_q, **common)]
     totals: dict[str, float] = {}
     tokens = {"student": 0, "teacher": 0}
@@ -133,6 +112,6 @@ def teacher_completions(
         torch.manual_seed(seed + 1)
     cfg = sampling_config(teacher, tokenizer, max_new_tokens=max_new_tokens)
     expanded = [p for p in prompts for _ in range(num_samples)]
-    with nonfinite_sampling("teacher"):
+    with nonfinite_sampling("teacher", "evaluation"):
         drawn = sample_batches(teacher, tokenizer, expanded, cfg, batch_size=batch_size, use_chat_template=use_chat_template)
     return [(ids, mask) for ids, mask, _ in drawn]

@@ -28,6 +28,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
+from fdistill.checks import output_folder
 from fdistill.data import DistillCollator, base_model, check_prompts, completion_mask, position_limit
 from fdistill.errors import InputError
 
@@ -308,9 +309,7 @@ def sample_offline(
 
     state = PartialState(cpu=not torch.cuda.is_available())  # several CPU processes need the gloo group
     # ---- validation: all before any generation or any write
-    out = Path(output_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"output {output_dir!r} is a file, not a folder: give a new or empty folder for the samples.")
+    out = Path(output_folder("output", output_dir))
     if settings.prompt_column not in dataset.column_names:
         raise InputError(f"the dataset has no column {settings.prompt_column!r} (it has {dataset.column_names}): set the "
                          "prompt column (prompt_column, --prompt-column) to one of them.")

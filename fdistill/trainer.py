@@ -25,7 +25,6 @@ pre-distillation) and §7; Shleifer & Rush 2020 (pre-distillation).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -39,7 +38,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, Generation
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from fdistill.config import TOPK_COLUMNS, DistillArguments
-from fdistill.data import DistillCollator, cat_completions, score_completions, scoring_inputs
+from fdistill.data import DistillCollator, cat_completions, check_prompts, score_completions, scoring_inputs
 from fdistill.data import base_model as _base_model
 from fdistill.divergences import (
     DIVERGENCES,
@@ -65,7 +64,7 @@ from fdistill.kernels import (
     label_logits,
     output_head,
 )
-from fdistill.errors import InputError, NonFiniteError
+from fdistill.errors import InputError, NonFiniteError, nonfinite_cause, nonfinite_sampling
 from fdistill.loading import resolve_dtype
 from fdistill.sampling import sample_completions, sampling_config
 
@@ -74,12 +73,6 @@ _SET_NAMES = {"reference": "references", "teacher": "teacher samples", "student"
 RUN_RECORD = "fdistill_run.json"  # in each checkpoint folder: what it was trained with (see FDistillMixin.train)
 # Settings that change speed or failure handling, not the objective: a resumed run may change them.
 _SPEED_SETTINGS = ("fused_divergence", "fused_chunk_size", "student_generation_cache", "teacher_dtype", "on_nonfinite")
-_NONFINITE_CAUSES = {
-    "teacher": "the teacher's weights or dtype (check that it generates sensible text; load it in float32 or bfloat16 "
-    "with teacher_dtype, float16 overflows easily)",
-    "student": "the student diverged or was loaded broken (lower learning_rate, keep max_grad_norm, prefer bf16 to "
-    "fp16; check the model before training)",
-}
 
 
 def _vocab_size(model: nn.Module) -> int:
@@ -199,6 +192,8 @@ class FDistillMixin:
                     )
             if len(dataset) == 0:
                 raise ValueError(f"the {split} dataset is empty; give it at least one example.")
+            if names is not None:  # every prompt, whatever the objective reads besides (None, blank, numbers refused)
+                check_prompts(dataset[settings.prompt_column], settings.prompt_column)
             completions = cls._completion_columns(settings)
             if completions:
                 probe = [dataset[i] for i in range(min(len(dataset), 256))]
@@ -309,26 +304,13 @@ class FDistillMixin:
     def generate_student_samples(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample one completion per prompt from the student (eval mode, KV cache, no gradient): ``(ids, mask)``."""
         model = self.accelerator.unwrap_model(self.model)
-        with self._nonfinite_sampling("student"):
+        with nonfinite_sampling("student", f"training step {self.state.global_step + 1}"):
             return sample_completions(model, prompt_ids, prompt_mask, self.student_generation_config)
 
     def generate_teacher_samples(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Online teacher samples (``teacher_sampling="online"``): one ancestral sample per prompt, ``(ids, mask)``."""
-        with self._nonfinite_sampling("teacher"):
+        with nonfinite_sampling("teacher", f"training step {self.state.global_step + 1}"):
             return sample_completions(self.teacher, prompt_ids, prompt_mask, self.teacher_generation_config)
-
-    @contextlib.contextmanager
-    def _nonfinite_sampling(self, model_name: str):
-        """torch.multinomial's error on NaN/inf probabilities, as a `NonFiniteError` naming the step and the model."""
-        try:
-            yield
-        except RuntimeError as error:
-            if "probability tensor contains" not in str(error):
-                raise
-            raise NonFiniteError(
-                f"training step {self.state.global_step + 1}: the {model_name}'s next-token probabilities hold NaN or "
-                f"inf while drawing {model_name} samples; likely cause: {_NONFINITE_CAUSES[model_name]}"
-            ) from None
 
     def _online_samples(self, batch: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """The samples drawn during training for one micro-batch: the student's, and the teacher's when online."""
@@ -518,7 +500,7 @@ class FDistillMixin:
                 bad = nonfinite_positions(values, valid)
                 if bad.any():
                     return (f"the {model_name}'s {what} on the {_SET_NAMES[n]} hold NaN or +inf at {int(bad.sum())} of "
-                            f"{int(valid.sum())} scored positions; likely cause: {_NONFINITE_CAUSES[model_name]}")
+                            f"{int(valid.sum())} scored positions; likely cause: {nonfinite_cause(model_name)}")
         if not torch.isfinite(loss):
             return (f"the loss is {loss.item()} although every {what} entry is finite; likely cause: values too large "
                     "for float32 (check loss_temperature and the models' dtypes)")

@@ -87,7 +87,7 @@ def test_evaluate_command_and_combine(tmp_path):
     assert combined == combine_results([str(tmp_path / "a" / "results.json"), str(tmp_path / "b" / "results.json")])
 
 
-def test_evaluate_command_rejects_bad_input_before_work(tmp_path, capsys):
+def test_evaluate_command_names_a_missing_reference_column(tmp_path, capsys):
     tiny.dataset(3, seed=4).to_json(str(tmp_path / "test.jsonl"))
     with pytest.raises(SystemExit):
         main(["evaluate", "--data", str(tmp_path / "test.jsonl"), "--split", "train", "--reference-column", "gold",
@@ -104,12 +104,12 @@ def _jsonl(path, rows):
 @pytest.mark.parametrize(
     "extra, match",
     [
-        (["--batch-size", "0"], "batch_size=0 is not valid: use a whole number >= 1"),
-        (["--batch-size", "-4"], "batch_size=-4 is not valid"),
-        (["--max-new-tokens", "0"], "max_new_tokens=0 is not valid"),
-        (["--max-new-tokens", "-1"], "max_new_tokens=-1 is not valid"),
-        (["--limit", "0"], "limit=0 is not valid"),
-        (["--limit", "-2"], "limit=-2 is not valid"),
+        (["--batch-size", "0"], "batch_size=0 must be ≥ 1: give a whole number ≥ 1"),
+        (["--batch-size", "-4"], "batch_size=-4 must be ≥ 1"),
+        (["--max-new-tokens", "0"], "max_new_tokens=0 must be ≥ 1"),
+        (["--max-new-tokens", "-1"], "max_new_tokens=-1 must be ≥ 1"),
+        (["--limit", "0"], "limit=0 must be ≥ 1"),
+        (["--limit", "-2"], "limit=-2 must be ≥ 1"),
         (["--metrics", "bleu", "meteor"], r"unknown metric\(s\) \['meteor'\]"),
         (["--models", "=x"], "--models expects NAME=PATH, got '=x'"),
         (["--models", "a=x", "a=y"], "--models names 'a' twice"),
@@ -119,7 +119,7 @@ def _jsonl(path, rows):
         (["--data", "{nulls}"], r"column 'reference'\[1\]=None is not valid"),
         (["--data", "{nulls}", "--prompt-column", "question"], r"question.*None"),
         (["--data", "{noref}"], "no reference column 'reference'.*nothing to compare"),
-        (["--output", "{file}"], r"output='.*results.json' is an existing file: give a folder"),
+        (["--output", "{file}"], r"output='.*results.json' is not valid: it is an existing file"),
         (["--output", "{file}/sub"], "output=.* cannot be created: .* is a file"),
         (["--combine", "{file}"], "results file=.* cannot be read: it is not JSON"),
         (["--combine", "{missing}"], "results file=.* does not exist"),
@@ -195,7 +195,7 @@ def test_evaluate_model_checks_its_arguments_before_work(monkeypatch):
         evaluate_model(model, tok, ["a", "b"], {"reference": ["x", None]})
     with pytest.raises(ValueError, match="tokenize='words' is not valid"):
         evaluate_model(model, tok, ["a"], {}, tokenize="words")
-    with pytest.raises(ValueError, match="risk_samples=0 is not valid"):
+    with pytest.raises(ValueError, match="risk_samples=0 must be ≥ 1"):
         evaluate_model(model, tok, ["a"], {}, risk_samples=0)
 
 

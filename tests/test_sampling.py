@@ -259,7 +259,7 @@ def test_bad_prompts_and_outputs_before_any_write(tok, tmp_path):
     from datasets import Dataset
 
     (tmp_path / "file").write_text("x")
-    with pytest.raises(InputError, match="output .* is a file, not a folder"):
+    with pytest.raises(InputError, match="output=.* is not valid: it is an existing file, not a folder"):
         run("llama", tok, tiny.dataset(2), tmp_path / "file")
     for prompts, fragment in ((["the cat", "  "], "row 1: '  ' is blank text"), (["the cat", None], "row 1: None"),
                               ([[4, 5], []], "row 1: \\[\\] is an empty list")):

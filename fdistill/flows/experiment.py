@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from fdistill.errors import InputError, invalid
+from fdistill.errors import invalid
 from fdistill.yaml_config import load_dataclass_config
 
 from . import checks
