@@ -393,26 +393,9 @@ def test_bad_architectures_fail_before_anything_is_written(tmp_path, override, m
     assert not os.path.exists(out)
 
 
-class _RunsCode:
-    """Unpickling this runs a shell command that creates ``marker`` — what a crafted stage file could do."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-def _crafted_pickle(path, marker):
-    import pickle
-
-    with open(path, "wb") as f:
-        pickle.dump({"net": _RunsCode(marker), "accuracy": 1.0}, f)
-
-
 @pytest.mark.parametrize("stage_file", ["digits_feature_net.pt", "digits_feature_net.safetensors",
                                         "teacher_seed0/flow.safetensors"])
-def test_crafted_pickle_in_the_output_folder_is_never_run(tmp_path, stage_file):
+def test_crafted_pickle_in_the_output_folder_is_never_run(tmp_path, crafted_pickle, stage_file):
     """Resume reads JSON + safetensors only: a pickle where a stage file is expected is an error, never executed."""
     from fdistill.flows.checks import StageFileError
 
@@ -420,7 +403,7 @@ def test_crafted_pickle_in_the_output_folder_is_never_run(tmp_path, stage_file):
     config = load_experiment_config("recipes/flows/digits_glow.yaml",
                                     TINY + ["seeds=[0]", "methods=[nll]", f"output_dir={out}"])
     (out / "teacher_seed0").mkdir(parents=True)
-    _crafted_pickle(out / stage_file, marker)
+    crafted_pickle(out / stage_file, marker)
     if stage_file == "digits_feature_net.safetensors":  # a complete-looking stage whose tensors are a pickle
         settings = {"dataset": "digits", "split_seed": 0, "feature_epochs": 1}
         json.dump({"settings": settings, "accuracy": 1.0}, open(out / "digits_feature_net.json", "w"))

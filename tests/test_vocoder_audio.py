@@ -179,32 +179,15 @@ def test_cli_audio(tmp_path):
     assert not os.path.exists(tmp_path / "x")
 
 
-class _RunsCode:
-    """Unpickling this runs a shell command that creates ``marker`` — what a crafted stage file could do."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-def _crafted_pickle(path, marker):
-    import pickle
-
-    with open(path, "wb") as f:
-        pickle.dump({"state_dict": _RunsCode(marker)}, f)
-
-
 @pytest.mark.parametrize("stage_file", ["teacher.pt", "teacher.safetensors"])
-def test_crafted_pickle_in_the_output_folder_is_never_run(tmp_path, stage_file):
+def test_crafted_pickle_in_the_output_folder_is_never_run(tmp_path, crafted_pickle, stage_file):
     from fdistill.flows.checks import StageFileError
     from fdistill.vocoder.audio import TEACHER_SETTINGS, _settings
 
     out, marker = tmp_path / "audio", tmp_path / "marker"
     out.mkdir()
     config = load_audio_config(None, TINY + ["teacher_steps=2", "methods=[x_rec]", f"output_dir={out}"])
-    _crafted_pickle(out / stage_file, marker)
+    crafted_pickle(out / stage_file, marker)
     if stage_file.endswith(".safetensors"):  # a complete-looking new-format stage whose tensors are a pickle
         json.dump({"settings": _settings(config, TEACHER_SETTINGS), "record": {}}, open(out / "teacher.json", "w"))
     with pytest.raises(StageFileError, match="(?i)delete it") as error:
