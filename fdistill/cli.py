@@ -4,6 +4,7 @@
     fdistill train recipes/smollm2.yaml max_steps=100 objective=js
     fdistill flows experiment recipes/flows/digits_glow.yaml   # normalizing-flow distillation (fdistill.flows)
     fdistill vocoder gaussian --out docs/vocoder/gaussian       # probability density distillation (fdistill.vocoder)
+    fdistill diffusion experiment recipes/diffusion/toy2d.yaml  # few-step diffusion distillation (fdistill.diffusion)
     accelerate launch -m fdistill.cli sample ...      # several processes share the work
 """
 
@@ -399,6 +400,10 @@ def main(argv: list[str] | None = None) -> None:
 
     v = sub.add_parser("vocoder", help="probability density distillation (reverse KL vs z-/x-reconstruction): gaussian, audio")
     vocoder_cli.add_arguments(v)
+    from fdistill.diffusion import cli as diffusion_cli
+
+    df = sub.add_parser("diffusion", help="few-step diffusion distillation (KD, PD, VSD/DMD, guidance): experiment, teacher, distill, sample, evaluate")
+    diffusion_cli.add_arguments(df)
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         _apply_config(parser, argv)
@@ -412,7 +417,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         {"sample": run_sample, "train": run_train, "evaluate": _main_process_only(run_evaluate), "demo": demo.run_from_args,
-         "flows": flows_cli.run, "vocoder": vocoder_cli.run}[args.command](args)
+         "flows": flows_cli.run, "vocoder": vocoder_cli.run,
+         "diffusion": diffusion_cli.run}[args.command](args)
     except ValueError as error:  # bad input: one clear line, no traceback
         print(f"fdistill {args.command}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -182,3 +182,153 @@ def test_dmd_direction_is_vsd_with_its_normalising_weight():
     omega = s**2 / (a**2 * norm)
     direct = vsd_direction(score_from_x0(x_t, fake, a, s), score_from_x0(x_t, real, a, s), a, omega)
     torch.testing.assert_close(dmd_direction(fake, real, gen), direct)
+
+
+# ---------------------------------------------------------------- methods end to end, resume, CLI, bad input
+import json  # noqa: E402
+import os  # noqa: E402
+
+from fdistill.diffusion import experiment as ex  # noqa: E402
+from fdistill.errors import InputError, NonFiniteError  # noqa: E402
+
+TINY = ["teacher_steps=40", "kd_steps=4", "num_pairs=24", "pairs_shard_size=10", "pd_start_steps=4",
+        "pd_steps_per_round=3", "vsd_steps=3", "guidance_steps=3", "eval_steps=[4,2,1]", "num_eval_samples=40",
+        "seeds=[0,1]", "kd_teacher_steps=4", "batch_size=16", "hidden=16", "depth=1", "toy_train_size=64"]
+DIGITS = ["dataset=digits", "channels=[8,16]", "teacher_steps=3", "feature_epochs=1", "seeds=[0]",
+          "num_eval_samples=20", "pd_start_steps=2", "eval_steps=[2,1]", "kd_teacher_steps=2", "num_pairs=8",
+          "pairs_shard_size=8", "kd_steps=2", "pd_steps_per_round=2", "vsd_steps=2", "guidance_steps=2",
+          "batch_size=8"]
+
+
+def _config(tmp_path, extra=()):
+    return ex.load_experiment_config(None, [f"output_dir={tmp_path}/run", *TINY, *extra])
+
+
+def _no_training(monkeypatch):
+    for name in ("train_teacher", "distill_kd", "distill_pd_round", "distill_vsd", "distill_guidance"):
+        monkeypatch.setattr(ex, name, lambda *a, **k: pytest.fail("a finished stage was trained again"))
+
+
+def test_toy_experiment_every_method_end_to_end_then_resumes_without_training(tmp_path, monkeypatch):
+    config = _config(tmp_path)
+    result = ex.run_experiment(config, log=None)
+    samplers = {(r["model"], r["steps"]) for r in result["rows"]}
+    expected = {("teacher", k) for k in (4, 2, 1)} | {("guided teacher", k) for k in (4, 2, 1)} | {
+        ("kd", 1), ("vsd", 1), ("dmd", 1), ("pd", 2), ("pd", 1), ("guidance", 4), ("guidance", 2), ("guidance", 1)}
+    assert samplers == expected and len(result["rows"]) == 2 * len(expected)
+    for row in result["rows"]:
+        assert all(math.isfinite(row[k]) for k in ("log_likelihood", "energy_distance", "mse_to_teacher"))
+        assert row["nfe"] == (2 * row["steps"] if row["model"] == "guided teacher" else row["steps"])
+    top = [r for r in result["rows"] if r["model"] == "teacher" and r["steps"] == 4]
+    assert all(r["mse_to_teacher"] == 0 for r in top)  # the reference is the teacher's own top-step output
+    table = open(f"{tmp_path}/run/table.md").read()
+    assert "| pd | 1 | 1 |" in table and "claims" in table and " ± " in table
+    assert all(os.path.exists(p) for p in result["plots"])
+    assert len(os.listdir(f"{tmp_path}/run/pairs")) == 1 + 3  # provenance + 3 shards of ≤ 10 pairs
+    _no_training(monkeypatch)
+    again = ex.run_experiment(config, log=None)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "samples_per_s"} for r in rows]  # noqa: E731
+    assert strip(again["rows"]) == strip(result["rows"])
+
+
+def test_a_stage_made_with_other_settings_is_refused_before_any_training(tmp_path, monkeypatch):
+    ex.run_experiment(_config(tmp_path, ["methods=[kd]", "seeds=[0]"]), log=None)
+    _no_training(monkeypatch)
+    with pytest.raises(InputError, match="other settings.*learning_rate"):
+        ex.run_experiment(_config(tmp_path, ["methods=[kd]", "seeds=[0]", "learning_rate=0.01"]), log=None)
+    with pytest.raises(InputError, match="pairs made with other settings.*kd_teacher_steps"):
+        ex.run_experiment(_config(tmp_path, ["methods=[kd]", "seeds=[0]", "kd_teacher_steps=8"]), log=None)
+
+
+def test_pairs_are_a_resumable_datasets_dataset(tmp_path):
+    from datasets import load_from_disk
+
+    from fdistill.diffusion.pairs import build_pairs
+
+    calls = []
+
+    def make(index, count):
+        calls.append(index)
+        g = torch.Generator().manual_seed(index)
+        return {"noise": torch.randn(count, 2, generator=g), "label": torch.zeros(count, dtype=torch.long),
+                "target": torch.randn(count, 2, generator=g)}
+
+    prov = {"sample_shape": [2], "teacher": "x"}
+    first = build_pairs(str(tmp_path), prov, 25, 10, make, log=None)
+    assert calls == [0, 1, 2] and first["noise"].shape == (25, 2)
+    assert len(load_from_disk(str(tmp_path / "shard_00001"))) == 10
+    import shutil
+
+    shutil.rmtree(tmp_path / "shard_00001")  # an interrupted run: only the missing shard is sampled again
+    again = build_pairs(str(tmp_path), prov, 25, 10, make, log=None)
+    assert calls == [0, 1, 2, 1] and torch.equal(again["target"], first["target"])
+    with pytest.raises(InputError, match="other settings \\(teacher differ"):
+        build_pairs(str(tmp_path), {**prov, "teacher": "y"}, 25, 10, make, log=None)
+
+
+def test_digits_unet_teacher_and_every_method_end_to_end(tmp_path):
+    config = ex.load_experiment_config(None, [f"output_dir={tmp_path}/d", *DIGITS])
+    result = ex.run_experiment(config, log=None)
+    models = {(r["model"], r["steps"]) for r in result["rows"]}
+    assert {("kd", 1), ("pd", 1), ("vsd", 1), ("dmd", 1), ("guidance", 2), ("guidance", 1)} <= models
+    assert all(math.isfinite(r["digits_fd"]) and 0 <= r["class_accuracy"] <= 1 for r in result["rows"])
+    assert math.isfinite(result["floor"]["digits_fd"]) and "Real-vs-real floor" in open(f"{tmp_path}/d/table.md").read()
+
+
+def test_a_diverging_teacher_is_an_error_naming_the_stage(tmp_path, monkeypatch):
+    config = _config(tmp_path, ["methods=[kd]", "seeds=[0]"])
+    problem = ex.Problem(config)
+    problem.train_x[:] = float("nan")  # every loss non-finite: every step skipped
+    with pytest.raises(NonFiniteError, match="'teacher' diverged: 40 of 40"):
+        ex.get_teacher(config, problem, log=None)
+    assert not os.path.exists(f"{tmp_path}/run/teacher.json")  # nothing saved as finished
+
+
+@pytest.mark.parametrize("override, match", [
+    ("pd_start_steps=6", "power of two"), ("methods=[kd, cm]", "unknown methods"), ("batch_size=0", "batch_size"),
+    ("dataset=cifar", "dataset"), ("eval_steps=[]", "eval_steps"), ("guidance_weight=9", "guidance_w_max"),
+    ("learning_rate=nan", "learning_rate"), ("label_dropout=0", "unconditional"),
+    ("num_train_timesteps=1001", "divisible"), ("seeds=[0, 0]", "repeats"),
+])
+def test_bad_settings_are_one_clear_error(tmp_path, override, match):
+    with pytest.raises(InputError, match=match):
+        _config(tmp_path, [override])
+
+
+def test_cli_commands_and_their_errors(tmp_path, capsys):
+    from fdistill.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("\n".join(x.replace("=", ": ", 1) for x in TINY + ["methods: [pd]", "seeds: [0]"])
+                      + f"\noutput_dir: {tmp_path}/c\n")
+    for argv, text in [(["distill", str(recipe), "--method", "cm"], "--method='cm'"),
+                       (["sample", str(recipe), "--model", "pd", "--steps", "3", "--out", str(tmp_path / "s")],
+                        "--steps=3"),
+                       (["sample", str(recipe), "--model", "teacher", "--out", str(tmp_path / "s")], "does not exist"),
+                       (["teacher", str(recipe), "pd_start_steps=3"], "power of two")]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["diffusion", *argv])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and text in err and len(err.strip().splitlines()) == 1
+    assert not os.path.exists(tmp_path / "c" / "teacher.json") and not os.path.exists(tmp_path / "s")
+    main(["diffusion", "teacher", str(recipe)])
+    main(["diffusion", "distill", str(recipe), "--method", "pd", "--seed", "0"])
+    capsys.readouterr()
+    main(["diffusion", "sample", str(recipe), "--model", "pd", "--steps", "1", "--num", "5", "--out",
+          str(tmp_path / "s")])
+    meta = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert meta["nfe_per_sample"] == 1 and os.path.exists(tmp_path / "s" / "samples.safetensors")
+    main(["diffusion", "evaluate", str(recipe), "--seed", "0"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert {(r["model"], r["steps"]) for r in rows} >= {("pd", 2), ("pd", 1), ("teacher", 4)}
+
+
+def test_recipes_load_and_are_consistent():
+    from pathlib import Path
+
+    recipes = sorted(Path(__file__).parent.parent.joinpath("recipes", "diffusion").rglob("*.yaml"))
+    assert {p.stem for p in recipes} >= {"toy2d", "digits"}
+    for path in recipes:
+        config = ex.load_experiment_config(str(path))
+        assert len(config.seeds) >= 3 and set(config.methods) == set(ex.METHODS)
+        assert path.read_text().startswith(f"# fdistill diffusion experiment {path.relative_to(path.parents[2])}")

@@ -94,6 +94,7 @@ class DiffusionExperimentConfig:
     num_eval_samples: int = 2000
     feature_epochs: int = 30  # digits classifier (fdistill.flows.metrics)
     split_seed: int = 0
+    threads: int = 1  # torch CPU threads: these networks are tiny, one thread is nearly as fast and leaves cores free
 
     def __post_init__(self):
         checks.choice("dataset", self.dataset, DATASETS)
@@ -105,7 +106,7 @@ class DiffusionExperimentConfig:
         for name in ("num_train_timesteps", "hidden", "depth", "layers_per_block", "teacher_steps", "batch_size",
                      "toy_train_size", "kd_steps", "kd_teacher_steps", "num_pairs", "pairs_shard_size",
                      "pd_start_steps", "pd_steps_per_round", "vsd_steps", "fake_updates", "guidance_steps",
-                     "num_eval_samples", "feature_epochs"):
+                     "num_eval_samples", "feature_epochs", "threads"):
             checks.whole_number(name, getattr(self, name))
         checks.whole_numbers("channels", self.channels, example="[32, 64]", distinct=False)
         checks.whole_numbers("eval_steps", self.eval_steps, example="[64, 16, 8, 4, 2, 1]")
@@ -191,8 +192,21 @@ class Problem:
 
 
 def _stage_net(problem, folder, name, settings, work, log):
-    """run_stage for a network stage: ``work() -> (net, record)``; returns ``(net, record)``."""
+    """run_stage for a network stage: ``work() -> (net, record)``; returns ``(net, record)``.
+
+    ``work=None`` loads a finished stage only (``fdistill diffusion sample|evaluate``): a missing one is an
+    InputError naming the command that makes it.
+    """
     holder = {}
+    if work is None:
+        from fdistill.flows.checks import load_stage
+
+        saved = load_stage(os.path.join(folder, name), settings)
+        if saved is None:
+            raise invalid("model", os.path.join(folder, name), "it is not trained yet with this recipe and these "
+                          "overrides: run `fdistill diffusion teacher|distill` (or `experiment`) first.",
+                          problem="does not exist")
+        return problem.net_from(saved[0]), saved[1].get("record", {})
 
     def run():
         net, record = work()
@@ -203,7 +217,7 @@ def _stage_net(problem, folder, name, settings, work, log):
     return holder.get("net") or problem.net_from(result.tensors), result.record
 
 
-def get_teacher(config, problem, log=print):
+def get_teacher(config, problem, log=print, train: bool = True):
     budget = Budget(config.teacher_steps, config.batch_size, config.learning_rate, config.max_grad_norm)
 
     def work():
@@ -211,7 +225,7 @@ def get_teacher(config, problem, log=print):
         return train_teacher(problem.new_net(), problem, budget, config.teacher_seed, config.label_dropout,
                              config.ema_decay, log)
 
-    return _stage_net(problem, config.output_dir, "teacher", config.teacher_settings(), work, log)
+    return _stage_net(problem, config.output_dir, "teacher", config.teacher_settings(), work if train else None, log)
 
 
 def get_pairs(config, problem, teacher, log=print):
@@ -247,39 +261,43 @@ def student_settings(config, method: str, seed: int) -> dict:
     return {**common, **{k: getattr(config, k) for k in extra}}
 
 
-def distill(config, problem, teacher, method: str, seed: int, pairs=None, log=print) -> list[dict]:
+def distill(config, problem, teacher, method: str, seed: int, pairs=None, log=print, train: bool = True) -> list[dict]:
     """Train (or resume) one method's student(s) for one seed; returns ``[{"name", "steps", "net", "w", "record"}]``
-    — one sampler per step count (PD and guidance have one per round)."""
+    — one sampler per step count (PD and guidance have one per round). ``train=False`` only loads finished ones."""
     if method not in METHODS:
         raise invalid("method", method, f"choose one of {list(METHODS)}.")
     folder = os.path.join(config.output_dir, "students")
     settings = student_settings(config, method, seed)
+
+    def stage(name, stage_settings, work):
+        return _stage_net(problem, folder, name, stage_settings, work if train else None, log)
+
     lr, bs, clip = config.student_learning_rate, config.batch_size, config.max_grad_norm
     tag = f"{method}_seed{seed}"
     if method == "kd":
-        net, record = _stage_net(problem, folder, tag, settings, lambda: distill_kd(
-            teacher, problem, pairs, Budget(config.kd_steps, bs, lr, clip), seed, log), log)
+        net, record = stage(tag, settings, lambda: distill_kd(
+            teacher, problem, pairs, Budget(config.kd_steps, bs, lr, clip), seed, log))
         return [{"name": "kd", "steps": 1, "net": net, "w": None, "record": record}]
     if method in ("vsd", "dmd"):
         weight = config.dmd_regression_weight if method == "dmd" else 0.0
-        net, record = _stage_net(problem, folder, tag, settings, lambda: distill_vsd(
+        net, record = stage(tag, settings, lambda: distill_vsd(
             teacher, problem, Budget(config.vsd_steps, bs, lr, clip), seed, config.fake_learning_rate,
-            config.fake_updates, regression_weight=weight, pairs=pairs, log=log, name=method), log)
+            config.fake_updates, regression_weight=weight, pairs=pairs, log=log, name=method))
         return [{"name": method, "steps": 1, "net": net, "w": None, "record": record}]
     out, current, w_max = [], teacher, None
     if method == "guidance":
         w_max = config.guidance_w_max
-        current, record = _stage_net(problem, folder, tag + "_w", settings, lambda: distill_guidance(
-            teacher, problem, Budget(config.guidance_steps, bs, lr, clip), seed, w_max, log), log)
+        current, record = stage(tag + "_w", settings, lambda: distill_guidance(
+            teacher, problem, Budget(config.guidance_steps, bs, lr, clip), seed, w_max, log))
         out.append({"name": "guidance", "steps": config.pd_start_steps, "net": current,
                     "w": config.guidance_weight, "record": record})
     for steps in config.pd_rounds():
         budget = Budget(config.pd_steps_per_round, bs, lr, clip)
         teacher_now = current
-        current, record = _stage_net(
-            problem, folder, f"{tag}_{steps}steps", {**settings, "round_student_steps": steps},
+        current, record = stage(
+            f"{tag}_{steps}steps", {**settings, "round_student_steps": steps},
             lambda: distill_pd_round(teacher_now, problem, steps, budget, seed, w_max, log=log,
-                                     name=f"{method} round →{steps}"), log)
+                                     name=f"{method} round →{steps}"))
         out.append({"name": method, "steps": steps, "net": current,
                     "w": config.guidance_weight if method == "guidance" else None, "record": record})
     return out
@@ -516,6 +534,7 @@ def _plots(config, summary, key, samples_for_plot, problem, folder):
 
 def run_experiment(config: DiffusionExperimentConfig, log=print) -> dict:
     """Teacher, pairs, every method × seed, evaluation, table.md / results.json / plots in ``output_dir``."""
+    torch.set_num_threads(config.threads)
     started = time.process_time()
     os.makedirs(config.output_dir, exist_ok=True)
     problem = Problem(config)
