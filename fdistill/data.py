@@ -249,6 +249,7 @@ class DistillCollator:
             for evaluation metrics when the objective does not train on them).
         max_prompt_length, max_target_length: truncation (prompts keep their end).
         use_chat_template: wrap text prompts as a user turn of the chat template.
+        vocab_size: the model's vocabulary size; token ids at or past it are refused (row named).
     """
 
     def __init__(
@@ -263,12 +264,14 @@ class DistillCollator:
         max_target_length: int = 128,
         use_chat_template: bool = False,
         topk_columns: tuple[str, str] | None = None,
+        vocab_size: int | None = None,
     ):
         if tokenizer.pad_token_id is None:
             raise ValueError(
                 "the tokenizer has no pad token; set one before distilling, e.g. tokenizer.pad_token = tokenizer.eos_token."
             )
         self.tokenizer = tokenizer
+        self.vocab_size = vocab_size
         self.is_encoder_decoder = is_encoder_decoder
         self.prompt_column = prompt_column
         self.completions = dict(completions or {})
@@ -307,16 +310,28 @@ class DistillCollator:
         pad = self.tokenizer.pad_token_id
         check_prompts([f[self.prompt_column] for f in features], self.prompt_column)
         prompts = [self.prompt_tokens(f[self.prompt_column]) for f in features]
+        self._check_vocabulary(prompts, self.prompt_column)
         ids, mask = (pad_right if self.is_encoder_decoder else pad_left)(prompts, pad)
         batch = {"prompt_ids": ids, "prompt_mask": mask}
         present = {k: v for k, v in self.optional_completions.items() if all(v in f for f in features)}
         for name, column in {**self.completions, **present}.items():
             check_targets([f[column] for f in features], column)
             targets = [self.target_tokens(f[column]) for f in features]
+            self._check_vocabulary(targets, column)
             batch[f"{name}_ids"], batch[f"{name}_mask"] = pad_right(targets, pad)
         if self.topk_columns is not None:
             batch["teacher_topk_ids"], batch["teacher_topk_logprobs"] = self._topk(features, batch["teacher_ids"].shape[1])
         return batch
+
+    def _check_vocabulary(self, rows: list[list[int]], column: str) -> None:
+        """Token ids past the model's vocabulary (``vocab_size``, when given) are one InputError naming the row."""
+        if self.vocab_size is None:
+            return
+        for row, ids in enumerate(rows):
+            if ids and max(ids) >= self.vocab_size:
+                raise InputError(f"column {column!r}, row {row}: token id {max(ids)} is not in the model's vocabulary "
+                                 f"of {self.vocab_size}; the ids were made with another tokenizer: re-tokenise the data "
+                                 "(or re-sample it) with this model's tokenizer.")
 
     def _topk(self, features, length: int) -> tuple[Tensor, Tensor]:
         """Stored top-k teacher ids / log-probabilities as ``(B, C, k)`` tensors aligned with ``teacher_ids``."""

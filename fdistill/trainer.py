@@ -128,6 +128,7 @@ class FDistillMixin:
                 max_target_length=settings.max_target_length,
                 use_chat_template=settings.use_chat_template,
                 topk_columns=TOPK_COLUMNS if settings.teacher_topk_logprobs else None,
+                vocab_size=_vocab_size(model),
             )
         self._check_datasets(settings, kwargs.get("train_dataset"), kwargs.get("eval_dataset"), kwargs["data_collator"])
         super().__init__(*args, **kwargs)

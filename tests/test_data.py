@@ -1,9 +1,14 @@
 """Batches: completion masks with pad == eos, prompt forms (text, chat messages, ids), padding sides."""
 
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fdistill import testing as tiny
 from fdistill.data import DistillCollator, cat_completions, completion_mask
+from fdistill.errors import InputError
+
+_TOK = tiny.tokenizer()
 
 
 def test_completion_mask_keeps_the_first_eos_when_pad_is_eos():
@@ -62,3 +67,29 @@ def test_the_collator_names_the_row_and_column_of_an_unusable_prompt_or_target()
         with pytest.raises(InputError, match=fragment):
             collator([good, bad])
     assert collator([good, {"prompt": [4, 5], "t": "sat on the mat"}])["teacher_mask"].sum().item() == 2 + 5  # text targets get EOS
+
+
+# A value a data file can put in a column: text, numbers, None, token ids, chat messages, nested junk.
+_CELL = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-5, 300), st.floats(allow_nan=True), st.text(max_size=12)),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.sampled_from(["role", "content", "x"]),
+                                                                          inner, max_size=3)),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=st.lists(st.fixed_dictionaries({"prompt": _CELL, "t": _CELL}), min_size=1, max_size=3),
+       enc_dec=st.booleans())
+def test_any_cells_give_a_batch_or_one_input_error(rows, enc_dec):
+    """Property: whatever the cells hold, the collator returns padded tensors or raises one InputError naming the
+    column — never a TypeError, IndexError or tokenizer exception from deep inside."""
+    collator = DistillCollator(_TOK, is_encoder_decoder=enc_dec, completions={"teacher": "t"}, max_target_length=8,
+                               vocab_size=len(_TOK))
+    try:
+        batch = collator(rows)
+    except InputError as error:
+        assert "'prompt'" in str(error) or "'t'" in str(error), error
+        return
+    assert batch["prompt_ids"].shape[0] == len(rows) and batch["teacher_mask"].dtype == torch.bool
+    assert batch["prompt_ids"].max() < len(_TOK) and batch["teacher_ids"].max() < len(_TOK)  # embeddable ids only
