@@ -191,7 +191,7 @@ import os  # noqa: E402
 from fdistill.diffusion import experiment as ex  # noqa: E402
 from fdistill.errors import InputError, NonFiniteError  # noqa: E402
 
-TINY = ["teacher_steps=40", "kd_steps=4", "num_pairs=24", "pairs_shard_size=10", "pd_start_steps=4",
+TINY = ["student_classes=unconditional", "teacher_steps=40", "kd_steps=4", "num_pairs=24", "pairs_shard_size=10", "pd_start_steps=4",
         "pd_steps_per_round=3", "vsd_steps=3", "guidance_steps=3", "eval_steps=[4,2,1]", "num_eval_samples=40",
         "seeds=[0,1]", "kd_teacher_steps=4", "batch_size=16", "hidden=16", "depth=1", "toy_train_size=64"]
 DIGITS = ["dataset=digits", "channels=[8,16]", "teacher_steps=3", "feature_epochs=1", "seeds=[0]",

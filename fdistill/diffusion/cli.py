@@ -112,6 +112,8 @@ def run(args) -> None:
     generator = torch.Generator().manual_seed(50_000 + args.seed)
     noise = torch.randn((args.num, *problem.shape), generator=generator)
     labels = torch.arange(args.num) % problem.num_classes
+    if config.student_classes == "unconditional" and args.model not in ("guided-teacher", "guidance"):
+        labels = torch.full_like(labels, problem.num_classes)  # these samplers were distilled without a class
     if args.model in ("teacher", "guided-teacher"):
         net, w, guided = teacher, (config.guidance_weight if args.model == "guided-teacher" else None), \
             args.model == "guided-teacher"

@@ -55,6 +55,7 @@ class DiffusionExperimentConfig:
     dataset: str = "toy2d"  # toy2d (ring of 8 Gaussians, closed-form density) or digits (sklearn 8×8)
     output_dir: str = "diffusion_output"
     methods: list[str] = field(default_factory=lambda: list(METHODS))
+    student_classes: str = "conditional"  # or "unconditional": KD/PD/VSD/DMD students and their rows use "no class"
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # student seeds (and evaluation noise)
     teacher_seed: int = 0  # one teacher shared by every student seed
     # noise schedule (diffusers DDPMScheduler)
@@ -98,6 +99,7 @@ class DiffusionExperimentConfig:
 
     def __post_init__(self):
         checks.choice("dataset", self.dataset, DATASETS)
+        checks.choice("student_classes", self.student_classes, ("conditional", "unconditional"))
         checks.output_folder("output_dir", self.output_dir)
         checks.names("methods", self.methods, METHODS)
         checks.whole_numbers("seeds", self.seeds, low=0, example="[0, 1, 2]")
@@ -234,13 +236,16 @@ def get_pairs(config, problem, teacher, log=print):
 
     provenance = {"teacher": config.teacher_settings(), "sampler": f"DDIM, trailing, {config.kd_teacher_steps} steps",
                   "kd_teacher_steps": config.kd_teacher_steps, "num_pairs": config.num_pairs,
-                  "shard_size": config.pairs_shard_size, "sample_shape": list(problem.shape), "noise_seed": 1000}
+                  "shard_size": config.pairs_shard_size, "sample_shape": list(problem.shape), "noise_seed": 1000,
+                  "student_classes": config.student_classes}
 
     @torch.no_grad()
     def make_shard(index, count):
         g = torch.Generator().manual_seed(1000 + index)
         noise = torch.randn((count, *problem.shape), generator=g)
         labels = torch.randint(0, problem.num_classes, (count,), generator=g)
+        if config.student_classes == "unconditional":
+            labels = torch.full_like(labels, problem.num_classes)
         target = ddim_sample(lambda x, t: predict_x0(teacher, problem.schedule, x, t, labels), noise,
                              problem.schedule, config.kd_teacher_steps)
         return {"noise": noise, "label": labels, "target": target}
@@ -251,6 +256,7 @@ def get_pairs(config, problem, teacher, log=print):
 
 def student_settings(config, method: str, seed: int) -> dict:
     common = {"teacher": config.teacher_settings(), "method": method, "seed": seed,
+              "student_classes": config.student_classes if method != "guidance" else "conditional",
               "student_learning_rate": config.student_learning_rate}
     extra = {"kd": ("kd_steps", "kd_teacher_steps", "num_pairs"),
              "pd": ("pd_start_steps", "pd_steps_per_round"),
@@ -282,7 +288,8 @@ def distill(config, problem, teacher, method: str, seed: int, pairs=None, log=pr
         weight = config.dmd_regression_weight if method == "dmd" else 0.0
         net, record = stage(tag, settings, lambda: distill_vsd(
             teacher, problem, Budget(config.vsd_steps, bs, lr, clip), seed, config.fake_learning_rate,
-            config.fake_updates, regression_weight=weight, pairs=pairs, log=log, name=method))
+            config.fake_updates, regression_weight=weight, pairs=pairs, log=log, name=method,
+            unconditional=config.student_classes == "unconditional"))
         return [{"name": method, "steps": 1, "net": net, "w": None, "record": record}]
     out, current, w_max = [], teacher, None
     if method == "guidance":
@@ -297,7 +304,8 @@ def distill(config, problem, teacher, method: str, seed: int, pairs=None, log=pr
         current, record = stage(
             f"{tag}_{steps}steps", {**settings, "round_student_steps": steps},
             lambda: distill_pd_round(teacher_now, problem, steps, budget, seed, w_max, log=log,
-                                     name=f"{method} round →{steps}"))
+                                     name=f"{method} round →{steps}",
+                                     unconditional=method == "pd" and config.student_classes == "unconditional"))
         out.append({"name": method, "steps": steps, "net": current,
                     "w": config.guidance_weight if method == "guidance" else None, "record": record})
     return out
@@ -372,15 +380,19 @@ def evaluate_samplers(config, problem, teacher, students: list[dict], seed: int,
     from .metrics import mse_to
 
     noise, labels = eval_inputs(config, problem, seed)
+    plain = torch.full_like(labels, problem.num_classes) if config.student_classes == "unconditional" else labels
     top = max(config.eval_steps)
-    reference = {False: run_sampler(problem, teacher, top, noise, labels)[0]}
+    reference = {False: run_sampler(problem, teacher, top, noise, plain)[0]}
     guided = "guidance" in config.methods
     if guided:
         reference[True] = run_sampler(problem, teacher, top, noise, labels, config.guidance_weight, True)[0]
     rows = []
 
     def add(model, steps, nfe, samples, seconds, is_guided, params):
-        row = {"model": model, "seed": seed, "steps": steps, "nfe": nfe, **scorer(samples, labels),
+        scores = scorer(samples, labels)
+        if not is_guided and plain is not labels:
+            scores["class_accuracy"] = None  # unconditional samples have no requested class
+        row = {"model": model, "seed": seed, "steps": steps, "nfe": nfe, **scores,
                "mse_to_teacher": mse_to(samples, reference[is_guided]), "samples_per_s": len(samples) / seconds,
                "parameters": params}
         rows.append(row)
@@ -393,13 +405,14 @@ def evaluate_samplers(config, problem, teacher, students: list[dict], seed: int,
     params = num_parameters(teacher)
     for steps in config.eval_steps:
         samples_for_plot[("teacher", steps)] = add("teacher", steps, steps,
-                                                   *run_sampler(problem, teacher, steps, noise, labels), False, params)
+                                                   *run_sampler(problem, teacher, steps, noise, plain), False, params)
         if guided:
             samples_for_plot[("guided teacher", steps)] = add(
                 "guided teacher", steps, 2 * steps,
                 *run_sampler(problem, teacher, steps, noise, labels, config.guidance_weight, True), True, params)
     for student in students:
-        samples, seconds = run_sampler(problem, student["net"], student["steps"], noise, labels, student["w"])
+        given = labels if student["w"] is not None else plain
+        samples, seconds = run_sampler(problem, student["net"], student["steps"], noise, given, student["w"])
         samples_for_plot[(student["name"], student["steps"])] = add(student["name"], student["steps"],
                                                                     student["steps"], samples, seconds,
                                                                     student["w"] is not None, params)
@@ -417,6 +430,9 @@ def summarise(rows: list[dict], metrics: list[str]) -> list[dict]:
     for (model, steps, nfe), group in groups.items():
         entry = {"model": model, "steps": steps, "nfe": nfe, "seeds": len(group)}
         for m in metrics:
+            if any(r[m] is None for r in group):  # not applicable (e.g. class accuracy of unconditional samples)
+                entry[m], entry[m + "_std"] = None, None
+                continue
             values = np.array([float(r[m]) for r in group])
             entry[m] = float(values.mean())
             entry[m + "_std"] = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
@@ -430,7 +446,7 @@ def _fmt(value, std=None, digits=3):
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # nan / inf stay visible
     text = f"{value:.{digits}g}" if isinstance(value, float) else str(value)
-    if std is not None and math.isfinite(std):
+    if std is not None and isinstance(std, float) and math.isfinite(std):
         text += f" ± {std:.2g}"
     return text
 
@@ -494,6 +510,8 @@ def _plots(config, summary, key, samples_for_plot, problem, folder):
     fig, ax = plt.subplots(figsize=(6, 4))
     for model in dict.fromkeys(e["model"] for e in summary):
         pts = sorted((e["nfe"], e[key], e[key + "_std"]) for e in summary if e["model"] == model)
+        if any(p[1] is None for p in pts):
+            continue
         xs, ys, es = zip(*pts)
         es = [0 if not math.isfinite(v) else v for v in es]  # error bar only; the mean is plotted as measured
         ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=model)

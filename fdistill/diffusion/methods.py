@@ -121,12 +121,13 @@ def distill_kd(teacher, problem, pairs, budget: Budget, seed: int, log=print):
 
 
 def distill_pd_round(teacher, problem, student_steps: int, budget: Budget, seed: int, w_max: float | None = None,
-                     init=None, log=print, name="pd"):
+                     init=None, log=print, name="pd", unconditional: bool = False):
     """A K-step student (K = ``student_steps``) from a 2K-step teacher: for s = t_k, u = the 2K grid's point
     between, t = t_{k+1}, regress ``x̂₀_student(x_s)`` on ``progressive_target(x_s, DDIM_{u→t}(DDIM_{s→u}(x_s)))``.
 
     ``w_max``: teacher and student take a guidance weight ``w ~ U[0, w_max]`` (guidance distillation's PD stage).
     ``init``: the student's starting network (default: a copy of the teacher, as in Salimans & Ho).
+    ``unconditional``: teacher and student see the "no class" label (a distilled unconditional sampler).
     """
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -142,6 +143,8 @@ def distill_pd_round(teacher, problem, student_steps: int, budget: Budget, seed:
     grid_s, grid_u, grid_t = (torch.tensor(g) for g in (coarse[:-1], fine[1::2], coarse[1:]))
     for step in range(1, budget.steps + 1):
         x0, labels = problem.sample(budget.batch_size, generator)
+        if unconditional:
+            labels = torch.full_like(labels, teacher.num_classes)
         k = torch.randint(0, student_steps, (len(x0),), generator=generator)
         s, u, t = grid_s[k], grid_u[k], grid_t[k]
         (a_s, s_s), (a_u, s_u), (a_t, s_t) = (schedule.alpha_sigma(v, like=x0) for v in (s, u, t))
@@ -159,7 +162,7 @@ def distill_pd_round(teacher, problem, student_steps: int, budget: Budget, seed:
 
 def distill_vsd(teacher, problem, budget: Budget, seed: int, fake_learning_rate: float, fake_updates: int = 1,
                 t_range: tuple[float, float] = (0.02, 0.98), regression_weight: float = 0.0, pairs=None, log=print,
-                name="vsd"):
+                name="vsd", unconditional: bool = False):
     """VSD/DMD one-step generator; see the module docstring. Returns ``(generator, record)``."""
     generator_rng = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -175,6 +178,8 @@ def distill_vsd(teacher, problem, budget: Budget, seed: int, fake_learning_rate:
         batch = budget.batch_size
         z = torch.randn((batch, *shape), generator=generator_rng)
         labels = torch.randint(0, C, (batch,), generator=generator_rng)
+        if unconditional:  # the generator, the fake and the teacher all see "no class"
+            labels = torch.full_like(labels, C)
         x0_gen = predict_x0(gen, schedule, z, _full(T - 1, batch), labels)
         for _ in range(fake_updates):  # 1. the fake score follows the generator (DSM on its samples)
             t = torch.randint(t_low, t_high, (batch,), generator=generator_rng)
