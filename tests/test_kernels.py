@@ -358,20 +358,63 @@ def test_triton_bfloat16_on_gpu_matches_float32_reference(kind):
 def test_auto_backend_self_check_falls_back_with_a_warning(monkeypatch):
     """backend='auto' uses the Triton kernel on CUDA only after it compiled and matched the torch backend once."""
     tri = _triton_kernel_module()
-    from fdistill.kernels import fused
+    from fdistill.kernels.fused import TRITON_SELF_CHECK
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    monkeypatch.setattr(fused, "_SELF_CHECKS", {})
-    assert fused._triton_self_check(device) is True  # interpreted on CPU, compiled on CUDA
+    TRITON_SELF_CHECK.clear()
+    try:
+        assert TRITON_SELF_CHECK(device) is True  # interpreted on CPU, compiled on CUDA
 
-    def broken(*args, **kwargs):
-        raise RuntimeError("no kernel for this GPU")
+        def broken(*args, **kwargs):
+            raise RuntimeError("no kernel for this GPU")
 
-    monkeypatch.setattr(fused, "_SELF_CHECKS", {})
-    monkeypatch.setattr(tri, "triton_chunk", broken)
-    with pytest.warns(UserWarning, match="no kernel for this GPU"):
-        assert fused._triton_self_check(device) is False
-    assert fused._triton_self_check(device) is False  # decided once per device
+        TRITON_SELF_CHECK.clear()
+        monkeypatch.setattr(tri, "triton_chunk", broken)
+        with pytest.warns(UserWarning, match="no kernel for this GPU"):
+            assert TRITON_SELF_CHECK(device) is False
+        assert TRITON_SELF_CHECK(device) is False  # decided once per device
+    finally:
+        TRITON_SELF_CHECK.clear()  # no verdict of this test's broken kernel outlives it
+
+
+def test_self_check_verdicts_are_kept_per_device_and_cleared():
+    """The module's one cache is an explicit object: one check per device, forgotten by clear() (no monkeypatching)."""
+    from fdistill.kernels.fused import TRITON_SELF_CHECK, TritonSelfCheck
+
+    checked = []
+    checks = TritonSelfCheck(lambda device: checked.append(str(device)) or device.index != 1)
+    assert checks(torch.device("cuda:0")) is True and checks(torch.device("cuda:1")) is False
+    assert checks(torch.device("cuda:0")) is True and checks(torch.device("cuda:1")) is False
+    assert checked == ["cuda:0", "cuda:1"] and checks.verdicts() == {"cuda:0": True, "cuda:1": False}
+    checks.clear()
+    assert checks.verdicts() == {} and checks(torch.device("cuda:1")) is False
+    assert checked == ["cuda:0", "cuda:1", "cuda:1"]
+    assert isinstance(TRITON_SELF_CHECK, TritonSelfCheck)  # what backend="auto" consults
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_half_accumulation_is_decided_per_call_and_remembers_no_failure(monkeypatch):
+    from fdistill.kernels import fused
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    a = torch.randn(64, 128, device="cuda", generator=g).bfloat16()
+    b = torch.randn(128, 32, device="cuda", generator=g).bfloat16()
+    want = a.float() @ b.float()
+    addmm, tried = torch.addmm, []
+
+    def fails_once(*args, **kwargs):
+        tried.append(kwargs.get("out_dtype"))
+        if len(tried) == 1:
+            raise RuntimeError("no float32-output overload here")
+        return addmm(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "addmm", fails_once)
+    for _ in range(2):
+        acc = torch.zeros(64, 32, device="cuda")
+        fused._accumulate_product(acc, a, b)  # the first call falls back to upcasting
+        torch.testing.assert_close(acc, want, rtol=1e-3, atol=1e-3)
+    assert tried == [torch.float32, torch.float32]  # the second call tried the float32-output path again
 
 
 def test_no_gradient_work_under_no_grad_and_one_backward_only(monkeypatch):

@@ -123,23 +123,21 @@ def _upcast(x: Tensor) -> Tensor:
     return x if x.dtype == torch.float64 else x.float()
 
 
-_HALF_ACCUMULATE = {"ok": True}
-
-
 def _accumulate_product(acc: Tensor, a: Tensor, b: Tensor) -> None:
     """``acc += a @ b`` into a float32/64 accumulator without rounding ``a @ b`` to half precision first.
 
     On CUDA, half inputs go through ``addmm``'s ``out_dtype=float32`` (tensor cores, float32
     output); elsewhere (or where that overload is missing) the inputs are upcast.
     """
-    if _HALF_ACCUMULATE["ok"] and acc.device.type == "cuda" and acc.dtype == torch.float32 and a.dtype in (
-        torch.float16, torch.bfloat16
-    ):
+    # Decided per call, nothing remembered: a failure for one device or dtype says nothing about
+    # another, and a remembered failure would make later results depend on what ran before.
+    # A refused overload raises before any work, so trying again costs microseconds per chunk.
+    if acc.device.type == "cuda" and acc.dtype == torch.float32 and a.dtype in (torch.float16, torch.bfloat16):
         try:
             torch.addmm(acc, a, b.to(a.dtype), out_dtype=torch.float32, out=acc)
             return
         except (RuntimeError, TypeError):
-            _HALF_ACCUMULATE["ok"] = False
+            pass
     acc.addmm_(a.to(acc.dtype), b.to(acc.dtype))
 
 
@@ -201,7 +199,7 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
     if backend == "auto":
-        return "triton" if device.type == "cuda" and _triton_available() and _triton_self_check(device) else "torch"
+        return "triton" if device.type == "cuda" and _triton_available() and TRITON_SELF_CHECK(device) else "torch"
     if backend == "triton" and device.type != "cuda" and not _triton_interpreting():
         raise ValueError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for the interpreter); use 'torch'.")
     if backend == "triton" and not _triton_available():
@@ -209,38 +207,70 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
-_SELF_CHECKS: dict[str, bool] = {}
+def _backends_agree(device: torch.device) -> bool:
+    """The Triton kernel compiles and agrees with the torch backend on a small random problem (warns if not)."""
+    import warnings
+
+    g = torch.Generator(device=device).manual_seed(0)
+    h_s, h_t = (torch.randn(16, d, device=device, generator=g) for d in (32, 48))
+    heads = [LinearHead(0.3 * torch.randn(1000, d, device=device, generator=g)) for d in (32, 48)]
+    try:
+        for kind in DIVERGENCES:
+            outs = []
+            for backend in ("torch", "triton"):
+                w = heads[0].weight.clone().requires_grad_()
+                out = fused_divergence(kind, h_s, LinearHead(w), h_t, heads[1], on="student", backend=backend)
+                outs.append((out.terms, torch.autograd.grad(out.loss, [w])[0]))
+            for a, b in zip(*outs):
+                if not torch.allclose(a, b, rtol=1e-3, atol=1e-4):
+                    raise RuntimeError(f"{kind}: Triton and torch backends differ by {(a - b).abs().max().item():.3g}")
+    except Exception as error:  # noqa: BLE001 - any failure means: do not use the kernel here
+        warnings.warn(f"fdistill: the Triton divergence kernel failed its self-check on {device} ({error}); "
+                      "using the chunked PyTorch backend.", stacklevel=4)
+        return False
+    return True
 
 
-def _triton_self_check(device: torch.device) -> bool:
-    """Once per device: the Triton kernel compiles and agrees with the torch backend on a small random problem.
+class TritonSelfCheck:
+    """Whether ``backend="auto"`` may use the Triton kernel on a device: checked once per device, then remembered.
 
     ``backend="auto"`` falls back to the torch backend (with a warning naming the reason)
-    rather than train with a kernel that fails on this GPU or Triton version.
-    """
-    key = str(device)
-    if key not in _SELF_CHECKS:
-        import warnings
+    rather than train with a kernel that fails on this GPU or Triton version. The check
+    compiles the kernel, so each device's verdict is kept — in this object (the module's
+    ``TRITON_SELF_CHECK``), the one cache of this module, explicit and resettable:
+    :meth:`clear` forgets every verdict (tests; a long-lived process after a Triton upgrade).
 
-        g = torch.Generator(device=device).manual_seed(0)
-        h_s, h_t = (torch.randn(16, d, device=device, generator=g) for d in (32, 48))
-        heads = [LinearHead(0.3 * torch.randn(1000, d, device=device, generator=g)) for d in (32, 48)]
-        try:
-            for kind in DIVERGENCES:
-                outs = []
-                for backend in ("torch", "triton"):
-                    w = heads[0].weight.clone().requires_grad_()
-                    out = fused_divergence(kind, h_s, LinearHead(w), h_t, heads[1], on="student", backend=backend)
-                    outs.append((out.terms, torch.autograd.grad(out.loss, [w])[0]))
-                for a, b in zip(*outs):
-                    if not torch.allclose(a, b, rtol=1e-3, atol=1e-4):
-                        raise RuntimeError(f"{kind}: Triton and torch backends differ by {(a - b).abs().max().item():.3g}")
-            _SELF_CHECKS[key] = True
-        except Exception as error:  # noqa: BLE001 - any failure means: do not use the kernel here
-            warnings.warn(f"fdistill: the Triton divergence kernel failed its self-check on {key} ({error}); "
-                          "using the chunked PyTorch backend.", stacklevel=3)
-            _SELF_CHECKS[key] = False
-    return _SELF_CHECKS[key]
+    Arguments:
+        check: ``device -> bool``, run once per device (default: the Triton kernel compiles
+            and matches the torch backend on a small random problem).
+
+    Example:
+        >>> checks = TritonSelfCheck(lambda device: True)
+        >>> checks(torch.device("cuda")), checks.verdicts()
+        (True, {'cuda': True})
+        >>> checks.clear()
+    """
+
+    def __init__(self, check=_backends_agree) -> None:
+        self._check = check
+        self._verdicts: dict[str, bool] = {}  # str(device) -> passed
+
+    def __call__(self, device: torch.device) -> bool:
+        key = str(device)
+        if key not in self._verdicts:
+            self._verdicts[key] = bool(self._check(device))
+        return self._verdicts[key]
+
+    def verdicts(self) -> dict[str, bool]:
+        """A copy of the verdicts so far, by device."""
+        return dict(self._verdicts)
+
+    def clear(self) -> None:
+        """Forget every device's verdict: the next call checks again."""
+        self._verdicts.clear()
+
+
+TRITON_SELF_CHECK = TritonSelfCheck()
 
 
 def _triton_available() -> bool:
