@@ -23,7 +23,7 @@ from fdistill.data import base_model
 from fdistill.data import check_prompts as check_prompt_rows
 from fdistill.errors import InputError, invalid, nonfinite_sampling
 from fdistill.metrics import sequence_divergences
-from fdistill.sampling import sample_batches, sampling_config
+from fdistill.sampling import sample_batches, sampling_config, seeded
 from fdistill.text_metrics import (check_metric_names, check_references, compute_text_metrics, require_bertscore,
                                    resolve_tokenize, teacher_dist)
 
@@ -78,15 +78,18 @@ def generate_texts(
     use_chat_template: bool = False,
     seed: int = 0,
 ) -> Generations:
-    """Decode ``num_samples`` completions per prompt (``decoding``: "greedy" or "sample"), with timing."""
+    """Decode ``num_samples`` completions per prompt (``decoding``: "greedy" or "sample"), with timing.
+
+    Samples are those drawn after ``torch.manual_seed(seed)``, in a :func:`~fdistill.sampling.seeded`
+    block: the caller's RNG state is untouched.
+    """
     if decoding not in ("greedy", "sample"):
         raise invalid("decoding", decoding, "use 'greedy' or 'sample'.")
     check_settings(max_new_tokens=max_new_tokens, batch_size=batch_size, num_samples=num_samples)
     prompts = check_prompts(prompts)
-    torch.manual_seed(seed)
     config = sampling_config(model, tokenizer, max_new_tokens=max_new_tokens, do_sample=decoding == "sample")
     expanded = [p for p in prompts for _ in range(num_samples)]
-    with nonfinite_sampling("model", "evaluation"):
+    with nonfinite_sampling("model", "evaluation"), seeded(seed, devices=[next(model.parameters()).device]):
         drawn = sample_batches(model, tokenizer, expanded, config, batch_size=batch_size, use_chat_template=use_chat_template)
     texts = [tokenizer.decode(row[m], skip_special_tokens=True).strip() for ids, mask, _ in drawn for row, m in zip(ids, mask)]
     tokens = sum(int(mask.sum()) for _, mask, _ in drawn)

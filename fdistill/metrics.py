@@ -10,12 +10,14 @@ the whole vocabulary. The risks are the paper's Table 3 quantities:
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 
 from fdistill.data import score_completions
 from fdistill.divergences import SampledSequences, f_divergence_loss, token_logprobs
 from fdistill.errors import nonfinite_sampling
-from fdistill.sampling import prompt_batches, sample_batches, sampling_config
+from fdistill.sampling import prompt_batches, sample_batches, sampling_config, seeded
 
 
 @torch.no_grad()
@@ -47,9 +49,24 @@ def sequence_divergences(
 
     ``teacher_completions`` (from :func:`teacher_completions`, same prompts and batching)
     reuses one set of teacher samples when several students are compared.
+
+    ``seed``: the samples are those drawn after ``torch.manual_seed(seed)``, drawn in a
+    :func:`~fdistill.sampling.seeded` block that leaves the caller's RNG state untouched;
+    ``None`` draws from (and advances) torch's global RNG.
     """
-    if seed is not None:
-        torch.manual_seed(seed)
+    with _seeded_or_global(seed, student, teacher):
+        return _sequence_divergences(student, teacher, tokenizer, prompts, num_samples=num_samples,
+                                     max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                     use_chat_template=use_chat_template, teacher_completions=teacher_completions)
+
+
+def _seeded_or_global(seed: int | None, *models):
+    """A :func:`~fdistill.sampling.seeded` block on the models' devices, or (``seed=None``) the global RNG as it is."""
+    return nullcontext() if seed is None else seeded(seed, devices={next(m.parameters()).device for m in models})
+
+
+def _sequence_divergences(student, teacher, tokenizer, prompts, *, num_samples, max_new_tokens, batch_size,
+                          use_chat_template, teacher_completions):
     pad = tokenizer.pad_token_id
     expanded = [p for p in prompts for _ in range(num_samples)]
     common = dict(batch_size=batch_size, use_chat_template=use_chat_template)
@@ -107,11 +124,12 @@ def teacher_completions(
     use_chat_template: bool = False,
     seed: int | None = 0,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Teacher samples batched exactly as :func:`sequence_divergences` batches its prompts (to share between students)."""
-    if seed is not None:
-        torch.manual_seed(seed + 1)
+    """Teacher samples batched exactly as :func:`sequence_divergences` batches its prompts (to share between students).
+
+    ``seed``: as in :func:`sequence_divergences` (drawn after ``torch.manual_seed(seed + 1)``; the caller's RNG untouched).
+    """
     cfg = sampling_config(teacher, tokenizer, max_new_tokens=max_new_tokens)
     expanded = [p for p in prompts for _ in range(num_samples)]
-    with nonfinite_sampling("teacher", "evaluation"):
+    with nonfinite_sampling("teacher", "evaluation"), _seeded_or_global(None if seed is None else seed + 1, teacher):
         drawn = sample_batches(teacher, tokenizer, expanded, cfg, batch_size=batch_size, use_chat_template=use_chat_template)
     return [(ids, mask) for ids, mask, _ in drawn]

@@ -19,6 +19,7 @@ import math
 import os
 import shutil
 import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -31,6 +32,53 @@ from transformers import GenerationConfig
 from fdistill.checks import output_folder
 from fdistill.data import DistillCollator, base_model, check_prompts, completion_mask, position_limit
 from fdistill.errors import InputError
+
+
+@contextmanager
+def seeded(seed: int, devices=None):
+    """Torch's global RNG seeded with ``seed`` inside the block only; the caller's RNG state is untouched.
+
+    For code that draws from the global generator and accepts no ``torch.Generator``:
+    transformers' ``generate()``, a model's weight initialisation. On entry the CPU
+    generator and those of ``devices`` are saved and seeded as ``torch.manual_seed(seed)``
+    seeds them, so the block draws exactly what it would after ``torch.manual_seed(seed)``;
+    on exit they are restored (``torch.random.fork_rng``). Where a tensor is drawn
+    directly, pass an explicit ``torch.Generator`` instead.
+
+    Arguments:
+        seed: the seed, as for ``torch.manual_seed``.
+        devices: the accelerator devices the block draws on (e.g. the model's device);
+            CPU entries are ignored, the CPU generator is always forked. Default: the
+            current CUDA device when CUDA is initialised. Other devices' generators are
+            neither seeded nor touched.
+
+    Example:
+        >>> with seeded(0):
+        ...     a = torch.rand(2)
+        >>> with seeded(0):
+        ...     b = torch.rand(2)
+        >>> torch.equal(a, b)
+        True
+    """
+    if devices is None:
+        devices = [torch.device("cuda", torch.cuda.current_device())] if torch.cuda.is_initialized() else []
+    forked: dict[str, set[int]] = {}  # device type -> indices
+    for device in map(torch.device, devices):
+        if device.type not in ("cpu", "meta"):
+            index = device.index if device.index is not None else torch.get_device_module(device.type).current_device()
+            forked.setdefault(device.type, set()).add(index)
+    with ExitStack() as stack:
+        stack.enter_context(torch.random.fork_rng(devices=[]))  # the CPU generator
+        for device_type, indices in forked.items():
+            stack.enter_context(torch.random.fork_rng(devices=sorted(indices), device_type=device_type))
+        torch.random.default_generator.manual_seed(seed)
+        for device_type, indices in forked.items():
+            for index in indices:
+                if device_type == "cuda":
+                    torch.cuda.default_generators[index].manual_seed(seed)
+                else:  # single-device backends (mps): the module's current device
+                    torch.get_device_module(device_type).manual_seed(seed)
+        yield
 
 
 def sampling_config(
@@ -414,13 +462,13 @@ def _sample_batch(model, tokenizer, collator, prompts, indices, generation_confi
     pad = tokenizer.pad_token_id
     rows_in = [prompts[i] for i in indices]
     ids, mask = (pad_right if collator.is_encoder_decoder else pad_left)(rows_in, pad)
-    torch.manual_seed(settings.seed * 1_000_003 + batch_id)
     was_training = model.training
     model.eval()
     try:
-        out = model.generate(
-            input_ids=ids.to(device), attention_mask=mask.long().to(device), generation_config=generation_config
-        )
+        with seeded(settings.seed * 1_000_003 + batch_id, devices=[device]):  # one seed per batch: resumable
+            out = model.generate(
+                input_ids=ids.to(device), attention_mask=mask.long().to(device), generation_config=generation_config
+            )
     finally:
         model.train(was_training)
     sequences = out.sequences if hasattr(out, "sequences") else out

@@ -1,4 +1,8 @@
-"""Tiny in-process models, tokenizer and data (no downloads) for tests, benchmarks and quick demos."""
+"""Tiny in-process models, tokenizer and data (no downloads) for tests, benchmarks and quick demos.
+
+Every factory takes a ``seed`` and draws in a :func:`fdistill.sampling.seeded` block: the same
+seed gives the same weights and samples, and the caller's RNG state is untouched.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ from transformers import (
     T5Config,
     T5ForConditionalGeneration,
 )
+
+from fdistill.sampling import seeded
 
 WORDS = "the a cat dog sat ran on under mat log big small red blue and then it was very happy sad".split()
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
@@ -37,42 +43,42 @@ VOCAB = len(SPECIALS) + len(WORDS)
 
 
 def llama(layers: int, seed: int, hidden: int = 32, init: float = 0.02) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
     cfg = LlamaConfig(
         vocab_size=VOCAB, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, initializer_range=init,
         pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
     )
-    return LlamaForCausalLM(cfg)
+    with seeded(seed):
+        return LlamaForCausalLM(cfg)
 
 
 def bart(layers: int, seed: int, d_model: int = 32, init: float = 0.02) -> BartForConditionalGeneration:
-    torch.manual_seed(seed)
     cfg = BartConfig(
         vocab_size=VOCAB, d_model=d_model, encoder_layers=layers, decoder_layers=layers, encoder_attention_heads=4,
         decoder_attention_heads=4, encoder_ffn_dim=2 * d_model, decoder_ffn_dim=2 * d_model, max_position_embeddings=128,
         init_std=init, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=2,
         forced_bos_token_id=None, forced_eos_token_id=None, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
     )
-    return BartForConditionalGeneration(cfg)
+    with seeded(seed):
+        return BartForConditionalGeneration(cfg)
 
 
 def t5(layers: int, seed: int, d_model: int = 32, init: float = 1.0) -> T5ForConditionalGeneration:
-    torch.manual_seed(seed)
     cfg = T5Config(
         vocab_size=VOCAB, d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=layers, num_decoder_layers=layers,
         num_heads=4, initializer_factor=init, pad_token_id=0, eos_token_id=2, decoder_start_token_id=0, dropout_rate=0.0,
     )
-    return T5ForConditionalGeneration(cfg)
+    with seeded(seed):
+        return T5ForConditionalGeneration(cfg)
 
 
 def gpt2(layers: int, seed: int, hidden: int = 32, init: float = 0.02) -> GPT2LMHeadModel:
-    torch.manual_seed(seed)
     cfg = GPT2Config(
         vocab_size=VOCAB, n_embd=hidden, n_layer=layers, n_head=4, n_positions=128, initializer_range=init,
         bos_token_id=1, eos_token_id=2, pad_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
     )
-    return GPT2LMHeadModel(cfg)
+    with seeded(seed):
+        return GPT2LMHeadModel(cfg)
 
 
 def prompts(n: int, seed: int = 0) -> list[str]:
@@ -95,13 +101,13 @@ def sample_ids(model, tok, ps: list[str], max_new_tokens: int, seed: int) -> lis
     """Ancestral samples (EOS kept, nothing after it) — what offline teacher sampling stores."""
     from fdistill.data import DistillCollator, completion_mask
 
-    torch.manual_seed(seed)
     collator = DistillCollator(tok, is_encoder_decoder=model.config.is_encoder_decoder)
     batch = collator([{"prompt": p} for p in ps])
-    out = model.generate(
-        input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"].long(), do_sample=True, top_k=0,
-        max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-    )
+    with seeded(seed, devices=[next(model.parameters()).device]):
+        out = model.generate(
+            input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"].long(), do_sample=True, top_k=0,
+            max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+        )
     comp = out[:, 1:] if model.config.is_encoder_decoder else out[:, batch["prompt_ids"].shape[1]:]
     mask = completion_mask(comp, tok.eos_token_id)
     return [row[m].tolist() for row, m in zip(comp, mask)]

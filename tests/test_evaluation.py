@@ -10,7 +10,7 @@ import fdistill.metrics as metrics_module
 import fdistill.sampling as sampling_module
 from fdistill import testing as tiny
 from fdistill.cli import main
-from fdistill.evaluation import combine_results, evaluate_model, write_report
+from fdistill.evaluation import combine_results, evaluate_model, generate_texts, write_report
 
 transformers.logging.set_verbosity_error()
 
@@ -219,3 +219,29 @@ def test_a_model_with_nan_logits_stops_the_evaluation_with_one_line(tmp_path, ca
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert len(errors) == 1 and "student's next-token probabilities hold NaN" in errors[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_evaluation_leaves_the_callers_rng_untouched_and_repeats_for_a_seed():
+    """Seeded sampling happens in a scoped RNG: the caller's state is unchanged and a seed gives the same numbers."""
+    tok = tiny.tokenizer()
+    teacher, student = tiny.llama(2, seed=0, init=0.15), tiny.llama(1, seed=1)
+    prompts = tiny.prompts(5, seed=2)
+    kw = {"num_samples": 2, "max_new_tokens": 5, "batch_size": 3, "seed": 4}
+
+    def calls():
+        return (metrics_module.sequence_divergences(student, teacher, tok, prompts, **kw),
+                metrics_module.teacher_completions(teacher, tok, prompts, **kw),
+                generate_texts(teacher, tok, prompts, decoding="sample", **kw).texts,
+                evaluate_model(student, tok, prompts, {}, teacher=teacher, max_new_tokens=5, batch_size=3, seed=4)[0])
+
+    torch.manual_seed(99)
+    state = torch.get_rng_state()
+    first = calls()
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.rand(5)  # the caller's own draws change nothing
+    second = calls()
+    assert first[0] == second[0] and first[2] == second[2]
+    assert all(torch.equal(x, y) for a, b in zip(first[1], second[1]) for x, y in zip(a, b))
+    speed = ("generation_tokens_per_s",)
+    assert {k: v for k, v in first[3].items() if k not in speed} == {k: v for k, v in second[3].items() if k not in speed}
+    assert first[0] != metrics_module.sequence_divergences(student, teacher, tok, prompts, **{**kw, "seed": 5})

@@ -19,6 +19,7 @@ from fdistill.sampling import (
     sample_completions,
     sample_offline,
     sampling_config,
+    seeded,
 )
 
 transformers.logging.set_verbosity_error()
@@ -291,3 +292,41 @@ def test_replacing_the_teacher_folder_mid_run_is_refused(tok, tmp_path, monkeypa
     (tmp_path / "o" / ".fdistill_work" / "run.json").unlink()
     with pytest.raises(InputError, match="no run record"):
         sample_offline(model, tokenizer, data, out, settings, teacher_id=str(folder), show_progress=False)
+
+
+def test_seeded_draws_as_manual_seed_and_leaves_the_callers_rng_untouched():
+    torch.manual_seed(0)
+    want = torch.rand(4)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    with seeded(0):
+        assert torch.equal(torch.rand(4), want)
+    assert torch.equal(torch.get_rng_state(), state)
+    with pytest.raises(RuntimeError, match="inside"), seeded(1, devices=["cpu"]):
+        raise RuntimeError("inside")
+    assert torch.equal(torch.get_rng_state(), state)  # restored on an error too
+
+
+def test_offline_sampling_leaves_the_callers_rng_untouched(tok, tmp_path):
+    data = tiny.dataset(5, seed=4)
+    torch.manual_seed(321)
+    state = torch.get_rng_state()
+    a = run("llama", tok, data, tmp_path / "a", num_samples=2)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.rand(7)  # whatever the caller drew before: the same samples for the same seed
+    b = run("llama", tok, data, tmp_path / "b", num_samples=2)
+    assert a["teacher_sample_ids"] == b["teacher_sample_ids"]
+    c = run("llama", tok, data, tmp_path / "c", num_samples=2, seed=1)
+    assert a["teacher_sample_ids"] != c["teacher_sample_ids"]
+
+
+def test_tiny_factories_leave_the_callers_rng_untouched(tok):
+    state = torch.get_rng_state()
+    first = tiny.llama(1, seed=5)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.rand(3)
+    again = tiny.llama(1, seed=5)
+    assert all(torch.equal(x, y) for x, y in zip(first.state_dict().values(), again.state_dict().values()))
+    state = torch.get_rng_state()
+    tiny.sample_ids(first, tok, tiny.prompts(3, seed=0), max_new_tokens=4, seed=0)
+    assert torch.equal(torch.get_rng_state(), state)
