@@ -23,7 +23,7 @@ from fdistill.data import base_model
 from fdistill.data import check_prompts as check_prompt_rows
 from fdistill.errors import InputError, invalid, nonfinite_sampling
 from fdistill.metrics import sequence_divergences
-from fdistill.sampling import sample_batches, sampling_config, seeded
+from fdistill.sampling import model_devices, sample_batches, sampling_config, seeded
 from fdistill.text_metrics import (check_metric_names, check_references, compute_text_metrics, require_bertscore,
                                    resolve_tokenize, teacher_dist)
 
@@ -89,7 +89,7 @@ def generate_texts(
     prompts = check_prompts(prompts)
     config = sampling_config(model, tokenizer, max_new_tokens=max_new_tokens, do_sample=decoding == "sample")
     expanded = [p for p in prompts for _ in range(num_samples)]
-    with nonfinite_sampling("model", "evaluation"), seeded(seed, devices=[next(model.parameters()).device]):
+    with nonfinite_sampling("model", "evaluation"), seeded(seed, devices=model_devices(model)):
         drawn = sample_batches(model, tokenizer, expanded, config, batch_size=batch_size, use_chat_template=use_chat_template)
     texts = [tokenizer.decode(row[m], skip_special_tokens=True).strip() for ids, mask, _ in drawn for row, m in zip(ids, mask)]
     tokens = sum(int(mask.sum()) for _, mask, _ in drawn)

@@ -17,7 +17,7 @@ import torch
 from fdistill.data import score_completions
 from fdistill.divergences import SampledSequences, f_divergence_loss, token_logprobs
 from fdistill.errors import nonfinite_sampling
-from fdistill.sampling import prompt_batches, sample_batches, sampling_config, seeded
+from fdistill.sampling import model_devices, prompt_batches, sample_batches, sampling_config, seeded
 
 
 @torch.no_grad()
@@ -62,7 +62,7 @@ def sequence_divergences(
 
 def _seeded_or_global(seed: int | None, *models):
     """A :func:`~fdistill.sampling.seeded` block on the models' devices, or (``seed=None``) the global RNG as it is."""
-    return nullcontext() if seed is None else seeded(seed, devices={next(m.parameters()).device for m in models})
+    return nullcontext() if seed is None else seeded(seed, devices=model_devices(*models))
 
 
 def _sequence_divergences(student, teacher, tokenizer, prompts, *, num_samples, max_new_tokens, batch_size,
@@ -126,7 +126,8 @@ def teacher_completions(
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Teacher samples batched exactly as :func:`sequence_divergences` batches its prompts (to share between students).
 
-    ``seed``: as in :func:`sequence_divergences` (drawn after ``torch.manual_seed(seed + 1)``; the caller's RNG untouched).
+    ``seed``: as in :func:`sequence_divergences` (drawn after ``torch.manual_seed(seed + 1)``; the caller's RNG
+    untouched).
     """
     cfg = sampling_config(teacher, tokenizer, max_new_tokens=max_new_tokens)
     expanded = [p for p in prompts for _ in range(num_samples)]

@@ -81,6 +81,11 @@ def seeded(seed: int, devices=None):
         yield
 
 
+def model_devices(*models) -> set[torch.device]:
+    """Every device holding a parameter of ``models``: where their sampling may draw (a sharded model spans several)."""
+    return {p.device for m in models for p in m.parameters()}
+
+
 def sampling_config(
     model,
     tokenizer,
@@ -465,7 +470,7 @@ def _sample_batch(model, tokenizer, collator, prompts, indices, generation_confi
     was_training = model.training
     model.eval()
     try:
-        with seeded(settings.seed * 1_000_003 + batch_id, devices=[device]):  # one seed per batch: resumable
+        with seeded(settings.seed * 1_000_003 + batch_id, devices={device, *model_devices(model)}):  # per batch
             out = model.generate(
                 input_ids=ids.to(device), attention_mask=mask.long().to(device), generation_config=generation_config
             )

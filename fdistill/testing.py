@@ -21,7 +21,7 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from fdistill.sampling import seeded
+from fdistill.sampling import model_devices, seeded
 
 WORDS = "the a cat dog sat ran on under mat log big small red blue and then it was very happy sad".split()
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
@@ -103,7 +103,7 @@ def sample_ids(model, tok, ps: list[str], max_new_tokens: int, seed: int) -> lis
 
     collator = DistillCollator(tok, is_encoder_decoder=model.config.is_encoder_decoder)
     batch = collator([{"prompt": p} for p in ps])
-    with seeded(seed, devices=[next(model.parameters()).device]):
+    with seeded(seed, devices=model_devices(model)):
         out = model.generate(
             input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"].long(), do_sample=True, top_k=0,
             max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
