@@ -13,17 +13,10 @@ from dataclasses import dataclass, field
 
 from transformers import Seq2SeqTrainingArguments
 
-from fdistill.divergences import DIVERGENCES, JS_MIXTURES, REDUCTIONS
+from fdistill.divergences import JS_MIXTURES, REDUCTIONS
 from fdistill.errors import invalid
+from fdistill.objectives import Objective, get_objective
 
-BASELINES = ("mle", "seqkd", "engine", "predistill")
-OBJECTIVES = DIVERGENCES + BASELINES
-
-# Which inputs each objective reads: ground-truth references, offline teacher samples, online student samples.
-NEEDS_REFERENCE = ("mle", "predistill")
-NEEDS_TEACHER_SAMPLES = ("kl", "js", "tvd", "seqkd")
-NEEDS_STUDENT_SAMPLES = ("rkl", "js", "tvd", "engine")
-NEEDS_TEACHER = ("kl", "rkl", "js", "tvd", "engine", "predistill")
 NONFINITE_POLICIES = ("error", "skip")
 # Columns written by `fdistill sample --topk-logprobs K` and read with teacher_topk_logprobs=True.
 TOPK_COLUMNS = ("teacher_topk_ids", "teacher_topk_logprobs")
@@ -42,7 +35,8 @@ class DistillArguments:
         metadata={
             "help": "What to minimise: an f-divergence ('kl', 'rkl', 'js', 'tvd') or a baseline ('mle' on references, "
             "'seqkd' cross-entropy on teacher beam outputs, 'engine' teacher energy of student samples, 'predistill' "
-            "MLE + word-level KL + hidden-state MSE on references)."
+            "MLE + word-level KL + hidden-state MSE on references), or an objective registered with "
+            "fdistill.objectives.register_objective."
         },
     )
     js_mixture: str = field(
@@ -161,8 +155,7 @@ class DistillArguments:
                      "predistill_alpha_mle", "predistill_alpha_kd", "predistill_alpha_hidden"):
             finite(name)
 
-        if self.objective not in OBJECTIVES:
-            bad("objective", self.objective, f"choose one of {', '.join(OBJECTIVES)}.")
+        objective = get_objective(self.objective)  # the registry: built-in and user-registered objectives
         if self.js_mixture not in JS_MIXTURES:
             bad("js_mixture", self.js_mixture, "use 'stepwise' (paper Eq. 11) or 'exact' (Eq. 12).")
         if not 0.0 < self.js_beta < 1.0:
@@ -183,16 +176,13 @@ class DistillArguments:
             bad("student_num_beams", self.student_num_beams, "beams need student_do_sample=False.")
         if self.student_generation_cache not in ("auto", "dynamic", "static"):
             bad("student_generation_cache", self.student_generation_cache, "use 'auto', 'dynamic' or 'static'.")
-        if self.teacher_topk_logprobs and (self.objective != "kl" or self.teacher_sampling != "offline"):
+        if self.teacher_topk_logprobs and (not objective.topk_teacher or self.teacher_sampling != "offline"):
             bad("teacher_topk_logprobs", True, "stored top-k teacher log-probabilities replace the teacher forward of "
                 "objective 'kl' on offline teacher samples only (objective='kl', teacher_sampling='offline').")
         if self.teacher_topk_logprobs and self.fused_divergence:
             bad("fused_divergence", True, "with teacher_topk_logprobs there is no teacher forward to fuse; unset one.")
         if self.teacher_sampling not in ("offline", "online"):
             bad("teacher_sampling", self.teacher_sampling, "use 'offline' (dataset column) or 'online' (drawn each step).")
-        if self.objective == "seqkd" and self.teacher_sampling == "online":
-            bad("teacher_sampling", "online", "objective 'seqkd' trains on the teacher's beam-search outputs, drawn "
-                "offline once (`fdistill sample --decoding beam`); use teacher_sampling='offline'.")
         if self.on_nonfinite not in NONFINITE_POLICIES:
             bad("on_nonfinite", self.on_nonfinite, "use 'error' (stop at the first NaN/inf) or 'skip' (drop and count).")
         for name in ("max_new_tokens", "max_prompt_length", "max_target_length"):
@@ -201,38 +191,40 @@ class DistillArguments:
         for name in ("predistill_alpha_mle", "predistill_alpha_kd", "predistill_alpha_hidden"):
             if getattr(self, name) < 0:
                 bad(name, getattr(self, name), "weights must be >= 0.")
-        if self.objective == "predistill" and (
-            self.predistill_alpha_mle + self.predistill_alpha_kd + self.predistill_alpha_hidden == 0
-        ):
-            bad("predistill_alpha_*", 0, "at least one pre-distillation weight must be positive.")
-        if self.fused_divergence and self.objective not in DIVERGENCES:
+        if self.fused_divergence and not objective.fusable:
             bad("fused_divergence", self.fused_divergence, f"it computes kl/rkl/js/tvd only; objective {self.objective!r} "
                 "uses materialised logits (leave it unset or False).")
         if self.fused_chunk_size is not None and self.fused_chunk_size < 1:
             bad("fused_chunk_size", self.fused_chunk_size, "use a positive number of tokens or leave it unset.")
         if self.teacher_dtype not in (None, "float32", "float16", "bfloat16", "float64", "auto"):
             bad("teacher_dtype", self.teacher_dtype, "use float32, float16, bfloat16, float64 or leave unset.")
+        objective.check(self)
+
+    @property
+    def objective_spec(self) -> Objective:
+        """The registered :class:`fdistill.objectives.Objective` named by ``objective``."""
+        return get_objective(self.objective)
 
     @property
     def needs_student_samples(self) -> bool:
-        return self.objective in NEEDS_STUDENT_SAMPLES
+        return "student" in self.objective_spec.scores
 
     @property
     def needs_teacher_samples(self) -> bool:
-        return self.objective in NEEDS_TEACHER_SAMPLES
+        return "teacher" in self.objective_spec.scores
 
     @property
     def reads_teacher_samples(self) -> bool:
         """Whether teacher samples come from the dataset (offline) rather than from the teacher during training."""
-        return self.needs_teacher_samples and (self.teacher_sampling == "offline" or self.objective == "seqkd")
+        return self.needs_teacher_samples and (self.teacher_sampling == "offline" or not self.objective_spec.uses_teacher)
 
     @property
     def needs_reference(self) -> bool:
-        return self.objective in NEEDS_REFERENCE
+        return "reference" in self.objective_spec.scores
 
     @property
     def needs_teacher(self) -> bool:
-        return self.objective in NEEDS_TEACHER and not self.teacher_topk_logprobs
+        return self.objective_spec.uses_teacher and not self.teacher_topk_logprobs
 
 
 @dataclass

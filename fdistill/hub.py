@@ -24,34 +24,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 import fdistill
 from fdistill.config import DistillArguments
 
-OBJECTIVE_NAMES = {
-    "kl": "sequence-level KL divergence KL(p‖q)",
-    "rkl": "sequence-level reverse KL divergence KL(q‖p)",
-    "js": "sequence-level Jensen–Shannon divergence",
-    "tvd": "sequence-level total variation distance",
-    "engine": "ENGINE objective (Tu et al. 2020)",
-    "predistill": "pre-distillation objective (Shleifer & Rush 2020)",
-    "seqkd": "sequence-level knowledge distillation (SeqKD, Kim & Rush 2016)",
-    "mle": "maximum likelihood (MLE baseline)",
-}
-
-OBJECTIVE_MEANING = {
-    "kl": "forward KL(p‖q) on offline teacher samples: the student spreads over all of the teacher's modes",
-    "rkl": "reverse KL(q‖p) on online student samples: the student concentrates on the teacher's main modes",
-    "js": "Jensen–Shannon: KL(p‖m) on teacher samples and KL(q‖m) on student samples, m their mixture",
-    "tvd": "total variation distance (its step-wise upper bound) on teacher and student samples",
-    "engine": "teacher energy −log p of online student samples: reverse KL without the student's entropy",
-    "predistill": "α_mle·cross-entropy + α_kd·word-level KL(p‖q) + α_hid·hidden-state MSE on references",
-    "seqkd": "cross-entropy on the teacher's offline beam-search outputs",
-    "mle": "cross-entropy on ground-truth references (no teacher)",
-}
-
-SAMPLED_ON = {
-    "kl": "sequences sampled offline from the teacher",
-    "rkl": "sequences sampled online from the student",
-    "js": "sequences sampled offline from the teacher and online from the student",
-    "tvd": "sequences sampled offline from the teacher and online from the student",
-}
+_PAPER = "[f-DISTILL](https://arxiv.org/abs/2305.15718) (Wen et al., ACL 2023)"
 
 # Metrics the trainer logs (train and eval_*), and what they mean.
 METRIC_MEANING = {
@@ -164,29 +137,9 @@ def save_model_card(
 
 def _intro(a: DistillArguments, teacher: str | None, student, init: str | None) -> str:
     who = _link(teacher) if teacher else "a teacher model"
-    what = OBJECTIVE_NAMES[a.objective]
-    if a.objective in ("kl", "rkl", "js", "tvd"):
-        text = (
-            f"This model is a student distilled from {who} by minimising the {what} with "
-            "[f-DISTILL](https://arxiv.org/abs/2305.15718) (Wen et al., ACL 2023): the sequence-level "
-            "divergence is decomposed into per-step divergences between the teacher's and the student's "
-            f"next-token distributions, on {SAMPLED_ON[a.objective]}."
-        )
-    elif a.objective == "mle":
-        text = (
-            "This model was trained by maximum likelihood on reference targets — the MLE baseline of "
-            "[f-DISTILL](https://arxiv.org/abs/2305.15718) (Wen et al., ACL 2023), without a teacher."
-        )
-    elif a.objective == "seqkd":
-        text = (
-            f"This model is a student trained by {what} on the beam-search outputs of {who}, a baseline of "
-            "[f-DISTILL](https://arxiv.org/abs/2305.15718) (Wen et al., ACL 2023)."
-        )
-    else:
-        text = (
-            f"This model is a student distilled from {who} with the {what}, as run by "
-            "[f-DISTILL](https://arxiv.org/abs/2305.15718) (Wen et al., ACL 2023)."
-        )
+    objective = a.objective_spec
+    what = objective.title or objective.name
+    text = objective.card_intro.format(who=who, what=what, sampled_on=objective.sampled_on, paper=_PAPER)
     if init:
         text += f" Its weights started from {_link(init)}."
     copied = getattr(student.config, "fdistill_teacher_layers", None)
@@ -198,11 +151,8 @@ def _intro(a: DistillArguments, teacher: str | None, student, init: str | None) 
 
 def _settings(a: DistillArguments, student) -> list[list[str]]:
     help_of = {f.name: f.metadata.get("help", "") for f in fields(DistillArguments)}
-    names = ["objective"]
-    if a.objective == "js":
-        names += ["js_mixture", "js_beta"]
-    if a.needs_teacher:  # the objectives that compare with the teacher's logits
-        names.append("loss_temperature")
+    objective = a.objective_spec
+    names = ["objective"] + [n for n in objective.card_settings if n not in ("loss_temperature",) or a.needs_teacher]
     names.append("loss_reduction")
     if a.needs_student_samples:
         names.append("student_do_sample")
@@ -211,12 +161,10 @@ def _settings(a: DistillArguments, student) -> list[list[str]]:
         else:
             names.append("student_num_beams")
         names.append("max_new_tokens")
-    if a.objective == "predistill":
-        names += ["predistill_alpha_mle", "predistill_alpha_kd", "predistill_alpha_hidden"]
     if a.teacher_dtype:
         names.append("teacher_dtype")
     rows = [[f"`{n}`", _fmt(getattr(a, n)), help_of[n]] for n in names]
-    rows[0][2] = OBJECTIVE_MEANING[a.objective]
+    rows[0][2] = objective.meaning or help_of["objective"]
     if a.objective == "predistill" and a.predistill_alpha_hidden > 0:
         recorded = (getattr(student.config, "fdistill_teacher_layers", None) or {}).get("decoder")
         layer_map = a.predistill_layer_map if a.predistill_layer_map is not None else recorded

@@ -13,10 +13,10 @@ optimizer step:
    (no gradient) score every completion set the objective needs — offline teacher
    samples and online student samples concatenated along the batch (stored top-k teacher
    log-probabilities replace the teacher forward with ``teacher_topk_logprobs``);
-3. one loss call (:func:`fdistill.divergences.f_divergence_loss`, its hidden-state twin
-   :func:`fdistill.kernels.fused_f_divergence_loss` with ``fused_divergence``, or a
-   baseline term) divided by the global count, so gradient accumulation and several
-   processes give exactly the full-batch gradient.
+3. one loss call — the registered objective's (:mod:`fdistill.objectives`) on a typed
+   :class:`~fdistill.objectives.ScoredBatch`: logits, or with ``fused_divergence`` the
+   LM-head inputs and heads — divided by the global count, so gradient accumulation and
+   several processes give exactly the full-batch gradient.
 
 References: Wen et al. 2023, "f-Divergence Minimization for Sequence-Level Knowledge
 Distillation" (ACL, arXiv:2305.15718), §2.3 (offline teacher sampling,
@@ -32,7 +32,6 @@ import os
 from collections import defaultdict
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, GenerationConfig, PreTrainedModel, Seq2SeqTrainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
@@ -41,31 +40,14 @@ from fdistill.config import TOPK_COLUMNS, DistillArguments
 from fdistill.data import DistillCollator, cat_completions, check_prompts, score_completions, scoring_inputs
 from fdistill.data import base_model as _base_model
 from fdistill.divergences import (
-    DIVERGENCES,
-    IGNORE_INDEX,
-    SampledSequences,
     count_items,
-    cross_entropy_terms,
-    engine_terms,
-    f_divergence_loss,
-    hidden_state_mse_terms,
     nonfinite_positions,
-    reduce_terms,
-    token_entropy,
-    token_logprobs,
     topk_teacher_logits,
-    word_kd_terms,
 )
-from fdistill.kernels import (
-    HiddenSequences,
-    capture_head_inputs,
-    check_head,
-    fused_f_divergence_loss,
-    label_logits,
-    output_head,
-)
+from fdistill.kernels import capture_head_inputs, check_head, output_head
 from fdistill.errors import InputError, NonFiniteError, nonfinite_cause, nonfinite_sampling
 from fdistill.loading import resolve_dtype
+from fdistill.objectives import COMPLETION_SETS, ScoredBatch, ScoredSet, student_sample_metrics
 from fdistill.sampling import sample_completions, sampling_config
 
 logger = logging.getLogger(__name__)
@@ -87,6 +69,35 @@ def _record_changes(saved: dict, now: dict) -> list[str]:
         if saved.get(part) != now[part]:
             changes.append(f"another {part} (fingerprint {saved.get(part)} then, {now[part]} now)")
     return changes
+
+
+class StepSamples:
+    """The online samples of one optimizer step, drawn at its first loss call for all its micro-batches.
+
+    ``start(batches)`` (from ``get_batch_samples``) resets it; ``next(draw)`` draws every micro-batch's
+    samples and the global counts on the first call (``draw(batches) -> (samples, counts)``), then hands
+    out one micro-batch's samples per call.
+    """
+
+    def __init__(self):
+        self.batches: list[dict] | None = None
+        self.samples: list[dict] | None = None
+        self.counts: dict[str, torch.Tensor] | None = None
+        self.index = 0
+
+    def start(self, batches: list[dict]) -> None:
+        self.batches, self.samples, self.counts, self.index = batches, None, None, 0
+
+    @property
+    def pending(self) -> bool:
+        return self.batches is not None and self.index < len(self.batches)
+
+    def next(self, draw) -> dict:
+        if self.samples is None:
+            self.samples, self.counts = draw(self.batches)
+        drawn = self.samples[self.index]
+        self.index += 1
+        return drawn
 
 
 class FDistillMixin:
@@ -134,12 +145,11 @@ class FDistillMixin:
         super().__init__(*args, **kwargs)
         self.is_encoder_decoder = is_enc_dec
         self.teacher = self._prepare_teacher(teacher_model) if settings.needs_teacher else None
-        # Losses are divided by the global item count of the optimizer step (see _step_counts),
+        # Losses are divided by the global item count of the optimizer step (see StepSamples.counts),
         # so the Trainer must not divide again by the accumulation steps.
         self.loss_is_scaled_for_ga = True
-        self._step_counts: dict[str, torch.Tensor] | None = None
-        self._pending_batches: list | None = None
-        self._micro_index = 0
+        self.objective = settings.objective_spec  # the registered Objective (fdistill.objectives)
+        self._step = StepSamples()  # the online samples of the current optimizer step
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self.student_generation_config = self._student_generation_config()
         self.teacher_generation_config = None
@@ -325,22 +335,22 @@ class FDistillMixin:
         return drawn
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
-        """Collect the optimizer step's micro-batches; their student samples are drawn at the step's first loss call.
+        """Collect the optimizer step's micro-batches; their online samples are drawn at the step's first loss call.
 
         Sampling waits for the first ``compute_loss`` of the step because, on resume, the
         Trainer restores the RNG state only after this method returns: sampling here
         would make a resumed run draw different student samples than an uninterrupted one.
         """
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
-        self._pending_batches, self._step_samples, self._step_counts, self._micro_index = batches, None, None, 0
+        self._step.start(batches)
         return batches, num_items
 
-    def _prepare_step(self) -> None:
-        """Draw the online samples for every micro-batch of the step and count items over the global batch."""
+    def _draw_step(self, batches: list[dict]) -> tuple[list[dict], dict[str, torch.Tensor]]:
+        """The online samples of every micro-batch of the step, and each completion set's count over the global batch."""
         device = self.args.device
-        samples = [self._online_samples(batch) for batch in self._pending_batches]
+        samples = [self._online_samples(batch) for batch in batches]
         counts = {}
-        for batch, drawn in zip(self._pending_batches, samples):
+        for batch, drawn in zip(batches, samples):
             masks = {n: batch[f"{n}_mask"] for n in ("reference", "teacher") if f"{n}_mask" in batch}
             masks.update({n: mask for n, (_, mask) in drawn.items()})
             for name, mask in masks.items():
@@ -348,15 +358,32 @@ class FDistillMixin:
                 counts[name] = counts.get(name, 0) + n.float()
         if self.accelerator.num_processes > 1:
             counts = {k: self.accelerator.gather(v.reshape(1)).sum() for k, v in counts.items()}
-        self._step_samples, self._step_counts = samples, counts
+        return samples, counts
+
+    def _attach_online_samples(self, inputs: dict, training: bool) -> None:
+        """Put the micro-batch's online samples into ``inputs`` (``student_ids``/``_mask``, ``teacher_ids``/``_mask``).
+
+        In training they come from the step's draw; in evaluation (or a call outside the training loop)
+        they are drawn here.
+        """
+        if training and self._step.pending:
+            drawn = self._step.next(self._draw_step)
+        elif (self.distill_args.needs_student_samples and "student_ids" not in inputs) or (
+            self.teacher_generation_config is not None and "teacher_ids" not in inputs
+        ):
+            drawn = self._online_samples(inputs)
+        else:
+            drawn = {}
+        for name, (ids, mask) in drawn.items():
+            inputs[f"{name}_ids"], inputs[f"{name}_mask"] = ids, mask
 
     # ------------------------------------------------------------------ the loss
 
     def _count(self, name: str, inputs: dict[str, torch.Tensor], training: bool) -> torch.Tensor:
         """Denominator for one side: global count of the optimizer step in training, the local one otherwise."""
-        if training and self._step_counts is not None and name in self._step_counts:
+        if training and self._step.counts is not None and name in self._step.counts:
             # DDP averages gradients over processes; a global denominator needs the loss scaled back up.
-            return self._step_counts[name].clamp_min(1) / self.accelerator.num_processes
+            return self._step.counts[name].clamp_min(1) / self.accelerator.num_processes
         return count_items(inputs[f"{name}_mask"], self.distill_args.loss_reduction).clamp_min(1).float()
 
     def _score(self, model: nn.Module, inputs: dict[str, torch.Tensor], names: list[str], hidden: bool = False,
@@ -382,7 +409,7 @@ class FDistillMixin:
     def _use_fused(self, model: nn.Module, inputs: dict[str, torch.Tensor], name: str) -> bool:
         """Whether this objective runs through the fused divergence; checks both heads once, on one example."""
         a = self.distill_args
-        if a.objective not in DIVERGENCES or a.fused_divergence is False or a.teacher_topk_logprobs:
+        if not self.objective.fusable or a.fused_divergence is False or a.teacher_topk_logprobs:
             return False
         if a.fused_divergence is None and self.args.device.type != "cuda":
             return False
@@ -404,26 +431,12 @@ class FDistillMixin:
             self._heads_checked = True
         return True
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """The objective of ``distill_args.objective`` on one micro-batch (see the module docstring)."""
-        a = self.distill_args
-        training = model.training
-        if training and self._pending_batches is not None and self._micro_index < len(self._pending_batches):
-            if self._step_samples is None:
-                self._prepare_step()
-            for name, (ids, mask) in self._step_samples[self._micro_index].items():
-                inputs[f"{name}_ids"], inputs[f"{name}_mask"] = ids, mask
-            self._micro_index += 1
-        if (a.needs_student_samples and "student_ids" not in inputs) or (
-            self.teacher_generation_config is not None and "teacher_ids" not in inputs
-        ):  # evaluation, or a caller outside the training loop
-            for name, (ids, mask) in self._online_samples(inputs).items():
-                inputs[f"{name}_ids"], inputs[f"{name}_mask"] = ids, mask
-        if self.teacher is not None and self.teacher.training:
-            self.teacher.eval()  # the Trainer only knows the student; never let the teacher train
-        needs = {"reference": a.needs_reference, "teacher": a.needs_teacher_samples, "student": a.needs_student_samples}
-        names = [n for n, needed in needs.items() if needed]  # completion sets this objective scores
-        hidden = a.objective == "predistill" and a.predistill_alpha_hidden > 0
+    def score_batch(self, model: nn.Module, inputs: dict[str, torch.Tensor], training: bool) -> ScoredBatch:
+        """The forwards of one micro-batch: every completion set the objective scores, by the student (with
+        gradient) and the teacher (without; or its stored top-k log-probabilities), as one :class:`ScoredBatch`."""
+        a, objective = self.distill_args, self.objective
+        names = [n for n in COMPLETION_SETS if n in objective.scores]
+        hidden = objective.wants_hidden_states(a)
         fused = self._use_fused(model, inputs, names[0])
         student, s_out = self._score(model, inputs, names, hidden=hidden, fused=fused)
         teacher, t_out = {}, None
@@ -433,162 +446,63 @@ class FDistillMixin:
         elif a.teacher_topk_logprobs:  # stored top-k log-probabilities stand in for the teacher forward
             dense = topk_teacher_logits(inputs["teacher_topk_ids"], inputs["teacher_topk_logprobs"], _vocab_size(model))
             teacher = {"teacher": (dense, student["teacher"][1])}
-        metrics: dict[str, torch.Tensor] = {}
-        count = {n: self._count(n, inputs, training) for n in names}
-        reduce = lambda terms, n: reduce_terms(  # noqa: E731
-            terms, student[n][1] != -100, reduction=a.loss_reduction, num_items_in_batch=count[n]
-        )
+        sets = {n: ScoredSet(student[n][0], teacher[n][0] if n in teacher else None, student[n][1],
+                             self._count(n, inputs, training)) for n in names}
+        heads = (output_head(model), output_head(self.teacher)) if fused else None
+        return ScoredBatch(sets, a.loss_reduction, heads, (s_out, t_out), _base_model(model).config,
+                           self.is_encoder_decoder)
 
-        if a.objective in ("mle", "seqkd"):
-            n = names[0]
-            loss = reduce(cross_entropy_terms(*student[n]), n)
-        elif a.objective == "engine":
-            loss = reduce(engine_terms(student["student"][0], teacher["student"][0], temperature=a.loss_temperature), "student")
-        elif a.objective == "predistill":
-            loss = self._predistill_loss(student, teacher, s_out, t_out, reduce, metrics)
-        elif fused:
-            loss = self._fused_loss(model, student, teacher, count, inputs, metrics)
-        else:
-            side = lambda n: (  # noqa: E731
-                SampledSequences(student[n][0], teacher[n][0], student[n][1], num_items_in_batch=count[n])
-                if n in student
-                else None
-            )
-            out = f_divergence_loss(
-                a.objective,
-                teacher_samples=side("teacher"),
-                student_samples=side("student"),
-                js_mixture=a.js_mixture,
-                js_beta=a.js_beta,
-                temperature=a.loss_temperature,
-                reduction=a.loss_reduction,
-            )
-            loss = out.loss
-            if out.teacher_term is not None:
-                metrics["loss_on_teacher_samples"] = out.teacher_term
-            if out.student_term is not None:
-                metrics["loss_on_student_samples"] = out.student_term
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The registered objective (:mod:`fdistill.objectives`) on one micro-batch; see the module docstring."""
+        training = model.training
+        self._attach_online_samples(inputs, training)
+        if self.teacher is not None and self.teacher.training:
+            self.teacher.eval()  # the Trainer only knows the student; never let the teacher train
+        batch = self.score_batch(model, inputs, training)
+        out = self.objective.loss(batch, self.distill_args)
         self._window_micro += training
         self._train_micro += training
-        problem = self._nonfinite_problem(names, student, teacher, loss, fused)
+        problem = self._nonfinite_problem(batch, out.loss)
         if problem is not None:
-            if a.on_nonfinite == "error":
-                raise NonFiniteError(f"training step {self.state.global_step + 1}, micro-batch {max(self._micro_index, 1)}: "
-                                     f"{problem} (on_nonfinite='skip' drops such micro-batches instead, counted).")
-            if training:  # 'skip': no gradient from this micro-batch; in evaluation the NaN stays visible
-                self._nonfinite_skipped += 1
-                self._window_skipped += 1
-                logger.warning("skipped a micro-batch at step %d: %s", self.state.global_step + 1, problem)
-                zero = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)  # keeps DDP's graph whole
-                return (zero, s_out) if return_outputs else zero
-        if "student" in student and not fused:
-            self._sample_metrics(student["student"], teacher.get("student"), inputs["student_mask"], metrics)
-        local = {n: self._count(n, inputs, training=False) for n in names}
-        self._store_metrics(metrics, {n: count[n] / local[n] for n in names}, training)
-        return (loss, s_out) if return_outputs else loss
+            out.loss = self._nonfinite(problem, model, training)
+        if problem is None or not training:
+            metrics = {**out.metrics, **student_sample_metrics(batch, out, inputs.get("student_mask"))}
+            local = {n: self._count(n, inputs, training=False) for n in batch.sets}
+            self._store_metrics(metrics, {n: s.count / local[n] for n, s in batch.sets.items()}, training)
+        return (out.loss, batch.outputs[0]) if return_outputs else out.loss
 
     @staticmethod
     @torch.no_grad()
-    def _nonfinite_problem(names, student, teacher, loss, fused) -> str | None:
+    def _nonfinite_problem(batch: ScoredBatch, loss: torch.Tensor) -> str | None:
         """What is NaN/inf in this micro-batch (model, completion set, count) and its likely cause; None if nothing."""
-        what = "LM-head inputs" if fused else "logits"
-        for model_name, scored in (("teacher", teacher), ("student", student)):
-            for n in names:
-                if n not in scored:
+        what = "LM-head inputs" if batch.fused else "logits"
+        for model_name in ("teacher", "student"):
+            for n, scored in batch.sets.items():
+                values = getattr(scored, model_name)
+                if values is None:
                     continue
-                values, labels = scored[n]
-                valid = labels != IGNORE_INDEX
-                bad = nonfinite_positions(values, valid)
+                bad = nonfinite_positions(values, scored.mask)
                 if bad.any():
                     return (f"the {model_name}'s {what} on the {_SET_NAMES[n]} hold NaN or +inf at {int(bad.sum())} of "
-                            f"{int(valid.sum())} scored positions; likely cause: {nonfinite_cause(model_name)}")
+                            f"{int(scored.mask.sum())} scored positions; likely cause: {nonfinite_cause(model_name)}")
         if not torch.isfinite(loss):
             return (f"the loss is {loss.item()} although every {what} entry is finite; likely cause: values too large "
                     "for float32 (check loss_temperature and the models' dtypes)")
         return None
 
-    def _fused_loss(self, model, student, teacher, count, inputs, metrics) -> torch.Tensor:
-        """The f-divergence objective from LM-head inputs (:func:`fdistill.kernels.fused_f_divergence_loss`)."""
-        a = self.distill_args
-        side = lambda n: (  # noqa: E731
-            HiddenSequences(student[n][0], teacher[n][0], student[n][1], num_items_in_batch=count[n]) if n in student else None
-        )
-        out, details = fused_f_divergence_loss(
-            a.objective, output_head(model), output_head(self.teacher),
-            teacher_samples=side("teacher"), student_samples=side("student"),
-            js_mixture=a.js_mixture, js_beta=a.js_beta, temperature=a.loss_temperature, reduction=a.loss_reduction,
-            chunk_size=a.fused_chunk_size,
-        )
-        if out.teacher_term is not None:
-            metrics["loss_on_teacher_samples"] = out.teacher_term
-        if out.student_term is not None:
-            metrics["loss_on_student_samples"] = out.student_term
-        if "student" in details:  # the sample metrics of _sample_metrics, from the fused pass's side outputs
-            hidden, labels = teacher["student"]
-            done = details["student"]
-            valid = labels != -100
-            metrics["student_sample_length"] = inputs["student_mask"].sum(-1).float().mean()
-            if valid.any():
-                metrics["student_entropy"] = done.student_entropy[valid.reshape(-1)].float().mean()
-            if a.loss_temperature == 1.0:  # the fused log-normaliser is at the loss temperature
-                lp = label_logits(output_head(self.teacher), hidden, labels.clamp_min(0)) - done.teacher_lse.view_as(labels)
-                metrics["teacher_nll_of_student_samples"] = -(lp * valid).sum(-1).mean()
-        return out.loss
-
-    def _predistill_loss(self, student, teacher, s_out, t_out, reduce, metrics) -> torch.Tensor:
-        """α_mle·CE + α_kd·T²·KL(p_T‖q_T) + α_hid·MSE(hidden) on references (Shleifer & Rush 2020)."""
-        a = self.distill_args
-        s_logits, labels = student["reference"]
-        loss = 0.0
-        if a.predistill_alpha_mle > 0:
-            metrics["loss_mle"] = reduce(cross_entropy_terms(s_logits, labels), "reference")
-            loss = loss + a.predistill_alpha_mle * metrics["loss_mle"]
-        if a.predistill_alpha_kd > 0:
-            kd = word_kd_terms(s_logits, teacher["reference"][0], temperature=a.loss_temperature)
-            metrics["loss_kd"] = reduce(kd, "reference")
-            loss = loss + a.predistill_alpha_kd * metrics["loss_kd"]
-        if a.predistill_alpha_hidden > 0:
-            metrics["loss_hidden"] = self._hidden_loss(s_out, t_out, labels, reduce)
-            loss = loss + a.predistill_alpha_hidden * metrics["loss_hidden"]
-        return loss
-
-    def _hidden_loss(self, s_out, t_out, labels, reduce) -> torch.Tensor:
-        """MSE between each student layer's output and its matched teacher layer's, at target positions."""
-        layer_map = self._layer_map()
-        hidden_key = "hidden_states" if not self.is_encoder_decoder else "decoder_hidden_states"
-        s_hidden, t_hidden = getattr(s_out, hidden_key), getattr(t_out, hidden_key)
-        c = labels.shape[1]
-        positions = slice(-c - 1, -1) if not self.is_encoder_decoder else slice(None)  # the completion's predictors
-        total = 0.0
-        for i, j in enumerate(layer_map):
-            s_h = F.layer_norm(s_hidden[i + 1][:, positions], s_hidden[i + 1].shape[-1:])  # shapes (B, C, H)
-            t_h = F.layer_norm(t_hidden[j + 1][:, positions], t_hidden[j + 1].shape[-1:])
-            total = total + reduce(hidden_state_mse_terms(s_h, t_h), "reference")
-        return total / len(layer_map)
-
-    def _layer_map(self) -> list[int]:
-        a = self.distill_args
-        if a.predistill_layer_map is not None:
-            return list(a.predistill_layer_map)
-        recorded = getattr(_base_model(self.model).config, "fdistill_teacher_layers", None)
-        if not recorded:
-            raise ValueError(
-                "predistill_alpha_hidden > 0 needs to know which teacher layer each student layer matches: set "
-                "predistill_layer_map, or make the student with fdistill.student.create_student_from_teacher."
-            )
-        return list(recorded["decoder"])
+    def _nonfinite(self, problem: str, model: nn.Module, training: bool) -> torch.Tensor:
+        """``on_nonfinite``: 'error' raises; 'skip' returns a zero loss (no gradient) and counts the micro-batch."""
+        if self.distill_args.on_nonfinite == "error":
+            raise NonFiniteError(f"training step {self.state.global_step + 1}, micro-batch {max(self._step.index, 1)}: "
+                                 f"{problem} (on_nonfinite='skip' drops such micro-batches instead, counted).")
+        if not training:  # evaluation: the NaN stays visible in eval_loss
+            return torch.tensor(float("nan"), device=self.args.device)
+        self._nonfinite_skipped += 1
+        self._window_skipped += 1
+        logger.warning("skipped a micro-batch at step %d: %s", self.state.global_step + 1, problem)
+        return sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)  # zero gradient, DDP's graph whole
 
     # ------------------------------------------------------------------ logging
-
-    @torch.no_grad()
-    def _sample_metrics(self, student_side, teacher_side, mask, metrics) -> None:
-        logits, labels = student_side
-        valid = labels != -100
-        if valid.any():
-            metrics["student_entropy"] = token_entropy(logits.detach())[valid].mean()
-        metrics["student_sample_length"] = mask.sum(-1).float().mean()
-        if teacher_side is not None:
-            metrics["teacher_nll_of_student_samples"] = -token_logprobs(teacher_side[0], labels).sum(-1).mean()
 
     def _store_metrics(self, metrics: dict[str, torch.Tensor], scale: dict[str, torch.Tensor], training: bool) -> None:
         """Keep step metrics for the next log. Loss terms are rescaled from the global to the micro-batch denominator."""

@@ -1,0 +1,413 @@
+"""The training objectives of `FDistillTrainer`, each one registered object: what it scores, and its loss.
+
+An objective declares the completion sets it scores — ``"reference"`` (ground truth), ``"teacher"`` (teacher
+samples, offline or online) and ``"student"`` (online student samples) — and whether a teacher forward scores
+them too. The trainer runs the forwards for those sets and hands the objective one typed value, a
+:class:`ScoredBatch`, holding for each set the student's (and teacher's) logits — or, on the fused path, the
+LM-head inputs plus both heads — with the labels and the global denominator. The objective returns its loss
+and the metrics it logs (:class:`ObjectiveOutput`). Config validation, the trainer, the model card and the demo
+read this registry; nothing else lists objective names.
+
+A new objective is one class and one call, from your own code (no edit of fdistill):
+
+    >>> import torch
+    >>> from fdistill.divergences import step_divergence
+    >>> class SkewKL(Objective):
+    ...     '''KL(p ‖ α·p + (1−α)·q) on teacher samples (a skew KL; α = 0 is the forward KL).'''
+    ...     name, scores, title = "skew-kl", ("teacher",), "skew KL divergence"
+    ...     def __init__(self, alpha: float = 0.1):
+    ...         self.alpha = alpha
+    ...     def loss(self, batch, args):
+    ...         s = batch["teacher"]
+    ...         mixed = torch.logaddexp(s.teacher.log_softmax(-1) + torch.log(torch.tensor(self.alpha)),
+    ...                                 s.student.log_softmax(-1) + torch.log(torch.tensor(1 - self.alpha)))
+    ...         terms = step_divergence("kl", mixed, s.teacher, on="teacher")
+    ...         return ObjectiveOutput(batch.reduce(terms, "teacher"))
+    >>> register_objective(SkewKL(alpha=0.1))  # then FDistillConfig(objective="skew-kl", ...)
+
+References: Wen et al. 2023, "f-Divergence Minimization for Sequence-Level Knowledge Distillation" (ACL,
+arXiv:2305.15718), Eqs. 3–12; Kim & Rush 2016 (SeqKD); Tu et al. 2020 (ENGINE); Shleifer & Rush 2020
+(pre-distillation). The shape follows Liger-Kernel's chunked losses: one assembly, each loss a small piece.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fdistill.divergences import (
+    DIVERGENCES,
+    IGNORE_INDEX,
+    SampledSequences,
+    cross_entropy_terms,
+    engine_terms,
+    f_divergence_loss,
+    hidden_state_mse_terms,
+    reduce_terms,
+    token_entropy,
+    token_logprobs,
+    word_kd_terms,
+)
+from fdistill.errors import InputError, invalid
+
+if TYPE_CHECKING:
+    from fdistill.config import DistillArguments
+    from fdistill.kernels import LinearHead
+
+COMPLETION_SETS = ("reference", "teacher", "student")
+
+
+# ----------------------------------------------------------------------------- the typed inputs and output
+
+
+@dataclass
+class ScoredSet:
+    """One completion set scored by the student (and the teacher).
+
+    Attributes:
+        student: ``(B, C, V)`` student logits at the completion positions, or on the fused path the
+            ``(B, C, H)`` inputs of the student's LM head (``ScoredBatch.heads`` then holds the heads).
+        teacher: the teacher's, the same way; None when the objective needs no teacher.
+        labels: ``(B, C)`` the completion tokens, ``-100`` at padding.
+        count: the denominator of this set's reduction over the whole optimizer step (sequences or tokens).
+    """
+
+    student: Tensor
+    teacher: Tensor | None
+    labels: Tensor
+    count: Tensor
+
+    @property
+    def mask(self) -> Tensor:
+        return self.labels != IGNORE_INDEX
+
+
+@dataclass
+class ScoredBatch:
+    """Everything an objective's loss reads for one micro-batch: the scored sets and how to reduce them.
+
+    Attributes:
+        sets: completion set name → :class:`ScoredSet`.
+        reduction: ``"sequence"`` or ``"token"`` (`fdistill.divergences.reduce_terms`).
+        heads: ``(student_head, teacher_head)`` on the fused path, where the sets hold LM-head inputs.
+        outputs: ``(student_outputs, teacher_outputs)`` of the forwards (hidden states when requested).
+        student_config: the student's config (e.g. the teacher layers it was copied from).
+        is_encoder_decoder: the models' family.
+    """
+
+    sets: dict[str, ScoredSet]
+    reduction: str = "sequence"
+    heads: tuple[LinearHead, LinearHead] | None = None
+    outputs: tuple[Any, Any] = (None, None)
+    student_config: Any = None
+    is_encoder_decoder: bool = False
+
+    def __getitem__(self, name: str) -> ScoredSet:
+        return self.sets[name]
+
+    @property
+    def fused(self) -> bool:
+        return self.heads is not None
+
+    def reduce(self, terms: Tensor, name: str) -> Tensor:
+        """Per-position ``terms (B, C)`` of set ``name`` reduced with its mask and global denominator."""
+        s = self.sets[name]
+        return reduce_terms(terms, s.mask, reduction=self.reduction, num_items_in_batch=s.count)
+
+
+@dataclass
+class ObjectiveOutput:
+    """An objective's loss on one micro-batch and what it logs.
+
+    ``metrics`` keys starting with ``loss_`` are reduced terms (``loss_on_teacher_samples``,
+    ``loss_on_student_samples``, ``loss_mle``, ...). ``student_entropies`` (the student's per-position entropies
+    on its own samples) and ``teacher_label_logprobs`` (the teacher's log-probabilities of those samples' tokens)
+    are filled by the fused pass, which never forms the logits they would otherwise come from.
+    """
+
+    loss: Tensor
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+    student_entropies: Tensor | None = None
+    teacher_label_logprobs: Tensor | None = None
+
+
+# ----------------------------------------------------------------------------- the base class and registry
+
+
+class Objective:
+    """A training objective: the completion sets it scores and its loss on a :class:`ScoredBatch`.
+
+    Class attributes (override in a subclass or set in ``__init__``):
+        name: the ``FDistillConfig.objective`` value.
+        scores: completion sets it reads, from ``COMPLETION_SETS``.
+        uses_teacher: whether a (frozen) teacher scores the sets.
+        fusable: whether it runs on LM-head inputs (``fused_divergence``) as well as on logits.
+        topk_teacher: whether stored top-k teacher log-probabilities can replace the teacher forward.
+        title, meaning: what the model card says it is and does; ``sampled_on`` what it is computed on.
+        card_intro: the model card's first sentences, with ``{who}`` (the teacher), ``{what}`` (the title),
+            ``{sampled_on}`` and ``{paper}`` (a link to f-DISTILL) filled in.
+        card_settings: `DistillArguments` fields the model card lists besides the common ones.
+        in_demo: whether ``fdistill demo --objective all`` runs it.
+    """
+
+    name: str = ""
+    scores: tuple[str, ...] = ()
+    uses_teacher: bool = True
+    fusable: bool = False
+    topk_teacher: bool = False
+    title: str = ""
+    meaning: str = ""
+    sampled_on: str = ""
+    card_settings: tuple[str, ...] = ()
+    card_intro: str = "This model is a student distilled from {who} with the {what}, as run by {paper}."
+    in_demo: bool = False
+
+    def check(self, args: DistillArguments) -> None:
+        """Refuse settings that make no sense for this objective (called by `DistillArguments.__post_init__`)."""
+
+    def wants_hidden_states(self, args: DistillArguments) -> bool:
+        """Whether the forwards must return every layer's hidden states."""
+        return False
+
+    def loss(self, batch: ScoredBatch, args: DistillArguments) -> ObjectiveOutput:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, scores={self.scores})"
+
+
+OBJECTIVES: dict[str, Objective] = {}
+
+
+def register_objective(objective: Objective, *, replace: bool = False) -> Objective:
+    """Make ``objective`` available as ``FDistillConfig(objective=objective.name)``; returns it."""
+    if not objective.name or not isinstance(objective.name, str):
+        raise invalid("objective.name", objective.name, "give the objective a non-empty name.")
+    bad = [s for s in objective.scores if s not in COMPLETION_SETS]
+    if bad or not objective.scores:
+        raise invalid(f"{objective.name}.scores", objective.scores, f"list completion sets from {COMPLETION_SETS}.")
+    if objective.name in OBJECTIVES and not replace and OBJECTIVES[objective.name] is not objective:
+        raise InputError(f"an objective named {objective.name!r} is registered already: pick another name or pass "
+                         "replace=True.")
+    OBJECTIVES[objective.name] = objective
+    return objective
+
+
+def get_objective(name: str) -> Objective:
+    """The registered objective ``name``, or one `InputError` listing the registered names."""
+    if name not in OBJECTIVES:
+        raise invalid("objective", name, f"choose one of {', '.join(OBJECTIVES)} (or register your own with "
+                      "fdistill.objectives.register_objective).")
+    return OBJECTIVES[name]
+
+
+# ----------------------------------------------------------------------------- the f-divergences
+
+
+class FDivergence(Objective):
+    """A sequence-level f-divergence decomposed step by step (f-DISTILL Eqs. 6–12): KL, RKL, JS or TVD.
+
+    One assembly serves both backends: `fdistill.divergences.f_divergence_loss` on logits, and
+    `fdistill.kernels.fused_f_divergence_loss` on LM-head inputs (same arguments, same result).
+    """
+
+    fusable = True
+    card_settings = ("loss_temperature",)
+    card_intro = ("This model is a student distilled from {who} by minimising the {what} with {paper}: the "
+                  "sequence-level divergence is decomposed into per-step divergences between the teacher's and the "
+                  "student's next-token distributions, on {sampled_on}.")
+
+    def __init__(self, kind: str, title: str, meaning: str, sampled_on: str, scores: tuple[str, ...]):
+        self.name, self.title, self.meaning, self.sampled_on, self.scores = kind, title, meaning, sampled_on, scores
+        self.topk_teacher = kind == "kl"
+        self.in_demo = True
+        if kind == "js":
+            self.card_settings = ("js_mixture", "js_beta", "loss_temperature")
+
+    def loss(self, batch: ScoredBatch, args: DistillArguments) -> ObjectiveOutput:
+        common = dict(js_mixture=args.js_mixture, js_beta=args.js_beta, temperature=args.loss_temperature,
+                      reduction=args.loss_reduction)
+        entropies = teacher_lp = None
+        if batch.fused:
+            from fdistill.kernels import HiddenSequences, fused_f_divergence_loss, label_logits
+
+            sides = {n: HiddenSequences(s.student, s.teacher, s.labels, num_items_in_batch=s.count)
+                     for n, s in batch.sets.items()}
+            out, details = fused_f_divergence_loss(
+                self.name, *batch.heads, teacher_samples=sides.get("teacher"), student_samples=sides.get("student"),
+                chunk_size=args.fused_chunk_size, **common)
+            if "student" in details:  # the sample metrics, from the fused pass's side outputs
+                s = batch["student"]
+                entropies = details["student"].student_entropy.view_as(s.labels)
+                if args.loss_temperature == 1.0:  # the fused log-normaliser is at the loss temperature
+                    with torch.no_grad():
+                        logits = label_logits(batch.heads[1], s.teacher, s.labels.clamp_min(0))
+                        teacher_lp = logits - details["student"].teacher_lse.view_as(s.labels)
+        else:
+            sides = {n: SampledSequences(s.student, s.teacher, s.labels, num_items_in_batch=s.count)
+                     for n, s in batch.sets.items()}
+            out = f_divergence_loss(self.name, teacher_samples=sides.get("teacher"),
+                                    student_samples=sides.get("student"), **common)
+        metrics = {}
+        if out.teacher_term is not None:
+            metrics["loss_on_teacher_samples"] = out.teacher_term
+        if out.student_term is not None:
+            metrics["loss_on_student_samples"] = out.student_term
+        return ObjectiveOutput(out.loss, metrics, entropies, teacher_lp)
+
+
+# ----------------------------------------------------------------------------- the baselines
+
+
+class CrossEntropy(Objective):
+    """Cross-entropy ``−log q(y_t | y_<t)`` on one fixed set of targets (paper Eq. 3): MLE or SeqKD."""
+
+    uses_teacher = False
+
+    def __init__(self, name: str, target: str, title: str, meaning: str, card_intro: str, in_demo: bool):
+        self.name, self.scores, self.title, self.meaning, self.in_demo = name, (target,), title, meaning, in_demo
+        self.card_intro = card_intro
+
+    def check(self, args: DistillArguments) -> None:
+        if self.scores == ("teacher",) and args.teacher_sampling == "online":
+            raise invalid("teacher_sampling", "online", f"objective {self.name!r} trains on the teacher's "
+                          "beam-search outputs, drawn offline once (`fdistill sample --decoding beam`); use "
+                          "teacher_sampling='offline'.")
+
+    def loss(self, batch: ScoredBatch, args: DistillArguments) -> ObjectiveOutput:
+        (name,) = self.scores
+        s = batch[name]
+        return ObjectiveOutput(batch.reduce(cross_entropy_terms(s.student, s.labels), name))
+
+
+class Engine(Objective):
+    """ENGINE: the teacher's energy ``Σ_v q·(−log p)`` of online student samples (Tu et al. 2020; paper §2.2)."""
+
+    name, scores, in_demo = "engine", ("student",), True
+    title = "ENGINE objective (Tu et al. 2020)"
+    meaning = "teacher energy −log p of online student samples: reverse KL without the student's entropy"
+    card_settings = ("loss_temperature",)
+
+    def loss(self, batch: ScoredBatch, args: DistillArguments) -> ObjectiveOutput:
+        s = batch["student"]
+        return ObjectiveOutput(batch.reduce(engine_terms(s.student, s.teacher, temperature=args.loss_temperature),
+                                            "student"))
+
+
+class PreDistillation(Objective):
+    """α_mle·CE + α_kd·T²·KL(p_T‖q_T) + α_hid·MSE(hidden) on references (Shleifer & Rush 2020)."""
+
+    name, scores = "predistill", ("reference",)
+    title = "pre-distillation objective (Shleifer & Rush 2020)"
+    meaning = "α_mle·cross-entropy + α_kd·word-level KL(p‖q) + α_hid·hidden-state MSE on references"
+    card_settings = ("loss_temperature", "predistill_alpha_mle", "predistill_alpha_kd", "predistill_alpha_hidden")
+
+    def check(self, args: DistillArguments) -> None:
+        if args.predistill_alpha_mle + args.predistill_alpha_kd + args.predistill_alpha_hidden == 0:
+            raise invalid("predistill_alpha_*", 0, "at least one pre-distillation weight must be positive.")
+
+    def wants_hidden_states(self, args: DistillArguments) -> bool:
+        return args.predistill_alpha_hidden > 0
+
+    def loss(self, batch: ScoredBatch, args: DistillArguments) -> ObjectiveOutput:
+        s = batch["reference"]
+        metrics, loss = {}, 0.0
+        if args.predistill_alpha_mle > 0:
+            metrics["loss_mle"] = batch.reduce(cross_entropy_terms(s.student, s.labels), "reference")
+            loss = loss + args.predistill_alpha_mle * metrics["loss_mle"]
+        if args.predistill_alpha_kd > 0:
+            kd = word_kd_terms(s.student, s.teacher, temperature=args.loss_temperature)
+            metrics["loss_kd"] = batch.reduce(kd, "reference")
+            loss = loss + args.predistill_alpha_kd * metrics["loss_kd"]
+        if args.predistill_alpha_hidden > 0:
+            metrics["loss_hidden"] = self._hidden_loss(batch, args)
+            loss = loss + args.predistill_alpha_hidden * metrics["loss_hidden"]
+        return ObjectiveOutput(loss, metrics)
+
+    @staticmethod
+    def layer_map(args: DistillArguments, student_config) -> list[int]:
+        """The teacher layer matched by each student decoder layer: the setting, else what the student records."""
+        if args.predistill_layer_map is not None:
+            return list(args.predistill_layer_map)
+        recorded = getattr(student_config, "fdistill_teacher_layers", None)
+        if not recorded:
+            raise ValueError(
+                "predistill_alpha_hidden > 0 needs to know which teacher layer each student layer matches: set "
+                "predistill_layer_map, or make the student with fdistill.student.create_student_from_teacher."
+            )
+        return list(recorded["decoder"])
+
+    def _hidden_loss(self, batch: ScoredBatch, args: DistillArguments) -> Tensor:
+        """MSE between each student layer's output and its matched teacher layer's, at target positions."""
+        layer_map = self.layer_map(args, batch.student_config)
+        key = "hidden_states" if not batch.is_encoder_decoder else "decoder_hidden_states"
+        s_hidden, t_hidden = (getattr(out, key) for out in batch.outputs)
+        c = batch["reference"].labels.shape[1]
+        positions = slice(-c - 1, -1) if not batch.is_encoder_decoder else slice(None)  # the completion's predictors
+        total = 0.0
+        for i, j in enumerate(layer_map):
+            s_h = F.layer_norm(s_hidden[i + 1][:, positions], s_hidden[i + 1].shape[-1:])  # (B, C, H)
+            t_h = F.layer_norm(t_hidden[j + 1][:, positions], t_hidden[j + 1].shape[-1:])
+            total = total + batch.reduce(hidden_state_mse_terms(s_h, t_h), "reference")
+        return total / len(layer_map)
+
+
+# ----------------------------------------------------------------------------- what the trainer logs of samples
+
+
+@torch.no_grad()
+def student_sample_metrics(batch: ScoredBatch, output: ObjectiveOutput, sample_mask: Tensor | None) -> dict[str, Tensor]:
+    """Entropy, length and teacher NLL of the student's online samples (when the objective scores them):
+    from the logits, or on the fused path from what the fused pass returned (`ObjectiveOutput`)."""
+    if "student" not in batch.sets:
+        return {}
+    s = batch["student"]
+    valid = s.mask
+    metrics = {"student_sample_length": sample_mask.sum(-1).float().mean()}
+    entropies = output.student_entropies
+    if entropies is None and not batch.fused:
+        entropies = token_entropy(s.student.detach())
+    if entropies is not None and valid.any():
+        metrics["student_entropy"] = entropies[valid].float().mean()
+    teacher_lp = output.teacher_label_logprobs
+    if teacher_lp is None and not batch.fused and s.teacher is not None:
+        teacher_lp = token_logprobs(s.teacher, s.labels)  # 0 at padding
+    if teacher_lp is not None:
+        metrics["teacher_nll_of_student_samples"] = -(teacher_lp * valid).sum(-1).mean()
+    return metrics
+
+
+# ----------------------------------------------------------------------------- the built-in objectives
+
+_SEQUENCES = {"teacher": "sequences sampled offline from the teacher", "student": "sequences sampled online from the student",
+              "both": "sequences sampled offline from the teacher and online from the student"}
+for _objective in (
+    FDivergence("kl", "sequence-level KL divergence KL(p‖q)",
+                "forward KL(p‖q) on offline teacher samples: the student spreads over all of the teacher's modes",
+                _SEQUENCES["teacher"], ("teacher",)),
+    FDivergence("rkl", "sequence-level reverse KL divergence KL(q‖p)",
+                "reverse KL(q‖p) on online student samples: the student concentrates on the teacher's main modes",
+                _SEQUENCES["student"], ("student",)),
+    FDivergence("js", "sequence-level Jensen–Shannon divergence",
+                "Jensen–Shannon: KL(p‖m) on teacher samples and KL(q‖m) on student samples, m their mixture",
+                _SEQUENCES["both"], ("teacher", "student")),
+    FDivergence("tvd", "sequence-level total variation distance",
+                "total variation distance (its step-wise upper bound) on teacher and student samples",
+                _SEQUENCES["both"], ("teacher", "student")),
+    CrossEntropy("mle", "reference", "maximum likelihood (MLE baseline)",
+                 "cross-entropy on ground-truth references (no teacher)",
+                 "This model was trained by maximum likelihood on reference targets — the MLE baseline of {paper}, "
+                 "without a teacher.", in_demo=False),
+    CrossEntropy("seqkd", "teacher", "sequence-level knowledge distillation (SeqKD, Kim & Rush 2016)",
+                 "cross-entropy on the teacher's offline beam-search outputs",
+                 "This model is a student trained by {what} on the beam-search outputs of {who}, a baseline of "
+                 "{paper}.", in_demo=True),
+    Engine(),
+    PreDistillation(),
+):
+    register_objective(_objective)
+assert tuple(o for o in OBJECTIVES if isinstance(OBJECTIVES[o], FDivergence)) == DIVERGENCES
