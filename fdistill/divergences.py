@@ -49,8 +49,9 @@ is the exact JS mixture, the TVD bound, and one definition shared by every objec
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -96,6 +97,11 @@ Side = Literal["teacher", "student"]
 def _compute_dtype(x: Tensor) -> torch.dtype:
     """float32 for half/bfloat16/float32 inputs, float64 for float64 inputs."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def to_compute_dtype(x: Tensor) -> Tensor:
+    """``x`` in the dtype every divergence is computed in (`_compute_dtype`); no copy when it is already."""
+    return x.to(_compute_dtype(x))
 
 
 def _log_probs(logits: Tensor, temperature: float, dtype: torch.dtype) -> Tensor:
@@ -524,27 +530,39 @@ def f_divergence_loss(
     Returns:
         :class:`DivergenceLoss` with the combined ``loss`` and each side's reduced term.
     """
+    return assemble_loss(
+        kind, {"teacher": teacher_samples, "student": student_samples},
+        lambda side, batch: reduce_terms(
+            *_side_terms(kind, batch, on=side, js_mixture=js_mixture, js_beta=js_beta, temperature=temperature,
+                         ignore_index=ignore_index),
+            reduction=reduction, num_items_in_batch=batch.num_items_in_batch),
+        js_mixture=js_mixture, js_beta=js_beta, temperature=temperature,
+        needs="the {side}'s sampled sequences scored by both models")
+
+
+def assemble_loss(kind: str, samples: dict[str, Any], side_term: Callable[[str, Any], Tensor], *, js_mixture: str,
+                  js_beta: float, temperature: float, needs: str) -> DivergenceLoss:
+    """The combined f-DISTILL objective from each side's reduced term: ``Σ_side coeff(kind, side) · term(side)``.
+
+    The one assembly of the plain (logits, :func:`f_divergence_loss`) and the fused (hidden states,
+    :func:`fdistill.kernels.fused_f_divergence_loss`) backends: it checks the settings, skips the sides whose
+    coefficient (:func:`side_weight`) is 0, asks ``side_term(side, samples[side])`` for the others (refusing a
+    missing one, with ``needs`` saying what to pass), and returns the total with both halves.
+    """
     _check_kind(kind)
     if js_mixture not in JS_MIXTURES:
         raise ValueError(f"unknown js_mixture {js_mixture!r}; choose 'stepwise' (paper Eq. 11) or 'exact' (Eq. 12).")
     _check_beta(js_beta)
     _check_temperature(temperature)
-    inputs = {"teacher": teacher_samples, "student": student_samples}
     reduced: dict[str, Tensor | None] = {"teacher": None, "student": None}
     loss: Tensor | None = None
     for side in SIDES:
         coeff = side_weight(kind, side, js_beta)
         if coeff == 0.0:
             continue
-        batch = inputs[side]
-        if batch is None:
-            raise ValueError(
-                f"{kind} needs {side} samples: pass {side}_samples= (the {side}'s sampled sequences scored by both models)."
-            )
-        terms, mask = _side_terms(
-            kind, batch, on=side, js_mixture=js_mixture, js_beta=js_beta, temperature=temperature, ignore_index=ignore_index
-        )
-        reduced[side] = reduce_terms(terms, mask, reduction=reduction, num_items_in_batch=batch.num_items_in_batch)
+        if samples.get(side) is None:
+            raise ValueError(f"{kind} needs {side} samples: pass {side}_samples= ({needs.format(side=side)}).")
+        reduced[side] = side_term(side, samples[side])
         loss = coeff * reduced[side] if loss is None else loss + coeff * reduced[side]
     assert loss is not None
     return DivergenceLoss(loss=loss, teacher_term=reduced["teacher"], student_term=reduced["student"])

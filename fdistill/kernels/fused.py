@@ -40,14 +40,14 @@ from torch import Tensor
 from fdistill.divergences import (
     DIVERGENCES,
     IGNORE_INDEX,
-    JS_MIXTURES,
     SIDES,
     DivergenceLoss,
     MixtureLogit,
+    assemble_loss,
     count_items,
     exact_js_mixture_logit,
-    side_weight,
     step_divergence,
+    to_compute_dtype,
     token_entropy,
 )
 from fdistill.kernels.heads import LinearHead, apply_head_transform
@@ -105,7 +105,7 @@ def _mixture_logit(mixture_weight, n: int, dtype: torch.dtype, device) -> Tensor
 
 def _torch_chunk(kind, on, lin_s: Tensor, lin_t: Tensor, s_head, t_head, z_mix, weights, temperature):
     """Terms, lse's, entropy and ``∂(Σ r·terms)/∂lin_s`` for one chunk via ``step_divergence`` + autograd."""
-    lin_s, lin_t = _upcast(lin_s), _upcast(lin_t)
+    lin_s, lin_t = to_compute_dtype(lin_s), to_compute_dtype(lin_t)
     with torch.enable_grad():
         lin_s = lin_s.detach().requires_grad_(True)
         z_s = apply_head_transform(lin_s, s_head)
@@ -116,11 +116,6 @@ def _torch_chunk(kind, on, lin_s: Tensor, lin_t: Tensor, s_head, t_head, z_mix, 
     s_lse = torch.logsumexp(z_s / temperature, -1)
     t_lse = torch.logsumexp(z_t / temperature, -1)
     return terms.detach(), s_lse, t_lse, token_entropy(z_s, temperature=temperature), grad
-
-
-def _upcast(x: Tensor) -> Tensor:
-    """float32 for half/bfloat16/float32, float64 stays float64."""
-    return x if x.dtype == torch.float64 else x.float()
 
 
 def _accumulate_product(acc: Tensor, a: Tensor, b: Tensor) -> None:
@@ -383,7 +378,7 @@ def fused_token_logprobs(
     out = torch.empty(n, dtype=torch.float64 if hidden.dtype == torch.float64 else torch.float32, device=hidden.device)
     for start in range(0, n, chunk):
         rows = slice(start, min(n, start + chunk))
-        z = apply_head_transform(_upcast(F.linear(hidden[rows], head.weight, head.bias)), head) / temperature
+        z = apply_head_transform(to_compute_dtype(F.linear(hidden[rows], head.weight, head.bias)), head) / temperature
         out[rows] = z.gather(-1, labels[rows, None]).squeeze(-1) - torch.logsumexp(z, -1)
     return out
 
@@ -427,26 +422,15 @@ def fused_f_divergence_loss(
     tokens' log-probabilities. Also returns each used side's :class:`FusedDivergence`
     (per-position terms, log-normalisers and student entropies for logging).
     """
-    if js_mixture not in JS_MIXTURES:
-        raise ValueError(f"unknown js_mixture {js_mixture!r}; choose 'stepwise' (paper Eq. 11) or 'exact' (Eq. 12).")
-    inputs = {"teacher": teacher_samples, "student": student_samples}
-    reduced: dict[str, Tensor | None] = {"teacher": None, "student": None}
     details: dict[str, FusedDivergence] = {}
-    loss: Tensor | None = None
-    for side in SIDES:
-        coeff = side_weight(kind, side, js_beta)
-        if coeff == 0.0:
-            continue
-        batch = inputs[side]
-        if batch is None:
-            raise ValueError(f"{kind} needs {side} samples: pass {side}_samples= (hidden states on the {side}'s samples).")
+
+    def side_term(side: str, batch: HiddenSequences) -> Tensor:
         if batch.labels.shape != batch.student_hidden.shape[:-1] or batch.labels.shape != batch.teacher_hidden.shape[:-1]:
             raise ValueError(
                 f"labels {tuple(batch.labels.shape)} do not match hidden states {tuple(batch.student_hidden.shape)} / "
                 f"{tuple(batch.teacher_hidden.shape)}; all must cover the same (B, T) positions."
             )
         mask = batch.labels != ignore_index
-        flat_mask = mask.reshape(-1)
         hs, ht = batch.student_hidden.flatten(0, 1), batch.teacher_hidden.flatten(0, 1)
         mixture: float | MixtureLogit = js_beta
         if kind == "js" and js_mixture == "exact":
@@ -459,11 +443,12 @@ def fused_f_divergence_loss(
         if count is None:
             count = count_items(mask, reduction).clamp_min(1)
         count = torch.as_tensor(count, device=hs.device).to(torch.float64 if hs.dtype == torch.float64 else torch.float32)
-        out = fused_divergence(kind, hs, student_head, ht, teacher_head, on=side, row_weights=1.0 / count,
-                               mask=flat_mask, mixture_weight=mixture, temperature=temperature,
-                               chunk_size=chunk_size, backend=backend)
-        details[side] = out
-        reduced[side] = out.loss
-        loss = coeff * out.loss if loss is None else loss + coeff * out.loss
-    assert loss is not None
-    return DivergenceLoss(loss=loss, teacher_term=reduced["teacher"], student_term=reduced["student"]), details
+        details[side] = fused_divergence(kind, hs, student_head, ht, teacher_head, on=side, row_weights=1.0 / count,
+                                         mask=mask.reshape(-1), mixture_weight=mixture, temperature=temperature,
+                                         chunk_size=chunk_size, backend=backend)
+        return details[side].loss
+
+    out = assemble_loss(kind, {"teacher": teacher_samples, "student": student_samples}, side_term,
+                        js_mixture=js_mixture, js_beta=js_beta, temperature=temperature,
+                        needs="hidden states on the {side}'s samples")
+    return out, details
