@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fdistill.divergences import IGNORE_INDEX
 from fdistill.errors import InputError
 
-IGNORE_INDEX = -100
 
 
 def _is_token_ids(value) -> bool:

@@ -23,6 +23,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 import fdistill
 from fdistill.config import DistillArguments
+from fdistill.data import base_model as _base_model
 
 _PAPER = "[f-DISTILL](https://arxiv.org/abs/2305.15718) (Wen et al., ACL 2023)"
 
@@ -89,7 +90,7 @@ def save_model_card(
     """
     a: DistillArguments = trainer.distill_args
     model = _unwrap(trainer.model)
-    student = _base(model)
+    student = _base_model(model)
     peft_base = _peft_base_name(model)
     teacher = getattr(trainer, "teacher", None)
     teacher_name = _name(teacher)
@@ -297,11 +298,6 @@ def _unwrap(model):
     return model
 
 
-def _base(model):
-    """The transformers model under a PEFT wrapper (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def _peft_base_name(model) -> str | None:
     """Name of the base model of a PEFT student ("" when unknown), ``None`` when not PEFT."""
     configs = getattr(model, "peft_config", None)
@@ -315,7 +311,7 @@ def _name(model) -> str | None:
     """``name_or_path`` of a model (its own attribute, else its config's), or ``None``."""
     if model is None:
         return None
-    model = _base(_unwrap(model))
+    model = _base_model(model)
     name = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", None)
     return str(name) if name else None
 

@@ -15,7 +15,7 @@ from contextlib import nullcontext
 import torch
 
 from fdistill.data import score_completions
-from fdistill.divergences import SampledSequences, f_divergence_loss, token_logprobs
+from fdistill.divergences import IGNORE_INDEX, SampledSequences, f_divergence_loss, token_logprobs
 from fdistill.errors import nonfinite_sampling
 from fdistill.sampling import model_devices, prompt_batches, sample_batches, sampling_config, seeded
 
@@ -101,8 +101,8 @@ def _sequence_divergences(student, teacher, tokenizer, prompts, *, num_samples, 
         }
         for k, v in values.items():
             totals[k] = totals.get(k, 0.0) + v.item() * b
-        tokens["student"] += (sides["student"].labels != -100).sum().item()
-        tokens["teacher"] += (sides["teacher"].labels != -100).sum().item()
+        tokens["student"] += (sides["student"].labels != IGNORE_INDEX).sum().item()
+        tokens["teacher"] += (sides["teacher"].labels != IGNORE_INDEX).sum().item()
         n += b
     result = {k: v / n for k, v in totals.items()}
     result["r_llh_token"] = totals["r_llh"] / max(tokens["student"], 1)

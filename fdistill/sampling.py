@@ -130,11 +130,14 @@ def eos_ids(generation_config: GenerationConfig) -> list[int]:
 
 
 @torch.no_grad()
-def sample_completions(model, prompt_ids: Tensor, prompt_mask: Tensor, generation_config: GenerationConfig) -> tuple[Tensor, Tensor]:
-    """One completion per prompt: ``(ids, mask)`` each ``(B, C)``; the mask keeps tokens up to the first EOS.
+def sample_completions(model, prompt_ids: Tensor, prompt_mask: Tensor, generation_config: GenerationConfig, *,
+                       return_output: bool = False):
+    """The completions ``generate`` draws for each prompt: ``(ids, mask)`` each ``(B·n, C)``; the mask keeps
+    tokens up to the first EOS. With ``return_output`` also generate's own output (scores, when requested).
 
-    The model is put in eval mode (dropout off) while sampling and restored after.
-    Prompts are left-padded for decoder-only models, right-padded for encoder–decoders.
+    The one place fdistill calls ``generate``: the model is put in eval mode (dropout off) while sampling and
+    restored after, and the completion is sliced off the prompt (decoder-only) or the decoder start token
+    (encoder–decoder). Prompts are left-padded for decoder-only models, right-padded for encoder–decoders.
     """
     was_training = model.training
     model.eval()
@@ -142,8 +145,10 @@ def sample_completions(model, prompt_ids: Tensor, prompt_mask: Tensor, generatio
         out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask.long(), generation_config=generation_config)
     finally:
         model.train(was_training)
-    completions = out[:, 1:] if base_model(model).config.is_encoder_decoder else out[:, prompt_ids.shape[1] :]
-    return completions, completion_mask(completions, eos_ids(generation_config))
+    sequences = out.sequences if hasattr(out, "sequences") else out
+    completions = sequences[:, 1:] if base_model(model).config.is_encoder_decoder else sequences[:, prompt_ids.shape[1] :]
+    mask = completion_mask(completions, eos_ids(generation_config))
+    return (completions, mask, out) if return_output else (completions, mask)
 
 
 def prompt_batches(model, tokenizer, prompts: list, *, batch_size: int, use_chat_template: bool = False):
@@ -467,18 +472,9 @@ def _sample_batch(model, tokenizer, collator, prompts, indices, generation_confi
     pad = tokenizer.pad_token_id
     rows_in = [prompts[i] for i in indices]
     ids, mask = (pad_right if collator.is_encoder_decoder else pad_left)(rows_in, pad)
-    was_training = model.training
-    model.eval()
-    try:
-        with seeded(settings.seed * 1_000_003 + batch_id, devices={device, *model_devices(model)}):  # per batch
-            out = model.generate(
-                input_ids=ids.to(device), attention_mask=mask.long().to(device), generation_config=generation_config
-            )
-    finally:
-        model.train(was_training)
-    sequences = out.sequences if hasattr(out, "sequences") else out
-    completions = sequences[:, 1:] if collator.is_encoder_decoder else sequences[:, ids.shape[1] :]
-    keep = completion_mask(completions, eos_ids(generation_config))
+    with seeded(settings.seed * 1_000_003 + batch_id, devices={device, *model_devices(model)}):  # per batch
+        completions, keep, out = sample_completions(model, ids.to(device), mask.to(device), generation_config,
+                                                    return_output=True)
     eos = torch.tensor(eos_ids(generation_config) or [-1], device=completions.device)
     topk = None
     if settings.topk_logprobs:

@@ -21,7 +21,7 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from fdistill.sampling import model_devices, seeded
+from fdistill.sampling import model_devices, sample_completions, seeded
 
 WORDS = "the a cat dog sat ran on under mat log big small red blue and then it was very happy sad".split()
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
@@ -99,15 +99,14 @@ def dataset(n: int = 16, seed: int = 0, teacher=None, tok=None, max_new_tokens: 
 @torch.no_grad()
 def sample_ids(model, tok, ps: list[str], max_new_tokens: int, seed: int) -> list[list[int]]:
     """Ancestral samples (EOS kept, nothing after it) — what offline teacher sampling stores."""
-    from fdistill.data import DistillCollator, completion_mask
+    from transformers import GenerationConfig
+
+    from fdistill.data import DistillCollator
 
     collator = DistillCollator(tok, is_encoder_decoder=model.config.is_encoder_decoder)
     batch = collator([{"prompt": p} for p in ps])
+    config = GenerationConfig(do_sample=True, top_k=0, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
+                              eos_token_id=tok.eos_token_id)
     with seeded(seed, devices=model_devices(model)):
-        out = model.generate(
-            input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"].long(), do_sample=True, top_k=0,
-            max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-        )
-    comp = out[:, 1:] if model.config.is_encoder_decoder else out[:, batch["prompt_ids"].shape[1]:]
-    mask = completion_mask(comp, tok.eos_token_id)
+        comp, mask = sample_completions(model, batch["prompt_ids"], batch["prompt_mask"], config)
     return [row[m].tolist() for row, m in zip(comp, mask)]

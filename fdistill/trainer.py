@@ -39,11 +39,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from fdistill.config import TOPK_COLUMNS, DistillArguments
 from fdistill.data import DistillCollator, cat_completions, check_prompts, score_completions, scoring_inputs
 from fdistill.data import base_model as _base_model
-from fdistill.divergences import (
-    count_items,
-    nonfinite_positions,
-    topk_teacher_logits,
-)
+from fdistill.divergences import IGNORE_INDEX, count_items, nonfinite_positions, topk_teacher_logits
 from fdistill.kernels import capture_head_inputs, check_head, output_head
 from fdistill.errors import InputError, NonFiniteError, nonfinite_cause, nonfinite_sampling
 from fdistill.loading import resolve_dtype
@@ -558,8 +554,8 @@ class FDistillMixin:
         name = next((n for n in ("reference", "teacher") if f"{n}_ids" in inputs), None)
         if name is None:
             raise ValueError("compute_metrics needs references: give the eval dataset a reference column.")
-        labels = inputs[f"{name}_ids"].masked_fill(~inputs[f"{name}_mask"], -100)
-        return loss.detach(), ids.masked_fill(~mask, -100), labels
+        labels = inputs[f"{name}_ids"].masked_fill(~inputs[f"{name}_mask"], IGNORE_INDEX)
+        return loss.detach(), ids.masked_fill(~mask, IGNORE_INDEX), labels
 
 
 class FDistillTrainer(FDistillMixin, Seq2SeqTrainer):
