@@ -102,3 +102,39 @@ def test_run_stage_redoes_an_interrupted_stage_and_refuses_pickles(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match="not a folder"):
         run_stage(str(tmp_path / "file"), "s", {}, work, log=None)
+
+
+def test_step_guard_with_planned_steps_stops_early_with_the_callers_error_and_wording():
+    net, opt = _model()
+    guard = StepGuard("teacher", planned=6, error=InputError, hint="lower learning_rate",
+                      message="{stage}: {skipped} of {total} steps skipped ({taken} taken); likely cause: {hint}")
+    nan = lambda: net(torch.ones(1, 3)).sum() * float("nan")  # noqa: E731
+    for _ in range(3):
+        assert not guard.step(opt, nan(), net.parameters())  # 3 of 6: the stage may still finish
+    with pytest.raises(InputError, match=r"^teacher: 4 of 6 steps skipped \(0 taken\); likely cause: lower"):
+        guard.step(opt, nan(), net.parameters())
+    strict = StepGuard("gaussian", max_skipped_fraction=0.0, planned=10)
+    assert strict.step(opt, net(torch.ones(1, 3)).sum(), net.parameters())
+    with pytest.raises(NonFiniteError, match="'gaussian' diverged: 1 of 10"):
+        strict.step(opt, nan(), net.parameters())
+    late = StepGuard("flow", error=InputError, message="{stage} failed: {problem} ({skipped} of {total}{where})")
+    late.step(opt, nan(), net.parameters())
+    with pytest.raises(InputError, match=r"flow failed: most skipped \(1 of 1, at step 0\)"):
+        late.finish(problem="most skipped", where=", at step 0")
+    assert str(late.failure(problem="no epoch", where="")) == "flow failed: no epoch (1 of 1)"
+    with pytest.raises(InputError, match="planned"):
+        StepGuard("x", planned=-1)
+
+
+def test_run_stage_keeps_extra_entries_beside_the_record(tmp_path):
+    def work():
+        return {"w": torch.ones(2)}, {"loss": 0.5}, {"history": [1.0, 0.5]}
+
+    first = run_stage(str(tmp_path), "s", {"a": 1}, work, log=None)
+    saved = json.load(open(tmp_path / "s.json"))
+    assert saved == {"settings": {"a": 1}, "record": {"loss": 0.5}, "history": [1.0, 0.5]}
+    again = run_stage(str(tmp_path), "s", {"a": 1}, work, log=None)
+    assert first.extra == again.extra == {"history": [1.0, 0.5]} and again.record == {"loss": 0.5}
+    assert run_stage(str(tmp_path), "t", {}, lambda: ({}, {}), log=None).extra == {}
+    with pytest.raises(ValueError, match="settings or record"):
+        run_stage(str(tmp_path), "u", {}, lambda: ({}, {}, {"record": 1}), log=None)
