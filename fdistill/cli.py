@@ -378,7 +378,34 @@ def _main_process_only(run):
 # ----------------------------------------------------------------------------- entry point
 
 
+# Sub-commands of the research modules: (module with add_arguments/run, help, the extra that installs its needs).
+# Only the chosen one is imported, so `fdistill sample` never imports flows, vocoder or diffusion.
+RESEARCH_COMMANDS = {
+    "flows": ("fdistill.flows.cli", "normalizing-flow distillation (LKD/ILKD/SKD): teacher, distill, evaluate, experiment",
+              "flows"),
+    "vocoder": ("fdistill.vocoder.cli", "probability density distillation (reverse KL vs z-/x-reconstruction): gaussian, "
+                "audio", "vocoder"),
+    "diffusion": ("fdistill.diffusion.cli", "few-step diffusion distillation (KD, PD, VSD/DMD, guidance): experiment, "
+                  "teacher, distill, sample, evaluate", "diffusion"),
+}
+
+
+def _research_module(command: str):
+    """The CLI module of a research sub-command, or one clear error naming the extra to install."""
+    import importlib
+
+    module, _, extra = RESEARCH_COMMANDS[command]
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as error:
+        if error.name and error.name.split(".")[0] == "fdistill":
+            raise
+        raise InputError(f"`fdistill {command}` needs the package {error.name!r}, which is not installed: "
+                         f"pip install 'fdistill[{extra}]'.") from None
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="fdistill", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     add_sample_parser(sub)
@@ -392,20 +419,16 @@ def main(argv: list[str] | None = None) -> None:
 
     d = sub.add_parser("demo", help="the embedded default: distil the packaged SmolLM2 teacher end to end on CPU")
     demo.add_arguments(d)
-    from fdistill.flows import cli as flows_cli
-
-    f = sub.add_parser("flows", help="normalizing-flow distillation (LKD/ILKD/SKD): teacher, distill, evaluate, experiment")
-    flows_cli.add_arguments(f)
-    from fdistill.vocoder import cli as vocoder_cli
-
-    v = sub.add_parser("vocoder", help="probability density distillation (reverse KL vs z-/x-reconstruction): gaussian, audio")
-    vocoder_cli.add_arguments(v)
-    from fdistill.diffusion import cli as diffusion_cli
-
-    df = sub.add_parser("diffusion", help="few-step diffusion distillation (KD, PD, VSD/DMD, guidance): experiment, teacher, distill, sample, evaluate")
-    diffusion_cli.add_arguments(df)
-    argv = list(sys.argv[1:] if argv is None else argv)
+    runs = {"sample": run_sample, "train": run_train, "evaluate": _main_process_only(run_evaluate),
+            "demo": demo.run_from_args}
+    command = next((a for a in argv if not a.startswith("-")), None)
     try:
+        for name, (_, help_text, _) in RESEARCH_COMMANDS.items():
+            research = sub.add_parser(name, help=help_text)
+            if name == command:  # the chosen research command: import its module and build its parser
+                module = _research_module(name)
+                module.add_arguments(research)
+                runs[name] = module.run
         _apply_config(parser, argv)
     except ValueError as error:
         print(f"fdistill: error: {error}", file=sys.stderr)
@@ -416,9 +439,7 @@ def main(argv: list[str] | None = None) -> None:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        {"sample": run_sample, "train": run_train, "evaluate": _main_process_only(run_evaluate), "demo": demo.run_from_args,
-         "flows": flows_cli.run, "vocoder": vocoder_cli.run,
-         "diffusion": diffusion_cli.run}[args.command](args)
+        runs[args.command](args)
     except ValueError as error:  # bad input: one clear line, no traceback
         print(f"fdistill {args.command}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

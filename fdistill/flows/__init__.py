@@ -2,6 +2,10 @@
 students with every intermediate latent exposed, the NLL/LKD/ILKD/SKD losses, offline data, metrics and the
 experiment runner behind ``fdistill flows``. Independent of the language-model trainer."""
 
+from fdistill.errors import require_extra
+
+require_extra("flows", "sklearn")  # before importing them: one clear error
+
 from .data import FlowData, bits_per_dim, load_flow_data
 from .experiment import FlowExperimentConfig, load_experiment_config, run_experiment
 from .losses import LossWeights, align_paths, distillation_loss, ilkd_loss, latent_distance, lkd_loss, nll_loss, skd_loss

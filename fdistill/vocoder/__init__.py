@@ -3,6 +3,10 @@ the paper's Gaussian study (`fdistill.vocoder.gaussian`: reverse KL vs z-/x-reco
 Proposition 1) and the audio experiment (`audio`, `wavenet`, `speech`, `losses`) behind ``fdistill vocoder``.
 Independent of the language-model trainer."""
 
+from fdistill.errors import require_extra
+
+require_extra("vocoder", "scipy", "soundfile", "sklearn")  # before importing them: one clear error
+
 from .audio import AudioExperimentConfig, load_audio_config, run_audio_experiment
 from .gaussian import (
     METHODS,
