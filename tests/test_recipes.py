@@ -15,7 +15,7 @@ from fdistill.sampling import OfflineSamplingSettings
 transformers.logging.set_verbosity_error()
 ROOT = Path(__file__).resolve().parents[1] / "recipes"
 RECIPES = sorted(ROOT.rglob("*.yaml"))  # recursive: every recipe, however deep
-STANDALONE = ("accelerate", "flows", "vocoder")  # not f-DISTILL task pipelines
+STANDALONE = ("accelerate", "flows", "vocoder", "diffusion")  # not f-DISTILL task pipelines
 TASKS = sorted(p.name for p in ROOT.iterdir() if p.is_dir() and p.name not in STANDALONE)
 
 
@@ -47,6 +47,11 @@ def test_recipe_parses_and_opens_with_its_command(path, monkeypatch):
         from fdistill.flows import load_experiment_config
 
         config = load_experiment_config(str(path))
+        assert config.methods and config.seeds
+    elif k == "diffusion":
+        from fdistill.diffusion.experiment import load_experiment_config as load_diffusion_config
+
+        config = load_diffusion_config(str(path))
         assert config.methods and config.seeds
     elif k == "train":
         run_args, config = load_recipe(str(path), [])
