@@ -79,7 +79,7 @@ def test_ddim_with_the_exact_denoiser_of_a_point_mass_lands_on_it(steps):
 
 def test_v_parameterisation_round_trip_and_score():
     g = torch.Generator().manual_seed(2)
-    s, _, a, sg, _, _ = _times(32, g, low=10)
+    _, _, a, sg, _, _ = _times(32, g, low=10)
     x0, eps = torch.randn(32, 4, generator=g, dtype=torch.float64), torch.randn(32, 4, generator=g, dtype=torch.float64)
     x_t, v = a * x0 + sg * eps, v_target(x0, eps, a, sg)
     torch.testing.assert_close(x0_from_v(x_t, v, a, sg), x0)
@@ -185,11 +185,11 @@ def test_dmd_direction_is_vsd_with_its_normalising_weight():
 
 
 # ---------------------------------------------------------------- methods end to end, resume, CLI, bad input
-import json  # noqa: E402
-import os  # noqa: E402
+import json
+import os
 
-from fdistill.diffusion import experiment as ex  # noqa: E402
-from fdistill.errors import InputError, NonFiniteError  # noqa: E402
+from fdistill.diffusion import experiment as ex
+from fdistill.errors import InputError, NonFiniteError
 
 TINY = ["student_classes=unconditional", "teacher_steps=40", "kd_steps=4", "num_pairs=24", "pairs_shard_size=10", "pd_start_steps=4",
         "pd_steps_per_round=3", "vsd_steps=3", "guidance_steps=3", "eval_steps=[4,2,1]", "num_eval_samples=40",
@@ -221,13 +221,13 @@ def test_toy_experiment_every_method_end_to_end_then_resumes_without_training(tm
         assert row["nfe"] == (2 * row["steps"] if row["model"] == "guided teacher" else row["steps"])
     top = [r for r in result["rows"] if r["model"] == "teacher" and r["steps"] == 4]
     assert all(r["mse_to_teacher"] == 0 for r in top)  # the reference is the teacher's own top-step output
-    table = open(f"{tmp_path}/run/table.md").read()
+    table = (tmp_path / "run" / "table.md").read_text()
     assert "| pd | 1 | 1 |" in table and "claims" in table and " ± " in table
     assert all(os.path.exists(p) for p in result["plots"])
     assert len(os.listdir(f"{tmp_path}/run/pairs")) == 1 + 3  # provenance + 3 shards of ≤ 10 pairs
     _no_training(monkeypatch)
     again = ex.run_experiment(config, log=None)
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "samples_per_s"} for r in rows]  # noqa: E731
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "samples_per_s"} for r in rows]
     assert strip(again["rows"]) == strip(result["rows"])
 
 
@@ -272,7 +272,7 @@ def test_digits_unet_teacher_and_every_method_end_to_end(tmp_path):
     models = {(r["model"], r["steps"]) for r in result["rows"]}
     assert {("kd", 1), ("pd", 1), ("vsd", 1), ("dmd", 1), ("guidance", 2), ("guidance", 1)} <= models
     assert all(math.isfinite(r["digits_fd"]) and 0 <= r["class_accuracy"] <= 1 for r in result["rows"])
-    assert math.isfinite(result["floor"]["digits_fd"]) and "Real-vs-real floor" in open(f"{tmp_path}/d/table.md").read()
+    assert math.isfinite(result["floor"]["digits_fd"]) and "Real-vs-real floor" in (tmp_path / "d" / "table.md").read_text()
 
 
 def test_a_diverging_teacher_is_an_error_naming_the_stage(tmp_path, monkeypatch):
@@ -332,3 +332,11 @@ def test_recipes_load_and_are_consistent():
         config = ex.load_experiment_config(str(path))
         assert len(config.seeds) >= 3 and set(config.methods) == set(ex.METHODS)
         assert path.read_text().startswith(f"# fdistill diffusion experiment {path.relative_to(path.parents[2])}")
+
+
+def test_the_docs_code_example_runs():
+    from pathlib import Path
+
+    text = Path(__file__).parent.parent.joinpath("docs", "diffusion", "README.md").read_text()
+    block = text.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(block, "docs/diffusion/README.md", "exec"), {})  # noqa: S102 — our own docs, the point of the test

@@ -20,8 +20,8 @@ MODELS = ("teacher", "guided-teacher", "kd", "pd", "vsd", "dmd", "guidance")
 
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="diffusion_command", required=True)
-    for name, text in [("experiment", "teacher, offline pairs, every method over every seed; writes table.md, "
-                                      "results.json and plots"),
+    for name, text in [("experiment", ("teacher, offline pairs, every method over every seed; writes table.md, "
+                                      "results.json and plots")),
                        ("teacher", "train (or load) the recipe's teacher"),
                        ("distill", "distil one method's student(s) for one seed from the trained teacher"),
                        ("sample", "draw samples from a trained teacher or student"),

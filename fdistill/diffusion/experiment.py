@@ -300,10 +300,10 @@ def distill(config, problem, teacher, method: str, seed: int, pairs=None, log=pr
                     "w": config.guidance_weight, "record": record})
     for steps in config.pd_rounds():
         budget = Budget(config.pd_steps_per_round, bs, lr, clip)
-        teacher_now = current
         current, record = stage(
             f"{tag}_{steps}steps", {**settings, "round_student_steps": steps},
-            lambda: distill_pd_round(teacher_now, problem, steps, budget, seed, w_max, log=log,
+            lambda teacher_now=current, steps=steps, budget=budget: distill_pd_round(
+                                     teacher_now, problem, steps, budget, seed, w_max, log=log,
                                      name=f"{method} round →{steps}",
                                      unconditional=method == "pd" and config.student_classes == "unconditional"))
         out.append({"name": method, "steps": steps, "net": current,
@@ -326,10 +326,11 @@ def run_sampler(problem, net, steps: int, noise, labels, w=None, guided_teacher=
     for i in range(0, len(noise), batch):
         x, c = noise[i:i + batch], labels[i:i + batch]
         wv = None if w is None else torch.full((len(x),), float(w))
-        if guided_teacher:
-            fn = lambda x_, t_: guided_x0(net, problem.schedule, x_, t_, c, w)  # noqa: E731
-        else:
-            fn = lambda x_, t_: predict_x0(net, problem.schedule, x_, t_, c, wv)  # noqa: E731
+        def fn(x_, t_, c=c, wv=wv):
+            if guided_teacher:
+                return guided_x0(net, problem.schedule, x_, t_, c, w)
+            return predict_x0(net, problem.schedule, x_, t_, c, wv)
+
         chunks.append(ddim_sample(fn, x, problem.schedule, steps))
     return torch.cat(chunks), time.perf_counter() - start
 
@@ -354,10 +355,12 @@ class Scorer:
         from .metrics import DigitsScorer
 
         data = problem.digits.flow_data
+        def work():
+            net, accuracy = train_digits_feature_net(data, config.feature_epochs)
+            return net.state_dict(), {"accuracy": accuracy}
+
         result = run_stage(config.output_dir, "digits_feature_net",
-                           {"split_seed": config.split_seed, "feature_epochs": config.feature_epochs},
-                           lambda: (lambda net_acc: (net_acc[0].state_dict(), {"accuracy": net_acc[1]}))(
-                               train_digits_feature_net(data, config.feature_epochs)), log)
+                           {"split_seed": config.split_seed, "feature_epochs": config.feature_epochs}, work, log)
         net = DigitsFeatureNet()
         net.load_state_dict(result.tensors)
         net.eval()
@@ -574,16 +577,16 @@ def run_experiment(config: DiffusionExperimentConfig, log=print) -> dict:
     summary = summarise(rows, metrics)
     cpu = time.process_time() - started
     lines = [f"# {config.dataset}: few-step diffusion distillation", "",
-             f"Teacher: {teacher.config['kind']} v-prediction, {num_parameters(teacher):,} parameters, shared by every "
+             (f"Teacher: {teacher.config['kind']} v-prediction, {num_parameters(teacher):,} parameters, shared by every "
              f"student seed (teacher_seed={config.teacher_seed}); {len(config.seeds)} student seeds {config.seeds} "
              f"(each also draws its own evaluation noise); {config.num_eval_samples} samples per row. "
-             f"Mean ± std over seeds.", ""]
+             f"Mean ± std over seeds."), ""]
     if scorer.floor is not None:
-        lines += [f"Real-vs-real floor (training digits vs test digits): digits-FD {scorer.floor['digits_fd']:.3g}, "
-                  f"class accuracy {scorer.floor['class_accuracy']:.3f}.", ""]
+        lines += [(f"Real-vs-real floor (training digits vs test digits): digits-FD {scorer.floor['digits_fd']:.3g}, "
+                  f"class accuracy {scorer.floor['class_accuracy']:.3f}."), ""]
     lines += [table_markdown(summary, metrics), "", "## The lecture's claims at this scale", "",
-              *claims(summary, key, lower), "", f"CPU time of this run (process time, stages resumed from disk "
-              f"are not re-counted): {cpu / 60:.1f} min."]
+              *claims(summary, key, lower), "", (f"CPU time of this run (process time, stages resumed from disk "
+              f"are not re-counted): {cpu / 60:.1f} min.")]
     with open(os.path.join(config.output_dir, "table.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     plots = _plots(config, summary, key, first_samples, problem, config.output_dir)

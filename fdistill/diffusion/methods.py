@@ -231,5 +231,14 @@ def distill_guidance(teacher, problem, budget: Budget, seed: int, w_max: float, 
     return student.eval(), {"history": history.rows, **guard.finish()}
 
 
-__all__ = ["Budget", "predict_x0", "guided_x0", "train_teacher", "distill_kd", "distill_pd_round", "distill_vsd",
-           "distill_guidance", "v_target"]
+__all__ = [
+    "Budget",
+    "distill_guidance",
+    "distill_kd",
+    "distill_pd_round",
+    "distill_vsd",
+    "guided_x0",
+    "predict_x0",
+    "train_teacher",
+    "v_target",
+]

@@ -22,6 +22,8 @@ Why in-house: diffusers' schedulers take one scalar timestep per ``step`` call, 
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import torch
 
@@ -83,4 +85,4 @@ class NoiseSchedule:
     def step_pairs(self, steps: int) -> list[tuple[int, int]]:
         """``[(t_k, t_{k+1})]`` of the K-step grid, the last one ending at `CLEAN`."""
         grid = self.trailing_timesteps(steps) + [CLEAN]
-        return list(zip(grid[:-1], grid[1:]))
+        return list(itertools.pairwise(grid))
