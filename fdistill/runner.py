@@ -14,8 +14,9 @@ Three small pieces, each usable alone:
   strings ``"nan"``/``"inf"`` so that a diverging loss is visible in the saved record, never turned into 0.
 - `run_stage(folder, name, settings, work)`: returns a finished stage from ``{folder}/{name}.safetensors/.json``
   when one exists with the same settings (another settings dict is an error, never a silent reuse), else runs
-  ``work()`` and saves its tensors and record (and any extra JSON entries ``work`` returns, e.g. a long history). Storage is `fdistill.flows.checks.save_stage`/`load_stage`
-  (safetensors + JSON, pickles refused): one definition, imported, not copied.
+  ``work()`` and saves its tensors and record (and any extra JSON entries ``work`` returns, e.g. a long history).
+  Storage is `fdistill.flows.checks.save_stage`/`load_stage` (safetensors + JSON, pickles refused): one
+  definition, imported, not copied.
 
 Example:
     >>> import torch
@@ -167,8 +168,9 @@ def run_stage(folder: str, name: str, settings: dict, work: Callable[[], tuple],
     ``work`` returns ``(tensors, record)``: a dict of tensors (weights, samples) and a JSON-able dict (metrics,
     history); or ``(tensors, record, extra)``, ``extra`` a JSON-able dict of entries saved at the top level of the
     JSON beside ``settings`` and ``record`` (e.g. a per-step history kept out of the record), returned as
-    `StageResult.extra` (on resume: every top-level entry other than those two). The stage is written only after ``work`` returns, the JSON last, so an interrupted stage is redone on
-    the next run and a finished one is never redone. A saved stage with other settings raises an InputError naming
+    `StageResult.extra` (on resume: every top-level entry other than those two). The stage is written only after
+    ``work`` returns, the JSON last, so an interrupted stage is redone on the next run and a finished one is never
+    redone. A saved stage with other settings raises an InputError naming
     the settings that differ.
     """
     output_folder("folder", folder)

@@ -39,31 +39,44 @@ def save_stage(base: str, tensors: dict, meta: dict) -> None:
     os.replace(base + ".json.tmp", base + ".json")
 
 
-def load_stage(base: str, settings: dict) -> tuple[dict, dict] | None:
-    """A finished stage saved by `save_stage` as ``(tensors, meta)``, or None when there is none.
+def read_stage_json(path: str, settings: dict, delete: str = "that stage's files") -> dict | None:
+    """The JSON object at ``path`` (a finished stage's record) when it was made with ``settings``; None when absent.
 
-    Nothing executable is ever read: the settings in the JSON are compared before any tensor is loaded (a stage made
-    with other settings is an error, never silently reused), tensors come from safetensors, and an old pickled
-    ``{base}.pt`` is refused (`refuse_pickled_stage`).
+    An unreadable file is a `StageFileError`, a record of other settings (its ``"settings"`` entry compared with
+    ``settings`` through JSON) an `InputError` naming the settings that differ — never a silent reuse. ``delete``
+    names what to delete to redo the stage (e.g. a run folder).
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    refuse_pickled_stage(base + ".pt")
-    if not os.path.exists(base + ".json"):
+    if not os.path.exists(path):
         return None
     try:
-        with open(base + ".json") as f:
+        with open(path) as f:
             meta = json.load(f)
     except (OSError, ValueError) as err:
-        raise StageFileError(f"{base}.json cannot be read ({err}); delete it and run again to redo that "
+        raise StageFileError(f"{path} cannot be read ({err}); delete {delete} and run again to redo that "
                              "stage") from None
     saved = meta.get("settings") if isinstance(meta, dict) else None
     expected = json.loads(json.dumps(settings))
     if saved != expected:
         changed = sorted(k for k in expected if (saved or {}).get(k) != expected[k]) or ["unrecorded settings"]
-        raise InputError(f"{base}.json was made with other settings ({', '.join(changed)} differ); use another "
-                         "output_dir or delete that stage's files to redo it")
+        raise InputError(f"{path} was made with other settings ({', '.join(changed)} differ); use another "
+                         f"output_dir or delete {delete} to redo that stage")
+    return meta
+
+
+def load_stage(base: str, settings: dict) -> tuple[dict, dict] | None:
+    """A finished stage saved by `save_stage` as ``(tensors, meta)``, or None when there is none.
+
+    Nothing executable is ever read: the settings in the JSON are compared before any tensor is loaded (a stage made
+    with other settings is an error, never silently reused; `read_stage_json`), tensors come from safetensors, and an
+    old pickled ``{base}.pt`` is refused (`refuse_pickled_stage`).
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    refuse_pickled_stage(base + ".pt")
+    meta = read_stage_json(base + ".json", settings)
+    if meta is None:
+        return None
     try:
         tensors = load_file(base + ".safetensors")
     except (OSError, SafetensorError) as err:

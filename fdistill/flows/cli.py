@@ -14,8 +14,6 @@ import dataclasses
 import json
 import os
 
-import torch
-
 from fdistill.errors import invalid
 
 
@@ -99,5 +97,4 @@ def run(args) -> None:
     elif args.flows_command == "distill":
         distill_student(config, data, done[0], method, args.seed, features)
     else:
-        torch.manual_seed(0)
         print(json.dumps(evaluate_flow(load_flow(args.model), data, features, config, seed=0), indent=2))

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 
 from fdistill.errors import invalid
+from fdistill.runner import run_stage
+from fdistill.sampling import seeded
 from fdistill.yaml_config import load_dataclass_config
 
 from . import checks
@@ -181,16 +183,17 @@ def _feature_fn(config: FlowExperimentConfig, data: FlowData, log) -> tuple:
     """Features for the sample-quality metrics: the local digits network's, or the standardised tabular values."""
     if data.labels is None:
         return (lambda x: x.flatten(1)), {"features": "standardised data values"}
-    base = os.path.join(config.output_dir, "digits_feature_net")  # .safetensors (weights) + .json (settings)
     settings = {"dataset": data.name, "split_seed": config.split_seed, "feature_epochs": config.feature_epochs}
-    saved = checks.load_stage(base, settings)
-    if saved:
-        net, accuracy = DigitsFeatureNet(), saved[1]["accuracy"]
-        net.load_state_dict(saved[0])
-        net.eval()
-    else:
-        net, accuracy = train_digits_feature_net(data, config.feature_epochs)
-        checks.save_stage(base, net.state_dict(), {"settings": settings, "accuracy": accuracy})
+
+    def work():
+        trained, accuracy = train_digits_feature_net(data, config.feature_epochs)
+        return trained.state_dict(), {"accuracy": accuracy}
+
+    stage = run_stage(config.output_dir, "digits_feature_net", settings, work, log=None)  # .safetensors + .json
+    net = DigitsFeatureNet()
+    net.load_state_dict(stage.tensors)
+    net.eval()
+    accuracy = stage.record.get("accuracy", stage.extra.get("accuracy"))  # top level in folders written before #16
     log(f"digits feature network: test accuracy {accuracy:.3f}")
 
     @torch.no_grad()
@@ -235,21 +238,8 @@ def _atomic_save(directory: str, flow: Flow, record: dict) -> None:
 
 def _load_done(directory: str, settings: dict) -> tuple[Flow, dict] | None:
     """A finished run to reuse, or None; a finished run trained with other settings is an error, not reused."""
-    path = os.path.join(directory, "result.json")
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path) as f:
-            record = json.load(f)
-        saved = record.get("settings")
-    except (OSError, ValueError, AttributeError) as err:
-        raise checks.StageFileError(f"{path} cannot be read ({err}); delete {directory} and run again to retrain "
-                                    "it") from None
-    if saved != json.loads(json.dumps(settings)):
-        changed = sorted(k for k in set(settings) | set(saved or {}) if (saved or {}).get(k) != settings.get(k))
-        raise ValueError(f"{directory} was trained with other settings ({', '.join(changed)} differ); use another "
-                         "output_dir or delete that folder to retrain it")
-    return load_flow(directory), record
+    record = checks.read_stage_json(os.path.join(directory, "result.json"), settings, delete=directory)
+    return None if record is None else (load_flow(directory), record)
 
 
 def _training_args(config: FlowExperimentConfig, epochs: int, seed: int) -> FlowTrainingArguments:
@@ -266,8 +256,8 @@ def train_teacher(config: FlowExperimentConfig, data: FlowData, seed: int, featu
     if done:
         log(f"teacher seed {seed}: reusing {directory}")
         return done
-    torch.manual_seed(seed)
-    teacher = build_flow(config.flow, **_architecture(config, data, config.teacher))
+    with seeded(seed):  # the initial weights (drawn by the layers from torch's global RNG) are a function of seed
+        teacher = build_flow(config.flow, **_architecture(config, data, config.teacher))
     start = time.perf_counter()
     result = train_flow(teacher, data, _training_args(config, config.teacher_epochs, seed), log=log,
                         name=f"teacher seed {seed}")
@@ -290,8 +280,8 @@ def distill_student(config: FlowExperimentConfig, data: FlowData, teacher: Flow,
         log(f"{method} seed {seed}: reusing {directory}")
         return done
     weights = LossWeights(**config.method_weights[method])
-    torch.manual_seed(1000 + seed)
-    student = build_flow(config.flow, **_architecture(config, data, config.student))
+    with seeded(1000 + seed):
+        student = build_flow(config.flow, **_architecture(config, data, config.student))
     alignment = align_paths(student.depths, teacher.depths, config.resolved_alignment()) if weights.ilkd else None
     start = time.perf_counter()
     result = train_flow(student, data, _training_args(config, config.student_epochs, seed), weights,

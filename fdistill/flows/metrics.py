@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from fdistill.sampling import seeded
+
 from .data import FlowData
 
 
@@ -46,8 +48,8 @@ def train_digits_feature_net(data: FlowData, epochs: int = 30, seed: int = 0) ->
     if data.labels is None:
         raise ValueError(f"the digits feature network needs labelled images; {data.name!r} has none")
     generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    net = DigitsFeatureNet()
+    with seeded(seed):  # the initial weights; the caller's RNG is left as it was
+        net = DigitsFeatureNet()
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     for _ in range(epochs):
         order = torch.randperm(len(data.train), generator=generator)
@@ -112,12 +114,14 @@ def mmd_rbf(a: torch.Tensor, b: torch.Tensor, bandwidth: float | None = None) ->
 
 @torch.no_grad()
 def sampling_throughput(flow: nn.Module, num_samples: int = 1000, repeats: int = 3) -> float:
-    """Samples per second of ``flow.sample`` (best of ``repeats`` after one warm-up call)."""
-    flow.sample(min(num_samples, 16))
+    """Samples per second of ``flow.sample`` (best of ``repeats`` after one warm-up call; draws from its own
+    generator, never from the caller's RNG)."""
+    generator = torch.Generator(next(flow.parameters()).device).manual_seed(0)
+    flow.sample(min(num_samples, 16), generator=generator)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        flow.sample(num_samples)
+        flow.sample(num_samples, generator=generator)
         best = min(best, time.perf_counter() - start)
     return num_samples / best
 

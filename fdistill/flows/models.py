@@ -60,9 +60,19 @@ class FlowOutput:
     path: list[torch.Tensor]
 
 
-def standard_normal_log_prob(u: torch.Tensor) -> torch.Tensor:
-    """``log N(u; 0, I)`` summed over features: ``−½ Σ (u² + log 2π)``."""
-    return -0.5 * (u.pow(2) + LOG_2PI).flatten(1).sum(1)
+def standard_normal_log_prob(u: torch.Tensor, event_dims: int | None = None) -> torch.Tensor:
+    """``log N(u; 0, I)`` of each event, ``−½ Σ (u² + log 2π)`` summed over the event's dimensions.
+
+    The reduction is explicit: ``event_dims=None`` sums every dimension but the first (a batch of flow latents,
+    ``[B, ...] → [B]``); ``event_dims=k`` sums the last ``k`` (``1``: rows of vectors, ``[..., D] → [...]``, as the
+    Gaussian study of `fdistill.vocoder.gaussian` uses it). The one definition for flows and vocoder.
+
+    Example:
+        >>> standard_normal_log_prob(torch.zeros(2, 1, 2, 2)).shape, standard_normal_log_prob(torch.zeros(3), 1).shape
+        (torch.Size([2]), torch.Size([]))
+    """
+    start = 1 if event_dims is None else -event_dims
+    return -0.5 * (u.pow(2) + LOG_2PI).flatten(start).sum(-1)
 
 
 class Flow(nn.Module):

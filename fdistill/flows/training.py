@@ -3,10 +3,11 @@ the SKD guards (warm-up, skipped non-finite steps, divergence reported, never hi
 
 A teacher is trained with ``LossWeights(nll=1)``; a student with any mix of NLL/LKD/ILKD/SKD against a frozen
 teacher (`fdistill.flows.losses.distillation_loss`). SKD compares the two inverses, which is only meaningful once the
-student's latents roughly line up with the teacher's, so its weight is zero for ``skd_warmup_epochs``. A step whose
-loss or gradient is not finite is skipped and counted; more than ``max_bad_steps`` of them end the run as diverged
-(``TrainResult.diverged``) and the best validated weights are kept; a run with no usable epoch, or with more
-skipped steps than taken ones, is an error (`TrainResult.failure`), never a finished result.
+student's latents roughly line up with the teacher's, so its weight is zero for ``skd_warmup_epochs``. Every step
+goes through the shared runner's guard (`fdistill.runner.StepGuard`): a step whose loss or gradient is not finite is
+skipped and counted; more than ``max_bad_steps`` of them end the run as diverged (``TrainResult.diverged``) and the
+best validated weights are kept; a run with no usable epoch, or with more skipped steps than taken ones, is an
+error, never a finished result.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from fdistill.errors import InputError
+from fdistill.runner import History, StepGuard
 
 from . import checks
 from .data import FlowData
@@ -48,7 +50,8 @@ class FlowTrainingArguments:
 
 @dataclass
 class TrainResult:
-    """Per-epoch history (train terms, validation NLL per dimension), the selected epoch and any divergence."""
+    """Per-epoch history (train terms, validation NLL per dimension; `fdistill.runner.History` rows, non-finite values
+    as ``"nan"``/``"inf"``), the selected epoch and any divergence."""
 
     history: list[dict] = field(default_factory=list)
     best_epoch: int = -1
@@ -57,23 +60,6 @@ class TrainResult:
     steps_taken: int = 0
     diverged: bool = False
     diverged_at: str | None = None
-
-    def failure(self) -> str | None:
-        """Why this run must not be kept as a finished result, or None.
-
-        A run fails when no epoch ended with a finite validation NLL, or when it took no optimiser step or skipped
-        more steps as non-finite than it took (its weights are untrained or broken). A run that diverged late keeps
-        its best validated epoch and is counted as diverged in the results instead.
-        """
-        attempted = self.skipped_steps + self.steps_taken
-        if self.best_epoch < 0:
-            problem = "no epoch ended with a finite validation NLL"
-        elif self.steps_taken == 0 or self.skipped_steps > self.steps_taken:
-            problem = "most optimiser steps were non-finite"
-        else:
-            return None
-        where = f", diverged at {self.diverged_at}" if self.diverged else ""
-        return f"{problem} ({self.skipped_steps} of {attempted} optimiser steps skipped as non-finite{where})"
 
 
 @torch.no_grad()
@@ -95,8 +81,9 @@ def train_flow(flow: Flow, data: FlowData, args: FlowTrainingArguments, weights:
                skd_temperature: float = 0.7, log=None, name: str = "flow") -> TrainResult:
     """Train ``flow`` in place; on return it holds the weights of the epoch with the best validation NLL.
 
-    Raises an `InputError` naming ``name`` when the run learned nothing usable (`TrainResult.failure`), so an
-    untrained model is never saved as a finished result.
+    Raises an `InputError` naming ``name`` when the run learned nothing usable (no epoch with a finite validation NLL,
+    or more optimiser steps skipped as non-finite than taken), so an untrained model is never saved as a finished
+    result.
     """
     weights = weights or LossWeights()
     if teacher is not None:
@@ -104,7 +91,12 @@ def train_flow(flow: Flow, data: FlowData, args: FlowTrainingArguments, weights:
     generator = torch.Generator().manual_seed(args.seed)  # batch order and dequantisation noise
     skd_generator = torch.Generator().manual_seed(args.seed + 7919)  # SKD's base draws: same data order as NLL
     optimizer = torch.optim.Adam(flow.parameters(), lr=args.learning_rate)
+    guard = StepGuard(name, error=InputError, hint=f"learning_rate={args.learning_rate!r} too high (lower it), or "
+                      "non-finite values in the data or the teacher",
+                      message="training {stage} failed: {problem} ({skipped} of {total} optimiser steps skipped as "
+                              "non-finite{where}). Likely cause: {hint}. Nothing of this run was saved.")
     result, best_state = TrainResult(), None
+    history = History(result.history)
     for epoch in range(args.epochs):
         flow.train()
         warming_up = epoch < args.skd_warmup_epochs and weights.nll + weights.lkd + weights.ilkd > 0
@@ -117,31 +109,22 @@ def train_flow(flow: Flow, data: FlowData, args: FlowTrainingArguments, weights:
             x = data.model_inputs(data.train[index], generator)
             terms = distillation_loss(flow, x, epoch_weights, teacher, alignment, distance, skd_temperature,
                                       skd_generator)
-            optimizer.zero_grad(set_to_none=True)
-            finite = bool(torch.isfinite(terms["loss"]))
-            if finite:
-                terms["loss"].backward()
-                norm = torch.nn.utils.clip_grad_norm_(flow.parameters(), args.max_grad_norm)
-                finite = bool(torch.isfinite(norm))
-            if not finite:
-                result.skipped_steps += 1
-                if result.skipped_steps > args.max_bad_steps:
+            if not guard.step(optimizer, terms["loss"], flow.parameters(), args.max_grad_norm):
+                if guard.skipped > args.max_bad_steps:
                     result.diverged, result.diverged_at = True, f"epoch {epoch}, step {step}"
                     break
                 continue
-            optimizer.step()
             taken += 1
-            result.steps_taken += 1
-            for name, value in terms.items():
-                sums[name] = sums.get(name, 0.0) + value.item()
+            for term, value in terms.items():
+                sums[term] = sums.get(term, 0.0) + value.item()
+        result.skipped_steps, result.steps_taken = guard.skipped, guard.taken
         if result.diverged:
             if log:
                 log(f"diverged at {result.diverged_at}: {result.skipped_steps} non-finite steps; keeping epoch "
                     f"{result.best_epoch}")
             break
         val_nll = evaluate_nll(flow, data, "validate", seed=args.seed)
-        record = {"epoch": epoch, **{k: v / max(taken, 1) for k, v in sums.items()}, "val_nll": val_nll}
-        result.history.append(record)
+        record = history.log(epoch=epoch, **{k: v / max(taken, 1) for k, v in sums.items()}, val_nll=val_nll)
         if math.isfinite(val_nll) and val_nll < result.best_val_nll:
             result.best_epoch, result.best_val_nll = epoch, val_nll
             best_state = copy.deepcopy(flow.state_dict())
@@ -150,9 +133,8 @@ def train_flow(flow: Flow, data: FlowData, args: FlowTrainingArguments, weights:
     if best_state is not None:
         flow.load_state_dict(best_state)
     flow.eval()
-    failure = result.failure()
-    if failure:
-        raise InputError(f"training {name} failed: {failure}. Likely cause: learning_rate={args.learning_rate!r} too "
-                         "high (lower it), or non-finite values in the data or the teacher. Nothing of this run was "
-                         "saved.")
+    where = f", diverged at {result.diverged_at}" if result.diverged else ""
+    if result.best_epoch < 0:
+        raise guard.failure(problem="no epoch ended with a finite validation NLL", where=where)
+    guard.finish(problem="most optimiser steps were non-finite", where=where)
     return result

@@ -7,9 +7,11 @@ vector's features as channels.
 
 Why in-house: no maintained flow library has Glow's multi-scale architecture *and* MAF/IAF with every intermediate
 latent reachable in both directions (zuko has no Glow; normflows and nflows are unmaintained; FrEIA has no MAF), and
-latent distillation needs exactly those intermediates (see DESIGN.md §6).
+latent distillation needs exactly those intermediates (ILKD matches the teacher's and the student's intermediate
+latents: Walton et al. 2025, §3, below).
 
 References:
+    Walton et al., "Distilling Normalizing Flows", 2025 (arXiv:2506.21003), §3 (LKD, ILKD, SKD).
     Kingma & Dhariwal, "Glow: Generative Flow with Invertible 1x1 Convolutions", NeurIPS 2018.
     Papamakarios, Pavlakou & Murray, "Masked Autoregressive Flow for Density Estimation", NeurIPS 2017.
     Kingma et al., "Improved Variational Inference with Inverse Autoregressive Flow", NeurIPS 2016.
