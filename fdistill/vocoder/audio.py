@@ -8,9 +8,11 @@ multi-resolution STFT and log-mel distances to the held-out speech with the same
 real speech (the "whispering" check: too little low-band power, too much high-band), and the real-time factor of
 sequential teacher sampling vs parallel student sampling on the same machine; WAV files and a spectrogram figure.
 
-Resumable: the teacher, the oracle rollouts and each student are saved when complete (``{stage}.safetensors`` for the
-tensors, ``{stage}.json`` for the settings and records; nothing pickled is ever loaded) and a rerun with the same
-settings reuses them. A stage in which more than half of the optimiser steps were non-finite stops with an error.
+Resumable: the teacher, the oracle rollouts and each student are stages of the shared runner
+(`fdistill.runner.run_stage`: ``{stage}.safetensors`` for the tensors, ``{stage}.json`` for the settings and
+records; nothing pickled is ever loaded) and a rerun with the same settings reuses them. Optimiser steps go through
+the runner's guard (`fdistill.runner.StepGuard`): a step with a non-finite loss or gradient is skipped, and a stage
+stops with an error as soon as more than half of its steps were skipped.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import torch
 
 from fdistill.errors import InputError, invalid
 from fdistill.flows import checks
+from fdistill.runner import StepGuard, run_stage
+from fdistill.sampling import seeded
 from fdistill.yaml_config import load_dataclass_config
 
 from .losses import clarinet_kl, distance, power_loss, reverse_kl, stft_magnitude_loss
@@ -189,114 +193,98 @@ def _settings(config: AudioExperimentConfig, keys) -> dict:
     return {k: getattr(config, k) for k in keys}
 
 
-def _stage(config: AudioExperimentConfig, name: str) -> str:
-    """Base path of a saved stage: ``{output_dir}/{name}.safetensors`` (tensors) + ``.json`` (settings, record)."""
-    return os.path.join(config.output_dir, name)
-
-
-def _check_steps(stage: str, skipped: int, steps: int, config: AudioExperimentConfig) -> None:
-    """Stop a stage once more than half of its optimiser steps had a non-finite loss: it would save an untrained
-    model as finished."""
-    if skipped > steps // 2:
-        raise InputError(f"{stage}: {skipped} of {steps} optimiser steps had a non-finite loss and were skipped, so "
-                         f"it cannot train; likely cause: learning_rate={config.learning_rate!r} too high, or "
-                         "non-finite audio. Lower learning_rate (or check the corpus) and run again; nothing of "
-                         "this stage was saved.")
-
-
-def _update(module: torch.nn.Module, optimizer, loss: torch.Tensor) -> bool:
-    """One guarded step: a non-finite loss is skipped (the caller counts it), never applied."""
-    optimizer.zero_grad()
-    if not torch.isfinite(loss):
-        return False
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(module.parameters(), 10.0)
-    optimizer.step()
-    return True
+def _guard(stage: str, steps: int, config: AudioExperimentConfig) -> StepGuard:
+    """The stage's step guard: it stops the stage once more than half of its ``steps`` optimiser steps had a
+    non-finite loss or gradient (it would save an untrained model as finished)."""
+    return StepGuard(stage, planned=steps, error=InputError,
+                     message="{stage}: {skipped} of {total} optimiser steps had a non-finite loss or gradient and "
+                             "were skipped, so it cannot train; likely cause: {hint}",
+                     hint=f"learning_rate={config.learning_rate!r} too high, or non-finite audio. Lower learning_rate "
+                          "(or check the corpus) and run again; nothing of this stage was saved.")
 
 
 def train_teacher(config, corpus, logmel, log=print) -> tuple[GaussianWaveNet, dict]:
-    path = _stage(config, "teacher")
-    torch.manual_seed(config.seed)
-    teacher = GaussianWaveNet(config.n_mels, config.hop, config.teacher_channels, tuple(config.teacher_dilations))
-    saved = checks.load_stage(path, _settings(config, TEACHER_SETTINGS))
-    if saved:
-        teacher.load_state_dict(saved[0])
-        log("teacher: reusing " + path)
-        return teacher.eval(), saved[1]["record"]
-    generator = torch.Generator().manual_seed(config.seed)
-    optimizer = torch.optim.Adam(teacher.parameters(), lr=config.learning_rate)
-    start, history, skipped = time.perf_counter(), [], 0
-    for step in range(config.teacher_steps):
-        real = random_segments(corpus.train, config.batch_size, config.segment, generator)
-        nll = -teacher.log_prob(real, logmel(real)).mean() / config.segment
-        if not _update(teacher, optimizer, nll):
-            skipped += 1
-            _check_steps("teacher", skipped, config.teacher_steps, config)
-            continue
-        history.append(nll.item())
-        if step % 100 == 0 or step == config.teacher_steps - 1:
-            log(f"teacher step {step}: NLL {nll.item():.3f} nats/sample")
-    record = {"train_seconds": time.perf_counter() - start, "skipped_steps": skipped,
-              "final_train_nll": sum(history[-50:]) / max(len(history[-50:]), 1),
-              "parameters": sum(p.numel() for p in teacher.parameters()), "receptive_field": teacher.receptive_field}
-    checks.save_stage(path, teacher.state_dict(), {"settings": _settings(config, TEACHER_SETTINGS), "record": record,
-                                                   "history": history})
-    return teacher.eval(), record
+    settings = _settings(config, TEACHER_SETTINGS)
+    with seeded(config.seed):  # the initial weights; the caller's RNG is left as it was
+        teacher = GaussianWaveNet(config.n_mels, config.hop, config.teacher_channels, tuple(config.teacher_dilations))
+
+    def work():
+        generator = torch.Generator().manual_seed(config.seed)
+        optimizer = torch.optim.Adam(teacher.parameters(), lr=config.learning_rate)
+        guard, start, history = _guard("teacher", config.teacher_steps, config), time.perf_counter(), []
+        for step in range(config.teacher_steps):
+            real = random_segments(corpus.train, config.batch_size, config.segment, generator)
+            nll = -teacher.log_prob(real, logmel(real)).mean() / config.segment
+            if not guard.step(optimizer, nll, teacher.parameters(), max_grad_norm=10.0):
+                continue
+            history.append(nll.item())
+            if step % 100 == 0 or step == config.teacher_steps - 1:
+                log(f"teacher step {step}: NLL {nll.item():.3f} nats/sample")
+        record = {"train_seconds": time.perf_counter() - start, "skipped_steps": guard.skipped,
+                  "final_train_nll": sum(history[-50:]) / max(len(history[-50:]), 1),
+                  "parameters": sum(p.numel() for p in teacher.parameters()),
+                  "receptive_field": teacher.receptive_field}
+        return teacher.state_dict(), record, {"history": history}
+
+    stage = run_stage(config.output_dir, "teacher", settings, work, log=None)
+    if stage.resumed:
+        teacher.load_state_dict(stage.tensors)
+        log("teacher: reusing " + os.path.join(config.output_dir, "teacher"))
+    return teacher.eval(), stage.record
 
 
 def teacher_rollouts(config, corpus, logmel, teacher, log=print) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(z, T⁻¹(z), mel) for oracle prediction: sequential teacher samples conditioned on training mels."""
-    path = _stage(config, "oracle_rollouts")
+
+    def work():
+        generator = torch.Generator().manual_seed(config.seed + 1)
+        real = random_segments(corpus.train, config.oracle_rollouts, config.segment, generator)
+        mel = logmel(real)
+        start = time.perf_counter()
+        audio, z, _ = teacher.sample(mel, config.segment, generator=generator)
+        log(f"oracle rollouts: {config.oracle_rollouts} × {config.segment} samples in "
+            f"{time.perf_counter() - start:.0f} s")
+        checks.finite_rows(f"oracle rollouts of the teacher in {config.output_dir}", audio)
+        return {"z": z, "audio": audio, "mel": mel}, {}
+
     settings = _settings(config, TEACHER_SETTINGS + ("oracle_rollouts",))
-    saved = checks.load_stage(path, settings)
-    if saved:
-        return saved[0]["z"], saved[0]["audio"], saved[0]["mel"]
-    generator = torch.Generator().manual_seed(config.seed + 1)
-    real = random_segments(corpus.train, config.oracle_rollouts, config.segment, generator)
-    mel = logmel(real)
-    start = time.perf_counter()
-    audio, z, _ = teacher.sample(mel, config.segment, generator=generator)
-    log(f"oracle rollouts: {config.oracle_rollouts} × {config.segment} samples in {time.perf_counter() - start:.0f} s")
-    checks.finite_rows(f"oracle rollouts of the teacher in {config.output_dir}", audio)
-    checks.save_stage(path, {"z": z, "audio": audio, "mel": mel}, {"settings": settings})
-    return z, audio, mel
+    stage = run_stage(config.output_dir, "oracle_rollouts", settings, work, log=None)
+    return stage.tensors["z"], stage.tensors["audio"], stage.tensors["mel"]
 
 
 def train_student(config, corpus, logmel, teacher, method, rollouts=None, log=print) -> tuple[IAFStudent, dict]:
-    path = _stage(config, f"student_{method}")
-    torch.manual_seed(config.seed + 1000)
-    student = IAFStudent(config.n_mels, config.hop, config.student_flows, config.student_channels,
-                         tuple(config.student_dilations))
+    with seeded(config.seed + 1000):
+        student = IAFStudent(config.n_mels, config.hop, config.student_flows, config.student_channels,
+                             tuple(config.student_dilations))
+
+    def work():
+        teacher.requires_grad_(False)
+        generator = torch.Generator().manual_seed(config.seed + 2)
+        optimizer = torch.optim.Adam(student.parameters(), lr=config.learning_rate)
+        guard, start, history = _guard(f"student {method}", config.student_steps, config), time.perf_counter(), []
+        for step in range(config.student_steps):
+            real = random_segments(corpus.train, config.batch_size, config.segment, generator)
+            mel, rollout = logmel(real), None
+            if method == "oracle":
+                index = torch.randint(len(rollouts[0]), (config.batch_size,), generator=generator)
+                rollout, mel = (rollouts[0][index], rollouts[1][index]), rollouts[2][index]
+            loss = student_objective(method, student, teacher, real, mel, config, generator, rollout)
+            if not guard.step(optimizer, loss, student.parameters(), max_grad_norm=10.0):
+                continue  # counted, reported, never hidden; more than half: an error
+            history.append(loss.item())
+            if step % 100 == 0 or step == config.student_steps - 1:
+                log(f"{method} step {step}: loss {loss.item():.4f}")
+        record = {"train_seconds": time.perf_counter() - start, "skipped_steps": guard.skipped,
+                  "final_loss": sum(history[-50:]) / max(len(history[-50:]), 1),
+                  "parameters": sum(p.numel() for p in student.parameters())}
+        return student.state_dict(), record, {"history": history}
+
     settings = _settings(config, STUDENT_SETTINGS + METHOD_SETTINGS[method])
-    saved = checks.load_stage(path, settings)
-    if saved:
-        student.load_state_dict(saved[0])
-        log(f"{method}: reusing {path}")
-        return student.eval(), saved[1]["record"]
-    teacher.requires_grad_(False)
-    generator = torch.Generator().manual_seed(config.seed + 2)
-    optimizer = torch.optim.Adam(student.parameters(), lr=config.learning_rate)
-    start, history, skipped = time.perf_counter(), [], 0
-    for step in range(config.student_steps):
-        real = random_segments(corpus.train, config.batch_size, config.segment, generator)
-        mel, rollout = logmel(real), None
-        if method == "oracle":
-            index = torch.randint(len(rollouts[0]), (config.batch_size,), generator=generator)
-            rollout, mel = (rollouts[0][index], rollouts[1][index]), rollouts[2][index]
-        loss = student_objective(method, student, teacher, real, mel, config, generator, rollout)
-        if not _update(student, optimizer, loss):
-            skipped += 1  # reported, never hidden; more than half: an error
-            _check_steps(f"student {method}", skipped, config.student_steps, config)
-            continue
-        history.append(loss.item())
-        if step % 100 == 0 or step == config.student_steps - 1:
-            log(f"{method} step {step}: loss {loss.item():.4f}")
-    record = {"train_seconds": time.perf_counter() - start, "skipped_steps": skipped,
-              "final_loss": sum(history[-50:]) / max(len(history[-50:]), 1),
-              "parameters": sum(p.numel() for p in student.parameters())}
-    checks.save_stage(path, student.state_dict(), {"settings": settings, "record": record, "history": history})
-    return student.eval(), record
+    stage = run_stage(config.output_dir, f"student_{method}", settings, work, log=None)
+    if stage.resumed:
+        student.load_state_dict(stage.tensors)
+        log(f"{method}: reusing " + os.path.join(config.output_dir, f"student_{method}"))
+    return student.eval(), stage.record
 
 
 def _timed(fn):
@@ -355,7 +343,6 @@ def load_audio_config(path: str | None = None, overrides: list[str] | None = Non
 def run_audio_experiment(config: AudioExperimentConfig, log=print) -> dict:
     """Run (or resume) the audio experiment; writes summary.json, table.md, wav/ and spectrograms.png."""
     start = time.perf_counter()
-    torch.manual_seed(config.seed)
     corpus = load_corpus(config)
     for part in ("train", "held_out"):
         for i, clip in enumerate(getattr(corpus, part)):

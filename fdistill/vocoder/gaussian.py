@@ -49,17 +49,13 @@ from torch import nn
 
 from fdistill.errors import InputError
 from fdistill.flows import checks
+from fdistill.flows.models import standard_normal_log_prob
+from fdistill.runner import StepGuard
 
 from . import losses
 
 METHODS = ("reverse_kl", "z_rec", "x_rec")
 METHOD_LABELS = {"reverse_kl": "reverse KL", "z_rec": "z-reconstruction", "x_rec": "x-reconstruction"}
-LOG_2PI = math.log(2 * math.pi)
-
-
-def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
-    """``log N(z; 0, I)`` summed over the last dimension: ``[..., D] → [...]``."""
-    return -0.5 * (z.pow(2).sum(-1) + z.shape[-1] * LOG_2PI)
 
 
 class TriangularGaussian(nn.Module):
@@ -130,11 +126,11 @@ class TriangularGaussian(nn.Module):
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """log N(x; b, LLᵀ) = log N(L⁻¹(x − b); 0, I) − Σ s, per row."""
-        return standard_normal_log_prob(self.inverse(x)) - self.log_diag.sum()
+        return standard_normal_log_prob(self.inverse(x), event_dims=1) - self.log_diag.sum()
 
     def log_prob_of_latent(self, z: torch.Tensor) -> torch.Tensor:
         """log q(S(z)) = log N(z; 0, I) − Σ s by the change of variables (Eq. 4), without inverting S."""
-        return standard_normal_log_prob(z) - self.log_diag.sum()
+        return standard_normal_log_prob(z, event_dims=1) - self.log_diag.sum()
 
 
 def make_teacher(dim: int, generator: torch.Generator, mean_value: float = 2.0,
@@ -330,16 +326,15 @@ def train_student(teacher: TriangularGaussian, method: str, steps: int = 5000, b
                 record["kl_steps"].append(step)
                 record["kl"].append(gaussian_kl(student, teacher).item())
 
+    # the shared runner's guard, strict: any non-finite update stops the run (no clipping: max_grad_norm=None)
+    guard = StepGuard(f"{METHOD_LABELS[method]} student (D={teacher.dim})", max_skipped_fraction=0.0, planned=steps,
+                      error=InputError, hint=f"lr={lr!r} too high. Lower the learning rate (--lr) and run again; "
+                      "nothing was written.", message="{stage}: the loss is non-finite or has a non-finite gradient "
+                      "at update {taken} of {total}, so the run cannot finish; likely cause: {hint}")
     for step in range(steps):
         observe(step)
         loss = distillation_loss(method, student, teacher, batch, generator, distance)
-        if not torch.isfinite(loss):
-            raise InputError(f"{METHOD_LABELS[method]} student (D={teacher.dim}): the loss is non-finite at update "
-                             f"{step} of {steps}, so the run cannot finish; likely cause: lr={lr!r} too high. Lower "
-                             "the learning rate (--lr) and run again; nothing was written.")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        guard.step(optimizer, loss, student.parameters())
         record["loss"].append(loss.item())
     observe(steps)
     return student.requires_grad_(False), record
