@@ -108,7 +108,10 @@ def test_step_guard_with_planned_steps_stops_early_with_the_callers_error_and_wo
     net, opt = _model()
     guard = StepGuard("teacher", planned=6, error=InputError, hint="lower learning_rate",
                       message="{stage}: {skipped} of {total} steps skipped ({taken} taken); likely cause: {hint}")
-    nan = lambda: net(torch.ones(1, 3)).sum() * float("nan")  # noqa: E731
+
+    def nan():
+        return net(torch.ones(1, 3)).sum() * float("nan")
+
     for _ in range(3):
         assert not guard.step(opt, nan(), net.parameters())  # 3 of 6: the stage may still finish
     with pytest.raises(InputError, match=r"^teacher: 4 of 6 steps skipped \(0 taken\); likely cause: lower"):
@@ -131,7 +134,7 @@ def test_run_stage_keeps_extra_entries_beside_the_record(tmp_path):
         return {"w": torch.ones(2)}, {"loss": 0.5}, {"history": [1.0, 0.5]}
 
     first = run_stage(str(tmp_path), "s", {"a": 1}, work, log=None)
-    saved = json.load(open(tmp_path / "s.json"))
+    saved = json.loads((tmp_path / "s.json").read_text())
     assert saved == {"settings": {"a": 1}, "record": {"loss": 0.5}, "history": [1.0, 0.5]}
     again = run_stage(str(tmp_path), "s", {"a": 1}, work, log=None)
     assert first.extra == again.extra == {"history": [1.0, 0.5]} and again.record == {"loss": 0.5}
