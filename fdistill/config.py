@@ -41,7 +41,9 @@ class DistillArguments:
     )
     js_mixture: str = field(
         default="stepwise",
-        metadata={"help": "JS mixture m_t: 'stepwise' = ½p_t + ½q_t (paper Eq. 11) or 'exact' prefix-weighted (Eq. 12)."},
+        metadata={
+            "help": "JS mixture m_t: 'stepwise' = ½p_t + ½q_t (paper Eq. 11) or 'exact' prefix-weighted (Eq. 12)."
+        },
     )
     js_beta: float = field(
         default=0.5, metadata={"help": "Teacher share β of the JS mixture, 0 < β < 1; 0.5 is the paper's JS."}
@@ -52,17 +54,23 @@ class DistillArguments:
     )
     loss_reduction: str = field(
         default="sequence",
-        metadata={"help": "'sequence': sum over positions, mean over sequences (the paper's objective); 'token': token mean."},
+        metadata={
+            "help": "'sequence': sum over positions, mean over sequences (the paper's objective); 'token': token mean."
+        },
     )
     # --- online student sampling
     student_do_sample: bool = field(
-        default=True, metadata={"help": "Student samples by ancestral sampling (True, the paper) or greedy/beam search."}
+        default=True,
+        metadata={"help": "Student samples by ancestral sampling (True, the paper) or greedy/beam search."},
     )
     student_sampling_temperature: float = field(
-        default=1.0, metadata={"help": "Sampling temperature of online student samples (1.0 = the model's distribution)."}
+        default=1.0,
+        metadata={"help": "Sampling temperature of online student samples (1.0 = the model's distribution)."},
     )
     student_top_k: int = field(default=0, metadata={"help": "Top-k filter for student sampling; 0 disables it."})
-    student_top_p: float = field(default=1.0, metadata={"help": "Nucleus (top-p) filter for student sampling; 1.0 disables it."})
+    student_top_p: float = field(
+        default=1.0, metadata={"help": "Nucleus (top-p) filter for student sampling; 1.0 disables it."}
+    )
     student_num_beams: int = field(default=1, metadata={"help": "Beams when student_do_sample is False (1 = greedy)."})
     max_new_tokens: int = field(default=64, metadata={"help": "Length limit of online student samples, in new tokens."})
     student_generation_cache: str = field(
@@ -90,7 +98,9 @@ class DistillArguments:
         },
     )
     # --- data
-    prompt_column: str = field(default="prompt", metadata={"help": "Dataset column with the input text (or token ids)."})
+    prompt_column: str = field(
+        default="prompt", metadata={"help": "Dataset column with the input text (or token ids)."}
+    )
     reference_column: str = field(
         default="reference", metadata={"help": "Dataset column with ground-truth targets (text or token ids)."}
     )
@@ -101,17 +111,28 @@ class DistillArguments:
             "when it stopped there; or text). For 'seqkd' point it at the teacher's beam-search outputs."
         },
     )
-    max_prompt_length: int = field(default=256, metadata={"help": "Prompts are truncated (from the left) to this many tokens."})
-    max_target_length: int = field(default=128, metadata={"help": "References and teacher samples are truncated to this many tokens."})
+    max_prompt_length: int = field(
+        default=256, metadata={"help": "Prompts are truncated (from the left) to this many tokens."}
+    )
+    max_target_length: int = field(
+        default=128, metadata={"help": "References and teacher samples are truncated to this many tokens."}
+    )
     use_chat_template: bool = field(
         default=False,
-        metadata={"help": "Wrap each prompt as a user message with the tokenizer's chat template (decoder-only chat models)."},
+        metadata={
+            "help": "Wrap each prompt as a user message with the tokenizer's chat template (decoder-only chat models)."
+        },
     )
     # --- pre-distillation (Shleifer & Rush 2020)
-    predistill_alpha_mle: float = field(default=0.8, metadata={"help": "Weight of cross-entropy on references in 'predistill'."})
-    predistill_alpha_kd: float = field(default=0.2, metadata={"help": "Weight of word-level KL(p‖q) on references in 'predistill'."})
+    predistill_alpha_mle: float = field(
+        default=0.8, metadata={"help": "Weight of cross-entropy on references in 'predistill'."}
+    )
+    predistill_alpha_kd: float = field(
+        default=0.2, metadata={"help": "Weight of word-level KL(p‖q) on references in 'predistill'."}
+    )
     predistill_alpha_hidden: float = field(
-        default=0.0, metadata={"help": "Weight of hidden-state MSE between matched layers in 'predistill' (needs equal widths)."}
+        default=0.0,
+        metadata={"help": "Weight of hidden-state MSE between matched layers in 'predistill' (needs equal widths)."},
     )
     predistill_layer_map: list[int] | None = field(
         default=None,
@@ -129,10 +150,12 @@ class DistillArguments:
         },
     )
     fused_chunk_size: int | None = field(
-        default=None, metadata={"help": "Tokens per chunk of the fused divergence; default: ~2^26 logits on CUDA, 2^22 on CPU."}
+        default=None,
+        metadata={"help": "Tokens per chunk of the fused divergence; default: ~2^26 logits on CUDA, 2^22 on CPU."},
     )
     teacher_dtype: str | None = field(
-        default=None, metadata={"help": "dtype to load/cast the teacher to ('float32', 'bfloat16', ...); default: the student's."}
+        default=None,
+        metadata={"help": "dtype to load/cast the teacher to ('float32', 'bfloat16', ...); default: the student's."},
     )
     on_nonfinite: str = field(
         default="error",
@@ -151,8 +174,15 @@ class DistillArguments:
             if not math.isfinite(getattr(self, name)):
                 bad(name, getattr(self, name), "use a finite number.")
 
-        for name in ("js_beta", "loss_temperature", "student_sampling_temperature", "student_top_p",
-                     "predistill_alpha_mle", "predistill_alpha_kd", "predistill_alpha_hidden"):
+        for name in (
+            "js_beta",
+            "loss_temperature",
+            "student_sampling_temperature",
+            "student_top_p",
+            "predistill_alpha_mle",
+            "predistill_alpha_kd",
+            "predistill_alpha_hidden",
+        ):
             finite(name)
 
         objective = get_objective(self.objective)  # the registry: built-in and user-registered objectives
@@ -177,14 +207,24 @@ class DistillArguments:
         if self.student_generation_cache not in ("auto", "dynamic", "static"):
             bad("student_generation_cache", self.student_generation_cache, "use 'auto', 'dynamic' or 'static'.")
         if self.teacher_topk_logprobs and (not objective.topk_teacher or self.teacher_sampling != "offline"):
-            bad("teacher_topk_logprobs", True, "stored top-k teacher log-probabilities replace the teacher forward of "
-                "objective 'kl' on offline teacher samples only (objective='kl', teacher_sampling='offline').")
+            bad(
+                "teacher_topk_logprobs",
+                True,
+                "stored top-k teacher log-probabilities replace the teacher forward of "
+                "objective 'kl' on offline teacher samples only (objective='kl', teacher_sampling='offline').",
+            )
         if self.teacher_topk_logprobs and self.fused_divergence:
             bad("fused_divergence", True, "with teacher_topk_logprobs there is no teacher forward to fuse; unset one.")
         if self.teacher_sampling not in ("offline", "online"):
-            bad("teacher_sampling", self.teacher_sampling, "use 'offline' (dataset column) or 'online' (drawn each step).")
+            bad(
+                "teacher_sampling",
+                self.teacher_sampling,
+                "use 'offline' (dataset column) or 'online' (drawn each step).",
+            )
         if self.on_nonfinite not in NONFINITE_POLICIES:
-            bad("on_nonfinite", self.on_nonfinite, "use 'error' (stop at the first NaN/inf) or 'skip' (drop and count).")
+            bad(
+                "on_nonfinite", self.on_nonfinite, "use 'error' (stop at the first NaN/inf) or 'skip' (drop and count)."
+            )
         for name in ("max_new_tokens", "max_prompt_length", "max_target_length"):
             if getattr(self, name) < 1:
                 bad(name, getattr(self, name), "use a positive length.")
@@ -192,8 +232,12 @@ class DistillArguments:
             if getattr(self, name) < 0:
                 bad(name, getattr(self, name), "weights must be >= 0.")
         if self.fused_divergence and not objective.fusable:
-            bad("fused_divergence", self.fused_divergence, f"it computes kl/rkl/js/tvd only; objective {self.objective!r} "
-                "uses materialised logits (leave it unset or False).")
+            bad(
+                "fused_divergence",
+                self.fused_divergence,
+                f"it computes kl/rkl/js/tvd only; objective {self.objective!r} "
+                "uses materialised logits (leave it unset or False).",
+            )
         if self.fused_chunk_size is not None and self.fused_chunk_size < 1:
             bad("fused_chunk_size", self.fused_chunk_size, "use a positive number of tokens or leave it unset.")
         if self.teacher_dtype not in (None, "float32", "float16", "bfloat16", "float64", "auto"):
@@ -216,7 +260,9 @@ class DistillArguments:
     @property
     def reads_teacher_samples(self) -> bool:
         """Whether teacher samples come from the dataset (offline) rather than from the teacher during training."""
-        return self.needs_teacher_samples and (self.teacher_sampling == "offline" or not self.objective_spec.uses_teacher)
+        return self.needs_teacher_samples and (
+            self.teacher_sampling == "offline" or not self.objective_spec.uses_teacher
+        )
 
     @property
     def needs_reference(self) -> bool:

@@ -22,9 +22,10 @@ from fdistill.divergences import IGNORE_INDEX
 from fdistill.errors import InputError
 
 
-
 def _is_token_ids(value) -> bool:
-    return isinstance(value, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value)
+    return isinstance(value, (list, tuple)) and all(
+        isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value
+    )
 
 
 def prompt_problem(value: Any) -> str | None:
@@ -34,12 +35,18 @@ def prompt_problem(value: Any) -> str | None:
     if value is None:
         return "missing (an empty cell)"
     if isinstance(value, (int, float)):
-        return "a number, not text (a CSV column of numbers is read as numbers: quote the values or make the column text)"
+        return (
+            "a number, not text (a CSV column of numbers is read as numbers: quote the values or make the column text)"
+        )
     if isinstance(value, (list, tuple)):
         if not value:
             return "an empty list"
         if all(isinstance(m, dict) for m in value):
-            return None if all("role" in m and "content" in m for m in value) else "chat messages without 'role' and 'content'"
+            return (
+                None
+                if all("role" in m and "content" in m for m in value)
+                else "chat messages without 'role' and 'content'"
+            )
         return None if _is_token_ids(value) else "a list that is neither token ids (ints >= 0) nor chat messages"
     return f"a {type(value).__name__}, not text, chat messages or token ids"
 
@@ -213,7 +220,13 @@ def position_limit(model) -> int | None:
 
 
 def score_completions(
-    model, prompt_ids: Tensor, prompt_mask: Tensor, ids: Tensor, mask: Tensor, *, pad_token_id: int,
+    model,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    ids: Tensor,
+    mask: Tensor,
+    *,
+    pad_token_id: int,
     output_hidden_states: bool = False,
 ) -> tuple[Tensor, Tensor, Any]:
     """One teacher-forced forward over prompts + completions: ``(logits (B, C, V), labels (B, C), outputs)``."""
@@ -320,7 +333,9 @@ class DistillCollator:
             self._check_vocabulary(targets, column)
             batch[f"{name}_ids"], batch[f"{name}_mask"] = pad_right(targets, pad)
         if self.topk_columns is not None:
-            batch["teacher_topk_ids"], batch["teacher_topk_logprobs"] = self._topk(features, batch["teacher_ids"].shape[1])
+            batch["teacher_topk_ids"], batch["teacher_topk_logprobs"] = self._topk(
+                features, batch["teacher_ids"].shape[1]
+            )
         return batch
 
     def _check_vocabulary(self, rows: list[list[int]], column: str) -> None:
@@ -329,9 +344,11 @@ class DistillCollator:
             return
         for row, ids in enumerate(rows):
             if ids and max(ids) >= self.vocab_size:
-                raise InputError(f"column {column!r}, row {row}: token id {max(ids)} is not in the model's vocabulary "
-                                 f"of {self.vocab_size}; the ids were made with another tokenizer: re-tokenise the data "
-                                 "(or re-sample it) with this model's tokenizer.")
+                raise InputError(
+                    f"column {column!r}, row {row}: token id {max(ids)} is not in the model's vocabulary "
+                    f"of {self.vocab_size}; the ids were made with another tokenizer: re-tokenise the data "
+                    "(or re-sample it) with this model's tokenizer."
+                )
 
     def _topk(self, features, length: int) -> tuple[Tensor, Tensor]:
         """Stored top-k teacher ids / log-probabilities as ``(B, C, k)`` tensors aligned with ``teacher_ids``."""

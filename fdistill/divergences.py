@@ -235,7 +235,9 @@ def step_divergence(
     return _xlogy_ratio(log_q, log_m).sum(-1)
 
 
-def token_logprobs(logits: Tensor, labels: Tensor, *, temperature: float = 1.0, ignore_index: int = IGNORE_INDEX) -> Tensor:
+def token_logprobs(
+    logits: Tensor, labels: Tensor, *, temperature: float = 1.0, ignore_index: int = IGNORE_INDEX
+) -> Tensor:
     """``log softmax(logits / T)[labels]`` per position, 0 where ``labels == ignore_index``.
 
     ``logits`` are ``(B, T, V)`` aligned with ``labels`` ``(B, T)``: ``logits[b, t]`` is the
@@ -249,11 +251,7 @@ def token_logprobs(logits: Tensor, labels: Tensor, *, temperature: float = 1.0, 
 
 
 def exact_js_mixture_weight(
-    teacher_token_logprobs: Tensor,
-    student_token_logprobs: Tensor,
-    mask: Tensor,
-    *,
-    beta: float = 0.5,
+    teacher_token_logprobs: Tensor, student_token_logprobs: Tensor, mask: Tensor, *, beta: float = 0.5
 ) -> Tensor:
     """Teacher weight ``w_t`` of the exact step-wise JS mixture (paper §7, Eq. 12).
 
@@ -276,8 +274,9 @@ def exact_js_mixture_weight(
     return torch.sigmoid(exact_js_mixture_logit(teacher_token_logprobs, student_token_logprobs, mask, beta=beta))
 
 
-def exact_js_mixture_logit(teacher_token_logprobs: Tensor, student_token_logprobs: Tensor, mask: Tensor, *,
-                           beta: float = 0.5) -> Tensor:
+def exact_js_mixture_logit(
+    teacher_token_logprobs: Tensor, student_token_logprobs: Tensor, mask: Tensor, *, beta: float = 0.5
+) -> Tensor:
     """The logit ``z_t = logit β + log p(y_<t) − log q(y_<t)`` of :func:`exact_js_mixture_weight` (detached)."""
     _check_beta(beta)
     mask = mask.bool()
@@ -408,7 +407,10 @@ def reduce_terms(
     full-batch loss. Masked positions contribute exactly 0 even if ``terms`` holds NaN there.
     """
     if reduction not in REDUCTIONS:
-        raise ValueError(f"unknown reduction {reduction!r}; choose 'sequence' (sum over positions, mean over sequences) or 'token' (mean over tokens).")
+        raise ValueError(
+            f"unknown reduction {reduction!r}; choose 'sequence' (sum over positions, mean over sequences) or "
+            "'token' (mean over tokens)."
+        )
     mask = mask.bool()
     total = torch.where(mask, terms, torch.zeros_like(terms)).sum()
     if num_items_in_batch is None:
@@ -531,17 +533,38 @@ def f_divergence_loss(
         :class:`DivergenceLoss` with the combined ``loss`` and each side's reduced term.
     """
     return assemble_loss(
-        kind, {"teacher": teacher_samples, "student": student_samples},
+        kind,
+        {"teacher": teacher_samples, "student": student_samples},
         lambda side, batch: reduce_terms(
-            *_side_terms(kind, batch, on=side, js_mixture=js_mixture, js_beta=js_beta, temperature=temperature,
-                         ignore_index=ignore_index),
-            reduction=reduction, num_items_in_batch=batch.num_items_in_batch),
-        js_mixture=js_mixture, js_beta=js_beta, temperature=temperature,
-        needs="the {side}'s sampled sequences scored by both models")
+            *_side_terms(
+                kind,
+                batch,
+                on=side,
+                js_mixture=js_mixture,
+                js_beta=js_beta,
+                temperature=temperature,
+                ignore_index=ignore_index,
+            ),
+            reduction=reduction,
+            num_items_in_batch=batch.num_items_in_batch,
+        ),
+        js_mixture=js_mixture,
+        js_beta=js_beta,
+        temperature=temperature,
+        needs="the {side}'s sampled sequences scored by both models",
+    )
 
 
-def assemble_loss(kind: str, samples: dict[str, Any], side_term: Callable[[str, Any], Tensor], *, js_mixture: str,
-                  js_beta: float, temperature: float, needs: str) -> DivergenceLoss:
+def assemble_loss(
+    kind: str,
+    samples: dict[str, Any],
+    side_term: Callable[[str, Any], Tensor],
+    *,
+    js_mixture: str,
+    js_beta: float,
+    temperature: float,
+    needs: str,
+) -> DivergenceLoss:
     """The combined f-DISTILL objective from each side's reduced term: ``Σ_side coeff(kind, side) · term(side)``.
 
     The one assembly of the plain (logits, :func:`f_divergence_loss`) and the fused (hidden states,

@@ -38,7 +38,9 @@ NONFINITE_CAUSES = {
     "student": "the student diverged or was loaded broken (lower learning_rate, keep max_grad_norm, prefer bf16 to "
     "fp16; check the model before training)",
 }
-_OTHER_CAUSE = "the model's weights or dtype (does it generate sensible text? float16 overflows easily: use float32 or bfloat16)"
+_OTHER_CAUSE = (
+    "the model's weights or dtype (does it generate sensible text? float16 overflows easily: use float32 or bfloat16)"
+)
 
 
 def nonfinite_cause(which: str) -> str:
@@ -55,8 +57,10 @@ def nonfinite_sampling(which: str, where: str):
     except RuntimeError as error:
         if "probability tensor contains" not in str(error):
             raise
-        raise NonFiniteError(f"{where}: the {which}'s next-token probabilities hold NaN or inf while drawing {which} "
-                             f"samples; likely cause: {nonfinite_cause(which)}") from None
+        raise NonFiniteError(
+            f"{where}: the {which}'s next-token probabilities hold NaN or inf while drawing {which} "
+            f"samples; likely cause: {nonfinite_cause(which)}"
+        ) from None
 
 
 def require_extra(extra: str, *modules: str) -> None:
@@ -66,7 +70,12 @@ def require_extra(extra: str, *modules: str) -> None:
     import sys
 
     for module in modules:
-        missing = sys.modules.get(module, ...) is None if module in sys.modules else importlib.util.find_spec(module) is None
+        missing = (
+            sys.modules.get(module, ...) is None if module in sys.modules else importlib.util.find_spec(module) is None
+        )
         if missing:
-            raise ModuleNotFoundError(f"fdistill.{extra} needs the package {module!r}, which is not installed: "
-                                      f"pip install 'fdistill[{extra}]'.", name=module)
+            raise ModuleNotFoundError(
+                f"fdistill.{extra} needs the package {module!r}, which is not installed: "
+                f"pip install 'fdistill[{extra}]'.",
+                name=module,
+            )

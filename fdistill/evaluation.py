@@ -24,15 +24,28 @@ from fdistill.data import check_prompts as check_prompt_rows
 from fdistill.errors import InputError, invalid, nonfinite_sampling
 from fdistill.metrics import sequence_divergences
 from fdistill.sampling import model_devices, sample_batches, sampling_config, seeded
-from fdistill.text_metrics import (check_metric_names, check_references, compute_text_metrics, require_bertscore,
-                                   resolve_tokenize, teacher_dist)
+from fdistill.text_metrics import (
+    check_metric_names,
+    check_references,
+    compute_text_metrics,
+    require_bertscore,
+    resolve_tokenize,
+    teacher_dist,
+)
 
 # Metrics where lower is better (the rest: higher is better), for the report's arrows.
 LOWER_IS_BETTER = ("ter", "r_llh", "r_cvg", "r_llh_token", "r_cvg_token", "kl", "rkl", "js", "tvd_bound")
 
 
-def check_settings(*, max_new_tokens: int = 64, batch_size: int = 16, metrics=(), tokenize: str = "auto",
-                   risk_samples: int = 1, num_samples: int = 1) -> None:
+def check_settings(
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    metrics=(),
+    tokenize: str = "auto",
+    risk_samples: int = 1,
+    num_samples: int = 1,
+) -> None:
     """Check evaluation settings before any work: an InputError naming the first bad one and its fix."""
     whole_number("max_new_tokens", max_new_tokens)
     whole_number("batch_size", batch_size)
@@ -90,8 +103,14 @@ def generate_texts(
     config = sampling_config(model, tokenizer, max_new_tokens=max_new_tokens, do_sample=decoding == "sample")
     expanded = [p for p in prompts for _ in range(num_samples)]
     with nonfinite_sampling("model", "evaluation"), seeded(seed, devices=model_devices(model)):
-        drawn = sample_batches(model, tokenizer, expanded, config, batch_size=batch_size, use_chat_template=use_chat_template)
-    texts = [tokenizer.decode(row[m], skip_special_tokens=True).strip() for ids, mask, _ in drawn for row, m in zip(ids, mask)]
+        drawn = sample_batches(
+            model, tokenizer, expanded, config, batch_size=batch_size, use_chat_template=use_chat_template
+        )
+    texts = [
+        tokenizer.decode(row[m], skip_special_tokens=True).strip()
+        for ids, mask, _ in drawn
+        for row, m in zip(ids, mask)
+    ]
     tokens = sum(int(mask.sum()) for _, mask, _ in drawn)
     seconds = sum(s for _, _, s in drawn)
     return Generations(texts, tokens, seconds)
@@ -137,19 +156,33 @@ def evaluate_model(
         generations: this model's greedy outputs for ``prompts`` (from :func:`generate_texts`),
             when already at hand; otherwise they are generated here.
     """
-    check_settings(max_new_tokens=max_new_tokens, batch_size=batch_size, metrics=metrics, tokenize=tokenize,
-                   risk_samples=risk_samples)
+    check_settings(
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        metrics=metrics,
+        tokenize=tokenize,
+        risk_samples=risk_samples,
+    )
     prompts = check_prompts(prompts)
     if not isinstance(references, dict):
         raise InputError(f"references must be a dict of reference sets by name, got a {type(references).__name__}.")
-    references = {name: check_references(refs, len(prompts), what=f"references {name!r}", counted="prompts")
-                  for name, refs in references.items()}
+    references = {
+        name: check_references(refs, len(prompts), what=f"references {name!r}", counted="prompts")
+        for name, refs in references.items()
+    }
     if generations is not None and len(generations.texts) != len(prompts):
-        raise InputError(f"generations hold {len(generations.texts)} outputs for {len(prompts)} prompts: "
-                         "pass generate_texts' result for exactly these prompts (greedy, one per prompt).")
+        raise InputError(
+            f"generations hold {len(generations.texts)} outputs for {len(prompts)} prompts: "
+            "pass generate_texts' result for exactly these prompts (greedy, one per prompt)."
+        )
     gen = generations or generate_texts(
-        model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-        use_chat_template=use_chat_template, seed=seed,
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        use_chat_template=use_chat_template,
+        seed=seed,
     )
     result: dict[str, float | str] = {
         "parameters": float(count_parameters(model)),
@@ -158,26 +191,53 @@ def evaluate_model(
     }
     for name, refs in references.items():
         chosen = resolve_tokenize(tokenize, refs)
-        scores = compute_text_metrics(gen.texts, refs, metrics=metrics, bertscore_kwargs=bertscore_kwargs,
-                                      tokenize=chosen)
+        scores = compute_text_metrics(
+            gen.texts, refs, metrics=metrics, bertscore_kwargs=bertscore_kwargs, tokenize=chosen
+        )
         result.update({f"{name}/{k}": v for k, v in scores.items()})
         result[f"{name}/tokenize"] = chosen
     if teacher is not None and teacher is not model:
         div = sequence_divergences(
-            model, teacher, tokenizer, prompts, num_samples=risk_samples, max_new_tokens=max_new_tokens,
-            batch_size=batch_size, use_chat_template=use_chat_template, seed=seed, teacher_completions=teacher_samples,
+            model,
+            teacher,
+            tokenizer,
+            prompts,
+            num_samples=risk_samples,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            use_chat_template=use_chat_template,
+            seed=seed,
+            teacher_completions=teacher_samples,
         )
         result.update(div)
     return result, gen.texts
 
 
-def teacher_diversity(teacher, tokenizer, prompts: list, *, k: int = 5, max_new_tokens: int = 64, batch_size: int = 16,
-                      use_chat_template: bool = False, seed: int = 0) -> float:
+def teacher_diversity(
+    teacher,
+    tokenizer,
+    prompts: list,
+    *,
+    k: int = 5,
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    use_chat_template: bool = False,
+    seed: int = 0,
+) -> float:
     """TeacherDist: distinct-bigram % among ``k`` teacher samples per input, averaged (paper Table 3)."""
     whole_number("k", k)
     prompts = check_prompts(prompts)
-    gen = generate_texts(teacher, tokenizer, prompts, max_new_tokens=max_new_tokens, decoding="sample", num_samples=k,
-                         batch_size=batch_size, use_chat_template=use_chat_template, seed=seed)
+    gen = generate_texts(
+        teacher,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        decoding="sample",
+        num_samples=k,
+        batch_size=batch_size,
+        use_chat_template=use_chat_template,
+        seed=seed,
+    )
     return teacher_dist([gen.texts[i * k : (i + 1) * k] for i in range(len(prompts))])
 
 
@@ -186,8 +246,12 @@ def teacher_diversity(teacher, tokenizer, prompts: list, *, k: int = 5, max_new_
 
 def non_finite(results: dict[str, dict]) -> list[str]:
     """``"model: metric"`` for every NaN or infinite value: the report counts and lists them, never hides them."""
-    return [f"{name}: {k}" for name, r in results.items() for k, v in r.items()
-            if isinstance(v, float) and not math.isfinite(v)]
+    return [
+        f"{name}: {k}"
+        for name, r in results.items()
+        for k, v in r.items()
+        if isinstance(v, float) and not math.isfinite(v)
+    ]
 
 
 def markdown_table(results: dict[str, dict[str, float]], columns: list[str] | None = None) -> str:
@@ -226,11 +290,15 @@ def report_notes(results: dict[str, dict]) -> list[str]:
         for k, v in r.items():
             if isinstance(v, str):
                 groups.setdefault((k, v), []).append(name)
-    lines = [f"- {k}: {v} ({'all models' if len(names) == len(results) else ', '.join(names)})"
-             for (k, v), names in groups.items()]
+    lines = [
+        f"- {k}: {v} ({'all models' if len(names) == len(results) else ', '.join(names)})"
+        for (k, v), names in groups.items()
+    ]
     bad = non_finite(results)
     if bad:
-        lines.append(f"- **{len(bad)} non-finite value(s)** (NaN or infinite; shown as such, never as 0): {', '.join(bad)}")
+        lines.append(
+            f"- **{len(bad)} non-finite value(s)** (NaN or infinite; shown as such, never as 0): {', '.join(bad)}"
+        )
     return lines
 
 
@@ -266,7 +334,9 @@ def _to_json(value):
     return value
 
 
-def write_report(results: dict[str, dict[str, float]], out_dir: str, *, columns: list[str] | None = None) -> dict[str, str]:
+def write_report(
+    results: dict[str, dict[str, float]], out_dir: str, *, columns: list[str] | None = None
+) -> dict[str, str]:
     """Write ``results.json``, ``results.md`` and ``risks.png`` into ``out_dir``; returns their paths.
 
     ``results.json`` maps model → metric → value; text values (tokenisation, skipped metrics)
@@ -281,7 +351,9 @@ def write_report(results: dict[str, dict[str, float]], out_dir: str, *, columns:
     ready = {name: {k: _to_json(v) for k, v in r.items()} for name, r in results.items()}
     Path(paths["json"]).write_text(json.dumps(ready, indent=1, allow_nan=False, ensure_ascii=False))
     notes = report_notes(results)
-    Path(paths["markdown"]).write_text(markdown_table(results, columns) + "\n" + ("\n" + "\n".join(notes) + "\n" if notes else ""))
+    Path(paths["markdown"]).write_text(
+        markdown_table(results, columns) + "\n" + ("\n" + "\n".join(notes) + "\n" if notes else "")
+    )
     plot_risks(results, paths["plot"])
     return paths
 
@@ -294,23 +366,38 @@ def read_results(path: str) -> dict[str, dict]:
     """
     file = Path(path)
     if not file.is_file():
-        raise invalid("results file", str(path), "give the path of a results.json written by `fdistill evaluate`.",
-                      problem="does not exist")
+        raise invalid(
+            "results file",
+            str(path),
+            "give the path of a results.json written by `fdistill evaluate`.",
+            problem="does not exist",
+        )
     try:
         data = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise invalid("results file", str(path), f"it is not JSON ({error}); give a results.json written by "
-                      "`fdistill evaluate`.", problem="cannot be read") from None
+        raise invalid(
+            "results file",
+            str(path),
+            f"it is not JSON ({error}); give a results.json written by `fdistill evaluate`.",
+            problem="cannot be read",
+        ) from None
     if isinstance(data, dict) and isinstance(data.get("results"), dict) and "settings" in data:
         data = data["results"]  # the demo's results.json
     ok = isinstance(data, dict) and all(
         isinstance(r, dict) and all(isinstance(v, (int, float, str)) and not isinstance(v, bool) for v in r.values())
-        for r in data.values())
+        for r in data.values()
+    )
     if not ok:
-        raise invalid("results file", str(path), "expected {model: {metric: value}}, as `fdistill evaluate` writes it.",
-                      problem="is not a results table")
-    return {name: {k: _JSON_NON_FINITE.get(v, v) if isinstance(v, str) else float(v) for k, v in r.items()}
-            for name, r in data.items()}
+        raise invalid(
+            "results file",
+            str(path),
+            "expected {model: {metric: value}}, as `fdistill evaluate` writes it.",
+            problem="is not a results table",
+        )
+    return {
+        name: {k: _JSON_NON_FINITE.get(v, v) if isinstance(v, str) else float(v) for k, v in r.items()}
+        for name, r in data.items()
+    }
 
 
 def combine_results(paths: list[str]) -> dict[str, dict[str, float]]:

@@ -42,8 +42,20 @@ METRIC_MEANING = {
 }
 
 # `datasets` builders that read local files: their name says nothing about where the data came from.
-PACKAGED_BUILDERS = {"arrow", "audiofolder", "csv", "generator", "imagefolder", "json", "pandas", "parquet", "sql",
-                     "text", "videofolder", "webdataset"}
+PACKAGED_BUILDERS = {
+    "arrow",
+    "audiofolder",
+    "csv",
+    "generator",
+    "imagefolder",
+    "json",
+    "pandas",
+    "parquet",
+    "sql",
+    "text",
+    "videofolder",
+    "webdataset",
+}
 
 CITATION = """\
 @inproceedings{wen2023fdistill,
@@ -209,9 +221,8 @@ def _data(a: DistillArguments, train, eval_) -> str:
     text += "\n\nColumns used: " + ", ".join(f"`{c}`" for c in columns)
     if a.needs_student_samples:
         text += " (student samples are drawn online during training)"
-    text += (
-        f". Prompts are truncated to {a.max_prompt_length} tokens, targets to {a.max_target_length}"
-        + ("; prompts are wrapped in the tokenizer's chat template." if a.use_chat_template else ".")
+    text += f". Prompts are truncated to {a.max_prompt_length} tokens, targets to {a.max_target_length}" + (
+        "; prompts are wrapped in the tokenizer's chat template." if a.use_chat_template else "."
     )
     return text
 
@@ -265,9 +276,11 @@ def _usage(repo: str, student, is_peft: bool, a: DistillArguments) -> str:
     else:
         imports = f"from transformers import {auto}, AutoTokenizer"
     if a.use_chat_template:
-        encode = ('messages = [{"role": "user", "content": "Hello! Who are you?"}]\n'
-                  "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, "
-                  'return_tensors="pt", return_dict=True)')
+        encode = (
+            'messages = [{"role": "user", "content": "Hello! Who are you?"}]\n'
+            "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, "
+            'return_tensors="pt", return_dict=True)'
+        )
     else:
         encode = 'inputs = tokenizer("Hello! Who are you?", return_tensors="pt")'
     note = ""

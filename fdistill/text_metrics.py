@@ -138,8 +138,12 @@ def _text_list(texts, what: str) -> list[str]:
         raise InputError(f"{what} is empty: pass at least one text.")
     for i, text in enumerate(texts):
         if not isinstance(text, str):
-            raise invalid(f"{what}[{i}]", text, f'{what} must hold strings, one per example (use "" for an empty text).',
-                          problem="is not a string")
+            raise invalid(
+                f"{what}[{i}]",
+                text,
+                f'{what} must hold strings, one per example (use "" for an empty text).',
+                problem="is not a string",
+            )
     return texts
 
 
@@ -148,8 +152,9 @@ def _reference_lists(predictions, references: References) -> list[list[str]]:
     return check_references(references, len(_text_list(predictions, "predictions")))
 
 
-def check_references(references: References, count: int, *, what: str = "references",
-                     counted: str = "predictions") -> list[list[str]]:
+def check_references(
+    references: References, count: int, *, what: str = "references", counted: str = "predictions"
+) -> list[list[str]]:
     """``count`` references as one non-empty list of strings each, or an InputError naming the first bad one.
 
     Arguments:
@@ -167,7 +172,7 @@ def check_references(references: References, count: int, *, what: str = "referen
             f"{count} {counted} but {len(references)} {what}: pass one reference "
             f"(or one list of references) per {counted.rstrip('s')}, in the same order."
         )
-    fix = "each reference must be a string or a non-empty list of strings (use \"\" for an empty reference)."
+    fix = 'each reference must be a string or a non-empty list of strings (use "" for an empty reference).'
     out = []
     for i, refs in enumerate(references):
         if isinstance(refs, str):
@@ -261,7 +266,9 @@ def _sacrebleu_score(metric: BLEU | CHRF | TER, predictions, references: Referen
     return float(metric.corpus_score(_text_list(predictions, "predictions"), _sacrebleu_streams(ref_lists)).score)
 
 
-def bleu(predictions: Sequence[str], references: References, *, max_ngram_order: int = 4, tokenize: str = "auto") -> float:
+def bleu(
+    predictions: Sequence[str], references: References, *, max_ngram_order: int = 4, tokenize: str = "auto"
+) -> float:
     """Corpus BLEU (Papineni et al., 2002) in percent, via sacrebleu.
 
     Arguments:
@@ -299,8 +306,9 @@ def ter(predictions: Sequence[str], references: References, *, tokenize: str = "
     return _sacrebleu_score(TER(normalized=asian, asian_support=asian), predictions, references)
 
 
-def rouge(predictions: Sequence[str], references: References, *, use_stemmer: bool = True,
-          tokenize: str = "auto") -> dict[str, float]:
+def rouge(
+    predictions: Sequence[str], references: References, *, use_stemmer: bool = True, tokenize: str = "auto"
+) -> dict[str, float]:
     """ROUGE-1/2/L F-measure (Lin, 2004) × 100, averaged over examples, via Google's ``rouge-score``.
 
     With several references per example, each ROUGE type takes the reference with the
@@ -343,8 +351,10 @@ def require_bertscore(model_type: str | None = None) -> None:
     import importlib.util
 
     if importlib.util.find_spec("bert_score") is None:
-        raise InputError("metric 'bertscore' needs the bert-score package: `pip install bert-score`, or leave bertscore "
-                         "out of the metrics.")
+        raise InputError(
+            "metric 'bertscore' needs the bert-score package: `pip install bert-score`, or leave bertscore "
+            "out of the metrics."
+        )
     if model_type is None:
         _default_bertscore_model()
 
@@ -385,7 +395,9 @@ def bertscore(
     import bert_score  # pulls pandas and matplotlib; load only when asked for
 
     if num_layers is None and model_type not in bert_score.utils.model2layers:
-        raise invalid("model_type", model_type, "bert_score does not know how many layers it has; pass num_layers= too.")
+        raise invalid(
+            "model_type", model_type, "bert_score does not know how many layers it has; pass num_layers= too."
+        )
     p, r, f = bert_score.score(
         list(predictions),
         ref_lists,

@@ -40,8 +40,8 @@ from fdistill.config import TOPK_COLUMNS, DistillArguments
 from fdistill.data import DistillCollator, cat_completions, check_prompts, score_completions, scoring_inputs
 from fdistill.data import base_model as _base_model
 from fdistill.divergences import IGNORE_INDEX, count_items, nonfinite_positions, topk_teacher_logits
-from fdistill.kernels import capture_head_inputs, check_head, output_head
 from fdistill.errors import InputError, NonFiniteError, nonfinite_cause, nonfinite_sampling
+from fdistill.kernels import capture_head_inputs, check_head, output_head
 from fdistill.loading import resolve_dtype
 from fdistill.objectives import COMPLETION_SETS, ScoredBatch, ScoredSet, student_sample_metrics
 from fdistill.sampling import sample_completions, sampling_config
@@ -59,8 +59,11 @@ def _vocab_size(model: nn.Module) -> int:
 
 def _record_changes(saved: dict, now: dict) -> list[str]:
     """The differences between two run records, as ``name: saved → now`` phrases."""
-    changes = [f"{k}={saved['settings'].get(k)!r} then, {v!r} now" for k, v in now["settings"].items()
-               if k in saved.get("settings", {}) and saved["settings"][k] != v]
+    changes = [
+        f"{k}={saved['settings'].get(k)!r} then, {v!r} now"
+        for k, v in now["settings"].items()
+        if k in saved.get("settings", {}) and saved["settings"][k] != v
+    ]
     for part in ("teacher", "tokenizer"):
         if saved.get(part) != now[part]:
             changes.append(f"another {part} (fingerprint {saved.get(part)} then, {now[part]} now)")
@@ -151,7 +154,9 @@ class FDistillMixin:
         self.teacher_generation_config = None
         if settings.needs_teacher_samples and not settings.reads_teacher_samples:
             self.teacher_generation_config = sampling_config(
-                self.teacher, self.processing_class, max_new_tokens=settings.max_new_tokens,
+                self.teacher,
+                self.processing_class,
+                max_new_tokens=settings.max_new_tokens,
                 cache_implementation=self.student_generation_config.cache_implementation,
             )
         self._heads_checked = False
@@ -217,7 +222,11 @@ class FDistillMixin:
         if teacher is None:
             raise ValueError(f"objective {a.objective!r} needs a teacher: pass teacher_model= (a model or a path).")
         student = _base_model(self.model)
-        dtype = resolve_dtype(a.teacher_dtype) if a.teacher_dtype not in (None, "auto") else next(student.parameters()).dtype
+        dtype = (
+            resolve_dtype(a.teacher_dtype)
+            if a.teacher_dtype not in (None, "auto")
+            else next(student.parameters()).dtype
+        )
         if isinstance(teacher, str):
             auto = AutoModelForSeq2SeqLM if student.config.is_encoder_decoder else AutoModelForCausalLM
             teacher = auto.from_pretrained(teacher, dtype=dtype)
@@ -271,17 +280,25 @@ class FDistillMixin:
         if self._record is None:
             from fdistill.loading import model_fingerprint
 
-            settings = {k: v for k, v in dataclasses.asdict(self.distill_args).items()
-                        if k in {f.name for f in dataclasses.fields(DistillArguments)} and k not in _SPEED_SETTINGS}
-            prints = model_fingerprint(self.teacher, self.processing_class) if self.teacher is not None else {
-                "tokenizer": model_fingerprint(self.model, self.processing_class)["tokenizer"]}
+            settings = {
+                k: v
+                for k, v in dataclasses.asdict(self.distill_args).items()
+                if k in {f.name for f in dataclasses.fields(DistillArguments)} and k not in _SPEED_SETTINGS
+            }
+            prints = (
+                model_fingerprint(self.teacher, self.processing_class)
+                if self.teacher is not None
+                else {"tokenizer": model_fingerprint(self.model, self.processing_class)["tokenizer"]}
+            )
             self._record = {"settings": settings, "teacher": prints.get("model"), "tokenizer": prints["tokenizer"]}
         return self._record
 
     def _save_checkpoint(self, model, trial) -> None:
         super()._save_checkpoint(model, trial)
         if self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            folder = os.path.join(
+                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            )
             with open(os.path.join(folder, RUN_RECORD), "w") as f:
                 json.dump(self._run_record(), f, indent=2, default=str)
 
@@ -299,22 +316,31 @@ class FDistillMixin:
                 saved = json.load(f)
             changes = _record_changes(saved, self._run_record())
             if changes:
-                raise InputError(f"checkpoint {folder!r} was trained differently: {'; '.join(changes)}. Resume with the "
-                                 "settings and models it was trained with, or train into a new output_dir.")
+                raise InputError(
+                    f"checkpoint {folder!r} was trained differently: {'; '.join(changes)}. Resume with the "
+                    "settings and models it was trained with, or train into a new output_dir."
+                )
         elif isinstance(folder, str):
-            logger.warning("checkpoint %s has no %s (written by an older fdistill): its settings are not checked.",
-                           folder, RUN_RECORD)
+            logger.warning(
+                "checkpoint %s has no %s (written by an older fdistill): its settings are not checked.",
+                folder,
+                RUN_RECORD,
+            )
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
 
     # ------------------------------------------------------------------ online student samples
 
-    def generate_student_samples(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def generate_student_samples(
+        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample one completion per prompt from the student (eval mode, KV cache, no gradient): ``(ids, mask)``."""
         model = self.accelerator.unwrap_model(self.model)
         with nonfinite_sampling("student", f"training step {self.state.global_step + 1}"):
             return sample_completions(model, prompt_ids, prompt_mask, self.student_generation_config)
 
-    def generate_teacher_samples(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def generate_teacher_samples(
+        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Online teacher samples (``teacher_sampling="online"``): one ancestral sample per prompt, ``(ids, mask)``."""
         with nonfinite_sampling("teacher", f"training step {self.state.global_step + 1}"):
             return sample_completions(self.teacher, prompt_ids, prompt_mask, self.teacher_generation_config)
@@ -382,8 +408,14 @@ class FDistillMixin:
             return self._step.counts[name].clamp_min(1) / self.accelerator.num_processes
         return count_items(inputs[f"{name}_mask"], self.distill_args.loss_reduction).clamp_min(1).float()
 
-    def _score(self, model: nn.Module, inputs: dict[str, torch.Tensor], names: list[str], hidden: bool = False,
-               fused: bool = False):
+    def _score(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor],
+        names: list[str],
+        hidden: bool = False,
+        fused: bool = False,
+    ):
         """One forward of ``model`` over the completion sets ``names`` (concatenated along the batch).
 
         Returns per-name ``(logits (B, C, V), labels (B, C))`` slices and the model outputs;
@@ -411,15 +443,21 @@ class FDistillMixin:
             return False
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:  # sharded LM heads are not whole on any process
             if a.fused_divergence:
-                raise ValueError("fused_divergence=True needs each process to hold the whole LM head; it is not "
-                                 "supported with FSDP or DeepSpeed. Leave fused_divergence unset or False.")
+                raise ValueError(
+                    "fused_divergence=True needs each process to hold the whole LM head; it is not "
+                    "supported with FSDP or DeepSpeed. Leave fused_divergence unset or False."
+                )
             return False
         if not self._heads_checked:
             pad = self.processing_class.pad_token_id
             config = _base_model(model).config
             example = scoring_inputs(
-                inputs["prompt_ids"][:1], inputs["prompt_mask"][:1], inputs[f"{name}_ids"][:1], inputs[f"{name}_mask"][:1],
-                is_encoder_decoder=self.is_encoder_decoder, pad_token_id=pad,
+                inputs["prompt_ids"][:1],
+                inputs["prompt_mask"][:1],
+                inputs[f"{name}_ids"][:1],
+                inputs[f"{name}_mask"][:1],
+                is_encoder_decoder=self.is_encoder_decoder,
+                pad_token_id=pad,
                 decoder_start_token_id=getattr(config, "decoder_start_token_id", None),
             ).model_kwargs
             check_head(model, example)
@@ -442,11 +480,16 @@ class FDistillMixin:
         elif a.teacher_topk_logprobs:  # stored top-k log-probabilities stand in for the teacher forward
             dense = topk_teacher_logits(inputs["teacher_topk_ids"], inputs["teacher_topk_logprobs"], _vocab_size(model))
             teacher = {"teacher": (dense, student["teacher"][1])}
-        sets = {n: ScoredSet(student[n][0], teacher[n][0] if n in teacher else None, student[n][1],
-                             self._count(n, inputs, training)) for n in names}
+        sets = {
+            n: ScoredSet(
+                student[n][0], teacher[n][0] if n in teacher else None, student[n][1], self._count(n, inputs, training)
+            )
+            for n in names
+        }
         heads = (output_head(model), output_head(self.teacher)) if fused else None
-        return ScoredBatch(sets, a.loss_reduction, heads, (s_out, t_out), _base_model(model).config,
-                           self.is_encoder_decoder)
+        return ScoredBatch(
+            sets, a.loss_reduction, heads, (s_out, t_out), _base_model(model).config, self.is_encoder_decoder
+        )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The registered objective (:mod:`fdistill.objectives`) on one micro-batch; see the module docstring."""
@@ -479,18 +522,24 @@ class FDistillMixin:
                     continue
                 bad = nonfinite_positions(values, scored.mask)
                 if bad.any():
-                    return (f"the {model_name}'s {what} on the {_SET_NAMES[n]} hold NaN or +inf at {int(bad.sum())} of "
-                            f"{int(scored.mask.sum())} scored positions; likely cause: {nonfinite_cause(model_name)}")
+                    return (
+                        f"the {model_name}'s {what} on the {_SET_NAMES[n]} hold NaN or +inf at {int(bad.sum())} of "
+                        f"{int(scored.mask.sum())} scored positions; likely cause: {nonfinite_cause(model_name)}"
+                    )
         if not torch.isfinite(loss):
-            return (f"the loss is {loss.item()} although every {what} entry is finite; likely cause: values too large "
-                    "for float32 (check loss_temperature and the models' dtypes)")
+            return (
+                f"the loss is {loss.item()} although every {what} entry is finite; likely cause: values too large "
+                "for float32 (check loss_temperature and the models' dtypes)"
+            )
         return None
 
     def _nonfinite(self, problem: str, model: nn.Module, training: bool) -> torch.Tensor:
         """``on_nonfinite``: 'error' raises; 'skip' returns a zero loss (no gradient) and counts the micro-batch."""
         if self.distill_args.on_nonfinite == "error":
-            raise NonFiniteError(f"training step {self.state.global_step + 1}, micro-batch {max(self._step.index, 1)}: "
-                                 f"{problem} (on_nonfinite='skip' drops such micro-batches instead, counted).")
+            raise NonFiniteError(
+                f"training step {self.state.global_step + 1}, micro-batch {max(self._step.index, 1)}: "
+                f"{problem} (on_nonfinite='skip' drops such micro-batches instead, counted)."
+            )
         if not training:  # evaluation: the NaN stays visible in eval_loss
             return torch.tensor(float("nan"), device=self.args.device)
         self._nonfinite_skipped += 1
@@ -546,11 +595,18 @@ class FDistillMixin:
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():
             loss = self.compute_loss(model, inputs)
-        if prediction_loss_only or self.compute_metrics is None or not getattr(self.args, "predict_with_generate", False):
+        if (
+            prediction_loss_only
+            or self.compute_metrics is None
+            or not getattr(self.args, "predict_with_generate", False)
+        ):
             return loss.detach(), None, None
-        greedy = sampling_config(self.model, self.processing_class, max_new_tokens=self.distill_args.max_new_tokens,
-                                 do_sample=False)
-        ids, mask = sample_completions(self.accelerator.unwrap_model(model), inputs["prompt_ids"], inputs["prompt_mask"], greedy)
+        greedy = sampling_config(
+            self.model, self.processing_class, max_new_tokens=self.distill_args.max_new_tokens, do_sample=False
+        )
+        ids, mask = sample_completions(
+            self.accelerator.unwrap_model(model), inputs["prompt_ids"], inputs["prompt_mask"], greedy
+        )
         name = next((n for n in ("reference", "teacher") if f"{n}_ids" in inputs), None)
         if name is None:
             raise ValueError("compute_metrics needs references: give the eval dataset a reference column.")

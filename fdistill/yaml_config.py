@@ -38,8 +38,15 @@ _NONE = ("none", "null", "~", "")
 
 
 def _describe(annotation) -> str:
-    names = {bool: "true or false", int: "a whole number", float: "a number", str: "text", dict: "a mapping {k: v}",
-             list: "a list [a, b]", type(None): "null"}
+    names = {
+        bool: "true or false",
+        int: "a whole number",
+        float: "a number",
+        str: "text",
+        dict: "a mapping {k: v}",
+        list: "a list [a, b]",
+        type(None): "null",
+    }
     if annotation in names:
         return names[annotation]
     origin = typing.get_origin(annotation)
@@ -220,7 +227,9 @@ def read_yaml_mapping(path: str, what: str = "recipe") -> dict:
     if values is None:
         return {}
     if not isinstance(values, dict):
-        raise InputError(f"{what} {path!r} holds a {type(values).__name__}, not a mapping: write one `key: value` per line.")
+        raise InputError(
+            f"{what} {path!r} holds a {type(values).__name__}, not a mapping: write one `key: value` per line."
+        )
     return values
 
 
@@ -238,8 +247,9 @@ def parse_overrides(items: Iterable[str]) -> dict:
     return values
 
 
-def load_settings(path: str | None, overrides: Iterable[str] | None, types_by_key: Mapping[str, object],
-                  where: str | None = None) -> dict:
+def load_settings(
+    path: str | None, overrides: Iterable[str] | None, types_by_key: Mapping[str, object], where: str | None = None
+) -> dict:
     """The typed values of the YAML at ``path`` (if given) updated by ``key=value`` ``overrides``."""
     values = read_yaml_mapping(path) if path else {}
     values.update(parse_overrides(overrides or []))

@@ -63,8 +63,9 @@ def naive(kind, x, args):
 
 
 def fused(kind, x, args):
-    return fused_divergence(kind, x.h_s, LinearHead(x.w_s), x.h_t, LinearHead(x.w_t), on=args.on,
-                            chunk_size=args.chunk_size, backend="auto").loss
+    return fused_divergence(
+        kind, x.h_s, LinearHead(x.w_s), x.h_t, LinearHead(x.w_t), on=args.on, chunk_size=args.chunk_size, backend="auto"
+    ).loss
 
 
 def trl(kind, x, args):
@@ -99,8 +100,11 @@ FUNCTIONS = {"naive": naive, "fused": fused, "trl": trl, "liger": liger, "liger-
 
 def preload():
     """Import the baselines before anything is measured, so that no import counts as a method's memory or time."""
-    for module in ("trl.kernels.chunked_divergence", "liger_kernel.chunked_loss",
-                   "liger_kernel.transformers.fused_linear_jsd"):
+    for module in (
+        "trl.kernels.chunked_divergence",
+        "liger_kernel.chunked_loss",
+        "liger_kernel.transformers.fused_linear_jsd",
+    ):
         try:
             importlib.import_module(module)
         except Exception:  # reported by the method itself as n/a
@@ -163,8 +167,12 @@ def make_inputs(n, shape, dtype, device, seed=0):
     def randn(*size, std=1.0):
         return torch.randn(*size, dtype=dtype, device=device).mul_(std)
 
-    return SimpleNamespace(h_s=randn(n, h_s_dim).requires_grad_(), h_t=randn(n, h_t_dim),
-                           w_s=randn(vocab, h_s_dim, std=0.02).requires_grad_(), w_t=randn(vocab, h_t_dim, std=0.02))
+    return SimpleNamespace(
+        h_s=randn(n, h_s_dim).requires_grad_(),
+        h_t=randn(n, h_t_dim),
+        w_s=randn(vocab, h_s_dim, std=0.02).requires_grad_(),
+        w_t=randn(vocab, h_t_dim, std=0.02),
+    )
 
 
 def bench(fn, x, args, memory):
@@ -227,8 +235,19 @@ def fmt_rel(a, b):
 
 
 def table(rows):
-    head = ["shape", "N", "method", "kind", "time ms", "vs naive", "peak extra mem", "vs naive",
-            "loss rel.diff", "grad_h rel.diff", "roofline ms"]
+    head = [
+        "shape",
+        "N",
+        "method",
+        "kind",
+        "time ms",
+        "vs naive",
+        "peak extra mem",
+        "vs naive",
+        "loss rel.diff",
+        "grad_h rel.diff",
+        "roofline ms",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         ref = r.get("ref") or {}
@@ -236,9 +255,15 @@ def table(rows):
             cells = [f"n/a ({r['error']})"] + ["–"] * 6
         else:
             g = "–" if r["grad_rel"] is None else f"{r['grad_rel']:.1e}"
-            cells = [f"{r['ms']:.1f}", fmt_ratio(r["ms"], ref.get("ms")), fmt_bytes(r["mem"]),
-                     fmt_ratio(r["mem"], ref.get("mem")), fmt_rel(r["loss"], ref.get("loss")), g,
-                     f"{r['roofline_ms']:.1f}"]
+            cells = [
+                f"{r['ms']:.1f}",
+                fmt_ratio(r["ms"], ref.get("ms")),
+                fmt_bytes(r["mem"]),
+                fmt_ratio(r["mem"], ref.get("mem")),
+                fmt_rel(r["loss"], ref.get("loss")),
+                g,
+                f"{r['roofline_ms']:.1f}",
+            ]
         lines.append("| " + " | ".join([r["shape"], str(r["n"]), r["method"], r["kind"], *cells]) + " |")
     return "\n".join(lines)
 
@@ -248,8 +273,13 @@ def main():
     parser.add_argument("--shapes", default="small,large", help="small, large or HsxHtxV, comma-separated")
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--tokens", default=None, help="N, or one N per shape (default 8192 on CUDA; "
-                        + ", ".join(f"{k}={v}" for k, v in CPU_TOKENS.items()) + ", 1024 otherwise on CPU)")
+    parser.add_argument(
+        "--tokens",
+        default=None,
+        help="N, or one N per shape (default 8192 on CUDA; "
+        + ", ".join(f"{k}={v}" for k, v in CPU_TOKENS.items())
+        + ", 1024 otherwise on CPU)",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="default bfloat16 on CUDA, float32 on CPU")
     parser.add_argument("--repeats", type=int, default=None, help="default 10 on CUDA, 3 on CPU")
@@ -264,29 +294,44 @@ def main():
     args.repeats = args.repeats or (10 if cuda else 3)
     args.warmup = (3 if cuda else 0) if args.warmup is None else args.warmup
     names, kinds, methods = args.shapes.split(","), args.kinds.split(","), args.methods.split(",")
-    tokens = [int(t) for t in args.tokens.split(",")] if args.tokens else [
-        8192 if cuda else CPU_TOKENS.get(name, 1024) for name in names]
+    tokens = (
+        [int(t) for t in args.tokens.split(",")]
+        if args.tokens
+        else [8192 if cuda else CPU_TOKENS.get(name, 1024) for name in names]
+    )
     tokens = tokens * len(names) if len(tokens) == 1 else tokens
 
     preload()
     start_cpu, start_wall = cpu_seconds(), time.perf_counter()
     memory = PeakMemory(device)
     flops = matmul_flops(device, dtype)
-    where = torch.cuda.get_device_name(device) if cuda else (
-        f"CPU, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f} at start")
-    out = [f"$ {shlex.join(['python', *sys.argv])}", "",
-           f"- device: {where}; torch {torch.__version__}; dtype {str(dtype).removeprefix('torch.')}; "
-           f"repeats {args.repeats} (median) after {args.warmup} warm-up; fused chunk_size "
-           f"{args.chunk_size or 'default'}; js on the {args.on} side",
-           f"- measured matmul throughput ({str(dtype).removeprefix('torch.')}): {flops / 1e12:.3f} TFLOP/s",
-           "- peak extra memory: " + ("torch.cuda.max_memory_allocated() − memory_allocated() before the timed runs"
-                                      if cuda else "peak RSS (VmHWM, reset via /proc/self/clear_refs) − RSS before "
-                                      "the timed runs") + "; includes the gradients (N×H_s and V×H_s)",
-           "- trl / liger: generalised JSD β=½, compared with the naive `jsd½` row; fused/naive: fdistill's terms"]
+    where = (
+        torch.cuda.get_device_name(device)
+        if cuda
+        else (f"CPU, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f} at start")
+    )
+    out = [
+        f"$ {shlex.join(['python', *sys.argv])}",
+        "",
+        f"- device: {where}; torch {torch.__version__}; dtype {str(dtype).removeprefix('torch.')}; "
+        f"repeats {args.repeats} (median) after {args.warmup} warm-up; fused chunk_size "
+        f"{args.chunk_size or 'default'}; js on the {args.on} side",
+        f"- measured matmul throughput ({str(dtype).removeprefix('torch.')}): {flops / 1e12:.3f} TFLOP/s",
+        "- peak extra memory: "
+        + (
+            "torch.cuda.max_memory_allocated() − memory_allocated() before the timed runs"
+            if cuda
+            else "peak RSS (VmHWM, reset via /proc/self/clear_refs) − RSS before the timed runs"
+        )
+        + "; includes the gradients (N×H_s and V×H_s)",
+        "- trl / liger: generalised JSD β=½, compared with the naive `jsd½` row; fused/naive: fdistill's terms",
+    ]
     if not cuda and not args.tokens:
         scaled = ", ".join(f"{k}={v}" for k, v in CPU_TOKENS.items())
-        out.append(f"- CPU defaults: N scaled down ({scaled}) so that the table takes ~10 minutes on 2 cores; "
-                   "the issue's N=8192 is for a GPU")
+        out.append(
+            f"- CPU defaults: N scaled down ({scaled}) so that the table takes ~10 minutes on 2 cores; "
+            "the issue's N=8192 is for a GPU"
+        )
     for line in out:
         print(line, flush=True)
     rows = []
@@ -306,7 +351,7 @@ def main():
                 row = dict(shape=name, n=n, method=method, kind=kind, roofline_ms=roofline_ms, ref=refs.get(kind))
                 try:
                     fn = FUNCTIONS[method]
-                    ms, mem, loss, grad_h = bench(lambda: fn(kind, x, args), x, args, memory)
+                    ms, mem, loss, grad_h = bench(lambda fn=fn, kind=kind, x=x: fn(kind, x, args), x, args, memory)
                     ref_grad = refs.get(kind, {}).get("grad_h")
                     grad_rel = None if ref_grad is None else ((grad_h - ref_grad).norm() / ref_grad.norm()).item()
                     row.update(ms=ms, mem=mem, loss=loss, grad_rel=grad_rel)

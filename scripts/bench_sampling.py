@@ -26,7 +26,9 @@ def main():
     args = parser.parse_args()
     model, tok = load_model_and_tokenizer(SMOLLM2, gguf_file=SMOLLM2_GGUF)
     data = Dataset.from_list(chatterbot_pairs()[: args.inputs])
-    print(f"| batch size | inputs/s | new tokens/s | seconds | (torch {torch.__version__}, {torch.get_num_threads()} threads) |")
+    print(
+        f"| batch size | inputs/s | new tokens/s | seconds | (torch {torch.__version__}, {torch.get_num_threads()} threads) |"
+    )
     print("|---|---|---|---|---|")
     for bs in args.batch_sizes:
         settings = OfflineSamplingSettings(max_new_tokens=args.max_new_tokens, batch_size=bs, use_chat_template=True)

@@ -47,10 +47,30 @@ from fdistill.sampling import sample_batches, sampling_config
 
 CUDA = torch.cuda.is_available()
 PRESETS = {  # teacher = SmolLM2-135M's shape on GPU; a small one on CPU
-    "cuda": dict(teacher_layers=30, student_layers=4, hidden=576, vocab=49152, batch=16, prompt=32, completion=128,
-                 steps=10, warmup=3, dtype="bfloat16"),
-    "cpu": dict(teacher_layers=6, student_layers=4, hidden=576, vocab=8192, batch=4, prompt=16, completion=32,
-                steps=8, warmup=2, dtype="float32"),
+    "cuda": dict(
+        teacher_layers=30,
+        student_layers=4,
+        hidden=576,
+        vocab=49152,
+        batch=16,
+        prompt=32,
+        completion=128,
+        steps=10,
+        warmup=3,
+        dtype="bfloat16",
+    ),
+    "cpu": dict(
+        teacher_layers=6,
+        student_layers=4,
+        hidden=576,
+        vocab=8192,
+        batch=4,
+        prompt=16,
+        completion=32,
+        steps=8,
+        warmup=2,
+        dtype="float32",
+    ),
 }
 
 
@@ -60,8 +80,9 @@ def parse_args():
     for name in sizes:
         p.add_argument(f"--{name}", type=int, default=None, help="default: the GPU or CPU preset")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
-    p.add_argument("--fused", choices=["auto", "on", "off"], default="auto",
-                   help="fdistill fused_divergence (auto: on CUDA)")
+    p.add_argument(
+        "--fused", choices=["auto", "on", "off"], default="auto", help="fdistill fused_divergence (auto: on CUDA)"
+    )
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-trl", action="store_true", help="skip the TRL rows")
@@ -83,9 +104,17 @@ def parse_args():
 def build_llama(o, layers: int, seed: int) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=o.vocab, hidden_size=o.hidden, intermediate_size=o.hidden * 8 // 3, num_hidden_layers=layers,
-        num_attention_heads=o.heads, num_key_value_heads=o.kv_heads, max_position_embeddings=2048,
-        tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        vocab_size=o.vocab,
+        hidden_size=o.hidden,
+        intermediate_size=o.hidden * 8 // 3,
+        num_hidden_layers=layers,
+        num_attention_heads=o.heads,
+        num_key_value_heads=o.kv_heads,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
     )
     return LlamaForCausalLM(cfg).to(device="cuda" if CUDA else "cpu", dtype=getattr(torch, o.dtype))
 
@@ -94,8 +123,14 @@ def build_tokenizer(vocab: int) -> PreTrainedTokenizerFast:
     words = ["<pad>", "<s>", "</s>", "<unk>"] + [f"w{i}" for i in range(4, vocab)]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>", padding_side="left")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        padding_side="left",
+    )
 
 
 def build_data(o, teacher, tok) -> tuple[Dataset, float]:
@@ -153,10 +188,25 @@ class StepTimer(TrainerCallback):
 def training_args(o, out_dir: str) -> dict:
     """Trainer settings shared by fdistill and TRL."""
     return dict(
-        output_dir=out_dir, per_device_train_batch_size=o.batch, max_steps=o.warmup + o.steps, learning_rate=o.lr,
-        lr_scheduler_type="constant", warmup_steps=0, optim="adamw_torch", weight_decay=0.0, max_grad_norm=1.0,
-        logging_steps=1, report_to=[], save_strategy="no", disable_tqdm=True, seed=o.seed, use_cpu=not CUDA,
-        bf16=False, fp16=False, gradient_checkpointing=False, dataloader_num_workers=0,
+        output_dir=out_dir,
+        per_device_train_batch_size=o.batch,
+        max_steps=o.warmup + o.steps,
+        learning_rate=o.lr,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        optim="adamw_torch",
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=o.seed,
+        use_cpu=not CUDA,
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        dataloader_num_workers=0,
     )
 
 
@@ -169,8 +219,13 @@ def measure(trainer, o) -> dict:
     logs = [h for h in trainer.state.log_history if "loss" in h]
     # sampled length as each trainer logs it: a check that every completion had exactly o.completion tokens
     length = logs[-1].get("student_sample_length", logs[-1].get("completions/min_length", math.nan))
-    return {"s_per_step": seconds / o.steps, "tok_per_s": o.batch * o.completion * o.steps / seconds,
-            "peak_gib": peak_memory_gib(), "loss": logs[-1]["loss"], "sample_length": length}
+    return {
+        "s_per_step": seconds / o.steps,
+        "tok_per_s": o.batch * o.completion * o.steps / seconds,
+        "peak_gib": peak_memory_gib(),
+        "loss": logs[-1]["loss"],
+        "sample_length": length,
+    }
 
 
 # ----------------------------------------------------------------------------- one function per trainer
@@ -181,11 +236,18 @@ def run_fdistill(o, teacher, tok, data, objective: str, **settings) -> dict:
     torch.manual_seed(o.seed)
     fused = {"auto": None, "on": True, "off": False}[o.fused]
     with tempfile.TemporaryDirectory() as tmp:
-        args = FDistillConfig(objective=objective, max_new_tokens=o.completion, max_prompt_length=o.prompt,
-                              max_target_length=o.completion, fused_divergence=fused, **settings,
-                              **training_args(o, tmp))
-        trainer = FDistillTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data,
-                                  processing_class=tok)
+        args = FDistillConfig(
+            objective=objective,
+            max_new_tokens=o.completion,
+            max_prompt_length=o.prompt,
+            max_target_length=o.completion,
+            fused_divergence=fused,
+            **settings,
+            **training_args(o, tmp),
+        )
+        trainer = FDistillTrainer(
+            model=student, teacher_model=teacher, args=args, train_dataset=data, processing_class=tok
+        )
         for cfg in (trainer.student_generation_config, trainer.teacher_generation_config):
             if cfg is not None:
                 cfg.min_new_tokens = o.completion  # exact-length samples
@@ -198,10 +260,22 @@ def run_trl(o, teacher, tok, data, beta: float) -> dict:
     student = build_llama(o, o.student_layers, seed=1)
     torch.manual_seed(o.seed)
     with tempfile.TemporaryDirectory() as tmp:
-        args = DistillationConfig(beta=beta, max_completion_length=o.completion, temperature=1.0, top_k=0, top_p=1.0,
-                                  generation_kwargs={"min_new_tokens": o.completion}, **training_args(o, tmp))
-        trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args,
-                                      train_dataset=data.select_columns(["prompt"]), processing_class=tok)
+        args = DistillationConfig(
+            beta=beta,
+            max_completion_length=o.completion,
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
+            generation_kwargs={"min_new_tokens": o.completion},
+            **training_args(o, tmp),
+        )
+        trainer = DistillationTrainer(
+            model=student,
+            teacher_model=teacher,
+            args=args,
+            train_dataset=data.select_columns(["prompt"]),
+            processing_class=tok,
+        )
         return measure(trainer, o)
 
 
@@ -214,8 +288,10 @@ def fmt(r: dict | None, key: str, spec: str) -> str:
 
 def tables(o, results: dict, sampling_s: float) -> str:
     mem = "peak GPU GiB" if CUDA else "peak RSS GiB (process)"
-    lines = [f"| trainer | objective / setting | tokens counted | completion tok/s | s/step | {mem} | final loss |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| trainer | objective / setting | tokens counted | completion tok/s | s/step | {mem} | final loss |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, (who, setting, tokens) in ROWS.items():
         r = results.get(name)
         if r is None:
@@ -223,34 +299,52 @@ def tables(o, results: dict, sampling_s: float) -> str:
         if "error" in r:
             lines.append(f"| {who} | {setting} | {tokens} | n/a ({r['error']}) | | | |")
             continue
-        lines.append(f"| {who} | {setting} | {tokens} | {r['tok_per_s']:.1f} | {r['s_per_step']:.3f} | "
-                     f"{r['peak_gib']:.2f} | {r['loss']:.4g} |")
+        lines.append(
+            f"| {who} | {setting} | {tokens} | {r['tok_per_s']:.1f} | {r['s_per_step']:.3f} | "
+            f"{r['peak_gib']:.2f} | {r['loss']:.4g} |"
+        )
     fused = {"auto": "on" if CUDA else "off", "on": "on", "off": "off"}[o.fused]
-    lines += ["", "Loss: fdistill sums over a completion's positions and averages over sequences (the paper's "
-              "objective); TRL averages over tokens, so TRL ≈ fdistill / completion length. fdistill js/tvd score "
-              "two completion sets per prompt (teacher + student samples), TRL beta=0.5 only student samples. "
-              f"fdistill fused divergence: {fused}; TRL always uses its chunked divergence. "
-              "Generation cache: fdistill as the row says (auto = static on CUDA, dynamic on CPU); "
-              "TRL its default (dynamic, uncompiled)."]
+    lines += [
+        "",
+        "Loss: fdistill sums over a completion's positions and averages over sequences (the paper's "
+        "objective); TRL averages over tokens, so TRL ≈ fdistill / completion length. fdistill js/tvd score "
+        "two completion sets per prompt (teacher + student samples), TRL beta=0.5 only student samples. "
+        f"fdistill fused divergence: {fused}; TRL always uses its chunked divergence. "
+        "Generation cache: fdistill as the row says (auto = static on CUDA, dynamic on CPU); "
+        "TRL its default (dynamic, uncompiled).",
+    ]
     steps_per_epoch = o.warmup + o.steps
     n = o.batch * steps_per_epoch
-    lines += ["", f"Offline teacher samples (one-time, not in any row above): {n} prompts × {o.completion} tokens "
-              f"in {sampling_s:.2f} s ({n * o.completion / sampling_s:.1f} tok/s).", "",
-              f"Table 4 (paper): time per epoch of {n} prompts = steady s/step × {steps_per_epoch} steps.", "",
-              "| objective | offline s/epoch | + one-time sampling | online s/epoch | online / offline | offline loss "
-              "| online loss |", "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"Offline teacher samples (one-time, not in any row above): {n} prompts × {o.completion} tokens "
+        f"in {sampling_s:.2f} s ({n * o.completion / sampling_s:.1f} tok/s).",
+        "",
+        f"Table 4 (paper): time per epoch of {n} prompts = steady s/step × {steps_per_epoch} steps.",
+        "",
+        "| objective | offline s/epoch | + one-time sampling | online s/epoch | online / offline | offline loss "
+        "| online loss |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for obj in ("js", "tvd"):
         off, on = results.get(obj), results.get(f"{obj}-online")
         if off is None or on is None or "error" in off or "error" in on:
             continue
         t_off, t_on = off["s_per_step"] * steps_per_epoch, on["s_per_step"] * steps_per_epoch
-        lines.append(f"| {obj} | {t_off:.2f} | {t_off + sampling_s:.2f} | {t_on:.2f} | {t_on / t_off:.2f} | "
-                     f"{off['loss']:.4g} | {on['loss']:.4g} |")
+        lines.append(
+            f"| {obj} | {t_off:.2f} | {t_off + sampling_s:.2f} | {t_on:.2f} | {t_on / t_off:.2f} | "
+            f"{off['loss']:.4g} | {on['loss']:.4g} |"
+        )
     static, dynamic = results.get("rkl-static"), results.get("rkl-dynamic")
-    lines += ["", "Fast sampling: fdistill rkl, student_generation_cache.", "",
-              "| cache | s/step | completion tok/s |", "|---|---|---|",
-              f"| static | {fmt(static, 's_per_step', '.3f')} | {fmt(static, 'tok_per_s', '.1f')} |",
-              f"| dynamic | {fmt(dynamic, 's_per_step', '.3f')} | {fmt(dynamic, 'tok_per_s', '.1f')} |"]
+    lines += [
+        "",
+        "Fast sampling: fdistill rkl, student_generation_cache.",
+        "",
+        "| cache | s/step | completion tok/s |",
+        "|---|---|---|",
+        f"| static | {fmt(static, 's_per_step', '.3f')} | {fmt(static, 'tok_per_s', '.1f')} |",
+        f"| dynamic | {fmt(dynamic, 's_per_step', '.3f')} | {fmt(dynamic, 'tok_per_s', '.1f')} |",
+    ]
     if static and dynamic and "error" not in static and "error" not in dynamic:
         lines.append(f"| static / dynamic time | {static['s_per_step'] / dynamic['s_per_step']:.2f} | |")
     return "\n".join(lines)
@@ -276,8 +370,11 @@ def main():
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' renamed-argument notices
     settings = {k: v for k, v in vars(o).items() if k not in ("out",)}
     device = torch.cuda.get_device_name() if CUDA else f"CPU, {torch.get_num_threads()} threads"
-    print(f"settings: {json.dumps(settings)}\ndevice: {device}; torch {torch.__version__}, "
-          f"transformers {transformers.__version__}", flush=True)
+    print(
+        f"settings: {json.dumps(settings)}\ndevice: {device}; torch {torch.__version__}, "
+        f"transformers {transformers.__version__}",
+        flush=True,
+    )
     tok = build_tokenizer(o.vocab)
     teacher = build_llama(o, o.teacher_layers, seed=0)
     teacher.requires_grad_(False).eval()
@@ -307,16 +404,22 @@ def main():
             if not name.startswith("trl"):
                 raise
             results[name] = {"error": f"{type(e).__name__}: {e}".splitlines()[0][:160]}
-        print(name, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in results[name].items()}),
-              flush=True)
+        print(
+            name,
+            json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in results[name].items()}),
+            flush=True,
+        )
     results[f"rkl-{auto_cache}"] = results["rkl"]
     report = tables(o, results, sampling_s)
     print("\n" + report)
     if o.out:
         head = f"Command: `{' '.join(['python', *sys.argv])}`\n\nSettings: `{json.dumps(settings)}`; {device}\n\n"
         Path(o.out).write_text(head + report + "\n")
-        Path(o.out).with_suffix(".json").write_text(json.dumps(
-            {"settings": settings, "device": device, "teacher_sampling_s": sampling_s, "results": results}, indent=1))
+        Path(o.out).with_suffix(".json").write_text(
+            json.dumps(
+                {"settings": settings, "device": device, "teacher_sampling_s": sampling_s, "results": results}, indent=1
+            )
+        )
 
 
 if __name__ == "__main__":

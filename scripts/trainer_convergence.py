@@ -20,6 +20,7 @@ from fdistill import FDistillConfig, FDistillTrainer
 from fdistill import testing as tiny
 from fdistill.metrics import sequence_divergences
 
+
 class StepTimer(transformers.TrainerCallback):
     """Wall time per optimizer step after a few warm-up steps."""
 
@@ -40,11 +41,25 @@ OBJECTIVES = ["mle", "seqkd", "predistill", "engine", "kl", "rkl", "js", "tvd"]
 def run(arch: str, objective: str, steps: int, teacher, train, eval_prompts, tok, out_dir: str) -> dict:
     student = getattr(tiny, arch)(1, seed=1)
     args = FDistillConfig(
-        output_dir=out_dir, objective=objective, max_new_tokens=8, per_device_train_batch_size=8, max_steps=steps,
-        learning_rate=3e-3, lr_scheduler_type="constant", logging_steps=max(1, steps // 4), report_to=[], use_cpu=True,
-        save_strategy="no", disable_tqdm=True, seed=0, predistill_alpha_mle=0.5, predistill_alpha_kd=0.5,
+        output_dir=out_dir,
+        objective=objective,
+        max_new_tokens=8,
+        per_device_train_batch_size=8,
+        max_steps=steps,
+        learning_rate=3e-3,
+        lr_scheduler_type="constant",
+        logging_steps=max(1, steps // 4),
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+        predistill_alpha_mle=0.5,
+        predistill_alpha_kd=0.5,
     )
-    trainer = FDistillTrainer(model=student, teacher_model=teacher, args=args, train_dataset=train, processing_class=tok)
+    trainer = FDistillTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=train, processing_class=tok
+    )
     before = sequence_divergences(student, teacher, tok, eval_prompts, num_samples=4, max_new_tokens=8)
     timer = StepTimer(warmup=min(5, steps // 2))
     trainer.add_callback(timer)
@@ -72,19 +87,33 @@ def main():
         eval_prompts = tiny.prompts(32, seed=123)
         run(arch, "mle", 20, teacher, train, eval_prompts, tok, "/tmp/fdistill_convergence")  # warm-up, discarded
         for objective in args.objectives:
-            rows.append(run(arch, objective, args.steps, teacher, train, eval_prompts, tok, "/tmp/fdistill_convergence"))
+            rows.append(
+                run(arch, objective, args.steps, teacher, train, eval_prompts, tok, "/tmp/fdistill_convergence")
+            )
             r = rows[-1]
-            print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items() if k not in ("before", "after")}),
-                  {k: f"{r['before'][k]:.3f}->{r['after'][k]:.3f}" for k in r["after"]}, flush=True)
+            print(
+                json.dumps(
+                    {
+                        k: (round(v, 4) if isinstance(v, float) else v)
+                        for k, v in r.items()
+                        if k not in ("before", "after")
+                    }
+                ),
+                {k: f"{r['before'][k]:.3f}->{r['after'][k]:.3f}" for k in r["after"]},
+                flush=True,
+            )
     mle = {r["arch"]: r["s_per_step"] for r in rows if r["objective"] == "mle"}
     lines = [
-        f"Sequence-level divergences to the teacher before → after {args.steps} steps (Monte Carlo, 32 held-out prompts × 4 samples, ≤ 8 new tokens); time per step relative to MLE on this CPU.",
+        f"Sequence-level divergences to the teacher before → after {args.steps} steps (Monte Carlo, 32 held-out "
+        "prompts × 4 samples, ≤ 8 new tokens); time per step relative to MLE on this CPU.",
         "",
         "| arch | objective | KL(p‖q) | RKL(q‖p) | JS (exact) | TVD bound | R_llh | R_cvg | time/step vs MLE |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        cells = [f"{r['before'][k]:.3f} → {r['after'][k]:.3f}" for k in ("kl", "rkl", "js", "tvd_bound", "r_llh", "r_cvg")]
+        cells = [
+            f"{r['before'][k]:.3f} → {r['after'][k]:.3f}" for k in ("kl", "rkl", "js", "tvd_bound", "r_llh", "r_cvg")
+        ]
         rel = r["s_per_step"] / mle[r["arch"]] if r["arch"] in mle else float("nan")
         lines.append(f"| {r['arch']} | {r['objective']} | " + " | ".join(cells) + f" | {rel:.2f}× |")
     table = "\n".join(lines)

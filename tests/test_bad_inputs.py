@@ -20,10 +20,22 @@ def files(tmp_path_factory):
     prompts = root / "prompts.jsonl"
     tiny.dataset(4, seed=0).to_json(str(prompts))
     recipe = root / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({"teacher": str(teacher), "train_data": str(prompts), "student_layers": [0],
-                                      "objective": "kl", "output_dir": str(root / "never"), "use_cpu": True,
-                                      "report_to": []}))
-    (root / "no_teacher.yaml").write_text(yaml.safe_dump({"train_data": str(prompts), "output_dir": str(root / "never")}))
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "teacher": str(teacher),
+                "train_data": str(prompts),
+                "student_layers": [0],
+                "objective": "kl",
+                "output_dir": str(root / "never"),
+                "use_cpu": True,
+                "report_to": [],
+            }
+        )
+    )
+    (root / "no_teacher.yaml").write_text(
+        yaml.safe_dump({"train_data": str(prompts), "output_dir": str(root / "never")})
+    )
     (root / "typo.yaml").write_text(yaml.safe_dump({"teacher": str(teacher), "temprature": 0.7}))
     (root / "a_file").write_text("not a folder")
     (root / "empty.jsonl").write_text("")
@@ -33,9 +45,20 @@ def files(tmp_path_factory):
     (root / "nulls.jsonl").write_text('{"prompt": "a", "reference": "b"}\n{"prompt": "c", "reference": null}\n')
     (root / "noref.jsonl").write_text('{"prompt": "a cat"}\n')
     (root / "emptydir").mkdir()
-    (root / "blank_recipe.yaml").write_text(yaml.safe_dump({
-        "teacher": str(teacher), "train_data": str(root / "blank.csv"), "student_layers": [0], "objective": "tvd",
-        "output_dir": str(root / "never"), "max_steps": 1, "use_cpu": True, "report_to": []}))
+    (root / "blank_recipe.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "teacher": str(teacher),
+                "train_data": str(root / "blank.csv"),
+                "student_layers": [0],
+                "objective": "tvd",
+                "output_dir": str(root / "never"),
+                "max_steps": 1,
+                "use_cpu": True,
+                "report_to": [],
+            }
+        )
+    )
     return {"root": root, "teacher": str(teacher), "prompts": str(prompts), "recipe": str(recipe)}
 
 
@@ -43,8 +66,17 @@ def _rows():
     """(argv with {placeholders}, error fragment). Placeholders: root, teacher, prompts, recipe."""
     train = ["train", "{recipe}"]
     sample = ["sample", "--teacher", "{teacher}", "--data", "{prompts}", "--output", "{root}/never", "--no-progress"]
-    evaluate = ["evaluate", "--data", "{prompts}", "--split", "train", "--models", "x=/nonexistent", "--output",
-                "{root}/never"]
+    evaluate = [
+        "evaluate",
+        "--data",
+        "{prompts}",
+        "--split",
+        "train",
+        "--models",
+        "x=/nonexistent",
+        "--output",
+        "{root}/never",
+    ]
     audio = ["vocoder", "audio", "recipes/vocoder/audio.yaml", "corpus=synthetic", "output_dir={root}/never"]
     gaussian = ["vocoder", "gaussian", "--out", "{root}/never"]
     glow = ["recipes/flows/digits_glow.yaml", "output_dir={root}/never"]
@@ -60,7 +92,10 @@ def _rows():
         (train + ["max_steps"], "override 'max_steps' is not key=value"),
         (train + ["loss_temperature=inf"], "loss_temperature=inf is not valid: use a finite number"),
         (train + ["predistill_alpha_kd=nan"], "predistill_alpha_kd=nan is not valid"),
-        (train + ["objective=seqkd", "teacher_sampling=online"], "teacher_sampling='online' is not valid: objective 'seqkd'"),
+        (
+            train + ["objective=seqkd", "teacher_sampling=online"],
+            "teacher_sampling='online' is not valid: objective 'seqkd'",
+        ),
         (train + ["objective=klx"], "objective='klx' is not valid"),
         (train + ["on_nonfinite=ignore"], "on_nonfinite='ignore' is not valid"),
         (train + ["--resume-from-checkpoint", "latest"], "--resume-from-checkpoint latest: no checkpoint-N folder"),
@@ -113,8 +148,16 @@ def _rows():
         (gaussian + ["--lr", "nan"], "lr=nan is not a finite number"),
         # fdistill flows
         (["flows", "experiment", *glow, "teacher={levels: -1, depth: 2, hidden: 8}"], "teacher.levels=-1 must be ≥ 1"),
-        (["flows", "experiment", "recipes/flows/breast_cancer_maf.yaml", "output_dir={root}/never",
-          "teacher={blocks: -1, hidden: 8}"], "teacher.blocks=-1 must be ≥ 1"),
+        (
+            [
+                "flows",
+                "experiment",
+                "recipes/flows/breast_cancer_maf.yaml",
+                "output_dir={root}/never",
+                "teacher={blocks: -1, hidden: 8}",
+            ],
+            "teacher.blocks=-1 must be ≥ 1",
+        ),
         (["flows", "experiment", *glow, "learning_rate=[1,2]"], "learning_rate=[1, 2] is not valid"),
         (["flows", "experiment", *glow, "seeds=[]"], "seeds=[] must be a non-empty list"),
         (["flows", "experiment", *glow, "studnet_epochs=3"], "did you mean student_epochs"),

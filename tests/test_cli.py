@@ -32,8 +32,22 @@ def prompts_file(tmp_path_factory):
 
 
 def sample_args(teacher_dir, prompts_file, out):
-    return ["sample", "--teacher", str(teacher_dir), "--data", str(prompts_file), "--output", str(out),
-            "--num-samples", "2", "--max-new-tokens", "6", "--batch-size", "3", "--no-progress"]
+    return [
+        "sample",
+        "--teacher",
+        str(teacher_dir),
+        "--data",
+        str(prompts_file),
+        "--output",
+        str(out),
+        "--num-samples",
+        "2",
+        "--max-new-tokens",
+        "6",
+        "--batch-size",
+        "3",
+        "--no-progress",
+    ]
 
 
 def test_sample_then_train_from_a_recipe(teacher_dir, prompts_file, tmp_path):
@@ -41,11 +55,24 @@ def test_sample_then_train_from_a_recipe(teacher_dir, prompts_file, tmp_path):
     samples = load_from_disk(str(tmp_path / "samples"))
     assert len(samples) == 20 and "teacher_sample_ids" in samples.column_names
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "teacher": str(teacher_dir), "train_data": str(tmp_path / "samples"), "student_layers": [0],
-        "objective": "tvd", "output_dir": str(tmp_path / "run"), "max_steps": 2, "per_device_train_batch_size": 4,
-        "max_new_tokens": 6, "use_cpu": True, "report_to": [], "save_strategy": "no", "disable_tqdm": True,
-    }))
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "teacher": str(teacher_dir),
+                "train_data": str(tmp_path / "samples"),
+                "student_layers": [0],
+                "objective": "tvd",
+                "output_dir": str(tmp_path / "run"),
+                "max_steps": 2,
+                "per_device_train_batch_size": 4,
+                "max_new_tokens": 6,
+                "use_cpu": True,
+                "report_to": [],
+                "save_strategy": "no",
+                "disable_tqdm": True,
+            }
+        )
+    )
     main(["train", str(recipe), "max_steps=3", "learning_rate=0.001"])
     assert (tmp_path / "run" / "model.safetensors").exists() and (tmp_path / "run" / "README.md").exists()
     student = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "run")
@@ -60,8 +87,16 @@ def test_bad_input_is_one_clear_line(teacher_dir, prompts_file, tmp_path, capsys
     assert "error: invalid sampling settings: decoding='nucleus'" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
     recipe = tmp_path / "bad.yaml"
-    recipe.write_text(yaml.safe_dump({"teacher": str(teacher_dir), "train_data": str(prompts_file), "objective": "jsd",
-                                      "output_dir": str(tmp_path / "run")}))
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "teacher": str(teacher_dir),
+                "train_data": str(prompts_file),
+                "objective": "jsd",
+                "output_dir": str(tmp_path / "run"),
+            }
+        )
+    )
     with pytest.raises(SystemExit):
         main(["train", str(recipe)])
     assert "objective='jsd'" in capsys.readouterr().err
@@ -74,8 +109,21 @@ def test_two_processes_give_the_same_dataset_as_one(teacher_dir, prompts_file, t
     launcher = shutil.which("accelerate")
     assert launcher, "accelerate's launcher is installed with the package"
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    cmd = [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "-m", "fdistill.cli"] + sample_args(teacher_dir, prompts_file, tmp_path / "two")
+    cmd = [
+        launcher,
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "fdistill.cli",
+    ] + sample_args(teacher_dir, prompts_file, tmp_path / "two")
     cmd.remove("--no-progress")  # each process shows its own progress bar: proof that two really ran
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -89,26 +137,58 @@ def test_two_process_training_equals_one_process(teacher_dir, tmp_path):
     data = tmp_path / "data.jsonl"
     teacher = transformers.AutoModelForCausalLM.from_pretrained(teacher_dir)
     tiny.dataset(8, seed=9, teacher=teacher, tok=tiny.tokenizer()).to_json(str(data))
-    common = {"teacher": str(teacher_dir), "train_data": str(data), "student_layers": [1], "objective": "kl",
-              "loss_reduction": "token", "max_steps": 1, "optim": "sgd", "learning_rate": 1.0, "max_grad_norm": 1.0e9,
-              "use_cpu": True, "report_to": [], "save_strategy": "no", "disable_tqdm": True, "seed": 0,
-              "dataloader_drop_last": True, "max_new_tokens": 6}
+    common = {
+        "teacher": str(teacher_dir),
+        "train_data": str(data),
+        "student_layers": [1],
+        "objective": "kl",
+        "loss_reduction": "token",
+        "max_steps": 1,
+        "optim": "sgd",
+        "learning_rate": 1.0,
+        "max_grad_norm": 1.0e9,
+        "use_cpu": True,
+        "report_to": [],
+        "save_strategy": "no",
+        "disable_tqdm": True,
+        "seed": 0,
+        "dataloader_drop_last": True,
+        "max_new_tokens": 6,
+    }
     recipes = {}
     for name, batch in (("one", 8), ("two", 4)):
         recipes[name] = tmp_path / f"{name}.yaml"
-        recipes[name].write_text(yaml.safe_dump({**common, "per_device_train_batch_size": batch,
-                                                 "output_dir": str(tmp_path / name)}))
+        recipes[name].write_text(
+            yaml.safe_dump({**common, "per_device_train_batch_size": batch, "output_dir": str(tmp_path / name)})
+        )
     main(["train", str(recipes["one"])])
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    cmd = [shutil.which("accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "fdistill.cli", "train", str(recipes["two"])]
+    cmd = [
+        shutil.which("accelerate"),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "fdistill.cli",
+        "train",
+        str(recipes["two"]),
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     one = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "one")
     two = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "two")
     from fdistill.student import create_student_from_teacher
 
-    start = create_student_from_teacher(teacher, layers=[1])  # the step must move the weights for this to mean something
+    start = create_student_from_teacher(
+        teacher, layers=[1]
+    )  # the step must move the weights for this to mean something
     moved = max((a - b).abs().max().item() for a, b in zip(one.parameters(), start.parameters()))
     assert moved > 1e-3
     for (name, a), b in zip(one.named_parameters(), two.parameters()):

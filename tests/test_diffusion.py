@@ -1,12 +1,15 @@
 """fdistill.diffusion: the DDIM map and its inverse, every loss at its target, DSM/VSD against closed-form Gaussian
 scores, the exact denoiser of a point mass, then every method end to end on tiny settings with resume."""
 
+import json
 import math
+import os
 
 import pytest
 import torch
 
 from fdistill.diffusion import ddim_step, progressive_target
+from fdistill.diffusion import experiment as ex
 from fdistill.diffusion.ddim import ddim_sample
 from fdistill.diffusion.losses import (
     denoising_loss,
@@ -25,6 +28,7 @@ from fdistill.diffusion.losses import (
     x0_from_v,
 )
 from fdistill.diffusion.schedule import CLEAN, NoiseSchedule
+from fdistill.errors import InputError, NonFiniteError
 
 SCHEDULE = NoiseSchedule(1000)
 
@@ -51,7 +55,10 @@ def test_schedule_zero_terminal_snr_trailing_grids_nest():
 def test_ddim_of_progressive_target_is_the_target_point():
     g = torch.Generator().manual_seed(0)
     _, _, a_s, s_s, a_t, s_t = _times(64, g)
-    x_s, x_t = torch.randn(64, 5, generator=g, dtype=torch.float64), torch.randn(64, 5, generator=g, dtype=torch.float64)
+    x_s, x_t = (
+        torch.randn(64, 5, generator=g, dtype=torch.float64),
+        torch.randn(64, 5, generator=g, dtype=torch.float64),
+    )
     x_tilde = progressive_target(x_s, x_t, a_s, s_s, a_t, s_t)
     torch.testing.assert_close(ddim_step(x_s, x_tilde, a_s, s_s, a_t, s_t), x_t, rtol=1e-9, atol=1e-9)
     # and DDIM written as the lecture writes it: (β_t/β_s)·x_s + α_s(α_t/α_s − β_t/β_s)·x̂₀ (for α_s > 0)
@@ -128,9 +135,12 @@ def test_denoising_loss_is_dsm_weighted_by_sigma2_over_alpha2():
     x0, eps, v_hat = (torch.randn(16, 3, generator=g, dtype=torch.float64) for _ in range(3))
     x_t = a * x0 + s * eps
     score = score_from_x0(x_t, x0_from_v(x_t, v_hat, a, s), a, s)
-    per = torch.stack([denoising_loss(v_hat[i:i + 1], x0[i:i + 1], eps[i:i + 1], a[i:i + 1], s[i:i + 1])
-                       for i in range(16)])
-    dsm = torch.stack([dsm_loss(score[i:i + 1], x_t[i:i + 1], x0[i:i + 1], a[i:i + 1], s[i:i + 1]) for i in range(16)])
+    per = torch.stack(
+        [denoising_loss(v_hat[i : i + 1], x0[i : i + 1], eps[i : i + 1], a[i : i + 1], s[i : i + 1]) for i in range(16)]
+    )
+    dsm = torch.stack(
+        [dsm_loss(score[i : i + 1], x_t[i : i + 1], x0[i : i + 1], a[i : i + 1], s[i : i + 1]) for i in range(16)]
+    )
     torch.testing.assert_close(per, dsm * (s / a).squeeze(1) ** 2)
 
 
@@ -150,7 +160,9 @@ def test_dsm_minimiser_is_the_closed_form_gaussian_score():
     # and the closed-form score has a smaller DSM loss than a perturbed one
     exact = (-(x_t - alpha * m) / v).unsqueeze(1)
     args = (x_t.unsqueeze(1), x0.unsqueeze(1), alpha, sigma)
-    assert dsm_loss(exact, *args) < dsm_loss(exact + 0.05, *args) and dsm_loss(exact, *args) < dsm_loss(exact * 1.05, *args)
+    assert dsm_loss(exact, *args) < dsm_loss(exact + 0.05, *args) and dsm_loss(exact, *args) < dsm_loss(
+        exact * 1.05, *args
+    )
 
 
 def test_vsd_generator_gradient_is_the_closed_form_score_difference():
@@ -185,19 +197,44 @@ def test_dmd_direction_is_vsd_with_its_normalising_weight():
 
 
 # ---------------------------------------------------------------- methods end to end, resume, CLI, bad input
-import json
-import os
 
-from fdistill.diffusion import experiment as ex
-from fdistill.errors import InputError, NonFiniteError
-
-TINY = ["student_classes=unconditional", "teacher_steps=40", "kd_steps=4", "num_pairs=24", "pairs_shard_size=10", "pd_start_steps=4",
-        "pd_steps_per_round=3", "vsd_steps=3", "guidance_steps=3", "eval_steps=[4,2,1]", "num_eval_samples=40",
-        "seeds=[0,1]", "kd_teacher_steps=4", "batch_size=16", "hidden=16", "depth=1", "toy_train_size=64"]
-DIGITS = ["dataset=digits", "channels=[8,16]", "teacher_steps=3", "feature_epochs=1", "seeds=[0]",
-          "num_eval_samples=20", "pd_start_steps=2", "eval_steps=[2,1]", "kd_teacher_steps=2", "num_pairs=8",
-          "pairs_shard_size=8", "kd_steps=2", "pd_steps_per_round=2", "vsd_steps=2", "guidance_steps=2",
-          "batch_size=8"]
+TINY = [
+    "student_classes=unconditional",
+    "teacher_steps=40",
+    "kd_steps=4",
+    "num_pairs=24",
+    "pairs_shard_size=10",
+    "pd_start_steps=4",
+    "pd_steps_per_round=3",
+    "vsd_steps=3",
+    "guidance_steps=3",
+    "eval_steps=[4,2,1]",
+    "num_eval_samples=40",
+    "seeds=[0,1]",
+    "kd_teacher_steps=4",
+    "batch_size=16",
+    "hidden=16",
+    "depth=1",
+    "toy_train_size=64",
+]
+DIGITS = [
+    "dataset=digits",
+    "channels=[8,16]",
+    "teacher_steps=3",
+    "feature_epochs=1",
+    "seeds=[0]",
+    "num_eval_samples=20",
+    "pd_start_steps=2",
+    "eval_steps=[2,1]",
+    "kd_teacher_steps=2",
+    "num_pairs=8",
+    "pairs_shard_size=8",
+    "kd_steps=2",
+    "pd_steps_per_round=2",
+    "vsd_steps=2",
+    "guidance_steps=2",
+    "batch_size=8",
+]
 
 
 def _config(tmp_path, extra=()):
@@ -213,8 +250,11 @@ def test_toy_experiment_every_method_end_to_end_then_resumes_without_training(tm
     config = _config(tmp_path)
     result = ex.run_experiment(config, log=None)
     samplers = {(r["model"], r["steps"]) for r in result["rows"]}
-    expected = {("teacher", k) for k in (4, 2, 1)} | {("guided teacher", k) for k in (4, 2, 1)} | {
-        ("kd", 1), ("vsd", 1), ("dmd", 1), ("pd", 2), ("pd", 1), ("guidance", 4), ("guidance", 2), ("guidance", 1)}
+    expected = (
+        {("teacher", k) for k in (4, 2, 1)}
+        | {("guided teacher", k) for k in (4, 2, 1)}
+        | {("kd", 1), ("vsd", 1), ("dmd", 1), ("pd", 2), ("pd", 1), ("guidance", 4), ("guidance", 2), ("guidance", 1)}
+    )
     assert samplers == expected and len(result["rows"]) == 2 * len(expected)
     for row in result["rows"]:
         assert all(math.isfinite(row[k]) for k in ("log_likelihood", "energy_distance", "mse_to_teacher"))
@@ -227,7 +267,10 @@ def test_toy_experiment_every_method_end_to_end_then_resumes_without_training(tm
     assert len(os.listdir(f"{tmp_path}/run/pairs")) == 1 + 3  # provenance + 3 shards of ≤ 10 pairs
     _no_training(monkeypatch)
     again = ex.run_experiment(config, log=None)
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "samples_per_s"} for r in rows]
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k != "samples_per_s"} for r in rows]
+
     assert strip(again["rows"]) == strip(result["rows"])
 
 
@@ -250,8 +293,11 @@ def test_pairs_are_a_resumable_datasets_dataset(tmp_path):
     def make(index, count):
         calls.append(index)
         g = torch.Generator().manual_seed(index)
-        return {"noise": torch.randn(count, 2, generator=g), "label": torch.zeros(count, dtype=torch.long),
-                "target": torch.randn(count, 2, generator=g)}
+        return {
+            "noise": torch.randn(count, 2, generator=g),
+            "label": torch.zeros(count, dtype=torch.long),
+            "target": torch.randn(count, 2, generator=g),
+        }
 
     prov = {"sample_shape": [2], "teacher": "x"}
     first = build_pairs(str(tmp_path), prov, 25, 10, make, log=None)
@@ -272,7 +318,10 @@ def test_digits_unet_teacher_and_every_method_end_to_end(tmp_path):
     models = {(r["model"], r["steps"]) for r in result["rows"]}
     assert {("kd", 1), ("pd", 1), ("vsd", 1), ("dmd", 1), ("guidance", 2), ("guidance", 1)} <= models
     assert all(math.isfinite(r["digits_fd"]) and 0 <= r["class_accuracy"] <= 1 for r in result["rows"])
-    assert math.isfinite(result["floor"]["digits_fd"]) and "Real-vs-real floor" in (tmp_path / "d" / "table.md").read_text()
+    assert (
+        math.isfinite(result["floor"]["digits_fd"])
+        and "Real-vs-real floor" in (tmp_path / "d" / "table.md").read_text()
+    )
 
 
 def test_a_diverging_teacher_is_an_error_naming_the_stage(tmp_path, monkeypatch):
@@ -284,12 +333,21 @@ def test_a_diverging_teacher_is_an_error_naming_the_stage(tmp_path, monkeypatch)
     assert not os.path.exists(f"{tmp_path}/run/teacher.json")  # nothing saved as finished
 
 
-@pytest.mark.parametrize("override, match", [
-    ("pd_start_steps=6", "power of two"), ("methods=[kd, cm]", "unknown methods"), ("batch_size=0", "batch_size"),
-    ("dataset=cifar", "dataset"), ("eval_steps=[]", "eval_steps"), ("guidance_weight=9", "guidance_w_max"),
-    ("learning_rate=nan", "learning_rate"), ("label_dropout=0", "unconditional"),
-    ("num_train_timesteps=1001", "divisible"), ("seeds=[0, 0]", "repeats"),
-])
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("pd_start_steps=6", "power of two"),
+        ("methods=[kd, cm]", "unknown methods"),
+        ("batch_size=0", "batch_size"),
+        ("dataset=cifar", "dataset"),
+        ("eval_steps=[]", "eval_steps"),
+        ("guidance_weight=9", "guidance_w_max"),
+        ("learning_rate=nan", "learning_rate"),
+        ("label_dropout=0", "unconditional"),
+        ("num_train_timesteps=1001", "divisible"),
+        ("seeds=[0, 0]", "repeats"),
+    ],
+)
 def test_bad_settings_are_one_clear_error(tmp_path, override, match):
     with pytest.raises(InputError, match=match):
         _config(tmp_path, [override])
@@ -299,13 +357,16 @@ def test_cli_commands_and_their_errors(tmp_path, capsys):
     from fdistill.cli import main
 
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("\n".join(x.replace("=", ": ", 1) for x in TINY + ["methods: [pd]", "seeds: [0]"])
-                      + f"\noutput_dir: {tmp_path}/c\n")
-    for argv, text in [(["distill", str(recipe), "--method", "cm"], "--method='cm'"),
-                       (["sample", str(recipe), "--model", "pd", "--steps", "3", "--out", str(tmp_path / "s")],
-                        "--steps=3"),
-                       (["sample", str(recipe), "--model", "teacher", "--out", str(tmp_path / "s")], "does not exist"),
-                       (["teacher", str(recipe), "pd_start_steps=3"], "power of two")]:
+    recipe.write_text(
+        "\n".join(x.replace("=", ": ", 1) for x in TINY + ["methods: [pd]", "seeds: [0]"])
+        + f"\noutput_dir: {tmp_path}/c\n"
+    )
+    for argv, text in [
+        (["distill", str(recipe), "--method", "cm"], "--method='cm'"),
+        (["sample", str(recipe), "--model", "pd", "--steps", "3", "--out", str(tmp_path / "s")], "--steps=3"),
+        (["sample", str(recipe), "--model", "teacher", "--out", str(tmp_path / "s")], "does not exist"),
+        (["teacher", str(recipe), "pd_start_steps=3"], "power of two"),
+    ]:
         with pytest.raises(SystemExit) as exit_info:
             main(["diffusion", *argv])
         err = capsys.readouterr().err
@@ -314,8 +375,21 @@ def test_cli_commands_and_their_errors(tmp_path, capsys):
     main(["diffusion", "teacher", str(recipe)])
     main(["diffusion", "distill", str(recipe), "--method", "pd", "--seed", "0"])
     capsys.readouterr()
-    main(["diffusion", "sample", str(recipe), "--model", "pd", "--steps", "1", "--num", "5", "--out",
-          str(tmp_path / "s")])
+    main(
+        [
+            "diffusion",
+            "sample",
+            str(recipe),
+            "--model",
+            "pd",
+            "--steps",
+            "1",
+            "--num",
+            "5",
+            "--out",
+            str(tmp_path / "s"),
+        ]
+    )
     meta = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert meta["nfe_per_sample"] == 1 and os.path.exists(tmp_path / "s" / "samples.safetensors")
     main(["diffusion", "evaluate", str(recipe), "--seed", "0"])

@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from toy_models import IGNORE, ToyAR, enumerate_sequences, sequence_logprob
 
 from fdistill.divergences import (
     SampledSequences,
@@ -18,7 +19,6 @@ from fdistill.divergences import (
     step_divergence,
     token_logprobs,
 )
-from toy_models import IGNORE, ToyAR, enumerate_sequences, sequence_logprob
 
 SPACES = {  # name: (vocab, max length, eos id)
     "fixed-length": (3, 5, None),
@@ -45,8 +45,17 @@ def space(request):
     seqs = enumerate_sequences(vocab, length, eos)
     t_logits, s_logits = teacher.logits(seqs), student.logits(seqs)
     lp, lq = sequence_logprob(t_logits, seqs), sequence_logprob(s_logits, seqs)
-    return dict(seqs=seqs, t_logits=t_logits, s_logits=s_logits, lp=lp, lq=lq, teacher=teacher, student=student,
-                length=length, eos=eos)
+    return dict(
+        seqs=seqs,
+        t_logits=t_logits,
+        s_logits=s_logits,
+        lp=lp,
+        lq=lq,
+        teacher=teacher,
+        student=student,
+        length=length,
+        eos=eos,
+    )
 
 
 def expected_step_sum(space, kind, on, weight=None):
@@ -61,7 +70,10 @@ def expected_step_sum(space, kind, on, weight=None):
 def exact_weight(space, beta=0.5):
     labels = space["seqs"]
     return exact_js_mixture_weight(
-        token_logprobs(space["t_logits"], labels), token_logprobs(space["s_logits"], labels), labels != IGNORE, beta=beta
+        token_logprobs(space["t_logits"], labels),
+        token_logprobs(space["s_logits"], labels),
+        labels != IGNORE,
+        beta=beta,
     )
 
 
@@ -81,7 +93,9 @@ def test_kl_and_rkl_decompose_exactly(space):
 def test_js_with_exact_mixture_decomposes_exactly(space, beta):
     exact = exact_divergences(space["lp"], space["lq"], beta)["js"]
     w = exact_weight(space, beta)
-    decomposed = beta * expected_step_sum(space, "js", "teacher", w) + (1 - beta) * expected_step_sum(space, "js", "student", w)
+    decomposed = beta * expected_step_sum(space, "js", "teacher", w) + (1 - beta) * expected_step_sum(
+        space, "js", "student", w
+    )
     assert decomposed == pytest.approx(exact, abs=1e-10)
 
 
@@ -129,8 +143,11 @@ def test_monte_carlo_batch_loss_converges_to_exact(space, kind):
             continue
         w = None
         if kind == "js":
-            w = exact_js_mixture_weight(token_logprobs(batch.teacher_logits, batch.labels),
-                                        token_logprobs(batch.student_logits, batch.labels), batch.labels != IGNORE)
+            w = exact_js_mixture_weight(
+                token_logprobs(batch.teacher_logits, batch.labels),
+                token_logprobs(batch.student_logits, batch.labels),
+                batch.labels != IGNORE,
+            )
         terms = step_divergence(kind, batch.student_logits, batch.teacher_logits, on=side, mixture_weight=w)
         per_seq = torch.where(batch.labels != IGNORE, terms, torch.zeros_like(terms)).sum(-1)
         assert per_seq.mean().item() == pytest.approx(coeff.item(), rel=1e-12)

@@ -217,7 +217,9 @@ def test_combined_loss_uses_the_right_sides():
 @pytest.mark.parametrize("kind", KINDS)
 def test_micro_batches_with_global_counts_equal_the_full_batch(kind, reduction):
     t_side, s_side = batch(b=6, seed=70), batch(b=6, seed=80)
-    full = f_divergence_loss(kind, teacher_samples=t_side, student_samples=s_side, js_mixture="exact", reduction=reduction)
+    full = f_divergence_loss(
+        kind, teacher_samples=t_side, student_samples=s_side, js_mixture="exact", reduction=reduction
+    )
 
     def count(side):
         mask = side.labels != -100
@@ -226,12 +228,17 @@ def test_micro_batches_with_global_counts_equal_the_full_batch(kind, reduction):
     total = 0.0
     for part in (slice(0, 2), slice(2, 6)):
         halves = [
-            SampledSequences(x.student_logits[part], x.teacher_logits[part], x.labels[part], num_items_in_batch=count(x))
+            SampledSequences(
+                x.student_logits[part], x.teacher_logits[part], x.labels[part], num_items_in_batch=count(x)
+            )
             for x in (t_side, s_side)
         ]
-        total = total + f_divergence_loss(
-            kind, teacher_samples=halves[0], student_samples=halves[1], js_mixture="exact", reduction=reduction
-        ).loss
+        total = (
+            total
+            + f_divergence_loss(
+                kind, teacher_samples=halves[0], student_samples=halves[1], js_mixture="exact", reduction=reduction
+            ).loss
+        )
     torch.testing.assert_close(total, full.loss)
 
 
@@ -269,9 +276,15 @@ def test_engine_is_rkl_without_the_entropy_bonus():
 def test_word_kd_matches_kl_div_times_t_squared():
     s, t = logits(3, 5, 40, seed=94), logits(3, 5, 40, seed=95)
     temperature = 2.0
-    ref = F.kl_div(
-        torch.log_softmax(s / temperature, -1), torch.log_softmax(t / temperature, -1), log_target=True, reduction="none"
-    ).sum(-1) * temperature**2
+    ref = (
+        F.kl_div(
+            torch.log_softmax(s / temperature, -1),
+            torch.log_softmax(t / temperature, -1),
+            log_target=True,
+            reduction="none",
+        ).sum(-1)
+        * temperature**2
+    )
     torch.testing.assert_close(word_kd_terms(s, t, temperature=temperature), ref, rtol=1e-5, atol=1e-6)
 
 

@@ -58,10 +58,20 @@ def test_evaluate_model_and_report(tmp_path):
     tok = tiny.tokenizer()
     teacher, student = tiny.llama(2, seed=0, init=0.15), tiny.llama(1, seed=1)
     data = tiny.dataset(6, seed=3)
-    result, texts = evaluate_model(student, tok, data["prompt"], {"reference": data["reference"]}, teacher=teacher,
-                                   max_new_tokens=5)
+    result, texts = evaluate_model(
+        student, tok, data["prompt"], {"reference": data["reference"]}, teacher=teacher, max_new_tokens=5
+    )
     assert len(texts) == 6
-    for key in ("reference/bleu", "reference/rouge1", "reference/distinct2", "r_llh", "r_cvg", "kl", "js", "parameters"):
+    for key in (
+        "reference/bleu",
+        "reference/rouge1",
+        "reference/distinct2",
+        "r_llh",
+        "r_cvg",
+        "kl",
+        "js",
+        "parameters",
+    ):
         assert key in result
     assert result["parameters"] == sum(p.numel() for p in student.parameters())
     paths = write_report({"student": result}, str(tmp_path))
@@ -72,16 +82,40 @@ def test_evaluate_model_and_report(tmp_path):
 
 def test_evaluate_command_and_combine(tmp_path):
     tok = tiny.tokenizer()
-    for name, model in (("teacher", tiny.llama(2, seed=0, init=0.15)), ("s1", tiny.llama(1, seed=1)), ("s2", tiny.llama(1, seed=2))):
+    for name, model in (
+        ("teacher", tiny.llama(2, seed=0, init=0.15)),
+        ("s1", tiny.llama(1, seed=1)),
+        ("s2", tiny.llama(1, seed=2)),
+    ):
         model.save_pretrained(tmp_path / name)
         tok.save_pretrained(tmp_path / name)
     tiny.dataset(5, seed=4).to_json(str(tmp_path / "test.jsonl"))
-    common = ["evaluate", "--teacher", str(tmp_path / "teacher"), "--data", str(tmp_path / "test.jsonl"), "--split", "train",
-              "--max-new-tokens", "5"]
+    common = [
+        "evaluate",
+        "--teacher",
+        str(tmp_path / "teacher"),
+        "--data",
+        str(tmp_path / "test.jsonl"),
+        "--split",
+        "train",
+        "--max-new-tokens",
+        "5",
+    ]
     main(common + ["--models", f"s1={tmp_path / 's1'}", "--output", str(tmp_path / "a")])
-    main(common + ["--models", f"s2={tmp_path / 's2'}", "--include-teacher", "--teacher-dist", "--output", str(tmp_path / "b")])
-    main(["evaluate", "--combine", str(tmp_path / "a" / "results.json"), str(tmp_path / "b" / "results.json"),
-          "--output", str(tmp_path / "c")])
+    main(
+        common
+        + ["--models", f"s2={tmp_path / 's2'}", "--include-teacher", "--teacher-dist", "--output", str(tmp_path / "b")]
+    )
+    main(
+        [
+            "evaluate",
+            "--combine",
+            str(tmp_path / "a" / "results.json"),
+            str(tmp_path / "b" / "results.json"),
+            "--output",
+            str(tmp_path / "c"),
+        ]
+    )
     combined = json.loads((tmp_path / "c" / "results.json").read_text())
     assert set(combined) == {"s1", "s2", "teacher"} and "teacher_dist" in combined["teacher"]
     assert combined == combine_results([str(tmp_path / "a" / "results.json"), str(tmp_path / "b" / "results.json")])
@@ -90,8 +124,21 @@ def test_evaluate_command_and_combine(tmp_path):
 def test_evaluate_command_names_a_missing_reference_column(tmp_path, capsys):
     tiny.dataset(3, seed=4).to_json(str(tmp_path / "test.jsonl"))
     with pytest.raises(SystemExit):
-        main(["evaluate", "--data", str(tmp_path / "test.jsonl"), "--split", "train", "--reference-column", "gold",
-              "--models", "x=/nonexistent", "--output", str(tmp_path / "o")])
+        main(
+            [
+                "evaluate",
+                "--data",
+                str(tmp_path / "test.jsonl"),
+                "--split",
+                "train",
+                "--reference-column",
+                "gold",
+                "--models",
+                "x=/nonexistent",
+                "--output",
+                str(tmp_path / "o"),
+            ]
+        )
     assert "no column 'gold'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
@@ -129,14 +176,26 @@ def test_evaluate_command_rejects_bad_input_before_work(tmp_path, capsys, extra,
     data = str(tmp_path / "test.jsonl")
     tiny.dataset(3, seed=4).to_json(data)
     fill = {
-        "nulls": _jsonl(tmp_path / "nulls.jsonl", [{"prompt": "a", "question": None, "reference": "b"},
-                                                    {"prompt": "c", "question": "d", "reference": None}]),
+        "nulls": _jsonl(
+            tmp_path / "nulls.jsonl",
+            [{"prompt": "a", "question": None, "reference": "b"}, {"prompt": "c", "question": "d", "reference": None}],
+        ),
         "noref": _jsonl(tmp_path / "noref.jsonl", [{"prompt": "a cat"}]),
         "file": str(tmp_path / "results.json"),
         "missing": str(tmp_path / "missing.json"),
     }
     (tmp_path / "results.json").write_text("not json")
-    argv = ["evaluate", "--data", data, "--split", "train", "--models", "x=/nonexistent", "--output", str(tmp_path / "o")]
+    argv = [
+        "evaluate",
+        "--data",
+        data,
+        "--split",
+        "train",
+        "--models",
+        "x=/nonexistent",
+        "--output",
+        str(tmp_path / "o"),
+    ]
     argv += [e.format(**fill) for e in extra]
     with pytest.raises(SystemExit) as stop:
         main(argv)
@@ -153,9 +212,28 @@ def test_evaluate_without_references_and_against_the_teacher(tmp_path):
         model.save_pretrained(tmp_path / name)
         tok.save_pretrained(tmp_path / name)
     data = _jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in tiny.prompts(4, seed=2)])
-    main(["evaluate", "--teacher", str(tmp_path / "teacher"), "--data", data, "--split", "train", "--max-new-tokens", "4",
-          "--models", f"s1={tmp_path / 's1'}", "--include-teacher", "--against-teacher", "--metrics", "bleu", "rouge",
-          "--output", str(tmp_path / "out")])
+    main(
+        [
+            "evaluate",
+            "--teacher",
+            str(tmp_path / "teacher"),
+            "--data",
+            data,
+            "--split",
+            "train",
+            "--max-new-tokens",
+            "4",
+            "--models",
+            f"s1={tmp_path / 's1'}",
+            "--include-teacher",
+            "--against-teacher",
+            "--metrics",
+            "bleu",
+            "rouge",
+            "--output",
+            str(tmp_path / "out"),
+        ]
+    )
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     s1 = results["s1"]
     assert "r_llh" in s1 and "kl" in s1 and "teacher/bleu" in s1 and "teacher/rougeL" in s1
@@ -168,8 +246,10 @@ def test_evaluate_without_references_and_against_the_teacher(tmp_path):
 
 
 def test_report_keeps_non_finite_values_visible(tmp_path):
-    results = {"a": {"kl": float("nan"), "r_llh": float("inf"), "bleu": 3.0, "reference/tokenize": "zh"},
-               "b": {"kl": 1.5, "r_llh": 2.0, "bleu": float("-inf"), "reference/tokenize": "zh"}}
+    results = {
+        "a": {"kl": float("nan"), "r_llh": float("inf"), "bleu": 3.0, "reference/tokenize": "zh"},
+        "b": {"kl": 1.5, "r_llh": 2.0, "bleu": float("-inf"), "reference/tokenize": "zh"},
+    }
     paths = write_report(results, str(tmp_path / "r"))
     text = open(paths["json"]).read()
     assert json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))["a"]["kl"] == "NaN"
@@ -178,7 +258,9 @@ def test_report_keeps_non_finite_values_visible(tmp_path):
     assert "**3 non-finite value(s)**" in md and "a: kl, a: r_llh, b: bleu" in md
     assert "reference/tokenize: zh (all models)" in md and "| zh |" not in md  # text values below the table
     back = combine_results([paths["json"]])
-    assert back["a"]["r_llh"] == float("inf") and back["b"]["bleu"] == float("-inf") and back["a"]["kl"] != back["a"]["kl"]
+    assert (
+        back["a"]["r_llh"] == float("inf") and back["b"]["bleu"] == float("-inf") and back["a"]["kl"] != back["a"]["kl"]
+    )
     assert back["a"]["reference/tokenize"] == "zh"
 
 
@@ -213,8 +295,23 @@ def test_a_model_with_nan_logits_stops_the_evaluation_with_one_line(tmp_path, ca
     tiny.dataset(2, seed=4).to_json(str(tmp_path / "test.jsonl"))
     capsys.readouterr()
     with pytest.raises(SystemExit) as stop:
-        main(["evaluate", "--teacher", str(tmp_path / "teacher"), "--data", str(tmp_path / "test.jsonl"), "--split",
-              "train", "--max-new-tokens", "3", "--models", f"b={tmp_path / 'broken'}", "--output", str(tmp_path / "o")])
+        main(
+            [
+                "evaluate",
+                "--teacher",
+                str(tmp_path / "teacher"),
+                "--data",
+                str(tmp_path / "test.jsonl"),
+                "--split",
+                "train",
+                "--max-new-tokens",
+                "3",
+                "--models",
+                f"b={tmp_path / 'broken'}",
+                "--output",
+                str(tmp_path / "o"),
+            ]
+        )
     assert stop.value.code == 1
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert len(errors) == 1 and "student's next-token probabilities hold NaN" in errors[0]
@@ -229,10 +326,12 @@ def test_evaluation_leaves_the_callers_rng_untouched_and_repeats_for_a_seed():
     kw = {"num_samples": 2, "max_new_tokens": 5, "batch_size": 3, "seed": 4}
 
     def calls():
-        return (metrics_module.sequence_divergences(student, teacher, tok, prompts, **kw),
-                metrics_module.teacher_completions(teacher, tok, prompts, **kw),
-                generate_texts(teacher, tok, prompts, decoding="sample", **kw).texts,
-                evaluate_model(student, tok, prompts, {}, teacher=teacher, max_new_tokens=5, batch_size=3, seed=4)[0])
+        return (
+            metrics_module.sequence_divergences(student, teacher, tok, prompts, **kw),
+            metrics_module.teacher_completions(teacher, tok, prompts, **kw),
+            generate_texts(teacher, tok, prompts, decoding="sample", **kw).texts,
+            evaluate_model(student, tok, prompts, {}, teacher=teacher, max_new_tokens=5, batch_size=3, seed=4)[0],
+        )
 
     torch.manual_seed(99)
     state = torch.get_rng_state()
@@ -243,5 +342,7 @@ def test_evaluation_leaves_the_callers_rng_untouched_and_repeats_for_a_seed():
     assert first[0] == second[0] and first[2] == second[2]
     assert all(torch.equal(x, y) for a, b in zip(first[1], second[1]) for x, y in zip(a, b))
     speed = ("generation_tokens_per_s",)
-    assert {k: v for k, v in first[3].items() if k not in speed} == {k: v for k, v in second[3].items() if k not in speed}
+    assert {k: v for k, v in first[3].items() if k not in speed} == {
+        k: v for k, v in second[3].items() if k not in speed
+    }
     assert first[0] != metrics_module.sequence_divergences(student, teacher, tok, prompts, **{**kw, "seed": 5})

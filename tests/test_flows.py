@@ -256,9 +256,18 @@ def test_sample_grid(tmp_path):
     assert path.stat().st_size > 1000
 
 
-TINY = ["teacher={levels: 3, depth: 2, hidden: 8}", "student={levels: 3, depth: 1, hidden: 8}", "teacher_epochs=1",
-        "student_epochs=1", "skd_warmup_epochs=0", "seeds=[0, 1]", "num_samples=64", "bootstrap_rounds=5",
-        "feature_epochs=1", "batch_size=256"]
+TINY = [
+    "teacher={levels: 3, depth: 2, hidden: 8}",
+    "student={levels: 3, depth: 1, hidden: 8}",
+    "teacher_epochs=1",
+    "student_epochs=1",
+    "skd_warmup_epochs=0",
+    "seeds=[0, 1]",
+    "num_samples=64",
+    "bootstrap_rounds=5",
+    "feature_epochs=1",
+    "batch_size=256",
+]
 
 
 def test_experiment_runs_end_to_end_and_resumes(tmp_path, capsys):
@@ -289,10 +298,20 @@ def test_experiment_runs_end_to_end_and_resumes(tmp_path, capsys):
 
 def test_tabular_experiment_with_maf(tmp_path):
     out = str(tmp_path / "tab")
-    config = load_experiment_config("recipes/flows/breast_cancer_maf.yaml", [
-        "teacher={blocks: 3, hidden: 16}", "student={blocks: 1, hidden: 16}", "teacher_epochs=2",
-        "student_epochs=2", "seeds=[0]", "num_samples=64", "bootstrap_rounds=5", "skd_warmup_epochs=1",
-        f"output_dir={out}"])
+    config = load_experiment_config(
+        "recipes/flows/breast_cancer_maf.yaml",
+        [
+            "teacher={blocks: 3, hidden: 16}",
+            "student={blocks: 1, hidden: 16}",
+            "teacher_epochs=2",
+            "student_epochs=2",
+            "seeds=[0]",
+            "num_samples=64",
+            "bootstrap_rounds=5",
+            "skd_warmup_epochs=1",
+            f"output_dir={out}",
+        ],
+    )
     summary = run_experiment(config)
     assert [r["model"] for r in summary["records"]] == ["teacher", "nll", "lkd", "ilkd", "skd"]
     assert all(math.isfinite(r["test_nll"]) for r in summary["records"])
@@ -310,9 +329,14 @@ def test_config_errors_name_the_fix():
         load_experiment_config(None, ["method_weights={x: {kd: 1}}"])
     with pytest.raises(ValueError, match="not key=value"):
         load_experiment_config(None, ["seeds"])
-    for bad, message in [("seeds=3", "list of ints"), ("max_grad_norm=0", "max_grad_norm"),
-                         ("alignment=every", "unknown alignment"), ("bootstrap_rounds=0", "bootstrap_rounds"),
-                         ("teacher_epochs=abc", "teacher_epochs"), ("skd_warmup_epochs=500", "never be applied")]:
+    for bad, message in [
+        ("seeds=3", "list of ints"),
+        ("max_grad_norm=0", "max_grad_norm"),
+        ("alignment=every", "unknown alignment"),
+        ("bootstrap_rounds=0", "bootstrap_rounds"),
+        ("teacher_epochs=abc", "teacher_epochs"),
+        ("skd_warmup_epochs=500", "never be applied"),
+    ]:
         with pytest.raises(ValueError, match=message):
             load_experiment_config(None, [bad])
     with pytest.raises(ValueError, match="not found"):
@@ -355,7 +379,10 @@ def test_maf_and_iaf_parallel_directions(monkeypatch):
     for cls, parallel in ((MAF, "forward"), (IAF, "inverse")):
         flow = cls(features=5, blocks=2, hidden=8).eval()
         counts = {}
-        for direction, run in (("forward", lambda: flow(torch.randn(3, 5))), ("inverse", lambda: flow.sample(3))):
+        for direction, run in (
+            ("forward", lambda flow=flow: flow(torch.randn(3, 5))),
+            ("inverse", lambda flow=flow: flow.sample(3)),
+        ):
             calls["n"] = 0
             run()
             counts[direction] = calls["n"]
@@ -377,15 +404,20 @@ def test_resume_refuses_runs_trained_with_other_settings(tmp_path):
     out = str(tmp_path / "exp")
     base = TINY + ["seeds=[0]", "methods=[nll]", f"output_dir={out}"]
     run_experiment(load_experiment_config("recipes/flows/digits_glow.yaml", base))
-    changed = load_experiment_config("recipes/flows/digits_glow.yaml", base + ["student={levels: 3, depth: 1, hidden: 4}"])
+    changed = load_experiment_config(
+        "recipes/flows/digits_glow.yaml", base + ["student={levels: 3, depth: 1, hidden: 4}"]
+    )
     with pytest.raises(ValueError, match="student differ"):
         run_experiment(changed)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("student={levels: 2, depth: 1, hidden: 8}", "same number of levels"),
-    ("teacher={levles: 3}", "does not fit flow=glow"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("student={levels: 2, depth: 1, hidden: 8}", "same number of levels"),
+        ("teacher={levles: 3}", "does not fit flow=glow"),
+    ],
+)
 def test_bad_architectures_fail_before_anything_is_written(tmp_path, override, message):
     out = str(tmp_path / "never")
     with pytest.raises(ValueError, match=message):  # from the config (sizes, keys) or the preflight (alignment)
@@ -393,23 +425,27 @@ def test_bad_architectures_fail_before_anything_is_written(tmp_path, override, m
     assert not os.path.exists(out)
 
 
-@pytest.mark.parametrize("stage_file", ["digits_feature_net.pt", "digits_feature_net.safetensors",
-                                        "teacher_seed0/flow.safetensors"])
+@pytest.mark.parametrize(
+    "stage_file", ["digits_feature_net.pt", "digits_feature_net.safetensors", "teacher_seed0/flow.safetensors"]
+)
 def test_crafted_pickle_in_the_output_folder_is_never_run(tmp_path, crafted_pickle, stage_file):
     """Resume reads JSON + safetensors only: a pickle where a stage file is expected is an error, never executed."""
     from fdistill.flows.checks import StageFileError
 
     out, marker = tmp_path / "exp", tmp_path / "marker"
-    config = load_experiment_config("recipes/flows/digits_glow.yaml",
-                                    TINY + ["seeds=[0]", "methods=[nll]", f"output_dir={out}"])
+    config = load_experiment_config(
+        "recipes/flows/digits_glow.yaml", TINY + ["seeds=[0]", "methods=[nll]", f"output_dir={out}"]
+    )
     (out / "teacher_seed0").mkdir(parents=True)
     crafted_pickle(out / stage_file, marker)
     if stage_file == "digits_feature_net.safetensors":  # a complete-looking stage whose tensors are a pickle
         settings = {"dataset": "digits", "split_seed": 0, "feature_epochs": 1}
         json.dump({"settings": settings, "accuracy": 1.0}, open(out / "digits_feature_net.json", "w"))
     if stage_file.startswith("teacher_seed0"):
-        json.dump({"kind": "glow", "config": {"image_shape": [1, 8, 8], "levels": 3, "depth": 2, "hidden": 8}},
-                  open(out / "teacher_seed0" / "flow.json", "w"))
+        json.dump(
+            {"kind": "glow", "config": {"image_shape": [1, 8, 8], "levels": 3, "depth": 2, "hidden": 8}},
+            open(out / "teacher_seed0" / "flow.json", "w"),
+        )
         json.dump({"settings": config.run_settings("teacher")}, open(out / "teacher_seed0" / "result.json", "w"))
     with pytest.raises(StageFileError, match="(?i)delete") as error:
         run_experiment(config, log=lambda *_: None)
@@ -425,29 +461,46 @@ def test_a_run_whose_steps_are_all_non_finite_is_an_error_not_a_result(tmp_path,
     nan_loss = lambda flow, x, *args: {"loss": flow(x).log_prob.mean() * float("nan")}  # noqa: E731
     monkeypatch.setattr(training, "distillation_loss", nan_loss)
     flow = Glow(image_shape=(1, 8, 8), levels=3, depth=1, hidden=8)
-    with pytest.raises(ValueError, match=r"training teacher seed 0 failed: .*4 of 4 optimiser steps skipped.*"
-                                         r"learning_rate=0.001"):
+    with pytest.raises(
+        ValueError,
+        match=r"training teacher seed 0 failed: .*4 of 4 optimiser steps skipped.*"
+        r"learning_rate=0.001",
+    ):
         train_flow(flow, data, FlowTrainingArguments(epochs=1, batch_size=64), name="teacher seed 0")
     out = tmp_path / "exp"
-    config = load_experiment_config("recipes/flows/digits_glow.yaml",
-                                    TINY + ["seeds=[0]", "methods=[nll]", f"output_dir={out}"])
+    config = load_experiment_config(
+        "recipes/flows/digits_glow.yaml", TINY + ["seeds=[0]", "methods=[nll]", f"output_dir={out}"]
+    )
     with pytest.raises(ValueError, match="training teacher seed 0 failed"):
         run_experiment(config, log=lambda *_: None)
     assert not (out / "teacher_seed0").exists() and not (out / "results.json").exists()  # nothing saved as finished
 
 
-@pytest.mark.parametrize("override, message", [
-    ("teacher={levels: 3, depth: 2, hidden: -1}", "teacher.hidden=-1 must be ≥ 1"),
-    ("student={levels: 0, depth: 1, hidden: 8}", "student.levels=0 must be ≥ 1"),
-    ("teacher={levels: 3, depth: [2, 0, 2], hidden: 8}", "teacher.depth"),
-    ("teacher={levels: 3, depth: 2, hidden: 8, features: 64}", "come from the data set"),
-    ("teacher=3", "teacher"), ("learning_rate=[1, 2]", "learning_rate"), ("learning_rate=.nan", "learning_rate"),
-    ("learning_rate=-1", "learning_rate"), ("methods=[]", "non-empty"), ("methods=[nll, nll]", "repeats"),
-    ("seeds=[]", "non-empty list"), ("seeds=[0, 0]", "repeats"), ("seeds=[-1]", "≥ 0"), ("batch_size=0", "batch_size"),
-    ("student_epochs=0", "student_epochs"), ("num_samples=1", "num_samples"), ("output_dir=README.md", "existing file"),
-    ("method_weights={x: {nll: abc}}", "loss weight nll"), ("method_weights={x: {nll: .inf}}", "loss weight nll"),
-    ("sample_temperature=0", "sample_temperature"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("teacher={levels: 3, depth: 2, hidden: -1}", "teacher.hidden=-1 must be ≥ 1"),
+        ("student={levels: 0, depth: 1, hidden: 8}", "student.levels=0 must be ≥ 1"),
+        ("teacher={levels: 3, depth: [2, 0, 2], hidden: 8}", "teacher.depth"),
+        ("teacher={levels: 3, depth: 2, hidden: 8, features: 64}", "come from the data set"),
+        ("teacher=3", "teacher"),
+        ("learning_rate=[1, 2]", "learning_rate"),
+        ("learning_rate=.nan", "learning_rate"),
+        ("learning_rate=-1", "learning_rate"),
+        ("methods=[]", "non-empty"),
+        ("methods=[nll, nll]", "repeats"),
+        ("seeds=[]", "non-empty list"),
+        ("seeds=[0, 0]", "repeats"),
+        ("seeds=[-1]", "≥ 0"),
+        ("batch_size=0", "batch_size"),
+        ("student_epochs=0", "student_epochs"),
+        ("num_samples=1", "num_samples"),
+        ("output_dir=README.md", "existing file"),
+        ("method_weights={x: {nll: abc}}", "loss weight nll"),
+        ("method_weights={x: {nll: .inf}}", "loss weight nll"),
+        ("sample_temperature=0", "sample_temperature"),
+    ],
+)
 def test_bad_settings_are_one_clear_error_before_any_work(override, message):
     with pytest.raises(ValueError, match=message):
         load_experiment_config("recipes/flows/digits_glow.yaml", TINY + [override])

@@ -63,10 +63,12 @@ def write_hepmass(root, rng):
     train_features[train_labels == 0] += 50.0  # background rows would shift every statistic if they were kept
     (root / "hepmass").mkdir()
     pd.DataFrame(np.column_stack([train_labels, train_features]), columns=header).to_csv(
-        root / "hepmass" / "1000_train.csv", index=False)
+        root / "hepmass" / "1000_train.csv", index=False
+    )
     extra = rng.normal(size=(N_HEPMASS_TEST, 1))
     pd.DataFrame(np.column_stack([test_labels, test_features, extra]), columns=header + [" extra"]).to_csv(
-        root / "hepmass" / "1000_test.csv", index=False)
+        root / "hepmass" / "1000_test.csv", index=False
+    )
     return train_labels, train_features, test_labels, test_features
 
 
@@ -214,8 +216,10 @@ def test_unknown_name_lists_the_valid_ones(tmp_path):
         assert name in str(info.value)
 
 
-@pytest.mark.parametrize("name, relative", [("power", "power/data.npy"), ("hepmass", "hepmass/1000_test.csv"),
-                                            ("bsds300", "BSDS300/BSDS300.hdf5")])
+@pytest.mark.parametrize(
+    "name, relative",
+    [("power", "power/data.npy"), ("hepmass", "hepmass/1000_test.csv"), ("bsds300", "BSDS300/BSDS300.hdf5")],
+)
 def test_missing_file_names_the_path_and_the_archive(tmp_path, name, relative):
     if name == "hepmass":  # the train file alone is not enough
         (tmp_path / "hepmass").mkdir()

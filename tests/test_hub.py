@@ -27,9 +27,18 @@ def tok():
 
 def config(tmp_path, **kw):
     defaults = {
-        "output_dir": str(tmp_path / "out"), "max_new_tokens": 8, "per_device_train_batch_size": 4,
-        "learning_rate": 3e-3, "lr_scheduler_type": "constant", "report_to": [], "use_cpu": True,
-        "save_strategy": "no", "disable_tqdm": True, "seed": 0, "logging_steps": 1, "max_steps": 2,
+        "output_dir": str(tmp_path / "out"),
+        "max_new_tokens": 8,
+        "per_device_train_batch_size": 4,
+        "learning_rate": 3e-3,
+        "lr_scheduler_type": "constant",
+        "report_to": [],
+        "use_cpu": True,
+        "save_strategy": "no",
+        "disable_tqdm": True,
+        "seed": 0,
+        "logging_steps": 1,
+        "max_steps": 2,
     }
     return FDistillConfig(**{**defaults, **kw})
 
@@ -55,8 +64,14 @@ def test_card_after_js_distillation(tok, tmp_path, arch):
     data = tiny.dataset(8, seed=0, teacher=teacher, tok=tok)
     student = getattr(tiny, arch)(1, seed=1)
     args = config(tmp_path, objective="js", js_mixture="exact")
-    trainer = FDistillTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data,
-                              eval_dataset=data.select(range(4)), processing_class=tok)
+    trainer = FDistillTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=data,
+        eval_dataset=data.select(range(4)),
+        processing_class=tok,
+    )
     trainer.train()
     trainer.evaluate()
     trainer.create_model_card(license="apache-2.0", tags=["my-tag"])
@@ -72,8 +87,13 @@ def test_card_after_js_distillation(tok, tmp_path, arch):
     assert "`student_sampling_temperature`" in body  # JS samples the student online
     last = [e for e in trainer.state.log_history if "loss" in e][-1]
     assert f"| `loss` (train, step 2) | {last['loss']:.4g} |" in body
-    for key in ("loss_on_teacher_samples", "loss_on_student_samples", "student_entropy",
-                "teacher_nll_of_student_samples", "eval_loss"):
+    for key in (
+        "loss_on_teacher_samples",
+        "loss_on_student_samples",
+        "student_entropy",
+        "teacher_nll_of_student_samples",
+        "eval_loss",
+    ):
         assert f"`{key}`" in body, key
     assert f"{n_params(student):,}" in body and f"{n_params(teacher):,}" in body
     assert "| train | local | 8 |" in body and "| eval | local | 4 |" in body
@@ -89,8 +109,13 @@ def test_card_without_teacher_logs_or_eval(tok, tmp_path):
     teacher = make_teacher("llama")
     student = create_student_from_teacher(teacher, num_layers=1)  # config (and name) copied from the teacher
     data = tiny.dataset(8, seed=0)
-    trainer = FDistillTrainer(model=student, teacher_model=teacher, args=config(tmp_path, objective="mle"),
-                              train_dataset=data, processing_class=tok)
+    trainer = FDistillTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=config(tmp_path, objective="mle"),
+        train_dataset=data,
+        processing_class=tok,
+    )
     assert trainer.teacher is None
 
     text = save_model_card(trainer, dataset="org/tiny-data")
@@ -120,8 +145,17 @@ class LocalHub:
         os.makedirs(self.root / repo_id, exist_ok=exist_ok)
         return SimpleNamespace(repo_id=repo_id, url=f"local://{repo_id}")
 
-    def upload_folder(self, repo_id, folder_path, commit_message=None, token=None, run_as_future=False,
-                      ignore_patterns=None, revision=None, **kw):
+    def upload_folder(
+        self,
+        repo_id,
+        folder_path,
+        commit_message=None,
+        token=None,
+        run_as_future=False,
+        ignore_patterns=None,
+        revision=None,
+        **kw,
+    ):
         self.calls.append(("upload_folder", repo_id, commit_message))
         assert not run_as_future
         for dirpath, _, files in os.walk(folder_path):

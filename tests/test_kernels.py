@@ -13,14 +13,7 @@ import os
 import pytest
 import torch
 
-from fdistill.divergences import (
-    DIVERGENCES,
-    SIDES,
-    MixtureLogit,
-    SampledSequences,
-    f_divergence_loss,
-    step_divergence,
-)
+from fdistill.divergences import DIVERGENCES, SIDES, MixtureLogit, SampledSequences, f_divergence_loss, step_divergence
 from fdistill.kernels import (
     HiddenSequences,
     LinearHead,
@@ -61,8 +54,9 @@ def mixtures(kind):
 
 def reference(kind, on, hs, ht, student, teacher, *, mixture, temperature, weights, mask):
     """Σ r·terms from the full logits (the naive path), and the per-row terms."""
-    terms = step_divergence(kind, head_logits(student, hs), head_logits(teacher, ht), on=on, mixture_weight=mixture,
-                            temperature=temperature)
+    terms = step_divergence(
+        kind, head_logits(student, hs), head_logits(teacher, ht), on=on, mixture_weight=mixture, temperature=temperature
+    )
     terms = torch.where(mask, terms, torch.zeros_like(terms))
     return (terms * weights).sum(), terms
 
@@ -78,9 +72,23 @@ def test_torch_backend_matches_float64_reference(kind, on, mix, head):
     mixture = mixtures(kind)[mix]
     weights = torch.rand(N, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     mask = torch.rand(N, generator=torch.Generator().manual_seed(3)) > 0.25
-    out = fused_divergence(kind, hs, student, ht, teacher, on=on, row_weights=weights, mask=mask,
-                           mixture_weight=mixture, temperature=1.6, chunk_size=4, backend="torch")
-    loss, terms = reference(kind, on, hs, ht, student, teacher, mixture=mixture, temperature=1.6, weights=weights, mask=mask)
+    out = fused_divergence(
+        kind,
+        hs,
+        student,
+        ht,
+        teacher,
+        on=on,
+        row_weights=weights,
+        mask=mask,
+        mixture_weight=mixture,
+        temperature=1.6,
+        chunk_size=4,
+        backend="torch",
+    )
+    loss, terms = reference(
+        kind, on, hs, ht, student, teacher, mixture=mixture, temperature=1.6, weights=weights, mask=mask
+    )
     assert out.terms.dtype == torch.float64
     torch.testing.assert_close(out.terms, terms, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(out.loss, loss, rtol=1e-10, atol=1e-12)
@@ -92,8 +100,10 @@ def test_torch_backend_matches_float64_reference(kind, on, mix, head):
     assert (out.terms[mask] > -1e-12).all() and out.terms[mask].sum() > 0  # divergences: non-negative, not all 0
 
 
-@pytest.mark.parametrize("kind,js_mixture", [("kl", "stepwise"), ("rkl", "stepwise"), ("tvd", "stepwise"),
-                                             ("js", "stepwise"), ("js", "exact")])
+@pytest.mark.parametrize(
+    "kind,js_mixture",
+    [("kl", "stepwise"), ("rkl", "stepwise"), ("tvd", "stepwise"), ("js", "stepwise"), ("js", "exact")],
+)
 @pytest.mark.parametrize("reduction", ["sequence", "token"])
 def test_fused_objective_equals_f_divergence_loss(kind, js_mixture, reduction):
     """The whole objective (both sides, reductions, exact JS mixture over prefixes) = the logits version."""
@@ -109,12 +119,22 @@ def test_fused_objective_equals_f_divergence_loss(kind, js_mixture, reduction):
         sides[side] = (h_s, h_t, labels)
     kwargs = dict(js_mixture=js_mixture, js_beta=0.3, temperature=1.3, reduction=reduction)
     fused, details = fused_f_divergence_loss(
-        kind, student, teacher, chunk_size=5,
-        **{f"{s}_samples": HiddenSequences(*sides[s], num_items_in_batch=None) for s in SIDES}, **kwargs,
+        kind,
+        student,
+        teacher,
+        chunk_size=5,
+        **{f"{s}_samples": HiddenSequences(*sides[s], num_items_in_batch=None) for s in SIDES},
+        **kwargs,
     )
     naive = f_divergence_loss(
-        kind, **{f"{s}_samples": SampledSequences(head_logits(student, sides[s][0]), head_logits(teacher, sides[s][1]),
-                                                  sides[s][2]) for s in SIDES}, **kwargs,
+        kind,
+        **{
+            f"{s}_samples": SampledSequences(
+                head_logits(student, sides[s][0]), head_logits(teacher, sides[s][1]), sides[s][2]
+            )
+            for s in SIDES
+        },
+        **kwargs,
     )
     torch.testing.assert_close(fused.loss, naive.loss, rtol=1e-10, atol=1e-12)
     for a, b in ((fused.teacher_term, naive.teacher_term), (fused.student_term, naive.student_term)):
@@ -163,8 +183,18 @@ def test_minus_inf_logits_give_no_nan(kind):
         grads = torch.autograd.grad(out.loss, [hs, student.weight, student.bias])
         assert torch.isfinite(out.terms).all() and all(torch.isfinite(g).all() for g in grads)
         assert (grads[2][[0, 3, 50, 96]] == 0).all()  # banned tokens get no bias gradient
-        loss, _ = reference(kind, on, hs, ht, student, teacher, mixture=None, temperature=1.0,
-                            weights=torch.ones(N, dtype=torch.float64), mask=torch.ones(N, dtype=torch.bool))
+        loss, _ = reference(
+            kind,
+            on,
+            hs,
+            ht,
+            student,
+            teacher,
+            mixture=None,
+            temperature=1.0,
+            weights=torch.ones(N, dtype=torch.float64),
+            mask=torch.ones(N, dtype=torch.bool),
+        )
         torch.testing.assert_close(out.loss, loss, rtol=1e-10, atol=1e-12)
 
 
@@ -216,8 +246,15 @@ def tiny_llama(tied: bool, seed: int, hidden=32, softcap=None):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=V, hidden_size=hidden, intermediate_size=48, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied)
+    config = LlamaConfig(
+        vocab_size=V,
+        hidden_size=hidden,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=tied,
+    )
     return LlamaForCausalLM(config).eval()
 
 
@@ -236,9 +273,18 @@ def test_model_gradients_equal_the_naive_loss(tied):
     with capture_head_inputs(teacher) as ht_list, torch.no_grad():
         teacher(ids)
     assert out_logits.stride()[-1] == 0  # the placeholder returned no storage
-    out = fused_divergence("js", hs_list[0].flatten(0, 1), output_head(student), ht_list[0].flatten(0, 1),
-                           output_head(teacher), on="student", mixture_weight=0.4, row_weights=1 / 3,
-                           mask=mask.flatten(), chunk_size=5)
+    out = fused_divergence(
+        "js",
+        hs_list[0].flatten(0, 1),
+        output_head(student),
+        ht_list[0].flatten(0, 1),
+        output_head(teacher),
+        on="student",
+        mixture_weight=0.4,
+        row_weights=1 / 3,
+        mask=mask.flatten(),
+        chunk_size=5,
+    )
     got = torch.autograd.grad(out.loss, list(student.parameters()))
     torch.testing.assert_close(out.loss, naive_loss, rtol=1e-10, atol=1e-12)
     for g, w in zip(got, want):
@@ -286,8 +332,17 @@ def test_peft_student_and_check_head():
 
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    dropout = LlamaForCausalLM(LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                                           num_attention_heads=4, num_key_value_heads=2, attention_dropout=0.5))
+    dropout = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=V,
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            attention_dropout=0.5,
+        )
+    )
     dropout.train()
     state = torch.random.get_rng_state()
     check_head(dropout, {"input_ids": ids})  # a training model with dropout: checked without randomness
@@ -313,8 +368,12 @@ def test_triton_kernel_matches_torch_backend(kind):
         hs, ht, student, teacher = make_problem(torch.float32, softcap=softcap, scale=1.3, banned=banned, seed=4)
         hs = hs.detach().to(device).requires_grad_()
         ht = ht.to(device)
-        student = LinearHead(student.weight.detach().to(device).requires_grad_(),
-                             student.bias.detach().to(device).requires_grad_(), student.scale, student.softcap)
+        student = LinearHead(
+            student.weight.detach().to(device).requires_grad_(),
+            student.bias.detach().to(device).requires_grad_(),
+            student.scale,
+            student.softcap,
+        )
         teacher = LinearHead(teacher.weight.to(device), teacher.bias.to(device), teacher.scale, teacher.softcap)
         mask = torch.rand(N, generator=torch.Generator().manual_seed(5)).to(device) > 0.2
         weights = torch.rand(N, generator=torch.Generator().manual_seed(6)).to(device)
@@ -322,12 +381,28 @@ def test_triton_kernel_matches_torch_backend(kind):
             mixture = MixtureLogit(torch.randn(N, generator=torch.Generator().manual_seed(7)).to(device) * 3)
             results = []
             for backend in ("torch", "triton"):
-                out = fused_divergence(kind, hs, student, ht, teacher, on=on, row_weights=weights, mask=mask,
-                                       mixture_weight=mixture, temperature=1.4, chunk_size=7, backend=backend)
+                out = fused_divergence(
+                    kind,
+                    hs,
+                    student,
+                    ht,
+                    teacher,
+                    on=on,
+                    row_weights=weights,
+                    mask=mask,
+                    mixture_weight=mixture,
+                    temperature=1.4,
+                    chunk_size=7,
+                    backend=backend,
+                )
                 results.append((out, torch.autograd.grad(out.loss, [hs, student.weight, student.bias])))
             (a, ga), (b, gb) = results
-            for x, y in ((a.terms, b.terms), (a.student_lse, b.student_lse), (a.teacher_lse, b.teacher_lse),
-                         (a.student_entropy, b.student_entropy)):
+            for x, y in (
+                (a.terms, b.terms),
+                (a.student_lse, b.student_lse),
+                (a.teacher_lse, b.teacher_lse),
+                (a.student_entropy, b.student_entropy),
+            ):
                 torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-5)
             for x, y in zip(ga, gb):
                 assert torch.isfinite(y).all()

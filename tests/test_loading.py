@@ -44,11 +44,23 @@ def no_hub(monkeypatch):
     monkeypatch.setattr(loading.AutoTokenizer, "from_pretrained", refuse)
 
 
-@pytest.mark.parametrize("name,hub", [
-    ("gpt2", True), ("HuggingFaceTB/SmolLM2-135M", True), ("Qwen/Qwen2.5-0.5B", True),
-    ("missing.jsonl", False), ("data/train.csv", False), ("./teacher", False), ("../teacher", False),
-    ("/abs/teacher", False), ("~/teacher", False), ("a/b/c", False), ("dir\\file", False), ("model.gguf", False),
-])
+@pytest.mark.parametrize(
+    "name,hub",
+    [
+        ("gpt2", True),
+        ("HuggingFaceTB/SmolLM2-135M", True),
+        ("Qwen/Qwen2.5-0.5B", True),
+        ("missing.jsonl", False),
+        ("data/train.csv", False),
+        ("./teacher", False),
+        ("../teacher", False),
+        ("/abs/teacher", False),
+        ("~/teacher", False),
+        ("a/b/c", False),
+        ("dir\\file", False),
+        ("model.gguf", False),
+    ],
+)
 def test_local_looking_names_are_never_hub_names(name, hub):
     assert is_hub_name(name) is hub
 
@@ -58,17 +70,20 @@ def _write(path, text):
     return str(path)
 
 
-@pytest.mark.parametrize("make,fragment", [
-    (lambda d: "missing.jsonl", "data 'missing.jsonl' does not exist"),
-    (lambda d: str(d / "nope" / "train"), "does not exist"),
-    (lambda d: "./no_such_folder", "does not exist"),
-    (lambda d: _write(d / "empty.jsonl", ""), "is empty (0 bytes)"),
-    (lambda d: _write(d / "blank.jsonl", "\n\n"), "could not read data"),
-    (lambda d: _write(d / "bad.jsonl", "{not json\n"), "JSON parse error"),
-    (lambda d: _write(d / "header.csv", "prompt\n"), "could not read data"),
-    (lambda d: _write(d / "notes.txt", "hello"), "has the suffix '.txt'"),
-    (lambda d: _write(d / "bad.parquet", "xx"), "could not read data"),
-])
+@pytest.mark.parametrize(
+    "make,fragment",
+    [
+        (lambda d: "missing.jsonl", "data 'missing.jsonl' does not exist"),
+        (lambda d: str(d / "nope" / "train"), "does not exist"),
+        (lambda d: "./no_such_folder", "does not exist"),
+        (lambda d: _write(d / "empty.jsonl", ""), "is empty (0 bytes)"),
+        (lambda d: _write(d / "blank.jsonl", "\n\n"), "could not read data"),
+        (lambda d: _write(d / "bad.jsonl", "{not json\n"), "JSON parse error"),
+        (lambda d: _write(d / "header.csv", "prompt\n"), "could not read data"),
+        (lambda d: _write(d / "notes.txt", "hello"), "has the suffix '.txt'"),
+        (lambda d: _write(d / "bad.parquet", "xx"), "could not read data"),
+    ],
+)
 def test_bad_data_files_are_one_clear_error_at_once(tmp_path, no_hub, make, fragment):
     source = make(tmp_path)
     start = time.perf_counter()
@@ -98,11 +113,14 @@ def test_data_with_no_rows_or_no_data_files(tmp_path):
     assert len(load_data(str(tmp_path / "saved"))) == 3
 
 
-@pytest.mark.parametrize("rows,fragment", [
-    ("prompt,reference\nthe cat,a\n,b\n", "row 1: None is missing"),
-    ("prompt,reference\nthe cat,a\n   ,b\n", "row 1: '   ' is blank text"),
-    ("prompt,reference\n1,a\n2,b\n", "row 0: 1 is a number, not text"),
-])
+@pytest.mark.parametrize(
+    "rows,fragment",
+    [
+        ("prompt,reference\nthe cat,a\n,b\n", "row 1: None is missing"),
+        ("prompt,reference\nthe cat,a\n   ,b\n", "row 1: '   ' is blank text"),
+        ("prompt,reference\n1,a\n2,b\n", "row 0: 1 is a number, not text"),
+    ],
+)
 def test_unusable_prompts_in_a_csv_name_row_and_column(tmp_path, rows, fragment):
     path = _write(tmp_path / "p.csv", rows)
     with pytest.raises(InputError, match=fragment) as error:
@@ -122,7 +140,9 @@ def test_prompt_forms_that_are_fine_and_the_prefix(tmp_path):
     nested = Dataset.from_dict({"translation": [{"en": "the cat", "ro": "pisica"}]})
     with pytest.raises(InputError, match="flatten"):
         prepare_prompts(nested, prompt_column="translation.en")
-    assert prepare_prompts(nested, prompt_column="translation.en", flatten=True, prompt_prefix="t: ")["translation.en"] == ["t: the cat"]
+    assert prepare_prompts(nested, prompt_column="translation.en", flatten=True, prompt_prefix="t: ")[
+        "translation.en"
+    ] == ["t: the cat"]
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +160,10 @@ def test_bad_model_paths_are_one_clear_error_without_the_hub(tmp_path, model_dir
         (dict(name_or_path="./no_teacher"), "model folder './no_teacher' does not exist"),
         (dict(name_or_path=str(tmp_path / "empty")), "has no config.json"),
         (dict(name_or_path=str(tmp_path / "w.gguf")), "is a GGUF file: pass its folder"),
-        (dict(name_or_path=str(tmp_path), gguf_file="other.gguf"), r"gguf_file='other.gguf' is not in the folder.*w.gguf"),
+        (
+            dict(name_or_path=str(tmp_path), gguf_file="other.gguf"),
+            r"gguf_file='other.gguf' is not in the folder.*w.gguf",
+        ),
         (dict(name_or_path=str(model_dir), dtype="float8"), "dtype='float8' is not valid"),
         (dict(name_or_path="pkg:no_such_package_xyz"), "is not installed"),
     ]

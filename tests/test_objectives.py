@@ -32,20 +32,35 @@ class SkewKL(Objective):
     def loss(self, batch, args):
         s = batch["teacher"]
         log_p, log_q = s.teacher.float().log_softmax(-1), s.student.float().log_softmax(-1)
-        mixed = torch.logaddexp(log_p + torch.log(torch.tensor(self.alpha)), log_q + torch.log(torch.tensor(1 - self.alpha)))
+        mixed = torch.logaddexp(
+            log_p + torch.log(torch.tensor(self.alpha)), log_q + torch.log(torch.tensor(1 - self.alpha))
+        )
         terms = step_divergence("kl", mixed, s.teacher, on="teacher")
-        return ObjectiveOutput(batch.reduce(terms, "teacher"), {"loss_on_teacher_samples": batch.reduce(terms, "teacher")})
+        return ObjectiveOutput(
+            batch.reduce(terms, "teacher"), {"loss_on_teacher_samples": batch.reduce(terms, "teacher")}
+        )
 
 
 def _trainer(tmp_path, objective, steps=2):
     tok = tiny.tokenizer()
     teacher = tiny.llama(2, seed=0, init=0.15)
     data = tiny.dataset(8, seed=0, teacher=teacher, tok=tok)
-    args = FDistillConfig(output_dir=str(tmp_path), objective=objective, max_steps=steps, per_device_train_batch_size=4,
-                          learning_rate=3e-3, report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True,
-                          logging_steps=1, max_new_tokens=6)
-    return FDistillTrainer(model=tiny.llama(1, seed=1), teacher_model=teacher, args=args, train_dataset=data,
-                           processing_class=tok)
+    args = FDistillConfig(
+        output_dir=str(tmp_path),
+        objective=objective,
+        max_steps=steps,
+        per_device_train_batch_size=4,
+        learning_rate=3e-3,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+        logging_steps=1,
+        max_new_tokens=6,
+    )
+    return FDistillTrainer(
+        model=tiny.llama(1, seed=1), teacher_model=teacher, args=args, train_dataset=data, processing_class=tok
+    )
 
 
 def test_a_users_objective_trains_without_editing_fdistill(tmp_path):
@@ -73,9 +88,16 @@ def test_skew_kl_at_alpha_zero_is_the_built_in_kl(tmp_path):
 def test_the_registry_declares_every_built_in_objective():
     assert list(OBJECTIVES)[:8] == ["kl", "rkl", "js", "tvd", "mle", "seqkd", "engine", "predistill"]
     scores = {n: OBJECTIVES[n].scores for n in ["kl", "rkl", "js", "tvd", "mle", "seqkd", "engine", "predistill"]}
-    assert scores == {"kl": ("teacher",), "rkl": ("student",), "js": ("teacher", "student"),
-                      "tvd": ("teacher", "student"), "mle": ("reference",), "seqkd": ("teacher",),
-                      "engine": ("student",), "predistill": ("reference",)}
+    assert scores == {
+        "kl": ("teacher",),
+        "rkl": ("student",),
+        "js": ("teacher", "student"),
+        "tvd": ("teacher", "student"),
+        "mle": ("reference",),
+        "seqkd": ("teacher",),
+        "engine": ("student",),
+        "predistill": ("reference",),
+    }
     assert all(set(o.scores) <= set(COMPLETION_SETS) for o in OBJECTIVES.values())
     assert [n for n, o in OBJECTIVES.items() if o.fusable] == ["kl", "rkl", "js", "tvd"]
     assert not OBJECTIVES["mle"].uses_teacher and not OBJECTIVES["seqkd"].uses_teacher

@@ -96,7 +96,9 @@ def substitute(values: dict, task: str, tmp: Path, teacher: str, data: str) -> d
             value = teacher  # a Hub name or the packaged GGUF → the tiny stand-in
         if key in ("train_data", "data") and not str(value).startswith(str(tmp)):
             value = data
-        if key in ("train_split", "split", "eval_split") and not str(values.get("data", values.get("train_data", ""))).startswith("runs/"):
+        if key in ("train_split", "split", "eval_split") and not str(
+            values.get("data", values.get("train_data", ""))
+        ).startswith("runs/"):
             value = "train"
         if key == "models":
             value = [m.split("=")[0] + "=" + str(tmp / m.split("=", 1)[1]) for m in value]
@@ -117,8 +119,16 @@ def test_task_pipeline_runs_on_tiny_stand_ins(task, tmp_path):
     getattr(tiny, STAND_IN[task])(2, seed=0).save_pretrained(teacher)
     tiny.tokenizer().save_pretrained(teacher)
     data = stand_in_data(task, tmp_path / "data")["file"]
-    small = {"max_steps": 2, "per_device_train_batch_size": 4, "max_new_tokens": 6, "max_target_length": 8,
-             "save_strategy": "no", "use_cpu": True, "disable_tqdm": True, "logging_steps": 1}
+    small = {
+        "max_steps": 2,
+        "per_device_train_batch_size": 4,
+        "max_new_tokens": 6,
+        "max_target_length": 8,
+        "save_strategy": "no",
+        "use_cpu": True,
+        "disable_tqdm": True,
+        "logging_steps": 1,
+    }
     for path in sorted((ROOT / task).glob("*.yaml")):
         values = substitute(yaml.safe_load(path.read_text()), task, tmp_path, str(teacher), data)
         k = kind(path)

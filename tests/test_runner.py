@@ -106,8 +106,13 @@ def test_run_stage_redoes_an_interrupted_stage_and_refuses_pickles(tmp_path):
 
 def test_step_guard_with_planned_steps_stops_early_with_the_callers_error_and_wording():
     net, opt = _model()
-    guard = StepGuard("teacher", planned=6, error=InputError, hint="lower learning_rate",
-                      message="{stage}: {skipped} of {total} steps skipped ({taken} taken); likely cause: {hint}")
+    guard = StepGuard(
+        "teacher",
+        planned=6,
+        error=InputError,
+        hint="lower learning_rate",
+        message="{stage}: {skipped} of {total} steps skipped ({taken} taken); likely cause: {hint}",
+    )
 
     def nan():
         return net(torch.ones(1, 3)).sum() * float("nan")

@@ -62,7 +62,9 @@ def test_beam_and_greedy_and_topk_logprobs(tok, tmp_path):
     greedy = run("llama", tok, data, tmp_path / "g", decoding="greedy", topk_logprobs=3)
     again = run("llama", tok, data, tmp_path / "g2", decoding="greedy", topk_logprobs=3, seed=99)
     assert greedy["teacher_sample_ids"] == again["teacher_sample_ids"]  # greedy ignores the seed
-    for ids, top_ids, top_lp in zip(greedy["teacher_sample_ids"], greedy["teacher_topk_ids"], greedy["teacher_topk_logprobs"]):
+    for ids, top_ids, top_lp in zip(
+        greedy["teacher_sample_ids"], greedy["teacher_topk_ids"], greedy["teacher_topk_logprobs"]
+    ):
         assert len(top_ids) == len(ids) and all(len(t) == 3 for t in top_ids)
         assert [t[0] for t in top_ids] == ids  # greedy picks the most likely token
         assert all(lp[0] >= lp[1] >= lp[2] for lp in top_lp)
@@ -117,11 +119,25 @@ def test_kill_and_resume_gives_identical_content(tok, tmp_path):
 def test_trainer_consumes_the_output(tok, tmp_path):
     data = tiny.dataset(8, seed=5)
     run("llama", tok, data, tmp_path / "s")
-    args = FDistillConfig(output_dir=str(tmp_path / "o"), objective="js", max_steps=2, per_device_train_batch_size=4,
-                          max_new_tokens=6, report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True)
+    args = FDistillConfig(
+        output_dir=str(tmp_path / "o"),
+        objective="js",
+        max_steps=2,
+        per_device_train_batch_size=4,
+        max_new_tokens=6,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+    )
     teacher = tiny.llama(2, seed=0, init=0.15)
-    trainer = FDistillTrainer(model=tiny.llama(1, seed=1), teacher_model=teacher, args=args,
-                              train_dataset=load_from_disk(str(tmp_path / "s")), processing_class=tok)
+    trainer = FDistillTrainer(
+        model=tiny.llama(1, seed=1),
+        teacher_model=teacher,
+        args=args,
+        train_dataset=load_from_disk(str(tmp_path / "s")),
+        processing_class=tok,
+    )
     trainer.train()
     assert trainer.state.global_step == 2
 
@@ -209,7 +225,9 @@ def test_resume_under_another_teacher_or_tokenizer_is_refused(tok, tmp_path):
     data, out = tiny.dataset(12, seed=7), str(tmp_path / "r")
     settings = OfflineSamplingSettings(max_new_tokens=4, batch_size=3)
     with pytest.raises(KeyboardInterrupt):
-        sample_offline(_fail_after(tiny.llama(2, seed=0), 2), tok, data, out, settings, teacher_id="t", show_progress=False)
+        sample_offline(
+            _fail_after(tiny.llama(2, seed=0), 2), tok, data, out, settings, teacher_id="t", show_progress=False
+        )
     assert len(list((tmp_path / "r" / ".fdistill_work").glob("batch_*.jsonl"))) == 2
     with pytest.raises(InputError, match=r"unfinished run \(2 batches done\).*the teacher changed.*delete that folder"):
         sample_offline(tiny.llama(2, seed=1), tok, data, out, settings, teacher_id="t", show_progress=False)
@@ -220,10 +238,14 @@ def test_resume_under_another_teacher_or_tokenizer_is_refused(tok, tmp_path):
     assert "teacher changed" not in str(error.value)
     # the same teacher content under another name resumes the run; nothing is mixed
     result = sample_offline(tiny.llama(2, seed=0), tok, data, out, settings, teacher_id="./t", show_progress=False)
-    fresh = sample_offline(tiny.llama(2, seed=0), tok, data, str(tmp_path / "f"), settings, teacher_id="t", show_progress=False)
+    fresh = sample_offline(
+        tiny.llama(2, seed=0), tok, data, str(tmp_path / "f"), settings, teacher_id="t", show_progress=False
+    )
     assert result["teacher_sample_ids"] == fresh["teacher_sample_ids"]
     prov = json.loads((tmp_path / "r" / PROVENANCE_FILE).read_text())
-    assert prov["teacher_fingerprint"].startswith("tensors-sha256:") and prov["tokenizer_fingerprint"].startswith("sha256:")
+    assert prov["teacher_fingerprint"].startswith("tensors-sha256:") and prov["tokenizer_fingerprint"].startswith(
+        "sha256:"
+    )
     with pytest.raises(InputError, match="finished samples from a different run.*the teacher changed"):
         sample_offline(tiny.llama(2, seed=1), tok, data, out, settings, teacher_id="t", show_progress=False)
 
@@ -234,7 +256,9 @@ def test_too_long_prompts_are_refused_before_any_write_and_a_corrected_rerun_run
     long = Dataset.from_dict({"prompt": ["the cat sat", " ".join(["the cat"] * 60)]})  # 120 tokens
     teacher = tiny.gpt2(1, seed=0)  # learned positions: 128
     out = tmp_path / "l"
-    with pytest.raises(InputError, match=r"longest prompt \(row 1\) needs 136 positions.*teacher's 128.*lower max_new_tokens"):
+    with pytest.raises(
+        InputError, match=r"longest prompt \(row 1\) needs 136 positions.*teacher's 128.*lower max_new_tokens"
+    ):
         sample_offline(teacher, tok, long, str(out), OfflineSamplingSettings(max_new_tokens=16), teacher_id="t")
     assert not out.exists()
     bart = tiny.bart(1, seed=0)
@@ -249,10 +273,24 @@ def test_too_long_prompts_are_refused_before_any_write_and_a_corrected_rerun_run
 def test_a_run_that_failed_before_any_batch_does_not_block_a_corrected_rerun(tok, tmp_path):
     data, out = tiny.dataset(4, seed=8), str(tmp_path / "c")
     with pytest.raises(KeyboardInterrupt):
-        sample_offline(_fail_after(tiny.llama(2, seed=0), 0), tok, data, out, OfflineSamplingSettings(max_new_tokens=4),
-                       teacher_id="t", show_progress=False)
-    result = sample_offline(tiny.llama(2, seed=0), tok, data, out, OfflineSamplingSettings(max_new_tokens=3),
-                            teacher_id="t", show_progress=False)
+        sample_offline(
+            _fail_after(tiny.llama(2, seed=0), 0),
+            tok,
+            data,
+            out,
+            OfflineSamplingSettings(max_new_tokens=4),
+            teacher_id="t",
+            show_progress=False,
+        )
+    result = sample_offline(
+        tiny.llama(2, seed=0),
+        tok,
+        data,
+        out,
+        OfflineSamplingSettings(max_new_tokens=3),
+        teacher_id="t",
+        show_progress=False,
+    )
     assert len(result) == 4 and max(len(ids) for ids in result["teacher_sample_ids"]) <= 3
 
 
@@ -262,8 +300,11 @@ def test_bad_prompts_and_outputs_before_any_write(tok, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match="output=.* is not valid: it is an existing file, not a folder"):
         run("llama", tok, tiny.dataset(2), tmp_path / "file")
-    for prompts, fragment in ((["the cat", "  "], "row 1: '  ' is blank text"), (["the cat", None], "row 1: None"),
-                              ([[4, 5], []], "row 1: \\[\\] is an empty list")):
+    for prompts, fragment in (
+        (["the cat", "  "], "row 1: '  ' is blank text"),
+        (["the cat", None], "row 1: None"),
+        ([[4, 5], []], "row 1: \\[\\] is an empty list"),
+    ):
         with pytest.raises(InputError, match=fragment):
             run("llama", tok, Dataset.from_dict({"prompt": prompts}), tmp_path / "p")
     assert not (tmp_path / "p").exists()
@@ -281,7 +322,9 @@ def test_replacing_the_teacher_folder_mid_run_is_refused(tok, tmp_path, monkeypa
     tok.save_pretrained(folder)
     model, tokenizer = load_model_and_tokenizer(str(folder))
     with pytest.raises(KeyboardInterrupt):
-        sample_offline(_fail_after(model, 1), tokenizer, data, out, settings, teacher_id=str(folder), show_progress=False)
+        sample_offline(
+            _fail_after(model, 1), tokenizer, data, out, settings, teacher_id=str(folder), show_progress=False
+        )
     run_record = json.loads((tmp_path / "o" / ".fdistill_work" / "run.json").read_text())
     assert run_record["teacher_fingerprint"].startswith("files-sha256:")
     tiny.llama(2, seed=1).save_pretrained(folder)  # same config, other weights

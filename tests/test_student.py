@@ -136,7 +136,7 @@ def test_student_copies_chosen_layers_and_all_other_weights(family):
     assert type(student) is type(teacher)
     assert set(mapping) == set(names)
     assert all(len(indices) == 2 for indices in mapping.values())
-    for stack, name in names.items():
+    for name in names.values():
         assert len(student.get_submodule(name)) == 2
         assert len(teacher.get_submodule(name)) == (6 if family in ("gpt2", "llama") else 4)
 

@@ -20,9 +20,7 @@ MULTI_STREAMS = [
 
 
 @pytest.mark.parametrize(
-    "fn, metric",
-    [(tm.bleu, BLEU()), (tm.chrf, CHRF()), (tm.ter, TER())],
-    ids=["bleu", "chrf", "ter"],
+    "fn, metric", [(tm.bleu, BLEU()), (tm.chrf, CHRF()), (tm.ter, TER())], ids=["bleu", "chrf", "ter"]
 )
 def test_sacrebleu_metrics_match_sacrebleu(fn, metric):
     assert fn(PREDS, REFS) == pytest.approx(metric.corpus_score(PREDS, [REFS]).score)

@@ -28,8 +28,16 @@ def setup(request, tok):
 
 def config(tmp_path, **kw):
     defaults = dict(
-        output_dir=str(tmp_path), max_new_tokens=8, per_device_train_batch_size=8, learning_rate=3e-3,
-        lr_scheduler_type="constant", report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True, seed=0,
+        output_dir=str(tmp_path),
+        max_new_tokens=8,
+        per_device_train_batch_size=8,
+        learning_rate=3e-3,
+        lr_scheduler_type="constant",
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
         logging_steps=5,
     )
     defaults.update(kw)
@@ -73,7 +81,9 @@ def test_student_samples_online_and_teacher_never_trains(tok, tmp_path, monkeypa
 
     monkeypatch.setattr(student, "generate", counting_generate)
     real_train = teacher.train
-    monkeypatch.setattr(teacher, "train", lambda mode=True: pytest.fail("teacher put in train mode") if mode else real_train(False))
+    monkeypatch.setattr(
+        teacher, "train", lambda mode=True: pytest.fail("teacher put in train mode") if mode else real_train(False)
+    )
     args = config(tmp_path, objective="tvd", max_steps=3, per_device_train_batch_size=4, gradient_accumulation_steps=2)
     trainer = FDistillTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data, processing_class=tok)
     trainer.train()
@@ -85,7 +95,12 @@ def test_student_samples_online_and_teacher_never_trains(tok, tmp_path, monkeypa
     teacher_ids = {id(p) for p in teacher.parameters()}
     assert not any(id(p) in teacher_ids for g in trainer.optimizer.param_groups for p in g["params"])
     logged = trainer.state.log_history[0]
-    for key in ("loss_on_teacher_samples", "loss_on_student_samples", "student_entropy", "teacher_nll_of_student_samples"):
+    for key in (
+        "loss_on_teacher_samples",
+        "loss_on_student_samples",
+        "student_entropy",
+        "teacher_nll_of_student_samples",
+    ):
         assert key in logged and logged[key] == logged[key]
 
 
@@ -97,11 +112,21 @@ def test_gradient_accumulation_is_exact(tok, tmp_path, objective, reduction):
     params = []
     for bs, ga in ((8, 1), (4, 2)):
         student = tiny.llama(1, seed=1)
-        args = config(tmp_path / f"{bs}", objective=objective, loss_reduction=reduction, max_steps=1,
-                      per_device_train_batch_size=bs, gradient_accumulation_steps=ga, student_do_sample=False,
-                      optim="sgd", learning_rate=1.0, max_grad_norm=1e9)
-        FDistillTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data, processing_class=tok,
-                        ).train()
+        args = config(
+            tmp_path / f"{bs}",
+            objective=objective,
+            loss_reduction=reduction,
+            max_steps=1,
+            per_device_train_batch_size=bs,
+            gradient_accumulation_steps=ga,
+            student_do_sample=False,
+            optim="sgd",
+            learning_rate=1.0,
+            max_grad_norm=1e9,
+        )
+        FDistillTrainer(
+            model=student, teacher_model=teacher, args=args, train_dataset=data, processing_class=tok
+        ).train()
         params.append(torch.cat([p.detach().flatten() for p in student.parameters()]))
     start = torch.cat([p.detach().flatten() for p in tiny.llama(1, seed=1).parameters()])
     assert (params[0] - start).abs().max() > 1e-3  # the step did something
@@ -114,26 +139,44 @@ def test_resume_equals_uninterrupted(tok, tmp_path):
     kw = dict(objective="js", max_steps=6, per_device_train_batch_size=4, save_strategy="steps", save_steps=3)
 
     full = tiny.bart(1, seed=1)
-    FDistillTrainer(model=full, teacher_model=teacher, args=config(tmp_path / "a", **kw), train_dataset=data,
-                    processing_class=tok).train()
+    FDistillTrainer(
+        model=full, teacher_model=teacher, args=config(tmp_path / "a", **kw), train_dataset=data, processing_class=tok
+    ).train()
     resumed = tiny.bart(1, seed=5)  # different init: everything must come from the checkpoint
-    FDistillTrainer(model=resumed, teacher_model=teacher, args=config(tmp_path / "b", **kw), train_dataset=data,
-                    processing_class=tok).train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-3"))
+    FDistillTrainer(
+        model=resumed,
+        teacher_model=teacher,
+        args=config(tmp_path / "b", **kw),
+        train_dataset=data,
+        processing_class=tok,
+    ).train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-3"))
     for (name, a), b in zip(full.named_parameters(), resumed.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     # The checkpoint records what it was trained with; a resume under another objective or teacher is refused.
     from fdistill.errors import InputError
 
     checkpoint = str(tmp_path / "a" / "checkpoint-3")
-    for changed, fragment in [(dict(objective="tvd"), r"objective='js' then, 'tvd' now"),
-                              (dict(loss_temperature=2.0), r"loss_temperature=1.0 then, 2.0 now")]:
-        trainer = FDistillTrainer(model=tiny.bart(1, seed=5), teacher_model=teacher, processing_class=tok,
-                                  args=config(tmp_path / "c", **{**kw, **changed}), train_dataset=data)
+    for changed, fragment in [
+        (dict(objective="tvd"), r"objective='js' then, 'tvd' now"),
+        (dict(loss_temperature=2.0), r"loss_temperature=1.0 then, 2.0 now"),
+    ]:
+        trainer = FDistillTrainer(
+            model=tiny.bart(1, seed=5),
+            teacher_model=teacher,
+            processing_class=tok,
+            args=config(tmp_path / "c", **{**kw, **changed}),
+            train_dataset=data,
+        )
         with pytest.raises(InputError, match=rf"checkpoint .*checkpoint-3' was trained differently: {fragment}"):
             trainer.train(resume_from_checkpoint=checkpoint)
     other_teacher = tiny.bart(2, seed=3, init=0.15)
-    trainer = FDistillTrainer(model=tiny.bart(1, seed=5), teacher_model=other_teacher, processing_class=tok,
-                              args=config(tmp_path / "a", **kw), train_dataset=data)
+    trainer = FDistillTrainer(
+        model=tiny.bart(1, seed=5),
+        teacher_model=other_teacher,
+        processing_class=tok,
+        args=config(tmp_path / "a", **kw),
+        train_dataset=data,
+    )
     with pytest.raises(InputError, match=r"another teacher \(fingerprint tensors-sha256:"):
         trainer.train(resume_from_checkpoint=True)  # True: the newest checkpoint in output_dir
     assert trainer.state.global_step == 0  # refused before any work
@@ -146,10 +189,24 @@ def test_mixin_in_a_users_own_trainer(tok, tmp_path):
     teacher = tiny.llama(2, seed=0, init=0.15)
     data = tiny.dataset(16, seed=0, teacher=teacher, tok=tok)
     student = tiny.llama(1, seed=1)
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, report_to=[],
-                             use_cpu=True, save_strategy="no", remove_unused_columns=False, logging_steps=1)
-    trainer = MyTrainer(model=student, args=args, teacher_model=teacher, distill_args=DistillArguments(objective="js"),
-                        train_dataset=data, processing_class=tok)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        remove_unused_columns=False,
+        logging_steps=1,
+    )
+    trainer = MyTrainer(
+        model=student,
+        args=args,
+        teacher_model=teacher,
+        distill_args=DistillArguments(objective="js"),
+        train_dataset=data,
+        processing_class=tok,
+    )
     trainer.train()
     assert "loss_on_student_samples" in trainer.state.log_history[0]
 
@@ -157,8 +214,14 @@ def test_mixin_in_a_users_own_trainer(tok, tmp_path):
 def test_evaluate_reports_the_objective(tok, tmp_path):
     teacher = tiny.llama(2, seed=0, init=0.15)
     data = tiny.dataset(8, seed=0, teacher=teacher, tok=tok)
-    trainer = FDistillTrainer(model=tiny.llama(1, seed=1), teacher_model=teacher, args=config(tmp_path, objective="tvd"),
-                              train_dataset=data, eval_dataset=data, processing_class=tok)
+    trainer = FDistillTrainer(
+        model=tiny.llama(1, seed=1),
+        teacher_model=teacher,
+        args=config(tmp_path, objective="tvd"),
+        train_dataset=data,
+        eval_dataset=data,
+        processing_class=tok,
+    )
     metrics = trainer.evaluate()
     assert metrics["eval_loss"] > 0 and "eval_loss_on_student_samples" in metrics
 
@@ -185,8 +248,13 @@ def test_bad_input_fails_before_training(tok, tmp_path, change, message):
     if change.get("vocab"):
         teacher.resize_token_embeddings(tiny.VOCAB + 8)
     with pytest.raises(ValueError, match=message):
-        FDistillTrainer(model=tiny.llama(1, seed=1), teacher_model=None if change.get("no_teacher") else teacher,
-                        args=config(tmp_path, objective="kl"), train_dataset=data, processing_class=tok)
+        FDistillTrainer(
+            model=tiny.llama(1, seed=1),
+            teacher_model=None if change.get("no_teacher") else teacher,
+            args=config(tmp_path, objective="kl"),
+            train_dataset=data,
+            processing_class=tok,
+        )
     assert not any(tmp_path.iterdir())  # nothing written
 
 
@@ -249,17 +317,25 @@ def test_compute_metrics_on_generated_replies(tok, tmp_path):
     teacher = tiny.llama(2, seed=0, init=0.15)
     data = tiny.dataset(8, seed=0, teacher=teacher, tok=tok)
     args = config(tmp_path, objective="kl", predict_with_generate=True, per_device_eval_batch_size=4)
-    trainer = FDistillTrainer(model=tiny.llama(1, seed=1), teacher_model=teacher, args=args, train_dataset=data,
-                              eval_dataset=data, processing_class=tok,
-                              compute_metrics=compute_metrics_fn(tok, metrics=("bleu", "rouge", "distinct")))
+    trainer = FDistillTrainer(
+        model=tiny.llama(1, seed=1),
+        teacher_model=teacher,
+        args=args,
+        train_dataset=data,
+        eval_dataset=data,
+        processing_class=tok,
+        compute_metrics=compute_metrics_fn(tok, metrics=("bleu", "rouge", "distinct")),
+    )
     metrics = trainer.evaluate()
     for key in ("eval_loss", "eval_bleu", "eval_rouge1", "eval_distinct1"):
         assert key in metrics and metrics[key] == metrics[key]
     assert 0 <= metrics["eval_bleu"] <= 100
 
 
-@pytest.mark.parametrize("arch,objective,mixture", [("llama", "js", "exact"), ("bart", "tvd", "stepwise"),
-                                                    ("t5", "rkl", "stepwise"), ("gpt2", "kl", "stepwise")])
+@pytest.mark.parametrize(
+    "arch,objective,mixture",
+    [("llama", "js", "exact"), ("bart", "tvd", "stepwise"), ("t5", "rkl", "stepwise"), ("gpt2", "kl", "stepwise")],
+)
 def test_fused_divergence_step_equals_the_logits_step(tok, tmp_path, arch, objective, mixture):
     """fused_divergence=True (hidden states + LM heads, no logits) takes the same optimizer step and logs the same."""
     teacher = getattr(tiny, arch)(2, seed=0)
@@ -267,11 +343,22 @@ def test_fused_divergence_step_equals_the_logits_step(tok, tmp_path, arch, objec
     params, logs = [], []
     for fused in (False, True):
         student = getattr(tiny, arch)(1, seed=1)
-        args = config(tmp_path / str(fused), objective=objective, js_mixture=mixture, max_steps=1, logging_steps=1,
-                      student_do_sample=False, optim="sgd", learning_rate=1.0, max_grad_norm=1e9,
-                      fused_divergence=fused, fused_chunk_size=7)
-        trainer = FDistillTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data,
-                                  processing_class=tok)
+        args = config(
+            tmp_path / str(fused),
+            objective=objective,
+            js_mixture=mixture,
+            max_steps=1,
+            logging_steps=1,
+            student_do_sample=False,
+            optim="sgd",
+            learning_rate=1.0,
+            max_grad_norm=1e9,
+            fused_divergence=fused,
+            fused_chunk_size=7,
+        )
+        trainer = FDistillTrainer(
+            model=student, teacher_model=teacher, args=args, train_dataset=data, processing_class=tok
+        )
         trainer.train()
         assert trainer._heads_checked == fused  # the fused path ran (and checked both heads) only when asked
         params.append(torch.cat([p.detach().flatten() for p in student.parameters()]))
@@ -302,17 +389,30 @@ def test_online_teacher_sampling_needs_no_teacher_column(tok, tmp_path, monkeypa
         return original(self, prompt_ids, prompt_mask)
 
     monkeypatch.setattr(FDistillTrainer, "generate_teacher_samples", counting)
-    args = config(tmp_path, objective="js", teacher_sampling="online", max_steps=3, logging_steps=1,
-                  per_device_train_batch_size=4, gradient_accumulation_steps=2)
-    trainer = FDistillTrainer(model=tiny.llama(1, seed=1), teacher_model=teacher, args=args, train_dataset=data,
-                              processing_class=tok)
+    args = config(
+        tmp_path,
+        objective="js",
+        teacher_sampling="online",
+        max_steps=3,
+        logging_steps=1,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+    )
+    trainer = FDistillTrainer(
+        model=tiny.llama(1, seed=1), teacher_model=teacher, args=args, train_dataset=data, processing_class=tok
+    )
     trainer.train()
     assert calls == [4] * 6  # one teacher sample per prompt, for every micro-batch of every step
     logged = [h for h in trainer.state.log_history if "loss_on_teacher_samples" in h]
     assert len(logged) == 3 and all(h["loss_on_teacher_samples"] > 0 for h in logged)
     with pytest.raises(ValueError, match="teacher_sample_column"):  # offline (the default) still needs the column
-        FDistillTrainer(model=tiny.llama(1, seed=1), teacher_model=teacher, args=config(tmp_path, objective="js"),
-                        train_dataset=data, processing_class=tok)
+        FDistillTrainer(
+            model=tiny.llama(1, seed=1),
+            teacher_model=teacher,
+            args=config(tmp_path, objective="js"),
+            train_dataset=data,
+            processing_class=tok,
+        )
     with pytest.raises(ValueError, match="teacher_sampling"):
         config(tmp_path, objective="js", teacher_sampling="sometimes")
 
@@ -324,14 +424,24 @@ def test_stored_topk_teacher_logprobs_replace_the_teacher_forward(tok, tmp_path)
     teacher = tiny.llama(2, seed=0, init=0.15)
     vocab = teacher.get_output_embeddings().weight.shape[0]
     settings = OfflineSamplingSettings(max_new_tokens=8, batch_size=4, topk_logprobs=vocab)
-    data = sample_offline(teacher, tok, tiny.dataset(8, seed=3), str(tmp_path / "s"), settings, teacher_id="tiny", show_progress=False)
+    data = sample_offline(
+        teacher, tok, tiny.dataset(8, seed=3), str(tmp_path / "s"), settings, teacher_id="tiny", show_progress=False
+    )
     params = []
     for topk in (False, True):
         student = tiny.llama(1, seed=1)
-        args = config(tmp_path / str(topk), objective="kl", max_steps=1, optim="sgd", learning_rate=1.0,
-                      max_grad_norm=1e9, teacher_topk_logprobs=topk)
-        trainer = FDistillTrainer(model=student, teacher_model=None if topk else teacher, args=args,
-                                  train_dataset=data, processing_class=tok)
+        args = config(
+            tmp_path / str(topk),
+            objective="kl",
+            max_steps=1,
+            optim="sgd",
+            learning_rate=1.0,
+            max_grad_norm=1e9,
+            teacher_topk_logprobs=topk,
+        )
+        trainer = FDistillTrainer(
+            model=student, teacher_model=None if topk else teacher, args=args, train_dataset=data, processing_class=tok
+        )
         assert (trainer.teacher is None) == topk  # no teacher model is loaded with stored log-probabilities
         trainer.train()
         params.append(torch.cat([p.detach().flatten() for p in student.parameters()]))
@@ -339,14 +449,24 @@ def test_stored_topk_teacher_logprobs_replace_the_teacher_forward(tok, tmp_path)
     assert (params[0] - start).abs().max() > 1e-3
     torch.testing.assert_close(params[1], params[0], rtol=1e-4, atol=1e-5)  # stored values are rounded to 1e-6
 
-    small = sample_offline(teacher, tok, tiny.dataset(8, seed=3), str(tmp_path / "s3"),
-                           OfflineSamplingSettings(max_new_tokens=8, batch_size=4, topk_logprobs=3), teacher_id="tiny",
-                           show_progress=False)
+    small = sample_offline(
+        teacher,
+        tok,
+        tiny.dataset(8, seed=3),
+        str(tmp_path / "s3"),
+        OfflineSamplingSettings(max_new_tokens=8, batch_size=4, topk_logprobs=3),
+        teacher_id="tiny",
+        show_progress=False,
+    )
     args = config(tmp_path / "k3", objective="kl", max_steps=2, teacher_topk_logprobs=True)
     FDistillTrainer(model=tiny.llama(1, seed=1), args=args, train_dataset=small, processing_class=tok).train()
     with pytest.raises(ValueError, match="topk-logprobs"):  # a dataset without the columns is refused up front
-        FDistillTrainer(model=tiny.llama(1, seed=1), args=args, train_dataset=tiny.dataset(8, seed=3, teacher=teacher,
-                        tok=tok), processing_class=tok)
+        FDistillTrainer(
+            model=tiny.llama(1, seed=1),
+            args=args,
+            train_dataset=tiny.dataset(8, seed=3, teacher=teacher, tok=tok),
+            processing_class=tok,
+        )
     with pytest.raises(ValueError, match="teacher_topk_logprobs"):
         config(tmp_path, objective="js", teacher_topk_logprobs=True)
 
@@ -364,10 +484,17 @@ def _break(model, where: str):
     return model
 
 
-@pytest.mark.parametrize("objective, where, side", [
-    ("kl", "all", "teacher samples"), ("rkl", "entry", "student samples"), ("js", "entry", "teacher samples"),
-    ("tvd", "all", "teacher samples"), ("engine", "entry", "student samples"), ("predistill", "entry", "references"),
-])
+@pytest.mark.parametrize(
+    "objective, where, side",
+    [
+        ("kl", "all", "teacher samples"),
+        ("rkl", "entry", "student samples"),
+        ("js", "entry", "teacher samples"),
+        ("tvd", "all", "teacher samples"),
+        ("engine", "entry", "student samples"),
+        ("predistill", "entry", "references"),
+    ],
+)
 def test_nonfinite_teacher_stops_training_at_once(tok, tmp_path, objective, where, side):
     """A broken teacher never trains silently: the first step raises, naming the step, the model and the samples."""
     from fdistill.errors import NonFiniteError
@@ -377,10 +504,14 @@ def test_nonfinite_teacher_stops_training_at_once(tok, tmp_path, objective, wher
     student = tiny.llama(1, seed=1)
     before = {k: v.clone() for k, v in student.state_dict().items()}
     args = config(tmp_path, objective=objective, max_steps=3, logging_steps=1)
-    trainer = FDistillTrainer(model=student, teacher_model=_break(teacher, where), args=args, train_dataset=data,
-                              processing_class=tok)
-    with pytest.raises(NonFiniteError, match=rf"training step 1, micro-batch 1: the teacher's logits on the {side} "
-                                             r"hold NaN or \+inf at \d+ of \d+ scored positions; likely cause: the teacher"):
+    trainer = FDistillTrainer(
+        model=student, teacher_model=_break(teacher, where), args=args, train_dataset=data, processing_class=tok
+    )
+    with pytest.raises(
+        NonFiniteError,
+        match=rf"training step 1, micro-batch 1: the teacher's logits on the {side} "
+        r"hold NaN or \+inf at \d+ of \d+ scored positions; likely cause: the teacher",
+    ):
         trainer.train()
     assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())  # no step was applied
 
@@ -391,19 +522,36 @@ def test_nonfinite_student_and_fused_path_are_named(tok, tmp_path):
     teacher = tiny.llama(2, seed=0, init=0.15)
     data = tiny.dataset(8, seed=0, teacher=teacher, tok=tok)
     args = config(tmp_path, objective="kl", max_steps=1)
-    trainer = FDistillTrainer(model=_break(tiny.llama(1, seed=1), "entry"), teacher_model=teacher, args=args,
-                              train_dataset=data, processing_class=tok)
+    trainer = FDistillTrainer(
+        model=_break(tiny.llama(1, seed=1), "entry"),
+        teacher_model=teacher,
+        args=args,
+        train_dataset=data,
+        processing_class=tok,
+    )
     with pytest.raises(NonFiniteError, match="the student's logits on the teacher samples.*the student diverged"):
         trainer.train()
     args = config(tmp_path, objective="tvd", max_steps=1)  # a NaN student cannot even draw its samples
-    trainer = FDistillTrainer(model=_break(tiny.llama(1, seed=1), "entry"), teacher_model=teacher, args=args,
-                              train_dataset=data, processing_class=tok)
-    with pytest.raises(NonFiniteError, match="step 1: the student's next-token probabilities hold NaN or inf while "
-                                             "drawing student samples"):
+    trainer = FDistillTrainer(
+        model=_break(tiny.llama(1, seed=1), "entry"),
+        teacher_model=teacher,
+        args=args,
+        train_dataset=data,
+        processing_class=tok,
+    )
+    with pytest.raises(
+        NonFiniteError,
+        match="step 1: the student's next-token probabilities hold NaN or inf while drawing student samples",
+    ):
         trainer.train()
     args = config(tmp_path, objective="kl", max_steps=1, fused_divergence=True)
-    trainer = FDistillTrainer(model=tiny.llama(1, seed=1), teacher_model=_break(teacher, "all"), args=args,
-                              train_dataset=data, processing_class=tok)
+    trainer = FDistillTrainer(
+        model=tiny.llama(1, seed=1),
+        teacher_model=_break(teacher, "all"),
+        args=args,
+        train_dataset=data,
+        processing_class=tok,
+    )
     with pytest.raises(NonFiniteError, match="the teacher's LM-head inputs on the teacher samples"):
         trainer.train()
 
@@ -414,10 +562,18 @@ def test_nonfinite_skip_drops_and_counts_micro_batches(tok, tmp_path):
     data = tiny.dataset(16, seed=0, teacher=teacher, tok=tok)
     student = tiny.llama(1, seed=1)
     before = {k: v.clone() for k, v in student.state_dict().items()}
-    args = config(tmp_path, objective="js", max_steps=2, logging_steps=1, on_nonfinite="skip",
-                  per_device_train_batch_size=4, gradient_accumulation_steps=2)
-    trainer = FDistillTrainer(model=student, teacher_model=_break(teacher, "entry"), args=args, train_dataset=data,
-                              processing_class=tok)
+    args = config(
+        tmp_path,
+        objective="js",
+        max_steps=2,
+        logging_steps=1,
+        on_nonfinite="skip",
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+    )
+    trainer = FDistillTrainer(
+        model=student, teacher_model=_break(teacher, "entry"), args=args, train_dataset=data, processing_class=tok
+    )
     trainer.train()
     assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())
     logged = [h for h in trainer.state.log_history if "loss" in h]
@@ -427,10 +583,12 @@ def test_nonfinite_skip_drops_and_counts_micro_batches(tok, tmp_path):
 
 
 def test_nonfinite_settings_are_refused():
-    for kw, fragment in [(dict(loss_temperature=float("inf")), "loss_temperature=inf"),
-                         (dict(predistill_alpha_kd=float("nan")), "predistill_alpha_kd=nan"),
-                         (dict(student_sampling_temperature=float("inf")), "student_sampling_temperature=inf"),
-                         (dict(objective="seqkd", teacher_sampling="online"), "beam-search outputs"),
-                         (dict(on_nonfinite="ignore"), "on_nonfinite='ignore'")]:
+    for kw, fragment in [
+        (dict(loss_temperature=float("inf")), "loss_temperature=inf"),
+        (dict(predistill_alpha_kd=float("nan")), "predistill_alpha_kd=nan"),
+        (dict(student_sampling_temperature=float("inf")), "student_sampling_temperature=inf"),
+        (dict(objective="seqkd", teacher_sampling="online"), "beam-search outputs"),
+        (dict(on_nonfinite="ignore"), "on_nonfinite='ignore'"),
+    ]:
         with pytest.raises(ValueError, match=fragment):
             DistillArguments(**kw)

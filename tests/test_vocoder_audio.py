@@ -12,9 +12,9 @@ from fdistill.vocoder.audio import load_audio_config, run_audio_experiment, synt
 from fdistill.vocoder.losses import (
     clarinet_kl,
     distance,
-    stepwise_gaussian_kl,
     power_loss,
     reverse_kl,
+    stepwise_gaussian_kl,
     stft_magnitude_loss,
 )
 from fdistill.vocoder.speech import (
@@ -118,9 +118,21 @@ def test_losses_are_zero_where_they_should_be(teacher):
         distance(z, z, "cos")
 
 
-TINY = ["corpus=synthetic", "teacher_steps=40", "student_steps=15", "segment=512", "batch_size=4",
-        "oracle_rollouts=4", "eval_seconds=0.25", "eval_clips=2", "teacher_channels=8", "student_channels=8",
-        "teacher_dilations=[1, 2, 4, 8]", "student_dilations=[1, 2]", "student_flows=2"]
+TINY = [
+    "corpus=synthetic",
+    "teacher_steps=40",
+    "student_steps=15",
+    "segment=512",
+    "batch_size=4",
+    "oracle_rollouts=4",
+    "eval_seconds=0.25",
+    "eval_clips=2",
+    "teacher_channels=8",
+    "student_channels=8",
+    "teacher_dilations=[1, 2, 4, 8]",
+    "student_dilations=[1, 2]",
+    "student_flows=2",
+]
 
 
 def test_audio_experiment_end_to_end_and_resume(tmp_path, capsys):
@@ -205,18 +217,32 @@ def test_a_stage_whose_steps_are_all_non_finite_is_an_error_not_a_result(tmp_pat
     assert not (out / "teacher.json").exists() and not (out / "summary.json").exists()
 
 
-@pytest.mark.parametrize("override, message", [
-    ("hop=0", "hop=0 must be ≥ 1"), ("batch_size=0", "batch_size=0 must be ≥ 1"),
-    ("teacher_steps=-5", "teacher_steps=-5 must be ≥ 1"), ("student_steps=0", "student_steps=0"),
-    ("sample_rate=abc", "sample_rate='abc'"), ("sample_rate=4000", "8000 Hz or more"),
-    ("learning_rate=[1, 2]", "learning_rate=\\[1, 2\\]"), ("learning_rate=0", "learning_rate=0"),
-    ("learning_rate=.inf", "learning_rate=inf"), ("methods=[]", "non-empty list"),
-    ("methods=[x_rec, x_rec]", "repeats"), ("teacher_dilations=[]", "teacher_dilations"),
-    ("student_dilations=[1, 0]", "student_dilations"), ("seed=-1", "seed=-1 must be ≥ 0"),
-    ("n_fft=8192", "n_fft=8192"), ("eval_seconds=0.01", "eval_seconds"), ("eval_clips=0", "eval_clips"),
-    ("x_rec_noise=-1", "x_rec_noise"), ("recon_distance=cos", "recon_distance"), ("corpus=wav", "corpus"),
-    ("output_dir=README.md", "existing file"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("hop=0", "hop=0 must be ≥ 1"),
+        ("batch_size=0", "batch_size=0 must be ≥ 1"),
+        ("teacher_steps=-5", "teacher_steps=-5 must be ≥ 1"),
+        ("student_steps=0", "student_steps=0"),
+        ("sample_rate=abc", "sample_rate='abc'"),
+        ("sample_rate=4000", "8000 Hz or more"),
+        ("learning_rate=[1, 2]", "learning_rate=\\[1, 2\\]"),
+        ("learning_rate=0", "learning_rate=0"),
+        ("learning_rate=.inf", "learning_rate=inf"),
+        ("methods=[]", "non-empty list"),
+        ("methods=[x_rec, x_rec]", "repeats"),
+        ("teacher_dilations=[]", "teacher_dilations"),
+        ("student_dilations=[1, 0]", "student_dilations"),
+        ("seed=-1", "seed=-1 must be ≥ 0"),
+        ("n_fft=8192", "n_fft=8192"),
+        ("eval_seconds=0.01", "eval_seconds"),
+        ("eval_clips=0", "eval_clips"),
+        ("x_rec_noise=-1", "x_rec_noise"),
+        ("recon_distance=cos", "recon_distance"),
+        ("corpus=wav", "corpus"),
+        ("output_dir=README.md", "existing file"),
+    ],
+)
 def test_bad_settings_are_one_clear_error_before_any_work(override, message):
     with pytest.raises(ValueError, match=message):
         load_audio_config(None, ["corpus=synthetic", override])

@@ -107,8 +107,10 @@ def test_monte_carlo_reverse_kl_is_unbiased():
 def test_sample_gradient_is_the_closed_form_path_signal():
     teacher, student = make_teacher(5, seeded_generator(13)), random_student(5, 14)
     x = student.sample(normal(10, 5, 15)).detach()
-    expected = (-torch.linalg.solve(teacher.covariance(), (x - teacher.mean).T).T
-                + torch.linalg.solve(student.covariance(), (x - student.mean).T).T).detach()
+    expected = (
+        -torch.linalg.solve(teacher.covariance(), (x - teacher.mean).T).T
+        + torch.linalg.solve(student.covariance(), (x - student.mean).T).T
+    ).detach()
     torch.testing.assert_close(sample_gradient(student, teacher, x), expected, rtol=1e-9, atol=1e-9)
     assert all(p.grad is None for p in student.parameters())  # the student's parameters are held fixed
 
@@ -155,9 +157,16 @@ def test_reverse_kl_and_x_reconstruction_training_reduce_the_kl():
     for dim in (3, 6):
         teacher = make_teacher(dim, seeded_generator(20, dim))
         for method in ("reverse_kl", "x_rec"):
-            student, record = train_student(teacher, method, steps=300, batch=64, lr=0.05,
-                                            generator=seeded_generator(21), probe_generator=seeded_generator(22),
-                                            probe_samples=32)
+            student, record = train_student(
+                teacher,
+                method,
+                steps=300,
+                batch=64,
+                lr=0.05,
+                generator=seeded_generator(21),
+                probe_generator=seeded_generator(22),
+                probe_samples=32,
+            )
             kl = record["kl"]
             assert kl[-1] < 0.1 * kl[0] and record["kl_steps"][-1] == 300
             assert gaussian_kl(student, teacher).item() == pytest.approx(kl[-1])
@@ -172,11 +181,31 @@ def without_timings(tree):
 
 
 def test_study_is_deterministic_and_cli_writes_every_file(tmp_path):
-    tiny = ["--dims", "2", "5", "--steps", "60", "--repeats", "2", "--samples", "16", "--eval-samples", "100",
-            "--prop1-samples", "4000", "--seed", "3"]
+    tiny = [
+        "--dims",
+        "2",
+        "5",
+        "--steps",
+        "60",
+        "--repeats",
+        "2",
+        "--samples",
+        "16",
+        "--eval-samples",
+        "100",
+        "--prop1-samples",
+        "4000",
+        "--seed",
+        "3",
+    ]
     main(["vocoder", "gaussian", "--out", str(tmp_path / "cli"), *tiny])
-    for name in ("figure2_loglik_histograms.png", "figure3_expansion_signal.png", "proposition1.png", "table.md",
-                 "summary.json"):
+    for name in (
+        "figure2_loglik_histograms.png",
+        "figure3_expansion_signal.png",
+        "proposition1.png",
+        "table.md",
+        "summary.json",
+    ):
         assert (tmp_path / "cli" / name).stat().st_size > 500
     summary = json.loads((tmp_path / "cli" / "summary.json").read_text())
     assert set(summary["dims"]) == {"2", "5"} and summary["settings"]["steps"] == 60
@@ -187,8 +216,17 @@ def test_study_is_deterministic_and_cli_writes_every_file(tmp_path):
     prop = entry["proposition1"]["teacher_vs_standard_student"]
     assert len(prop["per_repeat"]) == 2 and {"analytic", "monte_carlo", "z_score"} <= set(prop["per_repeat"][0])
     assert "expansion_end_decreases_with_dim" in summary["trends"]
-    again = run_gaussian_study(str(tmp_path / "api"), dims=(2, 5), steps=60, repeats=2, samples=16,
-                               eval_samples=100, prop1_samples=4000, seed=3, log=lambda *_: None)
+    again = run_gaussian_study(
+        str(tmp_path / "api"),
+        dims=(2, 5),
+        steps=60,
+        repeats=2,
+        samples=16,
+        eval_samples=100,
+        prop1_samples=4000,
+        seed=3,
+        log=lambda *_: None,
+    )
     for d in ("2", "5"):
         assert without_timings(again["dims"][d]) == without_timings(summary["dims"][d])  # same seed, same numbers
 
@@ -199,13 +237,23 @@ def test_cli_rejects_bad_settings(tmp_path, capsys):
     assert exit_info.value.code == 2 and "steps=0 must be ≥ 1" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--dims", "0"], "dims=[0]"), (["--dims", "-4", "16"], "dims=[-4, 16]"), (["--dims", "4", "4"], "repeats"),
-    (["--repeats", "0"], "repeats=0 must be ≥ 1"), (["--steps", "-5"], "steps=-5 must be ≥ 1"),
-    (["--batch", "0"], "batch=0"), (["--lr", "nan"], "lr=nan"), (["--lr", "0"], "lr=0"),
-    (["--eval-samples", "1"], "eval_samples=1"), (["--prop1-samples", "0"], "prop1_samples=0"),
-    (["--seed", "-1"], "seed=-1"), (["--threads", "0"], "--threads=0"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--dims", "0"], "dims=[0]"),
+        (["--dims", "-4", "16"], "dims=[-4, 16]"),
+        (["--dims", "4", "4"], "repeats"),
+        (["--repeats", "0"], "repeats=0 must be ≥ 1"),
+        (["--steps", "-5"], "steps=-5 must be ≥ 1"),
+        (["--batch", "0"], "batch=0"),
+        (["--lr", "nan"], "lr=nan"),
+        (["--lr", "0"], "lr=0"),
+        (["--eval-samples", "1"], "eval_samples=1"),
+        (["--prop1-samples", "0"], "prop1_samples=0"),
+        (["--seed", "-1"], "seed=-1"),
+        (["--threads", "0"], "--threads=0"),
+    ],
+)
 def test_cli_bad_settings_are_one_line_before_any_work(tmp_path, capsys, flags, message):
     out = tmp_path / "never"
     with pytest.raises(SystemExit) as exit_info:
@@ -222,6 +270,15 @@ def test_output_path_that_is_a_file_and_diverging_training_are_errors(tmp_path, 
     assert "existing file" in capsys.readouterr().err
     out = tmp_path / "never"
     with pytest.raises(ValueError, match=r"reverse KL student \(D=4\): the loss is non-finite .* lr=1000000.0"):
-        run_gaussian_study(str(out), dims=(4,), steps=20, lr=1e6, repeats=1, samples=8, eval_samples=50,
-                           prop1_samples=1000, log=lambda *_: None)
+        run_gaussian_study(
+            str(out),
+            dims=(4,),
+            steps=20,
+            lr=1e6,
+            repeats=1,
+            samples=8,
+            eval_samples=50,
+            prop1_samples=1000,
+            log=lambda *_: None,
+        )
     assert not out.exists()  # nothing saved as a finished study

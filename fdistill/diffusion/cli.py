@@ -20,12 +20,16 @@ MODELS = ("teacher", "guided-teacher", "kd", "pd", "vsd", "dmd", "guidance")
 
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="diffusion_command", required=True)
-    for name, text in [("experiment", ("teacher, offline pairs, every method over every seed; writes table.md, "
-                                      "results.json and plots")),
-                       ("teacher", "train (or load) the recipe's teacher"),
-                       ("distill", "distil one method's student(s) for one seed from the trained teacher"),
-                       ("sample", "draw samples from a trained teacher or student"),
-                       ("evaluate", "evaluate the teacher and every finished student of one seed")]:
+    for name, text in [
+        (
+            "experiment",
+            ("teacher, offline pairs, every method over every seed; writes table.md, results.json and plots"),
+        ),
+        ("teacher", "train (or load) the recipe's teacher"),
+        ("distill", "distil one method's student(s) for one seed from the trained teacher"),
+        ("sample", "draw samples from a trained teacher or student"),
+        ("evaluate", "evaluate the teacher and every finished student of one seed"),
+    ]:
         p = sub.add_parser(name, help=text)
         p.add_argument("recipe", help="experiment YAML (keys: DiffusionExperimentConfig fields)")
         p.add_argument("overrides", nargs="*", help="key=value pairs overriding the recipe, e.g. kd_steps=200")
@@ -45,8 +49,13 @@ def _check_sample_args(args, config) -> int:
         raise invalid("--model", args.model, f"choose one of {list(MODELS)}.")
     if args.num < 1:
         raise invalid("--num", args.num, "give a whole number ≥ 1.")
-    allowed = {"kd": [1], "vsd": [1], "dmd": [1], "pd": config.pd_rounds(),
-               "guidance": [config.pd_start_steps, *config.pd_rounds()]}.get(args.model)
+    allowed = {
+        "kd": [1],
+        "vsd": [1],
+        "dmd": [1],
+        "pd": config.pd_rounds(),
+        "guidance": [config.pd_start_steps, *config.pd_rounds()],
+    }.get(args.model)
     steps = args.steps if args.steps is not None else (allowed[-1] if allowed else max(config.eval_steps))
     if allowed and steps not in allowed:
         raise invalid("--steps", steps, f"the {args.model} student samples with {allowed} steps.")
@@ -94,8 +103,15 @@ def run(args) -> None:
     if command == "distill":
         pairs = get_pairs(config, problem, teacher) if args.method in ("kd", "dmd") else None
         for s in distill(config, problem, teacher, args.method, args.seed, pairs):
-            print(json.dumps({"model": s["name"], "steps": s["steps"],
-                              **{k: v for k, v in s["record"].items() if k != "history"}}))
+            print(
+                json.dumps(
+                    {
+                        "model": s["name"],
+                        "steps": s["steps"],
+                        **{k: v for k, v in s["record"].items() if k != "history"},
+                    }
+                )
+            )
         return
     if command == "evaluate":
         students = []
@@ -115,8 +131,11 @@ def run(args) -> None:
     if config.student_classes == "unconditional" and args.model not in ("guided-teacher", "guidance"):
         labels = torch.full_like(labels, problem.num_classes)  # these samplers were distilled without a class
     if args.model in ("teacher", "guided-teacher"):
-        net, w, guided = teacher, (config.guidance_weight if args.model == "guided-teacher" else None), \
-            args.model == "guided-teacher"
+        net, w, guided = (
+            teacher,
+            (config.guidance_weight if args.model == "guided-teacher" else None),
+            args.model == "guided-teacher",
+        )
     else:
         found = {s["steps"]: s for s in distill(config, problem, teacher, args.model, args.seed, None, train=False)}
         net, w, guided = found[steps]["net"], found[steps]["w"], False
@@ -125,14 +144,25 @@ def run(args) -> None:
 
     os.makedirs(args.out, exist_ok=True)
     save_file({"samples": samples.contiguous(), "labels": labels}, os.path.join(args.out, "samples.safetensors"))
-    meta = {"model": args.model, "steps": steps, "nfe_per_sample": steps * (2 if guided else 1),
-            "guidance_weight": w, "seed": args.seed, "num": args.num, "seconds": seconds,
-            "recipe": args.recipe, "overrides": list(args.overrides)}
+    meta = {
+        "model": args.model,
+        "steps": steps,
+        "nfe_per_sample": steps * (2 if guided else 1),
+        "guidance_weight": w,
+        "seed": args.seed,
+        "num": args.num,
+        "seconds": seconds,
+        "recipe": args.recipe,
+        "overrides": list(args.overrides),
+    }
     with open(os.path.join(args.out, "samples.json"), "w") as f:
         json.dump(meta, f, indent=1)
     if config.dataset == "digits":
         from fdistill.flows.metrics import save_sample_grid
 
-        save_sample_grid({f"{args.model} K={steps}": samples / 2 + 0.5}, os.path.join(args.out, "samples.png"),
-                         per_row=min(args.num, 32))
+        save_sample_grid(
+            {f"{args.model} K={steps}": samples / 2 + 0.5},
+            os.path.join(args.out, "samples.png"),
+            per_row=min(args.num, 32),
+        )
     print(json.dumps(meta))

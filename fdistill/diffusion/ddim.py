@@ -36,8 +36,13 @@ def progressive_target(x_s: torch.Tensor, x_t: torch.Tensor, alpha_s, sigma_s, a
     return (sigma_s * x_t - sigma_t * x_s) / (alpha_t * sigma_s - alpha_s * sigma_t)
 
 
-def ddim_sample(denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x_start: torch.Tensor, schedule,
-                steps: int | None = None, pairs: list[tuple[int, int]] | None = None) -> torch.Tensor:
+def ddim_sample(
+    denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x_start: torch.Tensor,
+    schedule,
+    steps: int | None = None,
+    pairs: list[tuple[int, int]] | None = None,
+) -> torch.Tensor:
     """Run DDIM from ``x_start`` (noise at ``T−1``) to the data along the K-step trailing grid (or given ``pairs``).
 
     ``denoise(x, t)`` returns x̂₀ for a batch ``x`` at integer times ``t`` ``[B]``; it is called once per step

@@ -105,15 +105,31 @@ class DiffusionExperimentConfig:
         checks.whole_numbers("seeds", self.seeds, low=0, example="[0, 1, 2]")
         for name in ("teacher_seed", "split_seed"):
             checks.whole_number(name, getattr(self, name), low=0)
-        for name in ("num_train_timesteps", "hidden", "depth", "layers_per_block", "teacher_steps", "batch_size",
-                     "toy_train_size", "kd_steps", "kd_teacher_steps", "num_pairs", "pairs_shard_size",
-                     "pd_start_steps", "pd_steps_per_round", "vsd_steps", "fake_updates", "guidance_steps",
-                     "num_eval_samples", "feature_epochs", "threads"):
+        for name in (
+            "num_train_timesteps",
+            "hidden",
+            "depth",
+            "layers_per_block",
+            "teacher_steps",
+            "batch_size",
+            "toy_train_size",
+            "kd_steps",
+            "kd_teacher_steps",
+            "num_pairs",
+            "pairs_shard_size",
+            "pd_start_steps",
+            "pd_steps_per_round",
+            "vsd_steps",
+            "fake_updates",
+            "guidance_steps",
+            "num_eval_samples",
+            "feature_epochs",
+            "threads",
+        ):
             checks.whole_number(name, getattr(self, name))
         checks.whole_numbers("channels", self.channels, example="[32, 64]", distinct=False)
         checks.whole_numbers("eval_steps", self.eval_steps, example="[64, 16, 8, 4, 2, 1]")
-        for name in ("learning_rate", "student_learning_rate", "fake_learning_rate", "max_grad_norm",
-                     "guidance_w_max"):
+        for name in ("learning_rate", "student_learning_rate", "fake_learning_rate", "max_grad_norm", "guidance_w_max"):
             checks.number(name, getattr(self, name))
         for name in ("dmd_regression_weight", "guidance_weight"):
             checks.number(name, getattr(self, name), allow_low=True)
@@ -122,25 +138,47 @@ class DiffusionExperimentConfig:
         if self.ema_decay >= 1 or self.label_dropout >= 1:
             raise invalid("ema_decay/label_dropout", (self.ema_decay, self.label_dropout), "each must be in [0, 1).")
         if "guidance" in self.methods and self.label_dropout == 0:
-            raise invalid("label_dropout", 0, "guidance needs an unconditional teacher: give a value in (0, 1), "
-                          "e.g. 0.1.")
+            raise invalid(
+                "label_dropout", 0, "guidance needs an unconditional teacher: give a value in (0, 1), e.g. 0.1."
+            )
         if self.pd_start_steps & (self.pd_start_steps - 1) or self.pd_start_steps < 2:
-            raise invalid("pd_start_steps", self.pd_start_steps, "progressive distillation halves the steps each "
-                          "round down to 1: give a power of two ≥ 2, e.g. 16.")
+            raise invalid(
+                "pd_start_steps",
+                self.pd_start_steps,
+                "progressive distillation halves the steps each round down to 1: give a power of two ≥ 2, e.g. 16.",
+            )
         steps = [self.pd_start_steps, self.kd_teacher_steps, *self.eval_steps]
         if max(steps) > self.num_train_timesteps:
-            raise invalid("num_train_timesteps", self.num_train_timesteps, f"must be ≥ every step count ({max(steps)}).")
+            raise invalid(
+                "num_train_timesteps", self.num_train_timesteps, f"must be ≥ every step count ({max(steps)})."
+            )
         if self.num_train_timesteps % self.pd_start_steps:
-            raise invalid("num_train_timesteps", self.num_train_timesteps, f"must be divisible by pd_start_steps="
-                          f"{self.pd_start_steps} so that the PD grids nest exactly (e.g. 1024).")
+            raise invalid(
+                "num_train_timesteps",
+                self.num_train_timesteps,
+                f"must be divisible by pd_start_steps="
+                f"{self.pd_start_steps} so that the PD grids nest exactly (e.g. 1024).",
+            )
         if self.guidance_weight > self.guidance_w_max:
             raise invalid("guidance_weight", self.guidance_weight, f"must be ≤ guidance_w_max={self.guidance_w_max}.")
         if self.num_eval_samples < 10:
             raise invalid("num_eval_samples", self.num_eval_samples, "give at least 10.")
 
     def teacher_settings(self) -> dict:
-        keys = ("dataset", "teacher_seed", "num_train_timesteps", "beta_schedule", "zero_terminal_snr", "teacher_steps",
-                "batch_size", "learning_rate", "ema_decay", "label_dropout", "max_grad_norm", "split_seed")
+        keys = (
+            "dataset",
+            "teacher_seed",
+            "num_train_timesteps",
+            "beta_schedule",
+            "zero_terminal_snr",
+            "teacher_steps",
+            "batch_size",
+            "learning_rate",
+            "ema_decay",
+            "label_dropout",
+            "max_grad_norm",
+            "split_seed",
+        )
         keys += ("hidden", "depth", "toy_train_size") if self.dataset == "toy2d" else ("channels", "layers_per_block")
         return {k: getattr(self, k) for k in keys}
 
@@ -166,17 +204,29 @@ class Problem:
 
             self.ring = RingOfGaussians()
             self.shape, self.num_classes = (2,), self.ring.modes
-            self.train_x, self.train_labels = self.ring.sample(config.toy_train_size,
-                                                               torch.Generator().manual_seed(config.split_seed))
-            self.net_config = {"kind": "mlp", "dim": 2, "hidden": config.hidden, "depth": config.depth,
-                               "num_classes": self.num_classes}
+            self.train_x, self.train_labels = self.ring.sample(
+                config.toy_train_size, torch.Generator().manual_seed(config.split_seed)
+            )
+            self.net_config = {
+                "kind": "mlp",
+                "dim": 2,
+                "hidden": config.hidden,
+                "depth": config.depth,
+                "num_classes": self.num_classes,
+            }
         else:
             from .data import load_digits_diffusion
 
             self.digits = load_digits_diffusion(config.split_seed)
             self.shape, self.num_classes = (1, 8, 8), 10
-            self.net_config = {"kind": "unet", "sample_size": 8, "channels": list(config.channels),
-                               "layers_per_block": config.layers_per_block, "num_classes": 10, "in_channels": 1}
+            self.net_config = {
+                "kind": "unet",
+                "sample_size": 8,
+                "channels": list(config.channels),
+                "layers_per_block": config.layers_per_block,
+                "num_classes": 10,
+                "in_channels": 1,
+            }
 
     def sample(self, n: int, generator: torch.Generator):
         if self.config.dataset == "toy2d":
@@ -205,9 +255,13 @@ def _stage_net(problem, folder, name, settings, work, log):
 
         saved = load_stage(os.path.join(folder, name), settings)
         if saved is None:
-            raise invalid("model", os.path.join(folder, name), "it is not trained yet with this recipe and these "
-                          "overrides: run `fdistill diffusion teacher|distill` (or `experiment`) first.",
-                          problem="does not exist")
+            raise invalid(
+                "model",
+                os.path.join(folder, name),
+                "it is not trained yet with this recipe and these "
+                "overrides: run `fdistill diffusion teacher|distill` (or `experiment`) first.",
+                problem="does not exist",
+            )
         return problem.net_from(saved[0]), saved[1].get("record", {})
 
     def run():
@@ -224,8 +278,9 @@ def get_teacher(config, problem, log=print, train: bool = True):
 
     def work():
         torch.manual_seed(config.teacher_seed)  # the initial weights too are a function of teacher_seed
-        return train_teacher(problem.new_net(), problem, budget, config.teacher_seed, config.label_dropout,
-                             config.ema_decay, log)
+        return train_teacher(
+            problem.new_net(), problem, budget, config.teacher_seed, config.label_dropout, config.ema_decay, log
+        )
 
     return _stage_net(problem, config.output_dir, "teacher", config.teacher_settings(), work if train else None, log)
 
@@ -234,10 +289,16 @@ def get_pairs(config, problem, teacher, log=print):
     """The offline KD/DMD pairs (a `datasets` dataset under ``output_dir/pairs``)."""
     from .pairs import build_pairs
 
-    provenance = {"teacher": config.teacher_settings(), "sampler": f"DDIM, trailing, {config.kd_teacher_steps} steps",
-                  "kd_teacher_steps": config.kd_teacher_steps, "num_pairs": config.num_pairs,
-                  "shard_size": config.pairs_shard_size, "sample_shape": list(problem.shape), "noise_seed": 1000,
-                  "student_classes": config.student_classes}
+    provenance = {
+        "teacher": config.teacher_settings(),
+        "sampler": f"DDIM, trailing, {config.kd_teacher_steps} steps",
+        "kd_teacher_steps": config.kd_teacher_steps,
+        "num_pairs": config.num_pairs,
+        "shard_size": config.pairs_shard_size,
+        "sample_shape": list(problem.shape),
+        "noise_seed": 1000,
+        "student_classes": config.student_classes,
+    }
 
     @torch.no_grad()
     def make_shard(index, count):
@@ -246,24 +307,41 @@ def get_pairs(config, problem, teacher, log=print):
         labels = torch.randint(0, problem.num_classes, (count,), generator=g)
         if config.student_classes == "unconditional":
             labels = torch.full_like(labels, problem.num_classes)
-        target = ddim_sample(lambda x, t: predict_x0(teacher, problem.schedule, x, t, labels), noise,
-                             problem.schedule, config.kd_teacher_steps)
+        target = ddim_sample(
+            lambda x, t: predict_x0(teacher, problem.schedule, x, t, labels),
+            noise,
+            problem.schedule,
+            config.kd_teacher_steps,
+        )
         return {"noise": noise, "label": labels, "target": target}
 
-    return build_pairs(os.path.join(config.output_dir, "pairs"), provenance, config.num_pairs,
-                       config.pairs_shard_size, make_shard, log)
+    return build_pairs(
+        os.path.join(config.output_dir, "pairs"), provenance, config.num_pairs, config.pairs_shard_size, make_shard, log
+    )
 
 
 def student_settings(config, method: str, seed: int) -> dict:
-    common = {"teacher": config.teacher_settings(), "method": method, "seed": seed,
-              "student_classes": config.student_classes if method != "guidance" else "conditional",
-              "student_learning_rate": config.student_learning_rate}
-    extra = {"kd": ("kd_steps", "kd_teacher_steps", "num_pairs"),
-             "pd": ("pd_start_steps", "pd_steps_per_round"),
-             "vsd": ("vsd_steps", "fake_learning_rate", "fake_updates"),
-             "dmd": ("vsd_steps", "fake_learning_rate", "fake_updates", "dmd_regression_weight", "kd_teacher_steps",
-                     "num_pairs"),
-             "guidance": ("guidance_steps", "guidance_w_max", "pd_start_steps", "pd_steps_per_round")}[method]
+    common = {
+        "teacher": config.teacher_settings(),
+        "method": method,
+        "seed": seed,
+        "student_classes": config.student_classes if method != "guidance" else "conditional",
+        "student_learning_rate": config.student_learning_rate,
+    }
+    extra = {
+        "kd": ("kd_steps", "kd_teacher_steps", "num_pairs"),
+        "pd": ("pd_start_steps", "pd_steps_per_round"),
+        "vsd": ("vsd_steps", "fake_learning_rate", "fake_updates"),
+        "dmd": (
+            "vsd_steps",
+            "fake_learning_rate",
+            "fake_updates",
+            "dmd_regression_weight",
+            "kd_teacher_steps",
+            "num_pairs",
+        ),
+        "guidance": ("guidance_steps", "guidance_w_max", "pd_start_steps", "pd_steps_per_round"),
+    }[method]
     return {**common, **{k: getattr(config, k) for k in extra}}
 
 
@@ -281,33 +359,73 @@ def distill(config, problem, teacher, method: str, seed: int, pairs=None, log=pr
     lr, bs, clip = config.student_learning_rate, config.batch_size, config.max_grad_norm
     tag = f"{method}_seed{seed}"
     if method == "kd":
-        net, record = stage(tag, settings, lambda: distill_kd(
-            teacher, problem, pairs, Budget(config.kd_steps, bs, lr, clip), seed, log))
+        net, record = stage(
+            tag, settings, lambda: distill_kd(teacher, problem, pairs, Budget(config.kd_steps, bs, lr, clip), seed, log)
+        )
         return [{"name": "kd", "steps": 1, "net": net, "w": None, "record": record}]
     if method in ("vsd", "dmd"):
         weight = config.dmd_regression_weight if method == "dmd" else 0.0
-        net, record = stage(tag, settings, lambda: distill_vsd(
-            teacher, problem, Budget(config.vsd_steps, bs, lr, clip), seed, config.fake_learning_rate,
-            config.fake_updates, regression_weight=weight, pairs=pairs, log=log, name=method,
-            unconditional=config.student_classes == "unconditional"))
+        net, record = stage(
+            tag,
+            settings,
+            lambda: distill_vsd(
+                teacher,
+                problem,
+                Budget(config.vsd_steps, bs, lr, clip),
+                seed,
+                config.fake_learning_rate,
+                config.fake_updates,
+                regression_weight=weight,
+                pairs=pairs,
+                log=log,
+                name=method,
+                unconditional=config.student_classes == "unconditional",
+            ),
+        )
         return [{"name": method, "steps": 1, "net": net, "w": None, "record": record}]
     out, current, w_max = [], teacher, None
     if method == "guidance":
         w_max = config.guidance_w_max
-        current, record = stage(tag + "_w", settings, lambda: distill_guidance(
-            teacher, problem, Budget(config.guidance_steps, bs, lr, clip), seed, w_max, log))
-        out.append({"name": "guidance", "steps": config.pd_start_steps, "net": current,
-                    "w": config.guidance_weight, "record": record})
+        current, record = stage(
+            tag + "_w",
+            settings,
+            lambda: distill_guidance(teacher, problem, Budget(config.guidance_steps, bs, lr, clip), seed, w_max, log),
+        )
+        out.append(
+            {
+                "name": "guidance",
+                "steps": config.pd_start_steps,
+                "net": current,
+                "w": config.guidance_weight,
+                "record": record,
+            }
+        )
     for steps in config.pd_rounds():
         budget = Budget(config.pd_steps_per_round, bs, lr, clip)
         current, record = stage(
-            f"{tag}_{steps}steps", {**settings, "round_student_steps": steps},
+            f"{tag}_{steps}steps",
+            {**settings, "round_student_steps": steps},
             lambda teacher_now=current, steps=steps, budget=budget: distill_pd_round(
-                                     teacher_now, problem, steps, budget, seed, w_max, log=log,
-                                     name=f"{method} round →{steps}",
-                                     unconditional=method == "pd" and config.student_classes == "unconditional"))
-        out.append({"name": method, "steps": steps, "net": current,
-                    "w": config.guidance_weight if method == "guidance" else None, "record": record})
+                teacher_now,
+                problem,
+                steps,
+                budget,
+                seed,
+                w_max,
+                log=log,
+                name=f"{method} round →{steps}",
+                unconditional=method == "pd" and config.student_classes == "unconditional",
+            ),
+        )
+        out.append(
+            {
+                "name": method,
+                "steps": steps,
+                "net": current,
+                "w": config.guidance_weight if method == "guidance" else None,
+                "record": record,
+            }
+        )
     return out
 
 
@@ -324,8 +442,9 @@ def run_sampler(problem, net, steps: int, noise, labels, w=None, guided_teacher=
     """Samples and seconds; ``guided_teacher`` uses two calls per step, a w-input student one."""
     start, chunks = time.perf_counter(), []
     for i in range(0, len(noise), batch):
-        x, c = noise[i:i + batch], labels[i:i + batch]
+        x, c = noise[i : i + batch], labels[i : i + batch]
         wv = None if w is None else torch.full((len(x),), float(w))
+
         def fn(x_, t_, c=c, wv=wv):
             if guided_teacher:
                 return guided_x0(net, problem.schedule, x_, t_, c, w)
@@ -355,12 +474,18 @@ class Scorer:
         from .metrics import DigitsScorer
 
         data = problem.digits.flow_data
+
         def work():
             net, accuracy = train_digits_feature_net(data, config.feature_epochs)
             return net.state_dict(), {"accuracy": accuracy}
 
-        result = run_stage(config.output_dir, "digits_feature_net",
-                           {"split_seed": config.split_seed, "feature_epochs": config.feature_epochs}, work, log)
+        result = run_stage(
+            config.output_dir,
+            "digits_feature_net",
+            {"split_seed": config.split_seed, "feature_epochs": config.feature_epochs},
+            work,
+            log,
+        )
         net = DigitsFeatureNet()
         net.load_state_dict(result.tensors)
         net.eval()
@@ -395,30 +520,45 @@ def evaluate_samplers(config, problem, teacher, students: list[dict], seed: int,
         scores = scorer(samples, labels)
         if not is_guided and plain is not labels:
             scores["class_accuracy"] = None  # unconditional samples have no requested class
-        row = {"model": model, "seed": seed, "steps": steps, "nfe": nfe, **scores,
-               "mse_to_teacher": mse_to(samples, reference[is_guided]), "samples_per_s": len(samples) / seconds,
-               "parameters": params}
+        row = {
+            "model": model,
+            "seed": seed,
+            "steps": steps,
+            "nfe": nfe,
+            **scores,
+            "mse_to_teacher": mse_to(samples, reference[is_guided]),
+            "samples_per_s": len(samples) / seconds,
+            "parameters": params,
+        }
         rows.append(row)
         if log:
-            log(f"[eval seed {seed}] " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                                  for k, v in row.items()))
+            log(
+                f"[eval seed {seed}] "
+                + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+            )
         return samples
 
     samples_for_plot = {}
     params = num_parameters(teacher)
     for steps in config.eval_steps:
-        samples_for_plot[("teacher", steps)] = add("teacher", steps, steps,
-                                                   *run_sampler(problem, teacher, steps, noise, plain), False, params)
+        samples_for_plot[("teacher", steps)] = add(
+            "teacher", steps, steps, *run_sampler(problem, teacher, steps, noise, plain), False, params
+        )
         if guided:
             samples_for_plot[("guided teacher", steps)] = add(
-                "guided teacher", steps, 2 * steps,
-                *run_sampler(problem, teacher, steps, noise, labels, config.guidance_weight, True), True, params)
+                "guided teacher",
+                steps,
+                2 * steps,
+                *run_sampler(problem, teacher, steps, noise, labels, config.guidance_weight, True),
+                True,
+                params,
+            )
     for student in students:
         given = labels if student["w"] is not None else plain
         samples, seconds = run_sampler(problem, student["net"], student["steps"], noise, given, student["w"])
-        samples_for_plot[(student["name"], student["steps"])] = add(student["name"], student["steps"],
-                                                                    student["steps"], samples, seconds,
-                                                                    student["w"] is not None, params)
+        samples_for_plot[(student["name"], student["steps"])] = add(
+            student["name"], student["steps"], student["steps"], samples, seconds, student["w"] is not None, params
+        )
     return rows, samples_for_plot
 
 
@@ -465,6 +605,7 @@ def table_markdown(summary: list[dict], metrics: list[str]) -> str:
 
 def claims(summary: list[dict], key: str, lower_is_better: bool) -> list[str]:
     """The lecture's claims, answered from the summary (mean over seeds; ± std shown)."""
+
     def get(model, steps):
         return next((e for e in summary if e["model"] == model and e["steps"] == steps), None)
 
@@ -483,24 +624,30 @@ def claims(summary: list[dict], key: str, lower_is_better: bool) -> list[str]:
         pd, teacher = get("pd", steps), get("teacher", steps)
         verdict = better(pd, teacher)
         if verdict is not None:
-            out.append(f"- PD student at {steps} steps {verdict} the teacher's DDIM at "
-                       f"{steps} steps on {key}: {_fmt(pd[key], pd[key + '_std'])} vs "
-                       f"{_fmt(teacher[key], teacher[key + '_std'])}.")
+            out.append(
+                f"- PD student at {steps} steps {verdict} the teacher's DDIM at "
+                f"{steps} steps on {key}: {_fmt(pd[key], pd[key + '_std'])} vs "
+                f"{_fmt(teacher[key], teacher[key + '_std'])}."
+            )
     for model in ("kd", "vsd", "dmd"):
         verdict = better(get(model, 1), get("teacher", 1))
         if verdict is not None:
             s, t = get(model, 1), get("teacher", 1)
-            out.append(f"- one-step {model.upper()} student {verdict} the teacher's "
-                       f"one-step DDIM on {key}: {_fmt(s[key], s[key + '_std'])} vs {_fmt(t[key], t[key + '_std'])}.")
+            out.append(
+                f"- one-step {model.upper()} student {verdict} the teacher's "
+                f"one-step DDIM on {key}: {_fmt(s[key], s[key + '_std'])} vs {_fmt(t[key], t[key + '_std'])}."
+            )
     for e in summary:
         if e["model"] == "guidance":
             g = get("guided teacher", e["steps"])
             top = max((x for x in summary if x["model"] == "guided teacher"), key=lambda x: x["steps"], default=None)
             if g and top:
-                out.append(f"- guidance student at {e['steps']} steps (1 call/step): class accuracy "
-                           f"{_fmt(e['class_accuracy'], e['class_accuracy_std'])} vs guided teacher (2 calls/step) "
-                           f"{_fmt(g['class_accuracy'], g['class_accuracy_std'])} at the same steps, "
-                           f"{_fmt(top['class_accuracy'], top['class_accuracy_std'])} at {top['steps']} steps.")
+                out.append(
+                    f"- guidance student at {e['steps']} steps (1 call/step): class accuracy "
+                    f"{_fmt(e['class_accuracy'], e['class_accuracy_std'])} vs guided teacher (2 calls/step) "
+                    f"{_fmt(g['class_accuracy'], g['class_accuracy_std'])} at the same steps, "
+                    f"{_fmt(top['class_accuracy'], top['class_accuracy_std'])} at {top['steps']} steps."
+                )
     return out
 
 
@@ -541,7 +688,7 @@ def _plots(config, summary, key, samples_for_plot, problem, folder):
             ax.set_title(f"{k[0]} K={k[1]}", fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])
-        for ax in list(axes.flat)[len(keys):]:
+        for ax in list(axes.flat)[len(keys) :]:
             ax.axis("off")
         fig.tight_layout()
         fig.savefig(path, dpi=110)
@@ -570,32 +717,64 @@ def run_experiment(config: DiffusionExperimentConfig, log=print) -> dict:
         seed_rows, samples = evaluate_samplers(config, problem, teacher, students, seed, scorer, log)
         rows += seed_rows
         first_samples = first_samples or samples
-    metrics = (["log_likelihood", "modes_covered", "on_mode", "energy_distance", "class_accuracy", "mse_to_teacher",
-                "samples_per_s"] if config.dataset == "toy2d" else
-               ["digits_fd", "class_accuracy", "mse_to_teacher", "samples_per_s"])
+    metrics = (
+        [
+            "log_likelihood",
+            "modes_covered",
+            "on_mode",
+            "energy_distance",
+            "class_accuracy",
+            "mse_to_teacher",
+            "samples_per_s",
+        ]
+        if config.dataset == "toy2d"
+        else ["digits_fd", "class_accuracy", "mse_to_teacher", "samples_per_s"]
+    )
     key, lower = ("energy_distance", True) if config.dataset == "toy2d" else ("digits_fd", True)
     summary = summarise(rows, metrics)
     cpu = time.process_time() - started
-    lines = [f"# {config.dataset}: few-step diffusion distillation", "",
-             (f"Teacher: {teacher.config['kind']} v-prediction, {num_parameters(teacher):,} parameters, shared by every "
-             f"student seed (teacher_seed={config.teacher_seed}); {len(config.seeds)} student seeds {config.seeds} "
-             f"(each also draws its own evaluation noise); {config.num_eval_samples} samples per row. "
-             f"Mean ± std over seeds."), ""]
+    lines = [
+        f"# {config.dataset}: few-step diffusion distillation",
+        "",
+        (
+            f"Teacher: {teacher.config['kind']} v-prediction, {num_parameters(teacher):,} parameters, shared by every "
+            f"student seed (teacher_seed={config.teacher_seed}); {len(config.seeds)} student seeds {config.seeds} "
+            f"(each also draws its own evaluation noise); {config.num_eval_samples} samples per row. "
+            f"Mean ± std over seeds."
+        ),
+        "",
+    ]
     if scorer.floor is not None:
-        lines += [(f"Real-vs-real floor (training digits vs test digits): digits-FD {scorer.floor['digits_fd']:.3g}, "
-                  f"class accuracy {scorer.floor['class_accuracy']:.3f}."), ""]
-    lines += [table_markdown(summary, metrics), "", "## The lecture's claims at this scale", "",
-              *claims(summary, key, lower), "", (f"CPU time of this run (process time, stages resumed from disk "
-              f"are not re-counted): {cpu / 60:.1f} min.")]
+        lines += [
+            (
+                f"Real-vs-real floor (training digits vs test digits): digits-FD {scorer.floor['digits_fd']:.3g}, "
+                f"class accuracy {scorer.floor['class_accuracy']:.3f}."
+            ),
+            "",
+        ]
+    lines += [
+        table_markdown(summary, metrics),
+        "",
+        "## The lecture's claims at this scale",
+        "",
+        *claims(summary, key, lower),
+        "",
+        (f"CPU time of this run (process time, stages resumed from disk are not re-counted): {cpu / 60:.1f} min."),
+    ]
     with open(os.path.join(config.output_dir, "table.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     plots = _plots(config, summary, key, first_samples, problem, config.output_dir)
-    result = {"config": asdict(config), "rows": rows, "summary": summary, "floor": scorer.floor,
-              "teacher_record": {k: v for k, v in teacher_record.items() if k != "history"}, "cpu_seconds": cpu,
-              "plots": plots}
+    result = {
+        "config": asdict(config),
+        "rows": rows,
+        "summary": summary,
+        "floor": scorer.floor,
+        "teacher_record": {k: v for k, v in teacher_record.items() if k != "history"},
+        "cpu_seconds": cpu,
+        "plots": plots,
+    }
     with open(os.path.join(config.output_dir, "results.json"), "w") as f:
         json.dump(result, f, indent=1, default=str)
     if log:
         log("\n".join(lines))
     return result
-

@@ -62,8 +62,11 @@ def predict_x0(net, schedule, x, t, labels, w=None):
 def guided_x0(net, schedule, x, t, labels, w):
     """The two-call classifier-free-guided teacher: ``(1 + w)·x̂₀(x, c) − w·x̂₀(x, ∅)``."""
     null = torch.full_like(labels, net.num_classes)
-    return guided_prediction(predict_x0(net, schedule, x, t, labels), predict_x0(net, schedule, x, t, null),
-                             torch.as_tensor(w, dtype=x.dtype).reshape((-1,) + (1,) * (x.dim() - 1)))
+    return guided_prediction(
+        predict_x0(net, schedule, x, t, labels),
+        predict_x0(net, schedule, x, t, null),
+        torch.as_tensor(w, dtype=x.dtype).reshape((-1,) + (1,) * (x.dim() - 1)),
+    )
 
 
 def _full(value, batch):
@@ -72,7 +75,9 @@ def _full(value, batch):
 
 def _progress(history, guard, step, total, every, log, name, started, **values):
     if step % every == 0 or step == total:
-        row = history.log(step=step, **{k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in values.items()})
+        row = history.log(
+            step=step, **{k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in values.items()}
+        )
         if log:
             shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
             log(f"[{name}] {shown} skipped={guard.skipped} ({time.perf_counter() - started:.0f}s)")
@@ -120,8 +125,18 @@ def distill_kd(teacher, problem, pairs, budget: Budget, seed: int, log=print):
     return student.eval(), {"history": history.rows, **guard.finish()}
 
 
-def distill_pd_round(teacher, problem, student_steps: int, budget: Budget, seed: int, w_max: float | None = None,
-                     init=None, log=print, name="pd", unconditional: bool = False):
+def distill_pd_round(
+    teacher,
+    problem,
+    student_steps: int,
+    budget: Budget,
+    seed: int,
+    w_max: float | None = None,
+    init=None,
+    log=print,
+    name="pd",
+    unconditional: bool = False,
+):
     """A K-step student (K = ``student_steps``) from a 2K-step teacher: for s = t_k, u = the 2K grid's point
     between, t = t_{k+1}, regress ``x̂₀_student(x_s)`` on ``progressive_target(x_s, DDIM_{u→t}(DDIM_{s→u}(x_s)))``.
 
@@ -135,8 +150,10 @@ def distill_pd_round(teacher, problem, student_steps: int, budget: Budget, seed:
     coarse = schedule.trailing_timesteps(student_steps) + [CLEAN]
     fine = schedule.trailing_timesteps(2 * student_steps) + [CLEAN]
     if fine[::2] != coarse:
-        raise ValueError(f"the {student_steps}-step grid is not every other point of the {2 * student_steps}-step "
-                         "grid; choose num_train_timesteps divisible by the step counts")
+        raise ValueError(
+            f"the {student_steps}-step grid is not every other point of the {2 * student_steps}-step "
+            "grid; choose num_train_timesteps divisible by the step counts"
+        )
     student = copy.deepcopy(init if init is not None else teacher).train()
     optimizer = torch.optim.Adam(student.parameters(), lr=budget.learning_rate)
     guard, history, started = StepGuard(name), History(), time.perf_counter()
@@ -153,16 +170,28 @@ def distill_pd_round(teacher, problem, student_steps: int, budget: Budget, seed:
         with torch.no_grad():
             x_u = ddim_step(x_s, predict_x0(teacher, schedule, x_s, s, labels, w), a_s, s_s, a_u, s_u)
             x_t = ddim_step(x_u, predict_x0(teacher, schedule, x_u, u, labels, w), a_u, s_u, a_t, s_t)
-        loss = pd_loss(predict_x0(student, schedule, x_s, s, labels, w), x_s, x_t, a_s, s_s, a_t, s_t,
-                       pd_weight(a_s, s_s))
+        loss = pd_loss(
+            predict_x0(student, schedule, x_s, s, labels, w), x_s, x_t, a_s, s_s, a_t, s_t, pd_weight(a_s, s_s)
+        )
         guard.step(optimizer, loss, student.parameters(), budget.max_grad_norm)
         _progress(history, guard, step, budget.steps, max(1, budget.steps // 5), log, name, started, loss=loss)
     return student.eval(), {"history": history.rows, **guard.finish()}
 
 
-def distill_vsd(teacher, problem, budget: Budget, seed: int, fake_learning_rate: float, fake_updates: int = 1,
-                t_range: tuple[float, float] = (0.02, 0.98), regression_weight: float = 0.0, pairs=None, log=print,
-                name="vsd", unconditional: bool = False):
+def distill_vsd(
+    teacher,
+    problem,
+    budget: Budget,
+    seed: int,
+    fake_learning_rate: float,
+    fake_updates: int = 1,
+    t_range: tuple[float, float] = (0.02, 0.98),
+    regression_weight: float = 0.0,
+    pairs=None,
+    log=print,
+    name="vsd",
+    unconditional: bool = False,
+):
     """VSD/DMD one-step generator; see the module docstring. Returns ``(generator, record)``."""
     generator_rng = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -192,20 +221,37 @@ def distill_vsd(teacher, problem, budget: Budget, seed: int, fake_learning_rate:
         alpha, sigma = schedule.alpha_sigma(t, like=z)
         x_t = (alpha * x0_gen + sigma * torch.randn(z.shape, generator=generator_rng)).detach()
         with torch.no_grad():
-            direction = dmd_direction(predict_x0(fake, schedule, x_t, t, labels),
-                                      predict_x0(teacher, schedule, x_t, t, labels), x0_gen)
+            direction = dmd_direction(
+                predict_x0(fake, schedule, x_t, t, labels), predict_x0(teacher, schedule, x_t, t, labels), x0_gen
+            )
         loss = vsd_generator_loss(x0_gen, direction)
         regression = torch.zeros(())
         if regression_weight > 0:
             index = torch.randint(0, len(pairs["noise"]), (batch,), generator=generator_rng)
-            regression = kd_loss(predict_x0(gen, schedule, pairs["noise"][index], _full(T - 1, batch),
-                                            pairs["label"][index]), pairs["target"][index])
+            regression = kd_loss(
+                predict_x0(gen, schedule, pairs["noise"][index], _full(T - 1, batch), pairs["label"][index]),
+                pairs["target"][index],
+            )
             loss = loss + regression_weight * regression
         guard.step(opt_gen, loss, gen.parameters(), budget.max_grad_norm)
-        _progress(history, guard, step, budget.steps, max(1, budget.steps // 10), log, name, started,
-                  generator_loss=loss, fake_loss=fake_loss, regression=regression)
-    return gen.eval(), {"history": history.rows, **guard.finish(),
-                        **{f"fake_{k}": v for k, v in fake_guard.finish().items()}}
+        _progress(
+            history,
+            guard,
+            step,
+            budget.steps,
+            max(1, budget.steps // 10),
+            log,
+            name,
+            started,
+            generator_loss=loss,
+            fake_loss=fake_loss,
+            regression=regression,
+        )
+    return gen.eval(), {
+        "history": history.rows,
+        **guard.finish(),
+        **{f"fake_{k}": v for k, v in fake_guard.finish().items()},
+    }
 
 
 def distill_guidance(teacher, problem, budget: Budget, seed: int, w_max: float, log=print):
@@ -226,8 +272,7 @@ def distill_guidance(teacher, problem, budget: Budget, seed: int, w_max: float, 
             cond, uncond = teacher(x_t, t, labels), teacher(x_t, t, torch.full_like(labels, teacher.num_classes))
         loss = guidance_loss(student(x_t, t, labels, w), cond, uncond, w.reshape(alpha.shape))
         guard.step(optimizer, loss, student.parameters(), budget.max_grad_norm)
-        _progress(history, guard, step, budget.steps, max(1, budget.steps // 10), log, "guidance", started,
-                  loss=loss)
+        _progress(history, guard, step, budget.steps, max(1, budget.steps // 10), log, "guidance", started, loss=loss)
     return student.eval(), {"history": history.rows, **guard.finish()}
 
 

@@ -33,17 +33,24 @@ def toy_metrics(samples: torch.Tensor, labels: torch.Tensor, ring, reference: to
     """Log-likelihood, coverage, on-mode fraction, class accuracy and energy distance of 2-D samples."""
     if not torch.isfinite(samples).all():
         nan = float("nan")
-        return {"log_likelihood": nan, "modes_covered": nan, "on_mode": nan, "class_accuracy": nan,
-                "energy_distance": nan}
+        return {
+            "log_likelihood": nan,
+            "modes_covered": nan,
+            "on_mode": nan,
+            "class_accuracy": nan,
+            "energy_distance": nan,
+        }
     mode, dist = ring.nearest_mode(samples)
     near = dist <= 3
     expected = len(samples) / ring.modes
     counts = torch.bincount(mode[near], minlength=ring.modes)
-    return {"log_likelihood": float(ring.log_prob(samples).mean()),
-            "modes_covered": int((counts >= 0.25 * expected).sum()),
-            "on_mode": float(near.double().mean()),
-            "class_accuracy": float(((mode == labels) & near).double().mean()),
-            "energy_distance": energy_distance(samples, reference)}
+    return {
+        "log_likelihood": float(ring.log_prob(samples).mean()),
+        "modes_covered": int((counts >= 0.25 * expected).sum()),
+        "on_mode": float(near.double().mean()),
+        "class_accuracy": float(((mode == labels) & near).double().mean()),
+        "energy_distance": energy_distance(samples, reference),
+    }
 
 
 class DigitsScorer:
@@ -66,8 +73,12 @@ class DigitsScorer:
             return {"digits_fd": nan, "fd_low": nan, "fd_high": nan, "class_accuracy": nan}
         fd, low, high = bootstrap_frechet(self.features(samples).numpy(), self.reference.numpy(), bootstrap_rounds)
         logits = self.net.classifier(self.features(samples))
-        return {"digits_fd": fd, "fd_low": low, "fd_high": high,
-                "class_accuracy": float((logits.argmax(1) == labels).double().mean())}
+        return {
+            "digits_fd": fd,
+            "fd_low": low,
+            "fd_high": high,
+            "class_accuracy": float((logits.argmax(1) == labels).double().mean()),
+        }
 
 
 def mse_to(samples: torch.Tensor, reference: torch.Tensor) -> float:

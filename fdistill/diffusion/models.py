@@ -53,8 +53,10 @@ class MLPDenoiser(nn.Module):
         self.inp = nn.Linear(dim, hidden)
         self.time = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.cond = _Conditioning(num_classes, hidden)
-        self.blocks = nn.ModuleList(nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.SiLU(),
-                                                  nn.Linear(hidden, hidden)) for _ in range(depth))
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+            for _ in range(depth)
+        )
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, dim))
 
     def forward(self, x, t, labels, w=None):
@@ -67,20 +69,38 @@ class MLPDenoiser(nn.Module):
 class UNetDenoiser(nn.Module):
     """A small diffusers `UNet2DModel` v-network for ``[B, C, H, W]`` images with class/w conditioning."""
 
-    def __init__(self, sample_size: int = 8, channels: list[int] | tuple = (32, 64), layers_per_block: int = 1,
-                 num_classes: int = 10, in_channels: int = 1):
+    def __init__(
+        self,
+        sample_size: int = 8,
+        channels: list[int] | tuple = (32, 64),
+        layers_per_block: int = 1,
+        num_classes: int = 10,
+        in_channels: int = 1,
+    ):
         super().__init__()
         from diffusers import UNet2DModel
 
         channels = list(channels)
-        self.config = {"kind": "unet", "sample_size": sample_size, "channels": channels,
-                       "layers_per_block": layers_per_block, "num_classes": num_classes, "in_channels": in_channels}
+        self.config = {
+            "kind": "unet",
+            "sample_size": sample_size,
+            "channels": channels,
+            "layers_per_block": layers_per_block,
+            "num_classes": num_classes,
+            "in_channels": in_channels,
+        }
         self.num_classes = num_classes
-        self.unet = UNet2DModel(sample_size=sample_size, in_channels=in_channels, out_channels=in_channels,
-                                block_out_channels=tuple(channels), layers_per_block=layers_per_block,
-                                down_block_types=("DownBlock2D",) * len(channels),
-                                up_block_types=("UpBlock2D",) * len(channels),
-                                norm_num_groups=min(8, channels[0]), class_embed_type="identity")
+        self.unet = UNet2DModel(
+            sample_size=sample_size,
+            in_channels=in_channels,
+            out_channels=in_channels,
+            block_out_channels=tuple(channels),
+            layers_per_block=layers_per_block,
+            down_block_types=("DownBlock2D",) * len(channels),
+            up_block_types=("UpBlock2D",) * len(channels),
+            norm_num_groups=min(8, channels[0]),
+            class_embed_type="identity",
+        )
         self.cond = _Conditioning(num_classes, channels[0] * 4)  # diffusers' time-embedding width
 
     def forward(self, x, t, labels, w=None):

@@ -32,8 +32,10 @@ def build_pairs(folder: str, provenance: dict, total: int, shard_size: int, make
             saved = json.load(f)
         if saved != expected:
             changed = sorted(k for k in expected if saved.get(k) != expected[k]) or ["unrecorded settings"]
-            raise InputError(f"{folder} holds teacher pairs made with other settings ({', '.join(changed)} differ); "
-                             "use another output_dir or delete that folder to sample them again")
+            raise InputError(
+                f"{folder} holds teacher pairs made with other settings ({', '.join(changed)} differ); "
+                "use another output_dir or delete that folder to sample them again"
+            )
     else:
         with open(path, "w") as f:
             json.dump(expected, f, indent=1)
@@ -42,8 +44,9 @@ def build_pairs(folder: str, provenance: dict, total: int, shard_size: int, make
         shard = os.path.join(folder, f"shard_{index:05d}")
         if not os.path.isdir(shard):
             tensors = make_shard(index, min(shard_size, total - start))
-            dataset = Dataset.from_dict({k: v.flatten(1).tolist() if v.dim() > 1 else v.tolist()
-                                         for k, v in tensors.items()})
+            dataset = Dataset.from_dict(
+                {k: v.flatten(1).tolist() if v.dim() > 1 else v.tolist() for k, v in tensors.items()}
+            )
             shutil.rmtree(shard + ".tmp", ignore_errors=True)
             dataset.save_to_disk(shard + ".tmp")  # progress bars: datasets' own
             os.replace(shard + ".tmp", shard)
@@ -52,10 +55,14 @@ def build_pairs(folder: str, provenance: dict, total: int, shard_size: int, make
         shards.append(load_from_disk(shard))
     data = concatenate_datasets(shards).with_format("numpy")[:]  # a dict of arrays
     shape = provenance["sample_shape"]
-    out = {"noise": torch.as_tensor(data["noise"]).float().reshape(-1, *shape),
-           "label": torch.as_tensor(data["label"]).long(),
-           "target": torch.as_tensor(data["target"]).float().reshape(-1, *shape)}
+    out = {
+        "noise": torch.as_tensor(data["noise"]).float().reshape(-1, *shape),
+        "label": torch.as_tensor(data["label"]).long(),
+        "target": torch.as_tensor(data["target"]).float().reshape(-1, *shape),
+    }
     if not torch.isfinite(out["target"]).all():
-        raise InputError(f"{folder} holds non-finite teacher outputs; the teacher diverged — retrain it (delete "
-                         "the output folder's teacher files) before distilling")
+        raise InputError(
+            f"{folder} holds non-finite teacher outputs; the teacher diverged — retrain it (delete "
+            "the output folder's teacher files) before distilling"
+        )
     return out

@@ -45,15 +45,22 @@ class NoiseSchedule:
         ([0.0, 1.0], [1.0, 0.0])
     """
 
-    def __init__(self, num_train_timesteps: int = 1000, beta_schedule: str = "squaredcos_cap_v2",
-                 zero_terminal_snr: bool = True):
+    def __init__(
+        self, num_train_timesteps: int = 1000, beta_schedule: str = "squaredcos_cap_v2", zero_terminal_snr: bool = True
+    ):
         from diffusers import DDPMScheduler
 
-        scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
-                                  rescale_betas_zero_snr=zero_terminal_snr)
+        scheduler = DDPMScheduler(
+            num_train_timesteps=num_train_timesteps,
+            beta_schedule=beta_schedule,
+            rescale_betas_zero_snr=zero_terminal_snr,
+        )
         self.num_train_timesteps = num_train_timesteps
-        self.settings = {"num_train_timesteps": num_train_timesteps, "beta_schedule": beta_schedule,
-                         "zero_terminal_snr": zero_terminal_snr}
+        self.settings = {
+            "num_train_timesteps": num_train_timesteps,
+            "beta_schedule": beta_schedule,
+            "zero_terminal_snr": zero_terminal_snr,
+        }
         cumprod = scheduler.alphas_cumprod.double().clamp(0, 1)
         # index t + 1: position 0 is the clean data (ᾱ = 1), positions 1..T are diffusers' t = 0..T−1
         self.alphas_cumprod = torch.cat([torch.ones(1, dtype=torch.float64), cumprod])

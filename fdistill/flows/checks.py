@@ -13,6 +13,7 @@ import os
 from fdistill.checks import choice, finite_rows, names, number, output_folder, whole_number, whole_numbers  # noqa: F401
 from fdistill.errors import InputError
 
+
 class StageFileError(InputError):
     """A saved stage in an output folder that cannot be reused safely (old pickle format, unreadable)."""
 
@@ -20,9 +21,11 @@ class StageFileError(InputError):
 def refuse_pickled_stage(path: str) -> None:
     """An old ``.pt``/``.pkl`` stage file (a pickle: loading it could run code) is never loaded: one clear error."""
     if os.path.exists(path):
-        raise StageFileError(f"{path} is a stage file in the old pickle format, which fdistill no longer loads "
-                             "(unpickling can run code). Delete it (or the whole output folder) and run again to "
-                             "redo that stage, or use another output_dir.")
+        raise StageFileError(
+            f"{path} is a stage file in the old pickle format, which fdistill no longer loads "
+            "(unpickling can run code). Delete it (or the whole output folder) and run again to "
+            "redo that stage, or use another output_dir."
+        )
 
 
 def save_stage(base: str, tensors: dict, meta: dict) -> None:
@@ -52,14 +55,17 @@ def read_stage_json(path: str, settings: dict, delete: str = "that stage's files
         with open(path) as f:
             meta = json.load(f)
     except (OSError, ValueError) as err:
-        raise StageFileError(f"{path} cannot be read ({err}); delete {delete} and run again to redo that "
-                             "stage") from None
+        raise StageFileError(
+            f"{path} cannot be read ({err}); delete {delete} and run again to redo that stage"
+        ) from None
     saved = meta.get("settings") if isinstance(meta, dict) else None
     expected = json.loads(json.dumps(settings))
     if saved != expected:
         changed = sorted(k for k in expected if (saved or {}).get(k) != expected[k]) or ["unrecorded settings"]
-        raise InputError(f"{path} was made with other settings ({', '.join(changed)} differ); use another "
-                         f"output_dir or delete {delete} to redo that stage")
+        raise InputError(
+            f"{path} was made with other settings ({', '.join(changed)} differ); use another "
+            f"output_dir or delete {delete} to redo that stage"
+        )
     return meta
 
 
@@ -80,6 +86,8 @@ def load_stage(base: str, settings: dict) -> tuple[dict, dict] | None:
     try:
         tensors = load_file(base + ".safetensors")
     except (OSError, SafetensorError) as err:
-        raise StageFileError(f"{base}.safetensors cannot be read as safetensors ({err}); delete it and "
-                             f"{os.path.basename(base)}.json and run again to redo that stage") from None
+        raise StageFileError(
+            f"{base}.safetensors cannot be read as safetensors ({err}); delete it and "
+            f"{os.path.basename(base)}.json and run again to redo that stage"
+        ) from None
     return tensors, meta

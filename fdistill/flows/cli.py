@@ -19,11 +19,12 @@ from fdistill.errors import invalid
 
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="flows_command", required=True)
-    for name, text in [("experiment", "teacher + every method over every seed; writes table.md, results.json, "
-                                      "samples.png"),
-                       ("teacher", "train and evaluate the teacher of one seed"),
-                       ("distill", "distil one student from the seed's trained teacher"),
-                       ("evaluate", "evaluate a saved flow on the recipe's test split")]:
+    for name, text in [
+        ("experiment", "teacher + every method over every seed; writes table.md, results.json, samples.png"),
+        ("teacher", "train and evaluate the teacher of one seed"),
+        ("distill", "distil one student from the seed's trained teacher"),
+        ("evaluate", "evaluate a saved flow on the recipe's test split"),
+    ]:
         p = sub.add_parser(name, help=text)
         p.add_argument("recipe", help="experiment YAML (keys: FlowExperimentConfig fields)")
         p.add_argument("overrides", nargs="*", help="key=value pairs overriding the recipe, e.g. student_epochs=20")
@@ -43,8 +44,11 @@ def _parse_weights(text: str) -> dict:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or key not in ("nll", "lkd", "ilkd", "skd") or key in weights:
-            raise invalid("--weights item", item, "write name=value pairs of nll, lkd, ilkd, skd, each once, e.g. "
-                          "--weights nll=0.9,ilkd=0.1.")
+            raise invalid(
+                "--weights item",
+                item,
+                "write name=value pairs of nll, lkd, ilkd, skd, each once, e.g. --weights nll=0.9,ilkd=0.1.",
+            )
         try:
             weights[key] = float(value)
         except ValueError:
@@ -82,8 +86,10 @@ def run(args) -> None:
         teacher_dir = os.path.join(config.output_dir, f"teacher_seed{args.seed}")
         done = _load_done(teacher_dir, config.run_settings("teacher"))  # trained with these settings, or an error
         if not done:
-            raise ValueError(f"no trained teacher in {teacher_dir}; run `fdistill flows teacher {args.recipe} "
-                             f"--seed {args.seed}` (with the same overrides) first")
+            raise ValueError(
+                f"no trained teacher in {teacher_dir}; run `fdistill flows teacher {args.recipe} "
+                f"--seed {args.seed}` (with the same overrides) first"
+            )
     if args.flows_command == "evaluate" and not os.path.exists(os.path.join(args.model, "flow.json")):
         raise ValueError(f"{args.model} holds no saved flow (flow.json missing)")
     if args.flows_command == "experiment":

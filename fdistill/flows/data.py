@@ -115,8 +115,10 @@ def load_flow_data(name: str, data_root: str | None = None, split_seed: int = 0)
     elif key in SKLEARN_TABULAR:
         data = load_sklearn_tabular(key, split_seed)
     elif not data_root:
-        raise ValueError(f"data set {name!r} is read from local files: set data_root to the folder holding the "
-                         "MAF data archive (see fdistill.flows.paper_datasets)")
+        raise ValueError(
+            f"data set {name!r} is read from local files: set data_root to the folder holding the "
+            "MAF data archive (see fdistill.flows.paper_datasets)"
+        )
     else:
         from .paper_datasets import load_paper_dataset
 

@@ -56,15 +56,19 @@ def align_paths(student_depths: list[int], teacher_depths: list[int], mode: str 
     teacher of 3× the blocks matches student block j to teacher block 3j.
     """
     if len(student_depths) != len(teacher_depths):
-        raise ValueError(f"ILKD needs the same number of levels: student has {len(student_depths)}, teacher "
-                         f"{len(teacher_depths)}; build the student with levels={len(teacher_depths)}")
+        raise ValueError(
+            f"ILKD needs the same number of levels: student has {len(student_depths)}, teacher "
+            f"{len(teacher_depths)}; build the student with levels={len(teacher_depths)}"
+        )
     if mode not in ("levels", "uniform"):
         raise ValueError(f"unknown alignment mode {mode!r}; choose 'levels' or 'uniform'")
     pairs, s_offset, t_offset = [], 0, 0
     for ks, kt in zip(student_depths, teacher_depths):
         if ks > kt:
-            raise ValueError(f"the student has more steps ({ks}) than the teacher ({kt}) in a level; ILKD aligns a "
-                             "shallower student to a deeper teacher")
+            raise ValueError(
+                f"the student has more steps ({ks}) than the teacher ({kt}) in a level; ILKD aligns a "
+                "shallower student to a deeper teacher"
+            )
         steps = range(1, ks + 1) if mode == "uniform" else [ks]
         pairs += [(s_offset + j - 1, t_offset + math.floor(j * kt / ks + 0.5) - 1) for j in steps]
         s_offset, t_offset = s_offset + ks, t_offset + kt
@@ -76,8 +80,9 @@ def lkd_loss(student_out: FlowOutput, teacher_out: FlowOutput, distance: str = "
     return latent_distance(student_out.latent, teacher_out.latent.detach(), distance)
 
 
-def ilkd_loss(student_out: FlowOutput, teacher_out: FlowOutput, alignment: list[tuple[int, int]],
-              distance: str = "l1") -> torch.Tensor:
+def ilkd_loss(
+    student_out: FlowOutput, teacher_out: FlowOutput, alignment: list[tuple[int, int]], distance: str = "l1"
+) -> torch.Tensor:
     """Intermediate latent knowledge distillation: mean distance over the aligned path pairs."""
     if not alignment:
         raise ValueError("ILKD needs a non-empty alignment map (see align_paths)")
@@ -85,8 +90,14 @@ def ilkd_loss(student_out: FlowOutput, teacher_out: FlowOutput, alignment: list[
     return torch.stack(terms).mean()
 
 
-def skd_loss(student: Flow, teacher: Flow, num_samples: int, temperature: float = 0.7, distance: str = "l1",
-             generator: torch.Generator | None = None) -> torch.Tensor:
+def skd_loss(
+    student: Flow,
+    teacher: Flow,
+    num_samples: int,
+    temperature: float = 0.7,
+    distance: str = "l1",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Synthesized knowledge distillation: one base draw ``u ~ N(0, T²I)`` through both inverses, compared."""
     device = next(student.parameters()).device
     u = temperature * torch.randn(num_samples, student.num_features, generator=generator, device=device)
@@ -108,8 +119,12 @@ class LossWeights:
         for name in ("nll", "lkd", "ilkd", "skd"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise invalid(f"loss weight {name}", value, "give a finite number ≥ 0, e.g. nll=0.9, ilkd=0.1.",
-                              problem="must be ≥ 0")
+                raise invalid(
+                    f"loss weight {name}",
+                    value,
+                    "give a finite number ≥ 0, e.g. nll=0.9, ilkd=0.1.",
+                    problem="must be ≥ 0",
+                )
         if self.nll + self.lkd + self.ilkd + self.skd == 0:
             raise ValueError("all loss weights are zero; set at least one of nll, lkd, ilkd, skd")
 
@@ -118,9 +133,16 @@ class LossWeights:
         return self.lkd > 0 or self.ilkd > 0 or self.skd > 0
 
 
-def distillation_loss(student: Flow, x: torch.Tensor, weights: LossWeights, teacher: Flow | None = None,
-                      alignment: list[tuple[int, int]] | None = None, distance: str = "l1",
-                      skd_temperature: float = 0.7, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+def distillation_loss(
+    student: Flow,
+    x: torch.Tensor,
+    weights: LossWeights,
+    teacher: Flow | None = None,
+    alignment: list[tuple[int, int]] | None = None,
+    distance: str = "l1",
+    skd_temperature: float = 0.7,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
     """The weighted objective and its terms (each term only computed when its weight is > 0).
 
     Returns ``{"loss": L, "nll": ..., "lkd": ..., "ilkd": ..., "skd": ...}`` (absent terms omitted).

@@ -90,8 +90,9 @@ class Flow(nn.Module):
 
     def forward(self, x: torch.Tensor) -> FlowOutput:
         if tuple(x.shape[1:]) != tuple(self.event_shape):
-            raise ValueError(f"{type(self).__name__} expects inputs of shape [B, {list(self.event_shape)}], "
-                             f"got {list(x.shape)}")
+            raise ValueError(
+                f"{type(self).__name__} expects inputs of shape [B, {list(self.event_shape)}], got {list(x.shape)}"
+            )
         u, logdet, path = self._transform(x)
         return FlowOutput(u, logdet, standard_normal_log_prob(u) + logdet, path)
 
@@ -120,15 +121,26 @@ class Glow(Flow):
 
     kind = "glow"
 
-    def __init__(self, image_shape: tuple[int, ...] | None = None, features: int | None = None, levels: int = 3,
-                 depth: int | list[int] = 8, hidden: int = 64):
+    def __init__(
+        self,
+        image_shape: tuple[int, ...] | None = None,
+        features: int | None = None,
+        levels: int = 3,
+        depth: int | list[int] = 8,
+        hidden: int = 64,
+    ):
         if (image_shape is None) == (features is None):
             raise ValueError("Glow needs exactly one of image_shape=(C, H, W) or features=D")
         depths = [depth] * levels if isinstance(depth, int) else list(depth)
         if len(depths) != levels or min(depths) < 1:
             raise ValueError(f"depth must be a positive int or {levels} positive ints (one per level), got {depth}")
-        super().__init__(image_shape=list(image_shape) if image_shape else None, features=features, levels=levels,
-                         depth=depths, hidden=hidden)
+        super().__init__(
+            image_shape=list(image_shape) if image_shape else None,
+            features=features,
+            levels=levels,
+            depth=depths,
+            hidden=hidden,
+        )
         self.image = image_shape is not None
         self.event_shape = tuple(image_shape) if self.image else (features,)
         self.depths = depths
@@ -198,8 +210,9 @@ class AutoregressiveFlow(Flow):
         self.event_shape = (features,)
         self.depths = [blocks]
         self.blocks = nn.ModuleList(
-            nn.ModuleList([AutoregressiveAffine(features, widths, self.inverse_autoregressive), ActNorm(features),
-                           Reverse()])
+            nn.ModuleList(
+                [AutoregressiveAffine(features, widths, self.inverse_autoregressive), ActNorm(features), Reverse()]
+            )
             for _ in range(blocks)
         )
 
@@ -238,8 +251,10 @@ FLOW_CLASSES: dict[str, type[Flow]] = {cls.kind: cls for cls in (Glow, MAF, IAF)
 
 
 # Architecture sizes per flow kind: (name, may it be a list of sizes — one per level / hidden layer).
-_SIZES = {"glow": (("levels", False), ("depth", True), ("hidden", False)),
-          "maf": (("blocks", False), ("hidden", True), ("hidden_layers", False))}
+_SIZES = {
+    "glow": (("levels", False), ("depth", True), ("hidden", False)),
+    "maf": (("blocks", False), ("hidden", True), ("hidden_layers", False)),
+}
 _SIZES["iaf"] = _SIZES["maf"]
 _FROM_DATA = ("features", "image_shape")  # set from the data set by the experiment
 
@@ -260,8 +275,9 @@ def check_architecture(kind: str, config, role: str = "flow", from_data: bool = 
     unknown = sorted(set(config) - set(known))
     if unknown:
         where = " (features and image_shape come from the data set)" if set(unknown) & set(_FROM_DATA) else ""
-        raise invalid(role, config, f"unknown keys {unknown}{where}; valid keys: {known}.",
-                      problem=f"does not fit flow={kind}")
+        raise invalid(
+            role, config, f"unknown keys {unknown}{where}; valid keys: {known}.", problem=f"does not fit flow={kind}"
+        )
     for key, may_be_list in sizes.items():
         if key in config:
             value = config[key]
@@ -305,6 +321,8 @@ def load_flow(directory: str | os.PathLike, device: str | torch.device = "cpu") 
         flow = build_flow(meta["kind"], **config)
         load_model(flow, os.path.join(directory, "flow.safetensors"), device=str(device))
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as err:
-        raise checks.StageFileError(f"the saved flow in {directory} cannot be read ({type(err).__name__}: {err}); "
-                                    "delete that folder and run again to retrain it") from None
+        raise checks.StageFileError(
+            f"the saved flow in {directory} cannot be read ({type(err).__name__}: {err}); "
+            "delete that folder and run again to retrain it"
+        ) from None
     return flow.to(device).eval()

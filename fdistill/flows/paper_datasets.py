@@ -117,9 +117,7 @@ def _import_h5py():
     try:
         import h5py
     except ImportError as exc:
-        raise ImportError(
-            "reading BSDS300 needs h5py: pip install fdistill[paper-data] (or pip install h5py)"
-        ) from exc
+        raise ImportError("reading BSDS300 needs h5py: pip install fdistill[paper-data] (or pip install h5py)") from exc
     return h5py
 
 
@@ -144,8 +142,10 @@ def _power(path: Path) -> Splits:
     data = np.load(path)  # allow_pickle=False: a .npy holding objects is refused, never unpickled
     checks.finite_rows(f"POWER file {path}", data)
     if data.ndim != 2 or data.shape[1] != _POWER_RAW_COLUMNS:
-        raise ValueError(f"POWER file {path} holds an array of shape {data.shape}; expected {_POWER_RAW_COLUMNS} "
-                         "columns (the MAF archive's power/data.npy)")
+        raise ValueError(
+            f"POWER file {path} holds an array of shape {data.shape}; expected {_POWER_RAW_COLUMNS} "
+            "columns (the MAF archive's power/data.npy)"
+        )
     rng = np.random.RandomState(_POWER_SEED)
     rng.shuffle(data)
     n = data.shape[0]
@@ -172,8 +172,10 @@ def _gas(path: Path) -> Splits:
         raise ValueError(f"GAS file {path} holds a {type(data).__name__}; expected a pandas DataFrame")
     missing = [c for c in _GAS_DROPPED if c not in data.columns]
     if missing:
-        raise ValueError(f"GAS file {path} lacks the columns {missing}; expected a DataFrame with "
-                         f"{', '.join(_GAS_DROPPED)} and the sensor columns (the MAF archive's gas/ethylene_CO.pickle)")
+        raise ValueError(
+            f"GAS file {path} lacks the columns {missing}; expected a DataFrame with "
+            f"{', '.join(_GAS_DROPPED)} and the sensor columns (the MAF archive's gas/ethylene_CO.pickle)"
+        )
     data = data.drop(columns=list(_GAS_DROPPED))
     checks.finite_rows(f"GAS file {path}", data)
     # Drop near-duplicate sensors one at a time: the first column highly correlated with another goes, then recount.
@@ -199,9 +201,11 @@ def _hepmass(train_path: Path, test_path: Path) -> Splits:
     test = test[test.iloc[:, 0] == 1].iloc[:, 1:]
     test = test.iloc[:, :-1]  # the published test file carries one extra trailing column
     if test.shape[1] != train.shape[1]:
-        raise ValueError(f"HEPMASS test file {test_path} has {test.shape[1] + 2} columns and train file {train_path} "
-                         f"{train.shape[1] + 1}; expected the test file to have exactly one more (the MAF archive's "
-                         "hepmass/1000_test.csv)")
+        raise ValueError(
+            f"HEPMASS test file {test_path} has {test.shape[1] + 2} columns and train file {train_path} "
+            f"{train.shape[1] + 1}; expected the test file to have exactly one more (the MAF archive's "
+            "hepmass/1000_test.csv)"
+        )
     mean, std = train.mean().to_numpy(), train.std().to_numpy()
     # A constant feature (the 1000_* files fix the signal mass at 1000) would be 0/0; dividing by 1 instead makes it
     # all zeros, which the discrete-feature rule below removes. Other features are unaffected.
@@ -214,8 +218,10 @@ def _hepmass(train_path: Path, test_path: Path) -> Splits:
     train, test = train[:, keep], test[:, keep]
     n_validate = int(0.1 * train.shape[0])
     if n_validate == 0:
-        raise ValueError(f"HEPMASS train file {train_path} has only {train.shape[0]} signal rows, too few for the "
-                         "10% validation split")
+        raise ValueError(
+            f"HEPMASS train file {train_path} has only {train.shape[0]} signal rows, too few for the "
+            "10% validation split"
+        )
     return train[: train.shape[0] - n_validate], train[train.shape[0] - n_validate :], test
 
 
@@ -231,8 +237,10 @@ def _bsds300(path: Path, h5py) -> Splits:
     with h5py.File(path, "r") as f:
         missing = [s for s in _BSDS300_SPLITS if s not in f]
         if missing:
-            raise ValueError(f"BSDS300 file {path} lacks the datasets {missing}; expected "
-                             f"{', '.join(_BSDS300_SPLITS)} (the MAF archive's BSDS300/BSDS300.hdf5)")
+            raise ValueError(
+                f"BSDS300 file {path} lacks the datasets {missing}; expected "
+                f"{', '.join(_BSDS300_SPLITS)} (the MAF archive's BSDS300/BSDS300.hdf5)"
+            )
         splits = tuple(np.asarray(f[s][:], dtype=np.float32) for s in _BSDS300_SPLITS)
     for split, array in zip(_BSDS300_SPLITS, splits):
         checks.finite_rows(f"BSDS300 file {path} ({split})", array)

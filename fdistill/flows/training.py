@@ -76,9 +76,18 @@ def evaluate_nll(flow: Flow, data: FlowData, split: str = "test", batch_size: in
     return total / (len(values) * data.num_features)
 
 
-def train_flow(flow: Flow, data: FlowData, args: FlowTrainingArguments, weights: LossWeights | None = None,
-               teacher: Flow | None = None, alignment: list[tuple[int, int]] | None = None, distance: str = "l1",
-               skd_temperature: float = 0.7, log=None, name: str = "flow") -> TrainResult:
+def train_flow(
+    flow: Flow,
+    data: FlowData,
+    args: FlowTrainingArguments,
+    weights: LossWeights | None = None,
+    teacher: Flow | None = None,
+    alignment: list[tuple[int, int]] | None = None,
+    distance: str = "l1",
+    skd_temperature: float = 0.7,
+    log=None,
+    name: str = "flow",
+) -> TrainResult:
     """Train ``flow`` in place; on return it holds the weights of the epoch with the best validation NLL.
 
     Raises an `InputError` naming ``name`` when the run learned nothing usable (no epoch with a finite validation NLL,
@@ -91,10 +100,14 @@ def train_flow(flow: Flow, data: FlowData, args: FlowTrainingArguments, weights:
     generator = torch.Generator().manual_seed(args.seed)  # batch order and dequantisation noise
     skd_generator = torch.Generator().manual_seed(args.seed + 7919)  # SKD's base draws: same data order as NLL
     optimizer = torch.optim.Adam(flow.parameters(), lr=args.learning_rate)
-    guard = StepGuard(name, error=InputError, hint=f"learning_rate={args.learning_rate!r} too high (lower it), or "
-                      "non-finite values in the data or the teacher",
-                      message="training {stage} failed: {problem} ({skipped} of {total} optimiser steps skipped as "
-                              "non-finite{where}). Likely cause: {hint}. Nothing of this run was saved.")
+    guard = StepGuard(
+        name,
+        error=InputError,
+        hint=f"learning_rate={args.learning_rate!r} too high (lower it), or "
+        "non-finite values in the data or the teacher",
+        message="training {stage} failed: {problem} ({skipped} of {total} optimiser steps skipped as "
+        "non-finite{where}). Likely cause: {hint}. Nothing of this run was saved.",
+    )
     result, best_state = TrainResult(), None
     history = History(result.history)
     for epoch in range(args.epochs):
@@ -107,8 +120,9 @@ def train_flow(flow: Flow, data: FlowData, args: FlowTrainingArguments, weights:
         batches = order.split(args.batch_size)
         for step, index in enumerate(batches):
             x = data.model_inputs(data.train[index], generator)
-            terms = distillation_loss(flow, x, epoch_weights, teacher, alignment, distance, skd_temperature,
-                                      skd_generator)
+            terms = distillation_loss(
+                flow, x, epoch_weights, teacher, alignment, distance, skd_temperature, skd_generator
+            )
             if not guard.step(optimizer, terms["loss"], flow.parameters(), args.max_grad_norm):
                 if guard.skipped > args.max_bad_steps:
                     result.diverged, result.diverged_at = True, f"epoch {epoch}, step {step}"
@@ -120,8 +134,10 @@ def train_flow(flow: Flow, data: FlowData, args: FlowTrainingArguments, weights:
         result.skipped_steps, result.steps_taken = guard.skipped, guard.taken
         if result.diverged:
             if log:
-                log(f"diverged at {result.diverged_at}: {result.skipped_steps} non-finite steps; keeping epoch "
-                    f"{result.best_epoch}")
+                log(
+                    f"diverged at {result.diverged_at}: {result.skipped_steps} non-finite steps; keeping epoch "
+                    f"{result.best_epoch}"
+                )
             break
         val_nll = evaluate_nll(flow, data, "validate", seed=args.seed)
         record = history.log(epoch=epoch, **{k: v / max(taken, 1) for k, v in sums.items()}, val_nll=val_nll)

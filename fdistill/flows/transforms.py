@@ -108,7 +108,9 @@ class ZeroLinear(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, image: bool):
         super().__init__()
-        self.layer = nn.Conv2d(in_channels, out_channels, 3, padding=1) if image else nn.Linear(in_channels, out_channels)
+        self.layer = (
+            nn.Conv2d(in_channels, out_channels, 3, padding=1) if image else nn.Linear(in_channels, out_channels)
+        )
         nn.init.zeros_(self.layer.weight)
         nn.init.zeros_(self.layer.bias)
 

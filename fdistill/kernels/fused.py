@@ -179,8 +179,10 @@ class _FusedDivergenceFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, *_):
         if ctx.grads is None:
-            raise RuntimeError("fused_divergence's gradients were formed in its forward and already used; a second "
-                               "backward through the same loss needs a new fused_divergence call.")
+            raise RuntimeError(
+                "fused_divergence's gradients were formed in its forward and already used; a second "
+                "backward through the same loss needs a new fused_divergence call."
+            )
         grads = []
         for g, dtype in zip(ctx.grads, ctx.dtypes):
             if g is not None:
@@ -196,7 +198,9 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "auto":
         return "triton" if device.type == "cuda" and _triton_available() and TRITON_SELF_CHECK(device) else "torch"
     if backend == "triton" and device.type != "cuda" and not _triton_interpreting():
-        raise ValueError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for the interpreter); use 'torch'.")
+        raise ValueError(
+            "backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for the interpreter); use 'torch'."
+        )
     if backend == "triton" and not _triton_available():
         raise ValueError("backend='triton' needs the triton package: pip install triton (or use backend='torch').")
     return backend
@@ -220,8 +224,11 @@ def _backends_agree(device: torch.device) -> bool:
                 if not torch.allclose(a, b, rtol=1e-3, atol=1e-4):
                     raise RuntimeError(f"{kind}: Triton and torch backends differ by {(a - b).abs().max().item():.3g}")
     except Exception as error:  # noqa: BLE001 - any failure means: do not use the kernel here
-        warnings.warn(f"fdistill: the Triton divergence kernel failed its self-check on {device} ({error}); "
-                      "using the chunked PyTorch backend.", stacklevel=4)
+        warnings.warn(
+            f"fdistill: the Triton divergence kernel failed its self-check on {device} ({error}); "
+            "using the chunked PyTorch backend.",
+            stacklevel=4,
+        )
         return False
     return True
 
@@ -328,7 +335,9 @@ def fused_divergence(
         )
     for name, hidden, head in (("student", student_hidden, student_head), ("teacher", teacher_hidden, teacher_head)):
         if hidden.shape[1] != head.weight.shape[1]:
-            raise ValueError(f"{name} hidden size {hidden.shape[1]} does not match its LM head {tuple(head.weight.shape)}.")
+            raise ValueError(
+                f"{name} hidden size {hidden.shape[1]} does not match its LM head {tuple(head.weight.shape)}."
+            )
     if student_head.weight.shape[0] != teacher_head.weight.shape[0]:
         raise ValueError(
             f"student vocabulary ({student_head.weight.shape[0]}) and teacher vocabulary ({teacher_head.weight.shape[0]}) "
@@ -348,12 +357,23 @@ def fused_divergence(
         if mask.shape != (n,):
             raise ValueError(f"mask must be (N,) = ({n},), got {tuple(mask.shape)}.")
         rows = mask.bool().nonzero(as_tuple=True)[0]
-        student_hidden, teacher_hidden, weights, z_mix = student_hidden[rows], teacher_hidden[rows], weights[rows], z_mix[rows]
+        student_hidden, teacher_hidden, weights, z_mix = (
+            student_hidden[rows],
+            teacher_hidden[rows],
+            weights[rows],
+            z_mix[rows],
+        )
     meta = (kind, on, float(temperature), student_head, teacher_head, chunk, backend, torch.is_grad_enabled())
     loss, terms, s_lse, t_lse, ent = _FusedDivergenceFunction.apply(
-        student_hidden, student_head.weight, student_head.bias,
-        teacher_hidden.detach(), teacher_head.weight.detach(),
-        None if teacher_head.bias is None else teacher_head.bias.detach(), weights, z_mix, meta,
+        student_hidden,
+        student_head.weight,
+        student_head.bias,
+        teacher_hidden.detach(),
+        teacher_head.weight.detach(),
+        None if teacher_head.bias is None else teacher_head.bias.detach(),
+        weights,
+        z_mix,
+        meta,
     )
     if mask is None:
         return FusedDivergence(loss, terms, s_lse, t_lse, ent)
@@ -425,7 +445,10 @@ def fused_f_divergence_loss(
     details: dict[str, FusedDivergence] = {}
 
     def side_term(side: str, batch: HiddenSequences) -> Tensor:
-        if batch.labels.shape != batch.student_hidden.shape[:-1] or batch.labels.shape != batch.teacher_hidden.shape[:-1]:
+        if (
+            batch.labels.shape != batch.student_hidden.shape[:-1]
+            or batch.labels.shape != batch.teacher_hidden.shape[:-1]
+        ):
             raise ValueError(
                 f"labels {tuple(batch.labels.shape)} do not match hidden states {tuple(batch.student_hidden.shape)} / "
                 f"{tuple(batch.teacher_hidden.shape)}; all must cover the same (B, T) positions."
@@ -442,13 +465,32 @@ def fused_f_divergence_loss(
         count = batch.num_items_in_batch
         if count is None:
             count = count_items(mask, reduction).clamp_min(1)
-        count = torch.as_tensor(count, device=hs.device).to(torch.float64 if hs.dtype == torch.float64 else torch.float32)
-        details[side] = fused_divergence(kind, hs, student_head, ht, teacher_head, on=side, row_weights=1.0 / count,
-                                         mask=mask.reshape(-1), mixture_weight=mixture, temperature=temperature,
-                                         chunk_size=chunk_size, backend=backend)
+        count = torch.as_tensor(count, device=hs.device).to(
+            torch.float64 if hs.dtype == torch.float64 else torch.float32
+        )
+        details[side] = fused_divergence(
+            kind,
+            hs,
+            student_head,
+            ht,
+            teacher_head,
+            on=side,
+            row_weights=1.0 / count,
+            mask=mask.reshape(-1),
+            mixture_weight=mixture,
+            temperature=temperature,
+            chunk_size=chunk_size,
+            backend=backend,
+        )
         return details[side].loss
 
-    out = assemble_loss(kind, {"teacher": teacher_samples, "student": student_samples}, side_term,
-                        js_mixture=js_mixture, js_beta=js_beta, temperature=temperature,
-                        needs="hidden states on the {side}'s samples")
+    out = assemble_loss(
+        kind,
+        {"teacher": teacher_samples, "student": student_samples},
+        side_term,
+        js_mixture=js_mixture,
+        js_beta=js_beta,
+        temperature=temperature,
+        needs="hidden states on the {side}'s samples",
+    )
     return out, details

@@ -24,8 +24,15 @@ from torch import Tensor, nn
 
 from fdistill.data import base_model
 
-__all__ = ["LinearHead", "apply_head_transform", "capture_head_inputs", "check_head", "head_logits", "label_logits",
-           "output_head"]
+__all__ = [
+    "LinearHead",
+    "apply_head_transform",
+    "capture_head_inputs",
+    "check_head",
+    "head_logits",
+    "label_logits",
+    "output_head",
+]
 
 
 @dataclass
@@ -83,8 +90,10 @@ def output_head(model: nn.Module) -> LinearHead:
     base = base_model(model)
     lm_head = base.get_output_embeddings()
     if lm_head is None or not isinstance(getattr(lm_head, "weight", None), Tensor):
-        raise ValueError(f"{type(base).__name__} has no linear output embedding; the fused divergence needs one "
-                         "(set fused_divergence=False).")
+        raise ValueError(
+            f"{type(base).__name__} has no linear output embedding; the fused divergence needs one "
+            "(set fused_divergence=False)."
+        )
     bias = getattr(lm_head, "bias", None)
     final_bias = getattr(base, "final_logits_bias", None)  # BART / Marian / Pegasus: logits + final_logits_bias
     if isinstance(final_bias, Tensor):

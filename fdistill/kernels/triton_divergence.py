@@ -56,8 +56,20 @@ def _logits(lin_ptr, offs, in_vocab, scale, softcap, inv_t, SOFTCAP: tl.constexp
 
 
 @triton.jit
-def _block_logits(s_row, t_row, start, cols, V, s_scale, s_softcap, t_scale, t_softcap, inv_t,
-                  S_SOFTCAP: tl.constexpr, T_SOFTCAP: tl.constexpr):
+def _block_logits(
+    s_row,
+    t_row,
+    start,
+    cols,
+    V,
+    s_scale,
+    s_softcap,
+    t_scale,
+    t_softcap,
+    inv_t,
+    S_SOFTCAP: tl.constexpr,
+    T_SOFTCAP: tl.constexpr,
+):
     """One vocabulary block of both rows: student z/T and ∂z/∂lin, teacher z/T, and the in-vocabulary mask."""
     offs = start + cols
     in_vocab = offs < V
@@ -105,10 +117,26 @@ def _row_block(zs, zt, s_lse, t_lse, log_w, log_1mw, KIND: tl.constexpr, ON_STUD
 
 @triton.jit
 def _divergence_rows_kernel(
-    lin_s_ptr, lin_t_ptr, stride_s, stride_t, V,
-    mix_ptr, weight_ptr, terms_ptr, s_lse_ptr, t_lse_ptr, ent_ptr,
-    s_scale, s_softcap, t_scale, t_softcap, inv_t,
-    KIND: tl.constexpr, ON_STUDENT: tl.constexpr, S_SOFTCAP: tl.constexpr, T_SOFTCAP: tl.constexpr,
+    lin_s_ptr,
+    lin_t_ptr,
+    stride_s,
+    stride_t,
+    V,
+    mix_ptr,
+    weight_ptr,
+    terms_ptr,
+    s_lse_ptr,
+    t_lse_ptr,
+    ent_ptr,
+    s_scale,
+    s_softcap,
+    t_scale,
+    t_softcap,
+    inv_t,
+    KIND: tl.constexpr,
+    ON_STUDENT: tl.constexpr,
+    S_SOFTCAP: tl.constexpr,
+    T_SOFTCAP: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
@@ -124,7 +152,9 @@ def _divergence_rows_kernel(
     t_sum = 0.0
     s_dot = 0.0
     for start in range(0, V, BLOCK_V):
-        zs, _, zt, _, _ = _block_logits(s_row, t_row, start, cols, V, s_scale, s_softcap, t_scale, t_softcap, inv_t, S_SOFTCAP, T_SOFTCAP)
+        zs, _, zt, _, _ = _block_logits(
+            s_row, t_row, start, cols, V, s_scale, s_softcap, t_scale, t_softcap, inv_t, S_SOFTCAP, T_SOFTCAP
+        )
         s_new = tl.maximum(s_max, tl.max(zs, 0))
         t_new = tl.maximum(t_max, tl.max(zt, 0))
         s_ref = tl.where(s_new == neg_inf, 0.0, s_new)
@@ -149,7 +179,9 @@ def _divergence_rows_kernel(
     term_acc = tl.zeros((BLOCK_V,), tl.float32)
     c_acc = tl.zeros((BLOCK_V,), tl.float32)
     for start in range(0, V, BLOCK_V):
-        zs, _, zt, _, in_vocab = _block_logits(s_row, t_row, start, cols, V, s_scale, s_softcap, t_scale, t_softcap, inv_t, S_SOFTCAP, T_SOFTCAP)
+        zs, _, zt, _, in_vocab = _block_logits(
+            s_row, t_row, start, cols, V, s_scale, s_softcap, t_scale, t_softcap, inv_t, S_SOFTCAP, T_SOFTCAP
+        )
         term, c, _ = _row_block(zs, zt, s_lse, t_lse, log_w, log_1mw, KIND, ON_STUDENT)
         term_acc += tl.where(in_vocab, term, 0.0)
         c_acc += tl.where(in_vocab, c, 0.0)
@@ -158,7 +190,9 @@ def _divergence_rows_kernel(
 
     # pass 3: r·(c − q·C)·∂z/∂lin over the student's buffer
     for start in range(0, V, BLOCK_V):
-        zs, dz, zt, offs, in_vocab = _block_logits(s_row, t_row, start, cols, V, s_scale, s_softcap, t_scale, t_softcap, inv_t, S_SOFTCAP, T_SOFTCAP)
+        zs, dz, zt, offs, in_vocab = _block_logits(
+            s_row, t_row, start, cols, V, s_scale, s_softcap, t_scale, t_softcap, inv_t, S_SOFTCAP, T_SOFTCAP
+        )
         _, c, q = _row_block(zs, zt, s_lse, t_lse, log_w, log_1mw, KIND, ON_STUDENT)
         grad = r * (c - q * c_total) * dz
         tl.store(s_row + offs, grad.to(lin_s_ptr.dtype.element_ty), mask=in_vocab)
@@ -181,12 +215,25 @@ def triton_chunk(kind, on, lin_s, lin_t, s_head, t_head, z_mix, weights, tempera
     block = min(block_v, triton.next_power_of_2(vocab))
     if rows:
         _divergence_rows_kernel[(rows,)](
-            lin_s, lin_t, lin_s.stride(0), lin_t.stride(0), vocab,
-            z_mix.float().contiguous(), weights.float().contiguous(), *out,
-            float(s_head.scale), float(s_head.softcap or 1.0), float(t_head.scale), float(t_head.softcap or 1.0),
+            lin_s,
+            lin_t,
+            lin_s.stride(0),
+            lin_t.stride(0),
+            vocab,
+            z_mix.float().contiguous(),
+            weights.float().contiguous(),
+            *out,
+            float(s_head.scale),
+            float(s_head.softcap or 1.0),
+            float(t_head.scale),
+            float(t_head.softcap or 1.0),
             1.0 / temperature,
-            KIND=KINDS[kind], ON_STUDENT=on == "student", S_SOFTCAP=s_head.softcap is not None,
-            T_SOFTCAP=t_head.softcap is not None, BLOCK_V=block, num_warps=8 if block >= 2048 else 4,
+            KIND=KINDS[kind],
+            ON_STUDENT=on == "student",
+            S_SOFTCAP=s_head.softcap is not None,
+            T_SOFTCAP=t_head.softcap is not None,
+            BLOCK_V=block,
+            num_warps=8 if block >= 2048 else 4,
         )
     terms, s_lse, t_lse, ent = out
     return terms, s_lse, t_lse, ent, lin_s

@@ -28,8 +28,23 @@ from .gaussian import (
 )
 
 __all__ = [
-    "AudioExperimentConfig", "load_audio_config", "run_audio_experiment", "METHODS", "TriangularGaussian", "distillation_loss", "expansion_signal", "gaussian_kl", "make_teacher",
-    "proposition1_monte_carlo", "proposition1_probability", "relative_eigenvalues", "reverse_kl_loss",
-    "run_gaussian_study", "sample_gradient", "study_table", "train_student", "x_reconstruction_loss",
+    "AudioExperimentConfig",
+    "load_audio_config",
+    "run_audio_experiment",
+    "METHODS",
+    "TriangularGaussian",
+    "distillation_loss",
+    "expansion_signal",
+    "gaussian_kl",
+    "make_teacher",
+    "proposition1_monte_carlo",
+    "proposition1_probability",
+    "relative_eigenvalues",
+    "reverse_kl_loss",
+    "run_gaussian_study",
+    "sample_gradient",
+    "study_table",
+    "train_student",
+    "x_reconstruction_loss",
     "z_reconstruction_loss",
 ]

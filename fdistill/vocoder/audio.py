@@ -82,14 +82,29 @@ class AudioExperimentConfig:
 
     def __post_init__(self):
         """Every setting checked before anything is loaded, trained or written: one error naming value and fix."""
-        for name in ("sample_rate", "n_fft", "hop", "n_mels", "segment", "batch_size", "teacher_channels",
-                     "teacher_steps", "student_flows", "student_channels", "student_steps", "oracle_rollouts",
-                     "eval_clips"):
+        for name in (
+            "sample_rate",
+            "n_fft",
+            "hop",
+            "n_mels",
+            "segment",
+            "batch_size",
+            "teacher_channels",
+            "teacher_steps",
+            "student_flows",
+            "student_channels",
+            "student_steps",
+            "oracle_rollouts",
+            "eval_clips",
+        ):
             checks.whole_number(name, getattr(self, name))
         checks.whole_number("seed", self.seed, low=0)
         if self.sample_rate < 8000:
-            raise invalid("sample_rate", self.sample_rate, "use 8000 Hz or more (the band-power check compares "
-                          "0–1, 1–2 and 2–4 kHz).")
+            raise invalid(
+                "sample_rate",
+                self.sample_rate,
+                "use 8000 Hz or more (the band-power check compares 0–1, 1–2 and 2–4 kHz).",
+            )
         checks.number("learning_rate", self.learning_rate)
         checks.number("eval_seconds", self.eval_seconds)
         for name in ("power_weight", "stft_weight", "x_rec_noise"):
@@ -101,19 +116,33 @@ class AudioExperimentConfig:
         for name in ("recon_distance", "x_rec_distance"):
             checks.choice(name, getattr(self, name), ("l1", "l2"))
         if self.segment % self.hop:
-            raise invalid("segment", self.segment, f"must be a multiple of hop={self.hop} (e.g. "
-                          f"{max(self.segment // self.hop, 1) * self.hop}).")
+            raise invalid(
+                "segment",
+                self.segment,
+                f"must be a multiple of hop={self.hop} (e.g. {max(self.segment // self.hop, 1) * self.hop}).",
+            )
         if self.n_fft // 2 >= self.segment:
-            raise invalid("n_fft", self.n_fft, f"must be under 2 × segment={self.segment} (the STFT pads n_fft/2 "
-                          "samples by reflection); lower n_fft or raise segment.")
+            raise invalid(
+                "n_fft",
+                self.n_fft,
+                f"must be under 2 × segment={self.segment} (the STFT pads n_fft/2 "
+                "samples by reflection); lower n_fft or raise segment.",
+            )
         if self.n_mels > self.n_fft // 2:
-            raise invalid("n_mels", self.n_mels, f"use at most n_fft/2 = {self.n_fft // 2} mel bands (more leave "
-                          "bands without an STFT bin).")
+            raise invalid(
+                "n_mels",
+                self.n_mels,
+                f"use at most n_fft/2 = {self.n_fft // 2} mel bands (more leave bands without an STFT bin).",
+            )
         window = max(n for n, _ in RESOLUTIONS)
         if self.evaluation_length() < window:
-            raise invalid("eval_seconds", self.eval_seconds, f"evaluation clips need at least {window} samples (the "
-                          f"largest STFT window of the MR-STFT distance) at sample_rate={self.sample_rate}; raise "
-                          "eval_seconds.")
+            raise invalid(
+                "eval_seconds",
+                self.eval_seconds,
+                f"evaluation clips need at least {window} samples (the "
+                f"largest STFT window of the MR-STFT distance) at sample_rate={self.sample_rate}; raise "
+                "eval_seconds.",
+            )
         checks.output_folder("output_dir", self.output_dir)
         if self.corpus == "espeak" and not espeak_available():
             raise ValueError("corpus=espeak needs espeak-ng: `apt-get install espeak-ng` (or corpus=synthetic)")
@@ -123,8 +152,9 @@ class AudioExperimentConfig:
         return int(self.eval_seconds * self.sample_rate) // self.hop * self.hop
 
 
-def synthetic_corpus(sample_rate: int, seconds: float = 1.0, utterances: int = 12, held_out: int = 3,
-                     seed: int = 0) -> SpeechCorpus:
+def synthetic_corpus(
+    sample_rate: int, seconds: float = 1.0, utterances: int = 12, held_out: int = 3, seed: int = 0
+) -> SpeechCorpus:
     """Voiced-speech-like test signals (harmonics of a gliding f0 under two formant bumps, with pauses)."""
     g = torch.Generator().manual_seed(seed)
     t = torch.arange(int(seconds * sample_rate)) / sample_rate
@@ -133,8 +163,10 @@ def synthetic_corpus(sample_rate: int, seconds: float = 1.0, utterances: int = 1
         f0 = 100 + 80 * torch.rand(1, generator=g) + 30 * torch.sin(2 * math.pi * 0.7 * t)
         phase = 2 * math.pi * torch.cumsum(f0, 0) / sample_rate
         formants = 300 + 2000 * torch.rand(2, generator=g)
-        audio = sum(torch.sin(k * phase) * sum(torch.exp(-((k * f0 - f) / 250) ** 2) for f in formants) / k
-                    for k in range(1, 20))
+        audio = sum(
+            torch.sin(k * phase) * sum(torch.exp(-(((k * f0 - f) / 250) ** 2)) for f in formants) / k
+            for k in range(1, 20)
+        )
         gate = (torch.sin(2 * math.pi * 1.5 * t + 6 * torch.rand(1, generator=g)) > -0.3).float()
         audio = audio * gate + 0.003 * torch.randn(len(t), generator=g)
         clips.append((0.9 * audio / audio.abs().max()).float())
@@ -158,9 +190,16 @@ def random_segments(clips: list[torch.Tensor], batch: int, length: int, generato
     return out
 
 
-def student_objective(method: str, student: IAFStudent, teacher: GaussianWaveNet, real: torch.Tensor,
-                      mel: torch.Tensor, config: AudioExperimentConfig, generator: torch.Generator,
-                      rollout: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+def student_objective(
+    method: str,
+    student: IAFStudent,
+    teacher: GaussianWaveNet,
+    real: torch.Tensor,
+    mel: torch.Tensor,
+    config: AudioExperimentConfig,
+    generator: torch.Generator,
+    rollout: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """One method's loss on a batch of real clips ``real`` (``[B, T]``) and their log-mels."""
     if method == "oracle":
         z, target = rollout
@@ -182,11 +221,28 @@ def student_objective(method: str, student: IAFStudent, teacher: GaussianWaveNet
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
 
 
-TEACHER_SETTINGS = ("sample_rate", "n_fft", "hop", "n_mels", "corpus", "segment", "batch_size", "learning_rate",
-                    "teacher_channels", "teacher_dilations", "teacher_steps", "seed")
+TEACHER_SETTINGS = (
+    "sample_rate",
+    "n_fft",
+    "hop",
+    "n_mels",
+    "corpus",
+    "segment",
+    "batch_size",
+    "learning_rate",
+    "teacher_channels",
+    "teacher_dilations",
+    "teacher_steps",
+    "seed",
+)
 STUDENT_SETTINGS = TEACHER_SETTINGS + ("student_flows", "student_channels", "student_dilations", "student_steps")
-METHOD_SETTINGS = {"reverse_kl": ("power_weight",), "clarinet": ("stft_weight",), "z_rec": ("recon_distance",),
-                   "x_rec": ("x_rec_distance", "x_rec_noise"), "oracle": ("recon_distance", "oracle_rollouts")}
+METHOD_SETTINGS = {
+    "reverse_kl": ("power_weight",),
+    "clarinet": ("stft_weight",),
+    "z_rec": ("recon_distance",),
+    "x_rec": ("x_rec_distance", "x_rec_noise"),
+    "oracle": ("recon_distance", "oracle_rollouts"),
+}
 
 
 def _settings(config: AudioExperimentConfig, keys) -> dict:
@@ -196,11 +252,15 @@ def _settings(config: AudioExperimentConfig, keys) -> dict:
 def _guard(stage: str, steps: int, config: AudioExperimentConfig) -> StepGuard:
     """The stage's step guard: it stops the stage once more than half of its ``steps`` optimiser steps had a
     non-finite loss or gradient (it would save an untrained model as finished)."""
-    return StepGuard(stage, planned=steps, error=InputError,
-                     message="{stage}: {skipped} of {total} optimiser steps had a non-finite loss or gradient and "
-                             "were skipped, so it cannot train; likely cause: {hint}",
-                     hint=f"learning_rate={config.learning_rate!r} too high, or non-finite audio. Lower learning_rate "
-                          "(or check the corpus) and run again; nothing of this stage was saved.")
+    return StepGuard(
+        stage,
+        planned=steps,
+        error=InputError,
+        message="{stage}: {skipped} of {total} optimiser steps had a non-finite loss or gradient and "
+        "were skipped, so it cannot train; likely cause: {hint}",
+        hint=f"learning_rate={config.learning_rate!r} too high, or non-finite audio. Lower learning_rate "
+        "(or check the corpus) and run again; nothing of this stage was saved.",
+    )
 
 
 def train_teacher(config, corpus, logmel, log=print) -> tuple[GaussianWaveNet, dict]:
@@ -220,10 +280,13 @@ def train_teacher(config, corpus, logmel, log=print) -> tuple[GaussianWaveNet, d
             history.append(nll.item())
             if step % 100 == 0 or step == config.teacher_steps - 1:
                 log(f"teacher step {step}: NLL {nll.item():.3f} nats/sample")
-        record = {"train_seconds": time.perf_counter() - start, "skipped_steps": guard.skipped,
-                  "final_train_nll": sum(history[-50:]) / max(len(history[-50:]), 1),
-                  "parameters": sum(p.numel() for p in teacher.parameters()),
-                  "receptive_field": teacher.receptive_field}
+        record = {
+            "train_seconds": time.perf_counter() - start,
+            "skipped_steps": guard.skipped,
+            "final_train_nll": sum(history[-50:]) / max(len(history[-50:]), 1),
+            "parameters": sum(p.numel() for p in teacher.parameters()),
+            "receptive_field": teacher.receptive_field,
+        }
         return teacher.state_dict(), record, {"history": history}
 
     stage = run_stage(config.output_dir, "teacher", settings, work, log=None)
@@ -242,8 +305,10 @@ def teacher_rollouts(config, corpus, logmel, teacher, log=print) -> tuple[torch.
         mel = logmel(real)
         start = time.perf_counter()
         audio, z, _ = teacher.sample(mel, config.segment, generator=generator)
-        log(f"oracle rollouts: {config.oracle_rollouts} × {config.segment} samples in "
-            f"{time.perf_counter() - start:.0f} s")
+        log(
+            f"oracle rollouts: {config.oracle_rollouts} × {config.segment} samples in "
+            f"{time.perf_counter() - start:.0f} s"
+        )
         checks.finite_rows(f"oracle rollouts of the teacher in {config.output_dir}", audio)
         return {"z": z, "audio": audio, "mel": mel}, {}
 
@@ -254,8 +319,9 @@ def teacher_rollouts(config, corpus, logmel, teacher, log=print) -> tuple[torch.
 
 def train_student(config, corpus, logmel, teacher, method, rollouts=None, log=print) -> tuple[IAFStudent, dict]:
     with seeded(config.seed + 1000):
-        student = IAFStudent(config.n_mels, config.hop, config.student_flows, config.student_channels,
-                             tuple(config.student_dilations))
+        student = IAFStudent(
+            config.n_mels, config.hop, config.student_flows, config.student_channels, tuple(config.student_dilations)
+        )
 
     def work():
         teacher.requires_grad_(False)
@@ -274,9 +340,12 @@ def train_student(config, corpus, logmel, teacher, method, rollouts=None, log=pr
             history.append(loss.item())
             if step % 100 == 0 or step == config.student_steps - 1:
                 log(f"{method} step {step}: loss {loss.item():.4f}")
-        record = {"train_seconds": time.perf_counter() - start, "skipped_steps": guard.skipped,
-                  "final_loss": sum(history[-50:]) / max(len(history[-50:]), 1),
-                  "parameters": sum(p.numel() for p in student.parameters())}
+        record = {
+            "train_seconds": time.perf_counter() - start,
+            "skipped_steps": guard.skipped,
+            "final_loss": sum(history[-50:]) / max(len(history[-50:]), 1),
+            "parameters": sum(p.numel() for p in student.parameters()),
+        }
         return student.state_dict(), record, {"history": history}
 
     settings = _settings(config, STUDENT_SETTINGS + METHOD_SETTINGS[method])
@@ -320,19 +389,27 @@ def evaluate(config, corpus, logmel, teacher, students: dict, log=print) -> dict
         base = os.path.join(config.output_dir, "wav", name.replace(" ", "_"))
         os.makedirs(os.path.dirname(base), exist_ok=True)
         write_wav(base + ".wav", audio[0], config.sample_rate)
-    save_spectrograms({name: audio[0] for name, (audio, _) in outputs.items()}, config.sample_rate,
-                      os.path.join(config.output_dir, "spectrograms.png"))
+    save_spectrograms(
+        {name: audio[0] for name, (audio, _) in outputs.items()},
+        config.sample_rate,
+        os.path.join(config.output_dir, "spectrograms.png"),
+    )
     return results
 
 
 def table(results: dict) -> str:
-    lines = ["| model | teacher log-lik / sample ↑? | MR-STFT distance ↓ | log-mel L1 ↓ | band power − real, dB "
-             "(0–1 / 1–2 / 2–4 kHz) | real-time factor ↓ |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| model | teacher log-lik / sample ↑? | MR-STFT distance ↓ | log-mel L1 ↓ | band power − real, dB "
+        "(0–1 / 1–2 / 2–4 kHz) | real-time factor ↓ |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, r in results.items():
         rtf = "—" if r["real_time_factor"] is None else f"{r['real_time_factor']:.3g}"
         bands = " / ".join(f"{b:+.1f}" for b in r["band_power_minus_real_db"])
-        lines.append(f"| {name} | {r['teacher_loglik_per_sample']:.3f} | {r['mr_stft_distance']:.3f} | "
-                     f"{r['log_mel_l1']:.3f} | {bands} | {rtf} |")
+        lines.append(
+            f"| {name} | {r['teacher_loglik_per_sample']:.3f} | {r['mr_stft_distance']:.3f} | "
+            f"{r['log_mel_l1']:.3f} | {bands} | {rtf} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -348,8 +425,10 @@ def run_audio_experiment(config: AudioExperimentConfig, log=print) -> dict:
         for i, clip in enumerate(getattr(corpus, part)):
             checks.finite_rows(f"{config.corpus} corpus {part} clip {i}", clip)
     os.makedirs(config.output_dir, exist_ok=True)
-    log(f"corpus: {config.corpus}, {corpus.seconds('train'):.1f} s train / {corpus.seconds('held_out'):.1f} s "
-        f"held out at {config.sample_rate} Hz")
+    log(
+        f"corpus: {config.corpus}, {corpus.seconds('train'):.1f} s train / {corpus.seconds('held_out'):.1f} s "
+        f"held out at {config.sample_rate} Hz"
+    )
     logmel = LogMel(config.sample_rate, config.n_fft, config.hop, config.n_mels)
     teacher, teacher_record = train_teacher(config, corpus, logmel, log)
     rollouts = teacher_rollouts(config, corpus, logmel, teacher, log) if "oracle" in config.methods else None
@@ -357,10 +436,15 @@ def run_audio_experiment(config: AudioExperimentConfig, log=print) -> dict:
     for method in config.methods:
         students[method], records[method] = train_student(config, corpus, logmel, teacher, method, rollouts, log)
     results = evaluate(config, corpus, logmel, teacher, students, log)
-    summary = {"config": dataclasses.asdict(config), "teacher": teacher_record, "students": records,
-               "evaluation": results, "table": table(results),
-               "corpus_seconds": {"train": corpus.seconds("train"), "held_out": corpus.seconds("held_out")},
-               "wall_seconds_this_run": time.perf_counter() - start}
+    summary = {
+        "config": dataclasses.asdict(config),
+        "teacher": teacher_record,
+        "students": records,
+        "evaluation": results,
+        "table": table(results),
+        "corpus_seconds": {"train": corpus.seconds("train"), "held_out": corpus.seconds("held_out")},
+        "wall_seconds_this_run": time.perf_counter() - start,
+    }
     with open(os.path.join(config.output_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     with open(os.path.join(config.output_dir, "table.md"), "w") as f:

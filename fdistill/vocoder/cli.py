@@ -13,8 +13,11 @@ import torch
 
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="vocoder_command", required=True)
-    g = sub.add_parser("gaussian", help="the paper's Gaussian study: reverse KL vs z-/x-reconstruction, the expansion "
-                                        "signal (Figs. 2–3) and Proposition 1; writes figures, table.md, summary.json")
+    g = sub.add_parser(
+        "gaussian",
+        help="the paper's Gaussian study: reverse KL vs z-/x-reconstruction, the expansion "
+        "signal (Figs. 2–3) and Proposition 1; writes figures, table.md, summary.json",
+    )
     g.add_argument("--out", required=True, help="output folder")
     g.add_argument("--dims", type=int, nargs="+", default=[4, 16, 32, 64], help="dimensions D of the Gaussians")
     g.add_argument("--steps", type=int, default=5000, help="Adam updates per student (paper: 5000)")
@@ -28,10 +31,14 @@ def add_arguments(parser) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=int, default=1, help="torch CPU threads (tiny matrices: one is fastest)")
 
-
-    a = sub.add_parser("audio", help="Gaussian WaveNet teacher on espeak-ng speech → IAF students by reverse KL, "
-                                     "ClariNet, z-/x-reconstruction, oracle; metrics, WAVs, spectrograms")
-    a.add_argument("recipe", help="experiment YAML (keys: AudioExperimentConfig fields), e.g. recipes/vocoder/audio.yaml")
+    a = sub.add_parser(
+        "audio",
+        help="Gaussian WaveNet teacher on espeak-ng speech → IAF students by reverse KL, "
+        "ClariNet, z-/x-reconstruction, oracle; metrics, WAVs, spectrograms",
+    )
+    a.add_argument(
+        "recipe", help="experiment YAML (keys: AudioExperimentConfig fields), e.g. recipes/vocoder/audio.yaml"
+    )
     a.add_argument("overrides", nargs="*", help="key=value pairs overriding the recipe, e.g. student_steps=100")
 
 
@@ -42,15 +49,24 @@ def run_audio(args) -> None:
 
 
 def run_gaussian(args) -> None:
-    from .gaussian import run_gaussian_study, study_table
-
     from fdistill.flows.checks import whole_number
+
+    from .gaussian import run_gaussian_study, study_table
 
     torch.set_num_threads(whole_number("--threads", args.threads))
     summary = run_gaussian_study(
-        args.out, dims=tuple(args.dims), steps=args.steps, batch=args.batch, lr=args.lr, repeats=args.repeats,
-        samples=args.samples, seed=args.seed, eval_samples=args.eval_samples, distance=args.distance,
-        prop1_samples=args.prop1_samples)
+        args.out,
+        dims=tuple(args.dims),
+        steps=args.steps,
+        batch=args.batch,
+        lr=args.lr,
+        repeats=args.repeats,
+        samples=args.samples,
+        seed=args.seed,
+        eval_samples=args.eval_samples,
+        distance=args.distance,
+        prop1_samples=args.prop1_samples,
+    )
     print(study_table(summary))
     print(f"trends: {summary['trends']}")
     print(f"wrote {args.out}/summary.json, table.md and figures in {summary['wall_seconds']:.0f} s")

@@ -133,8 +133,9 @@ class TriangularGaussian(nn.Module):
         return standard_normal_log_prob(z, event_dims=1) - self.log_diag.sum()
 
 
-def make_teacher(dim: int, generator: torch.Generator, mean_value: float = 2.0,
-                 dtype: torch.dtype = torch.float64) -> TriangularGaussian:
+def make_teacher(
+    dim: int, generator: torch.Generator, mean_value: float = 2.0, dtype: torch.dtype = torch.float64
+) -> TriangularGaussian:
     """The paper's teacher N(μ, RRᵀ), μ = mean_value·1, R_ij ~ N(0, 1), frozen, as its autoregressive sampler."""
     scale = torch.randn(dim, dim, generator=generator, dtype=dtype)  # R
     mean = torch.full((dim,), mean_value, dtype=dtype)
@@ -169,22 +170,30 @@ def reverse_kl_loss(student: TriangularGaussian, teacher: TriangularGaussian, z:
     return (student.log_prob_of_latent(z) - teacher.log_prob(student.sample(z))).mean()
 
 
-def z_reconstruction_loss(student: TriangularGaussian, teacher: TriangularGaussian, z: torch.Tensor,
-                          distance: str = "l2") -> torch.Tensor:
+def z_reconstruction_loss(
+    student: TriangularGaussian, teacher: TriangularGaussian, z: torch.Tensor, distance: str = "l2"
+) -> torch.Tensor:
     """z-reconstruction ``d(z, T(S(z)))``: the student encodes, the frozen teacher's inverse T decodes (§4, item 1)."""
     return losses.distance(teacher.inverse(student.sample(z)), z, distance)
 
 
-def x_reconstruction_loss(student: TriangularGaussian, teacher: TriangularGaussian, x: torch.Tensor,
-                          distance: str = "l2") -> torch.Tensor:
+def x_reconstruction_loss(
+    student: TriangularGaussian, teacher: TriangularGaussian, x: torch.Tensor, distance: str = "l2"
+) -> torch.Tensor:
     """x-reconstruction ``d(x, S(T(x)))`` on teacher samples x: teacher encodes, student decodes (§4, item 2)."""
     with torch.no_grad():
         z = teacher.inverse(x)
     return losses.distance(student.sample(z), x, distance)
 
 
-def distillation_loss(method: str, student: TriangularGaussian, teacher: TriangularGaussian, batch: int,
-                      generator: torch.Generator, distance: str = "l2") -> torch.Tensor:
+def distillation_loss(
+    method: str,
+    student: TriangularGaussian,
+    teacher: TriangularGaussian,
+    batch: int,
+    generator: torch.Generator,
+    distance: str = "l2",
+) -> torch.Tensor:
     """One minibatch of ``method`` ∈ METHODS: fresh z ~ N(0, I) (x-reconstruction: fresh teacher samples)."""
     z = torch.randn(batch, student.dim, generator=generator, dtype=student.shift.dtype)
     if method == "reverse_kl":
@@ -292,10 +301,18 @@ def seeded_generator(*keys: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state) & ((1 << 63) - 1))
 
 
-def train_student(teacher: TriangularGaussian, method: str, steps: int = 5000, batch: int = 64, lr: float = 0.005,
-                  distance: str = "l2", generator: torch.Generator | None = None,
-                  probe_generator: torch.Generator | None = None, probe_samples: int = 128,
-                  kl_every: int = 50) -> tuple[TriangularGaussian, dict]:
+def train_student(
+    teacher: TriangularGaussian,
+    method: str,
+    steps: int = 5000,
+    batch: int = 64,
+    lr: float = 0.005,
+    distance: str = "l2",
+    generator: torch.Generator | None = None,
+    probe_generator: torch.Generator | None = None,
+    probe_samples: int = 128,
+    kl_every: int = 50,
+) -> tuple[TriangularGaussian, dict]:
     """Distil ``teacher`` into a `TriangularGaussian` student (starting at N(0, I)) with Adam on ``method``.
 
     Arguments:
@@ -327,10 +344,15 @@ def train_student(teacher: TriangularGaussian, method: str, steps: int = 5000, b
                 record["kl"].append(gaussian_kl(student, teacher).item())
 
     # the shared runner's guard, strict: any non-finite update stops the run (no clipping: max_grad_norm=None)
-    guard = StepGuard(f"{METHOD_LABELS[method]} student (D={teacher.dim})", max_skipped_fraction=0.0, planned=steps,
-                      error=InputError, hint=f"lr={lr!r} too high. Lower the learning rate (--lr) and run again; "
-                      "nothing was written.", message="{stage}: the loss is non-finite or has a non-finite gradient "
-                      "at update {taken} of {total}, so the run cannot finish; likely cause: {hint}")
+    guard = StepGuard(
+        f"{METHOD_LABELS[method]} student (D={teacher.dim})",
+        max_skipped_fraction=0.0,
+        planned=steps,
+        error=InputError,
+        hint=f"lr={lr!r} too high. Lower the learning rate (--lr) and run again; nothing was written.",
+        message="{stage}: the loss is non-finite or has a non-finite gradient "
+        "at update {taken} of {total}, so the run cannot finish; likely cause: {hint}",
+    )
     for step in range(steps):
         observe(step)
         loss = distillation_loss(method, student, teacher, batch, generator, distance)
@@ -345,8 +367,11 @@ def train_student(teacher: TriangularGaussian, method: str, steps: int = 5000, b
 
 def _stats(values: torch.Tensor) -> dict:
     values = values.double()
-    return {"mean": values.mean().item(), "std": values.std().item(),
-            "stderr": (values.std() / math.sqrt(values.numel())).item()}
+    return {
+        "mean": values.mean().item(),
+        "std": values.std().item(),
+        "stderr": (values.std() / math.sqrt(values.numel())).item(),
+    }
 
 
 def _compare(student_ll: torch.Tensor, teacher_ll: torch.Tensor) -> dict:
@@ -356,8 +381,13 @@ def _compare(student_ll: torch.Tensor, teacher_ll: torch.Tensor) -> dict:
     diff = student_ll.mean().item() - teacher_ll.mean().item()
     stderr = math.sqrt(student_ll.var().item() / student_ll.numel() + teacher_ll.var().item() / teacher_ll.numel())
     ks = stats.ks_2samp(student_ll.numpy(), teacher_ll.numpy())
-    return {"mean_difference": diff, "difference_stderr": stderr, "z_score": diff / stderr,
-            "ks_statistic": float(ks.statistic), "ks_pvalue": float(ks.pvalue)}
+    return {
+        "mean_difference": diff,
+        "difference_stderr": stderr,
+        "z_score": diff / stderr,
+        "ks_statistic": float(ks.statistic),
+        "ks_pvalue": float(ks.pvalue),
+    }
 
 
 def _subsample(values: list, every: int) -> tuple[list, list]:
@@ -367,13 +397,19 @@ def _subsample(values: list, every: int) -> tuple[list, list]:
     return steps, [round(values[i], 5) for i in steps]
 
 
-def check_study_settings(out_dir, dims, steps, batch, lr, repeats, samples, seed, eval_samples, methods, distance,
-                         mean_value, prop1_samples) -> None:
+def check_study_settings(
+    out_dir, dims, steps, batch, lr, repeats, samples, seed, eval_samples, methods, distance, mean_value, prop1_samples
+) -> None:
     """One clear error for any setting of `run_gaussian_study` that cannot work, before anything is computed."""
     checks.output_folder("out_dir", out_dir)
     checks.whole_numbers("dims", list(dims) if isinstance(dims, (list, tuple)) else dims, example="[4, 16, 32, 64]")
-    for name, value in (("steps", steps), ("batch", batch), ("repeats", repeats), ("samples", samples),
-                        ("prop1_samples", prop1_samples)):
+    for name, value in (
+        ("steps", steps),
+        ("batch", batch),
+        ("repeats", repeats),
+        ("samples", samples),
+        ("prop1_samples", prop1_samples),
+    ):
         checks.whole_number(name, value)
     checks.whole_number("eval_samples", eval_samples, low=2)  # a standard deviation needs two samples
     checks.whole_number("seed", seed, low=0)
@@ -385,10 +421,22 @@ def check_study_settings(out_dir, dims, steps, batch, lr, repeats, samples, seed
         raise ValueError("the study needs 'reverse_kl' among the methods (Figure 3 probes its training)")
 
 
-def run_gaussian_study(out_dir: str, dims=(4, 16, 32, 64), steps: int = 5000, batch: int = 64, lr: float = 0.005,
-                       repeats: int = 8, samples: int = 128, seed: int = 0, eval_samples: int = 1000,
-                       methods=METHODS, distance: str = "l2", mean_value: float = 2.0,
-                       prop1_samples: int = 200_000, log=print) -> dict:
+def run_gaussian_study(
+    out_dir: str,
+    dims=(4, 16, 32, 64),
+    steps: int = 5000,
+    batch: int = 64,
+    lr: float = 0.005,
+    repeats: int = 8,
+    samples: int = 128,
+    seed: int = 0,
+    eval_samples: int = 1000,
+    methods=METHODS,
+    distance: str = "l2",
+    mean_value: float = 2.0,
+    prop1_samples: int = 200_000,
+    log=print,
+) -> dict:
     """The paper's Gaussian study (§3.2 and §4.1.1); writes figures, ``table.md`` and ``summary.json`` to ``out_dir``.
 
     Per dimension D: a teacher (`make_teacher`) and one student per method, trained from N(0, I) on the same
@@ -423,14 +471,42 @@ def run_gaussian_study(out_dir: str, dims=(4, 16, 32, 64), steps: int = 5000, ba
         >>> sorted(summary["dims"]["4"]["methods"])
         ['reverse_kl', 'x_rec', 'z_rec']
     """
-    check_study_settings(out_dir, dims, steps, batch, lr, repeats, samples, seed, eval_samples, methods, distance,
-                         mean_value, prop1_samples)
+    check_study_settings(
+        out_dir,
+        dims,
+        steps,
+        batch,
+        lr,
+        repeats,
+        samples,
+        seed,
+        eval_samples,
+        methods,
+        distance,
+        mean_value,
+        prop1_samples,
+    )
     start = time.perf_counter()
-    summary = {"settings": {"dims": list(dims), "steps": steps, "batch": batch, "lr": lr, "repeats": repeats,
-                            "samples": samples, "seed": seed, "eval_samples": eval_samples, "methods": list(methods),
-                            "distance": distance, "mean_value": mean_value, "prop1_samples": prop1_samples,
-                            "dtype": "float64", "torch": torch.__version__, "threads": torch.get_num_threads()},
-               "dims": {}}
+    summary = {
+        "settings": {
+            "dims": list(dims),
+            "steps": steps,
+            "batch": batch,
+            "lr": lr,
+            "repeats": repeats,
+            "samples": samples,
+            "seed": seed,
+            "eval_samples": eval_samples,
+            "methods": list(methods),
+            "distance": distance,
+            "mean_value": mean_value,
+            "prop1_samples": prop1_samples,
+            "dtype": "float64",
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
+        "dims": {},
+    }
     curves, histograms = {}, {}
     for dim in dims:
         teachers = [make_teacher(dim, seeded_generator(seed, dim, 0, r), mean_value) for r in range(repeats)]
@@ -438,49 +514,73 @@ def run_gaussian_study(out_dir: str, dims=(4, 16, 32, 64), steps: int = 5000, ba
         evaluation = seeded_generator(seed, dim, 1)
         z = torch.randn(eval_samples, dim, generator=evaluation, dtype=torch.float64)
         teacher_ll = teacher.log_prob(teacher.sample(z))
-        entry = {"teacher": {"loglik_teacher_samples": _stats(teacher_ll),
-                             "covariance_eigenvalues": relative_eigenvalues(TriangularGaussian(dim), teacher).tolist()},
-                 "methods": {}}
+        entry = {
+            "teacher": {
+                "loglik_teacher_samples": _stats(teacher_ll),
+                "covariance_eigenvalues": relative_eigenvalues(TriangularGaussian(dim), teacher).tolist(),
+            },
+            "methods": {},
+        }
         histograms[dim] = {"teacher": teacher_ll}
         students = {}
         for method in methods:
             t0 = time.perf_counter()
             probe = seeded_generator(seed, dim, 3, 0) if method == "reverse_kl" else None
-            student, record = train_student(teacher, method, steps, batch, lr, distance,
-                                            seeded_generator(seed, dim, 2, 0), probe, samples)
+            student, record = train_student(
+                teacher, method, steps, batch, lr, distance, seeded_generator(seed, dim, 2, 0), probe, samples
+            )
             students[method] = (student, record)
             z = torch.randn(eval_samples, dim, generator=evaluation, dtype=torch.float64)
             student_ll = teacher.log_prob(student.sample(z))
             histograms[dim][method] = student_ll
             loss_steps, loss_values = _subsample(record["loss"], max(1, steps // 100))
             entry["methods"][method] = {
-                "loglik_student_samples": _stats(student_ll), "vs_teacher_samples": _compare(student_ll, teacher_ll),
+                "loglik_student_samples": _stats(student_ll),
+                "vs_teacher_samples": _compare(student_ll, teacher_ll),
                 "kl_student_teacher": gaussian_kl(student, teacher).item(),
                 "kl_teacher_student": gaussian_kl(teacher, student).item(),
-                "final_loss_mean_last_10pct": float(np.mean(record["loss"][-max(1, steps // 10):])),
+                "final_loss_mean_last_10pct": float(np.mean(record["loss"][-max(1, steps // 10) :])),
                 "kl_history": {"steps": record["kl_steps"], "kl_student_teacher": record["kl"]},
                 "loss_history": {"steps": loss_steps, "loss": loss_values},
-                "wall_seconds": time.perf_counter() - t0}
-            log(f"D={dim:3d} {method:10s} KL(q‖p)={entry['methods'][method]['kl_student_teacher']:.4f} "
+                "wall_seconds": time.perf_counter() - t0,
+            }
+            log(
+                f"D={dim:3d} {method:10s} KL(q‖p)={entry['methods'][method]['kl_student_teacher']:.4f} "
                 f"KL(p‖q)={entry['methods'][method]['kl_teacher_student']:.4f} mean log p_T: student "
                 f"{student_ll.mean().item():.2f} teacher {teacher_ll.mean().item():.2f} "
-                f"({time.perf_counter() - t0:.1f} s)")
+                f"({time.perf_counter() - t0:.1f} s)"
+            )
         # Figure 3: repeats of reverse-KL training, each with its own teacher (repeat 0 reuses the run above)
         runs = [students["reverse_kl"]]
         for r in range(1, repeats):
-            runs.append(train_student(teachers[r], "reverse_kl", steps, batch, lr, distance,
-                                      seeded_generator(seed, dim, 2, r), seeded_generator(seed, dim, 3, r), samples))
+            runs.append(
+                train_student(
+                    teachers[r],
+                    "reverse_kl",
+                    steps,
+                    batch,
+                    lr,
+                    distance,
+                    seeded_generator(seed, dim, 2, r),
+                    seeded_generator(seed, dim, 3, r),
+                    samples,
+                )
+            )
         curve = np.mean([record["expansion"] for _, record in runs], axis=0)  # [steps + 1]
         curves[dim] = curve
         tail = max(1, steps // 10)
         peak = int(np.argmax(curve))
         curve_steps, curve_values = _subsample(curve.tolist(), max(1, steps // 500))
-        entry["expansion"] = {"start": float(curve[0]), "peak": float(curve[peak]), "peak_step": peak,
-                              "end": float(curve[-1]), "end_mean_last_10pct": float(curve[-tail:].mean()),
-                              "probes_per_step": repeats * samples,
-                              "final_kl_student_teacher_per_repeat": [gaussian_kl(s, t).item()
-                                                                      for (s, _), t in zip(runs, teachers)],
-                              "curve": {"steps": curve_steps, "probability": curve_values}}
+        entry["expansion"] = {
+            "start": float(curve[0]),
+            "peak": float(curve[peak]),
+            "peak_step": peak,
+            "end": float(curve[-1]),
+            "end_mean_last_10pct": float(curve[-tail:].mean()),
+            "probes_per_step": repeats * samples,
+            "final_kl_student_teacher_per_repeat": [gaussian_kl(s, t).item() for (s, _), t in zip(runs, teachers)],
+            "curve": {"steps": curve_steps, "probability": curve_values},
+        }
         # Proposition 1, analytic vs Monte Carlo: each repeat's teacher seen from N(μ, I) (the proposition's own
         # setting), and from its trained reverse-KL student (the prediction were that student centred at μ)
         prop = seeded_generator(seed, dim, 4)
@@ -489,9 +589,11 @@ def run_gaussian_study(out_dir: str, dims=(4, 16, 32, 64), steps: int = 5000, ba
         trained = _proposition1_block([relative_eigenvalues(s, t) for (s, _), t in zip(runs, teachers)], each, prop)
         trained["measured_expansion_end"] = float(curve[-1])
         entry["proposition1"] = {"teacher_vs_standard_student": standard, "trained_reverse_kl_students": trained}
-        log(f"D={dim:3d} expansion P: start {curve[0]:.3f} peak {curve[peak]:.3f} (step {peak}) end "
+        log(
+            f"D={dim:3d} expansion P: start {curve[0]:.3f} peak {curve[peak]:.3f} (step {peak}) end "
             f"{curve[-tail:].mean():.3f}; Prop. 1 (standard student) analytic {standard['analytic_mean']:.4f} "
-            f"MC {standard['monte_carlo_mean']:.4f} ± {standard['monte_carlo_stderr']:.4f}")
+            f"MC {standard['monte_carlo_mean']:.4f} ± {standard['monte_carlo_stderr']:.4f}"
+        )
         summary["dims"][str(dim)] = entry
     summary["trends"] = _trends(summary)
     summary["wall_seconds"] = time.perf_counter() - start
@@ -512,13 +614,23 @@ def _proposition1_block(eigenvalue_sets: list, samples: int, generator: torch.Ge
         eigenvalues = eigenvalues.tolist()
         mc, se = proposition1_monte_carlo(eigenvalues, samples, generator)
         analytic = proposition1_probability(eigenvalues)
-        rows.append({"analytic": analytic, "monte_carlo": mc, "monte_carlo_stderr": se,
-                     "z_score": (mc - analytic) / se if se > 0 else 0.0,
-                     "min_eigenvalue": min(eigenvalues), "max_eigenvalue": max(eigenvalues)})
-    return {"analytic_mean": float(np.mean([r["analytic"] for r in rows])),
-            "monte_carlo_mean": float(np.mean([r["monte_carlo"] for r in rows])),
-            "monte_carlo_stderr": math.sqrt(sum(r["monte_carlo_stderr"] ** 2 for r in rows)) / len(rows),
-            "max_abs_z_score": max(abs(r["z_score"]) for r in rows), "per_repeat": rows}
+        rows.append(
+            {
+                "analytic": analytic,
+                "monte_carlo": mc,
+                "monte_carlo_stderr": se,
+                "z_score": (mc - analytic) / se if se > 0 else 0.0,
+                "min_eigenvalue": min(eigenvalues),
+                "max_eigenvalue": max(eigenvalues),
+            }
+        )
+    return {
+        "analytic_mean": float(np.mean([r["analytic"] for r in rows])),
+        "monte_carlo_mean": float(np.mean([r["monte_carlo"] for r in rows])),
+        "monte_carlo_stderr": math.sqrt(sum(r["monte_carlo_stderr"] ** 2 for r in rows)) / len(rows),
+        "max_abs_z_score": max(abs(r["z_score"]) for r in rows),
+        "per_repeat": rows,
+    }
 
 
 def _dump_json(tree: dict, path: str) -> None:
@@ -534,8 +646,10 @@ def _trends(summary: dict) -> dict:
     """The paper's two claims, checked on the numbers (thresholds stated in the keys' values)."""
     dims = sorted(int(d) for d in summary["dims"])
     ends = [summary["dims"][str(d)]["expansion"]["end_mean_last_10pct"] for d in dims]
-    trends = {"expansion_end_by_dim": dict(zip(map(str, dims), ends)),
-              "expansion_end_decreases_with_dim": all(a > b for a, b in itertools.pairwise(ends))}
+    trends = {
+        "expansion_end_by_dim": dict(zip(map(str, dims), ends)),
+        "expansion_end_decreases_with_dim": all(a > b for a, b in itertools.pairwise(ends)),
+    }
     top = summary["dims"][str(dims[-1])]["methods"]
     if "reverse_kl" in top:
         c = top["reverse_kl"]["vs_teacher_samples"]
@@ -544,8 +658,10 @@ def _trends(summary: dict) -> dict:
         c = top["x_rec"]["vs_teacher_samples"]
         trends["x_rec_matches_teacher_at_max_dim"] = abs(c["z_score"]) < 3 and c["ks_pvalue"] > 0.01
     trends["proposition1_max_abs_z_score"] = max(
-        e["proposition1"][k]["max_abs_z_score"] for e in summary["dims"].values()
-        for k in ("teacher_vs_standard_student", "trained_reverse_kl_students"))
+        e["proposition1"][k]["max_abs_z_score"]
+        for e in summary["dims"].values()
+        for k in ("teacher_vs_standard_student", "trained_reverse_kl_students")
+    )
     trends["proposition1_analytic_matches_monte_carlo"] = trends["proposition1_max_abs_z_score"] < 4
     return trends
 
@@ -553,21 +669,33 @@ def _trends(summary: dict) -> dict:
 def study_table(summary: dict) -> str:
     """Markdown table of the study's numbers (per dimension)."""
     methods = summary["settings"]["methods"]
-    head = ("| D | P(expansion) start / peak / end | mean log p_T: teacher samples | "
-            + " | ".join(f"{METHOD_LABELS[m]} samples" for m in methods)
-            + " | KL(q‖p): " + " / ".join(methods) + " | Prop. 1 analytic / MC (standard student) "
-            "| Prop. 1 analytic / MC (trained RKL students) |")
+    head = (
+        "| D | P(expansion) start / peak / end | mean log p_T: teacher samples | "
+        + " | ".join(f"{METHOD_LABELS[m]} samples" for m in methods)
+        + " | KL(q‖p): "
+        + " / ".join(methods)
+        + " | Prop. 1 analytic / MC (standard student) "
+        "| Prop. 1 analytic / MC (trained RKL students) |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for d, e in sorted(summary["dims"].items(), key=lambda kv: int(kv[0])):
         x, p = e["expansion"], e["proposition1"]
         s, t = p["teacher_vs_standard_student"], p["trained_reverse_kl_students"]
-        cells = [d, f"{x['start']:.3f} / {x['peak']:.3f} / {x['end_mean_last_10pct']:.3f}",
-                 (f"{e['teacher']['loglik_teacher_samples']['mean']:.2f} ± "
-                  f"{e['teacher']['loglik_teacher_samples']['std']:.2f}")]
-        cells += [f"{e['methods'][m]['loglik_student_samples']['mean']:.2f} ± "
-                  f"{e['methods'][m]['loglik_student_samples']['std']:.2f} "
-                  f"(Δ {e['methods'][m]['vs_teacher_samples']['mean_difference']:+.2f}, "
-                  f"z {e['methods'][m]['vs_teacher_samples']['z_score']:+.1f})" for m in methods]
+        cells = [
+            d,
+            f"{x['start']:.3f} / {x['peak']:.3f} / {x['end_mean_last_10pct']:.3f}",
+            (
+                f"{e['teacher']['loglik_teacher_samples']['mean']:.2f} ± "
+                f"{e['teacher']['loglik_teacher_samples']['std']:.2f}"
+            ),
+        ]
+        cells += [
+            f"{e['methods'][m]['loglik_student_samples']['mean']:.2f} ± "
+            f"{e['methods'][m]['loglik_student_samples']['std']:.2f} "
+            f"(Δ {e['methods'][m]['vs_teacher_samples']['mean_difference']:+.2f}, "
+            f"z {e['methods'][m]['vs_teacher_samples']['z_score']:+.1f})"
+            for m in methods
+        ]
         # max(…, 0): a converged student's closed-form KL can round to −1e-14
         cells.append(" / ".join(f"{max(e['methods'][m]['kl_student_teacher'], 0.0):.3f}" for m in methods))
         cells.append(f"{s['analytic_mean']:.4f} / {s['monte_carlo_mean']:.4f} ± {s['monte_carlo_stderr']:.4f}")
@@ -575,11 +703,13 @@ def study_table(summary: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     s = summary["settings"]
     lines.append("")
-    lines.append(f"Settings: steps {s['steps']}, batch {s['batch']}, Adam lr {s['lr']}, {s['repeats']} repeats × "
-                 f"{s['samples']} probes per step, {s['eval_samples']} evaluation samples, distance {s['distance']}, "
-                 f"seed {s['seed']}. 'end' = mean over the last 10% of updates. ± after log-likelihoods is the std "
-                 "over samples (Δ: student − teacher-sample mean, z: Δ over its standard error); after Monte Carlo "
-                 "estimates, the standard error. Proposition 1 columns: means over the repeats' teachers.")
+    lines.append(
+        f"Settings: steps {s['steps']}, batch {s['batch']}, Adam lr {s['lr']}, {s['repeats']} repeats × "
+        f"{s['samples']} probes per step, {s['eval_samples']} evaluation samples, distance {s['distance']}, "
+        f"seed {s['seed']}. 'end' = mean over the last 10% of updates. ± after log-likelihoods is the std "
+        "over samples (Δ: student − teacher-sample mean, z: Δ over its standard error); after Monte Carlo "
+        "estimates, the standard error. Proposition 1 columns: means over the repeats' teachers."
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -630,8 +760,7 @@ def _plot_expansion(curves: dict, probes: int, path: str) -> None:
     ax.set_xlabel("update")
     ax.set_ylabel("P((x − μ)ᵀ g_x > 0)")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title(f"Expansion signal during reverse-KL training ({probes} probes per update; paper Fig. 3)",
-                 fontsize=9)
+    ax.set_title(f"Expansion signal during reverse-KL training ({probes} probes per update; paper Fig. 3)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
@@ -647,14 +776,37 @@ def _plot_proposition1(summary: dict, path: str) -> None:
     s = [e["teacher_vs_standard_student"] for e in entries]
     t = [e["trained_reverse_kl_students"] for e in entries]
     ax.plot(pos - 0.1, [x["analytic_mean"] for x in s], "o", color="tab:red", label="teachers vs N(μ, I): analytic")
-    ax.errorbar(pos - 0.1, [x["monte_carlo_mean"] for x in s], yerr=[4 * x["monte_carlo_stderr"] for x in s], fmt="x",
-                color="black", capsize=3, label="Monte Carlo (±4 s.e.)")
-    ax.plot(pos + 0.1, [x["analytic_mean"] for x in t], "s", color="tab:blue",
-            label="trained RKL students (centred): analytic")
-    ax.errorbar(pos + 0.1, [x["monte_carlo_mean"] for x in t], yerr=[4 * x["monte_carlo_stderr"] for x in t], fmt="x",
-                color="black", capsize=3)
-    ax.plot(pos + 0.2, [x["measured_expansion_end"] for x in t], "^", color="tab:green",
-            label="measured at the end of training")
+    ax.errorbar(
+        pos - 0.1,
+        [x["monte_carlo_mean"] for x in s],
+        yerr=[4 * x["monte_carlo_stderr"] for x in s],
+        fmt="x",
+        color="black",
+        capsize=3,
+        label="Monte Carlo (±4 s.e.)",
+    )
+    ax.plot(
+        pos + 0.1,
+        [x["analytic_mean"] for x in t],
+        "s",
+        color="tab:blue",
+        label="trained RKL students (centred): analytic",
+    )
+    ax.errorbar(
+        pos + 0.1,
+        [x["monte_carlo_mean"] for x in t],
+        yerr=[4 * x["monte_carlo_stderr"] for x in t],
+        fmt="x",
+        color="black",
+        capsize=3,
+    )
+    ax.plot(
+        pos + 0.2,
+        [x["measured_expansion_end"] for x in t],
+        "^",
+        color="tab:green",
+        label="measured at the end of training",
+    )
     ax.set_xticks(pos, [f"D={d}" for d in dims])
     ax.set_ylabel("P(expansion signal)")
     ax.set_ylim(-0.02, 1.02)

@@ -33,8 +33,13 @@ def distance(a: torch.Tensor, b: torch.Tensor, kind: str = "l2") -> torch.Tensor
     return latent_distance(a, b, kind)
 
 
-def reverse_kl(z: torch.Tensor, student_log_std: torch.Tensor, x: torch.Tensor, teacher_mean: torch.Tensor,
-               teacher_log_std: torch.Tensor) -> torch.Tensor:
+def reverse_kl(
+    z: torch.Tensor,
+    student_log_std: torch.Tensor,
+    x: torch.Tensor,
+    teacher_mean: torch.Tensor,
+    teacher_log_std: torch.Tensor,
+) -> torch.Tensor:
     """Monte Carlo ``log q_S(x) − log p_T(x)`` per sample for ``x = S(z)``, teacher conditionals on x's own past."""
     log_q = gaussian_log_prob(z, torch.zeros_like(z), torch.zeros_like(z)) - student_log_std
     return (log_q - gaussian_log_prob(x, teacher_mean, teacher_log_std)).mean()
@@ -51,8 +56,14 @@ def stepwise_gaussian_kl(mean_q, log_std_q, mean_p, log_std_p) -> torch.Tensor:
     return log_std_p - log_std_q + 0.5 * (var_ratio + ((mean_q - mean_p) * torch.exp(-log_std_p)) ** 2) - 0.5
 
 
-def clarinet_kl(mean_q, log_std_q, mean_p, log_std_p, floor: float = CLARINET_LOG_STD_FLOOR,
-                regulariser: float = CLARINET_REGULARISER) -> torch.Tensor:
+def clarinet_kl(
+    mean_q,
+    log_std_q,
+    mean_p,
+    log_std_p,
+    floor: float = CLARINET_LOG_STD_FLOOR,
+    regulariser: float = CLARINET_REGULARISER,
+) -> torch.Tensor:
     """ClariNet's regularised per-step KL: log σ clamped at ``floor`` plus ``regulariser·(log σ_q − log σ_p)²``."""
     log_std_q, log_std_p = log_std_q.clamp(min=floor), log_std_p.clamp(min=floor)
     kl = stepwise_gaussian_kl(mean_q, log_std_q, mean_p, log_std_p)

@@ -65,12 +65,14 @@ def speak(text: str, sample_rate: int, voice: str = "en-us", words_per_minute: i
     from scipy.signal import resample_poly
 
     if not espeak_available():
-        raise RuntimeError("espeak-ng is not installed: `apt-get install espeak-ng` (Debian/Ubuntu) makes the "
-                           "offline speech corpus")
+        raise RuntimeError(
+            "espeak-ng is not installed: `apt-get install espeak-ng` (Debian/Ubuntu) makes the offline speech corpus"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "utterance.wav")
-        subprocess.run(["espeak-ng", "-v", voice, "-s", str(words_per_minute), "-w", path, text], check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["espeak-ng", "-v", voice, "-s", str(words_per_minute), "-w", path, text], check=True, capture_output=True
+        )
         audio, rate = sf.read(path, dtype="float64")
     g = math.gcd(rate, sample_rate)
     audio = resample_poly(audio, sample_rate // g, rate // g)
@@ -174,8 +176,15 @@ def save_spectrograms(rows: dict[str, torch.Tensor], sample_rate: int, path: str
     for ax, (name, audio) in zip(axes[:, 0], rows.items()):
         spec = stft_magnitude(audio.detach().cpu().reshape(1, -1), 256, 64)[0].clamp(min=1e-5).log10() * 20
         seconds = audio.numel() / sample_rate
-        ax.imshow(spec.numpy(), origin="lower", aspect="auto", cmap="magma", vmin=-100, vmax=20,
-                  extent=(0, seconds, 0, sample_rate / 2000))
+        ax.imshow(
+            spec.numpy(),
+            origin="lower",
+            aspect="auto",
+            cmap="magma",
+            vmin=-100,
+            vmax=20,
+            extent=(0, seconds, 0, sample_rate / 2000),
+        )
         ax.set_ylabel(f"{name}\nkHz", fontsize=8)
     axes[-1, 0].set_xlabel("seconds")
     fig.tight_layout()

@@ -35,8 +35,15 @@ class WaveNetStack(nn.Module):
     The output at t depends on inputs ≤ t; callers shift the input right by one for strict autoregression.
     """
 
-    def __init__(self, channels: int, dilations: list[int], cond_channels: int, out_channels: int,
-                 in_channels: int = 1, kernel_size: int = 2):
+    def __init__(
+        self,
+        channels: int,
+        dilations: list[int],
+        cond_channels: int,
+        out_channels: int,
+        in_channels: int = 1,
+        kernel_size: int = 2,
+    ):
         super().__init__()
         self.kernel_size, self.dilations = kernel_size, list(dilations)
         self.inp = nn.Conv1d(in_channels, channels, 1)
@@ -44,8 +51,9 @@ class WaveNetStack(nn.Module):
         self.conds = nn.ModuleList(nn.Conv1d(cond_channels, 2 * channels, 1) for _ in dilations)
         self.res = nn.ModuleList(nn.Conv1d(channels, channels, 1) for _ in dilations)
         self.skip = nn.ModuleList(nn.Conv1d(channels, channels, 1) for _ in dilations)
-        self.out = nn.Sequential(nn.ReLU(), nn.Conv1d(channels, channels, 1), nn.ReLU(),
-                                 nn.Conv1d(channels, out_channels, 1))
+        self.out = nn.Sequential(
+            nn.ReLU(), nn.Conv1d(channels, channels, 1), nn.ReLU(), nn.Conv1d(channels, out_channels, 1)
+        )
         nn.init.zeros_(self.out[-1].weight)  # start as the identity flow / a unit Gaussian
         nn.init.zeros_(self.out[-1].bias)
 
@@ -77,8 +85,13 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor
 class GaussianWaveNet(nn.Module):
     """The autoregressive teacher: per-sample Gaussian conditionals from a causal WaveNet on past samples + mel."""
 
-    def __init__(self, n_mels: int = 40, hop: int = 64, channels: int = 32,
-                 dilations: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128)):
+    def __init__(
+        self,
+        n_mels: int = 40,
+        hop: int = 64,
+        channels: int = 32,
+        dilations: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128),
+    ):
         super().__init__()
         self.hop = hop
         self.config = {"n_mels": n_mels, "hop": hop, "channels": channels, "dilations": list(dilations)}
@@ -105,8 +118,9 @@ class GaussianWaveNet(nn.Module):
         return (audio - mean) * torch.exp(-log_std)
 
     @torch.no_grad()
-    def sample(self, mel: torch.Tensor, length: int, z: torch.Tensor | None = None,
-               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def sample(
+        self, mel: torch.Tensor, length: int, z: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``T⁻¹(z)`` one sample at a time (recomputing over the receptive field): ``(audio, z, log p_T(audio))``."""
         batch = mel.shape[0]
         if z is None:
@@ -128,12 +142,17 @@ class GaussianWaveNet(nn.Module):
 class IAFStudent(nn.Module):
     """Parallel inverse-autoregressive-flow student: ``flows`` WaveNet-conditioned affine flows on white noise."""
 
-    def __init__(self, n_mels: int = 40, hop: int = 64, flows: int = 3, channels: int = 24,
-                 dilations: tuple[int, ...] = (1, 2, 4, 8, 16, 32)):
+    def __init__(
+        self,
+        n_mels: int = 40,
+        hop: int = 64,
+        flows: int = 3,
+        channels: int = 24,
+        dilations: tuple[int, ...] = (1, 2, 4, 8, 16, 32),
+    ):
         super().__init__()
         self.hop = hop
-        self.config = {"n_mels": n_mels, "hop": hop, "flows": flows, "channels": channels,
-                       "dilations": list(dilations)}
+        self.config = {"n_mels": n_mels, "hop": hop, "flows": flows, "channels": channels, "dilations": list(dilations)}
         self.flows = nn.ModuleList(WaveNetStack(channels, list(dilations), n_mels, 2) for _ in range(flows))
 
     def forward(self, z: torch.Tensor, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
