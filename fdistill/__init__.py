@@ -1,8 +1,8 @@
 """fdistill: sequence-level knowledge distillation by f-divergence minimisation (f-DISTILL) for transformers."""
 
-from fdistill.config import DistillArguments, FDistillConfig
 from fdistill.divergences import exact_js_mixture_weight, f_divergence_loss, step_divergence
-from fdistill.trainer import FDistillMixin, FDistillTrainer
+from fdistill.lm.config import DistillArguments, FDistillConfig
+from fdistill.lm.trainer import FDistillMixin, FDistillTrainer
 
 __version__ = "0.1.0"
 

@@ -1,6 +1,6 @@
 """Tiny in-process models, tokenizer and data (no downloads) for tests, benchmarks and quick demos.
 
-Every factory takes a ``seed`` and draws in a :func:`fdistill.sampling.seeded` block: the same
+Every factory takes a ``seed`` and draws in a :func:`fdistill.lm.sampling.seeded` block: the same
 seed gives the same weights and samples, and the caller's RNG state is untouched.
 """
 
@@ -21,7 +21,8 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from fdistill.sampling import model_devices, sample_completions, seeded
+from fdistill.lm.sampling import sample_completions
+from fdistill.torch_utils import model_devices, seeded
 
 WORDS = "the a cat dog sat ran on under mat log big small red blue and then it was very happy sad".split()
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
@@ -152,7 +153,7 @@ def sample_ids(model, tok, ps: list[str], max_new_tokens: int, seed: int) -> lis
     """Ancestral samples (EOS kept, nothing after it) — what offline teacher sampling stores."""
     from transformers import GenerationConfig
 
-    from fdistill.data import DistillCollator
+    from fdistill.lm.data import DistillCollator
 
     collator = DistillCollator(tok, is_encoder_decoder=model.config.is_encoder_decoder)
     batch = collator([{"prompt": p} for p in ps])

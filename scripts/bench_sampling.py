@@ -2,7 +2,7 @@
 
     python scripts/bench_sampling.py --batch-sizes 1 8 32 --inputs 32 --max-new-tokens 32
 
-Runs `fdistill.sampling.sample_offline` (the code `fdistill sample` runs) on chatterbot
+Runs `fdistill.lm.sampling.sample_offline` (the code `fdistill sample` runs) on chatterbot
 prompts into a temporary folder and reports inputs/s and new tokens/s per batch size.
 """
 
@@ -13,9 +13,9 @@ import time
 import torch
 from datasets import Dataset
 
-from fdistill.demo import SMOLLM2, SMOLLM2_GGUF, chatterbot_pairs
-from fdistill.loading import load_model_and_tokenizer
-from fdistill.sampling import OfflineSamplingSettings, sample_offline
+from fdistill.cli.demo import SMOLLM2, SMOLLM2_GGUF, chatterbot_pairs
+from fdistill.lm.loading import load_model_and_tokenizer
+from fdistill.lm.sampling import OfflineSamplingSettings, sample_offline
 
 
 def main():

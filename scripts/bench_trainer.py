@@ -43,7 +43,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast,
 from transformers.trainer_callback import PrinterCallback
 
 from fdistill import FDistillConfig, FDistillTrainer
-from fdistill.sampling import sample_batches, sampling_config
+from fdistill.lm.sampling import sample_batches, sampling_config
 
 CUDA = torch.cuda.is_available()
 PRESETS = {  # teacher = SmolLM2-135M's shape on GPU; a small one on CPU

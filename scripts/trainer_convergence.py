@@ -5,7 +5,7 @@
 For each architecture (Llama-style decoder-only, BART encoder–decoder) a random tiny
 teacher with peaked distributions is distilled into a smaller random student by every
 objective, from the same initial student. Divergences are Monte Carlo estimates on
-held-out prompts (fdistill.metrics.sequence_divergences); time per step is relative to
+held-out prompts (fdistill.evaluation.metrics.sequence_divergences); time per step is relative to
 MLE, measured in the same run.
 """
 
@@ -18,7 +18,7 @@ import transformers
 
 from fdistill import FDistillConfig, FDistillTrainer
 from fdistill import testing as tiny
-from fdistill.metrics import sequence_divergences
+from fdistill.evaluation.metrics import sequence_divergences
 
 
 class StepTimer(transformers.TrainerCallback):

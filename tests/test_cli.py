@@ -184,7 +184,7 @@ def test_two_process_training_equals_one_process(teacher_dir, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     one = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "one")
     two = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "two")
-    from fdistill.student import create_student_from_teacher
+    from fdistill.lm.student import create_student_from_teacher
 
     start = create_student_from_teacher(
         teacher, layers=[1]

@@ -5,8 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fdistill import testing as tiny
-from fdistill.data import DistillCollator, cat_completions, completion_mask
 from fdistill.errors import InputError
+from fdistill.lm.data import DistillCollator, cat_completions, completion_mask
 
 _TOK = tiny.tokenizer()
 

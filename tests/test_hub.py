@@ -13,8 +13,8 @@ from huggingface_hub import ModelCard
 
 from fdistill import FDistillConfig, FDistillTrainer
 from fdistill import testing as tiny
-from fdistill.hub import save_model_card
-from fdistill.student import create_student_from_teacher, wrap_with_lora
+from fdistill.lm.hub import save_model_card
+from fdistill.lm.student import create_student_from_teacher, wrap_with_lora
 
 transformers.logging.set_verbosity_error()
 TEACHER = "org/tiny-teacher"

@@ -7,10 +7,10 @@ import pytest
 import torch
 import transformers
 
-import fdistill.loading as loading
+import fdistill.lm.loading as loading
 from fdistill import testing as tiny
 from fdistill.errors import InputError
-from fdistill.loading import (
+from fdistill.lm.loading import (
     file_sha256,
     is_hub_name,
     load_data,

@@ -9,7 +9,7 @@ from fdistill import FDistillConfig, FDistillTrainer
 from fdistill import testing as tiny
 from fdistill.divergences import step_divergence
 from fdistill.errors import InputError
-from fdistill.objectives import (
+from fdistill.lm.objectives import (
     COMPLETION_SETS,
     OBJECTIVES,
     Objective,

@@ -10,7 +10,7 @@ from datasets import load_from_disk
 
 from fdistill import testing as tiny
 from fdistill.cli import load_recipe, main
-from fdistill.sampling import OfflineSamplingSettings
+from fdistill.lm.sampling import OfflineSamplingSettings
 
 transformers.logging.set_verbosity_error()
 ROOT = Path(__file__).resolve().parents[1] / "recipes"

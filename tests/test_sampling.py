@@ -10,9 +10,9 @@ from datasets import load_from_disk
 
 from fdistill import FDistillConfig, FDistillTrainer
 from fdistill import testing as tiny
-from fdistill.data import position_limit
 from fdistill.errors import InputError
-from fdistill.sampling import (
+from fdistill.lm.data import position_limit
+from fdistill.lm.sampling import (
     PROVENANCE_FILE,
     OfflineSamplingSettings,
     prompt_batches,
@@ -312,7 +312,7 @@ def test_bad_prompts_and_outputs_before_any_write(tok, tmp_path):
 
 def test_replacing_the_teacher_folder_mid_run_is_refused(tok, tmp_path, monkeypatch):
     """The issue's scenario: interrupt sampling from ./folder, save another model into the folder, rerun."""
-    from fdistill.loading import load_model_and_tokenizer
+    from fdistill.lm.loading import load_model_and_tokenizer
 
     monkeypatch.setenv("FDISTILL_CACHE", str(tmp_path / "cache"))  # remembered file digests stay in the test
 

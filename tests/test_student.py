@@ -1,4 +1,4 @@
-"""Students from teachers (fdistill.student): layer picking, layer copying per family, LoRA wrapping."""
+"""Students from teachers (fdistill.lm.student): layer picking, layer copying per family, LoRA wrapping."""
 
 import re
 
@@ -17,7 +17,7 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from fdistill.student import create_student_from_teacher, merge_lora, pick_layers, wrap_with_lora
+from fdistill.lm.student import create_student_from_teacher, merge_lora, pick_layers, wrap_with_lora
 
 VOCAB = 100
 

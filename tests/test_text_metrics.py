@@ -7,7 +7,7 @@ from sacrebleu.metrics import BLEU, CHRF, TER
 from transformers import EvalPrediction
 
 from fdistill import testing as tiny
-from fdistill import text_metrics as tm
+from fdistill.evaluation import text_metrics as tm
 
 PREDS = ["the cat sat on the mat", "a dog ran under the big log"]
 REFS = ["the cat sat on a mat", "the dog ran under a log"]

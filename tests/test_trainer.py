@@ -7,7 +7,7 @@ from transformers import Trainer, TrainingArguments
 
 from fdistill import DistillArguments, FDistillConfig, FDistillMixin, FDistillTrainer
 from fdistill import testing as tiny
-from fdistill.metrics import sequence_divergences
+from fdistill.evaluation.metrics import sequence_divergences
 
 transformers.logging.set_verbosity_error()
 ARCHS = ["llama", "bart"]
@@ -272,7 +272,7 @@ def test_config_validation_names_the_value_and_the_fix(tmp_path):
 def test_lora_student_trains_saves_and_merges(tok, tmp_path):
     from peft import PeftModel
 
-    from fdistill.student import merge_lora, wrap_with_lora
+    from fdistill.lm.student import merge_lora, wrap_with_lora
 
     teacher = tiny.llama(2, seed=0, init=0.15)
     data = tiny.dataset(16, seed=0, teacher=teacher, tok=tok)
@@ -297,7 +297,7 @@ def test_lora_student_trains_saves_and_merges(tok, tmp_path):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_predistill_matches_hidden_states_of_copied_layers(tok, tmp_path, arch):
-    from fdistill.student import create_student_from_teacher
+    from fdistill.lm.student import create_student_from_teacher
 
     teacher = getattr(tiny, arch)(2, seed=0, init=0.15)
     data = tiny.dataset(16, seed=0, teacher=teacher, tok=tok)
@@ -312,7 +312,7 @@ def test_predistill_matches_hidden_states_of_copied_layers(tok, tmp_path, arch):
 
 
 def test_compute_metrics_on_generated_replies(tok, tmp_path):
-    from fdistill.text_metrics import compute_metrics_fn
+    from fdistill.evaluation.text_metrics import compute_metrics_fn
 
     teacher = tiny.llama(2, seed=0, init=0.15)
     data = tiny.dataset(8, seed=0, teacher=teacher, tok=tok)
@@ -419,7 +419,7 @@ def test_online_teacher_sampling_needs_no_teacher_column(tok, tmp_path, monkeypa
 
 def test_stored_topk_teacher_logprobs_replace_the_teacher_forward(tok, tmp_path):
     """KL from stored top-k log-probabilities (no teacher model): with k = V it is exactly the teacher-forward step."""
-    from fdistill.sampling import OfflineSamplingSettings, sample_offline
+    from fdistill.lm.sampling import OfflineSamplingSettings, sample_offline
 
     teacher = tiny.llama(2, seed=0, init=0.15)
     vocab = teacher.get_output_embeddings().weight.shape[0]

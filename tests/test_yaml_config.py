@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fdistill.cli import RunArguments
-from fdistill.config import DistillArguments, FDistillConfig
 from fdistill.errors import InputError
+from fdistill.lm.config import DistillArguments, FDistillConfig
 from fdistill.yaml_config import convert, field_types, load_settings, parse_overrides, typed_values
 
 TYPES = field_types(RunArguments, FDistillConfig)

@@ -29,7 +29,7 @@ import torch
 
 from fdistill.errors import invalid
 from fdistill.runner import run_stage
-from fdistill.sampling import seeded
+from fdistill.torch_utils import seeded
 from fdistill.yaml_config import load_dataclass_config
 
 from . import checks

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fdistill.sampling import seeded
+from fdistill.torch_utils import seeded
 
 from .data import FlowData
 

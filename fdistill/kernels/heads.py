@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from fdistill.data import base_model
+from fdistill.torch_utils import base_model
 
 __all__ = [
     "LinearHead",

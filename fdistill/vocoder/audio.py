@@ -29,7 +29,7 @@ import torch
 from fdistill.errors import InputError, invalid
 from fdistill.flows import checks
 from fdistill.runner import StepGuard, run_stage
-from fdistill.sampling import seeded
+from fdistill.torch_utils import seeded
 from fdistill.yaml_config import load_dataclass_config
 
 from .losses import clarinet_kl, distance, power_loss, reverse_kl, stft_magnitude_loss

@@ -1,7 +1,7 @@
 """The f-DISTILL paper's four datasets as prompt/reference columns (DART, XSum, WMT16 EN–RO, Commonsense Dialogue).
 
-    python -m fdistill.paper_data dart data/dart                  # GEM/dart from the Hub → JSONL splits
-    python -m fdistill.paper_data commonsense_dialogue data/cd --source Commonsense-Dialogues/data
+    python -m fdistill.cli.paper_data dart data/dart                  # GEM/dart from the Hub → JSONL splits
+    python -m fdistill.cli.paper_data commonsense_dialogue data/cd --source Commonsense-Dialogues/data
 
 The recipes under ``recipes/`` train on ``prompt`` / ``reference`` columns. XSum and
 WMT16 need no conversion (their recipes name the Hub columns directly); DART's

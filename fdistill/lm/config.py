@@ -15,7 +15,7 @@ from transformers import Seq2SeqTrainingArguments
 
 from fdistill.divergences import JS_MIXTURES, REDUCTIONS
 from fdistill.errors import invalid
-from fdistill.objectives import Objective, get_objective
+from fdistill.lm.objectives import Objective, get_objective
 
 NONFINITE_POLICIES = ("error", "skip")
 # Columns written by `fdistill sample --topk-logprobs K` and read with teacher_topk_logprobs=True.
@@ -36,7 +36,7 @@ class DistillArguments:
             "help": "What to minimise: an f-divergence ('kl', 'rkl', 'js', 'tvd') or a baseline ('mle' on references, "
             "'seqkd' cross-entropy on teacher beam outputs, 'engine' teacher energy of student samples, 'predistill' "
             "MLE + word-level KL + hidden-state MSE on references), or an objective registered with "
-            "fdistill.objectives.register_objective."
+            "fdistill.lm.objectives.register_objective."
         },
     )
     js_mixture: str = field(
@@ -138,7 +138,7 @@ class DistillArguments:
         default=None,
         metadata={
             "help": "Teacher layer matched by each student (decoder) layer for the hidden-state MSE; default: the layers "
-            "the student was copied from (recorded by fdistill.student)."
+            "the student was copied from (recorded by fdistill.lm.student)."
         },
     )
     fused_divergence: bool | None = field(
@@ -246,7 +246,7 @@ class DistillArguments:
 
     @property
     def objective_spec(self) -> Objective:
-        """The registered :class:`fdistill.objectives.Objective` named by ``objective``."""
+        """The registered :class:`fdistill.lm.objectives.Objective` named by ``objective``."""
         return get_objective(self.objective)
 
     @property

@@ -55,7 +55,7 @@ any script otherwise (characters with ``char``). chrF works on characters and ne
 with generated token ids.
 
 Example:
-    >>> from fdistill.text_metrics import bleu, compute_text_metrics, distinct_n
+    >>> from fdistill.evaluation.text_metrics import bleu, compute_text_metrics, distinct_n
     >>> round(bleu(["the cat sat on the mat"], ["the cat sat on the mat"]), 6)
     100.0
     >>> distinct_n(["a b a b"], 2)  # bigrams (a b), (b a), (a b): 2 distinct of 3

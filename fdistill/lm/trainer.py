@@ -13,8 +13,8 @@ optimizer step:
    (no gradient) score every completion set the objective needs — offline teacher
    samples and online student samples concatenated along the batch (stored top-k teacher
    log-probabilities replace the teacher forward with ``teacher_topk_logprobs``);
-3. one loss call — the registered objective's (:mod:`fdistill.objectives`) on a typed
-   :class:`~fdistill.objectives.ScoredBatch`: logits, or with ``fused_divergence`` the
+3. one loss call — the registered objective's (:mod:`fdistill.lm.objectives`) on a typed
+   :class:`~fdistill.lm.objectives.ScoredBatch`: logits, or with ``fused_divergence`` the
    LM-head inputs and heads — divided by the global count, so gradient accumulation and
    several processes give exactly the full-batch gradient.
 
@@ -36,15 +36,15 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, GenerationConfig, PreTrainedModel, Seq2SeqTrainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from fdistill.config import TOPK_COLUMNS, DistillArguments
-from fdistill.data import DistillCollator, cat_completions, check_prompts, score_completions, scoring_inputs
-from fdistill.data import base_model as _base_model
 from fdistill.divergences import IGNORE_INDEX, count_items, nonfinite_positions, topk_teacher_logits
 from fdistill.errors import InputError, NonFiniteError, nonfinite_cause, nonfinite_sampling
 from fdistill.kernels import capture_head_inputs, check_head, output_head
-from fdistill.loading import resolve_dtype
-from fdistill.objectives import COMPLETION_SETS, ScoredBatch, ScoredSet, student_sample_metrics
-from fdistill.sampling import sample_completions, sampling_config
+from fdistill.lm.config import TOPK_COLUMNS, DistillArguments
+from fdistill.lm.data import DistillCollator, cat_completions, check_prompts, score_completions, scoring_inputs
+from fdistill.lm.loading import resolve_dtype
+from fdistill.lm.objectives import COMPLETION_SETS, ScoredBatch, ScoredSet, student_sample_metrics
+from fdistill.lm.sampling import sample_completions, sampling_config
+from fdistill.torch_utils import base_model as _base_model
 
 logger = logging.getLogger(__name__)
 _SET_NAMES = {"reference": "references", "teacher": "teacher samples", "student": "student samples"}
@@ -147,7 +147,7 @@ class FDistillMixin:
         # Losses are divided by the global item count of the optimizer step (see StepSamples.counts),
         # so the Trainer must not divide again by the accumulation steps.
         self.loss_is_scaled_for_ga = True
-        self.objective = settings.objective_spec  # the registered Objective (fdistill.objectives)
+        self.objective = settings.objective_spec  # the registered Objective (fdistill.lm.objectives)
         self._step = StepSamples()  # the online samples of the current optimizer step
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self.student_generation_config = self._student_generation_config()
@@ -236,7 +236,7 @@ class FDistillMixin:
             raise ValueError(
                 f"teacher vocabulary ({_vocab_size(teacher)}) and student vocabulary ({_vocab_size(student)}) differ; "
                 "f-divergences compare next-token distributions, so the student must use the teacher's tokenizer "
-                "(make it with fdistill.student.create_student_from_teacher, or resize its embeddings)."
+                "(make it with fdistill.lm.student.create_student_from_teacher, or resize its embeddings)."
             )
         teacher.requires_grad_(False)
         teacher.eval()
@@ -276,9 +276,9 @@ class FDistillMixin:
 
     def _run_record(self) -> dict:
         """What a checkpoint was trained with: the distillation settings that change the objective, and fingerprints
-        of the teacher and tokenizer (:func:`fdistill.loading.model_fingerprint`). Computed once per trainer."""
+        of the teacher and tokenizer (:func:`fdistill.lm.loading.model_fingerprint`). Computed once per trainer."""
         if self._record is None:
-            from fdistill.loading import model_fingerprint
+            from fdistill.lm.loading import model_fingerprint
 
             settings = {
                 k: v
@@ -492,7 +492,7 @@ class FDistillMixin:
         )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """The registered objective (:mod:`fdistill.objectives`) on one micro-batch; see the module docstring."""
+        """The registered objective (:mod:`fdistill.lm.objectives`) on one micro-batch; see the module docstring."""
         training = model.training
         self._attach_online_samples(inputs, training)
         if self.teacher is not None and self.teacher.training:
@@ -581,7 +581,7 @@ class FDistillMixin:
 
     def create_model_card(self, model_name: str | None = None, **kwargs) -> None:
         """Write README.md in ``output_dir``: teacher, objective, data and final metrics (used by ``push_to_hub``)."""
-        from fdistill.hub import save_model_card
+        from fdistill.lm.hub import save_model_card
 
         if self.is_world_process_zero():
             save_model_card(self, model_name=model_name, **kwargs)
@@ -590,7 +590,7 @@ class FDistillMixin:
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Evaluation: the training objective on the batch; with ``predict_with_generate`` and a
-        ``compute_metrics`` (e.g. ``fdistill.text_metrics.compute_metrics_fn``) also the student's greedy
+        ``compute_metrics`` (e.g. ``fdistill.evaluation.text_metrics.compute_metrics_fn``) also the student's greedy
         replies as predictions and the references (else the teacher samples) as labels, -100-padded."""
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():

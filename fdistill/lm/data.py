@@ -20,6 +20,7 @@ from torch import Tensor
 
 from fdistill.divergences import IGNORE_INDEX
 from fdistill.errors import InputError
+from fdistill.torch_utils import base_model
 
 
 def _is_token_ids(value) -> bool:
@@ -193,15 +194,6 @@ def scoring_inputs(
         input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=completion_ids.shape[1] + 1
     )
     return ScoringInputs(kwargs, labels, decoder_only=True)
-
-
-def base_model(model):
-    """The transformers model under PEFT / DDP wrappers (its ``config`` says which architecture it is)."""
-    while hasattr(model, "module"):
-        model = model.module
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    return model
 
 
 def position_limit(model) -> int | None:

@@ -19,8 +19,8 @@ from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from datasets.exceptions import DatasetGenerationError, DatasetsError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-from fdistill.data import check_prompts
 from fdistill.errors import InputError, invalid
+from fdistill.lm.data import check_prompts
 
 _DATA_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 # Suffixes that mark a string as a local file, never a Hub name (Hub names may hold dots: "Qwen/Qwen2.5-0.5B").
@@ -426,7 +426,7 @@ def prepare_prompts(data: Dataset, *, prompt_column: str, prompt_prefix: str = "
 
     T5 expects task prefixes (``"translate English to Romanian: "``); WMT data nests both
     languages in one ``translation`` column. Every prompt is checked once, here, before any work
-    (`fdistill.data.check_prompts`): a missing column, or a row whose prompt is None, blank, a number or
+    (`fdistill.lm.data.check_prompts`): a missing column, or a row whose prompt is None, blank, a number or
     another non-prompt, is an `InputError` naming the row and the column.
     """
     if flatten:

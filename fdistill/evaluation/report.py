@@ -2,9 +2,9 @@
 
 For each evaluated model: generate on held-out prompts (greedy by default, as for the
 paper's quality metrics), score against one or more reference sets with
-:mod:`fdistill.text_metrics`, estimate the likelihood risk ``R_llh`` and coverage risk
+:mod:`fdistill.evaluation.text_metrics`, estimate the likelihood risk ``R_llh`` and coverage risk
 ``R_cvg`` (Table 3 of Wen et al. 2023) and the sequence-level divergences to the
-teacher with :func:`fdistill.metrics.sequence_divergences`, and time generation.
+teacher with :func:`fdistill.evaluation.metrics.sequence_divergences`, and time generation.
 :func:`write_report` writes JSON, a Markdown table and a plot of the models on the
 R_llh/R_cvg plane; several result files combine into one comparison table.
 """
@@ -19,12 +19,9 @@ from pathlib import Path
 import torch
 
 from fdistill.checks import output_folder, whole_number
-from fdistill.data import base_model
-from fdistill.data import check_prompts as check_prompt_rows
 from fdistill.errors import InputError, invalid, nonfinite_sampling
-from fdistill.metrics import sequence_divergences
-from fdistill.sampling import model_devices, sample_batches, sampling_config, seeded
-from fdistill.text_metrics import (
+from fdistill.evaluation.metrics import sequence_divergences
+from fdistill.evaluation.text_metrics import (
     check_metric_names,
     check_references,
     compute_text_metrics,
@@ -32,6 +29,9 @@ from fdistill.text_metrics import (
     resolve_tokenize,
     teacher_dist,
 )
+from fdistill.lm.data import check_prompts as check_prompt_rows
+from fdistill.lm.sampling import sample_batches, sampling_config
+from fdistill.torch_utils import base_model, model_devices, seeded
 
 # Metrics where lower is better (the rest: higher is better), for the report's arrows.
 LOWER_IS_BETTER = ("ter", "r_llh", "r_cvg", "r_llh_token", "r_cvg_token", "kl", "rkl", "js", "tvd_bound")
@@ -57,7 +57,7 @@ def check_settings(
 
 
 def check_prompts(prompts) -> list:
-    """The prompts as a non-empty list of usable prompts (`fdistill.data.check_prompts`), or an InputError."""
+    """The prompts as a non-empty list of usable prompts (`fdistill.lm.data.check_prompts`), or an InputError."""
     if isinstance(prompts, (str, bytes)):
         raise InputError(f"prompts must be a list (one prompt per example), got a single string {prompts[:40]!r}.")
     prompts = list(prompts)
@@ -93,7 +93,7 @@ def generate_texts(
 ) -> Generations:
     """Decode ``num_samples`` completions per prompt (``decoding``: "greedy" or "sample"), with timing.
 
-    Samples are those drawn after ``torch.manual_seed(seed)``, in a :func:`~fdistill.sampling.seeded`
+    Samples are those drawn after ``torch.manual_seed(seed)``, in a :func:`~fdistill.lm.sampling.seeded`
     block: the caller's RNG state is untouched.
     """
     if decoding not in ("greedy", "sample"):
@@ -148,10 +148,10 @@ def evaluate_model(
             and the tokenisation used as ``{name}/tokenize`` (a string). ``{}``: no text metrics.
         teacher: when given (and not the model itself), adds R_llh, R_cvg and the
             sequence-level divergences (one sample per prompt and side, ``risk_samples`` times).
-        metrics: text metrics (see ``fdistill.text_metrics.compute_text_metrics``; add "bertscore").
-        tokenize: tokenisation of BLEU/TER/ROUGE (``fdistill.text_metrics.TOKENIZE``); "auto"
+        metrics: text metrics (see ``fdistill.evaluation.text_metrics.compute_text_metrics``; add "bertscore").
+        tokenize: tokenisation of BLEU/TER/ROUGE (``fdistill.evaluation.text_metrics.TOKENIZE``); "auto"
             chooses per reference set from its script.
-        teacher_samples: teacher samples from :func:`fdistill.metrics.teacher_completions` for the
+        teacher_samples: teacher samples from :func:`fdistill.evaluation.metrics.teacher_completions` for the
             same prompts, shared when several models are compared against one teacher.
         generations: this model's greedy outputs for ``prompts`` (from :func:`generate_texts`),
             when already at hand; otherwise they are generated here.

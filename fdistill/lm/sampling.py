@@ -19,7 +19,6 @@ import math
 import os
 import shutil
 import time
-from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -30,60 +29,9 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
 from fdistill.checks import output_folder
-from fdistill.data import DistillCollator, base_model, check_prompts, completion_mask, position_limit
 from fdistill.errors import InputError
-
-
-@contextmanager
-def seeded(seed: int, devices=None):
-    """Torch's global RNG seeded with ``seed`` inside the block only; the caller's RNG state is untouched.
-
-    For code that draws from the global generator and accepts no ``torch.Generator``:
-    transformers' ``generate()``, a model's weight initialisation. On entry the CPU
-    generator and those of ``devices`` are saved and seeded as ``torch.manual_seed(seed)``
-    seeds them, so the block draws exactly what it would after ``torch.manual_seed(seed)``;
-    on exit they are restored (``torch.random.fork_rng``). Where a tensor is drawn
-    directly, pass an explicit ``torch.Generator`` instead.
-
-    Arguments:
-        seed: the seed, as for ``torch.manual_seed``.
-        devices: the accelerator devices the block draws on (e.g. the model's device);
-            CPU entries are ignored, the CPU generator is always forked. Default: the
-            current CUDA device when CUDA is initialised. Other devices' generators are
-            neither seeded nor touched.
-
-    Example:
-        >>> with seeded(0):
-        ...     a = torch.rand(2)
-        >>> with seeded(0):
-        ...     b = torch.rand(2)
-        >>> torch.equal(a, b)
-        True
-    """
-    if devices is None:
-        devices = [torch.device("cuda", torch.cuda.current_device())] if torch.cuda.is_initialized() else []
-    forked: dict[str, set[int]] = {}  # device type -> indices
-    for device in map(torch.device, devices):
-        if device.type not in ("cpu", "meta"):
-            index = device.index if device.index is not None else torch.get_device_module(device.type).current_device()
-            forked.setdefault(device.type, set()).add(index)
-    with ExitStack() as stack:
-        stack.enter_context(torch.random.fork_rng(devices=[]))  # the CPU generator
-        for device_type, indices in forked.items():
-            stack.enter_context(torch.random.fork_rng(devices=sorted(indices), device_type=device_type))
-        torch.random.default_generator.manual_seed(seed)
-        for device_type, indices in forked.items():
-            for index in indices:
-                if device_type == "cuda":
-                    torch.cuda.default_generators[index].manual_seed(seed)
-                else:  # single-device backends (mps): the module's current device
-                    torch.get_device_module(device_type).manual_seed(seed)
-        yield
-
-
-def model_devices(*models) -> set[torch.device]:
-    """Every device holding a parameter of ``models``: where their sampling may draw (a sharded model spans several)."""
-    return {p.device for m in models for p in m.parameters()}
+from fdistill.lm.data import DistillCollator, check_prompts, completion_mask, position_limit
+from fdistill.torch_utils import base_model, model_devices, seeded
 
 
 def sampling_config(
@@ -367,7 +315,7 @@ def sample_offline(
     ``b mod world_size`` with its own seed and written to its own file, atomically. A
     re-run with the same teacher, tokenizer, data and settings skips finished batches (resume
     after interruption: no row lost or duplicated); a re-run under another teacher or tokenizer
-    (by content, `fdistill.loading.model_fingerprint`), other data or other settings is refused,
+    (by content, `fdistill.lm.loading.model_fingerprint`), other data or other settings is refused,
     so one dataset never mixes two teachers. When every batch is done the main process merges
     them in input order, saves the dataset and only then makes it loadable (``state.json`` moved
     last) and writes the provenance record ``fdistill_provenance.json``.
@@ -390,7 +338,7 @@ def sample_offline(
     """
     from accelerate import PartialState
 
-    from fdistill.loading import model_fingerprint
+    from fdistill.lm.loading import model_fingerprint
 
     state = PartialState(cpu=not torch.cuda.is_available())  # several CPU processes need the gloo group
     # ---- validation: all before any generation or any write
@@ -505,7 +453,7 @@ def sample_offline(
 def _sample_batch(
     model, tokenizer, collator, prompts, indices, generation_config, settings, device, batch_id
 ) -> list[dict]:
-    from fdistill.data import pad_left, pad_right
+    from fdistill.lm.data import pad_left, pad_right
 
     pad = tokenizer.pad_token_id
     rows_in = [prompts[i] for i in indices]

@@ -281,7 +281,7 @@ def _find_stacks(model: PreTrainedModel) -> dict[str, tuple[str, str, nn.ModuleL
             return {"decoder": (names[0], "num_hidden_layers", modules[names[0]])}
     raise ValueError(
         f"cannot find the layer stack(s) of {type(model).__name__} (model_type={config.model_type!r}); "
-        "add an entry for it to fdistill.student.LAYER_LISTS: "
+        "add an entry for it to fdistill.lm.student.LAYER_LISTS: "
         "{stack: (ModuleList name, config field with its layer count)}"
     )
 

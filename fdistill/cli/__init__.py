@@ -63,7 +63,7 @@ def _option_type(action: argparse.Action):
 
 
 def add_sample_parser(sub) -> None:
-    from fdistill.sampling import OfflineSamplingSettings
+    from fdistill.lm.sampling import OfflineSamplingSettings
 
     p = sub.add_parser("sample", help="draw teacher samples once and save them as a datasets dataset (f-DISTILL §2.3)")
     p.add_argument(
@@ -96,8 +96,14 @@ def add_sample_parser(sub) -> None:
 
 def run_sample(args) -> None:
     from fdistill.checks import output_folder, whole_number
-    from fdistill.loading import file_sha256, load_data, load_model_and_tokenizer, prepare_prompts, resolve_package_path
-    from fdistill.sampling import OfflineSamplingSettings, sample_offline
+    from fdistill.lm.loading import (
+        file_sha256,
+        load_data,
+        load_model_and_tokenizer,
+        prepare_prompts,
+        resolve_package_path,
+    )
+    from fdistill.lm.sampling import OfflineSamplingSettings, sample_offline
 
     _require(args, "teacher", "data", "output")
     output_folder("output", args.output)
@@ -186,7 +192,7 @@ def load_recipe(path: str, overrides: list[str]):
     """
     from transformers import HfArgumentParser
 
-    from fdistill.config import FDistillConfig
+    from fdistill.lm.config import FDistillConfig
 
     values = load_settings(path, overrides, field_types(RunArguments, FDistillConfig), where="recipe")
     missing = [
@@ -208,16 +214,16 @@ def _is_sample_output(path: str) -> bool:
     """`fdistill sample` output already holds prepared prompts (prefix applied, columns flattened)."""
     import os
 
-    from fdistill.sampling import PROVENANCE_FILE
+    from fdistill.lm.sampling import PROVENANCE_FILE
 
     return os.path.isfile(os.path.join(path, PROVENANCE_FILE))
 
 
 def build_trainer(run_args: RunArguments, config):
     """Load teacher, student and data of a recipe and return a ready `FDistillTrainer`."""
-    from fdistill.loading import load_data, load_model_and_tokenizer, prepare_prompts
-    from fdistill.student import create_student_from_teacher, wrap_with_lora
-    from fdistill.trainer import FDistillTrainer
+    from fdistill.lm.loading import load_data, load_model_and_tokenizer, prepare_prompts
+    from fdistill.lm.student import create_student_from_teacher, wrap_with_lora
+    from fdistill.lm.trainer import FDistillTrainer
 
     # Data first: a bad file or prompt is refused before any model is loaded.
     prep = dict(prompt_column=config.prompt_column, prompt_prefix=run_args.prompt_prefix, flatten=run_args.flatten_data)
@@ -286,7 +292,7 @@ def run_train(args) -> None:
 
 
 def add_evaluate_parser(sub) -> None:
-    from fdistill.text_metrics import TOKENIZE
+    from fdistill.evaluation.text_metrics import TOKENIZE
 
     p = sub.add_parser("evaluate", help="generate and score models on a test set; risks R_llh/R_cvg; reports")
     p.add_argument(
@@ -321,7 +327,7 @@ def add_evaluate_parser(sub) -> None:
         "--metrics",
         nargs="+",
         default=["bleu", "chrf", "ter", "rouge", "distinct"],
-        help="text metrics (add bertscore; see fdistill.text_metrics)",
+        help="text metrics (add bertscore; see fdistill.evaluation.text_metrics)",
     )
     p.add_argument(
         "--tokenize",
@@ -345,7 +351,7 @@ def add_evaluate_parser(sub) -> None:
 def run_evaluate(args) -> None:
     """`fdistill evaluate`: every setting, the data and the output folder are checked before any model is loaded."""
     from fdistill.checks import output_folder, whole_number
-    from fdistill.evaluation import (
+    from fdistill.evaluation.report import (
         check_prompts,
         check_settings,
         combine_results,
@@ -355,8 +361,8 @@ def run_evaluate(args) -> None:
         teacher_diversity,
         write_report,
     )
-    from fdistill.loading import load_data, load_model_and_tokenizer, prepare_prompts
-    from fdistill.text_metrics import check_references
+    from fdistill.evaluation.text_metrics import check_references
+    from fdistill.lm.loading import load_data, load_model_and_tokenizer, prepare_prompts
 
     def as_list(value):  # a --config YAML may give one string where a list is meant
         return [value] if isinstance(value, str) else list(value or [])
@@ -556,7 +562,7 @@ def main(argv: list[str] | None = None) -> None:
         metavar="FOLDER|latest",
         help="continue from a checkpoint folder, or `latest`: the newest checkpoint-N in output_dir",
     )
-    from fdistill import demo
+    from fdistill.cli import demo
 
     d = sub.add_parser("demo", help="the embedded default: distil the packaged SmolLM2 teacher end to end on CPU")
     demo.add_arguments(d)

@@ -14,10 +14,11 @@ from contextlib import nullcontext
 
 import torch
 
-from fdistill.data import score_completions
 from fdistill.divergences import IGNORE_INDEX, SampledSequences, f_divergence_loss, token_logprobs
 from fdistill.errors import nonfinite_sampling
-from fdistill.sampling import model_devices, prompt_batches, sample_batches, sampling_config, seeded
+from fdistill.lm.data import score_completions
+from fdistill.lm.sampling import prompt_batches, sample_batches, sampling_config
+from fdistill.torch_utils import model_devices, seeded
 
 
 @torch.no_grad()
@@ -51,7 +52,7 @@ def sequence_divergences(
     reuses one set of teacher samples when several students are compared.
 
     ``seed``: the samples are those drawn after ``torch.manual_seed(seed)``, drawn in a
-    :func:`~fdistill.sampling.seeded` block that leaves the caller's RNG state untouched;
+    :func:`~fdistill.lm.sampling.seeded` block that leaves the caller's RNG state untouched;
     ``None`` draws from (and advances) torch's global RNG.
     """
     with _seeded_or_global(seed, student, teacher):
@@ -69,7 +70,7 @@ def sequence_divergences(
 
 
 def _seeded_or_global(seed: int | None, *models):
-    """A :func:`~fdistill.sampling.seeded` block on the models' devices, or (``seed=None``) the global RNG as it is."""
+    """A :func:`~fdistill.lm.sampling.seeded` block on the models' devices, or (``seed=None``) the global RNG as it is."""
     return nullcontext() if seed is None else seeded(seed, devices=model_devices(*models))
 
 

@@ -1,0 +1,13 @@
+"""The language-model trainer wing: f-DISTILL for transformers.
+
+    config.py      FDistillConfig / DistillArguments: every setting documented and validated
+    objectives.py  the objective registry (kl, rkl, js, tvd, mle, seqkd, engine, predistill, yours)
+    trainer.py     FDistillTrainer / FDistillMixin: forwards, one objective call, logging
+    data.py        collators (encoder–decoder and decoder-only, prompt/completion masks), prompt checks
+    sampling.py    offline teacher sampling to a datasets dataset; online sampling (the one generate() call)
+    student.py     students from teachers (layer copying), LoRA wrapping
+    loading.py     models and data from Hub names, folders, GGUF and data files; content fingerprints
+    hub.py         model cards and Hub upload
+
+The public names are importable from ``fdistill`` itself (``from fdistill import FDistillTrainer``).
+"""
