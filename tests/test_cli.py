@@ -31,6 +31,12 @@ def prompts_file(tmp_path_factory):
     return path
 
 
+def _launch_two(launcher) -> list[str]:
+    """`accelerate launch` of `python -m fdistill.cli` in 2 CPU processes (the gloo backend)."""
+    flags = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
+    return [launcher, "launch", *flags, "--dynamo_backend", "no", "-m", "fdistill.cli"]
+
+
 def sample_args(teacher_dir, prompts_file, out):
     return [
         "sample",
@@ -109,21 +115,7 @@ def test_two_processes_give_the_same_dataset_as_one(teacher_dir, prompts_file, t
     launcher = shutil.which("accelerate")
     assert launcher, "accelerate's launcher is installed with the package"
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    cmd = [
-        launcher,
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "fdistill.cli",
-    ] + sample_args(teacher_dir, prompts_file, tmp_path / "two")
+    cmd = _launch_two(launcher) + sample_args(teacher_dir, prompts_file, tmp_path / "two")
     cmd.remove("--no-progress")  # each process shows its own progress bar: proof that two really ran
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -163,23 +155,7 @@ def test_two_process_training_equals_one_process(teacher_dir, tmp_path):
         )
     main(["train", str(recipes["one"])])
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    cmd = [
-        shutil.which("accelerate"),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "fdistill.cli",
-        "train",
-        str(recipes["two"]),
-    ]
+    cmd = _launch_two(shutil.which("accelerate")) + ["train", str(recipes["two"])]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     one = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "one")
