@@ -49,6 +49,7 @@ is the exact JS mixture, the TVD bound, and one definition shared by every objec
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -77,6 +78,10 @@ __all__ = [
     "step_divergence",
     "token_entropy",
     "token_logprobs",
+    "TOPK_MODES",
+    "TeacherTopK",
+    "coarse_grained_log_probs",
+    "topk_step_divergence",
     "topk_teacher_logits",
     "word_kd_terms",
 ]
@@ -140,6 +145,11 @@ def _check_kind(kind: str, allowed: tuple[str, ...] = DIVERGENCES) -> None:
         raise ValueError(f"unknown divergence {kind!r}; choose one of {', '.join(allowed)}.")
 
 
+def _check_side(on: str) -> None:
+    if on not in SIDES:
+        raise ValueError(f"on must be 'teacher' or 'student' (which model sampled the prefixes), got {on!r}.")
+
+
 def _check_same_vocab(student_logits: Tensor, teacher_logits: Tensor) -> None:
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
@@ -196,14 +206,24 @@ def step_divergence(
         torch.Size([2, 5])
     """
     _check_kind(kind)
-    if on not in SIDES:
-        raise ValueError(f"on must be 'teacher' or 'student' (which model sampled the prefixes), got {on!r}.")
+    _check_side(on)
     _check_temperature(temperature)
     _check_same_vocab(student_logits, teacher_logits)
     dtype = _compute_dtype(student_logits)
     log_q = _log_probs(student_logits, temperature, dtype)  # (..., V)
     log_p = _log_probs(teacher_logits, temperature, dtype)  # (..., V)
+    return _divergence_terms(kind, log_q, log_p, on=on, mixture_weight=mixture_weight)
 
+
+def _divergence_terms(
+    kind: str, log_q: Tensor, log_p: Tensor, *, on: Side, mixture_weight: Tensor | float | MixtureLogit | None
+) -> Tensor:
+    """The step terms of the module table from normalised log-probabilities ``(..., n) → (...)``.
+
+    The one place the four formulas are written; :func:`step_divergence` feeds it the full
+    distributions, :func:`topk_step_divergence` the coarse-grained ones (n = K + 1).
+    """
+    dtype = log_q.dtype
     if kind == "kl":
         return _xlogy_ratio(log_p, log_q).sum(-1)
     if kind == "rkl":
@@ -302,6 +322,183 @@ class MixtureLogit:
     logit: Tensor
 
 
+# ----------------------------------------------------------------------------- top-k teachers
+
+
+@dataclass
+class TeacherTopK:
+    """The teacher's K most likely tokens at each position with their log-probabilities: all that a stored
+    (``fdistill sample --topk-logprobs K``) or served (vLLM's ``prompt_logprobs=K``) teacher gives.
+
+    Attributes:
+        ids: ``(..., K)`` distinct token ids per position.
+        logprobs: ``(..., K)`` their ``log p_v`` under the teacher's full next-token distribution (normalised over
+            the whole vocabulary, at temperature 1).
+        token_logprobs: ``(...)`` the teacher's ``log p(y_t | y_<t)`` of the sampled token at each position, or
+            None. Only the exact JS mixture (Eq. 12) needs it; a vLLM server returns it for the actual tokens.
+
+    ``topk[index]`` selects positions (the leading dimensions) of all three.
+
+    Example:
+        >>> t = TeacherTopK.from_logits(torch.randn(2, 5, 11), k=3)
+        >>> t.ids.shape, t[0].logprobs.shape
+        (torch.Size([2, 5, 3]), torch.Size([5, 3]))
+    """
+
+    ids: Tensor
+    logprobs: Tensor
+    token_logprobs: Tensor | None = None
+
+    def __post_init__(self):
+        if self.ids.shape != self.logprobs.shape:
+            raise ValueError(
+                f"top-k ids {tuple(self.ids.shape)} and log-probabilities {tuple(self.logprobs.shape)} differ in shape."
+            )
+        if self.token_logprobs is not None and self.token_logprobs.shape != self.ids.shape[:-1]:
+            raise ValueError(
+                f"token_logprobs {tuple(self.token_logprobs.shape)} must have the positions' shape "
+                f"{tuple(self.ids.shape[:-1])} (one value per position)."
+            )
+
+    def __getitem__(self, index) -> TeacherTopK:
+        picked = None if self.token_logprobs is None else self.token_logprobs[index]
+        return TeacherTopK(self.ids[index], self.logprobs[index], picked)
+
+    @classmethod
+    def from_logits(cls, logits: Tensor, k: int, labels: Tensor | None = None) -> TeacherTopK:
+        """The top ``k`` of ``log_softmax(logits)`` (and the log-probabilities of ``labels``, when given, at
+        positions where they are not ``IGNORE_INDEX``): what a teacher that sends only its top k would send."""
+        log_p = torch.log_softmax(to_compute_dtype(logits.detach()), -1)
+        values, ids = log_p.topk(k, dim=-1)
+        picked = None
+        if labels is not None:
+            picked = log_p.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+            picked = torch.where(labels != IGNORE_INDEX, picked, torch.zeros_like(picked))
+        return cls(ids, values, picked)
+
+
+TOPK_MODES = ("tail", "renormalised")
+
+
+def _log1mexp(x: Tensor) -> Tensor:
+    """``log(1 − exp(x))`` for ``x ≤ 0``, accurate at both ends (Mächler 2012): ``-inf`` at ``x = 0``."""
+    return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def _logsumexp(x: Tensor) -> Tensor:
+    """``logsumexp`` over the last axis, keepdim, with a ``-inf`` (not NaN) gradient-safe result for all-``-inf`` rows."""
+    empty = torch.isneginf(x).all(-1, keepdim=True)
+    return torch.logsumexp(x.masked_fill(empty, 0.0), -1, keepdim=True).masked_fill(empty, -torch.inf)
+
+
+def coarse_grained_log_probs(student_log_probs: Tensor, teacher: TeacherTopK) -> tuple[Tensor, Tensor]:
+    """``(log Q, log P)``, each ``(..., K + 1)``: both distributions coarse-grained to the teacher's top K tokens
+    ``S`` and one tail bucket (last entry) holding the rest of each model's mass,
+
+        P = ( (p_v)_{v∈S},  1 − Σ_{v∈S} p_v ),      Q = ( (q_v)_{v∈S},  1 − Σ_{v∈S} q_v ).
+
+    No tail is formed as ``1 − sum``: the student's is the log-sum-exp of its log-probabilities outside ``S``
+    (exact however small), the teacher's ``log1mexp(logsumexp_{v∈S} log p_v)``. Stored teacher values are rounded:
+    if they sum past 1 they are scaled to sum to 1 (tail 0). The teacher's tail is exactly 0, and its K values are
+    renormalised, at K = V and when its top K hold a zero-probability token (no tail token can be likelier).
+
+    Arguments:
+        student_log_probs: ``(..., V)`` normalised student log-probabilities (``log_softmax`` of the logits).
+        teacher: :class:`TeacherTopK` with ``(..., K)`` ids and log-probabilities (no gradient is taken).
+    """
+    vocab, dtype = student_log_probs.shape[-1], student_log_probs.dtype
+    ids = teacher.ids.to(student_log_probs.device)
+    if ids.shape[:-1] != student_log_probs.shape[:-1]:
+        raise ValueError(
+            f"top-k ids {tuple(ids.shape)} do not cover the student's positions {tuple(student_log_probs.shape[:-1])}."
+        )
+    if ids.numel() and (ids.min() < 0 or ids.max() >= vocab):
+        raise ValueError(
+            f"top-k token ids must lie in [0, {vocab}) (the student's vocabulary); got ids from {int(ids.min())} to "
+            f"{int(ids.max())}: the top-k log-probabilities were made with another tokenizer or vocabulary."
+        )
+    log_q_top = student_log_probs.gather(-1, ids)  # (..., K)
+    log_q_tail = _logsumexp(student_log_probs.scatter(-1, ids, -torch.inf))  # (..., 1): mass outside S
+    log_p_top = teacher.logprobs.detach().to(dtype=dtype, device=student_log_probs.device)  # (..., K)
+    total = torch.logsumexp(log_p_top, -1, keepdim=True)  # log Σ_S p_v, 0 up to rounding at K = V
+    # No tail when S is the whole vocabulary, or when S holds a zero-probability token (no tail token is likelier).
+    no_tail = torch.isneginf(log_p_top.amin(-1, keepdim=True)) | (ids.shape[-1] >= vocab)  # (..., 1)
+    log_p_top = log_p_top - torch.where(no_tail, total, total.clamp_min(0.0))
+    log_p_tail = torch.where(no_tail, -torch.inf, _log1mexp(total.clamp_max(0.0)))
+    return torch.cat([log_q_top, log_q_tail], -1), torch.cat([log_p_top, log_p_tail], -1)
+
+
+def topk_step_divergence(
+    kind: Divergence,
+    student_logits: Tensor,
+    teacher: TeacherTopK,
+    *,
+    on: Side,
+    mode: Literal["tail", "renormalised"] = "tail",
+    mixture_weight: Tensor | float | MixtureLogit | None = None,
+    temperature: float = 1.0,
+) -> Tensor:
+    """:func:`step_divergence` when the teacher gives only its top K log-probabilities per position.
+
+    ``mode="tail"`` (the default): the step term of the coarse-grained pair ``(P_t, Q_t)`` over K + 1 outcomes,
+    the teacher's top K tokens and one tail bucket (:func:`coarse_grained_log_probs`). Merging outcomes is a
+    Markov kernel applied to both distributions, so by the data-processing inequality, for every kind and
+    either side,
+
+        D(P_t ‖ Q_t) ≤ D(p_t ‖ q_t),
+
+    a lower bound, equal at K = V and whenever ``p_v / q_v`` is the same for every tail token (the bucket
+    then loses nothing). The JS side terms are f-divergences of ``(p, q)`` for any fixed weight ``w``
+    (``KL(p ‖ wp + (1−w)q) = Σ_v q_v f(p_v/q_v)``, ``f(u) = u log(u / (wu + 1 − w))`` convex), so the bound
+    holds with the exact mixture too. The tail needs the teacher's untempered distribution: ``temperature=1``.
+
+    ``mode="renormalised"`` (what ``teacher_topk_logprobs`` computed before the tail mode existed): the teacher
+    restricted to ``S`` and renormalised, ``p̃_v = p_v / Σ_{u∈S} p_u`` (:func:`topk_teacher_logits`), against the
+    full student, e.g.
+    ``KL(p̃_t ‖ q_t) = Σ_{v∈S} p̃_v log(p̃_v / q_v)``: exact at K = V, otherwise neither a lower nor an upper
+    bound, and blind to the student's mass outside ``S``. ``rkl`` is refused in this mode (``q log(q/0) = ∞``
+    wherever the student puts mass outside ``S``).
+
+    Arguments:
+        kind, on, mixture_weight, temperature: as in :func:`step_divergence`.
+        student_logits: ``(..., V)`` student logits.
+        teacher: :class:`TeacherTopK` with ``(..., K)`` ids and log-probabilities.
+        mode: ``"tail"`` (the lower bound) or ``"renormalised"``.
+
+    Returns:
+        ``(...)`` tensor in float32 (float64 for float64 inputs), no reduction.
+
+    Example:
+        >>> s, t = torch.randn(2, 5, 11), torch.randn(2, 5, 11)
+        >>> bound = topk_step_divergence("kl", s, TeacherTopK.from_logits(t, k=3), on="teacher")
+        >>> bool((bound <= step_divergence("kl", s, t, on="teacher") + 1e-6).all())
+        True
+    """
+    _check_kind(kind)
+    _check_side(on)
+    _check_temperature(temperature)
+    if mode not in TOPK_MODES:
+        raise ValueError(f"unknown top-k mode {mode!r}; choose 'tail' (the lower bound) or 'renormalised'.")
+    if mode == "renormalised":
+        if kind == "rkl":
+            raise ValueError(
+                "rkl against a renormalised top-k teacher is infinite wherever the student puts mass outside the "
+                "top k; use mode='tail' (the coarse-grained lower bound)."
+            )
+        dense = topk_teacher_logits(teacher.ids, teacher.logprobs, student_logits.shape[-1])
+        return step_divergence(
+            kind, student_logits, dense, on=on, mixture_weight=mixture_weight, temperature=temperature
+        )
+    if temperature != 1.0:
+        raise ValueError(
+            f"temperature={temperature!r} with a top-k teacher: the tail bucket needs the teacher's untempered "
+            "distribution, which its top k do not determine; use temperature 1.0 (or mode='renormalised')."
+        )
+    log_q = _log_probs(student_logits, 1.0, _compute_dtype(student_logits))  # (..., V)
+    log_q, log_p = coarse_grained_log_probs(log_q, teacher)  # (..., K + 1)
+    return _divergence_terms(kind, log_q, log_p, on=on, mixture_weight=mixture_weight)
+
+
 def topk_teacher_logits(topk_ids: Tensor, topk_logprobs: Tensor, vocab_size: int) -> Tensor:
     """Dense ``(..., V)`` teacher logits from stored top-k log-probabilities: ``-inf`` outside the top k.
 
@@ -309,8 +506,9 @@ def topk_teacher_logits(topk_ids: Tensor, topk_logprobs: Tensor, vocab_size: int
     and renormalised, ``p̃_v = p_v / Σ_{u∈top-k} p_u``; with it, :func:`step_divergence`'s
     ``kl`` term is ``KL(p̃_t ‖ q_t)`` (exact when k = V). Arguments are ``(..., k)``.
     """
-    dense = torch.full((*topk_ids.shape[:-1], vocab_size), -torch.inf, dtype=torch.float32, device=topk_ids.device)
-    return dense.scatter(-1, topk_ids, topk_logprobs.float())
+    dtype = torch.promote_types(topk_logprobs.dtype, torch.float32)
+    dense = torch.full((*topk_ids.shape[:-1], vocab_size), -torch.inf, dtype=dtype, device=topk_ids.device)
+    return dense.scatter(-1, topk_ids, topk_logprobs.to(dtype))
 
 
 def token_entropy(logits: Tensor, *, temperature: float = 1.0) -> Tensor:
@@ -435,7 +633,8 @@ class SampledSequences:
 
     Attributes:
         student_logits: ``(B, T, V)`` student logits at each position.
-        teacher_logits: ``(B, T, V)`` teacher logits at the same positions.
+        teacher_logits: ``(B, T, V)`` teacher logits at the same positions, or the teacher's top K there as a
+            :class:`TeacherTopK` of ``(B, T, K)`` (see :func:`topk_step_divergence`).
         labels: ``(B, T)`` the token sampled at each position (aligned with the logits:
             ``logits[b, t]`` is the distribution ``labels[b, t]`` was drawn from), and
             ``ignore_index`` at prompt, padding and post-EOS positions.
@@ -444,7 +643,7 @@ class SampledSequences:
     """
 
     student_logits: Tensor
-    teacher_logits: Tensor
+    teacher_logits: Tensor | TeacherTopK
     labels: Tensor
     num_items_in_batch: int | Tensor | None = None
 
@@ -473,9 +672,18 @@ def _side_terms(
     js_beta: float,
     temperature: float,
     ignore_index: int,
+    teacher_topk_mode: str,
 ) -> tuple[Tensor, Tensor]:
     """Per-position terms ``(B, T)`` (exactly 0 at masked positions) and the mask for one side."""
-    _check_same_vocab(batch.student_logits, batch.teacher_logits)
+    topk = isinstance(batch.teacher_logits, TeacherTopK)
+    if topk:
+        if batch.teacher_logits.ids.shape[:-1] != batch.student_logits.shape[:-1]:
+            raise ValueError(
+                f"teacher top-k {tuple(batch.teacher_logits.ids.shape)} and student logits "
+                f"{tuple(batch.student_logits.shape)} cover different positions; give the top k at every position."
+            )
+    else:
+        _check_same_vocab(batch.student_logits, batch.teacher_logits)
     if batch.labels.shape != batch.student_logits.shape[:-1]:
         raise ValueError(
             f"labels {tuple(batch.labels.shape)} do not match logits {tuple(batch.student_logits.shape)}; labels must "
@@ -484,17 +692,31 @@ def _side_terms(
     mask = sequence_mask(batch.labels, ignore_index)
     rows = mask.nonzero(as_tuple=True)  # only unmasked positions are ever read
     student = batch.student_logits[rows]  # (N, V)
-    teacher = batch.teacher_logits[rows]  # (N, V)
+    teacher = batch.teacher_logits[rows]  # (N, V), or a TeacherTopK of (N, K)
     weight: Tensor | float | MixtureLogit = js_beta
     if kind == "js" and js_mixture == "exact":
         labels = batch.labels[rows]
         with torch.no_grad():
-            lp_p = _log_probs(teacher, temperature, _compute_dtype(teacher)).gather(-1, labels[:, None]).squeeze(-1)
+            if topk:
+                if teacher.token_logprobs is None:
+                    raise ValueError(
+                        "js_mixture='exact' needs the teacher's log-probability of every sampled token (the prefix "
+                        "weight of Eq. 12), which top-k values alone do not give: pass "
+                        "TeacherTopK(token_logprobs=...) or use js_mixture='stepwise'."
+                    )
+                lp_p = teacher.token_logprobs.to(_compute_dtype(student))
+            else:
+                lp_p = _log_probs(teacher, temperature, _compute_dtype(teacher)).gather(-1, labels[:, None]).squeeze(-1)
             lp_q = _log_probs(student, temperature, _compute_dtype(student)).gather(-1, labels[:, None]).squeeze(-1)
             full_p = torch.zeros(mask.shape, dtype=lp_p.dtype, device=lp_p.device).index_put(rows, lp_p)
             full_q = torch.zeros(mask.shape, dtype=lp_q.dtype, device=lp_q.device).index_put(rows, lp_q)
             weight = MixtureLogit(exact_js_mixture_logit(full_p, full_q, mask, beta=js_beta)[rows])
-    terms = step_divergence(kind, student, teacher, on=on, mixture_weight=weight, temperature=temperature)  # (N,)
+    if topk:
+        terms = topk_step_divergence(
+            kind, student, teacher, on=on, mode=teacher_topk_mode, mixture_weight=weight, temperature=temperature
+        )  # (N,)
+    else:
+        terms = step_divergence(kind, student, teacher, on=on, mixture_weight=weight, temperature=temperature)  # (N,)
     full = torch.zeros(mask.shape, dtype=terms.dtype, device=terms.device).index_put(rows, terms)  # (B, T)
     return full, mask
 
@@ -509,6 +731,7 @@ def f_divergence_loss(
     temperature: float = 1.0,
     reduction: Literal["sequence", "token"] = "sequence",
     ignore_index: int = IGNORE_INDEX,
+    teacher_topk_mode: Literal["tail", "renormalised"] = "tail",
 ) -> DivergenceLoss:
     """The f-DISTILL objective for one batch (paper Eqs. 6–10, with Eq. 12 for ``js_mixture="exact"``).
 
@@ -528,10 +751,16 @@ def f_divergence_loss(
         js_beta: teacher share β of the JS mixture (½ = the paper's JS).
         temperature: loss temperature applied to both models' logits.
         reduction: ``"sequence"`` (sum over positions, mean over sequences) or ``"token"``.
+        teacher_topk_mode: for sides whose teacher is a :class:`TeacherTopK`: ``"tail"`` (the coarse-grained
+            lower bound) or ``"renormalised"`` (see :func:`topk_step_divergence`).
 
     Returns:
         :class:`DivergenceLoss` with the combined ``loss`` and each side's reduced term.
     """
+    if teacher_topk_mode not in TOPK_MODES:
+        raise ValueError(
+            f"unknown teacher_topk_mode {teacher_topk_mode!r}; choose 'tail' (the lower bound) or 'renormalised'."
+        )
     return assemble_loss(
         kind,
         {"teacher": teacher_samples, "student": student_samples},
@@ -544,6 +773,7 @@ def f_divergence_loss(
                 js_beta=js_beta,
                 temperature=temperature,
                 ignore_index=ignore_index,
+                teacher_topk_mode=teacher_topk_mode,
             ),
             reduction=reduction,
             num_items_in_batch=batch.num_items_in_batch,
