@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from transformers import Seq2SeqTrainingArguments
 
-from fdistill.divergences import JS_MIXTURES, REDUCTIONS
+from fdistill.divergences import JS_MIXTURES, REDUCTIONS, TOPK_MODES
 from fdistill.errors import invalid
 from fdistill.lm.objectives import Objective, get_objective
 
@@ -83,10 +83,21 @@ class DistillArguments:
     teacher_topk_logprobs: bool = field(
         default=False,
         metadata={
-            "help": "Objective 'kl' only: instead of a teacher forward on the offline teacher samples, use the teacher's "
-            "top-k log-probabilities stored beside them by `fdistill sample --topk-logprobs K` (columns "
-            "teacher_topk_ids / teacher_topk_logprobs). The KL is then to the teacher's distribution restricted to its "
-            "top k tokens and renormalised (exact as k reaches the vocabulary); no teacher model is loaded."
+            "help": "Instead of a teacher forward on the offline teacher samples, use the teacher's top-k "
+            "log-probabilities stored beside them by `fdistill sample --topk-logprobs K` (columns teacher_topk_ids / "
+            "teacher_topk_logprobs); no teacher model is loaded. Offline columns exist for teacher samples only, so "
+            "this serves objectives that score nothing else ('kl'). How the missing tail is handled: "
+            "teacher_topk_mode."
+        },
+    )
+    teacher_topk_mode: str = field(
+        default="tail",
+        metadata={
+            "help": "With a top-k teacher: 'tail' compares both models coarse-grained to the teacher's top k tokens "
+            "plus one tail bucket (1 − Σ_topk p against 1 − Σ_topk q), a lower bound of the full divergence for "
+            "every kind (data-processing inequality), exact at k = V; 'renormalised' compares the teacher restricted "
+            "to its top k and renormalised with the full student (fdistill's earlier top-k KL; not a bound). "
+            "See fdistill.divergences.topk_step_divergence."
         },
     )
     teacher_sampling: str = field(
@@ -206,13 +217,36 @@ class DistillArguments:
             bad("student_num_beams", self.student_num_beams, "beams need student_do_sample=False.")
         if self.student_generation_cache not in ("auto", "dynamic", "static"):
             bad("student_generation_cache", self.student_generation_cache, "use 'auto', 'dynamic' or 'static'.")
-        if self.teacher_topk_logprobs and (not objective.topk_teacher or self.teacher_sampling != "offline"):
+        if self.teacher_topk_mode not in TOPK_MODES:
             bad(
-                "teacher_topk_logprobs",
-                True,
-                "stored top-k teacher log-probabilities replace the teacher forward of "
-                "objective 'kl' on offline teacher samples only (objective='kl', teacher_sampling='offline').",
+                "teacher_topk_mode",
+                self.teacher_topk_mode,
+                "use 'tail' (top k + one tail bucket: a lower bound) or 'renormalised' (top k renormalised).",
             )
+        if self.teacher_topk_logprobs:
+            if not objective.topk_teacher:
+                bad(
+                    "teacher_topk_logprobs",
+                    True,
+                    f"objective {self.objective!r} needs the teacher's full distributions; top-k "
+                    "log-probabilities serve the f-divergences (objective='kl' from offline columns).",
+                )
+            if "student" in objective.scores or self.teacher_sampling != "offline":
+                bad(
+                    "teacher_topk_logprobs",
+                    True,
+                    f"objective {self.objective!r} with teacher_sampling={self.teacher_sampling!r} scores "
+                    "sequences drawn during training, and stored top-k log-probabilities exist only for the offline "
+                    "teacher samples (only a teacher that scores them at training time can give the rest). Use "
+                    "objective='kl' with teacher_sampling='offline', or pass the teacher model instead.",
+                )
+            if self.teacher_topk_mode == "tail" and self.loss_temperature != 1.0:
+                bad(
+                    "loss_temperature",
+                    self.loss_temperature,
+                    "the tail bucket of a top-k teacher needs its untempered distribution, which the stored top k do "
+                    "not determine: use 1.0, or teacher_topk_mode='renormalised'.",
+                )
         if self.teacher_topk_logprobs and self.fused_divergence:
             bad("fused_divergence", True, "with teacher_topk_logprobs there is no teacher forward to fuse; unset one.")
         if self.teacher_sampling not in ("offline", "online"):

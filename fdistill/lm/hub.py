@@ -176,6 +176,8 @@ def _settings(a: DistillArguments, student) -> list[list[str]]:
         names.append("max_new_tokens")
     if a.teacher_dtype:
         names.append("teacher_dtype")
+    if a.teacher_topk_logprobs:  # the teacher was its stored top k: say so, and how the tail was treated
+        names += ["teacher_topk_logprobs", "teacher_topk_mode"]
     rows = [[f"`{n}`", _fmt(getattr(a, n)), help_of[n]] for n in names]
     rows[0][2] = objective.meaning or help_of["objective"]
     if a.objective == "predistill" and a.predistill_alpha_hidden > 0:

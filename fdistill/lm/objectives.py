@@ -43,6 +43,7 @@ from fdistill.divergences import (
     DIVERGENCES,
     IGNORE_INDEX,
     SampledSequences,
+    TeacherTopK,
     cross_entropy_terms,
     engine_terms,
     f_divergence_loss,
@@ -71,13 +72,15 @@ class ScoredSet:
     Attributes:
         student: ``(B, C, V)`` student logits at the completion positions, or on the fused path the
             ``(B, C, H)`` inputs of the student's LM head (``ScoredBatch.heads`` then holds the heads).
-        teacher: the teacher's, the same way; None when the objective needs no teacher.
+        teacher: the teacher's, the same way; or its top k log-probabilities at those positions, a
+            :class:`~fdistill.divergences.TeacherTopK` of ``(B, C, K)`` (stored or served: no teacher forward);
+            None when the objective needs no teacher.
         labels: ``(B, C)`` the completion tokens, ``-100`` at padding.
         count: the denominator of this set's reduction over the whole optimizer step (sequences or tokens).
     """
 
     student: Tensor
-    teacher: Tensor | None
+    teacher: Tensor | TeacherTopK | None
     labels: Tensor
     count: Tensor
 
@@ -146,7 +149,8 @@ class Objective:
         scores: completion sets it reads, from ``COMPLETION_SETS``.
         uses_teacher: whether a (frozen) teacher scores the sets.
         fusable: whether it runs on LM-head inputs (``fused_divergence``) as well as on logits.
-        topk_teacher: whether stored top-k teacher log-probabilities can replace the teacher forward.
+        topk_teacher: whether the teacher's top-k log-probabilities (a :class:`~fdistill.divergences.TeacherTopK`
+            in ``ScoredSet.teacher``) can replace the teacher forward.
         title, meaning: what the model card says it is and does; ``sampled_on`` what it is computed on.
         card_intro: the model card's first sentences, with ``{who}`` (the teacher), ``{what}`` (the title),
             ``{sampled_on}`` and ``{paper}`` (a link to f-DISTILL) filled in.
@@ -230,7 +234,7 @@ class FDivergence(Objective):
 
     def __init__(self, kind: str, title: str, meaning: str, sampled_on: str, scores: tuple[str, ...]):
         self.name, self.title, self.meaning, self.sampled_on, self.scores = kind, title, meaning, sampled_on, scores
-        self.topk_teacher = kind == "kl"
+        self.topk_teacher = True  # fdistill.divergences.topk_step_divergence: every kind, either side
         self.in_demo = True
         if kind == "js":
             self.card_settings = ("js_mixture", "js_beta", "loss_temperature")
@@ -271,7 +275,11 @@ class FDivergence(Objective):
                 for n, s in batch.sets.items()
             }
             out = f_divergence_loss(
-                self.name, teacher_samples=sides.get("teacher"), student_samples=sides.get("student"), **common
+                self.name,
+                teacher_samples=sides.get("teacher"),
+                student_samples=sides.get("student"),
+                teacher_topk_mode=args.teacher_topk_mode,
+                **common,
             )
         metrics = {}
         if out.teacher_term is not None:
@@ -402,7 +410,10 @@ def student_sample_metrics(
     if entropies is not None and valid.any():
         metrics["student_entropy"] = entropies[valid].float().mean()
     teacher_lp = output.teacher_label_logprobs
-    if teacher_lp is None and not batch.fused and s.teacher is not None:
+    if isinstance(s.teacher, TeacherTopK):  # a top-k teacher may carry the sampled tokens' log-probabilities
+        if s.teacher.token_logprobs is not None:
+            teacher_lp = torch.where(valid, s.teacher.token_logprobs, torch.zeros_like(s.teacher.token_logprobs))
+    elif teacher_lp is None and not batch.fused and s.teacher is not None:
         teacher_lp = token_logprobs(s.teacher, s.labels)  # 0 at padding
     if teacher_lp is not None:
         metrics["teacher_nll_of_student_samples"] = -(teacher_lp * valid).sum(-1).mean()

@@ -36,7 +36,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, GenerationConfig, PreTrainedModel, Seq2SeqTrainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from fdistill.divergences import IGNORE_INDEX, count_items, nonfinite_positions, topk_teacher_logits
+from fdistill.divergences import IGNORE_INDEX, TeacherTopK, count_items, nonfinite_positions
 from fdistill.errors import InputError, NonFiniteError, nonfinite_cause, nonfinite_sampling
 from fdistill.kernels import capture_head_inputs, check_head, output_head
 from fdistill.lm.config import TOPK_COLUMNS, DistillArguments
@@ -59,11 +59,10 @@ def _vocab_size(model: nn.Module) -> int:
 
 def _record_changes(saved: dict, now: dict) -> list[str]:
     """The differences between two run records, as ``name: saved → now`` phrases."""
-    changes = [
-        f"{k}={saved['settings'].get(k)!r} then, {v!r} now"
-        for k, v in now["settings"].items()
-        if k in saved.get("settings", {}) and saved["settings"][k] != v
-    ]
+    then = dict(saved.get("settings", {}))
+    if then.get("teacher_topk_logprobs") and "teacher_topk_mode" not in then:
+        then["teacher_topk_mode"] = "renormalised"  # recorded before the setting existed: the only mode then
+    changes = [f"{k}={then.get(k)!r} then, {v!r} now" for k, v in now["settings"].items() if k in then and then[k] != v]
     for part in ("teacher", "tokenizer"):
         if saved.get(part) != now[part]:
             changes.append(f"another {part} (fingerprint {saved.get(part)} then, {now[part]} now)")
@@ -477,9 +476,8 @@ class FDistillMixin:
         if self.teacher is not None:
             with torch.no_grad():
                 teacher, t_out = self._score(self.teacher, inputs, names, hidden=hidden, fused=fused)
-        elif a.teacher_topk_logprobs:  # stored top-k log-probabilities stand in for the teacher forward
-            dense = topk_teacher_logits(inputs["teacher_topk_ids"], inputs["teacher_topk_logprobs"], _vocab_size(model))
-            teacher = {"teacher": (dense, student["teacher"][1])}
+        elif a.teacher_topk_logprobs:  # the teacher's top-k log-probabilities stand in for its forward
+            teacher = {n: (top, student[n][1]) for n, top in self.teacher_topk(inputs, names).items()}
         sets = {
             n: ScoredSet(
                 student[n][0], teacher[n][0] if n in teacher else None, student[n][1], self._count(n, inputs, training)
@@ -490,6 +488,21 @@ class FDistillMixin:
         return ScoredBatch(
             sets, a.loss_reduction, heads, (s_out, t_out), _base_model(model).config, self.is_encoder_decoder
         )
+
+    def teacher_topk(self, inputs: dict[str, torch.Tensor], names: list[str]) -> dict[str, TeacherTopK]:
+        """The teacher's top-k log-probabilities at every scored position of the completion sets ``names``.
+
+        Offline teacher samples carry them (``fdistill sample --topk-logprobs K``); no other set does, so any other
+        is refused. A teacher that scores completions during training (e.g. a served one) overrides this to give
+        a :class:`~fdistill.divergences.TeacherTopK` ``(B, C, K)`` for any set, aligned with its labels.
+        """
+        others = [n for n in names if n != "teacher"]
+        if others:
+            raise InputError(
+                f"the teacher's top-k log-probabilities are stored for the offline teacher samples only, not for the "
+                f"{', '.join(_SET_NAMES[n] for n in others)}; set teacher_topk_logprobs=False and pass the teacher model."
+            )
+        return {"teacher": TeacherTopK(inputs["teacher_topk_ids"], inputs["teacher_topk_logprobs"])}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The registered objective (:mod:`fdistill.lm.objectives`) on one micro-batch; see the module docstring."""
@@ -520,6 +533,8 @@ class FDistillMixin:
                 values = getattr(scored, model_name)
                 if values is None:
                     continue
+                if isinstance(values, TeacherTopK):
+                    values = values.logprobs
                 bad = nonfinite_positions(values, scored.mask)
                 if bad.any():
                     return (
