@@ -229,7 +229,7 @@ def test_evaluate_reports_the_objective(tok, tmp_path):
 @pytest.mark.parametrize(
     "change,message",
     [
-        (dict(vocab=True), "vocabulary"),
+        (dict(vocab=True), "made with another tokenizer"),  # (heads padded past the tokenizer: test_padded_vocab)
         (dict(drop="teacher_sample_ids"), "lacks column"),
         (dict(empty=True), "is empty"),
         (dict(blank_targets=True), "all labels"),
@@ -246,7 +246,7 @@ def test_bad_input_fails_before_training(tok, tmp_path, change, message):
     if change.get("blank_targets"):
         data = data.map(lambda x: {"teacher_sample_ids": []})
     if change.get("vocab"):
-        teacher.resize_token_embeddings(tiny.VOCAB + 8)
+        teacher.resize_token_embeddings(tiny.VOCAB - 2)
     with pytest.raises(ValueError, match=message):
         FDistillTrainer(
             model=tiny.llama(1, seed=1),

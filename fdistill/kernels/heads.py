@@ -59,6 +59,16 @@ class LinearHead:
         if self.softcap is not None and not self.softcap > 0:
             raise ValueError(f"softcap must be positive or None, got {self.softcap!r}.")
 
+    def first_rows(self, vocab_size: int) -> LinearHead:
+        """The head of the first ``vocab_size`` tokens only (a view: gradients reach the full weight), e.g. without
+        the padding rows past the tokenizer (:func:`fdistill.lm.loading.shared_vocab_size`)."""
+        if vocab_size == self.weight.shape[0]:
+            return self
+        if not 0 < vocab_size < self.weight.shape[0]:
+            raise ValueError(f"vocab_size must lie in [1, {self.weight.shape[0]}], got {vocab_size!r}.")
+        bias = None if self.bias is None else self.bias[:vocab_size]
+        return LinearHead(self.weight[:vocab_size], bias, self.scale, self.softcap)
+
 
 def head_logits(head: LinearHead, hidden: Tensor) -> Tensor:
     """The logits the head gives for ``hidden`` ``(..., H) → (..., V)`` (the naive, materialising reference)."""

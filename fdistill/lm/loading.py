@@ -250,6 +250,50 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return "sha256:" + hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
+def shared_vocab_size(student_rows: int, teacher_rows: int, tokenizer, teacher_tokenizer=None) -> int:
+    """The number of vocabulary entries on which the two models' next-token distributions are compared.
+
+    f-divergences compare ``p_t(v)`` and ``q_t(v)`` token by token, so both models must share one tokenizer.
+    Models of one family often pad their LM heads past the tokenizer to a multiple of 64 or 128 (Qwen2.5:
+    151,936 or 152,064 rows for 151,665 tokens); the padding rows are no tokens. So:
+
+    - same number of rows: all of them (as ever; padding rows, if any, are the same ids on both sides);
+    - different numbers: the tokenizer's ``n = len(tokenizer)`` first rows. Both models' logits are sliced to
+      ``[..., :n]`` — ``p`` and ``q`` become the softmax over the real tokens — and the padding ids are never
+      sampled (the trainer suppresses them in generation), so the sampled sequences are those of the sliced
+      distributions.
+
+    Arguments:
+        student_rows, teacher_rows: rows of the student's and teacher's LM heads (logits widths).
+        tokenizer: the student's tokenizer (the one the data is encoded with).
+        teacher_tokenizer: the teacher's, when known; its token → id map must equal the student's.
+
+    Raises:
+        InputError: when the tokenizers differ, or the rows differ and the tokenizer has more tokens than a head.
+    """
+    if teacher_tokenizer is not None and teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
+        a, b = tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
+        moved = sum(1 for t, i in a.items() if b.get(t) != i) + sum(1 for t in b if t not in a)
+        raise InputError(
+            f"the teacher's and the student's tokenizers differ ({len(b)} and {len(a)} tokens, {moved} tokens with "
+            "another id or missing on one side): f-divergences compare next-token distributions token by token, so "
+            "both models must share one tokenizer. Use a student of the teacher's family with its tokenizer (or "
+            "make one with fdistill.lm.student.create_student_from_teacher)."
+        )
+    if student_rows == teacher_rows:
+        return student_rows
+    n = len(tokenizer)
+    if n > min(student_rows, teacher_rows):
+        smaller = "student" if student_rows < teacher_rows else "teacher"
+        raise InputError(
+            f"the teacher's LM head has {teacher_rows} rows and the student's {student_rows}, and the tokenizer has "
+            f"{n} tokens, more than the {smaller}'s head: the {smaller} was made with another tokenizer. Both models "
+            "must share one tokenizer; only padding rows past it may differ (a student of the teacher's family, or "
+            "fdistill.lm.student.create_student_from_teacher)."
+        )
+    return n
+
+
 def model_fingerprint(model_or_path, tokenizer=None) -> dict[str, str]:
     """Content fingerprints ``{"model": ..., "tokenizer": ...}`` that change when the weights or tokenizer change.
 

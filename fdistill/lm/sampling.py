@@ -45,18 +45,24 @@ def sampling_config(
     top_p: float = 1.0,
     num_beams: int = 1,
     cache_implementation: str | None = None,
+    vocab_size: int | None = None,
 ) -> GenerationConfig:
     """A generation config that samples from the model's own distribution unless told otherwise.
 
     ``top_k=0`` and ``top_p=1.0`` switch the filters off; ``do_sample=False`` gives greedy
     (``num_beams=1``) or beam search. ``cache_implementation="static"`` preallocates the KV
     cache, which transformers' ``generate`` pairs with a compiled decode step on CUDA;
-    ``None`` is the dynamic cache. The samples do not depend on it (tested).
+    ``None`` is the dynamic cache. The samples do not depend on it (tested). ``vocab_size``
+    below the model's LM-head rows suppresses the rows past it (padding past the tokenizer):
+    the samples are then those of the softmax over the first ``vocab_size`` logits.
     """
     base = base_model(model)
     eos = base.generation_config.eos_token_id
     if eos is None:
         eos = tokenizer.eos_token_id
+    padding = None
+    if vocab_size is not None and vocab_size < base.get_output_embeddings().weight.shape[0]:
+        padding = list(range(vocab_size, base.get_output_embeddings().weight.shape[0]))
     return GenerationConfig(
         do_sample=do_sample,
         temperature=temperature if do_sample else None,
@@ -69,6 +75,7 @@ def sampling_config(
         decoder_start_token_id=getattr(base.config, "decoder_start_token_id", None),
         use_cache=True,
         cache_implementation=cache_implementation,
+        suppress_tokens=padding,
     )
 
 

@@ -33,7 +33,14 @@ from collections import defaultdict
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, GenerationConfig, PreTrainedModel, Seq2SeqTrainer
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PreTrainedModel,
+    Seq2SeqTrainer,
+)
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from fdistill.divergences import IGNORE_INDEX, TeacherTopK, count_items, nonfinite_positions
@@ -41,7 +48,7 @@ from fdistill.errors import InputError, NonFiniteError, nonfinite_cause, nonfini
 from fdistill.kernels import capture_head_inputs, check_head, output_head
 from fdistill.lm.config import TOPK_COLUMNS, DistillArguments
 from fdistill.lm.data import DistillCollator, cat_completions, check_prompts, score_completions, scoring_inputs
-from fdistill.lm.loading import resolve_dtype
+from fdistill.lm.loading import resolve_dtype, shared_vocab_size
 from fdistill.lm.objectives import COMPLETION_SETS, ScoredBatch, ScoredSet, student_sample_metrics
 from fdistill.lm.sampling import sample_completions, sampling_config
 from fdistill.torch_utils import base_model as _base_model
@@ -55,6 +62,14 @@ _SPEED_SETTINGS = ("fused_divergence", "fused_chunk_size", "student_generation_c
 
 def _vocab_size(model: nn.Module) -> int:
     return _base_model(model).get_output_embeddings().weight.shape[0]
+
+
+def _saved_tokenizer(name_or_path: str):
+    """The tokenizer saved with a teacher name or path, or None when it has none (then only the heads are checked)."""
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError):
+        return None
 
 
 def _record_changes(saved: dict, now: dict) -> list[str]:
@@ -108,10 +123,22 @@ class FDistillMixin:
     Arguments (besides the Trainer's):
         teacher_model: a model, or a Hub name / local path loaded with the student's
             architecture class. Kept frozen, in eval mode, on the student's device.
+        teacher_tokenizer: the teacher's tokenizer, checked to be the student's (``processing_class``);
+            by default loaded from ``teacher_model`` when that is a name or path.
         distill_args: the settings when ``args`` is not a ``DistillArguments``.
+
+    Teacher and student must share a tokenizer. LM heads padded past it to different sizes (models of one
+    family) are compared on the tokenizer's tokens only (:func:`fdistill.lm.loading.shared_vocab_size`).
     """
 
-    def __init__(self, *args, teacher_model: PreTrainedModel | str | None = None, distill_args=None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        teacher_model: PreTrainedModel | str | None = None,
+        teacher_tokenizer=None,
+        distill_args=None,
+        **kwargs,
+    ):
         train_args = kwargs.get("args", args[1] if len(args) > 1 else None)
         settings = distill_args if distill_args is not None else train_args
         if not isinstance(settings, DistillArguments):
@@ -142,7 +169,9 @@ class FDistillMixin:
         self._check_datasets(settings, kwargs.get("train_dataset"), kwargs.get("eval_dataset"), kwargs["data_collator"])
         super().__init__(*args, **kwargs)
         self.is_encoder_decoder = is_enc_dec
-        self.teacher = self._prepare_teacher(teacher_model) if settings.needs_teacher else None
+        # Vocabulary entries both models are compared on when their LM heads differ by padding (None: all rows).
+        self.shared_vocab_size: int | None = None
+        self.teacher = self._prepare_teacher(teacher_model, teacher_tokenizer) if settings.needs_teacher else None
         # Losses are divided by the global item count of the optimizer step (see StepSamples.counts),
         # so the Trainer must not divide again by the accumulation steps.
         self.loss_is_scaled_for_ga = True
@@ -157,6 +186,7 @@ class FDistillMixin:
                 self.processing_class,
                 max_new_tokens=settings.max_new_tokens,
                 cache_implementation=self.student_generation_config.cache_implementation,
+                vocab_size=self.shared_vocab_size,
             )
         self._heads_checked = False
         self._record: dict | None = None  # see _run_record
@@ -216,7 +246,7 @@ class FDistillMixin:
                             f"would be masked; check column {completions[name]!r}."
                         )
 
-    def _prepare_teacher(self, teacher: PreTrainedModel | str | None) -> nn.Module:
+    def _prepare_teacher(self, teacher: PreTrainedModel | str | None, teacher_tokenizer=None) -> nn.Module:
         a = self.distill_args
         if teacher is None:
             raise ValueError(f"objective {a.objective!r} needs a teacher: pass teacher_model= (a model or a path).")
@@ -227,16 +257,18 @@ class FDistillMixin:
             else next(student.parameters()).dtype
         )
         if isinstance(teacher, str):
+            if teacher_tokenizer is None:
+                teacher_tokenizer = _saved_tokenizer(teacher)
             auto = AutoModelForSeq2SeqLM if student.config.is_encoder_decoder else AutoModelForCausalLM
             teacher = auto.from_pretrained(teacher, dtype=dtype)
         if bool(teacher.config.is_encoder_decoder) != bool(student.config.is_encoder_decoder):
             raise ValueError("teacher and student must both be encoder–decoders or both decoder-only.")
-        if _vocab_size(teacher) != _vocab_size(student):
-            raise ValueError(
-                f"teacher vocabulary ({_vocab_size(teacher)}) and student vocabulary ({_vocab_size(student)}) differ; "
-                "f-divergences compare next-token distributions, so the student must use the teacher's tokenizer "
-                "(make it with fdistill.lm.student.create_student_from_teacher, or resize its embeddings)."
-            )
+        rows = (_vocab_size(student), _vocab_size(teacher))
+        shared = shared_vocab_size(*rows, self.processing_class, teacher_tokenizer)
+        if shared < max(rows):
+            self.shared_vocab_size = shared
+            if isinstance(self.data_collator, DistillCollator):  # ids past the shared vocabulary are refused by row
+                self.data_collator.vocab_size = min(self.data_collator.vocab_size or shared, shared)
         teacher.requires_grad_(False)
         teacher.eval()
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
@@ -257,6 +289,7 @@ class FDistillMixin:
             top_p=a.student_top_p,
             num_beams=a.student_num_beams,
             cache_implementation=self._cache_implementation(),
+            vocab_size=self.shared_vocab_size,
         )
 
     def _cache_implementation(self) -> str | None:
@@ -430,6 +463,8 @@ class FDistillMixin:
             logits = captured[-1][:, :-1] if not self.is_encoder_decoder else captured[-1]  # the labels' predictors
         else:
             logits, labels, outputs = score_completions(*args, pad_token_id=pad, output_hidden_states=hidden)
+            if self.shared_vocab_size is not None:  # heads padded to different sizes: the tokenizer's tokens only
+                logits = logits[..., : self.shared_vocab_size]
         b = inputs["prompt_ids"].shape[0]
         return {n: (logits[i * b : (i + 1) * b], labels[i * b : (i + 1) * b]) for i, n in enumerate(names)}, outputs
 
@@ -484,7 +519,11 @@ class FDistillMixin:
             )
             for n in names
         }
-        heads = (output_head(model), output_head(self.teacher)) if fused else None
+        heads = None
+        if fused:
+            heads = (output_head(model), output_head(self.teacher))
+            if self.shared_vocab_size is not None:  # heads padded to different sizes: the tokenizer's tokens only
+                heads = tuple(h.first_rows(self.shared_vocab_size) for h in heads)
         return ScoredBatch(
             sets, a.loss_reduction, heads, (s_out, t_out), _base_model(model).config, self.is_encoder_decoder
         )
@@ -617,7 +656,11 @@ class FDistillMixin:
         ):
             return loss.detach(), None, None
         greedy = sampling_config(
-            self.model, self.processing_class, max_new_tokens=self.distill_args.max_new_tokens, do_sample=False
+            self.model,
+            self.processing_class,
+            max_new_tokens=self.distill_args.max_new_tokens,
+            do_sample=False,
+            vocab_size=self.shared_vocab_size,
         )
         ids, mask = sample_completions(
             self.accelerator.unwrap_model(model), inputs["prompt_ids"], inputs["prompt_mask"], greedy
