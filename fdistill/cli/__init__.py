@@ -562,15 +562,20 @@ def main(argv: list[str] | None = None) -> None:
         metavar="FOLDER|latest",
         help="continue from a checkpoint folder, or `latest`: the newest checkpoint-N in output_dir",
     )
-    from fdistill.cli import demo
+    from fdistill.cli import demo, paper_claims
 
     d = sub.add_parser("demo", help="the embedded default: distil the packaged SmolLM2 teacher end to end on CPU")
     demo.add_arguments(d)
+    c = sub.add_parser(
+        "paper-claims", help="every objective × seeds on the packaged SmolLM2 teacher: the f-DISTILL claims, tested"
+    )
+    paper_claims.add_arguments(c)
     runs = {
         "sample": run_sample,
         "train": run_train,
         "evaluate": _main_process_only(run_evaluate),
         "demo": demo.run_from_args,
+        "paper-claims": paper_claims.run_from_args,
     }
     command = next((a for a in argv if not a.startswith("-")), None)
     try:

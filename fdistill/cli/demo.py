@@ -124,7 +124,11 @@ def _train(
     steps: int,
     lr: float,
     reference_column: str = "reference",
+    seed: int | None = None,
+    callbacks: list | None = None,
+    **overrides,
 ):
+    """Train ``student`` in place with the demo's settings; ``overrides``: further `FDistillConfig` fields."""
     from fdistill.lm.config import FDistillConfig
     from fdistill.lm.trainer import FDistillTrainer
 
@@ -146,12 +150,18 @@ def _train(
         logging_steps=max(1, steps // 10),
         save_strategy="no",
         report_to=[],
-        seed=settings.seed,
+        seed=settings.seed if seed is None else seed,
         use_cpu=True,
         disable_tqdm=False,
+        **overrides,
     )
     trainer = FDistillTrainer(
-        model=student, teacher_model=teacher, args=args, train_dataset=data, processing_class=tokenizer
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=data,
+        processing_class=tokenizer,
+        callbacks=callbacks,
     )
     trainer.train()
     return trainer
