@@ -3,6 +3,7 @@ teacher, the path-derivative signal, Proposition 1 (Imhof) against closed forms 
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from scipy import stats
 from torch.distributions import MultivariateNormal, kl_divergence
 
 from fdistill.cli import main
+from fdistill.errors import InputError
 from fdistill.vocoder import (
     TriangularGaussian,
     expansion_signal,
@@ -26,7 +28,7 @@ from fdistill.vocoder import (
     x_reconstruction_loss,
     z_reconstruction_loss,
 )
-from fdistill.vocoder.gaussian import seeded_generator
+from fdistill.vocoder.gaussian import METHODS, FullGaussian, covariance_eigenvalues, over_repeats, seeded_generator
 
 F64 = torch.float64
 
@@ -203,6 +205,7 @@ def test_study_is_deterministic_and_cli_writes_every_file(tmp_path):
         "figure2_loglik_histograms.png",
         "figure3_expansion_signal.png",
         "proposition1.png",
+        "kl_vs_teacher_min_eigenvalue.png",
         "table.md",
         "summary.json",
     ):
@@ -210,8 +213,10 @@ def test_study_is_deterministic_and_cli_writes_every_file(tmp_path):
     summary = json.loads((tmp_path / "cli" / "summary.json").read_text())
     assert set(summary["dims"]) == {"2", "5"} and summary["settings"]["steps"] == 60
     entry = summary["dims"]["5"]
-    assert set(entry["methods"]) == {"reverse_kl", "z_rec", "x_rec"}
-    assert entry["methods"]["reverse_kl"]["kl_student_teacher"] > 0
+    assert summary["settings"]["parameterisation"] == "triangular" and len(entry["repeats"]) == 2
+    for row in entry["repeats"]:  # every method trained on every repeat's teacher
+        assert set(row["methods"]) == {"reverse_kl", "z_rec", "x_rec"}
+        assert row["methods"]["reverse_kl"]["kl_student_teacher"] > 0
     assert len(entry["expansion"]["curve"]["steps"]) == len(entry["expansion"]["curve"]["probability"])
     prop = entry["proposition1"]["teacher_vs_standard_student"]
     assert len(prop["per_repeat"]) == 2 and {"analytic", "monte_carlo", "z_score"} <= set(prop["per_repeat"][0])
@@ -282,3 +287,160 @@ def test_output_path_that_is_a_file_and_diverging_training_are_errors(tmp_path, 
             log=lambda *_: None,
         )
     assert not out.exists()  # nothing saved as a finished study
+
+
+# ----------------------------------------------------------------------------- repeats and the paper's parameterisation
+
+TINY_STUDY = dict(dims=(3, 5), steps=40, repeats=3, samples=8, eval_samples=60, prop1_samples=600, seed=4)
+
+
+@pytest.fixture(scope="module", params=["triangular", "paper"])
+def tiny_study(request, tmp_path_factory):
+    out = tmp_path_factory.mktemp(f"study_{request.param}")
+    summary = run_gaussian_study(str(out), parameterisation=request.param, log=lambda *_: None, **TINY_STUDY)
+    return summary, (out / "table.md").read_text()
+
+
+def test_paper_parameterisation_is_the_literal_map_with_exact_densities():
+    dim = 6
+    teacher = make_teacher(dim, seeded_generator(30), parameterisation="paper")
+    r = torch.randn(dim, dim, generator=seeded_generator(30), dtype=F64).numpy()  # the R make_teacher drew
+    mu = np.full(dim, 2.0)
+    assert isinstance(teacher, FullGaussian) and not any(p.requires_grad for p in teacher.parameters())
+    z = normal(50, dim, 31)
+    x = teacher.sample(z)
+    np.testing.assert_allclose(x.numpy(), mu + z.numpy() @ r.T, rtol=1e-12, atol=1e-12)  # x = µ + R·z
+    np.testing.assert_allclose(teacher.inverse(x).numpy(), np.linalg.solve(r, (x.numpy() - mu).T).T, atol=1e-10)
+    # float64 brute force: log N(x; µ, RRᵀ) by scipy, for teacher samples and for points far from them
+    far = x + 3 * normal(50, dim, 32)
+    for points in (x, far):
+        expected = stats.multivariate_normal(mean=mu, cov=r @ r.T).logpdf(points.numpy())
+        np.testing.assert_allclose(teacher.log_prob(points).numpy(), expected, rtol=1e-9, atol=1e-9)
+    # the same distribution as the triangular (Cholesky) teacher of the same draw, but another map T
+    triangular = make_teacher(dim, seeded_generator(30))
+    torch.testing.assert_close(triangular.log_prob(far), teacher.log_prob(far), rtol=1e-10, atol=1e-10)
+    assert abs(gaussian_kl(triangular, teacher).item()) < 1e-10
+    assert (triangular.inverse(x) - teacher.inverse(x)).abs().max() > 0.1
+    # so z-reconstruction tells the maps apart (0 only for the teacher's own map), reverse KL does not
+    cholesky_map = FullGaussian.from_scale(teacher.mean, triangular.scale_tril())
+    zs = normal(256, dim, 33)
+    assert z_reconstruction_loss(FullGaussian.from_scale(teacher.mean, teacher.weight), teacher, zs).item() < 1e-20
+    assert z_reconstruction_loss(cholesky_map, teacher, zs).item() > 1e-2
+    assert abs(reverse_kl_loss(cholesky_map, teacher, zs).item()) < 1e-10
+
+
+def test_full_student_densities_kl_and_training():
+    g = torch.Generator().manual_seed(34)
+    student = FullGaussian(4)
+    with torch.no_grad():
+        student.shift.copy_(torch.randn(4, generator=g, dtype=F64))
+        student.weight.copy_(torch.randn(4, 4, generator=g, dtype=F64))
+    teacher = make_teacher(4, seeded_generator(35), parameterisation="paper")
+    z = normal(9, 4, 36)
+    cov = (student.weight @ student.weight.T).detach()
+    mvn = MultivariateNormal(student.mean.detach(), covariance_matrix=cov)
+    x = student.sample(z).detach()
+    torch.testing.assert_close(student.log_prob(x), mvn.log_prob(x), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(student.log_prob_of_latent(z), mvn.log_prob(x), rtol=1e-10, atol=1e-10)
+    mvn_t = MultivariateNormal(teacher.mean, covariance_matrix=teacher.covariance())
+    torch.testing.assert_close(gaussian_kl(student, teacher), kl_divergence(mvn, mvn_t), rtol=1e-9, atol=1e-9)
+    # x-reconstruction learns the teacher's map itself: W → R (not merely WWᵀ → RRᵀ)
+    trained, record = train_student(teacher, "x_rec", steps=400, batch=64, lr=0.05, generator=seeded_generator(37))
+    assert isinstance(trained, FullGaussian) and record["kl"][-1] < 1e-3 * record["kl"][0]
+    torch.testing.assert_close(trained.weight, teacher.weight, rtol=0, atol=2e-2)
+
+
+def test_table_is_mean_std_median_of_the_per_repeat_entries(tiny_study):
+    summary, table = tiny_study
+    number = r"([-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?)"
+    cell = re.compile(rf"{number} ± {number} \({number}\)")
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| ")}
+    first, second = table.split("**Expansion signal")
+    for d, entry in summary["dims"].items():
+        reps = entry["repeats"]
+        assert len(reps) == TINY_STUDY["repeats"]
+        columns = [
+            [r["teacher"]["covariance_min_eigenvalue"] for r in reps],
+            [r["teacher"]["loglik_teacher_samples"]["mean"] for r in reps],
+            *([r["methods"][m]["vs_teacher_samples"]["mean_difference"] for r in reps] for m in METHODS),
+            *([r["methods"][m]["kl_student_teacher"] for r in reps] for m in METHODS),
+        ]
+        expansion = [[r["expansion"][k] for r in reps] for k in ("start", "peak", "end_mean_last_10pct")]
+        prop = [
+            [x["analytic"] for x in entry["proposition1"][k]["per_repeat"]]
+            for k in ("teacher_vs_standard_student", "trained_reverse_kl_students")
+        ]
+        for text, values in (
+            (next(line for line in first.splitlines() if line.startswith(f"| {d} |")), columns),
+            (next(line for line in second.splitlines() if line.startswith(f"| {d} |")), expansion + prop),
+        ):
+            found = cell.findall(text)
+            assert len(found) == len(values)
+            for (mean, std, median), v in zip(found, values):
+                v = np.asarray(v)
+                assert float(mean) == pytest.approx(v.mean(), rel=5e-3, abs=5e-3)
+                assert float(std) == pytest.approx(v.std(ddof=1), rel=5e-3, abs=5e-3)
+                assert float(median) == pytest.approx(np.median(v), rel=5e-3, abs=5e-3)
+        # and the JSON's aggregate holds the same numbers, unrounded
+        agg = entry["over_repeats"]
+        kl = [r["methods"]["reverse_kl"]["kl_student_teacher"] for r in reps]
+        assert agg["methods"]["reverse_kl"]["kl_student_teacher"] == pytest.approx(
+            {"mean": np.mean(kl), "std": np.std(kl, ddof=1), "median": np.median(kl), "min": min(kl), "max": max(kl)}
+        )
+        above = sum(r["methods"]["z_rec"]["vs_teacher_samples"]["z_score"] > 3 for r in reps)
+        assert agg["methods"]["z_rec"]["repeats_above_teacher"] == above
+        paired = summary["trends"]["kl_paired_by_dim"][d]["reverse_kl vs z_rec"]
+        gaps = [
+            r["methods"]["reverse_kl"]["kl_student_teacher"] - r["methods"]["z_rec"]["kl_student_teacher"] for r in reps
+        ]
+        assert paired == {
+            "reverse_kl lower": sum(g < -1e-10 for g in gaps),
+            "z_rec lower": sum(g > 1e-10 for g in gaps),
+            "ties": sum(abs(g) <= 1e-10 for g in gaps),
+        }
+    assert set(rows) >= {"D", *summary["dims"]}
+    assert f"parameterisation `{summary['settings']['parameterisation']}`" in table
+
+
+def test_recorded_min_eigenvalue_is_numpys_eigvalsh_of_each_teacher(tiny_study):
+    summary, _ = tiny_study
+    seed = summary["settings"]["seed"]
+    for d, entry in summary["dims"].items():
+        smallest = []
+        for r, row in enumerate(entry["repeats"]):
+            scale = torch.randn(int(d), int(d), generator=seeded_generator(seed, int(d), 0, r), dtype=F64).numpy()
+            expected = np.linalg.eigvalsh(scale @ scale.T)
+            assert row["teacher"]["covariance_min_eigenvalue"] == pytest.approx(expected[0], rel=1e-9, abs=1e-12)
+            np.testing.assert_allclose(row["teacher"]["covariance_eigenvalues"], expected, rtol=1e-9, atol=1e-12)
+            smallest.append(expected[0])
+        assert len(set(smallest)) == len(smallest)  # each repeat has its own teacher
+    teacher = make_teacher(7, seeded_generator(40), parameterisation=summary["settings"]["parameterisation"])
+    r = torch.randn(7, 7, generator=seeded_generator(40), dtype=F64).numpy()
+    np.testing.assert_allclose(covariance_eigenvalues(teacher).numpy(), np.linalg.eigvalsh(r @ r.T), rtol=1e-9)
+
+
+def test_over_repeats_of_one_value_and_of_several():
+    assert over_repeats([2.5]) == {"mean": 2.5, "std": 0.0, "median": 2.5, "min": 2.5, "max": 2.5}
+    stat = over_repeats([1.0, 2.0, 10.0])
+    assert stat["median"] == 2.0 and stat["std"] == pytest.approx(np.std([1, 2, 10], ddof=1))
+
+
+def test_bad_parameterisation_is_one_error_before_any_work(tmp_path, capsys, monkeypatch):
+    import fdistill.vocoder.gaussian as module
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the settings were checked")
+
+    monkeypatch.setattr(module, "make_teacher", no_work)
+    monkeypatch.setattr(module, "train_student", no_work)
+    out = tmp_path / "never"
+    with pytest.raises(InputError, match=r"parameterisation='cholesky' is not valid: choose one of \['triangular'"):
+        run_gaussian_study(str(out), dims=(3,), steps=5, repeats=1, parameterisation="cholesky")
+    assert not out.exists()
+    monkeypatch.undo()
+    with pytest.raises(InputError, match="parameterisation='full'"):
+        make_teacher(3, seeded_generator(0), parameterisation="full")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["vocoder", "gaussian", "--out", str(out), "--parameterisation", "cholesky"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--parameterisation" in err and "'cholesky'" in err and not out.exists()

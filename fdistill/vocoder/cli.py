@@ -3,6 +3,7 @@ its own parser in `add_arguments` and its runner in `COMMANDS`.
 
     fdistill vocoder gaussian --out docs/vocoder/gaussian               # the paper's Gaussian study (§3, §4.1.1)
     fdistill vocoder gaussian --out /tmp/g --dims 4 16 --steps 500 --seed 1
+    fdistill vocoder gaussian --out docs/vocoder/gaussian_paper --parameterisation paper  # the paper's x = μ + Rz
     fdistill vocoder audio recipes/vocoder/audio.yaml student_steps=100    # the audio experiment
 """
 
@@ -28,6 +29,13 @@ def add_arguments(parser) -> None:
     g.add_argument("--eval-samples", type=int, default=1000, help="samples per Figure 2 histogram (paper: 1000)")
     g.add_argument("--prop1-samples", type=int, default=200_000, help="Monte Carlo draws for Proposition 1")
     g.add_argument("--distance", choices=["l2", "l1"], default="l2", help="d of the reconstruction losses")
+    g.add_argument(
+        "--parameterisation",
+        choices=["triangular", "paper"],
+        default="triangular",
+        help="maps of teacher and student: triangular (teacher μ + chol(RRᵀ)z, IAF student; default) or paper "
+        "(teacher μ + Rz with T(x) = R⁻¹(x − μ), full-matrix student, the paper's literal §3.2)",
+    )
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=int, default=1, help="torch CPU threads (tiny matrices: one is fastest)")
 
@@ -66,6 +74,7 @@ def run_gaussian(args) -> None:
         eval_samples=args.eval_samples,
         distance=args.distance,
         prop1_samples=args.prop1_samples,
+        parameterisation=args.parameterisation,
     )
     print(study_table(summary))
     print(f"trends: {summary['trends']}")

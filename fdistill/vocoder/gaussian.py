@@ -1,16 +1,23 @@
-"""The paper's Gaussian study of probability distillation: a Gaussian teacher, an affine (IAF-equivalent) Gaussian
-student, distillation by reverse KL, z-reconstruction and x-reconstruction, the expansion signal, Proposition 1, and
-the study behind ``fdistill vocoder gaussian`` (Figures 2 and 3 of the paper and a check of Proposition 1).
+"""The paper's Gaussian study of probability distillation: a Gaussian teacher, an affine Gaussian student,
+distillation by reverse KL, z-reconstruction and x-reconstruction, the expansion signal, Proposition 1, and the study
+behind ``fdistill vocoder gaussian`` (Figures 2 and 3 of the paper and a check of Proposition 1).
 
-Teacher: p_T = N(μ, Σ), Σ = RRᵀ, μ = 2·1, R with standard normal entries (paper §3.2). Read as the autoregressive
-model it stands for (a WaveNet with Gaussian conditionals, x_t = μ_t(x_<t) + σ_t·z_t), its sampler is
-T⁻¹(z) = μ + Cz with C = chol(Σ) lower-triangular, and its "inverse" T(x) = C⁻¹(x − μ) is computed in parallel
-(teacher forcing). The paper's x = μ + Rz draws the same distribution (Rz = C·(C⁻¹R)z, C⁻¹R orthogonal), but R is
-not triangular, so no IAF student could represent that map and the reconstruction losses could not reach zero.
+Teacher: p_T = N(μ, Σ), Σ = RRᵀ, μ = 2·1, R with standard normal entries (paper §3.2). Both teacher and student are
+affine maps of z ~ N(0, I), x = b + Az (`AffineGaussian`), so log p(x) = log N(A⁻¹(x − b); 0, I) − log|det A|. The
+study offers two parameterisations of the same teacher distribution (``parameterisation=``):
 
-Student: x = S(z) = b + Lz, L = strict_tril(W) + diag(exp s): x_t depends on z_≤t only, an affine IAF (Eq. 3), so
-log q_S(S(z)) = log N(z; 0, I) − Σ_t s_t (Eqs. 4–5) and S⁻¹ is one triangular solve. The teacher is the same class
-with frozen parameters (b = μ, L = C).
+    "triangular" (default)  teacher  T⁻¹(z) = μ + Cz,   T(x) = C⁻¹(x − μ),   C = chol(Σ) lower-triangular
+                            student  S(z) = b + Lz,      L = strict_tril(W) + diag(exp s),  log|det L| = Σ_t s_t
+    "paper"                 teacher  T⁻¹(z) = μ + Rz,   T(x) = R⁻¹(x − μ),   R the drawn matrix itself
+                            student  S(z) = b + Wz,      W a full D×D matrix,               log|det W| by slogdet
+
+"triangular" reads the teacher as the autoregressive model it stands for (a WaveNet with Gaussian conditionals,
+x_t = μ_t(x_<t) + σ_t·z_t, whose "inverse" T is computed in parallel by teacher forcing) and the student as an affine
+IAF (Eq. 3): x_t depends on z_≤t only, log q_S(S(z)) = log N(z; 0, I) − Σ_t s_t (Eqs. 4–5), S⁻¹ one triangular
+solve. "paper" is §3.2's literal "x ← µ + R·z" for both models: μ + Rz and μ + Cz draw the same distribution
+(Rz = C·(C⁻¹R)z with C⁻¹R orthogonal), but the maps differ, so the z- and x-reconstruction targets (which compare
+maps, not distributions) differ, and the full student is no IAF (its log-determinant costs O(D³)). Both students
+start at N(0, I) (b = 0, L = W = I); each can represent its teacher's map exactly.
 
     reverse KL        E_z[ log q_S(S(z)) − log p_T(S(z)) ]      z ~ N(0, I), reparameterised Monte Carlo (Eq. 2)
     z-reconstruction  d(z, T(S(z)))                              z ~ N(0, I)                         (§4, item 1)
@@ -27,7 +34,12 @@ gradient points away from the teacher's mode μ (Proposition 1 puts both distrib
 Proposition 1: for q_S = N(0, I) and p_T = N(0, Σ) with eigenvalues d_i², P(xᵀg_x > 0) = P(Σ_i ρ_i x_i² > 0) with
 ρ_i = 1 − 1/d_i² — the paper's fraction A_{U∩ρ}/A_U of the unit sphere. `proposition1_probability` computes it
 by Imhof's inversion of the characteristic function of the quadratic form (a generalised χ²); for any other student
-N(b, LLᵀ) centred at μ, the d_i² are the eigenvalues of the relative covariance L⁻¹ΣL⁻ᵀ (the paper's footnote 1).
+N(b, AAᵀ) centred at μ, the d_i² are the eigenvalues of the relative covariance A⁻¹ΣA⁻ᵀ (the paper's footnote 1).
+
+Repeats: each of the study's ``repeats`` draws its own R (its own teacher) and trains every method on it; the
+table reports mean ± std (and the median) over the repeats, and the JSON keeps every repeat's numbers with its
+teacher's covariance eigenvalues. At D ≥ 32 the final KL depends strongly on the drawn teacher's smallest
+eigenvalue λ_min(RRᵀ) (a thin direction the student must shrink into), so one draw says little.
 
 Reference: Huang, Chen, Belilovsky, Courville et al., "Probability distillation: a caveat and alternatives"
 (UAI 2019), §3 (Proposition 1, §3.2, Figures 2–3) and §4.1.1; Imhof, "Computing the distribution of quadratic
@@ -56,13 +68,66 @@ from . import losses
 
 METHODS = ("reverse_kl", "z_rec", "x_rec")
 METHOD_LABELS = {"reverse_kl": "reverse KL", "z_rec": "z-reconstruction", "x_rec": "x-reconstruction"}
+PARAMETERISATIONS = ("triangular", "paper")  # the maps of teacher and student; see the module docstring
 
 
-class TriangularGaussian(nn.Module):
+class AffineGaussian(nn.Module):
+    """N(b, AAᵀ) sampled by the affine map x = S(z) = b + Az, z ~ N(0, I); subclasses choose the form of A.
+
+        log p(x) = log N(A⁻¹(x − b); 0, I) − log|det A|,    log p(S(z)) = log N(z; 0, I) − log|det A|  (Eq. 4)
+
+    A subclass defines ``scale()`` (A, ``[D, D]``), ``log_abs_det()`` (log|det A|) and ``solve_scale(rhs)``
+    (A⁻¹·rhs); sampling, the inverse and the densities follow. The teacher of the study is one with frozen
+    parameters (``requires_grad_(False)``), its ``inverse`` the teacher's map T.
+    """
+
+    shift: nn.Parameter  # b, [D]
+
+    @property
+    def dim(self) -> int:
+        return self.shift.shape[0]
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.shift
+
+    def scale(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def log_abs_det(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def solve_scale(self, rhs: torch.Tensor) -> torch.Tensor:
+        """A⁻¹·rhs for a matrix ``rhs`` ``[D, K]``."""
+        raise NotImplementedError
+
+    def covariance(self) -> torch.Tensor:
+        scale = self.scale()
+        return scale @ scale.T
+
+    def sample(self, z: torch.Tensor) -> torch.Tensor:
+        """S(z) = b + Az for rows z: ``[N, D] → [N, D]``."""
+        return self.shift + z @ self.scale().T
+
+    def inverse(self, x: torch.Tensor) -> torch.Tensor:
+        """S⁻¹(x) = A⁻¹(x − b) for rows x (the teacher's T)."""
+        return self.solve_scale((x - self.shift).T).T
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log N(x; b, AAᵀ) = log N(A⁻¹(x − b); 0, I) − log|det A|, per row."""
+        return standard_normal_log_prob(self.inverse(x), event_dims=1) - self.log_abs_det()
+
+    def log_prob_of_latent(self, z: torch.Tensor) -> torch.Tensor:
+        """log q(S(z)) = log N(z; 0, I) − log|det A| by the change of variables (Eq. 4), without inverting S."""
+        return standard_normal_log_prob(z, event_dims=1) - self.log_abs_det()
+
+
+class TriangularGaussian(AffineGaussian):
     """N(b, LLᵀ) sampled by the affine IAF x = S(z) = b + Lz, with L lower-triangular and positive diagonal.
 
     L = strict_tril(W) + diag(exp s): the log-determinant is Σ s_t, the inverse a triangular solve, so densities of
     samples (Eq. 4) and of any x are exact. Starts at N(0, I) (b = 0, s = 0, W = 0); everything in ``dtype``.
+    The study's ``parameterisation="triangular"`` (the default) uses it for teacher (L = chol(Σ)) and student.
 
     Arguments:
         dim: the dimension D.
@@ -99,68 +164,115 @@ class TriangularGaussian(nn.Module):
         """N(mean, covariance) as its autoregressive sampler ``x = mean + chol(covariance)·z``."""
         return cls.from_scale_tril(mean, torch.linalg.cholesky(covariance))
 
-    @property
-    def dim(self) -> int:
-        return self.shift.shape[0]
-
-    @property
-    def mean(self) -> torch.Tensor:
-        return self.shift
-
     def scale_tril(self) -> torch.Tensor:
         """L = strict_tril(W) + diag(exp s), ``[D, D]``."""
         return torch.tril(self.lower, -1) + torch.diag(self.log_diag.exp())
 
-    def covariance(self) -> torch.Tensor:
-        scale = self.scale_tril()
-        return scale @ scale.T
+    def scale(self) -> torch.Tensor:
+        return self.scale_tril()
 
-    def sample(self, z: torch.Tensor) -> torch.Tensor:
-        """S(z) = b + Lz for rows z: ``[N, D] → [N, D]``."""
-        return self.shift + z @ self.scale_tril().T
+    def log_abs_det(self) -> torch.Tensor:
+        return self.log_diag.sum()
+
+    def solve_scale(self, rhs: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.solve_triangular(self.scale_tril(), rhs, upper=False)
 
     def inverse(self, x: torch.Tensor) -> torch.Tensor:
         """S⁻¹(x) = L⁻¹(x − b) for rows x (the teacher's T)."""
         # rows: z Lᵀ = x − b, a right-sided upper-triangular solve
         return torch.linalg.solve_triangular(self.scale_tril().T, x - self.shift, upper=True, left=False)
 
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """log N(x; b, LLᵀ) = log N(L⁻¹(x − b); 0, I) − Σ s, per row."""
-        return standard_normal_log_prob(self.inverse(x), event_dims=1) - self.log_diag.sum()
 
-    def log_prob_of_latent(self, z: torch.Tensor) -> torch.Tensor:
-        """log q(S(z)) = log N(z; 0, I) − Σ s by the change of variables (Eq. 4), without inverting S."""
-        return standard_normal_log_prob(z, event_dims=1) - self.log_diag.sum()
+class FullGaussian(AffineGaussian):
+    """N(b, WWᵀ) sampled by x = S(z) = b + Wz with a full matrix W: the paper's literal "x ← µ + R·z" (§3.2).
+
+    log|det W| comes from ``slogdet`` and S⁻¹ is one LU solve (O(D³), no autoregressive structure). Starts at
+    N(0, I) (b = 0, W = I). The study's ``parameterisation="paper"`` uses it for teacher (W = R) and student.
+
+    Arguments:
+        dim: the dimension D.
+        dtype: parameter dtype.
+
+    Example:
+        >>> teacher = FullGaussian.from_scale(torch.full((3,), 2.0, dtype=torch.float64),
+        ...                                   torch.randn(3, 3, dtype=torch.float64))
+        >>> z = torch.randn(5, 3, dtype=torch.float64)
+        >>> torch.allclose(teacher.inverse(teacher.sample(z)), z)
+        True
+    """
+
+    def __init__(self, dim: int, dtype: torch.dtype = torch.float64):
+        super().__init__()
+        self.shift = nn.Parameter(torch.zeros(dim, dtype=dtype))  # b
+        self.weight = nn.Parameter(torch.eye(dim, dtype=dtype))  # W
+
+    @classmethod
+    def from_scale(cls, mean: torch.Tensor, scale: torch.Tensor) -> FullGaussian:
+        """The Gaussian with sampler ``x = mean + scale·z`` (``scale`` any invertible matrix)."""
+        model = cls(mean.shape[-1], dtype=mean.dtype)
+        with torch.no_grad():
+            model.shift.copy_(mean)
+            model.weight.copy_(scale)
+        return model
+
+    def scale(self) -> torch.Tensor:
+        return self.weight
+
+    def log_abs_det(self) -> torch.Tensor:
+        return torch.linalg.slogdet(self.weight).logabsdet
+
+    def solve_scale(self, rhs: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.solve(self.weight, rhs)
 
 
 def make_teacher(
-    dim: int, generator: torch.Generator, mean_value: float = 2.0, dtype: torch.dtype = torch.float64
-) -> TriangularGaussian:
-    """The paper's teacher N(μ, RRᵀ), μ = mean_value·1, R_ij ~ N(0, 1), frozen, as its autoregressive sampler."""
+    dim: int,
+    generator: torch.Generator,
+    mean_value: float = 2.0,
+    dtype: torch.dtype = torch.float64,
+    parameterisation: str = "triangular",
+) -> AffineGaussian:
+    """The paper's teacher N(μ, RRᵀ), μ = mean_value·1, R_ij ~ N(0, 1), frozen.
+
+    ``parameterisation="triangular"``: its autoregressive sampler μ + chol(RRᵀ)·z (`TriangularGaussian`);
+    ``"paper"``: the drawn map μ + R·z itself (`FullGaussian`). The same ``generator`` state draws the same R, so
+    both are the same distribution; only the map (T, and the students' family) differs.
+    """
+    checks.choice("parameterisation", parameterisation, PARAMETERISATIONS)
     scale = torch.randn(dim, dim, generator=generator, dtype=dtype)  # R
     mean = torch.full((dim,), mean_value, dtype=dtype)
+    if parameterisation == "paper":
+        return FullGaussian.from_scale(mean, scale).requires_grad_(False)
     return TriangularGaussian.from_covariance(mean, scale @ scale.T).requires_grad_(False)
 
 
-def gaussian_kl(q: TriangularGaussian, p: TriangularGaussian) -> torch.Tensor:
-    """Closed-form KL(q‖p) = ½[tr(Σ_p⁻¹Σ_q) + ‖L_p⁻¹(μ_p − μ_q)‖² − D] + Σ log diag L_p − Σ log diag L_q."""
-    scale_p = p.scale_tril()
-    ratio = torch.linalg.solve_triangular(scale_p, q.scale_tril(), upper=False)  # L_p⁻¹L_q
-    offset = torch.linalg.solve_triangular(scale_p, (p.mean - q.mean)[:, None], upper=False)
-    return 0.5 * (ratio.pow(2).sum() + offset.pow(2).sum() - q.dim) + p.log_diag.sum() - q.log_diag.sum()
+def gaussian_kl(q: AffineGaussian, p: AffineGaussian) -> torch.Tensor:
+    """Closed-form KL(q‖p) = ½[‖A_p⁻¹A_q‖²_F + ‖A_p⁻¹(μ_p − μ_q)‖² − D] + log|det A_p| − log|det A_q|.
+
+    (‖A_p⁻¹A_q‖²_F = tr(Σ_p⁻¹Σ_q).)
+    """
+    ratio = p.solve_scale(q.scale())  # A_p⁻¹A_q
+    offset = p.solve_scale((p.mean - q.mean)[:, None])
+    return 0.5 * (ratio.pow(2).sum() + offset.pow(2).sum() - q.dim) + p.log_abs_det() - q.log_abs_det()
 
 
 @torch.no_grad()
-def relative_eigenvalues(student: TriangularGaussian, teacher: TriangularGaussian) -> torch.Tensor:
-    """Eigenvalues d_i² of L_S⁻¹ Σ_T L_S⁻ᵀ, the teacher covariance seen from the whitened student (footnote 1)."""
-    whitened = torch.linalg.solve_triangular(student.scale_tril(), teacher.scale_tril(), upper=False)
+def relative_eigenvalues(student: AffineGaussian, teacher: AffineGaussian) -> torch.Tensor:
+    """Eigenvalues d_i² of A_S⁻¹ Σ_T A_S⁻ᵀ, the teacher covariance seen from the whitened student (footnote 1)."""
+    whitened = student.solve_scale(teacher.scale())
     return torch.linalg.svdvals(whitened).pow(2).flip(0)  # ascending
+
+
+@torch.no_grad()
+def covariance_eigenvalues(model: AffineGaussian) -> torch.Tensor:
+    """Eigenvalues of the covariance AAᵀ, ascending (``eigvalsh``); the first is the λ_min the study records."""
+    return torch.linalg.eigvalsh(model.covariance())
 
 
 # ----------------------------------------------------------------------------- losses
 
 
-def reverse_kl_loss(student: TriangularGaussian, teacher: TriangularGaussian, z: torch.Tensor) -> torch.Tensor:
+def reverse_kl_loss(student: AffineGaussian, teacher: AffineGaussian, z: torch.Tensor) -> torch.Tensor:
     """Monte Carlo reverse KL (Eq. 2): mean over z ~ N(0, I) of ``log q_S(S(z)) − log p_T(S(z))``.
 
     The student's density comes from the change of variables (Eq. 4); gradients reach the student through the
@@ -171,14 +283,14 @@ def reverse_kl_loss(student: TriangularGaussian, teacher: TriangularGaussian, z:
 
 
 def z_reconstruction_loss(
-    student: TriangularGaussian, teacher: TriangularGaussian, z: torch.Tensor, distance: str = "l2"
+    student: AffineGaussian, teacher: AffineGaussian, z: torch.Tensor, distance: str = "l2"
 ) -> torch.Tensor:
     """z-reconstruction ``d(z, T(S(z)))``: the student encodes, the frozen teacher's inverse T decodes (§4, item 1)."""
     return losses.distance(teacher.inverse(student.sample(z)), z, distance)
 
 
 def x_reconstruction_loss(
-    student: TriangularGaussian, teacher: TriangularGaussian, x: torch.Tensor, distance: str = "l2"
+    student: AffineGaussian, teacher: AffineGaussian, x: torch.Tensor, distance: str = "l2"
 ) -> torch.Tensor:
     """x-reconstruction ``d(x, S(T(x)))`` on teacher samples x: teacher encodes, student decodes (§4, item 2)."""
     with torch.no_grad():
@@ -188,8 +300,8 @@ def x_reconstruction_loss(
 
 def distillation_loss(
     method: str,
-    student: TriangularGaussian,
-    teacher: TriangularGaussian,
+    student: AffineGaussian,
+    teacher: AffineGaussian,
     batch: int,
     generator: torch.Generator,
     distance: str = "l2",
@@ -210,7 +322,7 @@ def distillation_loss(
 # ----------------------------------------------------------------------------- expansion signal, Proposition 1
 
 
-def sample_gradient(student: TriangularGaussian, teacher: TriangularGaussian, x: torch.Tensor) -> torch.Tensor:
+def sample_gradient(student: AffineGaussian, teacher: AffineGaussian, x: torch.Tensor) -> torch.Tensor:
     """g_x = ∇_x(log p_T(x) − log q_S(x)) per row, the student's parameters held fixed (Eq. 6's error factor)."""
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
@@ -219,7 +331,7 @@ def sample_gradient(student: TriangularGaussian, teacher: TriangularGaussian, x:
     return grad
 
 
-def expansion_signal(student: TriangularGaussian, teacher: TriangularGaussian, z: torch.Tensor) -> torch.Tensor:
+def expansion_signal(student: AffineGaussian, teacher: AffineGaussian, z: torch.Tensor) -> torch.Tensor:
     """The event (x − μ_T)ᵀg_x > 0 for student samples x = S(z): the gradient points away from the teacher's mode."""
     with torch.no_grad():
         x = student.sample(z)
@@ -302,7 +414,7 @@ def seeded_generator(*keys: int) -> torch.Generator:
 
 
 def train_student(
-    teacher: TriangularGaussian,
+    teacher: AffineGaussian,
     method: str,
     steps: int = 5000,
     batch: int = 64,
@@ -312,8 +424,10 @@ def train_student(
     probe_generator: torch.Generator | None = None,
     probe_samples: int = 128,
     kl_every: int = 50,
-) -> tuple[TriangularGaussian, dict]:
-    """Distil ``teacher`` into a `TriangularGaussian` student (starting at N(0, I)) with Adam on ``method``.
+) -> tuple[AffineGaussian, dict]:
+    """Distil ``teacher`` into a student of its class (starting at N(0, I)) with Adam on ``method``.
+
+    A `TriangularGaussian` teacher gets a triangular (IAF) student, a `FullGaussian` teacher a full-matrix one.
 
     Arguments:
         teacher: the frozen teacher.
@@ -330,7 +444,7 @@ def train_student(
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    student = TriangularGaussian(teacher.dim, dtype=teacher.shift.dtype)
+    student = type(teacher)(teacher.dim, dtype=teacher.shift.dtype)
     optimizer = torch.optim.Adam(student.parameters(), lr=lr)
     record = {"loss": [], "kl_steps": [], "kl": [], "expansion": [] if probe_generator is not None else None}
 
@@ -398,7 +512,20 @@ def _subsample(values: list, every: int) -> tuple[list, list]:
 
 
 def check_study_settings(
-    out_dir, dims, steps, batch, lr, repeats, samples, seed, eval_samples, methods, distance, mean_value, prop1_samples
+    out_dir,
+    dims,
+    steps,
+    batch,
+    lr,
+    repeats,
+    samples,
+    seed,
+    eval_samples,
+    methods,
+    distance,
+    mean_value,
+    prop1_samples,
+    parameterisation="triangular",
 ) -> None:
     """One clear error for any setting of `run_gaussian_study` that cannot work, before anything is computed."""
     checks.output_folder("out_dir", out_dir)
@@ -416,6 +543,7 @@ def check_study_settings(
     checks.number("lr", lr)
     checks.number("mean_value", mean_value, low=-math.inf)
     checks.choice("distance", distance, ("l1", "l2"))
+    checks.choice("parameterisation", parameterisation, PARAMETERISATIONS)
     checks.names("methods", list(methods) if isinstance(methods, (list, tuple)) else methods, METHODS)
     if "reverse_kl" not in methods:
         raise ValueError("the study needs 'reverse_kl' among the methods (Figure 3 probes its training)")
@@ -435,40 +563,49 @@ def run_gaussian_study(
     distance: str = "l2",
     mean_value: float = 2.0,
     prop1_samples: int = 200_000,
+    parameterisation: str = "triangular",
     log=print,
 ) -> dict:
     """The paper's Gaussian study (§3.2 and §4.1.1); writes figures, ``table.md`` and ``summary.json`` to ``out_dir``.
 
-    Per dimension D: a teacher (`make_teacher`) and one student per method, trained from N(0, I) on the same
-    minibatch stream (Figure 2: teacher log-likelihood of ``eval_samples`` teacher samples vs as many student
-    samples); ``repeats`` reverse-KL runs, each with its own teacher (repeat 0 is Figure 2's), probed with
-    ``samples`` fresh student samples before every update and after the last (Figure 3: P((x − μ)ᵀg_x > 0), mean over
-    repeats × samples); Proposition 1 analytic vs Monte Carlo (``prop1_samples / repeats`` draws per eigenvalue set)
-    for each repeat's teacher seen from N(μ, I) (the proposition's setting) and from its trained reverse-KL student
-    (what the proposition predicts were that student centred at μ). Deterministic given ``seed`` (on one machine
-    and thread count). ``summary["trends"]`` checks the paper's claims on the numbers.
+    Per dimension D and repeat r < ``repeats``: a teacher with its own R (`make_teacher`) and one student per method
+    trained on it from N(0, I), all methods on the same minibatch stream; the teacher log-likelihood of
+    ``eval_samples`` teacher samples vs as many samples of each student (Figure 2 shows repeat 0); the closed-form
+    KL both ways; the reverse-KL run probed with ``samples`` fresh student samples before every update and after the
+    last (Figure 3: P((x − μ)ᵀg_x > 0), mean over repeats × samples); Proposition 1 analytic vs Monte Carlo
+    (``prop1_samples / repeats`` draws per eigenvalue set) for each repeat's teacher seen from N(μ, I) (the
+    proposition's setting) and from its trained reverse-KL student (what the proposition predicts were that student
+    centred at μ). ``summary["dims"][D]["repeats"]`` holds every repeat's numbers (with its teacher's covariance
+    eigenvalues), ``["over_repeats"]`` their mean, std (ddof 1), median, min and max — the numbers of the table.
+    Deterministic given ``seed`` (on one machine and thread count); repeat 0 and the reverse-KL repeats are the
+    runs the study made before it trained every method on every repeat. ``summary["trends"]`` checks the paper's
+    claims on the numbers.
 
     Arguments:
         out_dir: output folder (created when the study has finished; every setting is checked before any work by
             `check_study_settings`, and a non-finite training loss stops the study with an error).
         dims: the dimensions D (paper: 4, 16, 32, 64).
         steps, batch, lr: Adam updates, minibatch size, learning rate per student (paper: 5000, 64, 0.005).
-        repeats, samples: reverse-KL runs and probes per update behind Figure 3 (paper: 8, 128).
+        repeats: teachers per dimension, each distilled by every method (paper: 8 reverse-KL runs for Figure 3).
+        samples: expansion-signal probes per update of each reverse-KL run (paper: 128).
         seed: seeds everything (teachers, minibatches, probes, evaluation, Monte Carlo).
         eval_samples: teacher and student samples per histogram (paper: 1000).
         methods: a subset of METHODS containing ``"reverse_kl"``.
         distance: ``"l2"`` or ``"l1"`` for the reconstruction losses.
         mean_value: the teacher mean μ = mean_value·1 (paper: 2).
         prop1_samples: Monte Carlo draws for Proposition 1, per dimension and block.
+        parameterisation: ``"triangular"`` (Cholesky teacher map, IAF student) or ``"paper"`` (teacher map
+            R⁻¹(x − µ), full-matrix student); the module docstring gives both. The teachers' distributions are the
+            same for both.
         log: progress printer.
 
-    Files: ``figure2_loglik_histograms.png``, ``figure3_expansion_signal.png``, ``proposition1.png``, ``table.md``,
-    ``summary.json``. Returns the summary.
+    Files: ``figure2_loglik_histograms.png``, ``figure3_expansion_signal.png``, ``proposition1.png``,
+    ``kl_vs_teacher_min_eigenvalue.png``, ``table.md``, ``summary.json``. Returns the summary.
 
     Example:
-        >>> summary = run_gaussian_study("/tmp/gaussian_study", dims=(4,), steps=20, repeats=1, samples=8,
+        >>> summary = run_gaussian_study("/tmp/gaussian_study", dims=(4,), steps=20, repeats=2, samples=8,
         ...                              eval_samples=50, prop1_samples=1000, log=lambda *_: None)
-        >>> sorted(summary["dims"]["4"]["methods"])
+        >>> sorted(summary["dims"]["4"]["repeats"][1]["methods"])
         ['reverse_kl', 'x_rec', 'z_rec']
     """
     check_study_settings(
@@ -485,6 +622,7 @@ def run_gaussian_study(
         distance,
         mean_value,
         prop1_samples,
+        parameterisation,
     )
     start = time.perf_counter()
     summary = {
@@ -501,6 +639,7 @@ def run_gaussian_study(
             "distance": distance,
             "mean_value": mean_value,
             "prop1_samples": prop1_samples,
+            "parameterisation": parameterisation,
             "dtype": "float64",
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
@@ -509,88 +648,58 @@ def run_gaussian_study(
     }
     curves, histograms = {}, {}
     for dim in dims:
-        teachers = [make_teacher(dim, seeded_generator(seed, dim, 0, r), mean_value) for r in range(repeats)]
-        teacher = teachers[0]
-        evaluation = seeded_generator(seed, dim, 1)
-        z = torch.randn(eval_samples, dim, generator=evaluation, dtype=torch.float64)
-        teacher_ll = teacher.log_prob(teacher.sample(z))
-        entry = {
-            "teacher": {
-                "loglik_teacher_samples": _stats(teacher_ll),
-                "covariance_eigenvalues": relative_eigenvalues(TriangularGaussian(dim), teacher).tolist(),
-            },
-            "methods": {},
-        }
-        histograms[dim] = {"teacher": teacher_ll}
-        students = {}
-        for method in methods:
-            t0 = time.perf_counter()
-            probe = seeded_generator(seed, dim, 3, 0) if method == "reverse_kl" else None
-            student, record = train_student(
-                teacher, method, steps, batch, lr, distance, seeded_generator(seed, dim, 2, 0), probe, samples
+        teachers = [
+            make_teacher(dim, seeded_generator(seed, dim, 0, r), mean_value, parameterisation=parameterisation)
+            for r in range(repeats)
+        ]
+        rows, runs = [], []
+        for r, teacher in enumerate(teachers):
+            row, run, loglik = _study_repeat(
+                teacher, r, seed, methods, steps, batch, lr, distance, samples, eval_samples, log
             )
-            students[method] = (student, record)
-            z = torch.randn(eval_samples, dim, generator=evaluation, dtype=torch.float64)
-            student_ll = teacher.log_prob(student.sample(z))
-            histograms[dim][method] = student_ll
-            loss_steps, loss_values = _subsample(record["loss"], max(1, steps // 100))
-            entry["methods"][method] = {
-                "loglik_student_samples": _stats(student_ll),
-                "vs_teacher_samples": _compare(student_ll, teacher_ll),
-                "kl_student_teacher": gaussian_kl(student, teacher).item(),
-                "kl_teacher_student": gaussian_kl(teacher, student).item(),
-                "final_loss_mean_last_10pct": float(np.mean(record["loss"][-max(1, steps // 10) :])),
-                "kl_history": {"steps": record["kl_steps"], "kl_student_teacher": record["kl"]},
-                "loss_history": {"steps": loss_steps, "loss": loss_values},
-                "wall_seconds": time.perf_counter() - t0,
-            }
-            log(
-                f"D={dim:3d} {method:10s} KL(q‖p)={entry['methods'][method]['kl_student_teacher']:.4f} "
-                f"KL(p‖q)={entry['methods'][method]['kl_teacher_student']:.4f} mean log p_T: student "
-                f"{student_ll.mean().item():.2f} teacher {teacher_ll.mean().item():.2f} "
-                f"({time.perf_counter() - t0:.1f} s)"
-            )
-        # Figure 3: repeats of reverse-KL training, each with its own teacher (repeat 0 reuses the run above)
-        runs = [students["reverse_kl"]]
-        for r in range(1, repeats):
-            runs.append(
-                train_student(
-                    teachers[r],
-                    "reverse_kl",
-                    steps,
-                    batch,
-                    lr,
-                    distance,
-                    seeded_generator(seed, dim, 2, r),
-                    seeded_generator(seed, dim, 3, r),
-                    samples,
-                )
-            )
+            rows.append(row)
+            runs.append(run)
+            if r == 0:
+                histograms[dim] = loglik
+        # Figure 3: the expansion probability averaged over the repeats' reverse-KL runs
         curve = np.mean([record["expansion"] for _, record in runs], axis=0)  # [steps + 1]
         curves[dim] = curve
         tail = max(1, steps // 10)
         peak = int(np.argmax(curve))
         curve_steps, curve_values = _subsample(curve.tolist(), max(1, steps // 500))
-        entry["expansion"] = {
-            "start": float(curve[0]),
-            "peak": float(curve[peak]),
-            "peak_step": peak,
-            "end": float(curve[-1]),
-            "end_mean_last_10pct": float(curve[-tail:].mean()),
-            "probes_per_step": repeats * samples,
-            "final_kl_student_teacher_per_repeat": [gaussian_kl(s, t).item() for (s, _), t in zip(runs, teachers)],
-            "curve": {"steps": curve_steps, "probability": curve_values},
+        entry = {
+            "repeats": rows,
+            "expansion": {
+                "start": float(curve[0]),
+                "peak": float(curve[peak]),
+                "peak_step": peak,
+                "end": float(curve[-1]),
+                "end_mean_last_10pct": float(curve[-tail:].mean()),
+                "probes_per_step": repeats * samples,
+                "curve": {"steps": curve_steps, "probability": curve_values},
+            },
         }
         # Proposition 1, analytic vs Monte Carlo: each repeat's teacher seen from N(μ, I) (the proposition's own
         # setting), and from its trained reverse-KL student (the prediction were that student centred at μ)
         prop = seeded_generator(seed, dim, 4)
         each = max(1, prop1_samples // repeats)
-        standard = _proposition1_block([relative_eigenvalues(TriangularGaussian(dim), t) for t in teachers], each, prop)
+        standard = _proposition1_block([relative_eigenvalues(type(t)(dim), t) for t in teachers], each, prop)
         trained = _proposition1_block([relative_eigenvalues(s, t) for (s, _), t in zip(runs, teachers)], each, prop)
         trained["measured_expansion_end"] = float(curve[-1])
         entry["proposition1"] = {"teacher_vs_standard_student": standard, "trained_reverse_kl_students": trained}
+        entry["over_repeats"] = _over_repeats_entry(entry, methods)
+        entry["kl_vs_teacher_min_eigenvalue_spearman"] = _eigenvalue_dependence(rows, methods)
+        kl = entry["over_repeats"]["methods"]
         log(
-            f"D={dim:3d} expansion P: start {curve[0]:.3f} peak {curve[peak]:.3f} (step {peak}) end "
+            f"D={dim:3d} over {repeats} repeats, KL(q‖p) mean ± std (median): "
+            + "; ".join(
+                f"{m} {kl[m]['kl_student_teacher']['mean']:.4g} ± {kl[m]['kl_student_teacher']['std']:.3g} "
+                f"({kl[m]['kl_student_teacher']['median']:.4g})"
+                for m in methods
+            )
+        )
+        log(
+            f"D={dim:3d} expansion P (mean curve): start {curve[0]:.3f} peak {curve[peak]:.3f} (step {peak}) end "
             f"{curve[-tail:].mean():.3f}; Prop. 1 (standard student) analytic {standard['analytic_mean']:.4f} "
             f"MC {standard['monte_carlo_mean']:.4f} ± {standard['monte_carlo_stderr']:.4f}"
         )
@@ -601,10 +710,135 @@ def run_gaussian_study(
     _plot_histograms(histograms, methods, os.path.join(out_dir, "figure2_loglik_histograms.png"))
     _plot_expansion(curves, repeats * samples, os.path.join(out_dir, "figure3_expansion_signal.png"))
     _plot_proposition1(summary, os.path.join(out_dir, "proposition1.png"))
+    _plot_kl_vs_eigenvalue(summary, os.path.join(out_dir, "kl_vs_teacher_min_eigenvalue.png"))
     with open(os.path.join(out_dir, "table.md"), "w") as f:
         f.write(study_table(summary))
     _dump_json(summary, os.path.join(out_dir, "summary.json"))
     return summary
+
+
+def _study_repeat(
+    teacher: AffineGaussian, repeat, seed, methods, steps, batch, lr, distance, samples, eval_samples, log
+) -> tuple[dict, tuple, dict]:
+    """Every method distilled from one teacher: the repeat's JSON record, the reverse-KL (student, training record),
+    and the teacher log-likelihoods of the evaluation samples (for Figure 2)."""
+    dim = teacher.dim
+    eigenvalues = covariance_eigenvalues(teacher)
+    evaluation = seeded_generator(seed, dim, 1, repeat)
+    z = torch.randn(eval_samples, dim, generator=evaluation, dtype=torch.float64)
+    teacher_ll = teacher.log_prob(teacher.sample(z))
+    row = {
+        "teacher": {
+            "covariance_min_eigenvalue": eigenvalues[0].item(),
+            "covariance_max_eigenvalue": eigenvalues[-1].item(),
+            "covariance_eigenvalues": eigenvalues.tolist(),
+            "loglik_teacher_samples": _stats(teacher_ll),
+        },
+        "methods": {},
+    }
+    loglik, run = {"teacher": teacher_ll}, None
+    for method in methods:
+        t0 = time.perf_counter()
+        probe = seeded_generator(seed, dim, 3, repeat) if method == "reverse_kl" else None
+        generator = seeded_generator(seed, dim, 2, repeat)  # the same minibatch stream for every method
+        student, record = train_student(teacher, method, steps, batch, lr, distance, generator, probe, samples)
+        z = torch.randn(eval_samples, dim, generator=evaluation, dtype=torch.float64)
+        student_ll = teacher.log_prob(student.sample(z))
+        loglik[method] = student_ll
+        kl_steps, kl_values = _subsample(record["kl"], max(1, len(record["kl"]) // 20))
+        loss_steps, loss_values = _subsample(record["loss"], max(1, steps // 20))
+        row["methods"][method] = {
+            "loglik_student_samples": _stats(student_ll),
+            "vs_teacher_samples": _compare(student_ll, teacher_ll),
+            "kl_student_teacher": gaussian_kl(student, teacher).item(),
+            "kl_teacher_student": gaussian_kl(teacher, student).item(),
+            "final_loss_mean_last_10pct": float(np.mean(record["loss"][-max(1, steps // 10) :])),
+            "kl_history": {"steps": [record["kl_steps"][i] for i in kl_steps], "kl_student_teacher": kl_values},
+            "loss_history": {"steps": loss_steps, "loss": loss_values},
+            "wall_seconds": time.perf_counter() - t0,
+        }
+        if method == "reverse_kl":
+            run = (student, record)
+            row["expansion"] = _expansion_stats(np.asarray(record["expansion"]), steps)
+        log(
+            f"D={dim:3d} repeat {repeat} (λ_min {eigenvalues[0].item():.3g}) {method:10s} "
+            f"KL(q‖p)={row['methods'][method]['kl_student_teacher']:.4f} "
+            f"KL(p‖q)={row['methods'][method]['kl_teacher_student']:.4f} mean log p_T: student "
+            f"{student_ll.mean().item():.2f} teacher {teacher_ll.mean().item():.2f} "
+            f"({time.perf_counter() - t0:.1f} s)"
+        )
+    return row, run, loglik
+
+
+def _expansion_stats(curve: np.ndarray, steps: int) -> dict:
+    """One run's expansion probability: at the start, its peak and the mean over the last 10% of updates.
+
+    The peak is the largest moving average over ``steps // 100`` updates: the maximum of single updates' estimates
+    (``samples`` probes each) would mostly measure their noise.
+    """
+    width = max(1, steps // 100)
+    smooth = np.convolve(curve, np.ones(width) / width, mode="valid")
+    return {
+        "start": float(curve[0]),
+        "peak": float(smooth.max()),
+        "peak_step": int(np.argmax(smooth)) + (width - 1) // 2,
+        "end_mean_last_10pct": float(curve[-max(1, steps // 10) :].mean()),
+    }
+
+
+def over_repeats(values) -> dict:
+    """Mean, standard deviation (ddof 1; 0 for one value), median, min and max of one number per repeat."""
+    values = np.asarray(values, dtype=np.float64)
+    return {
+        "mean": float(values.mean()),
+        "std": float(values.std(ddof=1)) if values.size > 1 else 0.0,
+        "median": float(np.median(values)),
+        "min": float(values.min()),
+        "max": float(values.max()),
+    }
+
+
+def _over_repeats_entry(entry: dict, methods) -> dict:
+    """The table's numbers for one dimension: `over_repeats` of each per-repeat quantity."""
+    rows = entry["repeats"]
+    compare = {m: [r["methods"][m]["vs_teacher_samples"] for r in rows] for m in methods}
+    return {
+        "teacher": {
+            "covariance_min_eigenvalue": over_repeats([r["teacher"]["covariance_min_eigenvalue"] for r in rows]),
+            "loglik_teacher_samples_mean": over_repeats([r["teacher"]["loglik_teacher_samples"]["mean"] for r in rows]),
+        },
+        "methods": {
+            m: {
+                "loglik_difference": over_repeats([c["mean_difference"] for c in compare[m]]),
+                "kl_student_teacher": over_repeats([r["methods"][m]["kl_student_teacher"] for r in rows]),
+                "kl_teacher_student": over_repeats([r["methods"][m]["kl_teacher_student"] for r in rows]),
+                # repeats whose student samples score above / below the teacher's by more than 3 standard errors
+                "repeats_above_teacher": sum(c["z_score"] > 3 for c in compare[m]),
+                "repeats_below_teacher": sum(c["z_score"] < -3 for c in compare[m]),
+            }
+            for m in methods
+        },
+        "expansion": {
+            key: over_repeats([r["expansion"][key] for r in rows]) for key in ("start", "peak", "end_mean_last_10pct")
+        },
+        "proposition1": {
+            block: over_repeats([x["analytic"] for x in entry["proposition1"][block]["per_repeat"]])
+            for block in ("teacher_vs_standard_student", "trained_reverse_kl_students")
+        },
+    }
+
+
+def _eigenvalue_dependence(rows: list, methods) -> dict:
+    """Spearman rank correlation over the repeats between the teacher's λ_min and each method's final KL(q‖p)."""
+    from scipy import stats
+
+    if len(rows) < 3:
+        return {m: None for m in methods}
+    smallest = [r["teacher"]["covariance_min_eigenvalue"] for r in rows]
+    return {
+        m: float(stats.spearmanr(smallest, [r["methods"][m]["kl_student_teacher"] for r in rows]).statistic)
+        for m in methods
+    }
 
 
 def _proposition1_block(eigenvalue_sets: list, samples: int, generator: torch.Generator) -> dict:
@@ -643,20 +877,39 @@ def _dump_json(tree: dict, path: str) -> None:
 
 
 def _trends(summary: dict) -> dict:
-    """The paper's two claims, checked on the numbers (thresholds stated in the keys' values)."""
+    """The paper's claims checked on the numbers (thresholds stated in the keys' values); counts are over repeats."""
     dims = sorted(int(d) for d in summary["dims"])
     ends = [summary["dims"][str(d)]["expansion"]["end_mean_last_10pct"] for d in dims]
     trends = {
         "expansion_end_by_dim": dict(zip(map(str, dims), ends)),
         "expansion_end_decreases_with_dim": all(a > b for a, b in itertools.pairwise(ends)),
     }
-    top = summary["dims"][str(dims[-1])]["methods"]
-    if "reverse_kl" in top:
-        c = top["reverse_kl"]["vs_teacher_samples"]
-        trends["reverse_kl_above_teacher_at_max_dim"] = c["z_score"] > 3  # student mean log p_T higher, > 3 s.e.
-    if "x_rec" in top:
-        c = top["x_rec"]["vs_teacher_samples"]
-        trends["x_rec_matches_teacher_at_max_dim"] = abs(c["z_score"]) < 3 and c["ks_pvalue"] > 0.01
+    top = summary["dims"][str(dims[-1])]["over_repeats"]["methods"]
+    repeats = summary["settings"]["repeats"]
+    if "reverse_kl" in top:  # student mean log p_T higher by > 3 s.e. in more than half of the repeats
+        trends["reverse_kl_above_teacher_at_max_dim_repeats"] = top["reverse_kl"]["repeats_above_teacher"]
+        trends["reverse_kl_above_teacher_at_max_dim"] = 2 * top["reverse_kl"]["repeats_above_teacher"] > repeats
+    if "x_rec" in top:  # |z| < 3 and KS p > 0.01 in more than half of the repeats
+        rows = summary["dims"][str(dims[-1])]["repeats"]
+        matches = sum(
+            abs(r["methods"]["x_rec"]["vs_teacher_samples"]["z_score"]) < 3
+            and r["methods"]["x_rec"]["vs_teacher_samples"]["ks_pvalue"] > 0.01
+            for r in rows
+        )
+        trends["x_rec_matches_teacher_at_max_dim_repeats"] = matches
+        trends["x_rec_matches_teacher_at_max_dim"] = 2 * matches > repeats
+    for statistic in ("median", "mean"):
+        trends[f"lowest_{statistic}_kl_by_dim"] = {
+            str(d): min(
+                summary["dims"][str(d)]["over_repeats"]["methods"],
+                key=lambda m, d=d: summary["dims"][str(d)]["over_repeats"]["methods"][m]["kl_student_teacher"][
+                    statistic
+                ],
+            )
+            for d in dims
+        }
+    # paired over the repeats (each pair of methods distilled the same teacher): who ends with the lower KL(q‖p)
+    trends["kl_paired_by_dim"] = {str(d): _paired_kl(summary["dims"][str(d)]["repeats"]) for d in dims}
     trends["proposition1_max_abs_z_score"] = max(
         e["proposition1"][k]["max_abs_z_score"]
         for e in summary["dims"].values()
@@ -666,49 +919,98 @@ def _trends(summary: dict) -> dict:
     return trends
 
 
+def _paired_kl(rows: list) -> dict:
+    """For each pair of methods a, b: in how many repeats KL_a < KL_b, KL_b < KL_a, or a tie (within 1e-10)."""
+    methods = list(rows[0]["methods"])
+    pairs = {}
+    for a, b in itertools.combinations(methods, 2):
+        gaps = [r["methods"][a]["kl_student_teacher"] - r["methods"][b]["kl_student_teacher"] for r in rows]
+        pairs[f"{a} vs {b}"] = {
+            f"{a} lower": sum(g < -1e-10 for g in gaps),
+            f"{b} lower": sum(g > 1e-10 for g in gaps),
+            "ties": sum(abs(g) <= 1e-10 for g in gaps),
+        }
+    return pairs
+
+
+def _kl_text(value: float) -> str:
+    # a converged student's closed-form KL is rounding (±1e-14): shown as 0
+    return "0" if abs(value) < 1e-10 else f"{value:.3g}"
+
+
+def _cell(stat: dict, fmt, spread=None) -> str:
+    """``mean ± std (median)`` of an `over_repeats` record; ``spread`` formats the std (default ``fmt``)."""
+    return f"{fmt(stat['mean'])} ± {(spread or fmt)(stat['std'])} ({fmt(stat['median'])})"
+
+
 def study_table(summary: dict) -> str:
-    """Markdown table of the study's numbers (per dimension)."""
+    """Markdown tables of the study's numbers per dimension: mean ± std (median) over the repeats in every cell."""
     methods = summary["settings"]["methods"]
+    s = summary["settings"]
+    repeats = s["repeats"]
+    short = {"reverse_kl": "reverse KL", "z_rec": "z-rec", "x_rec": "x-rec"}
+    signed, plain = (lambda v: f"{v:+.2f}"), (lambda v: f"{v:.2f}")
+    three, prob = (lambda v: f"{v:.3g}"), (lambda v: f"{v:.3f}")
     head = (
-        "| D | P(expansion) start / peak / end | mean log p_T: teacher samples | "
-        + " | ".join(f"{METHOD_LABELS[m]} samples" for m in methods)
-        + " | KL(q‖p): "
-        + " / ".join(methods)
-        + " | Prop. 1 analytic / MC (standard student) "
-        "| Prop. 1 analytic / MC (trained RKL students) |"
+        ["D", "teacher λ_min(Σ)", "mean log p_T: teacher samples"]
+        + [f"Δ mean log p_T: {short[m]}" for m in methods]
+        + [f"KL(q‖p): {short[m]}" for m in methods]
+        + ["repeats Δ > 3 s.e.: " + " / ".join(short[m] for m in methods)]
     )
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    lines = [
+        f"**Distillation** (parameterisation `{s['parameterisation']}`; every cell: mean ± std (median) over "
+        f"{repeats} repeats, each with its own teacher)",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     for d, e in sorted(summary["dims"].items(), key=lambda kv: int(kv[0])):
-        x, p = e["expansion"], e["proposition1"]
-        s, t = p["teacher_vs_standard_student"], p["trained_reverse_kl_students"]
+        agg = e["over_repeats"]
         cells = [
             d,
-            f"{x['start']:.3f} / {x['peak']:.3f} / {x['end_mean_last_10pct']:.3f}",
-            (
-                f"{e['teacher']['loglik_teacher_samples']['mean']:.2f} ± "
-                f"{e['teacher']['loglik_teacher_samples']['std']:.2f}"
-            ),
+            _cell(agg["teacher"]["covariance_min_eigenvalue"], three),
+            _cell(agg["teacher"]["loglik_teacher_samples_mean"], plain),
         ]
-        cells += [
-            f"{e['methods'][m]['loglik_student_samples']['mean']:.2f} ± "
-            f"{e['methods'][m]['loglik_student_samples']['std']:.2f} "
-            f"(Δ {e['methods'][m]['vs_teacher_samples']['mean_difference']:+.2f}, "
-            f"z {e['methods'][m]['vs_teacher_samples']['z_score']:+.1f})"
-            for m in methods
-        ]
-        # max(…, 0): a converged student's closed-form KL can round to −1e-14
-        cells.append(" / ".join(f"{max(e['methods'][m]['kl_student_teacher'], 0.0):.3f}" for m in methods))
-        cells.append(f"{s['analytic_mean']:.4f} / {s['monte_carlo_mean']:.4f} ± {s['monte_carlo_stderr']:.4f}")
-        cells.append(f"{t['analytic_mean']:.4f} / {t['monte_carlo_mean']:.4f} ± {t['monte_carlo_stderr']:.4f}")
+        cells += [_cell(agg["methods"][m]["loglik_difference"], signed, plain) for m in methods]
+        cells += [_cell(agg["methods"][m]["kl_student_teacher"], _kl_text) for m in methods]
+        cells.append(" / ".join(f"{agg['methods'][m]['repeats_above_teacher']}/{repeats}" for m in methods))
         lines.append("| " + " | ".join(cells) + " |")
-    s = summary["settings"]
+    head = [
+        "D",
+        "P(expansion) start",
+        "P(expansion) peak",
+        "P(expansion) end",
+        "Prop. 1 analytic: teacher vs N(μ, I)",
+        "Prop. 1 analytic: trained RKL students",
+        "Prop. 1 Monte Carlo vs analytic: largest z-score (abs.)",
+    ]
+    lines += [
+        "",
+        "**Expansion signal and Proposition 1** (reverse-KL runs; mean ± std (median) over the repeats)",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for d, e in sorted(summary["dims"].items(), key=lambda kv: int(kv[0])):
+        agg, p = e["over_repeats"], e["proposition1"]
+        z = max(p[k]["max_abs_z_score"] for k in ("teacher_vs_standard_student", "trained_reverse_kl_students"))
+        cells = [d] + [_cell(agg["expansion"][k], prob) for k in ("start", "peak", "end_mean_last_10pct")]
+        cells += [
+            _cell(agg["proposition1"][k], prob) for k in ("teacher_vs_standard_student", "trained_reverse_kl_students")
+        ]
+        cells.append(f"{z:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(
-        f"Settings: steps {s['steps']}, batch {s['batch']}, Adam lr {s['lr']}, {s['repeats']} repeats × "
-        f"{s['samples']} probes per step, {s['eval_samples']} evaluation samples, distance {s['distance']}, "
-        f"seed {s['seed']}. 'end' = mean over the last 10% of updates. ± after log-likelihoods is the std "
-        "over samples (Δ: student − teacher-sample mean, z: Δ over its standard error); after Monte Carlo "
-        "estimates, the standard error. Proposition 1 columns: means over the repeats' teachers."
+        f"Settings: parameterisation {s['parameterisation']}, steps {s['steps']}, batch {s['batch']}, Adam lr "
+        f"{s['lr']}, {repeats} repeats (one teacher each; every method trained on it) × {s['samples']} probes per "
+        f"step, {s['eval_samples']} evaluation samples, distance {s['distance']}, seed {s['seed']}. std: sample "
+        "standard deviation over the repeats (ddof 1). λ_min(Σ): the teacher covariance's smallest eigenvalue. "
+        "Δ mean log p_T: student − teacher samples' mean teacher log-likelihood (> 0: the student's samples are "
+        "more likely than the teacher's own, i.e. collapsed towards the mode); 'repeats Δ > 3 s.e.': repeats "
+        "where Δ exceeds 3 of its standard errors. KL 0: below 1e-10 (rounding). P(expansion): per run, 'start' "
+        "before the first update, 'peak' the largest moving average over 1% of the updates, 'end' the mean over "
+        "the last 10%. Per-repeat numbers, with every teacher's covariance eigenvalues, in summary.json."
     )
     return "\n".join(lines) + "\n"
 
@@ -743,7 +1045,7 @@ def _plot_histograms(histograms: dict, methods, path: str) -> None:
             if j == 0:
                 ax.set_ylabel("count", fontsize=8)
     axes[0, 0].legend(fontsize=7)
-    fig.suptitle("Teacher log-likelihood of teacher vs student samples (paper Fig. 2)", fontsize=10)
+    fig.suptitle("Teacher log-likelihood of teacher vs student samples, repeat 0 (paper Fig. 2)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -812,6 +1114,32 @@ def _plot_proposition1(summary: dict, path: str) -> None:
     ax.set_ylim(-0.02, 1.02)
     ax.set_title("Proposition 1: analytic (Imhof) vs Monte Carlo", fontsize=9)
     ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _plot_kl_vs_eigenvalue(summary: dict, path: str) -> None:
+    """Each repeat's final KL(q‖p) against its teacher's smallest covariance eigenvalue, one panel per method."""
+    plt = _pyplot()
+    methods = summary["settings"]["methods"]
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.6 * len(methods), 3.4), squeeze=False)
+    for ax, method in zip(axes[0], methods):
+        for d, e in sorted(summary["dims"].items(), key=lambda kv: int(kv[0])):
+            smallest = [r["teacher"]["covariance_min_eigenvalue"] for r in e["repeats"]]
+            kl = [max(r["methods"][method]["kl_student_teacher"], 1e-16) for r in e["repeats"]]  # log axis
+            ax.scatter(smallest, kl, s=14, label=f"D={d}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(METHOD_LABELS[method], fontsize=9)
+        ax.set_xlabel("teacher λ_min(Σ)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0, 0].set_ylabel("final KL(q‖p) (floored at 1e-16)", fontsize=8)
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(
+        f"Final KL per repeat vs the teacher's smallest eigenvalue ({summary['settings']['parameterisation']})",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
