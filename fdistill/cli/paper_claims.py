@@ -448,6 +448,9 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, same code path (a few minutes)")
     parser.add_argument("--cache-dir", default=None, help="where the converted GGUF teacher is cached")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: every core; results do not depend on it)"
+    )
 
 
 def run_from_args(args) -> None:
@@ -456,7 +459,7 @@ def run_from_args(args) -> None:
         k: v for k, v in (("seeds", args.seeds), ("variants", args.variants), ("distill_steps", args.steps)) if v
     }
     settings = replace(settings, **changes)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(args.threads or max(1, os.cpu_count() or 1))
     result = run_claims(args.out, settings, cache_dir=args.cache_dir)
     print(result["report"])
 

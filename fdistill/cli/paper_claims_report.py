@@ -12,6 +12,7 @@ import math
 import os
 import statistics
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +59,9 @@ def compare(table, a: str, b: str, key: str) -> Comparison:
     if len(diffs) < 2:
         return Comparison(diffs[0] if diffs else math.nan, math.nan, math.nan, len(diffs), "tie")
     mean, std = statistics.fmean(diffs), statistics.stdev(diffs)
-    p = float(ttest_rel(xs, ys).pvalue) if std > 0 else (1.0 if mean == 0 else 0.0)
+    with warnings.catch_warnings():  # near-constant differences: scipy warns of precision loss, the p-value is ~0
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p = float(ttest_rel(xs, ys).pvalue) if std > 0 else (1.0 if mean == 0 else 0.0)
     verdict = "tie"
     if p < P_VALUE:
         verdict = "better" if (mean > 0) == HIGHER_IS_BETTER[key] else "worse"
