@@ -100,6 +100,42 @@ class DistillArguments:
             "See fdistill.divergences.topk_step_divergence."
         },
     )
+    # --- a teacher served by vLLM (fdistill.lm.served)
+    teacher_server: str | None = field(
+        default=None,
+        metadata={
+            "help": "Base URL of a vLLM server that serves the teacher (http://host:port): it scores the offline "
+            "teacher samples and the online student samples of every step with its top teacher_topk "
+            "log-probabilities per position (prompt_logprobs), and no teacher weights are loaded. Any f-divergence "
+            "(kl/rkl/js/tvd), teacher_topk_mode says how the rest of the vocabulary counts. The server's tokenizer is "
+            "checked against the student's once, at start."
+        },
+    )
+    teacher_server_model: str | None = field(
+        default=None, metadata={"help": "The served model's name (vLLM's --served-model-name); default: its only one."}
+    )
+    teacher_topk: int = field(
+        default=20,
+        metadata={
+            "help": "Log-probabilities per position a teacher_server returns (the top k); 20 is vLLM's default "
+            "--max-logprobs, serve with a larger one for more. At k = V the divergence is exact; each position costs "
+            "~70 bytes of JSON per k."
+        },
+    )
+    teacher_server_timeout: float = field(
+        default=120.0, metadata={"help": "Seconds one request to teacher_server may take before it is retried."}
+    )
+    teacher_server_retries: int = field(
+        default=5,
+        metadata={
+            "help": "Retries of a failed teacher_server request (connection error, timeout, 429, 5xx) with "
+            "exponential backoff (0.5, 1, 2, 4, 8 s, ...) before training stops with the error."
+        },
+    )
+    teacher_server_batch_size: int = field(default=8, metadata={"help": "Sequences per teacher_server request."})
+    teacher_server_concurrency: int = field(
+        default=8, metadata={"help": "teacher_server requests in flight at once (the server batches them)."}
+    )
     teacher_sampling: str = field(
         default="offline",
         metadata={
@@ -247,6 +283,49 @@ class DistillArguments:
                     "the tail bucket of a top-k teacher needs its untempered distribution, which the stored top k do "
                     "not determine: use 1.0, or teacher_topk_mode='renormalised'.",
                 )
+        if self.teacher_server is not None:
+            if not str(self.teacher_server).startswith(("http://", "https://")):
+                bad("teacher_server", self.teacher_server, "give the vLLM server's base URL, http://host:port.")
+            if not objective.topk_teacher:
+                bad(
+                    "teacher_server",
+                    self.teacher_server,
+                    f"a served teacher gives its top-k log-probabilities, which serve the f-divergences "
+                    f"(kl/rkl/js/tvd); objective {self.objective!r} needs the teacher model.",
+                )
+            if self.teacher_topk_logprobs:
+                bad(
+                    "teacher_topk_logprobs",
+                    True,
+                    "with teacher_server the server scores every completion set; unset teacher_topk_logprobs.",
+                )
+            if self.needs_teacher_samples and self.teacher_sampling != "offline":
+                bad(
+                    "teacher_sampling",
+                    self.teacher_sampling,
+                    "a served teacher scores samples but does not draw them during training: draw the teacher "
+                    "samples first with `fdistill sample --teacher-server URL` and use teacher_sampling='offline'.",
+                )
+            if self.fused_divergence:
+                bad("fused_divergence", True, "with teacher_server there is no teacher forward to fuse; unset one.")
+            if self.teacher_topk_mode == "tail" and self.loss_temperature != 1.0:
+                bad(
+                    "loss_temperature",
+                    self.loss_temperature,
+                    "the tail bucket of a served top-k teacher needs its untempered distribution: use 1.0, or "
+                    "teacher_topk_mode='renormalised'.",
+                )
+        elif self.teacher_server_model is not None:
+            bad("teacher_server_model", self.teacher_server_model, "it names a model of teacher_server; set that too.")
+        if self.teacher_topk < 1:
+            bad("teacher_topk", self.teacher_topk, "use 1 or more log-probabilities per position.")
+        if not (self.teacher_server_timeout > 0 and math.isfinite(self.teacher_server_timeout)):
+            bad("teacher_server_timeout", self.teacher_server_timeout, "use a positive number of seconds.")
+        if self.teacher_server_retries < 0:
+            bad("teacher_server_retries", self.teacher_server_retries, "use 0 or more retries.")
+        for name in ("teacher_server_batch_size", "teacher_server_concurrency"):
+            if getattr(self, name) < 1:
+                bad(name, getattr(self, name), "use 1 or more.")
         if self.teacher_topk_logprobs and self.fused_divergence:
             bad("fused_divergence", True, "with teacher_topk_logprobs there is no teacher forward to fuse; unset one.")
         if self.teacher_sampling not in ("offline", "online"):
@@ -304,7 +383,8 @@ class DistillArguments:
 
     @property
     def needs_teacher(self) -> bool:
-        return self.objective_spec.uses_teacher and not self.teacher_topk_logprobs
+        """Whether the trainer loads a teacher model (not when its top k are stored or served)."""
+        return self.objective_spec.uses_teacher and not self.teacher_topk_logprobs and self.teacher_server is None
 
 
 @dataclass

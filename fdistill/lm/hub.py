@@ -106,6 +106,9 @@ def save_model_card(
     peft_base = _peft_base_name(model)
     teacher = getattr(trainer, "teacher", None)
     teacher_name = _name(teacher)
+    served = getattr(trainer, "teacher_server", None)
+    if teacher_name is None and served is not None:  # a served teacher: the model its server loaded
+        teacher_name = served.model.root or served.model.name
     repo_id = getattr(trainer, "hub_model_id", None) or trainer.args.hub_model_id
     title = model_name or (repo_id or os.path.abspath(trainer.args.output_dir)).rstrip("/").split("/")[-1]
 
@@ -178,6 +181,8 @@ def _settings(a: DistillArguments, student) -> list[list[str]]:
         names.append("teacher_dtype")
     if a.teacher_topk_logprobs:  # the teacher was its stored top k: say so, and how the tail was treated
         names += ["teacher_topk_logprobs", "teacher_topk_mode"]
+    if a.teacher_server:  # the teacher was its top k served by vLLM
+        names += ["teacher_topk", "teacher_topk_mode"]
     rows = [[f"`{n}`", _fmt(getattr(a, n)), help_of[n]] for n in names]
     rows[0][2] = objective.meaning or help_of["objective"]
     if a.objective == "predistill" and a.predistill_alpha_hidden > 0:

@@ -268,9 +268,9 @@ def _run_changes(previous: dict, current: dict) -> list[str]:
     return changes
 
 
-def _check_lengths(model, prompts: list[list[int]], settings, is_encoder_decoder: bool) -> None:
-    """Refuse prompts (after truncation to max_prompt_length) that, with max_new_tokens, exceed the model's positions."""
-    limit = position_limit(model)
+def _check_lengths(limit: int | None, prompts: list[list[int]], settings, is_encoder_decoder: bool) -> None:
+    """Refuse prompts (after truncation to max_prompt_length) that, with max_new_tokens, exceed the teacher's
+    positions (``limit``: its ``position_limit``, or a server's max_model_len; None = no limit)."""
     if limit is None:
         return
     row = max(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -341,11 +341,74 @@ def sample_offline(
         teacher_fingerprint: ``model_fingerprint(...)`` of teacher and tokenizer; computed from
             ``model`` and ``tokenizer`` when not given.
 
-    Run it under ``accelerate launch`` to share the work between processes.
+    Run it under ``accelerate launch`` to share the work between processes. A teacher behind a
+    vLLM server: :func:`fdistill.lm.served.sample_offline_served`.
     """
-    from accelerate import PartialState
-
     from fdistill.lm.loading import model_fingerprint
+
+    return sample_offline_with(
+        _LocalSampler(model, tokenizer),
+        tokenizer,
+        dataset,
+        output_dir,
+        settings,
+        teacher_id=teacher_id,
+        teacher_revision=teacher_revision,
+        fingerprint=lambda: teacher_fingerprint or model_fingerprint(model, tokenizer),
+        show_progress=show_progress,
+    )
+
+
+class _LocalSampler:
+    """The teacher of :func:`sample_offline_with` as a model in this process (``generate``).
+
+    A sampler has ``is_encoder_decoder``, ``position_limit`` (None: no limit), ``prepare(settings, device)``
+    (validate against the teacher, move it; before anything is drawn) and ``draw(prompts, indices, settings,
+    batch_id) -> rows`` (one batch of inputs, in the row format ``sample_offline`` documents).
+    """
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model, tokenizer
+        self.is_encoder_decoder = bool(base_model(model).config.is_encoder_decoder)
+        self.position_limit = position_limit(model)
+        self.generation_config, self.device = None, None
+
+    def prepare(self, settings: OfflineSamplingSettings, device) -> None:
+        self.generation_config = settings.generation_config(self.model, self.tokenizer)  # validates against the model
+        self.device = device
+        self.model.to(device)
+
+    def draw(self, prompts, indices, settings, batch_id) -> list[dict]:
+        return _sample_batch(
+            self.model,
+            self.tokenizer,
+            self.is_encoder_decoder,
+            prompts,
+            indices,
+            self.generation_config,
+            settings,
+            self.device,
+            batch_id,
+        )
+
+
+def sample_offline_with(
+    sampler,
+    tokenizer,
+    dataset: Dataset,
+    output_dir: str,
+    settings: OfflineSamplingSettings,
+    *,
+    teacher_id: str,
+    teacher_revision: str | None,
+    fingerprint,
+    extra_provenance: dict | None = None,
+    show_progress: bool = True,
+) -> Dataset:
+    """:func:`sample_offline` with any teacher ``sampler`` (see :class:`_LocalSampler`): the batching, files,
+    resume, refusal of another run and provenance, whoever draws the samples. ``fingerprint`` is
+    ``{"model", "tokenizer"}`` (or a function giving it, called once); ``extra_provenance`` is recorded as well."""
+    from accelerate import PartialState
 
     state = PartialState(cpu=not torch.cuda.is_available())  # several CPU processes need the gloo group
     # ---- validation: all before any generation or any write
@@ -365,7 +428,7 @@ def sample_offline(
     check_prompts(dataset[settings.prompt_column], settings.prompt_column)
     from fdistill import __version__
 
-    fingerprint = teacher_fingerprint or model_fingerprint(model, tokenizer)
+    fingerprint = fingerprint() if callable(fingerprint) else fingerprint
     provenance = {
         "teacher": teacher_id,
         "teacher_revision": teacher_revision,
@@ -375,6 +438,7 @@ def sample_offline(
         "dataset_fingerprint": getattr(dataset, "_fingerprint", None),
         "num_inputs": len(dataset),
         "fdistill_version": __version__,
+        **(extra_provenance or {}),
     }
     # what the samples depend on: content, not how the teacher was named (./t and /abs/t resume the same run)
     run_id = _fingerprint({k: provenance[k] for k in _RUN_IDENTITY})
@@ -408,17 +472,16 @@ def sample_offline(
         raise InputError(
             f"{output_dir!r} exists and is not an fdistill sampling folder; choose an empty or new folder."
         )
-    generation_config = settings.generation_config(model, tokenizer)  # validates against the model too
-
     collator = DistillCollator(
         tokenizer,
-        is_encoder_decoder=bool(base_model(model).config.is_encoder_decoder),
+        is_encoder_decoder=sampler.is_encoder_decoder,
         prompt_column=settings.prompt_column,
         max_prompt_length=settings.max_prompt_length,
         use_chat_template=settings.use_chat_template,
     )
     prompts = [collator.prompt_tokens(p) for p in dataset[settings.prompt_column]]
-    _check_lengths(model, prompts, settings, collator.is_encoder_decoder)
+    _check_lengths(sampler.position_limit, prompts, settings, sampler.is_encoder_decoder)
+    sampler.prepare(settings, state.device)  # validates the settings against the teacher
     order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))  # batch by length
     batches = [order[i : i + settings.batch_size] for i in range(0, len(order), settings.batch_size)]
     if state.is_main_process:
@@ -429,7 +492,6 @@ def sample_offline(
 
     mine = [b for b in range(len(batches)) if b % state.num_processes == state.process_index]
     todo = [b for b in mine if not (work / f"batch_{b:06d}.jsonl").exists()]
-    model.to(state.device)
     progress = tqdm(
         total=len(mine),
         initial=len(mine) - len(todo),
@@ -440,7 +502,7 @@ def sample_offline(
     start, n_inputs, n_tokens = time.perf_counter(), 0, 0
     for b in todo:
         indices = batches[b]
-        rows = _sample_batch(model, tokenizer, collator, prompts, indices, generation_config, settings, state.device, b)
+        rows = sampler.draw(prompts, indices, settings, b)
         text = "".join(json.dumps(r) + "\n" for r in rows)
         _write_atomic(work / f"batch_{b:06d}.jsonl", text)
         n_inputs += len(indices)
@@ -458,13 +520,13 @@ def sample_offline(
 
 @torch.no_grad()
 def _sample_batch(
-    model, tokenizer, collator, prompts, indices, generation_config, settings, device, batch_id
+    model, tokenizer, is_encoder_decoder, prompts, indices, generation_config, settings, device, batch_id
 ) -> list[dict]:
     from fdistill.lm.data import pad_left, pad_right
 
     pad = tokenizer.pad_token_id
     rows_in = [prompts[i] for i in indices]
-    ids, mask = (pad_right if collator.is_encoder_decoder else pad_left)(rows_in, pad)
+    ids, mask = (pad_right if is_encoder_decoder else pad_left)(rows_in, pad)
     with seeded(settings.seed * 1_000_003 + batch_id, devices={device, *model_devices(model)}):  # per batch
         completions, keep, out = sample_completions(
             model, ids.to(device), mask.to(device), generation_config, return_output=True

@@ -12,7 +12,8 @@ optimizer step:
 2. for each micro-batch, one student forward (with gradient) and one teacher forward
    (no gradient) score every completion set the objective needs — offline teacher
    samples and online student samples concatenated along the batch (stored top-k teacher
-   log-probabilities replace the teacher forward with ``teacher_topk_logprobs``);
+   log-probabilities replace the teacher forward with ``teacher_topk_logprobs``, a vLLM
+   server's with ``teacher_server``: :mod:`fdistill.lm.served`);
 3. one loss call — the registered objective's (:mod:`fdistill.lm.objectives`) on a typed
    :class:`~fdistill.lm.objectives.ScoredBatch`: logits, or with ``fused_divergence`` the
    LM-head inputs and heads — divided by the global count, so gradient accumulation and
@@ -57,7 +58,19 @@ logger = logging.getLogger(__name__)
 _SET_NAMES = {"reference": "references", "teacher": "teacher samples", "student": "student samples"}
 RUN_RECORD = "fdistill_run.json"  # in each checkpoint folder: what it was trained with (see FDistillMixin.train)
 # Settings that change speed or failure handling, not the objective: a resumed run may change them.
-_SPEED_SETTINGS = ("fused_divergence", "fused_chunk_size", "student_generation_cache", "teacher_dtype", "on_nonfinite")
+_SPEED_SETTINGS = (
+    "fused_divergence",
+    "fused_chunk_size",
+    "student_generation_cache",
+    "teacher_dtype",
+    "on_nonfinite",
+    # a served teacher may move to another address or be asked differently; what it serves is checked instead
+    "teacher_server",
+    "teacher_server_timeout",
+    "teacher_server_retries",
+    "teacher_server_batch_size",
+    "teacher_server_concurrency",
+)
 
 
 def _vocab_size(model: nn.Module) -> int:
@@ -122,7 +135,8 @@ class FDistillMixin:
 
     Arguments (besides the Trainer's):
         teacher_model: a model, or a Hub name / local path loaded with the student's
-            architecture class. Kept frozen, in eval mode, on the student's device.
+            architecture class. Kept frozen, in eval mode, on the student's device. None
+            with ``teacher_server`` (a teacher served by vLLM) or ``teacher_topk_logprobs``.
         teacher_tokenizer: the teacher's tokenizer, checked to be the student's (``processing_class``);
             by default loaded from ``teacher_model`` when that is a name or path.
         distill_args: the settings when ``args`` is not a ``DistillArguments``.
@@ -172,6 +186,7 @@ class FDistillMixin:
         # Vocabulary entries both models are compared on when their LM heads differ by padding (None: all rows).
         self.shared_vocab_size: int | None = None
         self.teacher = self._prepare_teacher(teacher_model, teacher_tokenizer) if settings.needs_teacher else None
+        self.teacher_server = self._connect_teacher_server(teacher_model) if settings.teacher_server else None
         # Losses are divided by the global item count of the optimizer step (see StepSamples.counts),
         # so the Trainer must not divide again by the accumulation steps.
         self.loss_is_scaled_for_ga = True
@@ -277,6 +292,19 @@ class FDistillMixin:
             teacher = teacher.to(device=self.args.device, dtype=dtype)
         return teacher
 
+    def _connect_teacher_server(self, teacher_model):
+        """The client of ``teacher_server`` (:mod:`fdistill.lm.served`), its tokenizer checked against the student's."""
+        from fdistill.lm.served import connect
+
+        if teacher_model is not None:
+            raise ValueError("teacher_server serves the teacher: pass no teacher_model (or unset teacher_server).")
+        if self.is_encoder_decoder:
+            raise ValueError(
+                "teacher_server scores decoder-only teachers (a vLLM prompt is one token sequence); distil an "
+                "encoder–decoder with teacher_model= instead."
+            )
+        return connect(self.distill_args, self.processing_class)
+
     def _student_generation_config(self) -> GenerationConfig:
         a = self.distill_args
         return sampling_config(
@@ -322,6 +350,8 @@ class FDistillMixin:
                 if self.teacher is not None
                 else {"tokenizer": model_fingerprint(self.model, self.processing_class)["tokenizer"]}
             )
+            if self.teacher_server is not None:  # the served model (name, root, revision), not the address
+                prints["model"] = self.teacher_server.model.fingerprint
             self._record = {"settings": settings, "teacher": prints.get("model"), "tokenizer": prints["tokenizer"]}
         return self._record
 
@@ -471,7 +501,7 @@ class FDistillMixin:
     def _use_fused(self, model: nn.Module, inputs: dict[str, torch.Tensor], name: str) -> bool:
         """Whether this objective runs through the fused divergence; checks both heads once, on one example."""
         a = self.distill_args
-        if not self.objective.fusable or a.fused_divergence is False or a.teacher_topk_logprobs:
+        if not self.objective.fusable or a.fused_divergence is False or a.teacher_topk_logprobs or a.teacher_server:
             return False
         if a.fused_divergence is None and self.args.device.type != "cuda":
             return False
@@ -511,7 +541,7 @@ class FDistillMixin:
         if self.teacher is not None:
             with torch.no_grad():
                 teacher, t_out = self._score(self.teacher, inputs, names, hidden=hidden, fused=fused)
-        elif a.teacher_topk_logprobs:  # the teacher's top-k log-probabilities stand in for its forward
+        elif a.teacher_topk_logprobs or self.teacher_server is not None:  # its top k stand in for its forward
             teacher = {n: (top, student[n][1]) for n, top in self.teacher_topk(inputs, names).items()}
         sets = {
             n: ScoredSet(
@@ -534,7 +564,10 @@ class FDistillMixin:
         Offline teacher samples carry them (``fdistill sample --topk-logprobs K``); no other set does, so any other
         is refused. A teacher that scores completions during training (e.g. a served one) overrides this to give
         a :class:`~fdistill.divergences.TeacherTopK` ``(B, C, K)`` for any set, aligned with its labels.
+        With ``teacher_server`` the server scores every set (:meth:`served_teacher_topk`).
         """
+        if self.teacher_server is not None:
+            return self.served_teacher_topk(inputs, names)
         others = [n for n in names if n != "teacher"]
         if others:
             raise InputError(
@@ -542,6 +575,27 @@ class FDistillMixin:
                 f"{', '.join(_SET_NAMES[n] for n in others)}; set teacher_topk_logprobs=False and pass the teacher model."
             )
         return {"teacher": TeacherTopK(inputs["teacher_topk_ids"], inputs["teacher_topk_logprobs"])}
+
+    def served_teacher_topk(self, inputs: dict[str, torch.Tensor], names: list[str]) -> dict[str, TeacherTopK]:
+        """The served teacher's top ``teacher_topk`` (and the actual tokens' log-probabilities) on the sets
+        ``names``, in one round of requests. A server that stays away stops training here, before this step
+        changes anything: the error names the step and the checkpoint to resume from."""
+        from fdistill.lm.served import TeacherServerError
+
+        sets = {n: (inputs[f"{n}_ids"], inputs[f"{n}_mask"]) for n in names}
+        try:
+            return self.teacher_server.score_sets(
+                inputs["prompt_ids"], inputs["prompt_mask"], sets, self.distill_args.teacher_topk, self.args.device
+            )
+        except TeacherServerError as error:
+            folder = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
+            resume = (
+                f"the last checkpoint, {folder}, is whole: restart the server and resume with "
+                "resume_from_checkpoint=True"
+                if folder
+                else "no checkpoint was saved yet (save_steps)"
+            )
+            raise TeacherServerError(f"training step {self.state.global_step + 1}: {error}; {resume}.") from error
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The registered objective (:mod:`fdistill.lm.objectives`) on one micro-batch; see the module docstring."""

