@@ -442,11 +442,17 @@ def _loading(part: str, name_or_path: str, load):
         raise InputError(f"could not load the {part} of {where} {name_or_path!r}: {_reason(error)}; {fix}.") from error
 
 
-def _load_gguf(folder: str, gguf_file: str, dtype, cache_dir: str | None):
-    gguf_path = os.path.join(folder, gguf_file)
+def gguf_cache_folder(folder: str, gguf_file: str, cache_dir: str | None = None) -> Path:
+    """The normal model folder a GGUF checkpoint is converted to and cached in by :func:`load_model_and_tokenizer`
+    (keyed by the file's path, size and mtime); it exists once the model was loaded. vLLM serves such a folder."""
+    gguf_path = os.path.join(resolve_package_path(folder), gguf_file)
     stat = os.stat(gguf_path)
     key = hashlib.sha256(f"{os.path.abspath(gguf_path)}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    cached = _cache_root(cache_dir) / "gguf" / f"{Path(gguf_file).stem}-{key}"
+    return _cache_root(cache_dir) / "gguf" / f"{Path(gguf_file).stem}-{key}"
+
+
+def _load_gguf(folder: str, gguf_file: str, dtype, cache_dir: str | None):
+    cached = gguf_cache_folder(folder, gguf_file, cache_dir)
     if (cached / "config.json").exists():
         tokenizer = AutoTokenizer.from_pretrained(str(cached))
         model = AutoModelForCausalLM.from_pretrained(str(cached), dtype=dtype)
