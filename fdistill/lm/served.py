@@ -596,11 +596,14 @@ def sample_served_data(args, data, settings):
     served model's folder), checked against the server's tokenizer first."""
     from transformers import AutoTokenizer
 
+    from fdistill.lm.loading import resolve_package_path
+
     server = TeacherServer(args.teacher_server, getattr(args, "teacher_server_model", None))
     source = getattr(args, "tokenizer", None) or getattr(args, "teacher", None) or server.model.root
     if not source:
         raise InputError("--teacher-server needs a tokenizer: give --tokenizer NAME_OR_FOLDER.")
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    gguf = getattr(args, "gguf_file", None) if source == getattr(args, "teacher", None) else None
+    tokenizer = AutoTokenizer.from_pretrained(resolve_package_path(source), **({"gguf_file": gguf} if gguf else {}))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     try:
