@@ -372,3 +372,20 @@ def test_the_sample_command_function_and_beam_refusal(fake, tok, tmp_path):
             _settings(decoding="beam", topk_logprobs=0),
         )
     assert sample_offline_with  # the shared core (sample_offline's) is public for other samplers
+
+
+def test_the_sample_command_draws_through_a_served_teacher(fake, tok, tmp_path):
+    from datasets import load_from_disk
+
+    from fdistill.cli import main
+
+    tok.save_pretrained(tmp_path / "tok")
+    tiny.dataset(3, seed=1).to_json(str(tmp_path / "prompts.jsonl"))
+    out = tmp_path / "samples"
+    argv = ["sample", "--teacher-server", fake.url, "--tokenizer", str(tmp_path / "tok")]
+    main([*argv, "--data", str(tmp_path / "prompts.jsonl"), "--output", str(out), "--max-new-tokens", "4"])
+    rows = load_from_disk(str(out)).to_list()
+    assert len(rows) == 3 and all(0 < len(r["teacher_sample_ids"]) <= 4 for r in rows)
+    with pytest.raises(SystemExit) as exit_info:  # neither a teacher nor a server: one usage error, nothing written
+        main(["sample", "--data", str(tmp_path / "prompts.jsonl"), "--output", str(tmp_path / "none")])
+    assert exit_info.value.code == 2 and not (tmp_path / "none").exists()

@@ -71,6 +71,18 @@ def add_sample_parser(sub) -> None:
     )
     p.add_argument("--teacher", help="Hub name or local folder (for GGUF: the folder holding the file)")
     p.add_argument("--gguf-file", default=None, help="GGUF file name inside --teacher")
+    p.add_argument(
+        "--teacher-server",
+        default=None,
+        metavar="URL",
+        help="sample through a vLLM server (http://host:port) instead of loading --teacher (fdistill.lm.served)",
+    )
+    p.add_argument("--teacher-server-model", default=None, help="the served model's name (default: its only one)")
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        help="with --teacher-server: the prompts' tokenizer (default: --teacher, else the served model's folder)",
+    )
     p.add_argument("--revision", default=None, help="Hub revision of the teacher")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: as stored)")
     p.add_argument("--data", help="JSON/JSONL/CSV/Parquet file, a save_to_disk folder, or a Hub dataset")
@@ -105,7 +117,9 @@ def run_sample(args) -> None:
     )
     from fdistill.lm.sampling import OfflineSamplingSettings, sample_offline
 
-    _require(args, "teacher", "data", "output")
+    _require(args, "data", "output")
+    if not args.teacher_server:
+        _require(args, "teacher")
     output_folder("output", args.output)
     if args.limit is not None:
         whole_number("limit", args.limit)
@@ -116,25 +130,30 @@ def run_sample(args) -> None:
     )
     if args.limit is not None:
         data = data.select(range(min(args.limit, len(data))))
-    model, tokenizer = load_model_and_tokenizer(
-        args.teacher, gguf_file=args.gguf_file, dtype=args.dtype, revision=args.revision
-    )
-    revision = args.revision
-    if args.gguf_file:
-        import os
+    if args.teacher_server:  # a teacher served by vLLM (fdistill.lm.served): no teacher weights loaded here
+        from fdistill.lm.served import sample_served_data
 
-        revision = "sha256:" + file_sha256(os.path.join(resolve_package_path(args.teacher), args.gguf_file))
-    teacher_id = args.teacher + (f"/{args.gguf_file}" if args.gguf_file else "")
-    result = sample_offline(
-        model,
-        tokenizer,
-        data,
-        args.output,
-        settings,
-        teacher_id=teacher_id,
-        teacher_revision=revision,
-        show_progress=not args.no_progress,
-    )
+        result = sample_served_data(args, data, settings)
+    else:
+        model, tokenizer = load_model_and_tokenizer(
+            args.teacher, gguf_file=args.gguf_file, dtype=args.dtype, revision=args.revision
+        )
+        revision = args.revision
+        if args.gguf_file:
+            import os
+
+            revision = "sha256:" + file_sha256(os.path.join(resolve_package_path(args.teacher), args.gguf_file))
+        teacher_id = args.teacher + (f"/{args.gguf_file}" if args.gguf_file else "")
+        result = sample_offline(
+            model,
+            tokenizer,
+            data,
+            args.output,
+            settings,
+            teacher_id=teacher_id,
+            teacher_revision=revision,
+            show_progress=not args.no_progress,
+        )
     logger.info("%d teacher samples in %s", len(result), args.output)
     if args.push_to_hub:
         from accelerate import PartialState
