@@ -90,16 +90,16 @@ class ClaimsSettings:
     """Sizes of the study; ``quick()`` shrinks them for the test suite (same code path)."""
 
     train_prompts: int = 192
-    eval_prompts: int = 48
+    eval_prompts: int = 32
     curve_prompts: int = 16  # the held-out start scored by the learning-curve callback
     max_new_tokens: int = 24
     sample_batch_size: int = 16
     batch_size: int = 8
     predistill_steps: int = 100
     predistill_lr: float = 5e-4
-    distill_steps: int = 32
+    distill_steps: int = 16
     distill_lr: float = 2e-4
-    curve_every: int = 16
+    curve_every: int = 8
     bertscore: bool = True
     data_seed: int = 0  # the prompt split, the offline teacher samples and the pre-distillation
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
