@@ -77,6 +77,22 @@ def _vocab_size(model: nn.Module) -> int:
     return _base_model(model).get_output_embeddings().weight.shape[0]
 
 
+def _shard_frozen(accelerator, model: nn.Module) -> nn.Module:
+    """``model`` sharded with FSDP2 as accelerate shards the student (``fully_shard`` on each decoder layer, the
+    embeddings and head, then the root), so each of N processes holds 1/N of its weights and all-gathers a layer
+    only for its forward. ``prepare_model(evaluation_mode=True)`` would leave it whole on every process."""
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+
+    plugin = accelerator.state.fsdp_plugin
+    # fsdp2_prepare_model fixes the plugin's wrap policy to the layer classes of the model it is given; restore it
+    # so that the student, prepared later by the Trainer, gets its own (it may be of another family)
+    kept = plugin.auto_wrap_policy, plugin.transformer_cls_names_to_wrap
+    try:
+        return fsdp2_prepare_model(accelerator, model)
+    finally:
+        plugin.auto_wrap_policy, plugin.transformer_cls_names_to_wrap = kept
+
+
 def _saved_tokenizer(name_or_path: str):
     """The tokenizer saved with a teacher name or path, or None when it has none (then only the heads are checked)."""
     try:
@@ -286,7 +302,9 @@ class FDistillMixin:
                 self.data_collator.vocab_size = min(self.data_collator.vocab_size or shared, shared)
         teacher.requires_grad_(False)
         teacher.eval()
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+        if self.accelerator.is_fsdp2:
+            teacher = _shard_frozen(self.accelerator, teacher.to(dtype=dtype))
+        elif self.is_deepspeed_enabled or self.is_fsdp_enabled:
             teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
         else:
             teacher = teacher.to(device=self.args.device, dtype=dtype)
