@@ -167,3 +167,23 @@ def sample_ids(model, tok, ps: list[str], max_new_tokens: int, seed: int) -> lis
     with seeded(seed, devices=model_devices(model)):
         comp, mask = sample_completions(model, batch["prompt_ids"], batch["prompt_mask"], config)
     return [row[m].tolist() for row, m in zip(comp, mask)]
+
+
+def config(output_dir, **overrides):
+    """A tiny CPU `FDistillConfig` for tests and examples: silent, seeded, no checkpoints, a log every step, 6-token
+    student samples; ``overrides`` replace any of these or set any other field."""
+    from fdistill.lm.config import FDistillConfig
+
+    defaults = dict(
+        output_dir=str(output_dir),
+        max_new_tokens=6,
+        per_device_train_batch_size=4,
+        learning_rate=3e-3,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+        logging_steps=1,
+        seed=0,
+    )
+    return FDistillConfig(**{**defaults, **overrides})

@@ -11,7 +11,7 @@ import transformers
 import transformers.trainer
 from huggingface_hub import ModelCard
 
-from fdistill import FDistillConfig, FDistillTrainer
+from fdistill import FDistillTrainer
 from fdistill import testing as tiny
 from fdistill.lm.hub import save_model_card
 from fdistill.lm.student import create_student_from_teacher, wrap_with_lora
@@ -26,21 +26,7 @@ def tok():
 
 
 def config(tmp_path, **kw):
-    defaults = {
-        "output_dir": str(tmp_path / "out"),
-        "max_new_tokens": 8,
-        "per_device_train_batch_size": 4,
-        "learning_rate": 3e-3,
-        "lr_scheduler_type": "constant",
-        "report_to": [],
-        "use_cpu": True,
-        "save_strategy": "no",
-        "disable_tqdm": True,
-        "seed": 0,
-        "logging_steps": 1,
-        "max_steps": 2,
-    }
-    return FDistillConfig(**{**defaults, **kw})
+    return tiny.config(tmp_path / "out", **{"max_new_tokens": 8, "lr_scheduler_type": "constant", "max_steps": 2, **kw})
 
 
 def make_teacher(arch):

@@ -9,7 +9,7 @@ from tokenizers import Tokenizer, pre_tokenizers
 from tokenizers import models as tokenizer_models
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-from fdistill import FDistillConfig, FDistillTrainer
+from fdistill import FDistillTrainer
 from fdistill import testing as tiny
 from fdistill.errors import InputError
 from fdistill.kernels import LinearHead
@@ -42,21 +42,7 @@ def padded(model: LlamaForCausalLM, rows: int, seed: int) -> LlamaForCausalLM:
 
 
 def config(tmp_path, **kw):
-    defaults = dict(
-        output_dir=str(tmp_path),
-        max_new_tokens=6,
-        per_device_train_batch_size=4,
-        learning_rate=3e-3,
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
-        disable_tqdm=True,
-        logging_steps=1,
-        seed=0,
-        js_mixture="exact",
-    )
-    defaults.update(kw)
-    return FDistillConfig(**defaults)
+    return tiny.config(tmp_path, **{"js_mixture": "exact", **kw})
 
 
 @pytest.fixture(scope="module")

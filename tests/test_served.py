@@ -12,7 +12,7 @@ import transformers
 from fake_vllm import FakeVLLM
 from transformers import TrainerCallback
 
-from fdistill import FDistillConfig, FDistillTrainer
+from fdistill import FDistillTrainer
 from fdistill import testing as tiny
 from fdistill.errors import InputError
 from fdistill.lm.objectives import OBJECTIVES
@@ -45,24 +45,8 @@ def fake(teacher, tok):
 
 
 def config(tmp_path, **kw):
-    defaults = dict(
-        output_dir=str(tmp_path),
-        objective="kl",
-        max_steps=2,
-        per_device_train_batch_size=4,
-        learning_rate=3e-3,
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
-        disable_tqdm=True,
-        logging_steps=1,
-        max_new_tokens=6,
-        seed=0,
-        teacher_server_retries=1,
-        teacher_server_timeout=10.0,
-    )
-    defaults.update(kw)
-    return FDistillConfig(**defaults)
+    defaults = {"objective": "kl", "max_steps": 2, "teacher_server_retries": 1, "teacher_server_timeout": 10.0}
+    return tiny.config(tmp_path, **{**defaults, **kw})
 
 
 # ----------------------------------------------------------------------------- the client

@@ -21,7 +21,7 @@ import torch
 import transformers
 from transformers import TrainerCallback
 
-from fdistill import FDistillConfig, FDistillTrainer
+from fdistill import FDistillTrainer
 from fdistill import testing as tiny
 from fdistill.lm.sampling import OfflineSamplingSettings
 from fdistill.lm.served import TeacherServer, TeacherServerError, local_vllm_server, sample_offline_served
@@ -80,25 +80,8 @@ def serve(folder, tmp_path, name="server"):
 
 
 def config(tmp_path, **kw):
-    defaults = dict(
-        output_dir=str(tmp_path),
-        objective="kl",
-        max_steps=2,
-        per_device_train_batch_size=4,
-        learning_rate=3e-3,
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
-        disable_tqdm=True,
-        logging_steps=1,
-        max_new_tokens=6,
-        seed=0,
-        js_mixture="exact",
-        teacher_server_retries=1,
-        teacher_server_timeout=60.0,
-    )
-    defaults.update(kw)
-    return FDistillConfig(**defaults)
+    defaults = {"objective": "kl", "max_steps": 2, "js_mixture": "exact", "teacher_server_retries": 1}
+    return tiny.config(tmp_path, **{**defaults, "teacher_server_timeout": 60.0, **kw})
 
 
 def train(tmp_path, data, tok, teacher=None, callbacks=None, resume=False, **kw):

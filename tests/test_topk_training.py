@@ -5,7 +5,7 @@ import pytest
 import torch
 import transformers
 
-from fdistill import FDistillConfig, FDistillTrainer
+from fdistill import FDistillTrainer
 from fdistill import testing as tiny
 from fdistill.divergences import TeacherTopK
 from fdistill.errors import InputError
@@ -37,22 +37,7 @@ def top3(teacher, tok, tmp_path_factory):
 
 
 def config(tmp_path, **kw):
-    defaults = dict(
-        output_dir=str(tmp_path),
-        objective="kl",
-        max_steps=2,
-        per_device_train_batch_size=4,
-        learning_rate=3e-3,
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
-        disable_tqdm=True,
-        logging_steps=1,
-        max_new_tokens=6,
-        seed=0,
-    )
-    defaults.update(kw)
-    return FDistillConfig(**defaults)
+    return tiny.config(tmp_path, **{"objective": "kl", "max_steps": 2, **kw})
 
 
 @pytest.mark.parametrize("mode", ["tail", "renormalised"])

@@ -27,21 +27,8 @@ def setup(request, tok):
 
 
 def config(tmp_path, **kw):
-    defaults = dict(
-        output_dir=str(tmp_path),
-        max_new_tokens=8,
-        per_device_train_batch_size=8,
-        learning_rate=3e-3,
-        lr_scheduler_type="constant",
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
-        disable_tqdm=True,
-        seed=0,
-        logging_steps=5,
-    )
-    defaults.update(kw)
-    return FDistillConfig(**defaults)
+    defaults = {"max_new_tokens": 8, "per_device_train_batch_size": 8, "lr_scheduler_type": "constant"}
+    return tiny.config(tmp_path, **{**defaults, "logging_steps": 5, **kw})
 
 
 @pytest.mark.parametrize("objective", ["kl", "rkl", "js", "tvd", "engine", "seqkd", "mle", "predistill"])
