@@ -449,7 +449,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, same code path (a few minutes)")
     parser.add_argument("--cache-dir", default=None, help="where the converted GGUF teacher is cached")
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: every core; results do not depend on it)"
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: every core; another count can change float sums, so sampled tokens)",
     )
 
 
