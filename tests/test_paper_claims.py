@@ -91,6 +91,9 @@ def test_claim_text_metrics_engine_js_mixture_and_online():
     )
     answer, rows = claim_text_metrics(worse, TEXT)
     assert answer.startswith("**no**") and "js − kl" in rows[2]
+    noisy = {v: metrics([10.0, 12.0, 9.0], [5.0, 6.0, 4.0]) for v in ("kl", "rkl", "tvd")}
+    noisy["js"] = metrics([11.0, 10.0, 12.0], [6.0, 4.0, 5.0])
+    assert claim_text_metrics(by_variant(make_runs(noisy)), TEXT)[0].startswith("**yes in the weak sense only**")
 
     collapse = {"r_llh_token": [0.5, 0.6, 0.7], "r_cvg_token": [9.0, 9.1, 9.2], "teacher/distinct2": [5.0, 6.0, 7.0]}
     table = _table(

@@ -94,13 +94,12 @@ def claim_text_metrics(table, text_metrics: list[str]) -> tuple[str, list[str]]:
                 rows.append(f"| {a} − {b} | " + " | ".join(str(c) for c in cells) + " |")
     if not verdicts:
         return "not run", []
-    answer = (
-        "**no**"
-        if "worse" in verdicts
-        else "**yes**"
-        if "better" in verdicts
-        else "**not at this scale** (no difference resolved)"
-    )
+    if "worse" in verdicts:
+        answer = "**no**"
+    elif verdicts.count("better") > verdicts.count("tie"):
+        answer = "**yes**"
+    else:  # none worse, most unresolved: "at least as well" holds only in the weak sense
+        answer = "**yes in the weak sense only** (none worse; most differences not resolved at this scale)"
     head = ["| paired difference | " + " | ".join(text_metrics) + " |", "|---" * (len(text_metrics) + 1) + "|"]
     summary = (
         f"{answer}: of {len(verdicts)} paired comparisons, {verdicts.count('better')} better, "
