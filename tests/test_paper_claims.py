@@ -54,6 +54,8 @@ def test_compare_pairs_by_seed_and_follows_each_metrics_direction():
     assert compare(table, "a", "b", "teacher/bleu").verdict == "better"  # higher BLEU is better
     noisy = by_variant(make_runs({"a": {"kl": [1.0, 5.0, 2.0]}, "b": {"kl": [2.0, 1.0, 3.0]}}))
     assert compare(noisy, "a", "b", "kl").verdict == "tie"
+    broken = by_variant(make_runs({"a": {"kl": [1.0, float("nan"), 2.0]}, "b": {"kl": [2.0, 1.0, 3.0]}}))
+    assert compare(broken, "a", "b", "kl").verdict == "non-finite"  # never a silent tie
 
 
 def _table(**overrides):

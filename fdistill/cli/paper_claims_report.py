@@ -33,7 +33,7 @@ class Comparison:
     std: float
     p: float
     n: int
-    verdict: str  # "better", "worse" or "tie" (for a, in the metric's own direction)
+    verdict: str  # "better", "worse", "tie" (for a, in the metric's own direction) or "non-finite"
 
     def __str__(self) -> str:
         p = "n/a" if math.isnan(self.p) else f"{self.p:.2g}"
@@ -56,6 +56,8 @@ def compare(table, a: str, b: str, key: str) -> Comparison:
     xs = [table[a][s][key] for s in seeds]
     ys = [table[b][s][key] for s in seeds]
     diffs = [x - y for x, y in zip(xs, ys)]
+    if not all(math.isfinite(d) for d in diffs):  # never a silent tie: the report lists the non-finite values
+        return Comparison(math.nan, math.nan, math.nan, len(diffs), "non-finite")
     if len(diffs) < 2:
         return Comparison(diffs[0] if diffs else math.nan, math.nan, math.nan, len(diffs), "tie")
     mean, std = statistics.fmean(diffs), statistics.stdev(diffs)
@@ -284,6 +286,11 @@ def write_report(out: Path, settings: ClaimsSettings, runs: list[dict], baseline
         per_step = [r["train_seconds"] / steps for r in runs if r["variant"] == variant]
         cells = [mean_std([m[k] for m in seeds.values()]) for k in keys]
         lines.append(f"| {variant} | " + " | ".join(cells) + f" | {mean_std(per_step)} |")
+    from fdistill.evaluation.report import non_finite
+
+    bad = non_finite({f"{r['variant']} seed {r['seed']}": r["metrics"] for r in runs} | {"start": baseline["metrics"]})
+    if bad:
+        lines += ["", f"**{len(bad)} non-finite values** (their comparisons say non-finite): " + "; ".join(bad)]
     lines += [
         "",
         "Divergences: Monte Carlo estimates of the sequence-level divergences to the teacher on the held-out prompts "
