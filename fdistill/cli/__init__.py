@@ -555,11 +555,29 @@ def _research_module(command: str):
         ) from None
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, not to the stream of the moment it was made: a
+    caller that swaps stderr (pytest's capture, a notebook) and closes the old one never gets "I/O operation on closed
+    file"."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
 def _log_to_stderr() -> None:
-    """Show the `fdistill` logger's INFO messages (progress notes, where results went) on stderr, once."""
+    """Show the `fdistill` logger's INFO messages (progress notes, where results went) on stderr, once: the
+    command's handler; the library itself only has a NullHandler (fdistill/__init__.py)."""
     root = logging.getLogger("fdistill")
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
         root.addHandler(handler)
         root.setLevel(logging.INFO)
