@@ -5,6 +5,7 @@ offline sampling through the server with resume and provenance. The real-vLLM en
 tests/test_served_vllm.py (marked vllm)."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -44,6 +45,13 @@ def fake(teacher, tok):
         yield server
 
 
+def client(fake, tok, **kw) -> TeacherServer:
+    """A client of ``fake``, its tokenizer checked (which sets the vocabulary answers are checked against)."""
+    server = TeacherServer(fake.url, **kw)
+    server.check_tokenizer(tok)
+    return server
+
+
 def config(tmp_path, **kw):
     defaults = {"objective": "kl", "max_steps": 2, "teacher_server_retries": 1, "teacher_server_timeout": 10.0}
     return tiny.config(tmp_path, **{**defaults, **kw})
@@ -52,8 +60,8 @@ def config(tmp_path, **kw):
 # ----------------------------------------------------------------------------- the client
 
 
-def test_scores_are_the_models_top_k_and_token_log_probabilities(fake, teacher):
-    server = TeacherServer(fake.url)
+def test_scores_are_the_models_top_k_and_token_log_probabilities(fake, teacher, tok):
+    server = client(fake, tok)
     prompts, completions = [[1, 4, 6], [1, 5], [1, 7]], [[8, 2, 9], [7], []]
     scored = server.score(prompts, completions, k=5)
     for prompt, completion, (ids, logprobs, token_lp) in zip(prompts, completions, scored):
@@ -72,7 +80,7 @@ def test_scores_are_the_models_top_k_and_token_log_probabilities(fake, teacher):
 
 
 def test_padded_sets_become_teacher_top_k_aligned_with_the_labels(fake, teacher, tok):
-    server = TeacherServer(fake.url, batch_size=2, concurrency=3)
+    server = client(fake, tok, batch_size=2, concurrency=3)
     prompt_ids, prompt_mask = torch.tensor([[0, 1, 4, 6], [1, 5, 7, 10]]), torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
     ids = torch.tensor([[8, 2, 0], [9, 11, 2]])
     mask = torch.tensor([[True, True, False], [True, True, True]])
@@ -87,32 +95,49 @@ def test_padded_sets_become_teacher_top_k_aligned_with_the_labels(fake, teacher,
         server.score_sets(prompt_ids, prompt_mask.bool(), {"student": (ids, torch.tensor([[1, 0, 1], [1, 1, 1]]))}, 3)
 
 
-def test_5xx_is_retried_with_backoff_and_counted(fake):
-    server = TeacherServer(fake.url, retries=3, backoff=0.01)
+def test_5xx_is_retried_with_backoff_and_counted(fake, tok):
+    server = client(fake, tok, retries=3, backoff=0.01)
     fake.fail_next = [503, 502]
     assert len(server.score([[1, 4]], [[5, 6]], k=2)[0][0]) == 2
     assert server.traffic.retries == 2
 
 
-def test_a_server_that_stays_away_is_one_clear_error(fake):
-    server = TeacherServer(fake.url, retries=2, backoff=0.01)
+def test_a_server_that_stays_away_is_one_clear_error(fake, tok):
+    server = client(fake, tok, retries=2, backoff=0.01)
     fake.fail_next = [500] * 3
-    with pytest.raises(TeacherServerError, match=r"did not answer /v1/completions: HTTP 500.*after 3 tries"):
+    with pytest.raises(TeacherServerError, match=r"did not answer /v1/completions: HTTP 500.*\(3 attempts in"):
         server.score([[1, 4]], [[5]], k=2)
     fake.stop()
     with pytest.raises(TeacherServerError, match="connection failed"):
         TeacherServer(fake.url, retries=1, backoff=0.01)
 
 
-def test_a_slow_server_times_out(fake):
-    server = TeacherServer(fake.url, timeout=0.2, retries=1, backoff=0.01)
-    fake.delay = 0.6
-    with pytest.raises(TeacherServerError, match="no answer within timeout=0.2 s"):
+def test_a_slow_server_hits_one_total_deadline_per_request(fake, tok):
+    """The deadline covers every attempt, wait and backoff: many retries of a slow (or failing) server still end
+    at timeout, with the attempts counted; before, each attempt had the whole timeout (and backoff came on top)."""
+    import time
+
+    server = client(fake, tok, timeout=0.6, retries=20, backoff=0.05)
+    fake.delay = 1.0
+    start = time.monotonic()
+    with pytest.raises(
+        TeacherServerError, match=r"within teacher_server_timeout=0.6 s: no answer in time \(1 attempt in"
+    ):
         server.score([[1, 4]], [[5]], k=2)
+    assert time.monotonic() - start < 0.6 + 0.3
+    fake.delay, fake.fail_next = 0.0, [503] * 100
+    start = time.monotonic()
+    with pytest.raises(
+        TeacherServerError, match=r"within teacher_server_timeout=0.6 s: HTTP 503.*\((\d+) attempts in"
+    ) as error:
+        server.score([[1, 4]], [[5]], k=2)
+    assert time.monotonic() - start < 0.6 + 0.3 and "\n" not in str(error.value)
+    attempts = int(re.search(r"\((\d+) attempts in", str(error.value)).group(1))
+    assert 3 <= attempts < 20  # backoff 0.05, 0.1, 0.2, 0.4 s: a few attempts, not all 21
 
 
-def test_refusals_by_the_server_are_input_errors_at_once(fake):
-    server = TeacherServer(fake.url, retries=3)
+def test_refusals_by_the_server_are_input_errors_at_once(fake, tok):
+    server = client(fake, tok, retries=3)
     with pytest.raises(InputError, match="greater than max allowed: 64"):
         server.score([[1, 4]], [[5]], k=65)
     with pytest.raises(InputError, match="max_model_len=128"):
