@@ -27,7 +27,7 @@ import torch
 
 # Faults of /v1/completions answers (FakeVLLM.fault): name → what the server does instead of answering well.
 FAULTS = {
-    "positive_logprobs": "every log-probability raised by 0.5 (probabilities above 1)",
+    "positive_logprobs": "the log-probability 0.3 (a probability above 1) at every position",
     "one_entry": "one top-k entry per position instead of K",
     "nan_logprob": "a NaN log-probability",
     "id_out_of_range": "the most likely token's id replaced by one past the vocabulary",
@@ -224,17 +224,17 @@ def apply_fault(fault: str, answer: dict, vocab: int) -> dict:
     tops = _tops(answer)
     if fault == "positive_logprobs":
         for entries in tops:
-            for key in entries:
-                _set_logprob(entries, key, lambda v: v + 0.5)
+            _set_logprob(entries, next(iter(entries)), lambda v: 0.3)
     elif fault == "one_entry":
         for entries in tops:
             for key in list(entries)[1:]:
                 del entries[key]
-    elif fault == "nan_logprob":
-        _set_logprob(tops[0], next(iter(tops[0])), lambda v: math.nan)
+    elif fault == "nan_logprob":  # the last position: a scored or sampled one
+        _set_logprob(tops[-1], next(iter(tops[-1])), lambda v: math.nan)
     elif fault == "id_out_of_range":
-        for entries in tops:
-            best = max(entries, key=lambda k: entries[k]["logprob"] if isinstance(entries[k], dict) else entries[k])
+        for entries in tops:  # the most likely token other than the actual (scoring) or sampled one (the first)
+            others = list(entries)[1:]
+            best = max(others, key=lambda k: entries[k]["logprob"] if isinstance(entries[k], dict) else entries[k])
             name = f"token_id:{vocab + 3}" if best.startswith("token_id:") else str(vocab + 3)
             entries[name] = entries.pop(best)
     elif fault == "mass_above_one":

@@ -28,7 +28,7 @@ which vLLM batches again on its side); connection errors, timeouts, 429 and 5xx 
 backoff (``retries`` times), all within one total deadline per request (``timeout``: attempts, waits and backoff
 together); any other 4xx is the server refusing the input, reported with its message at once (401/403: the API key).
 Redirects are never followed (the prompts and the key go only to the address given). Every answer is checked before
-use (:func:`check_top`: positions, K entries, finite log-probabilities ≤ 0, ids in the vocabulary, top-k mass ≤ 1);
+use (:func:`check_top`: positions, K entries, finite log-probabilities ≤ 0, ids in the vocabulary, their mass ≤ 1);
 a bad one is a :class:`TeacherServerError` naming what was wrong and which request, never stored or trained on.
 A server that stays away raises :class:`TeacherServerError` too — training stops at that step, before anything is
 written, so the last checkpoint resumes; offline sampling keeps every finished batch and resumes.
@@ -264,9 +264,11 @@ class TeacherServer:
             text = text.replace(secret, "***").replace(quote(secret, safe=""), "***")
         return text
 
-    def _request(self, method: str, path: str, payload: dict | None = None, positions: int = 0) -> dict:
-        """One JSON request, retried within the total deadline ``timeout``; returns the decoded answer (a dict)."""
+    def _request(self, method: str, path: str, payload: dict | None = None, positions: int = 0, what: str = "") -> dict:
+        """One JSON request, retried within the total deadline ``timeout``; returns the decoded answer (a dict).
+        Every message names the path and ``what`` the request was for."""
         body = None if payload is None else json.dumps(payload).encode()
+        target = f"{path} ({what})" if what else path
         start = time.monotonic()
         deadline, last, attempts = start + self.timeout, "", 0
         for attempt in range(self.retries + 1):
@@ -304,7 +306,7 @@ class TeacherServer:
                 continue
             if 300 <= status < 400:
                 raise TeacherServerError(
-                    f"the teacher server {self.url} answered {path} with a redirect (HTTP {status}) to "
+                    f"the teacher server {self.url} answered {target} with a redirect (HTTP {status}) to "
                     f"{redact_url(response.headers.get('Location', '?'))}; redirects are not followed, so the prompts "
                     "and the key go only to the address given: give that address as the teacher server if you trust it."
                 )
@@ -315,20 +317,20 @@ class TeacherServer:
                     else f"give its API key (vLLM's --api-key) with teacher_server_api_key or {API_KEY_ENV}"
                 )
                 raise TeacherServerError(
-                    f"the teacher server {self.url} refused {path} (HTTP {status}: "
+                    f"the teacher server {self.url} refused {target} (HTTP {status}: "
                     f"{self._redact(_server_message(content, response.reason))}): {fix}."
                 )
             if status >= 400:
                 raise InputError(
-                    f"the teacher server {self.url} refused {path} (HTTP {status}): "
+                    f"the teacher server {self.url} refused {target} (HTTP {status}): "
                     f"{self._redact(_server_message(content, response.reason))}"
                 )
             self.traffic.add(len(body or b""), len(content), positions, retries=attempts - 1)
-            return self._decode(content, path)
+            return self._decode(content, target)
         elapsed = time.monotonic() - start
         within = f" within teacher_server_timeout={self.timeout:g} s" if time.monotonic() >= deadline else ""
         raise TeacherServerError(
-            f"the teacher server {self.url} did not answer {path}{within}: {last or 'no time left'} "
+            f"the teacher server {self.url} did not answer {target}{within}: {last or 'no time left'} "
             f"({attempts} attempt{'s' * (attempts != 1)} in {elapsed:.1f} s)"
         )
 
@@ -501,8 +503,9 @@ class TeacherServer:
                 "temperature": 0.0,
                 "prompt_logprobs": k,
             }
-            answer = self._request("POST", "/v1/completions", payload, sum(len(completions[i]) for i in chunk))
-            request = f"the teacher server {self.url}, /v1/completions scoring sequences {chunk[0]}..{chunk[-1]}"
+            what = f"scoring sequences {chunk[0]}..{chunk[-1]}"
+            answer = self._request("POST", "/v1/completions", payload, sum(len(completions[i]) for i in chunk), what)
+            request = f"the teacher server {self.url}, /v1/completions ({what})"
             choices = self._choices(answer, len(chunk), request)
             return [
                 _read_prompt_logprobs(c, prompts[i], completions[i], k, vocab, f"{request}, sequence {i}")
@@ -592,8 +595,9 @@ class TeacherServer:
             }
             if logprobs:
                 payload["logprobs"] = logprobs
-            answer = self._request("POST", "/v1/completions", payload)
-            request = f"the teacher server {self.url}, /v1/completions sampling prompt {index} (seed {seed})"
+            what = f"sampling prompt {index} of {len(prompts)}, seed {seed}"
+            answer = self._request("POST", "/v1/completions", payload, what=what)
+            request = f"the teacher server {self.url}, /v1/completions ({what})"
             (choice,) = self._choices(answer, 1, request)
             return _read_sample(choice, max_new_tokens, logprobs, vocab, request)
 
@@ -638,16 +642,20 @@ def _token_id(token: str) -> int:
 
 
 def check_top(ids: list[int], logprobs: list[float], k: int, vocab_size: int, where: str) -> None:
-    """Refuse, in one :class:`TeacherServerError` naming ``where``, a position's top-k answer that is not one:
-    not ``min(k, vocab_size)`` entries, repeated ids, ids outside ``[0, vocab_size)``, log-probabilities that are
-    not finite or lie above 0, or probabilities summing above 1 (both beyond float32 rounding:
-    :data:`ANSWER_TOLERANCE`)."""
+    """Refuse, in one :class:`TeacherServerError` naming ``where``, the entries a server returned for one position
+    (its top ``k``, plus the actual or sampled token when that is not among them) when they are not that:
+    not ``min(k, vocab_size)`` entries (or one more), repeated ids, ids outside ``[0, vocab_size)``,
+    log-probabilities that are not finite or lie above 0, or probabilities summing above 1 — both beyond float32
+    rounding (:data:`ANSWER_TOLERANCE`)."""
     expected = min(k, vocab_size)
     problem = None
-    if len(ids) != expected:
-        problem = f"{len(ids)} top-k entries, expected {expected} (teacher_topk={k}, vocabulary {vocab_size})"
+    if not expected <= len(ids) <= expected + 1:
+        problem = (
+            f"{len(ids)} log-probabilities, expected {expected} (teacher_topk={k}, vocabulary {vocab_size}; "
+            "one more when the actual token is not among them)"
+        )
     elif len(set(ids)) != len(ids):
-        problem = "a token id repeated among the top k"
+        problem = "a token id twice"
     elif any(not 0 <= i < vocab_size for i in ids):
         problem = f"token id {next(i for i in ids if not 0 <= i < vocab_size)} outside the vocabulary [0, {vocab_size})"
     elif not all(math.isfinite(v) for v in logprobs):
@@ -657,7 +665,7 @@ def check_top(ids: list[int], logprobs: list[float], k: int, vocab_size: int, wh
     else:
         mass = math.fsum(math.exp(v) for v in logprobs)
         if mass > 1 + ANSWER_TOLERANCE:
-            problem = f"top-k probabilities summing to {mass:.6g}, above 1"
+            problem = f"probabilities summing to {mass:.6g}, above 1"
     if problem:
         raise TeacherServerError(
             f"{where}: the answer holds {problem}; it is not used. Is the server vLLM, unmodified?"
@@ -692,9 +700,8 @@ def _read_prompt_logprobs(choice: dict, prompt: list[int], completion: list[int]
             raise TeacherServerError(f"{at}: the answer lacks the actual token {actual}; it is not used.") from None
         except (TypeError, ValueError, AttributeError) as error:
             raise _shape_error(at, error) from None
+        check_top([e[0] for e in parsed], [e[1] for e in parsed], k, vocab, at)
         top_ids, top_lps = _topk_entries(parsed, k)
-        check_top(top_ids, top_lps, k, vocab, at)
-        check_top([actual], [actual_lp], 1, vocab, f"{at} (the actual token)")
         ids.append(top_ids)
         lps.append(top_lps)
         tok.append(actual_lp)
@@ -707,7 +714,7 @@ def _read_sample(choice: dict, max_new_tokens: int, k: int, vocab: int, where: s
     try:
         ids = [int(t) for t in choice["token_ids"]]
         tops = choice["logprobs"]["top_logprobs"] if k else []
-        pairs = [_topk_entries([(_token_id(t), float(v), 0) for t, v in top.items()], k) for top in tops]
+        entries = [[(_token_id(t), float(v), 0) for t, v in top.items()] for top in tops]  # no ranks here
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
         raise _shape_error(where, error) from None
     if len(ids) > max_new_tokens or any(not 0 <= i < vocab for i in ids):
@@ -717,12 +724,13 @@ def _read_sample(choice: dict, max_new_tokens: int, k: int, vocab: int, where: s
         )
     row = {"ids": ids, "stopped": choice.get("finish_reason") == "stop" and choice.get("stop_reason") is None}
     if k:
-        if len(pairs) != len(ids):
+        if len(entries) != len(ids):
             raise TeacherServerError(
-                f"{where}: the server sent log-probabilities for {len(pairs)} of {len(ids)} tokens; it is not used."
+                f"{where}: the server sent log-probabilities for {len(entries)} of {len(ids)} tokens; it is not used."
             )
-        for t, (top_ids, top_lps) in enumerate(pairs):  # no ranks here: ordered by log-probability
-            check_top(top_ids, top_lps, k, vocab, f"{where}, token {t}")
+        for t, position in enumerate(entries):
+            check_top([e[0] for e in position], [e[1] for e in position], k, vocab, f"{where}, token {t}")
+        pairs = [_topk_entries(position, k) for position in entries]  # ordered by log-probability
         row["topk_ids"] = [p[0] for p in pairs]
         row["topk_logprobs"] = [p[1] for p in pairs]
     return row
