@@ -113,7 +113,7 @@ def test_5xx_is_retried_with_backoff_and_counted(fake, tok):
 def test_a_server_that_stays_away_is_one_clear_error(fake, tok):
     server = client(fake, tok, retries=2, backoff=0.01)
     fake.fail_next = [500] * 3
-    with pytest.raises(TeacherServerError, match=r"did not answer /v1/completions: HTTP 500.*\(3 attempts in"):
+    with pytest.raises(TeacherServerError, match=r"did not answer /v1/completions \(scoring sequences 0..0\): HTTP 500.*\(3 attempts in"):
         server.score([[1, 4]], [[5]], k=2)
     fake.stop()
     with pytest.raises(TeacherServerError, match="connection failed"):
