@@ -120,7 +120,7 @@ def parse_server_url(url: str) -> tuple[str, tuple[str, str] | None, list[tuple[
             problem = "its port is not a number in 1..65535"
     if problem:
         raise InputError(
-            f"teacher server URL {redact_url(url)!r} is not valid ({problem}): give http://host:port, vLLM's address."
+            f"teacher_server={redact_url(url)!r} is not valid ({problem}): give http://host:port, vLLM's address."
         )
     path = parts.path.rstrip("/")
     path = path[: -len("/v1")] if path.endswith("/v1") else path
