@@ -679,6 +679,13 @@ def test_credentials_are_never_written_or_logged(
         assert fake.completions > 0 and all(q == "token=s3cret-query" for q in fake.queries)
         sent = {h.get("Authorization", "")[:6] for h in fake.headers}
         assert sent == ({"Basic "} if credentials == "userinfo" else {"Bearer"})
+        fake.fault = "unavailable"  # retries are logged, and the error says why: neither shows a secret
+        server = TeacherServer(url, retries=1, backoff=0.01, **({"api_key": "s3cret-key"} if key else {}))
+        server.check_tokenizer(tok)
+        with pytest.raises(TeacherServerError) as unavailable:
+            server.score([[1, 4]], [[5]], k=2)
+    with pytest.raises(TeacherServerError, match="connection failed") as refused:  # requests names the URL
+        TeacherServer(url, retries=0)
     files_written = [p for folder in (tmp_path / "samples", out) for p in folder.rglob("*") if p.is_file()]
     names = {p.name for p in files_written}
     assert {
@@ -694,4 +701,5 @@ def test_credentials_are_never_written_or_logged(
     args = torch.load(next(out.rglob("training_args.bin")), weights_only=False)
     assert not any(s in repr(vars(args)) for s in SECRETS) and "***" in args.teacher_server
     logged = capsys.readouterr()
-    assert not any(s in text for s in SECRETS for text in (logged.out, logged.err, caplog.text))
+    texts = (logged.out, logged.err, caplog.text, str(unavailable.value), str(refused.value))
+    assert "attempt 2 of 2" in caplog.text and not any(s in text for s in SECRETS for text in texts)

