@@ -307,7 +307,7 @@ class TeacherServer:
                 last = "no answer in time"
                 continue
             except requests.RequestException as error:  # refused, reset, or the answer broke off
-                last = f"connection failed ({type(error).__name__}: {self._redact(_first_line(error))})"
+                last = f"connection failed ({self._redact(_root_cause(error))})"
                 continue
             if content is None:
                 last = "the answer was still arriving at the deadline"
@@ -626,6 +626,17 @@ def _read_within(response: requests.Response, deadline: float) -> bytes | None:
             if time.monotonic() > deadline:
                 return None
     return b"".join(chunks)
+
+
+def _root_cause(error: BaseException) -> str:
+    """The innermost reason under a requests error, as ``Type: first line`` (``ConnectionRefusedError: [Errno 111]
+    Connection refused``, ``RemoteDisconnected: Remote end closed connection without response``)."""
+    for _ in range(10):
+        inner = getattr(error, "reason", None) or error.__cause__ or error.__context__
+        if not isinstance(inner, BaseException) or inner is error:
+            break
+        error = inner
+    return f"{type(error).__name__}: {_first_line(error)}"
 
 
 def _first_line(error: BaseException) -> str:
