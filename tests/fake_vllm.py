@@ -147,7 +147,7 @@ class FakeVLLM:
             for t in range(1, len(prompt)):
                 row, actual = log_p[t - 1], prompt[t]
                 entries = {str(actual): self._entry(actual, row[actual].item(), int((row > row[actual]).sum()) + 1)}
-                values, ids = row.topk(k)
+                values, ids = row.topk(min(k, row.numel()))
                 for r, (v, i) in enumerate(zip(values.tolist(), ids.tolist())):
                     entries.setdefault(str(i), self._entry(i, v, r + 1))
                 positions.append(entries)
@@ -165,7 +165,7 @@ class FakeVLLM:
             top_logprobs, token_logprobs = [], []
             for token, row in zip(generated, tops):
                 entries = {name(token): row[token].item()}
-                values, ids = row.topk(n_top)
+                values, ids = row.topk(min(n_top, row.numel()))
                 for v, i in zip(values.tolist(), ids.tolist()):
                     entries.setdefault(name(i), v)
                 top_logprobs.append(entries)

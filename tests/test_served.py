@@ -87,6 +87,16 @@ def test_scores_are_the_models_top_k_and_token_log_probabilities(fake, teacher, 
     assert server.traffic.bytes_received > server.traffic.bytes_sent > 0 and server.traffic.positions == 4
 
 
+def test_a_top_k_past_the_vocabulary_is_the_whole_vocabulary(fake, teacher, tok):
+    """teacher_topk > V: the server returns all V tokens per position (K = V), which is what is checked and used."""
+    (ids, logprobs, _), *_ = client(fake, tok).score([[1, 4, 6]], [[8, 2]], k=V + 3)
+    assert [sorted(p) for p in ids] == [list(range(V))] * 2
+    mass = torch.tensor(logprobs, dtype=torch.float64).exp().sum(-1)
+    torch.testing.assert_close(
+        mass, torch.ones(2, dtype=torch.float64), rtol=0, atol=V * torch.finfo(torch.float32).eps
+    )
+
+
 def test_padded_sets_become_teacher_top_k_aligned_with_the_labels(fake, teacher, tok):
     server = client(fake, tok, batch_size=2, concurrency=3)
     prompt_ids, prompt_mask = torch.tensor([[0, 1, 4, 6], [1, 5, 7, 10]]), torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
@@ -155,6 +165,10 @@ def test_refusals_by_the_server_are_input_errors_at_once(fake, tok):
         TeacherServer(fake.url, "other")
     with pytest.raises(InputError, match="http://host:port"):
         TeacherServer("localhost:8000")
+    for kw, message in (({"timeout": 0}, "teacher_server_timeout=0 "), ({"timeout": float("nan")}, "timeout=nan "),
+                        ({"retries": -1}, "teacher_server_retries=-1 ")):  # fmt: skip
+        with pytest.raises(InputError, match=message):
+            TeacherServer(fake.url, **kw)
 
 
 def test_another_tokenizer_is_refused_in_one_line(teacher, tok):

@@ -69,7 +69,7 @@ import torch
 from torch import Tensor
 
 from fdistill.divergences import TeacherTopK
-from fdistill.errors import InputError
+from fdistill.errors import InputError, invalid
 
 logger = logging.getLogger(__name__)
 
@@ -239,6 +239,10 @@ class TeacherServer:
             )
         secrets = [self._api_key, *(self._auth or ()), *(v for _, v in self._params)]
         self._secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+        if not (timeout > 0 and math.isfinite(timeout)):
+            raise invalid("teacher_server_timeout", timeout, "use a positive number of seconds.")
+        if retries < 0:
+            raise invalid("teacher_server_retries", retries, "use 0 or more retries.")
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.batch_size, self.concurrency = max(1, batch_size), max(1, concurrency)
         self.vocab_size: int | None = None  # set by check_tokenizer
