@@ -165,8 +165,11 @@ def test_refusals_by_the_server_are_input_errors_at_once(fake, tok):
         TeacherServer(fake.url, "other")
     with pytest.raises(InputError, match="http://host:port"):
         TeacherServer("localhost:8000")
-    for kw, message in (({"timeout": 0}, "teacher_server_timeout=0 "), ({"timeout": float("nan")}, "timeout=nan "),
-                        ({"retries": -1}, "teacher_server_retries=-1 ")):  # fmt: skip
+    for kw, message in (
+        ({"timeout": 0}, "teacher_server_timeout=0 "),
+        ({"timeout": float("nan")}, "timeout=nan "),
+        ({"retries": -1}, "teacher_server_retries=-1 "),
+    ):
         with pytest.raises(InputError, match=message):
             TeacherServer(fake.url, **kw)
 
