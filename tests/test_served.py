@@ -480,7 +480,7 @@ def test_an_api_key_is_sent_as_bearer_and_a_refusal_is_one_line_at_once(fake, to
     ) as e:
         TeacherServer(fake.url, retries=5)
     assert fake.requests == 1 and "\n" not in str(e.value)
-    with pytest.raises(TeacherServerError, match="the API key given is not the server's") as e:
+    with pytest.raises(TeacherServerError, match=r"credentials given \(API key or user:password@\) are not") as e:
         TeacherServer(fake.url, api_key="wrong-key-0000")
     assert "wrong-key" not in str(e.value)
     assert client(fake, tok, api_key="k3y-0123456789").score([[1, 4]], [[5, 6]], k=3)[0][0]

@@ -328,7 +328,7 @@ class TeacherServer:
                 )
             if status in (401, 403):
                 fix = (
-                    "the API key given is not the server's"
+                    "the credentials given (API key or user:password@) are not the server's"
                     if self._api_key or self._auth
                     else f"give its API key (vLLM's --api-key) with teacher_server_api_key or {API_KEY_ENV}"
                 )
