@@ -99,7 +99,10 @@ def redact_url(url: str) -> str:
         >>> redact_url("https://me:s3cret@host:8000/v1?token=abc")
         'https://host:8000/v1?token=***'
     """
-    parts = urlsplit(str(url))
+    try:
+        parts = urlsplit(str(url))
+    except ValueError:
+        return "(a URL that cannot be parsed)"
     netloc = parts.netloc.rpartition("@")[2]
     query = "&".join(f"{quote(k)}=***" for k, _ in parse_qsl(parts.query, keep_blank_values=True))
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
@@ -109,9 +112,12 @@ def parse_server_url(url: str) -> tuple[str, tuple[str, str] | None, list[tuple[
     """``(base, basic_auth, query)`` of a teacher server URL: ``http[s]://host[:port][/path]`` without a trailing
     ``/v1``, the ``user:password@`` (or None) and the query parameters; one `InputError` (the URL redacted) for
     anything else."""
-    parts = urlsplit(str(url))
+    try:
+        parts = urlsplit(str(url))
+    except ValueError:  # e.g. an unclosed [IPv6 address
+        parts = None
     problem = None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or " " in parts.netloc:
         problem = "it is not http://host:port"
     else:
         try:
@@ -659,6 +665,8 @@ def _server_message(content: bytes, fallback: str | None) -> str:
             message = error.get("message") if isinstance(error, dict) else error
             message = message or answer.get("message") or answer.get("detail")
     text = message if isinstance(message, str) else (str(message) if message else "")
+    if not text and content.lstrip()[:1] == b"<":  # an HTML page: another kind of server, or a proxy
+        text = f"{fallback or 'an error'}, as an HTML page: is it vLLM's OpenAI-compatible server?"
     lines = (text or content.decode("utf-8", "replace") or fallback or "").strip().splitlines()
     return lines[0][:300] if lines else "(no message)"
 
