@@ -501,6 +501,9 @@ def test_settings_with_secrets_are_checked_without_showing_them(tmp_path):
     with pytest.raises(InputError, match="port is not a number") as g:
         config(tmp_path, teacher_server="http://me:s3cret-pass@host:port")
     assert not any("s3cret" in str(x.value) for x in (e, f, g))
+    for url in ("http://[::1", "http://host name:80", "http://:8000", "", "localhost:8000"):
+        with pytest.raises(InputError, match=r"teacher_server=.* is not valid \(it is not http://host:port\)"):
+            config(tmp_path, teacher_server=url)
     assert redact_url("https://me:s3cret@h:8/v1?a=s3cret&b=") == "https://h:8/v1?a=***&b=***"
 
 
