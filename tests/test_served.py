@@ -597,10 +597,11 @@ def test_the_train_command_trains_with_a_served_teacher_and_no_local_one(main, f
     for kw, message in (
         ({"student_layers": [0]}, r"no student can be copied from them \(student_layers\): give `student`"),
         ({"tokenizer": str(files / "tok"), "teacher": str(files / "student")}, "only a served teacher uses"),
+        ({"tokenizer": str(files / "nothing")}, "could not load the tokenizer of Hub model .*nothing"),
         ({}, "lacks teacher"),
     ):
         folder = tmp_path / f"refused{len(message)}"
-        overrides = [f"teacher_server={fake.url}"] if "student_layers" in kw else []
+        overrides = [f"teacher_server={fake.url}"] if "student_layers" in kw or "nothing" in str(kw) else []
         with pytest.raises(SystemExit) as exit_info:
             main(["train", recipe(files, folder, **kw), *overrides])
         assert exit_info.value.code == 2 and re.search(message, _error_line(capsys, "train"))

@@ -323,14 +323,15 @@ def _served_trainer(run_args: RunArguments, config, train, evaluation):
     its own tokenizer (or ``tokenizer``), which the trainer checks against the server's; ``teacher`` is not loaded."""
     from transformers import AutoTokenizer
 
-    from fdistill.lm.loading import load_model_and_tokenizer, resolve_package_path
+    from fdistill.lm.loading import _loading, load_model_and_tokenizer, resolve_package_path
     from fdistill.lm.trainer import FDistillTrainer
 
     if run_args.teacher:
         logger.info("teacher_server serves the teacher: %s is not loaded", run_args.teacher)
     student, tokenizer = load_model_and_tokenizer(run_args.student, dtype=run_args.model_dtype)
     if run_args.tokenizer:
-        tokenizer = AutoTokenizer.from_pretrained(resolve_package_path(run_args.tokenizer))
+        source = resolve_package_path(run_args.tokenizer)
+        tokenizer = _loading("tokenizer", source, lambda: AutoTokenizer.from_pretrained(source))
     if tokenizer.pad_token is None:
         raise InputError("the student's tokenizer has no pad token; add one to its tokenizer files (e.g. pad = eos).")
     if run_args.lora_r:
