@@ -656,7 +656,9 @@ def test_a_bad_or_absent_server_is_one_line_and_nothing_is_stored_or_trained(
         line = _error_line(capsys, command)
         assert re.search(FAULT_LINES[fault], line), line
         if fault != "no_server":  # which request
-            assert re.search(r"/v1/completions \((scoring sequences|sampling prompt) \d+", line), line
+            assert re.search(
+                r"/v1/completions \((scoring sequences \d+\.\.\d+|sampling input \d+ sample \d+, seed \d+)\)", line
+            ), line
         assert elsewhere.requests == 0  # the redirect was not followed: the prompts went nowhere else
     stored = [p.name for p in out.rglob("*") if p.suffix in (".jsonl", ".arrow", ".safetensors", ".bin")]
     assert stored == [] and not (out / "dataset_info.json").exists()

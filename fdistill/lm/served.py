@@ -593,16 +593,19 @@ class TeacherServer:
         top_p: float = 1.0,
         greedy: bool = False,
         logprobs: int = 0,
+        names: list[str] | None = None,
     ) -> list[dict]:
         """One completion per prompt, each request with its own ``seed`` (so a sample does not depend on what it
         is batched with): ``[{"ids", "stopped", "topk_ids", "topk_logprobs"}]`` in prompt order; with ``logprobs``
-        the teacher's untempered top ``logprobs`` at every sampled position. Every answer is checked first."""
+        the teacher's untempered top ``logprobs`` at every sampled position. Every answer is checked first; messages
+        name the request by ``names[i]`` (default: ``prompt i``)."""
+        names = names or [f"prompt {i}" for i in range(len(prompts))]
         vocab = self._vocab()
         for p in prompts:
             self._check_length(len(p) + max_new_tokens, "a prompt + max_new_tokens")
 
-        def one(item: tuple[int, list[int], int]) -> dict:
-            index, prompt, seed = item
+        def one(item: tuple[str, list[int], int]) -> dict:
+            name, prompt, seed = item
             payload = {
                 "model": self.model.name,
                 "prompt": [prompt],
@@ -617,13 +620,13 @@ class TeacherServer:
             }
             if logprobs:
                 payload["logprobs"] = logprobs
-            what = f"sampling prompt {index} of {len(prompts)}, seed {seed}"
+            what = f"sampling {name}, seed {seed}"
             answer = self._request("POST", "/v1/completions", payload, what=what)
             request = f"the teacher server {self.url}, /v1/completions ({what})"
             (choice,) = self._choices(answer, 1, request)
             return _read_sample(choice, max_new_tokens, logprobs, vocab, request)
 
-        return self._map(one, [(i, p, s) for i, (p, s) in enumerate(zip(prompts, seeds))])
+        return self._map(one, list(zip(names, prompts, seeds)))
 
 
 def _read_within(response: requests.Response, deadline: float) -> bytes | None:
@@ -833,6 +836,7 @@ class ServedSampler:
             top_p=settings.top_p,
             greedy=settings.decoding == "greedy",
             logprobs=settings.topk_logprobs,
+            names=[f"input {i} sample {s}" for i, s in items],
         )
         rows = []
         for (i, s), d in zip(items, drawn):
