@@ -185,11 +185,11 @@ def test_another_tokenizer_is_refused_in_one_line(teacher, tok):
     other.pre_tokenizer = pre_tokenizers.Whitespace()
     other = PreTrainedTokenizerFast(tokenizer_object=other, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
     with FakeVLLM(teacher, other) as server:
-        client = TeacherServer(server.url)
+        served = TeacherServer(server.url)
         with pytest.raises(InputError, match="tokenizer .* differs from the student's") as error:
-            client.check_tokenizer(tok)
+            served.check_tokenizer(tok)
         assert "\n" not in str(error.value)
-        client.check_tokenizer(other)
+        served.check_tokenizer(other)
 
 
 # ----------------------------------------------------------------------------- training
