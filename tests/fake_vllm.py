@@ -8,17 +8,41 @@ with ``prompt_logprobs`` (per position after the first: the actual token's entry
 Log-probabilities are the model's float32 ``log_softmax``, so a served loss can be compared with the in-process one.
 
 Faults for the robustness tests: ``fail_next`` (HTTP codes for the next requests), ``delay`` (seconds before each
-answer), ``die_after`` (completions requests answered before every later request is dropped unanswered), ``stop()``.
+answer), ``die_after`` (completions requests answered before every later request is dropped unanswered), ``stop()``,
+``api_key`` (required as ``Authorization: Bearer`` on ``/v1/...`` paths, as vLLM's ``--api-key``: 401
+``{"error": "Unauthorized"}`` otherwise), and ``fault``: one of :data:`FAULTS`, what the server does to every
+``/v1/completions`` answer, in both shapes (scoring: ``prompt_logprobs``; sampling: ``logprobs.top_logprobs``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import torch
+
+# Faults of /v1/completions answers (FakeVLLM.fault): name → what the server does instead of answering well.
+FAULTS = {
+    "positive_logprobs": "the log-probability 0.3 (a probability above 1) at every position",
+    "one_entry": "one top-k entry per position instead of K",
+    "nan_logprob": "a NaN log-probability",
+    "id_out_of_range": "the most likely token's id replaced by one past the vocabulary",
+    "mass_above_one": "every top-k log-probability -0.01 (their probabilities sum far above 1)",
+    "short_positions": "the last position's log-probabilities left out",
+    "zero_choices": "an answer with no choices",
+    "missing_choices": "an answer without a choices field",
+    "error_object": 'HTTP 200 with vLLM\'s error body {"object": "error", "message": ...}',
+    "malformed_json": "HTTP 200 with a JSON text cut short",
+    "html_page": "HTTP 200 with an HTML page (a proxy's login page)",
+    "redirect": "HTTP 307 to another server (redirect_to)",
+    "slow": "the answer only after slow_s seconds",
+    "unavailable": "HTTP 503 every time",
+    "dropped": "the connection closed with no answer",
+}
 
 
 class FakeVLLM:
@@ -30,6 +54,13 @@ class FakeVLLM:
         self.fail_next: list[int] = []
         self.delay = 0.0
         self.die_after: int | None = None
+        self.api_key: str | None = None
+        self.fault: str | None = None
+        self.redirect_to: str | None = None  # the fault "redirect": where to
+        self.slow_s = 5.0  # the fault "slow": seconds before answering
+        self.requests = 0  # requests received, any path
+        self.headers: list[dict] = []  # the headers of every request
+        self.queries: list[str] = []  # the query string of every request
         self.completions = 0  # completions requests received
         self.stopped = False
         self.bodies: list[dict] = []
@@ -116,7 +147,7 @@ class FakeVLLM:
             for t in range(1, len(prompt)):
                 row, actual = log_p[t - 1], prompt[t]
                 entries = {str(actual): self._entry(actual, row[actual].item(), int((row > row[actual]).sum()) + 1)}
-                values, ids = row.topk(k)
+                values, ids = row.topk(min(k, row.numel()))
                 for r, (v, i) in enumerate(zip(values.tolist(), ids.tolist())):
                     entries.setdefault(str(i), self._entry(i, v, r + 1))
                 positions.append(entries)
@@ -134,7 +165,7 @@ class FakeVLLM:
             top_logprobs, token_logprobs = [], []
             for token, row in zip(generated, tops):
                 entries = {name(token): row[token].item()}
-                values, ids = row.topk(n_top)
+                values, ids = row.topk(min(n_top, row.numel()))
                 for v, i in zip(values.tolist(), ids.tolist()):
                     entries.setdefault(name(i), v)
                 top_logprobs.append(entries)
@@ -171,6 +202,58 @@ class FakeVLLM:
         return out, tops
 
 
+def _tops(answer: dict) -> list[dict]:
+    """Every position's ``{token: entry}`` of a completions answer, both shapes (entries: dicts with "logprob" when
+    scoring, floats when sampling)."""
+    out = []
+    for choice in answer.get("choices", []):
+        out += [p for p in choice.get("prompt_logprobs") or [] if p is not None]
+        out += (choice.get("logprobs") or {}).get("top_logprobs") or []
+    return out
+
+
+def _set_logprob(entries: dict, key: str, value) -> None:
+    if isinstance(entries[key], dict):
+        entries[key]["logprob"] = value(entries[key]["logprob"])
+    else:
+        entries[key] = value(entries[key])
+
+
+def apply_fault(fault: str, answer: dict, vocab: int) -> dict:
+    """``answer`` (a good completions answer) as the content fault ``fault`` of :data:`FAULTS` makes it."""
+    tops = _tops(answer)
+    if fault == "positive_logprobs":
+        for entries in tops:
+            _set_logprob(entries, next(iter(entries)), lambda v: 0.3)
+    elif fault == "one_entry":
+        for entries in tops:
+            for key in list(entries)[1:]:
+                del entries[key]
+    elif fault == "nan_logprob":  # the last position: a scored or sampled one
+        _set_logprob(tops[-1], next(iter(tops[-1])), lambda v: math.nan)
+    elif fault == "id_out_of_range":
+        for entries in tops:  # the most likely token other than the actual (scoring) or sampled one (the first)
+            others = list(entries)[1:]
+            best = max(others, key=lambda k: entries[k]["logprob"] if isinstance(entries[k], dict) else entries[k])
+            name = f"token_id:{vocab + 3}" if best.startswith("token_id:") else str(vocab + 3)
+            entries[name] = entries.pop(best)
+    elif fault == "mass_above_one":
+        for entries in tops:
+            for key in entries:
+                _set_logprob(entries, key, lambda v: -0.01)
+    elif fault == "short_positions":
+        for choice in answer["choices"]:
+            if choice.get("prompt_logprobs"):
+                choice["prompt_logprobs"].pop()
+            if choice.get("logprobs"):
+                choice["logprobs"]["top_logprobs"].pop()
+    elif fault == "zero_choices":
+        answer["choices"] = []
+    elif fault == "missing_choices":
+        del answer["choices"]
+    return answer
+
+
 def _error(message: str, kind: str, code: int) -> dict:
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
@@ -182,13 +265,50 @@ def _handler(fake: FakeVLLM):
         def log_message(self, *args):  # quiet
             pass
 
-        def _send(self, code: int, payload: dict) -> None:
-            data = json.dumps(payload).encode()
+        def _send(self, code: int, payload, content_type: str = "application/json", headers: dict | None = None):
+            data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
             self.send_response(code)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.end_headers()
-            self.wfile.write(data)
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up (a timeout test)
+                self.wfile.write(data)
+
+        def _refused(self) -> bool:
+            """Count the request, keep its headers, and answer 401 as vLLM's --api-key does (on /v1 paths only)."""
+            with fake._lock:
+                fake.requests += 1
+                fake.headers.append(dict(self.headers))
+            if fake.api_key and self.path.startswith("/v1"):
+                if self.headers.get("Authorization") != f"Bearer {fake.api_key}":
+                    self._send(401, {"error": "Unauthorized"})
+                    return True
+            return False
+
+        def _completions(self, body: dict) -> None:
+            """Answer /v1/completions, with the configured fault (FAULTS)."""
+            fault = fake.fault
+            if fault == "slow":
+                time.sleep(fake.slow_s)
+            if fault == "dropped":
+                return self._drop()
+            if fault == "unavailable":
+                return self._send(503, _error("Service Unavailable", "ServiceUnavailableError", 503))
+            if fault == "redirect":
+                return self._send(307, b"", headers={"Location": fake.redirect_to + self.path})
+            if fault == "malformed_json":
+                return self._send(200, b'{"id": "cmpl-fake", "choices": [{"index": 0, "prompt_logprobs": [nu')
+            if fault == "html_page":
+                return self._send(200, b"<html><body>Please log in</body></html>", "text/html")
+            if fault == "error_object":
+                error = {"object": "error", "message": "injected failure", "type": "BadRequestError", "code": 400}
+                return self._send(200, {**error, "param": None})
+            code, answer = fake.completions_answer(body)
+            if code == 200 and fault is not None:
+                answer = apply_fault(fault, answer, fake.model.config.vocab_size)
+            self._send(code, answer)
 
         def _fault(self) -> bool:
             """Apply the configured fault; True when the request was answered (or dropped) by it."""
@@ -206,10 +326,16 @@ def _handler(fake: FakeVLLM):
             self.close_connection = True
             self.connection.shutdown(2)
 
+        def parse_request(self):  # the path without its query string (kept in fake.queries)
+            ok = super().parse_request()
+            self.path, _, query = self.path.partition("?")
+            fake.queries.append(query)
+            return ok
+
         def do_GET(self):
             if fake.stopped:
                 return self._drop()
-            if self._fault():
+            if self._refused() or self._fault():
                 return
             if self.path == "/v1/models":
                 self._send(200, fake.models())
@@ -229,12 +355,12 @@ def _handler(fake: FakeVLLM):
                 if dead or fake.stopped:  # a killed server: the connection closes with no answer
                     return self._drop()
                 fake.bodies.append(body)
-            if self._fault():
+            if self._refused() or self._fault():
                 return
             if self.path == "/tokenize":
                 self._send(200, fake.tokenize(body))
             elif self.path == "/v1/completions":
-                self._send(*fake.completions_answer(body))
+                self._completions(body)
             else:
                 self._send(404, _error("Not Found", "NotFound", 404))
 

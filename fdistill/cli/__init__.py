@@ -79,6 +79,21 @@ def add_sample_parser(sub) -> None:
     )
     p.add_argument("--teacher-server-model", default=None, help="the served model's name (default: its only one)")
     p.add_argument(
+        "--teacher-server-api-key",
+        default=None,
+        metavar="KEY",
+        help="the server's API key (vLLM's --api-key); better: the environment variable FDISTILL_TEACHER_API_KEY, "
+        "which no process list shows",
+    )
+    p.add_argument(
+        "--teacher-server-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="seconds one request may take in all, retries and backoff included (default: 300)",
+    )
+    p.add_argument("--teacher-server-retries", type=int, default=None, help="retries of a failed request (default: 5)")
+    p.add_argument(
         "--tokenizer",
         default=None,
         help="with --teacher-server: the prompts' tokenizer (default: --teacher, else the served model's folder)",
@@ -169,9 +184,16 @@ def run_sample(args) -> None:
 class RunArguments:
     """Models and data of a training run (the rest of a recipe are `FDistillConfig` fields)."""
 
-    teacher: str = field(metadata={"help": "Teacher: Hub name or local folder (GGUF: the folder)."})
     train_data: str = field(
         metadata={"help": "Training data: file, save_to_disk folder (e.g. `fdistill sample` output) or Hub name."}
+    )
+    teacher: str | None = field(
+        default=None,
+        metadata={"help": "Teacher: Hub name or local folder (GGUF: the folder); not loaded with teacher_server."},
+    )
+    tokenizer: str | None = field(
+        default=None,
+        metadata={"help": "With teacher_server: the student's tokenizer (Hub name or folder); default: the student's."},
     )
     teacher_gguf_file: str | None = field(default=None, metadata={"help": "GGUF file inside `teacher`."})
     student: str | None = field(
@@ -217,6 +239,8 @@ def load_recipe(path: str, overrides: list[str]):
     missing = [
         f.name for f in dataclasses.fields(RunArguments) if f.default is dataclasses.MISSING and f.name not in values
     ]
+    if "teacher" not in values and not values.get("teacher_server"):
+        missing.insert(0, "teacher")
     if "output_dir" not in values:
         missing.append("output_dir")
     if missing:
@@ -226,6 +250,19 @@ def load_recipe(path: str, overrides: list[str]):
         )
     parser = HfArgumentParser((RunArguments, FDistillConfig))
     run_args, config = parser.parse_dict(values, allow_extra_keys=False)
+    if config.teacher_server:  # a served teacher: no teacher weights here, so nothing to copy a student from
+        copied = [n for n in ("student_layers", "student_encoder_layers", "student_decoder_layers") if values.get(n)]
+        if copied or not run_args.student:
+            raise InputError(
+                f"recipe {path!r}: with teacher_server no teacher weights are loaded, so no student can be copied "
+                f"from them{' (' + ', '.join(copied) + ')' if copied else ''}: give `student` (a Hub name or folder, "
+                "e.g. a pre-distilled student) instead."
+            )
+    elif run_args.tokenizer:
+        raise InputError(
+            f"recipe {path!r} sets tokenizer={run_args.tokenizer!r}, which only a served teacher uses (the student "
+            "shares the local teacher's tokenizer): unset it, or set teacher_server."
+        )
     return run_args, config
 
 
@@ -252,6 +289,8 @@ def build_trainer(run_args: RunArguments, config):
     if run_args.eval_data:
         evaluation = load_data(run_args.eval_data, config=run_args.train_data_config, split=run_args.eval_split)
         evaluation = prepare_prompts(evaluation, **prep) if not _is_sample_output(run_args.eval_data) else evaluation
+    if config.teacher_server:  # served by vLLM (fdistill.lm.served): the student and its tokenizer only
+        return _served_trainer(run_args, config, train, evaluation)
     teacher, tokenizer = load_model_and_tokenizer(
         run_args.teacher, gguf_file=run_args.teacher_gguf_file, dtype=run_args.model_dtype
     )
@@ -276,6 +315,31 @@ def build_trainer(run_args: RunArguments, config):
         train_dataset=train,
         eval_dataset=evaluation,
         processing_class=tokenizer,
+    )
+
+
+def _served_trainer(run_args: RunArguments, config, train, evaluation):
+    """The `FDistillTrainer` of a recipe whose teacher is served (``teacher_server``): the student is loaded with
+    its own tokenizer (or ``tokenizer``), which the trainer checks against the server's; ``teacher`` is not loaded."""
+    from transformers import AutoTokenizer
+
+    from fdistill.lm.loading import _loading, load_model_and_tokenizer, resolve_package_path
+    from fdistill.lm.trainer import FDistillTrainer
+
+    if run_args.teacher:
+        logger.info("teacher_server serves the teacher: %s is not loaded", run_args.teacher)
+    student, tokenizer = load_model_and_tokenizer(run_args.student, dtype=run_args.model_dtype)
+    if run_args.tokenizer:
+        source = resolve_package_path(run_args.tokenizer)
+        tokenizer = _loading("tokenizer", source, lambda: AutoTokenizer.from_pretrained(source))
+    if tokenizer.pad_token is None:
+        raise InputError("the student's tokenizer has no pad token; add one to its tokenizer files (e.g. pad = eos).")
+    if run_args.lora_r:
+        from fdistill.lm.student import wrap_with_lora
+
+        student = wrap_with_lora(student, r=run_args.lora_r, alpha=run_args.lora_alpha)
+    return FDistillTrainer(
+        model=student, args=config, train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer
     )
 
 

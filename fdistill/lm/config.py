@@ -8,6 +8,7 @@ Every field is validated in `__post_init__`; the user's values are never rewritt
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -16,10 +17,13 @@ from transformers import Seq2SeqTrainingArguments
 from fdistill.divergences import JS_MIXTURES, REDUCTIONS, TOPK_MODES
 from fdistill.errors import invalid
 from fdistill.lm.objectives import Objective, get_objective
+from fdistill.lm.served import API_KEY_ENV, DEFAULT_RETRIES, DEFAULT_TIMEOUT, parse_server_url, redact_url
 
 NONFINITE_POLICIES = ("error", "skip")
 # Columns written by `fdistill sample --topk-logprobs K` and read with teacher_topk_logprobs=True.
 TOPK_COLUMNS = ("teacher_topk_ids", "teacher_topk_logprobs")
+# Settings that may hold credentials: masked wherever the settings are shown or saved (see DistillArguments.masked).
+SECRET_SETTINGS = ("teacher_server", "teacher_server_api_key")
 
 
 @dataclass
@@ -108,7 +112,15 @@ class DistillArguments:
             "teacher samples and the online student samples of every step with its top teacher_topk "
             "log-probabilities per position (prompt_logprobs), and no teacher weights are loaded. Any f-divergence "
             "(kl/rkl/js/tvd), teacher_topk_mode says how the rest of the vocabulary counts. The server's tokenizer is "
-            "checked against the student's once, at start."
+            "checked against the student's once, at start. A user:password@ in it is sent as HTTP basic auth; it and "
+            "any query string are never shown or saved."
+        },
+    )
+    teacher_server_api_key: str | None = field(
+        default=None,
+        metadata={
+            "help": f"API key of teacher_server (vLLM's --api-key), sent as 'Authorization: Bearer'; default: the "
+            f"environment variable {API_KEY_ENV} (preferred: a recipe is easily shared). Never shown or saved."
         },
     )
     teacher_server_model: str | None = field(
@@ -124,13 +136,17 @@ class DistillArguments:
         },
     )
     teacher_server_timeout: float = field(
-        default=120.0, metadata={"help": "Seconds one request to teacher_server may take before it is retried."}
+        default=DEFAULT_TIMEOUT,
+        metadata={
+            "help": "Seconds one request to teacher_server may take in all — every attempt, retry and backoff "
+            "included — before training stops with the error (naming the attempts made)."
+        },
     )
     teacher_server_retries: int = field(
-        default=5,
+        default=DEFAULT_RETRIES,
         metadata={
             "help": "Retries of a failed teacher_server request (connection error, timeout, 429, 5xx) with "
-            "exponential backoff (0.5, 1, 2, 4, 8 s, ...) before training stops with the error."
+            "exponential backoff (0.5, 1, 2, 4, 8 s, ...), within teacher_server_timeout."
         },
     )
     teacher_server_batch_size: int = field(default=8, metadata={"help": "Sequences per teacher_server request."})
@@ -285,8 +301,7 @@ class DistillArguments:
                     "not determine: use 1.0, or teacher_topk_mode='renormalised'.",
                 )
         if self.teacher_server is not None:
-            if not str(self.teacher_server).startswith(("http://", "https://")):
-                bad("teacher_server", self.teacher_server, "give the vLLM server's base URL, http://host:port.")
+            parse_server_url(self.teacher_server)  # one InputError, the URL's secrets masked, for a URL it is not
             if not objective.topk_teacher:
                 bad(
                     "teacher_server",
@@ -318,6 +333,13 @@ class DistillArguments:
                 )
         elif self.teacher_server_model is not None:
             bad("teacher_server_model", self.teacher_server_model, "it names a model of teacher_server; set that too.")
+        if self.teacher_server_api_key is not None:
+            if self.teacher_server is None:
+                raise invalid("teacher_server_api_key", "<hidden>", "it is the key of teacher_server; set that too.")
+            if not str(self.teacher_server_api_key).strip():
+                raise invalid(
+                    "teacher_server_api_key", "", f"give the key, or leave it unset (then {API_KEY_ENV} is read)."
+                )
         if self.teacher_topk < 1:
             bad("teacher_topk", self.teacher_topk, "use 1 or more log-probabilities per position.")
         if not (self.teacher_server_timeout > 0 and math.isfinite(self.teacher_server_timeout)):
@@ -358,6 +380,35 @@ class DistillArguments:
             bad("teacher_dtype", self.teacher_dtype, "use float32, float16, bfloat16, float64 or leave unset.")
         objective.check(self)
 
+    # ------------------------------------------------------------------ secrets never shown or saved
+
+    def masked(self, values: dict) -> dict:
+        """``values`` (these settings as a dict) with :data:`SECRET_SETTINGS` masked: the server URL without its
+        ``user:password@`` and query values (:func:`fdistill.lm.served.redact_url`), the API key as a placeholder."""
+        out = dict(values)
+        if out.get("teacher_server"):
+            out["teacher_server"] = redact_url(out["teacher_server"])
+        if out.get("teacher_server_api_key") is not None:
+            out["teacher_server_api_key"] = "<TEACHER_SERVER_API_KEY>"
+        return out
+
+    def to_dict(self) -> dict:
+        """The settings as a dict, secrets masked (transformers' ``to_dict`` masks ``*_token`` fields only; its
+        ``to_json_string``, ``to_sanitized_dict`` and the reporting integrations all go through this)."""
+        parent = getattr(super(), "to_dict", None)
+        values = parent() if parent else {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return self.masked(values)
+
+    def __getstate__(self) -> dict:
+        """Pickles (``training_args.bin``, which the Trainer saves with ``torch.save``) hold the secrets masked."""
+        return self.masked(dict(self.__dict__))
+
+    def __repr__(self) -> str:
+        values = self.masked({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in values.items())})"
+
+    __str__ = __repr__
+
     @property
     def objective_spec(self) -> Objective:
         """The registered :class:`fdistill.lm.objectives.Objective` named by ``objective``."""
@@ -388,7 +439,7 @@ class DistillArguments:
         return self.objective_spec.uses_teacher and not self.teacher_topk_logprobs and self.teacher_server is None
 
 
-@dataclass
+@dataclass(repr=False)  # DistillArguments.__repr__: secrets masked
 class FDistillConfig(DistillArguments, Seq2SeqTrainingArguments):
     """`Seq2SeqTrainingArguments` with the f-DISTILL settings of :class:`DistillArguments`.
 

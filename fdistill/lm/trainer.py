@@ -47,7 +47,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from fdistill.divergences import IGNORE_INDEX, TeacherTopK, count_items, nonfinite_positions
 from fdistill.errors import InputError, NonFiniteError, nonfinite_cause, nonfinite_sampling
 from fdistill.kernels import capture_head_inputs, check_head, output_head
-from fdistill.lm.config import TOPK_COLUMNS, DistillArguments
+from fdistill.lm.config import SECRET_SETTINGS, TOPK_COLUMNS, DistillArguments
 from fdistill.lm.data import DistillCollator, cat_completions, check_prompts, score_completions, scoring_inputs
 from fdistill.lm.loading import resolve_dtype, shared_vocab_size
 from fdistill.lm.objectives import COMPLETION_SETS, ScoredBatch, ScoredSet, student_sample_metrics
@@ -321,7 +321,7 @@ class FDistillMixin:
                 "teacher_server scores decoder-only teachers (a vLLM prompt is one token sequence); distil an "
                 "encoder–decoder with teacher_model= instead."
             )
-        return connect(self.distill_args, self.processing_class)
+        return connect(self.distill_args, self.processing_class, vocab_size=_vocab_size(self.model))
 
     def _student_generation_config(self) -> GenerationConfig:
         a = self.distill_args
@@ -361,7 +361,8 @@ class FDistillMixin:
             settings = {
                 k: v
                 for k, v in dataclasses.asdict(self.distill_args).items()
-                if k in {f.name for f in dataclasses.fields(DistillArguments)} and k not in _SPEED_SETTINGS
+                if k in {f.name for f in dataclasses.fields(DistillArguments)}
+                and k not in _SPEED_SETTINGS + SECRET_SETTINGS
             }
             prints = (
                 model_fingerprint(self.teacher, self.processing_class)
