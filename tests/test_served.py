@@ -572,14 +572,10 @@ def sample_argv(files, url, out) -> list[str]:
 
 
 @pytest.fixture()
-def main(monkeypatch):
-    """`fdistill.cli.main`, its `fdistill` logger's handlers reset for this test, so that the stderr handler the
-    command attaches writes to this test's captured stderr (not to an earlier test's, closed)."""
-    import logging
-
+def main():
+    """`fdistill.cli.main` (its stderr handler writes to the current, captured stderr: fdistill.cli._StderrHandler)."""
     from fdistill.cli import main
 
-    monkeypatch.setattr(logging.getLogger("fdistill"), "handlers", [])
     return main
 
 
