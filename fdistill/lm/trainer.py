@@ -30,6 +30,8 @@ import dataclasses
 import json
 import logging
 import os
+import re
+import shutil
 from collections import defaultdict
 
 import torch
@@ -42,7 +44,7 @@ from transformers import (
     PreTrainedModel,
     Seq2SeqTrainer,
 )
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from fdistill.divergences import IGNORE_INDEX, TeacherTopK, count_items, nonfinite_positions
 from fdistill.errors import InputError, NonFiniteError, nonfinite_cause, nonfinite_sampling
@@ -52,6 +54,7 @@ from fdistill.lm.data import DistillCollator, cat_completions, check_prompts, sc
 from fdistill.lm.loading import resolve_dtype, shared_vocab_size
 from fdistill.lm.objectives import COMPLETION_SETS, ScoredBatch, ScoredSet, student_sample_metrics
 from fdistill.lm.sampling import sample_completions, sampling_config
+from fdistill.storage import MANIFEST, atomic_write, check_manifest, has_manifest, owned_folder, write_manifest, writing
 from fdistill.torch_utils import base_model as _base_model
 
 logger = logging.getLogger(__name__)
@@ -70,6 +73,7 @@ _SPEED_SETTINGS = (
     "teacher_server_retries",
     "teacher_server_batch_size",
     "teacher_server_concurrency",
+    "overwrite_output_dir",  # where the run writes, not what it computes
 )
 
 
@@ -111,6 +115,133 @@ def _record_changes(saved: dict, now: dict) -> list[str]:
         if saved.get(part) != now[part]:
             changes.append(f"another {part} (fingerprint {saved.get(part)} then, {now[part]} now)")
     return changes
+
+
+# Files a finished or checkpointed run leaves in output_dir besides checkpoint-N folders (see claim_fresh_output_dir).
+_RUN_FILES = (
+    "trainer_state.json",
+    "training_args.bin",
+    RUN_RECORD,
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "adapter_model.safetensors",
+    "pytorch_model.bin",
+)
+
+
+def checkpoint_folders(output_dir: str) -> list[str]:
+    """The ``checkpoint-N`` folders in ``output_dir``, oldest step first (none when the folder does not exist)."""
+    if not os.path.isdir(output_dir):
+        return []
+    steps = [
+        (int(m.group(1)), name)
+        for name in os.listdir(output_dir)
+        if (m := re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", name))
+        and os.path.isdir(os.path.join(output_dir, name))
+    ]
+    return [os.path.join(output_dir, name) for _, name in sorted(steps)]
+
+
+def latest_checkpoint(output_dir: str, required: bool = False) -> str | None:
+    """The newest *complete* checkpoint in ``output_dir`` (its manifest committed; :mod:`fdistill.storage`).
+
+    Newer ones without a manifest — cut off while saving, or written by an fdistill older than manifests — are
+    skipped and named in a warning. With ``required``, finding none is an `InputError` saying what was found.
+    """
+    folders = checkpoint_folders(output_dir)
+    complete = [f for f in folders if has_manifest(f)]
+    newest = complete[-1] if complete else None
+    skipped = [os.path.basename(f) for f in folders[folders.index(newest) + 1 if newest else 0 :]]
+    if skipped:
+        logger.warning(
+            "skipped incomplete checkpoint(s) %s in %s (no %s: cut off while saving, or written by an older "
+            "fdistill); %s.",
+            ", ".join(skipped),
+            output_dir,
+            MANIFEST,
+            f"resuming from {newest}" if newest else "no complete checkpoint is left",
+        )
+    if newest is None and required:
+        found = f"only incomplete ones ({', '.join(skipped)})" if skipped else "none"
+        raise InputError(
+            f"resume from the latest checkpoint: {output_dir!r} holds no complete checkpoint-N folder ({found}); "
+            "train afresh (overwrite_output_dir=true replaces what is there), or give a checkpoint folder "
+            "explicitly to resume from it unverified."
+        )
+    return newest
+
+
+def _fix(folder: str) -> str:
+    """What to do about a damaged checkpoint: delete it and resume from the one before, or start afresh."""
+    folder = os.path.normpath(folder)
+    earlier = [f for f in checkpoint_folders(os.path.dirname(folder)) if has_manifest(f) and f != folder]
+    earlier = [f for f in earlier if _step(f) < _step(folder)]
+    if earlier:
+        return f"delete {folder} and resume from {earlier[-1]} (--resume-from-checkpoint latest)."
+    return f"delete {folder} and train afresh (no earlier complete checkpoint is there)."
+
+
+def _step(folder: str) -> int:
+    m = re.search(r"(\d+)$", folder)
+    return int(m.group(1)) if m else -1
+
+
+def read_json(path: str, fix: str) -> dict:
+    """A JSON object from ``path``, or one `InputError` naming the file and ``fix``."""
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except (OSError, ValueError) as error:
+        raise InputError(f"{path} cannot be read as JSON ({error}): {fix}") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{path} holds a {type(value).__name__}, not a JSON object: {fix}")
+    return value
+
+
+def verify_checkpoint(folder: str) -> None:
+    """Refuse (one `InputError` naming the file and the fix) a checkpoint whose files are not as written.
+
+    With a manifest, every file's size and sha256 are checked. Without one (written by an fdistill older than
+    manifests, or cut off while saving) the files cannot be verified: a warning says so, and only its
+    ``trainer_state.json`` and run record are checked to be readable.
+    """
+    if not os.path.isdir(folder):
+        raise InputError(
+            f"resume_from_checkpoint={folder!r} is not a folder: give a checkpoint folder (output_dir/checkpoint-N) "
+            "or True (`--resume-from-checkpoint latest`) for the newest complete one."
+        )
+    if has_manifest(folder):
+        check_manifest(folder, _fix(folder))
+        return
+    logger.warning(
+        "checkpoint %s has no %s (written by an older fdistill, or cut off while saving): its files cannot be "
+        "verified.",
+        folder,
+        MANIFEST,
+    )
+    for name in ("trainer_state.json", RUN_RECORD):
+        if os.path.exists(os.path.join(folder, name)):
+            read_json(os.path.join(folder, name), _fix(folder))
+
+
+def claim_fresh_output_dir(output_dir: str, overwrite: bool) -> None:
+    """Refuse a fresh run into an ``output_dir`` holding another run's checkpoints or saved model, unless
+    ``overwrite``: then that run's checkpoint folders are deleted (so `latest` can never point into them)."""
+    checkpoints = checkpoint_folders(output_dir)
+    files = [n for n in _RUN_FILES if os.path.isfile(os.path.join(output_dir, n))]
+    found = [os.path.basename(f) for f in checkpoints] + files
+    if not found:
+        return
+    if not overwrite:
+        shown = ", ".join(found[:6]) + (f" and {len(found) - 6} more" if len(found) > 6 else "")
+        raise InputError(
+            f"output_dir {output_dir!r} already holds another run ({shown}): resume it "
+            "(`--resume-from-checkpoint latest`, resume_from_checkpoint=True), set overwrite_output_dir=true to "
+            "replace it, or choose another output_dir."
+        )
+    logger.warning("overwrite_output_dir: deleting the earlier run's checkpoints in %s.", output_dir)
+    for folder in checkpoints:
+        shutil.rmtree(folder)
 
 
 class StepSamples:
@@ -374,39 +505,78 @@ class FDistillMixin:
         return self._record
 
     def _save_checkpoint(self, model, trial) -> None:
-        super()._save_checkpoint(model, trial)
+        """The Trainer's checkpoint, then the run record and the manifest of every file, committed last: a checkpoint
+        without its manifest (cut off by a crash or a full disk) is never resumed from (:mod:`fdistill.storage`)."""
+        run_dir = self._get_output_dir(trial=trial)
+        folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if self.args.should_save and os.path.isdir(folder):  # a cut-off (or abandoned) save of this step
+            shutil.rmtree(folder)
+        self.accelerator.wait_for_everyone()
+        # Older checkpoints are rotated out only once this one is committed (else a crash could leave none whole);
+        # the limit is lifted for the Trainer's own save and restored at once.
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        then = "it stays incomplete and is never resumed from: free space, then resume from the newest complete one"
+        try:
+            with writing(f"checkpoint {folder}", then):
+                super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        self.accelerator.wait_for_everyone()  # every process's files (FSDP shards, RNG states) are written
         if self.args.should_save:
-            folder = os.path.join(
-                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            with writing(f"checkpoint {folder}", then):
+                atomic_write(os.path.join(folder, RUN_RECORD), json.dumps(self._run_record(), indent=2, default=str))
+                write_manifest(folder)
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
             )
-            with open(os.path.join(folder, RUN_RECORD), "w") as f:
-                json.dump(self._run_record(), f, indent=2, default=str)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """`Trainer.save_model`; a failed write (full disk, file-size limit) is one `WriteError` naming the folder."""
+        if _internal_call:  # inside _save_checkpoint, which names the checkpoint
+            return super().save_model(output_dir, _internal_call)
+        folder = output_dir or self.args.output_dir
+        with writing(
+            f"the model to {folder}", "free space, then save again (or rerun; a finished run resumes at once)"
+        ):
+            return super().save_model(output_dir, _internal_call)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs):
-        """`Trainer.train`; a resumed run is first checked against what its checkpoint was trained with.
+        """`Trainer.train`, holding ``output_dir`` for the run (:func:`fdistill.storage.owned_folder`).
 
-        A checkpoint trained with other distillation settings (objective, mixture, temperatures, sampling, data
-        columns, ...), another teacher or another tokenizer is refused with the differences named, before any work.
+        ``resume_from_checkpoint=True`` takes the newest *complete* checkpoint (:func:`latest_checkpoint`); the
+        checkpoint's files are checked against its manifest and its run record against this run before any work: a
+        checkpoint trained with other distillation settings (objective, mixture, temperatures, sampling, data
+        columns, ...), another teacher or another tokenizer, or with a file changed or cut short since it was
+        written, is refused with one `InputError` naming it. A fresh run (no resume) into an ``output_dir`` that
+        holds another run's checkpoints or model is refused unless ``overwrite_output_dir``.
         """
-        folder = resume_from_checkpoint
-        if folder is True:
-            folder = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
-        if isinstance(folder, str) and os.path.isfile(os.path.join(folder, RUN_RECORD)):
-            with open(os.path.join(folder, RUN_RECORD)) as f:
-                saved = json.load(f)
-            changes = _record_changes(saved, self._run_record())
+        with owned_folder(
+            self.args.output_dir,
+            "fdistill train",
+            state=self.accelerator,
+            claim=lambda: self._claim_output_dir(resume_from_checkpoint),
+        ) as folder:
+            return super().train(resume_from_checkpoint=folder, trial=trial, **kwargs)
+
+    def _claim_output_dir(self, resume: str | bool | None) -> str | None:
+        """The checkpoint to resume from, verified (None: a fresh run, the output folder checked to be free)."""
+        out = self.args.output_dir
+        if resume is None or resume is False:
+            claim_fresh_output_dir(out, overwrite=getattr(self.distill_args, "overwrite_output_dir", False))
+            return None
+        folder = latest_checkpoint(out, required=True) if resume is True else str(resume)
+        verify_checkpoint(folder)
+        if os.path.isfile(os.path.join(folder, RUN_RECORD)):
+            changes = _record_changes(read_json(os.path.join(folder, RUN_RECORD), _fix(folder)), self._run_record())
             if changes:
                 raise InputError(
                     f"checkpoint {folder!r} was trained differently: {'; '.join(changes)}. Resume with the "
                     "settings and models it was trained with, or train into a new output_dir."
                 )
-        elif isinstance(folder, str):
-            logger.warning(
-                "checkpoint %s has no %s (written by an older fdistill): its settings are not checked.",
-                folder,
-                RUN_RECORD,
-            )
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+        return folder
 
     # ------------------------------------------------------------------ online student samples
 
@@ -606,7 +776,7 @@ class FDistillMixin:
                 inputs["prompt_ids"], inputs["prompt_mask"], sets, self.distill_args.teacher_topk, self.args.device
             )
         except TeacherServerError as error:
-            folder = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
+            folder = latest_checkpoint(self.args.output_dir)
             resume = (
                 f"the last checkpoint, {folder}, is whole: restart the server and resume with "
                 "resume_from_checkpoint=True"
@@ -692,6 +862,10 @@ class FDistillMixin:
             if values:
                 logs[prefix + k] = sum(values) / len(values)
         self._metrics[split].clear()
+        if "train_loss" in logs and self.state.global_step == getattr(self, "_initial_global_step", None):
+            # resumed at its last step: no step ran, and the Trainer's 0 would read as a perfect fit
+            del logs["train_loss"]
+            logger.info("resumed a finished run (step %d): no training step ran.", self.state.global_step)
         if split == "train" and self.distill_args.on_nonfinite == "skip":
             logs["nonfinite_skipped"] = self._nonfinite_skipped  # cumulative count of dropped micro-batches
             if "loss" in logs and self._window_skipped:  # dropped micro-batches added 0: average over the others
