@@ -162,6 +162,18 @@ def manifest_problem(folder: str | os.PathLike, name: str = MANIFEST) -> str | N
     return None
 
 
+def read_json(path: str | os.PathLike, fix: str) -> dict:
+    """A JSON object from ``path``, or one `InputError` naming the file and ``fix``."""
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except (OSError, ValueError) as error:
+        raise InputError(f"{path} cannot be read as JSON ({error}): {fix}") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{path} holds a {type(value).__name__}, not a JSON object: {fix}")
+    return value
+
+
 def check_manifest(folder: str | os.PathLike, fix: str, name: str = MANIFEST) -> None:
     """Raise one `InputError` naming the first file of ``folder``'s manifest that is missing, cut short or changed,
     followed by ``fix`` (what to delete or rerun)."""

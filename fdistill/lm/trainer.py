@@ -54,7 +54,16 @@ from fdistill.lm.data import DistillCollator, cat_completions, check_prompts, sc
 from fdistill.lm.loading import resolve_dtype, shared_vocab_size
 from fdistill.lm.objectives import COMPLETION_SETS, ScoredBatch, ScoredSet, student_sample_metrics
 from fdistill.lm.sampling import sample_completions, sampling_config
-from fdistill.storage import MANIFEST, atomic_write, check_manifest, has_manifest, owned_folder, write_manifest, writing
+from fdistill.storage import (
+    MANIFEST,
+    atomic_write,
+    check_manifest,
+    has_manifest,
+    owned_folder,
+    read_json,
+    write_manifest,
+    writing,
+)
 from fdistill.torch_utils import base_model as _base_model
 
 logger = logging.getLogger(__name__)
@@ -162,11 +171,15 @@ def latest_checkpoint(output_dir: str, required: bool = False) -> str | None:
             f"resuming from {newest}" if newest else "no complete checkpoint is left",
         )
     if newest is None and required:
-        found = f"only incomplete ones ({', '.join(skipped)})" if skipped else "none"
+        if not skipped:
+            raise InputError(
+                f"--resume-from-checkpoint latest: no checkpoint-N folder in "
+                f"{output_dir!r}; train without it to start, or give the folder of a checkpoint."
+            )
         raise InputError(
-            f"resume from the latest checkpoint: {output_dir!r} holds no complete checkpoint-N folder ({found}); "
-            "train afresh (overwrite_output_dir=true replaces what is there), or give a checkpoint folder "
-            "explicitly to resume from it unverified."
+            f"--resume-from-checkpoint latest: no complete checkpoint-N folder in "
+            f"{output_dir!r}, only incomplete ones ({', '.join(skipped)}); start afresh with overwrite_output_dir=true "
+            "(it deletes them), or give a checkpoint folder explicitly to resume from it unverified."
         )
     return newest
 
@@ -184,18 +197,6 @@ def _fix(folder: str) -> str:
 def _step(folder: str) -> int:
     m = re.search(r"(\d+)$", folder)
     return int(m.group(1)) if m else -1
-
-
-def read_json(path: str, fix: str) -> dict:
-    """A JSON object from ``path``, or one `InputError` naming the file and ``fix``."""
-    try:
-        with open(path) as f:
-            value = json.load(f)
-    except (OSError, ValueError) as error:
-        raise InputError(f"{path} cannot be read as JSON ({error}): {fix}") from None
-    if not isinstance(value, dict):
-        raise InputError(f"{path} holds a {type(value).__name__}, not a JSON object: {fix}")
-    return value
 
 
 def verify_checkpoint(folder: str) -> None:
