@@ -50,16 +50,21 @@ class WriteError(OSError):
 
 @contextlib.contextmanager
 def writing(what: str, then: str) -> Iterator[None]:
-    """Turn a failure while writing ``what`` — an `OSError`, or the `RuntimeError`/``SafetensorError`` that
-    torch.save and safetensors raise on a full disk — into one `WriteError` that ends with ``then`` (how to go on)."""
-    from safetensors import SafetensorError
+    """Turn a failure while writing ``what`` into one `WriteError` that ends with ``then`` (how to go on).
 
+    Writers report a full disk or a file-size limit in their own ways — `OSError` from Python, `RuntimeError` from
+    torch.save, ``SafetensorError`` from safetensors, a bare `Exception` from the tokenizers backend — so every
+    `Exception` raised inside the block counts, its type and text kept in the message (and chained).
+    """
     try:
         yield
     except WriteError:
         raise
-    except (OSError, RuntimeError, SafetensorError) as error:
-        raise WriteError(f"could not write {what} ({error}); {then}") from error
+    except Exception as error:
+        cause = str(error) if isinstance(error, OSError) else f"{type(error).__name__}: {error}"
+        failure = WriteError(f"could not write {what} ({cause}); {then}")
+        failure.errno = getattr(error, "errno", None)
+        raise failure from error
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:

@@ -485,17 +485,17 @@ def _claim_folder(out: Path, output_dir: str, provenance: dict) -> bool:
     work, record = out / _WORK_DIR, out / PROVENANCE_FILE
     redo = f"delete {output_dir!r} and rerun to draw the samples again"
     if record.exists() and (has_manifest(out) or not work.exists()):  # finished (older fdistill: no manifest)
+        if has_manifest(out):
+            check_manifest(out, redo + ".")
+        else:
+            logger.warning("%s has no %s (written by an older fdistill): its files are not verified.", out, MANIFEST)
         changes = _run_changes(read_json(record, redo), provenance)
         if changes:
             raise InputError(
                 f"{output_dir!r} already holds finished samples from a different run ({'; '.join(changes)}); "
                 "delete that folder or choose another output folder."
             )
-        if has_manifest(out):
-            check_manifest(out, redo + ".")
-            shutil.rmtree(work, ignore_errors=True)  # left by a run stopped while cleaning up
-        else:
-            logger.warning("%s has no %s (written by an older fdistill): its files are not verified.", out, MANIFEST)
+        shutil.rmtree(work, ignore_errors=True)  # left by a run stopped while cleaning up
         return True
     run_file = work / "run.json"
     done = len(list(work.glob(f"batch_*.jsonl{_COMMITTED}"))) if work.is_dir() else 0

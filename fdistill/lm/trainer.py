@@ -516,7 +516,10 @@ class FDistillMixin:
         # Older checkpoints are rotated out only once this one is committed (else a crash could leave none whole);
         # the limit is lifted for the Trainer's own save and restored at once.
         limit, self.args.save_total_limit = self.args.save_total_limit, None
-        then = "it stays incomplete and is never resumed from: free space, then resume from the newest complete one"
+        then = (
+            "it stays incomplete and is never resumed from: free space, then resume from the newest complete "
+            "checkpoint (--resume-from-checkpoint latest; resume_from_checkpoint=True)."
+        )
         try:
             with writing(f"checkpoint {folder}", then):
                 super()._save_checkpoint(model, trial)
@@ -540,7 +543,8 @@ class FDistillMixin:
             return super().save_model(output_dir, _internal_call)
         folder = output_dir or self.args.output_dir
         with writing(
-            f"the model to {folder}", "free space, then save again (or rerun; a finished run resumes at once)"
+            f"the model to {folder}",
+            "free space, then rerun with --resume-from-checkpoint latest (a finished run resumes at once).",
         ):
             return super().save_model(output_dir, _internal_call)
 
