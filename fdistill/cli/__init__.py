@@ -281,7 +281,7 @@ def build_trainer(run_args: RunArguments, config):
 
 
 def run_train(args) -> None:
-    from fdistill.lm.trainer import latest_checkpoint
+    from fdistill.lm.checkpoints import latest_checkpoint
     from fdistill.storage import owned_folder
 
     run_args, config = load_recipe(args.recipe, args.overrides)
