@@ -586,3 +586,35 @@ def test_manifest_names_missing_cut_and_changed_files(tmp_path):
     (tmp_path / "a.json").unlink()
     with pytest.raises(InputError, match=r"a.json is missing: fix"):
         check_manifest(tmp_path, "fix")
+
+
+@pytest.mark.slow
+def test_two_processes_commit_every_processs_files_and_resume_the_newest_complete_checkpoint(
+    teacher_dir, samples_dir, tmp_path
+):
+    """Under `accelerate launch` (2 CPU processes): each checkpoint's manifest, written by the main process after a
+    barrier, lists both processes' RNG states; the lock is the main process's and gone at the end; a resume from
+    `latest` skips a checkpoint cut off while saving, on both processes."""
+    import shutil
+
+    recipe = _recipe(tmp_path, teacher_dir, samples_dir, objective="kl", dataloader_drop_last=True)
+    flags = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
+    launch = [shutil.which("accelerate"), "launch", *flags, "--dynamo_backend", "no", "-m", "fdistill.cli", "train"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    done = subprocess.run([*launch, recipe], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "run"
+    for step in (1, 2):
+        listed = json.loads((run / f"checkpoint-{step}" / MANIFEST).read_text())["files"]
+        assert {"rng_state_0.pth", "rng_state_1.pth", "optimizer.pt", "model.safetensors"} <= set(listed)
+        check_manifest(run / f"checkpoint-{step}", "fix")
+    assert not (run / LOCK_FILE).exists()
+    expected = _weights(run)
+    (run / "checkpoint-2" / MANIFEST).unlink()  # as a crash before the commit leaves it
+    done = subprocess.run(
+        [*launch, recipe, "--resume-from-checkpoint", "latest"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "skipped incomplete checkpoint(s) checkpoint-2" in done.stderr
+    for name, tensor in expected.items():
+        torch.testing.assert_close(_weights(run)[name], tensor, rtol=0, atol=0, msg=name)
