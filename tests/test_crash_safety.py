@@ -572,6 +572,28 @@ def test_a_changed_samples_folder_is_one_line_before_training_or_rerun(tmp_path,
             read()
 
 
+def test_a_samples_folder_of_an_older_fdistill_is_used_with_a_warning(tmp_path, caplog):
+    data = tiny.dataset(6, seed=3)
+    first = _sample(data, tmp_path / "o").to_dict()
+    (tmp_path / "o" / MANIFEST).unlink()  # as fdistill wrote it before manifests
+    with caplog.at_level("WARNING", logger="fdistill"):
+        assert _sample(data, tmp_path / "o").to_dict() == first
+    assert "has no fdistill_manifest.json (written by an older fdistill)" in caplog.text
+
+
+def test_latest_with_only_incomplete_checkpoints_is_one_line(trained, teacher_dir, samples_dir, tmp_path, capsys):
+    folder = tmp_path / "x"
+    folder.mkdir()
+    recipe = _recipe(folder, teacher_dir, samples_dir)
+    run = _copy(trained, folder)
+    for step in (1, 2):
+        (run / f"checkpoint-{step}" / MANIFEST).unlink()
+    code, err = _train(capsys, recipe, "--resume-from-checkpoint", "latest")
+    assert code == 2
+    line = _one_line(err)
+    assert "only incomplete ones (checkpoint-1, checkpoint-2)" in line and "overwrite_output_dir=true" in line, line
+
+
 def test_manifest_names_missing_cut_and_changed_files(tmp_path):
     for name, text in (("a.json", "{}"), ("b.bin", "0123456789")):
         atomic_write(tmp_path / name, text)
