@@ -151,8 +151,9 @@ def manifest_problem(folder: str | os.PathLike, name: str = MANIFEST) -> str | N
     folder = Path(folder)
     try:
         listed = json.loads((folder / name).read_text())["files"]
-        if not isinstance(listed, dict):
-            raise TypeError("files is not a mapping")
+        entries = listed.values() if isinstance(listed, dict) else [None]
+        if not all(isinstance(e, dict) and isinstance(e.get("bytes"), int) and "sha256" in e for e in entries):
+            raise TypeError("its files are not a mapping of {bytes, sha256} records")
     except (OSError, ValueError, KeyError, TypeError) as error:
         return f"{folder / name} cannot be read ({error})"
     for rel, want in listed.items():
