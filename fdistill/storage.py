@@ -256,7 +256,8 @@ class FolderLock:
                 ) from None
             # the file may have been deleted by a releasing holder after we opened it: lock the file at the path
             try:
-                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+                now, mine = os.stat(self.path), os.fstat(fd)
+                same = (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino)
             except FileNotFoundError:
                 same = False
             if same:
@@ -298,28 +299,29 @@ class FolderLock:
 
 def run_on_main(state, work):
     """``work()`` on the main process of ``state`` (an accelerate state or ``Accelerator``; None: this process
-    alone), its result — or its error — shared with every process, so none waits for a main process that failed."""
+    alone), its result — or its error — shared with every process, so none waits for a main process that failed.
+    The main process raises its own error; the others an `InputError` with the same text (or a `RuntimeError`)."""
     main = state is None or state.is_main_process
-    outcome = (None, None)
+    if state is None or state.num_processes == 1:
+        return work()
+    from accelerate.utils import broadcast_object_list
+
+    outcome, failure = None, None
     if main:
         try:
             outcome = (work(), None)
         except Exception as error:
-            if state is None or state.num_processes == 1:
-                raise
-            outcome = (None, error)
-    if state is not None and state.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
-        shared = [outcome if main else None]
-        broadcast_object_list(shared)
-        result, error = shared[0]
-        if error is not None:
-            if main:
-                raise outcome[1]
-            raise error if isinstance(error, InputError) else RuntimeError(f"the main process failed: {error}")
-        return result
-    return outcome[0]
+            failure = error
+            outcome = (None, (isinstance(error, InputError), str(error)))
+    shared = [outcome]
+    broadcast_object_list(shared)
+    result, error = shared[0]
+    if failure is not None:
+        raise failure
+    if error is not None:
+        is_input, text = error
+        raise InputError(text) if is_input else RuntimeError(f"the main process failed: {text}")
+    return result
 
 
 @contextlib.contextmanager
