@@ -17,6 +17,7 @@ import errno
 import gc
 import io
 import json
+import logging
 import multiprocessing as mp
 import os
 import re
@@ -177,6 +178,17 @@ def _one_line(err: str) -> str:
 
 
 # ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cli_logging():
+    """The `fdistill` command attaches a stderr handler to the library logger once; a handler left on the stream of
+    an earlier test (closed by pytest) would print "Logging error" tracebacks into this test's stderr."""
+    logger = logging.getLogger("fdistill")
+    kept = logger.handlers[:]
+    logger.handlers.clear()
+    yield
+    logger.handlers[:] = kept
 
 
 @pytest.fixture(scope="module")
