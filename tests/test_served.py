@@ -424,7 +424,8 @@ def test_sampling_through_the_server_resumes_after_it_dies(teacher, tok, tmp_pat
                 _settings(),
                 show_progress=False,
             )
-    assert [p.name for p in sorted((tmp_path / "cut" / ".fdistill_work").glob("batch_*"))] == ["batch_000000.jsonl"]
+    work = tmp_path / "cut" / ".fdistill_work"
+    assert [p.name for p in sorted(work.glob("batch_*.jsonl"))] == ["batch_000000.jsonl"]
     with FakeVLLM(teacher, tok, name="other") as other:
         with pytest.raises(InputError, match="unfinished run .*the teacher changed"):
             sample_offline_served(TeacherServer(other.url), tok, prompts, out, _settings(), show_progress=False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import logging
 import os
 import sys
@@ -344,31 +345,30 @@ def _served_trainer(run_args: RunArguments, config, train, evaluation):
 
 
 def run_train(args) -> None:
+    from fdistill.lm.checkpoints import latest_checkpoint
+    from fdistill.storage import owned_folder
+
     run_args, config = load_recipe(args.recipe, args.overrides)
     resume = args.resume_from_checkpoint
     if resume is not None and resume != "latest" and not os.path.isdir(resume):
         raise InputError(
             f"--resume-from-checkpoint {resume!r} is not a folder: give a checkpoint folder "
-            f"({config.output_dir}/checkpoint-N) or `latest` for the newest one in output_dir."
+            f"({config.output_dir}/checkpoint-N) or `latest` for the newest complete one in output_dir."
         )
-    if resume == "latest":
-        from transformers.trainer_utils import get_last_checkpoint
-
-        resume = get_last_checkpoint(config.output_dir) if os.path.isdir(config.output_dir) else None
-        if resume is None:
-            raise InputError(
-                f"--resume-from-checkpoint latest: no checkpoint-N folder in {config.output_dir!r}; "
-                "train without it to start, or give the folder of a checkpoint."
-            )
+    if resume == "latest":  # checked before any model is loaded; the trainer verifies it again under the lock
+        latest_checkpoint(config.output_dir, required=True)
+        resume = True
     trainer = build_trainer(run_args, config)
-    trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model()
-    if trainer.eval_dataset is not None:
-        trainer.evaluate()
-    if trainer.is_world_process_zero():
-        trainer.create_model_card()
-    if config.push_to_hub:
-        trainer.push_to_hub()
+    # the folder stays this run's until its model, evaluation and card are written (the trainer holds it too)
+    with owned_folder(config.output_dir, "fdistill train", state=trainer.accelerator):
+        trainer.train(resume_from_checkpoint=resume)
+        trainer.save_model()
+        if trainer.eval_dataset is not None:
+            trainer.evaluate()
+        if trainer.is_world_process_zero():
+            trainer.create_model_card()
+        if config.push_to_hub:
+            trainer.push_to_hub()
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -647,6 +647,14 @@ def _log_to_stderr() -> None:
         root.setLevel(logging.INFO)
 
 
+# Write failures that are the machine's, not fdistill's: one line and how to continue (see fdistill.storage).
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
+_RESUME = {
+    "train": "then rerun with --resume-from-checkpoint latest (the newest complete checkpoint)",
+    "sample": "then rerun the same command: committed batches are kept",
+}
+
+
 def main(argv: list[str] | None = None) -> None:
     _log_to_stderr()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -661,7 +669,7 @@ def main(argv: list[str] | None = None) -> None:
         "--resume-from-checkpoint",
         default=None,
         metavar="FOLDER|latest",
-        help="continue from a checkpoint folder, or `latest`: the newest checkpoint-N in output_dir",
+        help="continue from a checkpoint folder, or `latest`: the newest complete checkpoint-N in output_dir",
     )
     from fdistill.cli import demo, paper_claims
 
@@ -702,6 +710,20 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     except NonFiniteError as error:  # training met NaN/inf: what, where and the likely cause, in one line
         print(f"fdistill {args.command}: error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except OSError as error:  # a full disk or a file-size limit: nothing cut short is read back, so rerunning is safe
+        from fdistill.storage import WriteError
+
+        if isinstance(error, WriteError):
+            print(f"fdistill {args.command}: error: {error}", file=sys.stderr)
+        elif error.errno in _WRITE_ERRNOS:
+            print(
+                f"fdistill {args.command}: error: could not write {error.filename or 'a file'}: {error.strerror} "
+                f"(free space or raise the limit, e.g. `ulimit -f`); {_RESUME.get(args.command, 'then run again')}.",
+                file=sys.stderr,
+            )
+        else:
+            raise
         raise SystemExit(1) from None
 
 

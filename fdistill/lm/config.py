@@ -229,6 +229,13 @@ class DistillArguments:
             "drops that micro-batch's gradient and counts it in the logged `nonfinite_skipped`."
         },
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Let a fresh run (not resuming) replace another run in output_dir: its checkpoint-N folders are "
+            "deleted first. Without it such a run is refused (resume it, or choose another output_dir)."
+        },
+    )
 
     def __post_init__(self):
         def bad(name, value, fix):

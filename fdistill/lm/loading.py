@@ -21,6 +21,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from fdistill.errors import InputError, invalid
 from fdistill.lm.data import check_prompts
+from fdistill.storage import check_manifest, has_manifest
 
 _DATA_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 # Suffixes that mark a string as a local file, never a Hub name (Hub names may hold dots: "Qwen/Qwen2.5-0.5B").
@@ -109,6 +110,8 @@ def load_data(source: str, *, config: str | None = None, split: str = "train") -
             f"check that it is valid {'JSON Lines or JSON' if fmt == 'json' else fmt.upper()} with one example per row.",
         )
     elif path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
+        if has_manifest(path):  # written by fdistill (e.g. `fdistill sample`): its files must be as written
+            check_manifest(path, f"delete {source!r} and rerun the command that wrote it (e.g. `fdistill sample`).")
         data = _read(source, lambda: load_from_disk(str(path)), "save it again with `Dataset.save_to_disk`.")
         if isinstance(data, DatasetDict):
             if split not in data:

@@ -13,8 +13,10 @@ the sampler starts from a clean :class:`~transformers.GenerationConfig`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -31,7 +33,21 @@ from transformers import GenerationConfig
 from fdistill.checks import output_folder
 from fdistill.errors import InputError
 from fdistill.lm.data import DistillCollator, check_prompts, completion_mask, position_limit
+from fdistill.storage import (
+    LOCK_FILE,
+    MANIFEST,
+    atomic_write,
+    check_manifest,
+    has_manifest,
+    manifest_problem,
+    owned_folder,
+    read_json,
+    write_manifest,
+    writing,
+)
 from fdistill.torch_utils import base_model, model_devices, seeded
+
+logger = logging.getLogger(__name__)
 
 
 def sampling_config(
@@ -298,12 +314,6 @@ def _fingerprint(record: dict) -> str:
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def sample_offline(
     model,
     tokenizer,
@@ -323,9 +333,12 @@ def sample_offline(
     re-run with the same teacher, tokenizer, data and settings skips finished batches (resume
     after interruption: no row lost or duplicated); a re-run under another teacher or tokenizer
     (by content, `fdistill.lm.loading.model_fingerprint`), other data or other settings is refused,
-    so one dataset never mixes two teachers. When every batch is done the main process merges
-    them in input order, saves the dataset and only then makes it loadable (``state.json`` moved
-    last) and writes the provenance record ``fdistill_provenance.json``.
+    so one dataset never mixes two teachers. Each batch file is committed by a manifest of its sha256
+    (:mod:`fdistill.storage`): one cut short or changed after it was written is drawn again. When every
+    batch is done the main process merges them in input order, saves the dataset and only then makes it
+    loadable (``state.json`` moved last), writes the provenance record ``fdistill_provenance.json`` and, last,
+    the manifest of the dataset's files, checked whenever the folder is read again (`load_data`, a rerun).
+    The folder is locked for the run: a second run on it stops with one line naming the holder.
 
     Bad input (missing column, unusable prompt, prompt + ``max_new_tokens`` beyond the teacher's
     positions, no pad token, an output path that is a file or a foreign folder) is an `InputError`
@@ -443,35 +456,6 @@ def sample_offline_with(
     # what the samples depend on: content, not how the teacher was named (./t and /abs/t resume the same run)
     run_id = _fingerprint({k: provenance[k] for k in _RUN_IDENTITY})
     provenance["run_id"] = run_id
-    existing = out / PROVENANCE_FILE
-    if existing.exists():
-        changes = _run_changes(json.loads(existing.read_text()), provenance)
-        if changes:
-            raise InputError(
-                f"{output_dir!r} already holds finished samples from a different run ({'; '.join(changes)}); "
-                "delete that folder or choose another output folder."
-            )
-        return load_from_disk(str(out))
-    work = out / _WORK_DIR
-    run_file = work / "run.json"
-    done = sorted(work.glob("batch_*.jsonl")) if work.is_dir() else []
-    if done and not run_file.exists():
-        raise InputError(
-            f"{output_dir!r} holds {len(done)} sampled batches but no run record ({run_file} is gone), so "
-            "they cannot be checked against this run: delete that folder or choose another output folder."
-        )
-    if done:  # an unfinished run: resume only the very same run
-        changes = _run_changes(json.loads(run_file.read_text()), provenance)
-        if changes:
-            raise InputError(
-                f"{output_dir!r} holds an unfinished run ({len(done)} batches done) that differs from this one "
-                f"({'; '.join(changes)}); resuming would mix them. Rerun with the earlier teacher, tokenizer, data and "
-                "settings to finish it, or delete that folder (or choose another) to start afresh."
-            )
-    if out.exists() and not work.exists() and any(out.iterdir()):
-        raise InputError(
-            f"{output_dir!r} exists and is not an fdistill sampling folder; choose an empty or new folder."
-        )
     collator = DistillCollator(
         tokenizer,
         is_encoder_decoder=sampler.is_encoder_decoder,
@@ -484,14 +468,80 @@ def sample_offline_with(
     sampler.prepare(settings, state.device)  # validates the settings against the teacher
     order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))  # batch by length
     batches = [order[i : i + settings.batch_size] for i in range(0, len(order), settings.batch_size)]
-    if state.is_main_process:
-        work.mkdir(parents=True, exist_ok=True)
-        if not done:  # nothing drawn yet: (re)write the record, so a corrected rerun after a failed start is welcome
-            _write_atomic(run_file, json.dumps(provenance, indent=1, default=str))
-    state.wait_for_everyone()
+    work = out / _WORK_DIR
+    claim = functools.partial(_claim_folder, out, output_dir, provenance)
+    with owned_folder(out, "fdistill sample", state=state, claim=claim) as finished:
+        if not finished:
+            _draw(sampler, prompts, batches, work, settings, state, show_progress)
+            if state.is_main_process:
+                _merge(dataset, batches, work, out, settings, provenance)
+            state.wait_for_everyone()
+    return load_from_disk(str(out))
 
+
+def _claim_folder(out: Path, output_dir: str, provenance: dict) -> bool:
+    """Under the folder's lock, before anything is written: True when ``out`` holds this run's finished samples
+    (verified against their manifest), False when this run may (continue to) draw there; else one `InputError`."""
+    work, record = out / _WORK_DIR, out / PROVENANCE_FILE
+    redo = f"delete {output_dir!r} and rerun to draw the samples again"
+    if record.exists() and (has_manifest(out) or not work.exists()):  # finished (older fdistill: no manifest)
+        if has_manifest(out):
+            check_manifest(out, redo + ".")
+        else:
+            logger.warning("%s has no %s (written by an older fdistill): its files are not verified.", out, MANIFEST)
+        changes = _run_changes(read_json(record, redo), provenance)
+        if changes:
+            raise InputError(
+                f"{output_dir!r} already holds finished samples from a different run ({'; '.join(changes)}); "
+                "delete that folder or choose another output folder."
+            )
+        shutil.rmtree(work, ignore_errors=True)  # left by a run stopped while cleaning up
+        return True
+    run_file = work / "run.json"
+    done = len(list(work.glob(f"batch_*.jsonl{_COMMITTED}"))) if work.is_dir() else 0
+    if done and not run_file.exists():
+        raise InputError(
+            f"{output_dir!r} holds {done} sampled batches but no run record ({run_file} is gone), so "
+            "they cannot be checked against this run: delete that folder or choose another output folder."
+        )
+    if done:  # an unfinished run: resume only the very same run
+        changes = _run_changes(read_json(run_file, redo), provenance)
+        if changes:
+            raise InputError(
+                f"{output_dir!r} holds an unfinished run ({done} batches done) that differs from this one "
+                f"({'; '.join(changes)}); resuming would mix them. Rerun with the earlier teacher, tokenizer, data and "
+                "settings to finish it, or delete that folder (or choose another) to start afresh."
+            )
+    elif any(p.name not in (LOCK_FILE, _WORK_DIR) for p in out.iterdir()):
+        raise InputError(
+            f"{output_dir!r} exists and is not an fdistill sampling folder; choose an empty or new folder."
+        )
+    else:  # nothing drawn yet: (re)write the record, so a corrected rerun after a failed start is welcome
+        with writing(f"the run record {run_file}", "free space, then rerun the same command"):
+            work.mkdir(parents=True, exist_ok=True)
+            atomic_write(run_file, json.dumps(provenance, indent=1, default=str))
+    return False
+
+
+_COMMITTED = ".manifest.json"  # batch_N.jsonl is committed when batch_N.jsonl.manifest.json (its sha256) is there
+
+
+def _committed(work: Path, name: str) -> bool:
+    """Whether batch file ``name`` is committed and as written; one changed or cut short since is drawn again."""
+    if not (work / (name + _COMMITTED)).exists():
+        return False
+    problem = manifest_problem(work, name + _COMMITTED)
+    if problem is None:
+        return True
+    logger.warning("%s: drawing that batch again.", problem)
+    (work / (name + _COMMITTED)).unlink()
+    return False
+
+
+def _draw(sampler, prompts, batches, work: Path, settings, state, show_progress: bool) -> None:
+    """This process's share of the batches not yet committed, each written atomically and committed by its digest."""
     mine = [b for b in range(len(batches)) if b % state.num_processes == state.process_index]
-    todo = [b for b in mine if not (work / f"batch_{b:06d}.jsonl").exists()]
+    todo = [b for b in mine if not _committed(work, _batch_file(b))]
     progress = tqdm(
         total=len(mine),
         initial=len(mine) - len(todo),
@@ -504,7 +554,9 @@ def sample_offline_with(
         indices = batches[b]
         rows = sampler.draw(prompts, indices, settings, b)
         text = "".join(json.dumps(r) + "\n" for r in rows)
-        _write_atomic(work / f"batch_{b:06d}.jsonl", text)
+        with writing(f"batch {b} to {work}", "rerun the same command: committed batches are kept"):
+            atomic_write(work / _batch_file(b), text)
+            write_manifest(work, [_batch_file(b)], name=_batch_file(b) + _COMMITTED)
         n_inputs += len(indices)
         n_tokens += sum(len(r["teacher_sample_ids"]) for r in rows)
         elapsed = time.perf_counter() - start
@@ -512,10 +564,10 @@ def sample_offline_with(
         progress.update(1)
     progress.close()
     state.wait_for_everyone()
-    if state.is_main_process:
-        _merge(dataset, batches, work, out, settings, provenance)
-    state.wait_for_everyone()
-    return load_from_disk(str(out))
+
+
+def _batch_file(b: int) -> str:
+    return f"batch_{b:06d}.jsonl"
 
 
 @torch.no_grad()
@@ -558,17 +610,28 @@ def _sample_batch(
 
 
 def _merge(dataset: Dataset, batches, work: Path, out: Path, settings, provenance) -> None:
-    """Merge the batch files in input order, check completeness, and publish the dataset atomically."""
+    """Merge the verified batch files in input order, and publish the dataset: its files, the provenance record,
+    then their manifest, last (:mod:`fdistill.storage`); only then is the work folder removed."""
     rows = []
-    for b in range(len(batches)):
-        path = work / f"batch_{b:06d}.jsonl"
-        if not path.exists():
-            raise RuntimeError(f"batch {b} is missing from {work}; re-run the same command to finish it.")
-        rows.extend(json.loads(line) for line in path.read_text().splitlines())
+    redo = "rerun the same command to draw that batch again"
+    for b, indices in enumerate(batches):
+        name = _batch_file(b)
+        if not (work / (name + _COMMITTED)).exists():
+            raise InputError(f"batch {b} ({work / name}) is not committed: {redo}.")
+        check_manifest(work, f"delete it and {redo}.", name=name + _COMMITTED)
+        batch = [json.loads(line) for line in (work / name).read_text().splitlines()]
+        got = sorted((r["input_index"], r["sample_index"]) for r in batch)
+        want = sorted((i, s) for i in indices for s in range(settings.num_samples))
+        if got != want:
+            raise InputError(
+                f"{work / name} holds {len(got)} rows that are not batch {b}'s {len(want)} (inputs × samples): "
+                f"delete it and {redo}."
+            )
+        rows.extend(batch)
     rows.sort(key=lambda r: (r["input_index"], r["sample_index"]))
     expected = [(i, s) for i in range(len(dataset)) for s in range(settings.num_samples)]
     got = [(r["input_index"], r["sample_index"]) for r in rows]
-    if got != expected:
+    if got != expected:  # the batches cover every input once: a bug if not
         raise RuntimeError(f"sample rows do not match the inputs ({len(got)} rows for {len(expected)} expected).")
     merged = dataset.select([r["input_index"] for r in rows])
     for column in rows[0]:
@@ -577,12 +640,14 @@ def _merge(dataset: Dataset, batches, work: Path, out: Path, settings, provenanc
         merged = merged.add_column(column, [r[column] for r in rows])
     merged.info.description = "fdistill offline teacher samples; provenance: " + json.dumps(provenance, default=str)
     staging = work / "final"
-    if staging.exists():
-        shutil.rmtree(staging)
-    merged.save_to_disk(str(staging))
-    files = sorted(staging.iterdir(), key=lambda p: p.name == "state.json")  # state.json last: loadable only when whole
-    for f in files:
-        os.replace(f, out / f.name)
-    provenance = dict(provenance, num_rows=len(merged), created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    _write_atomic(out / PROVENANCE_FILE, json.dumps(provenance, indent=1, default=str))
+    with writing(f"the sampled dataset to {out}", "rerun the same command: the drawn batches are kept"):
+        if staging.exists():
+            shutil.rmtree(staging)
+        merged.save_to_disk(str(staging))
+        files = sorted(staging.iterdir(), key=lambda p: p.name == "state.json")  # state.json last: loadable when whole
+        for f in files:
+            os.replace(f, out / f.name)
+        provenance = dict(provenance, num_rows=len(merged), created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        atomic_write(out / PROVENANCE_FILE, json.dumps(provenance, indent=1, default=str))
+        write_manifest(out, [f.name for f in files] + [PROVENANCE_FILE])
     shutil.rmtree(work)

@@ -30,6 +30,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 from collections import defaultdict
 
 import torch
@@ -42,21 +43,28 @@ from transformers import (
     PreTrainedModel,
     Seq2SeqTrainer,
 )
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from fdistill.divergences import IGNORE_INDEX, TeacherTopK, count_items, nonfinite_positions
 from fdistill.errors import InputError, NonFiniteError, nonfinite_cause, nonfinite_sampling
 from fdistill.kernels import capture_head_inputs, check_head, output_head
+from fdistill.lm.checkpoints import (
+    RUN_RECORD,
+    claim_fresh_output_dir,
+    damaged_checkpoint_fix,
+    latest_checkpoint,
+    verify_checkpoint,
+)
 from fdistill.lm.config import SECRET_SETTINGS, TOPK_COLUMNS, DistillArguments
 from fdistill.lm.data import DistillCollator, cat_completions, check_prompts, score_completions, scoring_inputs
 from fdistill.lm.loading import resolve_dtype, shared_vocab_size
 from fdistill.lm.objectives import COMPLETION_SETS, ScoredBatch, ScoredSet, student_sample_metrics
 from fdistill.lm.sampling import sample_completions, sampling_config
+from fdistill.storage import atomic_write, owned_folder, read_json, write_manifest, writing
 from fdistill.torch_utils import base_model as _base_model
 
 logger = logging.getLogger(__name__)
 _SET_NAMES = {"reference": "references", "teacher": "teacher samples", "student": "student samples"}
-RUN_RECORD = "fdistill_run.json"  # in each checkpoint folder: what it was trained with (see FDistillMixin.train)
 # Settings that change speed or failure handling, not the objective: a resumed run may change them.
 _SPEED_SETTINGS = (
     "fused_divergence",
@@ -70,6 +78,7 @@ _SPEED_SETTINGS = (
     "teacher_server_retries",
     "teacher_server_batch_size",
     "teacher_server_concurrency",
+    "overwrite_output_dir",  # where the run writes, not what it computes
 )
 
 
@@ -375,39 +384,84 @@ class FDistillMixin:
         return self._record
 
     def _save_checkpoint(self, model, trial) -> None:
-        super()._save_checkpoint(model, trial)
+        """The Trainer's checkpoint, then the run record and the manifest of every file, committed last: a checkpoint
+        without its manifest (cut off by a crash or a full disk) is never resumed from (:mod:`fdistill.storage`)."""
+        run_dir = self._get_output_dir(trial=trial)
+        folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if self.args.should_save and os.path.isdir(folder):  # a cut-off (or abandoned) save of this step
+            shutil.rmtree(folder)
+        self.accelerator.wait_for_everyone()
+        # Older checkpoints are rotated out only once this one is committed (else a crash could leave none whole);
+        # the limit is lifted for the Trainer's own save and restored at once.
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        then = (
+            "it stays incomplete and is never resumed from: free space, then resume from the newest complete "
+            "checkpoint (--resume-from-checkpoint latest; resume_from_checkpoint=True)."
+        )
+        try:
+            with writing(f"checkpoint {folder}", then):
+                super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        self.accelerator.wait_for_everyone()  # every process's files (FSDP shards, RNG states) are written
         if self.args.should_save:
-            folder = os.path.join(
-                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            with writing(f"checkpoint {folder}", then):
+                atomic_write(os.path.join(folder, RUN_RECORD), json.dumps(self._run_record(), indent=2, default=str))
+                write_manifest(folder)
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
             )
-            with open(os.path.join(folder, RUN_RECORD), "w") as f:
-                json.dump(self._run_record(), f, indent=2, default=str)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """`Trainer.save_model`; a failed write (full disk, file-size limit) is one `WriteError` naming the folder."""
+        if _internal_call:  # inside _save_checkpoint, which names the checkpoint
+            return super().save_model(output_dir, _internal_call)
+        folder = output_dir or self.args.output_dir
+        with writing(
+            f"the model to {folder}",
+            "free space, then rerun with --resume-from-checkpoint latest (a finished run resumes at once).",
+        ):
+            return super().save_model(output_dir, _internal_call)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs):
-        """`Trainer.train`; a resumed run is first checked against what its checkpoint was trained with.
+        """`Trainer.train`, holding ``output_dir`` for the run (:func:`fdistill.storage.owned_folder`).
 
-        A checkpoint trained with other distillation settings (objective, mixture, temperatures, sampling, data
-        columns, ...), another teacher or another tokenizer is refused with the differences named, before any work.
+        ``resume_from_checkpoint=True`` takes the newest *complete* checkpoint (:func:`latest_checkpoint`); the
+        checkpoint's files are checked against its manifest and its run record against this run before any work: a
+        checkpoint trained with other distillation settings (objective, mixture, temperatures, sampling, data
+        columns, ...), another teacher or another tokenizer, or with a file changed or cut short since it was
+        written, is refused with one `InputError` naming it. A fresh run (no resume) into an ``output_dir`` that
+        holds another run's checkpoints or model is refused unless ``overwrite_output_dir``.
         """
-        folder = resume_from_checkpoint
-        if folder is True:
-            folder = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
-        if isinstance(folder, str) and os.path.isfile(os.path.join(folder, RUN_RECORD)):
-            with open(os.path.join(folder, RUN_RECORD)) as f:
-                saved = json.load(f)
-            changes = _record_changes(saved, self._run_record())
+        with owned_folder(
+            self.args.output_dir,
+            "fdistill train",
+            state=self.accelerator,
+            claim=lambda: self._claim_output_dir(resume_from_checkpoint),
+        ) as folder:
+            return super().train(resume_from_checkpoint=folder, trial=trial, **kwargs)
+
+    def _claim_output_dir(self, resume: str | bool | None) -> str | None:
+        """The checkpoint to resume from, verified (None: a fresh run, the output folder checked to be free)."""
+        out = self.args.output_dir
+        if resume is None or resume is False:
+            claim_fresh_output_dir(out, overwrite=getattr(self.distill_args, "overwrite_output_dir", False))
+            return None
+        folder = latest_checkpoint(out, required=True) if resume is True else str(resume)
+        verify_checkpoint(folder)
+        if os.path.isfile(os.path.join(folder, RUN_RECORD)):
+            changes = _record_changes(
+                read_json(os.path.join(folder, RUN_RECORD), damaged_checkpoint_fix(folder)), self._run_record()
+            )
             if changes:
                 raise InputError(
                     f"checkpoint {folder!r} was trained differently: {'; '.join(changes)}. Resume with the "
                     "settings and models it was trained with, or train into a new output_dir."
                 )
-        elif isinstance(folder, str):
-            logger.warning(
-                "checkpoint %s has no %s (written by an older fdistill): its settings are not checked.",
-                folder,
-                RUN_RECORD,
-            )
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+        return folder
 
     # ------------------------------------------------------------------ online student samples
 
@@ -607,7 +661,7 @@ class FDistillMixin:
                 inputs["prompt_ids"], inputs["prompt_mask"], sets, self.distill_args.teacher_topk, self.args.device
             )
         except TeacherServerError as error:
-            folder = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
+            folder = latest_checkpoint(self.args.output_dir)
             resume = (
                 f"the last checkpoint, {folder}, is whole: restart the server and resume with "
                 "resume_from_checkpoint=True"
@@ -693,6 +747,10 @@ class FDistillMixin:
             if values:
                 logs[prefix + k] = sum(values) / len(values)
         self._metrics[split].clear()
+        if "train_loss" in logs and self.state.global_step == getattr(self, "_initial_global_step", None):
+            # resumed at its last step: no step ran, and the Trainer's 0 would read as a perfect fit
+            del logs["train_loss"]
+            logger.info("resumed a finished run (step %d): no training step ran.", self.state.global_step)
         if split == "train" and self.distill_args.on_nonfinite == "skip":
             logs["nonfinite_skipped"] = self._nonfinite_skipped  # cumulative count of dropped micro-batches
             if "loss" in logs and self._window_skipped:  # dropped micro-batches added 0: average over the others
