@@ -245,7 +245,12 @@ def build_trainer(run_args: RunArguments, config):
     from fdistill.lm.trainer import FDistillTrainer
 
     # Data first: a bad file or prompt is refused before any model is loaded.
-    prep = dict(prompt_column=config.prompt_column, prompt_prefix=run_args.prompt_prefix, flatten=run_args.flatten_data)
+    prep = dict(
+        prompt_column=config.prompt_column,
+        prompt_prefix=run_args.prompt_prefix,
+        flatten=run_args.flatten_data,
+        reference_column=config.reference_column,
+    )
     train = load_data(run_args.train_data, config=run_args.train_data_config, split=run_args.train_split)
     train = prepare_prompts(train, **prep) if not _is_sample_output(run_args.train_data) else train
     evaluation = None
@@ -416,10 +421,14 @@ def run_evaluate(args) -> None:
             )
         specs[name] = path
     data = load_data(args.data, config=args.data_config, split=args.split)
-    data = prepare_prompts(
-        data, prompt_column=args.prompt_column, prompt_prefix=args.prompt_prefix, flatten=args.flatten_data
-    )
     column = args.reference_column or "reference"
+    data = prepare_prompts(
+        data,
+        prompt_column=args.prompt_column,
+        prompt_prefix=args.prompt_prefix,
+        flatten=args.flatten_data,
+        reference_column=column,
+    )
     if column not in data.column_names and args.reference_column:
         raise InputError(
             f"the test data has no column {column!r} (it has {data.column_names}): give one of them as "

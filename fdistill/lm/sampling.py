@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -30,7 +31,7 @@ from transformers import GenerationConfig
 
 from fdistill.checks import output_folder
 from fdistill.errors import InputError
-from fdistill.lm.data import DistillCollator, check_prompts, completion_mask, position_limit
+from fdistill.lm.data import DistillCollator, check_prompts, completion_mask, is_blank, position_limit
 from fdistill.torch_utils import base_model, model_devices, seeded
 
 
@@ -239,6 +240,8 @@ class OfflineSamplingSettings:
             cfg.output_logits, cfg.return_dict_in_generate = True, True
         return cfg
 
+
+logger = logging.getLogger(__name__)
 
 PROVENANCE_FILE = "fdistill_provenance.json"
 _WORK_DIR = ".fdistill_work"
@@ -557,6 +560,12 @@ def _sample_batch(
     return rows
 
 
+def empty_samples(rows: list[dict]) -> list[int]:
+    """Indices of the sample rows whose text is empty (blank: the teacher stopped at once, or wrote only special or
+    control characters); counted in the provenance record as ``empty_samples`` and logged, never dropped."""
+    return [i for i, r in enumerate(rows) if is_blank(r["teacher_sample"])]
+
+
 def _merge(dataset: Dataset, batches, work: Path, out: Path, settings, provenance) -> None:
     """Merge the batch files in input order, check completeness, and publish the dataset atomically."""
     rows = []
@@ -583,6 +592,20 @@ def _merge(dataset: Dataset, batches, work: Path, out: Path, settings, provenanc
     files = sorted(staging.iterdir(), key=lambda p: p.name == "state.json")  # state.json last: loadable only when whole
     for f in files:
         os.replace(f, out / f.name)
-    provenance = dict(provenance, num_rows=len(merged), created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    empty = empty_samples(rows)
+    if empty:
+        logger.warning(
+            "%d of %d teacher samples are empty (no text: the teacher stopped at once); rows %s%s",
+            len(empty),
+            len(rows),
+            empty[:10],
+            " ..." if len(empty) > 10 else "",
+        )
+    provenance = dict(
+        provenance,
+        num_rows=len(merged),
+        empty_samples=len(empty),
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
     _write_atomic(out / PROVENANCE_FILE, json.dumps(provenance, indent=1, default=str))
     shutil.rmtree(work)
