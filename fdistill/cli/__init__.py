@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import shlex
 import sys
 from dataclasses import dataclass, field
 
@@ -23,6 +24,10 @@ from fdistill.errors import InputError, NonFiniteError
 from fdistill.yaml_config import field_types, load_settings, read_yaml_mapping, typed_values
 
 logger = logging.getLogger(__name__)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) during a command; the message says where it stopped and how to resume, in one line."""
 
 
 # ----------------------------------------------------------------------------- sample
@@ -115,7 +120,7 @@ def run_sample(args) -> None:
         prepare_prompts,
         resolve_package_path,
     )
-    from fdistill.lm.sampling import OfflineSamplingSettings, sample_offline
+    from fdistill.lm.sampling import OfflineSamplingSettings, committed_batches, sample_offline
 
     _require(args, "data", "output")
     if not args.teacher_server:
@@ -130,30 +135,34 @@ def run_sample(args) -> None:
     )
     if args.limit is not None:
         data = data.select(range(min(args.limit, len(data))))
-    if args.teacher_server:  # a teacher served by vLLM (fdistill.lm.served): no teacher weights loaded here
-        from fdistill.lm.served import sample_served_data
+    try:
+        if args.teacher_server:  # a teacher served by vLLM (fdistill.lm.served): no teacher weights loaded here
+            from fdistill.lm.served import sample_served_data
 
-        result = sample_served_data(args, data, settings)
-    else:
-        model, tokenizer = load_model_and_tokenizer(
-            args.teacher, gguf_file=args.gguf_file, dtype=args.dtype, revision=args.revision
-        )
-        revision = args.revision
-        if args.gguf_file:
-            import os
-
-            revision = "sha256:" + file_sha256(os.path.join(resolve_package_path(args.teacher), args.gguf_file))
-        teacher_id = args.teacher + (f"/{args.gguf_file}" if args.gguf_file else "")
-        result = sample_offline(
-            model,
-            tokenizer,
-            data,
-            args.output,
-            settings,
-            teacher_id=teacher_id,
-            teacher_revision=revision,
-            show_progress=not args.no_progress,
-        )
+            result = sample_served_data(args, data, settings)
+        else:
+            model, tokenizer = load_model_and_tokenizer(
+                args.teacher, gguf_file=args.gguf_file, dtype=args.dtype, revision=args.revision
+            )
+            revision = args.revision
+            if args.gguf_file:
+                revision = "sha256:" + file_sha256(os.path.join(resolve_package_path(args.teacher), args.gguf_file))
+            teacher_id = args.teacher + (f"/{args.gguf_file}" if args.gguf_file else "")
+            result = sample_offline(
+                model,
+                tokenizer,
+                data,
+                args.output,
+                settings,
+                teacher_id=teacher_id,
+                teacher_revision=revision,
+                show_progress=not args.no_progress,
+            )
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted after {committed_batches(args.output)} batches were committed to {args.output!r}; resume "
+            f"with the same command (finished batches are kept): {shlex.join(['fdistill', *args.argv])}"
+        ) from None
     logger.info("%d teacher samples in %s", len(result), args.output)
     if args.push_to_hub:
         from accelerate import PartialState
@@ -301,15 +310,36 @@ def run_train(args) -> None:
                 f"--resume-from-checkpoint latest: no checkpoint-N folder in {config.output_dir!r}; "
                 "train without it to start, or give the folder of a checkpoint."
             )
-    trainer = build_trainer(run_args, config)
-    trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model()
-    if trainer.eval_dataset is not None:
-        trainer.evaluate()
-    if trainer.is_world_process_zero():
-        trainer.create_model_card()
-    if config.push_to_hub:
-        trainer.push_to_hub()
+    trainer = None
+    try:
+        trainer = build_trainer(run_args, config)
+        trainer.train(resume_from_checkpoint=resume)
+        trainer.save_model()
+        if trainer.eval_dataset is not None:
+            trainer.evaluate()
+        if trainer.is_world_process_zero():
+            trainer.create_model_card()
+        if config.push_to_hub:
+            trainer.push_to_hub()
+    except KeyboardInterrupt:
+        raise Interrupted(_train_interrupted(args, config, trainer)) from None
+
+
+def _train_interrupted(args, config, trainer) -> str:
+    """Where an interrupted `fdistill train` stopped, and the command that resumes it from its last whole checkpoint."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if trainer is None:
+        return "interrupted before training started; nothing was trained: rerun the command to start."
+    folder = get_last_checkpoint(config.output_dir) if os.path.isdir(config.output_dir) else None
+    step = trainer.state.global_step
+    if folder is None:
+        return (
+            f"interrupted at step {step}, before the first checkpoint (save_strategy={config.save_strategy.value}, "
+            f"save_steps={config.save_steps}): rerun the command to start again."
+        )
+    resume = shlex.join(["fdistill", "train", args.recipe, *args.overrides, "--resume-from-checkpoint", "latest"])
+    return f"interrupted at step {step}; the last whole checkpoint is {folder}: resume with {resume}"
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -622,8 +652,12 @@ def main(argv: list[str] | None = None) -> None:
         args.overrides += extra  # key=value overrides given after an option (argparse stops at the option)
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.argv = argv  # for the resume command an interrupted run names
     try:
         runs[args.command](args)
+    except KeyboardInterrupt as error:  # Ctrl-C: where it stopped and how to resume, in one line; 128 + SIGINT
+        print(f"fdistill {args.command}: {error or 'interrupted (Ctrl-C)'}", file=sys.stderr)
+        raise SystemExit(130) from None
     except ValueError as error:  # bad input: one clear line, no traceback
         print(f"fdistill {args.command}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -297,6 +297,12 @@ def _check_lengths(limit: int | None, prompts: list[list[int]], settings, is_enc
         )
 
 
+def committed_batches(output_dir: str) -> int:
+    """How many batches of an unfinished sampling run in ``output_dir`` are written whole (a rerun keeps them)."""
+    work = Path(output_dir) / _WORK_DIR
+    return len(list(work.glob("batch_*.jsonl"))) if work.is_dir() else 0
+
+
 def _fingerprint(record: dict) -> str:
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
