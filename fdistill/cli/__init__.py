@@ -129,6 +129,10 @@ def run_sample(args) -> None:
     if args.limit is not None:
         whole_number("limit", args.limit)
     settings = OfflineSamplingSettings(**{k: getattr(args, k) for k in vars(OfflineSamplingSettings())})
+    if args.push_to_hub:  # the repo id and the Hub account, before any sampling
+        from fdistill.lm.hub import check_hub_push
+
+        check_hub_push(args.push_to_hub, repo_type="dataset", what="--push-to-hub")
     data = load_data(args.data, config=args.data_config, split=args.split)
     data = prepare_prompts(
         data, prompt_column=args.prompt_column, prompt_prefix=args.prompt_prefix, flatten=args.flatten_data
@@ -295,6 +299,10 @@ def build_trainer(run_args: RunArguments, config):
 
 def run_train(args) -> None:
     run_args, config = load_recipe(args.recipe, args.overrides)
+    if config.push_to_hub:  # offline, unreachable Hub, no or refused token: one line before any model is loaded
+        from fdistill.lm.hub import check_hub_push, hub_repo_id
+
+        check_hub_push(hub_repo_id(config), token=config.hub_token)
     resume = args.resume_from_checkpoint
     if resume is not None and resume != "latest" and not os.path.isdir(resume):
         raise InputError(
