@@ -494,6 +494,7 @@ def run_evaluate(args) -> None:
     teacher = tokenizer = None
     if args.teacher:
         teacher, tokenizer = load_model_and_tokenizer(args.teacher, gguf_file=args.gguf_file)
+        _check_room(teacher, tokenizer, prompts, args, "teacher")
     common = dict(
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
@@ -531,6 +532,7 @@ def run_evaluate(args) -> None:
         )
     for name, path in specs.items():
         model, model_tokenizer = load_model_and_tokenizer(path)
+        _check_room(model, model_tokenizer, prompts, args, name)
         results[name], _ = evaluate_model(
             model, model_tokenizer, prompts, {**references, **against}, teacher=teacher, **common
         )
@@ -545,6 +547,27 @@ def run_evaluate(args) -> None:
             f"fdistill evaluate: warning: {len(bad)} non-finite value(s) (NaN/inf), listed in {paths['markdown']}: "
             f"{', '.join(bad)}",
             file=sys.stderr,
+        )
+
+
+def _check_room(model, tokenizer, prompts, args, name: str) -> None:
+    """Refuse --max-new-tokens when the longest prompt plus it exceeds the positions ``model`` was built for (a
+    learned-position model fails there, a rotary one generates on, untrained, for as long as it is asked)."""
+    from fdistill.lm.data import DistillCollator, position_limit
+    from fdistill.torch_utils import base_model
+
+    limit = position_limit(model)
+    if limit is None:
+        return
+    encoder_decoder = bool(base_model(model).config.is_encoder_decoder)
+    collator = DistillCollator(tokenizer, is_encoder_decoder=encoder_decoder, use_chat_template=args.use_chat_template)
+    longest = max(len(collator.prompt_tokens(p)) for p in prompts)
+    needed = max(longest, 1 + args.max_new_tokens) if encoder_decoder else longest + args.max_new_tokens
+    if needed > limit:
+        raise InputError(
+            f"model {name!r} has {limit} positions (config max_position_embeddings / n_positions) but the longest "
+            f"prompt ({longest} tokens) and --max-new-tokens={args.max_new_tokens} need {needed}: lower "
+            "--max-new-tokens or shorten the prompts."
         )
 
 

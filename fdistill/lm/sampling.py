@@ -224,6 +224,29 @@ class OfflineSamplingSettings:
         if problems:
             raise InputError("invalid sampling settings: " + "; ".join(problems) + ".")
 
+    def check_for_teacher(self, vocab_size: int) -> None:
+        """Refuse settings the teacher's vocabulary of ``vocab_size`` makes impossible: ``topk_logprobs`` past it, and a
+        ``batch_size`` whose float32 next-token logits (``batch_size × num_samples × beams × vocab × 4`` bytes, times
+        ``max_new_tokens`` with ``topk_logprobs``: every step's are kept) exceed all the memory here."""
+        from fdistill.checks import batch_fits
+
+        if self.topk_logprobs > vocab_size:
+            raise InputError(
+                f"invalid sampling settings: topk_logprobs={self.topk_logprobs}: the teacher has only {vocab_size} "
+                f"tokens; use at most {vocab_size} (or 0: off)."
+            )
+
+        rows = self.num_samples * (self.num_beams if self.decoding == "beam" else 1)
+        steps = self.max_new_tokens if self.topk_logprobs else 1
+        batch_fits(
+            "batch_size",
+            self.batch_size,
+            rows * steps * vocab_size * 4,
+            f"the teacher's float32 logits of one batch (batch × {rows} sequences × {steps} kept steps × {vocab_size} "
+            "vocabulary × 4 bytes)",
+            " inputs per batch",
+        )
+
     def generation_config(self, model, tokenizer) -> GenerationConfig:
         cfg = sampling_config(
             model,
@@ -384,6 +407,7 @@ class _LocalSampler:
 
     def prepare(self, settings: OfflineSamplingSettings, device) -> None:
         self.generation_config = settings.generation_config(self.model, self.tokenizer)  # validates against the model
+        settings.check_for_teacher(base_model(self.model).get_output_embeddings().weight.shape[0])
         self.device = device
         self.model.to(device)
 
