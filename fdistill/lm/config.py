@@ -472,12 +472,16 @@ class FDistillConfig(DistillArguments, Seq2SeqTrainingArguments):
                 bad(name, "use a value in [0, 1).")
         for name, strategy in (("logging_steps", "logging_strategy"), ("save_steps", "save_strategy")):
             value = number(name)
-            if value is not None and not value > 0 and _strategy(getattr(self, strategy)) == "steps":
+            if (
+                value is not None
+                and not (math.isfinite(value) and value > 0)
+                and _strategy(getattr(self, strategy)) == "steps"
+            ):
                 bad(
                     name,
                     f"use a positive number of steps (or a fraction in (0, 1) of the run) with {strategy}='steps'.",
                 )
-        if number("eval_steps") is not None and not self.eval_steps > 0:
+        if number("eval_steps") is not None and not (math.isfinite(self.eval_steps) and self.eval_steps > 0):
             bad(
                 "eval_steps",
                 "use a positive number of steps (or a fraction in (0, 1) of the run), or leave it unset "
