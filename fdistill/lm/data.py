@@ -127,7 +127,7 @@ def split_chat(data, prompt_column: str, reference_column: str = "reference"):
     answered = [i for i, value in enumerate(conversations) if ends_with_answer(value)]
     if not answered:
         return data
-    unanswered = [i for i in range(len(conversations)) if i not in set(answered)]
+    unanswered = sorted(set(range(len(conversations))) - set(answered))
     if unanswered:
         raise InputError(
             f"prompt column {prompt_column!r}: {len(answered)} conversations end with the assistant's answer "
