@@ -374,9 +374,14 @@ class DistillArguments:
         drawn = self.needs_student_samples or (self.needs_teacher_samples and not self.reads_teacher_samples)
         length = max([self.max_target_length] * offline + [self.max_new_tokens] * drawn or [self.max_target_length])
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size"):
+            batch = getattr(
+                training_args or self, name, None
+            )  # DistillArguments alone has none: the Trainer's defaults
+            if batch is None:
+                continue
             batch_fits(
                 name,
-                getattr(training_args or self, name),
+                batch,
                 length * vocab_size * 4,
                 f"one batch's float32 logits at the length limit (batch × {length} positions × {vocab_size} vocabulary "
                 "× 4 bytes)",
