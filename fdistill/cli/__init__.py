@@ -15,7 +15,9 @@ import dataclasses
 import logging
 import os
 import shlex
+import signal
 import sys
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -321,6 +323,7 @@ def run_train(args) -> None:
     trainer = None
     try:
         trainer = build_trainer(run_args, config)
+        trainer.add_callback(_whole_checkpoints())
         trainer.train(resume_from_checkpoint=resume)
         trainer.save_model()
         if trainer.eval_dataset is not None:
@@ -331,6 +334,40 @@ def run_train(args) -> None:
             trainer.push_to_hub()
     except KeyboardInterrupt:
         raise Interrupted(_train_interrupted(args, config, trainer)) from None
+
+
+def _whole_checkpoints():
+    """A `TrainerCallback` that makes Ctrl-C during a checkpoint write take effect once the checkpoint is whole:
+    SIGINT is held from the end of a step that saves (``on_step_end`` with ``should_save``) to ``on_save``, then
+    raised. Without it an interrupted write leaves a half checkpoint that ``--resume-from-checkpoint latest`` picks."""
+    from transformers import TrainerCallback
+
+    class WholeCheckpoints(TrainerCallback):
+        def __init__(self):
+            self.previous, self.pending = None, False
+
+        def _hold(self, signum, frame):
+            self.pending = True
+
+        def _release(self) -> None:
+            if self.previous is not None:
+                signal.signal(signal.SIGINT, self.previous)
+                self.previous = None
+                if self.pending:
+                    self.pending = False
+                    raise KeyboardInterrupt
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if control.should_save and self.previous is None and threading.current_thread() is threading.main_thread():
+                self.previous = signal.signal(signal.SIGINT, self._hold)
+
+        def on_save(self, args, state, control, **kwargs):
+            self._release()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self._release()
+
+    return WholeCheckpoints()
 
 
 def _train_interrupted(args, config, trainer) -> str:
