@@ -115,3 +115,29 @@ def finite_rows(what: str, array) -> None:
         f"{what} holds {int(bad.sum())} non-finite values (NaN or ±inf) in {len(rows)} rows; the first "
         f"is row {row}: {shown}. Fix or remove those rows (or re-create the file) and run again."
     )
+
+
+def machine_memory_bytes() -> int:
+    """All the memory one batch could ever use here: the machine's RAM plus the memory of every CUDA device."""
+    import torch
+
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if torch.cuda.is_available():
+        total += sum(torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count()))
+    return total
+
+
+def batch_fits(name: str, batch_size: int, bytes_per_item: int, what: str, fix: str) -> None:
+    """Refuse ``name=batch_size`` when ``batch_size × bytes_per_item`` bytes — one tensor every batch of that size
+    needs at its length limits, said in ``what`` — exceed all the memory of this machine (`machine_memory_bytes`):
+    such a batch size cannot be meant, and would otherwise fail only once the first full batch is built."""
+    total = machine_memory_bytes()
+    if batch_size * bytes_per_item > total:
+        raise invalid(
+            name,
+            batch_size,
+            f"{what} alone take {batch_size * bytes_per_item / 2**30:,.0f} GiB, more than all the memory of this "
+            f"machine ({total / 2**30:,.0f} GiB, RAM and GPUs); use at most {max(1, total // bytes_per_item):,}"
+            f"{fix}.",
+            problem="cannot fit in memory",
+        )

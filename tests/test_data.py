@@ -103,3 +103,145 @@ def test_any_cells_give_a_batch_or_one_input_error(rows, enc_dec):
         return
     assert batch["prompt_ids"].shape[0] == len(rows) and batch["teacher_mask"].dtype == torch.bool
     assert batch["prompt_ids"].max() < len(_TOK) and batch["teacher_ids"].max() < len(_TOK)  # embeddable ids only
+
+
+# ----------------------------------------------------------------------------- chat data (issue 22, item 5)
+
+_CHATS = [
+    [{"role": "user", "content": "the cat"}, {"role": "assistant", "content": "sat on the mat"}],
+    [
+        {"role": "system", "content": "be very happy"},
+        {"role": "user", "content": "a dog"},
+        {"role": "assistant", "content": "ran"},
+        {"role": "user", "content": "then"},
+        {"role": "assistant", "content": "it was sad"},
+    ],
+]
+
+
+def _rendered(messages) -> list[int]:
+    ids = _TOK.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
+def test_a_conversation_ending_with_the_answer_becomes_prompt_and_reference():
+    """Found: the assistant's last turn silently became part of the prompt. Now the turns before it are the prompt,
+    rendered through the chat template with the generation prompt, and its content is the reference — from a
+    `messages` column (TRL's conversational format) or a prompt column that holds conversations."""
+    from datasets import Dataset
+
+    from fdistill.lm.loading import prepare_prompts
+
+    for data, column in [
+        (Dataset.from_dict({"messages": _CHATS}), "prompt"),
+        (Dataset.from_dict({"messages": _CHATS}), "messages"),
+        (Dataset.from_dict({"prompt": _CHATS, "id": [0, 1]}), "prompt"),
+    ]:
+        prepared = prepare_prompts(data, prompt_column=column)
+        assert prepared["reference"] == ["sat on the mat", "it was sad"]
+        assert prepared[column] == [c[:-1] for c in _CHATS]
+        collator = DistillCollator(_TOK, is_encoder_decoder=False, prompt_column=column, completions={"r": "reference"})
+        batch = collator([prepared[i] for i in range(2)])
+        for row, chat in enumerate(_CHATS):
+            prompt = batch["prompt_ids"][row][batch["prompt_mask"][row]].tolist()
+            assert prompt == _rendered(chat[:-1]) and prompt[-1] == _TOK.bos_token_id  # the generation prompt
+            answer = _TOK(chat[-1]["content"], add_special_tokens=False)["input_ids"]
+            assert batch["r_ids"][row][batch["r_mask"][row]].tolist() == answer + [_TOK.eos_token_id]
+            assert _TOK.decode(prompt).count(chat[-1]["content"]) == 0  # the answer is not in the prompt
+    untouched = Dataset.from_dict({"prompt": [c[:-1] for c in _CHATS]})  # prompts only: nothing to split
+    assert prepare_prompts(untouched, prompt_column="prompt")["prompt"] == untouched["prompt"]
+
+
+def test_unusable_chat_data_is_one_input_error_naming_the_rows():
+    """Fault injection: every way chat data can be wrong is refused once, before any work, naming rows and fix —
+    through the data preparation (the commands) and through the collator (the library API)."""
+    import pytest
+    from datasets import Dataset
+
+    from fdistill.lm.loading import prepare_prompts
+
+    user = {"role": "user", "content": "the cat"}
+    answer = {"role": "assistant", "content": "sat"}
+    cases = [
+        (
+            {"messages": [[user, answer], [user], [user, answer]]},
+            "2 conversations end with the assistant's answer (the reference) and 1 do not (row 1)",
+        ),
+        ({"messages": [[user, answer], [answer]]}, "row 1: only the assistant's answer"),
+        ({"prompt": [[user, answer]], "reference": ["x"]}, "the data has that column already"),
+        ({"prompt": [[{"role": "user", "content": " \x00\t"}]]}, "chat messages with no text"),
+        ({"prompt": [[{"role": "user", "content": "\u200b"}, answer]]}, "chat messages with no text"),
+        ({"prompt": ["the cat", "\x00\x01", " \t\n", "\u200b\u2060"]}, "row 1: '\\\\x00\\\\x01' is blank text"),
+    ]
+    for columns, fragment in cases:
+        with pytest.raises(InputError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+            prepare_prompts(Dataset.from_dict(columns), prompt_column="prompt")
+    collator = DistillCollator(_TOK, is_encoder_decoder=False)
+    with pytest.raises(InputError, match="end with the assistant's answer, which would become part of the prompt"):
+        collator([{"prompt": [user, answer]}])  # library callers that skip prepare_prompts
+    no_template = tiny.tokenizer()
+    no_template.chat_template = None
+    with pytest.raises(InputError, match="has no chat template"):
+        DistillCollator(no_template, is_encoder_decoder=False)([{"prompt": [user]}])
+
+
+def test_prompts_of_control_characters_are_refused_with_every_row_named():
+    import pytest
+
+    from fdistill.lm.data import check_prompts
+
+    values = ["the cat", "\x00\x01", " \t\n", "a dog", "\u200b", "\x1b\x7f"]
+    with pytest.raises(InputError) as error:
+        check_prompts(values, "prompt")
+    assert "row 1:" in str(error.value) and "4 unusable prompts in all: rows 1, 2, 4, 5" in str(error.value)
+    with pytest.raises(InputError, match="rows 0, 1, 2, 3, 4, 5, 6, 7, 8, 9 and 2 more"):
+        check_prompts([""] * 12, "prompt")
+    check_prompts(["the cat\x00", "\ta dog"], "prompt")  # text with something to read passes
+
+
+class _EmptyAnswers:
+    """A teacher for `sample_offline_with` that stops at once (EOS only) on inputs whose index is in ``empty``."""
+
+    is_encoder_decoder, position_limit = False, None
+
+    def __init__(self, empty):
+        self.empty = set(empty)
+
+    def prepare(self, settings, device):
+        pass
+
+    def draw(self, prompts, indices, settings, batch_id):
+        rows = []
+        for i in indices:
+            ids, text = ([2], "") if i in self.empty else ([5, 6, 2], "the cat")
+            rows.append(dict(input_index=i, sample_index=0, teacher_sample_ids=ids, teacher_sample=text))
+        return [dict(r, teacher_stopped=True) for r in rows]
+
+
+def test_empty_teacher_samples_are_counted_in_the_record_and_logged(tmp_path, caplog):
+    import json
+    import logging
+
+    from fdistill.lm.sampling import PROVENANCE_FILE, OfflineSamplingSettings, sample_offline_with
+
+    for empty in ([], [1, 4], list(range(6))):
+        out = tmp_path / f"e{len(empty)}"
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="fdistill"):
+            samples = sample_offline_with(
+                _EmptyAnswers(empty),
+                _TOK,
+                tiny.dataset(6, seed=1),
+                str(out),
+                OfflineSamplingSettings(batch_size=4),
+                teacher_id="fake",
+                teacher_revision=None,
+                fingerprint={"model": "m", "tokenizer": "t"},
+                show_progress=False,
+            )
+        assert [i for i, t in enumerate(samples["teacher_sample"]) if not t] == empty  # kept, never dropped
+        assert json.loads((out / PROVENANCE_FILE).read_text())["empty_samples"] == len(empty)
+        warned = [r.getMessage() for r in caplog.records if "empty" in r.getMessage()]
+        assert len(warned) == bool(empty) and all(
+            w.startswith(f"{len(empty)} of 6 teacher samples are empty") for w in warned
+        )

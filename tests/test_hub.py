@@ -1,16 +1,23 @@
 """Model card and Hub upload on tiny in-process models, against a local stand-in for the Hub API (no network)."""
 
 import fnmatch
+import http.server
+import json
 import os
+import re
 import shutil
+import socket
+import threading
 from types import SimpleNamespace
 
 import pytest
 import torch
 import transformers
 import transformers.trainer
+import yaml
 from huggingface_hub import ModelCard
 
+import fdistill.lm.hub
 from fdistill import FDistillTrainer
 from fdistill import testing as tiny
 from fdistill.lm.hub import save_model_card
@@ -199,3 +206,161 @@ def test_card_of_lora_student(tok, tmp_path):
     assert f"| student, trainable | {trainable:,} " in text
     assert "AutoPeftModelForCausalLM.from_pretrained(" in text and "merge_lora" in text
     assert "`student_num_beams` | 1" in text and "`student_top_p`" not in text  # greedy student samples
+
+
+# ----------------------------------------------------------------------------- pre-flight check of uploads
+
+
+class _Hub(http.server.BaseHTTPRequestHandler):
+    """A stand-in Hub on 127.0.0.1: ``answer`` is (status, body) for /api/whoami-v2; the request headers are kept."""
+
+    answer = (200, b"{}")
+    seen: list = []
+
+    def do_GET(self):
+        type(self).seen.append((self.path, self.headers.get("Authorization")))
+        status, body = type(self).answer
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def local_hub(monkeypatch, tmp_path):
+    """Point huggingface_hub at a local server (never the network) with a fake token; offline mode off."""
+    from huggingface_hub import constants
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no_token"))
+    monkeypatch.setenv("HF_TOKEN", "hf_fake_token")
+    for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    _Hub.seen = []
+    yield _Hub
+    server.shutdown()
+    server.server_close()
+
+
+def _closed_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"  # nothing listens there once the socket is closed
+
+
+_ME = {"name": "me", "orgs": [{"name": "lab"}], "auth": {"accessToken": {"role": "write"}}}
+
+
+def test_uploads_are_checked_before_any_work(local_hub, monkeypatch):
+    """Fault injection on the Hub account check: each problem is one InputError naming it and the fix."""
+    from huggingface_hub import constants
+
+    from fdistill.errors import InputError
+    from fdistill.lm.hub import check_hub_push
+
+    ok = lambda body: (200, json.dumps(body).encode())  # noqa: E731
+    cases = [
+        ("me/x", None, {}, (401, b'{"error": "Invalid credentials"}'), "refused the token (401 Unauthorized)"),
+        ("me/x", None, {}, (403, b"{}"), "refused the token (403 Forbidden)"),
+        ("me/x", None, {}, (500, b"{}"), "gave no account for the token (500"),
+        ("me/x", None, {}, (200, b"<html>"), "gave no account for the token (200"),
+        ("me/x", None, {}, ok({"orgs": []}), "gave no account for the token"),
+        ("me/x", None, {}, ok({**_ME, "auth": {"accessToken": {"role": "read"}}}), "is read-only"),
+        ("other/x", None, {}, ok(_ME), "'me' cannot write to the namespace 'other'"),
+        ("bad//x", None, {}, ok(_ME), "the model repo id 'bad//x' is not valid"),
+        ("a" * 97, None, {}, ok(_ME), "is not valid"),
+        ("me/x", None, {"ENDPOINT": _closed_port()}, ok(_ME), "cannot be reached"),
+        ("me/x", None, {"HF_HUB_OFFLINE": True}, ok(_ME), "impossible offline (HF_HUB_OFFLINE=1 is set)"),
+        ("me/x", "", {"no_env_token": True}, ok(_ME), "no Hub token"),
+    ]
+    for repo, token, patches, answer, fragment in cases:
+        with monkeypatch.context() as patch:
+            for name, value in patches.items():
+                if name == "no_env_token":
+                    patch.delenv("HF_TOKEN")
+                else:
+                    patch.setattr(constants, name, value)
+            local_hub.answer = answer
+            with pytest.raises(InputError, match=re.escape(fragment)):
+                check_hub_push(repo, token=token)
+    with socket.socket() as silent, monkeypatch.context() as patch:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        patch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        patch.setattr(fdistill.lm.hub, "HUB_CHECK_TIMEOUT", 0.2)
+        with pytest.raises(InputError, match=r"cannot be reached \(ReadTimeout\)"):
+            check_hub_push("me/x")
+    local_hub.answer = ok(_ME)
+    assert check_hub_push("me/x") == "me" and check_hub_push("lab/x") == "me" and check_hub_push("x") == "me"
+    assert local_hub.seen[-1] == ("/api/whoami-v2", "Bearer hf_fake_token")  # the token went to 127.0.0.1 only
+    assert check_hub_push("me/x", token="hf_other") == "me" and local_hub.seen[-1][1] == "Bearer hf_other"
+
+
+def test_commands_and_trainer_check_the_upload_before_loading_or_training(
+    local_hub, tok, tmp_path, capsys, monkeypatch
+):
+    """`sample --push-to-hub` and `train push_to_hub=true` give one line and write nothing; the library's trainer
+    raises one InputError before the Trainer creates the repo."""
+    from huggingface_hub import constants
+
+    from fdistill.cli import main
+    from fdistill.errors import InputError
+
+    teacher = tmp_path / "teacher"
+    tiny.llama(1, seed=0).save_pretrained(teacher)
+    tok.save_pretrained(teacher)
+    prompts = tmp_path / "prompts.jsonl"
+    tiny.dataset(4, seed=0).to_json(str(prompts))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "teacher": str(teacher),
+                "train_data": str(prompts),
+                "student_layers": [0],
+                "objective": "rkl",
+                "output_dir": str(tmp_path / "run"),
+                "push_to_hub": True,
+                "hub_model_id": "me/student",
+                "use_cpu": True,
+                "report_to": [],
+            }
+        )
+    )
+    sample = ["sample", "--teacher", str(teacher), "--data", str(prompts), "--output", str(tmp_path / "samples")]
+    local_hub.answer = (401, b"{}")
+    cases = [
+        (sample + ["--push-to-hub", "bad//repo"], {}, "--push-to-hub: the dataset repo id 'bad//repo' is not valid"),
+        (sample + ["--push-to-hub", "me/data"], {}, "--push-to-hub: the Hub at http://127.0.0.1:"),
+        (["train", str(recipe)], {}, "push_to_hub: the Hub at http://127.0.0.1:"),
+        (["train", str(recipe)], {"ENDPOINT": _closed_port()}, "cannot be reached"),
+        (["train", str(recipe)], {"HF_HUB_OFFLINE": True}, "impossible offline"),
+        (["train", str(recipe), "hub_model_id=x//y"], {}, "the model repo id 'x//y' is not valid"),
+    ]
+    for argv, patches, fragment in cases:
+        with monkeypatch.context() as patch:
+            for name, value in patches.items():
+                patch.setattr(constants, name, value)
+            with pytest.raises(SystemExit) as exit_info:
+                main(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and fragment in err and "Traceback" not in err, err
+        assert len([line for line in err.splitlines() if "error:" in line]) == 1, err
+        assert not (tmp_path / "samples").exists() and not (tmp_path / "run").exists()
+    teacher_model = make_teacher("llama")
+    args = config(tmp_path, objective="rkl", push_to_hub=True, hub_model_id="me/student")
+    with pytest.raises(InputError, match="refused the token"):
+        FDistillTrainer(
+            model=tiny.llama(1, seed=1),
+            teacher_model=teacher_model,
+            args=args,
+            train_dataset=tiny.dataset(4, seed=0),
+            processing_class=tok,
+        )

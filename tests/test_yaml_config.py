@@ -163,3 +163,113 @@ def test_convert_returns_the_annotation_or_raises_input_error(value, annotation)
         assert isinstance(out, float) and (math.isnan(out) or out == float(value))
     elif annotation in (int, bool, str):
         assert type(out) is annotation
+
+
+# Training settings transformers accepts as typed but that cannot be meant at some values (issue 22, item 6), and
+# what every accepted value must satisfy: a config that builds is one that can be meant.
+_FINITE = math.isfinite
+MEANT = {
+    "per_device_train_batch_size": lambda v: v >= 1,
+    "per_device_eval_batch_size": lambda v: v >= 1,
+    "gradient_accumulation_steps": lambda v: v >= 1,
+    "max_steps": lambda v: v >= 1 or v == -1,
+    "num_train_epochs": lambda v: _FINITE(v) and v > 0,
+    "learning_rate": lambda v: _FINITE(v) and v > 0,
+    "weight_decay": lambda v: _FINITE(v) and v >= 0,
+    "max_grad_norm": lambda v: _FINITE(v) and v >= 0,
+    "adam_beta1": lambda v: 0 <= v < 1,
+    "adam_beta2": lambda v: 0 <= v < 1,
+    "adam_epsilon": lambda v: _FINITE(v) and v >= 0,
+    "warmup_steps": lambda v: _FINITE(v) and v >= 0,
+    "logging_steps": lambda v: _FINITE(v) and v > 0,
+    "save_steps": lambda v: _FINITE(v) and v > 0,
+    "eval_steps": lambda v: v is None or (_FINITE(v) and v > 0),
+    "save_total_limit": lambda v: v is None or v >= 1,
+    "seed": lambda v: 0 <= v < 2**32,
+    "data_seed": lambda v: v is None or 0 <= v < 2**32,
+    "dataloader_num_workers": lambda v: v >= 0,
+    "label_smoothing_factor": lambda v: v == 0,
+}
+NUMBER_TEXT = st.one_of(
+    st.integers(-3, 3).map(str),
+    st.sampled_from(["0.0", "0.5", "1.0", "1.5", "-0.5", "nan", "inf", "-inf", "1e-9", "2e9", "4294967296", "null"]),
+)
+
+
+def _config(values):
+    return FDistillConfig(output_dir="unused", use_cpu=True, report_to=[], **values)
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=st.sampled_from(sorted(MEANT)), text=NUMBER_TEXT, with_epochs=st.booleans())
+def test_a_training_setting_is_accepted_only_when_it_can_be_meant(key, text, with_epochs):
+    """Property: ``key=text`` gives a config whose value can be meant (table MEANT), or one ValueError naming the key;
+    never a config with a zero count, a learning rate of 0, a NaN norm, a seed outside [0, 2^32) ..."""
+    values = {"max_steps": -1} if with_epochs and key != "max_steps" else {}
+    try:
+        values.update(typed_values(parse_overrides([f"{key}={text}"]), TYPES, "recipe"))
+        if key == "eval_steps":
+            values["eval_strategy"] = "steps"
+        config = _config(values)
+    except ValueError as error:
+        assert key in str(error), (key, text, error)
+        return
+    given_value = values[key]
+    assert MEANT[key](given_value), (key, text)
+    if key == "eval_steps" and given_value is None:
+        assert config.eval_steps == config.logging_steps  # transformers' documented default, not a rewritten 0
+
+
+_SCHEDULERS = ["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]
+_SCHEDULERS += ["inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay"]
+_KWARG_NAMES = ["num_cycles", "power", "lr_end", "timescale", "min_lr", "num_decay_steps", "last_epoch", "foo"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(kind=st.sampled_from(_SCHEDULERS), names=st.lists(st.sampled_from(_KWARG_NAMES), max_size=3, unique=True))
+def test_scheduler_kwargs_are_accepted_only_when_the_scheduler_takes_them(kind, names):
+    """Property: lr_scheduler_kwargs pass only when transformers' get_scheduler uses every one of them — it neither
+    raises "unexpected keyword argument" on them nor drops them silently (constant schedules)."""
+    import torch
+    from transformers import get_scheduler
+
+    kwargs = dict.fromkeys(names, 1)
+    try:
+        config = _config({"lr_scheduler_type": kind, "lr_scheduler_kwargs": kwargs})
+    except InputError as error:
+        assert "lr_scheduler_kwargs" in str(error) and names, error
+        assert kind in ("constant", "constant_with_warmup") or any(f"'{n}'" in str(error) for n in names), error
+        return
+    assert not names or kind not in ("constant", "constant_with_warmup")  # their kwargs would be ignored
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    try:
+        get_scheduler(
+            config.lr_scheduler_type,
+            optimizer,
+            num_warmup_steps=1,
+            num_training_steps=10,
+            scheduler_specific_kwargs=config.lr_scheduler_kwargs,
+        )
+    except TypeError as error:
+        assert "unexpected keyword" not in str(error), (kind, names, error)
+    except (ValueError, KeyError):
+        pass  # a value the scheduler rejects (e.g. min_lr without min_lr_rate): its names were right
+
+
+def test_the_memory_rule_refuses_exactly_the_batches_past_all_memory(monkeypatch):
+    """batch × bytes per item > RAM + GPU memory is refused, naming the setting, the size and the largest batch
+    that fits; equal is accepted (the rule of fdistill.checks.batch_fits)."""
+    import fdistill.checks
+    from fdistill.checks import batch_fits
+
+    monkeypatch.setattr(fdistill.checks, "machine_memory_bytes", lambda: 2**30)
+    batch_fits("per_device_train_batch_size", 2**10, 2**20, "logits", "")
+    with pytest.raises(InputError, match=r"per_device_train_batch_size=1025 cannot fit in memory: logits alone take "):
+        batch_fits("per_device_train_batch_size", 2**10 + 1, 2**20, "logits", "")
+    with pytest.raises(InputError, match="use at most 1,024"):
+        batch_fits("batch_size", 10**6, 2**20, "logits", "")
+    config = _config({"per_device_train_batch_size": 64, "max_target_length": 64, "max_new_tokens": 8})
+    config.check_batch_memory(2**16)  # 64 × 64 positions × 2^16 vocabulary × 4 bytes = 1 GiB: fits
+    with pytest.raises(InputError, match="per_device_train_batch_size=65 cannot fit"):
+        _config({"per_device_train_batch_size": 65, "max_target_length": 64}).check_batch_memory(2**16)
+    assert fdistill.checks.machine_memory_bytes() > 0

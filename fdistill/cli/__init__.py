@@ -15,6 +15,7 @@ import dataclasses
 import errno
 import logging
 import os
+import shlex
 import sys
 from dataclasses import dataclass, field
 
@@ -24,6 +25,10 @@ from fdistill.errors import InputError, NonFiniteError
 from fdistill.yaml_config import field_types, load_settings, read_yaml_mapping, typed_values
 
 logger = logging.getLogger(__name__)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) during a command; the message says where it stopped and how to resume, in one line."""
 
 
 # ----------------------------------------------------------------------------- sample
@@ -131,7 +136,7 @@ def run_sample(args) -> None:
         prepare_prompts,
         resolve_package_path,
     )
-    from fdistill.lm.sampling import OfflineSamplingSettings, sample_offline
+    from fdistill.lm.sampling import OfflineSamplingSettings, committed_batches, sample_offline
 
     _require(args, "data", "output")
     if not args.teacher_server:
@@ -140,36 +145,44 @@ def run_sample(args) -> None:
     if args.limit is not None:
         whole_number("limit", args.limit)
     settings = OfflineSamplingSettings(**{k: getattr(args, k) for k in vars(OfflineSamplingSettings())})
+    if args.push_to_hub:  # the repo id and the Hub account, before any sampling
+        from fdistill.lm.hub import check_hub_push
+
+        check_hub_push(args.push_to_hub, repo_type="dataset", what="--push-to-hub")
     data = load_data(args.data, config=args.data_config, split=args.split)
     data = prepare_prompts(
         data, prompt_column=args.prompt_column, prompt_prefix=args.prompt_prefix, flatten=args.flatten_data
     )
     if args.limit is not None:
         data = data.select(range(min(args.limit, len(data))))
-    if args.teacher_server:  # a teacher served by vLLM (fdistill.lm.served): no teacher weights loaded here
-        from fdistill.lm.served import sample_served_data
+    try:
+        if args.teacher_server:  # a teacher served by vLLM (fdistill.lm.served): no teacher weights loaded here
+            from fdistill.lm.served import sample_served_data
 
-        result = sample_served_data(args, data, settings)
-    else:
-        model, tokenizer = load_model_and_tokenizer(
-            args.teacher, gguf_file=args.gguf_file, dtype=args.dtype, revision=args.revision
-        )
-        revision = args.revision
-        if args.gguf_file:
-            import os
-
-            revision = "sha256:" + file_sha256(os.path.join(resolve_package_path(args.teacher), args.gguf_file))
-        teacher_id = args.teacher + (f"/{args.gguf_file}" if args.gguf_file else "")
-        result = sample_offline(
-            model,
-            tokenizer,
-            data,
-            args.output,
-            settings,
-            teacher_id=teacher_id,
-            teacher_revision=revision,
-            show_progress=not args.no_progress,
-        )
+            result = sample_served_data(args, data, settings)
+        else:
+            model, tokenizer = load_model_and_tokenizer(
+                args.teacher, gguf_file=args.gguf_file, dtype=args.dtype, revision=args.revision
+            )
+            revision = args.revision
+            if args.gguf_file:
+                revision = "sha256:" + file_sha256(os.path.join(resolve_package_path(args.teacher), args.gguf_file))
+            teacher_id = args.teacher + (f"/{args.gguf_file}" if args.gguf_file else "")
+            result = sample_offline(
+                model,
+                tokenizer,
+                data,
+                args.output,
+                settings,
+                teacher_id=teacher_id,
+                teacher_revision=revision,
+                show_progress=not args.no_progress,
+            )
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted after {committed_batches(args.output)} batches were committed to {args.output!r}; resume "
+            f"with the same command (finished batches are kept): {shlex.join(['fdistill', *args.argv])}"
+        ) from None
     logger.info("%d teacher samples in %s", len(result), args.output)
     if args.push_to_hub:
         from accelerate import PartialState
@@ -283,7 +296,12 @@ def build_trainer(run_args: RunArguments, config):
     from fdistill.lm.trainer import FDistillTrainer
 
     # Data first: a bad file or prompt is refused before any model is loaded.
-    prep = dict(prompt_column=config.prompt_column, prompt_prefix=run_args.prompt_prefix, flatten=run_args.flatten_data)
+    prep = dict(
+        prompt_column=config.prompt_column,
+        prompt_prefix=run_args.prompt_prefix,
+        flatten=run_args.flatten_data,
+        reference_column=config.reference_column,
+    )
     train = load_data(run_args.train_data, config=run_args.train_data_config, split=run_args.train_split)
     train = prepare_prompts(train, **prep) if not _is_sample_output(run_args.train_data) else train
     evaluation = None
@@ -349,6 +367,10 @@ def run_train(args) -> None:
     from fdistill.storage import owned_folder
 
     run_args, config = load_recipe(args.recipe, args.overrides)
+    if config.push_to_hub:  # offline, unreachable Hub, no or refused token: one line before any model is loaded
+        from fdistill.lm.hub import check_hub_push, hub_repo_id
+
+        check_hub_push(hub_repo_id(config), token=config.hub_token)
     resume = args.resume_from_checkpoint
     if resume is not None and resume != "latest" and not os.path.isdir(resume):
         raise InputError(
@@ -358,17 +380,41 @@ def run_train(args) -> None:
     if resume == "latest":  # checked before any model is loaded; the trainer verifies it again under the lock
         latest_checkpoint(config.output_dir, required=True)
         resume = True
-    trainer = build_trainer(run_args, config)
-    # the folder stays this run's until its model, evaluation and card are written (the trainer holds it too)
-    with owned_folder(config.output_dir, "fdistill train", state=trainer.accelerator):
-        trainer.train(resume_from_checkpoint=resume)
-        trainer.save_model()
-        if trainer.eval_dataset is not None:
-            trainer.evaluate()
-        if trainer.is_world_process_zero():
-            trainer.create_model_card()
-        if config.push_to_hub:
-            trainer.push_to_hub()
+    trainer = None
+    try:
+        trainer = build_trainer(run_args, config)
+        # the folder stays this run's until its model, evaluation and card are written (the trainer holds it too)
+        with owned_folder(config.output_dir, "fdistill train", state=trainer.accelerator):
+            trainer.train(resume_from_checkpoint=resume)
+            trainer.save_model()
+            if trainer.eval_dataset is not None:
+                trainer.evaluate()
+            if trainer.is_world_process_zero():
+                trainer.create_model_card()
+            if config.push_to_hub:
+                trainer.push_to_hub()
+    except KeyboardInterrupt:
+        raise Interrupted(_train_interrupted(args, config, trainer)) from None
+
+
+def _train_interrupted(args, config, trainer) -> str:
+    """Where an interrupted `fdistill train` stopped, and the command that resumes it from its last whole checkpoint."""
+    from fdistill.lm.checkpoints import checkpoint_folders
+    from fdistill.storage import has_manifest
+
+    if trainer is None:
+        return "interrupted before training started; nothing was trained: rerun the command to start."
+    # the newest complete checkpoint (its manifest committed): one cut off by Ctrl-C while saving is not resumed from
+    complete = [f for f in checkpoint_folders(config.output_dir) if has_manifest(f)]
+    folder = complete[-1] if complete else None
+    step = trainer.state.global_step
+    if folder is None:
+        return (
+            f"interrupted at step {step}, before the first checkpoint (save_strategy={config.save_strategy.value}, "
+            f"save_steps={config.save_steps}): rerun the command to start again."
+        )
+    resume = shlex.join(["fdistill", "train", args.recipe, *args.overrides, "--resume-from-checkpoint", "latest"])
+    return f"interrupted at step {step}; the last whole checkpoint is {folder}: resume with {resume}"
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -480,10 +526,14 @@ def run_evaluate(args) -> None:
             )
         specs[name] = path
     data = load_data(args.data, config=args.data_config, split=args.split)
-    data = prepare_prompts(
-        data, prompt_column=args.prompt_column, prompt_prefix=args.prompt_prefix, flatten=args.flatten_data
-    )
     column = args.reference_column or "reference"
+    data = prepare_prompts(
+        data,
+        prompt_column=args.prompt_column,
+        prompt_prefix=args.prompt_prefix,
+        flatten=args.flatten_data,
+        reference_column=column,
+    )
     if column not in data.column_names and args.reference_column:
         raise InputError(
             f"the test data has no column {column!r} (it has {data.column_names}): give one of them as "
@@ -511,6 +561,7 @@ def run_evaluate(args) -> None:
     teacher = tokenizer = None
     if args.teacher:
         teacher, tokenizer = load_model_and_tokenizer(args.teacher, gguf_file=args.gguf_file)
+        _check_room(teacher, tokenizer, prompts, args, "teacher")
     common = dict(
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
@@ -548,6 +599,7 @@ def run_evaluate(args) -> None:
         )
     for name, path in specs.items():
         model, model_tokenizer = load_model_and_tokenizer(path)
+        _check_room(model, model_tokenizer, prompts, args, name)
         results[name], _ = evaluate_model(
             model, model_tokenizer, prompts, {**references, **against}, teacher=teacher, **common
         )
@@ -562,6 +614,27 @@ def run_evaluate(args) -> None:
             f"fdistill evaluate: warning: {len(bad)} non-finite value(s) (NaN/inf), listed in {paths['markdown']}: "
             f"{', '.join(bad)}",
             file=sys.stderr,
+        )
+
+
+def _check_room(model, tokenizer, prompts, args, name: str) -> None:
+    """Refuse --max-new-tokens when the longest prompt plus it exceeds the positions ``model`` was built for (a
+    learned-position model fails there, a rotary one generates on, untrained, for as long as it is asked)."""
+    from fdistill.lm.data import DistillCollator, position_limit
+    from fdistill.torch_utils import base_model
+
+    limit = position_limit(model)
+    if limit is None:
+        return
+    encoder_decoder = bool(base_model(model).config.is_encoder_decoder)
+    collator = DistillCollator(tokenizer, is_encoder_decoder=encoder_decoder, use_chat_template=args.use_chat_template)
+    longest = max(len(collator.prompt_tokens(p)) for p in prompts)
+    needed = max(longest, 1 + args.max_new_tokens) if encoder_decoder else longest + args.max_new_tokens
+    if needed > limit:
+        raise InputError(
+            f"model {name!r} has {limit} positions (config max_position_embeddings / n_positions) but the longest "
+            f"prompt ({longest} tokens) and --max-new-tokens={args.max_new_tokens} need {needed}: lower "
+            "--max-new-tokens or shorten the prompts."
         )
 
 
@@ -703,8 +776,12 @@ def main(argv: list[str] | None = None) -> None:
         args.overrides += extra  # key=value overrides given after an option (argparse stops at the option)
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.argv = argv  # for the resume command an interrupted run names
     try:
         runs[args.command](args)
+    except KeyboardInterrupt as error:  # Ctrl-C: where it stopped and how to resume, in one line; 128 + SIGINT
+        print(f"fdistill {args.command}: {error or 'interrupted (Ctrl-C)'}", file=sys.stderr)
+        raise SystemExit(130) from None
     except ValueError as error:  # bad input: one clear line, no traceback
         print(f"fdistill {args.command}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

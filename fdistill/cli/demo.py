@@ -34,6 +34,7 @@ import torch
 import yaml
 from datasets import Dataset
 
+from fdistill.checks import names, output_folder
 from fdistill.lm.objectives import OBJECTIVES
 
 logger = logging.getLogger(__name__)
@@ -191,11 +192,8 @@ def run_demo(
     from fdistill.lm.student import create_student_from_teacher
 
     settings = DemoSettings.quick() if quick else DemoSettings()
-    objectives = objectives or ["tvd"]
-    unknown = [o for o in objectives if o not in ALL_OBJECTIVES]
-    if unknown:
-        raise ValueError(f"unknown objective(s) {unknown}; choose from {ALL_OBJECTIVES} or 'all'.")
-    out = Path(output_dir)
+    objectives = names("objectives", objectives or ["tvd"], ALL_OBJECTIVES)
+    out = Path(output_folder("output", output_dir))
     out.mkdir(parents=True, exist_ok=True)
     transformers.set_seed(settings.seed)
     timings: dict[str, float] = {}
@@ -434,6 +432,7 @@ def main(argv: list[str] | None = None) -> None:
 def export_data(folder: str, settings: DemoSettings | None = None) -> list[str]:
     """Write the demo's train / held-out chatterbot prompts as JSONL (for the ``recipes/smollm2`` recipes)."""
     settings = settings or DemoSettings()
+    output_folder("export_data", folder)
     train, held_out = split_pairs(chatterbot_pairs(), settings.train_prompts, settings.eval_prompts, settings.seed)
     paths = []
     for name, rows in (("train", train), ("test", held_out)):

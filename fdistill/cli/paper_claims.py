@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch
 
+from fdistill.checks import output_folder, whole_number
 from fdistill.errors import InputError, invalid
 
 logger = logging.getLogger(__name__)
@@ -401,7 +402,7 @@ def run_claims(output_dir: str, settings: ClaimsSettings, cache_dir: str | None 
     import transformers
 
     settings.check()
-    out = Path(output_dir)
+    out = Path(output_folder("output_dir", output_dir))
     out.mkdir(parents=True, exist_ok=True)
     record = out / "settings.json"
     if record.exists():
@@ -457,11 +458,18 @@ def add_arguments(parser) -> None:
 
 
 def run_from_args(args) -> None:
+    output_folder("--out", args.out)
+    for name in ("steps", "threads"):  # 0 is a count too: refused, never read as "not given"
+        if getattr(args, name) is not None:
+            whole_number(f"--{name}", getattr(args, name))
     settings = ClaimsSettings.quick() if args.quick else ClaimsSettings()
     changes = {
-        k: v for k, v in (("seeds", args.seeds), ("variants", args.variants), ("distill_steps", args.steps)) if v
+        k: v
+        for k, v in (("seeds", args.seeds), ("variants", args.variants), ("distill_steps", args.steps))
+        if v is not None
     }
     settings = replace(settings, **changes)
+    settings.check()
     torch.set_num_threads(args.threads or max(1, os.cpu_count() or 1))
     result = run_claims(args.out, settings, cache_dir=args.cache_dir)
     print(result["report"])

@@ -416,6 +416,36 @@ class DistillArguments:
 
     __str__ = __repr__
 
+    def check_batch_memory(self, vocab_size: int, training_args=None) -> None:
+        """Refuse per-device batch sizes whose student logits at the length limit exceed all the memory here.
+
+        The rule: ``batch × length × vocab_size × 4`` bytes — the float32 student logits of one batch of the longest
+        completion set the objective scores (``length``: max_target_length for references and offline teacher
+        samples, max_new_tokens for samples drawn in training); the teacher's logits, the gradients and the
+        activations come on top — must fit in the machine's RAM plus all its GPUs' memory
+        (`fdistill.checks.batch_fits`). The batch sizes are ``training_args``' (default: these settings', as in
+        `FDistillConfig`). Called by the trainer once the model's vocabulary is known, before training.
+        """
+        from fdistill.checks import batch_fits
+
+        offline = self.needs_reference or (self.needs_teacher_samples and self.reads_teacher_samples)
+        drawn = self.needs_student_samples or (self.needs_teacher_samples and not self.reads_teacher_samples)
+        length = max([self.max_target_length] * offline + [self.max_new_tokens] * drawn or [self.max_target_length])
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size"):
+            batch = getattr(
+                training_args or self, name, None
+            )  # DistillArguments alone has none: the Trainer's defaults
+            if batch is None:
+                continue
+            batch_fits(
+                name,
+                batch,
+                length * vocab_size * 4,
+                f"one batch's float32 logits at the length limit (batch × {length} positions × {vocab_size} vocabulary "
+                "× 4 bytes)",
+                " and raise gradient_accumulation_steps for a larger effective batch",
+            )
+
     @property
     def objective_spec(self) -> Objective:
         """The registered :class:`fdistill.lm.objectives.Objective` named by ``objective``."""
@@ -461,4 +491,109 @@ class FDistillConfig(DistillArguments, Seq2SeqTrainingArguments):
 
     def __post_init__(self):
         DistillArguments.__post_init__(self)
+        self._check_training_settings()  # the values as given (transformers rewrites some, e.g. eval_steps=0)
         Seq2SeqTrainingArguments.__post_init__(self)
+        unknown = unknown_scheduler_kwargs(self.lr_scheduler_type, self.lr_scheduler_kwargs)
+        if unknown:
+            raise invalid(
+                "lr_scheduler_kwargs",
+                self.lr_scheduler_kwargs,
+                f"the {self.lr_scheduler_type.value!r} scheduler does not take {unknown[0]} (it takes "
+                f"{unknown[1] or 'none: transformers would ignore them'}); fix the names or the lr_scheduler_type.",
+            )
+
+    def _check_training_settings(self) -> None:
+        """Training settings transformers accepts but that cannot be meant (zero or negative counts, a learning rate
+        of 0, seeds outside [0, 2^32)), each one `InputError` naming the setting and the fix, before any work."""
+
+        def bad(name, fix):
+            raise invalid(name, getattr(self, name), fix)
+
+        def number(name):  # a value that is no number at all is left to transformers' own message
+            value = getattr(self, name)
+            return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            if number(name) is not None and number(name) < 1:
+                bad(name, "use 1 or more.")
+        if number("max_steps") is not None and (self.max_steps == 0 or self.max_steps < -1):
+            bad("max_steps", "use a positive number of optimizer steps, or -1 to train for num_train_epochs.")
+        epochs = number("num_train_epochs")
+        if self.max_steps is not None and self.max_steps < 1 and epochs is not None:
+            if not (math.isfinite(epochs) and epochs > 0):
+                bad("num_train_epochs", "use a positive number of epochs (or set max_steps).")
+        lr = number("learning_rate")
+        if lr is not None and not (math.isfinite(lr) and lr > 0):
+            bad("learning_rate", "use a finite positive learning rate (0 would train nothing).")
+        for name in ("weight_decay", "max_grad_norm", "adam_epsilon", "warmup_steps"):
+            value = number(name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                bad(name, "use a finite number >= 0" + (" (0 = no clipping)." if name == "max_grad_norm" else "."))
+        for name in ("adam_beta1", "adam_beta2"):
+            value = number(name)
+            if value is not None and not 0 <= value < 1:
+                bad(name, "use a value in [0, 1).")
+        for name, strategy in (("logging_steps", "logging_strategy"), ("save_steps", "save_strategy")):
+            value = number(name)
+            if (
+                value is not None
+                and not (math.isfinite(value) and value > 0)
+                and _strategy(getattr(self, strategy)) == "steps"
+            ):
+                bad(
+                    name,
+                    f"use a positive number of steps (or a fraction in (0, 1) of the run) with {strategy}='steps'.",
+                )
+        if number("eval_steps") is not None and not (math.isfinite(self.eval_steps) and self.eval_steps > 0):
+            bad(
+                "eval_steps",
+                "use a positive number of steps (or a fraction in (0, 1) of the run), or leave it unset "
+                "to evaluate every logging_steps.",
+            )
+        if number("save_total_limit") is not None and self.save_total_limit < 1:
+            bad("save_total_limit", "use 1 or more checkpoints to keep, or leave it unset to keep all.")
+        for name in ("seed", "data_seed"):
+            if number(name) is not None and not 0 <= getattr(self, name) < 2**32:
+                bad(name, "use a whole number in [0, 2^32).")
+        if number("label_smoothing_factor") is not None and self.label_smoothing_factor != 0:
+            bad(
+                "label_smoothing_factor",
+                "fdistill's objectives do not use it (the loss is the objective's); leave it 0.",
+            )
+        if number("dataloader_num_workers") is not None and self.dataloader_num_workers < 0:
+            bad("dataloader_num_workers", "use 0 (load in the main process) or more worker processes.")
+
+
+def _strategy(value) -> str:
+    """An interval strategy as text ('steps', 'epoch', 'no'), whether given as text or as transformers' enum."""
+    return str(getattr(value, "value", value))
+
+
+# Arguments `transformers.get_scheduler` fills itself; the rest of a scheduler function's come from lr_scheduler_kwargs.
+_SCHEDULER_FILLS = {"optimizer", "num_warmup_steps", "num_training_steps"}
+
+
+def unknown_scheduler_kwargs(kind, kwargs) -> tuple[list[str], list[str]] | None:
+    """``(unknown keys, accepted keys)`` of ``lr_scheduler_kwargs`` for the scheduler ``kind``, or None when all fit.
+
+    The accepted keys are the parameters of transformers' scheduler function (``TYPE_TO_SCHEDULER_FUNCTION``) besides
+    those `get_scheduler` fills; 'constant' and 'constant_with_warmup' take none (get_scheduler drops them silently);
+    a function with ``**kwargs`` (reduce_lr_on_plateau, greedy) takes any.
+    """
+    import inspect
+
+    from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION
+    from transformers.trainer_utils import SchedulerType
+
+    if not kwargs or not isinstance(kwargs, dict):
+        return None
+    kind = SchedulerType(kind)
+    if kind in (SchedulerType.CONSTANT, SchedulerType.CONSTANT_WITH_WARMUP):
+        accepted = []
+    else:
+        parameters = inspect.signature(TYPE_TO_SCHEDULER_FUNCTION[kind]).parameters.values()
+        if any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return None
+        accepted = [p.name for p in parameters if p.name not in _SCHEDULER_FILLS]
+    unknown = [k for k in kwargs if k not in accepted]
+    return (unknown, accepted) if unknown else None

@@ -12,6 +12,7 @@ forward kwargs of either architecture and says which logits score which completi
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,10 +30,45 @@ def _is_token_ids(value) -> bool:
     )
 
 
+def is_blank(text: str) -> bool:
+    """True when ``text`` holds nothing to read: only whitespace and control or format characters (``"\\x00\\t"``,
+    zero-width spaces), which tokenise to nothing or to tokens no model was trained to continue."""
+    return all(ch.isspace() or unicodedata.category(ch).startswith("C") for ch in text)
+
+
+def ends_with_answer(value: Any) -> bool:
+    """True when ``value`` is chat messages whose last turn is the assistant's (a conversation with its answer)."""
+    return (
+        isinstance(value, (list, tuple))
+        and bool(value)
+        and isinstance(value[-1], dict)
+        and value[-1].get("role") == "assistant"
+    )
+
+
+def _chat_problem(messages) -> str | None:
+    if not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages):
+        return "chat messages without 'role' and 'content'"
+    if not all(isinstance(m["role"], str) and isinstance(m["content"], (str, list)) for m in messages):
+        return "chat messages whose role is not text or whose content is neither text nor a list of parts"
+    if all(isinstance(m["content"], str) and is_blank(m["content"]) for m in messages):
+        return "chat messages with no text (only whitespace or control characters)"
+    if ends_with_answer(messages):
+        return (
+            "chat messages that end with the assistant's answer, which would become part of the prompt "
+            "(fdistill.lm.loading.prepare_prompts splits such conversations into prompt and reference)"
+        )
+    return None
+
+
 def prompt_problem(value: Any) -> str | None:
-    """Why ``value`` cannot be a prompt, or None when it can: non-blank text, chat messages or token ids."""
+    """Why ``value`` cannot be a prompt, or None when it can: text, chat messages or token ids.
+
+    Refused: None, numbers, blank text (only whitespace or control characters), empty lists, chat messages without
+    text, and chat messages whose last turn is the assistant's (its answer is not a prompt: `split_chat` first).
+    """
     if isinstance(value, str):
-        return None if value.strip() else "blank text"
+        return None if not is_blank(value) else "blank text (only whitespace or control characters)"
     if value is None:
         return "missing (an empty cell)"
     if isinstance(value, (int, float)):
@@ -43,29 +79,79 @@ def prompt_problem(value: Any) -> str | None:
         if not value:
             return "an empty list"
         if all(isinstance(m, dict) for m in value):
-            return (
-                None
-                if all("role" in m and "content" in m for m in value)
-                else "chat messages without 'role' and 'content'"
-            )
+            return _chat_problem(value)
         return None if _is_token_ids(value) else "a list that is neither token ids (ints >= 0) nor chat messages"
     return f"a {type(value).__name__}, not text, chat messages or token ids"
 
 
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _rows(rows: list[int]) -> str:
+    """``"rows 3, 7 and 9"`` (at most 10 named, then how many more)."""
+    named = ", ".join(map(str, rows[:10]))
+    return (
+        f"row {rows[0]}" if len(rows) == 1 else f"rows {named}" + (f" and {len(rows) - 10} more" if rows[10:] else "")
+    )
+
+
 def check_prompts(values, column: str) -> None:
-    """Raise one `InputError` naming the first prompt that is not usable (row index, column, value and fix).
+    """Raise one `InputError` naming the unusable prompts: their row indices, the first one's value and the fix.
 
     ``values[i]`` is row ``i`` (the whole column, or the first rows of a dataset). Token-id lists and chat
-    messages are prompts too; None, blank text, numbers and other types are not.
+    messages are prompts too; None, blank text, numbers and other types are not (`prompt_problem`).
     """
-    for row, value in enumerate(values):
-        problem = prompt_problem(value)
-        if problem is not None:
-            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-            raise InputError(
-                f"prompt column {column!r}, row {row}: {shown} is {problem}; every prompt must be non-empty text, "
-                "chat messages or token ids: fix or drop that row."
-            )
+    bad = [(row, problem) for row, value in enumerate(values) if (problem := prompt_problem(value)) is not None]
+    if not bad:
+        return
+    row, problem = bad[0]
+    also = f" ({len(bad)} unusable prompts in all: {_rows([r for r, _ in bad])})" if len(bad) > 1 else ""
+    raise InputError(
+        f"prompt column {column!r}, row {row}: {_shown(values[row])} is {problem}{also}; every prompt must be "
+        "non-empty text, chat messages or token ids: fix or drop those rows."
+    )
+
+
+def split_chat(data, prompt_column: str, reference_column: str = "reference"):
+    """Conversations that end with the assistant's answer → prompt = the turns before it, reference = its content.
+
+    ``data[prompt_column]`` holds chat messages (``[{"role", "content"}, ...]``, e.g. a ``messages`` column). When
+    every conversation's last turn is the assistant's, that turn is the reference and the turns before it are
+    the prompt (rendered later through the tokenizer's chat template with the generation prompt); when none
+    ends so, ``data`` is returned as it is. Anything in between is one `InputError` naming the rows, as is a
+    conversation of the answer alone, or data that already has a ``reference_column`` to overwrite.
+    """
+    conversations = data[prompt_column]
+    answered = [i for i, value in enumerate(conversations) if ends_with_answer(value)]
+    if not answered:
+        return data
+    unanswered = sorted(set(range(len(conversations))) - set(answered))
+    if unanswered:
+        raise InputError(
+            f"prompt column {prompt_column!r}: {len(answered)} conversations end with the assistant's answer "
+            f"(the reference) and {len(unanswered)} do not ({_rows(unanswered)}): make every conversation end with "
+            "the assistant's turn (prompt + reference), or none (prompts only)."
+        )
+    alone = [i for i in answered if len(conversations[i]) == 1]
+    if alone:
+        raise InputError(
+            f"prompt column {prompt_column!r}, {_rows(alone)}: only the assistant's answer, with no turn "
+            "before it to prompt it: add the user's turn or drop those rows."
+        )
+    if reference_column in data.column_names and reference_column != prompt_column:
+        raise InputError(
+            f"prompt column {prompt_column!r} ends every conversation with the assistant's answer, which would "
+            f"become column {reference_column!r}, but the data has that column already: drop or rename it, or "
+            "set reference_column to another name."
+        )
+
+    def split(row):
+        messages = row[prompt_column]
+        return {prompt_column: messages[:-1], reference_column: messages[-1]["content"]}
+
+    return data.map(split, desc="splitting conversations into prompt and reference")
 
 
 _IDS_AS_TEXT = re.compile(r"\s*\[\s*\d+(\s*,\s*\d+)*\s*\]\s*")
@@ -289,10 +375,12 @@ class DistillCollator:
     def prompt_tokens(self, value: Any) -> list[int]:
         """Token ids of a prompt given as text, as chat messages (``[{"role", "content"}, ...]``) or as ids."""
         if isinstance(value, list) and value and isinstance(value[0], dict):
+            self._require_chat_template()
             ids = self.tokenizer.apply_chat_template(value, add_generation_prompt=True, tokenize=True)
             ids = ids["input_ids"] if hasattr(ids, "keys") else ids
         elif isinstance(value, str):
             if self.use_chat_template:
+                self._require_chat_template()
                 ids = self.tokenizer.apply_chat_template(
                     [{"role": "user", "content": value}], add_generation_prompt=True, tokenize=True
                 )
@@ -302,6 +390,14 @@ class DistillCollator:
         else:
             ids = list(value)
         return list(ids)[-self.max_prompt_length :]
+
+    def _require_chat_template(self) -> None:
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            raise InputError(
+                f"the prompts are chat messages (or use_chat_template is set) but the tokenizer "
+                f"{getattr(self.tokenizer, 'name_or_path', '')!r} has no chat template: use a chat model's "
+                "tokenizer, set tokenizer.chat_template, or give the prompts as text without use_chat_template."
+            )
 
     def target_tokens(self, value: Any) -> list[int]:
         if isinstance(value, str):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import fields
+from pathlib import Path
 
 import torch
 import transformers
@@ -22,8 +23,98 @@ from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 import fdistill
+from fdistill.errors import InputError
 from fdistill.lm.config import DistillArguments
 from fdistill.torch_utils import base_model as _base_model
+
+# Seconds the pre-flight check of a Hub upload waits for the Hub's answer (huggingface_hub itself waits forever).
+HUB_CHECK_TIMEOUT = 10.0
+
+
+def hub_repo_id(args) -> str:
+    """The repo a `Trainer` with ``push_to_hub`` uploads to: ``hub_model_id``, else the name of ``output_dir``."""
+    return args.hub_model_id or Path(args.output_dir).absolute().name
+
+
+def check_hub_push(
+    repo_id: str, *, token: str | None = None, repo_type: str = "model", what: str = "push_to_hub"
+) -> str:
+    """Check before any work that ``repo_id`` can be uploaded to; return the name of the account that will upload.
+
+    In order, each failure one `InputError` naming the problem and the fix: the repo id's syntax (huggingface_hub's
+    validator), offline mode (``HF_HUB_OFFLINE=1``), no token, a Hub endpoint (``HF_ENDPOINT``) that cannot be
+    reached within `HUB_CHECK_TIMEOUT` seconds, a token the Hub refuses (401) or that is read-only, and a namespace
+    that is neither the account's nor one of its organisations'. The repo itself is not created here.
+
+    Arguments:
+        repo_id: ``name`` (the account's namespace) or ``namespace/name``.
+        token: a Hub token; default: huggingface_hub's (``HF_TOKEN`` or ``hf auth login``).
+        repo_type: "model" or "dataset" (said in the messages).
+        what: the setting that asked for the upload, named in the messages.
+    """
+    import requests
+    from huggingface_hub import constants, get_token
+    from huggingface_hub.utils import build_hf_headers
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise InputError(
+            f"{what}: the {repo_type} repo id {repo_id!r} is not valid ({str(error).splitlines()[0]}): give "
+            "'name' or 'namespace/name' of letters, digits, '-', '_' and '.'."
+        ) from None
+    if constants.HF_HUB_OFFLINE:
+        raise InputError(
+            f"{what}: uploading to the Hub is impossible offline (HF_HUB_OFFLINE=1 is set): unset HF_HUB_OFFLINE to "
+            f"upload {repo_id!r}, or drop {what}."
+        )
+    token = token or get_token()
+    if not token:
+        raise InputError(
+            f"{what}: no Hub token, so {repo_id!r} cannot be uploaded: log in with `hf auth login`, set HF_TOKEN "
+            f"(or hub_token), or drop {what}."
+        )
+    endpoint = constants.ENDPOINT
+    try:
+        answer = requests.get(
+            f"{endpoint}/api/whoami-v2", headers=build_hf_headers(token=token), timeout=HUB_CHECK_TIMEOUT
+        )
+    except requests.RequestException as error:
+        reason = type(error).__name__ if isinstance(error, requests.Timeout) else str(error).splitlines()[0][:200]
+        raise InputError(
+            f"{what}: the Hub at {endpoint} cannot be reached ({reason}): check the network and HF_ENDPOINT, "
+            f"or drop {what}."
+        ) from None
+    if answer.status_code in (401, 403):
+        raise InputError(
+            f"{what}: the Hub at {endpoint} refused the token ({answer.status_code} {answer.reason}): log in again "
+            f"with `hf auth login --force` or set a valid write token in HF_TOKEN (or hub_token), or drop {what}."
+        )
+    try:
+        answer.raise_for_status()
+        account = answer.json()
+        name = account["name"]
+    except (requests.RequestException, ValueError, KeyError, TypeError) as error:
+        raise InputError(
+            f"{what}: the Hub at {endpoint} gave no account for the token ({answer.status_code} "
+            f"{str(error).splitlines()[0][:200] if str(error) else type(error).__name__}): check HF_ENDPOINT and "
+            f"the token, or drop {what}."
+        ) from None
+    role = ((account.get("auth") or {}).get("accessToken") or {}).get("role")
+    if role == "read":
+        raise InputError(
+            f"{what}: the Hub token of {name!r} is read-only, so {repo_id!r} cannot be uploaded: use a write token "
+            f"(HF_TOKEN, hub_token or `hf auth login`), or drop {what}."
+        )
+    namespace = repo_id.split("/")[0] if "/" in repo_id else name
+    allowed = {name} | {org.get("name") for org in account.get("orgs") or [] if isinstance(org, dict)}
+    if namespace not in allowed:
+        raise InputError(
+            f"{what}: {name!r} cannot write to the namespace {namespace!r} of {repo_id!r} (it can write to "
+            f"{sorted(a for a in allowed if a)}): give a repo id in one of those, or log in as a member."
+        )
+    return name
+
 
 _PAPER = "[f-DISTILL](https://arxiv.org/abs/2305.15718) (Wen et al., ACL 2023)"
 

@@ -20,9 +20,11 @@ from datasets.exceptions import DatasetGenerationError, DatasetsError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from fdistill.errors import InputError, invalid
-from fdistill.lm.data import check_prompts
+from fdistill.lm.data import check_prompts, split_chat
 from fdistill.storage import check_manifest, has_manifest
 
+# The column of chat data (TRL's conversational format), read as the prompts when the prompt column is absent.
+CHAT_COLUMN = "messages"
 _DATA_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 # Suffixes that mark a string as a local file, never a Hub name (Hub names may hold dots: "Qwen/Qwen2.5-0.5B").
 _FILE_SUFFIXES = {
@@ -474,16 +476,28 @@ def _load_gguf(folder: str, gguf_file: str, dtype, cache_dir: str | None):
     return model, tokenizer
 
 
-def prepare_prompts(data: Dataset, *, prompt_column: str, prompt_prefix: str = "", flatten: bool = False) -> Dataset:
-    """Check the prompts, flatten nested columns (``translation`` → ``translation.en``) and prepend a task prefix.
+def prepare_prompts(
+    data: Dataset,
+    *,
+    prompt_column: str,
+    prompt_prefix: str = "",
+    flatten: bool = False,
+    reference_column: str = "reference",
+) -> Dataset:
+    """Check the prompts, split chat conversations, flatten nested columns and prepend a task prefix.
 
     T5 expects task prefixes (``"translate English to Romanian: "``); WMT data nests both
-    languages in one ``translation`` column. Every prompt is checked once, here, before any work
-    (`fdistill.lm.data.check_prompts`): a missing column, or a row whose prompt is None, blank, a number or
-    another non-prompt, is an `InputError` naming the row and the column.
+    languages in one ``translation`` column. Chat data (a ``messages`` column of ``[{"role", "content"}, ...]``,
+    used when there is no ``prompt_column``) whose conversations end with the assistant's turn becomes
+    prompt = the turns before it and ``reference_column`` = that turn's content (`fdistill.lm.data.split_chat`).
+    Every prompt is checked once, here, before any work (`fdistill.lm.data.check_prompts`): a missing column,
+    or rows whose prompt is None, blank (whitespace or control characters only), a number or another
+    non-prompt, are one `InputError` naming the rows and the column.
     """
     if flatten:
         data = data.flatten()
+    if prompt_column not in data.column_names and CHAT_COLUMN in data.column_names:
+        data = data.rename_column(CHAT_COLUMN, prompt_column)  # the chat-data convention: `messages`
     if prompt_column not in data.column_names:
         nested = [c for c in data.flatten().column_names if c not in data.column_names]
         hint = (
@@ -493,6 +507,7 @@ def prepare_prompts(data: Dataset, *, prompt_column: str, prompt_prefix: str = "
             f"the data has no column {prompt_column!r} (it has {data.column_names}): set the prompt column "
             f"(prompt_column, --prompt-column) to one of them.{hint}"
         )
+    data = split_chat(data, prompt_column, reference_column)
     prompts = data[prompt_column]
     check_prompts(prompts, prompt_column)
     if prompt_prefix:

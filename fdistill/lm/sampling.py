@@ -32,7 +32,7 @@ from transformers import GenerationConfig
 
 from fdistill.checks import output_folder
 from fdistill.errors import InputError
-from fdistill.lm.data import DistillCollator, check_prompts, completion_mask, position_limit
+from fdistill.lm.data import DistillCollator, check_prompts, completion_mask, is_blank, position_limit
 from fdistill.storage import (
     LOCK_FILE,
     MANIFEST,
@@ -239,6 +239,29 @@ class OfflineSamplingSettings:
         if problems:
             raise InputError("invalid sampling settings: " + "; ".join(problems) + ".")
 
+    def check_for_teacher(self, vocab_size: int) -> None:
+        """Refuse settings the teacher's vocabulary of ``vocab_size`` makes impossible: ``topk_logprobs`` past it, and a
+        ``batch_size`` whose float32 next-token logits (``batch_size × num_samples × beams × vocab × 4`` bytes, times
+        ``max_new_tokens`` with ``topk_logprobs``: every step's are kept) exceed all the memory here."""
+        from fdistill.checks import batch_fits
+
+        if self.topk_logprobs > vocab_size:
+            raise InputError(
+                f"invalid sampling settings: topk_logprobs={self.topk_logprobs}: the teacher has only {vocab_size} "
+                f"tokens; use at most {vocab_size} (or 0: off)."
+            )
+
+        rows = self.num_samples * (self.num_beams if self.decoding == "beam" else 1)
+        steps = self.max_new_tokens if self.topk_logprobs else 1
+        batch_fits(
+            "batch_size",
+            self.batch_size,
+            rows * steps * vocab_size * 4,
+            f"the teacher's float32 logits of one batch (batch × {rows} sequences × {steps} kept steps × {vocab_size} "
+            "vocabulary × 4 bytes)",
+            " inputs per batch",
+        )
+
     def generation_config(self, model, tokenizer) -> GenerationConfig:
         cfg = sampling_config(
             model,
@@ -308,6 +331,12 @@ def _check_lengths(limit: int | None, prompts: list[list[int]], settings, is_enc
             f"{limit} (config max_position_embeddings / n_positions): lower max_new_tokens or "
             f"max_prompt_length={settings.max_prompt_length} (prompts keep their end), or shorten that prompt."
         )
+
+
+def committed_batches(output_dir: str) -> int:
+    """How many batches of an unfinished sampling run in ``output_dir`` are committed (a rerun keeps them)."""
+    work = Path(output_dir) / _WORK_DIR
+    return len(list(work.glob(f"batch_*.jsonl{_COMMITTED}"))) if work.is_dir() else 0
 
 
 def _fingerprint(record: dict) -> str:
@@ -388,6 +417,7 @@ class _LocalSampler:
 
     def prepare(self, settings: OfflineSamplingSettings, device) -> None:
         self.generation_config = settings.generation_config(self.model, self.tokenizer)  # validates against the model
+        settings.check_for_teacher(base_model(self.model).get_output_embeddings().weight.shape[0])
         self.device = device
         self.model.to(device)
 
@@ -498,7 +528,7 @@ def _claim_folder(out: Path, output_dir: str, provenance: dict) -> bool:
         shutil.rmtree(work, ignore_errors=True)  # left by a run stopped while cleaning up
         return True
     run_file = work / "run.json"
-    done = len(list(work.glob(f"batch_*.jsonl{_COMMITTED}"))) if work.is_dir() else 0
+    done = committed_batches(output_dir)
     if done and not run_file.exists():
         raise InputError(
             f"{output_dir!r} holds {done} sampled batches but no run record ({run_file} is gone), so "
@@ -609,6 +639,12 @@ def _sample_batch(
     return rows
 
 
+def empty_samples(rows: list[dict]) -> list[int]:
+    """Indices of the sample rows whose text is empty (blank: the teacher stopped at once, or wrote only special or
+    control characters); counted in the provenance record as ``empty_samples`` and logged, never dropped."""
+    return [i for i, r in enumerate(rows) if is_blank(r["teacher_sample"])]
+
+
 def _merge(dataset: Dataset, batches, work: Path, out: Path, settings, provenance) -> None:
     """Merge the verified batch files in input order, and publish the dataset: its files, the provenance record,
     then their manifest, last (:mod:`fdistill.storage`); only then is the work folder removed."""
@@ -647,7 +683,21 @@ def _merge(dataset: Dataset, batches, work: Path, out: Path, settings, provenanc
         files = sorted(staging.iterdir(), key=lambda p: p.name == "state.json")  # state.json last: loadable when whole
         for f in files:
             os.replace(f, out / f.name)
-        provenance = dict(provenance, num_rows=len(merged), created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        empty = empty_samples(rows)
+        if empty:
+            logger.warning(
+                "%d of %d teacher samples are empty (no text: the teacher stopped at once); rows %s%s",
+                len(empty),
+                len(rows),
+                empty[:10],
+                " ..." if len(empty) > 10 else "",
+            )
+        provenance = dict(
+            provenance,
+            num_rows=len(merged),
+            empty_samples=len(empty),
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
         atomic_write(out / PROVENANCE_FILE, json.dumps(provenance, indent=1, default=str))
         write_manifest(out, [f.name for f in files] + [PROVENANCE_FILE])
     shutil.rmtree(work)

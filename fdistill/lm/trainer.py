@@ -206,6 +206,11 @@ class FDistillMixin:
                 vocab_size=_vocab_size(model),
             )
         self._check_datasets(settings, kwargs.get("train_dataset"), kwargs.get("eval_dataset"), kwargs["data_collator"])
+        settings.check_batch_memory(_vocab_size(model), train_args)  # batch sizes past any memory: refused now
+        if getattr(train_args, "push_to_hub", False):  # before the Trainer creates the Hub repo: one InputError
+            from fdistill.lm.hub import check_hub_push, hub_repo_id
+
+            check_hub_push(hub_repo_id(train_args), token=train_args.hub_token)
         super().__init__(*args, **kwargs)
         self.is_encoder_decoder = is_enc_dec
         # Vocabulary entries both models are compared on when their LM heads differ by padding (None: all rows).
