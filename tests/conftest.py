@@ -22,6 +22,17 @@ class _RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    """A tiny 2-layer Llama teacher and its tokenizer saved in a folder, as `fdistill sample` / `train` read one."""
+    from fdistill import testing as tiny
+
+    path = tmp_path_factory.mktemp("teacher")
+    tiny.llama(2, seed=0, init=0.15).save_pretrained(path)
+    tiny.tokenizer().save_pretrained(path)
+    return path
+
+
 @pytest.fixture
 def crafted_pickle():
     """``write(path, marker)``: a pickle file whose loading would create ``marker`` (a crafted file in an output folder)."""

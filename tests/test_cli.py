@@ -17,14 +17,6 @@ transformers.logging.set_verbosity_error()
 
 
 @pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("teacher")
-    tiny.llama(2, seed=0, init=0.15).save_pretrained(path)
-    tiny.tokenizer().save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def prompts_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "prompts.jsonl"
     tiny.dataset(10, seed=8).to_json(str(path))

@@ -17,7 +17,6 @@ import errno
 import gc
 import io
 import json
-import logging
 import multiprocessing as mp
 import os
 import re
@@ -180,28 +179,9 @@ def _one_line(err: str) -> str:
 # ----------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(autouse=True)
-def _fresh_cli_logging():
-    """The `fdistill` command attaches a stderr handler to the library logger once; a handler left on the stream of
-    an earlier test (closed by pytest) would print "Logging error" tracebacks into this test's stderr."""
-    logger = logging.getLogger("fdistill")
-    kept = logger.handlers[:]
-    logger.handlers.clear()
-    yield
-    logger.handlers[:] = kept
-
-
 @pytest.fixture(scope="module")
 def tok():
     return tiny.tokenizer()
-
-
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("teacher")
-    tiny.llama(2, seed=0, init=0.15).save_pretrained(path)
-    tiny.tokenizer().save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import transformers
 import yaml
 from datasets import load_from_disk
@@ -21,14 +20,6 @@ from fdistill.cli import main
 
 transformers.logging.set_verbosity_error()
 ENV = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(Path(__file__).parents[1]))
-
-
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("teacher")
-    tiny.llama(1, seed=0, init=0.15).save_pretrained(path)
-    tiny.tokenizer().save_pretrained(path)
-    return path
 
 
 def _interrupt_when(cmd: list[str], ready, timeout: float = 120) -> subprocess.CompletedProcess:
