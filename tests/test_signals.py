@@ -1,22 +1,25 @@
 """Ctrl-C (SIGINT) during `fdistill sample` and `fdistill train`, sent to a real process of the command: one line
 saying where it stopped and how to resume, exit status 130, no traceback, and a rerun that resumes and completes
-with what an uninterrupted run gives (issue 22, item 6). A SIGINT during a checkpoint write takes effect once the
-checkpoint is whole (without that, 4 of 10 runs here resumed from a half-written checkpoint and failed)."""
+with what an uninterrupted run gives (issue 22, item 6). A SIGINT during a checkpoint write leaves that checkpoint
+without its manifest: the line names the newest whole one, which `latest` resumes (fdistill.storage)."""
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import transformers
 import yaml
 from datasets import load_from_disk
+from transformers.trainer_utils import SaveStrategy
 
 from fdistill import testing as tiny
-from fdistill.cli import main
+from fdistill.cli import _train_interrupted, main
+from fdistill.lm.checkpoints import checkpoint_folders, verify_checkpoint
+from fdistill.storage import MANIFEST, has_manifest
 
 transformers.logging.set_verbosity_error()
 ENV = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(Path(__file__).parents[1]))
@@ -51,9 +54,10 @@ def test_sigint_during_sample_keeps_the_committed_batches_and_a_rerun_completes_
     args = ["sample", "--teacher", str(teacher_dir), "--data", str(prompts), "--max-new-tokens", "16"]
     args += ["--batch-size", "1", "--no-progress", "--output"]
     work = tmp_path / "cut" / ".fdistill_work"
-    done = _interrupt_when(args + [str(tmp_path / "cut")], lambda: len(list(work.glob("batch_*.jsonl"))) >= 3)
+    committed = "batch_*.jsonl.manifest.json"  # a batch counts once its manifest is written (fdistill.storage)
+    done = _interrupt_when(args + [str(tmp_path / "cut")], lambda: len(list(work.glob(committed))) >= 3)
     line = _one_line(done, "sample")
-    kept = len(list(work.glob("batch_*.jsonl")))
+    kept = len(list(work.glob(committed)))
     assert 3 <= kept < 60 and f"interrupted after {kept} batches were committed" in line, line
     assert "resume with the same command" in line and f"--output {tmp_path / 'cut'}" in line
     main(args + [str(tmp_path / "cut")])  # the rerun resumes...
@@ -83,15 +87,27 @@ def test_sigint_during_train_names_the_last_whole_checkpoint_and_resuming_comple
         "disable_tqdm": True,
     }
     recipe.write_text(yaml.safe_dump(settings))
-    done = _interrupt_when(["train", str(recipe)], lambda: (run / "checkpoint-3" / "trainer_state.json").exists())
+    done = _interrupt_when(["train", str(recipe)], lambda: (run / "checkpoint-3" / MANIFEST).exists())
     line = _one_line(done, "train")
-    checkpoints = sorted(int(p.name.split("-")[1]) for p in run.glob("checkpoint-*"))
-    assert checkpoints and checkpoints[-1] < 20, checkpoints
-    for step in checkpoints:  # SIGINT came while checkpoint-3 was being written: it was held until the save ended
-        for name in ("trainer_state.json", "fdistill_run.json"):
-            json.loads((run / f"checkpoint-{step}" / name).read_text())
-    assert f"the last whole checkpoint is {run / f'checkpoint-{checkpoints[-1]}'}" in line, line
+    # The one line names the newest whole checkpoint (its manifest committed), which verifies; a checkpoint that
+    # SIGINT cut off while it was being written has no manifest and is never named or resumed from.
+    whole = [f for f in checkpoint_folders(str(run)) if has_manifest(f)]
+    assert whole and not whole[-1].endswith("checkpoint-20"), whole
+    verify_checkpoint(whole[-1])
+    assert f"the last whole checkpoint is {whole[-1]}:" in line, line
     assert line.endswith(f"resume with fdistill train {recipe} --resume-from-checkpoint latest"), line
     main(["train", str(recipe), "--resume-from-checkpoint", "latest"])
     state = transformers.TrainerState.load_from_json(str(run / "checkpoint-20" / "trainer_state.json"))
     assert state.global_step == 20 and (run / "model.safetensors").exists()
+
+
+def test_interrupted_before_the_first_whole_checkpoint_says_how_to_start_again(tmp_path):
+    """A checkpoint cut off while saving blocks a fresh run into its output_dir: the line gives the command that
+    starts again (overwrite_output_dir=true), not one that would be refused."""
+    (tmp_path / "run" / "checkpoint-3").mkdir(parents=True)  # cut off: no manifest
+    args = SimpleNamespace(recipe="r.yaml", overrides=["objective=kl"])
+    config = SimpleNamespace(output_dir=str(tmp_path / "run"), save_strategy=SaveStrategy.STEPS, save_steps=3)
+    trainer = SimpleNamespace(state=SimpleNamespace(global_step=3))
+    line = _train_interrupted(args, config, trainer)
+    assert "before the first whole checkpoint (checkpoint-3 cut off while saving" in line, line
+    assert line.endswith("start again with fdistill train r.yaml objective=kl overwrite_output_dir=true"), line

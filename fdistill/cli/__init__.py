@@ -405,13 +405,16 @@ def _train_interrupted(args, config, trainer) -> str:
     if trainer is None:
         return "interrupted before training started; nothing was trained: rerun the command to start."
     # the newest complete checkpoint (its manifest committed): one cut off by Ctrl-C while saving is not resumed from
-    complete = [f for f in checkpoint_folders(config.output_dir) if has_manifest(f)]
+    folders = checkpoint_folders(config.output_dir)
+    complete = [f for f in folders if has_manifest(f)]
     folder = complete[-1] if complete else None
     step = trainer.state.global_step
     if folder is None:
+        cut = f" ({', '.join(os.path.basename(f) for f in folders)} cut off while saving)" if folders else ""
+        again = shlex.join(["fdistill", "train", args.recipe, *args.overrides, "overwrite_output_dir=true"])
         return (
-            f"interrupted at step {step}, before the first checkpoint (save_strategy={config.save_strategy.value}, "
-            f"save_steps={config.save_steps}): rerun the command to start again."
+            f"interrupted at step {step}, before the first whole checkpoint{cut} (save_strategy="
+            f"{config.save_strategy.value}, save_steps={config.save_steps}): start again with {again}"
         )
     resume = shlex.join(["fdistill", "train", args.recipe, *args.overrides, "--resume-from-checkpoint", "latest"])
     return f"interrupted at step {step}; the last whole checkpoint is {folder}: resume with {resume}"
