@@ -160,7 +160,11 @@ def test_vllm_served_teacher_end_to_end(folder, teacher, tok, data, tmp_path):
         killer = _KillingServer(server.url, server, at=2, retries=1, backoff=0.1)
         with pytest.raises(TeacherServerError, match="connection failed"):
             sample_offline_served(killer, tok, prompts, out, sampling, show_progress=False)
-    assert [p.name for p in sorted(Path(out, ".fdistill_work").glob("batch_*"))] == ["batch_000000.jsonl"]
+    # only the first batch was committed: its rows and their manifest (fdistill.storage)
+    assert [p.name for p in sorted(Path(out, ".fdistill_work").glob("batch_*"))] == [
+        "batch_000000.jsonl",
+        "batch_000000.jsonl.manifest.json",
+    ]
 
     with serve(folder, tmp_path, "second") as server:
         timings["start 2"] = server.startup_s
