@@ -272,4 +272,8 @@ def test_the_memory_rule_refuses_exactly_the_batches_past_all_memory(monkeypatch
     config.check_batch_memory(2**16)  # 64 × 64 positions × 2^16 vocabulary × 4 bytes = 1 GiB: fits
     with pytest.raises(InputError, match="per_device_train_batch_size=65 cannot fit"):
         _config({"per_device_train_batch_size": 65, "max_target_length": 64}).check_batch_memory(2**16)
+    # the fused path never materialises [tokens, vocab] logits: the same batch is not bounded by them
+    _config({"per_device_train_batch_size": 65, "max_target_length": 64, "fused_divergence": True}).check_batch_memory(
+        2**16
+    )
     assert fdistill.checks.machine_memory_bytes() > 0

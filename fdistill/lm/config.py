@@ -424,10 +424,16 @@ class DistillArguments:
         samples, max_new_tokens for samples drawn in training); the teacher's logits, the gradients and the
         activations come on top — must fit in the machine's RAM plus all its GPUs' memory
         (`fdistill.checks.batch_fits`). The batch sizes are ``training_args``' (default: these settings', as in
-        `FDistillConfig`). Called by the trainer once the model's vocabulary is known, before training.
+        `FDistillConfig`). Called by the trainer once the model's vocabulary is known, before training. The fused
+        path (``fused_divergence``: set, or unset on CUDA) never materialises those logits, so it has no such bound.
         """
+        import torch
+
         from fdistill.checks import batch_fits
 
+        fused = self.fused_divergence or (self.fused_divergence is None and torch.cuda.is_available())
+        if fused and self.objective_spec.fusable and not (self.teacher_topk_logprobs or self.teacher_server):
+            return
         offline = self.needs_reference or (self.needs_teacher_samples and self.reads_teacher_samples)
         drawn = self.needs_student_samples or (self.needs_teacher_samples and not self.reads_teacher_samples)
         length = max([self.max_target_length] * offline + [self.max_new_tokens] * drawn or [self.max_target_length])
