@@ -623,7 +623,7 @@ def run_evaluate(args) -> None:
 def _check_room(model, tokenizer, prompts, args, name: str) -> None:
     """Refuse --max-new-tokens when the longest prompt plus it exceeds the positions ``model`` was built for (a
     learned-position model fails there, a rotary one generates on, untrained, for as long as it is asked)."""
-    from fdistill.lm.data import DistillCollator, position_limit
+    from fdistill.lm.data import DistillCollator, position_limit, positions_needed
     from fdistill.torch_utils import base_model
 
     limit = position_limit(model)
@@ -632,7 +632,7 @@ def _check_room(model, tokenizer, prompts, args, name: str) -> None:
     encoder_decoder = bool(base_model(model).config.is_encoder_decoder)
     collator = DistillCollator(tokenizer, is_encoder_decoder=encoder_decoder, use_chat_template=args.use_chat_template)
     longest = max(len(collator.prompt_tokens(p)) for p in prompts)
-    needed = max(longest, 1 + args.max_new_tokens) if encoder_decoder else longest + args.max_new_tokens
+    needed = positions_needed(longest, args.max_new_tokens, encoder_decoder)
     if needed > limit:
         raise InputError(
             f"model {name!r} has {limit} positions (config max_position_embeddings / n_positions) but the longest "

@@ -282,6 +282,14 @@ def scoring_inputs(
     return ScoringInputs(kwargs, labels, decoder_only=True)
 
 
+def positions_needed(longest_prompt: int, max_new_tokens: int, is_encoder_decoder: bool) -> int:
+    """The positions a generation needs: the encoder reads the prompt and the decoder writes ``1 + max_new_tokens``
+    (encoder–decoder), or prompt and completion share one sequence (decoder-only). Compared with `position_limit`."""
+    if is_encoder_decoder:
+        return max(longest_prompt, 1 + max_new_tokens)
+    return longest_prompt + max_new_tokens
+
+
 def position_limit(model) -> int | None:
     """The most positions the model was built for (``max_position_embeddings`` / ``n_positions``); None = no limit.
 

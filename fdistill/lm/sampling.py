@@ -32,7 +32,7 @@ from transformers import GenerationConfig
 
 from fdistill.checks import output_folder
 from fdistill.errors import InputError
-from fdistill.lm.data import DistillCollator, check_prompts, completion_mask, is_blank, position_limit
+from fdistill.lm.data import DistillCollator, check_prompts, completion_mask, is_blank, position_limit, positions_needed
 from fdistill.storage import (
     LOCK_FILE,
     MANIFEST,
@@ -319,7 +319,7 @@ def _check_lengths(limit: int | None, prompts: list[list[int]], settings, is_enc
             f"prompt row {next(i for i, p in enumerate(prompts) if not p)} tokenises to no tokens: "
             "fix or drop that row."
         )
-    needed = max(longest, 1 + settings.max_new_tokens) if is_encoder_decoder else longest + settings.max_new_tokens
+    needed = positions_needed(longest, settings.max_new_tokens, is_encoder_decoder)
     if needed > limit:
         shape = (
             f"the encoder reads {longest} and the decoder writes 1 + max_new_tokens={settings.max_new_tokens}"
