@@ -22,7 +22,7 @@ import transformers
 from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-import fdistill
+from fdistill._version import __version__
 from fdistill.errors import InputError
 from fdistill.lm.config import DistillArguments
 from fdistill.torch_utils import base_model as _base_model
@@ -467,7 +467,7 @@ def _value(x) -> str:
 
 
 def _versions() -> str:
-    return f"- fdistill {fdistill.__version__}\n- transformers {transformers.__version__}\n- torch {torch.__version__}"
+    return f"- fdistill {__version__}\n- transformers {transformers.__version__}\n- torch {torch.__version__}"
 
 
 def _fmt(v) -> str:
