@@ -58,6 +58,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fdistill.errors import InputError
+
 __all__ = [
     "DIVERGENCES",
     "JS_MIXTURES",
@@ -130,29 +132,29 @@ def _xlogy_ratio(log_a: Tensor, log_b: Tensor) -> Tensor:
 
 def _check_temperature(temperature: float) -> None:
     if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}; use 1.0 for the untempered divergence.")
+        raise InputError(f"temperature must be > 0, got {temperature!r}; use 1.0 for the untempered divergence.")
 
 
 def _check_beta(beta: float) -> None:
     if not 0.0 < beta < 1.0:
-        raise ValueError(
+        raise InputError(
             f"js_beta must lie strictly between 0 and 1, got {beta!r}; 0.5 is the paper's (symmetric) JS divergence."
         )
 
 
 def _check_kind(kind: str, allowed: tuple[str, ...] = DIVERGENCES) -> None:
     if kind not in allowed:
-        raise ValueError(f"unknown divergence {kind!r}; choose one of {', '.join(allowed)}.")
+        raise InputError(f"unknown divergence {kind!r}; choose one of {', '.join(allowed)}.")
 
 
 def _check_side(on: str) -> None:
     if on not in SIDES:
-        raise ValueError(f"on must be 'teacher' or 'student' (which model sampled the prefixes), got {on!r}.")
+        raise InputError(f"on must be 'teacher' or 'student' (which model sampled the prefixes), got {on!r}.")
 
 
 def _check_same_vocab(student_logits: Tensor, teacher_logits: Tensor) -> None:
     if student_logits.shape != teacher_logits.shape:
-        raise ValueError(
+        raise InputError(
             f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ in "
             "shape; both models must score the same positions over the same vocabulary (a student must share the "
             "teacher's tokenizer; resize or slice padded LM heads to the tokenizer's vocabulary size)."
@@ -242,7 +244,7 @@ def _divergence_terms(
         if w.dim() > 0:
             w = w.unsqueeze(-1)  # broadcast over the vocabulary
         if ((w < 0) | (w > 1)).any():
-            raise ValueError("mixture_weight must lie in [0, 1] (it is the teacher's share of the JS mixture m).")
+            raise InputError("mixture_weight must lie in [0, 1] (it is the teacher's share of the JS mixture m).")
     log_w, log_1mw = _mixture_logs(w)
     log_wp = log_p + log_w  # (..., V)
     log_wq = log_q + log_1mw  # (..., V)
@@ -351,11 +353,11 @@ class TeacherTopK:
 
     def __post_init__(self):
         if self.ids.shape != self.logprobs.shape:
-            raise ValueError(
+            raise InputError(
                 f"top-k ids {tuple(self.ids.shape)} and log-probabilities {tuple(self.logprobs.shape)} differ in shape."
             )
         if self.token_logprobs is not None and self.token_logprobs.shape != self.ids.shape[:-1]:
-            raise ValueError(
+            raise InputError(
                 f"token_logprobs {tuple(self.token_logprobs.shape)} must have the positions' shape "
                 f"{tuple(self.ids.shape[:-1])} (one value per position)."
             )
@@ -409,11 +411,11 @@ def coarse_grained_log_probs(student_log_probs: Tensor, teacher: TeacherTopK) ->
     vocab, dtype = student_log_probs.shape[-1], student_log_probs.dtype
     ids = teacher.ids.to(student_log_probs.device)
     if ids.shape[:-1] != student_log_probs.shape[:-1]:
-        raise ValueError(
+        raise InputError(
             f"top-k ids {tuple(ids.shape)} do not cover the student's positions {tuple(student_log_probs.shape[:-1])}."
         )
     if ids.numel() and (ids.min() < 0 or ids.max() >= vocab):
-        raise ValueError(
+        raise InputError(
             f"top-k token ids must lie in [0, {vocab}) (the student's vocabulary); got ids from {int(ids.min())} to "
             f"{int(ids.max())}: the top-k log-probabilities were made with another tokenizer or vocabulary."
         )
@@ -478,10 +480,10 @@ def topk_step_divergence(
     _check_side(on)
     _check_temperature(temperature)
     if mode not in TOPK_MODES:
-        raise ValueError(f"unknown top-k mode {mode!r}; choose 'tail' (the lower bound) or 'renormalised'.")
+        raise InputError(f"unknown top-k mode {mode!r}; choose 'tail' (the lower bound) or 'renormalised'.")
     if mode == "renormalised":
         if kind == "rkl":
-            raise ValueError(
+            raise InputError(
                 "rkl against a renormalised top-k teacher is infinite wherever the student puts mass outside the "
                 "top k; use mode='tail' (the coarse-grained lower bound)."
             )
@@ -490,7 +492,7 @@ def topk_step_divergence(
             kind, student_logits, dense, on=on, mixture_weight=mixture_weight, temperature=temperature
         )
     if temperature != 1.0:
-        raise ValueError(
+        raise InputError(
             f"temperature={temperature!r} with a top-k teacher: the tail bucket needs the teacher's untempered "
             "distribution, which its top k do not determine; use temperature 1.0 (or mode='renormalised')."
         )
@@ -559,7 +561,7 @@ def hidden_state_mse_terms(student_hidden: Tensor, teacher_hidden: Tensor) -> Te
     teacher's layers do); the mean runs over the hidden dimension.
     """
     if student_hidden.shape[-1] != teacher_hidden.shape[-1]:
-        raise ValueError(
+        raise InputError(
             f"hidden sizes differ (student {student_hidden.shape[-1]}, teacher {teacher_hidden.shape[-1]}); "
             "hidden-state matching needs a student of the teacher's width (set the hidden-state weight to 0 otherwise)."
         )
@@ -605,7 +607,7 @@ def reduce_terms(
     full-batch loss. Masked positions contribute exactly 0 even if ``terms`` holds NaN there.
     """
     if reduction not in REDUCTIONS:
-        raise ValueError(
+        raise InputError(
             f"unknown reduction {reduction!r}; choose 'sequence' (sum over positions, mean over sequences) or "
             "'token' (mean over tokens)."
         )
@@ -619,7 +621,7 @@ def reduce_terms(
 def count_items(mask: Tensor, reduction: Literal["sequence", "token"]) -> Tensor:
     """The denominator of a reduction: sequences with at least one unmasked position, or unmasked tokens."""
     if reduction not in REDUCTIONS:
-        raise ValueError(f"unknown reduction {reduction!r}; choose 'sequence' or 'token'.")
+        raise InputError(f"unknown reduction {reduction!r}; choose 'sequence' or 'token'.")
     mask = mask.bool()
     return mask.any(-1).sum() if reduction == "sequence" else mask.sum()
 
@@ -678,14 +680,14 @@ def _side_terms(
     topk = isinstance(batch.teacher_logits, TeacherTopK)
     if topk:
         if batch.teacher_logits.ids.shape[:-1] != batch.student_logits.shape[:-1]:
-            raise ValueError(
+            raise InputError(
                 f"teacher top-k {tuple(batch.teacher_logits.ids.shape)} and student logits "
                 f"{tuple(batch.student_logits.shape)} cover different positions; give the top k at every position."
             )
     else:
         _check_same_vocab(batch.student_logits, batch.teacher_logits)
     if batch.labels.shape != batch.student_logits.shape[:-1]:
-        raise ValueError(
+        raise InputError(
             f"labels {tuple(batch.labels.shape)} do not match logits {tuple(batch.student_logits.shape)}; labels must "
             "be (B, T) and aligned with the logits (shift decoder-only logits by one before calling)."
         )
@@ -699,7 +701,7 @@ def _side_terms(
         with torch.no_grad():
             if topk:
                 if teacher.token_logprobs is None:
-                    raise ValueError(
+                    raise InputError(
                         "js_mixture='exact' needs the teacher's log-probability of every sampled token (the prefix "
                         "weight of Eq. 12), which top-k values alone do not give: pass "
                         "TeacherTopK(token_logprobs=...) or use js_mixture='stepwise'."
@@ -758,7 +760,7 @@ def f_divergence_loss(
         :class:`DivergenceLoss` with the combined ``loss`` and each side's reduced term.
     """
     if teacher_topk_mode not in TOPK_MODES:
-        raise ValueError(
+        raise InputError(
             f"unknown teacher_topk_mode {teacher_topk_mode!r}; choose 'tail' (the lower bound) or 'renormalised'."
         )
     return assemble_loss(
@@ -804,7 +806,7 @@ def assemble_loss(
     """
     _check_kind(kind)
     if js_mixture not in JS_MIXTURES:
-        raise ValueError(f"unknown js_mixture {js_mixture!r}; choose 'stepwise' (paper Eq. 11) or 'exact' (Eq. 12).")
+        raise InputError(f"unknown js_mixture {js_mixture!r}; choose 'stepwise' (paper Eq. 11) or 'exact' (Eq. 12).")
     _check_beta(js_beta)
     _check_temperature(temperature)
     reduced: dict[str, Tensor | None] = {"teacher": None, "student": None}
@@ -814,7 +816,7 @@ def assemble_loss(
         if coeff == 0.0:
             continue
         if samples.get(side) is None:
-            raise ValueError(f"{kind} needs {side} samples: pass {side}_samples= ({needs.format(side=side)}).")
+            raise InputError(f"{kind} needs {side} samples: pass {side}_samples= ({needs.format(side=side)}).")
         reduced[side] = side_term(side, samples[side])
         loss = coeff * reduced[side] if loss is None else loss + coeff * reduced[side]
     assert loss is not None

@@ -369,7 +369,7 @@ class PreDistillation(Objective):
             return list(args.predistill_layer_map)
         recorded = getattr(student_config, "fdistill_teacher_layers", None)
         if not recorded:
-            raise ValueError(
+            raise InputError(
                 "predistill_alpha_hidden > 0 needs to know which teacher layer each student layer matches: set "
                 "predistill_layer_map, or make the student with fdistill.lm.student.create_student_from_teacher."
             )

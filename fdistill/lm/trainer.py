@@ -181,16 +181,16 @@ class FDistillMixin:
         train_args = kwargs.get("args", args[1] if len(args) > 1 else None)
         settings = distill_args if distill_args is not None else train_args
         if not isinstance(settings, DistillArguments):
-            raise ValueError(
+            raise InputError(
                 "no distillation settings: pass args=FDistillConfig(...) or distill_args=DistillArguments(...)."
             )
         self.distill_args: DistillArguments = settings
         model = kwargs.get("model", args[0] if args else None)
         if model is None:
-            raise ValueError("pass the student as model=.")
+            raise InputError("pass the student as model=.")
         tokenizer = kwargs.get("processing_class")
         if tokenizer is None:
-            raise ValueError("pass the student's tokenizer as processing_class= (it builds the batches).")
+            raise InputError("pass the student's tokenizer as processing_class= (it builds the batches).")
         is_enc_dec = bool(_base_model(model).config.is_encoder_decoder)
         if kwargs.get("data_collator") is None:
             kwargs["data_collator"] = DistillCollator(
@@ -272,12 +272,12 @@ class FDistillMixin:
                         hint = " Draw offline teacher samples first (`fdistill sample`) or set teacher_sample_column."
                     elif set(TOPK_COLUMNS) & set(missing):
                         hint = " Draw teacher samples with `fdistill sample --topk-logprobs K` to store them."
-                    raise ValueError(
+                    raise InputError(
                         f"the {split} dataset lacks column(s) {missing} needed by objective {settings.objective!r}; "
                         f"it has {names}.{hint}"
                     )
             if len(dataset) == 0:
-                raise ValueError(f"the {split} dataset is empty; give it at least one example.")
+                raise InputError(f"the {split} dataset is empty; give it at least one example.")
             if names is not None:  # every prompt, whatever the objective reads besides (None, blank, numbers refused)
                 check_prompts(dataset[settings.prompt_column], settings.prompt_column)
             completions = cls._completion_columns(settings)
@@ -286,7 +286,7 @@ class FDistillMixin:
                 batch = collator(probe)
                 for name in completions:
                     if not batch[f"{name}_mask"].any():
-                        raise ValueError(
+                        raise InputError(
                             f"every {name} target in the first {len(probe)} {split} examples is empty, so all labels "
                             f"would be masked; check column {completions[name]!r}."
                         )
@@ -294,7 +294,7 @@ class FDistillMixin:
     def _prepare_teacher(self, teacher: PreTrainedModel | str | None, teacher_tokenizer=None) -> nn.Module:
         a = self.distill_args
         if teacher is None:
-            raise ValueError(f"objective {a.objective!r} needs a teacher: pass teacher_model= (a model or a path).")
+            raise InputError(f"objective {a.objective!r} needs a teacher: pass teacher_model= (a model or a path).")
         student = _base_model(self.model)
         dtype = (
             resolve_dtype(a.teacher_dtype)
@@ -307,7 +307,7 @@ class FDistillMixin:
             auto = AutoModelForSeq2SeqLM if student.config.is_encoder_decoder else AutoModelForCausalLM
             teacher = auto.from_pretrained(teacher, dtype=dtype)
         if bool(teacher.config.is_encoder_decoder) != bool(student.config.is_encoder_decoder):
-            raise ValueError("teacher and student must both be encoder–decoders or both decoder-only.")
+            raise InputError("teacher and student must both be encoder–decoders or both decoder-only.")
         rows = (_vocab_size(student), _vocab_size(teacher))
         shared = shared_vocab_size(*rows, self.processing_class, teacher_tokenizer)
         if shared < max(rows):
@@ -329,9 +329,9 @@ class FDistillMixin:
         from fdistill.lm.served import connect
 
         if teacher_model is not None:
-            raise ValueError("teacher_server serves the teacher: pass no teacher_model (or unset teacher_server).")
+            raise InputError("teacher_server serves the teacher: pass no teacher_model (or unset teacher_server).")
         if self.is_encoder_decoder:
-            raise ValueError(
+            raise InputError(
                 "teacher_server scores decoder-only teachers (a vLLM prompt is one token sequence); distil an "
                 "encoder–decoder with teacher_model= instead."
             )
@@ -585,7 +585,7 @@ class FDistillMixin:
             return False
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:  # sharded LM heads are not whole on any process
             if a.fused_divergence:
-                raise ValueError(
+                raise InputError(
                     "fused_divergence=True needs each process to hold the whole LM head; it is not "
                     "supported with FSDP or DeepSpeed. Leave fused_divergence unset or False."
                 )
@@ -803,7 +803,7 @@ class FDistillMixin:
         )
         name = next((n for n in ("reference", "teacher") if f"{n}_ids" in inputs), None)
         if name is None:
-            raise ValueError("compute_metrics needs references: give the eval dataset a reference column.")
+            raise InputError("compute_metrics needs references: give the eval dataset a reference column.")
         labels = inputs[f"{name}_ids"].masked_fill(~inputs[f"{name}_mask"], IGNORE_INDEX)
         return loss.detach(), ids.masked_fill(~mask, IGNORE_INDEX), labels
 
