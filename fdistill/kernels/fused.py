@@ -40,12 +40,15 @@ from torch import Tensor
 from fdistill.divergences import (
     DIVERGENCES,
     IGNORE_INDEX,
-    SIDES,
     DivergenceLoss,
     MixtureLogit,
     assemble_loss,
+    check_kind,
+    check_mixture_weight,
+    check_side,
+    check_temperature,
     count_items,
-    exact_js_mixture_logit,
+    side_mixture_weight,
     step_divergence,
     to_compute_dtype,
     token_entropy,
@@ -98,8 +101,7 @@ def _mixture_logit(mixture_weight, n: int, dtype: torch.dtype, device) -> Tensor
         z = mixture_weight.logit.detach().to(device=device, dtype=dtype)
     else:
         w = torch.as_tensor(mixture_weight, dtype=torch.float64, device=device).detach()
-        if ((w < 0) | (w > 1)).any():
-            raise InputError("mixture_weight must lie in [0, 1] (it is the teacher's share of the JS mixture m).")
+        check_mixture_weight(w)
         z = (torch.log(w) - torch.log1p(-w)).to(dtype)
     return z.expand(n).contiguous() if z.dim() == 0 else z.reshape(n)
 
@@ -323,12 +325,9 @@ def fused_divergence(
     Returns:
         :class:`FusedDivergence`.
     """
-    if kind not in DIVERGENCES:
-        raise InputError(f"unknown divergence {kind!r}; choose one of {', '.join(DIVERGENCES)}.")
-    if on not in SIDES:
-        raise InputError(f"on must be 'teacher' or 'student' (which model sampled the prefixes), got {on!r}.")
-    if not temperature > 0:
-        raise InputError(f"temperature must be > 0, got {temperature!r}; use 1.0 for the untempered divergence.")
+    check_kind(kind)
+    check_side(on)
+    check_temperature(temperature)
     if student_hidden.dim() != 2 or teacher_hidden.dim() != 2 or student_hidden.shape[0] != teacher_hidden.shape[0]:
         raise InputError(
             f"hidden states must be (N, H) with the same N for both models; got student {tuple(student_hidden.shape)}, "
@@ -456,13 +455,14 @@ def fused_f_divergence_loss(
             )
         mask = batch.labels != ignore_index
         hs, ht = batch.student_hidden.flatten(0, 1), batch.teacher_hidden.flatten(0, 1)
-        mixture: float | MixtureLogit = js_beta
-        if kind == "js" and js_mixture == "exact":
+
+        def sampled_logprobs() -> tuple[Tensor, Tensor]:  # (B, T), one no-gradient pass per model
             labels = batch.labels.clamp_min(0).reshape(-1)
             lp_p = fused_token_logprobs(ht, teacher_head, labels, temperature=temperature, chunk_size=chunk_size)
             lp_q = fused_token_logprobs(hs, student_head, labels, temperature=temperature, chunk_size=chunk_size)
-            logit = exact_js_mixture_logit(lp_p.view_as(mask), lp_q.view_as(mask), mask, beta=js_beta)
-            mixture = MixtureLogit(logit.reshape(-1))
+            return lp_p.view_as(mask), lp_q.view_as(mask)
+
+        mixture = side_mixture_weight(kind, js_mixture, js_beta, mask, sampled_logprobs, lambda z: z.reshape(-1))
         count = batch.num_items_in_batch
         if count is None:
             count = count_items(mask, reduction).clamp_min(1)
