@@ -292,6 +292,26 @@ def _triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def _check_heads_and_hidden(student_hidden: Tensor, student_head, teacher_hidden: Tensor, teacher_head) -> None:
+    """Both models' hidden states are ``(N, H)`` over the same N rows, each fits its head, and the heads share a
+    vocabulary."""
+    if student_hidden.dim() != 2 or teacher_hidden.dim() != 2 or student_hidden.shape[0] != teacher_hidden.shape[0]:
+        raise InputError(
+            f"hidden states must be (N, H) with the same N for both models; got student {tuple(student_hidden.shape)}, "
+            f"teacher {tuple(teacher_hidden.shape)} (flatten the selected positions first)."
+        )
+    for name, hidden, head in (("student", student_hidden, student_head), ("teacher", teacher_hidden, teacher_head)):
+        if hidden.shape[1] != head.weight.shape[1]:
+            raise InputError(
+                f"{name} hidden size {hidden.shape[1]} does not match its LM head {tuple(head.weight.shape)}."
+            )
+    if student_head.weight.shape[0] != teacher_head.weight.shape[0]:
+        raise InputError(
+            f"student vocabulary ({student_head.weight.shape[0]}) and teacher vocabulary ({teacher_head.weight.shape[0]}) "
+            "differ; the student must share the teacher's tokenizer (slice padded LM heads to the tokenizer's size)."
+        )
+
+
 def fused_divergence(
     kind: Literal["kl", "rkl", "js", "tvd"],
     student_hidden: Tensor,
@@ -328,21 +348,7 @@ def fused_divergence(
     check_kind(kind)
     check_side(on)
     check_temperature(temperature)
-    if student_hidden.dim() != 2 or teacher_hidden.dim() != 2 or student_hidden.shape[0] != teacher_hidden.shape[0]:
-        raise InputError(
-            f"hidden states must be (N, H) with the same N for both models; got student {tuple(student_hidden.shape)}, "
-            f"teacher {tuple(teacher_hidden.shape)} (flatten the selected positions first)."
-        )
-    for name, hidden, head in (("student", student_hidden, student_head), ("teacher", teacher_hidden, teacher_head)):
-        if hidden.shape[1] != head.weight.shape[1]:
-            raise InputError(
-                f"{name} hidden size {hidden.shape[1]} does not match its LM head {tuple(head.weight.shape)}."
-            )
-    if student_head.weight.shape[0] != teacher_head.weight.shape[0]:
-        raise InputError(
-            f"student vocabulary ({student_head.weight.shape[0]}) and teacher vocabulary ({teacher_head.weight.shape[0]}) "
-            "differ; the student must share the teacher's tokenizer (slice padded LM heads to the tokenizer's size)."
-        )
+    _check_heads_and_hidden(student_hidden, student_head, teacher_hidden, teacher_head)
     n, device = student_hidden.shape[0], student_hidden.device
     backend = _resolve_backend(backend, device)
     vocab = student_head.weight.shape[0]
