@@ -3,7 +3,9 @@
 `FDistillConfig` is `Seq2SeqTrainingArguments` plus `DistillArguments`, so every
 transformers training option works unchanged. `DistillArguments` alone is what the
 `FDistillMixin` needs when a user brings their own `Trainer` and arguments class.
-Every field is validated in `__post_init__`; the user's values are never rewritten.
+Every field is validated in `__post_init__` by small named checks, one rule each, grouped by topic; the user's
+values are never rewritten (a deprecated setting name, `DEPRECATED_SETTINGS`, sets the setting that replaced it).
+Where the teacher's numbers come from is resolved in one place, `DistillArguments.teacher_source`.
 """
 
 from __future__ import annotations
@@ -286,7 +288,7 @@ class DistillArguments:
         self._check_student_sampling()
         self._check_teacher_source(objective)
         self._check_teacher_server()
-        self._check_run()
+        self._check_nonfinite_policy()
         self._check_lengths()
         self._check_predistill_weights()
         self._check_fused(objective)
@@ -432,7 +434,7 @@ class DistillArguments:
             if getattr(self, name) < 1:
                 self._refuse(name, "use 1 or more.")
 
-    def _check_run(self) -> None:
+    def _check_nonfinite_policy(self) -> None:
         """What a NaN/inf does."""
         if self.on_nonfinite not in NONFINITE_POLICIES:
             self._refuse("on_nonfinite", "use 'error' (stop at the first NaN/inf) or 'skip' (drop and count).")
