@@ -729,13 +729,10 @@ class FDistillMixin:
         from fdistill.lm.served import TeacherServerError
 
         sets = {n: (inputs[f"{n}_ids"], inputs[f"{n}_mask"]) for n in names}
+        k = self.distill_args.teacher_source.topk
         try:
             return self.teacher_server.score_sets(
-                inputs["prompt_ids"],
-                inputs["prompt_mask"],
-                sets,
-                self.distill_args.teacher_server_topk,
-                self.args.device,
+                inputs["prompt_ids"], inputs["prompt_mask"], sets, k, self.args.device
             )
         except TeacherServerError as error:
             folder = latest_checkpoint(self.args.output_dir)
