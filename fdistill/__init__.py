@@ -2,11 +2,10 @@
 
 import logging
 
+from fdistill._version import __version__
 from fdistill.divergences import exact_js_mixture_weight, f_divergence_loss, step_divergence
 from fdistill.lm.config import DistillArguments, FDistillConfig
 from fdistill.lm.trainer import FDistillMixin, FDistillTrainer
-
-__version__ = "0.1.0"
 
 # A library leaves logging to the application (Python's logging HOWTO, "Configuring Logging for a Library"): a
 # NullHandler keeps fdistill's records from reaching logging's last-resort handler; the `fdistill` command attaches

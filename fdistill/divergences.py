@@ -58,6 +58,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fdistill.errors import InputError
+
 __all__ = [
     "DIVERGENCES",
     "JS_MIXTURES",
@@ -128,31 +130,61 @@ def _xlogy_ratio(log_a: Tensor, log_b: Tensor) -> Tensor:
     return a * diff
 
 
-def _check_temperature(temperature: float) -> None:
+# ----------------------------------------------------------------------------- the rules of the settings
+# Each rule is written here once; `fdistill.lm.config` and `fdistill.kernels` call these too.
+
+
+def check_temperature(temperature: float) -> None:
+    """A loss temperature is positive."""
     if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}; use 1.0 for the untempered divergence.")
+        raise InputError(f"temperature must be > 0, got {temperature!r}; use 1.0 for the untempered divergence.")
 
 
-def _check_beta(beta: float) -> None:
+def check_js_beta(beta: float) -> None:
+    """The teacher's share β of the JS mixture lies strictly between 0 and 1."""
     if not 0.0 < beta < 1.0:
-        raise ValueError(
-            f"js_beta must lie strictly between 0 and 1, got {beta!r}; 0.5 is the paper's (symmetric) JS divergence."
+        raise InputError(
+            f"js_beta must lie strictly between 0 and 1, got js_beta={beta!r}; 0.5 is the paper's (symmetric) JS "
+            "divergence."
         )
 
 
-def _check_kind(kind: str, allowed: tuple[str, ...] = DIVERGENCES) -> None:
+def check_tail_temperature(
+    mode: str, temperature: float, *, temperature_name: str = "temperature", mode_name: str = "mode"
+) -> None:
+    """A top-k teacher's tail bucket (``mode='tail'``) needs the untempered distribution: temperature 1.
+
+    The names are those of the caller's settings (``loss_temperature`` / ``teacher_topk_mode`` in the config).
+    """
+    if mode == "tail" and temperature != 1.0:
+        raise InputError(
+            f"{temperature_name}={temperature!r} with a top-k teacher: the tail bucket needs the teacher's "
+            f"untempered distribution, which its top k do not determine; use {temperature_name}=1.0 (or "
+            f"{mode_name}='renormalised')."
+        )
+
+
+def check_mixture_weight(weight: Tensor) -> None:
+    """A JS mixture weight, the teacher's share of ``m``, lies in [0, 1]."""
+    if ((weight < 0) | (weight > 1)).any():
+        raise InputError("mixture_weight must lie in [0, 1] (it is the teacher's share of the JS mixture m).")
+
+
+def check_kind(kind: str, allowed: tuple[str, ...] = DIVERGENCES) -> None:
+    """``kind`` is one of the divergences ``allowed``."""
     if kind not in allowed:
-        raise ValueError(f"unknown divergence {kind!r}; choose one of {', '.join(allowed)}.")
+        raise InputError(f"unknown divergence {kind!r}; choose one of {', '.join(allowed)}.")
 
 
-def _check_side(on: str) -> None:
+def check_side(on: str) -> None:
+    """``on`` names the model that sampled the prefixes."""
     if on not in SIDES:
-        raise ValueError(f"on must be 'teacher' or 'student' (which model sampled the prefixes), got {on!r}.")
+        raise InputError(f"on must be 'teacher' or 'student' (which model sampled the prefixes), got {on!r}.")
 
 
 def _check_same_vocab(student_logits: Tensor, teacher_logits: Tensor) -> None:
     if student_logits.shape != teacher_logits.shape:
-        raise ValueError(
+        raise InputError(
             f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ in "
             "shape; both models must score the same positions over the same vocabulary (a student must share the "
             "teacher's tokenizer; resize or slice padded LM heads to the tokenizer's vocabulary size)."
@@ -205,9 +237,9 @@ def step_divergence(
         >>> step_divergence("js", s, t, on="student").shape
         torch.Size([2, 5])
     """
-    _check_kind(kind)
-    _check_side(on)
-    _check_temperature(temperature)
+    check_kind(kind)
+    check_side(on)
+    check_temperature(temperature)
     _check_same_vocab(student_logits, teacher_logits)
     dtype = _compute_dtype(student_logits)
     log_q = _log_probs(student_logits, temperature, dtype)  # (..., V)
@@ -241,8 +273,7 @@ def _divergence_terms(
         w = torch.as_tensor(mixture_weight, dtype=dtype, device=log_p.device).detach()
         if w.dim() > 0:
             w = w.unsqueeze(-1)  # broadcast over the vocabulary
-        if ((w < 0) | (w > 1)).any():
-            raise ValueError("mixture_weight must lie in [0, 1] (it is the teacher's share of the JS mixture m).")
+        check_mixture_weight(w)
     log_w, log_1mw = _mixture_logs(w)
     log_wp = log_p + log_w  # (..., V)
     log_wq = log_q + log_1mw  # (..., V)
@@ -263,7 +294,7 @@ def token_logprobs(
     ``logits`` are ``(B, T, V)`` aligned with ``labels`` ``(B, T)``: ``logits[b, t]`` is the
     distribution that ``labels[b, t]`` was drawn from (callers shift decoder-only logits).
     """
-    _check_temperature(temperature)
+    check_temperature(temperature)
     mask = labels != ignore_index
     log_probs = _log_probs(logits, temperature, _compute_dtype(logits))
     picked = log_probs.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)  # (B, T)
@@ -298,13 +329,36 @@ def exact_js_mixture_logit(
     teacher_token_logprobs: Tensor, student_token_logprobs: Tensor, mask: Tensor, *, beta: float = 0.5
 ) -> Tensor:
     """The logit ``z_t = logit β + log p(y_<t) − log q(y_<t)`` of :func:`exact_js_mixture_weight` (detached)."""
-    _check_beta(beta)
+    check_js_beta(beta)
     mask = mask.bool()
     dtype = torch.promote_types(_compute_dtype(teacher_token_logprobs), _compute_dtype(student_token_logprobs))
     diff = (teacher_token_logprobs.detach().to(dtype) - student_token_logprobs.detach().to(dtype)).masked_fill(~mask, 0)
     prefix = diff.cumsum(-1) - diff  # exclusive cumulative sum: log p(y_<t) − log q(y_<t)
     logit_beta = torch.log(torch.tensor(beta, dtype=dtype)) - torch.log1p(torch.tensor(-beta, dtype=dtype))
     return prefix + logit_beta.to(prefix.device)
+
+
+def side_mixture_weight(
+    kind: str,
+    js_mixture: str,
+    js_beta: float,
+    mask: Tensor,
+    sampled_logprobs: Callable[[], tuple[Tensor, Tensor]],
+    select: Callable[[Tensor], Tensor],
+) -> float | MixtureLogit:
+    """The JS mixture weight of one side's positions: ``js_beta`` (the step-wise mixture, and every other kind),
+    or with ``js_mixture="exact"`` the Eq. 12 weight as a :class:`MixtureLogit`.
+
+    The one assembly of the exact weight for both backends (logits here, hidden states in `fdistill.kernels`):
+    ``sampled_logprobs()`` gives the teacher's and the student's ``(B, T)`` log-probabilities of the sampled tokens
+    (called without gradient), and ``select`` picks the positions the side's terms are computed at from the
+    ``(B, T)`` logit of :func:`exact_js_mixture_logit`.
+    """
+    if kind != "js" or js_mixture != "exact":
+        return js_beta
+    with torch.no_grad():
+        lp_p, lp_q = sampled_logprobs()
+        return MixtureLogit(select(exact_js_mixture_logit(lp_p, lp_q, mask, beta=js_beta)))
 
 
 def _mixture_logs(w: Tensor) -> tuple[Tensor, Tensor]:
@@ -351,11 +405,11 @@ class TeacherTopK:
 
     def __post_init__(self):
         if self.ids.shape != self.logprobs.shape:
-            raise ValueError(
+            raise InputError(
                 f"top-k ids {tuple(self.ids.shape)} and log-probabilities {tuple(self.logprobs.shape)} differ in shape."
             )
         if self.token_logprobs is not None and self.token_logprobs.shape != self.ids.shape[:-1]:
-            raise ValueError(
+            raise InputError(
                 f"token_logprobs {tuple(self.token_logprobs.shape)} must have the positions' shape "
                 f"{tuple(self.ids.shape[:-1])} (one value per position)."
             )
@@ -409,11 +463,11 @@ def coarse_grained_log_probs(student_log_probs: Tensor, teacher: TeacherTopK) ->
     vocab, dtype = student_log_probs.shape[-1], student_log_probs.dtype
     ids = teacher.ids.to(student_log_probs.device)
     if ids.shape[:-1] != student_log_probs.shape[:-1]:
-        raise ValueError(
+        raise InputError(
             f"top-k ids {tuple(ids.shape)} do not cover the student's positions {tuple(student_log_probs.shape[:-1])}."
         )
     if ids.numel() and (ids.min() < 0 or ids.max() >= vocab):
-        raise ValueError(
+        raise InputError(
             f"top-k token ids must lie in [0, {vocab}) (the student's vocabulary); got ids from {int(ids.min())} to "
             f"{int(ids.max())}: the top-k log-probabilities were made with another tokenizer or vocabulary."
         )
@@ -474,14 +528,14 @@ def topk_step_divergence(
         >>> bool((bound <= step_divergence("kl", s, t, on="teacher") + 1e-6).all())
         True
     """
-    _check_kind(kind)
-    _check_side(on)
-    _check_temperature(temperature)
+    check_kind(kind)
+    check_side(on)
+    check_temperature(temperature)
     if mode not in TOPK_MODES:
-        raise ValueError(f"unknown top-k mode {mode!r}; choose 'tail' (the lower bound) or 'renormalised'.")
+        raise InputError(f"unknown top-k mode {mode!r}; choose 'tail' (the lower bound) or 'renormalised'.")
     if mode == "renormalised":
         if kind == "rkl":
-            raise ValueError(
+            raise InputError(
                 "rkl against a renormalised top-k teacher is infinite wherever the student puts mass outside the "
                 "top k; use mode='tail' (the coarse-grained lower bound)."
             )
@@ -489,11 +543,7 @@ def topk_step_divergence(
         return step_divergence(
             kind, student_logits, dense, on=on, mixture_weight=mixture_weight, temperature=temperature
         )
-    if temperature != 1.0:
-        raise ValueError(
-            f"temperature={temperature!r} with a top-k teacher: the tail bucket needs the teacher's untempered "
-            "distribution, which its top k do not determine; use temperature 1.0 (or mode='renormalised')."
-        )
+    check_tail_temperature(mode, temperature)
     log_q = _log_probs(student_logits, 1.0, _compute_dtype(student_logits))  # (..., V)
     log_q, log_p = coarse_grained_log_probs(log_q, teacher)  # (..., K + 1)
     return _divergence_terms(kind, log_q, log_p, on=on, mixture_weight=mixture_weight)
@@ -513,7 +563,7 @@ def topk_teacher_logits(topk_ids: Tensor, topk_logprobs: Tensor, vocab_size: int
 
 def token_entropy(logits: Tensor, *, temperature: float = 1.0) -> Tensor:
     """Entropy ``H(q_t) = −Σ_v q log q`` of each position's distribution, ``(..., V) → (...)``."""
-    _check_temperature(temperature)
+    check_temperature(temperature)
     log_q = _log_probs(logits, temperature, _compute_dtype(logits))
     return -_xlogy_ratio(log_q, torch.zeros_like(log_q)).sum(-1)
 
@@ -534,7 +584,7 @@ def engine_terms(student_logits: Tensor, teacher_logits: Tensor, *, temperature:
 
     Equals the RKL term plus the student's entropy: RKL less the entropy bonus.
     """
-    _check_temperature(temperature)
+    check_temperature(temperature)
     _check_same_vocab(student_logits, teacher_logits)
     dtype = _compute_dtype(student_logits)
     log_q = _log_probs(student_logits, temperature, dtype)
@@ -559,7 +609,7 @@ def hidden_state_mse_terms(student_hidden: Tensor, teacher_hidden: Tensor) -> Te
     teacher's layers do); the mean runs over the hidden dimension.
     """
     if student_hidden.shape[-1] != teacher_hidden.shape[-1]:
-        raise ValueError(
+        raise InputError(
             f"hidden sizes differ (student {student_hidden.shape[-1]}, teacher {teacher_hidden.shape[-1]}); "
             "hidden-state matching needs a student of the teacher's width (set the hidden-state weight to 0 otherwise)."
         )
@@ -605,7 +655,7 @@ def reduce_terms(
     full-batch loss. Masked positions contribute exactly 0 even if ``terms`` holds NaN there.
     """
     if reduction not in REDUCTIONS:
-        raise ValueError(
+        raise InputError(
             f"unknown reduction {reduction!r}; choose 'sequence' (sum over positions, mean over sequences) or "
             "'token' (mean over tokens)."
         )
@@ -619,7 +669,7 @@ def reduce_terms(
 def count_items(mask: Tensor, reduction: Literal["sequence", "token"]) -> Tensor:
     """The denominator of a reduction: sequences with at least one unmasked position, or unmasked tokens."""
     if reduction not in REDUCTIONS:
-        raise ValueError(f"unknown reduction {reduction!r}; choose 'sequence' or 'token'.")
+        raise InputError(f"unknown reduction {reduction!r}; choose 'sequence' or 'token'.")
     mask = mask.bool()
     return mask.any(-1).sum() if reduction == "sequence" else mask.sum()
 
@@ -678,14 +728,14 @@ def _side_terms(
     topk = isinstance(batch.teacher_logits, TeacherTopK)
     if topk:
         if batch.teacher_logits.ids.shape[:-1] != batch.student_logits.shape[:-1]:
-            raise ValueError(
+            raise InputError(
                 f"teacher top-k {tuple(batch.teacher_logits.ids.shape)} and student logits "
                 f"{tuple(batch.student_logits.shape)} cover different positions; give the top k at every position."
             )
     else:
         _check_same_vocab(batch.student_logits, batch.teacher_logits)
     if batch.labels.shape != batch.student_logits.shape[:-1]:
-        raise ValueError(
+        raise InputError(
             f"labels {tuple(batch.labels.shape)} do not match logits {tuple(batch.student_logits.shape)}; labels must "
             "be (B, T) and aligned with the logits (shift decoder-only logits by one before calling)."
         )
@@ -693,24 +743,25 @@ def _side_terms(
     rows = mask.nonzero(as_tuple=True)  # only unmasked positions are ever read
     student = batch.student_logits[rows]  # (N, V)
     teacher = batch.teacher_logits[rows]  # (N, V), or a TeacherTopK of (N, K)
-    weight: Tensor | float | MixtureLogit = js_beta
-    if kind == "js" and js_mixture == "exact":
+
+    def sampled_logprobs() -> tuple[Tensor, Tensor]:  # (B, T), read at the unmasked positions only
         labels = batch.labels[rows]
-        with torch.no_grad():
-            if topk:
-                if teacher.token_logprobs is None:
-                    raise ValueError(
-                        "js_mixture='exact' needs the teacher's log-probability of every sampled token (the prefix "
-                        "weight of Eq. 12), which top-k values alone do not give: pass "
-                        "TeacherTopK(token_logprobs=...) or use js_mixture='stepwise'."
-                    )
-                lp_p = teacher.token_logprobs.to(_compute_dtype(student))
-            else:
-                lp_p = _log_probs(teacher, temperature, _compute_dtype(teacher)).gather(-1, labels[:, None]).squeeze(-1)
-            lp_q = _log_probs(student, temperature, _compute_dtype(student)).gather(-1, labels[:, None]).squeeze(-1)
-            full_p = torch.zeros(mask.shape, dtype=lp_p.dtype, device=lp_p.device).index_put(rows, lp_p)
-            full_q = torch.zeros(mask.shape, dtype=lp_q.dtype, device=lp_q.device).index_put(rows, lp_q)
-            weight = MixtureLogit(exact_js_mixture_logit(full_p, full_q, mask, beta=js_beta)[rows])
+        if topk:
+            if teacher.token_logprobs is None:
+                raise InputError(
+                    "js_mixture='exact' needs the teacher's log-probability of every sampled token (the prefix "
+                    "weight of Eq. 12), which top-k values alone do not give: pass "
+                    "TeacherTopK(token_logprobs=...) or use js_mixture='stepwise'."
+                )
+            lp_p = teacher.token_logprobs.to(_compute_dtype(student))
+        else:
+            lp_p = _log_probs(teacher, temperature, _compute_dtype(teacher)).gather(-1, labels[:, None]).squeeze(-1)
+        lp_q = _log_probs(student, temperature, _compute_dtype(student)).gather(-1, labels[:, None]).squeeze(-1)
+        full_p = torch.zeros(mask.shape, dtype=lp_p.dtype, device=lp_p.device).index_put(rows, lp_p)
+        full_q = torch.zeros(mask.shape, dtype=lp_q.dtype, device=lp_q.device).index_put(rows, lp_q)
+        return full_p, full_q
+
+    weight = side_mixture_weight(kind, js_mixture, js_beta, mask, sampled_logprobs, lambda logit: logit[rows])
     if topk:
         terms = topk_step_divergence(
             kind, student, teacher, on=on, mode=teacher_topk_mode, mixture_weight=weight, temperature=temperature
@@ -758,7 +809,7 @@ def f_divergence_loss(
         :class:`DivergenceLoss` with the combined ``loss`` and each side's reduced term.
     """
     if teacher_topk_mode not in TOPK_MODES:
-        raise ValueError(
+        raise InputError(
             f"unknown teacher_topk_mode {teacher_topk_mode!r}; choose 'tail' (the lower bound) or 'renormalised'."
         )
     return assemble_loss(
@@ -802,11 +853,11 @@ def assemble_loss(
     coefficient (:func:`side_weight`) is 0, asks ``side_term(side, samples[side])`` for the others (refusing a
     missing one, with ``needs`` saying what to pass), and returns the total with both halves.
     """
-    _check_kind(kind)
+    check_kind(kind)
     if js_mixture not in JS_MIXTURES:
-        raise ValueError(f"unknown js_mixture {js_mixture!r}; choose 'stepwise' (paper Eq. 11) or 'exact' (Eq. 12).")
-    _check_beta(js_beta)
-    _check_temperature(temperature)
+        raise InputError(f"unknown js_mixture {js_mixture!r}; choose 'stepwise' (paper Eq. 11) or 'exact' (Eq. 12).")
+    check_js_beta(js_beta)
+    check_temperature(temperature)
     reduced: dict[str, Tensor | None] = {"teacher": None, "student": None}
     loss: Tensor | None = None
     for side in SIDES:
@@ -814,7 +865,7 @@ def assemble_loss(
         if coeff == 0.0:
             continue
         if samples.get(side) is None:
-            raise ValueError(f"{kind} needs {side} samples: pass {side}_samples= ({needs.format(side=side)}).")
+            raise InputError(f"{kind} needs {side} samples: pass {side}_samples= ({needs.format(side=side)}).")
         reduced[side] = side_term(side, samples[side])
         loss = coeff * reduced[side] if loss is None else loss + coeff * reduced[side]
     assert loss is not None

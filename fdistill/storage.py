@@ -129,7 +129,7 @@ def folder_files(folder: str | os.PathLike) -> list[str]:
 def write_manifest(folder: str | os.PathLike, files: Iterable[str] | None = None, name: str = MANIFEST) -> dict:
     """Commit ``files`` (paths relative to ``folder``; default: `folder_files`) with their sizes and sha256 digests
     as the manifest ``name``, written last and atomically. Returns the manifest."""
-    from fdistill import __version__
+    from fdistill._version import __version__
 
     folder = Path(folder)
     files = folder_files(folder) if files is None else sorted(files)

@@ -178,7 +178,7 @@ def main(argv=None) -> None:
                     out,
                     args,
                     teacher_server=server.url,
-                    teacher_topk=k,
+                    teacher_server_topk=k,
                 )
                 rows.append(("vLLM server (HTTP)", str(k), times, loss, trainer.teacher_server.traffic))
     lines.append(

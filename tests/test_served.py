@@ -89,7 +89,7 @@ def test_scores_are_the_models_top_k_and_token_log_probabilities(fake, teacher, 
 
 
 def test_a_top_k_past_the_vocabulary_is_the_whole_vocabulary(fake, teacher, tok):
-    """teacher_topk > V: the server returns all V tokens per position (K = V), which is what is checked and used."""
+    """teacher_server_topk > V: the server returns all V tokens per position (K = V), which is what is checked and used."""
     (ids, logprobs, _), *_ = client(fake, tok).score([[1, 4, 6]], [[8, 2]], k=V + 3)
     assert [sorted(p) for p in ids] == [list(range(V))] * 2
     mass = torch.tensor(logprobs, dtype=torch.float64).exp().sum(-1)
@@ -207,7 +207,7 @@ def _loss(trainer, batch):
 def test_served_loss_equals_the_in_process_teachers_at_full_vocabulary(
     fake, teacher, tok, data, tmp_path, objective, mixture
 ):
-    """Same student, same batch and student samples: teacher_topk = V gives the in-process loss; K < V a lower
+    """Same student, same batch and student samples: teacher_server_topk = V gives the in-process loss; K < V a lower
     bound (the coarse-grained divergence, data-processing inequality)."""
     extra = {"js_mixture": mixture} if mixture else {}
     student = tiny.llama(1, seed=1)
@@ -230,7 +230,7 @@ def test_served_loss_equals_the_in_process_teachers_at_full_vocabulary(
     for k in (V, 4):
         served = FDistillTrainer(
             model=student,
-            args=config(tmp_path / f"k{k}", objective=objective, teacher_server=fake.url, teacher_topk=k, **extra),
+            args=config(tmp_path / f"k{k}", objective=objective, teacher_server=fake.url, teacher_server_topk=k, **extra),
             train_dataset=data,
             processing_class=tok,
         )
@@ -267,7 +267,7 @@ def test_student_samples_longer_or_shorter_than_the_teacher_samples(
     reference = _loss(in_process, batch)
     served = FDistillTrainer(
         model=student,
-        args=config(tmp_path / "s", teacher_server=fake.url, teacher_topk=V, **kw),
+        args=config(tmp_path / "s", teacher_server=fake.url, teacher_server_topk=V, **kw),
         train_dataset=data,
         processing_class=tok,
     )
@@ -284,7 +284,7 @@ def test_training_with_a_served_teacher_takes_the_in_process_steps(fake, teacher
     ``|g|`` and turn a rounding difference in a near-zero gradient into a visible one."""
     start = torch.cat([p.detach().flatten() for p in tiny.llama(1, seed=1).parameters()])
     runs = {}
-    for name, kw, model in (("local", {}, teacher), ("served", dict(teacher_server=fake.url, teacher_topk=V), None)):
+    for name, kw, model in (("local", {}, teacher), ("served", dict(teacher_server=fake.url, teacher_server_topk=V), None)):
         student = tiny.llama(1, seed=1)
         trainer = FDistillTrainer(
             model=student,
@@ -309,10 +309,10 @@ def test_settings_a_served_teacher_cannot_serve_are_refused(tmp_path):
         config(tmp_path, objective="engine", teacher_server=url)
     with pytest.raises(InputError, match="fdistill sample --teacher-server URL"):
         config(tmp_path, objective="kl", teacher_sampling="online", teacher_server=url)
-    with pytest.raises(InputError, match="unset teacher_topk_logprobs"):
-        config(tmp_path, teacher_server=url, teacher_topk_logprobs=True)
-    with pytest.raises(InputError, match="teacher_topk=0"):
-        config(tmp_path, teacher_server=url, teacher_topk=0)
+    with pytest.raises(InputError, match="unset teacher_topk_columns"):
+        config(tmp_path, teacher_server=url, teacher_topk_columns=True)
+    with pytest.raises(InputError, match="teacher_server_topk=0"):
+        config(tmp_path, teacher_server=url, teacher_server_topk=0)
     with pytest.raises(InputError, match="set that too"):
         config(tmp_path, teacher_server_model="t")
     with pytest.raises(InputError, match="untempered"):
@@ -333,7 +333,7 @@ class _StopServerAt(TrainerCallback):
 def test_a_server_killed_mid_training_stops_it_with_a_resumable_checkpoint(teacher, tok, data, tmp_path):
     """The error names the step and the checkpoint; resumed against a restarted server, the run ends where an
     uninterrupted one does; against another served model the checkpoint is refused."""
-    kw = dict(objective="tvd", max_steps=4, save_strategy="steps", save_steps=1, teacher_topk=8, data_seed=0)
+    kw = dict(objective="tvd", max_steps=4, save_strategy="steps", save_steps=1, teacher_server_topk=8, data_seed=0)
     with FakeVLLM(teacher, tok) as fake:
         whole = tiny.llama(1, seed=1)
         FDistillTrainer(
@@ -534,7 +534,7 @@ def recipe(files, out, **kw) -> str:
         "output_dir": str(out),
         "objective": "tvd",
         "max_steps": 1,
-        "teacher_topk": 4,
+        "teacher_server_topk": 4,
         "per_device_train_batch_size": 4,
         "max_new_tokens": 6,
         "report_to": "none",

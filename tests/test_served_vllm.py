@@ -6,7 +6,7 @@ The server runs from vLLM's own virtualenv (``$FDISTILL_VLLM_PYTHON``, default
 ``~/.cache/fdistill/vllm-venv/bin/python``; skipped with the reason where it is absent), on 127.0.0.1 only, with a
 bounded start-up time, and is killed by PID (its process group) at the end of every test. It serves a tiny random
 Llama (2 layers, hidden 256, the 25-token test tokenizer of :mod:`fdistill.testing`) saved with save_pretrained, in
-**float32**, so that with ``teacher_topk`` = V = 25 the served loss is the in-process teacher's loss up to the two
+**float32**, so that with ``teacher_server_topk`` = V = 25 the served loss is the in-process teacher's loss up to the two
 float32 implementations' rounding (vLLM's CPU kernels vs PyTorch's): measured here, log-probabilities agree to
 ~5e-5 absolute, and losses to within ``REL`` (relative) — a bfloat16 server would differ by ~1e-2 and need
 comparing with a bfloat16 in-process teacher instead. ~3 server starts of ~1 minute each on 2 CPU cores.
@@ -141,7 +141,7 @@ def test_vllm_served_teacher_end_to_end(folder, teacher, tok, data, tmp_path):
                 tok,
                 objective=objective,
                 teacher_server=server.url,
-                teacher_topk=V,
+                teacher_server_topk=V,
             )
             assert served == pytest.approx(local, rel=REL), (objective, served, local)
             bound, _ = train(
@@ -150,7 +150,7 @@ def test_vllm_served_teacher_end_to_end(folder, teacher, tok, data, tmp_path):
                 tok,
                 objective=objective,
                 teacher_server=server.url,
-                teacher_topk=8,
+                teacher_server_topk=8,
                 max_steps=1,
             )
             # a lower bound (equal for TVD when every tail token errs the same way: merging them loses nothing)
@@ -176,7 +176,7 @@ def test_vllm_served_teacher_end_to_end(folder, teacher, tok, data, tmp_path):
         for a, b in zip(resumed["teacher_topk_logprobs"], whole["teacher_topk_logprobs"]):
             torch.testing.assert_close(torch.tensor(a), torch.tensor(b), atol=1e-4, rtol=0)
         # training: the server dies after step 2 of 4
-        kw = dict(objective="tvd", max_steps=4, save_strategy="steps", save_steps=1, teacher_topk=8, data_seed=0)
+        kw = dict(objective="tvd", max_steps=4, save_strategy="steps", save_steps=1, teacher_server_topk=8, data_seed=0)
         cut = tmp_path / "cut"
         with pytest.raises(TeacherServerError, match=r"training step 3: .*checkpoint-2, is whole"):
             train(cut, data, tok, callbacks=[_KillAt(server, 2)], teacher_server=server.url, **kw)

@@ -44,7 +44,7 @@ def config(tmp_path, **kw):
 def test_kl_trains_from_stored_top_k_columns(tok, teacher, top3, tmp_path, mode):
     student = tiny.llama(1, seed=1)
     before = [p.detach().clone() for p in student.parameters()]
-    args = config(tmp_path, teacher_topk_logprobs=True, teacher_topk_mode=mode)
+    args = config(tmp_path, teacher_topk_columns=True, teacher_topk_mode=mode)
     trainer = FDistillTrainer(model=student, args=args, train_dataset=top3, processing_class=tok)
     assert trainer.teacher is None
     trainer.train()
@@ -58,8 +58,8 @@ def test_tail_mode_loss_is_below_the_full_kl(tok, teacher, top3, tmp_path):
     losses = {}
     for name, kw, model in (
         ("full", {}, teacher),
-        ("tail", dict(teacher_topk_logprobs=True), None),
-        ("renormalised", dict(teacher_topk_logprobs=True, teacher_topk_mode="renormalised"), None),
+        ("tail", dict(teacher_topk_columns=True), None),
+        ("renormalised", dict(teacher_topk_columns=True, teacher_topk_mode="renormalised"), None),
     ):
         trainer = FDistillTrainer(
             model=tiny.llama(1, seed=1),
@@ -78,17 +78,17 @@ def test_tail_mode_loss_is_below_the_full_kl(tok, teacher, top3, tmp_path):
 @pytest.mark.parametrize("objective", ["rkl", "js", "tvd"])
 def test_objectives_scoring_student_samples_are_refused_offline(tmp_path, objective):
     with pytest.raises(InputError, match="exist only for the offline teacher samples"):
-        config(tmp_path, objective=objective, teacher_topk_logprobs=True)
+        config(tmp_path, objective=objective, teacher_topk_columns=True)
 
 
 def test_settings_that_make_no_sense_are_refused(tmp_path):
     with pytest.raises(InputError, match="teacher_sampling='online'"):
-        config(tmp_path, teacher_topk_logprobs=True, teacher_sampling="online")
+        config(tmp_path, teacher_topk_columns=True, teacher_sampling="online")
     with pytest.raises(InputError, match="needs the teacher's full distributions"):
-        config(tmp_path, objective="engine", teacher_topk_logprobs=True)
+        config(tmp_path, objective="engine", teacher_topk_columns=True)
     with pytest.raises(InputError, match="untempered"):
-        config(tmp_path, teacher_topk_logprobs=True, loss_temperature=2.0)
-    config(tmp_path, teacher_topk_logprobs=True, loss_temperature=2.0, teacher_topk_mode="renormalised")
+        config(tmp_path, teacher_topk_columns=True, loss_temperature=2.0)
+    config(tmp_path, teacher_topk_columns=True, loss_temperature=2.0, teacher_topk_mode="renormalised")
     with pytest.raises(InputError, match="teacher_topk_mode='both'"):
         config(tmp_path, teacher_topk_mode="both")
 

@@ -424,7 +424,7 @@ def test_stored_topk_teacher_logprobs_replace_the_teacher_forward(tok, tmp_path)
             optim="sgd",
             learning_rate=1.0,
             max_grad_norm=1e9,
-            teacher_topk_logprobs=topk,
+            teacher_topk_columns=topk,
         )
         trainer = FDistillTrainer(
             model=student, teacher_model=None if topk else teacher, args=args, train_dataset=data, processing_class=tok
@@ -445,7 +445,7 @@ def test_stored_topk_teacher_logprobs_replace_the_teacher_forward(tok, tmp_path)
         teacher_id="tiny",
         show_progress=False,
     )
-    args = config(tmp_path / "k3", objective="kl", max_steps=2, teacher_topk_logprobs=True)
+    args = config(tmp_path / "k3", objective="kl", max_steps=2, teacher_topk_columns=True)
     FDistillTrainer(model=tiny.llama(1, seed=1), args=args, train_dataset=small, processing_class=tok).train()
     with pytest.raises(ValueError, match="topk-logprobs"):  # a dataset without the columns is refused up front
         FDistillTrainer(
@@ -454,8 +454,8 @@ def test_stored_topk_teacher_logprobs_replace_the_teacher_forward(tok, tmp_path)
             train_dataset=tiny.dataset(8, seed=3, teacher=teacher, tok=tok),
             processing_class=tok,
         )
-    with pytest.raises(ValueError, match="teacher_topk_logprobs"):
-        config(tmp_path, objective="js", teacher_topk_logprobs=True)
+    with pytest.raises(ValueError, match="teacher_topk_columns"):
+        config(tmp_path, objective="js", teacher_topk_columns=True)
 
 
 # ----------------------------------------------------------------------------- non-finite values (issue 15, item 1)

@@ -40,16 +40,20 @@ from torch import Tensor
 from fdistill.divergences import (
     DIVERGENCES,
     IGNORE_INDEX,
-    SIDES,
     DivergenceLoss,
     MixtureLogit,
     assemble_loss,
+    check_kind,
+    check_mixture_weight,
+    check_side,
+    check_temperature,
     count_items,
-    exact_js_mixture_logit,
+    side_mixture_weight,
     step_divergence,
     to_compute_dtype,
     token_entropy,
 )
+from fdistill.errors import InputError
 from fdistill.kernels.heads import LinearHead, apply_head_transform
 
 __all__ = [
@@ -97,8 +101,7 @@ def _mixture_logit(mixture_weight, n: int, dtype: torch.dtype, device) -> Tensor
         z = mixture_weight.logit.detach().to(device=device, dtype=dtype)
     else:
         w = torch.as_tensor(mixture_weight, dtype=torch.float64, device=device).detach()
-        if ((w < 0) | (w > 1)).any():
-            raise ValueError("mixture_weight must lie in [0, 1] (it is the teacher's share of the JS mixture m).")
+        check_mixture_weight(w)
         z = (torch.log(w) - torch.log1p(-w)).to(dtype)
     return z.expand(n).contiguous() if z.dim() == 0 else z.reshape(n)
 
@@ -194,15 +197,15 @@ class _FusedDivergenceFunction(torch.autograd.Function):
 
 def _resolve_backend(backend: str, device: torch.device) -> str:
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
+        raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
     if backend == "auto":
         return "triton" if device.type == "cuda" and _triton_available() and TRITON_SELF_CHECK(device) else "torch"
     if backend == "triton" and device.type != "cuda" and not _triton_interpreting():
-        raise ValueError(
+        raise InputError(
             "backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for the interpreter); use 'torch'."
         )
     if backend == "triton" and not _triton_available():
-        raise ValueError("backend='triton' needs the triton package: pip install triton (or use backend='torch').")
+        raise InputError("backend='triton' needs the triton package: pip install triton (or use backend='torch').")
     return backend
 
 
@@ -289,6 +292,26 @@ def _triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def _check_heads_and_hidden(student_hidden: Tensor, student_head, teacher_hidden: Tensor, teacher_head) -> None:
+    """Both models' hidden states are ``(N, H)`` over the same N rows, each fits its head, and the heads share a
+    vocabulary."""
+    if student_hidden.dim() != 2 or teacher_hidden.dim() != 2 or student_hidden.shape[0] != teacher_hidden.shape[0]:
+        raise InputError(
+            f"hidden states must be (N, H) with the same N for both models; got student {tuple(student_hidden.shape)}, "
+            f"teacher {tuple(teacher_hidden.shape)} (flatten the selected positions first)."
+        )
+    for name, hidden, head in (("student", student_hidden, student_head), ("teacher", teacher_hidden, teacher_head)):
+        if hidden.shape[1] != head.weight.shape[1]:
+            raise InputError(
+                f"{name} hidden size {hidden.shape[1]} does not match its LM head {tuple(head.weight.shape)}."
+            )
+    if student_head.weight.shape[0] != teacher_head.weight.shape[0]:
+        raise InputError(
+            f"student vocabulary ({student_head.weight.shape[0]}) and teacher vocabulary ({teacher_head.weight.shape[0]}) "
+            "differ; the student must share the teacher's tokenizer (slice padded LM heads to the tokenizer's size)."
+        )
+
+
 def fused_divergence(
     kind: Literal["kl", "rkl", "js", "tvd"],
     student_hidden: Tensor,
@@ -322,40 +345,23 @@ def fused_divergence(
     Returns:
         :class:`FusedDivergence`.
     """
-    if kind not in DIVERGENCES:
-        raise ValueError(f"unknown divergence {kind!r}; choose one of {', '.join(DIVERGENCES)}.")
-    if on not in SIDES:
-        raise ValueError(f"on must be 'teacher' or 'student' (which model sampled the prefixes), got {on!r}.")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}; use 1.0 for the untempered divergence.")
-    if student_hidden.dim() != 2 or teacher_hidden.dim() != 2 or student_hidden.shape[0] != teacher_hidden.shape[0]:
-        raise ValueError(
-            f"hidden states must be (N, H) with the same N for both models; got student {tuple(student_hidden.shape)}, "
-            f"teacher {tuple(teacher_hidden.shape)} (flatten the selected positions first)."
-        )
-    for name, hidden, head in (("student", student_hidden, student_head), ("teacher", teacher_hidden, teacher_head)):
-        if hidden.shape[1] != head.weight.shape[1]:
-            raise ValueError(
-                f"{name} hidden size {hidden.shape[1]} does not match its LM head {tuple(head.weight.shape)}."
-            )
-    if student_head.weight.shape[0] != teacher_head.weight.shape[0]:
-        raise ValueError(
-            f"student vocabulary ({student_head.weight.shape[0]}) and teacher vocabulary ({teacher_head.weight.shape[0]}) "
-            "differ; the student must share the teacher's tokenizer (slice padded LM heads to the tokenizer's size)."
-        )
+    check_kind(kind)
+    check_side(on)
+    check_temperature(temperature)
+    _check_heads_and_hidden(student_hidden, student_head, teacher_hidden, teacher_head)
     n, device = student_hidden.shape[0], student_hidden.device
     backend = _resolve_backend(backend, device)
     vocab = student_head.weight.shape[0]
     chunk = chunk_size or default_chunk_size(vocab, device)
     if chunk < 1:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size!r}.")
+        raise InputError(f"chunk_size must be positive, got {chunk_size!r}.")
     acc = torch.float64 if student_hidden.dtype == torch.float64 else torch.float32
     weights = torch.as_tensor(row_weights, dtype=acc, device=device).detach()
     weights = weights.expand(n).contiguous() if weights.dim() == 0 else weights.reshape(n).to(acc)
     z_mix = _mixture_logit(mixture_weight, n, acc, device)
     if mask is not None:
         if mask.shape != (n,):
-            raise ValueError(f"mask must be (N,) = ({n},), got {tuple(mask.shape)}.")
+            raise InputError(f"mask must be (N,) = ({n},), got {tuple(mask.shape)}.")
         rows = mask.bool().nonzero(as_tuple=True)[0]
         student_hidden, teacher_hidden, weights, z_mix = (
             student_hidden[rows],
@@ -449,19 +455,20 @@ def fused_f_divergence_loss(
             batch.labels.shape != batch.student_hidden.shape[:-1]
             or batch.labels.shape != batch.teacher_hidden.shape[:-1]
         ):
-            raise ValueError(
+            raise InputError(
                 f"labels {tuple(batch.labels.shape)} do not match hidden states {tuple(batch.student_hidden.shape)} / "
                 f"{tuple(batch.teacher_hidden.shape)}; all must cover the same (B, T) positions."
             )
         mask = batch.labels != ignore_index
         hs, ht = batch.student_hidden.flatten(0, 1), batch.teacher_hidden.flatten(0, 1)
-        mixture: float | MixtureLogit = js_beta
-        if kind == "js" and js_mixture == "exact":
+
+        def sampled_logprobs() -> tuple[Tensor, Tensor]:  # (B, T), one no-gradient pass per model
             labels = batch.labels.clamp_min(0).reshape(-1)
             lp_p = fused_token_logprobs(ht, teacher_head, labels, temperature=temperature, chunk_size=chunk_size)
             lp_q = fused_token_logprobs(hs, student_head, labels, temperature=temperature, chunk_size=chunk_size)
-            logit = exact_js_mixture_logit(lp_p.view_as(mask), lp_q.view_as(mask), mask, beta=js_beta)
-            mixture = MixtureLogit(logit.reshape(-1))
+            return lp_p.view_as(mask), lp_q.view_as(mask)
+
+        mixture = side_mixture_weight(kind, js_mixture, js_beta, mask, sampled_logprobs, lambda z: z.reshape(-1))
         count = batch.num_items_in_batch
         if count is None:
             count = count_items(mask, reduction).clamp_min(1)

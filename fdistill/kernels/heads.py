@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from fdistill.errors import InputError
 from fdistill.torch_utils import base_model
 
 __all__ = [
@@ -53,11 +54,11 @@ class LinearHead:
 
     def __post_init__(self):
         if self.weight.dim() != 2:
-            raise ValueError(f"an LM head weight is (vocab, hidden); got shape {tuple(self.weight.shape)}.")
+            raise InputError(f"an LM head weight is (vocab, hidden); got shape {tuple(self.weight.shape)}.")
         if self.bias is not None and self.bias.shape != self.weight.shape[:1]:
-            raise ValueError(f"LM head bias {tuple(self.bias.shape)} does not match vocabulary {self.weight.shape[0]}.")
+            raise InputError(f"LM head bias {tuple(self.bias.shape)} does not match vocabulary {self.weight.shape[0]}.")
         if self.softcap is not None and not self.softcap > 0:
-            raise ValueError(f"softcap must be positive or None, got {self.softcap!r}.")
+            raise InputError(f"softcap must be positive or None, got {self.softcap!r}.")
 
     def first_rows(self, vocab_size: int) -> LinearHead:
         """The head of the first ``vocab_size`` tokens only (a view: gradients reach the full weight), e.g. without
@@ -65,7 +66,7 @@ class LinearHead:
         if vocab_size == self.weight.shape[0]:
             return self
         if not 0 < vocab_size < self.weight.shape[0]:
-            raise ValueError(f"vocab_size must lie in [1, {self.weight.shape[0]}], got {vocab_size!r}.")
+            raise InputError(f"vocab_size must lie in [1, {self.weight.shape[0]}], got {vocab_size!r}.")
         bias = None if self.bias is None else self.bias[:vocab_size]
         return LinearHead(self.weight[:vocab_size], bias, self.scale, self.softcap)
 
@@ -100,7 +101,7 @@ def output_head(model: nn.Module) -> LinearHead:
     base = base_model(model)
     lm_head = base.get_output_embeddings()
     if lm_head is None or not isinstance(getattr(lm_head, "weight", None), Tensor):
-        raise ValueError(
+        raise InputError(
             f"{type(base).__name__} has no linear output embedding; the fused divergence needs one "
             "(set fused_divergence=False)."
         )
@@ -168,7 +169,7 @@ def check_head(model: nn.Module, model_inputs: dict, *, atol: float = 1e-3) -> N
     gap = torch.where(agree, 0.0, (logits - reference).abs()).max().item()
     scale = torch.where(torch.isfinite(reference), reference.abs(), 0.0).max().item()
     if not gap <= atol * max(1.0, scale):
-        raise ValueError(
+        raise InputError(
             f"{type(base_model(model)).__name__}: logits rebuilt from its output embedding differ from the model's own by "
             f"{gap:.3g}; this architecture post-processes its logits in a way the fused divergence does not know. Set "
             "fused_divergence=False."

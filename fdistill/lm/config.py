@@ -3,27 +3,62 @@
 `FDistillConfig` is `Seq2SeqTrainingArguments` plus `DistillArguments`, so every
 transformers training option works unchanged. `DistillArguments` alone is what the
 `FDistillMixin` needs when a user brings their own `Trainer` and arguments class.
-Every field is validated in `__post_init__`; the user's values are never rewritten.
+Every field is validated in `__post_init__` by small named checks, one rule each, grouped by topic; the user's
+values are never rewritten (a deprecated setting name, `DEPRECATED_SETTINGS`, sets the setting that replaced it).
+Where the teacher's numbers come from is resolved in one place, `DistillArguments.teacher_source`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass, field
+from typing import Literal
 
 from transformers import Seq2SeqTrainingArguments
 
-from fdistill.divergences import JS_MIXTURES, REDUCTIONS, TOPK_MODES
+from fdistill.divergences import JS_MIXTURES, REDUCTIONS, TOPK_MODES, check_js_beta, check_tail_temperature
 from fdistill.errors import invalid
 from fdistill.lm.objectives import Objective, get_objective
 from fdistill.lm.served import API_KEY_ENV, DEFAULT_RETRIES, DEFAULT_TIMEOUT, parse_server_url, redact_url
 
 NONFINITE_POLICIES = ("error", "skip")
-# Columns written by `fdistill sample --topk-logprobs K` and read with teacher_topk_logprobs=True.
+# Columns written by `fdistill sample --topk-logprobs K` and read with teacher_topk_columns=True.
 TOPK_COLUMNS = ("teacher_topk_ids", "teacher_topk_logprobs")
 # Settings that may hold credentials: masked wherever the settings are shown or saved (see DistillArguments.masked).
 SECRET_SETTINGS = ("teacher_server", "teacher_server_api_key")
+# Old setting names that still work: each use warns (FutureWarning) and sets the new one, which is what is read.
+DEPRECATED_SETTINGS = {"teacher_topk_logprobs": "teacher_topk_columns", "teacher_topk": "teacher_server_topk"}
+_UNSET = object()
+
+
+@dataclass(frozen=True)
+class TeacherSource:
+    """Where the teacher's numbers come from in training, resolved once from the settings
+    (:attr:`DistillArguments.teacher_source`); the trainer, the batch-memory rule and the model card read it.
+
+    Attributes:
+        kind: ``"model"`` (a teacher model in this process: its forwards), ``"columns"`` (its top-k log-probabilities
+            stored beside the offline teacher samples, :data:`TOPK_COLUMNS`; ``teacher_topk_columns``), ``"server"``
+            (a vLLM server scores every completion set; ``teacher_server``) or ``"none"`` (the objective uses none).
+        topk: log-probabilities per position the server is asked for (``teacher_server_topk``; server only).
+        topk_mode: how a top-k teacher's missing tail counts (``teacher_topk_mode``; columns and server).
+    """
+
+    kind: Literal["model", "columns", "server", "none"]
+    topk: int | None = None
+    topk_mode: str | None = None
+
+    @property
+    def is_topk(self) -> bool:
+        """Whether the teacher is its top k log-probabilities per position (no teacher forward)."""
+        return self.kind in ("columns", "server")
+
+    @property
+    def setting(self) -> str | None:
+        """The setting that chose a top-k source, as messages name it."""
+        return {"columns": "teacher_topk_columns", "server": "teacher_server"}.get(self.kind)
 
 
 @dataclass
@@ -84,7 +119,7 @@ class DistillArguments:
             "step), 'dynamic', or 'auto' = static on CUDA, dynamic elsewhere. Same samples either way."
         },
     )
-    teacher_topk_logprobs: bool = field(
+    teacher_topk_columns: bool = field(
         default=False,
         metadata={
             "help": "Instead of a teacher forward on the offline teacher samples, use the teacher's top-k "
@@ -109,7 +144,7 @@ class DistillArguments:
         default=None,
         metadata={
             "help": "Base URL of a vLLM server that serves the teacher (http://host:port): it scores the offline "
-            "teacher samples and the online student samples of every step with its top teacher_topk "
+            "teacher samples and the online student samples of every step with its top teacher_server_topk "
             "log-probabilities per position (prompt_logprobs), and no teacher weights are loaded. Any f-divergence "
             "(kl/rkl/js/tvd), teacher_topk_mode says how the rest of the vocabulary counts. The server's tokenizer is "
             "checked against the student's once, at start. A user:password@ in it is sent as HTTP basic auth; it and "
@@ -126,7 +161,7 @@ class DistillArguments:
     teacher_server_model: str | None = field(
         default=None, metadata={"help": "The served model's name (vLLM's --served-model-name); default: its only one."}
     )
-    teacher_topk: int = field(
+    teacher_server_topk: int = field(
         default=20,
         metadata={
             "help": "Log-probabilities per position a teacher_server returns (the top k); 20 is vLLM's default "
@@ -237,162 +272,214 @@ class DistillArguments:
         },
     )
 
+    # --- deprecated names, kept working (each use warns once and names the new setting); see DEPRECATED_SETTINGS
+    teacher_topk_logprobs: bool | None = field(
+        default=None, metadata={"help": "Deprecated name of teacher_topk_columns (FutureWarning)."}
+    )
+    teacher_topk: int | None = field(
+        default=None, metadata={"help": "Deprecated name of teacher_server_topk (FutureWarning)."}
+    )
+
     def __post_init__(self):
-        def bad(name, value, fix):
-            raise invalid(name, value, fix)
-
-        def finite(name):  # a number that is NaN or ±inf has no meaning as any of these settings
-            if not math.isfinite(getattr(self, name)):
-                bad(name, getattr(self, name), "use a finite number.")
-
-        for name in (
-            "js_beta",
-            "loss_temperature",
-            "student_sampling_temperature",
-            "student_top_p",
-            "predistill_alpha_mle",
-            "predistill_alpha_kd",
-            "predistill_alpha_hidden",
-        ):
-            finite(name)
-
+        """Each rule below is one small check, grouped by topic; the first broken one raises one `InputError`."""
+        self._check_finite()
         objective = get_objective(self.objective)  # the registry: built-in and user-registered objectives
+        self._check_loss()
+        self._check_student_sampling()
+        self._check_teacher_source(objective)
+        self._check_teacher_server()
+        self._check_nonfinite_policy()
+        self._check_lengths()
+        self._check_predistill_weights()
+        self._check_fused(objective)
+        objective.check(self)
+
+    # ------------------------------------------------------------------ the rules, by topic
+
+    _FINITE = (
+        "js_beta",
+        "loss_temperature",
+        "student_sampling_temperature",
+        "student_top_p",
+        "predistill_alpha_mle",
+        "predistill_alpha_kd",
+        "predistill_alpha_hidden",
+    )
+
+    def _refuse(self, name: str, fix: str, value=_UNSET) -> None:
+        """One `InputError` naming the setting ``name``, its value (by default the current one) and the fix; and the
+        deprecated name it was given under, if it was."""
+        old = getattr(self, "_given_as", {}).get(name)
+        if old is not None:
+            fix += f" ({old}, as it was given, is the deprecated name of {name}.)"
+        raise invalid(name, getattr(self, name) if value is _UNSET else value, fix)
+
+    def _check_finite(self) -> None:
+        """A number that is NaN or ±inf has no meaning as any of these settings."""
+        for name in self._FINITE:
+            if not math.isfinite(getattr(self, name)):
+                self._refuse(name, "use a finite number.")
+
+    def _check_loss(self) -> None:
+        """The JS mixture and its β, the loss temperature, the reduction."""
         if self.js_mixture not in JS_MIXTURES:
-            bad("js_mixture", self.js_mixture, "use 'stepwise' (paper Eq. 11) or 'exact' (Eq. 12).")
-        if not 0.0 < self.js_beta < 1.0:
-            bad("js_beta", self.js_beta, "use a value strictly between 0 and 1 (0.5 = the paper's JS).")
+            self._refuse("js_mixture", "use 'stepwise' (paper Eq. 11) or 'exact' (Eq. 12).")
+        check_js_beta(self.js_beta)
         if not self.loss_temperature > 0:
-            bad("loss_temperature", self.loss_temperature, "use a positive temperature (1.0 = untempered).")
+            self._refuse("loss_temperature", "use a positive temperature (1.0 = untempered).")
         if self.loss_reduction not in REDUCTIONS:
-            bad("loss_reduction", self.loss_reduction, "use 'sequence' or 'token'.")
+            self._refuse("loss_reduction", "use 'sequence' or 'token'.")
+
+    def _check_student_sampling(self) -> None:
+        """How the student draws its online samples."""
         if not self.student_sampling_temperature > 0:
-            bad("student_sampling_temperature", self.student_sampling_temperature, "use a positive temperature.")
+            self._refuse("student_sampling_temperature", "use a positive temperature.")
         if self.student_top_k < 0:
-            bad("student_top_k", self.student_top_k, "use 0 (off) or a positive k.")
+            self._refuse("student_top_k", "use 0 (off) or a positive k.")
         if not 0.0 < self.student_top_p <= 1.0:
-            bad("student_top_p", self.student_top_p, "use a value in (0, 1]; 1.0 disables nucleus filtering.")
+            self._refuse("student_top_p", "use a value in (0, 1]; 1.0 disables nucleus filtering.")
         if self.student_num_beams < 1:
-            bad("student_num_beams", self.student_num_beams, "use 1 or more beams.")
+            self._refuse("student_num_beams", "use 1 or more beams.")
         if self.student_do_sample and self.student_num_beams > 1:
-            bad("student_num_beams", self.student_num_beams, "beams need student_do_sample=False.")
+            self._refuse("student_num_beams", "beams need student_do_sample=False.")
         if self.student_generation_cache not in ("auto", "dynamic", "static"):
-            bad("student_generation_cache", self.student_generation_cache, "use 'auto', 'dynamic' or 'static'.")
+            self._refuse("student_generation_cache", "use 'auto', 'dynamic' or 'static'.")
+
+    def _check_teacher_source(self, objective: Objective) -> None:
+        """What the chosen teacher source (`teacher_source`) can serve: a top-k teacher (stored columns or a server)
+        gives log-probabilities for the f-divergences, without a forward to fuse, its tail at temperature 1."""
         if self.teacher_topk_mode not in TOPK_MODES:
-            bad(
+            self._refuse(
                 "teacher_topk_mode",
-                self.teacher_topk_mode,
                 "use 'tail' (top k + one tail bucket: a lower bound) or 'renormalised' (top k renormalised).",
             )
-        if self.teacher_topk_logprobs:
-            if not objective.topk_teacher:
-                bad(
-                    "teacher_topk_logprobs",
-                    True,
-                    f"objective {self.objective!r} needs the teacher's full distributions; top-k "
-                    "log-probabilities serve the f-divergences (objective='kl' from offline columns).",
-                )
-            if "student" in objective.scores or self.teacher_sampling != "offline":
-                bad(
-                    "teacher_topk_logprobs",
-                    True,
-                    f"objective {self.objective!r} with teacher_sampling={self.teacher_sampling!r} scores "
-                    "sequences drawn during training, and stored top-k log-probabilities exist only for the offline "
-                    "teacher samples (only a teacher that scores them at training time can give the rest). Use "
-                    "objective='kl' with teacher_sampling='offline', or pass the teacher model instead.",
-                )
-            if self.teacher_topk_mode == "tail" and self.loss_temperature != 1.0:
-                bad(
-                    "loss_temperature",
-                    self.loss_temperature,
-                    "the tail bucket of a top-k teacher needs its untempered distribution, which the stored top k do "
-                    "not determine: use 1.0, or teacher_topk_mode='renormalised'.",
-                )
         if self.teacher_server is not None:
             parse_server_url(self.teacher_server)  # one InputError, the URL's secrets masked, for a URL it is not
-            if not objective.topk_teacher:
-                bad(
-                    "teacher_server",
-                    self.teacher_server,
-                    f"a served teacher gives its top-k log-probabilities, which serve the f-divergences "
-                    f"(kl/rkl/js/tvd); objective {self.objective!r} needs the teacher model.",
-                )
-            if self.teacher_topk_logprobs:
-                bad(
-                    "teacher_topk_logprobs",
-                    True,
-                    "with teacher_server the server scores every completion set; unset teacher_topk_logprobs.",
-                )
-            if self.needs_teacher_samples and self.teacher_sampling != "offline":
-                bad(
-                    "teacher_sampling",
-                    self.teacher_sampling,
-                    "a served teacher scores samples but does not draw them during training: draw the teacher "
-                    "samples first with `fdistill sample --teacher-server URL` and use teacher_sampling='offline'.",
-                )
+        if self.teacher_server is not None and self.teacher_topk_columns:
+            self._refuse(
+                "teacher_topk_columns",
+                "with teacher_server the server scores every completion set; unset teacher_topk_columns.",
+            )
+        source = self.teacher_source
+        if source.kind == "columns":
+            self._check_topk_columns(objective)
+        if source.kind == "server":
+            self._check_served_teacher(objective)
+        if source.is_topk:
             if self.fused_divergence:
-                bad("fused_divergence", True, "with teacher_server there is no teacher forward to fuse; unset one.")
-            if self.teacher_topk_mode == "tail" and self.loss_temperature != 1.0:
-                bad(
-                    "loss_temperature",
-                    self.loss_temperature,
-                    "the tail bucket of a served top-k teacher needs its untempered distribution: use 1.0, or "
-                    "teacher_topk_mode='renormalised'.",
+                self._refuse(
+                    "fused_divergence", f"with {source.setting} there is no teacher forward to fuse; unset one.", True
                 )
-        elif self.teacher_server_model is not None:
-            bad("teacher_server_model", self.teacher_server_model, "it names a model of teacher_server; set that too.")
+            check_tail_temperature(
+                self.teacher_topk_mode,
+                self.loss_temperature,
+                temperature_name="loss_temperature",
+                mode_name="teacher_topk_mode",
+            )
+        if self.teacher_sampling not in ("offline", "online"):
+            self._refuse("teacher_sampling", "use 'offline' (dataset column) or 'online' (drawn each step).")
+        if self.teacher_dtype not in (None, "float32", "float16", "bfloat16", "float64", "auto"):
+            self._refuse("teacher_dtype", "use float32, float16, bfloat16, float64 or leave unset.")
+
+    def _check_topk_columns(self, objective: Objective) -> None:
+        """Stored top-k columns exist for the offline teacher samples only, and serve the f-divergences."""
+        if not objective.topk_teacher:
+            self._refuse(
+                "teacher_topk_columns",
+                f"objective {self.objective!r} needs the teacher's full distributions; top-k "
+                "log-probabilities serve the f-divergences (objective='kl' from offline columns).",
+            )
+        if "student" in objective.scores or self.teacher_sampling != "offline":
+            self._refuse(
+                "teacher_topk_columns",
+                f"objective {self.objective!r} with teacher_sampling={self.teacher_sampling!r} scores "
+                "sequences drawn during training, and stored top-k log-probabilities exist only for the offline "
+                "teacher samples (only a teacher that scores them at training time can give the rest). Use "
+                "objective='kl' with teacher_sampling='offline', or pass the teacher model instead.",
+            )
+
+    def _check_served_teacher(self, objective: Objective) -> None:
+        """A served teacher gives top-k log-probabilities of samples it is sent; it draws none during training."""
+        if not objective.topk_teacher:
+            self._refuse(
+                "teacher_server",
+                f"a served teacher gives its top-k log-probabilities, which serve the f-divergences "
+                f"(kl/rkl/js/tvd); objective {self.objective!r} needs the teacher model.",
+            )
+        if self.needs_teacher_samples and self.teacher_sampling != "offline":
+            self._refuse(
+                "teacher_sampling",
+                "a served teacher scores samples but does not draw them during training: draw the teacher "
+                "samples first with `fdistill sample --teacher-server URL` and use teacher_sampling='offline'.",
+            )
+
+    def _check_teacher_server(self) -> None:
+        """The settings of the connection to ``teacher_server`` (the model name and key only with a server)."""
+        if self.teacher_server is None and self.teacher_server_model is not None:
+            self._refuse("teacher_server_model", "it names a model of teacher_server; set that too.")
         if self.teacher_server_api_key is not None:
             if self.teacher_server is None:
-                raise invalid("teacher_server_api_key", "<hidden>", "it is the key of teacher_server; set that too.")
+                self._refuse("teacher_server_api_key", "it is the key of teacher_server; set that too.", "<hidden>")
             if not str(self.teacher_server_api_key).strip():
-                raise invalid(
-                    "teacher_server_api_key", "", f"give the key, or leave it unset (then {API_KEY_ENV} is read)."
+                self._refuse(
+                    "teacher_server_api_key", f"give the key, or leave it unset (then {API_KEY_ENV} is read).", ""
                 )
-        if self.teacher_topk < 1:
-            bad("teacher_topk", self.teacher_topk, "use 1 or more log-probabilities per position.")
+        if self.teacher_server_topk < 1:
+            self._refuse("teacher_server_topk", "use 1 or more log-probabilities per position.")
         if not (self.teacher_server_timeout > 0 and math.isfinite(self.teacher_server_timeout)):
-            bad("teacher_server_timeout", self.teacher_server_timeout, "use a positive number of seconds.")
+            self._refuse("teacher_server_timeout", "use a positive number of seconds.")
         if self.teacher_server_retries < 0:
-            bad("teacher_server_retries", self.teacher_server_retries, "use 0 or more retries.")
+            self._refuse("teacher_server_retries", "use 0 or more retries.")
         for name in ("teacher_server_batch_size", "teacher_server_concurrency"):
             if getattr(self, name) < 1:
-                bad(name, getattr(self, name), "use 1 or more.")
-        if self.teacher_topk_logprobs and self.fused_divergence:
-            bad("fused_divergence", True, "with teacher_topk_logprobs there is no teacher forward to fuse; unset one.")
-        if self.teacher_sampling not in ("offline", "online"):
-            bad(
-                "teacher_sampling",
-                self.teacher_sampling,
-                "use 'offline' (dataset column) or 'online' (drawn each step).",
-            )
+                self._refuse(name, "use 1 or more.")
+
+    def _check_nonfinite_policy(self) -> None:
+        """What a NaN/inf does."""
         if self.on_nonfinite not in NONFINITE_POLICIES:
-            bad(
-                "on_nonfinite", self.on_nonfinite, "use 'error' (stop at the first NaN/inf) or 'skip' (drop and count)."
-            )
+            self._refuse("on_nonfinite", "use 'error' (stop at the first NaN/inf) or 'skip' (drop and count).")
+
+    def _check_lengths(self) -> None:
+        """Length limits of prompts, targets and samples."""
         for name in ("max_new_tokens", "max_prompt_length", "max_target_length"):
             if getattr(self, name) < 1:
-                bad(name, getattr(self, name), "use a positive length.")
+                self._refuse(name, "use a positive length.")
+
+    def _check_predistill_weights(self) -> None:
+        """Pre-distillation weights are >= 0 (`PreDistillation.check` wants one of them positive)."""
         for name in ("predistill_alpha_mle", "predistill_alpha_kd", "predistill_alpha_hidden"):
             if getattr(self, name) < 0:
-                bad(name, getattr(self, name), "weights must be >= 0.")
+                self._refuse(name, "weights must be >= 0.")
+
+    def _check_fused(self, objective: Objective) -> None:
+        """The fused divergence computes the f-divergences only, in chunks of a positive size."""
         if self.fused_divergence and not objective.fusable:
-            bad(
+            self._refuse(
                 "fused_divergence",
-                self.fused_divergence,
                 f"it computes kl/rkl/js/tvd only; objective {self.objective!r} "
                 "uses materialised logits (leave it unset or False).",
             )
         if self.fused_chunk_size is not None and self.fused_chunk_size < 1:
-            bad("fused_chunk_size", self.fused_chunk_size, "use a positive number of tokens or leave it unset.")
-        if self.teacher_dtype not in (None, "float32", "float16", "bfloat16", "float64", "auto"):
-            bad("teacher_dtype", self.teacher_dtype, "use float32, float16, bfloat16, float64 or leave unset.")
-        objective.check(self)
+            self._refuse("fused_chunk_size", "use a positive number of tokens or leave it unset.")
+
+    # ------------------------------------------------------------------ the teacher source, resolved once
+
+    @property
+    def teacher_source(self) -> TeacherSource:
+        """Where the teacher's numbers come from, resolved from the settings in this one place (see `TeacherSource`)."""
+        if self.teacher_server is not None:
+            return TeacherSource("server", topk=self.teacher_server_topk, topk_mode=self.teacher_topk_mode)
+        if self.teacher_topk_columns:
+            return TeacherSource("columns", topk_mode=self.teacher_topk_mode)
+        return TeacherSource("model" if self.objective_spec.uses_teacher else "none")
 
     # ------------------------------------------------------------------ secrets never shown or saved
 
     def masked(self, values: dict) -> dict:
         """``values`` (these settings as a dict) with :data:`SECRET_SETTINGS` masked: the server URL without its
-        ``user:password@`` and query values (:func:`fdistill.lm.served.redact_url`), the API key as a placeholder."""
-        out = dict(values)
+        ``user:password@`` and query values (:func:`fdistill.lm.served.redact_url`), the API key as a placeholder;
+        the deprecated names (:data:`DEPRECATED_SETTINGS`) left out."""
+        out = {k: v for k, v in values.items() if k not in DEPRECATED_SETTINGS}  # their new names carry them
         if out.get("teacher_server"):
             out["teacher_server"] = redact_url(out["teacher_server"])
         if out.get("teacher_server_api_key") is not None:
@@ -432,7 +519,7 @@ class DistillArguments:
         from fdistill.checks import batch_fits
 
         fused = self.fused_divergence or (self.fused_divergence is None and torch.cuda.is_available())
-        if fused and self.objective_spec.fusable and not (self.teacher_topk_logprobs or self.teacher_server):
+        if fused and self.objective_spec.fusable and not self.teacher_source.is_topk:
             return
         offline = self.needs_reference or (self.needs_teacher_samples and self.reads_teacher_samples)
         drawn = self.needs_student_samples or (self.needs_teacher_samples and not self.reads_teacher_samples)
@@ -479,7 +566,31 @@ class DistillArguments:
     @property
     def needs_teacher(self) -> bool:
         """Whether the trainer loads a teacher model (not when its top k are stored or served)."""
-        return self.objective_spec.uses_teacher and not self.teacher_topk_logprobs and self.teacher_server is None
+        return self.teacher_source.kind == "model"
+
+
+def _deprecated_alias(old: str, new: str) -> property:
+    """The old setting name ``old`` as a property of ``new``: setting it (not None) warns once and sets ``new``."""
+
+    def get(self):
+        return getattr(self, new)
+
+    def set_(self, value) -> None:
+        if value is None:  # the field's default: not given
+            return
+        warnings.warn(
+            f"{old} is deprecated and will be removed in a future version of fdistill; use {new} instead.",
+            FutureWarning,
+            stacklevel=3,
+        )
+        setattr(self, new, value)
+        self.__dict__.setdefault("_given_as", {})[new] = old  # named in refusals of the value (`_refuse`)
+
+    return property(get, set_, doc=f"Deprecated name of `{new}`.")
+
+
+for _old, _new in DEPRECATED_SETTINGS.items():  # after @dataclass: the fields keep their None defaults
+    setattr(DistillArguments, _old, _deprecated_alias(_old, _new))
 
 
 @dataclass(repr=False)  # DistillArguments.__repr__: secrets masked

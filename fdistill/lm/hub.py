@@ -22,7 +22,7 @@ import transformers
 from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-import fdistill
+from fdistill._version import __version__
 from fdistill.errors import InputError
 from fdistill.lm.config import DistillArguments
 from fdistill.torch_utils import base_model as _base_model
@@ -270,16 +270,14 @@ def _settings(a: DistillArguments, student) -> list[list[str]]:
         names.append("max_new_tokens")
     if a.teacher_dtype:
         names.append("teacher_dtype")
-    if a.teacher_topk_logprobs:  # the teacher was its stored top k: say so, and how the tail was treated
-        names += ["teacher_topk_logprobs", "teacher_topk_mode"]
-    if a.teacher_server:  # the teacher was its top k served by vLLM
-        names += ["teacher_topk", "teacher_topk_mode"]
+    source = a.teacher_source
+    if source.kind == "columns":  # the teacher was its stored top k: say so, and how the tail was treated
+        names += ["teacher_topk_columns", "teacher_topk_mode"]
+    if source.kind == "server":  # the teacher was its top k served by vLLM
+        names += ["teacher_server_topk", "teacher_topk_mode"]
     rows = [[f"`{n}`", _fmt(getattr(a, n)), help_of[n]] for n in names]
     rows[0][2] = objective.meaning or help_of["objective"]
-    if a.objective == "predistill" and a.predistill_alpha_hidden > 0:
-        recorded = (getattr(student.config, "fdistill_teacher_layers", None) or {}).get("decoder")
-        layer_map = a.predistill_layer_map if a.predistill_layer_map is not None else recorded
-        rows.append(["`predistill_layer_map`", _fmt(layer_map), help_of["predistill_layer_map"]])
+    rows += [[f"`{n}`", _fmt(value), help_of[n]] for n, value in objective.card_rows(a, student.config)]
     return rows
 
 
@@ -467,7 +465,7 @@ def _value(x) -> str:
 
 
 def _versions() -> str:
-    return f"- fdistill {fdistill.__version__}\n- transformers {transformers.__version__}\n- torch {torch.__version__}"
+    return f"- fdistill {__version__}\n- transformers {transformers.__version__}\n- torch {torch.__version__}"
 
 
 def _fmt(v) -> str:

@@ -177,6 +177,11 @@ class Objective:
         """Whether the forwards must return every layer's hidden states."""
         return False
 
+    def card_rows(self, args: DistillArguments, student_config) -> list[tuple[str, Any]]:
+        """``(setting, value)`` rows the model card adds for this run besides ``card_settings``: values the
+        objective derives (e.g. from the student's config) rather than reads from one setting."""
+        return []
+
     def loss(self, batch: ScoredBatch, args: DistillArguments) -> ObjectiveOutput:
         raise NotImplementedError
 
@@ -362,18 +367,30 @@ class PreDistillation(Objective):
             loss = loss + args.predistill_alpha_hidden * metrics["loss_hidden"]
         return ObjectiveOutput(loss, metrics)
 
+    def card_rows(self, args: DistillArguments, student_config) -> list[tuple[str, Any]]:
+        """With the hidden-state term, the layers it matched (None where neither set nor recorded)."""
+        if args.predistill_alpha_hidden > 0:
+            return [("predistill_layer_map", self._matched_layers(args, student_config))]
+        return []
+
     @staticmethod
-    def layer_map(args: DistillArguments, student_config) -> list[int]:
+    def _matched_layers(args: DistillArguments, student_config) -> list[int] | None:
         """The teacher layer matched by each student decoder layer: the setting, else what the student records."""
         if args.predistill_layer_map is not None:
             return list(args.predistill_layer_map)
-        recorded = getattr(student_config, "fdistill_teacher_layers", None)
-        if not recorded:
-            raise ValueError(
+        recorded = (getattr(student_config, "fdistill_teacher_layers", None) or {}).get("decoder")
+        return None if recorded is None else list(recorded)
+
+    @classmethod
+    def layer_map(cls, args: DistillArguments, student_config) -> list[int]:
+        """:meth:`_matched_layers`, refused when the student records none and the setting is unset."""
+        layers = cls._matched_layers(args, student_config)
+        if layers is None:
+            raise InputError(
                 "predistill_alpha_hidden > 0 needs to know which teacher layer each student layer matches: set "
                 "predistill_layer_map, or make the student with fdistill.lm.student.create_student_from_teacher."
             )
-        return list(recorded["decoder"])
+        return layers
 
     def _hidden_loss(self, batch: ScoredBatch, args: DistillArguments) -> Tensor:
         """MSE between each student layer's output and its matched teacher layer's, at target positions."""

@@ -469,7 +469,7 @@ def sample_offline_with(
             "(e.g. tokenizer.pad_token = tokenizer.eos_token)."
         )
     check_prompts(dataset[settings.prompt_column], settings.prompt_column)
-    from fdistill import __version__
+    from fdistill._version import __version__
 
     fingerprint = fingerprint() if callable(fingerprint) else fingerprint
     provenance = {

@@ -12,7 +12,7 @@ optimizer step:
 2. for each micro-batch, one student forward (with gradient) and one teacher forward
    (no gradient) score every completion set the objective needs — offline teacher
    samples and online student samples concatenated along the batch (stored top-k teacher
-   log-probabilities replace the teacher forward with ``teacher_topk_logprobs``, a vLLM
+   log-probabilities replace the teacher forward with ``teacher_topk_columns``, a vLLM
    server's with ``teacher_server``: :mod:`fdistill.lm.served`);
 3. one loss call — the registered objective's (:mod:`fdistill.lm.objectives`) on a typed
    :class:`~fdistill.lm.objectives.ScoredBatch`: logits, or with ``fused_divergence`` the
@@ -31,7 +31,10 @@ import json
 import logging
 import os
 import shutil
+import warnings
 from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -55,7 +58,7 @@ from fdistill.lm.checkpoints import (
     latest_checkpoint,
     verify_checkpoint,
 )
-from fdistill.lm.config import SECRET_SETTINGS, TOPK_COLUMNS, DistillArguments
+from fdistill.lm.config import DEPRECATED_SETTINGS, SECRET_SETTINGS, TOPK_COLUMNS, DistillArguments
 from fdistill.lm.data import DistillCollator, cat_completions, check_prompts, score_completions, scoring_inputs
 from fdistill.lm.loading import resolve_dtype, shared_vocab_size
 from fdistill.lm.objectives import COMPLETION_SETS, ScoredBatch, ScoredSet, student_sample_metrics
@@ -110,16 +113,61 @@ def _saved_tokenizer(name_or_path: str):
         return None
 
 
+def _current_names(settings: dict) -> dict:
+    """Recorded settings under their current names (a record written before a rename holds the old ones)."""
+    return {DEPRECATED_SETTINGS.get(k, k): v for k, v in settings.items()}
+
+
 def _record_changes(saved: dict, now: dict) -> list[str]:
     """The differences between two run records, as ``name: saved → now`` phrases."""
-    then = dict(saved.get("settings", {}))
-    if then.get("teacher_topk_logprobs") and "teacher_topk_mode" not in then:
+    then = _current_names(saved.get("settings", {}))
+    if then.get("teacher_topk_columns") and "teacher_topk_mode" not in then:
         then["teacher_topk_mode"] = "renormalised"  # recorded before the setting existed: the only mode then
-    changes = [f"{k}={then.get(k)!r} then, {v!r} now" for k, v in now["settings"].items() if k in then and then[k] != v]
+    current = _current_names(now["settings"]).items()
+    changes = [f"{k}={then.get(k)!r} then, {v!r} now" for k, v in current if k in then and then[k] != v]
     for part in ("teacher", "tokenizer"):
         if saved.get(part) != now[part]:
             changes.append(f"another {part} (fingerprint {saved.get(part)} then, {now[part]} now)")
     return changes
+
+
+class Scored(NamedTuple):
+    """One completion set as one model scored it (what `FDistillMixin._score` returns per set)."""
+
+    values: torch.Tensor | TeacherTopK  # (B, C, V) logits; (B, C, H) LM-head inputs when fused; or a top-k teacher
+    labels: torch.Tensor  # (B, C) the completion tokens, IGNORE_INDEX at padding
+
+
+@dataclass
+class SkipTally:
+    """``on_nonfinite='skip'``: micro-batches dropped and training micro-batches, in all and since the last log."""
+
+    skipped: int = 0
+    trained: int = 0
+    window_skipped: int = 0
+    window_trained: int = 0
+
+    def count(self, training: bool) -> None:
+        """One more micro-batch (counted when training)."""
+        self.window_trained += training
+        self.trained += training
+
+    def skip(self) -> None:
+        """The micro-batch just counted was dropped."""
+        self.skipped += 1
+        self.window_skipped += 1
+
+    def log(self, logs: dict[str, float]) -> None:
+        """Add ``nonfinite_skipped`` to ``logs`` and average its losses over the kept micro-batches (the dropped ones
+        added 0); a new window starts."""
+        logs["nonfinite_skipped"] = self.skipped  # cumulative count of dropped micro-batches
+        if "loss" in logs and self.window_skipped:
+            kept = self.window_trained - self.window_skipped
+            logs["loss"] = logs["loss"] * self.window_trained / kept if kept else float("nan")
+        self.window_trained = self.window_skipped = 0
+        if "train_loss" in logs and self.skipped:  # the run's mean, likewise over kept micro-batches
+            kept = self.trained - self.skipped
+            logs["train_loss"] = logs["train_loss"] * self.trained / kept if kept else float("nan")
 
 
 class StepSamples:
@@ -161,7 +209,7 @@ class FDistillMixin:
     Arguments (besides the Trainer's):
         teacher_model: a model, or a Hub name / local path loaded with the student's
             architecture class. Kept frozen, in eval mode, on the student's device. None
-            with ``teacher_server`` (a teacher served by vLLM) or ``teacher_topk_logprobs``.
+            with ``teacher_server`` (a teacher served by vLLM) or ``teacher_topk_columns``.
         teacher_tokenizer: the teacher's tokenizer, checked to be the student's (``processing_class``);
             by default loaded from ``teacher_model`` when that is a name or path.
         distill_args: the settings when ``args`` is not a ``DistillArguments``.
@@ -181,16 +229,16 @@ class FDistillMixin:
         train_args = kwargs.get("args", args[1] if len(args) > 1 else None)
         settings = distill_args if distill_args is not None else train_args
         if not isinstance(settings, DistillArguments):
-            raise ValueError(
+            raise InputError(
                 "no distillation settings: pass args=FDistillConfig(...) or distill_args=DistillArguments(...)."
             )
         self.distill_args: DistillArguments = settings
         model = kwargs.get("model", args[0] if args else None)
         if model is None:
-            raise ValueError("pass the student as model=.")
+            raise InputError("pass the student as model=.")
         tokenizer = kwargs.get("processing_class")
         if tokenizer is None:
-            raise ValueError("pass the student's tokenizer as processing_class= (it builds the batches).")
+            raise InputError("pass the student's tokenizer as processing_class= (it builds the batches).")
         is_enc_dec = bool(_base_model(model).config.is_encoder_decoder)
         if kwargs.get("data_collator") is None:
             kwargs["data_collator"] = DistillCollator(
@@ -202,7 +250,7 @@ class FDistillMixin:
                 max_prompt_length=settings.max_prompt_length,
                 max_target_length=settings.max_target_length,
                 use_chat_template=settings.use_chat_template,
-                topk_columns=TOPK_COLUMNS if settings.teacher_topk_logprobs else None,
+                topk_columns=TOPK_COLUMNS if settings.teacher_source.kind == "columns" else None,
                 vocab_size=_vocab_size(model),
             )
         self._check_datasets(settings, kwargs.get("train_dataset"), kwargs.get("eval_dataset"), kwargs["data_collator"])
@@ -215,8 +263,9 @@ class FDistillMixin:
         self.is_encoder_decoder = is_enc_dec
         # Vocabulary entries both models are compared on when their LM heads differ by padding (None: all rows).
         self.shared_vocab_size: int | None = None
-        self.teacher = self._prepare_teacher(teacher_model, teacher_tokenizer) if settings.needs_teacher else None
-        self.teacher_server = self._connect_teacher_server(teacher_model) if settings.teacher_server else None
+        source = settings.teacher_source  # where the teacher's numbers come from, resolved once by the settings
+        self.teacher = self._prepare_teacher(teacher_model, teacher_tokenizer) if source.kind == "model" else None
+        self.teacher_server = self._connect_teacher_server(teacher_model) if source.kind == "server" else None
         # Losses are divided by the global item count of the optimizer step (see StepSamples.counts),
         # so the Trainer must not divide again by the accumulation steps.
         self.loss_is_scaled_for_ga = True
@@ -235,8 +284,7 @@ class FDistillMixin:
             )
         self._heads_checked = False
         self._record: dict | None = None  # see _run_record
-        # on_nonfinite='skip': micro-batches dropped in all; training micro-batches in all; both since the last log
-        self._nonfinite_skipped, self._train_micro, self._window_micro, self._window_skipped = 0, 0, 0, 0
+        self._skips = SkipTally()  # on_nonfinite='skip': what was dropped, for the logs
 
     # ------------------------------------------------------------------ setup and validation
 
@@ -253,7 +301,7 @@ class FDistillMixin:
     def _check_datasets(cls, settings, train_dataset, eval_dataset, collator) -> None:
         """Fail before any work on: missing columns, empty datasets, all-empty targets."""
         needed = [settings.prompt_column, *cls._completion_columns(settings).values()]
-        if settings.teacher_topk_logprobs:
+        if settings.teacher_source.kind == "columns":
             needed += list(TOPK_COLUMNS)
         named = [("train", train_dataset)]
         if isinstance(eval_dataset, dict):  # several eval sets, as the Trainer allows
@@ -272,12 +320,12 @@ class FDistillMixin:
                         hint = " Draw offline teacher samples first (`fdistill sample`) or set teacher_sample_column."
                     elif set(TOPK_COLUMNS) & set(missing):
                         hint = " Draw teacher samples with `fdistill sample --topk-logprobs K` to store them."
-                    raise ValueError(
+                    raise InputError(
                         f"the {split} dataset lacks column(s) {missing} needed by objective {settings.objective!r}; "
                         f"it has {names}.{hint}"
                     )
             if len(dataset) == 0:
-                raise ValueError(f"the {split} dataset is empty; give it at least one example.")
+                raise InputError(f"the {split} dataset is empty; give it at least one example.")
             if names is not None:  # every prompt, whatever the objective reads besides (None, blank, numbers refused)
                 check_prompts(dataset[settings.prompt_column], settings.prompt_column)
             completions = cls._completion_columns(settings)
@@ -286,7 +334,7 @@ class FDistillMixin:
                 batch = collator(probe)
                 for name in completions:
                     if not batch[f"{name}_mask"].any():
-                        raise ValueError(
+                        raise InputError(
                             f"every {name} target in the first {len(probe)} {split} examples is empty, so all labels "
                             f"would be masked; check column {completions[name]!r}."
                         )
@@ -294,7 +342,7 @@ class FDistillMixin:
     def _prepare_teacher(self, teacher: PreTrainedModel | str | None, teacher_tokenizer=None) -> nn.Module:
         a = self.distill_args
         if teacher is None:
-            raise ValueError(f"objective {a.objective!r} needs a teacher: pass teacher_model= (a model or a path).")
+            raise InputError(f"objective {a.objective!r} needs a teacher: pass teacher_model= (a model or a path).")
         student = _base_model(self.model)
         dtype = (
             resolve_dtype(a.teacher_dtype)
@@ -307,7 +355,7 @@ class FDistillMixin:
             auto = AutoModelForSeq2SeqLM if student.config.is_encoder_decoder else AutoModelForCausalLM
             teacher = auto.from_pretrained(teacher, dtype=dtype)
         if bool(teacher.config.is_encoder_decoder) != bool(student.config.is_encoder_decoder):
-            raise ValueError("teacher and student must both be encoder–decoders or both decoder-only.")
+            raise InputError("teacher and student must both be encoder–decoders or both decoder-only.")
         rows = (_vocab_size(student), _vocab_size(teacher))
         shared = shared_vocab_size(*rows, self.processing_class, teacher_tokenizer)
         if shared < max(rows):
@@ -329,9 +377,9 @@ class FDistillMixin:
         from fdistill.lm.served import connect
 
         if teacher_model is not None:
-            raise ValueError("teacher_server serves the teacher: pass no teacher_model (or unset teacher_server).")
+            raise InputError("teacher_server serves the teacher: pass no teacher_model (or unset teacher_server).")
         if self.is_encoder_decoder:
-            raise ValueError(
+            raise InputError(
                 "teacher_server scores decoder-only teachers (a vLLM prompt is one token sequence); distil an "
                 "encoder–decoder with teacher_model= instead."
             )
@@ -376,7 +424,7 @@ class FDistillMixin:
                 k: v
                 for k, v in dataclasses.asdict(self.distill_args).items()
                 if k in {f.name for f in dataclasses.fields(DistillArguments)}
-                and k not in _SPEED_SETTINGS + SECRET_SETTINGS
+                and k not in (*_SPEED_SETTINGS, *SECRET_SETTINGS, *DEPRECATED_SETTINGS)
             }
             prints = (
                 model_fingerprint(self.teacher, self.processing_class)
@@ -555,10 +603,10 @@ class FDistillMixin:
         names: list[str],
         hidden: bool = False,
         fused: bool = False,
-    ):
+    ) -> tuple[dict[str, Scored], Any]:
         """One forward of ``model`` over the completion sets ``names`` (concatenated along the batch).
 
-        Returns per-name ``(logits (B, C, V), labels (B, C))`` slices and the model outputs;
+        Returns per-name :class:`Scored` slices ``(logits (B, C, V), labels (B, C))`` and the model outputs;
         with ``fused`` the LM-head inputs ``(B, C, H)`` stand in for the logits, which are never computed.
         """
         pad = self.processing_class.pad_token_id
@@ -574,18 +622,20 @@ class FDistillMixin:
             if self.shared_vocab_size is not None:  # heads padded to different sizes: the tokenizer's tokens only
                 logits = logits[..., : self.shared_vocab_size]
         b = inputs["prompt_ids"].shape[0]
-        return {n: (logits[i * b : (i + 1) * b], labels[i * b : (i + 1) * b]) for i, n in enumerate(names)}, outputs
+        return {
+            n: Scored(logits[i * b : (i + 1) * b], labels[i * b : (i + 1) * b]) for i, n in enumerate(names)
+        }, outputs
 
     def _use_fused(self, model: nn.Module, inputs: dict[str, torch.Tensor], name: str) -> bool:
         """Whether this objective runs through the fused divergence; checks both heads once, on one example."""
         a = self.distill_args
-        if not self.objective.fusable or a.fused_divergence is False or a.teacher_topk_logprobs or a.teacher_server:
+        if not self.objective.fusable or a.fused_divergence is False or a.teacher_source.is_topk:
             return False
         if a.fused_divergence is None and self.args.device.type != "cuda":
             return False
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:  # sharded LM heads are not whole on any process
             if a.fused_divergence:
-                raise ValueError(
+                raise InputError(
                     "fused_divergence=True needs each process to hold the whole LM head; it is not "
                     "supported with FSDP or DeepSpeed. Leave fused_divergence unset or False."
                 )
@@ -619,11 +669,14 @@ class FDistillMixin:
         if self.teacher is not None:
             with torch.no_grad():
                 teacher, t_out = self._score(self.teacher, inputs, names, hidden=hidden, fused=fused)
-        elif a.teacher_topk_logprobs or self.teacher_server is not None:  # its top k stand in for its forward
-            teacher = {n: (top, student[n][1]) for n, top in self.teacher_topk(inputs, names).items()}
+        elif a.teacher_source.is_topk:  # its top k stand in for its forward
+            teacher = {n: Scored(top, student[n].labels) for n, top in self.score_topk(inputs, names).items()}
         sets = {
             n: ScoredSet(
-                student[n][0], teacher[n][0] if n in teacher else None, student[n][1], self._count(n, inputs, training)
+                student=student[n].values,
+                teacher=teacher[n].values if n in teacher else None,
+                labels=student[n].labels,
+                count=self._count(n, inputs, training),
             )
             for n in names
         }
@@ -633,10 +686,15 @@ class FDistillMixin:
             if self.shared_vocab_size is not None:  # heads padded to different sizes: the tokenizer's tokens only
                 heads = tuple(h.first_rows(self.shared_vocab_size) for h in heads)
         return ScoredBatch(
-            sets, a.loss_reduction, heads, (s_out, t_out), _base_model(model).config, self.is_encoder_decoder
+            sets=sets,
+            reduction=a.loss_reduction,
+            heads=heads,
+            outputs=(s_out, t_out),
+            student_config=_base_model(model).config,
+            is_encoder_decoder=self.is_encoder_decoder,
         )
 
-    def teacher_topk(self, inputs: dict[str, torch.Tensor], names: list[str]) -> dict[str, TeacherTopK]:
+    def score_topk(self, inputs: dict[str, torch.Tensor], names: list[str]) -> dict[str, TeacherTopK]:
         """The teacher's top-k log-probabilities at every scored position of the completion sets ``names``.
 
         Offline teacher samples carry them (``fdistill sample --topk-logprobs K``); no other set does, so any other
@@ -650,20 +708,31 @@ class FDistillMixin:
         if others:
             raise InputError(
                 f"the teacher's top-k log-probabilities are stored for the offline teacher samples only, not for the "
-                f"{', '.join(_SET_NAMES[n] for n in others)}; set teacher_topk_logprobs=False and pass the teacher model."
+                f"{', '.join(_SET_NAMES[n] for n in others)}; set teacher_topk_columns=False and pass the teacher model."
             )
         return {"teacher": TeacherTopK(inputs["teacher_topk_ids"], inputs["teacher_topk_logprobs"])}
 
+    def teacher_topk(self, inputs: dict[str, torch.Tensor], names: list[str]) -> dict[str, TeacherTopK]:
+        """Deprecated name of :meth:`score_topk` (FutureWarning)."""
+        warnings.warn(
+            "FDistillMixin.teacher_topk is deprecated and will be removed in a future version of fdistill; use "
+            "score_topk instead.",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return self.score_topk(inputs, names)
+
     def served_teacher_topk(self, inputs: dict[str, torch.Tensor], names: list[str]) -> dict[str, TeacherTopK]:
-        """The served teacher's top ``teacher_topk`` (and the actual tokens' log-probabilities) on the sets
+        """The served teacher's top ``teacher_server_topk`` (and the actual tokens' log-probabilities) on the sets
         ``names``, in one round of requests. A server that stays away stops training here, before this step
         changes anything: the error names the step and the checkpoint to resume from."""
         from fdistill.lm.served import TeacherServerError
 
         sets = {n: (inputs[f"{n}_ids"], inputs[f"{n}_mask"]) for n in names}
+        k = self.distill_args.teacher_source.topk
         try:
             return self.teacher_server.score_sets(
-                inputs["prompt_ids"], inputs["prompt_mask"], sets, self.distill_args.teacher_topk, self.args.device
+                inputs["prompt_ids"], inputs["prompt_mask"], sets, k, self.args.device
             )
         except TeacherServerError as error:
             folder = latest_checkpoint(self.args.output_dir)
@@ -683,8 +752,7 @@ class FDistillMixin:
             self.teacher.eval()  # the Trainer only knows the student; never let the teacher train
         batch = self.score_batch(model, inputs, training)
         out = self.objective.loss(batch, self.distill_args)
-        self._window_micro += training
-        self._train_micro += training
+        self._skips.count(training)
         problem = self._nonfinite_problem(batch, out.loss)
         if problem is not None:
             out.loss = self._nonfinite(problem, model, training)
@@ -728,8 +796,7 @@ class FDistillMixin:
             )
         if not training:  # evaluation: the NaN stays visible in eval_loss
             return torch.tensor(float("nan"), device=self.args.device)
-        self._nonfinite_skipped += 1
-        self._window_skipped += 1
+        self._skips.skip()
         logger.warning("skipped a micro-batch at step %d: %s", self.state.global_step + 1, problem)
         return sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)  # zero gradient, DDP's graph whole
 
@@ -757,14 +824,7 @@ class FDistillMixin:
             del logs["train_loss"]
             logger.info("resumed a finished run (step %d): no training step ran.", self.state.global_step)
         if split == "train" and self.distill_args.on_nonfinite == "skip":
-            logs["nonfinite_skipped"] = self._nonfinite_skipped  # cumulative count of dropped micro-batches
-            if "loss" in logs and self._window_skipped:  # dropped micro-batches added 0: average over the others
-                kept = self._window_micro - self._window_skipped
-                logs["loss"] = logs["loss"] * self._window_micro / kept if kept else float("nan")
-            self._window_micro = self._window_skipped = 0
-            if "train_loss" in logs and self._nonfinite_skipped:  # the run's mean, likewise over kept micro-batches
-                kept = self._train_micro - self._nonfinite_skipped
-                logs["train_loss"] = logs["train_loss"] * self._train_micro / kept if kept else float("nan")
+            self._skips.log(logs)
         super().log(logs, start_time)
 
     # ------------------------------------------------------------------ model card
@@ -803,7 +863,7 @@ class FDistillMixin:
         )
         name = next((n for n in ("reference", "teacher") if f"{n}_ids" in inputs), None)
         if name is None:
-            raise ValueError("compute_metrics needs references: give the eval dataset a reference column.")
+            raise InputError("compute_metrics needs references: give the eval dataset a reference column.")
         labels = inputs[f"{name}_ids"].masked_fill(~inputs[f"{name}_mask"], IGNORE_INDEX)
         return loss.detach(), ids.masked_fill(~mask, IGNORE_INDEX), labels
 
