@@ -21,7 +21,6 @@ import math
 import os
 import sys
 import tempfile
-import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -144,18 +143,16 @@ def lm_runs(tmp: str) -> dict:
         show_progress=False,
     )
     runs["top3-samples"] = _clean(top3.to_list())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # a renamed setting's old name still works
-        for mode in ("tail", "renormalised"):
-            train(
-                f"llama-kl-top3-{mode}",
-                "llama",
-                None,
-                top3,
-                objective="kl",
-                teacher_topk_logprobs=True,
-                teacher_topk_mode=mode,
-            )
+    for mode in ("tail", "renormalised"):
+        train(
+            f"llama-kl-top3-{mode}",
+            "llama",
+            None,
+            top3,
+            objective="kl",
+            teacher_topk_columns=True,
+            teacher_topk_mode=mode,
+        )
     return runs
 
 
