@@ -90,9 +90,6 @@ class Distiller:
         """Train (or, with a loading ``job.stage``, load) the students of one seed: one `Sampler` a step count."""
         raise NotImplementedError
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r})"
-
 
 DISTILLERS: dict[str, Distiller] = {}
 
