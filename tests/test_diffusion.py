@@ -243,7 +243,7 @@ def _config(tmp_path, extra=()):
 
 def _no_training(monkeypatch):
     for name in ("train_teacher", "distill_kd", "distill_pd_round", "distill_vsd", "distill_guidance"):
-        monkeypatch.setattr(ex, name, lambda *a, **k: pytest.fail("a finished stage was trained again"))
+        monkeypatch.setattr(ex.methods, name, lambda *a, **k: pytest.fail("a finished stage was trained again"))
 
 
 def test_toy_experiment_every_method_end_to_end_then_resumes_without_training(tmp_path, monkeypatch):

@@ -45,17 +45,14 @@ def add_arguments(parser) -> None:
 
 
 def _check_sample_args(args, config) -> int:
+    """The ``--steps`` to sample with (a student's: one it was distilled for), after checking the arguments."""
+    from .experiment import DISTILLERS
+
     if args.model not in MODELS:
         raise invalid("--model", args.model, f"choose one of {list(MODELS)}.")
     if args.num < 1:
         raise invalid("--num", args.num, "give a whole number ≥ 1.")
-    allowed = {
-        "kd": [1],
-        "vsd": [1],
-        "dmd": [1],
-        "pd": config.pd_rounds(),
-        "guidance": [config.pd_start_steps, *config.pd_rounds()],
-    }.get(args.model)
+    allowed = DISTILLERS[args.model].step_counts(config) if args.model in DISTILLERS else None
     steps = args.steps if args.steps is not None else (allowed[-1] if allowed else max(config.eval_steps))
     if allowed and steps not in allowed:
         raise invalid("--steps", steps, f"the {args.model} student samples with {allowed} steps.")
@@ -65,29 +62,20 @@ def _check_sample_args(args, config) -> int:
 
 
 def run(args) -> None:
+    """Check the arguments, then run the sub-command (each resumes finished stages)."""
     import torch
 
     from fdistill.flows import checks
 
-    from .experiment import (
-        METHODS,
-        Problem,
-        Scorer,
-        distill,
-        evaluate_samplers,
-        get_pairs,
-        get_teacher,
-        load_experiment_config,
-        run_experiment,
-        run_sampler,
-    )
+    from .experiment import DISTILLERS, Problem, get_teacher, load_experiment_config, run_experiment
 
     config = load_experiment_config(args.recipe, args.overrides)
     command = args.diffusion_command
     if getattr(args, "seed", 0) < 0:
         raise invalid("--seed", args.seed, "give a whole number ≥ 0.")
-    if command == "distill" and args.method not in METHODS:
-        raise invalid("--method", args.method, f"choose one of {list(METHODS)}.")
+    if command == "distill" and args.method not in DISTILLERS:
+        raise invalid("--method", args.method, f"choose one of {list(DISTILLERS)}.")
+    steps = None
     if command == "sample":
         steps = _check_sample_args(args, config)
         checks.output_folder("--out", args.out)
@@ -99,47 +87,60 @@ def run(args) -> None:
     teacher, record = get_teacher(config, problem, train=command == "teacher")
     if command == "teacher":
         print(json.dumps({k: v for k, v in record.items() if k != "history"}))
-        return
-    if command == "distill":
-        pairs = get_pairs(config, problem, teacher) if args.method in ("kd", "dmd") else None
-        for s in distill(config, problem, teacher, args.method, args.seed, pairs):
-            print(
-                json.dumps(
-                    {
-                        "model": s["name"],
-                        "steps": s["steps"],
-                        **{k: v for k, v in s["record"].items() if k != "history"},
-                    }
-                )
-            )
-        return
-    if command == "evaluate":
-        students = []
-        for method in config.methods:
-            try:
-                students += distill(config, problem, teacher, method, args.seed, None, train=False)
-            except ValueError as err:
-                print(f"skipping {method}: {err}")
-        rows, _ = evaluate_samplers(config, problem, teacher, students, args.seed, Scorer(config, problem), log=None)
-        for row in rows:
-            print(json.dumps(row))
-        return
-    # sample
+    elif command == "distill":
+        _distill(args, config, problem, teacher)
+    elif command == "evaluate":
+        _evaluate(args, config, problem, teacher)
+    else:
+        _sample(args, config, problem, teacher, steps)
+
+
+def _distill(args, config, problem, teacher) -> None:
+    """Train (or resume) ``--method``'s students of ``--seed``; one JSON line a sampler."""
+    from .experiment import distill, get_pairs, needs_pairs
+
+    pairs = get_pairs(config, problem, teacher) if needs_pairs([args.method]) else None
+    for s in distill(config, problem, teacher, args.method, args.seed, pairs):
+        print(json.dumps({"model": s.name, "steps": s.steps, **{k: v for k, v in s.record.items() if k != "history"}}))
+
+
+def _evaluate(args, config, problem, teacher) -> None:
+    """Evaluate the teacher and every finished student of ``--seed``; one JSON line a row."""
+    from .experiment import Scorer, distill, evaluate_samplers
+
+    students = []
+    for method in config.methods:
+        try:
+            students += distill(config, problem, teacher, method, args.seed, None, train=False)
+        except ValueError as err:
+            print(f"skipping {method}: {err}")
+    rows, _ = evaluate_samplers(config, problem, teacher, students, args.seed, Scorer(config, problem), log=None)
+    for row in rows:
+        print(json.dumps(row))
+
+
+def _sample(args, config, problem, teacher, steps: int) -> None:
+    """``--num`` samples of ``--model`` at ``steps`` into ``--out`` (safetensors, JSON, a grid for digits)."""
+    import torch
+
+    from .experiment import distill, run_sampler
+
     generator = torch.Generator().manual_seed(50_000 + args.seed)
     noise = torch.randn((args.num, *problem.shape), generator=generator)
     labels = torch.arange(args.num) % problem.num_classes
     if config.student_classes == "unconditional" and args.model not in ("guided-teacher", "guidance"):
         labels = torch.full_like(labels, problem.num_classes)  # these samplers were distilled without a class
     if args.model in ("teacher", "guided-teacher"):
-        net, w, guided = (
-            teacher,
-            (config.guidance_weight if args.model == "guided-teacher" else None),
-            args.model == "guided-teacher",
-        )
+        guided = args.model == "guided-teacher"
+        net, w = teacher, (config.guidance_weight if guided else None)
     else:
-        found = {s["steps"]: s for s in distill(config, problem, teacher, args.model, args.seed, None, train=False)}
-        net, w, guided = found[steps]["net"], found[steps]["w"], False
+        found = {s.steps: s for s in distill(config, problem, teacher, args.model, args.seed, None, train=False)}
+        net, w, guided = found[steps].net, found[steps].w, False
     samples, seconds = run_sampler(problem, net, steps, noise, labels, w, guided)
+    _save_samples(args, config, steps, samples, labels, w, guided, seconds)
+
+
+def _save_samples(args, config, steps, samples, labels, w, guided, seconds) -> None:
     from safetensors.torch import save_file
 
     os.makedirs(args.out, exist_ok=True)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from fdistill.errors import InputError
+
 
 def _sum_per_sample(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(1).sum(1)
@@ -85,7 +87,7 @@ def pd_weight(alpha, sigma, kind: str = "truncated_snr"):
         return snr + 1.0
     if kind == "constant":
         return torch.ones_like(snr)
-    raise ValueError(f"unknown PD weighting {kind!r}; choose truncated_snr, snr_plus_one or constant")
+    raise InputError(f"unknown PD weighting {kind!r}; choose truncated_snr, snr_plus_one or constant")
 
 
 def pd_loss(student_x0, x_s, x_t_teacher, alpha_s, sigma_s, alpha_t, sigma_t, weight=None):

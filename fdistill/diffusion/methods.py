@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fdistill.errors import InputError
 from fdistill.runner import History, StepGuard
 
 from .ddim import ddim_step
@@ -150,7 +151,7 @@ def distill_pd_round(
     coarse = schedule.trailing_timesteps(student_steps) + [CLEAN]
     fine = schedule.trailing_timesteps(2 * student_steps) + [CLEAN]
     if fine[::2] != coarse:
-        raise ValueError(
+        raise InputError(
             f"the {student_steps}-step grid is not every other point of the {2 * student_steps}-step "
             "grid; choose num_train_timesteps divisible by the step counts"
         )
@@ -198,60 +199,69 @@ def distill_vsd(
     schedule, T, C = problem.schedule, problem.schedule.num_train_timesteps, teacher.num_classes
     gen, fake = copy.deepcopy(teacher).train(), copy.deepcopy(teacher).train()
     opt_gen = torch.optim.Adam(gen.parameters(), lr=budget.learning_rate)
-    opt_fake = torch.optim.Adam(fake.parameters(), lr=fake_learning_rate)
-    guard, fake_guard = StepGuard(name + " generator"), StepGuard(name + " fake score")
-    history, started = History(), time.perf_counter()
-    t_low, t_high = int(t_range[0] * T), int(t_range[1] * T)
-    shape = problem.shape
+    fake_step = _FakeScore(fake, fake_learning_rate, StepGuard(name + " fake score"), budget.max_grad_norm)
+    guard, history, started = StepGuard(name + " generator"), History(), time.perf_counter()
+    t_bounds = (int(t_range[0] * T), int(t_range[1] * T))
     for step in range(1, budget.steps + 1):
         batch = budget.batch_size
-        z = torch.randn((batch, *shape), generator=generator_rng)
+        z = torch.randn((batch, *problem.shape), generator=generator_rng)
         labels = torch.randint(0, C, (batch,), generator=generator_rng)
         if unconditional:  # the generator, the fake and the teacher all see "no class"
             labels = torch.full_like(labels, C)
         x0_gen = predict_x0(gen, schedule, z, _full(T - 1, batch), labels)
         for _ in range(fake_updates):  # 1. the fake score follows the generator (DSM on its samples)
-            t = torch.randint(t_low, t_high, (batch,), generator=generator_rng)
-            eps = torch.randn(z.shape, generator=generator_rng)
-            alpha, sigma = schedule.alpha_sigma(t, like=z)
-            x_t = alpha * x0_gen.detach() + sigma * eps
-            fake_loss = denoising_loss(fake(x_t, t, labels), x0_gen.detach(), eps, alpha, sigma)
-            fake_guard.step(opt_fake, fake_loss, fake.parameters(), budget.max_grad_norm)
-        t = torch.randint(t_low, t_high, (batch,), generator=generator_rng)  # 2. the generator step
-        alpha, sigma = schedule.alpha_sigma(t, like=z)
-        x_t = (alpha * x0_gen + sigma * torch.randn(z.shape, generator=generator_rng)).detach()
-        with torch.no_grad():
-            direction = dmd_direction(
-                predict_x0(fake, schedule, x_t, t, labels), predict_x0(teacher, schedule, x_t, t, labels), x0_gen
-            )
-        loss = vsd_generator_loss(x0_gen, direction)
-        regression = torch.zeros(())
-        if regression_weight > 0:
-            index = torch.randint(0, len(pairs["noise"]), (batch,), generator=generator_rng)
-            regression = kd_loss(
-                predict_x0(gen, schedule, pairs["noise"][index], _full(T - 1, batch), pairs["label"][index]),
-                pairs["target"][index],
-            )
-            loss = loss + regression_weight * regression
-        guard.step(opt_gen, loss, gen.parameters(), budget.max_grad_norm)
-        _progress(
-            history,
-            guard,
-            step,
-            budget.steps,
-            max(1, budget.steps // 10),
-            log,
-            name,
-            started,
-            generator_loss=loss,
-            fake_loss=fake_loss,
-            regression=regression,
+            fake_loss = fake_step(schedule, x0_gen, labels, t_bounds, generator_rng)
+        loss, regression = _generator_loss(  # 2. the generator step
+            gen, fake, teacher, schedule, x0_gen, labels, t_bounds, generator_rng, regression_weight, pairs
         )
+        guard.step(opt_gen, loss, gen.parameters(), budget.max_grad_norm)
+        every = max(1, budget.steps // 10)
+        values = {"generator_loss": loss, "fake_loss": fake_loss, "regression": regression}
+        _progress(history, guard, step, budget.steps, every, log, name, started, **values)
     return gen.eval(), {
         "history": history.rows,
         **guard.finish(),
-        **{f"fake_{k}": v for k, v in fake_guard.finish().items()},
+        **{f"fake_{k}": v for k, v in fake_step.guard.finish().items()},
     }
+
+
+class _FakeScore:
+    """VSD's fake score network and its optimiser: one denoising step on the generator's (detached) samples."""
+
+    def __init__(self, net, learning_rate: float, guard: StepGuard, max_grad_norm: float):
+        self.net, self.guard, self.max_grad_norm = net, guard, max_grad_norm
+        self.optimizer = torch.optim.Adam(net.parameters(), lr=learning_rate)
+
+    def __call__(self, schedule, x0_gen, labels, t_bounds, rng):
+        t = torch.randint(*t_bounds, (len(x0_gen),), generator=rng)
+        eps = torch.randn(x0_gen.shape, generator=rng)
+        alpha, sigma = schedule.alpha_sigma(t, like=x0_gen)
+        x_t = alpha * x0_gen.detach() + sigma * eps
+        loss = denoising_loss(self.net(x_t, t, labels), x0_gen.detach(), eps, alpha, sigma)
+        self.guard.step(self.optimizer, loss, self.net.parameters(), self.max_grad_norm)
+        return loss
+
+
+def _generator_loss(gen, fake, teacher, schedule, x0_gen, labels, t_bounds, rng, regression_weight, pairs):
+    """The generator's loss along DMD's direction (plus ``regression_weight`` × KD on the pairs) and the KD term."""
+    batch, T = len(x0_gen), schedule.num_train_timesteps
+    t = torch.randint(*t_bounds, (batch,), generator=rng)
+    alpha, sigma = schedule.alpha_sigma(t, like=x0_gen)
+    x_t = (alpha * x0_gen + sigma * torch.randn(x0_gen.shape, generator=rng)).detach()
+    with torch.no_grad():
+        direction = dmd_direction(
+            predict_x0(fake, schedule, x_t, t, labels), predict_x0(teacher, schedule, x_t, t, labels), x0_gen
+        )
+    loss = vsd_generator_loss(x0_gen, direction)
+    regression = torch.zeros(())
+    if regression_weight > 0:
+        index = torch.randint(0, len(pairs["noise"]), (batch,), generator=rng)
+        regression = kd_loss(
+            predict_x0(gen, schedule, pairs["noise"][index], _full(T - 1, batch), pairs["label"][index]),
+            pairs["target"][index],
+        )
+        loss = loss + regression_weight * regression
+    return loss, regression
 
 
 def distill_guidance(teacher, problem, budget: Budget, seed: int, w_max: float, log=print):

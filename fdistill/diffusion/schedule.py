@@ -27,6 +27,8 @@ import itertools
 import numpy as np
 import torch
 
+from fdistill.errors import InputError
+
 CLEAN = -1  # the time index of the data itself: α = 1, σ = 0
 
 
@@ -85,7 +87,7 @@ class NoiseSchedule:
     def trailing_timesteps(self, steps: int) -> list[int]:
         """The K-step trailing grid ``[t_0 = T−1 > t_1 > … > t_{K−1}]`` (the sampler then steps to `CLEAN`)."""
         if steps < 1 or steps > self.num_train_timesteps:
-            raise ValueError(f"steps={steps} must be between 1 and num_train_timesteps={self.num_train_timesteps}")
+            raise InputError(f"steps={steps} must be between 1 and num_train_timesteps={self.num_train_timesteps}")
         grid = np.round(np.arange(self.num_train_timesteps, 0, -self.num_train_timesteps / steps)).astype(int) - 1
         return [int(t) for t in grid]
 
