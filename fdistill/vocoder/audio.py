@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fdistill import checks
 from fdistill.errors import InputError, invalid
-from fdistill.flows import checks
 from fdistill.runner import StepGuard, run_stage
 from fdistill.torch_utils import seeded
 from fdistill.yaml_config import load_dataclass_config
