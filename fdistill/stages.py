@@ -2,8 +2,8 @@
 
 Saved stages (`save_stage`, `load_stage`) are safetensors + JSON: resuming never unpickles a file of an output
 folder (a crafted pickle could run code); the settings a stage was made with are compared before any tensor is
-loaded. Each file is written through `fdistill.storage.atomic_write`. The shared layer (`fdistill.runner`) and every
-wing import it from here.
+loaded. Each file is written through `fdistill.storage.atomic_write`. The shared runner (`fdistill.runner`) imports
+it from here; `fdistill.flows.checks` re-exports it under its old names.
 """
 
 from __future__ import annotations
