@@ -15,7 +15,7 @@ Three small pieces, each usable alone:
 - `run_stage(folder, name, settings, work)`: returns a finished stage from ``{folder}/{name}.safetensors/.json``
   when one exists with the same settings (another settings dict is an error, never a silent reuse), else runs
   ``work()`` and saves its tensors and record (and any extra JSON entries ``work`` returns, e.g. a long history).
-  Storage is `fdistill.flows.checks.save_stage`/`load_stage` (safetensors + JSON, pickles refused): one
+  Storage is `fdistill.stages.save_stage`/`load_stage` (safetensors + JSON, pickles refused): one
   definition, imported, not copied.
 
 Example:
@@ -37,8 +37,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fdistill.checks import number, output_folder, whole_number
 from fdistill.errors import NonFiniteError
-from fdistill.flows.checks import load_stage, number, output_folder, save_stage, whole_number
+from fdistill.stages import load_stage, save_stage
 
 __all__ = ["guarded_step", "StepGuard", "History", "StageResult", "run_stage", "json_number"]
 

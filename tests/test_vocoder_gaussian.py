@@ -426,7 +426,7 @@ def test_over_repeats_of_one_value_and_of_several():
 
 
 def test_bad_parameterisation_is_one_error_before_any_work(tmp_path, capsys, monkeypatch):
-    import fdistill.vocoder.gaussian as module
+    import fdistill.vocoder.gaussian.study as module
 
     def no_work(*args, **kwargs):
         raise AssertionError("work started before the settings were checked")

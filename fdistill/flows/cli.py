@@ -14,7 +14,7 @@ import dataclasses
 import json
 import os
 
-from fdistill.errors import invalid
+from fdistill.errors import InputError, invalid
 
 
 def add_arguments(parser) -> None:
@@ -74,7 +74,7 @@ def run(args) -> None:
         raise invalid("--seed", args.seed, "give a whole number ≥ 0.")
     if args.flows_command == "distill":
         if bool(args.method) == bool(args.weights):
-            raise ValueError("give exactly one of --method NAME or --weights nll=…,ilkd=…")
+            raise InputError("give exactly one of --method NAME or --weights nll=…,ilkd=…")
         if args.weights:  # a custom mix is named after its weights: different mixes never share a run folder
             weights = _parse_weights(args.weights)
             method = "custom-" + "-".join(f"{k}{v:g}" for k, v in weights.items())
@@ -82,16 +82,16 @@ def run(args) -> None:
         else:
             method = args.method
         if method not in config.method_weights:
-            raise ValueError(f"unknown method {method!r}; the recipe defines {sorted(config.method_weights)}")
+            raise InputError(f"unknown method {method!r}; the recipe defines {sorted(config.method_weights)}")
         teacher_dir = os.path.join(config.output_dir, f"teacher_seed{args.seed}")
         done = _load_done(teacher_dir, config.run_settings("teacher"))  # trained with these settings, or an error
         if not done:
-            raise ValueError(
+            raise InputError(
                 f"no trained teacher in {teacher_dir}; run `fdistill flows teacher {args.recipe} "
                 f"--seed {args.seed}` (with the same overrides) first"
             )
     if args.flows_command == "evaluate" and not os.path.exists(os.path.join(args.model, "flow.json")):
-        raise ValueError(f"{args.model} holds no saved flow (flow.json missing)")
+        raise InputError(f"{args.model} holds no saved flow (flow.json missing)")
     if args.flows_command == "experiment":
         run_experiment(config)
         return

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fdistill.errors import InputError
+
 from . import checks
 
 DIGIT_LEVELS = 17
@@ -95,7 +97,7 @@ def load_sklearn_tabular(name: str, split_seed: int = 0) -> FlowData:
     import sklearn.datasets as skd
 
     if name not in SKLEARN_TABULAR:
-        raise ValueError(f"unknown scikit-learn tabular set {name!r}; choose one of {SKLEARN_TABULAR}")
+        raise InputError(f"unknown scikit-learn tabular set {name!r}; choose one of {SKLEARN_TABULAR}")
     features = getattr(skd, f"load_{name}")().data.astype(np.float64)
     train, val, test = _split(len(features), (0.15, 0.15), split_seed)
     return _standardised(name, features[train], features[val], features[test], standardise=True)
@@ -109,13 +111,13 @@ def load_flow_data(name: str, data_root: str | None = None, split_seed: int = 0)
     """
     key = name.lower() if isinstance(name, str) else None
     if key not in FLOW_DATASETS:
-        raise ValueError(f"unknown data set {name!r}; choose one of {FLOW_DATASETS}")
+        raise InputError(f"unknown data set {name!r}; choose one of {FLOW_DATASETS}")
     if key == "digits":
         data = load_digits_data(split_seed)
     elif key in SKLEARN_TABULAR:
         data = load_sklearn_tabular(key, split_seed)
     elif not data_root:
-        raise ValueError(
+        raise InputError(
             f"data set {name!r} is read from local files: set data_root to the folder holding the "
             "MAF data archive (see fdistill.flows.paper_datasets)"
         )

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from fdistill.errors import invalid
+from fdistill.errors import InputError, invalid
 from fdistill.runner import run_stage
 from fdistill.torch_utils import seeded
 from fdistill.yaml_config import load_dataclass_config
@@ -95,16 +95,16 @@ class FlowExperimentConfig:
             raise invalid("method_weights", self.method_weights, "give a mapping {method: {nll: 0.9, ilkd: 0.1}}.")
         self.method_weights = {**DEFAULT_METHOD_WEIGHTS, **self.method_weights}  # a recipe adds or redefines methods
         if not isinstance(self.dataset, str) or self.dataset.lower() not in FLOW_DATASETS:
-            raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {FLOW_DATASETS}")
+            raise InputError(f"unknown dataset {self.dataset!r}; choose one of {FLOW_DATASETS}")
         if self.flow not in FLOW_CLASSES:
-            raise ValueError(f"unknown flow {self.flow!r}; choose one of {sorted(FLOW_CLASSES)}")
+            raise InputError(f"unknown flow {self.flow!r}; choose one of {sorted(FLOW_CLASSES)}")
         if not isinstance(self.methods, list) or not self.methods:
             raise invalid(
                 "methods", self.methods, f"give a non-empty list of names from {sorted(self.method_weights)}."
             )
         unknown = [m for m in self.methods if m not in self.method_weights]
         if unknown:
-            raise ValueError(
+            raise InputError(
                 f"methods {unknown} have no entry in method_weights (known: {sorted(self.method_weights)})"
             )
         checks.names("methods", self.methods, self.method_weights)  # no repeats
@@ -112,21 +112,21 @@ class FlowExperimentConfig:
             try:
                 LossWeights(**weights)
             except TypeError as err:
-                raise ValueError(f"method_weights[{method!r}] = {weights}: keys must be nll, lkd, ilkd, skd") from err
+                raise InputError(f"method_weights[{method!r}] = {weights}: keys must be nll, lkd, ilkd, skd") from err
         if self.distance not in DISTANCES:
-            raise ValueError(f"unknown distance {self.distance!r}; choose one of {DISTANCES}")
+            raise InputError(f"unknown distance {self.distance!r}; choose one of {DISTANCES}")
         if (
             not isinstance(self.seeds, list)
             or not self.seeds
             or not all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds)
         ):
-            raise ValueError(f"seeds={self.seeds!r} must be a non-empty list of ints, e.g. [0, 1, 2]")
+            raise InputError(f"seeds={self.seeds!r} must be a non-empty list of ints, e.g. [0, 1, 2]")
         checks.whole_numbers("seeds", self.seeds, low=0, example="[0, 1, 2]")
         if self.alignment not in ALIGNMENTS:
-            raise ValueError(f"unknown alignment {self.alignment!r}; choose one of {ALIGNMENTS}")
+            raise InputError(f"unknown alignment {self.alignment!r}; choose one of {ALIGNMENTS}")
         for name in ("teacher", "student"):
             if not isinstance(getattr(self, name), dict):
-                raise ValueError(f"{name} must be a mapping of constructor arguments, e.g. {{levels: 3, depth: 2}}")
+                raise InputError(f"{name} must be a mapping of constructor arguments, e.g. {{levels: 3, depth: 2}}")
             check_architecture(self.flow, getattr(self, name), role=name, from_data=True)
         integers = {
             "teacher_epochs": 1,
@@ -151,7 +151,7 @@ class FlowExperimentConfig:
             any(self.method_weights[m].get("skd", 0) for m in self.methods)
             and self.skd_warmup_epochs >= self.student_epochs
         ):
-            raise ValueError(
+            raise InputError(
                 f"skd_warmup_epochs={self.skd_warmup_epochs} ≥ student_epochs={self.student_epochs}: "
                 "SKD would never be applied; lower the warm-up"
             )
@@ -206,7 +206,7 @@ def _architecture(config: FlowExperimentConfig, data: FlowData, part: dict) -> d
             args["features"] = data.num_features
     else:
         if len(data.event_shape) != 1:
-            raise ValueError(f"{config.flow} models vectors; data set {data.name!r} has shape {data.event_shape}")
+            raise InputError(f"{config.flow} models vectors; data set {data.name!r} has shape {data.event_shape}")
         args["features"] = data.num_features
     return args
 
@@ -440,13 +440,13 @@ def preflight(config: FlowExperimentConfig, methods: list[str] | None = None) ->
     try:
         data = load_flow_data(config.dataset, config.data_root, config.split_seed)
     except FileNotFoundError as err:
-        raise ValueError(str(err)) from None
+        raise InputError(str(err)) from None
     flows = {}
     for role in ("teacher", "student"):
         try:
             flows[role] = build_flow(config.flow, **_architecture(config, data, getattr(config, role)))
         except TypeError as err:
-            raise ValueError(f"{role}={getattr(config, role)} does not fit flow={config.flow}: {err}") from None
+            raise InputError(f"{role}={getattr(config, role)} does not fit flow={config.flow}: {err}") from None
     for method in methods if methods is not None else config.methods:
         if LossWeights(**config.method_weights[method]).ilkd:
             align_paths(flows["student"].depths, flows["teacher"].depths, config.resolved_alignment())

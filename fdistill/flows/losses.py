@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fdistill.errors import invalid
+from fdistill.errors import InputError, invalid
 
 from .models import Flow, FlowOutput
 
@@ -32,13 +32,13 @@ DISTANCES = ("l1", "l2")
 def latent_distance(a: torch.Tensor, b: torch.Tensor, distance: str = "l1") -> torch.Tensor:
     """Mean per-element distance between two batches of latents: ``mean|a − b|`` (l1) or ``mean (a − b)²`` (l2)."""
     if a.shape != b.shape:
-        raise ValueError(f"latent shapes differ: {list(a.shape)} vs {list(b.shape)}; align matching levels only")
+        raise InputError(f"latent shapes differ: {list(a.shape)} vs {list(b.shape)}; align matching levels only")
     diff = a - b
     if distance == "l1":
         return diff.abs().mean()
     if distance == "l2":
         return diff.pow(2).mean()
-    raise ValueError(f"unknown distance {distance!r}; choose one of {DISTANCES}")
+    raise InputError(f"unknown distance {distance!r}; choose one of {DISTANCES}")
 
 
 def nll_loss(out: FlowOutput) -> torch.Tensor:
@@ -56,16 +56,16 @@ def align_paths(student_depths: list[int], teacher_depths: list[int], mode: str 
     teacher of 3× the blocks matches student block j to teacher block 3j.
     """
     if len(student_depths) != len(teacher_depths):
-        raise ValueError(
+        raise InputError(
             f"ILKD needs the same number of levels: student has {len(student_depths)}, teacher "
             f"{len(teacher_depths)}; build the student with levels={len(teacher_depths)}"
         )
     if mode not in ("levels", "uniform"):
-        raise ValueError(f"unknown alignment mode {mode!r}; choose 'levels' or 'uniform'")
+        raise InputError(f"unknown alignment mode {mode!r}; choose 'levels' or 'uniform'")
     pairs, s_offset, t_offset = [], 0, 0
     for ks, kt in zip(student_depths, teacher_depths):
         if ks > kt:
-            raise ValueError(
+            raise InputError(
                 f"the student has more steps ({ks}) than the teacher ({kt}) in a level; ILKD aligns a "
                 "shallower student to a deeper teacher"
             )
@@ -85,7 +85,7 @@ def ilkd_loss(
 ) -> torch.Tensor:
     """Intermediate latent knowledge distillation: mean distance over the aligned path pairs."""
     if not alignment:
-        raise ValueError("ILKD needs a non-empty alignment map (see align_paths)")
+        raise InputError("ILKD needs a non-empty alignment map (see align_paths)")
     terms = [latent_distance(student_out.path[i], teacher_out.path[j].detach(), distance) for i, j in alignment]
     return torch.stack(terms).mean()
 
@@ -126,7 +126,7 @@ class LossWeights:
                     problem="must be ≥ 0",
                 )
         if self.nll + self.lkd + self.ilkd + self.skd == 0:
-            raise ValueError("all loss weights are zero; set at least one of nll, lkd, ilkd, skd")
+            raise InputError("all loss weights are zero; set at least one of nll, lkd, ilkd, skd")
 
     @property
     def needs_teacher(self) -> bool:
@@ -148,7 +148,7 @@ def distillation_loss(
     Returns ``{"loss": L, "nll": ..., "lkd": ..., "ilkd": ..., "skd": ...}`` (absent terms omitted).
     """
     if weights.needs_teacher and teacher is None:
-        raise ValueError("LKD/ILKD/SKD weights are set but no teacher was given")
+        raise InputError("LKD/ILKD/SKD weights are set but no teacher was given")
     student_out = student(x)
     terms = {"nll": nll_loss(student_out)}
     if weights.lkd or weights.ilkd:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fdistill.errors import InputError
 from fdistill.torch_utils import seeded
 
 from .data import FlowData
@@ -52,7 +53,7 @@ class DigitsFeatureNet(nn.Module):
 def train_digits_feature_net(data: FlowData, epochs: int = 30, seed: int = 0) -> tuple[DigitsFeatureNet, float]:
     """Train the feature network on dequantised training digits in [0, 1]; returns it and its test accuracy."""
     if data.labels is None:
-        raise ValueError(f"the digits feature network needs labelled images; {data.name!r} has none")
+        raise InputError(f"the digits feature network needs labelled images; {data.name!r} has none")
     generator = torch.Generator().manual_seed(seed)
     with seeded(seed):  # the initial weights; the caller's RNG is left as it was
         net = DigitsFeatureNet()

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from fdistill.errors import invalid
+from fdistill.errors import InputError, invalid
 
 from . import checks
 from .transforms import ActNorm, AutoregressiveAffine, GaussianPrior, GlowStep, Reverse
@@ -90,7 +90,7 @@ class Flow(nn.Module):
 
     def forward(self, x: torch.Tensor) -> FlowOutput:
         if tuple(x.shape[1:]) != tuple(self.event_shape):
-            raise ValueError(
+            raise InputError(
                 f"{type(self).__name__} expects inputs of shape [B, {list(self.event_shape)}], got {list(x.shape)}"
             )
         u, logdet, path = self._transform(x)
@@ -130,10 +130,10 @@ class Glow(Flow):
         hidden: int = 64,
     ):
         if (image_shape is None) == (features is None):
-            raise ValueError("Glow needs exactly one of image_shape=(C, H, W) or features=D")
+            raise InputError("Glow needs exactly one of image_shape=(C, H, W) or features=D")
         depths = [depth] * levels if isinstance(depth, int) else list(depth)
         if len(depths) != levels or min(depths) < 1:
-            raise ValueError(f"depth must be a positive int or {levels} positive ints (one per level), got {depth}")
+            raise InputError(f"depth must be a positive int or {levels} positive ints (one per level), got {depth}")
         super().__init__(
             image_shape=list(image_shape) if image_shape else None,
             features=features,
@@ -145,7 +145,7 @@ class Glow(Flow):
         self.event_shape = tuple(image_shape) if self.image else (features,)
         self.depths = depths
         if self.image and (image_shape[1] % 2**levels or image_shape[2] % 2**levels):
-            raise ValueError(f"image size {image_shape[1:]} must be divisible by 2**levels = {2**levels}")
+            raise InputError(f"image size {image_shape[1:]} must be divisible by 2**levels = {2**levels}")
         shape = list(self.event_shape)
         self.levels = nn.ModuleList()
         self.split_priors = nn.ModuleList()

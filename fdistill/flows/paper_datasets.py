@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fdistill.errors import InputError
+
 from . import checks
 
 PAPER_DATASETS: tuple[str, ...] = ("power", "gas", "hepmass", "miniboone", "bsds300")
@@ -81,7 +83,7 @@ def load_paper_dataset(name: str, root: str | os.PathLike) -> Splits:
     """
     key = name.lower() if isinstance(name, str) else None
     if key not in PAPER_DATASETS:
-        raise ValueError(f"unknown MAF paper data set {name!r}; choose one of {', '.join(PAPER_DATASETS)}")
+        raise InputError(f"unknown MAF paper data set {name!r}; choose one of {', '.join(PAPER_DATASETS)}")
     root = Path(root)
     paths = [root / rel for rel in _FILES[key]]
     for path in paths:
@@ -106,7 +108,7 @@ def load_paper_dataset(name: str, root: str | os.PathLike) -> Splits:
     expected = PAPER_DATASET_DIMS[key]
     for split_name, array in zip(("train", "validate", "test"), splits):
         if array.ndim != 2 or array.shape[1] != expected:
-            raise ValueError(
+            raise InputError(
                 f"{key.upper()} {split_name} split has shape {array.shape} after preprocessing; expected {expected} "
                 f"columns. Are the files under {root} the unpacked MAF archive ({ARCHIVE})?"
             )
@@ -127,7 +129,7 @@ def _split_test_validate(data: np.ndarray, what: str) -> Splits:
     rest = data[: data.shape[0] - n_test]
     n_validate = int(0.1 * rest.shape[0])
     if n_validate == 0:
-        raise ValueError(f"{what} has only {data.shape[0]} rows, too few for the 10% test / 10% validation split")
+        raise InputError(f"{what} has only {data.shape[0]} rows, too few for the 10% test / 10% validation split")
     return rest[: rest.shape[0] - n_validate], rest[rest.shape[0] - n_validate :], data[data.shape[0] - n_test :]
 
 
@@ -142,7 +144,7 @@ def _power(path: Path) -> Splits:
     data = np.load(path)  # allow_pickle=False: a .npy holding objects is refused, never unpickled
     checks.finite_rows(f"POWER file {path}", data)
     if data.ndim != 2 or data.shape[1] != _POWER_RAW_COLUMNS:
-        raise ValueError(
+        raise InputError(
             f"POWER file {path} holds an array of shape {data.shape}; expected {_POWER_RAW_COLUMNS} "
             "columns (the MAF archive's power/data.npy)"
         )
@@ -167,12 +169,12 @@ def _gas(path: Path) -> Splits:
     try:
         data = pd.read_pickle(path)
     except Exception as exc:  # old pickles, wrong format: say which file failed
-        raise ValueError(f"could not read GAS file {path} as a pandas pickle ({type(exc).__name__}: {exc})") from exc
+        raise InputError(f"could not read GAS file {path} as a pandas pickle ({type(exc).__name__}: {exc})") from exc
     if not isinstance(data, pd.DataFrame):
-        raise ValueError(f"GAS file {path} holds a {type(data).__name__}; expected a pandas DataFrame")
+        raise InputError(f"GAS file {path} holds a {type(data).__name__}; expected a pandas DataFrame")
     missing = [c for c in _GAS_DROPPED if c not in data.columns]
     if missing:
-        raise ValueError(
+        raise InputError(
             f"GAS file {path} lacks the columns {missing}; expected a DataFrame with "
             f"{', '.join(_GAS_DROPPED)} and the sensor columns (the MAF archive's gas/ethylene_CO.pickle)"
         )
@@ -201,7 +203,7 @@ def _hepmass(train_path: Path, test_path: Path) -> Splits:
     test = test[test.iloc[:, 0] == 1].iloc[:, 1:]
     test = test.iloc[:, :-1]  # the published test file carries one extra trailing column
     if test.shape[1] != train.shape[1]:
-        raise ValueError(
+        raise InputError(
             f"HEPMASS test file {test_path} has {test.shape[1] + 2} columns and train file {train_path} "
             f"{train.shape[1] + 1}; expected the test file to have exactly one more (the MAF archive's "
             "hepmass/1000_test.csv)"
@@ -218,7 +220,7 @@ def _hepmass(train_path: Path, test_path: Path) -> Splits:
     train, test = train[:, keep], test[:, keep]
     n_validate = int(0.1 * train.shape[0])
     if n_validate == 0:
-        raise ValueError(
+        raise InputError(
             f"HEPMASS train file {train_path} has only {train.shape[0]} signal rows, too few for the "
             "10% validation split"
         )
@@ -229,7 +231,7 @@ def _miniboone(path: Path) -> Splits:
     data = np.load(path)
     checks.finite_rows(f"MINIBOONE file {path}", data)
     if data.ndim != 2:
-        raise ValueError(f"MINIBOONE file {path} holds an array of shape {data.shape}; expected a 2-D [N, 43] array")
+        raise InputError(f"MINIBOONE file {path} holds an array of shape {data.shape}; expected a 2-D [N, 43] array")
     return _normalise_with_train_validate(*_split_test_validate(data, f"MINIBOONE file {path}"))
 
 
@@ -237,7 +239,7 @@ def _bsds300(path: Path, h5py) -> Splits:
     with h5py.File(path, "r") as f:
         missing = [s for s in _BSDS300_SPLITS if s not in f]
         if missing:
-            raise ValueError(
+            raise InputError(
                 f"BSDS300 file {path} lacks the datasets {missing}; expected "
                 f"{', '.join(_BSDS300_SPLITS)} (the MAF archive's BSDS300/BSDS300.hdf5)"
             )

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fdistill.errors import InputError
+
 
 def _spatial_size(x: torch.Tensor) -> int:
     """Number of positions sharing one channel's parameters: H·W for images, 1 for vectors."""
@@ -136,7 +138,7 @@ class AffineCoupling(nn.Module):
     def __init__(self, channels: int, hidden: int, image: bool):
         super().__init__()
         if channels < 2:
-            raise ValueError(f"affine coupling needs at least 2 channels, got {channels}; squeeze the input first")
+            raise InputError(f"affine coupling needs at least 2 channels, got {channels}; squeeze the input first")
         self.split = channels // 2
         self.net = coupling_network(self.split, 2 * (channels - self.split), hidden, image)
 

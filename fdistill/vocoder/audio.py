@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fdistill import checks
 from fdistill.errors import InputError, invalid
-from fdistill.flows import checks
 from fdistill.runner import StepGuard, run_stage
 from fdistill.torch_utils import seeded
 from fdistill.yaml_config import load_dataclass_config
@@ -145,7 +145,7 @@ class AudioExperimentConfig:
             )
         checks.output_folder("output_dir", self.output_dir)
         if self.corpus == "espeak" and not espeak_available():
-            raise ValueError("corpus=espeak needs espeak-ng: `apt-get install espeak-ng` (or corpus=synthetic)")
+            raise InputError("corpus=espeak needs espeak-ng: `apt-get install espeak-ng` (or corpus=synthetic)")
 
     def evaluation_length(self) -> int:
         """Samples per held-out evaluation clip: ``eval_seconds`` rounded down to whole hops."""
@@ -218,7 +218,7 @@ def student_objective(
         return reverse_kl(z, log_std, x, t_mean, t_log_std) + config.power_weight * power_loss(x, real)
     if method == "clarinet":
         return clarinet_kl(mean, log_std, t_mean, t_log_std) + config.stft_weight * stft_magnitude_loss(x, real)
-    raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+    raise InputError(f"unknown method {method!r}; choose from {METHODS}")
 
 
 TEACHER_SETTINGS = (

@@ -57,7 +57,7 @@ def run_audio(args) -> None:
 
 
 def run_gaussian(args) -> None:
-    from fdistill.flows.checks import whole_number
+    from fdistill.checks import whole_number
 
     from .gaussian import run_gaussian_study, study_table
 
