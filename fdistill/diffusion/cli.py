@@ -65,7 +65,7 @@ def run(args) -> None:
     """Check the arguments, then run the sub-command (each resumes finished stages)."""
     import torch
 
-    from fdistill.flows import checks
+    import fdistill.checks as checks
 
     from .experiment import DISTILLERS, Problem, get_teacher, load_experiment_config, run_experiment
 

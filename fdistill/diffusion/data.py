@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fdistill.flows.checks import finite_rows
+from fdistill.checks import finite_rows
 
 
 @dataclass

@@ -16,9 +16,6 @@ The parts: `config` (the settings, checked), `distillers` (one registered `Disti
 here), where the distillers look them up when they run.
 """
 
-# fdistill.flows before fdistill.runner (imported by the training loops): runner imports fdistill.flows.checks.
-from fdistill.flows import checks as _checks  # noqa: F401
-
 from .. import methods
 from ..methods import (
     Budget,

@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import fdistill.checks as checks
 from fdistill.errors import invalid
-from fdistill.flows import checks
 
 from .distillers import DISTILLERS, METHODS
 

@@ -86,7 +86,7 @@ def _stage_net(problem, folder, name, settings, work, log):
     """
     holder = {}
     if work is None:
-        from fdistill.flows.checks import load_stage
+        from fdistill.stages import load_stage
 
         saved = load_stage(os.path.join(folder, name), settings)
         if saved is None:
