@@ -53,43 +53,16 @@ from torch import Tensor
 
 from fdistill.divergences import TeacherTopK
 from fdistill.errors import InputError
-from fdistill.lm.served.answers import (
-    ANSWER_TOLERANCE,
-    ServedSample,
-    ServedScores,
-    _read_prompt_logprobs,
-    _read_sample,
-    check_top,
-    read_choices,
-)
-from fdistill.lm.served.http import (
-    API_KEY_ENV,
-    DEFAULT_RETRIES,
-    DEFAULT_TIMEOUT,
-    HttpClient,
-    TeacherServerError,
-    Traffic,
-    parse_server_url,
-    redact_url,
-)
 
-__all__ = [
-    "ANSWER_TOLERANCE",
-    "API_KEY_ENV",
-    "DEFAULT_RETRIES",
-    "DEFAULT_TIMEOUT",
-    "PROBE_TEXT",
-    "ServedModel",
-    "ServedSample",
-    "ServedScores",
-    "TeacherServer",
-    "TeacherServerError",
-    "Traffic",
-    "check_top",
-    "connect",
-    "parse_server_url",
-    "redact_url",
-]
+# `X as X`: names of the transport and the answers still imported from here, their old home
+from fdistill.lm.served.answers import ANSWER_TOLERANCE as ANSWER_TOLERANCE
+from fdistill.lm.served.answers import ServedSample, ServedScores, _read_prompt_logprobs, _read_sample, read_choices
+from fdistill.lm.served.answers import check_top as check_top
+from fdistill.lm.served.http import API_KEY_ENV as API_KEY_ENV
+from fdistill.lm.served.http import DEFAULT_RETRIES, DEFAULT_TIMEOUT, HttpClient, TeacherServerError
+from fdistill.lm.served.http import Traffic as Traffic
+from fdistill.lm.served.http import parse_server_url as parse_server_url
+from fdistill.lm.served.http import redact_url as redact_url
 
 logger = logging.getLogger(__name__)
 
