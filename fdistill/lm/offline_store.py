@@ -47,10 +47,10 @@ _WORK_DIR = ".fdistill_work"
 
 @dataclass(frozen=True)
 class SampleRow:
-    """One teacher sample as :func:`sample_offline` stores it, beside its input's columns: which input and sample
-    it is, its token ids (EOS kept when the teacher stopped there) and text, whether the teacher stopped (EOS, not
-    the length limit) and, with ``topk_logprobs``, the teacher's top-k ids and log-probabilities at each position
-    (None, and no such columns, without)."""
+    """One teacher sample as :func:`~fdistill.lm.offline.sample_offline` stores it, beside its input's columns:
+    which input and sample it is, its token ids (EOS kept when the teacher stopped there) and text, whether the
+    teacher stopped (EOS, not the length limit) and, with ``topk_logprobs``, the teacher's top-k ids and
+    log-probabilities at each position (None, and no such columns, without)."""
 
     input_index: int
     sample_index: int
