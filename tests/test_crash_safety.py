@@ -543,7 +543,7 @@ def test_a_batch_file_with_a_duplicated_or_missing_row_is_drawn_again(tmp_path, 
     expected = _sample(data, tmp_path / "clean").to_dict()
     for edit in (lambda lines: lines + lines[:1], lambda lines: lines[1:]):
         out = tmp_path / f"o{id(edit)}"
-        import fdistill.lm.sampling as sampling
+        import fdistill.lm.offline as sampling
 
         with monkeypatch.context() as m:  # stop before the merge: the batches stay in the work folder
             m.setattr(sampling, "_merge", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))

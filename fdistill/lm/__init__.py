@@ -4,9 +4,11 @@
     objectives.py  the objective registry (kl, rkl, js, tvd, mle, seqkd, engine, predistill, yours)
     trainer.py     FDistillTrainer / FDistillMixin: forwards, one objective call, logging
     data.py        collators (encoder–decoder and decoder-only, prompt/completion masks), prompt checks
-    sampling.py    offline teacher sampling to a datasets dataset; online sampling (the one generate() call)
+    sampling.py    online sampling (the one generate() call), its clean generation config
+    offline.py     offline teacher sampling to a datasets dataset (sample_offline); its folder: offline_store.py
     student.py     students from teachers (layer copying), LoRA wrapping
-    loading.py     models and data from Hub names, folders, GGUF and data files; content fingerprints
+    loading.py     data from Hub names, folders and data files; content fingerprints (cached file digests)
+    model_loading.py  models and tokenizers from Hub names, folders and GGUF files (converted once, cached)
     hub.py         model cards and Hub upload
 
 The public names are importable from ``fdistill`` itself (``from fdistill import FDistillTrainer``).

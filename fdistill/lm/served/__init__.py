@@ -1,7 +1,9 @@
 """A teacher served by vLLM: its top-k log-probabilities and samples over HTTP, no teacher weights loaded.
 
-    client.py    TeacherServer, the HTTP client: requests, retries within one deadline, secrets kept out of
-                 messages (redact_url), every answer checked (check_top) and typed (ServedScores, ServedSample)
+    client.py    TeacherServer: what is served, the tokenizer check, scoring and sampling requests; connect
+    http.py      the transport: JSON requests retried within one deadline, redirects refused, secrets kept out
+                 of messages (redact_url, parse_server_url), Traffic, TeacherServerError
+    answers.py   every answer checked (check_top) and typed (ServedScores, ServedSample)
     sampling.py  offline teacher sampling through the server (sample_offline_served; `fdistill sample
                  --teacher-server URL`: sample_through_server with ServedSamplingOptions)
 

@@ -1,6 +1,6 @@
 """Offline teacher sampling through a teacher served by vLLM (``fdistill sample --teacher-server URL``).
 
-:func:`sample_offline_served` is :func:`fdistill.lm.sampling.sample_offline` with the teacher behind a
+:func:`sample_offline_served` is :func:`fdistill.lm.offline.sample_offline` with the teacher behind a
 :class:`~fdistill.lm.served.client.TeacherServer`: the same batches, files, resume and provenance, each sample
 drawn by the server with its own seed (:func:`sample_seed`). :func:`sample_through_server` is the `fdistill sample`
 command's step, its options typed (:class:`ServedSamplingOptions`).
@@ -13,7 +13,7 @@ import hashlib
 from dataclasses import dataclass, field
 
 from fdistill.errors import InputError
-from fdistill.lm.sampling import OfflineSamplingSettings, SampleRow, sample_offline_with
+from fdistill.lm.offline import OfflineSamplingSettings, SampleRow, sample_offline_with
 from fdistill.lm.served.client import DEFAULT_RETRIES, DEFAULT_TIMEOUT, TeacherServer
 
 
@@ -24,7 +24,7 @@ def sample_seed(seed: int, input_index: int, sample_index: int) -> int:
 
 
 class ServedSampler:
-    """What :func:`fdistill.lm.sampling.sample_offline` needs of a teacher, for one behind a server."""
+    """What :func:`fdistill.lm.offline.sample_offline` needs of a teacher, for one behind a server."""
 
     is_encoder_decoder = False
 
@@ -83,7 +83,7 @@ def sample_offline_served(
     *,
     show_progress: bool = True,
 ):
-    """:func:`fdistill.lm.sampling.sample_offline` with the teacher behind ``server``: same batches, files, resume
+    """:func:`fdistill.lm.offline.sample_offline` with the teacher behind ``server``: same batches, files, resume
     and provenance; the teacher is recorded as the served model (name, root, revision where reported, and the
     weights' fingerprint when the server's folder is on this machine), so a rerun against another served model
     is refused. Each sample is drawn with its own seed (:func:`sample_seed`)."""
