@@ -1,7 +1,9 @@
 """FDistillTrainer: f-DISTILL training with offline teacher samples and online student samples.
 
-The trainer orchestrates; the maths lives in :mod:`fdistill.divergences`. Each
-optimizer step:
+The trainer orchestrates; the maths lives in :mod:`fdistill.divergences`, the pieces it runs in their own modules:
+the online samples of a step in :mod:`fdistill.lm.rollouts`, the forwards and the teacher's top k in
+:mod:`fdistill.lm.scoring`, what a checkpoint was trained with in :mod:`fdistill.lm.run_record`, and the checks and
+the teacher before training in :mod:`fdistill.lm.trainer_setup`. Each optimizer step:
 
 1. at the start of the step, the student draws one sample per prompt for every
    micro-batch of the step (eval mode, KV cache — static on CUDA, where transformers
@@ -34,7 +36,7 @@ from collections import defaultdict
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel, Seq2SeqTrainer
+from transformers import PreTrainedModel, Seq2SeqTrainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from fdistill.divergences import IGNORE_INDEX, TeacherTopK, count_items
@@ -47,9 +49,8 @@ from fdistill.lm.checkpoints import (
     latest_checkpoint,
     verify_checkpoint,
 )
-from fdistill.lm.config import TOPK_COLUMNS, DistillArguments
-from fdistill.lm.data import DistillCollator, check_prompts
-from fdistill.lm.loading import resolve_dtype, shared_vocab_size
+from fdistill.lm.config import DistillArguments
+from fdistill.lm.data import DistillCollator
 from fdistill.lm.objectives import COMPLETION_SETS, ScoredBatch, student_sample_metrics
 from fdistill.lm.rollouts import Sampler, StepSamples
 from fdistill.lm.run_record import CHECKPOINT_WRITE_FIX, commit_checkpoint, run_record
@@ -67,38 +68,18 @@ from fdistill.lm.scoring import (
     served_topk,
     stored_topk,
 )
+from fdistill.lm.trainer_setup import (
+    check_datasets,
+    completion_columns,
+    default_collator,
+    load_teacher,
+    shard_frozen,
+    vocab_size,
+)
 from fdistill.storage import owned_folder, read_json, writing
 from fdistill.torch_utils import base_model as _base_model
 
 logger = logging.getLogger(__name__)
-
-
-def _vocab_size(model: nn.Module) -> int:
-    return _base_model(model).get_output_embeddings().weight.shape[0]
-
-
-def _shard_frozen(accelerator, model: nn.Module) -> nn.Module:
-    """``model`` sharded with FSDP2 as accelerate shards the student (``fully_shard`` on each decoder layer, the
-    embeddings and head, then the root), so each of N processes holds 1/N of its weights and all-gathers a layer
-    only for its forward. ``prepare_model(evaluation_mode=True)`` would leave it whole on every process."""
-    from accelerate.utils.fsdp_utils import fsdp2_prepare_model
-
-    plugin = accelerator.state.fsdp_plugin
-    # fsdp2_prepare_model fixes the plugin's wrap policy to the layer classes of the model it is given; restore it
-    # so that the student, prepared later by the Trainer, gets its own (it may be of another family)
-    kept = plugin.auto_wrap_policy, plugin.transformer_cls_names_to_wrap
-    try:
-        return fsdp2_prepare_model(accelerator, model)
-    finally:
-        plugin.auto_wrap_policy, plugin.transformer_cls_names_to_wrap = kept
-
-
-def _saved_tokenizer(name_or_path: str):
-    """The tokenizer saved with a teacher name or path, or None when it has none (then only the heads are checked)."""
-    try:
-        return AutoTokenizer.from_pretrained(name_or_path)
-    except (OSError, ValueError):
-        return None
 
 
 class FDistillMixin:
@@ -143,20 +124,9 @@ class FDistillMixin:
             raise InputError("pass the student's tokenizer as processing_class= (it builds the batches).")
         is_enc_dec = bool(_base_model(model).config.is_encoder_decoder)
         if kwargs.get("data_collator") is None:
-            kwargs["data_collator"] = DistillCollator(
-                tokenizer,
-                is_encoder_decoder=is_enc_dec,
-                prompt_column=settings.prompt_column,
-                completions=self._completion_columns(settings),
-                optional_completions={"reference": settings.reference_column},  # for compute_metrics when present
-                max_prompt_length=settings.max_prompt_length,
-                max_target_length=settings.max_target_length,
-                use_chat_template=settings.use_chat_template,
-                topk_columns=TOPK_COLUMNS if settings.teacher_source.kind == "columns" else None,
-                vocab_size=_vocab_size(model),
-            )
-        self._check_datasets(settings, kwargs.get("train_dataset"), kwargs.get("eval_dataset"), kwargs["data_collator"])
-        settings.check_batch_memory(_vocab_size(model), train_args)  # batch sizes past any memory: refused now
+            kwargs["data_collator"] = default_collator(tokenizer, settings, is_enc_dec, model)
+        check_datasets(settings, kwargs.get("train_dataset"), kwargs.get("eval_dataset"), kwargs["data_collator"])
+        settings.check_batch_memory(vocab_size(model), train_args)  # batch sizes past any memory: refused now
         if getattr(train_args, "push_to_hub", False):  # before the Trainer creates the Hub repo: one InputError
             from fdistill.lm.hub import check_hub_push, hub_repo_id
 
@@ -188,84 +158,18 @@ class FDistillMixin:
 
     # ------------------------------------------------------------------ setup and validation
 
-    @staticmethod
-    def _completion_columns(settings: DistillArguments) -> dict[str, str]:
-        columns = {}
-        if settings.needs_reference:
-            columns["reference"] = settings.reference_column
-        if settings.reads_teacher_samples:
-            columns["teacher"] = settings.teacher_sample_column
-        return columns
-
-    @classmethod
-    def _check_datasets(cls, settings, train_dataset, eval_dataset, collator) -> None:
-        """Fail before any work on: missing columns, empty datasets, all-empty targets."""
-        needed = [settings.prompt_column, *cls._completion_columns(settings).values()]
-        if settings.teacher_source.kind == "columns":
-            needed += list(TOPK_COLUMNS)
-        named = [("train", train_dataset)]
-        if isinstance(eval_dataset, dict):  # several eval sets, as the Trainer allows
-            named += [(f"eval[{k}]", v) for k, v in eval_dataset.items()]
-        else:
-            named.append(("eval", eval_dataset))
-        for split, dataset in named:
-            if dataset is None:
-                continue
-            names = getattr(dataset, "column_names", None)
-            if names is not None:
-                missing = [c for c in needed if c not in names]
-                if missing:
-                    hint = ""
-                    if settings.teacher_sample_column in missing:
-                        hint = " Draw offline teacher samples first (`fdistill sample`) or set teacher_sample_column."
-                    elif set(TOPK_COLUMNS) & set(missing):
-                        hint = " Draw teacher samples with `fdistill sample --topk-logprobs K` to store them."
-                    raise InputError(
-                        f"the {split} dataset lacks column(s) {missing} needed by objective {settings.objective!r}; "
-                        f"it has {names}.{hint}"
-                    )
-            if len(dataset) == 0:
-                raise InputError(f"the {split} dataset is empty; give it at least one example.")
-            if names is not None:  # every prompt, whatever the objective reads besides (None, blank, numbers refused)
-                check_prompts(dataset[settings.prompt_column], settings.prompt_column)
-            completions = cls._completion_columns(settings)
-            if completions:
-                probe = [dataset[i] for i in range(min(len(dataset), 256))]
-                batch = collator(probe)
-                for name in completions:
-                    if not batch[f"{name}_mask"].any():
-                        raise InputError(
-                            f"every {name} target in the first {len(probe)} {split} examples is empty, so all labels "
-                            f"would be masked; check column {completions[name]!r}."
-                        )
-
     def _prepare_teacher(self, teacher: PreTrainedModel | str | None, teacher_tokenizer=None) -> nn.Module:
-        a = self.distill_args
-        if teacher is None:
-            raise InputError(f"objective {a.objective!r} needs a teacher: pass teacher_model= (a model or a path).")
-        student = _base_model(self.model)
-        dtype = (
-            resolve_dtype(a.teacher_dtype)
-            if a.teacher_dtype not in (None, "auto")
-            else next(student.parameters()).dtype
+        """The teacher (:func:`fdistill.lm.trainer_setup.load_teacher`), on the student's device or sharded as the
+        student is; heads padded to different sizes set ``shared_vocab_size`` (and the collator's id limit)."""
+        teacher, dtype, shared = load_teacher(
+            teacher, teacher_tokenizer, self.model, self.distill_args, self.processing_class
         )
-        if isinstance(teacher, str):
-            if teacher_tokenizer is None:
-                teacher_tokenizer = _saved_tokenizer(teacher)
-            auto = AutoModelForSeq2SeqLM if student.config.is_encoder_decoder else AutoModelForCausalLM
-            teacher = auto.from_pretrained(teacher, dtype=dtype)
-        if bool(teacher.config.is_encoder_decoder) != bool(student.config.is_encoder_decoder):
-            raise InputError("teacher and student must both be encoder–decoders or both decoder-only.")
-        rows = (_vocab_size(student), _vocab_size(teacher))
-        shared = shared_vocab_size(*rows, self.processing_class, teacher_tokenizer)
-        if shared < max(rows):
+        if shared < max(vocab_size(self.model), vocab_size(teacher)):
             self.shared_vocab_size = shared
             if isinstance(self.data_collator, DistillCollator):  # ids past the shared vocabulary are refused by row
                 self.data_collator.vocab_size = min(self.data_collator.vocab_size or shared, shared)
-        teacher.requires_grad_(False)
-        teacher.eval()
         if self.accelerator.is_fsdp2:
-            teacher = _shard_frozen(self.accelerator, teacher.to(dtype=dtype))
+            teacher = shard_frozen(self.accelerator, teacher.to(dtype=dtype))
         elif self.is_deepspeed_enabled or self.is_fsdp_enabled:
             teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
         else:
@@ -283,7 +187,7 @@ class FDistillMixin:
                 "teacher_server scores decoder-only teachers (a vLLM prompt is one token sequence); distil an "
                 "encoder–decoder with teacher_model= instead."
             )
-        return connect(self.distill_args, self.processing_class, vocab_size=_vocab_size(self.model))
+        return connect(self.distill_args, self.processing_class, vocab_size=vocab_size(self.model))
 
     def _student_generation_config(self):
         """How the student draws its online samples (:func:`fdistill.lm.rollouts.student_generation_config`)."""
@@ -294,7 +198,7 @@ class FDistillMixin:
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
             a = self.distill_args
-            self._signature_columns = list({a.prompt_column, a.reference_column, *self._completion_columns(a).values()})
+            self._signature_columns = list({a.prompt_column, a.reference_column, *completion_columns(a).values()})
 
     # ------------------------------------------------------------------ checkpoints: what they were trained with
 
