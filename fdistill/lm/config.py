@@ -315,16 +315,9 @@ class DistillArguments:
     __str__ = __repr__
 
     def check_batch_memory(self, vocab_size: int, training_args=None) -> None:
-        """Refuse per-device batch sizes whose student logits at the length limit exceed all the memory here.
-
-        The rule: ``batch × length × vocab_size × 4`` bytes — the float32 student logits of one batch of the longest
-        completion set the objective scores (``length``: max_target_length for references and offline teacher
-        samples, max_new_tokens for samples drawn in training); the teacher's logits, the gradients and the
-        activations come on top — must fit in the machine's RAM plus all its GPUs' memory
-        (`fdistill.checks.batch_fits`). The batch sizes are ``training_args``' (default: these settings', as in
-        `FDistillConfig`). Called by the trainer once the model's vocabulary is known, before training. The fused
-        path (``fused_divergence``: set, or unset on CUDA) never materialises those logits, so it has no such bound.
-        """
+        """Refuse per-device batch sizes (``training_args``', by default these settings') whose float32 student
+        logits at the length limit exceed all the memory here (:func:`fdistill.lm.config_checks.check_batch_memory`).
+        Called by the trainer once the model's vocabulary is known, before training."""
         check_batch_memory(self, vocab_size, training_args)
 
     @property
