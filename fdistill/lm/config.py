@@ -365,7 +365,7 @@ def _deprecated_alias(old: str, new: str) -> property:
             stacklevel=3,
         )
         setattr(self, new, value)
-        self.__dict__.setdefault("_given_as", {})[new] = old  # named in refusals of the value (`_refuse`)
+        self.__dict__.setdefault("_given_as", {})[new] = old  # named in refusals of the value (config_checks.refuse)
 
     return property(get, set_, doc=f"Deprecated name of `{new}`.")
 

@@ -66,6 +66,11 @@ def teacher_generation_config(
     )
 
 
+def greedy_config(model: nn.Module, tokenizer, max_new_tokens: int, vocab_size: int | None) -> GenerationConfig:
+    """Greedy decoding, ``max_new_tokens`` long: the student's replies in evaluation (``predict_with_generate``)."""
+    return sampling_config(model, tokenizer, max_new_tokens=max_new_tokens, do_sample=False, vocab_size=vocab_size)
+
+
 def sample_locally(
     model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, config: GenerationConfig, who: str, step: int
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -55,7 +55,7 @@ from fdistill.lm.objectives import COMPLETION_SETS, ScoredBatch, student_sample_
 from fdistill.lm.rollouts import Sampler, StepSamples
 from fdistill.lm.run_record import CHECKPOINT_WRITE_FIX, commit_checkpoint, run_record
 from fdistill.lm.run_record import record_changes as _record_changes
-from fdistill.lm.sampling import sample_completions, sampling_config
+from fdistill.lm.sampling import sample_completions
 from fdistill.lm.scoring import (
     Scored,
     SkipTally,
@@ -506,12 +506,8 @@ class FDistillMixin:
             or not getattr(self.args, "predict_with_generate", False)
         ):
             return loss.detach(), None, None
-        greedy = sampling_config(
-            self.model,
-            self.processing_class,
-            max_new_tokens=self.distill_args.max_new_tokens,
-            do_sample=False,
-            vocab_size=self.shared_vocab_size,
+        greedy = rollouts.greedy_config(
+            self.model, self.processing_class, self.distill_args.max_new_tokens, self.shared_vocab_size
         )
         ids, mask = sample_completions(
             self.accelerator.unwrap_model(model), inputs["prompt_ids"], inputs["prompt_mask"], greedy
