@@ -24,6 +24,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from fdistill.errors import InputError
+
 __all__ = ["LAYER_LISTS", "pick_layers", "create_student_from_teacher", "wrap_with_lora", "merge_lora"]
 
 # Where each family keeps its layers: model_type -> {stack: (module name, config field with the layer count)}.
@@ -64,7 +66,7 @@ def pick_layers(n_teacher: int, n_student: int) -> list[int]:
         [0, 10, 19, 29]
     """
     if not 1 <= n_student <= n_teacher:
-        raise ValueError(
+        raise InputError(
             f"cannot pick {n_student} student layers out of {n_teacher} teacher layers; "
             f"choose a number of student layers between 1 and {n_teacher}"
         )
@@ -117,36 +119,61 @@ def create_student_from_teacher(
         (3, {'decoder': [0, 6, 11]})
     """
     stacks = _find_stacks(teacher)  # {stack: (module name, config field, ModuleList)}
-    if teacher.config.is_encoder_decoder:
-        if layers is not None or num_layers is not None:
-            raise ValueError(
-                f"{type(teacher).__name__} is an encoder-decoder: `layers=` / `num_layers=` are for decoder-only "
-                "models; pass encoder_layers= / num_encoder_layers= and decoder_layers= / num_decoder_layers="
-            )
-        requests = {
-            "encoder": ("encoder_layers", encoder_layers, "num_encoder_layers", num_encoder_layers),
-            "decoder": ("decoder_layers", decoder_layers, "num_decoder_layers", num_decoder_layers),
-        }
-        if all(x is None for x in (encoder_layers, decoder_layers, num_encoder_layers, num_decoder_layers)):
-            raise ValueError(
-                "no layers chosen: pass encoder_layers= / num_encoder_layers= and/or "
-                "decoder_layers= / num_decoder_layers="
-            )
-    else:
-        if any(x is not None for x in (encoder_layers, decoder_layers, num_encoder_layers, num_decoder_layers)):
-            raise ValueError(
-                f"{type(teacher).__name__} is decoder-only: the encoder_*/decoder_* arguments are for "
-                "encoder-decoders; pass layers= or num_layers="
-            )
-        if layers is None and num_layers is None:
-            raise ValueError("no layers chosen: pass layers=[...] (teacher layer indices) or num_layers=N")
-        requests = {"decoder": ("layers", layers, "num_layers", num_layers)}
-
+    requests = _layer_requests(
+        teacher, layers, num_layers, encoder_layers, decoder_layers, num_encoder_layers, num_decoder_layers
+    )
     chosen = {}  # stack -> teacher layer indices, in student order
     for stack, (_, _, modules) in stacks.items():
         arg, indices, num_arg, num = requests[stack]
         chosen[stack] = _resolve_layers(len(modules), indices, num, arg, num_arg)
 
+    student = type(teacher)(_student_config(teacher, stacks, chosen))
+    student.to(device=teacher.device, dtype=teacher.dtype)
+    student.load_state_dict(_student_state_dict(teacher, student, stacks, chosen), strict=True)
+    if getattr(teacher, "generation_config", None) is not None:
+        student.generation_config = copy.deepcopy(teacher.generation_config)
+    return student.train(teacher.training)
+
+
+def _layer_requests(
+    teacher: PreTrainedModel,
+    layers: Sequence[int] | None,
+    num_layers: int | None,
+    encoder_layers: Sequence[int] | None,
+    decoder_layers: Sequence[int] | None,
+    num_encoder_layers: int | None,
+    num_decoder_layers: int | None,
+) -> dict[str, tuple[str, Sequence[int] | None, str, int | None]]:
+    """The layers asked for, per stack: ``{stack: (indices argument, indices, count argument, count)}``; arguments
+    of the other kind of model, or no choice at all, are refused."""
+    if teacher.config.is_encoder_decoder:
+        if layers is not None or num_layers is not None:
+            raise InputError(
+                f"{type(teacher).__name__} is an encoder-decoder: `layers=` / `num_layers=` are for decoder-only "
+                "models; pass encoder_layers= / num_encoder_layers= and decoder_layers= / num_decoder_layers="
+            )
+        if all(x is None for x in (encoder_layers, decoder_layers, num_encoder_layers, num_decoder_layers)):
+            raise InputError(
+                "no layers chosen: pass encoder_layers= / num_encoder_layers= and/or "
+                "decoder_layers= / num_decoder_layers="
+            )
+        return {
+            "encoder": ("encoder_layers", encoder_layers, "num_encoder_layers", num_encoder_layers),
+            "decoder": ("decoder_layers", decoder_layers, "num_decoder_layers", num_decoder_layers),
+        }
+    if any(x is not None for x in (encoder_layers, decoder_layers, num_encoder_layers, num_decoder_layers)):
+        raise InputError(
+            f"{type(teacher).__name__} is decoder-only: the encoder_*/decoder_* arguments are for "
+            "encoder-decoders; pass layers= or num_layers="
+        )
+    if layers is None and num_layers is None:
+        raise InputError("no layers chosen: pass layers=[...] (teacher layer indices) or num_layers=N")
+    return {"decoder": ("layers", layers, "num_layers", num_layers)}
+
+
+def _student_config(teacher: PreTrainedModel, stacks: dict, chosen: dict[str, list[int]]):
+    """The teacher's config with the student's layer counts, its per-layer lists sliced to the chosen layers, and
+    the choice recorded as ``fdistill_teacher_layers``."""
     config = copy.deepcopy(teacher.config)
     for stack, (_, field, _) in stacks.items():
         setattr(config, field, len(chosen[stack]))
@@ -157,13 +184,7 @@ def create_student_from_teacher(
             if isinstance(value, (list, tuple)) and len(value) == n_teacher:
                 setattr(config, field, [value[i] for i in chosen["decoder"]])
     config.fdistill_teacher_layers = {stack: list(chosen[stack]) for stack in stacks}
-
-    student = type(teacher)(config)
-    student.to(device=teacher.device, dtype=teacher.dtype)
-    student.load_state_dict(_student_state_dict(teacher, student, stacks, chosen), strict=True)
-    if getattr(teacher, "generation_config", None) is not None:
-        student.generation_config = copy.deepcopy(teacher.generation_config)
-    return student.train(teacher.training)
+    return config
 
 
 def wrap_with_lora(
@@ -222,7 +243,7 @@ def merge_lora(model) -> PreTrainedModel:
         >>> plain.save_pretrained("student")  # doctest: +SKIP
     """
     if not hasattr(model, "merge_and_unload"):
-        raise ValueError(f"merge_lora needs a peft model (from wrap_with_lora), got {type(model).__name__}")
+        raise InputError(f"merge_lora needs a peft model (from wrap_with_lora), got {type(model).__name__}")
     return model.merge_and_unload()
 
 
@@ -232,22 +253,22 @@ def merge_lora(model) -> PreTrainedModel:
 def _resolve_layers(n_teacher: int, layers: Sequence[int] | None, num: int | None, arg: str, num_arg: str) -> list[int]:
     """The teacher indices to keep in one stack, from either an explicit list or a count (default: all)."""
     if layers is not None and num is not None:
-        raise ValueError(f"pass either {arg}= or {num_arg}=, not both (got {arg}={list(layers)}, {num_arg}={num})")
+        raise InputError(f"pass either {arg}= or {num_arg}=, not both (got {arg}={list(layers)}, {num_arg}={num})")
     if num is not None:
         return pick_layers(n_teacher, num)
     if layers is None:
         return list(range(n_teacher))
     layers = [int(i) for i in layers]
     if not layers:
-        raise ValueError(f"{arg}= is empty; keep at least one of the teacher's {n_teacher} layers")
+        raise InputError(f"{arg}= is empty; keep at least one of the teacher's {n_teacher} layers")
     bad = [i for i in layers if not 0 <= i < n_teacher]
     if bad:
-        raise ValueError(
+        raise InputError(
             f"{arg}={layers} has indices {bad} out of range: the teacher has {n_teacher} layers, "
             f"use indices 0..{n_teacher - 1}"
         )
     if any(a >= b for a, b in zip(layers, layers[1:])):
-        raise ValueError(f"{arg}={layers} must be strictly increasing (each teacher layer at most once, in order)")
+        raise InputError(f"{arg}={layers} must be strictly increasing (each teacher layer at most once, in order)")
     return layers
 
 
@@ -279,7 +300,7 @@ def _find_stacks(model: PreTrainedModel) -> dict[str, tuple[str, str, nn.ModuleL
         names = [n for n in top if len(modules[n]) == count]
         if len(names) == 1:
             return {"decoder": (names[0], "num_hidden_layers", modules[names[0]])}
-    raise ValueError(
+    raise InputError(
         f"cannot find the layer stack(s) of {type(model).__name__} (model_type={config.model_type!r}); "
         "add an entry for it to fdistill.lm.student.LAYER_LISTS: "
         "{stack: (ModuleList name, config field with its layer count)}"

@@ -1,7 +1,9 @@
 """FDistillTrainer: f-DISTILL training with offline teacher samples and online student samples.
 
-The trainer orchestrates; the maths lives in :mod:`fdistill.divergences`. Each
-optimizer step:
+The trainer orchestrates; the maths lives in :mod:`fdistill.divergences`, the pieces it runs in their own modules:
+the online samples of a step in :mod:`fdistill.lm.rollouts`, the forwards and the teacher's top k in
+:mod:`fdistill.lm.scoring`, what a checkpoint was trained with in :mod:`fdistill.lm.run_record`, and the checks and
+the teacher before training in :mod:`fdistill.lm.trainer_setup`. Each optimizer step:
 
 1. at the start of the step, the student draws one sample per prompt for every
    micro-batch of the step (eval mode, KV cache — static on CUDA, where transformers
@@ -26,31 +28,20 @@ pre-distillation) and §7; Shleifer & Rush 2020 (pre-distillation).
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import os
 import shutil
 import warnings
 from collections import defaultdict
-from dataclasses import dataclass
-from typing import Any, NamedTuple
 
 import torch
 from torch import nn
-from transformers import (
-    AutoModelForCausalLM,
-    AutoModelForSeq2SeqLM,
-    AutoTokenizer,
-    GenerationConfig,
-    PreTrainedModel,
-    Seq2SeqTrainer,
-)
+from transformers import PreTrainedModel, Seq2SeqTrainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from fdistill.divergences import IGNORE_INDEX, TeacherTopK, count_items, nonfinite_positions
-from fdistill.errors import InputError, NonFiniteError, nonfinite_cause, nonfinite_sampling
-from fdistill.kernels import capture_head_inputs, check_head, output_head
+from fdistill.divergences import IGNORE_INDEX, TeacherTopK, count_items
+from fdistill.errors import InputError, NonFiniteError
+from fdistill.lm import rollouts
 from fdistill.lm.checkpoints import (
     RUN_RECORD,
     claim_fresh_output_dir,
@@ -58,145 +49,37 @@ from fdistill.lm.checkpoints import (
     latest_checkpoint,
     verify_checkpoint,
 )
-from fdistill.lm.config import DEPRECATED_SETTINGS, SECRET_SETTINGS, TOPK_COLUMNS, DistillArguments
-from fdistill.lm.data import DistillCollator, cat_completions, check_prompts, score_completions, scoring_inputs
-from fdistill.lm.loading import resolve_dtype, shared_vocab_size
-from fdistill.lm.objectives import COMPLETION_SETS, ScoredBatch, ScoredSet, student_sample_metrics
-from fdistill.lm.sampling import sample_completions, sampling_config
-from fdistill.storage import atomic_write, owned_folder, read_json, write_manifest, writing
+from fdistill.lm.config import DistillArguments
+from fdistill.lm.data import DistillCollator
+from fdistill.lm.objectives import COMPLETION_SETS, ScoredBatch, student_sample_metrics
+from fdistill.lm.rollouts import Sampler, StepSamples
+from fdistill.lm.run_record import CHECKPOINT_WRITE_FIX, commit_checkpoint, run_record
+from fdistill.lm.run_record import record_changes as _record_changes
+from fdistill.lm.sampling import sample_completions
+from fdistill.lm.scoring import (
+    Scored,
+    SkipTally,
+    check_heads,
+    fused_heads,
+    fused_wanted,
+    nonfinite_problem,
+    score_sets,
+    scored_batch,
+    served_topk,
+    stored_topk,
+)
+from fdistill.lm.trainer_setup import (
+    check_datasets,
+    completion_columns,
+    default_collator,
+    load_teacher,
+    shard_frozen,
+    vocab_size,
+)
+from fdistill.storage import owned_folder, read_json, writing
 from fdistill.torch_utils import base_model as _base_model
 
 logger = logging.getLogger(__name__)
-_SET_NAMES = {"reference": "references", "teacher": "teacher samples", "student": "student samples"}
-# Settings that change speed or failure handling, not the objective: a resumed run may change them.
-_SPEED_SETTINGS = (
-    "fused_divergence",
-    "fused_chunk_size",
-    "student_generation_cache",
-    "teacher_dtype",
-    "on_nonfinite",
-    # a served teacher may move to another address or be asked differently; what it serves is checked instead
-    "teacher_server",
-    "teacher_server_timeout",
-    "teacher_server_retries",
-    "teacher_server_batch_size",
-    "teacher_server_concurrency",
-    "overwrite_output_dir",  # where the run writes, not what it computes
-)
-
-
-def _vocab_size(model: nn.Module) -> int:
-    return _base_model(model).get_output_embeddings().weight.shape[0]
-
-
-def _shard_frozen(accelerator, model: nn.Module) -> nn.Module:
-    """``model`` sharded with FSDP2 as accelerate shards the student (``fully_shard`` on each decoder layer, the
-    embeddings and head, then the root), so each of N processes holds 1/N of its weights and all-gathers a layer
-    only for its forward. ``prepare_model(evaluation_mode=True)`` would leave it whole on every process."""
-    from accelerate.utils.fsdp_utils import fsdp2_prepare_model
-
-    plugin = accelerator.state.fsdp_plugin
-    # fsdp2_prepare_model fixes the plugin's wrap policy to the layer classes of the model it is given; restore it
-    # so that the student, prepared later by the Trainer, gets its own (it may be of another family)
-    kept = plugin.auto_wrap_policy, plugin.transformer_cls_names_to_wrap
-    try:
-        return fsdp2_prepare_model(accelerator, model)
-    finally:
-        plugin.auto_wrap_policy, plugin.transformer_cls_names_to_wrap = kept
-
-
-def _saved_tokenizer(name_or_path: str):
-    """The tokenizer saved with a teacher name or path, or None when it has none (then only the heads are checked)."""
-    try:
-        return AutoTokenizer.from_pretrained(name_or_path)
-    except (OSError, ValueError):
-        return None
-
-
-def _current_names(settings: dict) -> dict:
-    """Recorded settings under their current names (a record written before a rename holds the old ones)."""
-    return {DEPRECATED_SETTINGS.get(k, k): v for k, v in settings.items()}
-
-
-def _record_changes(saved: dict, now: dict) -> list[str]:
-    """The differences between two run records, as ``name: saved → now`` phrases."""
-    then = _current_names(saved.get("settings", {}))
-    if then.get("teacher_topk_columns") and "teacher_topk_mode" not in then:
-        then["teacher_topk_mode"] = "renormalised"  # recorded before the setting existed: the only mode then
-    current = _current_names(now["settings"]).items()
-    changes = [f"{k}={then.get(k)!r} then, {v!r} now" for k, v in current if k in then and then[k] != v]
-    for part in ("teacher", "tokenizer"):
-        if saved.get(part) != now[part]:
-            changes.append(f"another {part} (fingerprint {saved.get(part)} then, {now[part]} now)")
-    return changes
-
-
-class Scored(NamedTuple):
-    """One completion set as one model scored it (what `FDistillMixin._score` returns per set)."""
-
-    values: torch.Tensor | TeacherTopK  # (B, C, V) logits; (B, C, H) LM-head inputs when fused; or a top-k teacher
-    labels: torch.Tensor  # (B, C) the completion tokens, IGNORE_INDEX at padding
-
-
-@dataclass
-class SkipTally:
-    """``on_nonfinite='skip'``: micro-batches dropped and training micro-batches, in all and since the last log."""
-
-    skipped: int = 0
-    trained: int = 0
-    window_skipped: int = 0
-    window_trained: int = 0
-
-    def count(self, training: bool) -> None:
-        """One more micro-batch (counted when training)."""
-        self.window_trained += training
-        self.trained += training
-
-    def skip(self) -> None:
-        """The micro-batch just counted was dropped."""
-        self.skipped += 1
-        self.window_skipped += 1
-
-    def log(self, logs: dict[str, float]) -> None:
-        """Add ``nonfinite_skipped`` to ``logs`` and average its losses over the kept micro-batches (the dropped ones
-        added 0); a new window starts."""
-        logs["nonfinite_skipped"] = self.skipped  # cumulative count of dropped micro-batches
-        if "loss" in logs and self.window_skipped:
-            kept = self.window_trained - self.window_skipped
-            logs["loss"] = logs["loss"] * self.window_trained / kept if kept else float("nan")
-        self.window_trained = self.window_skipped = 0
-        if "train_loss" in logs and self.skipped:  # the run's mean, likewise over kept micro-batches
-            kept = self.trained - self.skipped
-            logs["train_loss"] = logs["train_loss"] * self.trained / kept if kept else float("nan")
-
-
-class StepSamples:
-    """The online samples of one optimizer step, drawn at its first loss call for all its micro-batches.
-
-    ``start(batches)`` (from ``get_batch_samples``) resets it; ``next(draw)`` draws every micro-batch's
-    samples and the global counts on the first call (``draw(batches) -> (samples, counts)``), then hands
-    out one micro-batch's samples per call.
-    """
-
-    def __init__(self):
-        self.batches: list[dict] | None = None
-        self.samples: list[dict] | None = None
-        self.counts: dict[str, torch.Tensor] | None = None
-        self.index = 0
-
-    def start(self, batches: list[dict]) -> None:
-        self.batches, self.samples, self.counts, self.index = batches, None, None, 0
-
-    @property
-    def pending(self) -> bool:
-        return self.batches is not None and self.index < len(self.batches)
-
-    def next(self, draw) -> dict:
-        if self.samples is None:
-            self.samples, self.counts = draw(self.batches)
-        drawn = self.samples[self.index]
-        self.index += 1
-        return drawn
 
 
 class FDistillMixin:
@@ -241,20 +124,9 @@ class FDistillMixin:
             raise InputError("pass the student's tokenizer as processing_class= (it builds the batches).")
         is_enc_dec = bool(_base_model(model).config.is_encoder_decoder)
         if kwargs.get("data_collator") is None:
-            kwargs["data_collator"] = DistillCollator(
-                tokenizer,
-                is_encoder_decoder=is_enc_dec,
-                prompt_column=settings.prompt_column,
-                completions=self._completion_columns(settings),
-                optional_completions={"reference": settings.reference_column},  # for compute_metrics when present
-                max_prompt_length=settings.max_prompt_length,
-                max_target_length=settings.max_target_length,
-                use_chat_template=settings.use_chat_template,
-                topk_columns=TOPK_COLUMNS if settings.teacher_source.kind == "columns" else None,
-                vocab_size=_vocab_size(model),
-            )
-        self._check_datasets(settings, kwargs.get("train_dataset"), kwargs.get("eval_dataset"), kwargs["data_collator"])
-        settings.check_batch_memory(_vocab_size(model), train_args)  # batch sizes past any memory: refused now
+            kwargs["data_collator"] = default_collator(tokenizer, settings, is_enc_dec, model)
+        check_datasets(settings, kwargs.get("train_dataset"), kwargs.get("eval_dataset"), kwargs["data_collator"])
+        settings.check_batch_memory(vocab_size(model), train_args)  # batch sizes past any memory: refused now
         if getattr(train_args, "push_to_hub", False):  # before the Trainer creates the Hub repo: one InputError
             from fdistill.lm.hub import check_hub_push, hub_repo_id
 
@@ -273,99 +145,31 @@ class FDistillMixin:
         self._step = StepSamples()  # the online samples of the current optimizer step
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self.student_generation_config = self._student_generation_config()
-        self.teacher_generation_config = None
-        if settings.needs_teacher_samples and not settings.reads_teacher_samples:
-            self.teacher_generation_config = sampling_config(
-                self.teacher,
-                self.processing_class,
-                max_new_tokens=settings.max_new_tokens,
-                cache_implementation=self.student_generation_config.cache_implementation,
-                vocab_size=self.shared_vocab_size,
-            )
+        self.teacher_generation_config = rollouts.teacher_generation_config(
+            self.teacher,
+            self.processing_class,
+            settings,
+            cache=self.student_generation_config.cache_implementation,
+            vocab_size=self.shared_vocab_size,
+        )
         self._heads_checked = False
         self._record: dict | None = None  # see _run_record
         self._skips = SkipTally()  # on_nonfinite='skip': what was dropped, for the logs
 
     # ------------------------------------------------------------------ setup and validation
 
-    @staticmethod
-    def _completion_columns(settings: DistillArguments) -> dict[str, str]:
-        columns = {}
-        if settings.needs_reference:
-            columns["reference"] = settings.reference_column
-        if settings.reads_teacher_samples:
-            columns["teacher"] = settings.teacher_sample_column
-        return columns
-
-    @classmethod
-    def _check_datasets(cls, settings, train_dataset, eval_dataset, collator) -> None:
-        """Fail before any work on: missing columns, empty datasets, all-empty targets."""
-        needed = [settings.prompt_column, *cls._completion_columns(settings).values()]
-        if settings.teacher_source.kind == "columns":
-            needed += list(TOPK_COLUMNS)
-        named = [("train", train_dataset)]
-        if isinstance(eval_dataset, dict):  # several eval sets, as the Trainer allows
-            named += [(f"eval[{k}]", v) for k, v in eval_dataset.items()]
-        else:
-            named.append(("eval", eval_dataset))
-        for split, dataset in named:
-            if dataset is None:
-                continue
-            names = getattr(dataset, "column_names", None)
-            if names is not None:
-                missing = [c for c in needed if c not in names]
-                if missing:
-                    hint = ""
-                    if settings.teacher_sample_column in missing:
-                        hint = " Draw offline teacher samples first (`fdistill sample`) or set teacher_sample_column."
-                    elif set(TOPK_COLUMNS) & set(missing):
-                        hint = " Draw teacher samples with `fdistill sample --topk-logprobs K` to store them."
-                    raise InputError(
-                        f"the {split} dataset lacks column(s) {missing} needed by objective {settings.objective!r}; "
-                        f"it has {names}.{hint}"
-                    )
-            if len(dataset) == 0:
-                raise InputError(f"the {split} dataset is empty; give it at least one example.")
-            if names is not None:  # every prompt, whatever the objective reads besides (None, blank, numbers refused)
-                check_prompts(dataset[settings.prompt_column], settings.prompt_column)
-            completions = cls._completion_columns(settings)
-            if completions:
-                probe = [dataset[i] for i in range(min(len(dataset), 256))]
-                batch = collator(probe)
-                for name in completions:
-                    if not batch[f"{name}_mask"].any():
-                        raise InputError(
-                            f"every {name} target in the first {len(probe)} {split} examples is empty, so all labels "
-                            f"would be masked; check column {completions[name]!r}."
-                        )
-
     def _prepare_teacher(self, teacher: PreTrainedModel | str | None, teacher_tokenizer=None) -> nn.Module:
-        a = self.distill_args
-        if teacher is None:
-            raise InputError(f"objective {a.objective!r} needs a teacher: pass teacher_model= (a model or a path).")
-        student = _base_model(self.model)
-        dtype = (
-            resolve_dtype(a.teacher_dtype)
-            if a.teacher_dtype not in (None, "auto")
-            else next(student.parameters()).dtype
+        """The teacher (:func:`fdistill.lm.trainer_setup.load_teacher`), on the student's device or sharded as the
+        student is; heads padded to different sizes set ``shared_vocab_size`` (and the collator's id limit)."""
+        teacher, dtype, shared = load_teacher(
+            teacher, teacher_tokenizer, self.model, self.distill_args, self.processing_class
         )
-        if isinstance(teacher, str):
-            if teacher_tokenizer is None:
-                teacher_tokenizer = _saved_tokenizer(teacher)
-            auto = AutoModelForSeq2SeqLM if student.config.is_encoder_decoder else AutoModelForCausalLM
-            teacher = auto.from_pretrained(teacher, dtype=dtype)
-        if bool(teacher.config.is_encoder_decoder) != bool(student.config.is_encoder_decoder):
-            raise InputError("teacher and student must both be encoder–decoders or both decoder-only.")
-        rows = (_vocab_size(student), _vocab_size(teacher))
-        shared = shared_vocab_size(*rows, self.processing_class, teacher_tokenizer)
-        if shared < max(rows):
+        if shared < max(vocab_size(self.model), vocab_size(teacher)):
             self.shared_vocab_size = shared
             if isinstance(self.data_collator, DistillCollator):  # ids past the shared vocabulary are refused by row
                 self.data_collator.vocab_size = min(self.data_collator.vocab_size or shared, shared)
-        teacher.requires_grad_(False)
-        teacher.eval()
         if self.accelerator.is_fsdp2:
-            teacher = _shard_frozen(self.accelerator, teacher.to(dtype=dtype))
+            teacher = shard_frozen(self.accelerator, teacher.to(dtype=dtype))
         elif self.is_deepspeed_enabled or self.is_fsdp_enabled:
             teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
         else:
@@ -383,57 +187,27 @@ class FDistillMixin:
                 "teacher_server scores decoder-only teachers (a vLLM prompt is one token sequence); distil an "
                 "encoder–decoder with teacher_model= instead."
             )
-        return connect(self.distill_args, self.processing_class, vocab_size=_vocab_size(self.model))
+        return connect(self.distill_args, self.processing_class, vocab_size=vocab_size(self.model))
 
-    def _student_generation_config(self) -> GenerationConfig:
-        a = self.distill_args
-        return sampling_config(
-            self.model,
-            self.processing_class,
-            max_new_tokens=a.max_new_tokens,
-            do_sample=a.student_do_sample,
-            temperature=a.student_sampling_temperature,
-            top_k=a.student_top_k,
-            top_p=a.student_top_p,
-            num_beams=a.student_num_beams,
-            cache_implementation=self._cache_implementation(),
-            vocab_size=self.shared_vocab_size,
+    def _student_generation_config(self):
+        """How the student draws its online samples (:func:`fdistill.lm.rollouts.student_generation_config`)."""
+        return rollouts.student_generation_config(
+            self.model, self.processing_class, self.distill_args, self.args.device, self.shared_vocab_size
         )
-
-    def _cache_implementation(self) -> str | None:
-        """'static' KV cache on CUDA (transformers compiles the decode step), dynamic (None) elsewhere, unless set."""
-        choice = self.distill_args.student_generation_cache
-        if choice == "auto":
-            choice = "static" if self.args.device.type == "cuda" else "dynamic"
-        return "static" if choice == "static" else None
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
             a = self.distill_args
-            self._signature_columns = list({a.prompt_column, a.reference_column, *self._completion_columns(a).values()})
+            self._signature_columns = list({a.prompt_column, a.reference_column, *completion_columns(a).values()})
 
     # ------------------------------------------------------------------ checkpoints: what they were trained with
 
     def _run_record(self) -> dict:
-        """What a checkpoint was trained with: the distillation settings that change the objective, and fingerprints
-        of the teacher and tokenizer (:func:`fdistill.lm.loading.model_fingerprint`). Computed once per trainer."""
+        """What a checkpoint was trained with (:func:`fdistill.lm.run_record.run_record`). Computed once per trainer."""
         if self._record is None:
-            from fdistill.lm.loading import model_fingerprint
-
-            settings = {
-                k: v
-                for k, v in dataclasses.asdict(self.distill_args).items()
-                if k in {f.name for f in dataclasses.fields(DistillArguments)}
-                and k not in (*_SPEED_SETTINGS, *SECRET_SETTINGS, *DEPRECATED_SETTINGS)
-            }
-            prints = (
-                model_fingerprint(self.teacher, self.processing_class)
-                if self.teacher is not None
-                else {"tokenizer": model_fingerprint(self.model, self.processing_class)["tokenizer"]}
+            self._record = run_record(
+                self.distill_args, self.teacher, self.model, self.processing_class, self.teacher_server
             )
-            if self.teacher_server is not None:  # the served model (name, root, revision), not the address
-                prints["model"] = self.teacher_server.model.fingerprint
-            self._record = {"settings": settings, "teacher": prints.get("model"), "tokenizer": prints["tokenizer"]}
         return self._record
 
     def _save_checkpoint(self, model, trial) -> None:
@@ -447,20 +221,14 @@ class FDistillMixin:
         # Older checkpoints are rotated out only once this one is committed (else a crash could leave none whole);
         # the limit is lifted for the Trainer's own save and restored at once.
         limit, self.args.save_total_limit = self.args.save_total_limit, None
-        then = (
-            "it stays incomplete and is never resumed from: free space, then resume from the newest complete "
-            "checkpoint (--resume-from-checkpoint latest; resume_from_checkpoint=True)."
-        )
         try:
-            with writing(f"checkpoint {folder}", then):
+            with writing(f"checkpoint {folder}", CHECKPOINT_WRITE_FIX):
                 super()._save_checkpoint(model, trial)
         finally:
             self.args.save_total_limit = limit
         self.accelerator.wait_for_everyone()  # every process's files (FSDP shards, RNG states) are written
         if self.args.should_save:
-            with writing(f"checkpoint {folder}", then):
-                atomic_write(os.path.join(folder, RUN_RECORD), json.dumps(self._run_record(), indent=2, default=str))
-                write_manifest(folder)
+            commit_checkpoint(folder, self._run_record())
             rotate_checkpoints(
                 output_dir=run_dir,
                 save_total_limit=limit,
@@ -523,26 +291,27 @@ class FDistillMixin:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample one completion per prompt from the student (eval mode, KV cache, no gradient): ``(ids, mask)``."""
         model = self.accelerator.unwrap_model(self.model)
-        with nonfinite_sampling("student", f"training step {self.state.global_step + 1}"):
-            return sample_completions(model, prompt_ids, prompt_mask, self.student_generation_config)
+        step = self.state.global_step + 1
+        return rollouts.sample_locally(model, prompt_ids, prompt_mask, self.student_generation_config, "student", step)
 
     def generate_teacher_samples(
         self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Online teacher samples (``teacher_sampling="online"``): one ancestral sample per prompt, ``(ids, mask)``."""
-        with nonfinite_sampling("teacher", f"training step {self.state.global_step + 1}"):
-            return sample_completions(self.teacher, prompt_ids, prompt_mask, self.teacher_generation_config)
+        step = self.state.global_step + 1
+        return rollouts.sample_locally(
+            self.teacher, prompt_ids, prompt_mask, self.teacher_generation_config, "teacher", step
+        )
 
-    def _online_samples(self, batch: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """The samples drawn during training for one micro-batch: the student's, and the teacher's when online."""
-        device = self.args.device
-        prompts = (batch["prompt_ids"].to(device), batch["prompt_mask"].to(device))
-        drawn = {}
+    def _samplers(self) -> dict[str, Sampler]:
+        """The rollout backends of this run, by completion set (:mod:`fdistill.lm.rollouts`): the teacher's when it
+        samples online, the student's when the objective scores its samples; teacher first."""
+        samplers = {}
         if self.teacher_generation_config is not None:
-            drawn["teacher"] = self.generate_teacher_samples(*prompts)
+            samplers["teacher"] = self.generate_teacher_samples
         if self.distill_args.needs_student_samples:
-            drawn["student"] = self.generate_student_samples(*prompts)
-        return drawn
+            samplers["student"] = self.generate_student_samples
+        return samplers
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """Collect the optimizer step's micro-batches; their online samples are drawn at the step's first loss call.
@@ -555,37 +324,21 @@ class FDistillMixin:
         self._step.start(batches)
         return batches, num_items
 
-    def _draw_step(self, batches: list[dict]) -> tuple[list[dict], dict[str, torch.Tensor]]:
-        """The online samples of every micro-batch of the step, and each completion set's count over the global batch."""
-        device = self.args.device
-        samples = [self._online_samples(batch) for batch in batches]
-        counts = {}
-        for batch, drawn in zip(batches, samples):
-            masks = {n: batch[f"{n}_mask"] for n in ("reference", "teacher") if f"{n}_mask" in batch}
-            masks.update({n: mask for n, (_, mask) in drawn.items()})
-            for name, mask in masks.items():
-                n = count_items(mask.to(device), self.distill_args.loss_reduction)
-                counts[name] = counts.get(name, 0) + n.float()
-        if self.accelerator.num_processes > 1:
-            counts = {k: self.accelerator.gather(v.reshape(1)).sum() for k, v in counts.items()}
-        return samples, counts
-
     def _attach_online_samples(self, inputs: dict, training: bool) -> None:
         """Put the micro-batch's online samples into ``inputs`` (``student_ids``/``_mask``, ``teacher_ids``/``_mask``).
 
-        In training they come from the step's draw; in evaluation (or a call outside the training loop)
-        they are drawn here.
+        In training they come from the step's draw (:func:`fdistill.lm.rollouts.draw_step`); in evaluation (or a
+        call outside the training loop) they are drawn here.
         """
+        samplers, device = self._samplers(), self.args.device
         if training and self._step.pending:
-            drawn = self._step.next(self._draw_step)
-        elif (self.distill_args.needs_student_samples and "student_ids" not in inputs) or (
-            self.teacher_generation_config is not None and "teacher_ids" not in inputs
-        ):
-            drawn = self._online_samples(inputs)
+            reduction = self.distill_args.loss_reduction
+            drawn = self._step.next(lambda b: rollouts.draw_step(b, samplers, device, reduction, self.accelerator))
+        elif rollouts.missing(inputs, samplers):
+            drawn = rollouts.online_samples(inputs, samplers, device)
         else:
             drawn = {}
-        for name, (ids, mask) in drawn.items():
-            inputs[f"{name}_ids"], inputs[f"{name}_mask"] = ids, mask
+        rollouts.attach(inputs, drawn)
 
     # ------------------------------------------------------------------ the loss
 
@@ -596,99 +349,46 @@ class FDistillMixin:
             return self._step.counts[name].clamp_min(1) / self.accelerator.num_processes
         return count_items(inputs[f"{name}_mask"], self.distill_args.loss_reduction).clamp_min(1).float()
 
-    def _score(
-        self,
-        model: nn.Module,
-        inputs: dict[str, torch.Tensor],
-        names: list[str],
-        hidden: bool = False,
-        fused: bool = False,
-    ) -> tuple[dict[str, Scored], Any]:
-        """One forward of ``model`` over the completion sets ``names`` (concatenated along the batch).
-
-        Returns per-name :class:`Scored` slices ``(logits (B, C, V), labels (B, C))`` and the model outputs;
-        with ``fused`` the LM-head inputs ``(B, C, H)`` stand in for the logits, which are never computed.
-        """
-        pad = self.processing_class.pad_token_id
-        ids, mask = cat_completions([(inputs[f"{n}_ids"], inputs[f"{n}_mask"]) for n in names], pad)
-        repeat = len(names)
-        args = (model, inputs["prompt_ids"].repeat(repeat, 1), inputs["prompt_mask"].repeat(repeat, 1), ids, mask)
-        if fused:
-            with capture_head_inputs(model) as captured:
-                _, labels, outputs = score_completions(*args, pad_token_id=pad)
-            logits = captured[-1][:, :-1] if not self.is_encoder_decoder else captured[-1]  # the labels' predictors
-        else:
-            logits, labels, outputs = score_completions(*args, pad_token_id=pad, output_hidden_states=hidden)
-            if self.shared_vocab_size is not None:  # heads padded to different sizes: the tokenizer's tokens only
-                logits = logits[..., : self.shared_vocab_size]
-        b = inputs["prompt_ids"].shape[0]
-        return {
-            n: Scored(logits[i * b : (i + 1) * b], labels[i * b : (i + 1) * b]) for i, n in enumerate(names)
-        }, outputs
-
     def _use_fused(self, model: nn.Module, inputs: dict[str, torch.Tensor], name: str) -> bool:
         """Whether this objective runs through the fused divergence; checks both heads once, on one example."""
-        a = self.distill_args
-        if not self.objective.fusable or a.fused_divergence is False or a.teacher_source.is_topk:
-            return False
-        if a.fused_divergence is None and self.args.device.type != "cuda":
-            return False
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:  # sharded LM heads are not whole on any process
-            if a.fused_divergence:
-                raise InputError(
-                    "fused_divergence=True needs each process to hold the whole LM head; it is not "
-                    "supported with FSDP or DeepSpeed. Leave fused_divergence unset or False."
-                )
+        sharded = self.is_deepspeed_enabled or self.is_fsdp_enabled  # sharded LM heads are not whole on any process
+        if not fused_wanted(self.objective, self.distill_args, self.args.device, sharded):
             return False
         if not self._heads_checked:
             pad = self.processing_class.pad_token_id
-            config = _base_model(model).config
-            example = scoring_inputs(
-                inputs["prompt_ids"][:1],
-                inputs["prompt_mask"][:1],
-                inputs[f"{name}_ids"][:1],
-                inputs[f"{name}_mask"][:1],
-                is_encoder_decoder=self.is_encoder_decoder,
-                pad_token_id=pad,
-                decoder_start_token_id=getattr(config, "decoder_start_token_id", None),
-            ).model_kwargs
-            check_head(model, example)
-            check_head(self.teacher, example)
+            check_heads(model, self.teacher, inputs, name, pad, self.is_encoder_decoder)
             self._heads_checked = True
         return True
 
     def score_batch(self, model: nn.Module, inputs: dict[str, torch.Tensor], training: bool) -> ScoredBatch:
         """The forwards of one micro-batch: every completion set the objective scores, by the student (with
-        gradient) and the teacher (without; or its stored top-k log-probabilities), as one :class:`ScoredBatch`."""
+        gradient) and the teacher (without; or its stored top-k log-probabilities), as one :class:`ScoredBatch`
+        (:mod:`fdistill.lm.scoring`)."""
         a, objective = self.distill_args, self.objective
         names = [n for n in COMPLETION_SETS if n in objective.scores]
         hidden = objective.wants_hidden_states(a)
         fused = self._use_fused(model, inputs, names[0])
-        student, s_out = self._score(model, inputs, names, hidden=hidden, fused=fused)
+        how = dict(
+            pad_token_id=self.processing_class.pad_token_id,
+            is_encoder_decoder=self.is_encoder_decoder,
+            shared_vocab_size=self.shared_vocab_size,
+            hidden=hidden,
+            fused=fused,
+        )
+        student, s_out = score_sets(model, inputs, names, **how)
         teacher, t_out = {}, None
         if self.teacher is not None:
             with torch.no_grad():
-                teacher, t_out = self._score(self.teacher, inputs, names, hidden=hidden, fused=fused)
+                teacher, t_out = score_sets(self.teacher, inputs, names, **how)
         elif a.teacher_source.is_topk:  # its top k stand in for its forward
             teacher = {n: Scored(top, student[n].labels) for n, top in self.score_topk(inputs, names).items()}
-        sets = {
-            n: ScoredSet(
-                student=student[n].values,
-                teacher=teacher[n].values if n in teacher else None,
-                labels=student[n].labels,
-                count=self._count(n, inputs, training),
-            )
-            for n in names
-        }
-        heads = None
-        if fused:
-            heads = (output_head(model), output_head(self.teacher))
-            if self.shared_vocab_size is not None:  # heads padded to different sizes: the tokenizer's tokens only
-                heads = tuple(h.first_rows(self.shared_vocab_size) for h in heads)
-        return ScoredBatch(
-            sets=sets,
+        counts = {n: self._count(n, inputs, training) for n in names}
+        return scored_batch(
+            student,
+            teacher,
+            counts,
             reduction=a.loss_reduction,
-            heads=heads,
+            heads=fused_heads(model, self.teacher, self.shared_vocab_size) if fused else None,
             outputs=(s_out, t_out),
             student_config=_base_model(model).config,
             is_encoder_decoder=self.is_encoder_decoder,
@@ -704,13 +404,7 @@ class FDistillMixin:
         """
         if self.teacher_server is not None:
             return self.served_teacher_topk(inputs, names)
-        others = [n for n in names if n != "teacher"]
-        if others:
-            raise InputError(
-                f"the teacher's top-k log-probabilities are stored for the offline teacher samples only, not for the "
-                f"{', '.join(_SET_NAMES[n] for n in others)}; set teacher_topk_columns=False and pass the teacher model."
-            )
-        return {"teacher": TeacherTopK(inputs["teacher_topk_ids"], inputs["teacher_topk_logprobs"])}
+        return stored_topk(inputs, names)
 
     def teacher_topk(self, inputs: dict[str, torch.Tensor], names: list[str]) -> dict[str, TeacherTopK]:
         """Deprecated name of :meth:`score_topk` (FutureWarning)."""
@@ -726,23 +420,9 @@ class FDistillMixin:
         """The served teacher's top ``teacher_server_topk`` (and the actual tokens' log-probabilities) on the sets
         ``names``, in one round of requests. A server that stays away stops training here, before this step
         changes anything: the error names the step and the checkpoint to resume from."""
-        from fdistill.lm.served import TeacherServerError
-
-        sets = {n: (inputs[f"{n}_ids"], inputs[f"{n}_mask"]) for n in names}
         k = self.distill_args.teacher_source.topk
-        try:
-            return self.teacher_server.score_sets(
-                inputs["prompt_ids"], inputs["prompt_mask"], sets, k, self.args.device
-            )
-        except TeacherServerError as error:
-            folder = latest_checkpoint(self.args.output_dir)
-            resume = (
-                f"the last checkpoint, {folder}, is whole: restart the server and resume with "
-                "resume_from_checkpoint=True"
-                if folder
-                else "no checkpoint was saved yet (save_steps)"
-            )
-            raise TeacherServerError(f"training step {self.state.global_step + 1}: {error}; {resume}.") from error
+        step = self.state.global_step + 1
+        return served_topk(self.teacher_server, inputs, names, k, self.args.device, self.args.output_dir, step)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The registered objective (:mod:`fdistill.lm.objectives`) on one micro-batch; see the module docstring."""
@@ -753,7 +433,7 @@ class FDistillMixin:
         batch = self.score_batch(model, inputs, training)
         out = self.objective.loss(batch, self.distill_args)
         self._skips.count(training)
-        problem = self._nonfinite_problem(batch, out.loss)
+        problem = nonfinite_problem(batch, out.loss)
         if problem is not None:
             out.loss = self._nonfinite(problem, model, training)
         if problem is None or not training:
@@ -761,31 +441,6 @@ class FDistillMixin:
             local = {n: self._count(n, inputs, training=False) for n in batch.sets}
             self._store_metrics(metrics, {n: s.count / local[n] for n, s in batch.sets.items()}, training)
         return (out.loss, batch.outputs[0]) if return_outputs else out.loss
-
-    @staticmethod
-    @torch.no_grad()
-    def _nonfinite_problem(batch: ScoredBatch, loss: torch.Tensor) -> str | None:
-        """What is NaN/inf in this micro-batch (model, completion set, count) and its likely cause; None if nothing."""
-        what = "LM-head inputs" if batch.fused else "logits"
-        for model_name in ("teacher", "student"):
-            for n, scored in batch.sets.items():
-                values = getattr(scored, model_name)
-                if values is None:
-                    continue
-                if isinstance(values, TeacherTopK):
-                    values = values.logprobs
-                bad = nonfinite_positions(values, scored.mask)
-                if bad.any():
-                    return (
-                        f"the {model_name}'s {what} on the {_SET_NAMES[n]} hold NaN or +inf at {int(bad.sum())} of "
-                        f"{int(scored.mask.sum())} scored positions; likely cause: {nonfinite_cause(model_name)}"
-                    )
-        if not torch.isfinite(loss):
-            return (
-                f"the loss is {loss.item()} although every {what} entry is finite; likely cause: values too large "
-                "for float32 (check loss_temperature and the models' dtypes)"
-            )
-        return None
 
     def _nonfinite(self, problem: str, model: nn.Module, training: bool) -> torch.Tensor:
         """``on_nonfinite``: 'error' raises; 'skip' returns a zero loss (no gradient) and counts the micro-batch."""
@@ -851,12 +506,8 @@ class FDistillMixin:
             or not getattr(self.args, "predict_with_generate", False)
         ):
             return loss.detach(), None, None
-        greedy = sampling_config(
-            self.model,
-            self.processing_class,
-            max_new_tokens=self.distill_args.max_new_tokens,
-            do_sample=False,
-            vocab_size=self.shared_vocab_size,
+        greedy = rollouts.greedy_config(
+            self.model, self.processing_class, self.distill_args.max_new_tokens, self.shared_vocab_size
         )
         ids, mask = sample_completions(
             self.accelerator.unwrap_model(model), inputs["prompt_ids"], inputs["prompt_mask"], greedy
