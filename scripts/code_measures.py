@@ -6,10 +6,10 @@
 It prints (a) the line counts of the largest modules (as ``wc -l`` counts them), (b) the longest functions and
 methods (``end_lineno - lineno + 1`` of the ``def``, decorators not counted), (c) how many ``raise`` statements raise
 a plain ``ValueError`` and how many an ``InputError`` (directly or through ``fdistill.errors.invalid``), and (d) the
-import graph between fdistill's modules: its cycles (strongly connected components of more than one module), once
-for module-level imports (what runs when a module is imported) and once counting function-level imports too, and
-the "upward" imports — a module importing a name from the package root ``fdistill`` or from its own parent
-package's ``__init__``.
+import graph between fdistill's modules (a package ``__init__`` that Python runs on the way to a submodule counts
+as imported): its cycles (strongly connected components of more than one module), once for module-level imports
+(what runs when a module is imported) and once counting function-level imports too, and the "upward" imports —
+a module importing a name from the package root ``fdistill`` or from its own parent package's ``__init__``.
 
 Only source text is read (``ast``): nothing of fdistill is imported. tests/core/test_layering.py asserts the
 layering rules on the same graph (``import_graph``).
