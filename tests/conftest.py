@@ -36,6 +36,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread_after():
+    """Put back the one intra-op thread after a test whose command set its own (`fdistill demo`, `paper-claims`,
+    the vocoder and diffusion experiments call torch.set_num_threads): a process forked later (the crash-safety
+    tests fork) hangs in its first parallel region when the parent's ran on more threads, which it does not have."""
+    yield
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="module")
 def tok():
     """The tiny tokenizer of fdistill.testing, one per test module."""
