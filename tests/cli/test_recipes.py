@@ -13,7 +13,7 @@ from fdistill.cli import load_recipe, main
 from fdistill.lm.sampling import OfflineSamplingSettings
 
 transformers.logging.set_verbosity_error()
-ROOT = Path(__file__).resolve().parents[1] / "recipes"
+ROOT = Path(__file__).resolve().parents[2] / "recipes"
 RECIPES = sorted(ROOT.rglob("*.yaml"))  # recursive: every recipe, however deep
 STANDALONE = ("accelerate", "flows", "vocoder", "diffusion")  # not f-DISTILL task pipelines
 TASKS = sorted(p.name for p in ROOT.iterdir() if p.is_dir() and p.name not in STANDALONE)

@@ -17,7 +17,7 @@ from fdistill.cli.paper_claims_report import (
     compare,
 )
 from fdistill.errors import InputError
-from tests.test_demo import HAS_TEACHER
+from tests.cli.test_demo import HAS_TEACHER
 
 TEXT = ["teacher/bleu", "corpus/rougeL"]
 

@@ -25,11 +25,6 @@ from fdistill.lm.sampling import (
 transformers.logging.set_verbosity_error()
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return tiny.tokenizer()
-
-
 def run(arch, tok, data, out, **kw):
     teacher = getattr(tiny, arch)(2, seed=0, init=0.15)
     settings = OfflineSamplingSettings(**{"max_new_tokens": 6, "batch_size": 4, **kw})

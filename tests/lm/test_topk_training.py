@@ -17,11 +17,6 @@ transformers.logging.set_verbosity_error()
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return tiny.tokenizer()
-
-
-@pytest.fixture(scope="module")
 def teacher():
     return tiny.llama(2, seed=0, init=0.15)
 

@@ -400,7 +400,7 @@ def test_cli_commands_and_their_errors(tmp_path, capsys):
 def test_recipes_load_and_are_consistent():
     from pathlib import Path
 
-    recipes = sorted(Path(__file__).parent.parent.joinpath("recipes", "diffusion").rglob("*.yaml"))
+    recipes = sorted(Path(__file__).resolve().parents[2].joinpath("recipes", "diffusion").rglob("*.yaml"))
     assert {p.stem for p in recipes} >= {"toy2d", "digits"}
     for path in recipes:
         config = ex.load_experiment_config(str(path))

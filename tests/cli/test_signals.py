@@ -22,7 +22,7 @@ from fdistill.lm.checkpoints import checkpoint_folders, verify_checkpoint
 from fdistill.storage import MANIFEST, has_manifest
 
 transformers.logging.set_verbosity_error()
-ENV = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(Path(__file__).parents[1]))
+ENV = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(Path(__file__).resolve().parents[2]))
 
 
 def _interrupt_when(cmd: list[str], ready, timeout: float = 120) -> subprocess.CompletedProcess:

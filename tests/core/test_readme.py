@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import transformers
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 transformers.logging.set_verbosity_error()
 

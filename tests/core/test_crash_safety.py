@@ -180,11 +180,6 @@ def _one_line(err: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return tiny.tokenizer()
-
-
-@pytest.fixture(scope="module")
 def samples_dir(tmp_path_factory, tok):
     path = tmp_path_factory.mktemp("samples") / "s"
     settings = OfflineSamplingSettings(max_new_tokens=6, batch_size=4)

@@ -1,6 +1,6 @@
 """End to end against a real vLLM server (issue 17, item 1): marked ``vllm``, not in the default run.
 
-    bash scripts/install_vllm.sh && python -m pytest -m vllm tests/test_served_vllm.py     # .ci/run's own step
+    bash scripts/install_vllm.sh && python -m pytest -m vllm tests/lm/test_served_vllm.py     # .ci/run's own step
 
 The server runs from vLLM's own virtualenv (``$FDISTILL_VLLM_PYTHON``, default
 ``~/.cache/fdistill/vllm-venv/bin/python``; skipped with the reason where it is absent), on 127.0.0.1 only, with a
@@ -55,11 +55,6 @@ def folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def teacher(folder):
     return transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny.tokenizer()
 
 
 @pytest.fixture(scope="module")

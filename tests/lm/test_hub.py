@@ -27,11 +27,6 @@ transformers.logging.set_verbosity_error()
 TEACHER = "org/tiny-teacher"
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return tiny.tokenizer()
-
-
 def config(tmp_path, **kw):
     return tiny.config(tmp_path / "out", **{"max_new_tokens": 8, "lr_scheduler_type": "constant", "max_steps": 2, **kw})
 

@@ -24,7 +24,9 @@ from two_processes import assert_same_step, write_recipes
 
 from fdistill import testing as tiny
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# tests/, where two_processes.py is (the launched script imports it), and the repository root above it
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(TESTS)
 RECIPE = os.path.join(ROOT, "recipes", "accelerate", "fsdp.yaml")
 
 
@@ -122,7 +124,7 @@ def test_two_process_fsdp_training_equals_one_process(tmp_path):
 
     report = tmp_path / "sharding"
     report.mkdir()
-    path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)  # the script imports fdistill
+    path = os.pathsep.join(p for p in (ROOT, TESTS, os.environ.get("PYTHONPATH")) if p)  # the script imports fdistill
     env = dict(
         os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=path, FDISTILL_TEST_SHARDING_DIR=str(report)
     )

@@ -21,11 +21,6 @@ transformers.logging.set_verbosity_error()
 V = tiny.VOCAB  # the tokenizer's tokens
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return tiny.tokenizer()
-
-
 def padded(model: LlamaForCausalLM, rows: int, seed: int) -> LlamaForCausalLM:
     """``model`` with its embedding and LM head padded to ``rows`` rows (random padding rows, as real padding is
     untrained); ``rows == V`` gives the unpadded model. The first V rows and every other weight are unchanged."""

@@ -2,7 +2,7 @@
 in the recorded vLLM shapes from a tiny local model: the client, training with teacher_server= (loss equal to the
 in-process teacher's at K = V, a lower bound at K < V), retries and errors, a server that dies mid-run, and
 offline sampling through the server with resume and provenance. The real-vLLM end-to-end test:
-tests/test_served_vllm.py (marked vllm)."""
+tests/lm/test_served_vllm.py (marked vllm)."""
 
 import json
 import re
@@ -31,11 +31,6 @@ from fdistill.lm.served import (
 
 transformers.logging.set_verbosity_error()
 V = tiny.VOCAB
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny.tokenizer()
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,6 @@ ARCHS = ["llama", "bart"]
 DIVERGENCE_OF = {"kl": "kl", "rkl": "rkl", "engine": "r_llh", "js": "js", "tvd": "tvd_bound"}
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return tiny.tokenizer()
-
-
 @pytest.fixture(scope="module", params=ARCHS)
 def setup(request, tok):
     arch = request.param
