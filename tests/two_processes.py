@@ -1,6 +1,8 @@
 """What the 2-process tests share (DDP in test_cli.py, FSDP2 in test_fsdp.py): one recipe run by 1 process × batch 8
 and by 2 processes × batch 4, and the check that both took the same optimizer step."""
 
+import socket
+
 import torch.testing as torch_testing
 import transformers
 import yaml
@@ -25,6 +27,14 @@ ONE_STEP = {
     "dataloader_drop_last": True,
     "max_new_tokens": 6,
 }
+
+
+def port_flags() -> list[str]:
+    """`accelerate launch` flags for a rendezvous port that is free now: two test runs at once on one machine (two
+    checkouts, two pytest processes) would otherwise both take the default 29500 and one would fail."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return ["--main_process_port", str(s.getsockname()[1])]
 
 
 def write_recipes(tmp_path, teacher_dir, data) -> dict:

@@ -262,7 +262,7 @@ def scoring_inputs(
     labels = completion_ids.masked_fill(~completion_mask_, IGNORE_INDEX)  # (B, C)
     if is_encoder_decoder:
         if decoder_start_token_id is None:
-            raise ValueError("the encoder–decoder model has no decoder_start_token_id; set it in its config.")
+            raise InputError("the encoder–decoder model has no decoder_start_token_id; set it in its config.")
         start = torch.full_like(completion_ids[:, :1], decoder_start_token_id)
         decoder_ids = torch.cat([start, completion_ids[:, :-1].masked_fill(~completion_mask_[:, :-1], pad_token_id)], 1)
         decoder_mask = torch.cat([torch.ones_like(completion_mask_[:, :1]), completion_mask_[:, :-1]], 1)
@@ -366,7 +366,7 @@ class DistillCollator:
         vocab_size: int | None = None,
     ):
         if tokenizer.pad_token_id is None:
-            raise ValueError(
+            raise InputError(
                 "the tokenizer has no pad token; set one before distilling, e.g. tokenizer.pad_token = tokenizer.eos_token."
             )
         self.tokenizer = tokenizer
@@ -456,7 +456,7 @@ class DistillCollator:
             rows = f[ids_column][: self.max_target_length]
             expected = len(self.target_tokens(f[self.completions["teacher"]]))
             if len(rows) != expected or len(f[lp_column][: self.max_target_length]) != expected:
-                raise ValueError(
+                raise InputError(
                     f"an example has {len(rows)} positions of {ids_column!r} / {lp_column!r} but {expected} teacher sample "
                     "tokens; both must come from the same `fdistill sample --topk-logprobs K` run."
                 )

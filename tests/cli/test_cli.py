@@ -8,7 +8,7 @@ import pytest
 import transformers
 import yaml
 from datasets import load_from_disk
-from two_processes import assert_same_step, write_recipes
+from two_processes import assert_same_step, port_flags, write_recipes
 
 from fdistill import testing as tiny
 from fdistill.cli import main
@@ -26,7 +26,7 @@ def prompts_file(tmp_path_factory):
 def _launch_two(launcher) -> list[str]:
     """`accelerate launch` of `python -m fdistill.cli` in 2 CPU processes (the gloo backend)."""
     flags = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
-    return [launcher, "launch", *flags, "--dynamo_backend", "no", "-m", "fdistill.cli"]
+    return [launcher, "launch", *flags, *port_flags(), "--dynamo_backend", "no", "-m", "fdistill.cli"]
 
 
 def sample_args(teacher_dir, prompts_file, out):

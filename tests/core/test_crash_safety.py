@@ -606,8 +606,10 @@ def test_two_processes_commit_every_processs_files_and_resume_the_newest_complet
     `latest` skips a checkpoint cut off while saving, on both processes."""
     import shutil
 
+    from two_processes import port_flags
+
     recipe = _recipe(tmp_path, teacher_dir, samples_dir, objective="kl", dataloader_drop_last=True)
-    flags = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
+    flags = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", *port_flags()]
     launch = [shutil.which("accelerate"), "launch", *flags, "--dynamo_backend", "no", "-m", "fdistill.cli", "train"]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     done = subprocess.run([*launch, recipe], env=env, capture_output=True, text=True, timeout=300)

@@ -20,7 +20,7 @@ import sys
 import torch
 import transformers
 import yaml
-from two_processes import assert_same_step, write_recipes
+from two_processes import assert_same_step, port_flags, write_recipes
 
 from fdistill import testing as tiny
 
@@ -129,7 +129,7 @@ def test_two_process_fsdp_training_equals_one_process(tmp_path):
         os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=path, FDISTILL_TEST_SHARDING_DIR=str(report)
     )
     launch = [shutil.which("accelerate"), "launch", "--config_file", RECIPE, "--num_processes", "2"]
-    launch += ["--mixed_precision", "no"]  # float32, so the 2-process step can be compared closely
+    launch += ["--mixed_precision", "no", *port_flags()]  # float32, so the 2-process step can be compared closely
     done = subprocess.run(
         [*launch, __file__, "train", str(recipes["two"])], env=env, capture_output=True, text=True, timeout=300
     )

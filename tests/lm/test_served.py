@@ -225,7 +225,9 @@ def test_served_loss_equals_the_in_process_teachers_at_full_vocabulary(
     for k in (V, 4):
         served = FDistillTrainer(
             model=student,
-            args=config(tmp_path / f"k{k}", objective=objective, teacher_server=fake.url, teacher_server_topk=k, **extra),
+            args=config(
+                tmp_path / f"k{k}", objective=objective, teacher_server=fake.url, teacher_server_topk=k, **extra
+            ),
             train_dataset=data,
             processing_class=tok,
         )
@@ -279,7 +281,10 @@ def test_training_with_a_served_teacher_takes_the_in_process_steps(fake, teacher
     ``|g|`` and turn a rounding difference in a near-zero gradient into a visible one."""
     start = torch.cat([p.detach().flatten() for p in tiny.llama(1, seed=1).parameters()])
     runs = {}
-    for name, kw, model in (("local", {}, teacher), ("served", dict(teacher_server=fake.url, teacher_server_topk=V), None)):
+    for name, kw, model in (
+        ("local", {}, teacher),
+        ("served", dict(teacher_server=fake.url, teacher_server_topk=V), None),
+    ):
         student = tiny.llama(1, seed=1)
         trainer = FDistillTrainer(
             model=student,
