@@ -54,6 +54,7 @@ from fdistill.divergences import (
     word_kd_terms,
 )
 from fdistill.errors import InputError, invalid
+from fdistill.registry import check_name, register
 
 if TYPE_CHECKING:
     from fdistill.kernels import LinearHead
@@ -194,17 +195,11 @@ OBJECTIVES: dict[str, Objective] = {}
 
 def register_objective(objective: Objective, *, replace: bool = False) -> Objective:
     """Make ``objective`` available as ``FDistillConfig(objective=objective.name)``; returns it."""
-    if not objective.name or not isinstance(objective.name, str):
-        raise invalid("objective.name", objective.name, "give the objective a non-empty name.")
+    check_name(objective, "objective")
     bad = [s for s in objective.scores if s not in COMPLETION_SETS]
     if bad or not objective.scores:
         raise invalid(f"{objective.name}.scores", objective.scores, f"list completion sets from {COMPLETION_SETS}.")
-    if objective.name in OBJECTIVES and not replace and OBJECTIVES[objective.name] is not objective:
-        raise InputError(
-            f"an objective named {objective.name!r} is registered already: pick another name or pass replace=True."
-        )
-    OBJECTIVES[objective.name] = objective
-    return objective
+    return register(OBJECTIVES, objective, "objective", replace=replace)
 
 
 def get_objective(name: str) -> Objective:

@@ -19,7 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fdistill.errors import InputError, invalid
+from fdistill.errors import invalid
+from fdistill.registry import register
 
 from .. import methods
 from ..methods import Budget
@@ -96,14 +97,7 @@ DISTILLERS: dict[str, Distiller] = {}
 
 def register_distiller(distiller: Distiller, *, replace: bool = False) -> Distiller:
     """Make ``distiller`` available as ``DiffusionExperimentConfig(methods=[distiller.name])``; returns it."""
-    if not distiller.name or not isinstance(distiller.name, str):
-        raise invalid("distiller.name", distiller.name, "give the distiller a non-empty name.")
-    if distiller.name in DISTILLERS and not replace and DISTILLERS[distiller.name] is not distiller:
-        raise InputError(
-            f"a distiller named {distiller.name!r} is registered already: pick another name or pass replace=True."
-        )
-    DISTILLERS[distiller.name] = distiller
-    return distiller
+    return register(DISTILLERS, distiller, "distiller", replace=replace)
 
 
 def get_distiller(name: str) -> Distiller:
