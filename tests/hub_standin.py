@@ -5,6 +5,8 @@ Pinned against huggingface_hub 2.4.0 (httpx2 transport). It answers the requests
 does with the Hub — the shapes below are read from that version's ``hf_api.py``, ``_commit_api.py``, ``lfs.py``,
 ``file_download.py`` and ``_snapshot_download.py``:
 
+- ``POST /api/validate-yaml`` ``{"content", "repoType"}`` → ``{"errors": [], "warnings": []}`` (400 with
+  ``errors`` when a README's front matter is not a YAML mapping): ``upload_folder`` checks a README first;
 - ``GET /api/whoami-v2`` → ``{"name", "orgs", "auth": {"accessToken": {"role": "write"}}}`` (fdistill's pre-flight
   check, :func:`fdistill.lm.hub.check_hub_push`);
 - ``POST /api/repos/create`` ``{"name", "organization", "type"?, "visibility"?}`` → ``{"url", "name"}``; 409 when the
@@ -198,6 +200,8 @@ def _handler(hub: HubStandin):
                 return self._json(
                     200, {"name": USER, "type": "user", "orgs": [], "auth": {"accessToken": {"role": "write"}}}
                 )
+            if route == "/api/validate-yaml" and method == "POST":
+                return self._validate_yaml(json.loads(body)["content"])
             if route == "/api/repos/create" and method == "POST":
                 return self._create(json.loads(body))
             if m := re.fullmatch(r"/api/(model|dataset)s/([^/]+/[^/]+)(?:/revision/(.+))?", route):
@@ -224,6 +228,19 @@ def _handler(hub: HubStandin):
             if repo is None:
                 self._error(404, f"Repository Not Found for url: {repo_id}", "RepoNotFound")
             return repo
+
+        def _validate_yaml(self, content):
+            """A README's front matter must be a YAML mapping (what the client checks before uploading a card)."""
+            import yaml
+
+            match = re.match(r"---\n(.*?)\n---\n", content, re.S)
+            try:
+                meta = yaml.safe_load(match[1]) if match else {}
+                if not isinstance(meta, dict):
+                    raise ValueError(f"the metadata is a {type(meta).__name__}, not a mapping")
+            except (yaml.YAMLError, ValueError) as error:
+                return self._json(400, {"errors": [{"message": str(error)}]})
+            return self._json(200, {"errors": [], "warnings": []})
 
         def _create(self, payload):
             repo_id = f"{payload.get('organization') or USER}/{payload['name']}"

@@ -1,21 +1,19 @@
 """Model card and Hub upload on tiny in-process models, against a local stand-in for the Hub API (no network)."""
 
-import fnmatch
+import hashlib
 import http.server
 import json
 import os
 import re
-import shutil
 import socket
 import threading
-from types import SimpleNamespace
 
+import hub_standin
 import pytest
 import torch
 import transformers
-import transformers.trainer
 import yaml
-from huggingface_hub import ModelCard
+from huggingface_hub import ModelCard, snapshot_download
 
 import fdistill.lm.hub
 from fdistill import FDistillTrainer
@@ -122,65 +120,45 @@ def test_card_without_teacher_logs_or_eval(tok, tmp_path):
     assert f"{last['loss']:.4g}" in text and "`eval_" not in text
 
 
-class LocalHub:
-    """Stands in for `transformers.utils.hf_api()`: repos are folders under ``root``, uploads are copies."""
-
-    def __init__(self, root):
-        self.root, self.calls = root, []
-
-    def create_repo(self, repo_id, token=None, private=None, exist_ok=True, **kw):
-        self.calls.append(("create_repo", repo_id))
-        os.makedirs(self.root / repo_id, exist_ok=exist_ok)
-        return SimpleNamespace(repo_id=repo_id, url=f"local://{repo_id}")
-
-    def upload_folder(
-        self,
-        repo_id,
-        folder_path,
-        commit_message=None,
-        token=None,
-        run_as_future=False,
-        ignore_patterns=None,
-        revision=None,
-        **kw,
-    ):
-        self.calls.append(("upload_folder", repo_id, commit_message))
-        assert not run_as_future
-        for dirpath, _, files in os.walk(folder_path):
-            for name in files:
-                rel = os.path.relpath(os.path.join(dirpath, name), folder_path).replace(os.sep, "/")
-                if any(fnmatch.fnmatch(rel, p) for p in ignore_patterns or []):
-                    continue
-                os.makedirs((self.root / repo_id / rel).parent, exist_ok=True)
-                shutil.copy(os.path.join(dirpath, name), self.root / repo_id / rel)
-        return SimpleNamespace(commit_url=f"local://{repo_id}/commit", oid="0" * 40)
-
-
 def test_push_to_hub_uploads_student_and_card(tok, tmp_path, monkeypatch):
-    hub = LocalHub(tmp_path / "hub")
-    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: hub)
+    """The final push through the real huggingface_hub client, over HTTP to the Hub stand-in (tests/hub_standin.py)."""
     teacher = make_teacher("llama")
     data = tiny.dataset(8, seed=0, teacher=teacher, tok=tok)
     student = tiny.llama(1, seed=1)
     args = config(tmp_path, objective="js", hub_model_id="me/tiny-student", push_to_hub=False)
-    trainer = FDistillTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data, processing_class=tok)
-    trainer.train()
-    assert hub.calls == []  # push_to_hub=False: nothing uploaded during training
-    os.makedirs(os.path.join(args.output_dir, "checkpoint-1"))
-    open(os.path.join(args.output_dir, "checkpoint-1", "junk.bin"), "w").close()
+    with hub_standin.serve(monkeypatch, tmp_path) as hub:
+        trainer = FDistillTrainer(
+            model=student, teacher_model=teacher, args=args, train_dataset=data, processing_class=tok
+        )
+        trainer.train()
+        assert hub.repos == {} and not [r for r in hub.requests if r[0] != "GET"]  # push_to_hub=False: no upload
+        os.makedirs(os.path.join(args.output_dir, "checkpoint-1"))
+        open(os.path.join(args.output_dir, "checkpoint-1", "junk.bin"), "w").close()
 
-    trainer.push_to_hub()
+        trainer.push_to_hub()
 
-    assert [c[:2] for c in hub.calls] == [("create_repo", "me/tiny-student"), ("upload_folder", "me/tiny-student")]
-    repo = hub.root / "me" / "tiny-student"
-    uploaded = {p.name for p in repo.iterdir()}
-    assert {"README.md", "config.json", "model.safetensors", "tokenizer.json"} <= uploaded
-    assert "checkpoint-1" not in uploaded  # the Trainer's ignore_patterns were honoured
-    card = ModelCard.load(repo / "README.md")
+        writes = [r for r in hub.requests if r[0] in ("POST", "PUT")]
+        assert writes[0] == ("POST", "/api/repos/create") and writes[-1] == (
+            "POST",
+            "/api/models/me/tiny-student/commit/main",
+        )
+        assert (
+            "PUT",
+            f"/_lfs/{hashlib.sha256(hub.read('me/tiny-student', 'model.safetensors')).hexdigest()}",
+        ) in writes
+        repo = hub.repo("me/tiny-student")
+        assert repo.messages == ["End of training"] and repo.files["model.safetensors"][1]  # weights went by LFS
+        uploaded = set(repo.files)
+        assert {"README.md", "config.json", "model.safetensors", "tokenizer.json"} <= uploaded
+        assert not [p for p in uploaded if p.startswith("checkpoint-")]  # the Trainer's ignore_patterns were honoured
+        local = tmp_path / "downloaded"
+        snapshot_download("me/tiny-student", local_dir=local)  # read back through the client
+    card = ModelCard.load(local / "README.md")
     assert card.data.base_model == TEACHER and "fdistill" in card.data.tags
     assert card.data.model_name == "tiny-student" and 'from_pretrained("me/tiny-student")' in card.text
+    assert "## Final metrics" in card.text
 
-    reloaded = type(student).from_pretrained(repo).eval()
+    reloaded = type(student).from_pretrained(local).eval()
     student.eval()
     ids = tok(["the cat sat on the mat"], return_tensors="pt").input_ids
     with torch.no_grad():
