@@ -36,9 +36,10 @@ each ``HfApi`` keeps the endpoint it was made with; :func:`serve` patches those 
 ``HF_HUB_DISABLE_XET`` and the token (``HF_TOKEN``, no token file), and drops transformers' cached ``hf_api()`` so the
 Trainer makes a new one here.
 
-Faults: ``fail_next`` (HTTP codes for the next requests, any path), ``stop()`` (the server goes away: connections are
-refused). ``requests`` logs ``(method, path)``; ``received`` keeps every request body, so a test can check that a
-secret never left the process.
+Faults: ``fail_next`` (HTTP codes for the next requests, any path), ``stop()`` (the server goes away: new connections
+are refused, kept-alive ones dropped unanswered), ``stop_when_faults_spent`` (stop once ``fail_next`` is answered).
+``requests`` logs ``(method, path)``; ``received`` keeps every request body, so a test can check that a secret never
+left the process.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ class HubStandin:
         self.repos: dict[tuple[str, str], Repo] = {}
         self.lfs: dict[str, bytes] = {}
         self.fail_next: list[int] = []
+        self.stop_when_faults_spent = False  # the Hub goes away once the last of fail_next is answered
         self.requests: list[tuple[str, str]] = []
         self.received: list[bytes] = []
         self.stopped = False
@@ -166,8 +168,14 @@ def _handler(hub: HubStandin):
             with hub._lock:
                 hub.requests.append((method, path.path))
                 fault = hub.fail_next.pop(0) if hub.fail_next else None
+            if hub.stopped:  # a kept-alive connection of a stopped Hub: dropped unanswered
+                self.close_connection = True
+                return
             if fault is not None:
-                return self._error(fault, f"injected fault {fault}")
+                self._error(fault, f"injected fault {fault}")
+                if hub.stop_when_faults_spent and not hub.fail_next:
+                    threading.Thread(target=hub.stop, daemon=True).start()
+                return
             signed = route.startswith("/_lfs/")  # an LFS upload URL is its own credential, as the Hub's signed URLs
             if (
                 method in ("POST", "PUT")

@@ -295,6 +295,8 @@ class DistillArguments:
             out["teacher_server"] = redact_url(out["teacher_server"])
         if out.get("teacher_server_api_key") is not None:
             out["teacher_server_api_key"] = "<TEACHER_SERVER_API_KEY>"
+        if out.get("hub_token") is not None:  # a Trainer setting; training_args.bin is pushed with checkpoints
+            out["hub_token"] = "<HUB_TOKEN>"
         return out
 
     def to_dict(self) -> dict:

@@ -168,6 +168,7 @@ def save_model_card(
     tags: str | list[str] | None = None,
     finetuned_from: str | None = None,
     dataset: str | list[str] | None = None,
+    write: bool = True,
     **ignored,
 ) -> str:
     """Write ``README.md`` for the distilled student into ``trainer.args.output_dir`` and return its text.
@@ -186,6 +187,7 @@ def save_model_card(
         finetuned_from: overrides ``base_model`` (by default the teacher's name, else the
             name of the weights the student started from).
         dataset: Hub id(s) of the training data; default: the train dataset's own name, if any.
+        write: write README.md (False: only return the text, as for a checkpoint pushed while training).
         ignored: the other ``Trainer.create_model_card`` arguments (tasks, dataset_tags, ...), unused.
 
     Returns:
@@ -228,15 +230,25 @@ def save_model_card(
         "## Model size\n\n" + _table(["model", "parameters"], _sizes(model, teacher)),
         "## Data\n\n" + _data(a, trainer.train_dataset, trainer.eval_dataset),
         "## Training\n\n" + _table(["hyperparameter", "value"], _training(trainer)),
-        "## Final metrics\n\n" + _results(trainer.state.log_history),
+        _metrics_heading(trainer) + _results(trainer.state.log_history),
         "## Usage\n\n" + _usage(repo_id or trainer.args.output_dir, student, peft_base is not None, a),
         "## Framework versions\n\n" + _versions(),
         "## Citation\n\n```bibtex\n" + CITATION + "\n```",
     ]
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n")
-    os.makedirs(trainer.args.output_dir, exist_ok=True)
-    card.save(os.path.join(trainer.args.output_dir, "README.md"))
+    if write:
+        os.makedirs(trainer.args.output_dir, exist_ok=True)
+        card.save(os.path.join(trainer.args.output_dir, "README.md"))
     return str(card)
+
+
+def _metrics_heading(trainer) -> str:
+    """ "Final metrics", or while training (a checkpoint pushed by ``hub_strategy``) the step reached so far."""
+    if getattr(trainer, "is_in_train", False):
+        state = trainer.state
+        of = f" of {state.max_steps}" if state.max_steps and state.max_steps > 0 else ""
+        return f"## Metrics so far\n\nTraining in progress: step {state.global_step}{of}.\n\n"
+    return "## Final metrics\n\n"
 
 
 # ---------------------------------------------------------------------- sections

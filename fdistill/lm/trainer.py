@@ -229,12 +229,47 @@ class FDistillMixin:
         self.accelerator.wait_for_everyone()  # every process's files (FSDP shards, RNG states) are written
         if self.args.should_save:
             commit_checkpoint(folder, self._run_record())
+            self._push_checkpoint(folder)  # hard-linked into its staging folder before rotation may delete it
             rotate_checkpoints(
                 output_dir=run_dir,
                 save_total_limit=limit,
                 best_model_checkpoint=self.state.best_model_checkpoint,
                 use_mtime=True,
             )
+
+    # ------------------------------------------------------------------ checkpoints: pushes to the Hub
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """The Trainer's push from inside its save, replaced by :meth:`_push_checkpoint`, once the checkpoint is
+        committed (:mod:`fdistill.lm.hub_checkpoints` says why)."""
+
+    def _push_checkpoint(self, folder: str) -> None:
+        """Queue the committed checkpoint ``folder`` and the model card so far for upload (``push_to_hub`` with a
+        ``hub_strategy`` other than "end"); the upload runs in the background (:class:`CheckpointPusher`)."""
+        from transformers.trainer_utils import HubStrategy
+
+        if not self.args.push_to_hub or self.args.hub_strategy == HubStrategy.END or not self.is_world_process_zero():
+            return
+        from fdistill.lm.hub import save_model_card
+        from fdistill.lm.hub_checkpoints import CheckpointPusher
+
+        if getattr(self, "_pusher", None) is None:
+            self._pusher = CheckpointPusher(
+                self.hub_model_id,
+                self.args.output_dir,
+                self.args.hub_strategy.value,
+                token=self.args.hub_token,
+                revision=self.args.hub_revision,
+                keep_every=self.args.hub_always_push,
+            )
+        self._pusher.submit(folder, self.state.global_step, save_model_card(self, write=False))
+
+    def _finish_current_push(self) -> None:
+        """Wait for the checkpoint pushes (each retried, then given up); their failures are logged once, here, and
+        kept in ``hub_push_report`` (:class:`fdistill.lm.hub_checkpoints.PushReport`)."""
+        super()._finish_current_push()
+        if getattr(self, "_pusher", None) is not None:
+            self.hub_push_report = self._pusher.finish()
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """`Trainer.save_model`; a failed write (full disk, file-size limit) is one `WriteError` naming the folder."""
@@ -250,7 +285,9 @@ class FDistillMixin:
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs):
         """`Trainer.train`, holding ``output_dir`` for the run (:func:`fdistill.storage.owned_folder`).
 
-        ``resume_from_checkpoint=True`` takes the newest *complete* checkpoint (:func:`latest_checkpoint`); the
+        ``resume_from_checkpoint=True`` takes the newest *complete* checkpoint (:func:`latest_checkpoint`), ``"hub"``
+        the Hub's checkpoint of ``hub_model_id``, downloaded into ``output_dir`` and verified first
+        (:func:`fdistill.lm.hub_checkpoints.download_checkpoint`); the
         checkpoint's files are checked against its manifest and its run record against this run before any work: a
         checkpoint trained with other distillation settings (objective, mixture, temperatures, sampling, data
         columns, ...), another teacher or another tokenizer, or with a file changed or cut short since it was
@@ -271,7 +308,14 @@ class FDistillMixin:
         if resume is None or resume is False:
             claim_fresh_output_dir(out, overwrite=getattr(self.distill_args, "overwrite_output_dir", False))
             return None
-        folder = latest_checkpoint(out, required=True) if resume is True else str(resume)
+        if resume == "hub":
+            from fdistill.lm.hub import hub_repo_id
+            from fdistill.lm.hub_checkpoints import download_checkpoint
+
+            args = self.args
+            folder = download_checkpoint(hub_repo_id(args), out, token=args.hub_token, revision=args.hub_revision)
+        else:
+            folder = latest_checkpoint(out, required=True) if resume is True else str(resume)
         verify_checkpoint(folder)
         if os.path.isfile(os.path.join(folder, RUN_RECORD)):
             changes = _record_changes(

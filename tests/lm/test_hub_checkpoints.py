@@ -1,0 +1,196 @@
+"""Checkpoint pushes while training (hub_strategy) and resuming from the Hub, through the real huggingface_hub client
+over HTTP against the Hub stand-in (tests/hub_standin.py), on tiny in-process models."""
+
+import hashlib
+import json
+import logging
+
+import hub_standin
+import pytest
+import torch
+import transformers
+from transformers import TrainerCallback
+
+import fdistill.lm.hub_checkpoints as hub_checkpoints
+from fdistill import FDistillTrainer
+from fdistill import testing as tiny
+from fdistill.errors import InputError
+
+transformers.logging.set_verbosity_error()
+REPO = "me/tiny-run"
+SECRET = "hf_SECRETtoken0123456789"  # the run's hub_token: sent as a header, never in a pushed file
+STATE = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", "fdistill_run.json")
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    monkeypatch.setattr(hub_checkpoints, "PUSH_BACKOFF_S", 0.01)
+    with hub_standin.serve(monkeypatch, tmp_path) as server:
+        yield server
+
+
+def make_trainer(tok, tmp_path, name, *, teacher_seed=0, callbacks=(), **kw):
+    teacher = tiny.llama(2, seed=teacher_seed, init=0.15)
+    data = tiny.dataset(16, seed=0, teacher=tiny.llama(2, seed=0, init=0.15), tok=tok)
+    settings = {
+        "objective": "js",
+        "max_new_tokens": 6,
+        "lr_scheduler_type": "linear",
+        "max_steps": 4,
+        "save_strategy": "steps",
+        "save_steps": 2,
+        "logging_steps": 1,
+        "hub_model_id": REPO,
+        "hub_token": SECRET,
+        **kw,
+    }
+    args = tiny.config(tmp_path / name, **settings)
+    return FDistillTrainer(
+        model=tiny.llama(1, seed=1),
+        teacher_model=teacher,
+        args=args,
+        train_dataset=data,
+        processing_class=tok,
+        callbacks=list(callbacks),
+    )
+
+
+class StopAt(TrainerCallback):
+    """Stops training after ``step`` (its checkpoint saved): a preempted run."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == self.step:
+            control.should_save, control.should_training_stop = True, True
+
+
+def losses(trainer):
+    return {e["step"]: e["loss"] for e in trainer.state.log_history if "loss" in e}
+
+
+def pushed_bytes(hub):
+    """Every byte of every file of every commit, every LFS object, every request body the stand-in received."""
+    for repo in hub.repos.values():
+        for _, _, files in repo.commits:
+            yield from (data for data, _ in files.values())
+    yield from hub.lfs.values()
+    yield from hub.received
+
+
+def test_checkpoint_strategy_pushes_last_checkpoint_with_fdistill_state_then_the_final_model(tok, tmp_path, hub):
+    trainer = make_trainer(tok, tmp_path, "run", push_to_hub=True, hub_strategy="checkpoint", hub_always_push=True)
+    trainer.train()
+    trainer.push_to_hub()
+
+    repo = hub.repo(REPO)
+    assert repo.messages == [
+        "Training in progress, step 2, checkpoint",
+        "Training in progress, step 4, checkpoint",
+        "End of training",
+    ]
+    for step, (_, _, files) in zip((2, 4), repo.commits[1:3]):
+        ckpt = {p[len("last-checkpoint/") :]: d for p, (d, _) in files.items() if p.startswith("last-checkpoint/")}
+        assert set(STATE) | {"model.safetensors", "fdistill_manifest.json"} <= set(ckpt), sorted(ckpt)
+        assert files["last-checkpoint/model.safetensors"][1] and files["model.safetensors"][1]  # weights by LFS
+        assert json.loads(ckpt["trainer_state.json"])["global_step"] == step
+        manifest = json.loads(ckpt["fdistill_manifest.json"])["files"]
+        assert set(manifest) == set(ckpt) - {"fdistill_manifest.json"}
+        for name, entry in manifest.items():  # what was pushed is what was written: the digests match
+            assert hashlib.sha256(ckpt[name]).hexdigest() == entry["sha256"], name
+        record = json.loads(ckpt["fdistill_run.json"])
+        assert record["teacher"] and record["tokenizer"] and record["settings"]["objective"] == "js"
+        assert files["model.safetensors"][0] == ckpt["model.safetensors"]  # the root holds this step's model
+        assert not [p for p in files if not p.startswith("last-checkpoint/") and p.endswith(STATE)]
+        card = files["README.md"][0].decode()
+        assert f"Training in progress: step {step} of 4." in card and "`loss` (train, step" in card
+        assert "fdistill" in card and "Jensen–Shannon" in card
+    final = repo.files["README.md"][0].decode()
+    assert "## Final metrics" in final and "Training in progress" not in final
+    assert trainer.hub_push_report.pushed == [2, 4] and not trainer.hub_push_report.failed
+    assert not any(SECRET.encode() in data for data in pushed_bytes(hub))
+    assert not (tmp_path / "run" / "_hub_push").exists() or not any((tmp_path / "run" / "_hub_push").iterdir())
+
+
+@pytest.mark.parametrize("strategy", ["every_save", "all_checkpoints", "end"])
+def test_other_strategies(tok, tmp_path, hub, strategy):
+    trainer = make_trainer(tok, tmp_path, "run", push_to_hub=True, hub_strategy=strategy, hub_always_push=True)
+    trainer.train()
+    files = hub.repo(REPO).files
+    folders = sorted({p.split("/")[0] for p in files if "/" in p})
+    if strategy == "end":
+        assert hub.repo(REPO).messages == []  # the final push_to_hub only
+        return
+    assert hub.repo(REPO).messages == ["Training in progress, step 2", "Training in progress, step 4"] or (
+        strategy == "all_checkpoints"
+    )
+    assert "model.safetensors" in files and "Training in progress: step 4 of 4." in files["README.md"][0].decode()
+    if strategy == "every_save":
+        assert folders == []  # the model only: nothing to resume from
+        with pytest.raises(InputError, match="holds no checkpoint"):
+            make_trainer(tok, tmp_path, "other").train(resume_from_checkpoint="hub")
+    else:
+        assert folders == ["checkpoint-2", "checkpoint-4"]
+        for step in (2, 4):
+            assert {f"checkpoint-{step}/{name}" for name in STATE} <= set(files)
+
+
+def test_resume_from_the_hub_ends_bit_identical_and_refuses_another_run(tok, tmp_path, hub):
+    whole = make_trainer(tok, tmp_path, "whole")
+    whole.train()
+
+    preempted = make_trainer(
+        tok, tmp_path, "preempted", callbacks=[StopAt(2)], push_to_hub=True, hub_strategy="checkpoint"
+    )
+    preempted.train()
+    assert preempted.state.global_step == 2 and preempted.hub_push_report.pushed == [2]
+
+    for changed, fragment in [
+        ({"objective": "kl"}, "objective='js' then, 'kl' now"),
+        ({"teacher_seed": 5}, "another teacher"),
+    ]:
+        other = make_trainer(tok, tmp_path, f"refused-{len(fragment)}", **changed)
+        with pytest.raises(InputError, match=fragment):
+            other.train(resume_from_checkpoint="hub")
+
+    resumed = make_trainer(tok, tmp_path, "elsewhere")  # another output folder: another machine
+    resumed.train(resume_from_checkpoint="hub")
+    assert (tmp_path / "elsewhere" / "checkpoint-2" / "fdistill_manifest.json").is_file()
+    assert not [p.name for p in (tmp_path / "elsewhere").iterdir() if p.name.startswith(".hub-download")]
+    assert {s: v for s, v in losses(resumed).items() if s > 2} == {s: v for s, v in losses(whole).items() if s > 2}
+    for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name  # the same code path on the same numbers: bit-identical
+
+
+@pytest.mark.parametrize("outage", ["transient", "lasting"])
+def test_failing_push_never_stops_training_and_is_reported_once(tok, tmp_path, hub, caplog, outage):
+    class Outage(TrainerCallback):
+        """After step 3 (step 2's push done): a 500 for the next request; a lasting outage then takes the Hub away."""
+
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 3:
+                trainer._pusher.finish()
+                hub.fail_next = [500]
+                hub.stop_when_faults_spent = outage == "lasting"
+
+    trainer = make_trainer(
+        tok, tmp_path, "run", callbacks=[Outage()], push_to_hub=True, hub_strategy="checkpoint", hub_always_push=True
+    )
+    with caplog.at_level(logging.INFO):
+        trainer.train()
+        trainer._finish_current_push()  # as push_to_hub would: still reported once
+    assert trainer.state.global_step == 4 and len(losses(trainer)) == 4  # training went on
+    report = trainer.hub_push_report
+    summaries = [r for r in caplog.records if "checkpoint push(es) to the Hub repo" in r.getMessage()]
+    assert "Traceback" not in caplog.text and not [r for r in caplog.records if r.exc_info]
+    if outage == "transient":
+        assert report.pushed == [2, 4] and not report.failed and not summaries
+        assert hub.repo(REPO).messages[-1] == "Training in progress, step 4, checkpoint"
+        return
+    assert hub.stopped and report.pushed == [2] and [s for s, _ in report.failed] == [4]
+    assert len(summaries) == 1 and summaries[0].levelno == logging.WARNING
+    assert (
+        "step 4" in summaries[0].getMessage() and "newest checkpoint on the Hub is step 2" in summaries[0].getMessage()
+    )
+    assert hub.repo(REPO).messages == ["Training in progress, step 2, checkpoint"]
