@@ -36,7 +36,8 @@ each ``HfApi`` keeps the endpoint it was made with; :func:`serve` patches those 
 ``HF_HUB_DISABLE_XET`` and the token (``HF_TOKEN``, no token file), and drops transformers' cached ``hf_api()`` so the
 Trainer makes a new one here.
 
-Faults: ``fail_next`` (HTTP codes for the next requests, any path), ``stop()`` (the server goes away: new connections
+Faults: ``fail_next`` (HTTP codes for the next requests, any path), ``fail_path`` (``{part of a path: code}``: the
+first request whose path holds it, once), ``stop()`` (the server goes away: new connections
 are refused, kept-alive ones dropped unanswered), ``stop_when_faults_spent`` (stop once ``fail_next`` is answered).
 ``requests`` logs ``(method, path)``; ``received`` keeps every request body, so a test can check that a secret never
 left the process.
@@ -99,6 +100,7 @@ class HubStandin:
         self.repos: dict[tuple[str, str], Repo] = {}
         self.lfs: dict[str, bytes] = {}
         self.fail_next: list[int] = []
+        self.fail_path: dict[str, int] = {}  # a request whose path holds the key: answered with its code, once
         self.stop_when_faults_spent = False  # the Hub goes away once the last of fail_next is answered
         self.requests: list[tuple[str, str]] = []
         self.received: list[bytes] = []
@@ -168,6 +170,8 @@ def _handler(hub: HubStandin):
             with hub._lock:
                 hub.requests.append((method, path.path))
                 fault = hub.fail_next.pop(0) if hub.fail_next else None
+                hit = next((k for k in hub.fail_path if k in route), None)
+                fault = hub.fail_path.pop(hit) if hit is not None and fault is None else fault
             if hub.stopped:  # a kept-alive connection of a stopped Hub: dropped unanswered
                 self.close_connection = True
                 return

@@ -188,8 +188,9 @@ def add_train_parser(sub) -> None:
     t.add_argument(
         "--resume-from-checkpoint",
         default=None,
-        metavar="FOLDER|latest",
-        help="continue from a checkpoint folder, or `latest`: the newest complete checkpoint-N in output_dir",
+        metavar="FOLDER|latest|hub",
+        help="continue from a checkpoint folder; `latest`: the newest complete checkpoint-N in output_dir; `hub`: the "
+        "checkpoint hub_model_id's repo holds (hub_strategy checkpoint/all_checkpoints), downloaded into output_dir",
     )
 
 
@@ -203,11 +204,17 @@ def run_train(args) -> None:
 
         check_hub_push(hub_repo_id(config), token=config.hub_token)
     resume = args.resume_from_checkpoint
-    if resume is not None and resume != "latest" and not os.path.isdir(resume):
+    if resume is not None and resume not in ("latest", "hub") and not os.path.isdir(resume):
         raise InputError(
             f"--resume-from-checkpoint {resume!r} is not a folder: give a checkpoint folder "
-            f"({config.output_dir}/checkpoint-N) or `latest` for the newest complete one in output_dir."
+            f"({config.output_dir}/checkpoint-N), `latest` for the newest complete one in output_dir, or `hub` for "
+            "the one on the Hub (a folder named hub: ./hub)."
         )
+    if resume == "hub":  # the Hub's checkpoint is found before any model is loaded; the trainer downloads it
+        from fdistill.lm.hub import hub_repo_id
+        from fdistill.lm.hub_checkpoints import find_checkpoint
+
+        find_checkpoint(hub_repo_id(config), token=config.hub_token, revision=config.hub_revision)
     if resume == "latest":  # checked before any model is loaded; the trainer verifies it again under the lock
         latest_checkpoint(config.output_dir, required=True)
         resume = True

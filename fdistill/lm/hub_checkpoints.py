@@ -240,41 +240,19 @@ def download_checkpoint(repo_id: str, output_dir: str, token: str | None = None,
     Hub unreachable, no such repo, no checkpoint in it, one without a manifest or whose files do not match it, a
     different local ``checkpoint-N`` — is one `InputError` naming it and the fix.
     """
-    from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub import snapshot_download
 
+    sha, prefix = find_checkpoint(repo_id, token, revision)
     where = f"--resume-from-checkpoint hub: the Hub repo {repo_id!r}"
-    api = HfApi(token=token)
-    try:
-        info = api.model_info(repo_id, revision=revision)
-    except (RepositoryNotFoundError, RevisionNotFoundError) as error:
-        raise InputError(
-            f"{where} was not found ({_reason(error)}): set hub_model_id to the repo the run pushed to (and "
-            "hub_token if it is private)."
-        ) from None
-    except (HfHubHTTPError, OSError) as error:
-        raise InputError(f"{where} cannot be read ({_reason(error)}): check the network and HF_ENDPOINT.") from None
-    files = [s.rfilename for s in info.siblings or []]
-    prefix = _hub_checkpoint(files)
-    if prefix is None:
-        raise InputError(
-            f"{where} holds no checkpoint (no {LAST_CHECKPOINT}/ or checkpoint-N/ folder): only hub_strategy="
-            "'checkpoint' or 'all_checkpoints' pushes them; resume from a local checkpoint, or train afresh."
-        )
-    if f"{prefix}/{MANIFEST}" not in files:
-        raise InputError(
-            f"{where}: {prefix}/ has no {MANIFEST}, so its files cannot be verified (pushed by something other than "
-            "fdistill, or cut off): download it yourself and give its folder to --resume-from-checkpoint."
-        )
     os.makedirs(output_dir, exist_ok=True)
     tmp = os.path.join(output_dir, f"{DOWNLOADING}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         try:
             snapshot_download(
-                repo_id, revision=info.sha, allow_patterns=[f"{prefix}/*"], local_dir=tmp, token=token
+                repo_id, revision=sha, allow_patterns=[f"{prefix}/*"], local_dir=tmp, token=token
             )  # at one commit: never files of two pushes
-        except (HfHubHTTPError, OSError) as error:
+        except Exception as error:  # any failure of the network, the Hub or the client
             raise InputError(
                 f"{where}: downloading {prefix}/ failed ({_reason(error)}); nothing was written to {output_dir}: "
                 "check the network and run again."
@@ -300,6 +278,37 @@ def download_checkpoint(repo_id: str, output_dir: str, token: str | None = None,
         return folder
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def find_checkpoint(repo_id: str, token: str | None = None, revision: str | None = None) -> tuple[str, str]:
+    """The commit and the folder of the checkpoint to resume from in ``repo_id``: ``last-checkpoint``, else the
+    newest ``checkpoint-N``; an `InputError` naming the problem when there is none, or none fdistill can verify."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    where = f"--resume-from-checkpoint hub: the Hub repo {repo_id!r}"
+    try:
+        info = HfApi(token=token).model_info(repo_id, revision=revision)
+    except (RepositoryNotFoundError, RevisionNotFoundError) as error:
+        raise InputError(
+            f"{where} was not found ({_reason(error)}): set hub_model_id to the repo the run pushed to (and "
+            "hub_token if it is private)."
+        ) from None
+    except Exception as error:  # any failure of the network, the Hub or the client
+        raise InputError(f"{where} cannot be read ({_reason(error)}): check the network and HF_ENDPOINT.") from None
+    files = [s.rfilename for s in info.siblings or []]
+    prefix = _hub_checkpoint(files)
+    if prefix is None:
+        raise InputError(
+            f"{where} holds no checkpoint (no {LAST_CHECKPOINT}/ or checkpoint-N/ folder): only hub_strategy="
+            "'checkpoint' or 'all_checkpoints' pushes them; resume from a local checkpoint, or train afresh."
+        )
+    if f"{prefix}/{MANIFEST}" not in files:
+        raise InputError(
+            f"{where}: {prefix}/ has no {MANIFEST}, so its files cannot be verified (pushed by something other than "
+            "fdistill, or cut off): download it yourself and give its folder to --resume-from-checkpoint."
+        )
+    return info.sha, prefix
 
 
 def _hub_checkpoint(files: list[str]) -> str | None:

@@ -154,6 +154,19 @@ def test_resume_from_the_hub_ends_bit_identical_and_refuses_another_run(tok, tmp
         with pytest.raises(InputError, match=fragment):
             other.train(resume_from_checkpoint="hub")
 
+    # a download that fails half-way, or brings bytes other than those pushed, leaves nothing to resume from
+    repo = hub.repo(REPO)
+    good = repo.files["last-checkpoint/optimizer.pt"]
+    for fault, fragment in [("fail", "downloading last-checkpoint/ failed"), ("corrupt", "is not as pushed")]:
+        if fault == "fail":
+            hub.fail_path = {"/resolve/": 403}
+        else:
+            repo.files["last-checkpoint/optimizer.pt"] = (good[0][:-1] + bytes([good[0][-1] ^ 1]), True)
+        with pytest.raises(InputError, match=fragment):
+            make_trainer(tok, tmp_path, "elsewhere").train(resume_from_checkpoint="hub")
+        assert [p.name for p in (tmp_path / "elsewhere").iterdir()] == [], fault
+    repo.files["last-checkpoint/optimizer.pt"] = good
+
     resumed = make_trainer(tok, tmp_path, "elsewhere")  # another output folder: another machine
     resumed.train(resume_from_checkpoint="hub")
     assert (tmp_path / "elsewhere" / "checkpoint-2" / "fdistill_manifest.json").is_file()
@@ -194,3 +207,67 @@ def test_failing_push_never_stops_training_and_is_reported_once(tok, tmp_path, h
         "step 4" in summaries[0].getMessage() and "newest checkpoint on the Hub is step 2" in summaries[0].getMessage()
     )
     assert hub.repo(REPO).messages == ["Training in progress, step 2, checkpoint"]
+
+
+def test_cli_resumes_from_the_hub(teacher_dir, tmp_path, hub, capsys):
+    """`fdistill train recipe.yaml --resume-from-checkpoint hub` in another output folder; a repo without a
+    checkpoint is one line before any model is loaded."""
+    import yaml
+
+    from fdistill.cli import main
+
+    prompts = tmp_path / "prompts.jsonl"
+    tiny.dataset(8, seed=0).to_json(str(prompts))
+    recipe = tmp_path / "recipe.yaml"
+    settings = {
+        "teacher": str(teacher_dir),
+        "train_data": str(prompts),
+        "student_layers": [0],
+        "objective": "rkl",
+        "max_new_tokens": 6,
+        "per_device_train_batch_size": 4,
+        "output_dir": str(tmp_path / "first"),
+        "push_to_hub": True,
+        "hub_model_id": "me/cli-run",
+        "hub_strategy": "checkpoint",
+        "save_strategy": "steps",
+        "save_steps": 2,
+        "max_steps": 2,
+        "use_cpu": True,
+        "report_to": [],
+        "disable_tqdm": True,
+    }
+    recipe.write_text(yaml.safe_dump(settings))
+    main(["train", str(recipe)])
+    # the Trainer's save_model pushes too ("Model save"), then the CLI's push_to_hub with fdistill's final card
+    assert hub.repo("me/cli-run").messages == [
+        "Training in progress, step 2, checkpoint",
+        "Model save",
+        "End of training",
+    ]
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "train",
+                str(recipe),
+                f"output_dir={tmp_path / 'x'}",
+                "hub_model_id=me/none",
+                "--resume-from-checkpoint",
+                "hub",
+            ]
+        )
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "'me/none' was not found" in err and "Traceback" not in err, err
+    assert not (tmp_path / "x").exists()
+
+    second = tmp_path / "second"
+    main(["train", str(recipe), f"output_dir={second}", "max_steps=4", "--resume-from-checkpoint", "hub"])
+    assert json.loads((second / "checkpoint-2" / "trainer_state.json").read_text())["global_step"] == 2
+    assert json.loads((second / "checkpoint-4" / "trainer_state.json").read_text())["global_step"] == 4
+    assert not (second / "checkpoint-1").exists()  # it went on from the Hub's step 2
+    assert hub.repo("me/cli-run").messages[-3:] == [
+        "Training in progress, step 4, checkpoint",
+        "Model save",
+        "End of training",
+    ]
