@@ -10,6 +10,7 @@
     loading.py     data from Hub names, folders and data files; content fingerprints (cached file digests)
     model_loading.py  models and tokenizers from Hub names, folders and GGUF files (converted once, cached)
     hub.py         model cards and Hub upload
+    hub_checkpoints.py  checkpoints pushed while training (hub_strategy) and resuming from the Hub
 
 The public names are importable from ``fdistill`` itself (``from fdistill import FDistillTrainer``).
 """
