@@ -26,7 +26,7 @@ does with the Hub — the shapes below are read from that version's ``hf_api.py`
   "pullRequestUrl": null}``; every commit is a snapshot, addressable by its sha;
 - ``HEAD``/``GET /[datasets/]{repo}/resolve/{rev}/{path}`` → the bytes, with ``X-Repo-Commit``, ``ETag`` (git blob
   sha1; for LFS ``X-Linked-Etag``: the sha256) and ``X-Linked-Size``; 404 with ``X-Error-Code: EntryNotFound`` /
-  ``RepositoryNotFound`` / ``RevisionNotFound``;
+  ``RepoNotFound`` / ``RevisionNotFound``;
 - anything else: 404 (the client also asks ``GET /api/agent-harnesses`` once, for its user agent, and goes on).
 
 Xet storage is not spoken: the client is pointed at LFS with ``HF_HUB_DISABLE_XET`` (with ``hf_xet`` installed it
@@ -263,13 +263,17 @@ def _handler(hub: HubStandin):
             prefix = "datasets/" if key[0] == "dataset" else ""
             return self._json(200, {"url": f"{hub.url}/{prefix}{repo_id}", "name": repo_id})
 
-        def _info(self, repo_type, repo_id, revision):
+        def _snapshot(self, repo_type, repo_id, revision):
+            """``(sha, files)`` of the repo at ``revision``; None once the 404 is sent."""
             repo = self._repo(repo_type, repo_id)
-            if repo is None:
+            snap = repo.snapshot(revision) if repo is not None else None
+            if repo is not None and snap is None:
+                self._error(404, f"Invalid rev id: {revision}", "RevisionNotFound")
+            return snap
+
+        def _info(self, repo_type, repo_id, revision):
+            if (snap := self._snapshot(repo_type, repo_id, revision)) is None:
                 return
-            snap = repo.snapshot(revision)
-            if snap is None:
-                return self._error(404, f"Invalid rev id: {revision}", "RevisionNotFound")
             sha, files = snap
             return self._json(
                 200,
@@ -295,12 +299,8 @@ def _handler(hub: HubStandin):
             return entry
 
         def _tree(self, repo_type, repo_id, revision, folder, recursive):
-            repo = self._repo(repo_type, repo_id)
-            if repo is None:
+            if (snap := self._snapshot(repo_type, repo_id, revision)) is None:
                 return
-            snap = repo.snapshot(revision)
-            if snap is None:
-                return self._error(404, f"Invalid rev id: {revision}", "RevisionNotFound")
             files = snap[1]
             prefix = folder.strip("/") + "/" if folder.strip("/") else ""
             inside = {p: v for p, v in files.items() if p.startswith(prefix)}
@@ -372,12 +372,8 @@ def _handler(hub: HubStandin):
             return self._json(200, {"commitUrl": url, "commitOid": sha, "pullRequestUrl": None})
 
         def _resolve(self, repo_type, repo_id, revision, path, head):
-            repo = hub.repos.get((repo_type, repo_id))
-            if repo is None:
-                return self._error(404, "Repository not found", "RepoNotFound")
-            snap = repo.snapshot(revision)
-            if snap is None:
-                return self._error(404, f"Invalid rev id: {revision}", "RevisionNotFound")
+            if (snap := self._snapshot(repo_type, repo_id, revision)) is None:
+                return
             sha, files = snap
             if path not in files:
                 return self._error(404, f"Entry not found: {path}", "EntryNotFound")
