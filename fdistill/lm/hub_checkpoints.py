@@ -106,6 +106,7 @@ class CheckpointPusher:
         """Snapshot the committed ``checkpoint`` and the model card text ``card``, and queue their push."""
         folder = os.path.join(self.staging, f"step-{step}")
         shutil.rmtree(folder, ignore_errors=True)
+        os.makedirs(os.path.join(folder, "root"))
         for rel in _files(checkpoint):
             _link(os.path.join(checkpoint, rel), os.path.join(folder, "checkpoint", rel))
             if not TRAINING_STATE.fullmatch(rel):
@@ -126,6 +127,8 @@ class CheckpointPusher:
     def finish(self) -> PushReport:
         """Wait for the queued pushes (each gives up after its retries), then report failures once in the log."""
         self._idle.wait()
+        with contextlib.suppress(OSError):  # every snapshot is gone once pushed or given up: leave no empty folder
+            os.rmdir(self.staging)
         if self.report.failed and not self._reported:
             self._reported = True
             steps = ", ".join(str(s) for s, _ in self.report.failed)
@@ -242,7 +245,7 @@ def download_checkpoint(repo_id: str, output_dir: str, token: str | None = None,
     """
     from huggingface_hub import snapshot_download
 
-    sha, prefix = find_checkpoint(repo_id, token, revision)
+    repo_id, sha, prefix = find_checkpoint(repo_id, token, revision)
     where = f"--resume-from-checkpoint hub: the Hub repo {repo_id!r}"
     os.makedirs(output_dir, exist_ok=True)
     tmp = os.path.join(output_dir, f"{DOWNLOADING}-{os.getpid()}")
@@ -280,15 +283,19 @@ def download_checkpoint(repo_id: str, output_dir: str, token: str | None = None,
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def find_checkpoint(repo_id: str, token: str | None = None, revision: str | None = None) -> tuple[str, str]:
-    """The commit and the folder of the checkpoint to resume from in ``repo_id``: ``last-checkpoint``, else the
-    newest ``checkpoint-N``; an `InputError` naming the problem when there is none, or none fdistill can verify."""
+def find_checkpoint(repo_id: str, token: str | None = None, revision: str | None = None) -> tuple[str, str, str]:
+    """The repo (a bare name in the token's account, as the Trainer creates it), the commit and the folder of the
+    checkpoint to resume from in ``repo_id``: ``last-checkpoint``, else the newest ``checkpoint-N``; an `InputError`
+    naming the problem when there is none, or none fdistill can verify."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
     where = f"--resume-from-checkpoint hub: the Hub repo {repo_id!r}"
+    api = HfApi(token=token)
     try:
-        info = HfApi(token=token).model_info(repo_id, revision=revision)
+        if "/" not in repo_id:
+            repo_id = f"{api.whoami()['name']}/{repo_id}"
+        info = api.model_info(repo_id, revision=revision)
     except (RepositoryNotFoundError, RevisionNotFoundError) as error:
         raise InputError(
             f"{where} was not found ({_reason(error)}): set hub_model_id to the repo the run pushed to (and "
@@ -308,7 +315,7 @@ def find_checkpoint(repo_id: str, token: str | None = None, revision: str | None
             f"{where}: {prefix}/ has no {MANIFEST}, so its files cannot be verified (pushed by something other than "
             "fdistill, or cut off): download it yourself and give its folder to --resume-from-checkpoint."
         )
-    return info.sha, prefix
+    return repo_id, info.sha, prefix
 
 
 def _hub_checkpoint(files: list[str]) -> str | None:

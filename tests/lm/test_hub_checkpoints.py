@@ -110,7 +110,7 @@ def test_checkpoint_strategy_pushes_last_checkpoint_with_fdistill_state_then_the
     assert "## Final metrics" in final and "Training in progress" not in final
     assert trainer.hub_push_report.pushed == [2, 4] and not trainer.hub_push_report.failed
     assert not any(SECRET.encode() in data for data in pushed_bytes(hub))
-    assert not (tmp_path / "run" / "_hub_push").exists() or not any((tmp_path / "run" / "_hub_push").iterdir())
+    assert not (tmp_path / "run" / "_hub_push").exists()  # the staging snapshots are gone once pushed
 
 
 @pytest.mark.parametrize("strategy", ["every_save", "all_checkpoints", "end"])
@@ -167,7 +167,7 @@ def test_resume_from_the_hub_ends_bit_identical_and_refuses_another_run(tok, tmp
         assert [p.name for p in (tmp_path / "elsewhere").iterdir()] == [], fault
     repo.files["last-checkpoint/optimizer.pt"] = good
 
-    resumed = make_trainer(tok, tmp_path, "elsewhere")  # another output folder: another machine
+    resumed = make_trainer(tok, tmp_path, "elsewhere", hub_model_id="tiny-run")  # another machine; the account's repo
     resumed.train(resume_from_checkpoint="hub")
     assert (tmp_path / "elsewhere" / "checkpoint-2" / "fdistill_manifest.json").is_file()
     assert not [p.name for p in (tmp_path / "elsewhere").iterdir() if p.name.startswith(".hub-download")]
