@@ -66,6 +66,16 @@ class StopAt(TrainerCallback):
             control.should_save, control.should_training_stop = True, True
 
 
+class StepsRun(TrainerCallback):
+    """The steps a run trained (a resumed run: those after its checkpoint)."""
+
+    def __init__(self):
+        self.steps = []
+
+    def on_step_end(self, args, state, control, **kw):
+        self.steps.append(state.global_step)
+
+
 def losses(trainer):
     return {e["step"]: e["loss"] for e in trainer.state.log_history if "loss" in e}
 
@@ -167,8 +177,10 @@ def test_resume_from_the_hub_ends_bit_identical_and_refuses_another_run(tok, tmp
         assert [p.name for p in (tmp_path / "elsewhere").iterdir()] == [], fault
     repo.files["last-checkpoint/optimizer.pt"] = good
 
-    resumed = make_trainer(tok, tmp_path, "elsewhere", hub_model_id="tiny-run")  # another machine; the account's repo
-    resumed.train(resume_from_checkpoint="hub")
+    ran = StepsRun()
+    resumed = make_trainer(tok, tmp_path, "elsewhere", callbacks=[ran], hub_model_id="tiny-run")  # the account's repo
+    resumed.train(resume_from_checkpoint="hub")  # another output folder: another machine
+    assert ran.steps == [3, 4]  # it went on from the Hub's step 2
     assert (tmp_path / "elsewhere" / "checkpoint-2" / "fdistill_manifest.json").is_file()
     assert not [p.name for p in (tmp_path / "elsewhere").iterdir() if p.name.startswith(".hub-download")]
     assert {s: v for s, v in losses(resumed).items() if s > 2} == {s: v for s, v in losses(whole).items() if s > 2}
@@ -265,9 +277,64 @@ def test_cli_resumes_from_the_hub(teacher_dir, tmp_path, hub, capsys):
     main(["train", str(recipe), f"output_dir={second}", "max_steps=4", "--resume-from-checkpoint", "hub"])
     assert json.loads((second / "checkpoint-2" / "trainer_state.json").read_text())["global_step"] == 2
     assert json.loads((second / "checkpoint-4" / "trainer_state.json").read_text())["global_step"] == 4
-    assert not (second / "checkpoint-1").exists()  # it went on from the Hub's step 2
+    assert "downloaded last-checkpoint/ of me/cli-run (step 2)" in capsys.readouterr().err  # went on from step 2
     assert hub.repo("me/cli-run").messages[-3:] == [
         "Training in progress, step 4, checkpoint",
         "Model save",
         "End of training",
     ]
+
+
+@pytest.mark.slow
+def test_two_processes_push_once_and_resume_from_the_hub_bit_identical(teacher_dir, tmp_path, hub):
+    """`accelerate launch` on 2 CPU processes (DDP, gloo): only the main process pushes, the checkpoint holds both
+    processes' RNG states, and a 2-process resume from the Hub in another folder ends as the uninterrupted run."""
+    import os
+    import shutil
+    import subprocess
+
+    import yaml
+    from safetensors.torch import load_file
+    from two_processes import port_flags
+
+    data = tmp_path / "data.jsonl"
+    teacher = transformers.AutoModelForCausalLM.from_pretrained(teacher_dir)
+    tiny.dataset(16, seed=9, teacher=teacher, tok=tiny.tokenizer()).to_json(str(data))
+    base = {
+        "teacher": str(teacher_dir),
+        "train_data": str(data),
+        "student_layers": [0],
+        "objective": "js",
+        "max_new_tokens": 6,
+        "per_device_train_batch_size": 2,
+        "lr_scheduler_type": "constant",
+        "save_strategy": "steps",
+        "save_steps": 2,
+        "max_steps": 4,
+        "use_cpu": True,
+        "report_to": [],
+        "disable_tqdm": True,
+        "seed": 0,
+        "hub_model_id": "me/ddp-run",
+    }
+    launch = [shutil.which("accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    launch += ["--mixed_precision", "no", *port_flags(), "--dynamo_backend", "no", "-m", "fdistill.cli", "train"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # HF_ENDPOINT, HF_TOKEN, HF_HUB_DISABLE_XET: set by the stand-in
+
+    def run(name, *extra, **settings):
+        recipe = tmp_path / f"{name}.yaml"
+        recipe.write_text(yaml.safe_dump({**base, "output_dir": str(tmp_path / name), **settings}))
+        done = subprocess.run([*launch, str(recipe), *extra], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stderr
+
+    run("preempted", max_steps=2, push_to_hub=True, hub_strategy="checkpoint")
+    repo = hub.repo("me/ddp-run")
+    assert repo.messages == ["Training in progress, step 2, checkpoint", "Model save", "End of training"]
+    assert {"last-checkpoint/rng_state_0.pth", "last-checkpoint/rng_state_1.pth"} <= set(repo.files)
+    assert "downloaded last-checkpoint/ of me/ddp-run (step 2)" in run("resumed", "--resume-from-checkpoint", "hub")
+    run("whole")
+    resumed, whole = (load_file(tmp_path / n / "model.safetensors") for n in ("resumed", "whole"))
+    assert resumed.keys() == whole.keys()
+    for name in whole:
+        assert torch.equal(resumed[name], whole[name]), name
