@@ -33,8 +33,8 @@ Xet storage is not spoken: the client is pointed at LFS with ``HF_HUB_DISABLE_XE
 would upload weights through a Xet CAS server instead). How the client is pointed here, in-process: huggingface_hub
 reads ``HF_ENDPOINT`` once, at import, into ``constants.ENDPOINT`` and ``constants.HUGGINGFACE_CO_URL_TEMPLATE``, and
 each ``HfApi`` keeps the endpoint it was made with; :func:`serve` patches those two constants, ``HF_HUB_OFFLINE``,
-``HF_HUB_DISABLE_XET`` and the token (``HF_TOKEN``, no token file), and drops transformers' cached ``hf_api()`` so the
-Trainer makes a new one here.
+``HF_HUB_DISABLE_XET`` and the token (``HF_TOKEN``, no token file), drops transformers' cached ``hf_api()`` so the
+Trainer makes a new one here, and patches ``datasets.config.HF_ENDPOINT`` (datasets' own copy, for its push_to_hub).
 
 Faults: ``fail_next`` (HTTP codes for the next requests, any path), ``fail_path`` (``{part of a path: code}``: the
 first request whose path holds it, once), ``stop()`` (the server goes away: new connections
@@ -414,6 +414,11 @@ def serve(monkeypatch, tmp_path, token: str = "hf_standin_token"):
     for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(proxy, raising=False)
     monkeypatch.setattr(transformers.utils.hub, "_hf_api", None)
+    import datasets.config  # datasets keeps its own copy of HF_ENDPOINT, read at import
+
+    monkeypatch.setattr(datasets.config, "HF_ENDPOINT", hub.url)
+    monkeypatch.setattr(datasets.config, "HUB_DATASETS_URL", hub.url + "/datasets/{repo_id}/resolve/{revision}/{path}")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     try:
         yield hub
     finally:

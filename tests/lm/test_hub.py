@@ -337,3 +337,27 @@ def test_commands_and_trainer_check_the_upload_before_loading_or_training(
             train_dataset=tiny.dataset(4, seed=0),
             processing_class=tok,
         )
+
+
+def test_sample_push_to_hub_uploads_the_dataset(teacher_dir, tmp_path, monkeypatch):
+    """`fdistill sample --push-to-hub` through the real client (datasets' push_to_hub) to the Hub stand-in: the rows
+    arrive as parquet by LFS, with a dataset card."""
+    import io
+
+    import pyarrow.parquet as pq
+    from datasets import load_from_disk
+
+    from fdistill.cli import main
+
+    prompts = tmp_path / "prompts.jsonl"
+    tiny.dataset(4, seed=0).to_json(str(prompts))
+    out = tmp_path / "samples"
+    argv = ["sample", "--teacher", str(teacher_dir), "--data", str(prompts), "--output", str(out), "--no-progress"]
+    with hub_standin.serve(monkeypatch, tmp_path) as hub:
+        main([*argv, "--max-new-tokens", "4", "--push-to-hub", "me/samples"])
+    repo = hub.repo("me/samples", "dataset")
+    shards = [p for p in repo.files if p.endswith(".parquet")]
+    assert len(shards) == 1 and repo.files[shards[0]][1] and "README.md" in repo.files  # parquet went by LFS
+    pushed = pq.read_table(io.BytesIO(repo.files[shards[0]][0])).to_pydict()
+    local = load_from_disk(str(out)).to_dict()
+    assert pushed["prompt"] == local["prompt"] and pushed["teacher_sample_ids"] == local["teacher_sample_ids"]
