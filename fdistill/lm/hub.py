@@ -243,7 +243,7 @@ def save_model_card(
 
 
 def _metrics_heading(trainer) -> str:
-    """ "Final metrics", or while training (a checkpoint pushed by ``hub_strategy``) the step reached so far."""
+    """The metrics' heading: final ones, or while training (a checkpoint pushed by ``hub_strategy``) the step so far."""
     if getattr(trainer, "is_in_train", False):
         state = trainer.state
         of = f" of {state.max_steps}" if state.max_steps and state.max_steps > 0 else ""
