@@ -161,6 +161,8 @@ class Objective:
             ``{sampled_on}`` and ``{paper}`` (a link to f-DISTILL) filled in.
         card_settings: `DistillArguments` fields the model card lists besides the common ones.
         in_demo: whether ``fdistill demo --objective all`` runs it.
+        importance_weighted: whether its loss applies ``ScoredSet.weights`` (the importance weights of reused
+            student samples, :mod:`fdistill.lm.importance`): reuse is refused for an objective that does not.
     """
 
     name: str = ""
@@ -174,6 +176,7 @@ class Objective:
     card_settings: tuple[str, ...] = ()
     card_intro: str = "This model is a student distilled from {who} with the {what}, as run by {paper}."
     in_demo: bool = False
+    importance_weighted: bool = False
 
     def check(self, args: DistillArguments) -> None:
         """Refuse settings that make no sense for this objective (called by `DistillArguments.__post_init__`)."""
@@ -229,6 +232,7 @@ class FDivergence(Objective):
     """
 
     fusable = True
+    importance_weighted = True  # the weights ride in SampledSequences.weights
     card_settings = ("loss_temperature",)
     card_intro = (
         "This model is a student distilled from {who} by minimising the {what} with {paper}: the "
@@ -329,6 +333,7 @@ class Engine(Objective):
     """ENGINE: the teacher's energy ``Σ_v q·(−log p)`` of online student samples (Tu et al. 2020; paper §2.2)."""
 
     name, scores, in_demo = "engine", ("student",), True
+    importance_weighted = True  # batch.reduce applies them
     title = "ENGINE objective (Tu et al. 2020)"
     meaning = "teacher energy −log p of online student samples: reverse KL without the student's entropy"
     card_settings = ("loss_temperature",)

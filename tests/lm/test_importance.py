@@ -11,12 +11,12 @@ import math
 
 import pytest
 import torch
+from tolerances import sum_rtol
+from toy_models import IGNORE, ToyAR, enumerate_sequences, sequence_logprob
 
 from fdistill.divergences import SampledSequences, engine_terms, f_divergence_loss, reduce_terms, token_logprobs
 from fdistill.errors import InputError
 from fdistill.lm.importance import check_cap, prefix_log_ratios, prefix_weights, weight_stats
-from tests.tolerances import sum_rtol
-from tests.toy_models import IGNORE, ToyAR, enumerate_sequences, sequence_logprob
 
 VOCAB, LENGTH, EOS = 4, 3, 0
 KINDS = [("rkl", "stepwise"), ("js", "stepwise"), ("js", "exact"), ("tvd", "stepwise"), ("engine", None)]
