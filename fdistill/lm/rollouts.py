@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import wait
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -34,7 +35,7 @@ from torch import nn
 from transformers import GenerationConfig
 
 from fdistill.divergences import count_items
-from fdistill.errors import nonfinite_sampling
+from fdistill.errors import RolloutError, nonfinite_sampling
 from fdistill.lm.sampling import sample_completions, sampling_config
 
 # One completion per prompt: (prompt_ids, prompt_mask) -> (completion ids, completion mask[, token log-probs]).
@@ -246,6 +247,42 @@ class StepSamples:
 
 
 @dataclass
+class Submitted:
+    """A background draw of a group's student samples (``rollout_overlap``): the future of the sampler's triple,
+    the global step whose weights drew them, and the first training step they are for (named by its errors)."""
+
+    future: Any
+    policy_step: int
+    step: int
+
+    def discard(self) -> None:
+        """Cancel the draw, or wait for it when it already runs: no draw outlives this call."""
+        if not self.future.cancel():
+            wait([self.future])
+
+    def sampler(self) -> Sampler:
+        """A :data:`Sampler` that answers with the future's samples (whatever prompts it is called with: the
+        group's, as submitted); a failed draw is one `RolloutError` naming the step."""
+
+        def result(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            try:
+                drawn = self.future.result()
+            except Exception as error:
+                raise RolloutError(
+                    f"training step {self.step}: the student samples drawn for it in the background failed: "
+                    f"{type(error).__name__}: {error}"
+                ) from error
+            if len(drawn) != 3:
+                raise RolloutError(
+                    f"training step {self.step}: a background draw must return (ids, mask, token_logprobs), the "
+                    "log-probabilities that weight the stale samples."
+                )
+            return tuple(t.to(prompt_ids.device) for t in drawn)
+
+        return result
+
+
+@dataclass
 class PlannedStep:
     """One optimizer step of a generation group: its micro-batches (as the Trainer's loop takes them), and once the
     group is drawn, their samples and the step's global counts."""
@@ -263,43 +300,79 @@ class RolloutGroups:
     it takes the micro-batches of the steps up to the next multiple of k (at most ``max_steps``) from the iterator:
     the step's own ``num_batches``, then chunks of ``gradient_accumulation_steps`` — the chunks the Trainer's loop
     takes, the last one cut short at the epoch's end as the loop's ``remainder`` is. A new epoch iterator drops
-    what was queued from the old one (nothing is: the group stops at the epoch's end). :meth:`samples` draws the
-    whole group at its first step's first loss call (``draw(group)`` fills every :class:`PlannedStep`).
+    what was queued from the old one (nothing is: a group stops at the epoch's end). :meth:`samples` draws the
+    whole group at its first step's first loss call (``draw(group, pending)`` fills every :class:`PlannedStep`).
+
+    With overlap (``submit`` given), starting a group also takes the *next* group's micro-batches and hands them to
+    ``submit(group) -> Submitted`` (its samples are drawn while this group trains); the next group's draw then reads
+    that future. :meth:`discard_pending` (at a checkpoint, at the end) cancels it: its steps keep their batches and
+    draw their samples when they come.
     """
 
     def __init__(self, k: int):
         self.k = k
         self.queue: deque[PlannedStep] = deque()
         self.group: list[PlannedStep] = []
+        self.source = None  # the future the current group's samples come from (overlap), or None: drawn here
+        self.ahead: list[PlannedStep] = []  # the next group, taken early (overlap)
+        self.pending = None  # the future of the next group's samples
         self.iterator = None
 
-    def next_step(self, iterator, num_batches: int, pull, step: int, chunk: int, max_steps: int) -> PlannedStep:
+    def _take(self, pull, first: int, chunk: int, size: int) -> list[PlannedStep]:
+        group = [PlannedStep(*pull(first))]
+        while group[0].batches and len(group) < size:
+            planned = PlannedStep(*pull(chunk))
+            if not planned.batches:
+                break
+            group.append(planned)
+        return group if group[0].batches else []
+
+    def _size(self, step: int, max_steps: int) -> int:
+        """Steps from global step ``step`` up to the next multiple of k, and not past ``max_steps``."""
+        size = self.k - step % self.k
+        return min(size, max_steps - step) if max_steps > 0 else size
+
+    def next_step(
+        self, iterator, num_batches: int, pull, step: int, chunk: int, max_steps: int, submit=None
+    ) -> PlannedStep:
         """The micro-batches of global step ``step + 1``; ``pull(n) -> (batches, num_items)`` takes n from
-        ``iterator``."""
-        if self.queue and iterator is not self.iterator:
+        ``iterator``; ``submit(group) -> Submitted`` (overlap) starts drawing the next group's samples."""
+        if iterator is not self.iterator:
             self.clear()
-        if not self.queue:
             self.iterator = iterator
-            size = min(self.k - step % self.k, max(max_steps - step, 1)) if max_steps > 0 else self.k - step % self.k
-            first = PlannedStep(*pull(num_batches))
-            group = [first]
-            while first.batches and len(group) < size:
-                planned = PlannedStep(*pull(chunk))
-                if not planned.batches:
-                    break
-                group.append(planned)
-            self.group = group
-            self.queue.extend(group)
+        if not self.queue:
+            if self.ahead:
+                self.group, self.source, self.ahead, self.pending = self.ahead, self.pending, [], None
+            else:
+                self.group, self.source = self._take(pull, num_batches, chunk, self._size(step, max_steps)), None
+            if not self.group:
+                return PlannedStep([], None)
+            self.queue.extend(self.group)
+            after = step + len(self.group)
+            if submit is not None and (max_steps <= 0 or after < max_steps):
+                self.ahead = self._take(pull, chunk, chunk, self._size(after, max_steps))
+                self.pending = submit(self.ahead) if self.ahead else None
         return self.queue.popleft()
 
-    def samples(self, planned: PlannedStep, draw: Callable[[list[PlannedStep]], None]):
+    def samples(self, planned: PlannedStep, draw: Callable[[list[PlannedStep], Any], None]):
         """``(samples, counts)`` of a step of the current group, drawing the whole group on the first call."""
         if planned.samples is None:
-            draw(self.group)
+            source, self.source = self.source, None
+            draw(self.group, source)
         return planned.samples, planned.counts
 
+    def discard_pending(self) -> None:
+        """Cancel the next group's background draw (its steps draw their samples when they come); waits for one
+        already running, so that no draw outlives this call."""
+        for name in ("pending", "source"):
+            submitted = getattr(self, name)
+            setattr(self, name, None)
+            if submitted is not None:
+                submitted.discard()
+
     def clear(self) -> None:
-        """Drop the queued steps (drawn or not): nothing of them is ever saved."""
+        """Drop the queued steps (drawn or not) and any background draw: nothing of them is ever saved."""
+        self.discard_pending()
         self.queue.clear()
-        self.group = []
+        self.group, self.ahead = [], []
         self.iterator = None

@@ -217,6 +217,8 @@ class FDistillMixin:
     def _save_checkpoint(self, model, trial) -> None:
         """The Trainer's checkpoint, then the run record and the manifest of every file, committed last: a checkpoint
         without its manifest (cut off by a crash or a full disk) is never resumed from (:mod:`fdistill.storage`)."""
+        if self._groups is not None:  # samples drawn in the background are never saved: drawn again after it
+            self._groups.discard_pending()
         run_dir = self._get_output_dir(trial=trial)
         folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         if self.args.should_save and os.path.isdir(folder):  # a cut-off (or abandoned) save of this step
@@ -340,6 +342,7 @@ class FDistillMixin:
                 self.state.global_step,
                 self.args.gradient_accumulation_steps,
                 self.state.max_steps,
+                submit=self._submit_group if self.distill_args.rollout_overlap else None,
             )
             batches, num_items = self._planned.batches, self._planned.num_items
         self._step.start(batches)
@@ -373,20 +376,32 @@ class FDistillMixin:
             drawn = {}
         rollouts.attach(inputs, drawn, step)
 
-    def _draw_group(self, group: list[PlannedStep]) -> None:
-        """The samples of every step of a generation group in one call per sampler; for the steps that will score
-        them stale, the drawing student's log-probabilities of its tokens, now, before its weights change."""
+    def _submit_group(self, group: list[PlannedStep]):
+        """``rollout_overlap``: start drawing the next group's student samples on the student server (all its
+        micro-batches in one request batch); the future gives the samples with the policy that drew them."""
+        batches = [b for planned in group for b in planned.batches]
+        ids, mask = rollouts.cat_prompts(batches, self.processing_class.pad_token_id, not self.is_encoder_decoder)
+        device, policy_step = self.args.device, self.student_server.synced_step
+        first = self.state.global_step + len(self._groups.group) + 1  # the training step the samples are for
+        future = self.student_server.submit(ids.to(device), mask.to(device), step=first)
+        return rollouts.Submitted(future, policy_step, first)
+
+    def _draw_group(self, group: list[PlannedStep], submitted: rollouts.Submitted | None = None) -> None:
+        """The samples of every step of a generation group in one call per sampler (the student's from the
+        background draw when one was submitted); for the steps that will score them stale, the drawing student's
+        log-probabilities of its tokens, now, before its weights change."""
         batches = [b for planned in group for b in planned.batches]
         pad = self.processing_class.pad_token_id
-        policy = {"student": self._student_policy_step()}
-        drawn = rollouts.draw_together(
-            batches, self._samplers(), self.args.device, pad, not self.is_encoder_decoder, policy
-        )
+        samplers, policy = self._samplers(), {"student": self._student_policy_step()}
+        if submitted is not None:
+            samplers = {**samplers, "student": submitted.sampler()}
+            policy["student"] = submitted.policy_step
+        drawn = rollouts.draw_together(batches, samplers, self.args.device, pad, not self.is_encoder_decoder, policy)
         start = 0
         for j, planned in enumerate(group):
             samples = drawn[start : start + len(planned.batches)]
             start += len(planned.batches)
-            if j > 0:  # scored after this step's optimizer update: stale
+            if j > 0 or submitted is not None:  # scored after the drawing policy's step: stale
                 samples = [self._with_policy_logprobs(b, d) for b, d in zip(planned.batches, samples)]
             planned.samples = samples
             planned.counts = rollouts.step_counts(
@@ -454,7 +469,8 @@ class FDistillMixin:
         return importance.prefix_weights(current, old, mask, cap=cap)
 
     def _end_rollouts(self) -> None:
-        """Drop the queued samples at the end of train() (normal or not): they are never saved."""
+        """Drop the queued samples and cancel a background draw at the end of train() (normal or not): they are
+        never saved."""
         if self._groups is not None:
             self._groups.clear()
         self._planned = None
