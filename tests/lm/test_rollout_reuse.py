@@ -155,3 +155,59 @@ def test_the_weights_reach_the_loss_of_stale_steps_only(tok, teacher, tmp_path, 
     assert corrected[2]["rollout/staleness"] == 1
     assert corrected[2]["loss_on_student_samples"] != plain[2]["loss_on_student_samples"]
     assert corrected[2]["loss_on_teacher_samples"] == plain[2]["loss_on_teacher_samples"]
+
+
+@pytest.mark.parametrize(
+    "arch,kw",
+    [
+        ("bart", dict(objective="js", js_mixture="exact")),
+        ("llama", dict(objective="engine", loss_reduction="token")),
+        ("llama", dict(objective="rkl", teacher_sampling="online", student_sampling_temperature=0.7)),
+    ],
+)
+def test_k2_trains_every_weighted_objective_in_both_families(tok, tmp_path, arch, kw):
+    teacher = getattr(tiny, arch)(2, seed=0, init=0.15)
+    data = tiny.dataset(16, seed=0, teacher=teacher, tok=tok)
+    args = tiny.config(tmp_path, max_steps=2, steps_per_generation=2, gradient_accumulation_steps=2, **kw)
+    trainer = FDistillTrainer(
+        model=getattr(tiny, arch)(1, seed=1), teacher_model=teacher, args=args, train_dataset=data, processing_class=tok
+    )
+    trainer.train()
+    logs = losses(trainer)
+    assert logs[2]["rollout/staleness"] == 1 and 0 < logs[2]["rollout/ess"] <= 1
+    assert all(torch.isfinite(torch.tensor(logs[s]["loss"])) for s in logs)
+
+
+@pytest.mark.parametrize("arch", ["llama", "bart"])
+def test_weights_are_one_when_the_student_has_not_moved(tok, tmp_path, monkeypatch, arch):
+    """A student that does not move: numerator (the loss forward) and denominator (the forward at generation) are the same policy,
+    so every weight is 1 up to rounding — the two are aligned token for token and at the same temperature."""
+    from fdistill.lm import importance
+
+    seen = []
+    original = importance.prefix_weights
+
+    def spy(current, old, mask, **kw):
+        weights = original(current, old, mask, **kw)
+        seen.append((weights, mask))
+        return weights
+
+    monkeypatch.setattr(importance, "prefix_weights", spy)
+    teacher = getattr(tiny, arch)(2, seed=0, init=0.15)
+    data = tiny.dataset(16, seed=0, teacher=teacher, tok=tok)
+    args = tiny.config(
+        tmp_path,
+        objective="tvd",
+        max_steps=2,
+        steps_per_generation=2,
+        learning_rate=1e-12,  # the student does not move (0 is refused)
+        student_sampling_temperature=0.7,
+        importance_weight_cap=float("inf"),
+    )
+    FDistillTrainer(
+        model=getattr(tiny, arch)(1, seed=1), teacher_model=teacher, args=args, train_dataset=data, processing_class=tok
+    ).train()
+    assert seen
+    for weights, mask in seen:
+        assert mask.any()
+        torch.testing.assert_close(weights, mask.float(), rtol=0, atol=1e-5)
