@@ -48,10 +48,13 @@ makes (Llama, dropout 0) have none.
 
 **Truncation.** A product of ratios over a long prefix has a heavy tail. As in truncated importance sampling
 (Ionides 2008, "Truncated importance sampling", JCGS 17(2)), IMPALA's clipped ``ρ̄`` (Espeholt et al. 2018,
-arXiv:1802.01561, Eq. 1) and TIS for stale rollouts in LLM RL (Yao et al. 2025, "Your efficient RL framework
-secretly brings you off-policy RL training", whose default cap is 2), the weight is truncated,
-``w̄_t = min(w_t, C)`` with ``C = importance_weight_cap`` (default 2.0, TIS's choice; ``inf`` = untruncated).
-``C ≥ 1`` keeps a prefix the student has grown more likely at up to C times its weight, and never *raises* a weight.
+arXiv:1802.01561, Eq. 1) and TIS for off-policy rollouts in LLM RL (Yao et al. 2025, "Your efficient RL framework
+secretly brings you off-policy RL training", fengyao.notion.site/off-policy-rl, whose Qwen2.5-32B runs cap at 2), the
+weight is truncated, ``w̄_t = min(w_t, C)`` with ``C = importance_weight_cap`` (default 2.0, TIS's value; ``inf`` =
+untruncated). TIS truncates per-token ratios; here the ratio is a product over the prefix, which spreads more with
+length — so the cap is the same, and what it cuts is logged (``rollout/clipped_fraction``) and bounded (below).
+``C ≥ 1`` keeps a prefix the student has grown more likely at up to C times its weight, and never *raises* a weight
+(IMPALA's ``ρ̄ = 1`` would cut every prefix that gained mass, a bias that grows with every step of staleness).
 
 **Bias of truncation.** For ``D_t ≥ 0`` (every f-divergence term and ENGINE's energy are non-negative),
 
@@ -93,7 +96,7 @@ from torch import Tensor
 
 from fdistill.errors import InputError
 
-DEFAULT_CAP = 2.0  # TIS's truncation (Yao et al. 2025); see the module docstring
+DEFAULT_CAP = 2.0  # TIS's truncation in Yao et al. 2025's runs; see the module docstring
 
 
 def check_cap(cap: float) -> None:
