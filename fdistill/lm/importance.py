@@ -177,3 +177,17 @@ def sampling_logprobs(logits: Tensor, labels: Tensor, temperature: float) -> Ten
     from fdistill.divergences import token_logprobs
 
     return token_logprobs(logits.detach(), labels, temperature=temperature)
+
+
+def stale_sample_weights(
+    logits: Tensor, labels: Tensor, policy_logprobs: Tensor, *, temperature: float, cap: float
+) -> tuple[Tensor, WeightStats]:
+    """The weights of one micro-batch of stale samples and their statistics, from the loss forward's ``(B, C, V)``
+    student ``logits`` (the numerator, at the sampling ``temperature``), the ``(B, C)`` ``labels`` and the drawing
+    policy's ``(B, C')`` log-probabilities of the tokens (right-padded to ``C`` when the scored sets are longer)."""
+    from fdistill.divergences import IGNORE_INDEX
+
+    current = sampling_logprobs(logits, labels, temperature)
+    old = torch.nn.functional.pad(policy_logprobs, (0, labels.shape[1] - policy_logprobs.shape[1]))
+    mask = labels != IGNORE_INDEX
+    return prefix_weights(current, old, mask, cap=cap), weight_stats(current, old, mask, cap=cap)

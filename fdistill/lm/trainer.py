@@ -443,30 +443,20 @@ class FDistillMixin:
     def _importance_weights(self, inputs: dict, student: dict[str, Scored], training: bool) -> torch.Tensor | None:
         """The truncated prefix importance weights of stale student samples (:mod:`fdistill.lm.importance`), None
         for fresh ones; logs ``rollout/ess``, ``rollout/clipped_fraction`` and ``rollout/staleness`` when reusing."""
-        old = inputs.get("student_policy_logprobs")
-        if old is None:
-            if training and self._groups is not None and "student" in student:
-                one = torch.ones((), device=self.args.device)
-                self._store_metrics(
-                    {"rollout/ess": one, "rollout/clipped_fraction": 0 * one, "rollout/staleness": 0 * one}, {}, True
-                )
+        old, weights = inputs.get("student_policy_logprobs"), None
+        if old is not None:
+            a = self.distill_args
+            weights, stats = importance.stale_sample_weights(
+                *student["student"], old, temperature=a.student_sampling_temperature, cap=a.importance_weight_cap
+            )
+            logged = (stats.ess, stats.clipped_fraction, float(inputs["student_staleness"]))
+        elif training and self._groups is not None:
+            logged = (1.0, 0.0, 0.0)  # fresh samples: every weight 1
+        else:
             return None
-        values, labels = student["student"]
-        current = importance.sampling_logprobs(values, labels, self.distill_args.student_sampling_temperature)
-        old = torch.nn.functional.pad(old, (0, labels.shape[1] - old.shape[1]))  # sets padded to one length
-        mask, cap = labels != IGNORE_INDEX, self.distill_args.importance_weight_cap
-        stats = importance.weight_stats(current, old, mask, cap=cap)
-        device = self.args.device
-        self._store_metrics(
-            {
-                "rollout/ess": torch.tensor(stats.ess, device=device),
-                "rollout/clipped_fraction": torch.tensor(stats.clipped_fraction, device=device),
-                "rollout/staleness": torch.tensor(float(inputs["student_staleness"]), device=device),
-            },
-            {},
-            training,
-        )
-        return importance.prefix_weights(current, old, mask, cap=cap)
+        names = ("rollout/ess", "rollout/clipped_fraction", "rollout/staleness")
+        self._store_metrics({n: torch.tensor(v, device=self.args.device) for n, v in zip(names, logged)}, {}, training)
+        return weights
 
     def _end_rollouts(self) -> None:
         """Drop the queued samples and cancel a background draw at the end of train() (normal or not): they are
