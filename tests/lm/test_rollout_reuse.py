@@ -102,6 +102,9 @@ def test_resume_between_group_boundaries_redraws_fresh(tok, teacher, tmp_path):
     assert losses(resumed)[4]["rollout/staleness"] == 0
     assert [s for s, _ in resumed.seen] == [3, 3, 4, 4, 5, 5]
     assert full.seen[6:] == resumed.seen  # the same batches
+    # k is when samples are drawn, not what is minimised: a resume may change it (the run record allows it)
+    plain = run(tok, teacher, tmp_path / "c", data, resume=str(tmp_path / "a" / "checkpoint-3"), save_strategy="no")
+    assert plain.seen == resumed.seen and plain._groups is None
 
 
 def test_an_error_mid_group_leaves_nothing_queued(tok, teacher, tmp_path):
