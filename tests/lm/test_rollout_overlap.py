@@ -137,19 +137,25 @@ def test_overlap_takes_the_steps_of_a_server_one_sync_behind(tok, teacher, data,
         t.student_server.close()
 
 
-def test_overlap_resumes_as_if_uninterrupted(tok, teacher, data, tmp_path):
-    """A checkpoint cancels the background draw (never saved): after it both runs draw the next step at once."""
+def test_overlap_interrupted_then_resumed_ends_as_uninterrupted(tok, teacher, data, tmp_path):
+    """A checkpoint cancels the background draw (never saved): after it both runs draw the next step at once. The
+    interrupted run dies at step 4 (its background draw fails); resumed from its checkpoint it ends as the
+    uninterrupted run does, bit for bit."""
     kw = dict(save_strategy="steps", save_steps=2)
     full = trainer(tok, teacher, data, tmp_path / "a", overlap=True, **kw)
     full.train()
+    interrupted = trainer(tok, teacher, data, tmp_path / "b", overlap=True, fail_at=4, **kw)
+    with pytest.raises(RolloutError, match="training step 4"):
+        interrupted.train()
+    assert interrupted.state.global_step == 3
     resumed = trainer(tok, teacher, data, tmp_path / "b", overlap=True, seed=5, **kw)
-    resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
+    resumed.train(resume_from_checkpoint=True)  # the newest complete checkpoint: checkpoint-2
     for (name, x), y in zip(full.model.named_parameters(), resumed.model.parameters()):
         torch.testing.assert_close(x, y, rtol=0, atol=0, msg=name)
     a, b = logs(full), logs(resumed)
     assert [a[s]["loss"] for s in (3, 4, 5)] == [b[s]["loss"] for s in (3, 4, 5)]
     assert a[3]["rollout/staleness"] == 0 and a[4]["rollout/staleness"] == 1
-    for t in (full, resumed):
+    for t in (full, interrupted, resumed):
         t.student_server.close()
 
 
