@@ -14,12 +14,20 @@ import torch
 from tolerances import sum_rtol
 from toy_models import IGNORE, ToyAR, enumerate_sequences, sequence_logprob
 
-from fdistill.divergences import SampledSequences, engine_terms, f_divergence_loss, reduce_terms, token_logprobs
+from fdistill.divergences import (
+    SampledSequences,
+    TeacherTopK,
+    engine_terms,
+    f_divergence_loss,
+    reduce_terms,
+    token_logprobs,
+)
 from fdistill.errors import InputError
 from fdistill.lm.importance import check_cap, prefix_log_ratios, prefix_weights, weight_stats
 
 VOCAB, LENGTH, EOS = 4, 3, 0
 KINDS = [("rkl", "stepwise"), ("js", "stepwise"), ("js", "exact"), ("tvd", "stepwise"), ("engine", None)]
+KINDS += [("topk-" + kind, mixture) for kind, mixture in KINDS[:4]]  # a top-2 teacher, tail mode
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +43,8 @@ def student_term(kind, mixture, student_logits, teacher_logits, labels, weights)
         terms = engine_terms(student_logits, teacher_logits)
         mask = labels != IGNORE
         return reduce_terms(torch.where(mask, terms * weights, torch.zeros_like(terms)), mask, num_items_in_batch=1)
+    if kind.startswith("topk-"):  # the teacher's top 2 and the sampled tokens' log-probabilities (a served teacher)
+        kind, teacher_logits = kind[5:], TeacherTopK.from_logits(teacher_logits, k=2, labels=labels)
     sides = SampledSequences(student_logits, teacher_logits, labels, num_items_in_batch=1, weights=weights)
     out = f_divergence_loss(kind, teacher_samples=sides, student_samples=sides, js_mixture=mixture)
     return out.student_term
