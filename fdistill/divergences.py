@@ -85,6 +85,7 @@ __all__ = [
     "coarse_grained_log_probs",
     "topk_step_divergence",
     "topk_teacher_logits",
+    "weighted",
     "word_kd_terms",
 ]
 
@@ -666,6 +667,19 @@ def reduce_terms(
     return total / num_items_in_batch
 
 
+def weighted(terms: Tensor, mask: Tensor, weights: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``(terms · weights, mask)``: per-position terms ``(B, T)`` times detached weights, or as they are (no
+    multiplication at all, so the same floats) when ``weights`` is None. Masked positions stay exactly 0."""
+    if weights is None:
+        return terms, mask
+    if weights.shape != terms.shape:
+        raise InputError(f"weights {tuple(weights.shape)} must have the terms' shape {tuple(terms.shape)}.")
+    mask = mask.bool()
+    weights = weights.detach().to(device=terms.device, dtype=terms.dtype)
+    weights = torch.where(mask, weights, torch.zeros_like(weights))  # NaN there would reach the gradient as 0 · NaN
+    return torch.where(mask, terms * weights, torch.zeros_like(terms)), mask
+
+
 def count_items(mask: Tensor, reduction: Literal["sequence", "token"]) -> Tensor:
     """The denominator of a reduction: sequences with at least one unmasked position, or unmasked tokens."""
     if reduction not in REDUCTIONS:
@@ -690,12 +704,15 @@ class SampledSequences:
             ``ignore_index`` at prompt, padding and post-EOS positions.
         num_items_in_batch: optional global denominator (sequences for the
             ``"sequence"`` reduction, tokens for ``"token"``) for exact gradient accumulation.
+        weights: optional ``(B, T)`` per-position weights (no gradient) multiplying the terms before the reduction:
+            the importance weights of reused student samples (:mod:`fdistill.lm.importance`); None = 1.
     """
 
     student_logits: Tensor
     teacher_logits: Tensor | TeacherTopK
     labels: Tensor
     num_items_in_batch: int | Tensor | None = None
+    weights: Tensor | None = None
 
 
 @dataclass
@@ -816,15 +833,18 @@ def f_divergence_loss(
         kind,
         {"teacher": teacher_samples, "student": student_samples},
         lambda side, batch: reduce_terms(
-            *_side_terms(
-                kind,
-                batch,
-                on=side,
-                js_mixture=js_mixture,
-                js_beta=js_beta,
-                temperature=temperature,
-                ignore_index=ignore_index,
-                teacher_topk_mode=teacher_topk_mode,
+            *weighted(
+                *_side_terms(
+                    kind,
+                    batch,
+                    on=side,
+                    js_mixture=js_mixture,
+                    js_beta=js_beta,
+                    temperature=temperature,
+                    ignore_index=ignore_index,
+                    teacher_topk_mode=teacher_topk_mode,
+                ),
+                batch.weights,
             ),
             reduction=reduction,
             num_items_in_batch=batch.num_items_in_batch,

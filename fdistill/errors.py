@@ -27,6 +27,10 @@ def invalid(name: str, value, fix: str, problem: str = "is not valid") -> InputE
     return InputError(f"{name}={value!r} {problem}: {fix}")
 
 
+class RolloutError(RuntimeError):
+    """Samples drawn in the background (``rollout_overlap``) could not be had; the message names the step."""
+
+
 class NonFiniteError(ArithmeticError):
     """Training met a NaN or infinity; the message names the step, the inputs and the model concerned, and the likely cause."""
 

@@ -26,6 +26,7 @@ from fdistill.lm.config_checks import (
     check_training_settings,
     unknown_scheduler_kwargs,
 )
+from fdistill.lm.importance import DEFAULT_CAP
 from fdistill.lm.objectives import Objective, get_objective
 from fdistill.lm.served import API_KEY_ENV, DEFAULT_RETRIES, DEFAULT_TIMEOUT, redact_url
 from fdistill.lm.teacher_source import TeacherSource
@@ -105,6 +106,29 @@ class DistillArguments:
         metadata={
             "help": "KV cache of online sampling: 'static' (preallocated; on CUDA transformers compiles the decode "
             "step), 'dynamic', or 'auto' = static on CUDA, dynamic elsewhere. Same samples either way."
+        },
+    )
+    # --- reused rollouts (fdistill.lm.importance)
+    steps_per_generation: int = field(
+        default=1,
+        metadata={
+            "help": "Optimizer steps one generation serves: at every k-th step the student draws the samples of the "
+            "next k steps' prompts in one generate call (TRL's meaning); steps after the first score them reweighted "
+            "by truncated prefix importance weights (importance_weight_cap). 1 = fresh samples every step."
+        },
+    )
+    rollout_overlap: bool = field(
+        default=False,
+        metadata={
+            "help": "Draw step n+1's student samples on the student server while step n trains (staleness <= 1, "
+            "corrected by the same importance weights). Needs student_server."
+        },
+    )
+    importance_weight_cap: float = field(
+        default=DEFAULT_CAP,
+        metadata={
+            "help": "Truncation C of the prefix importance weights of reused student samples, min(w_t, C) (truncated "
+            "importance sampling; 2.0 as TIS, Yao et al. 2025); >= 1, float('inf') = untruncated."
         },
     )
     teacher_topk_columns: bool = field(

@@ -13,6 +13,7 @@ import math
 
 from fdistill.divergences import JS_MIXTURES, REDUCTIONS, TOPK_MODES, check_js_beta, check_tail_temperature
 from fdistill.errors import invalid
+from fdistill.lm.importance import check_cap
 from fdistill.lm.objectives import Objective, get_objective
 from fdistill.lm.served import API_KEY_ENV, parse_server_url
 
@@ -32,6 +33,7 @@ def check_settings(settings) -> None:
     check_lengths(settings)
     check_predistill_weights(settings)
     check_fused(settings, objective)
+    check_rollout_reuse(settings, objective)
     objective.check(settings)
 
 
@@ -222,6 +224,55 @@ def check_fused(settings, objective: Objective) -> None:
         )
     if settings.fused_chunk_size is not None and settings.fused_chunk_size < 1:
         refuse(settings, "fused_chunk_size", "use a positive number of tokens or leave it unset.")
+
+
+def check_rollout_reuse(settings, objective: Objective) -> None:
+    """Reused (``steps_per_generation > 1``) or overlapped (``rollout_overlap``) student samples are reweighted by
+    prefix importance weights (:mod:`fdistill.lm.importance`): they need a sampling density (ancestral sampling,
+    no top-k/top-p filter), materialised logits, an objective that applies the weights, and for overlap a server."""
+    k = settings.steps_per_generation
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        refuse(settings, "steps_per_generation", "use a whole number >= 1 (1 = fresh samples every step).")
+    check_cap(settings.importance_weight_cap)
+    server = getattr(settings, "student_server", None)
+    if settings.rollout_overlap and server is None:
+        refuse(settings, "rollout_overlap", "it draws on the student server while training: set student_server.")
+    if k == 1 and not settings.rollout_overlap:
+        return
+    setting = "steps_per_generation" if k > 1 else "rollout_overlap"
+    if "student" not in objective.scores:
+        refuse(
+            settings, setting, f"objective {settings.objective!r} scores no student samples; leave it at its default."
+        )
+    if not objective.importance_weighted:
+        refuse(
+            settings,
+            setting,
+            f"objective {settings.objective!r} does not apply importance weights to reused student samples "
+            "(Objective.importance_weighted); leave it at its default.",
+        )
+    if not settings.student_do_sample:
+        refuse(
+            settings, setting, "reused samples are reweighted by their sampling density: use student_do_sample=True."
+        )
+    if settings.student_top_k or settings.student_top_p < 1.0:
+        refuse(
+            settings,
+            setting,
+            "top-k/top-p filters change their support with the weights, so the importance weights are undefined: "
+            "use student_top_k=0 and student_top_p=1.0.",
+        )
+    if settings.fused_divergence:
+        refuse(
+            settings, "fused_divergence", "the importance weights need the student's logits: leave it unset or False."
+        )
+    if server is not None and settings.student_sampling_temperature != 1.0:
+        refuse(
+            settings,
+            "student_sampling_temperature",
+            "a vLLM server returns the untempered log-probabilities the weights divide by: use 1.0 with a student "
+            "server and reused samples.",
+        )
 
 
 # ------------------------------------------------------------------ the teacher source, resolved once

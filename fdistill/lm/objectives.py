@@ -51,6 +51,7 @@ from fdistill.divergences import (
     reduce_terms,
     token_entropy,
     token_logprobs,
+    weighted,
     word_kd_terms,
 )
 from fdistill.errors import InputError, invalid
@@ -78,12 +79,15 @@ class ScoredSet:
             None when the objective needs no teacher.
         labels: ``(B, C)`` the completion tokens, ``-100`` at padding.
         count: the denominator of this set's reduction over the whole optimizer step (sequences or tokens).
+        weights: ``(B, C)`` importance weights of reused (stale) student samples, detached
+            (:mod:`fdistill.lm.importance`); None for fresh samples and every other set.
     """
 
     student: Tensor
     teacher: Tensor | TeacherTopK | None
     labels: Tensor
     count: Tensor
+    weights: Tensor | None = None
 
     @property
     def mask(self) -> Tensor:
@@ -120,7 +124,7 @@ class ScoredBatch:
     def reduce(self, terms: Tensor, name: str) -> Tensor:
         """Per-position ``terms (B, C)`` of set ``name`` reduced with its mask and global denominator."""
         s = self.sets[name]
-        return reduce_terms(terms, s.mask, reduction=self.reduction, num_items_in_batch=s.count)
+        return reduce_terms(*weighted(terms, s.mask, s.weights), reduction=self.reduction, num_items_in_batch=s.count)
 
 
 @dataclass
@@ -157,6 +161,8 @@ class Objective:
             ``{sampled_on}`` and ``{paper}`` (a link to f-DISTILL) filled in.
         card_settings: `DistillArguments` fields the model card lists besides the common ones.
         in_demo: whether ``fdistill demo --objective all`` runs it.
+        importance_weighted: whether its loss applies ``ScoredSet.weights`` (the importance weights of reused
+            student samples, :mod:`fdistill.lm.importance`): reuse is refused for an objective that does not.
     """
 
     name: str = ""
@@ -170,6 +176,7 @@ class Objective:
     card_settings: tuple[str, ...] = ()
     card_intro: str = "This model is a student distilled from {who} with the {what}, as run by {paper}."
     in_demo: bool = False
+    importance_weighted: bool = False
 
     def check(self, args: DistillArguments) -> None:
         """Refuse settings that make no sense for this objective (called by `DistillArguments.__post_init__`)."""
@@ -225,6 +232,7 @@ class FDivergence(Objective):
     """
 
     fusable = True
+    importance_weighted = True  # the weights ride in SampledSequences.weights
     card_settings = ("loss_temperature",)
     card_intro = (
         "This model is a student distilled from {who} by minimising the {what} with {paper}: the "
@@ -248,6 +256,10 @@ class FDivergence(Objective):
         )
         entropies = teacher_lp = None
         if batch.fused:
+            if any(s.weights is not None for s in batch.sets.values()):
+                raise InputError(
+                    "importance-weighted (reused) samples need materialised logits: fused_divergence=False."
+                )
             from fdistill.kernels import HiddenSequences, fused_f_divergence_loss, label_logits
 
             sides = {
@@ -271,7 +283,7 @@ class FDivergence(Objective):
                         teacher_lp = logits - details["student"].teacher_lse.view_as(s.labels)
         else:
             sides = {
-                n: SampledSequences(s.student, s.teacher, s.labels, num_items_in_batch=s.count)
+                n: SampledSequences(s.student, s.teacher, s.labels, num_items_in_batch=s.count, weights=s.weights)
                 for n, s in batch.sets.items()
             }
             out = f_divergence_loss(
@@ -321,6 +333,7 @@ class Engine(Objective):
     """ENGINE: the teacher's energy ``Σ_v q·(−log p)`` of online student samples (Tu et al. 2020; paper §2.2)."""
 
     name, scores, in_demo = "engine", ("student",), True
+    importance_weighted = True  # batch.reduce applies them
     title = "ENGINE objective (Tu et al. 2020)"
     meaning = "teacher energy −log p of online student samples: reverse KL without the student's entropy"
     card_settings = ("loss_temperature",)

@@ -6,27 +6,66 @@ each micro-batch then gets its own samples put into its inputs (:func:`attach`).
 outside the training loop, a micro-batch's samples are drawn on the spot (:func:`online_samples`).
 
 A rollout backend is a :data:`Sampler` per completion set (``"student"``, ``"teacher"``): a callable
-``(prompt_ids, prompt_mask) -> (ids, mask)``. The trainer's are its ``generate_student_samples`` and
-``generate_teacher_samples`` methods, which draw in this process with ``model.generate`` (:func:`sample_locally`:
-eval mode, KV cache — static on CUDA, where transformers compiles the decode step — no gradient). Another backend
-(e.g. a student served by vLLM) is another `Sampler` for the same set.
+``(prompt_ids, prompt_mask) -> (ids, mask)`` or ``-> (ids, mask, token_logprobs)`` (the drawing policy's
+log-probabilities of the drawn tokens, as a vLLM server returns them). The trainer's are its
+``generate_student_samples`` and ``generate_teacher_samples`` methods, which draw in this process with
+``model.generate`` (:func:`sample_locally`: eval mode, KV cache — static on CUDA, where transformers compiles the
+decode step — no gradient). Another backend (e.g. a student served by vLLM) is another `Sampler` for the same set.
+Each drawn set is a :class:`Sample`, which records the policy that drew it (``policy_step``).
+
+Reused rollouts (``steps_per_generation = k``, :class:`RolloutGroups`): at the first step of each group of k steps
+(global steps ``n`` with ``n % k == 0``, or the first step after a resume or an epoch's end) the trainer takes the
+micro-batches of all the group's steps from the epoch iterator — in the chunks the Trainer's loop would take, so
+every step sees exactly the batches it sees with k = 1 — and draws their samples in one call per sampler
+(:func:`draw_together`). Steps after the first score samples of an older policy: :func:`attach` hands the drawing
+policy's log-probabilities to the loss, which reweights them (:mod:`fdistill.lm.importance`). Queued samples live in
+memory only: a checkpoint never records samples drawn and not used; a resumed run draws them again.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import wait
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 from transformers import GenerationConfig
 
 from fdistill.divergences import count_items
-from fdistill.errors import nonfinite_sampling
+from fdistill.errors import RolloutError, nonfinite_sampling
 from fdistill.lm.sampling import sample_completions, sampling_config
 
-# One completion per prompt: (prompt_ids, prompt_mask) -> (completion ids, completion mask).
-Sampler = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-Drawn = dict[str, tuple[torch.Tensor, torch.Tensor]]  # completion set name -> (ids, mask)
+# One completion per prompt: (prompt_ids, prompt_mask) -> (completion ids, completion mask[, token log-probs]).
+Sampler = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]
+
+
+class Sample(NamedTuple):
+    """One completion set drawn for one micro-batch.
+
+    Attributes:
+        ids, mask: ``(B, C)`` right-padded completions and their mask.
+        logprobs: ``(B, C)`` the drawing policy's log-probabilities of the drawn tokens (sampling temperature), or
+            None (fresh samples need none; an in-process student's are computed when they will be stale).
+        policy_step: the trainer global step whose student weights drew it; None for a fixed policy (the teacher).
+    """
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    logprobs: torch.Tensor | None = None
+    policy_step: int | None = None
+
+
+Drawn = dict[str, Sample]  # completion set name -> its samples
+
+
+def as_sample(drawn: tuple, policy_step: int | None = None) -> Sample:
+    """A sampler's ``(ids, mask)`` or ``(ids, mask, token_logprobs)`` as a :class:`Sample`."""
+    if len(drawn) not in (2, 3):
+        raise TypeError(f"a sampler returns (ids, mask) or (ids, mask, token_logprobs), not {len(drawn)} values")
+    return Sample(*drawn[:3], policy_step=policy_step) if len(drawn) == 3 else Sample(*drawn, policy_step=policy_step)
 
 
 def cache_implementation(choice: str, device: torch.device) -> str | None:
@@ -80,27 +119,85 @@ def sample_locally(
         return sample_completions(model, prompt_ids, prompt_mask, config)
 
 
-def online_samples(batch: dict, samplers: dict[str, Sampler], device: torch.device) -> Drawn:
+def online_samples(
+    batch: dict, samplers: dict[str, Sampler], device: torch.device, policy_steps: dict[str, int] | None = None
+) -> Drawn:
     """The samples drawn during training for one micro-batch, one per prompt from each sampler, in their order."""
     prompts = (batch["prompt_ids"].to(device), batch["prompt_mask"].to(device))
-    return {name: sample(*prompts) for name, sample in samplers.items()}
+    steps = policy_steps or {}
+    return {name: as_sample(sample(*prompts), steps.get(name)) for name, sample in samplers.items()}
 
 
 def draw_step(
-    batches: list[dict], samplers: dict[str, Sampler], device: torch.device, reduction: str, accelerator
+    batches: list[dict],
+    samplers: dict[str, Sampler],
+    device: torch.device,
+    reduction: str,
+    accelerator,
+    policy_steps: dict[str, int] | None = None,
 ) -> tuple[list[Drawn], dict[str, torch.Tensor]]:
     """The online samples of every micro-batch of the step, and each completion set's count over the global batch."""
-    samples = [online_samples(batch, samplers, device) for batch in batches]
+    samples = [online_samples(batch, samplers, device, policy_steps) for batch in batches]
+    return samples, step_counts(batches, samples, device, reduction, accelerator)
+
+
+def cat_prompts(batches: list[dict], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prompts of several micro-batches as one batch, re-padded to the longest (on the left for decoder-only
+    models, on the right for encoder–decoders, as the collator pads them)."""
+    length = max(b["prompt_ids"].shape[1] for b in batches)
+    ids, masks = [], []
+    for b in batches:
+        extra = length - b["prompt_ids"].shape[1]
+        pad = (extra, 0) if left else (0, extra)
+        ids.append(torch.nn.functional.pad(b["prompt_ids"], pad, value=pad_id))
+        masks.append(torch.nn.functional.pad(b["prompt_mask"], pad, value=0))
+    return torch.cat(ids), torch.cat(masks)
+
+
+def _rows(sample: Sample, start: int, stop: int) -> Sample:
+    """Rows ``start:stop`` of a sample, cut to their longest completion (what drawing them alone would give)."""
+    mask = sample.mask[start:stop]
+    length = max(1, int(mask.sum(-1).max())) if mask.numel() else 1
+    logprobs = None if sample.logprobs is None else sample.logprobs[start:stop, :length]
+    return Sample(sample.ids[start:stop, :length], mask[:, :length], logprobs, sample.policy_step)
+
+
+def draw_together(
+    batches: list[dict],
+    samplers: dict[str, Sampler],
+    device: torch.device,
+    pad_id: int,
+    left: bool,
+    policy_steps: dict[str, int] | None = None,
+) -> list[Drawn]:
+    """The samples of several micro-batches (several steps' worth) drawn in one call per sampler, split back into
+    one :data:`Drawn` per micro-batch, in order."""
+    prompt_ids, prompt_mask = cat_prompts(batches, pad_id, left)
+    prompts = (prompt_ids.to(device), prompt_mask.to(device))
+    steps = policy_steps or {}
+    whole = {name: as_sample(sample(*prompts), steps.get(name)) for name, sample in samplers.items()}
+    out, start = [], 0
+    for b in batches:
+        stop = start + b["prompt_ids"].shape[0]
+        out.append({name: _rows(drawn, start, stop) for name, drawn in whole.items()})
+        start = stop
+    return out
+
+
+def step_counts(
+    batches: list[dict], samples: list[Drawn], device: torch.device, reduction: str, accelerator
+) -> dict[str, torch.Tensor]:
+    """Each completion set's item count (sequences or tokens) over the step's micro-batches and all processes."""
     counts = {}
     for batch, drawn in zip(batches, samples):
         masks = {n: batch[f"{n}_mask"] for n in ("reference", "teacher") if f"{n}_mask" in batch}
-        masks.update({n: mask for n, (_, mask) in drawn.items()})
+        masks.update({n: d.mask for n, d in drawn.items()})
         for name, mask in masks.items():
             n = count_items(mask.to(device), reduction)
             counts[name] = counts.get(name, 0) + n.float()
     if accelerator.num_processes > 1:
         counts = {k: accelerator.gather(v.reshape(1)).sum() for k, v in counts.items()}
-    return samples, counts
+    return counts
 
 
 def missing(inputs: dict, samplers: dict[str, Sampler]) -> bool:
@@ -108,10 +205,16 @@ def missing(inputs: dict, samplers: dict[str, Sampler]) -> bool:
     return any(f"{name}_ids" not in inputs for name in samplers)
 
 
-def attach(inputs: dict, drawn: Drawn) -> None:
-    """Put drawn samples into ``inputs`` as ``{name}_ids`` / ``{name}_mask``."""
-    for name, (ids, mask) in drawn.items():
-        inputs[f"{name}_ids"], inputs[f"{name}_mask"] = ids, mask
+def attach(inputs: dict, drawn: Drawn, step: int | None = None) -> None:
+    """Put drawn samples into ``inputs`` as ``{name}_ids`` / ``{name}_mask``; samples drawn by a policy older than
+    the global ``step`` also as ``{name}_policy_logprobs`` and ``{name}_staleness`` (what the weights read)."""
+    for name, sample in drawn.items():
+        inputs[f"{name}_ids"], inputs[f"{name}_mask"] = sample.ids, sample.mask
+        if step is not None and sample.policy_step is not None and sample.policy_step < step:
+            if sample.logprobs is None:
+                raise RuntimeError(f"stale {name} samples (step {sample.policy_step} < {step}) without log-probs")
+            inputs[f"{name}_policy_logprobs"] = sample.logprobs
+            inputs[f"{name}_staleness"] = step - sample.policy_step
 
 
 class StepSamples:
@@ -141,3 +244,135 @@ class StepSamples:
         drawn = self.samples[self.index]
         self.index += 1
         return drawn
+
+
+@dataclass
+class Submitted:
+    """A background draw of a group's student samples (``rollout_overlap``): the future of the sampler's triple,
+    the global step whose weights drew them, and the first training step they are for (named by its errors)."""
+
+    future: Any
+    policy_step: int
+    step: int
+
+    def discard(self) -> None:
+        """Cancel the draw, or wait for it when it already runs: no draw outlives this call."""
+        if not self.future.cancel():
+            wait([self.future])
+
+    def sampler(self) -> Sampler:
+        """A :data:`Sampler` that answers with the future's samples (whatever prompts it is called with: the
+        group's, as submitted); a failed draw is one `RolloutError` naming the step."""
+
+        def result(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            try:
+                drawn = self.future.result()
+            except Exception as error:
+                raise RolloutError(
+                    f"training step {self.step}: the student samples drawn for it in the background failed: "
+                    f"{type(error).__name__}: {error}"
+                ) from error
+            if len(drawn) != 3:
+                raise RolloutError(
+                    f"training step {self.step}: a background draw must return (ids, mask, token_logprobs), the "
+                    "log-probabilities that weight the stale samples."
+                )
+            return tuple(t.to(prompt_ids.device) for t in drawn)
+
+        return result
+
+
+@dataclass
+class PlannedStep:
+    """One optimizer step of a generation group: its micro-batches (as the Trainer's loop takes them), and once the
+    group is drawn, their samples and the step's global counts."""
+
+    batches: list[dict]
+    num_items: Any
+    samples: list[Drawn] | None = None
+    counts: dict[str, torch.Tensor] | None = None
+
+
+class RolloutGroups:
+    """The steps of the current generation group (``steps_per_generation = k``), taken ahead from the epoch iterator.
+
+    :meth:`next_step` (from ``get_batch_samples``) hands out one step's micro-batches per call. When none is queued,
+    it takes the micro-batches of the steps up to the next multiple of k (at most ``max_steps``) from the iterator:
+    the step's own ``num_batches``, then chunks of ``gradient_accumulation_steps`` — the chunks the Trainer's loop
+    takes, the last one cut short at the epoch's end as the loop's ``remainder`` is. A new epoch iterator drops
+    what was queued from the old one (nothing is: a group stops at the epoch's end). :meth:`samples` draws the
+    whole group at its first step's first loss call (``draw(group, pending)`` fills every :class:`PlannedStep`).
+
+    With overlap (``submit`` given), starting a group also takes the *next* group's micro-batches and hands them to
+    ``submit(group) -> Submitted`` (its samples are drawn while this group trains); the next group's draw then reads
+    that future. :meth:`discard_pending` (at a checkpoint, at the end) cancels it: its steps keep their batches and
+    draw their samples when they come.
+    """
+
+    def __init__(self, k: int):
+        self.k = k
+        self.queue: deque[PlannedStep] = deque()
+        self.group: list[PlannedStep] = []
+        self.source = None  # the future the current group's samples come from (overlap), or None: drawn here
+        self.ahead: list[PlannedStep] = []  # the next group, taken early (overlap)
+        self.pending = None  # the future of the next group's samples
+        self.iterator = None
+
+    def _take(self, pull, first: int, chunk: int, size: int) -> list[PlannedStep]:
+        group = [PlannedStep(*pull(first))]
+        while group[0].batches and len(group) < size:
+            planned = PlannedStep(*pull(chunk))
+            if not planned.batches:
+                break
+            group.append(planned)
+        return group if group[0].batches else []
+
+    def _size(self, step: int, max_steps: int) -> int:
+        """Steps from global step ``step`` up to the next multiple of k, and not past ``max_steps``."""
+        size = self.k - step % self.k
+        return min(size, max_steps - step) if max_steps > 0 else size
+
+    def next_step(
+        self, iterator, num_batches: int, pull, step: int, chunk: int, max_steps: int, submit=None
+    ) -> PlannedStep:
+        """The micro-batches of global step ``step + 1``; ``pull(n) -> (batches, num_items)`` takes n from
+        ``iterator``; ``submit(group) -> Submitted`` (overlap) starts drawing the next group's samples."""
+        if iterator is not self.iterator:
+            self.clear()
+            self.iterator = iterator
+        if not self.queue:
+            if self.ahead:
+                self.group, self.source, self.ahead, self.pending = self.ahead, self.pending, [], None
+            else:
+                self.group, self.source = self._take(pull, num_batches, chunk, self._size(step, max_steps)), None
+            if not self.group:
+                return PlannedStep([], None)
+            self.queue.extend(self.group)
+            after = step + len(self.group)
+            if submit is not None and (max_steps <= 0 or after < max_steps):
+                self.ahead = self._take(pull, chunk, chunk, self._size(after, max_steps))
+                self.pending = submit(self.ahead) if self.ahead else None
+        return self.queue.popleft()
+
+    def samples(self, planned: PlannedStep, draw: Callable[[list[PlannedStep], Any], None]):
+        """``(samples, counts)`` of a step of the current group, drawing the whole group on the first call."""
+        if planned.samples is None:
+            source, self.source = self.source, None
+            draw(self.group, source)
+        return planned.samples, planned.counts
+
+    def discard_pending(self) -> None:
+        """Cancel the next group's background draw (its steps draw their samples when they come); waits for one
+        already running, so that no draw outlives this call."""
+        for name in ("pending", "source"):
+            submitted = getattr(self, name)
+            setattr(self, name, None)
+            if submitted is not None:
+                submitted.discard()
+
+    def clear(self) -> None:
+        """Drop the queued steps (drawn or not) and any background draw: nothing of them is ever saved."""
+        self.discard_pending()
+        self.queue.clear()
+        self.group, self.ahead = [], []
+        self.iterator = None

@@ -31,6 +31,9 @@ SPEED_SETTINGS = (
     "teacher_server_batch_size",
     "teacher_server_concurrency",
     "overwrite_output_dir",  # where the run writes, not what it computes
+    # when samples are drawn (reused, overlapped), not what the weighted loss estimates (fdistill.lm.importance)
+    "steps_per_generation",
+    "rollout_overlap",
 )
 # What a failed checkpoint write leaves, and what to do then.
 CHECKPOINT_WRITE_FIX = (

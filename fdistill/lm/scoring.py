@@ -68,8 +68,11 @@ def score_sets(
 
 def fused_wanted(objective, settings, device: torch.device, sharded: bool) -> bool:
     """Whether the fused divergence runs (``fused_divergence``: set, or unset on CUDA; f-divergences with a teacher
-    forward only). Sharded LM heads (FSDP, DeepSpeed) are not whole on any process: refused when asked for."""
+    forward only; never with reused samples, whose weights read the student's logits). Sharded LM heads (FSDP,
+    DeepSpeed) are not whole on any process: refused when asked for."""
     if not objective.fusable or settings.fused_divergence is False or settings.teacher_source.is_topk:
+        return False
+    if settings.steps_per_generation > 1 or settings.rollout_overlap:  # the importance weights read the logits
         return False
     if settings.fused_divergence is None and device.type != "cuda":
         return False

@@ -41,7 +41,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from fdistill.divergences import IGNORE_INDEX, TeacherTopK, count_items
 from fdistill.errors import InputError, NonFiniteError
-from fdistill.lm import rollouts
+from fdistill.lm import importance, rollouts
 from fdistill.lm.checkpoints import (
     RUN_RECORD,
     claim_fresh_output_dir,
@@ -52,7 +52,7 @@ from fdistill.lm.checkpoints import (
 from fdistill.lm.config import DistillArguments
 from fdistill.lm.data import DistillCollator
 from fdistill.lm.objectives import COMPLETION_SETS, ScoredBatch, student_sample_metrics
-from fdistill.lm.rollouts import Sampler, StepSamples
+from fdistill.lm.rollouts import PlannedStep, RolloutGroups, Sampler, StepSamples
 from fdistill.lm.run_record import CHECKPOINT_WRITE_FIX, commit_checkpoint, run_record
 from fdistill.lm.run_record import record_changes as _record_changes
 from fdistill.lm.sampling import sample_completions
@@ -143,6 +143,10 @@ class FDistillMixin:
         self.loss_is_scaled_for_ga = True
         self.objective = settings.objective_spec  # the registered Objective (fdistill.lm.objectives)
         self._step = StepSamples()  # the online samples of the current optimizer step
+        # steps_per_generation > 1 / rollout_overlap: the generation group's steps, taken ahead (fdistill.lm.rollouts)
+        reuse = settings.steps_per_generation > 1 or settings.rollout_overlap
+        self._groups = RolloutGroups(settings.steps_per_generation) if reuse else None
+        self._planned: PlannedStep | None = None
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self.student_generation_config = self._student_generation_config()
         self.teacher_generation_config = rollouts.teacher_generation_config(
@@ -213,6 +217,8 @@ class FDistillMixin:
     def _save_checkpoint(self, model, trial) -> None:
         """The Trainer's checkpoint, then the run record and the manifest of every file, committed last: a checkpoint
         without its manifest (cut off by a crash or a full disk) is never resumed from (:mod:`fdistill.storage`)."""
+        if self._groups is not None:  # samples drawn in the background are never saved: drawn again after it
+            self._groups.discard_pending()
         run_dir = self._get_output_dir(trial=trial)
         folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         if self.args.should_save and os.path.isdir(folder):  # a cut-off (or abandoned) save of this step
@@ -300,7 +306,10 @@ class FDistillMixin:
             state=self.accelerator,
             claim=lambda: self._claim_output_dir(resume_from_checkpoint),
         ) as folder:
-            return super().train(resume_from_checkpoint=folder, trial=trial, **kwargs)
+            try:
+                return super().train(resume_from_checkpoint=folder, trial=trial, **kwargs)
+            finally:
+                self._end_rollouts()
 
     def _claim_output_dir(self, resume: str | bool | None) -> str | None:
         """The checkpoint to resume from, verified (None: a fresh run, the output folder checked to be free)."""
@@ -363,26 +372,142 @@ class FDistillMixin:
         Sampling waits for the first ``compute_loss`` of the step because, on resume, the
         Trainer restores the RNG state only after this method returns: sampling here
         would make a resumed run draw different student samples than an uninterrupted one.
+        With ``steps_per_generation = k > 1`` the first step of a group takes the next steps' micro-batches too
+        (:class:`~fdistill.lm.rollouts.RolloutGroups`), in the chunks the Trainer's loop takes.
         """
-        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self._groups is None:
+            batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        else:
+            pull = super().get_batch_samples
+            self._planned = self._groups.next_step(
+                epoch_iterator,
+                num_batches,
+                lambda n: pull(epoch_iterator, n, device),
+                self.state.global_step,
+                self.args.gradient_accumulation_steps,
+                self.state.max_steps,
+                submit=self._submit_group if self.distill_args.rollout_overlap else None,
+            )
+            batches, num_items = self._planned.batches, self._planned.num_items
         self._step.start(batches)
         return batches, num_items
+
+    def _student_policy_step(self) -> int:
+        """The global step whose weights draw student samples now: the server's last sync, or this process's step."""
+        server = getattr(self, "student_server", None)
+        return server.synced_step if server is not None else self.state.global_step
 
     def _attach_online_samples(self, inputs: dict, training: bool) -> None:
         """Put the micro-batch's online samples into ``inputs`` (``student_ids``/``_mask``, ``teacher_ids``/``_mask``).
 
-        In training they come from the step's draw (:func:`fdistill.lm.rollouts.draw_step`); in evaluation (or a
-        call outside the training loop) they are drawn here.
+        In training they come from the step's draw (:func:`fdistill.lm.rollouts.draw_step`), or from the generation
+        group's (:meth:`_draw_group`); in evaluation (or a call outside the training loop) they are drawn here.
         """
         samplers, device = self._samplers(), self.args.device
+        step = None
         if training and self._step.pending:
-            reduction = self.distill_args.loss_reduction
-            drawn = self._step.next(lambda b: rollouts.draw_step(b, samplers, device, reduction, self.accelerator))
+            reduction, step = self.distill_args.loss_reduction, self.state.global_step
+            if self._groups is None:
+                policy = {"student": self._student_policy_step()}
+                drawn = self._step.next(
+                    lambda b: rollouts.draw_step(b, samplers, device, reduction, self.accelerator, policy)
+                )
+            else:
+                drawn = self._step.next(lambda b: self._groups.samples(self._planned, self._draw_group))
         elif rollouts.missing(inputs, samplers):
             drawn = rollouts.online_samples(inputs, samplers, device)
         else:
             drawn = {}
-        rollouts.attach(inputs, drawn)
+        rollouts.attach(inputs, drawn, step)
+
+    def _submit_group(self, group: list[PlannedStep]):
+        """``rollout_overlap``: start drawing the next group's student samples on the student server (all its
+        micro-batches in one request batch); the future gives the samples with the policy that drew them."""
+        batches = [b for planned in group for b in planned.batches]
+        ids, mask = rollouts.cat_prompts(batches, self.processing_class.pad_token_id, not self.is_encoder_decoder)
+        device, policy_step = self.args.device, self.student_server.synced_step
+        first = self.state.global_step + len(self._groups.group) + 1  # the training step the samples are for
+        future = self.student_server.submit(ids.to(device), mask.to(device), step=first)
+        return rollouts.Submitted(future, policy_step, first)
+
+    def _draw_group(self, group: list[PlannedStep], submitted: rollouts.Submitted | None = None) -> None:
+        """The samples of every step of a generation group in one call per sampler (the student's from the
+        background draw when one was submitted); for the steps that will score them stale, the drawing student's
+        log-probabilities of its tokens, now, before its weights change."""
+        batches = [b for planned in group for b in planned.batches]
+        pad = self.processing_class.pad_token_id
+        samplers, policy = self._samplers(), {"student": self._student_policy_step()}
+        if submitted is not None:
+            samplers = {**samplers, "student": submitted.sampler()}
+            policy["student"] = submitted.policy_step
+        drawn = rollouts.draw_together(batches, samplers, self.args.device, pad, not self.is_encoder_decoder, policy)
+        start = 0
+        for j, planned in enumerate(group):
+            samples = drawn[start : start + len(planned.batches)]
+            start += len(planned.batches)
+            if j > 0 or submitted is not None:  # scored after the drawing policy's step: stale
+                samples = [self._with_policy_logprobs(b, d) for b, d in zip(planned.batches, samples)]
+            planned.samples = samples
+            planned.counts = rollouts.step_counts(
+                planned.batches, samples, self.args.device, self.distill_args.loss_reduction, self.accelerator
+            )
+
+    @torch.no_grad()
+    def _with_policy_logprobs(self, batch: dict, drawn: rollouts.Drawn) -> rollouts.Drawn:
+        """``drawn`` with the student's samples carrying the drawing student's log-probabilities of their tokens: a
+        no-grad forward in eval mode (the mode ``generate`` samples in) when the sampler returned none."""
+        sample = drawn.get("student")
+        if sample is None or sample.logprobs is not None:
+            return drawn
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        try:
+            device = self.args.device
+            inputs = {
+                "prompt_ids": batch["prompt_ids"].to(device),
+                "prompt_mask": batch["prompt_mask"].to(device),
+                "student_ids": sample.ids,
+                "student_mask": sample.mask,
+            }
+            scored, _ = score_sets(
+                model,
+                inputs,
+                ["student"],
+                pad_token_id=self.processing_class.pad_token_id,
+                is_encoder_decoder=self.is_encoder_decoder,
+                shared_vocab_size=self.shared_vocab_size,
+            )
+        finally:
+            model.train(was_training)
+        values, labels = scored["student"]
+        logprobs = importance.sampling_logprobs(values, labels, self.distill_args.student_sampling_temperature)
+        return {**drawn, "student": sample._replace(logprobs=logprobs)}
+
+    def _importance_weights(self, inputs: dict, student: dict[str, Scored], training: bool) -> torch.Tensor | None:
+        """The truncated prefix importance weights of stale student samples (:mod:`fdistill.lm.importance`), None
+        for fresh ones; logs ``rollout/ess``, ``rollout/clipped_fraction`` and ``rollout/staleness`` when reusing."""
+        old, weights = inputs.get("student_policy_logprobs"), None
+        if old is not None:
+            a = self.distill_args
+            weights, stats = importance.stale_sample_weights(
+                *student["student"], old, temperature=a.student_sampling_temperature, cap=a.importance_weight_cap
+            )
+            logged = (stats.ess, stats.clipped_fraction, float(inputs["student_staleness"]))
+        elif training and self._groups is not None:
+            logged = (1.0, 0.0, 0.0)  # fresh samples: every weight 1
+        else:
+            return None
+        names = ("rollout/ess", "rollout/clipped_fraction", "rollout/staleness")
+        self._store_metrics({n: torch.tensor(v, device=self.args.device) for n, v in zip(names, logged)}, {}, training)
+        return weights
+
+    def _end_rollouts(self) -> None:
+        """Drop the queued samples and cancel a background draw at the end of train() (normal or not): they are
+        never saved."""
+        if self._groups is not None:
+            self._groups.clear()
+        self._planned = None
 
     # ------------------------------------------------------------------ the loss
 
@@ -427,7 +552,7 @@ class FDistillMixin:
         elif a.teacher_source.is_topk:  # its top k stand in for its forward
             teacher = {n: Scored(top, student[n].labels) for n, top in self.score_topk(inputs, names).items()}
         counts = {n: self._count(n, inputs, training) for n in names}
-        return scored_batch(
+        batch = scored_batch(
             student,
             teacher,
             counts,
@@ -437,6 +562,9 @@ class FDistillMixin:
             student_config=_base_model(model).config,
             is_encoder_decoder=self.is_encoder_decoder,
         )
+        if "student" in batch.sets:
+            batch.sets["student"].weights = self._importance_weights(inputs, student, training)
+        return batch
 
     def score_topk(self, inputs: dict[str, torch.Tensor], names: list[str]) -> dict[str, TeacherTopK]:
         """The teacher's top-k log-probabilities at every scored position of the completion sets ``names``.
