@@ -4,7 +4,8 @@ rollouts (k = 2, 4), overlapped generation, and TRL's DistillationTrainer; and q
 The demo's setting (:mod:`fdistill.studies.demo`): the packaged SmolLM2-135M-Instruct teacher (GGUF), chatterbot
 prompts through the chat template, one offline teacher sample per training prompt, the 4-layer copied-layer student
 pre-distilled once. These shared stages are :class:`fdistill.studies.paper_claims.Shared`, cached in ``--work``
-(the first invocation spends a few minutes on them; later ones reuse them).
+(the first invocation spends a few minutes on them; later ones reuse them). They run on the CPU on every machine
+(the study's path); a GPU run moves the teacher and student to the GPU for the speed rows only.
 
 Speed (every row side by side in one process, one after another; warm-up steps untimed):
 
@@ -31,7 +32,8 @@ Timing: wall clock at every optimizer step's end (``bench_trainer.StepTimer``); 
 Completion tok/s counts the student completion tokens the timed steps trained on (the logged
 ``student_sample_length`` × batch; TRL: ``completions/mean_length``). Generation share: the time the trainer spent
 inside its student sampler (fdistill: the ``_samplers()`` entry; TRL: the student's ``generate``) over the timed
-steps' time; with overlap the sampler draws in the background and the share is the time waited for it.
+steps' time; with overlap it is the time waited for the background draw if that goes through the sampler, else
+n/a. Speed-ups: the in-process row's s/step (and TRL's, for rkl and js) over the row's, same objective, same run.
 Completions are forced to exactly ``--completion`` tokens where the backend takes ``min_new_tokens`` (in-process
 and TRL); the "len" column shows the mean length each row actually trained on.
 """
@@ -94,6 +96,9 @@ def parse_args(argv=None):
     p.add_argument("--quality", action="store_true", help="quality at equal steps instead of speed")
     p.add_argument("--quality-steps", type=int, default=32)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--predistill-steps", type=int, default=100, help="the shared start's (the study's 100)")
+    p.add_argument("--train-prompts", type=int, default=192, help="offline teacher samples (the study's 192)")
+    p.add_argument("--eval-prompts", type=int, default=32, help="held-out prompts scored (the study's 32)")
     p.add_argument("--work", default="runs/bench_rollouts", help="cache of the shared stages and quality runs")
     p.add_argument("--cache-dir", default=None, help="converted-GGUF cache (default ~/.cache/fdistill/gguf)")
     p.add_argument("--out", default=None, help="write the table here (Markdown) and JSON beside it")
@@ -103,8 +108,8 @@ def parse_args(argv=None):
             setattr(o, k, v)
     o.objective = o.objective or (["tvd"] if o.quality else list(OBJECTIVES))
     o.rows = o.rows or (list(QUALITY_VARIANTS) if o.quality else list(ROWS))
-    if o.warmup < 1 or o.steps < 1 or o.quality_steps < 1:
-        p.error("use --warmup, --steps and --quality-steps >= 1")
+    if min(o.warmup, o.steps, o.quality_steps, o.predistill_steps, o.train_prompts, o.eval_prompts) < 1:
+        p.error("use positive --warmup, --steps, --quality-steps, --predistill-steps, --train-prompts, --eval-prompts")
     if o.quality and (len(o.seeds) < 2 or len(set(o.seeds)) != len(o.seeds)):
         p.error("--quality pairs seeds: give at least two distinct --seeds (three or more to resolve differences)")
     o.prompt = 256  # FDistillConfig's default max_prompt_length (chat-template prompts)
@@ -132,6 +137,11 @@ def unavailable(settings: dict, server: str) -> str | None:
 
 def row_settings(name: str, server: str) -> dict:
     return {k: (server if v == SERVER else v) for k, v in ROWS[name].items()}
+
+
+def shown(server: str) -> str:
+    """--student-server as written to a table or record: a URL may carry credentials, so it is never written."""
+    return server if server == "auto" else "URL"
 
 
 def trl_vllm_unavailable() -> str:
@@ -218,7 +228,17 @@ def claims_settings(o):
     """The paper-claims study's sizes with this benchmark's completion length, steps and seeds (no BERTScore)."""
     from fdistill.studies.paper_claims import ClaimsSettings
 
-    return ClaimsSettings(max_new_tokens=o.completion, distill_steps=o.quality_steps, seeds=o.seeds, bertscore=False)
+    return ClaimsSettings(
+        train_prompts=o.train_prompts,
+        eval_prompts=o.eval_prompts,
+        curve_prompts=16 if o.eval_prompts >= 16 else o.eval_prompts,
+        sample_batch_size=16 if o.eval_prompts >= 16 else o.eval_prompts,
+        max_new_tokens=o.completion,
+        predistill_steps=o.predistill_steps,
+        distill_steps=o.quality_steps,
+        seeds=o.seeds,
+        bertscore=False,
+    )
 
 
 def load_shared(o, settings=None):
@@ -277,11 +297,17 @@ def run_fdistill_row(o, shared, objective: str, name: str) -> dict:
         except InputError as e:  # the installed fdistill refuses the row's settings (e.g. a combination)
             if not settings:
                 raise
-            return {"unavailable": f"{type(e).__name__}: {e}"}
+            return {"unavailable": _error(e, o)}
         except Exception as e:  # noqa: BLE001 — a failing feature row must not lose the others; it is reported
             if not settings:
                 raise
-            return {"error": f"{type(e).__name__}: {e}".splitlines()[0][:200]}
+            return {"error": _error(e, o).splitlines()[0][:200]}
+
+
+def _error(e: Exception, o) -> str:
+    """An exception as a table cell, --student-server's URL (it may carry credentials) replaced by "URL"."""
+    text = f"{type(e).__name__}: {e}"
+    return text if o.student_server == "auto" else text.replace(o.student_server, shown(o.student_server))
 
 
 def run_trl_row(o, shared, beta: float, vllm: bool = False) -> dict:
@@ -303,7 +329,7 @@ def run_trl_row(o, shared, beta: float, vllm: bool = False) -> dict:
             trainer = trl_trainer(o, student, shared.teacher, shared.tokenizer, prompts, beta, tmp, **extra)
             return measure_row(trainer, o, clock, "completions/mean_length")
     except Exception as e:  # noqa: BLE001 — TRL failing must not lose the other rows; it is reported
-        return {"error": f"{type(e).__name__}: {e}".splitlines()[0][:200]}
+        return {"error": _error(e, o).splitlines()[0][:200]}
     finally:
         del student.generate  # the instance attribute clock_generate put there
 
@@ -333,27 +359,26 @@ def _round(v):
 def speed_table(o, results: dict[str, dict]) -> str:
     mem = "peak GPU GiB" if CUDA else "peak RSS GiB"
     lines = [
-        f"| objective | rollouts | s/step | steps/s | speed-up vs in-process | completion tok/s | len | "
+        f"| objective | rollouts | s/step | steps/s | × in-process | × TRL | completion tok/s | len | "
         f"generation share | {mem} | final loss |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, r in results.items():
         objective, name = key.split(" / ", 1)
-        label = _row_label(objective, name)
+        label = _row_label(objective, name, o.student_server)
         if "unavailable" in r or "error" in r:
             what = f"not available: {r['unavailable']}" if "unavailable" in r else f"failed: {r['error']}"
-            lines.append(f"| {objective} | {label} | {what} | | | | | | | |")
+            lines.append(f"| {objective} | {label} | {what} | | | | | | | | |")
             continue
-        base = results.get(f"{objective} / in-process", {})
-        ratio = f"{base['s_per_step'] / r['s_per_step']:.2f}×" if "s_per_step" in base else "n/a"
+        ratios = [_speedup(results.get(f"{objective} / {base}", {}), r) for base in ("in-process", "TRL")]
         share = "n/a" if math.isnan(r["generation_share"]) else f"{100 * r['generation_share']:.0f} %"
         lines.append(
-            f"| {objective} | {label} | {r['s_per_step']:.3f} | {1 / r['s_per_step']:.2f} | {ratio} | "
+            f"| {objective} | {label} | {r['s_per_step']:.3f} | {1 / r['s_per_step']:.2f} | {' | '.join(ratios)} | "
             f"{r['tok_per_s']:.1f} | {r['mean_length']:.1f} | {share} | {r['peak_gib']:.2f} | {r['loss']:.4g} |"
         )
     lines += [
         "",
-        "Speed-up: in-process s/step ÷ the row's s/step, same objective, same run. Generation share: time inside the "
+        "× in-process, × TRL: that row's s/step ÷ this row's, same objective, same run. Generation share: time inside the "
         "student sampler over the timed steps' time (overlap: the time waited for the background draw). "
         "len: mean student completion length trained on (in-process and TRL forced to the full length; a server "
         "that ignores min_new_tokens samples shorter). Loss: fdistill sums over positions, averaged over sequences; "
@@ -362,11 +387,15 @@ def speed_table(o, results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def _row_label(objective: str, name: str) -> str:
+def _speedup(base: dict, row: dict) -> str:
+    return f"{base['s_per_step'] / row['s_per_step']:.2f}" if "s_per_step" in base else "n/a"
+
+
+def _row_label(objective: str, name: str, server: str) -> str:
     if name.startswith("TRL"):
         beta = TRL_ROWS.get(objective)
         return f"{name} DistillationTrainer" + (f" (beta={beta})" if beta is not None else "")
-    settings = ROWS[name]
+    settings = row_settings(name, shown(server))
     return name if not settings else f"{name} (`{', '.join(f'{k}={v}' for k, v in settings.items())}`)"
 
 
@@ -397,7 +426,7 @@ def quality_run(o, shared, objective: str, variant: str, seed: int) -> dict:
         "variant": variant,
         "seed": seed,
         "objective": objective,
-        "settings": {k: ("URL" if k == "student_server" and v != "auto" else v) for k, v in settings.items()},
+        "settings": row_settings(variant, shown(o.student_server)),
         "metrics": shared.held_out_scores(shared.student),
         "train_seconds": seconds,
     }
@@ -472,8 +501,7 @@ def main(argv=None):
     transformers.logging.set_verbosity_error()
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' renamed-argument notices
     settings = {k: v for k, v in vars(o).items() if k not in ("out", "cache_dir")}
-    if o.student_server != "auto":
-        settings["student_server"] = "URL"  # a URL may carry credentials: never written
+    settings["student_server"] = shown(o.student_server)
     device = torch.cuda.get_device_name() if CUDA else f"CPU, {torch.get_num_threads()} threads"
     versions = f"torch {torch.__version__}, transformers {transformers.__version__}"
     print(f"settings: {json.dumps(settings)}\ndevice: {device}; {versions}", flush=True)

@@ -75,7 +75,7 @@ def test_speed_rows_run_or_say_why_not(shared, monkeypatch):
     assert "CUDA" in results["rkl / TRL + vLLM"]["unavailable"]  # this suite runs without CUDA
     assert _ran(results["rkl / TRL"]) if trl else "not installed" in results["rkl / TRL"]["unavailable"]
     table = bench.speed_table(o, results)
-    assert "| rkl | in-process | " in table and "1.00×" in table
+    assert "| rkl | in-process | " in table and "| 1.00 |" in table
     assert table.count("not available: ") == sum("unavailable" in r for r in results.values())
 
 
@@ -103,3 +103,11 @@ def test_a_bad_out_folder_is_refused_before_any_work(tmp_path):
     with pytest.raises(InputError, match="--out"):
         bench.main(["--out", str(tmp_path / "missing" / "x.md"), "--work", str(tmp_path / "work")])
     assert not (tmp_path / "work").exists()
+
+
+def test_a_server_url_is_never_written():
+    url = "http://user:secret@127.0.0.1:9/v1"
+    o = bench.parse_args(["--student-server", url])
+    cells = [bench._row_label("tvd", "overlap", url), bench._error(ConnectionError(f"{url} refused"), o)]
+    assert all("secret" not in c and "URL" in c for c in cells)
+    assert "auto" in bench._row_label("tvd", "server", "auto")
