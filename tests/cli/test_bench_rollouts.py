@@ -80,13 +80,13 @@ def test_speed_rows_run_or_say_why_not(shared, monkeypatch):
 
 
 def test_quality_runs_are_paired_resumable_and_tabled(shared, tmp_path, monkeypatch):
-    o = bench.parse_args(["--quality", "--quality-steps", "1", "--seeds", "0", "1", "--work", str(tmp_path)])
+    o = bench.parse_args(["--quality", "--quality-steps", "2", "--seeds", "0", "1", "--work", str(tmp_path)])
     o.rows = ["in-process", "k=2"]
     runs, skipped = bench.quality_runs(o, shared, "tvd")
     ran = [v for v in o.rows if v not in skipped]
     assert len(runs) == 2 * len(ran) and "in-process" in ran
     assert all(set(bench.QUALITY_KEYS) <= set(r["metrics"]) for r in runs)
-    assert {r["seed"] for r in runs} == {0, 1}
+    assert {r["seed"] for r in runs} == {0, 1} and all(r["s_per_step"] > 0 for r in runs)
     calls = []
     monkeypatch.setattr(shared, "train_fn", lambda *a, **k: calls.append(k))
     again, _ = bench.quality_runs(o, shared, "tvd")  # every (variant, seed) is on disk: nothing is trained again
@@ -95,8 +95,8 @@ def test_quality_runs_are_paired_resumable_and_tabled(shared, tmp_path, monkeypa
     assert "| in-process |" in table
     for variant in skipped:
         assert f"| {variant} | not available: " in table
-    if "k=2" in ran:
-        assert "| k=2 | " in table.split("Paired per seed")[1]
+    paired = table.split("Paired per seed")[1]
+    assert "| k=2 | " in paired if "k=2" in ran else "no variant ran beside in-process" in paired
 
 
 def test_a_bad_out_folder_is_refused_before_any_work(tmp_path):
@@ -111,3 +111,24 @@ def test_a_server_url_is_never_written():
     cells = [bench._row_label("tvd", "overlap", url), bench._error(ConnectionError(f"{url} refused"), o)]
     assert all("secret" not in c and "URL" in c for c in cells)
     assert "auto" in bench._row_label("tvd", "server", "auto")
+
+
+def test_the_quality_table_pairs_each_variant_with_in_process_by_seed():
+    """Made-up scores: k=2 is consistently lower on r_llh_token (better), the rest equal (ties)."""
+    o = bench.parse_args(["--quality", "--quality-steps", "4", "--seeds", "0", "1", "2"])
+    o.rows = ["in-process", "k=2", "server"]
+    runs = [
+        {
+            "variant": v,
+            "seed": seed,
+            "s_per_step": 1.0,
+            "metrics": {k: 5.0 + seed - (d if k == "r_llh_token" else 0) for k in bench.QUALITY_KEYS},
+        }
+        for v, d in (("in-process", 0.0), ("k=2", 0.5))
+        for seed in (0, 1, 2)
+    ]
+    table = bench.quality_table(o, "tvd", runs, {"server": "no vLLM here"})
+    k2 = next(line for line in table.split("Paired per seed")[1].splitlines() if line.startswith("| k=2 |"))
+    cells = k2.strip("|").split("|")[1:]
+    assert "-0.5" in cells[0] and "better" in cells[0] and all("tie" in c for c in cells[1:])
+    assert "| server | not available: no vLLM here |" in table
