@@ -293,15 +293,16 @@ def run_fdistill_row(o, shared, objective: str, name: str) -> dict:
                 max_prompt_length=o.prompt,
                 **settings,
             )
-            return measure_row(trainer, o, clock_fdistill(trainer), "student_sample_length")
         except InputError as e:  # the installed fdistill refuses the row's settings (e.g. a combination)
             if not settings:
                 raise
             return {"unavailable": _error(e, o)}
+        try:
+            return measure_row(trainer, o, clock_fdistill(trainer), "student_sample_length")
         except Exception as e:  # noqa: BLE001 — a failing feature row must not lose the others; it is reported
             if not settings:
                 raise
-            return {"error": _error(e, o).splitlines()[0][:200]}
+            return {"error": _error(e, o).splitlines()[0][:300]}
 
 
 def _error(e: Exception, o) -> str:
