@@ -34,8 +34,9 @@ Completion tok/s counts the student completion tokens the timed steps trained on
 inside its student sampler (fdistill: the ``_samplers()`` entry; TRL: the student's ``generate``) over the timed
 steps' time; with overlap it is the time waited for the background draw if that goes through the sampler, else
 n/a. Speed-ups: the in-process row's s/step (and TRL's, for rkl and js) over the row's, same objective, same run.
-Completions are forced to exactly ``--completion`` tokens where the backend takes ``min_new_tokens`` (in-process
-and TRL); the "len" column shows the mean length each row actually trained on.
+Completions end at EOS or after ``--completion`` tokens in every row, so all backends do the same kind of work (the
+student server does not take ``min_new_tokens``); ``--exact-length`` forces full-length completions where the
+backend takes ``min_new_tokens`` (in-process and TRL). The "len" column shows the mean length each row trained on.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ ROWS: dict[str, dict] = {
 }
 QUALITY_VARIANTS = ("in-process", "server", "k=2", "k=4", "overlap")
 QUALITY_KEYS = ("r_llh_token", "r_cvg_token", "kl", "rkl", "js", "tvd_bound")
+LENGTHS = {True: "in-process and TRL forced to the full length", False: "every row's samples end at EOS"}
 TRL_ROWS = {"rkl": 1.0, "js": 0.5}  # TRL's beta: 1 = reverse KL, 0.5 = its JSD; TRL has no TVD
 
 
@@ -93,6 +95,11 @@ def parse_args(argv=None):
     p.add_argument("--rows", nargs="+", choices=list(ROWS), default=None, help="default: all")
     p.add_argument("--student-server", default="auto", help='"auto" (vLLM from its virtualenv) or a URL')
     p.add_argument("--no-trl", action="store_true", help="skip the TRL rows")
+    p.add_argument(
+        "--exact-length",
+        action="store_true",
+        help="force --completion tokens (min_new_tokens) where the backend takes it: in-process and TRL only",
+    )
     p.add_argument("--quality", action="store_true", help="quality at equal steps instead of speed")
     p.add_argument("--quality-steps", type=int, default=32)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -289,6 +296,7 @@ def run_fdistill_row(o, shared, objective: str, name: str) -> dict:
                 shared.train_data,
                 objective,
                 tmp,
+                exact=o.exact_length,
                 use_chat_template=True,
                 max_prompt_length=o.prompt,
                 **settings,
@@ -327,7 +335,9 @@ def run_trl_row(o, shared, beta: float, vllm: bool = False) -> dict:
     clock = clock_generate(student)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            trainer = trl_trainer(o, student, shared.teacher, shared.tokenizer, prompts, beta, tmp, **extra)
+            trainer = trl_trainer(
+                o, student, shared.teacher, shared.tokenizer, prompts, beta, tmp, o.exact_length, **extra
+            )
             return measure_row(trainer, o, clock, "completions/mean_length")
     except Exception as e:  # noqa: BLE001 — TRL failing must not lose the other rows; it is reported
         return {"error": _error(e, o).splitlines()[0][:200]}
@@ -381,8 +391,8 @@ def speed_table(o, results: dict[str, dict]) -> str:
         "",
         "× in-process, × TRL: that row's s/step ÷ this row's, same objective, same run. Generation share: time inside the "
         "student sampler over the timed steps' time (overlap: the time waited for the background draw). "
-        "len: mean student completion length trained on (in-process and TRL forced to the full length; a server "
-        "that ignores min_new_tokens samples shorter). Loss: fdistill sums over positions, averaged over sequences; "
+        f"len: mean student completion length trained on ({LENGTHS[o.exact_length]}). "
+        "Loss: fdistill sums over positions, averaged over sequences; "
         "TRL averages over tokens. TRL beta=1.0 is its reverse KL (rkl rows), beta=0.5 its JSD (js rows).",
     ]
     return "\n".join(lines)

@@ -246,8 +246,11 @@ def measure(trainer, o) -> dict:
 # ----------------------------------------------------------------------------- one function per trainer
 
 
-def fdistill_trainer(o, student, teacher, tok, data, objective: str, out_dir: str, **settings) -> FDistillTrainer:
-    """An FDistillTrainer with the settings shared with TRL (:func:`training_args`), exact-length samples."""
+def fdistill_trainer(
+    o, student, teacher, tok, data, objective: str, out_dir: str, exact: bool = True, **settings
+) -> FDistillTrainer:
+    """An FDistillTrainer with the settings shared with TRL (:func:`training_args`); ``exact``: samples of exactly
+    ``o.completion`` tokens (``min_new_tokens``), else they end at EOS."""
     fused = {"auto": None, "on": True, "off": False}[o.fused]
     args = FDistillConfig(
         objective=objective,
@@ -259,7 +262,7 @@ def fdistill_trainer(o, student, teacher, tok, data, objective: str, out_dir: st
     )
     trainer = FDistillTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data, processing_class=tok)
     for cfg in (trainer.student_generation_config, trainer.teacher_generation_config):
-        if cfg is not None:
+        if cfg is not None and exact:
             cfg.min_new_tokens = o.completion  # exact-length samples
     return trainer
 
@@ -271,8 +274,9 @@ def run_fdistill(o, teacher, tok, data, objective: str, **settings) -> dict:
         return measure(fdistill_trainer(o, student, teacher, tok, data, objective, tmp, **settings), o)
 
 
-def trl_trainer(o, student, teacher, tok, prompts, beta: float, out_dir: str, **settings):
-    """TRL's DistillationTrainer with the same shared settings, exact-length samples; ``prompts``: a "prompt" column."""
+def trl_trainer(o, student, teacher, tok, prompts, beta: float, out_dir: str, exact: bool = True, **settings):
+    """TRL's DistillationTrainer with the same shared settings (``exact``: as for :func:`fdistill_trainer`);
+    ``prompts``: a "prompt" column."""
     from trl import DistillationConfig, DistillationTrainer
 
     args = DistillationConfig(
@@ -281,7 +285,7 @@ def trl_trainer(o, student, teacher, tok, prompts, beta: float, out_dir: str, **
         temperature=1.0,
         top_k=0,
         top_p=1.0,
-        generation_kwargs={"min_new_tokens": o.completion},
+        generation_kwargs={"min_new_tokens": o.completion} if exact else {},
         **settings,
         **training_args(o, out_dir),
     )
