@@ -184,6 +184,16 @@ class StepTimer(TrainerCallback):
         if len(self.ends) == self.warmup:
             reset_peak_memory()
 
+    @property
+    def warm(self) -> float:
+        """The clock at the last warm-up step's end: the timed steps start here."""
+        return self.ends[self.warmup - 1]
+
+    @property
+    def seconds(self) -> float:
+        """Wall time of the steps after the warm-up."""
+        return self.ends[-1] - self.warm
+
 
 def training_args(o, out_dir: str) -> dict:
     """Trainer settings shared by fdistill and TRL."""
@@ -210,13 +220,18 @@ def training_args(o, out_dir: str) -> dict:
     )
 
 
-def measure(trainer, o) -> dict:
-    timer = StepTimer(o.warmup)
-    trainer.remove_callback(PrinterCallback)  # no per-step log lines
+def timed_train(trainer, warmup: int) -> tuple[StepTimer, list[dict]]:
+    """Train (no per-step log lines); the step clock and the loss logs."""
+    timer = StepTimer(warmup)
+    trainer.remove_callback(PrinterCallback)
     trainer.add_callback(timer)
     trainer.train()
-    seconds = timer.ends[-1] - timer.ends[o.warmup - 1]
-    logs = [h for h in trainer.state.log_history if "loss" in h]
+    return timer, [h for h in trainer.state.log_history if "loss" in h]
+
+
+def measure(trainer, o) -> dict:
+    timer, logs = timed_train(trainer, o.warmup)
+    seconds = timer.seconds
     # sampled length as each trainer logs it: a check that every completion had exactly o.completion tokens
     length = logs[-1].get("student_sample_length", logs[-1].get("completions/min_length", math.nan))
     return {
@@ -231,52 +246,59 @@ def measure(trainer, o) -> dict:
 # ----------------------------------------------------------------------------- one function per trainer
 
 
+def fdistill_trainer(
+    o, student, teacher, tok, data, objective: str, out_dir: str, exact: bool = True, **settings
+) -> FDistillTrainer:
+    """An FDistillTrainer with the settings shared with TRL (:func:`training_args`); ``exact``: samples of exactly
+    ``o.completion`` tokens (``min_new_tokens``), else they end at EOS."""
+    fused = {"auto": None, "on": True, "off": False}[o.fused]
+    args = FDistillConfig(
+        objective=objective,
+        max_new_tokens=o.completion,
+        max_target_length=o.completion,
+        fused_divergence=fused,
+        **{"max_prompt_length": o.prompt, **settings},
+        **training_args(o, out_dir),
+    )
+    trainer = FDistillTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data, processing_class=tok)
+    for cfg in (trainer.student_generation_config, trainer.teacher_generation_config):
+        if cfg is not None and exact:
+            cfg.min_new_tokens = o.completion  # exact-length samples
+    return trainer
+
+
 def run_fdistill(o, teacher, tok, data, objective: str, **settings) -> dict:
     student = build_llama(o, o.student_layers, seed=1)
     torch.manual_seed(o.seed)
-    fused = {"auto": None, "on": True, "off": False}[o.fused]
     with tempfile.TemporaryDirectory() as tmp:
-        args = FDistillConfig(
-            objective=objective,
-            max_new_tokens=o.completion,
-            max_prompt_length=o.prompt,
-            max_target_length=o.completion,
-            fused_divergence=fused,
-            **settings,
-            **training_args(o, tmp),
-        )
-        trainer = FDistillTrainer(
-            model=student, teacher_model=teacher, args=args, train_dataset=data, processing_class=tok
-        )
-        for cfg in (trainer.student_generation_config, trainer.teacher_generation_config):
-            if cfg is not None:
-                cfg.min_new_tokens = o.completion  # exact-length samples
-        return measure(trainer, o)
+        return measure(fdistill_trainer(o, student, teacher, tok, data, objective, tmp, **settings), o)
+
+
+def trl_trainer(o, student, teacher, tok, prompts, beta: float, out_dir: str, exact: bool = True, **settings):
+    """TRL's DistillationTrainer with the same shared settings (``exact``: as for :func:`fdistill_trainer`);
+    ``prompts``: a "prompt" column."""
+    from trl import DistillationConfig, DistillationTrainer
+
+    args = DistillationConfig(
+        beta=beta,
+        max_completion_length=o.completion,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        generation_kwargs={"min_new_tokens": o.completion} if exact else {},
+        **settings,
+        **training_args(o, out_dir),
+    )
+    return DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=prompts, processing_class=tok
+    )
 
 
 def run_trl(o, teacher, tok, data, beta: float) -> dict:
-    from trl import DistillationConfig, DistillationTrainer
-
     student = build_llama(o, o.student_layers, seed=1)
     torch.manual_seed(o.seed)
     with tempfile.TemporaryDirectory() as tmp:
-        args = DistillationConfig(
-            beta=beta,
-            max_completion_length=o.completion,
-            temperature=1.0,
-            top_k=0,
-            top_p=1.0,
-            generation_kwargs={"min_new_tokens": o.completion},
-            **training_args(o, tmp),
-        )
-        trainer = DistillationTrainer(
-            model=student,
-            teacher_model=teacher,
-            args=args,
-            train_dataset=data.select_columns(["prompt"]),
-            processing_class=tok,
-        )
-        return measure(trainer, o)
+        return measure(trl_trainer(o, student, teacher, tok, data.select_columns(["prompt"]), beta, tmp), o)
 
 
 # ----------------------------------------------------------------------------- report
