@@ -447,20 +447,11 @@ class DistillCollator:
                 )
 
     def _topk(self, features, length: int) -> tuple[Tensor, Tensor]:
-        """Stored top-k teacher ids / log-probabilities as ``(B, C, k)`` tensors aligned with ``teacher_ids``."""
-        ids_column, lp_column = self.topk_columns
-        k = max(len(pos) for f in features for pos in f[ids_column][:1]) if features else 0
-        ids = torch.zeros(len(features), length, k, dtype=torch.long)
-        logprobs = torch.zeros(len(features), length, k)
-        for b, f in enumerate(features):
-            rows = f[ids_column][: self.max_target_length]
-            expected = len(self.target_tokens(f[self.completions["teacher"]]))
-            if len(rows) != expected or len(f[lp_column][: self.max_target_length]) != expected:
-                raise InputError(
-                    f"an example has {len(rows)} positions of {ids_column!r} / {lp_column!r} but {expected} teacher sample "
-                    "tokens; both must come from the same `fdistill sample --topk-logprobs K` run."
-                )
-            if rows:
-                ids[b, : len(rows)] = torch.tensor(rows, dtype=torch.long)
-                logprobs[b, : len(rows)] = torch.tensor(f[lp_column][: self.max_target_length], dtype=torch.float32)
-        return ids, logprobs
+        """Stored top-k teacher ids / log-probabilities as ``(B, C, k)`` tensors aligned with ``teacher_ids``: decoded
+        from the cache columns (:mod:`fdistill.lm.logits_cache`) when the examples hold them, else read from the
+        older float columns ``topk_columns``."""
+        from fdistill.lm.logits_cache import CACHE_COLUMNS, collate_topk
+
+        columns = CACHE_COLUMNS if features and CACHE_COLUMNS[0] in features[0] else self.topk_columns
+        lengths = [len(self.target_tokens(f[self.completions["teacher"]])) for f in features]
+        return collate_topk(features, columns, lengths, length, self.max_target_length)
