@@ -129,7 +129,7 @@ def encode_rows(ids_rows: list, logprob_rows: list) -> dict[str, list[np.ndarray
     out: dict[str, list[np.ndarray]] = {c: [] for c in CACHE_COLUMNS}
     for ids, lp in zip(ids_rows, logprob_rows):
         k = len(ids[0]) if len(ids) else 0
-        encoded = encode(np.asarray(ids, dtype=np.int64).reshape(-1, k), np.asarray(lp).reshape(-1, k))
+        encoded = encode(np.asarray(ids, dtype=np.int64).reshape(len(ids), k), np.asarray(lp).reshape(len(ids), k))
         for c in CACHE_COLUMNS:
             out[c].append(encoded[c])
     return out
@@ -245,11 +245,32 @@ def collate_topk(features: list[dict], columns: tuple, rows_lengths: list[int], 
     return out_ids, out_lp
 
 
-def dataset_card(record: dict, repo_id: str) -> str:
-    """The Hub dataset card of a cache: teacher, K, format, bytes per token and the command that made it."""
+def redacted_command(argv: list[str]) -> str:
+    """The ``fdistill`` command line ``argv`` as a shell line without secrets: the API key's value ``***``, URLs
+    without credentials or query values (:func:`fdistill.lm.served.http.redact_url`)."""
+    import shlex
+
+    from fdistill.lm.served.http import redact_url
+
+    words, secret = [], False
+    for word in argv:
+        flag, eq, value = word.partition("=")
+        if secret:
+            word, secret = "***", False
+        elif flag == "--teacher-server-api-key":
+            word, secret = (f"{flag}=***", False) if eq else (word, True)
+        elif "://" in word:
+            word = f"{flag}={redact_url(value)}" if eq and flag.startswith("--") else redact_url(word)
+        words.append(word)
+    return shlex.join(["fdistill", *words])
+
+
+def dataset_card(record: dict, repo_id: str, command: str | None = None) -> str:
+    """The Hub dataset card of a cache: teacher, K, format, bytes per token and the command that made it (``command``,
+    already without secrets; default: the command's essential form)."""
     cache = record["topk_cache"]
     settings = record.get("settings", {})
-    command = record.get("command") or "fdistill sample --topk-logprobs {}".format(cache["k"])
+    command = command or "fdistill sample --topk-logprobs {} ...".format(cache["k"])
     lines = [
         "---",
         "tags:",
@@ -289,10 +310,13 @@ def dataset_card(record: dict, repo_id: str) -> str:
     return "\n".join(lines)
 
 
-def push_cache_to_hub(dataset, repo_id: str, *, private: bool = False, token=None, api=None) -> str:
+def push_cache_to_hub(
+    dataset, repo_id: str, *, private: bool = False, command: str | None = None, token=None, api=None
+) -> str:
     """Upload a cache (the `fdistill sample` output, loaded) as a Hub dataset: its rows as Parquet, the provenance
-    record (``fdistill_provenance.json``) and a dataset card (:func:`dataset_card`), in one commit through
-    `huggingface_hub.HfApi` (``api``: a stand-in with ``create_repo`` / ``upload_folder``). Returns the commit URL."""
+    record (``fdistill_provenance.json``) and a dataset card (:func:`dataset_card`, naming ``command``: the line that
+    made it, from :func:`redacted_command`), in one commit through `huggingface_hub.HfApi` (``api``: a stand-in with
+    ``create_repo`` / ``upload_folder``). Returns the commit URL."""
     from huggingface_hub import HfApi
 
     record = provenance_of(dataset)
@@ -308,7 +332,7 @@ def push_cache_to_hub(dataset, repo_id: str, *, private: bool = False, token=Non
         with open(os.path.join(folder, PROVENANCE), "w") as f:
             json.dump(record, f, indent=1, default=str)
         with open(os.path.join(folder, CARD_FILE), "w") as f:
-            f.write(dataset_card(record, repo_id))
+            f.write(dataset_card(record, repo_id, command))
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
         commit = api.upload_folder(
             repo_id=repo_id,
