@@ -358,14 +358,33 @@ def load_cache(source: str, *, streaming: bool = False, revision: str | None = N
         from huggingface_hub import snapshot_download
 
         folder = snapshot_download(source, repo_type="dataset", revision=revision)
-    path = os.path.join(folder, PROVENANCE)
-    if not os.path.exists(path):
+    if not os.path.exists(os.path.join(folder, PROVENANCE)):
         raise InputError(f"{source!r} holds no {PROVENANCE}: it is not a cache pushed by fdistill.")
-    with open(path) as f:
-        record = json.load(f)
     files = os.path.join(folder, "data", "*.parquet")
     data = load_dataset("parquet", data_files={"train": files}, split="train", streaming=streaming)
-    data.info.description = DESCRIPTION_PREFIX + json.dumps(record, default=str)
+    return with_record(data, source, folder)
+
+
+def with_record(data, source: str, folder: str | None = None):
+    """``data``, a pushed cache loaded from ``folder`` or the Hub dataset ``source`` (folder None), with its provenance
+    record (``fdistill_provenance.json``) put back in its description, where training reads it; other data, or a
+    cache whose record is already there or cannot be fetched, as it is (training then says what is missing)."""
+    if not is_cache(data.column_names) or provenance_of(data) is not None:
+        return data
+    if folder is None:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import HfHubHTTPError
+
+        try:
+            path = hf_hub_download(source, PROVENANCE, repo_type="dataset")
+        except (HfHubHTTPError, OSError, ValueError):
+            return data
+    else:
+        path = os.path.join(folder, PROVENANCE)
+        if not os.path.exists(path):
+            return data
+    with open(path) as f:
+        data.info.description = DESCRIPTION_PREFIX + json.dumps(json.load(f), default=str)
     return data
 
 

@@ -263,8 +263,11 @@ def test_push_to_hub_uploads_the_cache_and_its_card_and_it_trains_back(cache, to
     ):
         assert shown in card
     assert "fdistill sample --topk-logprobs 5" in card and "api_key" not in card.lower()
+    from fdistill.lm.loading import load_data
+
     loaded = lc.load_cache(str(repo))
     assert lc.provenance_of(loaded) == record and loaded[lc.CODES] == cache[lc.CODES]
+    assert lc.provenance_of(load_data(str(repo))) == record  # `fdistill train train_data=FOLDER` keeps it too
     trainer = FDistillTrainer(
         model=tiny.llama(1, seed=1), args=config(tmp_path), train_dataset=loaded, processing_class=tok
     )
@@ -279,3 +282,32 @@ def test_push_without_a_cache_record_is_refused_before_any_upload(cache, tmp_pat
     with pytest.raises(InputError, match="no teacher top-k cache record"):
         lc.push_cache_to_hub(bare, "me/x", api=hub)
     assert hub.calls == []
+
+
+def test_sample_command_pushes_the_cache_with_the_command_and_no_secret(tok, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    import fdistill.lm.hub
+    from fdistill.cli import main
+
+    hub = LocalHub(tmp_path / "hub")
+    monkeypatch.setattr(fdistill.lm.hub, "check_hub_push", lambda *a, **kw: "me")  # the account check: test_hub's
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda token=None: hub)
+    teacher = tmp_path / "teacher"
+    tiny.llama(1, seed=0).save_pretrained(teacher)
+    tok.save_pretrained(teacher)
+    prompts = tmp_path / "prompts.jsonl"
+    tiny.dataset(4, seed=0).to_json(str(prompts))
+    argv = ["sample", "--teacher", str(teacher), "--data", str(prompts), "--output", str(tmp_path / "out")]
+    main([*argv, "--topk-logprobs", "3", "--max-new-tokens", "4", "--no-progress", "--push-to-hub", "me/cache"])
+    card = (hub.root / "me" / "cache" / "README.md").read_text()
+    assert "fdistill sample --teacher" in card and "--topk-logprobs 3" in card and "| K | 3 |" in card
+    record = json.loads((hub.root / "me" / "cache" / lc.PROVENANCE).read_text())
+    assert record["topk_cache"]["k"] == 3 and record["tokenizer_fingerprint"]
+
+
+def test_the_command_on_the_card_holds_no_secret():
+    argv = ["sample", "--teacher-server", "http://me:pw@host:8000/v1?token=abc", "--teacher-server-api-key", "sk-1"]
+    line = lc.redacted_command([*argv, "--teacher-server-api-key=sk-2", "--topk-logprobs", "64"])
+    assert not any(secret in line for secret in ("pw", "abc", "sk-1", "sk-2"))
+    assert "http://host:8000/v1?token=***" in line and line.endswith("--topk-logprobs 64")
