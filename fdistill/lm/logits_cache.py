@@ -16,9 +16,15 @@ the format (version :data:`FORMAT_VERSION`), four Arrow columns per row of ``T``
       |l̂_{t,j} − l_{t,j}| ≤ s_t / 2 + 2⁻²⁴ · |m_t|        (:func:`error_bound`; the second term is the float32
                                                              rounding of m_t, 0 for float32 input)
 
-  of the value written. At K = 64 that is ``64·2 + 64·2 + 4 + 4 = 264`` bytes per token (uint16 ids) plus Arrow's
-  offsets per row. The tail mass outside the top k is not stored: it is derived exactly from the decoded values,
-  ``log(1 − Σ_j exp(l̂_j))`` (:func:`fdistill.divergences.coarse_grained_log_probs`), like the float top-k's.
+  of the value written;
+- ``teacher_topk_cache_tail``: ``T`` float32 log tail masses ``log(1 − Σ_j exp(l_{t,j}))``, derived in float64 from
+  the values written, before they are rounded (``-inf`` when they sum to 1 or more), so within ``2⁻²⁴·|tail|`` of
+  that. Derived from the rounded values instead, a tail of ``1 − sum`` would lose all precision when the top k hold
+  nearly all the mass: ``1 − 0.9999`` off by the 1.5e-4 relative error of the values is no tail at all, and the
+  reverse KL of such a position infinite.
+
+At K = 64 that is ``64·2 + 64·2 + 4 + 4 + 4 = 268`` bytes per token (uint16 ids) plus Arrow's offsets per row.
+Training reads the tail as :attr:`fdistill.divergences.TeacherTopK.tail_logprobs`.
 
 The format's record (:class:`CacheFormat`: version, K, id type, the bound) and the teacher / tokenizer fingerprints are
 kept in the dataset's description (the provenance record of :mod:`fdistill.lm.offline_store`) and, for a cache pushed
@@ -45,13 +51,14 @@ from fdistill.errors import InputError
 
 FORMAT_NAME = "fdistill-topk-uint16"
 FORMAT_VERSION = 1
-IDS, TOP, SCALE, CODES = (
+IDS, TOP, SCALE, CODES, TAIL = (
     "teacher_topk_cache_ids",
     "teacher_topk_cache_top",
     "teacher_topk_cache_scale",
     "teacher_topk_cache_codes",
+    "teacher_topk_cache_tail",
 )
-CACHE_COLUMNS = (IDS, TOP, SCALE, CODES)
+CACHE_COLUMNS = (IDS, TOP, SCALE, CODES, TAIL)
 # The uncompressed columns written before this format (nested lists of int64 ids and 6-decimal floats): still read.
 FLOAT_COLUMNS = ("teacher_topk_ids", "teacher_topk_logprobs")
 NEG_INF_CODE = 65535  # the code of a -inf log-probability
@@ -75,7 +82,7 @@ class CacheFormat:
     bytes_per_token: float | None = None
     format: str = FORMAT_NAME
     version: int = FORMAT_VERSION
-    error_bound: str = "|decoded - logprob| <= scale/2 + 2^-24*|top| per position"
+    error_bound: str = "|decoded - logprob| <= scale/2 + 2^-24*|top|, |tail - exact| <= 2^-24*|tail| per position"
 
     def record(self) -> dict:
         return asdict(self)
@@ -103,19 +110,25 @@ def encode(ids: np.ndarray, logprobs: np.ndarray) -> dict[str, np.ndarray]:
     step = scale.astype(np.float64)[:, None]
     codes = np.where(step > 0, np.rint(np.divide(gaps, step, out=np.zeros_like(gaps), where=step > 0)), 0.0)
     codes = np.where(finite, np.minimum(codes, MAX_CODE), NEG_INF_CODE).astype(np.uint16)
-    return {IDS: ids.reshape(-1), TOP: top, SCALE: scale, CODES: codes.reshape(-1)}
+    total = np.logaddexp.reduce(lp, axis=-1) if lp.shape[-1] else np.full(len(lp), -np.inf)
+    with np.errstate(divide="ignore"):  # a sum of 1 or more: no tail (-inf)
+        tail = np.where(total < 0, np.log(-np.expm1(np.minimum(total, 0.0))), -np.inf).astype(np.float32)
+    return {IDS: ids.reshape(-1), TOP: top, SCALE: scale, CODES: codes.reshape(-1), TAIL: tail}
 
 
-def decode(ids, top, scale, codes, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+def decode(ids, top, scale, codes, tail=None, dtype: torch.dtype = torch.float32):
     """The ``(T, K)`` ids (int64) and log-probabilities (``dtype``) of one row's cache arrays (lists or arrays):
-    ``l̂ = top − code · scale``, ``-inf`` for code 65535, computed in float64 then rounded once to ``dtype``."""
+    ``l̂ = top − code · scale``, ``-inf`` for code 65535, computed in float64 then rounded once to ``dtype``; with
+    ``tail`` also the ``(T,)`` log tail masses in ``dtype``: ``(ids, logprobs, tail)``."""
     top = np.asarray(top, dtype=np.float64)
     positions = len(top)
     codes = np.asarray(codes, dtype=np.int64).reshape(positions, -1) if positions else np.zeros((0, 0), np.int64)
     ids = np.asarray(ids, dtype=np.int64).reshape(codes.shape)
     lp = top[:, None] - codes * np.asarray(scale, dtype=np.float64)[:, None]
     lp[codes == NEG_INF_CODE] = -np.inf
-    return torch.from_numpy(ids), torch.from_numpy(lp).to(dtype)
+    if tail is None:
+        return torch.from_numpy(ids), torch.from_numpy(lp).to(dtype)
+    return torch.from_numpy(ids), torch.from_numpy(lp).to(dtype), torch.tensor(tail, dtype=torch.float32).to(dtype)
 
 
 def error_bound(top, scale) -> np.ndarray:
@@ -150,6 +163,7 @@ def cache_dataset(ids_rows: list, logprob_rows: list):
             TOP: List(Value("float32")),
             SCALE: List(Value("float32")),
             CODES: List(Value("uint16")),
+            TAIL: List(Value("float32")),
         }
     )
     table = Dataset.from_dict(columns, features=features)
@@ -219,30 +233,36 @@ def check_caches(train_dataset, eval_dataset, tokenizer) -> dict | None:
 
 
 def collate_topk(features: list[dict], columns: tuple, rows_lengths: list[int], length: int, max_length: int):
-    """``(B, length, K)`` ids and float32 log-probabilities for a batch of examples, decoded per example from the
-    cache columns (``columns == CACHE_COLUMNS``) or read from the older float columns; each example's positions are
-    checked against its teacher sample's length (``rows_lengths``) and cut at ``max_length``."""
+    """``(B, length, K)`` ids and float32 log-probabilities, and ``(B, length)`` log tail masses (None for the older
+    float columns, which hold none), for a batch of examples: decoded per example from the cache columns (``columns
+    == CACHE_COLUMNS``) or read from the older float columns; each example's positions are checked against its
+    teacher sample's length (``rows_lengths``) and cut at ``max_length``. Padding: ids 0, log-probabilities 0, tail
+    ``-inf`` (what the float columns' derived tail is there)."""
     cached = tuple(columns) == CACHE_COLUMNS
     decoded = []
     for f, expected in zip(features, rows_lengths):
         if cached:
-            ids, lp = decode(f[IDS], f[TOP], f[SCALE], f[CODES])
+            ids, lp, tail = decode(f[IDS], f[TOP], f[SCALE], f[CODES], f[TAIL])
         else:
             ids = torch.tensor(f[columns[0]], dtype=torch.long).reshape(len(f[columns[0]]), -1)
             lp = torch.tensor(f[columns[1]], dtype=torch.float32).reshape(len(f[columns[1]]), -1)
+            tail = None
         if len(ids) != len(lp) or min(len(ids), max_length) != expected:
             raise InputError(
                 f"an example has {len(ids)} positions of top-k teacher log-probabilities but {expected} teacher "
                 "sample tokens; both must come from the same `fdistill sample --topk-logprobs K` run."
             )
-        decoded.append((ids[:max_length], lp[:max_length]))
-    k = max((ids.shape[-1] for ids, _ in decoded if ids.numel()), default=0)
+        decoded.append((ids[:max_length], lp[:max_length], None if tail is None else tail[:max_length]))
+    k = max((ids.shape[-1] for ids, _, _ in decoded if ids.numel()), default=0)
     out_ids = torch.zeros(len(features), length, k, dtype=torch.long)
     out_lp = torch.zeros(len(features), length, k)
-    for b, (ids, lp) in enumerate(decoded):
+    out_tail = torch.full((len(features), length), -torch.inf) if cached else None
+    for b, (ids, lp, tail) in enumerate(decoded):
         if ids.numel():
             out_ids[b, : len(ids)], out_lp[b, : len(lp)] = ids, lp
-    return out_ids, out_lp
+            if cached:
+                out_tail[b, : len(tail)] = tail
+    return out_ids, out_lp, out_tail
 
 
 def redacted_command(argv: list[str]) -> str:
@@ -290,7 +310,7 @@ def dataset_card(record: dict, repo_id: str, command: str | None = None) -> str:
         f"| tokenizer fingerprint | `{record.get('tokenizer_fingerprint')}` |",
         f"| K | {cache['k']} |",
         f"| format | {cache['format']} v{cache['version']}: ids {cache['ids_dtype']}, log-probs uint16 gaps below a "
-        "float32 top-1 with a float32 step per position |",
+        "float32 top-1 with a float32 step per position, float32 log tail mass per position |",
         f"| error bound | {cache['error_bound']} |",
         f"| bytes per token (top-k columns) | {cache.get('bytes_per_token')} |",
         f"| rows | {record.get('num_rows')} |",

@@ -61,6 +61,16 @@ def test_decoding_is_within_the_stated_bound_in_float64(drawn):
     # the stated bound, and float64's own rounding of top - code * scale (|values| < 100 here)
     assert (error <= bound[:, None] + 1e-12).all(), (error.max(), bound)
     assert e[lc.CODES].dtype == np.uint16 and e[lc.TOP].dtype == np.float32 and e[lc.SCALE].dtype == np.float32
+    # the tail mass, kept from before rounding: float32 of log(1 - sum) in float64, -inf when the top k hold it all
+    total = np.logaddexp.reduce(logprobs, axis=-1)
+    with np.errstate(divide="ignore"):
+        exact_tail = np.where(total < 0, np.log(-np.expm1(np.minimum(total, 0))), -np.inf)
+    tail = e[lc.TAIL].astype(np.float64)
+    assert (np.isneginf(tail) == np.isneginf(exact_tail)).all()
+    finite_tail = np.isfinite(exact_tail)
+    assert (
+        np.abs(tail[finite_tail] - exact_tail[finite_tail]) <= lc.TOP_ROUNDING * np.abs(exact_tail[finite_tail])
+    ).all()
 
 
 def test_the_bound_is_tight_enough_to_matter_and_codes_use_their_range():
@@ -89,10 +99,10 @@ KINDS_MODES = [
 ]
 
 
-def terms_and_grad(kind, mode, on, student_logits, ids, logprobs):
+def terms_and_grad(kind, mode, on, student_logits, ids, logprobs, tail=None):
     """Per-position terms and the gradient of their sum with respect to the student's logits (float64)."""
     s = student_logits.clone().requires_grad_(True)
-    terms = topk_step_divergence(kind, s, TeacherTopK(ids, logprobs), on=on, mode=mode)
+    terms = topk_step_divergence(kind, s, TeacherTopK(ids, logprobs, tail_logprobs=tail), on=on, mode=mode)
     (grad,) = torch.autograd.grad(terms.sum(), s)
     return terms.detach(), grad
 
@@ -128,19 +138,20 @@ def test_loss_and_gradient_from_the_cache_are_within_the_tested_bound(real_topk,
     the second-order term), for the loss terms and every entry of the gradient, in float64."""
     ids, values, student = real_topk
     e = lc.encode(ids.numpy(), values.numpy())
-    got_ids, decoded = lc.decode(e[lc.IDS], e[lc.TOP], e[lc.SCALE], e[lc.CODES], dtype=torch.float64)
+    got_ids, decoded, tail = lc.decode(e[lc.IDS], e[lc.TOP], e[lc.SCALE], e[lc.CODES], e[lc.TAIL], dtype=torch.float64)
     assert torch.equal(got_ids, ids)
     delta = torch.from_numpy(lc.error_bound(e[lc.TOP], e[lc.SCALE]))  # (T,)
     exact_terms, exact_grad = terms_and_grad(kind, mode, on, student, ids, values.double())
-    cache_terms, cache_grad = terms_and_grad(kind, mode, on, student, ids, decoded)
+    cache_terms, cache_grad = terms_and_grad(kind, mode, on, student, ids, decoded, tail)
     s_terms, s_grad = sensitivity(kind, mode, on, student, ids, values.double())
     assert (delta > 0).all() and (decoded != values.double()).any()  # the cache is lossy: the check is not vacuous
     assert ((cache_terms - exact_terms).abs() <= 1.5 * delta * s_terms + 1e-12).all()
     assert ((cache_grad - exact_grad).abs() <= 1.5 * delta[:, None] * s_grad + 1e-12).all()
     # and the float32 path training takes: the decoded cache in float32 against the float32 top-k
-    f32 = decode_f32 = lc.decode(e[lc.IDS], e[lc.TOP], e[lc.SCALE], e[lc.CODES])[1]
-    assert decode_f32.dtype == torch.float32
-    loss32 = topk_step_divergence(kind, student.float(), TeacherTopK(ids, f32), on=on, mode=mode).sum()
+    _, f32, tail32 = lc.decode(e[lc.IDS], e[lc.TOP], e[lc.SCALE], e[lc.CODES], e[lc.TAIL])
+    assert f32.dtype == torch.float32 and tail32.dtype == torch.float32
+    cached = TeacherTopK(ids, f32, tail_logprobs=tail32)
+    loss32 = topk_step_divergence(kind, student.float(), cached, on=on, mode=mode).sum()
     exact32 = topk_step_divergence(kind, student.float(), TeacherTopK(ids, values), on=on, mode=mode).sum()
     bound = float(1.5 * (delta * s_terms).sum()) + 1e-5 * float(exact32.abs() + 1)  # + float32 rounding
     assert abs(float(loss32 - exact32)) <= bound
@@ -179,17 +190,17 @@ def test_sample_writes_the_cache_with_its_record(cache, teacher, tok):
     fmt = record["topk_cache"]
     assert fmt["version"] == lc.FORMAT_VERSION and fmt["k"] == 5 and fmt["ids_dtype"] == "uint16"
     positions = sum(len(r) for r in cache["teacher_sample_ids"])
-    # the four columns' Arrow bytes: 2 per id and per code, 4 + 4 per position, and at most one int32 offset per row
-    # (and one more) for each column
-    assert 4 * 5 + 8 <= fmt["bytes_per_token"] <= 4 * 5 + 8 + 16 * (len(cache) + 1) / positions
+    # the five columns' Arrow bytes: 2 per id and per code, 4 + 4 + 4 per position (top, step, tail), and at most
+    # one int32 offset per row (and one more) for each column
+    assert 4 * 5 + 12 <= fmt["bytes_per_token"] <= 4 * 5 + 12 + 20 * (len(cache) + 1) / positions
 
 
-def test_old_float_columns_train_exactly_as_the_cache_they_hold(cache, tok, tmp_path):
-    """A dataset with the older nested float columns (the decoded cache's values) trains the same, bit for bit: the
-    collator builds the same tensors from either."""
+def test_old_float_columns_still_train_like_the_cache_they_hold(cache, tok, tmp_path):
+    """A dataset with the older nested float columns (the decoded cache's values, no kept tail) trains; its losses
+    are the cache's up to the tail's rounding, which the cache keeps and the float columns derive."""
 
     def old_columns(row):
-        ids, lp = lc.decode(*(row[c] for c in lc.CACHE_COLUMNS[:1] + (lc.TOP, lc.SCALE, lc.CODES)))
+        ids, lp = lc.decode(row[lc.IDS], row[lc.TOP], row[lc.SCALE], row[lc.CODES])
         return {lc.FLOAT_COLUMNS[0]: ids.tolist(), lc.FLOAT_COLUMNS[1]: lp.tolist()}
 
     old = cache.map(old_columns, remove_columns=list(lc.CACHE_COLUMNS))
@@ -203,7 +214,24 @@ def test_old_float_columns_train_exactly_as_the_cache_they_hold(cache, tok, tmp_
         )
         trainer.train()
         losses.append([h["loss"] for h in trainer.state.log_history if "loss" in h])
-    assert losses[0] == losses[1] and len(losses[0]) == 2
+    assert len(losses[0]) == 2 and all(np.isfinite(losses[1]))
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
+
+
+def test_a_kept_tail_keeps_reverse_kl_finite_when_the_top_k_hold_nearly_all_the_mass():
+    """Top-1 mass 1 − 1e-7: derived from the rounded values the tail would vanish and rkl be infinite; the kept tail
+    gives the float64 loss of the float32 top-k."""
+    logits = torch.full((3, 50), -5.0, dtype=torch.float64)
+    logits[:, 7] = 12.0
+    logits[1, 3] = 11.0
+    values, ids = torch.log_softmax(logits, -1).float().topk(4, -1)
+    e = lc.encode(ids.numpy(), values.numpy())
+    _, decoded, tail = lc.decode(e[lc.IDS], e[lc.TOP], e[lc.SCALE], e[lc.CODES], e[lc.TAIL], dtype=torch.float64)
+    student = torch.randn(3, 50, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    exact = topk_step_divergence("rkl", student, TeacherTopK(ids, values.double()), on="student")
+    kept = topk_step_divergence("rkl", student, TeacherTopK(ids, decoded, tail_logprobs=tail), on="student")
+    assert torch.isfinite(kept).all()
+    torch.testing.assert_close(kept, exact, rtol=1e-3, atol=0)
 
 
 def test_a_cache_of_another_tokenizer_is_refused_naming_both(cache, tok, tmp_path):
