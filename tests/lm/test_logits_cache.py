@@ -339,3 +339,18 @@ def test_the_command_on_the_card_holds_no_secret():
     line = lc.redacted_command([*argv, "--teacher-server-api-key=sk-2", "--topk-logprobs", "64"])
     assert not any(secret in line for secret in ("pw", "abc", "sk-1", "sk-2"))
     assert "http://host:8000/v1?token=***" in line and line.endswith("--topk-logprobs 64")
+
+
+@pytest.mark.parametrize("kind", ["kl", "rkl", "js", "tvd"])
+def test_a_kept_tail_equal_to_the_derived_one_changes_nothing(kind):
+    """``tail_logprobs`` set to ``log(1 − Σ p)`` of the same values gives the derived-tail terms (float64), and a
+    position whose top K hold a zero-probability token still has no tail."""
+    g = torch.Generator().manual_seed(3)
+    teacher = TeacherTopK.from_logits(torch.randn(4, 6, 30, dtype=torch.float64, generator=g), k=5)
+    teacher.logprobs[0, 0, -1] = -torch.inf
+    total = teacher.logprobs.logsumexp(-1)
+    kept = TeacherTopK(teacher.ids, teacher.logprobs, tail_logprobs=torch.log(-torch.expm1(total)))
+    student = torch.randn(4, 6, 30, dtype=torch.float64, generator=g)
+    derived = topk_step_divergence(kind, student, teacher, on="teacher")
+    torch.testing.assert_close(topk_step_divergence(kind, student, kept, on="teacher"), derived)
+    assert kept[1].tail_logprobs.shape == (6,)
