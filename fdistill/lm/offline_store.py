@@ -258,12 +258,12 @@ def _merge(dataset: Dataset, batches, work: Path, out: Path, settings, provenanc
     if got != expected:  # the batches cover every input once: a bug if not
         raise RuntimeError(f"sample rows do not match the inputs ({len(got)} rows for {len(expected)} expected).")
     merged = dataset.select([r["input_index"] for r in rows])
-    topk = "teacher_topk_ids" in rows[0]
-    for column in [c for c in rows[0] if c not in FLOAT_COLUMNS] + list(CACHE_COLUMNS if topk else ()):
-        if column in merged.column_names:
-            merged = merged.remove_columns(column)
-        if column not in CACHE_COLUMNS:
-            merged = merged.add_column(column, [r[column] for r in rows])
+    topk = FLOAT_COLUMNS[0] in rows[0]
+    stored = [c for c in rows[0] if c not in FLOAT_COLUMNS]
+    replaced = [c for c in [*rows[0], *(CACHE_COLUMNS if topk else ())] if c in merged.column_names]
+    merged = merged.remove_columns(replaced)  # the input's columns of these names give way to the samples'
+    for column in stored:
+        merged = merged.add_column(column, [r[column] for r in rows])
     if topk:  # the teacher's top k in the cache format (fdistill.lm.logits_cache), its record in the provenance
         cache, cache_format = cache_dataset([r["teacher_topk_ids"] for r in rows], [r[FLOAT_COLUMNS[1]] for r in rows])
         merged = concatenate_datasets([merged.flatten_indices(), cache], axis=1)
