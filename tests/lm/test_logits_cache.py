@@ -354,3 +354,17 @@ def test_a_kept_tail_equal_to_the_derived_one_changes_nothing(kind):
     derived = topk_step_divergence(kind, student, teacher, on="teacher")
     torch.testing.assert_close(topk_step_divergence(kind, student, kept, on="teacher"), derived)
     assert kept[1].tail_logprobs.shape == (6,)
+
+
+def test_ids_past_65535_are_kept_as_uint32():
+    ids = [[[70000, 3], [5, 65535]], [[1, 2]]]
+    logprobs = [[[-0.1, -3.0], [-0.5, -0.9]], [[-0.2, -2.0]]]
+    data, fmt = lc.cache_dataset(ids, logprobs)
+    assert fmt.ids_dtype == "uint32" and data.features[lc.IDS].feature.dtype == "uint32"
+    row = data[0]
+    got_ids, got, tail = lc.decode(row[lc.IDS], row[lc.TOP], row[lc.SCALE], row[lc.CODES], row[lc.TAIL])
+    assert got_ids.tolist() == ids[0]
+    assert (got - torch.tensor(logprobs[0])).abs().max() <= float(
+        lc.error_bound(row[lc.TOP], row[lc.SCALE]).max()
+    ) + 1e-7
+    assert lc.cache_dataset(ids[1:], logprobs[1:])[1].ids_dtype == "uint16"
