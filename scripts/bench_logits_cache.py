@@ -20,9 +20,24 @@ printed as its largest and mean value over the positions.
 Part 2, streaming: a synthetic cache of ``--tokens`` positions in the real format (K = ``--k``, ``--length``-token
 samples, random top-K distributions encoded by :func:`fdistill.lm.logits_cache.encode`) written chunk by chunk to one
 Arrow file and memory-mapped (``Dataset.from_file``); a 1-layer student of vocabulary ``--vocab`` trains objective kl
-from it (``teacher_topk_columns``) through one pass over every row in random order, the collator decoding each batch.
+from it (``teacher_topk_columns``) through one pass over every row in random order (or ``--steps``), the collator
+decoding each batch.
 Printed: RSS against steps (anonymous memory, what the process allocated, and file-backed pages, the page cache of
 the mapped file that the kernel reclaims under pressure) from /proc/self/status.
+
+Measured here (2 CPU cores shared with other jobs, one run each):
+
+- default run: SmolLM2, K = 64, 938 positions: the cache's columns 268.3 B/token (the whole folder 289.3, zstd
+  Parquet 347.1, the older float columns 1,032.1); largest stated bound 1.56e-4 nats, largest measured error
+  1.53e-4; loss per position from the cache vs the float32 top-k (float64 arithmetic): |Δ| 6.1e-7 / 6.3e-7 (kl tail /
+  renormalised), 4.7e-8 (rkl), 1.6e-9 / 2.3e-9 (js), 7.4e-10 / 3.7e-9 (tvd); largest gradient difference ≤ 2.0e-5
+  of the largest gradient entry. Streaming, 1M positions (0.26 GiB), one pass of 977 steps: anonymous memory
+  1,480 → 1,481 MiB from step 48 to the end (SmolLM2 still loaded from part 1).
+- ``--skip-real --tokens 20000000 --steps 1200 --dir /tmp``: 20M positions in 156,250 rows, 5.15 GiB (276.6
+  B/token with the synthetic prompt and sample columns; written in 348 s); 1,200 steps (9,600 random rows):
+  anonymous memory 459 → 459 MiB from step 60 to 1,200; the file-backed pages grew from 1.4 to 4.5 GiB (read-ahead
+  over the randomly read rows; this machine has 23 GiB, so the kernel never had to drop them). A full pass
+  (omit ``--steps``: 19,532 steps) would take about an hour here (0.2 s per step in this run).
 """
 
 from __future__ import annotations
@@ -285,7 +300,8 @@ def streamed(args, tmp: Path) -> None:
     trainer = FDistillTrainer(model=student, args=config, train_dataset=data, processing_class=tok, callbacks=[log])
     trainer.train()
     print()
-    print(f"{steps} steps of batch {args.batch} × {args.length} positions (one pass over every row, random order)")
+    seen = f"one pass over all {rows:,} rows" if not args.steps else f"{steps * args.batch:,} of the {rows:,} rows"
+    print(f"{steps} steps of batch {args.batch} × {args.length} positions ({seen}, in random order)")
     print()
     print("| step | seconds | RSS (MiB) | anonymous (MiB) | file-backed: the mapped cache (MiB) |")
     print("|---|---|---|---|---|")
@@ -295,7 +311,8 @@ def streamed(args, tmp: Path) -> None:
     print()
     print(
         f"anonymous memory from step {log.rows[0][0]} to {log.rows[-1][0]}: {first} -> {last} MiB "
-        f"({last - first:+d} MiB) while reading {path.stat().st_size / 2**20:,.0f} MiB of cache"
+        f"({last - first:+d} MiB), training from a {path.stat().st_size / 2**20:,.0f} MiB cache; the file-backed pages are "
+        "the kernel's page cache of the mapped file (read-ahead included), dropped under memory pressure"
     )
 
 
