@@ -391,6 +391,10 @@ class TeacherTopK:
             the whole vocabulary, at temperature 1).
         token_logprobs: ``(...)`` the teacher's ``log p(y_t | y_<t)`` of the sampled token at each position, or
             None. Only the exact JS mixture (Eq. 12) needs it; a vLLM server returns it for the actual tokens.
+        tail_logprobs: ``(...)`` the teacher's log mass outside its top K, ``log(1 − Σ_{v∈S} p_v)``, kept from
+            before the log-probabilities were rounded (the logits cache, :mod:`fdistill.lm.logits_cache`), or None:
+            then derived from ``logprobs``. A tail of ``1 − sum`` of rounded values loses all precision when the top
+            K hold nearly all the mass.
 
     ``topk[index]`` selects positions (the leading dimensions) of all three.
 
@@ -403,6 +407,7 @@ class TeacherTopK:
     ids: Tensor
     logprobs: Tensor
     token_logprobs: Tensor | None = None
+    tail_logprobs: Tensor | None = None
 
     def __post_init__(self):
         if self.ids.shape != self.logprobs.shape:
@@ -414,10 +419,16 @@ class TeacherTopK:
                 f"token_logprobs {tuple(self.token_logprobs.shape)} must have the positions' shape "
                 f"{tuple(self.ids.shape[:-1])} (one value per position)."
             )
+        if self.tail_logprobs is not None and self.tail_logprobs.shape != self.ids.shape[:-1]:
+            raise InputError(
+                f"tail_logprobs {tuple(self.tail_logprobs.shape)} must have the positions' shape "
+                f"{tuple(self.ids.shape[:-1])} (one value per position)."
+            )
 
     def __getitem__(self, index) -> TeacherTopK:
         picked = None if self.token_logprobs is None else self.token_logprobs[index]
-        return TeacherTopK(self.ids[index], self.logprobs[index], picked)
+        tail = None if self.tail_logprobs is None else self.tail_logprobs[index]
+        return TeacherTopK(self.ids[index], self.logprobs[index], picked, tail)
 
     @classmethod
     def from_logits(cls, logits: Tensor, k: int, labels: Tensor | None = None) -> TeacherTopK:
@@ -453,7 +464,8 @@ def coarse_grained_log_probs(student_log_probs: Tensor, teacher: TeacherTopK) ->
         P = ( (p_v)_{v∈S},  1 − Σ_{v∈S} p_v ),      Q = ( (q_v)_{v∈S},  1 − Σ_{v∈S} q_v ).
 
     No tail is formed as ``1 − sum``: the student's is the log-sum-exp of its log-probabilities outside ``S``
-    (exact however small), the teacher's ``log1mexp(logsumexp_{v∈S} log p_v)``. Stored teacher values are rounded:
+    (exact however small), the teacher's ``log1mexp(logsumexp_{v∈S} log p_v)`` or, when the teacher keeps it
+    (``tail_logprobs``), that value, the K + 1 values then normalised together. Stored teacher values are rounded:
     if they sum past 1 they are scaled to sum to 1 (tail 0). The teacher's tail is exactly 0, and its K values are
     renormalised, at K = V and when its top K hold a zero-probability token (no tail token can be likelier).
 
@@ -478,6 +490,10 @@ def coarse_grained_log_probs(student_log_probs: Tensor, teacher: TeacherTopK) ->
     total = torch.logsumexp(log_p_top, -1, keepdim=True)  # log Σ_S p_v, 0 up to rounding at K = V
     # No tail when S is the whole vocabulary, or when S holds a zero-probability token (no tail token is likelier).
     no_tail = torch.isneginf(log_p_top.amin(-1, keepdim=True)) | (ids.shape[-1] >= vocab)  # (..., 1)
+    if teacher.tail_logprobs is not None:  # kept: P is the K values and the tail, normalised together
+        tail = teacher.tail_logprobs.detach().to(dtype=dtype, device=student_log_probs.device).unsqueeze(-1)
+        log_p = torch.cat([log_p_top, torch.where(no_tail, -torch.inf, tail)], -1)
+        return torch.cat([log_q_top, log_q_tail], -1), log_p - _logsumexp(log_p)
     log_p_top = log_p_top - torch.where(no_tail, total, total.clamp_min(0.0))
     log_p_tail = torch.where(no_tail, -torch.inf, _log1mexp(total.clamp_max(0.0)))
     return torch.cat([log_q_top, log_q_tail], -1), torch.cat([log_p_top, log_p_tail], -1)

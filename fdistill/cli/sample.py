@@ -131,4 +131,9 @@ def run_sample(args) -> None:
         from accelerate import PartialState
 
         if PartialState(cpu=not torch.cuda.is_available()).is_main_process:
-            result.push_to_hub(args.push_to_hub, private=args.private)  # provenance travels in the dataset info
+            from fdistill.lm.logits_cache import is_cache, push_cache_to_hub, redacted_command
+
+            if is_cache(result.column_names):  # a teacher logits cache: with its record and a dataset card
+                push_cache_to_hub(result, args.push_to_hub, private=args.private, command=redacted_command(args.argv))
+            else:
+                result.push_to_hub(args.push_to_hub, private=args.private)  # provenance travels in the dataset info

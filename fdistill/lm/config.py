@@ -31,7 +31,8 @@ from fdistill.lm.objectives import Objective, get_objective
 from fdistill.lm.served import API_KEY_ENV, DEFAULT_RETRIES, DEFAULT_TIMEOUT, redact_url
 from fdistill.lm.teacher_source import TeacherSource
 
-# Columns written by `fdistill sample --topk-logprobs K` and read with teacher_topk_columns=True.
+# The float columns `fdistill sample --topk-logprobs K` wrote before the logits cache (fdistill.lm.logits_cache, which
+# it writes now); both are read with teacher_topk_columns=True.
 TOPK_COLUMNS = ("teacher_topk_ids", "teacher_topk_logprobs")
 # Settings that may hold credentials: masked wherever the settings are shown or saved (see DistillArguments.masked).
 SECRET_SETTINGS = ("teacher_server", "teacher_server_api_key")
@@ -135,8 +136,10 @@ class DistillArguments:
         default=False,
         metadata={
             "help": "Instead of a teacher forward on the offline teacher samples, use the teacher's top-k "
-            "log-probabilities stored beside them by `fdistill sample --topk-logprobs K` (columns teacher_topk_ids / "
-            "teacher_topk_logprobs); no teacher model is loaded. Offline columns exist for teacher samples only, so "
+            "log-probabilities stored beside them by `fdistill sample --topk-logprobs K` (the logits cache, "
+            "fdistill.lm.logits_cache, or the older float columns teacher_topk_ids / teacher_topk_logprobs); no "
+            "teacher model is loaded; a cache made with another tokenizer is refused. Offline columns exist for "
+            "teacher samples only, so "
             "this serves objectives that score nothing else ('kl'). How the missing tail is handled: "
             "teacher_topk_mode."
         },

@@ -429,9 +429,10 @@ class DistillCollator:
             self._check_vocabulary(targets, column)
             batch[f"{name}_ids"], batch[f"{name}_mask"] = pad_right(targets, pad)
         if self.topk_columns is not None:
-            batch["teacher_topk_ids"], batch["teacher_topk_logprobs"] = self._topk(
-                features, batch["teacher_ids"].shape[1]
-            )
+            ids, logprobs, tail = self._topk(features, batch["teacher_ids"].shape[1])
+            batch["teacher_topk_ids"], batch["teacher_topk_logprobs"] = ids, logprobs
+            if tail is not None:  # kept by the logits cache (fdistill.lm.logits_cache)
+                batch["teacher_topk_tail"] = tail
         return batch
 
     def _check_vocabulary(self, rows: list[list[int]], column: str) -> None:
@@ -446,21 +447,12 @@ class DistillCollator:
                     "(or re-sample it) with this model's tokenizer."
                 )
 
-    def _topk(self, features, length: int) -> tuple[Tensor, Tensor]:
-        """Stored top-k teacher ids / log-probabilities as ``(B, C, k)`` tensors aligned with ``teacher_ids``."""
-        ids_column, lp_column = self.topk_columns
-        k = max(len(pos) for f in features for pos in f[ids_column][:1]) if features else 0
-        ids = torch.zeros(len(features), length, k, dtype=torch.long)
-        logprobs = torch.zeros(len(features), length, k)
-        for b, f in enumerate(features):
-            rows = f[ids_column][: self.max_target_length]
-            expected = len(self.target_tokens(f[self.completions["teacher"]]))
-            if len(rows) != expected or len(f[lp_column][: self.max_target_length]) != expected:
-                raise InputError(
-                    f"an example has {len(rows)} positions of {ids_column!r} / {lp_column!r} but {expected} teacher sample "
-                    "tokens; both must come from the same `fdistill sample --topk-logprobs K` run."
-                )
-            if rows:
-                ids[b, : len(rows)] = torch.tensor(rows, dtype=torch.long)
-                logprobs[b, : len(rows)] = torch.tensor(f[lp_column][: self.max_target_length], dtype=torch.float32)
-        return ids, logprobs
+    def _topk(self, features, length: int) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Stored top-k teacher ids / log-probabilities as ``(B, C, k)`` tensors aligned with ``teacher_ids``, and the
+        ``(B, C)`` log tail masses: decoded from the cache columns (:mod:`fdistill.lm.logits_cache`) when the
+        examples hold them, else read from the older float columns ``topk_columns`` (no tail: None)."""
+        from fdistill.lm.logits_cache import CACHE_COLUMNS, collate_topk
+
+        columns = CACHE_COLUMNS if features and CACHE_COLUMNS[0] in features[0] else self.topk_columns
+        lengths = [len(self.target_tokens(f[self.completions["teacher"]])) for f in features]
+        return collate_topk(features, columns, lengths, length, self.max_target_length)

@@ -22,6 +22,7 @@ from transformers import AutoTokenizer  # noqa: F401 - reached as fdistill.lm.lo
 
 from fdistill.errors import InputError, invalid
 from fdistill.lm.data import check_prompts, split_chat
+from fdistill.lm.logits_cache import with_record
 from fdistill.storage import check_manifest, has_manifest
 
 # The column of chat data (TRL's conversational format), read as the prompts when the prompt column is absent.
@@ -83,7 +84,8 @@ def load_data(source: str, *, config: str | None = None, split: str = "train") -
 
     Every failure is an `InputError` naming the source, what was wrong and the fix: a local path that does
     not exist (never looked up on the Hub), an empty or unreadable file, a folder that holds no dataset,
-    a split that is not there, or data with no rows.
+    a split that is not there, or data with no rows. A teacher logits cache pushed to the Hub (or its copy in a
+    folder) comes with its provenance record (:func:`fdistill.lm.logits_cache.with_record`).
 
     Example:
         >>> load_data("prompts.jsonl")  # doctest: +SKIP
@@ -120,6 +122,7 @@ def load_data(source: str, *, config: str | None = None, split: str = "train") -
             lambda: load_dataset(str(path), config, split=split),
             f"a folder must hold a saved dataset or data files with one example per row; {_DATA_FIX}",
         )
+        data = with_record(data, source, str(path))  # a pushed teacher logits cache keeps its record
     else:
         data = _read(
             source,
@@ -127,6 +130,7 @@ def load_data(source: str, *, config: str | None = None, split: str = "train") -
             "check the name, config and split, and the network (with HF_HUB_OFFLINE=1 only cached datasets "
             "load), or give a local file path.",
         )
+        data = with_record(data, source)
     if len(data) == 0:
         raise InputError(f"data {source!r} (split {split!r}) has no rows: give data with at least one example.")
     return data

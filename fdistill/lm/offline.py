@@ -368,9 +368,8 @@ def _sample_batch(
                 teacher_sample=tokenizer.decode(sample, skip_special_tokens=True).strip(),
                 teacher_stopped=bool(torch.isin(sample[-1:], eos).any()) if len(sample) else False,
                 teacher_topk_ids=topk[0][r, :n].tolist() if topk is not None else None,
-                teacher_topk_logprobs=(
-                    [[round(v, 6) for v in pos] for pos in topk[1][r, :n].tolist()] if topk is not None else None
-                ),
+                # float32 values kept exact in the batch file: the cache's stated bound is against them
+                teacher_topk_logprobs=topk[1][r, :n].tolist() if topk is not None else None,
             )
         )
     return rows

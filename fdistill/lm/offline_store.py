@@ -19,11 +19,12 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from datasets import Dataset
+from datasets import Dataset, concatenate_datasets
 from tqdm.auto import tqdm
 
 from fdistill.errors import InputError
 from fdistill.lm.data import is_blank
+from fdistill.lm.logits_cache import CACHE_COLUMNS, DESCRIPTION_PREFIX, FLOAT_COLUMNS, cache_dataset
 from fdistill.storage import (
     LOCK_FILE,
     MANIFEST,
@@ -257,11 +258,17 @@ def _merge(dataset: Dataset, batches, work: Path, out: Path, settings, provenanc
     if got != expected:  # the batches cover every input once: a bug if not
         raise RuntimeError(f"sample rows do not match the inputs ({len(got)} rows for {len(expected)} expected).")
     merged = dataset.select([r["input_index"] for r in rows])
-    for column in rows[0]:
-        if column in merged.column_names:
-            merged = merged.remove_columns(column)
+    topk = FLOAT_COLUMNS[0] in rows[0]
+    stored = [c for c in rows[0] if c not in FLOAT_COLUMNS]
+    replaced = [c for c in [*rows[0], *(CACHE_COLUMNS if topk else ())] if c in merged.column_names]
+    merged = merged.remove_columns(replaced)  # the input's columns of these names give way to the samples'
+    for column in stored:
         merged = merged.add_column(column, [r[column] for r in rows])
-    merged.info.description = "fdistill offline teacher samples; provenance: " + json.dumps(provenance, default=str)
+    if topk:  # the teacher's top k in the cache format (fdistill.lm.logits_cache), its record in the provenance
+        cache, cache_format = cache_dataset([r["teacher_topk_ids"] for r in rows], [r[FLOAT_COLUMNS[1]] for r in rows])
+        merged = concatenate_datasets([merged.flatten_indices(), cache], axis=1)
+        provenance = dict(provenance, topk_cache=cache_format.record())
+    merged.info.description = DESCRIPTION_PREFIX + json.dumps(provenance, default=str)
     staging = work / "final"
     with writing(f"the sampled dataset to {out}", "rerun the same command: the drawn batches are kept"):
         if staging.exists():

@@ -42,9 +42,12 @@ CHECKPOINT_WRITE_FIX = (
 )
 
 
-def run_record(settings: DistillArguments, teacher, model, tokenizer, teacher_server) -> dict:
+def run_record(
+    settings: DistillArguments, teacher, model, tokenizer, teacher_server, cache: dict | None = None
+) -> dict:
     """What a checkpoint is trained with: the objective's settings and fingerprints of the teacher (a model in this
-    process, or the served model's name, root and revision — not its address) and of the tokenizer."""
+    process, the served model's name, root and revision — not its address — or the teacher that made the logits
+    ``cache``, its provenance record) and of the tokenizer."""
     from fdistill.lm.loading import model_fingerprint
 
     objective_settings = {
@@ -60,6 +63,8 @@ def run_record(settings: DistillArguments, teacher, model, tokenizer, teacher_se
     )
     if teacher_server is not None:  # the served model (name, root, revision), not the address
         prints["model"] = teacher_server.model.fingerprint
+    if cache is not None:  # the teacher that made the top-k cache (fdistill.lm.logits_cache)
+        prints["model"] = cache.get("teacher_fingerprint")
     return {"settings": objective_settings, "teacher": prints.get("model"), "tokenizer": prints["tokenizer"]}
 
 

@@ -158,7 +158,8 @@ def stored_topk(inputs: dict[str, torch.Tensor], names: list[str]) -> dict[str, 
             f"the teacher's top-k log-probabilities are stored for the offline teacher samples only, not for the "
             f"{', '.join(SET_NAMES[n] for n in others)}; set teacher_topk_columns=False and pass the teacher model."
         )
-    return {"teacher": TeacherTopK(inputs["teacher_topk_ids"], inputs["teacher_topk_logprobs"])}
+    tail = inputs.get("teacher_topk_tail")  # kept by the logits cache; derived from the values when absent
+    return {"teacher": TeacherTopK(inputs["teacher_topk_ids"], inputs["teacher_topk_logprobs"], tail_logprobs=tail)}
 
 
 def served_topk(

@@ -51,6 +51,7 @@ from fdistill.lm.checkpoints import (
 )
 from fdistill.lm.config import DistillArguments
 from fdistill.lm.data import DistillCollator
+from fdistill.lm.logits_cache import check_caches
 from fdistill.lm.objectives import COMPLETION_SETS, ScoredBatch, student_sample_metrics
 from fdistill.lm.rollouts import PlannedStep, RolloutGroups, Sampler, StepSamples
 from fdistill.lm.run_record import CHECKPOINT_WRITE_FIX, commit_checkpoint, run_record
@@ -126,6 +127,10 @@ class FDistillMixin:
         if kwargs.get("data_collator") is None:
             kwargs["data_collator"] = default_collator(tokenizer, settings, is_enc_dec, model)
         check_datasets(settings, kwargs.get("train_dataset"), kwargs.get("eval_dataset"), kwargs["data_collator"])
+        # a teacher logits cache: made with the student's tokenizer (fdistill.lm.logits_cache); its teacher recorded
+        self._cache = None
+        if settings.teacher_source.kind == "columns":
+            self._cache = check_caches(kwargs.get("train_dataset"), kwargs.get("eval_dataset"), tokenizer)
         settings.check_batch_memory(vocab_size(model), train_args)  # batch sizes past any memory: refused now
         if getattr(train_args, "push_to_hub", False):  # before the Trainer creates the Hub repo: one InputError
             from fdistill.lm.hub import check_hub_push, hub_repo_id
@@ -210,7 +215,7 @@ class FDistillMixin:
         """What a checkpoint was trained with (:func:`fdistill.lm.run_record.run_record`). Computed once per trainer."""
         if self._record is None:
             self._record = run_record(
-                self.distill_args, self.teacher, self.model, self.processing_class, self.teacher_server
+                self.distill_args, self.teacher, self.model, self.processing_class, self.teacher_server, self._cache
             )
         return self._record
 

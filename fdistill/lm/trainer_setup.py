@@ -16,6 +16,7 @@ from fdistill.errors import InputError
 from fdistill.lm.config import TOPK_COLUMNS, DistillArguments
 from fdistill.lm.data import DistillCollator, check_prompts
 from fdistill.lm.loading import resolve_dtype, shared_vocab_size
+from fdistill.lm.logits_cache import CACHE_COLUMNS, is_cache
 from fdistill.torch_utils import base_model
 
 
@@ -53,8 +54,7 @@ def default_collator(tokenizer, settings: DistillArguments, is_encoder_decoder: 
 def check_datasets(settings, train_dataset, eval_dataset, collator) -> None:
     """Fail before any work on: missing columns, empty datasets, all-empty targets."""
     needed = [settings.prompt_column, *completion_columns(settings).values()]
-    if settings.teacher_source.kind == "columns":
-        needed += list(TOPK_COLUMNS)
+    topk = settings.teacher_source.kind == "columns"
     named = [("train", train_dataset)]
     if isinstance(eval_dataset, dict):  # several eval sets, as the Trainer allows
         named += [(f"eval[{k}]", v) for k, v in eval_dataset.items()]
@@ -65,7 +65,9 @@ def check_datasets(settings, train_dataset, eval_dataset, collator) -> None:
             continue
         names = getattr(dataset, "column_names", None)
         if names is not None:
-            missing = [c for c in needed if c not in names]
+            # the cache format (fdistill.lm.logits_cache) or the older float columns
+            topk_columns = (CACHE_COLUMNS if is_cache(names) else TOPK_COLUMNS) if topk else ()
+            missing = [c for c in [*needed, *topk_columns] if c not in names]
             if missing:
                 hint = ""
                 if settings.teacher_sample_column in missing:

@@ -12,6 +12,7 @@ from fdistill import FDistillConfig, FDistillTrainer
 from fdistill import testing as tiny
 from fdistill.errors import InputError
 from fdistill.lm.data import position_limit
+from fdistill.lm.logits_cache import CACHE_COLUMNS, CODES, IDS, SCALE, TOP, decode
 from fdistill.lm.sampling import (
     PROVENANCE_FILE,
     OfflineSamplingSettings,
@@ -57,12 +58,12 @@ def test_beam_and_greedy_and_topk_logprobs(tok, tmp_path):
     greedy = run("llama", tok, data, tmp_path / "g", decoding="greedy", topk_logprobs=3)
     again = run("llama", tok, data, tmp_path / "g2", decoding="greedy", topk_logprobs=3, seed=99)
     assert greedy["teacher_sample_ids"] == again["teacher_sample_ids"]  # greedy ignores the seed
-    for ids, top_ids, top_lp in zip(
-        greedy["teacher_sample_ids"], greedy["teacher_topk_ids"], greedy["teacher_topk_logprobs"]
-    ):
-        assert len(top_ids) == len(ids) and all(len(t) == 3 for t in top_ids)
-        assert [t[0] for t in top_ids] == ids  # greedy picks the most likely token
-        assert all(lp[0] >= lp[1] >= lp[2] for lp in top_lp)
+    assert set(CACHE_COLUMNS) <= set(greedy.column_names) and "teacher_topk_logprobs" not in greedy.column_names
+    for row in greedy:  # the top k in the cache format (fdistill.lm.logits_cache), decoded
+        top_ids, top_lp = decode(*(row[c] for c in (IDS, TOP, SCALE, CODES)))
+        assert top_ids.shape == (len(row["teacher_sample_ids"]), 3)
+        assert top_ids[:, 0].tolist() == row["teacher_sample_ids"]  # greedy picks the most likely token
+        assert (top_lp[:, :-1] >= top_lp[:, 1:]).all() and (top_lp <= 0).all()
 
 
 def test_same_result_whatever_the_batching_of_work_and_reruns(tok, tmp_path):

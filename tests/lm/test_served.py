@@ -18,6 +18,7 @@ from transformers import TrainerCallback
 from fdistill import FDistillTrainer
 from fdistill import testing as tiny
 from fdistill.errors import InputError
+from fdistill.lm.logits_cache import CODES, IDS, SCALE, TOP, decode, error_bound
 from fdistill.lm.objectives import OBJECTIVES
 from fdistill.lm.sampling import PROVENANCE_FILE, OfflineSamplingSettings, sample_completions, sample_offline_with
 from fdistill.lm.served import (
@@ -393,12 +394,16 @@ def test_sampling_through_the_server_stores_samples_and_untempered_top_k(fake, t
     assert len(result) == 7 and result["input_index"] == list(range(7))
     for row in result:
         ids = row["teacher_sample_ids"]
-        assert len(row["teacher_topk_ids"]) == len(ids) and len(row["teacher_topk_ids"][0]) == 4
+        top_ids, top_lp = decode(*(row[c] for c in (IDS, TOP, SCALE, CODES)), dtype=torch.float64)  # the cache
+        assert top_ids.shape == (len(ids), 4)
         assert row["teacher_stopped"] == (ids[-1] == tok.eos_token_id)
         prompt = tok(row["prompt"])["input_ids"]
         with torch.no_grad():
             log_p = torch.log_softmax(teacher(torch.tensor([prompt + ids])).logits[0].float(), -1)[len(prompt) - 1 : -1]
-        torch.testing.assert_close(torch.tensor(row["teacher_topk_logprobs"]), log_p.topk(4).values, atol=1e-5, rtol=0)
+        # the server's float32 answer within 1e-5, then the cache's stated quantisation bound
+        bound = torch.from_numpy(error_bound(row[TOP], row[SCALE]))[:, None] + 1e-5
+        assert ((top_lp - log_p.topk(4).values.double()).abs() <= bound).all()
+        assert top_ids.tolist() == log_p.topk(4).indices.tolist()
     record = json.loads((tmp_path / "s" / PROVENANCE_FILE).read_text())
     assert record["teacher_server"]["name"] == "tiny-teacher" and record["teacher_server"]["server_version"] == "0.32.0"
     assert record["teacher_fingerprint"] == "served:tiny-teacher@/models/tiny"

@@ -68,7 +68,7 @@ class ServedSampler:
                     teacher_sample=self.tokenizer.decode(d.ids, skip_special_tokens=True).strip(),
                     teacher_stopped=d.stopped,
                     teacher_topk_ids=d.topk_ids if topk else None,
-                    teacher_topk_logprobs=[[round(v, 6) for v in pos] for pos in d.topk_logprobs] if topk else None,
+                    teacher_topk_logprobs=d.topk_logprobs if topk else None,
                 )
             )
         return rows
