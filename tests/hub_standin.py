@@ -153,7 +153,7 @@ def _handler(hub: HubStandin):
                 self.send_header(k, v)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            if not head:
+            if not head and self.command != "HEAD":  # a HEAD answer has no body, errors included
                 self.wfile.write(body)
 
         def _json(self, status: int, value, headers: dict | None = None):

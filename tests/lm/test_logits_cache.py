@@ -4,13 +4,13 @@ refusals (another tokenizer, resume against another teacher), the older float co
 
 import json
 
+import hub_standin
 import numpy as np
 import pytest
 import torch
 import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_hub import LocalHub
 
 from fdistill import FDistillTrainer
 from fdistill import testing as tiny
@@ -275,13 +275,24 @@ def test_resuming_against_a_cache_of_another_teacher_is_refused_naming_both(cach
     assert lc.provenance_of(other)["teacher_fingerprint"] in message
 
 
-def test_push_to_hub_uploads_the_cache_and_its_card_and_it_trains_back(cache, tok, tmp_path):
-    hub = LocalHub(tmp_path / "hub")
-    url = lc.push_cache_to_hub(cache, "me/tiny-cache", api=hub)
-    assert url == "local://me/tiny-cache/commit"
-    assert [c[:2] for c in hub.calls] == [("create_repo", "me/tiny-cache"), ("upload_folder", "me/tiny-cache")]
-    repo = hub.root / "me" / "tiny-cache"
-    card = (repo / "README.md").read_text()
+def test_push_to_hub_uploads_the_cache_and_its_card_and_it_trains_back(cache, tok, tmp_path, monkeypatch):
+    """The real huggingface_hub client, over HTTP to the Hub stand-in (tests/hub_standin.py), both ways."""
+    from fdistill.lm.loading import load_data
+
+    with hub_standin.serve(monkeypatch, tmp_path) as hub:
+        url = lc.push_cache_to_hub(cache, "me/tiny-cache")
+        writes = [r for r in hub.requests if r[0] in ("POST", "PUT")]
+        assert writes[0] == ("POST", "/api/repos/create") and writes[-1] == (
+            "POST",
+            "/api/datasets/me/tiny-cache/commit/main",
+        )
+        repo = hub.repo("me/tiny-cache", "dataset")
+        assert repo.messages == ["fdistill teacher top-k cache (K=5)"] and "tiny-cache" in url
+        shards = [p for p in repo.files if p.startswith("data/") and p.endswith(".arrow")]
+        assert shards and all(repo.files[p][1] for p in shards)  # the Arrow shards went by LFS
+        card = repo.files["README.md"][0].decode()
+        loaded = lc.load_cache("me/tiny-cache")  # downloaded back through the client
+        from_train_data = load_data("me/tiny-cache")  # `fdistill train train_data=REPO` keeps the record too
     record = lc.provenance_of(cache)
     for shown in (
         "| K | 5 |",
@@ -291,11 +302,8 @@ def test_push_to_hub_uploads_the_cache_and_its_card_and_it_trains_back(cache, to
     ):
         assert shown in card
     assert "fdistill sample --topk-logprobs 5" in card and "api_key" not in card.lower()
-    from fdistill.lm.loading import load_data
-
-    loaded = lc.load_cache(str(repo))
     assert lc.provenance_of(loaded) == record and loaded[lc.CODES] == cache[lc.CODES]
-    assert lc.provenance_of(load_data(str(repo))) == record  # `fdistill train train_data=FOLDER` keeps it too
+    assert lc.provenance_of(from_train_data) == record
     trainer = FDistillTrainer(
         model=tiny.llama(1, seed=1), args=config(tmp_path), train_dataset=loaded, processing_class=tok
     )
@@ -303,35 +311,32 @@ def test_push_to_hub_uploads_the_cache_and_its_card_and_it_trains_back(cache, to
     assert trainer.state.global_step == 2
 
 
-def test_push_without_a_cache_record_is_refused_before_any_upload(cache, tmp_path):
-    hub = LocalHub(tmp_path / "hub")
+def test_push_without_a_cache_record_is_refused_before_any_upload(cache, tmp_path, monkeypatch):
     bare = cache.map(lambda r: r)
     bare.info.description = ""
-    with pytest.raises(InputError, match="no teacher top-k cache record"):
-        lc.push_cache_to_hub(bare, "me/x", api=hub)
-    assert hub.calls == []
+    with hub_standin.serve(monkeypatch, tmp_path) as hub:
+        with pytest.raises(InputError, match="no teacher top-k cache record"):
+            lc.push_cache_to_hub(bare, "me/x")
+        assert hub.requests == []
 
 
 def test_sample_command_pushes_the_cache_with_the_command_and_no_secret(tok, tmp_path, monkeypatch):
-    import huggingface_hub
-
-    import fdistill.lm.hub
     from fdistill.cli import main
 
-    hub = LocalHub(tmp_path / "hub")
-    monkeypatch.setattr(fdistill.lm.hub, "check_hub_push", lambda *a, **kw: "me")  # the account check: test_hub's
-    monkeypatch.setattr(huggingface_hub, "HfApi", lambda token=None: hub)
     teacher = tmp_path / "teacher"
     tiny.llama(1, seed=0).save_pretrained(teacher)
     tok.save_pretrained(teacher)
     prompts = tmp_path / "prompts.jsonl"
     tiny.dataset(4, seed=0).to_json(str(prompts))
     argv = ["sample", "--teacher", str(teacher), "--data", str(prompts), "--output", str(tmp_path / "out")]
-    main([*argv, "--topk-logprobs", "3", "--max-new-tokens", "4", "--no-progress", "--push-to-hub", "me/cache"])
-    card = (hub.root / "me" / "cache" / "README.md").read_text()
+    with hub_standin.serve(monkeypatch, tmp_path, token="hf_secret_standin") as hub:
+        main([*argv, "--topk-logprobs", "3", "--max-new-tokens", "4", "--no-progress", "--push-to-hub", "me/cache"])
+        repo = hub.repo("me/cache", "dataset")
+    card = repo.files["README.md"][0].decode()
     assert "fdistill sample --teacher" in card and "--topk-logprobs 3" in card and "| K | 3 |" in card
-    record = json.loads((hub.root / "me" / "cache" / lc.PROVENANCE).read_text())
+    record = json.loads(repo.files[lc.PROVENANCE][0])
     assert record["topk_cache"]["k"] == 3 and record["tokenizer_fingerprint"]
+    assert not [p for p, (data, _) in repo.files.items() if b"hf_secret_standin" in data]  # the token is pushed nowhere
 
 
 def test_the_command_on_the_card_holds_no_secret():
