@@ -83,7 +83,7 @@ def sample_locally(
 def online_samples(batch: dict, samplers: dict[str, Sampler], device: torch.device) -> Drawn:
     """The samples drawn during training for one micro-batch, one per prompt from each sampler, in their order."""
     prompts = (batch["prompt_ids"].to(device), batch["prompt_mask"].to(device))
-    return {name: sample(*prompts) for name, sample in samplers.items()}
+    return {name: tuple(sample(*prompts))[:2] for name, sample in samplers.items()}  # a served sampler adds log-probs
 
 
 def draw_step(
