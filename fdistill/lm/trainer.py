@@ -213,7 +213,7 @@ class FDistillMixin:
                     self.processing_class,
                     os.path.join(root, "served"),
                     python=a.student_server_python,
-                    max_model_len=a.max_prompt_length + a.max_new_tokens,
+                    max_model_len=min(a.max_prompt_length + a.max_new_tokens, _positions(model)),
                     startup_timeout=a.student_server_timeout,
                 )
                 url = launched.url
@@ -605,6 +605,11 @@ class FDistillMixin:
             raise InputError("compute_metrics needs references: give the eval dataset a reference column.")
         labels = inputs[f"{name}_ids"].masked_fill(~inputs[f"{name}_mask"], IGNORE_INDEX)
         return loss.detach(), ids.masked_fill(~mask, IGNORE_INDEX), labels
+
+
+def _positions(model) -> int:
+    """The positions a model takes (its config's ``max_position_embeddings``; unbounded when it has none)."""
+    return getattr(_base_model(model).config, "max_position_embeddings", None) or 1 << 20
 
 
 class _StudentServerSync(TrainerCallback):

@@ -69,8 +69,13 @@ def token_log_probs(model, prompt_ids, prompt_mask, ids, mask):
     return torch.log_softmax(logits, -1).gather(-1, ids[..., None])[..., 0].masked_fill(~mask, 0.0)
 
 
+def one_sequence(model, prompt, completion):
+    ones = [torch.ones(1, len(x), dtype=torch.bool) for x in (prompt, completion)]
+    return token_log_probs(model, torch.tensor([prompt]), ones[0], torch.tensor([completion]), ones[1])[0]
+
+
 def config(tmp_path, **kw):
-    defaults = {"objective": "rkl", "max_steps": 3, "student_do_sample": False, "student_server_timeout": 10.0}
+    defaults = {"objective": "rkl", "max_steps": 3, "student_do_sample": False, "student_server_timeout": 4.0}
     return tiny.config(tmp_path, **{**defaults, **kw})
 
 
@@ -95,13 +100,7 @@ def test_a_sync_makes_the_servers_log_probabilities_the_students(fake, tok, tmp_
     student = tiny.llama(1, seed=1)
     server = client(fake, student, tok, tmp_path)
     prompt, completion = [1, 4, 6], [8, 2, 9, 11]
-    local = token_log_probs(
-        student,
-        torch.tensor([prompt]),
-        torch.ones(1, 3, dtype=torch.bool),
-        torch.tensor([completion]),
-        torch.ones(1, 4, dtype=torch.bool),
-    )[0]
+    local = one_sequence(student, prompt, completion)
     before = torch.tensor(server.score([prompt], [completion], k=1)[0].token_logprobs)
     assert (before - local).abs().max() > 0.1  # the server's own weights are another model's
     assert server.synced_step == -1
@@ -112,13 +111,7 @@ def test_a_sync_makes_the_servers_log_probabilities_the_students(fake, tok, tmp_
     # a step later: the student moved, the server follows; only the newest weights folder is kept
     with torch.no_grad():
         student.model.embed_tokens.weight.mul_(1.5)
-    moved = token_log_probs(
-        student,
-        torch.tensor([prompt]),
-        torch.ones(1, 3, dtype=torch.bool),
-        torch.tensor([completion]),
-        torch.ones(1, 4, dtype=torch.bool),
-    )[0]
+    moved = one_sequence(student, prompt, completion)
     assert (moved - local).abs().max() > 1e-3
     server.sync(student, 1)
     after = torch.tensor(server.score([prompt], [completion], k=1)[0].token_logprobs)
