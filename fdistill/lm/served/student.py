@@ -48,6 +48,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
@@ -245,10 +246,15 @@ class StudentServer(TeacherServer):
                 self._executor = ThreadPoolExecutor(1, thread_name_prefix="fdistill-student-rollouts")
         prompts = [row[m].tolist() for row, m in zip(prompt_ids.cpu(), prompt_mask.cpu().bool())]
         seeds = [sample_seed(self.seed, step, self.process, stream, call, row) for row in range(len(prompts))]
-        future = self._executor.submit(self._draw, prompts, seeds, prompt_ids.device)
-        self._pending.add(future)
-        future.add_done_callback(self._pending.discard)
+        with self._lock:
+            future = self._executor.submit(self._draw, prompts, seeds, prompt_ids.device)
+            self._pending.add(future)
+        future.add_done_callback(self._done)
         return future
+
+    def _done(self, future: Future) -> None:
+        with self._lock:
+            self._pending.discard(future)
 
     def _draw(self, prompts: list[list[int]], seeds: list[int], device) -> tuple[Tensor, Tensor, Tensor]:
         config = self.generation_config
@@ -281,13 +287,13 @@ class StudentServer(TeacherServer):
         (atomically: a temporary name, then renamed), reloaded in place by every worker (``/collective_rpc``
         reload_weights), the prefix cache reset, the previous folder removed. Waits for submitted samples first. After
         the first sync the server's log-probabilities of a probe sequence are checked against ``model``'s."""
-        import time
-
         from safetensors.torch import save_file
 
         if self.closed:
             raise StudentServerError(f"the student server {self.url} was closed (training ended).")
-        for future in list(self._pending):
+        with self._lock:
+            pending = list(self._pending)
+        for future in pending:
             with contextlib.suppress(Exception):  # its own error reaches whoever waits on it
                 future.result()
         start = time.perf_counter()
