@@ -345,7 +345,7 @@ def test_auto_stops_its_server_by_pid_on_every_path(fake, data, tok, teacher, tm
     else:
         train(tmp_path, data, tok, teacher, **kw)
     (handle,) = launched
-    assert handle.process.poll() == -signal.SIGKILL and not _pid_alive(handle.pid)
+    assert handle.process.poll() == -signal.SIGTERM and not _pid_alive(handle.pid)
 
 
 # ----------------------------------------------------------------------------- secrets

@@ -73,13 +73,22 @@ class LocalServer:
     def pid(self) -> int:
         return self.process.pid
 
-    def kill(self) -> None:
-        """Kill the server's process group (it spawns an engine process) by the server's PID, and wait for it."""
+    def kill(self, grace: float = 15.0) -> None:
+        """Stop the server's process group (it spawns engine and worker processes) by the server's PID: SIGTERM,
+        so that vLLM shuts its engine down and unlinks its shared-memory queues (``/dev/shm/psm_*``, ~0.4 GB a
+        server, which a SIGKILL leaves behind), then SIGKILL to whatever is left after ``grace`` seconds."""
         with contextlib.suppress(ValueError):  # kill() may run again at exit
             atexit.unregister(self.kill)
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            self.process.poll()  # reaps the server itself; its children leave the group as they exit
+            if not _group_alive(self.process.pid):
+                return
+            time.sleep(0.2)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=30)
 
@@ -90,6 +99,17 @@ class LocalServer:
         with open(self.log_path, "rb") as log:
             text = log.read()[-4000:].decode("utf-8", "replace")
         return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of the group ``pgid`` still exists."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
 
 
 def start_vllm_server(
