@@ -75,8 +75,9 @@ class LocalServer:
 
     def kill(self, grace: float = 15.0) -> None:
         """Stop the server's process group (it spawns engine and worker processes) by the server's PID: SIGTERM,
-        so that vLLM shuts its engine down and unlinks its shared-memory queues (``/dev/shm/psm_*``, ~0.4 GB a
-        server, which a SIGKILL leaves behind), then SIGKILL to whatever is left after ``grace`` seconds."""
+        so that vLLM shuts its engine down and unlinks its shared-memory queues (``/dev/shm/psm_*``, which a
+        SIGKILL leaves behind: sparse, ~0.4 GB apparent size each), then SIGKILL to whatever is left after
+        ``grace`` seconds (measured: a tiny model's server stops in ~2 s)."""
         with contextlib.suppress(ValueError):  # kill() may run again at exit
             atexit.unregister(self.kill)
         with contextlib.suppress(ProcessLookupError):
