@@ -4,13 +4,17 @@ It answers the endpoints fdistill uses in the shapes recorded from a real vLLM 0
 :mod:`fdistill.lm.served`): ``GET /v1/models``, ``GET /version``, ``POST /tokenize``, and ``POST /v1/completions``
 with ``prompt_logprobs`` (per position after the first: the actual token's entry first, then the top K, each
 ``{"logprob", "rank", "decoded_token"}``, keyed by the id as a string) and with sampling (``seed``,
-``logprobs``, ``return_token_ids``, ``return_tokens_as_token_ids``), errors as ``{"error": {"message", ...}}``.
+``logprobs``, ``return_token_ids``, ``return_tokens_as_token_ids``, ``stop_token_ids``), the dev-mode endpoints a
+student server is synced through (``POST /collective_rpc {"method": "reload_weights", "kwargs": {"weights_path":
+FOLDER}}``: the ``*.safetensors`` of FOLDER loaded into the model, names as the checkpoint's, unknown names a 500 as
+vLLM's ``load_weights`` raises; ``POST /reset_prefix_cache``), errors as ``{"error": {"message", ...}}``.
 Log-probabilities are the model's float32 ``log_softmax``, so a served loss can be compared with the in-process one.
 
 Faults for the robustness tests: ``fail_next`` (HTTP codes for the next requests), ``delay`` (seconds before each
 answer), ``die_after`` (completions requests answered before every later request is dropped unanswered), ``stop()``,
 ``api_key`` (required as ``Authorization: Bearer`` on ``/v1/...`` paths, as vLLM's ``--api-key``: 401
-``{"error": "Unauthorized"}`` otherwise), and ``fault``: one of :data:`FAULTS`, what the server does to every
+``{"error": "Unauthorized"}`` otherwise), ``dev_mode`` (False: 404 on the dev-mode endpoints, as a server started
+without ``VLLM_SERVER_DEV_MODE=1``), and ``fault``: one of :data:`FAULTS`, what the server does to every
 ``/v1/completions`` answer, in both shapes (scoring: ``prompt_logprobs``; sampling: ``logprobs.top_logprobs``).
 """
 
@@ -63,6 +67,8 @@ class FakeVLLM:
         self.queries: list[str] = []  # the query string of every request
         self.completions = 0  # completions requests received
         self.stopped = False
+        self.dev_mode = True
+        self.reloads: list[str] = []  # the weights folders loaded by /collective_rpc reload_weights
         self.bodies: list[dict] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -102,6 +108,29 @@ class FakeVLLM:
     def tokenize(self, body: dict) -> dict:
         tokens = self.tokenizer(body["prompt"], add_special_tokens=body.get("add_special_tokens", True))["input_ids"]
         return {"count": len(tokens), "max_model_len": self.max_model_len, "tokens": tokens, "token_strs": None}
+
+    def collective_rpc(self, body: dict) -> tuple[int, dict]:
+        """``reload_weights(weights_path=FOLDER)``: the folder's safetensors into the model (vLLM: every worker's)."""
+        from pathlib import Path
+
+        from safetensors.torch import load_file
+
+        if body.get("method") != "reload_weights":
+            return 500, _error(
+                f"Worker failed with error 'no attribute {body.get('method')}'", "InternalServerError", 500
+            )
+        folder = Path((body.get("kwargs") or {}).get("weights_path") or "")
+        files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+        if not files:
+            return 500, _error(f"Worker failed with error 'no weights in {folder}'", "InternalServerError", 500)
+        state = {k: v for f in files for k, v in load_file(f).items()}
+        unknown = sorted(set(state) - set(self.model.state_dict()))
+        if unknown:
+            return 500, _error(f"Worker failed with error 'KeyError: {unknown[0]}'", "InternalServerError", 500)
+        with self._lock, torch.no_grad():
+            self.model.load_state_dict(state, strict=False)
+        self.reloads.append(str(folder))
+        return 200, {"results": [None]}  # one per worker, as vLLM answers
 
     @torch.no_grad()
     def _log_probs(self, ids: list[int]) -> torch.Tensor:
@@ -183,7 +212,7 @@ class FakeVLLM:
         untempered log-probabilities of each step (vLLM's default raw logprobs)."""
         g = torch.Generator().manual_seed(int(body.get("seed") or 0))
         temperature, top_k = body.get("temperature", 1.0), body.get("top_k") or 0
-        eos = self.model.generation_config.eos_token_id
+        stops = {self.model.generation_config.eos_token_id, *(body.get("stop_token_ids") or [])}
         ids, out, tops = list(prompt), [], []
         for _ in range(body.get("max_tokens", 16)):
             row = self._log_probs(ids)[-1]
@@ -197,7 +226,7 @@ class FakeVLLM:
                 token = int(torch.multinomial(torch.softmax(scaled, -1), 1, generator=g))
             ids.append(token)
             out.append(token)
-            if token == eos:
+            if token in stops:
                 break
         return out, tops
 
@@ -357,7 +386,13 @@ def _handler(fake: FakeVLLM):
                 fake.bodies.append(body)
             if self._refused() or self._fault():
                 return
-            if self.path == "/tokenize":
+            if self.path in ("/collective_rpc", "/reset_prefix_cache") and not fake.dev_mode:
+                self._send(404, {"detail": "Not Found"})
+            elif self.path == "/collective_rpc":
+                self._send(*fake.collective_rpc(body))
+            elif self.path == "/reset_prefix_cache":
+                self._send(200, {"success": True})
+            elif self.path == "/tokenize":
                 self._send(200, fake.tokenize(body))
             elif self.path == "/v1/completions":
                 self._completions(body)

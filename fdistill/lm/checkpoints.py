@@ -141,3 +141,12 @@ def claim_fresh_output_dir(output_dir: str, overwrite: bool) -> None:
     logger.warning("overwrite_output_dir: deleting the earlier run's checkpoints in %s.", output_dir)
     for folder in checkpoints:
         shutil.rmtree(folder)
+
+
+def resume_advice(output_dir: str, what: str = "the server") -> str:
+    """What a run stopped by a server failure says about resuming: the last whole checkpoint in ``output_dir``
+    (restart ``what`` and resume from it), or that none was saved yet."""
+    folder = latest_checkpoint(output_dir)
+    if folder:
+        return f"the last checkpoint, {folder}, is whole: restart {what} and resume with resume_from_checkpoint=True"
+    return "no checkpoint was saved yet (save_steps)"

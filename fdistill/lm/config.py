@@ -29,13 +29,14 @@ from fdistill.lm.config_checks import (
 from fdistill.lm.importance import DEFAULT_CAP
 from fdistill.lm.objectives import Objective, get_objective
 from fdistill.lm.served import API_KEY_ENV, DEFAULT_RETRIES, DEFAULT_TIMEOUT, redact_url
+from fdistill.lm.served.student import STUDENT_API_KEY_ENV
 from fdistill.lm.teacher_source import TeacherSource
 
 # The float columns `fdistill sample --topk-logprobs K` wrote before the logits cache (fdistill.lm.logits_cache, which
 # it writes now); both are read with teacher_topk_columns=True.
 TOPK_COLUMNS = ("teacher_topk_ids", "teacher_topk_logprobs")
 # Settings that may hold credentials: masked wherever the settings are shown or saved (see DistillArguments.masked).
-SECRET_SETTINGS = ("teacher_server", "teacher_server_api_key")
+SECRET_SETTINGS = ("teacher_server", "teacher_server_api_key", "student_server", "student_server_api_key")
 # Old setting names that still work: each use warns (FutureWarning) and sets the new one, which is what is read.
 DEPRECATED_SETTINGS = {"teacher_topk_logprobs": "teacher_topk_columns", "teacher_topk": "teacher_server_topk"}
 
@@ -203,6 +204,46 @@ class DistillArguments:
     teacher_server_concurrency: int = field(
         default=8, metadata={"help": "teacher_server requests in flight at once (the server batches them)."}
     )
+    # --- student rollouts through a vLLM server (fdistill.lm.served.student)
+    student_server: str | None = field(
+        default=None,
+        metadata={
+            "help": "Draw the online student samples (rkl/js/tvd/engine) with a vLLM server instead of model.generate "
+            "in the training process: its URL (http://host:port, started with VLLM_SERVER_DEV_MODE=1 on this machine, "
+            "serving the student), or 'auto' to start one here from the vLLM virtualenv of scripts/install_vllm.sh, "
+            "stopped by PID at the end of training and on every error. The server's weights become the trainer's "
+            "every student_sync_every optimizer steps (safetensors in /dev/shm, /collective_rpc reload_weights). "
+            "Samples or greedy (no beams); decoder-only students. A user:password@ in it is never shown or saved."
+        },
+    )
+    student_sync_every: int = field(
+        default=1,
+        metadata={
+            "help": "Optimizer steps between weight syncs to student_server (1: every step, the samples always the "
+            "current student's); the first sync comes before the first sample."
+        },
+    )
+    student_server_timeout: float = field(
+        default=DEFAULT_TIMEOUT,
+        metadata={
+            "help": "Seconds one request to student_server (a batch of samples, a sync) may take in all, retries "
+            "included; with 'auto' also the server's start-up limit."
+        },
+    )
+    student_server_api_key: str | None = field(
+        default=None,
+        metadata={
+            "help": f"API key of student_server (vLLM's --api-key); default: the environment variable "
+            f"{STUDENT_API_KEY_ENV}. Never shown or saved."
+        },
+    )
+    student_server_python: str | None = field(
+        default=None,
+        metadata={
+            "help": "student_server='auto': the Python of vLLM's virtualenv; default $FDISTILL_VLLM_PYTHON, else "
+            "~/.cache/fdistill/vllm-venv/bin/python (made by `bash scripts/install_vllm.sh`)."
+        },
+    )
     teacher_sampling: str = field(
         default="offline",
         metadata={
@@ -318,10 +359,11 @@ class DistillArguments:
         ``user:password@`` and query values (:func:`fdistill.lm.served.redact_url`), the API key as a placeholder;
         the deprecated names (:data:`DEPRECATED_SETTINGS`) left out."""
         out = {k: v for k, v in values.items() if k not in DEPRECATED_SETTINGS}  # their new names carry them
-        if out.get("teacher_server"):
-            out["teacher_server"] = redact_url(out["teacher_server"])
-        if out.get("teacher_server_api_key") is not None:
-            out["teacher_server_api_key"] = "<TEACHER_SERVER_API_KEY>"
+        for role in ("teacher", "student"):
+            if out.get(f"{role}_server"):
+                out[f"{role}_server"] = redact_url(out[f"{role}_server"])
+            if out.get(f"{role}_server_api_key") is not None:
+                out[f"{role}_server_api_key"] = f"<{role.upper()}_SERVER_API_KEY>"
         if out.get("hub_token") is not None:  # a Trainer setting; training_args.bin is pushed with checkpoints
             out["hub_token"] = "<HUB_TOKEN>"
         return out

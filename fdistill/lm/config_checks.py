@@ -15,7 +15,8 @@ from fdistill.divergences import JS_MIXTURES, REDUCTIONS, TOPK_MODES, check_js_b
 from fdistill.errors import invalid
 from fdistill.lm.importance import check_cap
 from fdistill.lm.objectives import Objective, get_objective
-from fdistill.lm.served import API_KEY_ENV, parse_server_url
+from fdistill.lm.served import API_KEY_ENV, parse_server_url, redact_url
+from fdistill.lm.served.student import STUDENT_API_KEY_ENV
 
 NONFINITE_POLICIES = ("error", "skip")
 UNSET = object()  # refuse(): the setting's current value
@@ -29,6 +30,7 @@ def check_settings(settings) -> None:
     check_student_sampling(settings)
     check_teacher_source(settings, objective)
     check_teacher_server(settings)
+    check_student_server(settings, objective)
     check_nonfinite_policy(settings)
     check_lengths(settings)
     check_predistill_weights(settings)
@@ -191,6 +193,45 @@ def check_teacher_server(settings) -> None:
     for name in ("teacher_server_batch_size", "teacher_server_concurrency"):
         if getattr(settings, name) < 1:
             refuse(settings, name, "use 1 or more.")
+
+
+def check_student_server(settings, objective: Objective) -> None:
+    """A student server draws the student's samples: only for an objective that scores them, sampling or greedy;
+    its key only with it, its Python only with 'auto'."""
+    url = settings.student_server
+    if url is None:
+        for name, shown in (("student_server_api_key", "<hidden>"), ("student_server_python", UNSET)):
+            if getattr(settings, name) is not None:
+                refuse(settings, name, "it belongs to student_server; set that too.", shown)
+    else:
+        if url != "auto":
+            parse_server_url(url, "student_server")  # one InputError, the URL's secrets masked
+        if "student" not in objective.scores:
+            refuse(
+                settings,
+                "student_server",
+                f"objective {settings.objective!r} draws no student samples; unset it (rkl, js, tvd and engine do).",
+                redact_url(url),
+            )
+        if not settings.student_do_sample and settings.student_num_beams > 1:
+            refuse(
+                settings,
+                "student_num_beams",
+                "vLLM's completions API has no beam search; use 1 or unset student_server.",
+            )
+        if settings.student_server_python is not None and url != "auto":
+            refuse(settings, "student_server_python", "it starts student_server='auto'; a URL's server runs already.")
+    if settings.student_server_api_key is not None and not str(settings.student_server_api_key).strip():
+        refuse(
+            settings,
+            "student_server_api_key",
+            f"give the key, or leave it unset (then {STUDENT_API_KEY_ENV} is read).",
+            "",
+        )
+    if settings.student_sync_every < 1:
+        refuse(settings, "student_sync_every", "use 1 or more optimizer steps.")
+    if not (settings.student_server_timeout > 0 and math.isfinite(settings.student_server_timeout)):
+        refuse(settings, "student_server_timeout", "use a positive number of seconds.")
 
 
 def check_nonfinite_policy(settings) -> None:

@@ -30,6 +30,10 @@ SPEED_SETTINGS = (
     "teacher_server_retries",
     "teacher_server_batch_size",
     "teacher_server_concurrency",
+    # the student's samples come from the same student, in process or served (student_sync_every is recorded)
+    "student_server",
+    "student_server_timeout",
+    "student_server_python",
     "overwrite_output_dir",  # where the run writes, not what it computes
     # when samples are drawn (reused, overlapped), not what the weighted loss estimates (fdistill.lm.importance)
     "steps_per_generation",

@@ -18,7 +18,7 @@ from torch import nn
 from fdistill.divergences import TeacherTopK, nonfinite_positions
 from fdistill.errors import InputError, nonfinite_cause
 from fdistill.kernels import capture_head_inputs, check_head, output_head
-from fdistill.lm.checkpoints import latest_checkpoint
+from fdistill.lm.checkpoints import resume_advice
 from fdistill.lm.data import cat_completions, score_completions, scoring_inputs
 from fdistill.lm.objectives import ScoredBatch, ScoredSet
 from fdistill.torch_utils import base_model
@@ -174,13 +174,7 @@ def served_topk(
     try:
         return server.score_sets(inputs["prompt_ids"], inputs["prompt_mask"], sets, k, device)
     except TeacherServerError as error:
-        folder = latest_checkpoint(output_dir)
-        resume = (
-            f"the last checkpoint, {folder}, is whole: restart the server and resume with resume_from_checkpoint=True"
-            if folder
-            else "no checkpoint was saved yet (save_steps)"
-        )
-        raise TeacherServerError(f"training step {step}: {error}; {resume}.") from error
+        raise TeacherServerError(f"training step {step}: {error}; {resume_advice(output_dir)}.") from error
 
 
 @torch.no_grad()

@@ -28,6 +28,7 @@ pre-distillation) and §7; Shleifer & Rush 2020 (pre-distillation).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -36,7 +37,7 @@ from collections import defaultdict
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel, Seq2SeqTrainer
+from transformers import PreTrainedModel, Seq2SeqTrainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from fdistill.divergences import IGNORE_INDEX, TeacherTopK, count_items
@@ -47,6 +48,7 @@ from fdistill.lm.checkpoints import (
     claim_fresh_output_dir,
     damaged_checkpoint_fix,
     latest_checkpoint,
+    resume_advice,
     verify_checkpoint,
 )
 from fdistill.lm.config import DistillArguments
@@ -164,6 +166,8 @@ class FDistillMixin:
         self._heads_checked = False
         self._record: dict | None = None  # see _run_record
         self._skips = SkipTally()  # on_nonfinite='skip': what was dropped, for the logs
+        # A vLLM server drawing the student's samples (student_server; fdistill.lm.served.student), made last
+        self.student_server = self._connect_student_server() if settings.student_server is not None else None
 
     # ------------------------------------------------------------------ setup and validation
 
@@ -197,6 +201,50 @@ class FDistillMixin:
                 "encoder–decoder with teacher_model= instead."
             )
         return connect(self.distill_args, self.processing_class, vocab_size=vocab_size(self.model))
+
+    def _connect_student_server(self):
+        """The client of ``student_server`` (:class:`fdistill.lm.served.student.StudentServer`); with ``"auto"`` a
+        vLLM server started here from the student (:func:`fdistill.lm.served.launch.launch_student`), killed by PID
+        when training ends or anything fails. Synced every ``student_sync_every`` optimizer steps (a callback)."""
+        from fdistill.lm.served.launch import launch_student
+        from fdistill.lm.served.student import StudentServer, check_servable, default_weights_root
+
+        a, model = self.distill_args, self.accelerator.unwrap_model(self.model)
+        if self.args.world_size > 1:
+            raise InputError("student_server runs with one training process: unset it, or train on one process.")
+        check_servable(model, self.student_generation_config)
+        root, launched = default_weights_root(self.args.output_dir), None
+        try:
+            url = a.student_server
+            if url == "auto":
+                launched = launch_student(
+                    model,
+                    self.processing_class,
+                    os.path.join(root, "served"),
+                    python=a.student_server_python,
+                    max_model_len=min(a.max_prompt_length + a.max_new_tokens, _positions(model)),
+                    startup_timeout=a.student_server_timeout,
+                )
+                url = launched.url
+            server = StudentServer(
+                url,
+                model,
+                self.processing_class,
+                self.student_generation_config,
+                seed=self.args.seed,
+                weights_root=root,
+                launched=launched,
+                api_key=a.student_server_api_key,
+                timeout=a.student_server_timeout,
+            )
+        except BaseException:
+            if launched is not None:
+                launched.kill()
+            shutil.rmtree(root, ignore_errors=True)
+            raise
+        self.add_callback(_StudentServerSync(self))
+        logger.info("student samples drawn by the vLLM server %s (%s)", server.url, server.model.name)
+        return server
 
     def _student_generation_config(self):
         """How the student draws its online samples (:func:`fdistill.lm.rollouts.student_generation_config`)."""
@@ -305,16 +353,19 @@ class FDistillMixin:
         written, is refused with one `InputError` naming it. A fresh run (no resume) into an ``output_dir`` that
         holds another run's checkpoints or model is refused unless ``overwrite_output_dir``.
         """
-        with owned_folder(
-            self.args.output_dir,
-            "fdistill train",
-            state=self.accelerator,
-            claim=lambda: self._claim_output_dir(resume_from_checkpoint),
-        ) as folder:
-            try:
-                return super().train(resume_from_checkpoint=folder, trial=trial, **kwargs)
-            finally:
-                self._end_rollouts()
+        try:
+            with owned_folder(
+                self.args.output_dir,
+                "fdistill train",
+                state=self.accelerator,
+                claim=lambda: self._claim_output_dir(resume_from_checkpoint),
+            ) as folder:
+                try:
+                    return super().train(resume_from_checkpoint=folder, trial=trial, **kwargs)
+                finally:
+                    self._end_rollouts()  # a background draw is cancelled (or waited for) before the server closes
+        finally:
+            self.close_student_server()
 
     def _claim_output_dir(self, resume: str | bool | None) -> str | None:
         """The checkpoint to resume from, verified (None: a fresh run, the output folder checked to be free)."""
@@ -361,14 +412,51 @@ class FDistillMixin:
             self.teacher, prompt_ids, prompt_mask, self.teacher_generation_config, "teacher", step
         )
 
+    def served_student_samples(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
+        """Student samples drawn by ``student_server``: ``(ids, mask, token_logprobs)``
+        (:meth:`fdistill.lm.served.student.StudentServer.sample`). The first sync comes before the first draw; in
+        evaluation the server first gets the current weights."""
+        server, training = self.student_server, self.model.training
+        if server.synced_step < 0 or (not training and server.synced_step != self.state.global_step):
+            self.sync_student_server(self.state.global_step + 1)
+        step = self.state.global_step + 1
+        with self._student_server_failure(step):
+            return server.sample(prompt_ids, prompt_mask, step=step, stream="train" if training else "eval")
+
+    def sync_student_server(self, step: int) -> None:
+        """The student server's weights := the student's (:meth:`~fdistill.lm.served.student.StudentServer.sync`);
+        a failure names training ``step`` and the checkpoint to resume from."""
+        with self._student_server_failure(step):
+            self.student_server.sync(self.accelerator.unwrap_model(self.model), self.state.global_step)
+
+    @contextlib.contextmanager
+    def _student_server_failure(self, step: int):
+        """A student server's failure as one error naming training ``step`` and the last whole checkpoint."""
+        from fdistill.lm.served.student import StudentServerError
+
+        try:
+            yield
+        except StudentServerError as error:
+            restart = "the student server" if self.student_server.launched is None else "training"
+            advice = resume_advice(self.args.output_dir, restart)
+            raise StudentServerError(f"training step {step}: {error}; {advice}.") from error
+
+    def close_student_server(self) -> None:
+        """Close ``student_server`` (a server started for this run is killed by PID); later samples are drawn in
+        process. Called when train() ends, however it ends."""
+        if self.student_server is not None:
+            self.student_server.close()
+
     def _samplers(self) -> dict[str, Sampler]:
         """The rollout backends of this run, by completion set (:mod:`fdistill.lm.rollouts`): the teacher's when it
-        samples online, the student's when the objective scores its samples; teacher first."""
+        samples online, the student's when the objective scores its samples (drawn by ``student_server`` while it
+        is open); teacher first."""
         samplers = {}
         if self.teacher_generation_config is not None:
             samplers["teacher"] = self.generate_teacher_samples
         if self.distill_args.needs_student_samples:
-            samplers["student"] = self.generate_student_samples
+            served = self.student_server is not None and not self.student_server.closed
+            samplers["student"] = self.served_student_samples if served else self.generate_student_samples
         return samplers
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
@@ -694,6 +782,25 @@ class FDistillMixin:
             raise InputError("compute_metrics needs references: give the eval dataset a reference column.")
         labels = inputs[f"{name}_ids"].masked_fill(~inputs[f"{name}_mask"], IGNORE_INDEX)
         return loss.detach(), ids.masked_fill(~mask, IGNORE_INDEX), labels
+
+
+def _positions(model) -> int:
+    """The positions a model takes (its config's ``max_position_embeddings``; unbounded when it has none)."""
+    return getattr(_base_model(model).config, "max_position_embeddings", None) or 1 << 20
+
+
+class _StudentServerSync(TrainerCallback):
+    """Syncs the trainer's ``student_server`` at the end of every ``student_sync_every``-th optimizer step (not after
+    the last: nothing samples from it)."""
+
+    def __init__(self, trainer: FDistillMixin):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        server = self.trainer.student_server
+        due = state.global_step % self.trainer.distill_args.student_sync_every == 0
+        if server is not None and not server.closed and due and state.global_step < state.max_steps:
+            self.trainer.sync_student_server(state.global_step)
 
 
 class FDistillTrainer(FDistillMixin, Seq2SeqTrainer):

@@ -1,4 +1,5 @@
-"""A teacher served by vLLM: its top-k log-probabilities and samples over HTTP, no teacher weights loaded.
+"""Models served by vLLM: a teacher's top-k log-probabilities and samples over HTTP (no teacher weights loaded), and
+the student's online samples drawn by a server whose weights follow the trainer's.
 
     client.py    TeacherServer: what is served, the tokenizer check, scoring and sampling requests; connect
     http.py      the transport: JSON requests retried within one deadline, redirects refused, secrets kept out
@@ -6,8 +7,9 @@
     answers.py   every answer checked (check_top) and typed (ServedScores, ServedSample)
     sampling.py  offline teacher sampling through the server (sample_offline_served; `fdistill sample
                  --teacher-server URL`: sample_through_server with ServedSamplingOptions)
-
-A local vLLM server for tests and benchmarks: :mod:`fdistill.testing_vllm` (not imported by the library).
+    student.py   StudentServer: the student's rollouts through vLLM and the weight sync (student_server=URL|"auto")
+    launch.py    a local vLLM server started from vLLM's virtualenv and killed by PID (student_server="auto";
+                 tests and benchmarks through :mod:`fdistill.testing_vllm`)
 """
 
 from __future__ import annotations
@@ -62,14 +64,19 @@ __all__ = [
     "sample_through_server",
 ]
 
-_MOVED_TO_TESTING = ("local_vllm_server", "LocalServer")
+_LAUNCHER = ("local_vllm_server", "LocalServer")
+_STUDENT = ("StudentServer", "StudentServerError", "STUDENT_API_KEY_ENV")
 
 
 def __getattr__(name: str):
     """The vLLM launcher's old names (``from fdistill.lm.served import local_vllm_server``), from
-    :mod:`fdistill.testing_vllm`, imported only when asked for: the library itself never starts a server."""
-    if name in _MOVED_TO_TESTING:
-        from fdistill import testing_vllm
+    :mod:`fdistill.lm.served.launch`, and the student server's, loaded when first asked for."""
+    if name in _LAUNCHER:
+        from fdistill.lm.served import launch
 
-        return getattr(testing_vllm, name)
+        return getattr(launch, name)
+    if name in _STUDENT:
+        from fdistill.lm.served import student
+
+        return getattr(student, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -43,6 +43,7 @@ class ServedSample:
     stopped: bool
     topk_ids: list[list[int]] | None = None
     topk_logprobs: list[list[float]] | None = None
+    token_logprobs: list[float] | None = None  # the sampled tokens' own, when asked for
 
 
 def _topk_entries(entries: list[tuple[int, float, int]], k: int) -> tuple[list[int], list[float]]:
@@ -140,12 +141,19 @@ def _read_prompt_logprobs(
     return ServedScores(ids, lps, tok)
 
 
-def _read_sample(choice: dict, max_new_tokens: int, k: int, vocab: int, where: str) -> ServedSample:
+def _read_sample(
+    choice: dict, max_new_tokens: int, k: int, vocab: int, where: str, token_logprobs: bool = False
+) -> ServedSample:
     """The :class:`ServedSample` of one sampling choice, checked: at most
-    ``max_new_tokens`` ids in the vocabulary and, with ``k``, a checked top ``k`` at each of them."""
+    ``max_new_tokens`` ids in the vocabulary and, with ``k``, a checked top ``k`` at each of them; with
+    ``token_logprobs`` each sampled token's log-probability (finite, at most 0)."""
     try:
         ids = [int(t) for t in choice["token_ids"]]
         tops = choice["logprobs"]["top_logprobs"] if k else []
+        own = None
+        if token_logprobs:  # each position's entry of the sampled token itself (logprobs=0: its only one)
+            entries_of = choice["logprobs"]["top_logprobs"]
+            own = [float(entries_of[t][f"token_id:{i}"]) for t, i in enumerate(ids) if t < len(entries_of)]
         entries = [[(_token_id(t), float(v), 0) for t, v in top.items()] for top in tops]  # no ranks here
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
         raise _shape_error(where, error) from None
@@ -155,8 +163,13 @@ def _read_sample(choice: dict, max_new_tokens: int, k: int, vocab: int, where: s
             f"[0, {vocab})); it is not used."
         )
     stopped = choice.get("finish_reason") == "stop" and choice.get("stop_reason") is None
+    if own is not None and (len(own) != len(ids) or not all(math.isfinite(v) and v <= ANSWER_TOLERANCE for v in own)):
+        raise TeacherServerError(
+            f"{where}: the answer holds {len(own)} sampled tokens' log-probabilities for {len(ids)} tokens, each "
+            "to be finite and at most 0; it is not used."
+        )
     if not k:
-        return ServedSample(ids, stopped)
+        return ServedSample(ids, stopped, token_logprobs=own)
     if len(entries) != len(ids):
         raise TeacherServerError(
             f"{where}: the server sent log-probabilities for {len(entries)} of {len(ids)} tokens; it is not used."
@@ -164,4 +177,4 @@ def _read_sample(choice: dict, max_new_tokens: int, k: int, vocab: int, where: s
     for t, position in enumerate(entries):
         check_top([e[0] for e in position], [e[1] for e in position], k, vocab, f"{where}, token {t}")
     pairs = [_topk_entries(position, k) for position in entries]  # ordered by log-probability
-    return ServedSample(ids, stopped, [p[0] for p in pairs], [p[1] for p in pairs])
+    return ServedSample(ids, stopped, [p[0] for p in pairs], [p[1] for p in pairs], own)

@@ -59,7 +59,8 @@ from fdistill.lm.served.answers import ANSWER_TOLERANCE as ANSWER_TOLERANCE
 from fdistill.lm.served.answers import ServedSample, ServedScores, _read_prompt_logprobs, _read_sample, read_choices
 from fdistill.lm.served.answers import check_top as check_top
 from fdistill.lm.served.http import API_KEY_ENV as API_KEY_ENV
-from fdistill.lm.served.http import DEFAULT_RETRIES, DEFAULT_TIMEOUT, HttpClient, TeacherServerError
+from fdistill.lm.served.http import DEFAULT_RETRIES, DEFAULT_TIMEOUT, HttpClient
+from fdistill.lm.served.http import TeacherServerError as TeacherServerError
 from fdistill.lm.served.http import Traffic as Traffic
 from fdistill.lm.served.http import parse_server_url as parse_server_url
 from fdistill.lm.served.http import redact_url as redact_url
@@ -130,6 +131,9 @@ class TeacherServer(HttpClient):
         >>> top = server.score([[1, 4, 6]], [[8, 2]], k=16)  # doctest: +SKIP
     """
 
+    tokenizer_fix = "serve a teacher with the student's tokenizer"  # what a tokenizer mismatch asks for
+    pick_model = "name one with teacher_server_model (--teacher-server-model)"  # what several served models ask for
+
     def __init__(
         self,
         url: str,
@@ -156,16 +160,16 @@ class TeacherServer(HttpClient):
         if not isinstance(listed, list) or not all(
             isinstance(m, dict) and isinstance(m.get("id"), str) for m in listed
         ):
-            raise TeacherServerError(
-                f"the teacher server {self.url} answered /v1/models without a list of models (data[].id); is it "
+            raise self.error(
+                f"the {self.role} server {self.url} answered /v1/models without a list of models (data[].id); is it "
                 "vLLM's OpenAI-compatible server?"
             )
         names = [m["id"] for m in listed]
         if name is None:
             if len(listed) != 1:
                 raise InputError(
-                    f"the teacher server {self.url} serves {len(listed)} models ({', '.join(names)}): name "
-                    "one with teacher_server_model (--teacher-server-model)."
+                    f"the {self.role} server {self.url} serves {len(listed)} models ({', '.join(names)}): "
+                    f"{self.pick_model}."
                 )
             card = listed[0]
         elif name in names:
@@ -209,25 +213,25 @@ class TeacherServer(HttpClient):
             answer = self._request(
                 "POST", "/tokenize", {"model": self.model.name, "prompt": probe, "add_special_tokens": False}
             )
-        except TeacherServerError:
+        except self.error:
             raise
         except InputError as error:
             raise InputError(
-                f"the teacher server {self.url} cannot tokenise ({error}); fdistill needs vLLM's /tokenize to check "
+                f"the {self.role} server {self.url} cannot tokenise ({error}); fdistill needs vLLM's /tokenize to check "
                 "that teacher and student share a tokenizer."
             ) from error
         served = answer.get("tokens")
         if not isinstance(served, list):
-            raise TeacherServerError(
-                f"the teacher server {self.url} answered /tokenize without a list of tokens; is it vLLM's "
+            raise self.error(
+                f"the {self.role} server {self.url} answered /tokenize without a list of tokens; is it vLLM's "
                 "OpenAI-compatible server?"
             )
         if served != local:
             at = next((i for i, (a, b) in enumerate(zip(served, local)) if a != b), min(len(served), len(local)))
             raise InputError(
-                f"the teacher server's tokenizer ({self.model.name} at {self.url}) differs from the student's: a probe "
+                f"the {self.role} server's tokenizer ({self.model.name} at {self.url}) differs from the student's: a probe "
                 f"text is {len(served)} tokens there and {len(local)} here, first different at token {at} "
-                f"({served[at : at + 3]} there, {local[at : at + 3]} here); serve a teacher with the student's tokenizer."
+                f"({served[at : at + 3]} there, {local[at : at + 3]} here); {self.tokenizer_fix}."
             )
         self.vocab_size = vocab_size or len(tokenizer)
 
@@ -240,7 +244,7 @@ class TeacherServer(HttpClient):
         limit = self.model.max_model_len
         if limit is not None and n > limit:
             raise InputError(
-                f"{what} needs {n} positions, more than the teacher server's max_model_len={limit}: serve with a "
+                f"{what} needs {n} positions, more than the {self.role} server's max_model_len={limit}: serve with a "
                 "larger --max-model-len, or lower max_prompt_length / max_new_tokens / max_target_length."
             )
 
@@ -271,7 +275,7 @@ class TeacherServer(HttpClient):
             }
             what = f"scoring sequences {chunk[0]}..{chunk[-1]}"
             answer = self._request("POST", "/v1/completions", payload, sum(len(completions[i]) for i in chunk), what)
-            request = f"the teacher server {self.url}, /v1/completions ({what})"
+            request = f"the {self.role} server {self.url}, /v1/completions ({what})"
             choices = read_choices(answer, len(chunk), request)
             return [
                 _read_prompt_logprobs(c, prompts[i], completions[i], k, vocab, f"{request}, sequence {i}")
@@ -338,11 +342,15 @@ class TeacherServer(HttpClient):
         greedy: bool = False,
         logprobs: int = 0,
         names: list[str] | None = None,
+        token_logprobs: bool = False,
+        stop_token_ids: list[int] | None = None,
     ) -> list[ServedSample]:
         """One completion per prompt, each request with its own ``seed`` (so a sample does not depend on what it
         is batched with): a :class:`ServedSample` per prompt, in prompt order; with ``logprobs`` the teacher's
-        untempered top ``logprobs`` at every sampled position. Every answer is checked first; messages
-        name the request by ``names[i]`` (default: ``prompt i``)."""
+        untempered top ``logprobs`` at every sampled position; with ``token_logprobs`` the sampled tokens' own
+        (vLLM's raw, untempered log-probabilities; asked for with ``logprobs`` = 0 when no top is wanted).
+        ``stop_token_ids`` stop a completion (kept as its last token) besides the served model's EOS. Every answer
+        is checked first; messages name the request by ``names[i]`` (default: ``prompt i``)."""
         names = names or [f"prompt {i}" for i in range(len(prompts))]
         vocab = self._vocab()
         for p in prompts:
@@ -362,13 +370,15 @@ class TeacherServer(HttpClient):
                 "return_tokens_as_token_ids": True,
                 "skip_special_tokens": False,
             }
-            if logprobs:
+            if logprobs or token_logprobs:
                 payload["logprobs"] = logprobs
+            if stop_token_ids:
+                payload["stop_token_ids"] = list(stop_token_ids)
             what = f"sampling {name}, seed {seed}"
             answer = self._request("POST", "/v1/completions", payload, what=what)
-            request = f"the teacher server {self.url}, /v1/completions ({what})"
+            request = f"the {self.role} server {self.url}, /v1/completions ({what})"
             (choice,) = read_choices(answer, 1, request)
-            return _read_sample(choice, max_new_tokens, logprobs, vocab, request)
+            return _read_sample(choice, max_new_tokens, logprobs, vocab, request, token_logprobs)
 
         return self._map(one, list(zip(names, prompts, seeds)))
 

@@ -1,4 +1,4 @@
-"""The HTTP transport of a teacher server's client: one JSON request retried within one total deadline, secrets kept out.
+"""The HTTP transport of a vLLM server's client (teacher or student): JSON requests retried within one deadline, secrets kept out.
 
 Requests that get no answer (connection errors, timeouts, 429, 5xx) are retried with exponential backoff
 (``retries`` times), all within one total deadline per request (``timeout``: attempts, waits and backoff together);
@@ -68,10 +68,12 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
-def parse_server_url(url: str) -> tuple[str, tuple[str, str] | None, list[tuple[str, str]]]:
+def parse_server_url(
+    url: str, setting: str = "teacher_server"
+) -> tuple[str, tuple[str, str] | None, list[tuple[str, str]]]:
     """``(base, basic_auth, query)`` of a teacher server URL: ``http[s]://host[:port][/path]`` without a trailing
-    ``/v1``, the ``user:password@`` (or None) and the query parameters; one `InputError` (the URL redacted) for
-    anything else."""
+    ``/v1``, the ``user:password@`` (or None) and the query parameters; one `InputError` (the URL redacted, naming
+    the ``setting`` it was given as) for anything else."""
     try:
         parts = urlsplit(str(url))
     except ValueError:  # e.g. an unclosed [IPv6 address
@@ -86,7 +88,7 @@ def parse_server_url(url: str) -> tuple[str, tuple[str, str] | None, list[tuple[
             problem = "its port is not a number in 1..65535"
     if problem:
         raise InputError(
-            f"teacher_server={redact_url(url)!r} is not valid ({problem}): give http://host:port, vLLM's address."
+            f"{setting}={redact_url(url)!r} is not valid ({problem}): give http://host:port, vLLM's address."
         )
     path = parts.path.rstrip("/")
     path = path[: -len("/v1")] if path.endswith("/v1") else path
@@ -120,7 +122,15 @@ class Traffic:
 class HttpClient:
     """The transport of :class:`~fdistill.lm.served.client.TeacherServer`: JSON requests to ``url`` (see
     :func:`parse_server_url`), each retried within ``timeout`` seconds in all, ``concurrency`` at a time
-    (:meth:`_map`), counted in :attr:`traffic`; the arguments are :class:`TeacherServer`'s."""
+    (:meth:`_map`), counted in :attr:`traffic`; the arguments are :class:`TeacherServer`'s.
+
+    ``role`` names the server in every message and its settings (``{role}_server_timeout``, ...), ``api_key_env``
+    is the environment variable read for its key, ``error`` the error type of a server that stays away: the
+    teacher's here, the student's in :class:`fdistill.lm.served.student.StudentServer`."""
+
+    role = "teacher"
+    api_key_env = API_KEY_ENV
+    error: type[InputError] = TeacherServerError
 
     def __init__(
         self,
@@ -132,19 +142,19 @@ class HttpClient:
         backoff: float = 0.5,
         concurrency: int = 8,
     ):
-        self.url, self._auth, self._params = parse_server_url(url)
-        self._api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+        self.url, self._auth, self._params = parse_server_url(url, f"{self.role}_server")
+        self._api_key = api_key if api_key is not None else os.environ.get(self.api_key_env) or None
         if self._auth is not None and self._api_key:
             raise InputError(
-                f"the teacher server URL {self.url} carries a user:password@ and an API key is given "
-                f"(teacher_server_api_key or {API_KEY_ENV}): both would be the one Authorization header; give one."
+                f"the {self.role} server URL {self.url} carries a user:password@ and an API key is given "
+                f"({self.role}_server_api_key or {self.api_key_env}): both would be the one Authorization header; give one."
             )
         secrets = [self._api_key, *(self._auth or ()), *(v for _, v in self._params)]
         self._secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
         if not (timeout > 0 and math.isfinite(timeout)):
-            raise invalid("teacher_server_timeout", timeout, "use a positive number of seconds.")
+            raise invalid(f"{self.role}_server_timeout", timeout, "use a positive number of seconds.")
         if retries < 0:
-            raise invalid("teacher_server_retries", retries, "use 0 or more retries.")
+            raise invalid(f"{self.role}_server_retries", retries, "use 0 or more retries.")
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.concurrency = max(1, concurrency)
         self.traffic = Traffic()
@@ -189,9 +199,9 @@ class HttpClient:
             self.traffic.add(len(body or b""), len(content), positions, retries=attempts - 1)
             return self._decode(content, target)
         elapsed = time.monotonic() - start
-        within = f" within teacher_server_timeout={self.timeout:g} s" if time.monotonic() >= deadline else ""
-        raise TeacherServerError(
-            f"the teacher server {self.url} did not answer {target}{within}: {last or 'no time left'} "
+        within = f" within {self.role}_server_timeout={self.timeout:g} s" if time.monotonic() >= deadline else ""
+        raise self.error(
+            f"the {self.role} server {self.url} did not answer {target}{within}: {last or 'no time left'} "
             f"({attempts} attempt{'s' * (attempts != 1)} in {elapsed:.1f} s)"
         )
 
@@ -200,8 +210,9 @@ class HttpClient:
         so: a struggling server is never silent."""
         pause = max(0.0, min(self.backoff * 2 ** (attempt - 1), 30.0, deadline - time.monotonic()))
         logger.warning(
-            "the teacher server %s did not answer %s: %s; attempt %d of %d in %.1f s (%.0f s left of "
-            "teacher_server_timeout=%g s)",
+            "the %s server %s did not answer %s: %s; attempt %d of %d in %.1f s (%.0f s left of "
+            "%s_server_timeout=%g s)",
+            self.role,
             self.url,
             target,
             last,
@@ -209,6 +220,7 @@ class HttpClient:
             self.retries + 1,
             pause,
             max(0.0, deadline - time.monotonic()),
+            self.role,
             self.timeout,
         )
         time.sleep(pause)
@@ -245,24 +257,24 @@ class HttpClient:
         if status == 429 or status >= 500:
             raise _AttemptFailed(f"HTTP {status}: {self._redact(_server_message(content, response.reason))}")
         if 300 <= status < 400:
-            raise TeacherServerError(
-                f"the teacher server {self.url} answered {target} with a redirect (HTTP {status}) to "
+            raise self.error(
+                f"the {self.role} server {self.url} answered {target} with a redirect (HTTP {status}) to "
                 f"{redact_url(response.headers.get('Location', '?'))}; redirects are not followed, so the prompts "
-                "and the key go only to the address given: give that address as the teacher server if you trust it."
+                f"and the key go only to the address given: give that address as the {self.role} server if you trust it."
             )
         if status in (401, 403):
             fix = (
                 "the credentials given (API key or user:password@) are not the server's"
                 if self._api_key or self._auth
-                else f"give its API key (vLLM's --api-key) with teacher_server_api_key or {API_KEY_ENV}"
+                else f"give its API key (vLLM's --api-key) with {self.role}_server_api_key or {self.api_key_env}"
             )
-            raise TeacherServerError(
-                f"the teacher server {self.url} refused {target} (HTTP {status}: "
+            raise self.error(
+                f"the {self.role} server {self.url} refused {target} (HTTP {status}: "
                 f"{self._redact(_server_message(content, response.reason))}): {fix}."
             )
         if status >= 400:
             raise InputError(
-                f"the teacher server {self.url} refused {target} (HTTP {status}): "
+                f"the {self.role} server {self.url} refused {target} (HTTP {status}): "
                 f"{self._redact(_server_message(content, response.reason))}"
             )
 
@@ -272,18 +284,18 @@ class HttpClient:
             answer = json.loads(content)
         except ValueError:
             text = self._redact(content[:80].decode("utf-8", "replace"))
-            raise TeacherServerError(
-                f"the teacher server {self.url} answered {path} with something that is not JSON: {text!r}; is it "
+            raise self.error(
+                f"the {self.role} server {self.url} answered {path} with something that is not JSON: {text!r}; is it "
                 "vLLM's OpenAI-compatible server?"
             ) from None
         if not isinstance(answer, dict):
-            raise TeacherServerError(
-                f"the teacher server {self.url} answered {path} with a JSON {type(answer).__name__}, not an object; "
+            raise self.error(
+                f"the {self.role} server {self.url} answered {path} with a JSON {type(answer).__name__}, not an object; "
                 "is it vLLM's OpenAI-compatible server?"
             )
         if answer.get("object") == "error" or "error" in answer:  # vLLM's ErrorResponse, old and new shapes
-            raise TeacherServerError(
-                f"the teacher server {self.url} answered {path} with an error: "
+            raise self.error(
+                f"the {self.role} server {self.url} answered {path} with an error: "
                 f"{self._redact(_server_message(content, 'no message'))}"
             )
         return answer
@@ -293,7 +305,7 @@ class HttpClient:
         if len(items) <= 1 or self.concurrency == 1:
             return [fn(x) for x in items]
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="fdistill-teacher")
+            self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"fdistill-{self.role}")
         return list(self._pool.map(fn, items))
 
     def close(self) -> None:

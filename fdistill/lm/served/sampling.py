@@ -17,9 +17,10 @@ from fdistill.lm.offline import OfflineSamplingSettings, SampleRow, sample_offli
 from fdistill.lm.served.client import DEFAULT_RETRIES, DEFAULT_TIMEOUT, TeacherServer
 
 
-def sample_seed(seed: int, input_index: int, sample_index: int) -> int:
-    """The seed of one served sample: a hash of (run seed, input, sample), so batching and resuming never change it."""
-    digest = hashlib.sha256(f"{seed}:{input_index}:{sample_index}".encode()).digest()
+def sample_seed(seed: int, *indices: int) -> int:
+    """The seed of one served sample: a hash of (run seed, indices) — offline: (input, sample); a student rollout:
+    (training step, process, request, row) — so batching and resuming never change it."""
+    digest = hashlib.sha256(":".join(str(i) for i in (seed, *indices)).encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
