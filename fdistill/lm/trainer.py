@@ -417,11 +417,17 @@ class FDistillMixin:
         (:meth:`fdistill.lm.served.student.StudentServer.sample`). The first sync comes before the first draw; in
         evaluation the server first gets the current weights."""
         server, training = self.student_server, self.model.training
-        if server.synced_step < 0 or (not training and server.synced_step != self.state.global_step):
-            self.sync_student_server(self.state.global_step + 1)
+        self._ready_student_server()
         step = self.state.global_step + 1
         with self._student_server_failure(step):
             return server.sample(prompt_ids, prompt_mask, step=step, stream="train" if training else "eval")
+
+    def _ready_student_server(self) -> None:
+        """Sync ``student_server`` before it draws, where it holds no weights of this run yet (the first draw, and
+        the first after a resume) or, in evaluation, older ones."""
+        server = self.student_server
+        if server.synced_step < 0 or (not self.model.training and server.synced_step != self.state.global_step):
+            self.sync_student_server(self.state.global_step + 1)
 
     def sync_student_server(self, step: int) -> None:
         """The student server's weights := the student's (:meth:`~fdistill.lm.served.student.StudentServer.sync`);
@@ -488,7 +494,10 @@ class FDistillMixin:
     def _student_policy_step(self) -> int:
         """The global step whose weights draw student samples now: the server's last sync, or this process's step."""
         server = getattr(self, "student_server", None)
-        return server.synced_step if server is not None else self.state.global_step
+        if server is None or server.closed:
+            return self.state.global_step
+        self._ready_student_server()  # the first sync comes before the policy is read: fresh samples stay weight 1
+        return server.synced_step
 
     def _attach_online_samples(self, inputs: dict, training: bool) -> None:
         """Put the micro-batch's online samples into ``inputs`` (``student_ids``/``_mask``, ``teacher_ids``/``_mask``).
@@ -518,7 +527,7 @@ class FDistillMixin:
         micro-batches in one request batch); the future gives the samples with the policy that drew them."""
         batches = [b for planned in group for b in planned.batches]
         ids, mask = rollouts.cat_prompts(batches, self.processing_class.pad_token_id, not self.is_encoder_decoder)
-        device, policy_step = self.args.device, self.student_server.synced_step
+        device, policy_step = self.args.device, self._student_policy_step()
         first = self.state.global_step + len(self._groups.group) + 1  # the training step the samples are for
         future = self.student_server.submit(ids.to(device), mask.to(device), step=first)
         return rollouts.Submitted(future, policy_step, first)

@@ -33,6 +33,7 @@ class FakeStudentServer:
         self.executor = ThreadPoolExecutor(1)
         self.futures = []
         self.lock = threading.Lock()
+        self.closed, self.launched = False, None  # the rest of StudentServer's interface the trainer reads
 
     @property
     def synced_step(self) -> int:
@@ -43,7 +44,7 @@ class FakeStudentServer:
         self.weights[step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     @torch.no_grad()
-    def sample(self, prompt_ids, prompt_mask, *, step: int):
+    def sample(self, prompt_ids, prompt_mask, *, step: int, stream: str = "train"):
         if step == self.fail_at:
             raise ConnectionError("the fake server went away")
         with self.lock:
@@ -64,13 +65,14 @@ class FakeStudentServer:
             )
             return completions, done, sampling_logprobs(logits, labels, 1.0).float()
 
-    def submit(self, prompt_ids, prompt_mask, *, step: int):
+    def submit(self, prompt_ids, prompt_mask, *, step: int, stream: str = "train"):
         future = self.executor.submit(self.sample, prompt_ids.clone(), prompt_mask.clone(), step=step)
         self.futures.append(future)
         return future
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)
+        self.closed = True
 
 
 class Syncs(TrainerCallback):

@@ -192,6 +192,9 @@ def test_training_through_the_server_takes_the_in_process_steps(fake, data, tok,
         assert torch.equal(a, b)
     assert len(fake.reloads) == 4  # before step 1, after steps 1-3 (none after the last)
     assert trainer.student_server.closed and trainer.student_server.synced_step == 3
+    # every step's samples were drawn by the step's own weights (the first sync comes before the policy is read):
+    # fresh, so no importance weight was formed
+    assert not [h for h in trainer.state.log_history if "rollout/staleness" in h]
     assert len([b for b in fake.bodies if "seed" in b]) == 4 * 4  # every student sample came from the server
 
 
@@ -374,3 +377,28 @@ def test_secrets_are_never_written(fake, data, tok, teacher, tmp_path, monkeypat
     assert any(p.name == "fdistill_run.json" or "record" in p.name for p in files) or files
     texts += [p.read_bytes().decode("latin-1") for p in files]
     assert len(files) > 10 and not any(s in t for s in (key, query) for t in texts)
+
+
+def test_overlap_and_reuse_through_the_real_client(fake, data, tok, teacher, tmp_path):
+    """rollout_overlap and steps_per_generation with the real StudentServer over HTTP: the next group is drawn in
+    the background by the weights of the last sync (staleness 1, reweighted by the server's log-probabilities), and
+    nothing is left drawing after train()."""
+    kw = dict(max_steps=4, student_do_sample=True, data_seed=0, rollout_overlap=True)
+    losses, _, trainer = train(tmp_path / "overlap", data, tok, teacher, student_server=fake.url, **kw)
+    logged = {h["step"]: h for h in trainer.state.log_history if "loss" in h}
+    # two steps an epoch here: the first step of each epoch draws at once (no prefetch across the epoch's end)
+    assert [logged[s]["rollout/staleness"] for s in sorted(logged)] == [0, 1, 0, 1]
+    assert all(0 < logged[s]["rollout/ess"] <= 1 for s in logged) and len(losses) == 4
+    assert trainer.student_server.closed and trainer._groups.pending is None and not trainer._groups.queue
+    reused, _, trainer = train(
+        tmp_path / "k2",
+        data,
+        tok,
+        teacher,
+        student_server=fake.url,
+        max_steps=4,
+        student_do_sample=True,
+        steps_per_generation=2,
+    )
+    logged = {h["step"]: h for h in trainer.state.log_history if "loss" in h}
+    assert [logged[s].get("rollout/staleness", 0) for s in sorted(logged)] == [0, 1, 0, 1]
