@@ -23,6 +23,7 @@ from transformers import TrainerCallback
 
 from fdistill import FDistillTrainer
 from fdistill import testing as tiny
+from fdistill.lm.logits_cache import CODES, IDS, SCALE, TOP, decode
 from fdistill.lm.sampling import OfflineSamplingSettings
 from fdistill.lm.served import TeacherServer, TeacherServerError, sample_offline_served
 from fdistill.testing_vllm import local_vllm_server
@@ -169,8 +170,10 @@ def test_vllm_served_teacher_end_to_end(folder, teacher, tok, data, tmp_path):
             TeacherServer(server.url), tok, prompts, str(tmp_path / "whole"), sampling, show_progress=False
         )
         assert resumed["teacher_sample_ids"] == whole["teacher_sample_ids"]  # one seed per sample
-        for a, b in zip(resumed["teacher_topk_logprobs"], whole["teacher_topk_logprobs"]):
-            torch.testing.assert_close(torch.tensor(a), torch.tensor(b), atol=1e-4, rtol=0)
+        for a, b in zip(resumed, whole):  # the top-k as the cache stores them, decoded
+            (ids_a, lp_a), (ids_b, lp_b) = (decode(*(r[c] for c in (IDS, TOP, SCALE, CODES))) for r in (a, b))
+            assert ids_a.tolist() == ids_b.tolist()
+            torch.testing.assert_close(lp_a, lp_b, atol=1e-4, rtol=0)
         # training: the server dies after step 2 of 4
         kw = dict(objective="tvd", max_steps=4, save_strategy="steps", save_steps=1, teacher_server_topk=8, data_seed=0)
         cut = tmp_path / "cut"
