@@ -73,8 +73,9 @@ class CacheFormat:
     """What a cache holds and how it is encoded: recorded as ``topk_cache`` in the sampling run's provenance.
 
     Attributes:
-        k: ids per position; ids_dtype: ``"uint16"`` or ``"uint32"``; bytes_per_token: the five columns' Arrow bytes
-        (values and offsets) divided by the positions stored.
+        k: ids per position.
+        ids_dtype: ``"uint16"`` or ``"uint32"``.
+        bytes_per_token: the five columns' Arrow bytes (values and offsets) divided by the positions stored.
     """
 
     k: int
