@@ -86,6 +86,7 @@ class CacheFormat:
     error_bound: str = "|decoded - logprob| <= scale/2 + 2^-24*|top|, |tail - exact| <= 2^-24*|tail| per position"
 
     def record(self) -> dict:
+        """This format as a JSON-ready dict (the provenance record's ``topk_cache``)."""
         return asdict(self)
 
 

@@ -742,6 +742,7 @@ class FDistillMixin:
             store[k].append(self.accelerator.gather(value.reshape(1)).mean().item())  # one scalar per process
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the means of the metrics gathered since the last log (each side's term, entropy, ...) to ``logs``, then log."""
         split = "eval" if any(k.startswith("eval_") for k in logs) else "train"
         prefix = "eval_" if split == "eval" else ""
         for k, values in self._metrics[split].items():
