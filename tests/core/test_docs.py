@@ -131,3 +131,54 @@ def test_every_guide_is_in_the_nav():
     nav = (ROOT / "mkdocs.yml").read_text()
     for page in (DOCS / "guides").glob("*.md"):
         assert f"guides/{page.name}" in nav, f"docs/guides/{page.name} is not in mkdocs.yml's nav"
+
+
+def _anchors(page: Path) -> set[str]:
+    """The anchors of a page: explicit ``{#id}``s, ``<span id=…>``s, and the headings' slugs (mkdocs' toc)."""
+    text = page.read_text()
+    anchors = set(re.findall(r"\{#([\w-]+)\}", text)) | set(re.findall(r'id="([\w-]+)"', text))
+    for heading in re.findall(r"^#+ (.+?)(?: \{#[\w-]+\})?$", text, re.M):
+        anchors.add(re.sub(r"[\s]+", "-", re.sub(r"[^\w\s-]", "", heading).strip().lower()))
+    return anchors
+
+
+def test_refusals_name_pages_and_sections_that_exist():
+    """Every ``see("page", "anchor")`` in the code names a page of docs/ and a section of it."""
+    calls = []
+    for source in (ROOT / "fdistill").rglob("*.py"):
+        calls += re.findall(r"""see\(\s*["']([\w/-]+)["']\s*(?:,\s*["']([\w-]+)["'])?\s*\)""", source.read_text())
+    assert len(calls) >= 6
+    for page, anchor in calls:
+        path = DOCS / f"{page}.md"
+        assert path.is_file(), f"see({page!r}): {path} does not exist"
+        if anchor:
+            assert anchor in _anchors(path), f"see({page!r}, {anchor!r}): no such section in {path}"
+
+
+def test_refusals_of_settings_point_at_their_row_of_the_reference():
+    from fdistill.cli.entry import RESEARCH_COMMANDS
+    from fdistill.errors import InputError
+
+    checks = (ROOT / "fdistill" / "lm" / "config_checks.py").read_text()
+    fields = {f.name for f in dataclasses.fields(FDistillConfig)}
+    assert set(re.findall(r'refuse\(\s*\w+,\s*"(\w+)"', checks)) <= fields  # each is a row (anchor) of config.md
+    with pytest.raises(InputError, match=r"use 'stepwise' .* \(see docs/reference/config\.md#js_mixture\)"):
+        DistillArguments(js_mixture="both")
+    for _, _, extra in RESEARCH_COMMANDS.values():  # require_extra's see("guides/" + extra)
+        assert (DOCS / "guides" / f"{extra}.md").is_file()
+
+
+def test_help_names_pages_that_exist(capsys):
+    from fdistill.cli.entry import COMMAND_DOCS, RESEARCH_COMMANDS, main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    named = re.findall(r"docs/[\w/.-]+\.md", text) + [f"docs/{page}" for page in COMMAND_DOCS.values()]
+    assert len(named) >= 3
+    for path in named:
+        assert (ROOT / path).is_file(), f"fdistill --help names {path}, which does not exist"
+    assert {"sample", "train", "evaluate", "demo", "paper-claims", *RESEARCH_COMMANDS} <= set(COMMAND_DOCS)
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    assert "documentation: docs/guides/evaluation.md" in capsys.readouterr().out
