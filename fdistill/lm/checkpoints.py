@@ -151,5 +151,7 @@ def resume_advice(output_dir: str, what: str = "the server") -> str:
     (restart ``what`` and resume from it), or that none was saved yet."""
     folder = latest_checkpoint(output_dir)
     if folder:
-        return f"the last checkpoint, {folder}, is whole: restart {what} and resume with resume_from_checkpoint=True"
-    return "no checkpoint was saved yet (save_steps)"
+        advice = f"the last checkpoint, {folder}, is whole: restart {what} and resume with resume_from_checkpoint=True"
+    else:
+        advice = "no checkpoint was saved yet (save_steps)"
+    return advice + see("guides/served")
