@@ -9,6 +9,7 @@ so the reference cannot fall behind the code; tests/core/test_docs.py checks tha
 from __future__ import annotations
 
 import dataclasses
+import html
 import re
 
 MARKER = re.compile(r"<!-- fdistill:settings (distill|trainer) -->")
@@ -19,11 +20,16 @@ def _cell(text) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
+def _code(text) -> str:
+    """An inline code cell as HTML: a backslash-escaped pipe would show inside a Markdown code span."""
+    return "<code>" + html.escape(" ".join(str(text).split())).replace("|", "&#124;") + "</code>"
+
+
 def _default(f: dataclasses.Field) -> str:
     if f.default is not dataclasses.MISSING:
-        return f"`{f.default!r}`"
+        return _code(repr(f.default))
     if f.default_factory is not dataclasses.MISSING:
-        return f"`{f.default_factory()!r}`"
+        return _code(repr(f.default_factory()))
     return "required"
 
 
@@ -48,7 +54,7 @@ def settings_table(which: str) -> str:
     for f in fields:
         help_text = f.metadata.get("help", "") or "(transformers: see its TrainingArguments documentation)"
         rows.append(
-            f'| <span id="{f.name}">`{f.name}`</span> | `{_cell(_type(f))}` | {_cell(_default(f))} | {_cell(help_text)} |'
+            f'| <span id="{f.name}">`{f.name}`</span> | {_code(_type(f))} | {_default(f)} | {_cell(help_text)} |'
         )
     return "\n".join(rows)
 
