@@ -16,6 +16,21 @@ class InputError(ValueError):
     """A setting, file or data item that fdistill cannot use; the message names it, the value seen and the fix."""
 
 
+# The documentation's folder in the repository; `see` names its pages in refusals (the site: `mkdocs serve`).
+DOCS = "docs"
+
+
+def see(page: str, anchor: str | None = None) -> str:
+    """`` (see docs/PAGE.md#ANCHOR)``: the documentation page that explains a refusal and its fix, appended to the
+    message. tests/core/test_docs.py checks that every page and anchor the code names exists.
+
+    Example:
+        >>> see("guides/troubleshooting", "locks")
+        ' (see docs/guides/troubleshooting.md#locks)'
+    """
+    return f" (see {DOCS}/{page}.md{'#' + anchor if anchor else ''})"
+
+
 def invalid(name: str, value, fix: str, problem: str = "is not valid") -> InputError:
     """``InputError("{name}={value!r} {problem}: {fix}")`` — return it and ``raise`` it at the call site.
 
@@ -49,7 +64,7 @@ _OTHER_CAUSE = (
 
 def nonfinite_cause(which: str) -> str:
     """The likely cause of NaN/inf in the numbers of model ``which`` ('teacher', 'student' or another name)."""
-    return NONFINITE_CAUSES.get(which, _OTHER_CAUSE)
+    return NONFINITE_CAUSES.get(which, _OTHER_CAUSE) + see("guides/troubleshooting", "nonfinite")
 
 
 @contextlib.contextmanager
@@ -80,6 +95,6 @@ def require_extra(extra: str, *modules: str) -> None:
         if missing:
             raise ModuleNotFoundError(
                 f"fdistill.{extra} needs the package {module!r}, which is not installed: "
-                f"pip install 'fdistill[{extra}]'.",
+                f"pip install 'fdistill[{extra}]'.{see('guides/' + extra)}",
                 name=module,
             )

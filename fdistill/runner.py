@@ -148,14 +148,17 @@ class History:
     rows: list[dict] = field(default_factory=list)
 
     def log(self, **values) -> dict:
+        """Append one row of ``values`` (numbers made JSON-safe by :func:`json_number`) and return it."""
         row = {k: json_number(v) for k, v in values.items()}
         self.rows.append(row)
         return row
 
     def column(self, name: str) -> list:
+        """The values of ``name`` in the rows that hold it, in order."""
         return [row[name] for row in self.rows if name in row]
 
     def last(self, name: str, default=None):
+        """The last value of ``name``, or ``default`` when no row holds it."""
         values = self.column(name)
         return values[-1] if values else default
 

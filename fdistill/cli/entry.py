@@ -16,7 +16,7 @@ import torch
 
 from fdistill.cli import evaluate, sample, train
 from fdistill.cli.common import apply_config
-from fdistill.errors import InputError, NonFiniteError
+from fdistill.errors import InputError, NonFiniteError, see
 
 
 def _main_process_only(run):
@@ -54,6 +54,31 @@ RESEARCH_COMMANDS = {
 }
 
 
+# The documentation page of each command (under docs/; the site: pip install -e ".[docs]" && mkdocs serve), named at
+# the end of its --help; tests/core/test_docs.py checks that each exists.
+COMMAND_DOCS = {
+    "sample": "guides/decoder-only.md",
+    "train": "reference/config.md",
+    "evaluate": "guides/evaluation.md",
+    "demo": "guides/decoder-only.md",
+    "paper-claims": "guides/divergences.md",
+    "flows": "guides/flows.md",
+    "vocoder": "guides/vocoder.md",
+    "diffusion": "guides/diffusion.md",
+}
+EPILOG = """documentation, in the repository's docs/ folder (as a site: pip install -e ".[docs]" && mkdocs serve):
+  docs/index.md                    the guides, one per task
+  docs/reference/config.md         every setting a recipe or a key=value override may hold
+  docs/guides/troubleshooting.md   what an error means, how to resume; errors name their section"""
+
+
+def _add_docs(sub) -> None:
+    """End each sub-command's --help with its documentation page."""
+    for name, parser in sub.choices.items():
+        if name in COMMAND_DOCS:
+            parser.epilog = f"documentation: docs/{COMMAND_DOCS[name]}"
+
+
 def _research_module(command: str):
     """The CLI module of a research sub-command, or one clear error naming the extra to install."""
     import importlib
@@ -66,7 +91,7 @@ def _research_module(command: str):
             raise
         raise InputError(
             f"`fdistill {command}` needs the package {error.name!r}, which is not installed: "
-            f"pip install 'fdistill[{extra}]'."
+            f"pip install 'fdistill[{extra}]'.{see('guides/' + extra)}"
         ) from None
 
 
@@ -113,6 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     parser, sub, runs = _parser()
     try:
         _add_research_commands(sub, runs, command=next((a for a in argv if not a.startswith("-")), None))
+        _add_docs(sub)
         apply_config(parser, argv)
     except ValueError as error:
         print(f"fdistill: error: {error}", file=sys.stderr)
@@ -126,7 +152,12 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction, dict
     import fdistill.cli
     from fdistill.cli import demo, paper_claims
 
-    parser = argparse.ArgumentParser(prog="fdistill", description=fdistill.cli.__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="fdistill",
+        description=fdistill.cli.__doc__.splitlines()[0],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sample.add_sample_parser(sub)
     evaluate.add_evaluate_parser(sub)
@@ -189,7 +220,8 @@ def _run(run, args: argparse.Namespace) -> None:
         elif error.errno in _WRITE_ERRNOS:
             print(
                 f"fdistill {args.command}: error: could not write {error.filename or 'a file'}: {error.strerror} "
-                f"(free space or raise the limit, e.g. `ulimit -f`); {_RESUME.get(args.command, 'then run again')}.",
+                f"(free space or raise the limit, e.g. `ulimit -f`); {_RESUME.get(args.command, 'then run again')}."
+                f"{see('guides/troubleshooting', 'storage')}",
                 file=sys.stderr,
             )
         else:

@@ -75,6 +75,7 @@ class Generations:
 
     @property
     def tokens_per_second(self) -> float:
+        """New tokens generated per second of generation (NaN when no time was measured)."""
         return self.new_tokens / self.seconds if self.seconds > 0 else float("nan")
 
 
@@ -117,6 +118,7 @@ def generate_texts(
 
 
 def count_parameters(model) -> int:
+    """Parameters of ``model`` (of its base model under PEFT: the student's own, adapters included)."""
     return sum(p.numel() for p in base_model(model).parameters())
 
 

@@ -243,6 +243,7 @@ class RougeTokenizer:
         self._chars = chars
 
     def tokenize(self, text: str) -> list[str]:
+        """ROUGE tokens of ``text``: rouge-score's own for ASCII, lower-cased words (or characters) of any script otherwise."""
         if text.isascii() and not self._chars:
             return self._ascii.tokenize(text)
         tokens = []

@@ -45,6 +45,7 @@ class FlowData:
 
     @property
     def num_features(self) -> int:
+        """Dimensions of one example (the product of ``event_shape``)."""
         return math.prod(self.event_shape)
 
     def model_inputs(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

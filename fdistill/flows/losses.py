@@ -130,6 +130,7 @@ class LossWeights:
 
     @property
     def needs_teacher(self) -> bool:
+        """Whether any distillation term (LKD, ILKD, SKD) has a weight, so a teacher is needed."""
         return self.lkd > 0 or self.ilkd > 0 or self.skd > 0
 
 

@@ -86,6 +86,7 @@ class Flow(nn.Module):
 
     @property
     def num_features(self) -> int:
+        """Dimensions D of one example (the product of ``event_shape``)."""
         return math.prod(self.event_shape)
 
     def forward(self, x: torch.Tensor) -> FlowOutput:
@@ -97,6 +98,7 @@ class Flow(nn.Module):
         return FlowOutput(u, logdet, standard_normal_log_prob(u) + logdet, path)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """``log p(x)`` of each example, ``(B,)`` (change of variables: base log-density plus log |det J|)."""
         return self(x).log_prob
 
     def sample(self, num_samples: int, temperature: float = 1.0, generator: torch.Generator | None = None):
@@ -106,6 +108,7 @@ class Flow(nn.Module):
         return self.inverse(temperature * u)
 
     def num_parameters(self) -> int:
+        """Number of parameters."""
         return sum(p.numel() for p in self.parameters())
 
 
@@ -182,6 +185,7 @@ class Glow(Flow):
         return torch.cat(parts, 1), logdet + ld, path
 
     def inverse(self, u: torch.Tensor) -> torch.Tensor:
+        """Data x from the base draw u (flattened latents of every level), the inverse of forward."""
         sizes = [math.prod(s) for s in self.latent_shapes]
         parts = [p.reshape(-1, *s) for p, s in zip(u.split(sizes, dim=1), self.latent_shapes)]
         h = self.top_prior.inverse(parts[-1])

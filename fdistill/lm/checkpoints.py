@@ -16,7 +16,7 @@ import shutil
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from fdistill.errors import InputError
+from fdistill.errors import InputError, see
 from fdistill.storage import MANIFEST, check_manifest, has_manifest, read_json
 
 logger = logging.getLogger(__name__)
@@ -78,6 +78,7 @@ def latest_checkpoint(output_dir: str, required: bool = False) -> str | None:
             f"--resume-from-checkpoint latest: no complete checkpoint-N folder in "
             f"{output_dir!r}, only incomplete ones ({', '.join(skipped)}); start afresh with overwrite_output_dir=true "
             "(it deletes them), or give a checkpoint folder explicitly to resume from it unverified."
+            + see("guides/troubleshooting", "resume")
         )
     return newest
 
@@ -88,8 +89,10 @@ def damaged_checkpoint_fix(folder: str) -> str:
     earlier = [f for f in checkpoint_folders(os.path.dirname(folder)) if has_manifest(f) and f != folder]
     earlier = [f for f in earlier if _step(f) < _step(folder)]
     if earlier:
-        return f"delete {folder} and resume from {earlier[-1]} (--resume-from-checkpoint latest)."
-    return f"delete {folder} and train afresh (no earlier complete checkpoint is there)."
+        fix = f"delete {folder} and resume from {earlier[-1]} (--resume-from-checkpoint latest)."
+    else:
+        fix = f"delete {folder} and train afresh (no earlier complete checkpoint is there)."
+    return fix + see("guides/troubleshooting", "storage")
 
 
 def _step(folder: str) -> int:
@@ -136,7 +139,7 @@ def claim_fresh_output_dir(output_dir: str, overwrite: bool) -> None:
         raise InputError(
             f"output_dir {output_dir!r} already holds another run ({shown}): resume it "
             "(`--resume-from-checkpoint latest`, resume_from_checkpoint=True), set overwrite_output_dir=true to "
-            "replace it, or choose another output_dir."
+            "replace it, or choose another output_dir." + see("guides/troubleshooting", "locks")
         )
     logger.warning("overwrite_output_dir: deleting the earlier run's checkpoints in %s.", output_dir)
     for folder in checkpoints:
@@ -148,5 +151,7 @@ def resume_advice(output_dir: str, what: str = "the server") -> str:
     (restart ``what`` and resume from it), or that none was saved yet."""
     folder = latest_checkpoint(output_dir)
     if folder:
-        return f"the last checkpoint, {folder}, is whole: restart {what} and resume with resume_from_checkpoint=True"
-    return "no checkpoint was saved yet (save_steps)"
+        advice = f"the last checkpoint, {folder}, is whole: restart {what} and resume with resume_from_checkpoint=True"
+    else:
+        advice = "no checkpoint was saved yet (save_steps)"
+    return advice + see("guides/served")

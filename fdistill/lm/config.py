@@ -398,10 +398,12 @@ class DistillArguments:
 
     @property
     def needs_student_samples(self) -> bool:
+        """Whether the objective scores online student samples (they are drawn every step)."""
         return "student" in self.objective_spec.scores
 
     @property
     def needs_teacher_samples(self) -> bool:
+        """Whether the objective scores teacher samples (offline ones from the dataset, or drawn online)."""
         return "teacher" in self.objective_spec.scores
 
     @property
@@ -413,6 +415,7 @@ class DistillArguments:
 
     @property
     def needs_reference(self) -> bool:
+        """Whether the objective scores the references (the dataset's ``reference_column``)."""
         return "reference" in self.objective_spec.scores
 
     @property

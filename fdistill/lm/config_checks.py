@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 from fdistill.divergences import JS_MIXTURES, REDUCTIONS, TOPK_MODES, check_js_beta, check_tail_temperature
-from fdistill.errors import invalid
+from fdistill.errors import invalid, see
 from fdistill.lm.importance import check_cap
 from fdistill.lm.objectives import Objective, get_objective
 from fdistill.lm.served import API_KEY_ENV, parse_server_url, redact_url
@@ -56,7 +56,7 @@ def refuse(settings, name: str, fix: str, value=UNSET) -> None:
     old = getattr(settings, "_given_as", {}).get(name)
     if old is not None:
         fix += f" ({old}, as it was given, is the deprecated name of {name}.)"
-    raise invalid(name, getattr(settings, name) if value is UNSET else value, fix)
+    raise invalid(name, getattr(settings, name) if value is UNSET else value, fix + see("reference/config", name))
 
 
 def check_finite(settings) -> None:

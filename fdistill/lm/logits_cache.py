@@ -73,8 +73,9 @@ class CacheFormat:
     """What a cache holds and how it is encoded: recorded as ``topk_cache`` in the sampling run's provenance.
 
     Attributes:
-        k: ids per position; ids_dtype: ``"uint16"`` or ``"uint32"``; bytes_per_token: the five columns' Arrow bytes
-        (values and offsets) divided by the positions stored.
+        k: ids per position.
+        ids_dtype: ``"uint16"`` or ``"uint32"``.
+        bytes_per_token: the five columns' Arrow bytes (values and offsets) divided by the positions stored.
     """
 
     k: int
@@ -85,6 +86,7 @@ class CacheFormat:
     error_bound: str = "|decoded - logprob| <= scale/2 + 2^-24*|top|, |tail - exact| <= 2^-24*|tail| per position"
 
     def record(self) -> dict:
+        """This format as a JSON-ready dict (the provenance record's ``topk_cache``)."""
         return asdict(self)
 
 

@@ -91,6 +91,7 @@ class ScoredSet:
 
     @property
     def mask(self) -> Tensor:
+        """``(B, C)`` True at the scored positions (labels not ``-100``)."""
         return self.labels != IGNORE_INDEX
 
 
@@ -119,6 +120,7 @@ class ScoredBatch:
 
     @property
     def fused(self) -> bool:
+        """Whether the sets hold LM-head inputs and heads (the fused path) rather than logits."""
         return self.heads is not None
 
     def reduce(self, terms: Tensor, name: str) -> Tensor:
@@ -191,6 +193,8 @@ class Objective:
         return []
 
     def loss(self, batch: ScoredBatch, args: DistillArguments) -> ObjectiveOutput:
+        """The loss of one micro-batch from its scored sets, reduced with ``batch.reduce`` (global denominators, so
+        gradient accumulation and several processes are exact), and the metrics to log."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

@@ -129,6 +129,7 @@ class OfflineSamplingSettings:
         )
 
     def generation_config(self, model, tokenizer) -> GenerationConfig:
+        """The clean generation config of these settings for ``model`` (:func:`fdistill.lm.sampling.sampling_config`)."""
         cfg = sampling_config(
             model,
             tokenizer,

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from datasets import Dataset, concatenate_datasets
 from tqdm.auto import tqdm
 
-from fdistill.errors import InputError
+from fdistill.errors import InputError, see
 from fdistill.lm.data import is_blank
 from fdistill.lm.logits_cache import CACHE_COLUMNS, DESCRIPTION_PREFIX, FLOAT_COLUMNS, cache_dataset
 from fdistill.storage import (
@@ -168,6 +168,7 @@ def _claim_folder(out: Path, output_dir: str, provenance: dict) -> bool:
                 f"{output_dir!r} holds an unfinished run ({done} batches done) that differs from this one "
                 f"({'; '.join(changes)}); resuming would mix them. Rerun with the earlier teacher, tokenizer, data and "
                 "settings to finish it, or delete that folder (or choose another) to start afresh."
+                + see("guides/troubleshooting", "resume")
             )
     elif any(p.name not in (LOCK_FILE, _WORK_DIR) for p in out.iterdir()):
         raise InputError(

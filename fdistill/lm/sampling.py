@@ -70,6 +70,7 @@ def sampling_config(
 
 
 def eos_ids(generation_config: GenerationConfig) -> list[int]:
+    """The end-of-sequence token ids of ``generation_config`` as a list (none, one or several)."""
     eos = generation_config.eos_token_id
     return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
 

@@ -41,7 +41,7 @@ from transformers import PreTrainedModel, Seq2SeqTrainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from fdistill.divergences import IGNORE_INDEX, TeacherTopK, count_items
-from fdistill.errors import InputError, NonFiniteError
+from fdistill.errors import InputError, NonFiniteError, see
 from fdistill.lm import importance, rollouts
 from fdistill.lm.checkpoints import (
     RUN_RECORD,
@@ -390,6 +390,7 @@ class FDistillMixin:
                 raise InputError(
                     f"checkpoint {folder!r} was trained differently: {'; '.join(changes)}. Resume with the "
                     "settings and models it was trained with, or train into a new output_dir."
+                    + see("guides/troubleshooting", "resume")
                 )
         return folder
 
@@ -742,6 +743,7 @@ class FDistillMixin:
             store[k].append(self.accelerator.gather(value.reshape(1)).mean().item())  # one scalar per process
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the means of the metrics gathered since the last log (each side's term, entropy, ...) to ``logs``, then log."""
         split = "eval" if any(k.startswith("eval_") for k in logs) else "train"
         prefix = "eval_" if split == "eval" else ""
         for k, values in self._metrics[split].items():

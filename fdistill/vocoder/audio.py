@@ -414,6 +414,7 @@ def table(results: dict) -> str:
 
 
 def load_audio_config(path: str | None = None, overrides: list[str] | None = None) -> AudioExperimentConfig:
+    """The audio experiment's settings from a YAML recipe ``path`` and ``key=value`` ``overrides``, checked."""
     return load_dataclass_config(AudioExperimentConfig, path, overrides)
 
 

@@ -98,6 +98,7 @@ class ServedModel:
         return text
 
     def record(self) -> dict:
+        """The served model as recorded in checkpoints and provenance (no credentials)."""
         return {
             "name": self.name,
             "root": self.root,

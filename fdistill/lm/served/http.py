@@ -111,6 +111,7 @@ class Traffic:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, sent: int, received: int, positions: int = 0, retries: int = 0) -> None:
+        """Count one request's bytes, scored positions and retries (thread-safe)."""
         with self._lock:
             self.bytes_sent += sent
             self.bytes_received += received

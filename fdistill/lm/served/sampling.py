@@ -34,9 +34,11 @@ class ServedSampler:
 
     @property
     def position_limit(self) -> int | None:
+        """The server's longest sequence (vLLM's ``max_model_len``), or None when it does not say."""
         return self.server.model.max_model_len
 
     def prepare(self, settings: OfflineSamplingSettings, device) -> None:
+        """Refuse settings a server cannot sample with (beam search) before any work."""
         if settings.decoding == "beam":
             raise InputError(
                 "decoding='beam' through a teacher server is not supported (vLLM's completions API samples or "
@@ -46,6 +48,7 @@ class ServedSampler:
     def draw(
         self, prompts: list[list[int]], indices: list[int], settings: OfflineSamplingSettings, batch_id: int
     ) -> list[SampleRow]:
+        """Sample ``settings.num_samples`` completions of each prompt in ``indices`` through the server, seeded per row."""
         items = [(i, s) for i in indices for s in range(settings.num_samples)]
         drawn = self.server.sample(
             [prompts[i] for i, _ in items],

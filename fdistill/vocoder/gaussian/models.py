@@ -52,9 +52,11 @@ class AffineGaussian(nn.Module):
         return self.shift
 
     def scale(self) -> torch.Tensor:
+        """The scale matrix L of x = μ + L·z (lower-triangular, or full in the paper's parameterisation)."""
         raise NotImplementedError
 
     def log_abs_det(self) -> torch.Tensor:
+        """``log |det L|`` of the scale matrix."""
         raise NotImplementedError
 
     def solve_scale(self, rhs: torch.Tensor) -> torch.Tensor:

@@ -258,7 +258,7 @@ def run_gaussian_study(
     Files: ``figure2_loglik_histograms.png``, ``figure3_expansion_signal.png``, ``proposition1.png``,
     ``kl_vs_teacher_min_eigenvalue.png``, ``table.md``, ``summary.json``. Returns the summary.
 
-    Example:
+    Examples:
         >>> summary = run_gaussian_study("/tmp/gaussian_study", dims=(4,), steps=20, repeats=2, samples=8,
         ...                              eval_samples=50, prop1_samples=1000, log=lambda *_: None)
         >>> sorted(summary["dims"]["4"]["repeats"][1]["methods"])
