@@ -137,8 +137,14 @@ def test_dummy_prefix_tokenizer_is_refused():
 
 
 def test_ids_outside_the_vocabulary_are_refused(pair):
+    tok_a, tok_b = pair
     with pytest.raises(InputError, match=r"token ids \[7\] are outside"):
-        token_byte_spans(pair[0], [2, 7])
+        token_byte_spans(tok_a, [2, 7])
+    ids, mask = torch.tensor([[2, 3, 99], [2, 99, 99]]), torch.tensor([[1, 1, 0], [1, 1, 0]])
+    with pytest.raises(InputError, match=r"token ids \[99\] are outside"):  # in the mask; the padded 99s are fine
+        retokenize(tok_a, tok_b, ids, mask)
+    with pytest.raises(InputError, match=r"token ids \[99\] are outside"):
+        align_batch(tok_a, tok_b, ids[:1], mask[:1], ids[1:], mask[1:])
 
 
 # ---- text join and canonical tokens ----------------------------------------------------------------------------------
@@ -364,7 +370,7 @@ def test_tensors_stay_on_the_input_device(pair):
 # ---- properties over random strings ----------------------------------------------------------------------------------
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, database=None)
 @given(text=st.text(alphabet=tiny.CROSS_ALPHABET, max_size=12), ended=st.booleans())
 def test_chunk_properties_tiny_alphabet(pair, text, ended):
     tok_a, tok_b = pair
@@ -376,7 +382,7 @@ def test_chunk_properties_tiny_alphabet(pair, text, ended):
         assert all(_one_to_one(*same)) and same[2] == len(ids)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, database=None)
 @given(text=st.text(alphabet=st.characters(codec="utf-8", exclude_characters="▁"), max_size=10), ended=st.booleans())
 def test_chunk_properties_any_text(wide, text, ended):
     """Any Unicode text (multi-byte characters, controls, spaces) through the two byte-complete tokenizers."""
@@ -385,6 +391,34 @@ def test_chunk_properties_any_text(wide, text, ended):
     assert completion_text(x, a_ids) == completion_text(y, b_ids) == (text, ended)
     assert b"".join(token_bytes(x)[i] for i in a_ids) == text.encode("utf-8")
     _check_chunks(x, a_ids, y, b_ids)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    text=st.text(alphabet=tiny.CROSS_ALPHABET, max_size=12),
+    a_ended=st.booleans(),
+    b_ended=st.booleans(),
+    cut=st.integers(0, 14),
+)
+def test_chunk_properties_when_the_sides_differ(pair, text, a_ended, b_ended, cut):
+    """One side cut shorter and/or only one side ended: the aligned tokens still chunk the common bytes, and the
+    tokens in no chunk (-1) are exactly a tail of each side."""
+    tok_a, tok_b = pair
+    a_ids = encode_completion(tok_a, text, a_ended)
+    b_ids = encode_completion(tok_b, text, b_ended)[:cut]
+    a_chunks, b_chunks, n = align_chunks(token_byte_spans(tok_a, a_ids), token_byte_spans(tok_b, b_ids))
+    for chunks in (a_chunks, b_chunks):
+        kept = [c for c in chunks if c >= 0]
+        assert chunks[: len(kept)] == kept == sorted(kept) and set(kept) == set(range(n))
+    assert _chunk_bytes(tok_a, a_ids, a_chunks, n) == _chunk_bytes(tok_b, b_ids, b_chunks, n)
+    a_bytes, b_bytes = (
+        b"".join(_chunk_bytes(t, i, c, n)) for t, i, c in ((tok_a, a_ids, a_chunks), (tok_b, b_ids, b_chunks))
+    )
+    common = b"".join(token_bytes(tok_b)[i] for i in b_ids)
+    assert text.encode().startswith(common) and common.startswith(a_bytes)
+    both_end = a_ended and b_ended and cut >= len(encode_completion(tok_b, text, True))
+    for tok, ids, chunks in ((tok_a, a_ids, a_chunks), (tok_b, b_ids, b_chunks)):  # an EOS chunk iff both ended
+        assert (bool(ids) and ids[-1] == tok.eos_token_id and chunks[-1] == n - 1 >= 0) == both_end
 
 
 # ---- vocabulary map --------------------------------------------------------------------------------------------------
