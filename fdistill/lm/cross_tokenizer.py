@@ -240,7 +240,10 @@ def token_byte_spans(tokenizer, ids: list[int]) -> list[tuple[int, int]]:
         >>> token_byte_spans(tok_a, [5, 6, 1])  # "ab", " b", </s>
         [(0, 2), (2, 4), (4, 4)]
     """
-    table = _table(tokenizer, ids)
+    return _spans(_table(tokenizer, ids), ids)
+
+
+def _spans(table: tuple[bytes, ...], ids: list[int]) -> list[tuple[int, int]]:
     spans, offset = [], 0
     for i in ids:
         spans.append((offset, offset + len(table[i])))
@@ -451,13 +454,19 @@ def retokenize(source_tok, target_tok, ids: torch.Tensor, mask: torch.Tensor) ->
     return target_ids.to(ids.device), target_mask.to(ids.device)
 
 
-def _row_alignment(s_tok, t_tok, s_row: list[int], t_row: list[int]) -> tuple[list[int], list[int], int]:
-    """Chunks of one completion; tokens after a side's first EOS belong to no chunk."""
-    cut_s, cut_t = _through_eos(s_row, s_tok.eos_token_id), _through_eos(t_row, t_tok.eos_token_id)
-    s_spans, t_spans = token_byte_spans(s_tok, s_row[:cut_s]), token_byte_spans(t_tok, t_row[:cut_t])
-    s_bytes = b"".join(_info(s_tok).table[i] for i in s_row[:cut_s])
-    t_bytes = b"".join(_info(t_tok).table[i] for i in t_row[:cut_t])
-    common = next((k for k, (x, y) in enumerate(zip(s_bytes, t_bytes)) if x != y), min(len(s_bytes), len(t_bytes)))
+def _row_alignment(
+    s_side: tuple[tuple[bytes, ...], int | None], t_side: tuple[tuple[bytes, ...], int | None], s_row, t_row
+) -> tuple[list[int], list[int], int]:
+    """Chunks of one completion, each side given as (token bytes table, EOS id); tokens after a side's first EOS
+    belong to no chunk."""
+    (s_table, s_eos), (t_table, t_eos) = s_side, t_side
+    cut_s, cut_t = _through_eos(s_row, s_eos), _through_eos(t_row, t_eos)
+    s_spans, t_spans = _spans(s_table, s_row[:cut_s]), _spans(t_table, t_row[:cut_t])
+    s_bytes = b"".join(s_table[i] for i in s_row[:cut_s])
+    t_bytes = b"".join(t_table[i] for i in t_row[:cut_t])
+    common = min(len(s_bytes), len(t_bytes))
+    if s_bytes[:common] != t_bytes[:common]:
+        common = next(k for k, (x, y) in enumerate(zip(s_bytes, t_bytes)) if x != y)
     s_chunks, t_chunks, n = align_chunks(s_spans, t_spans, common_bytes=common)
     return s_chunks + [-1] * (len(s_row) - cut_s), t_chunks + [-1] * (len(t_row) - cut_t), n
 
@@ -499,8 +508,10 @@ def align_batch(
     t_out = torch.full(teacher_ids.shape, -1, dtype=torch.long)
     counts = torch.zeros(len(s_rows), dtype=torch.long)
     s_keep, t_keep = student_mask.bool().cpu(), teacher_mask.bool().cpu()
+    s_side = (_info(student_tok).table, student_tok.eos_token_id)
+    t_side = (_info(teacher_tok).table, teacher_tok.eos_token_id)
     for k, (s_row, t_row) in enumerate(zip(s_rows, t_rows)):
-        s_chunks, t_chunks, counts[k] = _row_alignment(student_tok, teacher_tok, s_row, t_row)
+        s_chunks, t_chunks, counts[k] = _row_alignment(s_side, t_side, s_row, t_row)
         s_out[k, s_keep[k]] = torch.tensor(s_chunks, dtype=torch.long)
         t_out[k, t_keep[k]] = torch.tensor(t_chunks, dtype=torch.long)
     device = student_ids.device
