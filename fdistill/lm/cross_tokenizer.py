@@ -30,15 +30,21 @@ one side ended and the other did not), chunks are cut only inside the common byt
 cut, and an EOS without one on the other side, are in no chunk (index ``-1``, as padding), so no chunk compares two
 different strings.
 
-Why in-house: no well-kept library aligns two Hugging Face tokenizations at byte offsets. TRL's ``GOLDTrainer``
-(experimental) builds its alignment groups inside the trainer by decoding every prefix of each sequence (quadratic)
-and greedily matching the decoded text, which mis-cuts where a character is split across tokens (U+FFFD pieces);
-tokenkit (Minixhofer et al., ALM) aligns chunks on token bytes as we do, but inside its JAX training stack, not
-packaged for import (the PyPI package of that name is an unrelated tokenizer-metrics tool); NeMo RL's X-Token
-aligner is a dynamic program over canonicalised token strings inside NeMo RL (Ray, Megatron); pytokenizations
-(last release 2021) and merge-tokenizers align token *strings* by edit distance / DTW, approximate, after the part
-that matters here (each token's exact bytes) is done. The algorithm is short: each id's bytes from the vocabulary,
-cumulative offsets, the intersection of the two sides' token ends.
+Why in-house: no well-kept library aligns two Hugging Face tokenizations at byte offsets.
+
+- TRL's ``GOLDTrainer`` (experimental) builds its alignment groups inside the trainer by decoding every prefix of each
+  sequence (quadratic) and greedily matching the decoded text, which mis-cuts where a character is split across
+  tokens (U+FFFD pieces).
+- tokenkit (Minixhofer, Vulić, Ponti, "Universal Cross-Tokenizer Distillation via Approximate Likelihood Matching",
+  NeurIPS 2025, arXiv:2503.20083; github.com/bminixhofer/tokenkit) aligns chunks on token bytes as we do, but inside
+  its JAX training stack, not packaged for import (the PyPI package of that name is an unrelated metrics tool).
+- NeMo RL's X-Token aligner (arXiv:2605.21699) is a dynamic program over canonicalised token strings inside NeMo RL
+  (Ray, Megatron).
+- pytokenizations (last release 2021) and merge-tokenizers align token *strings* by edit distance / DTW,
+  approximately, after the part that matters here (each token's exact bytes) is done.
+
+The algorithm is short: each id's bytes from the vocabulary, cumulative offsets, the intersection of the two sides'
+token ends.
 """
 
 from __future__ import annotations
