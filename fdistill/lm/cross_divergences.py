@@ -423,6 +423,29 @@ def _row_of(rows: tuple[Tensor, Tensor], shape: torch.Size, b: Tensor, pos: Tens
     return lookup[b, pos]
 
 
+@dataclass
+class CrossSampledSequences:
+    """Both models' scores of one batch of sampled completions, each in its own tokenization, and their alignment.
+
+    Attributes:
+        student_logits: ``(B, Cs, Vs)`` student logits at its tokens of the completions.
+        teacher_logits: ``(B, Ct, Vt)`` teacher logits at its tokens, or a :class:`TeacherTopK` of ``(B, Ct, K)``.
+        student_labels, teacher_labels: ``(B, Cs)``, ``(B, Ct)`` each side's tokens.
+        alignment: the chunks (:class:`fdistill.lm.cross_tokenizer.CrossAlignment`).
+        num_items_in_batch: optional global denominator (sequences, or chunks for ``reduction="token"``).
+        weights: optional ``(B, Cs)`` per student token weights (importance weights of reused student samples);
+            a chunk takes the weight of its first student token.
+    """
+
+    student_logits: Tensor
+    teacher_logits: Tensor | TeacherTopK
+    student_labels: Tensor
+    teacher_labels: Tensor
+    alignment: Alignment
+    num_items_in_batch: int | Tensor | None = None
+    weights: Tensor | None = None
+
+
 def cross_step_terms(
     kind: Divergence,
     student_logits: Tensor,
@@ -459,6 +482,27 @@ def cross_step_terms(
     Returns:
         ``(terms, mask)``: terms exactly 0 where the mask is False.
     """
+    batch = CrossSampledSequences(student_logits, teacher_logits, student_labels, teacher_labels, alignment)
+    terms, layout = _chunk_terms(
+        kind, batch, vocab_map, on=on, js_mixture=js_mixture, js_beta=js_beta, temperature=temperature
+    )
+    return terms, layout.mask
+
+
+def _chunk_terms(
+    kind: str,
+    batch: CrossSampledSequences,
+    vocab_map: SharedVocabulary,
+    *,
+    on: Side,
+    js_mixture: str = "stepwise",
+    js_beta: float = 0.5,
+    temperature: float = 1.0,
+    elsewhere: Literal["binarised", "uld"] = "binarised",
+) -> tuple[Tensor, _Layout]:
+    """:func:`cross_step_terms` (``elsewhere="binarised"``) or :func:`hybrid_terms` (``"uld"``), with the layout."""
+    student_logits, teacher_logits = batch.student_logits, batch.teacher_logits
+    student_labels, teacher_labels, alignment = batch.student_labels, batch.teacher_labels, batch.alignment
     check_kind(kind)
     check_side(on)
     check_temperature(temperature)
@@ -493,37 +537,20 @@ def cross_step_terms(
             log_q = _projected(log_q, buckets.student_ids, buckets.student_bucket, buckets.count)
         terms = terms.index_put(single, _divergence_terms(kind, log_q, log_p, on=on, mixture_weight=select(single)))
     several = (layout.mask & ~layout.one_to_one).nonzero(as_tuple=True)
-    if several[0].numel():
+    if several[0].numel() and elsewhere == "uld":  # the first tokens' next-token distributions
+        b = several[0]
+        log_q = scored.log_q[_row_of(scored.student_rows, student_labels.shape, b, layout.first_student[several])]
+        teacher = scored.log_p[_row_of(scored.teacher_rows, teacher_labels.shape, b, layout.first_teacher[several])]
+        values = _sorted_l1(_sorted_probs(log_q), _teacher_sorted(teacher, 1.0, dtype))  # both already tempered
+        terms = terms.index_put(several, values)
+    elif several[0].numel():
         log_q = torch.stack([scored.student_chunk[several], scored.student_complement[several]], -1)  # Bernoulli
         log_p = torch.stack([scored.teacher_chunk[several], scored.teacher_complement[several]], -1)
         terms = terms.index_put(several, _divergence_terms(kind, log_q, log_p, on=on, mixture_weight=select(several)))
-    return terms, layout.mask
+    return terms, layout
 
 
-@dataclass
-class CrossSampledSequences:
-    """Both models' scores of one batch of sampled completions, each in its own tokenization, and their alignment.
-
-    Attributes:
-        student_logits: ``(B, Cs, Vs)`` student logits at its tokens of the completions.
-        teacher_logits: ``(B, Ct, Vt)`` teacher logits at its tokens, or a :class:`TeacherTopK` of ``(B, Ct, K)``.
-        student_labels, teacher_labels: ``(B, Cs)``, ``(B, Ct)`` each side's tokens.
-        alignment: the chunks (:class:`fdistill.lm.cross_tokenizer.CrossAlignment`).
-        num_items_in_batch: optional global denominator (sequences, or chunks for ``reduction="token"``).
-        weights: optional ``(B, Cs)`` per student token weights (importance weights of reused student samples);
-            a chunk takes the weight of its first student token.
-    """
-
-    student_logits: Tensor
-    teacher_logits: Tensor | TeacherTopK
-    student_labels: Tensor
-    teacher_labels: Tensor
-    alignment: Alignment
-    num_items_in_batch: int | Tensor | None = None
-    weights: Tensor | None = None
-
-
-def _chunk_weights(batch: CrossSampledSequences, mask: Tensor) -> Tensor | None:
+def _chunk_weights(batch: CrossSampledSequences, layout: _Layout) -> Tensor | None:
     """The ``(B, N)`` weight of each chunk: that of its first student token."""
     if batch.weights is None:
         return None
@@ -532,8 +559,7 @@ def _chunk_weights(batch: CrossSampledSequences, mask: Tensor) -> Tensor | None:
             f"weights {tuple(batch.weights.shape)} must have the student tokens' shape "
             f"{tuple(batch.student_labels.shape)} (one weight per student token)."
         )
-    layout = _layout(batch.alignment, batch.student_labels, batch.teacher_labels)
-    return batch.weights.gather(1, layout.first_student).masked_fill(~mask, 0.0)
+    return batch.weights.gather(1, layout.first_student).masked_fill(~layout.mask, 0.0)
 
 
 def cross_f_divergence_loss(
@@ -562,21 +588,11 @@ def cross_f_divergence_loss(
     """
 
     def side_term(side: str, batch: CrossSampledSequences) -> Tensor:
-        terms, mask = cross_step_terms(
-            kind,
-            batch.student_logits,
-            batch.teacher_logits,
-            batch.student_labels,
-            batch.teacher_labels,
-            batch.alignment,
-            vocab_map,
-            on=side,
-            js_mixture=js_mixture,
-            js_beta=js_beta,
-            temperature=temperature,
+        terms, layout = _chunk_terms(
+            kind, batch, vocab_map, on=side, js_mixture=js_mixture, js_beta=js_beta, temperature=temperature
         )
         return reduce_terms(
-            *weighted(terms, mask, _chunk_weights(batch, mask)),
+            *weighted(terms, layout.mask, _chunk_weights(batch, layout)),
             reduction=reduction,
             num_items_in_batch=batch.num_items_in_batch,
         )
@@ -675,29 +691,9 @@ def hybrid_terms(
     unshared ones sorted) at every index-aligned position; here the split is by chunk, so that the exact part is
     taken exactly where both models predict the same bytes. The objective is ``CE + weight · Σ_c terms``.
     """
-    terms, mask = cross_step_terms(
-        "kl",
-        student_logits,
-        teacher_logits,
-        student_labels,
-        teacher_labels,
-        alignment,
-        vocab_map,
-        on="teacher",
-        temperature=temperature,
-    )
-    layout = _layout(alignment, student_labels, teacher_labels)
-    several = (layout.mask & ~layout.one_to_one).nonzero(as_tuple=True)
-    if not several[0].numel():
-        return terms, mask
-    dtype = _compute_dtype(student_logits)
-    b = several[0]
-    student = student_logits[b, layout.first_student[several]]  # (R, Vs)
-    teacher = teacher_logits[(b, layout.first_teacher[several])]
-    values = _sorted_l1(
-        _sorted_probs(_log_probs(student, temperature, dtype)), _teacher_sorted(teacher, temperature, dtype)
-    )
-    return terms.index_put(several, values.to(terms.dtype)), mask
+    batch = CrossSampledSequences(student_logits, teacher_logits, student_labels, teacher_labels, alignment)
+    terms, layout = _chunk_terms("kl", batch, vocab_map, on="teacher", temperature=temperature, elsewhere="uld")
+    return terms, layout.mask
 
 
 # ----------------------------------------------------------------------------- sequence level
