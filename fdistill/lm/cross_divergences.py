@@ -481,6 +481,19 @@ def cross_step_terms(
 
     Returns:
         ``(terms, mask)``: terms exactly 0 where the mask is False.
+
+    Example:
+        >>> from fdistill import testing
+        >>> from fdistill.lm.cross_tokenizer import align_batch, retokenize, vocab_map
+        >>> tok_s, tok_t = testing.cross_tokenizers()
+        >>> s_ids = torch.tensor([[5, 6, 1]]); s_mask = torch.ones_like(s_ids)  # "ab b" + EOS, student tokens
+        >>> t_ids, t_mask = retokenize(tok_s, tok_t, s_ids, s_mask)  # a|b|' '|b|EOS
+        >>> align = align_batch(tok_s, tok_t, s_ids, s_mask, t_ids, t_mask)
+        >>> s_logits, t_logits = torch.randn(1, 3, len(tok_s)), torch.randn(1, 5, len(tok_t))
+        >>> terms, mask = cross_step_terms(
+        ...     "js", s_logits, t_logits, s_ids, t_ids, align, vocab_map(tok_s, tok_t), on="student")
+        >>> terms.shape, mask.tolist()  # chunks "ab", " b" (binarised) and EOS (one-to-one, projected)
+        (torch.Size([1, 3]), [[True, True, True]])
     """
     batch = CrossSampledSequences(student_logits, teacher_logits, student_labels, teacher_labels, alignment)
     terms, layout = _chunk_terms(
@@ -736,6 +749,12 @@ def sequence_estimates(
             "sequence_estimates needs both models' log-probabilities of the teacher samples (logp_on_p, logq_on_p), "
             "of the student samples (logp_on_q, logq_on_q), or both."
         )
+    for name, a, b in (("teacher", logp_on_p, logq_on_p), ("student", logp_on_q, logq_on_q)):
+        if a is not None and b is not None and (a.shape != b.shape or a.dim() != 1):
+            raise InputError(
+                f"the {name} samples' log-probabilities {tuple(a.shape)} and {tuple(b.shape)} must be two 1-D "
+                "tensors of equal length (one value per sample and model)."
+            )
     log2 = math.log(2.0)
     if teacher:
         lp, lq = logp_on_p.detach(), logq_on_p.detach()

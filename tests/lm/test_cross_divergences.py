@@ -1,6 +1,7 @@
 """Cross-tokenizer f-DISTILL terms (issue 28) against float64 brute force: the same-tokenizer loss when nothing
 differs, the binarised and projected chunk terms, ULD and the hybrid, the top-k teacher, gradients, masks, -inf."""
 
+import doctest
 import itertools
 import math
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from tolerances import approx_sums, sum_rtol
 
 from fdistill.divergences import SampledSequences, TeacherTopK, f_divergence_loss, topk_teacher_logits
 from fdistill.errors import InputError
+from fdistill.lm import cross_divergences
 from fdistill.lm.cross_divergences import (
     CrossSampledSequences,
     chunk_logprobs,
@@ -111,7 +113,7 @@ def brute_projection(p, q, pairs):
 # ----------------------------------------------------------------------------- identical tokenizers
 
 
-def same_vocab_batches(seed, banned=0.0, topk=None):
+def same_vocab_batches(seed, banned=0.0, topk=None, dtype=F64):
     B, T, V = 3, 5, 7
     s = logits(B, T, V, seed=seed, banned=banned)
     t = logits(B, T, V, seed=seed + 1).masked_fill(torch.isneginf(s), -torch.inf)  # both ban the same tokens
@@ -119,18 +121,20 @@ def same_vocab_batches(seed, banned=0.0, topk=None):
     # the sampled tokens are possible under both models
     s = s.scatter(-1, labels.clamp_min(0)[..., None], 1.0)
     t = t.scatter(-1, labels.clamp_min(0)[..., None], 1.0)
+    s, t = s.to(dtype), t.to(dtype)
     teacher = TeacherTopK.from_logits(t, topk, labels) if topk else t
-    weights = torch.rand(B, T, generator=torch.Generator().manual_seed(seed), dtype=F64) + 0.5
+    weights = torch.rand(B, T, generator=torch.Generator().manual_seed(seed), dtype=F64).to(dtype) + 0.5
     return s, teacher, labels, weights, V
 
 
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
 @pytest.mark.parametrize("topk", [None, 3])
 @pytest.mark.parametrize("reduction", ["sequence", "token"])
 @pytest.mark.parametrize("js_mixture", ["stepwise", "exact"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_identical_tokenizers_give_the_same_tokenizer_loss(kind, js_mixture, reduction, topk):
-    s_t, t_t, lab_t, _, V = same_vocab_batches(10, banned=0.2, topk=topk)
-    s_s, t_s, lab_s, weights, _ = same_vocab_batches(20, banned=0.2, topk=topk)
+def test_identical_tokenizers_give_the_same_tokenizer_loss(kind, js_mixture, reduction, topk, dtype):
+    s_t, t_t, lab_t, _, V = same_vocab_batches(10, banned=0.2, topk=topk, dtype=dtype)
+    s_s, t_s, lab_s, weights, _ = same_vocab_batches(20, banned=0.2, topk=topk, dtype=dtype)
     identity = Vocab(torch.arange(V), torch.arange(V))
     items = {"sequence": 5, "token": 17}[reduction]
     common = dict(js_mixture=js_mixture, js_beta=0.3, temperature=1.0 if topk else 1.7, reduction=reduction)
@@ -153,7 +157,8 @@ def test_identical_tokenizers_give_the_same_tokenizer_loss(kind, js_mixture, red
         e, g = getattr(expected, name), getattr(got, name)
         assert (e is None) == (g is None), name
         if e is not None:
-            assert g.item() == approx_sums(e.item(), F64, 15 * (V + 1)), name
+            assert g.dtype == e.dtype == dtype
+            assert g.item() == approx_sums(e.item(), dtype, 15 * (V + 1)), name
     assert torch.isfinite(got.loss)
 
 
@@ -697,3 +702,8 @@ def test_at_equal_string_laws_the_sequence_estimates_vanish_but_the_chunk_terms_
                     assert abs(expected) < 1e-12, (kind, on)
                 else:
                     assert expected > 0.1, (kind, on)  # measured: js ≈ 0.147, tvd ≈ 0.476 (both sides)
+
+
+def test_the_docstring_examples_run():
+    result = doctest.testmod(cross_divergences, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 6 and result.failed == 0
