@@ -306,9 +306,20 @@ def _projected_topk(log_q: Tensor, teacher: TeacherTopK, buckets: _Buckets) -> t
 
 
 def _complement(log_probs: Tensor, labels: Tensor) -> Tensor:
-    """``log(1 − p_y) = logsumexp_{v ≠ y} log p_v`` per row, ``(R, V), (R,) → (R,)``: exact however close p_y is to 1
-    (``log1mexp`` of ``log p_y`` would inherit the rounding of ``log p_y ≈ 0``)."""
-    return _logsumexp(log_probs.scatter(-1, labels[:, None], -torch.inf)).squeeze(-1)
+    """``log(1 − p_y)`` per row, ``(R, V), (R,) → (R,)``, exact however close ``p_y`` is to 1.
+
+    ``log1p(−p_y)`` is accurate for ``p_y ≤ ½`` (Mächler 2012); above, ``log1mexp`` of ``log p_y ≈ 0`` would inherit
+    its rounding, so those rows take ``logsumexp_{v ≠ y} log p_v`` (a pass over their vocabulary).
+    """
+    picked = log_probs.gather(-1, labels[:, None]).squeeze(-1)
+    likely = picked > -math.log(2.0)
+    safe = torch.where(likely, torch.full_like(picked, -1.0), picked)  # the unused branch stays finite
+    out = torch.log1p(-torch.exp(safe))
+    if not bool(likely.any()):
+        return out
+    rows = likely.nonzero(as_tuple=True)
+    near = _logsumexp(log_probs[rows].scatter(-1, labels[rows][:, None], -torch.inf)).squeeze(-1)
+    return out.index_put(rows, near)
 
 
 def chunk_complements(token_logprobs: Tensor, token_complements: Tensor, chunks: Tensor, num_chunks: int) -> Tensor:
