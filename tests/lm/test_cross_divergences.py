@@ -354,6 +354,18 @@ def test_hybrid_is_the_projected_kl_at_one_to_one_chunks_and_uld_elsewhere():
     assert (terms[~mask] == 0).all()
 
 
+def test_hybrid_with_a_top_k_teacher_uses_its_coarse_grained_projection_and_renormalised_top_k():
+    s, t, s_lab, t_lab, align, vocab = two_tokenizer_batch(10)
+    teacher = TeacherTopK.from_logits(t, 4, t_lab)
+    terms, _ = hybrid_terms(s, teacher, s_lab, t_lab, align, vocab)
+    q = torch.softmax(s, -1)
+    kl = brute_chunk_terms("kl", "teacher", s, t, s_lab, t_lab, align, topk_teacher=teacher)
+    assert terms[0, 1].item() == pytest.approx(kl[0, 1].item(), rel=1e-12)
+    dense = torch.softmax(topk_teacher_logits(teacher.ids, teacher.logprobs, VT), -1)
+    assert terms[0, 0].item() == pytest.approx(brute_uld(q[0, 0], dense[0, 0]), rel=1e-12)
+    assert terms[0, 2].item() == pytest.approx(brute_uld(q[0, 3], dense[0, 2]), rel=1e-12)
+
+
 # ----------------------------------------------------------------------------- gradients, masks, -inf
 
 
