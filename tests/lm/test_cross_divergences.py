@@ -22,8 +22,9 @@ from fdistill.lm.cross_divergences import (
     sequence_estimates,
     uld_terms,
 )
-from fdistill.lm.cross_tokenizer import align_batch, completion_text, encode_completion, vocab_map
+from fdistill.lm.cross_tokenizer import align_batch, completion_text, encode_completion, retokenize, vocab_map
 from fdistill.testing import cross_tokenizers
+from tests.lm.test_cross_tokenizer_alignment import HARD_TEXTS, gemma, smollm2  # noqa: F401 (fixtures)
 
 KINDS = ["kl", "rkl", "js", "tvd"]
 CASES = [(k, s) for k in KINDS for s in ("teacher", "student")]
@@ -719,3 +720,49 @@ def test_at_equal_string_laws_the_sequence_estimates_vanish_but_the_chunk_terms_
 def test_the_docstring_examples_run():
     result = doctest.testmod(cross_divergences, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 6 and result.failed == 0
+
+
+# ----------------------------------------------------------------------------- the real pair (slow)
+
+
+@pytest.mark.slow
+def test_real_pair_terms_are_finite_and_see_both_kinds_of_chunk(smollm2, gemma):  # noqa: F811
+    """SmolLM2 (student) and Gemma 3 (teacher) tokenizers on hard texts, random float32 logits of the real
+    vocabulary sizes: every term finite, one-to-one and longer chunks both present, the top-k teacher and the
+    baselines run; and SmolLM2 against itself with its identity map gives the same-tokenizer loss."""
+    rows = [encode_completion(smollm2, text, True) for text in HARD_TEXTS]
+    width = max(map(len, rows))
+    pad = smollm2.pad_token_id
+    s_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+    s_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    t_ids, t_mask = retokenize(smollm2, gemma, s_ids, s_mask)
+    align = align_batch(smollm2, gemma, s_ids, s_mask, t_ids, t_mask)
+    s_lab = s_ids.masked_fill(s_mask == 0, -100)
+    t_lab = t_ids.masked_fill(t_mask == 0, -100)
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(*s_ids.shape, len(smollm2), generator=g).requires_grad_()
+    t = torch.randn(*t_ids.shape, len(gemma), generator=g)
+    vocab = vocab_map(smollm2, gemma)
+    assert len(vocab) > 10000
+    for teacher in (t, TeacherTopK.from_logits(t, 20, t_lab)):
+        for kind, on in CASES:
+            terms, mask = cross_step_terms(kind, s, teacher, s_lab, t_lab, align, vocab, on=on, js_mixture="exact")
+            assert torch.isfinite(terms).all() and (terms[~mask] == 0).all()
+        hybrid, _ = hybrid_terms(s, teacher, s_lab, t_lab, align, vocab)
+        uld, _ = uld_terms(s, teacher, s_lab, t_lab)
+        (terms.sum() + hybrid.sum() + uld.sum()).backward()
+        assert torch.isfinite(s.grad).all()
+    layout_sizes = [(align.student_chunks[b] == c).sum() for b in range(len(rows)) for c in range(align.num_chunks[b])]
+    assert 1 in {int(n) for n in layout_sizes} and max(int(n) for n in layout_sizes) > 1
+    same = identity_alignment(s_lab)
+    identity = Vocab(torch.arange(len(smollm2)), torch.arange(len(smollm2)))
+    t_same = torch.randn(*s.shape, generator=g)
+    got = cross_f_divergence_loss(
+        "tvd",
+        vocab_map=identity,
+        teacher_samples=CrossSampledSequences(s, t_same, s_lab, s_lab, same),
+        student_samples=CrossSampledSequences(s, t_same, s_lab, s_lab, same),
+    ).loss
+    batch = SampledSequences(s, t_same, s_lab)
+    expected = f_divergence_loss("tvd", teacher_samples=batch, student_samples=batch).loss
+    assert got.item() == approx_sums(expected.item(), torch.float32, int(s_mask.sum()) * len(smollm2))
