@@ -24,7 +24,7 @@ beyond "this chunk / not this chunk", and, at a one-to-one chunk, "the next toke
 
       P = ( (Σ_{v ∈ b} p_v)_{b ∈ shared},  p(other) ),    Q = ( (Σ_{v ∈ b} q_v)_b,  q(other) ).
 
-  This is GOLD's approximation (Patiño et al. 2025, TRL ``GOLDTrainer``): equal-bytes tokens of two tokenizers are
+  This is GOLD's approximation (Hugging Face TRL's ``GOLDTrainer``, 2025): equal-bytes tokens of two tokenizers are
   *not* the same event (``"the"`` then ``" cat"`` can be one teacher token and two student tokens), and ``other``
   lumps together unrelated outcomes. With a top-k teacher (:class:`~fdistill.divergences.TeacherTopK`) the outcomes
   are the shared buckets of its top-k ids and ``other`` = the rest, the same partition on both sides (the coarse
@@ -41,8 +41,8 @@ the sequence-level divergence (the paper's Theorem 1). Here they do not: the chu
 sequence of random variables of both models, so ``E Σ_c D(Bern(p_c) ‖ Bern(q_c))`` is neither a decomposition nor,
 in general, a bound of ``D(p ‖ q)`` between the string distributions. Worse, it is not 0 where the sequence-level
 divergence is: the event "the next tokens are this chunk's" depends on how each tokenizer would cut the rest of the
-text (after ``"a"``, a tokenizer that merges ``b+a`` never emits ``"b"`` before an ``"a"``), and so do the projected
-next-token outcomes. Measured on the tiny tokenizers (``tests/lm/test_cross_divergences.py``, a student with exactly
+text (a tokenizer that merges ``b+a`` never emits the token ``"b"`` followed by the token ``"a"``), and so do the
+projected next-token outcomes. Measured on the tiny tokenizers (``tests/lm/test_cross_divergences.py``, a student with exactly
 the teacher's law over strings, canonical tokenizations only): every sequence-level divergence is 0, the expected
 chunk terms are ≈ 0.15 (JS) and ≈ 0.48 (TVD), and KL/RKL are infinite (a projected outcome that one model's
 tokenizer never takes there). Real LMs put a little mass on non-canonical tokenizations, so the terms are finite,
@@ -64,7 +64,7 @@ chunk level): ``w_c = σ(logit β + log p(s_<c) − log q(s_<c))`` from the exac
 exact conditional of the sequence-level mixture ``βp + (1−β)q``.
 
 Baselines: :func:`uld_terms` (Universal Logit Distillation, Boizard et al. 2024, arXiv:2402.12030) and
-:func:`hybrid_terms` (GOLD-style: the projected exact KL at one-to-one chunks, ULD elsewhere). Their objective is
+:func:`hybrid_terms` (GOLD-style: the projected KL at one-to-one chunks, ULD elsewhere). Their objective is
 ``CE(student on teacher samples) + weight · Σ terms`` (the trainer adds the cross-entropy).
 
 Numerics, masks and gradients follow :mod:`fdistill.divergences`: float32 (float64 stays float64), masked chunks
@@ -373,6 +373,7 @@ def _score(
     num: int,
     temperature: float,
 ) -> _Scored:
+    """Both sides' log-probabilities at the tokens inside chunks, and each chunk's log-probability and complement."""
     if student_labels.shape != student_logits.shape[:-1]:
         raise InputError(
             f"student labels {tuple(student_labels.shape)} do not match student logits "
@@ -748,9 +749,9 @@ def sequence_estimates(
     scored in canonical tokenization, ``p(s) = p(canonical tokens of s)``, when each model puts (essentially) all of
     its mass on canonical tokenizations, so that the law of the sampled text is ``p(s)``. The marginal over all
     tokenizations of a string, ``Σ_{y: text(y) = s} p(y)``, is left out; a sampled non-canonical tokenization is
-    scored by its canonical one (Cao & Rimell 2021, "You should evaluate your language model on marginal likelihood
-    over tokenisations", and Chirkova et al. 2023, "Should you marginalize over possible tokenizations?", find the gap
-    small for trained LMs: under 0.5% of the log-likelihood for most of their models).
+    scored by its canonical one. Cao & Rimell 2021 ("You should evaluate your language model on marginal likelihood
+    over tokenisations") and Chirkova et al. 2023 ("Should you marginalize over possible tokenizations?") measure
+    this gap; the latter find it small for trained LMs.
     """
     out: dict[str, Tensor] = {}
     teacher = logp_on_p is not None and logq_on_p is not None
