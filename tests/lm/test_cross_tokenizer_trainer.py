@@ -286,20 +286,16 @@ def test_unsupported_combinations_are_refused_before_any_work(toks, pair, tmp_pa
     assert not (tmp_path / "out").exists()
 
 
-def test_served_teacher_and_stored_topk_are_refused(toks, pair, tmp_path):
+def test_stored_topk_columns_are_refused(toks, pair, tmp_path):
     student_tok, teacher_tok = toks
-    for settings, named in (
-        (dict(teacher_server="http://127.0.0.1:9"), "teacher_server"),
-        (dict(teacher_topk_columns=True), "teacher_topk_columns"),
-    ):
-        with pytest.raises(InputError, match=named):
-            FDistillTrainer(
-                model=llama(student_tok, 1, seed=1),
-                teacher_tokenizer=teacher_tok,
-                args=config(tmp_path, objective="kl", **settings),
-                train_dataset=pair[1],
-                processing_class=student_tok,
-            )
+    with pytest.raises(InputError, match="teacher_topk_columns"):
+        FDistillTrainer(
+            model=llama(student_tok, 1, seed=1),
+            teacher_tokenizer=teacher_tok,
+            args=config(tmp_path, objective="kl", teacher_topk_columns=True),
+            train_dataset=pair[1],
+            processing_class=student_tok,
+        )
 
 
 def test_teacher_sample_ids_must_be_the_teachers(toks, pair, tmp_path):
@@ -338,3 +334,67 @@ def test_a_custom_collator_and_an_encoder_decoder_are_refused(toks, pair, tmp_pa
             train_dataset=data,
             processing_class=student_tok,
         )
+
+
+def test_prompts_as_token_ids_are_refused(toks, pair, tmp_path):
+    """Token-id prompts are one tokenizer's: refused before any work (each model must tokenise the text itself)."""
+    student_tok, _ = toks
+    teacher, data = pair
+    as_ids = data.map(lambda r: {"prompt": student_tok(r["prompt"])["input_ids"]})
+    with pytest.raises(InputError, match="token ids, which are one tokenizer's"):
+        trainer_for(toks, (teacher, as_ids), tmp_path, objective="kl")
+
+
+# ----------------------------------------------------------------------------- a served teacher across tokenizers
+
+
+@pytest.mark.parametrize("objective", ["kl", "tvd"])
+def test_a_served_teacher_across_tokenizers_is_the_in_process_one_at_full_vocabulary(toks, pair, tmp_path, objective):
+    """teacher_server + teacher_tokenizer: the server is sent the teacher's token ids (its tokenizer checked against
+    teacher_tokenizer) and at K = its vocabulary the loss is the in-process teacher's."""
+    from fake_vllm import FakeVLLM
+    from tolerances import sum_rtol
+
+    student_tok, teacher_tok = toks
+    teacher, data = pair
+    student = llama(student_tok, 1, seed=1)
+    local = trainer_for(toks, pair, tmp_path / "local", student=student, objective=objective)
+    batch = local.data_collator([data[i] for i in range(8)])
+    if "student" in local.objective.scores:
+        torch.manual_seed(0)
+        drawn = local._samplers()["student"](batch["prompt_ids"], batch["prompt_mask"])
+        batch["student_ids"], batch["student_mask"] = drawn.ids, drawn.mask
+        batch[f"{TEACHER_TOKENS}student_ids"], batch[f"{TEACHER_TOKENS}student_mask"] = drawn.teacher_tokens
+    with torch.no_grad():
+        reference = local.compute_loss(student, dict(batch)).item()
+    with FakeVLLM(teacher, teacher_tok) as fake:
+        served = FDistillTrainer(
+            model=student,
+            teacher_tokenizer=teacher_tok,
+            args=config(tmp_path / "served", objective=objective, teacher_server=fake.url, teacher_server_topk=64),
+            train_dataset=data,
+            processing_class=student_tok,
+        )
+        assert served.teacher is None and served.cross is not None
+        with torch.no_grad():
+            got = served.compute_loss(student, dict(batch)).item()
+        sent = [p for body in fake.bodies if body.get("prompt_logprobs") for p in body["prompt"]]
+        first = teacher_tok(data[0]["prompt"])["input_ids"] + data[0]["teacher_sample_ids"]  # the teacher's ids
+        assert first in sent
+    assert got == pytest.approx(reference, rel=sum_rtol(torch.float32, 8 * 16 * len(teacher_tok)))
+
+
+def test_a_served_teacher_with_another_tokenizer_than_teacher_tokenizer_is_refused(toks, pair, tmp_path):
+    from fake_vllm import FakeVLLM
+
+    student_tok, teacher_tok = toks
+    teacher, data = pair
+    with FakeVLLM(llama(student_tok, 1, seed=3), student_tok) as fake:
+        with pytest.raises(InputError, match="differs from teacher_tokenizer"):
+            FDistillTrainer(
+                model=llama(student_tok, 1, seed=1),
+                teacher_tokenizer=teacher_tok,
+                args=config(tmp_path, objective="kl", teacher_server=fake.url),
+                train_dataset=data,
+                processing_class=student_tok,
+            )
