@@ -398,3 +398,42 @@ def test_a_served_teacher_with_another_tokenizer_than_teacher_tokenizer_is_refus
                 train_dataset=data,
                 processing_class=student_tok,
             )
+
+
+# ----------------------------------------------------------------------------- the train command
+
+
+def test_the_train_command_trains_a_student_with_its_own_tokenizer(toks, pair, tmp_path):
+    """`fdistill train` with `teacher:` and `student:` folders whose tokenizers differ: each keeps its own, and the
+    run records both (the offline teacher samples read from the saved dataset with its provenance record)."""
+    import yaml
+
+    from fdistill.cli import main
+
+    student_tok, teacher_tok = toks
+    teacher, data = pair
+    for name, model, tokenizer in (
+        ("teacher", teacher, teacher_tok),
+        ("student", llama(student_tok, 1, 1), student_tok),
+    ):
+        model.save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+    data.save_to_disk(str(tmp_path / "samples"))
+    values = dict(
+        teacher=str(tmp_path / "teacher"),
+        student=str(tmp_path / "student"),
+        train_data=str(tmp_path / "samples"),
+        output_dir=str(tmp_path / "run"),
+        objective="kl",
+        max_steps=2,
+        per_device_train_batch_size=4,
+        save_strategy="steps",
+        save_steps=2,
+        report_to="none",
+        use_cpu=True,
+    )
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(values))
+    main(["train", str(tmp_path / "recipe.yaml")])
+    record = json.loads((tmp_path / "run" / "checkpoint-2" / "fdistill_run.json").read_text())
+    assert record["teacher_tokenizer"] == tokenizer_fingerprint(teacher_tok)
+    assert record["tokenizer"] == tokenizer_fingerprint(student_tok)
