@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 import transformers
+from datasets import Dataset
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from fdistill import FDistillTrainer
@@ -24,21 +25,19 @@ transformers.logging.set_verbosity_error()
 @pytest.fixture(scope="module")
 def toks():
     """(student's, teacher's) tokenizers: two different hand-made tokenizers over one alphabet."""
-    if hasattr(tiny, "cross_tokenizers"):
-        return tiny.cross_tokenizers()
-    from tokenizers import Tokenizer, pre_tokenizers
-    from tokenizers import models as tm
-    from transformers import PreTrainedTokenizerFast
+    return tiny.cross_tokenizers()
 
-    tok = tiny.tokenizer()
-    words = [w for w in tok.get_vocab() if w not in ("<pad>", "<s>", "</s>", "<unk>")]
-    vocab = {t: i for i, t in enumerate(["<pad>", "<s>", "</s>", "<unk>", *reversed(sorted(words)), "extra"])}
-    b = Tokenizer(tm.WordLevel(vocab, unk_token="<unk>"))
-    b.pre_tokenizer = pre_tokenizers.Whitespace()
-    other = PreTrainedTokenizerFast(
-        tokenizer_object=b, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
-    return tok, other
+
+def strings(n: int, seed: int) -> list[str]:
+    """``n`` texts over the tokenizers' alphabet {a, b, space}, 2–6 characters, each starting with a letter."""
+    g = torch.Generator().manual_seed(seed)
+    return [
+        "ab"[int(torch.randint(0, 2, (1,), generator=g))]
+        + "".join(
+            "ab "[int(i)] for i in torch.randint(0, 3, (int(torch.randint(1, 6, (1,), generator=g)),), generator=g)
+        )
+        for _ in range(n)
+    ]
 
 
 def llama(tokenizer, layers: int, seed: int, init: float = 0.02, dtype=torch.float32) -> LlamaForCausalLM:
@@ -72,7 +71,14 @@ def pair(toks):
     """A 2-layer teacher over the teacher's tokenizer and 16 examples with its offline samples (its ids, recorded)."""
     student_tok, teacher_tok = toks
     teacher = llama(teacher_tok, 2, seed=0, init=0.15)
-    data = tiny.dataset(16, seed=0, teacher=teacher, tok=teacher_tok, max_new_tokens=8)
+    prompts = strings(16, seed=0)
+    data = Dataset.from_dict(
+        {
+            "prompt": prompts,
+            "reference": strings(16, seed=1),
+            "teacher_sample_ids": tiny.sample_ids(teacher, teacher_tok, prompts, 8, seed=0),
+        }
+    )
     return teacher, recorded(data, teacher_tok)
 
 
