@@ -8,7 +8,7 @@ import pytest
 import torch
 import transformers
 from datasets import Dataset
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from fdistill import FDistillTrainer
 from fdistill import testing as tiny
@@ -40,23 +40,8 @@ def strings(n: int, seed: int) -> list[str]:
 
 
 def llama(tokenizer, layers: int, seed: int, init: float = 0.02, dtype=torch.float32) -> LlamaForCausalLM:
-    """A tiny Llama over ``tokenizer``'s vocabulary (its special ids in the config)."""
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        initializer_range=init,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
-    )
-    with seeded(seed):
-        return LlamaForCausalLM(config).to(dtype)
+    """A tiny Llama over ``tokenizer``'s vocabulary (:func:`fdistill.testing.llama`), in ``dtype``."""
+    return tiny.llama(layers, seed, init=init, tokenizer=tokenizer).to(dtype)
 
 
 def recorded(data, tokenizer):
@@ -125,6 +110,11 @@ def test_trains_across_tokenizers(toks, pair, tmp_path, objective, sampling):
     samples) the objective's own loss goes down."""
     trainer = trainer_for(toks, pair, tmp_path, objective=objective, teacher_sampling=sampling, max_steps=12)
     assert trainer.cross is not None
+    if objective in ("uld", "hybrid"):  # the model card names the objective and its weight
+        from fdistill.lm.hub import save_model_card
+
+        card = save_model_card(trainer, write=False)
+        assert trainer.objective.title in card and "uld_weight" in card
     teacher = pair[0]  # seqkd loads none (trainer.teacher is None): it reads the teacher's samples only
     frozen = {k: v.clone() for k, v in teacher.state_dict().items()}
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
@@ -504,3 +494,40 @@ def test_the_train_command_trains_a_student_with_its_own_tokenizer(toks, pair, t
     record = json.loads((tmp_path / "run" / "checkpoint-2" / "fdistill_run.json").read_text())
     assert record["teacher_tokenizer"] == tokenizer_fingerprint(teacher_tok)
     assert record["tokenizer"] == tokenizer_fingerprint(student_tok)
+
+
+def test_hybrid_with_one_tokenizer_is_cross_entropy_plus_the_kl(toks, tmp_path):
+    """uld and hybrid always take the cross path; with one tokenizer every chunk is one token, so hybrid is
+    CE + uld_weight · KL(p‖q) on the teacher samples: seqkd's loss plus uld_weight times kl's (float64)."""
+    from tolerances import sum_rtol
+
+    tok = toks[0]
+    teacher = llama(tok, 2, seed=0, init=0.15, dtype=torch.float64)
+    prompts = strings(8, seed=0)
+    samples = [s for s in tiny.sample_ids(teacher, tok, prompts, 8, 0)]
+    samples = [[t for t in s if t != tok.pad_token_id] or [tok.eos_token_id] for s in samples]  # no zero-width token
+    data = recorded(Dataset.from_dict({"prompt": prompts, "teacher_sample_ids": samples}), tok)
+    student = llama(tok, 1, seed=1, dtype=torch.float64)
+    losses = {}
+    for objective in ("hybrid", "seqkd", "kl"):
+        trainer = FDistillTrainer(
+            model=student,
+            teacher_model=teacher,
+            args=config(tmp_path, objective=objective, uld_weight=0.7),
+            train_dataset=data,
+            processing_class=tok,
+        )
+        assert (trainer.cross is not None) == (objective == "hybrid")
+        with torch.no_grad():
+            losses[objective] = trainer.compute_loss(student, trainer.data_collator([data[i] for i in range(8)])).item()
+    want = losses["seqkd"] + 0.7 * losses["kl"]
+    assert losses["hybrid"] == pytest.approx(want, rel=sum_rtol(torch.float64, 8 * 8 * len(tok)))
+
+
+def test_reused_student_samples_are_reweighted_across_tokenizers(toks, pair, tmp_path):
+    """steps_per_generation=2: the second step scores the first step's samples (in both tokenizations), weighted."""
+    trainer = trainer_for(toks, pair, tmp_path, objective="rkl", steps_per_generation=2, max_steps=4)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 4 and all(torch.isfinite(torch.tensor(h["loss"])) for h in logs)
+    assert logs[1]["rollout/staleness"] == 1 and 0 < logs[1]["rollout/ess"] <= 1
