@@ -12,6 +12,7 @@ from transformers import LlamaForCausalLM
 
 from fdistill import FDistillTrainer
 from fdistill import testing as tiny
+from fdistill.divergences import token_logprobs
 from fdistill.errors import InputError
 from fdistill.lm.data import TEACHER_TOKENS, DistillCollator, pad_left, score_completions
 from fdistill.lm.loading import tokenizer_fingerprint
@@ -321,6 +322,11 @@ def test_trainer_loss_is_the_cross_loss_by_hand(toks, pair, tmp_path, kind):
     )
     assert got.dtype == torch.float64
     torch.testing.assert_close(got, want.loss, rtol=1e-10, atol=1e-12)
+    if "student" in sides:  # the logged teacher NLL of the student samples: in the teacher's own tokens
+        s = sides["student"]
+        nll = -token_logprobs(s.teacher_logits, s.teacher_labels).sum(-1).mean()
+        logged = trainer._metrics["train" if student.training else "eval"]["teacher_nll_of_student_samples"][-1]
+        assert logged == pytest.approx(nll.item(), rel=1e-6)
 
 
 # ----------------------------------------------------------------------------- refusals, before any work
