@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from fdistill.errors import InputError
-from fdistill.lm.data import TEACHER_TOKENS, DistillCollator
+from fdistill.lm.data import TEACHER_TOKENS, DistillCollator, _is_token_ids
 
 PROMPT = "prompt"
 
@@ -133,10 +133,6 @@ def check_teacher_samples(dataset, column: str, teacher_tokenizer, student_token
     )
 
 
-def _is_ids(value) -> bool:
-    return bool(value) and all(isinstance(t, int) for t in value)
-
-
 class CrossCollator:
     """Batches in both tokenizations: the student's keys as :class:`~fdistill.lm.data.DistillCollator` makes them,
     plus the prompts and every completion set in the teacher's tokenization under ``tt_`` keys.
@@ -158,7 +154,7 @@ class CrossCollator:
         from fdistill.lm.cross_tokenizer import retokenize
 
         column = self.student.prompt_column
-        ids = [i for i, f in enumerate(features) if isinstance(f.get(column), (list, tuple)) and _is_ids(f[column])]
+        ids = [i for i, f in enumerate(features) if f.get(column) and _is_token_ids(f[column])]
         if ids:
             raise InputError(
                 f"prompt column {column!r}, row {ids[0]}: token ids, which are one tokenizer's; across tokenizers each "
