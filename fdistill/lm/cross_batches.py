@@ -62,7 +62,7 @@ SUPPORTED = (
     "across tokenizers fdistill trains kl, rkl, js, tvd, uld, hybrid and seqkd (mle needs no teacher), with "
     "decoder-only models, a teacher model (teacher_model=) or a served one (teacher_server, kl/rkl/js/tvd), offline "
     "teacher samples (ids drawn by `fdistill sample` with the teacher, or text) or teacher_sampling='online', and "
-    "student samples drawn in this process"
+    "student samples drawn in this process or by student_server"
 )
 
 
@@ -95,8 +95,6 @@ def check_cross(settings, *, is_encoder_decoder: bool, data_collator) -> None:
             "the stored top-k columns and the logits cache are read token by token in one tokenization; pass the "
             "teacher model instead",
         )
-    if settings.student_server is not None:
-        refuse("student_server is set", "student samples through vLLM are not yet re-tokenised for the teacher")
     if data_collator is not None and not isinstance(data_collator, CrossCollator):
         refuse(
             "a data_collator is given",

@@ -566,7 +566,11 @@ class FDistillMixin:
         pad = self.processing_class.pad_token_id
         samplers, policy = self._samplers(), {"student": self._student_policy_step()}
         if submitted is not None:
-            samplers = {**samplers, "student": submitted.sampler()}
+            drawn_ahead = submitted.sampler()
+            samplers = {
+                **samplers,
+                "student": drawn_ahead if self.cross is None else self.cross.sampler(drawn_ahead, "student"),
+            }
             policy["student"] = submitted.policy_step
         drawn = rollouts.draw_together(batches, samplers, self.args.device, pad, not self.is_encoder_decoder, policy)
         start = 0

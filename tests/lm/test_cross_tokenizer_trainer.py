@@ -336,7 +336,6 @@ REFUSED = [
     (dict(objective="kl", fused_divergence=True), "fused_divergence"),
     (dict(objective="engine"), "engine"),
     (dict(objective="predistill"), "predistill"),
-    (dict(objective="rkl", student_server="http://127.0.0.1:9"), "student_server"),
     (dict(objective="tvd", loss_reduction="token"), "loss_reduction='token'"),
 ]
 
@@ -445,6 +444,35 @@ def test_a_served_teacher_across_tokenizers_is_the_in_process_one_at_full_vocabu
         first = teacher_tok(data[0]["prompt"])["input_ids"] + data[0]["teacher_sample_ids"]  # the teacher's ids
         assert first in sent
     assert got == pytest.approx(reference, rel=sum_rtol(torch.float32, 8 * 16 * len(teacher_tok)))
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_student_samples_through_a_student_server_across_tokenizers(toks, pair, tmp_path, overlap):
+    """student_server: the served student's samples are re-tokenised for the teacher. Greedy, training takes the very
+    steps of in-process sampling (bit for bit); sampled with rollout_overlap (drawn ahead, reused), it trains with
+    importance weights."""
+    from fake_vllm import FakeVLLM
+
+    student_tok, _ = toks
+    kw = dict(objective="rkl", max_steps=3, student_do_sample=False)
+    if overlap:
+        kw.update(student_do_sample=True, steps_per_generation=2, rollout_overlap=True)
+    runs = {}
+    with FakeVLLM(llama(student_tok, 1, seed=9), student_tok, name="student") as fake:
+        for where in ("served",) if overlap else ("local", "served"):
+            extra = {"student_server": fake.url, "student_server_timeout": 4.0} if where == "served" else {}
+            trainer = trainer_for(toks, pair, tmp_path / where, **kw, **extra)
+            trainer.train()
+            runs[where] = ([h["loss"] for h in trainer.state.log_history if "loss" in h], trainer)
+        assert len([b for b in fake.bodies if "seed" in b]) >= 3 * 8  # the student samples came from the server
+    losses, trainer = runs["served"]
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+    if overlap:
+        assert any(h.get("rollout/staleness", 0) >= 1 for h in trainer.state.log_history)
+    else:
+        assert losses == runs["local"][0]
+        for a, b in zip(trainer.model.parameters(), runs["local"][1].model.parameters()):
+            assert torch.equal(a, b)
 
 
 def test_a_served_teacher_with_another_tokenizer_than_teacher_tokenizer_is_refused(toks, pair, tmp_path):
