@@ -558,9 +558,17 @@ def test_hybrid_with_one_tokenizer_is_cross_entropy_plus_the_kl(toks, tmp_path):
     assert losses["hybrid"] == pytest.approx(want, rel=sum_rtol(torch.float64, 8 * 8 * len(tok)))
 
 
-def test_reused_student_samples_are_reweighted_across_tokenizers(toks, pair, tmp_path):
-    """steps_per_generation=2: the second step scores the first step's samples (in both tokenizations), weighted."""
-    trainer = trainer_for(toks, pair, tmp_path, objective="rkl", steps_per_generation=2, max_steps=4)
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(objective="rkl"),
+        dict(objective="tvd", teacher_sampling="online", gradient_accumulation_steps=2, per_device_train_batch_size=4),
+    ],
+)
+def test_reused_student_samples_are_reweighted_across_tokenizers(toks, pair, tmp_path, settings):
+    """steps_per_generation=2: the second step scores the first step's samples (in both tokenizations), weighted;
+    online teacher samples are drawn for the whole group from the teacher's own prompts, padded with its pad id."""
+    trainer = trainer_for(toks, pair, tmp_path, steps_per_generation=2, max_steps=4, **settings)
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert len(logs) == 4 and all(torch.isfinite(torch.tensor(h["loss"])) for h in logs)
