@@ -573,3 +573,17 @@ def test_reused_student_samples_are_reweighted_across_tokenizers(toks, pair, tmp
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert len(logs) == 4 and all(torch.isfinite(torch.tensor(h["loss"])) for h in logs)
     assert logs[1]["rollout/staleness"] == 1 and 0 < logs[1]["rollout/ess"] <= 1
+
+
+def test_batch_memory_counts_the_logits_across_tokenizers(monkeypatch):
+    """Nothing is fused across tokenizers, so a batch whose logits exceed all memory is refused even where the
+    settings would fuse (fused_divergence unset on CUDA, or set)."""
+    import fdistill.checks
+    from fdistill.lm.config import DistillArguments
+
+    monkeypatch.setattr(fdistill.checks, "machine_memory_bytes", lambda: 2**30)
+    settings = DistillArguments(objective="kl", max_target_length=64, fused_divergence=True)
+    args = type("Args", (), {"per_device_train_batch_size": 65, "per_device_eval_batch_size": 8})()
+    settings.check_batch_memory(2**16, args)  # would be fused: not bounded by the logits
+    with pytest.raises(InputError, match="per_device_train_batch_size=65 cannot fit"):
+        settings.check_batch_memory(2**16, args, may_fuse=False)
