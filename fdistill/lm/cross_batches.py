@@ -145,6 +145,7 @@ class CrossCollator:
 
     @property
     def tokenizer(self):
+        """The student's tokenizer (what the Trainer reads of a collator)."""
         return self.student.tokenizer
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Tensor]:
@@ -191,10 +192,12 @@ class CrossSampler:
 
     @property
     def prompts(self) -> str:
+        """The batch keys of the prompts it reads: the teacher's tokens (``tt_prompt``) or the student's."""
         return TEACHER_TOKENS + PROMPT if self.by == "teacher" else PROMPT
 
     @property
     def pad_id(self) -> int:
+        """The pad id of its model's prompts (when several micro-batches' prompts are padded together)."""
         return getattr(self.tokenizers, self.by).pad_token_id
 
     def __call__(self, prompt_ids: Tensor, prompt_mask: Tensor):
