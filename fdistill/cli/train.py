@@ -30,6 +30,13 @@ class RunArguments:
         default=None,
         metadata={"help": "With teacher_server: the student's tokenizer (Hub name or folder); default: the student's."},
     )
+    teacher_tokenizer: str | None = field(
+        default=None,
+        metadata={
+            "help": "With teacher_server: the served teacher's tokenizer (Hub name or folder) when it differs from the "
+            "student's: distillation across tokenizers. A local teacher brings its own."
+        },
+    )
     teacher_gguf_file: str | None = field(default=None, metadata={"help": "GGUF file inside `teacher`."})
     student: str | None = field(
         default=None, metadata={"help": "An existing student (Hub name or folder); else copied from the teacher."}
@@ -93,11 +100,13 @@ def load_recipe(path: str, overrides: list[str]):
                 f"from them{' (' + ', '.join(copied) + ')' if copied else ''}: give `student` (a Hub name or folder, "
                 "e.g. a pre-distilled student) instead."
             )
-    elif run_args.tokenizer:
-        raise InputError(
-            f"recipe {path!r} sets tokenizer={run_args.tokenizer!r}, which only a served teacher uses (the student "
-            "shares the local teacher's tokenizer): unset it, or set teacher_server."
-        )
+    else:
+        for name in ("tokenizer", "teacher_tokenizer"):
+            if getattr(run_args, name):
+                raise InputError(
+                    f"recipe {path!r} sets {name}={getattr(run_args, name)!r}, which only a served teacher uses (a "
+                    "local teacher and student bring their own tokenizers): unset it, or set teacher_server."
+                )
     return run_args, config
 
 
@@ -109,7 +118,9 @@ def _is_sample_output(path: str) -> bool:
 
 
 def build_trainer(run_args: RunArguments, config):
-    """Load teacher, student and data of a recipe and return a ready `FDistillTrainer`."""
+    """Load teacher, student and data of a recipe and return a ready `FDistillTrainer`; a ``student`` whose
+    tokenizer differs from the teacher's trains across tokenizers (:mod:`fdistill.lm.cross_batches`)."""
+    from fdistill.lm.cross_batches import tokenizers_differ
     from fdistill.lm.loading import load_data, load_model_and_tokenizer, prepare_prompts
     from fdistill.lm.student import create_student_from_teacher, wrap_with_lora
     from fdistill.lm.trainer import FDistillTrainer
@@ -134,8 +145,12 @@ def build_trainer(run_args: RunArguments, config):
     )
     if tokenizer.pad_token is None:
         raise InputError("the teacher's tokenizer has no pad token; add one to its tokenizer files (e.g. pad = eos).")
+    teacher_tokenizer = None
     if run_args.student:
-        student, _ = load_model_and_tokenizer(run_args.student, dtype=run_args.model_dtype)
+        student, student_tokenizer = load_model_and_tokenizer(run_args.student, dtype=run_args.model_dtype)
+        if tokenizers_differ(tokenizer, student_tokenizer):  # each its own: across tokenizers (issue 28)
+            logger.info("the student's tokenizer differs from the teacher's: distilling across tokenizers")
+            tokenizer, teacher_tokenizer = student_tokenizer, tokenizer
     elif teacher.config.is_encoder_decoder:
         student = create_student_from_teacher(
             teacher, encoder_layers=run_args.student_encoder_layers, decoder_layers=run_args.student_decoder_layers
@@ -149,6 +164,7 @@ def build_trainer(run_args: RunArguments, config):
     return FDistillTrainer(
         model=student,
         teacher_model=teacher,
+        teacher_tokenizer=teacher_tokenizer,
         args=config,
         train_dataset=train,
         eval_dataset=evaluation,
@@ -172,12 +188,21 @@ def _served_trainer(run_args: RunArguments, config, train, evaluation):
         tokenizer = _loading("tokenizer", source, lambda: AutoTokenizer.from_pretrained(source))
     if tokenizer.pad_token is None:
         raise InputError("the student's tokenizer has no pad token; add one to its tokenizer files (e.g. pad = eos).")
+    teacher_tokenizer = None
+    if run_args.teacher_tokenizer:  # the served teacher's own tokenizer: across tokenizers
+        source = resolve_package_path(run_args.teacher_tokenizer)
+        teacher_tokenizer = _loading("tokenizer", source, lambda: AutoTokenizer.from_pretrained(source))
     if run_args.lora_r:
         from fdistill.lm.student import wrap_with_lora
 
         student = wrap_with_lora(student, r=run_args.lora_r, alpha=run_args.lora_alpha)
     return FDistillTrainer(
-        model=student, args=config, train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer
+        model=student,
+        teacher_tokenizer=teacher_tokenizer,
+        args=config,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=tokenizer,
     )
 
 

@@ -65,8 +65,8 @@ class DistillArguments:
         metadata={
             "help": "What to minimise: an f-divergence ('kl', 'rkl', 'js', 'tvd') or a baseline ('mle' on references, "
             "'seqkd' cross-entropy on teacher beam outputs, 'engine' teacher energy of student samples, 'predistill' "
-            "MLE + word-level KL + hidden-state MSE on references), or an objective registered with "
-            "fdistill.lm.objectives.register_objective."
+            "MLE + word-level KL + hidden-state MSE on references; across tokenizers 'uld' and 'hybrid'), or an "
+            "objective registered with fdistill.lm.objectives.register_objective."
         },
     )
     js_mixture: str = field(
@@ -296,6 +296,15 @@ class DistillArguments:
             "the student was copied from (recorded by fdistill.lm.student)."
         },
     )
+    # --- across tokenizers (fdistill.lm.cross_batches)
+    uld_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "Weight λ of the distillation term in 'uld' and 'hybrid' (across tokenizers): cross-entropy on "
+            "teacher samples + λ · the ULD term (L1 distance between sorted next-token probabilities, Boizard et al. "
+            "2024) or the GOLD-style hybrid term; >= 0."
+        },
+    )
     fused_divergence: bool | None = field(
         default=None,
         metadata={
@@ -385,11 +394,11 @@ class DistillArguments:
 
     __str__ = __repr__
 
-    def check_batch_memory(self, vocab_size: int, training_args=None) -> None:
+    def check_batch_memory(self, vocab_size: int, training_args=None, may_fuse: bool = True) -> None:
         """Refuse per-device batch sizes (``training_args``', by default these settings') whose float32 student
         logits at the length limit exceed all the memory here (:func:`fdistill.lm.config_checks.check_batch_memory`).
         Called by the trainer once the model's vocabulary is known, before training."""
-        check_batch_memory(self, vocab_size, training_args)
+        check_batch_memory(self, vocab_size, training_args, may_fuse)
 
     @property
     def objective_spec(self) -> Objective:

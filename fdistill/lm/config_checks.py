@@ -34,6 +34,7 @@ def check_settings(settings) -> None:
     check_nonfinite_policy(settings)
     check_lengths(settings)
     check_predistill_weights(settings)
+    check_cross_tokenizer_settings(settings)
     check_fused(settings, objective)
     check_rollout_reuse(settings, objective)
     objective.check(settings)
@@ -47,6 +48,7 @@ FINITE_SETTINGS = (
     "predistill_alpha_mle",
     "predistill_alpha_kd",
     "predistill_alpha_hidden",
+    "uld_weight",
 )
 
 
@@ -254,6 +256,12 @@ def check_predistill_weights(settings) -> None:
             refuse(settings, name, "weights must be >= 0.")
 
 
+def check_cross_tokenizer_settings(settings) -> None:
+    """The weight of the distillation term of the cross-tokenizer baselines (uld, hybrid)."""
+    if settings.uld_weight < 0:
+        refuse(settings, "uld_weight", "use a weight >= 0 (0 = the cross-entropy on teacher samples alone).")
+
+
 def check_fused(settings, objective: Objective) -> None:
     """The fused divergence computes the f-divergences only, in chunks of a positive size."""
     if settings.fused_divergence and not objective.fusable:
@@ -319,7 +327,7 @@ def check_rollout_reuse(settings, objective: Objective) -> None:
 # ------------------------------------------------------------------ the teacher source, resolved once
 
 
-def check_batch_memory(settings, vocab_size: int, training_args=None) -> None:
+def check_batch_memory(settings, vocab_size: int, training_args=None, may_fuse: bool = True) -> None:
     """Refuse per-device batch sizes whose student logits at the length limit exceed all the memory here.
 
     The rule: ``batch × length × vocab_size × 4`` bytes — the float32 student logits of one batch of the longest
@@ -328,14 +336,15 @@ def check_batch_memory(settings, vocab_size: int, training_args=None) -> None:
     activations come on top — must fit in the machine's RAM plus all its GPUs' memory
     (`fdistill.checks.batch_fits`). The batch sizes are ``training_args``' (default: these settings', as in
     `FDistillConfig`). Called by the trainer once the model's vocabulary is known, before training. The fused
-    path (``fused_divergence``: set, or unset on CUDA) never materialises those logits, so it has no such bound.
+    path (``fused_divergence``: set, or unset on CUDA) never materialises those logits, so it has no such bound;
+    ``may_fuse=False`` (across tokenizers, where nothing is fused) checks the logits whatever the settings say.
     """
     import torch
 
     from fdistill.checks import batch_fits
 
     fused = settings.fused_divergence or (settings.fused_divergence is None and torch.cuda.is_available())
-    if fused and settings.objective_spec.fusable and not settings.teacher_source.is_topk:
+    if may_fuse and fused and settings.objective_spec.fusable and not settings.teacher_source.is_topk:
         return
     offline = settings.needs_reference or (settings.needs_teacher_samples and settings.reads_teacher_samples)
     drawn = settings.needs_student_samples or (settings.needs_teacher_samples and not settings.reads_teacher_samples)

@@ -81,6 +81,12 @@ class ScoredSet:
         count: the denominator of this set's reduction over the whole optimizer step (sequences or tokens).
         weights: ``(B, C)`` importance weights of reused (stale) student samples, detached
             (:mod:`fdistill.lm.importance`); None for fresh samples and every other set.
+        teacher_labels: across tokenizers (:mod:`fdistill.lm.cross_batches`), ``(B, Ct)`` the same completions in
+            the teacher's tokenization, ``-100`` at padding (``teacher`` is then ``(B, Ct, Vt)``); else None.
+        alignment: across tokenizers, the byte-offset chunks of both tokenizations
+            (:class:`fdistill.lm.cross_tokenizer.CrossAlignment`); else None.
+        vocab_map: across tokenizers, the ids of both vocabularies with equal bytes
+            (:class:`fdistill.lm.cross_tokenizer.VocabMap`); else None.
     """
 
     student: Tensor
@@ -88,11 +94,19 @@ class ScoredSet:
     labels: Tensor
     count: Tensor
     weights: Tensor | None = None
+    teacher_labels: Tensor | None = None
+    alignment: Any = None
+    vocab_map: Any = None
 
     @property
     def mask(self) -> Tensor:
         """``(B, C)`` True at the scored positions (labels not ``-100``)."""
         return self.labels != IGNORE_INDEX
+
+    @property
+    def teacher_mask(self) -> Tensor:
+        """Where the teacher's values are scored: its own labels' positions across tokenizers, else ``mask``."""
+        return self.mask if self.teacher_labels is None else self.teacher_labels != IGNORE_INDEX
 
 
 @dataclass
@@ -122,6 +136,11 @@ class ScoredBatch:
     def fused(self) -> bool:
         """Whether the sets hold LM-head inputs and heads (the fused path) rather than logits."""
         return self.heads is not None
+
+    @property
+    def cross(self) -> bool:
+        """Whether the teacher scored the sets in its own tokenization (:mod:`fdistill.lm.cross_batches`)."""
+        return any(s.alignment is not None for s in self.sets.values())
 
     def reduce(self, terms: Tensor, name: str) -> Tensor:
         """Per-position ``terms (B, C)`` of set ``name`` reduced with its mask and global denominator."""
@@ -165,6 +184,11 @@ class Objective:
         in_demo: whether ``fdistill demo --objective all`` runs it.
         importance_weighted: whether its loss applies ``ScoredSet.weights`` (the importance weights of reused
             student samples, :mod:`fdistill.lm.importance`): reuse is refused for an objective that does not.
+        across_tokenizers: whether it trains a student whose tokenizer differs from the teacher's: its loss reads
+            ``ScoredSet.teacher_labels`` / ``alignment`` / ``vocab_map`` when they are set
+            (:mod:`fdistill.lm.cross_batches`), or never the teacher's values; refused across tokenizers if not.
+        cross_tokenizer: whether it always runs on the cross-tokenizer path, even with one tokenizer (then every
+            aligned chunk is one token on each side).
     """
 
     name: str = ""
@@ -179,6 +203,8 @@ class Objective:
     card_intro: str = "This model is a student distilled from {who} with the {what}, as run by {paper}."
     in_demo: bool = False
     importance_weighted: bool = False
+    across_tokenizers: bool = False
+    cross_tokenizer: bool = False
 
     def check(self, args: DistillArguments) -> None:
         """Refuse settings that make no sense for this objective (called by `DistillArguments.__post_init__`)."""
@@ -237,6 +263,7 @@ class FDivergence(Objective):
 
     fusable = True
     importance_weighted = True  # the weights ride in SampledSequences.weights
+    across_tokenizers = True  # fdistill.lm.cross_divergences.cross_f_divergence_loss
     card_settings = ("loss_temperature",)
     card_intro = (
         "This model is a student distilled from {who} by minimising the {what} with {paper}: the "
@@ -259,7 +286,9 @@ class FDivergence(Objective):
             reduction=args.loss_reduction,
         )
         entropies = teacher_lp = None
-        if batch.fused:
+        if batch.cross:
+            out = _cross_f_divergence_loss(self.name, batch, common)
+        elif batch.fused:
             if any(s.weights is not None for s in batch.sets.values()):
                 raise InputError(
                     "importance-weighted (reused) samples need materialised logits: fused_divergence=False."
@@ -305,6 +334,30 @@ class FDivergence(Objective):
         return ObjectiveOutput(out.loss, metrics, entropies, teacher_lp)
 
 
+def _cross_f_divergence_loss(kind: str, batch: ScoredBatch, common: dict):
+    """The f-divergence ``kind`` across tokenizers on aligned chunks
+    (:func:`fdistill.lm.cross_divergences.cross_f_divergence_loss`), each side's terms weighted and reduced as
+    :func:`fdistill.divergences.f_divergence_loss` does."""
+    from fdistill.lm.cross_divergences import CrossSampledSequences, cross_f_divergence_loss
+
+    sides = {
+        n: CrossSampledSequences(
+            student_logits=s.student,
+            teacher_logits=s.teacher,
+            student_labels=s.labels,
+            teacher_labels=s.teacher_labels,
+            alignment=s.alignment,
+            num_items_in_batch=s.count,
+            weights=s.weights,
+        )
+        for n, s in batch.sets.items()
+    }
+    vocab_map = next(s.vocab_map for s in batch.sets.values())
+    return cross_f_divergence_loss(
+        kind, vocab_map=vocab_map, teacher_samples=sides.get("teacher"), student_samples=sides.get("student"), **common
+    )
+
+
 # ----------------------------------------------------------------------------- the baselines
 
 
@@ -312,6 +365,7 @@ class CrossEntropy(Objective):
     """Cross-entropy ``−log q(y_t | y_<t)`` on one fixed set of targets (paper Eq. 3): MLE or SeqKD."""
 
     uses_teacher = False
+    across_tokenizers = True  # on the student's tokens only (teacher samples re-tokenised for it)
 
     def __init__(self, name: str, target: str, title: str, meaning: str, card_intro: str, in_demo: bool):
         self.name, self.scores, self.title, self.meaning, self.in_demo = name, (target,), title, meaning, in_demo
@@ -419,6 +473,85 @@ class PreDistillation(Objective):
         return total / len(layer_map)
 
 
+# ----------------------------------------------------------------------------- across tokenizers
+
+
+class _CrossEntropyPlus(Objective):
+    """``CE + uld_weight · D`` on teacher samples: the student's cross-entropy on the teacher's samples (re-tokenised
+    for it) plus ``uld_weight`` times a cross-tokenizer distillation term ``D`` (:meth:`terms`), both summed over
+    each sequence (its tokens, its positions or chunks) and averaged over sequences. Runs on the cross-tokenizer path
+    with any two tokenizers; with one tokenizer every position pairs token by token."""
+
+    scores = ("teacher",)
+    across_tokenizers = cross_tokenizer = True
+    sampled_on = "sequences sampled from the teacher"
+    card_settings = ("uld_weight", "loss_temperature")
+    card_intro = (
+        "This model is a student distilled from {who} with the {what} on {sampled_on}, a cross-tokenizer baseline "
+        "run by fdistill beside {paper}."
+    )
+    metric = ""
+
+    def terms(self, s: ScoredSet, args: DistillArguments) -> tuple[Tensor, Tensor]:
+        """The distillation term ``D`` of the teacher samples ``s``: per-position (or per-chunk) terms and their mask,
+        reduced as the loss reduces them."""
+        raise NotImplementedError
+
+    def loss(self, batch: ScoredBatch, args: DistillArguments) -> ObjectiveOutput:
+        """``CE + uld_weight · D`` on the teacher samples; logs both parts (``loss_ce`` and :attr:`metric`)."""
+        s = batch["teacher"]
+        ce = batch.reduce(cross_entropy_terms(s.student, s.labels), "teacher")
+        terms, mask = self.terms(s, args)
+        term = reduce_terms(terms, mask, reduction=batch.reduction, num_items_in_batch=s.count)
+        return ObjectiveOutput(ce + args.uld_weight * term, {"loss_ce": ce, self.metric: term})
+
+
+class UniversalLogitDistillation(_CrossEntropyPlus):
+    """ULD (Boizard et al. 2024, "Towards Cross-Tokenizer Distillation: the Universal Logit Distillation Loss",
+    arXiv:2402.12030): ``CE + uld_weight · Σ_i ‖sort(p_i) − sort(q_i)‖₁`` on teacher samples, the two models'
+    next-token probabilities sorted in decreasing order (the smaller vocabulary zero-padded), the i-th token of each
+    side paired by index (:func:`fdistill.lm.cross_divergences.uld_terms`)."""
+
+    name, metric = "uld", "loss_uld"
+    title = "Universal Logit Distillation (ULD, Boizard et al. 2024)"
+    meaning = (
+        "cross-entropy on teacher samples + uld_weight · L1 distance between the sorted next-token probabilities "
+        "of teacher and student, positions paired by index (any two tokenizers)"
+    )
+
+    def terms(self, s: ScoredSet, args: DistillArguments) -> tuple[Tensor, Tensor]:
+        from fdistill.lm.cross_divergences import uld_terms
+
+        return uld_terms(s.student, s.teacher, s.labels, s.teacher_labels, temperature=args.loss_temperature)
+
+
+class Hybrid(_CrossEntropyPlus):
+    """GOLD-style hybrid (after TRL's ``GOLDTrainer``): ``CE + uld_weight · Σ_c h_c`` on teacher samples, with ``h_c``
+    the KL between the two next-token distributions projected on the tokens of equal bytes at aligned chunks that are
+    one token on each side, and ULD at every other chunk (:func:`fdistill.lm.cross_divergences.hybrid_terms`). With
+    one tokenizer every chunk is one token: CE + uld_weight · the token-level KL."""
+
+    name, metric = "hybrid", "loss_hybrid"
+    title = "GOLD-style hybrid cross-tokenizer loss"
+    meaning = (
+        "cross-entropy on teacher samples + uld_weight · (exact projected KL where both tokenizers take one token "
+        "of the same bytes, ULD elsewhere)"
+    )
+
+    def terms(self, s: ScoredSet, args: DistillArguments) -> tuple[Tensor, Tensor]:
+        from fdistill.lm.cross_divergences import hybrid_terms
+
+        return hybrid_terms(
+            s.student,
+            s.teacher,
+            s.labels,
+            s.teacher_labels,
+            s.alignment,
+            s.vocab_map,
+            temperature=args.loss_temperature,
+        )
+
+
 # ----------------------------------------------------------------------------- what the trainer logs of samples
 
 
@@ -441,9 +574,12 @@ def student_sample_metrics(
     teacher_lp = output.teacher_label_logprobs
     if isinstance(s.teacher, TeacherTopK):  # a top-k teacher may carry the sampled tokens' log-probabilities
         if s.teacher.token_logprobs is not None:
+            valid = s.teacher_mask  # its own tokens, across tokenizers
             teacher_lp = torch.where(valid, s.teacher.token_logprobs, torch.zeros_like(s.teacher.token_logprobs))
     elif teacher_lp is None and not batch.fused and s.teacher is not None:
-        teacher_lp = token_logprobs(s.teacher, s.labels)  # 0 at padding
+        if s.teacher_labels is not None:  # across tokenizers: the teacher's NLL of the text, in its tokenization
+            valid = s.teacher_mask
+        teacher_lp = token_logprobs(s.teacher, s.labels if s.teacher_labels is None else s.teacher_labels)
     if teacher_lp is not None:
         metrics["teacher_nll_of_student_samples"] = -(teacher_lp * valid).sum(-1).mean()
     return metrics
@@ -504,6 +640,8 @@ for _objective in (
     ),
     Engine(),
     PreDistillation(),
+    UniversalLogitDistillation(),
+    Hybrid(),
 ):
     register_objective(_objective)
 assert tuple(o for o in OBJECTIVES if isinstance(OBJECTIVES[o], FDivergence)) == DIVERGENCES
