@@ -291,7 +291,18 @@ def shared_vocab_size(student_rows: int, teacher_rows: int, tokenizer, teacher_t
             "must share one tokenizer; only padding rows past it may differ (a student of the teacher's family, or "
             "fdistill.lm.student.create_student_from_teacher)."
         )
+    if teacher_tokenizer is None and teacher_rows - n > max(PADDING_ROWS, n // 50):
+        raise InputError(
+            f"the teacher's LM head has {teacher_rows} rows, {teacher_rows - n} more than the student's tokenizer has "
+            f"tokens ({n}): far more than padding, so the teacher was most likely made with another tokenizer. Pass "
+            "its tokenizer as teacher_tokenizer= (different tokenizers take the cross-tokenizer path, "
+            "docs/guides/cross-tokenizer.md), or use a teacher of the student's family."
+        )
     return n
+
+
+# Rows past the tokenizer that a padded LM head may hold (heads are padded to a multiple of 64 or 128; Qwen2.5: 399)
+PADDING_ROWS = 1024
 
 
 def model_fingerprint(model_or_path, tokenizer=None) -> dict[str, str]:

@@ -14,7 +14,7 @@ from fdistill import testing as tiny
 from fdistill.errors import InputError
 from fdistill.kernels import LinearHead
 from fdistill.lm.data import pad_right
-from fdistill.lm.loading import shared_vocab_size
+from fdistill.lm.loading import PADDING_ROWS, shared_vocab_size
 from fdistill.torch_utils import seeded
 
 transformers.logging.set_verbosity_error()
@@ -122,6 +122,27 @@ def test_different_tokenizers_take_the_cross_tokenizer_path(tok, models, tmp_pat
     with pytest.raises(InputError, match="more than the teacher's head"):
         shared_vocab_size(V + 4, V - 2, tok)
     assert shared_vocab_size(V + 4, V + 4, tok) == V + 4  # equal heads: every row, as ever
+
+
+def test_a_teacher_head_far_past_the_tokenizer_needs_its_tokenizer(tok, models, tmp_path):
+    """A teacher model whose head has far more rows than padding (Gemma's 262,144 against SmolLM2's 49,152 tokens),
+    passed without its tokenizer, is refused instead of being cut silently to the student's vocabulary."""
+    n = len(tok)
+    assert shared_vocab_size(n, n + 399, tok) == n  # Qwen2.5-sized padding: the tokenizer's rows, as before
+    with pytest.raises(InputError, match="most likely made with another tokenizer. Pass its tokenizer"):
+        shared_vocab_size(n, n + PADDING_ROWS + 1, tok)
+    big = tiny.llama(1, seed=0, tokenizer=None)
+    big.resize_token_embeddings(n + PADDING_ROWS + 64)
+    _, student = models["padded"]
+    with pytest.raises(InputError, match="teacher_tokenizer="):
+        FDistillTrainer(
+            model=student,
+            teacher_model=big,
+            args=config(tmp_path / "out", objective="rkl"),
+            train_dataset=tiny.dataset(4, seed=0),
+            processing_class=tok,
+        )
+    assert not list((tmp_path / "out").rglob("*"))  # refused before anything was written (the folder, if any, is empty)
 
 
 def test_a_teacher_path_brings_its_tokenizer(tok, models, tmp_path):
