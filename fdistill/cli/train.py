@@ -32,10 +32,16 @@ class RunArguments:
     )
     teacher_gguf_file: str | None = field(default=None, metadata={"help": "GGUF file inside `teacher`."})
     student: str | None = field(
-        default=None, metadata={"help": "An existing student (Hub name or folder); else copied from the teacher."}
+        default=None,
+        metadata={
+            "help": "An existing student (Hub name, folder or pkg:NAME; GGUF: the folder), with its own tokenizer: "
+            "another tokenizer than the teacher's distils across tokenizers. Else copied from the teacher."
+        },
     )
+    student_gguf_file: str | None = field(default=None, metadata={"help": "GGUF file inside `student`."})
     student_layers: list[int] | None = field(
-        default=None, metadata={"help": "Teacher layers copied into a decoder-only student."}
+        default=None,
+        metadata={"help": "Layers copied into a decoder-only student: of `student` when given, else of the teacher."},
     )
     student_encoder_layers: list[int] | None = field(
         default=None, metadata={"help": "Teacher encoder layers copied (encoder–decoders)."}
@@ -110,6 +116,7 @@ def _is_sample_output(path: str) -> bool:
 
 def build_trainer(run_args: RunArguments, config):
     """Load teacher, student and data of a recipe and return a ready `FDistillTrainer`."""
+    from fdistill.evaluation.cross_tokenizer import tokenizers_differ
     from fdistill.lm.loading import load_data, load_model_and_tokenizer, prepare_prompts
     from fdistill.lm.student import create_student_from_teacher, wrap_with_lora
     from fdistill.lm.trainer import FDistillTrainer
@@ -134,8 +141,19 @@ def build_trainer(run_args: RunArguments, config):
     )
     if tokenizer.pad_token is None:
         raise InputError("the teacher's tokenizer has no pad token; add one to its tokenizer files (e.g. pad = eos).")
+    teacher_tokenizer = None
     if run_args.student:
-        student, _ = load_model_and_tokenizer(run_args.student, dtype=run_args.model_dtype)
+        student, student_tokenizer = load_model_and_tokenizer(
+            run_args.student, gguf_file=run_args.student_gguf_file, dtype=run_args.model_dtype
+        )
+        if run_args.student_layers:  # a smaller student made of the given model's layers
+            student = create_student_from_teacher(student, layers=run_args.student_layers)
+        if tokenizers_differ(tokenizer, student_tokenizer):  # another tokenizer: cross-tokenizer distillation
+            if student_tokenizer.pad_token is None:
+                raise InputError(
+                    "the student's tokenizer has no pad token; add one to its tokenizer files (e.g. pad = eos)."
+                )
+            teacher_tokenizer, tokenizer = tokenizer, student_tokenizer
     elif teacher.config.is_encoder_decoder:
         student = create_student_from_teacher(
             teacher, encoder_layers=run_args.student_encoder_layers, decoder_layers=run_args.student_decoder_layers
@@ -153,6 +171,7 @@ def build_trainer(run_args: RunArguments, config):
         train_dataset=train,
         eval_dataset=evaluation,
         processing_class=tokenizer,
+        teacher_tokenizer=teacher_tokenizer,
     )
 
 
