@@ -65,8 +65,8 @@ class DistillArguments:
         metadata={
             "help": "What to minimise: an f-divergence ('kl', 'rkl', 'js', 'tvd') or a baseline ('mle' on references, "
             "'seqkd' cross-entropy on teacher beam outputs, 'engine' teacher energy of student samples, 'predistill' "
-            "MLE + word-level KL + hidden-state MSE on references), or an objective registered with "
-            "fdistill.lm.objectives.register_objective."
+            "MLE + word-level KL + hidden-state MSE on references; across tokenizers 'uld' and 'hybrid'), or an "
+            "objective registered with fdistill.lm.objectives.register_objective."
         },
     )
     js_mixture: str = field(
@@ -294,6 +294,21 @@ class DistillArguments:
         metadata={
             "help": "Teacher layer matched by each student (decoder) layer for the hidden-state MSE; default: the layers "
             "the student was copied from (recorded by fdistill.lm.student)."
+        },
+    )
+    # --- across tokenizers (fdistill.lm.cross_batches)
+    uld_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "Weight λ of the ULD term in 'uld': cross-entropy on teacher samples + λ · L1 distance between the "
+            "sorted next-token probabilities (Boizard et al. 2024); >= 0."
+        },
+    )
+    hybrid_divergence: str = field(
+        default="rkl",
+        metadata={
+            "help": "The exact step divergence of 'hybrid' where both tokenizers take the same token ('kl', 'rkl', "
+            "'js' or 'tvd'; ULD elsewhere)."
         },
     )
     fused_divergence: bool | None = field(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from fdistill.divergences import JS_MIXTURES, REDUCTIONS, TOPK_MODES, check_js_beta, check_tail_temperature
+from fdistill.divergences import DIVERGENCES, JS_MIXTURES, REDUCTIONS, TOPK_MODES, check_js_beta, check_tail_temperature
 from fdistill.errors import invalid
 from fdistill.lm.importance import check_cap
 from fdistill.lm.objectives import Objective, get_objective
@@ -34,6 +34,7 @@ def check_settings(settings) -> None:
     check_nonfinite_policy(settings)
     check_lengths(settings)
     check_predistill_weights(settings)
+    check_cross_tokenizer_settings(settings)
     check_fused(settings, objective)
     check_rollout_reuse(settings, objective)
     objective.check(settings)
@@ -47,6 +48,7 @@ FINITE_SETTINGS = (
     "predistill_alpha_mle",
     "predistill_alpha_kd",
     "predistill_alpha_hidden",
+    "uld_weight",
 )
 
 
@@ -252,6 +254,14 @@ def check_predistill_weights(settings) -> None:
     for name in ("predistill_alpha_mle", "predistill_alpha_kd", "predistill_alpha_hidden"):
         if getattr(settings, name) < 0:
             refuse(settings, name, "weights must be >= 0.")
+
+
+def check_cross_tokenizer_settings(settings) -> None:
+    """The settings of the cross-tokenizer objectives: ULD's weight, the hybrid's exact divergence."""
+    if settings.uld_weight < 0:
+        refuse(settings, "uld_weight", "use a weight >= 0 (0 = the cross-entropy on teacher samples alone).")
+    if settings.hybrid_divergence not in DIVERGENCES:
+        refuse(settings, "hybrid_divergence", f"use one of {', '.join(DIVERGENCES)}.")
 
 
 def check_fused(settings, objective: Objective) -> None:

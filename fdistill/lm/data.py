@@ -23,6 +23,10 @@ from fdistill.divergences import IGNORE_INDEX
 from fdistill.errors import InputError
 from fdistill.torch_utils import base_model
 
+# Across tokenizers (fdistill.lm.cross_batches) a batch holds each completion set and the prompts in the teacher's
+# tokenization too, under these keys: tt_prompt_ids / tt_prompt_mask, tt_{set}_ids / tt_{set}_mask.
+TEACHER_TOKENS = "tt_"
+
 
 def _is_token_ids(value) -> bool:
     return isinstance(value, (list, tuple)) and all(

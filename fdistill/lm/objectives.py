@@ -81,6 +81,12 @@ class ScoredSet:
         count: the denominator of this set's reduction over the whole optimizer step (sequences or tokens).
         weights: ``(B, C)`` importance weights of reused (stale) student samples, detached
             (:mod:`fdistill.lm.importance`); None for fresh samples and every other set.
+        teacher_labels: across tokenizers (:mod:`fdistill.lm.cross_batches`), ``(B, Ct)`` the same completions in
+            the teacher's tokenization, ``-100`` at padding (``teacher`` is then ``(B, Ct, Vt)``); else None.
+        alignment: across tokenizers, the byte-offset chunks of both tokenizations
+            (:class:`fdistill.lm.cross_tokenizer.CrossAlignment`); else None.
+        vocab_map: across tokenizers, the ids of both vocabularies with equal bytes
+            (:class:`fdistill.lm.cross_tokenizer.VocabMap`); else None.
     """
 
     student: Tensor
@@ -88,10 +94,18 @@ class ScoredSet:
     labels: Tensor
     count: Tensor
     weights: Tensor | None = None
+    teacher_labels: Tensor | None = None
+    alignment: Any = None
+    vocab_map: Any = None
 
     @property
     def mask(self) -> Tensor:
         return self.labels != IGNORE_INDEX
+
+    @property
+    def teacher_mask(self) -> Tensor:
+        """Where the teacher's values are scored: its own labels' positions across tokenizers, else ``mask``."""
+        return self.mask if self.teacher_labels is None else self.teacher_labels != IGNORE_INDEX
 
 
 @dataclass
@@ -120,6 +134,11 @@ class ScoredBatch:
     @property
     def fused(self) -> bool:
         return self.heads is not None
+
+    @property
+    def cross(self) -> bool:
+        """Whether the teacher scored the sets in its own tokenization (:mod:`fdistill.lm.cross_batches`)."""
+        return any(s.alignment is not None for s in self.sets.values())
 
     def reduce(self, terms: Tensor, name: str) -> Tensor:
         """Per-position ``terms (B, C)`` of set ``name`` reduced with its mask and global denominator."""
@@ -163,6 +182,11 @@ class Objective:
         in_demo: whether ``fdistill demo --objective all`` runs it.
         importance_weighted: whether its loss applies ``ScoredSet.weights`` (the importance weights of reused
             student samples, :mod:`fdistill.lm.importance`): reuse is refused for an objective that does not.
+        across_tokenizers: whether it trains a student whose tokenizer differs from the teacher's: its loss reads
+            ``ScoredSet.teacher_labels`` / ``alignment`` / ``vocab_map`` when they are set
+            (:mod:`fdistill.lm.cross_batches`), or never the teacher's values; refused across tokenizers if not.
+        cross_tokenizer: whether it always runs on the cross-tokenizer path, even with one tokenizer (then every
+            aligned chunk is one token on each side).
     """
 
     name: str = ""
@@ -177,6 +201,8 @@ class Objective:
     card_intro: str = "This model is a student distilled from {who} with the {what}, as run by {paper}."
     in_demo: bool = False
     importance_weighted: bool = False
+    across_tokenizers: bool = False
+    cross_tokenizer: bool = False
 
     def check(self, args: DistillArguments) -> None:
         """Refuse settings that make no sense for this objective (called by `DistillArguments.__post_init__`)."""
@@ -233,6 +259,7 @@ class FDivergence(Objective):
 
     fusable = True
     importance_weighted = True  # the weights ride in SampledSequences.weights
+    across_tokenizers = True  # fdistill.lm.cross_divergences.cross_f_divergence_loss
     card_settings = ("loss_temperature",)
     card_intro = (
         "This model is a student distilled from {who} by minimising the {what} with {paper}: the "
@@ -255,7 +282,9 @@ class FDivergence(Objective):
             reduction=args.loss_reduction,
         )
         entropies = teacher_lp = None
-        if batch.fused:
+        if batch.cross:
+            out = _cross_f_divergence_loss(self.name, batch, common)
+        elif batch.fused:
             if any(s.weights is not None for s in batch.sets.values()):
                 raise InputError(
                     "importance-weighted (reused) samples need materialised logits: fused_divergence=False."
@@ -301,6 +330,30 @@ class FDivergence(Objective):
         return ObjectiveOutput(out.loss, metrics, entropies, teacher_lp)
 
 
+def _cross_f_divergence_loss(kind: str, batch: ScoredBatch, common: dict):
+    """The f-divergence ``kind`` across tokenizers on aligned chunks
+    (:func:`fdistill.lm.cross_divergences.cross_f_divergence_loss`), each side's terms weighted and reduced as
+    :func:`fdistill.divergences.f_divergence_loss` does."""
+    from fdistill.lm.cross_divergences import CrossSampledSequences, cross_f_divergence_loss
+
+    sides = {
+        n: CrossSampledSequences(
+            student_logits=s.student,
+            teacher_logits=s.teacher,
+            student_labels=s.labels,
+            teacher_labels=s.teacher_labels,
+            alignment=s.alignment,
+            vocab_map=s.vocab_map,
+            num_items_in_batch=s.count,
+            weights=s.weights,
+        )
+        for n, s in batch.sets.items()
+    }
+    return cross_f_divergence_loss(
+        kind, teacher_samples=sides.get("teacher"), student_samples=sides.get("student"), **common
+    )
+
+
 # ----------------------------------------------------------------------------- the baselines
 
 
@@ -308,6 +361,7 @@ class CrossEntropy(Objective):
     """Cross-entropy ``−log q(y_t | y_<t)`` on one fixed set of targets (paper Eq. 3): MLE or SeqKD."""
 
     uses_teacher = False
+    across_tokenizers = True  # on the student's tokens only (teacher samples re-tokenised for it)
 
     def __init__(self, name: str, target: str, title: str, meaning: str, card_intro: str, in_demo: bool):
         self.name, self.scores, self.title, self.meaning, self.in_demo = name, (target,), title, meaning, in_demo
@@ -415,6 +469,98 @@ class PreDistillation(Objective):
         return total / len(layer_map)
 
 
+# ----------------------------------------------------------------------------- across tokenizers
+
+
+class UniversalLogitDistillation(Objective):
+    """ULD (Boizard et al. 2024, "Towards Cross-Tokenizer Distillation: the Universal Logit Distillation Loss",
+    arXiv:2402.12030) on teacher samples: ``CE + uld_weight · Σ_t ‖sort(p_t) − sort(q_t)‖₁``, the cross-entropy of
+    the student on the teacher's samples (re-tokenised for it) plus the L1 distance between the two models'
+    next-token probabilities sorted in decreasing order (the smaller vocabulary zero-padded), positions paired by
+    index (:func:`fdistill.lm.cross_divergences.uld_terms`). Runs on the cross-tokenizer path with any pair of
+    tokenizers (with one tokenizer, positions pair token by token as well).
+    """
+
+    name, scores = "uld", ("teacher",)
+    across_tokenizers = cross_tokenizer = True
+    title = "Universal Logit Distillation (ULD, Boizard et al. 2024)"
+    meaning = (
+        "cross-entropy on teacher samples + uld_weight · L1 distance between the sorted next-token probabilities "
+        "of teacher and student, positions paired by index (any two tokenizers)"
+    )
+    sampled_on = "sequences sampled from the teacher"
+    card_settings = ("uld_weight", "loss_temperature")
+    card_intro = (
+        "This model is a student distilled from {who} with {what} on {sampled_on}, a cross-tokenizer baseline "
+        "run by fdistill beside {paper}."
+    )
+
+    def loss(self, batch: ScoredBatch, args: DistillArguments) -> ObjectiveOutput:
+        from fdistill.lm.cross_divergences import uld_terms
+
+        s = batch["teacher"]
+        ce = batch.reduce(cross_entropy_terms(s.student, s.labels), "teacher")
+        terms, mask = uld_terms(s.student, s.teacher, s.labels, s.teacher_labels, temperature=args.loss_temperature)
+        uld = reduce_terms(terms, mask, reduction=batch.reduction, num_items_in_batch=s.count)
+        return ObjectiveOutput(ce + args.uld_weight * uld, {"loss_ce": ce, "loss_uld": uld})
+
+
+class Hybrid(Objective):
+    """GOLD-style hybrid (TRL's ``GOLDTrainer``) on online student samples: on aligned chunks that are one token on
+    each side, the exact step divergence ``hybrid_divergence`` between the two next-token distributions projected
+    on the tokens of equal bytes (plus one bucket for the rest); on every other chunk the ULD term
+    (:func:`fdistill.lm.cross_divergences.hybrid_terms`). With one tokenizer every chunk is one token: the exact
+    step divergence throughout.
+    """
+
+    name, scores = "hybrid", ("student",)
+    across_tokenizers = cross_tokenizer = True
+    importance_weighted = True
+    title = "GOLD-style hybrid cross-tokenizer loss"
+    meaning = (
+        "on online student samples: the exact step divergence where both tokenizers take the same token (projected "
+        "on the shared-bytes vocabulary), ULD elsewhere"
+    )
+    sampled_on = "sequences sampled online from the student"
+    card_settings = ("hybrid_divergence", "loss_temperature")
+    card_intro = (
+        "This model is a student distilled from {who} with the {what} (as TRL's GOLDTrainer) on {sampled_on}, a "
+        "cross-tokenizer baseline run by fdistill beside {paper}."
+    )
+
+    def loss(self, batch: ScoredBatch, args: DistillArguments) -> ObjectiveOutput:
+        from fdistill.lm.cross_divergences import hybrid_terms
+
+        s = batch["student"]
+        terms, mask = hybrid_terms(
+            args.hybrid_divergence,
+            s.student,
+            s.teacher,
+            s.labels,
+            s.teacher_labels,
+            s.alignment,
+            s.vocab_map,
+            on="student",
+            temperature=args.loss_temperature,
+        )
+        loss = reduce_terms(
+            *weighted(terms, mask, _chunk_weights(s, mask)), reduction=batch.reduction, num_items_in_batch=s.count
+        )
+        return ObjectiveOutput(loss, {"loss_on_student_samples": loss})
+
+
+def _chunk_weights(s: ScoredSet, mask: Tensor) -> Tensor | None:
+    """The importance weights of reused student samples ``(B, Cs)`` carried to the chunks ``(B, N)``: each chunk
+    takes the weight of its last student token (the prefix weight up to the chunk's end), None for fresh ones."""
+    if s.weights is None:
+        return None
+    chunks = s.alignment.student_chunks
+    positions = torch.arange(chunks.shape[1], device=chunks.device).expand_as(chunks)
+    last = torch.zeros(mask.shape, dtype=torch.long, device=chunks.device)
+    last = last.scatter_reduce(1, chunks.clamp_min(0), torch.where(chunks >= 0, positions, 0), "amax")
+    return s.weights.gather(1, last)
+
+
 # ----------------------------------------------------------------------------- what the trainer logs of samples
 
 
@@ -439,7 +585,9 @@ def student_sample_metrics(
         if s.teacher.token_logprobs is not None:
             teacher_lp = torch.where(valid, s.teacher.token_logprobs, torch.zeros_like(s.teacher.token_logprobs))
     elif teacher_lp is None and not batch.fused and s.teacher is not None:
-        teacher_lp = token_logprobs(s.teacher, s.labels)  # 0 at padding
+        if s.teacher_labels is not None:  # across tokenizers: the teacher's NLL of the text, in its tokenization
+            valid = s.teacher_mask
+        teacher_lp = token_logprobs(s.teacher, s.labels if s.teacher_labels is None else s.teacher_labels)
     if teacher_lp is not None:
         metrics["teacher_nll_of_student_samples"] = -(teacher_lp * valid).sum(-1).mean()
     return metrics
@@ -500,6 +648,8 @@ for _objective in (
     ),
     Engine(),
     PreDistillation(),
+    UniversalLogitDistillation(),
+    Hybrid(),
 ):
     register_objective(_objective)
 assert tuple(o for o in OBJECTIVES if isinstance(OBJECTIVES[o], FDivergence)) == DIVERGENCES

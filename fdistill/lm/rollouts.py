@@ -11,7 +11,9 @@ log-probabilities of the drawn tokens, as a vLLM server returns them). The train
 ``generate_student_samples`` and ``generate_teacher_samples`` methods, which draw in this process with
 ``model.generate`` (:func:`sample_locally`: eval mode, KV cache — static on CUDA, where transformers compiles the
 decode step — no gradient). Another backend (e.g. a student served by vLLM) is another `Sampler` for the same set.
-Each drawn set is a :class:`Sample`, which records the policy that drew it (``policy_step``).
+Each drawn set is a :class:`Sample`, which records the policy that drew it (``policy_step``). Across tokenizers
+(:mod:`fdistill.lm.cross_batches`) a sampler reads the prompts in its own model's tokenization (its ``prompts``
+attribute names the batch keys, ``"prompt"`` by default) and its :class:`Sample` carries the completions in both.
 
 Reused rollouts (``steps_per_generation = k``, :class:`RolloutGroups`): at the first step of each group of k steps
 (global steps ``n`` with ``n % k == 0``, or the first step after a resume or an epoch's end) the trainer takes the
@@ -36,6 +38,7 @@ from transformers import GenerationConfig
 
 from fdistill.divergences import count_items
 from fdistill.errors import RolloutError, nonfinite_sampling
+from fdistill.lm.data import TEACHER_TOKENS
 from fdistill.lm.sampling import sample_completions, sampling_config
 
 # One completion per prompt: (prompt_ids, prompt_mask) -> (completion ids, completion mask[, token log-probs]).
@@ -50,19 +53,24 @@ class Sample(NamedTuple):
         logprobs: ``(B, C)`` the drawing policy's log-probabilities of the drawn tokens (sampling temperature), or
             None (fresh samples need none; an in-process student's are computed when they will be stale).
         policy_step: the trainer global step whose student weights drew it; None for a fixed policy (the teacher).
+        teacher_tokens: across tokenizers, ``(ids, mask)`` of the same completions in the teacher's tokenization
+            (:mod:`fdistill.lm.cross_batches`); None otherwise.
     """
 
     ids: torch.Tensor
     mask: torch.Tensor
     logprobs: torch.Tensor | None = None
     policy_step: int | None = None
+    teacher_tokens: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 Drawn = dict[str, Sample]  # completion set name -> its samples
 
 
 def as_sample(drawn: tuple, policy_step: int | None = None) -> Sample:
-    """A sampler's ``(ids, mask)`` or ``(ids, mask, token_logprobs)`` as a :class:`Sample`."""
+    """A sampler's ``(ids, mask)``, ``(ids, mask, token_logprobs)`` or :class:`Sample` as a :class:`Sample`."""
+    if isinstance(drawn, Sample):
+        return drawn._replace(policy_step=policy_step)
     if len(drawn) not in (2, 3):
         raise TypeError(f"a sampler returns (ids, mask) or (ids, mask, token_logprobs), not {len(drawn)} values")
     return Sample(*drawn[:3], policy_step=policy_step) if len(drawn) == 3 else Sample(*drawn, policy_step=policy_step)
@@ -119,13 +127,24 @@ def sample_locally(
         return sample_completions(model, prompt_ids, prompt_mask, config)
 
 
+def prompt_key(sampler: Sampler) -> str:
+    """The batch keys ``{key}_ids`` / ``{key}_mask`` of the prompts ``sampler`` reads: its ``prompts`` attribute
+    (the teacher's tokenization across tokenizers), else ``"prompt"``."""
+    return getattr(sampler, "prompts", "prompt")
+
+
 def online_samples(
     batch: dict, samplers: dict[str, Sampler], device: torch.device, policy_steps: dict[str, int] | None = None
 ) -> Drawn:
     """The samples drawn during training for one micro-batch, one per prompt from each sampler, in their order."""
-    prompts = (batch["prompt_ids"].to(device), batch["prompt_mask"].to(device))
     steps = policy_steps or {}
-    return {name: as_sample(sample(*prompts), steps.get(name)) for name, sample in samplers.items()}
+    drawn = {}
+    for name, sample in samplers.items():
+        key = prompt_key(sample)
+        drawn[name] = as_sample(
+            sample(batch[f"{key}_ids"].to(device), batch[f"{key}_mask"].to(device)), steps.get(name)
+        )
+    return drawn
 
 
 def draw_step(
@@ -141,25 +160,32 @@ def draw_step(
     return samples, step_counts(batches, samples, device, reduction, accelerator)
 
 
-def cat_prompts(batches: list[dict], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The prompts of several micro-batches as one batch, re-padded to the longest (on the left for decoder-only
-    models, on the right for encoder–decoders, as the collator pads them)."""
-    length = max(b["prompt_ids"].shape[1] for b in batches)
+def cat_prompts(batches: list[dict], pad_id: int, left: bool, key: str = "prompt") -> tuple[torch.Tensor, torch.Tensor]:
+    """The prompts (batch keys ``{key}_ids`` / ``{key}_mask``) of several micro-batches as one batch, re-padded to
+    the longest (on the left for decoder-only models, on the right for encoder–decoders, as the collator pads them)."""
+    length = max(b[f"{key}_ids"].shape[1] for b in batches)
     ids, masks = [], []
     for b in batches:
-        extra = length - b["prompt_ids"].shape[1]
+        extra = length - b[f"{key}_ids"].shape[1]
         pad = (extra, 0) if left else (0, extra)
-        ids.append(torch.nn.functional.pad(b["prompt_ids"], pad, value=pad_id))
-        masks.append(torch.nn.functional.pad(b["prompt_mask"], pad, value=0))
+        ids.append(torch.nn.functional.pad(b[f"{key}_ids"], pad, value=pad_id))
+        masks.append(torch.nn.functional.pad(b[f"{key}_mask"], pad, value=0))
     return torch.cat(ids), torch.cat(masks)
+
+
+def _cut(ids: torch.Tensor, mask: torch.Tensor, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Rows ``start:stop`` of right-padded completions, cut to their longest; and that length."""
+    mask = mask[start:stop]
+    length = max(1, int(mask.sum(-1).max())) if mask.numel() else 1
+    return ids[start:stop, :length], mask[:, :length], length
 
 
 def _rows(sample: Sample, start: int, stop: int) -> Sample:
     """Rows ``start:stop`` of a sample, cut to their longest completion (what drawing them alone would give)."""
-    mask = sample.mask[start:stop]
-    length = max(1, int(mask.sum(-1).max())) if mask.numel() else 1
+    ids, mask, length = _cut(sample.ids, sample.mask, start, stop)
     logprobs = None if sample.logprobs is None else sample.logprobs[start:stop, :length]
-    return Sample(sample.ids[start:stop, :length], mask[:, :length], logprobs, sample.policy_step)
+    other = None if sample.teacher_tokens is None else _cut(*sample.teacher_tokens, start, stop)[:2]
+    return Sample(ids, mask, logprobs, sample.policy_step, other)
 
 
 def draw_together(
@@ -171,11 +197,13 @@ def draw_together(
     policy_steps: dict[str, int] | None = None,
 ) -> list[Drawn]:
     """The samples of several micro-batches (several steps' worth) drawn in one call per sampler, split back into
-    one :data:`Drawn` per micro-batch, in order."""
-    prompt_ids, prompt_mask = cat_prompts(batches, pad_id, left)
-    prompts = (prompt_ids.to(device), prompt_mask.to(device))
+    one :data:`Drawn` per micro-batch, in order. ``pad_id`` pads the prompts a sampler reads (a sampler with its own
+    ``pad_id`` attribute, the teacher's across tokenizers, pads with that)."""
     steps = policy_steps or {}
-    whole = {name: as_sample(sample(*prompts), steps.get(name)) for name, sample in samplers.items()}
+    whole = {}
+    for name, sample in samplers.items():
+        prompt_ids, prompt_mask = cat_prompts(batches, getattr(sample, "pad_id", pad_id), left, prompt_key(sample))
+        whole[name] = as_sample(sample(prompt_ids.to(device), prompt_mask.to(device)), steps.get(name))
     out, start = [], 0
     for b in batches:
         stop = start + b["prompt_ids"].shape[0]
@@ -210,6 +238,8 @@ def attach(inputs: dict, drawn: Drawn, step: int | None = None) -> None:
     the global ``step`` also as ``{name}_policy_logprobs`` and ``{name}_staleness`` (what the weights read)."""
     for name, sample in drawn.items():
         inputs[f"{name}_ids"], inputs[f"{name}_mask"] = sample.ids, sample.mask
+        if sample.teacher_tokens is not None:  # across tokenizers: the teacher's tokens of the same completions
+            inputs[f"{TEACHER_TOKENS}{name}_ids"], inputs[f"{TEACHER_TOKENS}{name}_mask"] = sample.teacher_tokens
         if step is not None and sample.policy_step is not None and sample.policy_step < step:
             if sample.logprobs is None:
                 raise RuntimeError(f"stale {name} samples (step {sample.policy_step} < {step}) without log-probs")

@@ -84,9 +84,11 @@ def record_changes(saved: dict, now: dict) -> list[str]:
         then["teacher_topk_mode"] = "renormalised"  # recorded before the setting existed: the only mode then
     current = current_names(now["settings"]).items()
     changes = [f"{k}={then.get(k)!r} then, {v!r} now" for k, v in current if k in then and then[k] != v]
-    for part in ("teacher", "tokenizer"):
-        if saved.get(part) != now[part]:
-            changes.append(f"another {part} (fingerprint {saved.get(part)} then, {now[part]} now)")
+    for part in ("teacher", "tokenizer", "teacher_tokenizer"):  # the teacher's own tokenizer: across tokenizers
+        if saved.get(part) != now.get(part):
+            changes.append(
+                f"another {part.replace('_', ' ')} (fingerprint {saved.get(part)} then, {now.get(part)} now)"
+            )
     return changes
 
 

@@ -188,11 +188,12 @@ def nonfinite_problem(batch: ScoredBatch, loss: torch.Tensor) -> str | None:
                 continue
             if isinstance(values, TeacherTopK):
                 values = values.logprobs
-            bad = nonfinite_positions(values, scored.mask)
+            mask = scored.teacher_mask if model_name == "teacher" else scored.mask  # its own tokens, across tokenizers
+            bad = nonfinite_positions(values, mask)
             if bad.any():
                 return (
                     f"the {model_name}'s {what} on the {SET_NAMES[n]} hold NaN or +inf at {int(bad.sum())} of "
-                    f"{int(scored.mask.sum())} scored positions; likely cause: {nonfinite_cause(model_name)}"
+                    f"{int(mask.sum())} scored positions; likely cause: {nonfinite_cause(model_name)}"
                 )
     if not torch.isfinite(loss):
         return (

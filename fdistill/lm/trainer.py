@@ -52,7 +52,9 @@ from fdistill.lm.checkpoints import (
     verify_checkpoint,
 )
 from fdistill.lm.config import DistillArguments
+from fdistill.lm.cross_batches import CrossCollator, CrossTokenizers, check_cross, check_teacher_samples, wants_cross
 from fdistill.lm.data import DistillCollator
+from fdistill.lm.loading import tokenizer_fingerprint
 from fdistill.lm.logits_cache import check_caches
 from fdistill.lm.objectives import COMPLETION_SETS, ScoredBatch, student_sample_metrics
 from fdistill.lm.rollouts import PlannedStep, RolloutGroups, Sampler, StepSamples
@@ -76,6 +78,8 @@ from fdistill.lm.trainer_setup import (
     completion_columns,
     default_collator,
     load_teacher,
+    named_datasets,
+    saved_tokenizer,
     shard_frozen,
     vocab_size,
 )
@@ -96,12 +100,16 @@ class FDistillMixin:
         teacher_model: a model, or a Hub name / local path loaded with the student's
             architecture class. Kept frozen, in eval mode, on the student's device. None
             with ``teacher_server`` (a teacher served by vLLM) or ``teacher_topk_columns``.
-        teacher_tokenizer: the teacher's tokenizer, checked to be the student's (``processing_class``);
-            by default loaded from ``teacher_model`` when that is a name or path.
+        teacher_tokenizer: the teacher's tokenizer; by default loaded from ``teacher_model`` when that is a name or
+            path. One whose vocabulary differs from the student's (``processing_class``) turns on distillation
+            across tokenizers (:mod:`fdistill.lm.cross_batches`).
         distill_args: the settings when ``args`` is not a ``DistillArguments``.
 
-    Teacher and student must share a tokenizer. LM heads padded past it to different sizes (models of one
-    family) are compared on the tokenizer's tokens only (:func:`fdistill.lm.loading.shared_vocab_size`).
+    With one tokenizer, LM heads padded past it to different sizes (models of one family) are compared on the
+    tokenizer's tokens only (:func:`fdistill.lm.loading.shared_vocab_size`). Across tokenizers each model scores
+    every completion in its own tokenization and the losses compare them on byte-aligned chunks
+    (:mod:`fdistill.lm.cross_divergences`); what is not supported there is refused before any work
+    (:func:`fdistill.lm.cross_batches.check_cross`).
     """
 
     def __init__(
@@ -126,8 +134,19 @@ class FDistillMixin:
         if tokenizer is None:
             raise InputError("pass the student's tokenizer as processing_class= (it builds the batches).")
         is_enc_dec = bool(_base_model(model).config.is_encoder_decoder)
+        # Across tokenizers (fdistill.lm.cross_batches): both tokenizers, or None on the one-tokenizer path
+        if teacher_tokenizer is None and isinstance(teacher_model, str):
+            teacher_tokenizer = saved_tokenizer(teacher_model)
+        self.cross: CrossTokenizers | None = None
+        if wants_cross(settings, tokenizer, teacher_tokenizer):
+            check_cross(settings, is_encoder_decoder=is_enc_dec, data_collator=kwargs.get("data_collator"))
+            self.cross = CrossTokenizers(tokenizer, teacher_tokenizer or tokenizer)
+            for split, dataset in named_datasets(kwargs.get("train_dataset"), kwargs.get("eval_dataset")):
+                check_teacher_samples(dataset, settings.teacher_sample_column, self.cross.teacher, tokenizer, split)
         if kwargs.get("data_collator") is None:
             kwargs["data_collator"] = default_collator(tokenizer, settings, is_enc_dec, model)
+            if self.cross is not None:
+                kwargs["data_collator"] = self.cross.collator(kwargs["data_collator"], settings, None)
         check_datasets(settings, kwargs.get("train_dataset"), kwargs.get("eval_dataset"), kwargs["data_collator"])
         # a teacher logits cache: made with the student's tokenizer (fdistill.lm.logits_cache); its teacher recorded
         self._cache = None
@@ -158,7 +177,7 @@ class FDistillMixin:
         self.student_generation_config = self._student_generation_config()
         self.teacher_generation_config = rollouts.teacher_generation_config(
             self.teacher,
-            self.processing_class,
+            self.processing_class if self.cross is None else self.cross.teacher,
             settings,
             cache=self.student_generation_config.cache_implementation,
             vocab_size=self.shared_vocab_size,
@@ -175,9 +194,11 @@ class FDistillMixin:
         """The teacher (:func:`fdistill.lm.trainer_setup.load_teacher`), on the student's device or sharded as the
         student is; heads padded to different sizes set ``shared_vocab_size`` (and the collator's id limit)."""
         teacher, dtype, shared = load_teacher(
-            teacher, teacher_tokenizer, self.model, self.distill_args, self.processing_class
+            teacher, teacher_tokenizer, self.model, self.distill_args, self.processing_class, self.cross is not None
         )
-        if shared < max(vocab_size(self.model), vocab_size(teacher)):
+        if self.cross is not None and isinstance(self.data_collator, CrossCollator):  # its ids past its head refused
+            self.data_collator.teacher.vocab_size = vocab_size(teacher)
+        elif shared < max(vocab_size(self.model), vocab_size(teacher)):
             self.shared_vocab_size = shared
             if isinstance(self.data_collator, DistillCollator):  # ids past the shared vocabulary are refused by row
                 self.data_collator.vocab_size = min(self.data_collator.vocab_size or shared, shared)
@@ -265,6 +286,8 @@ class FDistillMixin:
             self._record = run_record(
                 self.distill_args, self.teacher, self.model, self.processing_class, self.teacher_server, self._cache
             )
+            if self.cross is not None:  # the teacher's own tokenizer, across tokenizers
+                self._record["teacher_tokenizer"] = tokenizer_fingerprint(self.cross.teacher)
         return self._record
 
     def _save_checkpoint(self, model, trial) -> None:
@@ -463,6 +486,8 @@ class FDistillMixin:
         if self.distill_args.needs_student_samples:
             served = self.student_server is not None and not self.student_server.closed
             samplers["student"] = self.served_student_samples if served else self.generate_student_samples
+        if self.cross is not None:  # each draws from its own model's prompts; the samples in both tokenizations
+            samplers = {name: self.cross.sampler(draw, name) for name, draw in samplers.items()}
         return samplers
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
@@ -638,7 +663,7 @@ class FDistillMixin:
         a, objective = self.distill_args, self.objective
         names = [n for n in COMPLETION_SETS if n in objective.scores]
         hidden = objective.wants_hidden_states(a)
-        fused = self._use_fused(model, inputs, names[0])
+        fused = self.cross is None and self._use_fused(model, inputs, names[0])
         how = dict(
             pad_token_id=self.processing_class.pad_token_id,
             is_encoder_decoder=self.is_encoder_decoder,
@@ -648,7 +673,11 @@ class FDistillMixin:
         )
         student, s_out = score_sets(model, inputs, names, **how)
         teacher, t_out = {}, None
-        if self.teacher is not None:
+        if self.teacher is not None and self.cross is not None:  # its own tokens, after its own prompts
+            with torch.no_grad():
+                view = self.cross.teacher_view(inputs, names)
+                teacher, t_out = score_sets(self.teacher, view, names, **{**how, **self.cross.teacher_scoring})
+        elif self.teacher is not None:
             with torch.no_grad():
                 teacher, t_out = score_sets(self.teacher, inputs, names, **how)
         elif a.teacher_source.is_topk:  # its top k stand in for its forward
@@ -664,6 +693,8 @@ class FDistillMixin:
             student_config=_base_model(model).config,
             is_encoder_decoder=self.is_encoder_decoder,
         )
+        if self.cross is not None and teacher:
+            self.cross.annotate(batch, {n: scored.labels for n, scored in teacher.items()})
         if "student" in batch.sets:
             batch.sets["student"].weights = self._importance_weights(inputs, student, training)
         return batch

@@ -51,16 +51,22 @@ def default_collator(tokenizer, settings: DistillArguments, is_encoder_decoder: 
     )
 
 
-def check_datasets(settings, train_dataset, eval_dataset, collator) -> None:
-    """Fail before any work on: missing columns, empty datasets, all-empty targets."""
-    needed = [settings.prompt_column, *completion_columns(settings).values()]
-    topk = settings.teacher_source.kind == "columns"
+def named_datasets(train_dataset, eval_dataset) -> list[tuple[str, object]]:
+    """``[(split name, dataset), ...]``: the train dataset and every eval one (a dict of them, as the Trainer
+    allows, is named ``eval[KEY]``); None where not given."""
     named = [("train", train_dataset)]
     if isinstance(eval_dataset, dict):  # several eval sets, as the Trainer allows
         named += [(f"eval[{k}]", v) for k, v in eval_dataset.items()]
     else:
         named.append(("eval", eval_dataset))
-    for split, dataset in named:
+    return named
+
+
+def check_datasets(settings, train_dataset, eval_dataset, collator) -> None:
+    """Fail before any work on: missing columns, empty datasets, all-empty targets."""
+    needed = [settings.prompt_column, *completion_columns(settings).values()]
+    topk = settings.teacher_source.kind == "columns"
+    for split, dataset in named_datasets(train_dataset, eval_dataset):
         if dataset is None:
             continue
         names = getattr(dataset, "column_names", None)
@@ -110,11 +116,17 @@ def teacher_dtype(settings: DistillArguments, student: nn.Module) -> torch.dtype
 
 
 def load_teacher(
-    teacher: PreTrainedModel | str | None, teacher_tokenizer, student: nn.Module, settings: DistillArguments, tokenizer
-) -> tuple[nn.Module, torch.dtype, int]:
+    teacher: PreTrainedModel | str | None,
+    teacher_tokenizer,
+    student: nn.Module,
+    settings: DistillArguments,
+    tokenizer,
+    across_tokenizers: bool = False,
+) -> tuple[nn.Module, torch.dtype, int | None]:
     """The teacher (loaded from a name or path with the student's architecture class), frozen and in eval mode, not
     yet placed; its dtype; and the vocabulary entries both models are compared on
-    (:func:`fdistill.lm.loading.shared_vocab_size`, checked against the student's ``tokenizer``)."""
+    (:func:`fdistill.lm.loading.shared_vocab_size`, checked against the student's ``tokenizer``) — None
+    ``across_tokenizers``, where each model keeps its own vocabulary (:mod:`fdistill.lm.cross_batches`)."""
     if teacher is None:
         raise InputError(f"objective {settings.objective!r} needs a teacher: pass teacher_model= (a model or a path).")
     student = base_model(student)
@@ -127,7 +139,7 @@ def load_teacher(
     if bool(teacher.config.is_encoder_decoder) != bool(student.config.is_encoder_decoder):
         raise InputError("teacher and student must both be encoder–decoders or both decoder-only.")
     rows = (vocab_size(student), vocab_size(teacher))
-    shared = shared_vocab_size(*rows, tokenizer, teacher_tokenizer)
+    shared = None if across_tokenizers else shared_vocab_size(*rows, tokenizer, teacher_tokenizer)
     teacher.requires_grad_(False)
     teacher.eval()
     return teacher, dtype, shared

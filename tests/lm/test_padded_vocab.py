@@ -88,7 +88,7 @@ def test_padded_student_never_samples_padding_and_trains(tok, models, tmp_path):
     assert trainer.state.global_step == 2
 
 
-def test_different_tokenizers_are_refused(tok, models, tmp_path):
+def test_different_tokenizers_take_the_cross_tokenizer_path(tok, models, tmp_path):
     teacher, student = models["padded"]
     words = [w for w in tok.get_vocab() if w not in ("<pad>", "<s>", "</s>", "<unk>")]
     vocab = {t: i for i, t in enumerate(["<pad>", "<s>", "</s>", "<unk>", *reversed(words)])}
@@ -98,16 +98,18 @@ def test_different_tokenizers_are_refused(tok, models, tmp_path):
         tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
     )
     data = tiny.dataset(4, seed=0)
-    with pytest.raises(InputError, match="tokenizers differ"):
-        FDistillTrainer(
-            model=student,
-            teacher_model=teacher,
-            teacher_tokenizer=other,
-            args=config(tmp_path, objective="rkl"),
-            train_dataset=data,
-            processing_class=tok,
-        )
-    FDistillTrainer(  # the same tokenizer given explicitly is fine
+    with pytest.raises(InputError, match="tokenizers differ"):  # one vocabulary compared token by token: refused
+        shared_vocab_size(V, V, tok, other)
+    across = FDistillTrainer(  # the trainer compares them on aligned chunks instead (fdistill.lm.cross_batches)
+        model=student,
+        teacher_model=teacher,
+        teacher_tokenizer=other,
+        args=config(tmp_path, objective="rkl"),
+        train_dataset=data,
+        processing_class=tok,
+    )
+    assert across.cross is not None and across.shared_vocab_size is None
+    same = FDistillTrainer(  # the same tokenizer given explicitly: one vocabulary, the padded rows cut off
         model=student,
         teacher_model=teacher,
         teacher_tokenizer=tiny.tokenizer(),
@@ -115,6 +117,7 @@ def test_different_tokenizers_are_refused(tok, models, tmp_path):
         train_dataset=data,
         processing_class=tok,
     )
+    assert same.cross is None and same.shared_vocab_size == V
     # a head smaller than the tokenizer: that model was made with another tokenizer
     with pytest.raises(InputError, match="more than the teacher's head"):
         shared_vocab_size(V + 4, V - 2, tok)

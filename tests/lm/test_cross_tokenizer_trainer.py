@@ -1,0 +1,340 @@
+"""FDistillTrainer across tokenizers (issue 28, item 5): tiny Llamas with two different tokenizers train with every
+objective that works there, offline and online; identical tokenizers keep the one-tokenizer path; the trainer's
+loss on one batch is the cross loss called by hand; each unsupported combination is refused before any work."""
+
+import json
+
+import pytest
+import torch
+import transformers
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from fdistill import FDistillTrainer
+from fdistill import testing as tiny
+from fdistill.errors import InputError
+from fdistill.lm.cross_batches import CrossTokenizers
+from fdistill.lm.data import TEACHER_TOKENS, pad_left, score_completions
+from fdistill.lm.loading import tokenizer_fingerprint
+from fdistill.lm.logits_cache import DESCRIPTION_PREFIX
+from fdistill.torch_utils import seeded
+
+transformers.logging.set_verbosity_error()
+
+
+@pytest.fixture(scope="module")
+def toks():
+    """(student's, teacher's) tokenizers: two different hand-made tokenizers over one alphabet."""
+    if hasattr(tiny, "cross_tokenizers"):
+        return tiny.cross_tokenizers()
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers import models as tm
+    from transformers import PreTrainedTokenizerFast
+
+    tok = tiny.tokenizer()
+    words = [w for w in tok.get_vocab() if w not in ("<pad>", "<s>", "</s>", "<unk>")]
+    vocab = {t: i for i, t in enumerate(["<pad>", "<s>", "</s>", "<unk>", *reversed(sorted(words)), "extra"])}
+    b = Tokenizer(tm.WordLevel(vocab, unk_token="<unk>"))
+    b.pre_tokenizer = pre_tokenizers.Whitespace()
+    other = PreTrainedTokenizerFast(
+        tokenizer_object=b, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    return tok, other
+
+
+def llama(tokenizer, layers: int, seed: int, init: float = 0.02, dtype=torch.float32) -> LlamaForCausalLM:
+    """A tiny Llama over ``tokenizer``'s vocabulary (its special ids in the config)."""
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        initializer_range=init,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    with seeded(seed):
+        return LlamaForCausalLM(config).to(dtype)
+
+
+def recorded(data, tokenizer):
+    """``data`` with the provenance record `fdistill sample` writes, naming ``tokenizer``."""
+    data.info.description = DESCRIPTION_PREFIX + json.dumps({"tokenizer_fingerprint": tokenizer_fingerprint(tokenizer)})
+    return data
+
+
+@pytest.fixture(scope="module")
+def pair(toks):
+    """A 2-layer teacher over the teacher's tokenizer and 16 examples with its offline samples (its ids, recorded)."""
+    student_tok, teacher_tok = toks
+    teacher = llama(teacher_tok, 2, seed=0, init=0.15)
+    data = tiny.dataset(16, seed=0, teacher=teacher, tok=teacher_tok, max_new_tokens=8)
+    return teacher, recorded(data, teacher_tok)
+
+
+def config(tmp_path, **kw):
+    defaults = dict(max_new_tokens=8, per_device_train_batch_size=8, lr_scheduler_type="constant", logging_steps=1)
+    return tiny.config(tmp_path / "out", **{**defaults, **kw})
+
+
+def trainer_for(toks, pair, tmp_path, student=None, **kw):
+    student_tok, teacher_tok = toks
+    teacher, data = pair
+    student = student if student is not None else llama(student_tok, 1, seed=1)
+    return FDistillTrainer(
+        model=student,
+        teacher_model=teacher,
+        teacher_tokenizer=teacher_tok,
+        args=config(tmp_path, **kw),
+        train_dataset=data,
+        processing_class=student_tok,
+    )
+
+
+# ----------------------------------------------------------------------------- training
+
+
+CASES = [
+    ("kl", "offline"),
+    ("kl", "online"),
+    ("rkl", "offline"),
+    ("js", "offline"),
+    ("js", "online"),
+    ("tvd", "offline"),
+    ("tvd", "online"),
+    ("uld", "offline"),
+    ("uld", "online"),
+    ("hybrid", "offline"),
+    ("seqkd", "offline"),
+]
+
+
+@pytest.mark.parametrize(("objective", "sampling"), CASES)
+def test_trains_across_tokenizers(toks, pair, tmp_path, objective, sampling):
+    """A few steps: every loss finite, the student changes, the teacher does not; on fixed data (the offline teacher
+    samples) the objective's own loss goes down."""
+    trainer = trainer_for(toks, pair, tmp_path, objective=objective, teacher_sampling=sampling, max_steps=12)
+    assert trainer.cross is not None
+    teacher = pair[0]  # seqkd loads none (trainer.teacher is None): it reads the teacher's samples only
+    frozen = {k: v.clone() for k, v in teacher.state_dict().items()}
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    fixed = sampling == "offline" and objective in ("kl", "uld", "seqkd")
+    if fixed:
+        first = trainer.evaluate(pair[1])["eval_loss"]
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 12 and all(torch.isfinite(torch.tensor(losses)))
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    assert all(torch.equal(frozen[k], v) for k, v in teacher.state_dict().items())
+    if fixed:
+        assert trainer.evaluate(pair[1])["eval_loss"] < 0.9 * first
+    if "student" in trainer.objective.scores and objective != "hybrid":
+        assert "teacher_nll_of_student_samples" in trainer.state.log_history[0]
+
+
+def test_identical_tokenizers_keep_the_one_tokenizer_path(tok, tmp_path):
+    """The student's tokenizer passed again as teacher_tokenizer (another instance): no cross path, and the very same
+    losses, bit for bit, as without it."""
+    teacher = tiny.llama(2, seed=0, init=0.15)
+    data = tiny.dataset(8, seed=0, teacher=teacher, tok=tok)
+    logs = []
+    for teacher_tok in (None, tiny.tokenizer()):
+        trainer = FDistillTrainer(
+            model=tiny.llama(1, seed=1),
+            teacher_model=teacher,
+            teacher_tokenizer=teacher_tok,
+            args=config(tmp_path, objective="tvd", max_steps=3),
+            train_dataset=data,
+            processing_class=tok,
+        )
+        assert trainer.cross is None
+        trainer.train()
+        logs.append([h["loss"] for h in trainer.state.log_history if "loss" in h])
+    assert logs[0] == logs[1]
+
+
+# ----------------------------------------------------------------------------- the batches
+
+
+def test_batches_hold_both_tokenizations(toks, pair, tmp_path):
+    """Prompts in each model's own tokenization (its BOS); the offline teacher samples are the teacher's ids as
+    stored and the student's re-tokenisation of the same text; online student samples re-tokenised for the teacher."""
+    student_tok, teacher_tok = toks
+    trainer = trainer_for(toks, pair, tmp_path, objective="tvd")
+    rows = [pair[1][i] for i in range(4)]
+    batch = trainer.data_collator(rows)
+    for i, row in enumerate(rows):
+        t_prompt = batch[f"{TEACHER_TOKENS}prompt_ids"][i][batch[f"{TEACHER_TOKENS}prompt_mask"][i]].tolist()
+        assert t_prompt == teacher_tok(row["prompt"])["input_ids"]
+        s_prompt = batch["prompt_ids"][i][batch["prompt_mask"][i]].tolist()
+        assert s_prompt == student_tok(row["prompt"])["input_ids"]
+        t_ids = batch[f"{TEACHER_TOKENS}teacher_ids"][i][batch[f"{TEACHER_TOKENS}teacher_mask"][i]].tolist()
+        assert t_ids == row["teacher_sample_ids"]
+        s_ids = batch["teacher_ids"][i][batch["teacher_mask"][i]].tolist()
+        assert _text(student_tok, s_ids) == _text(teacher_tok, t_ids)
+        assert (s_ids[-1] == student_tok.eos_token_id) == (t_ids[-1] == teacher_tok.eos_token_id)
+    samplers = trainer._samplers()
+    drawn = samplers["student"](batch["prompt_ids"], batch["prompt_mask"])
+    for i in range(4):
+        s_ids = drawn.ids[i][drawn.mask[i]].tolist()
+        t_ids = drawn.teacher_tokens[0][i][drawn.teacher_tokens[1][i]].tolist()
+        assert _text(student_tok, s_ids) == _text(teacher_tok, t_ids)
+
+
+def _text(tokenizer, ids):
+    return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+def test_online_teacher_samples_come_from_its_own_prompts(toks, pair, tmp_path, monkeypatch):
+    """teacher_sampling='online': the teacher generates from its prompt ids (not the student's)."""
+    student_tok, teacher_tok = toks
+    trainer = trainer_for(toks, pair, tmp_path, objective="kl", teacher_sampling="online")
+    seen = []
+    generate = trainer.teacher.generate
+
+    def recording(*a, **kw):
+        seen.append(kw["input_ids"].clone())
+        return generate(*a, **kw)
+
+    monkeypatch.setattr(trainer.teacher, "generate", recording)
+    batch = trainer.data_collator([pair[1][i] for i in range(4)])
+    inputs = {k: v for k, v in batch.items() if not k.startswith(f"{TEACHER_TOKENS}teacher")}
+    inputs = {k: v for k, v in inputs.items() if not k.startswith("teacher")}
+    trainer._attach_online_samples(inputs, training=False)
+    assert len(seen) == 1 and torch.equal(seen[0], batch[f"{TEACHER_TOKENS}prompt_ids"])
+    assert inputs["teacher_ids"].max() < len(student_tok) and f"{TEACHER_TOKENS}teacher_ids" in inputs
+
+
+# ----------------------------------------------------------------------------- the loss, by hand
+
+
+@pytest.mark.parametrize("kind", ["kl", "js", "tvd"])
+def test_trainer_loss_is_the_cross_loss_by_hand(toks, pair, tmp_path, kind):
+    """One batch in float64: the trainer's loss equals cross_f_divergence_loss called on logits scored by hand and
+    alignments made by hand with align_batch (student samples given, so nothing is drawn)."""
+    from fdistill.lm.cross_divergences import CrossSampledSequences, cross_f_divergence_loss
+    from fdistill.lm.cross_tokenizer import align_batch, retokenize
+
+    student_tok, teacher_tok = toks
+    teacher, data = pair
+    teacher = teacher.to(torch.float64)
+    student = llama(student_tok, 1, seed=1, dtype=torch.float64)
+    trainer = FDistillTrainer(
+        model=student,
+        teacher_model=teacher,
+        teacher_tokenizer=teacher_tok,
+        args=config(tmp_path, objective=kind),
+        train_dataset=data,
+        processing_class=student_tok,
+    )
+    rows = [data[i] for i in range(4)]
+    batch = trainer.data_collator(rows)
+    s_ids, s_mask = batch["teacher_ids"][[1, 0, 3, 2]], batch["teacher_mask"][[1, 0, 3, 2]]  # "student samples"
+    batch["student_ids"], batch["student_mask"] = s_ids, s_mask
+    t_ids, t_mask = retokenize(student_tok, teacher_tok, s_ids, s_mask)
+    batch[f"{TEACHER_TOKENS}student_ids"], batch[f"{TEACHER_TOKENS}student_mask"] = t_ids, t_mask
+    got = trainer.compute_loss(student, dict(batch))
+
+    def side(name):
+        s_ids, s_mask = batch[f"{name}_ids"], batch[f"{name}_mask"]
+        t_ids, t_mask = batch[f"{TEACHER_TOKENS}{name}_ids"], batch[f"{TEACHER_TOKENS}{name}_mask"]
+        pad_s, pad_t = student_tok.pad_token_id, teacher_tok.pad_token_id
+        s_logits, s_labels, _ = score_completions(
+            student, batch["prompt_ids"], batch["prompt_mask"], s_ids, s_mask, pad_token_id=pad_s
+        )
+        prompts = [teacher_tok(r["prompt"])["input_ids"] for r in rows]
+        t_prompt, t_prompt_mask = pad_left(prompts, pad_t)
+        t_logits, t_labels, _ = score_completions(teacher, t_prompt, t_prompt_mask, t_ids, t_mask, pad_token_id=pad_t)
+        alignment = align_batch(student_tok, teacher_tok, s_ids, s_mask, t_ids, t_mask)
+        count = torch.tensor(float(s_mask.any(-1).sum()))
+        return CrossSampledSequences(
+            student_logits=s_logits,
+            teacher_logits=t_logits,
+            student_labels=s_labels,
+            teacher_labels=t_labels,
+            alignment=alignment,
+            vocab_map=CrossTokenizers(student_tok, teacher_tok).vocab_map,
+            num_items_in_batch=count,
+        )
+
+    sides = {n: side(n) for n in trainer.objective.scores}
+    want = cross_f_divergence_loss(kind, teacher_samples=sides.get("teacher"), student_samples=sides.get("student"))
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, want.loss, rtol=1e-10, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- refusals, before any work
+
+
+REFUSED = [
+    (dict(objective="kl", fused_divergence=True), "fused_divergence"),
+    (dict(objective="engine"), "engine"),
+    (dict(objective="predistill"), "predistill"),
+    (dict(objective="rkl", student_server="http://127.0.0.1:9"), "student_server"),
+]
+
+
+@pytest.mark.parametrize(("settings", "named"), REFUSED)
+def test_unsupported_combinations_are_refused_before_any_work(toks, pair, tmp_path, settings, named):
+    with pytest.raises(InputError, match=named) as error:
+        trainer_for(toks, pair, tmp_path, **settings)
+    assert "across tokenizers fdistill trains" in str(error.value)  # what is supported
+    assert not (tmp_path / "out").exists()
+
+
+def test_served_teacher_and_stored_topk_are_refused(toks, pair, tmp_path):
+    student_tok, teacher_tok = toks
+    for settings, named in (
+        (dict(teacher_server="http://127.0.0.1:9"), "teacher_server"),
+        (dict(teacher_topk_columns=True), "teacher_topk_columns"),
+    ):
+        with pytest.raises(InputError, match=named):
+            FDistillTrainer(
+                model=llama(student_tok, 1, seed=1),
+                teacher_tokenizer=teacher_tok,
+                args=config(tmp_path, objective="kl", **settings),
+                train_dataset=pair[1],
+                processing_class=student_tok,
+            )
+
+
+def test_teacher_sample_ids_must_be_the_teachers(toks, pair, tmp_path):
+    """Ids without a record of their tokenizer, or made with the student's, are refused; text needs no record."""
+    student_tok, teacher_tok = toks
+    teacher, data = pair
+    unrecorded = data.select(range(len(data)))
+    unrecorded.info.description = ""
+    for bad, why in ((unrecorded, "no record"), (recorded(data.select(range(16)), student_tok), "student's tokenizer")):
+        with pytest.raises(InputError, match=why):
+            trainer_for(toks, (teacher, bad), tmp_path, objective="kl")
+    text = unrecorded.map(lambda r: {"teacher_text": _text(teacher_tok, r["teacher_sample_ids"])})
+    trainer = trainer_for(toks, (teacher, text), tmp_path, objective="kl", teacher_sample_column="teacher_text")
+    assert trainer.data_collator([text[0]])["teacher_mask"].any()
+
+
+def test_a_custom_collator_and_an_encoder_decoder_are_refused(toks, pair, tmp_path):
+    student_tok, teacher_tok = toks
+    teacher, data = pair
+    with pytest.raises(InputError, match="data_collator"):
+        FDistillTrainer(
+            model=llama(student_tok, 1, seed=1),
+            teacher_model=teacher,
+            teacher_tokenizer=teacher_tok,
+            args=config(tmp_path, objective="kl"),
+            train_dataset=data,
+            processing_class=student_tok,
+            data_collator=lambda rows: rows,
+        )
+    with pytest.raises(InputError, match="encoder–decoder"):
+        FDistillTrainer(
+            model=tiny.bart(1, seed=1),
+            teacher_model=tiny.bart(1, seed=0),
+            teacher_tokenizer=teacher_tok,
+            args=config(tmp_path, objective="kl"),
+            train_dataset=data,
+            processing_class=student_tok,
+        )
