@@ -116,7 +116,7 @@ def _is_sample_output(path: str) -> bool:
 
 def build_trainer(run_args: RunArguments, config):
     """Load teacher, student and data of a recipe and return a ready `FDistillTrainer`."""
-    from fdistill.evaluation.cross_tokenizer import tokenizers_differ
+    from fdistill.lm.cross_batches import tokenizers_differ
     from fdistill.lm.loading import load_data, load_model_and_tokenizer, prepare_prompts
     from fdistill.lm.student import create_student_from_teacher, wrap_with_lora
     from fdistill.lm.trainer import FDistillTrainer
@@ -148,7 +148,7 @@ def build_trainer(run_args: RunArguments, config):
         )
         if run_args.student_layers:  # a smaller student made of the given model's layers
             student = create_student_from_teacher(student, layers=run_args.student_layers)
-        if tokenizers_differ(tokenizer, student_tokenizer):  # another tokenizer: cross-tokenizer distillation
+        if tokenizers_differ(student_tokenizer, tokenizer):  # another tokenizer: cross-tokenizer distillation
             if student_tokenizer.pad_token is None:
                 raise InputError(
                     "the student's tokenizer has no pad token; add one to its tokenizer files (e.g. pad = eos)."

@@ -67,12 +67,6 @@ from fdistill.lm.sampling import prompt_batches, sample_batches, sampling_config
 from fdistill.torch_utils import model_devices, seeded
 
 
-def tokenizers_differ(tokenizer, other) -> bool:
-    """True when two tokenizers map some token to different ids (then next-token distributions cannot be compared
-    token by token, and the cross-tokenizer path is needed)."""
-    return other is not None and other is not tokenizer and other.get_vocab() != tokenizer.get_vocab()
-
-
 @dataclass
 class TextSamples:
     """Completions one model drew, as text: one per (prompt, sample), prompts repeated ``num_samples`` times."""

@@ -20,7 +20,7 @@ import torch
 
 from fdistill.checks import output_folder, whole_number
 from fdistill.errors import InputError, invalid, nonfinite_sampling
-from fdistill.evaluation.cross_tokenizer import cross_sequence_divergences, tokenizers_differ
+from fdistill.evaluation.cross_tokenizer import cross_sequence_divergences
 from fdistill.evaluation.metrics import sequence_divergences
 from fdistill.evaluation.text_metrics import (
     check_metric_names,
@@ -30,6 +30,7 @@ from fdistill.evaluation.text_metrics import (
     resolve_tokenize,
     teacher_dist,
 )
+from fdistill.lm.cross_batches import tokenizers_differ
 from fdistill.lm.data import check_prompts as check_prompt_rows
 from fdistill.lm.sampling import sample_batches, sampling_config
 from fdistill.torch_utils import base_model, model_devices, seeded

@@ -175,8 +175,9 @@ class Shared:
         self.timings: dict[str, float] = json.loads(timings_file.read_text()) if timings_file.exists() else {}
         self.timings["load teacher and student (this invocation)"] = loading
         self._sample_teacher(train_pairs)
-        self._predistilled_start()
         self._held_out_teacher()
+        self._canonical_gap()
+        self._predistilled_start()
         _write_json(timings_file, self.timings)
         self.start_state = {k: v.clone() for k, v in self.student.state_dict().items()}
 
@@ -292,6 +293,34 @@ class Shared:
             },
         )
         self.timings["held-out teacher samples and replies"] = time.perf_counter() - start
+
+    def _canonical_gap(self) -> None:
+        """What the canonical tokenization leaves out on the teacher's training samples (its own sampled ids): how
+        many are not the canonical tokens of their text, and log p(sampled) − log p(canonical) (cached)."""
+        from fdistill.evaluation.cross_tokenizer import TextSamples, score_own_samples
+        from fdistill.lm.cross_tokenizer import completion_text
+
+        path = self.out / "canonical_gap.json"
+        if path.exists():
+            self.canonical_gap = json.loads(path.read_text())
+            return
+        start = time.perf_counter()
+        rows = [list(r) for r in self.train_data["teacher_sample_ids"]]
+        texts = [completion_text(self.teacher_tokenizer, r) for r in rows]
+        samples = TextSamples(list(self.train_data["prompt"]), [t for t, _ in texts], [e for _, e in texts], rows)
+        scored = score_own_samples(
+            self.teacher, self.teacher_tokenizer, samples, batch_size=self.settings.sample_batch_size
+        )
+        gaps = (scored.sampled_logprob - scored.logprob)[~scored.canonical]
+        self.canonical_gap = {
+            "samples": len(rows),
+            "noncanonical": int((~scored.canonical).sum()),
+            "gap_per_noncanonical": gaps.tolist(),
+            "mean_canonical_logprob": float(scored.logprob.mean()),
+            "ended": sum(samples.ended),
+        }
+        _write_json(path, self.canonical_gap)
+        self.timings["canonical gap of the teacher's training samples"] = time.perf_counter() - start
 
     def evaluate(self, model) -> dict[str, float]:
         """Every metric of the report for ``model`` on the held-out prompts (divergences on text, text metrics)."""
@@ -495,9 +524,23 @@ def _gap_section(shared, table) -> list[str]:
     s_frac = statistics.fmean(m["student_noncanonical"] for m in students) if students else math.nan
     s_gap = statistics.fmean(m["student_noncanonical_logp_gap"] for m in students) if students else math.nan
     mean_logp = float(t.logprob.mean()) if n else math.nan
+    g = shared.canonical_gap
+    gaps = g["gap_per_noncanonical"]
+    train_line = (
+        f"- teacher (Gemma) training samples: {g['noncanonical']} of {g['samples']} are not the canonical tokenization "
+        f"of their text"
+        + (
+            f"; for those, log p(sampled) − log p(canonical) = {statistics.fmean(gaps):+.3f} nats "
+            f"(min {min(gaps):+.3f}, max {max(gaps):+.3f}); "
+            if gaps
+            else "; "
+        )
+        + f"mean canonical log p of a sample: {g['mean_canonical_logprob']:.2f} nats; ended at EOS: {g['ended']}/{g['samples']}."
+    )
     return [
         "## What the canonical tokenization leaves out",
         "",
+        train_line,
         f"- teacher (Gemma) samples: {frac:.1%} of {n} are not the canonical tokenization of their text; "
         f"mean log p(sampled) − log p(canonical) = {gap:+.3f} nats per sequence (mean canonical log p = "
         f"{mean_logp:.2f}); ended at EOS: {sum(t.samples.ended)}/{n}.",
