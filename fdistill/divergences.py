@@ -84,6 +84,7 @@ __all__ = [
     "TeacherTopK",
     "coarse_grained_log_probs",
     "topk_step_divergence",
+    "topk_teacher_log_probs",
     "topk_teacher_logits",
     "weighted",
     "word_kd_terms",
@@ -486,17 +487,28 @@ def coarse_grained_log_probs(student_log_probs: Tensor, teacher: TeacherTopK) ->
         )
     log_q_top = student_log_probs.gather(-1, ids)  # (..., K)
     log_q_tail = _logsumexp(student_log_probs.scatter(-1, ids, -torch.inf))  # (..., 1): mass outside S
-    log_p_top = teacher.logprobs.detach().to(dtype=dtype, device=student_log_probs.device)  # (..., K)
+    log_p = topk_teacher_log_probs(teacher, vocab, dtype=dtype, device=student_log_probs.device)  # (..., K + 1)
+    return torch.cat([log_q_top, log_q_tail], -1), log_p
+
+
+def topk_teacher_log_probs(
+    teacher: TeacherTopK, vocab_size: int | None, *, dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    """The teacher's side ``log P`` of :func:`coarse_grained_log_probs`, ``(..., K + 1)``: its top K log-probabilities
+    and the tail bucket last, normalised together (detached). ``vocab_size`` None = unknown (larger than K)."""
+    log_p_top = teacher.logprobs.detach().to(dtype=dtype, device=device)  # (..., K)
     total = torch.logsumexp(log_p_top, -1, keepdim=True)  # log Σ_S p_v, 0 up to rounding at K = V
     # No tail when S is the whole vocabulary, or when S holds a zero-probability token (no tail token is likelier).
-    no_tail = torch.isneginf(log_p_top.amin(-1, keepdim=True)) | (ids.shape[-1] >= vocab)  # (..., 1)
+    no_tail = torch.isneginf(log_p_top.amin(-1, keepdim=True))  # (..., 1)
+    if vocab_size is not None and log_p_top.shape[-1] >= vocab_size:
+        no_tail = torch.ones_like(no_tail)
     if teacher.tail_logprobs is not None:  # kept: P is the K values and the tail, normalised together
-        tail = teacher.tail_logprobs.detach().to(dtype=dtype, device=student_log_probs.device).unsqueeze(-1)
+        tail = teacher.tail_logprobs.detach().to(dtype=dtype, device=device).unsqueeze(-1)
         log_p = torch.cat([log_p_top, torch.where(no_tail, -torch.inf, tail)], -1)
-        return torch.cat([log_q_top, log_q_tail], -1), log_p - _logsumexp(log_p)
+        return log_p - _logsumexp(log_p)
     log_p_top = log_p_top - torch.where(no_tail, total, total.clamp_min(0.0))
     log_p_tail = torch.where(no_tail, -torch.inf, _log1mexp(total.clamp_max(0.0)))
-    return torch.cat([log_q_top, log_q_tail], -1), torch.cat([log_p_top, log_p_tail], -1)
+    return torch.cat([log_p_top, log_p_tail], -1)
 
 
 def topk_step_divergence(

@@ -21,6 +21,7 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
+from fdistill.lm.cross_tokenizer import byte_level_decoder
 from fdistill.lm.sampling import sample_completions
 from fdistill.torch_utils import model_devices, seeded
 
@@ -187,3 +188,94 @@ def config(output_dir, **overrides):
         seed=0,
     )
     return FDistillConfig(**{**defaults, **overrides})
+
+
+# ---- Two tiny tokenizers over one alphabet, for cross-tokenizer tests ------------------------------------------------
+# fdistill.lm.cross_tokenizer aligns two tokenizations of one text; these are small enough to enumerate every string.
+
+
+def byte_level_bpe(
+    vocab: list[str | bytes],
+    merges: list[tuple[str | bytes, str | bytes]],
+    *,
+    eos: str,
+    pad: str,
+    all_bytes: bool = False,
+) -> PreTrainedTokenizerFast:
+    """A GPT-2-style byte-level BPE tokenizer (no regex pre-split, no prefix space) from a plain-text vocabulary.
+
+    ``vocab`` lists the tokens in id order as the text (or bytes, e.g. half a UTF-8 character) they stand for
+    (``" a"``, not ``"Ġa"``); ``eos`` and ``pad`` name the special tokens among them (one name when pad is EOS).
+    ``merges`` are pairs of plain-text pieces, applied in order. With ``all_bytes`` the single-byte tokens not yet in
+    ``vocab`` are appended (in byte order), so any text encodes.
+    """
+    from tokenizers import decoders
+
+    to_char = {b: c for c, b in byte_level_decoder().items()}  # GPT-2's byte → printable character table
+
+    def enc(text: str | bytes) -> str:
+        return "".join(to_char[b] for b in (text if isinstance(text, bytes) else text.encode("utf-8")))
+
+    pieces = [t if t in (eos, pad) else enc(t) for t in vocab]
+    if all_bytes:
+        pieces += [c for c in (to_char[b] for b in range(256)) if c not in pieces]
+    model = models.BPE({t: i for i, t in enumerate(pieces)}, [(enc(x), enc(y)) for x, y in merges])
+    tok = Tokenizer(model)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, pad_token=pad)
+
+
+def sentencepiece_bpe(
+    vocab: list[str], merges: list[tuple[str, str]], *, eos: str, pad: str, byte_fallback: bool = False
+) -> PreTrainedTokenizerFast:
+    """A Gemma-style SentencePiece BPE tokenizer (spaces normalised to '▁', no dummy prefix) from a plain-text vocabulary.
+
+    Arguments as :func:`byte_level_bpe`; with ``byte_fallback`` the 256 tokens ``<0x00>``…``<0xFF>`` are appended and
+    any character outside ``vocab`` is spelled in them (its UTF-8 bytes), as Gemma's tokenizer does.
+    """
+    from tokenizers import decoders, normalizers
+
+    def enc(text: str) -> str:
+        return text.replace(" ", "▁")
+
+    pieces = [t if t in (eos, pad) else enc(t) for t in vocab]
+    if byte_fallback:
+        pieces += [f"<0x{b:02X}>" for b in range(256)]
+    model = models.BPE(
+        {t: i for i, t in enumerate(pieces)}, [(enc(x), enc(y)) for x, y in merges], byte_fallback=byte_fallback
+    )
+    tok = Tokenizer(model)
+    tok.normalizer = normalizers.Replace(" ", "▁")
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, pad_token=pad)
+
+
+CROSS_ALPHABET = "ab "  # the one alphabet both cross tokenizers spell every string in
+
+
+def cross_tokenizers() -> tuple[PreTrainedTokenizerFast, PreTrainedTokenizerFast]:
+    """Two deterministic tokenizers of the strings over ``{a, b, space}`` that cut them differently: ``(tok_a, tok_b)``.
+
+    ``tok_a``, byte-level BPE (GPT-2 style), 7 ids::
+
+        0 <pad>   1 </s>   2 "a"   3 "b"   4 " "   5 "ab"   6 " b"        merges: a+b, ' '+b
+
+    ``tok_b``, SentencePiece BPE (Gemma style, '▁' for space), 8 ids, specials last::
+
+        0 " "   1 "a"   2 "b"   3 "ba"   4 "bb"   5 " a"   6 <eos>   7 <pad>    merges: b+a, b+b, ' '+a
+
+    E.g. "abba a" is ``ab|b|a|' '|a`` → ``[5, 3, 2, 4, 2]`` under tok_a and ``a|b|ba|' a'`` → ``[1, 2, 3, 5]`` under
+    tok_b (merges apply in the order listed: "bba" → ``b|ba``). Both decode every string over the alphabet back to
+    itself; neither adds BOS; EOS ends a completion.
+    """
+    tok_a = byte_level_bpe(
+        ["<pad>", "</s>", "a", "b", " ", "ab", " b"], [("a", "b"), (" ", "b")], eos="</s>", pad="<pad>"
+    )
+    tok_b = sentencepiece_bpe(
+        [" ", "a", "b", "ba", "bb", " a", "<eos>", "<pad>"],
+        [("b", "a"), ("b", "b"), (" ", "a")],
+        eos="<eos>",
+        pad="<pad>",
+    )
+    return tok_a, tok_b

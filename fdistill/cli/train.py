@@ -30,6 +30,13 @@ class RunArguments:
         default=None,
         metadata={"help": "With teacher_server: the student's tokenizer (Hub name or folder); default: the student's."},
     )
+    teacher_tokenizer: str | None = field(
+        default=None,
+        metadata={
+            "help": "With teacher_server: the served teacher's tokenizer (Hub name or folder) when it differs from the "
+            "student's: distillation across tokenizers. A local teacher brings its own."
+        },
+    )
     teacher_gguf_file: str | None = field(default=None, metadata={"help": "GGUF file inside `teacher`."})
     student: str | None = field(
         default=None,
@@ -99,11 +106,13 @@ def load_recipe(path: str, overrides: list[str]):
                 f"from them{' (' + ', '.join(copied) + ')' if copied else ''}: give `student` (a Hub name or folder, "
                 "e.g. a pre-distilled student) instead."
             )
-    elif run_args.tokenizer:
-        raise InputError(
-            f"recipe {path!r} sets tokenizer={run_args.tokenizer!r}, which only a served teacher uses (the student "
-            "shares the local teacher's tokenizer): unset it, or set teacher_server."
-        )
+    else:
+        for name in ("tokenizer", "teacher_tokenizer"):
+            if getattr(run_args, name):
+                raise InputError(
+                    f"recipe {path!r} sets {name}={getattr(run_args, name)!r}, which only a served teacher uses (a "
+                    "local teacher and student bring their own tokenizers): unset it, or set teacher_server."
+                )
     return run_args, config
 
 
@@ -115,7 +124,8 @@ def _is_sample_output(path: str) -> bool:
 
 
 def build_trainer(run_args: RunArguments, config):
-    """Load teacher, student and data of a recipe and return a ready `FDistillTrainer`."""
+    """Load teacher, student and data of a recipe and return a ready `FDistillTrainer`; a ``student`` whose
+    tokenizer differs from the teacher's trains across tokenizers (:mod:`fdistill.lm.cross_batches`)."""
     from fdistill.lm.cross_batches import tokenizers_differ
     from fdistill.lm.loading import load_data, load_model_and_tokenizer, prepare_prompts
     from fdistill.lm.student import create_student_from_teacher, wrap_with_lora
@@ -148,12 +158,13 @@ def build_trainer(run_args: RunArguments, config):
         )
         if run_args.student_layers:  # a smaller student made of the given model's layers
             student = create_student_from_teacher(student, layers=run_args.student_layers)
-        if tokenizers_differ(student_tokenizer, tokenizer):  # another tokenizer: cross-tokenizer distillation
+        if tokenizers_differ(student_tokenizer, tokenizer):  # each its own: across tokenizers (issue 28)
             if student_tokenizer.pad_token is None:
                 raise InputError(
                     "the student's tokenizer has no pad token; add one to its tokenizer files (e.g. pad = eos)."
                 )
-            teacher_tokenizer, tokenizer = tokenizer, student_tokenizer
+            logger.info("the student's tokenizer differs from the teacher's: distilling across tokenizers")
+            tokenizer, teacher_tokenizer = student_tokenizer, tokenizer
     elif teacher.config.is_encoder_decoder:
         student = create_student_from_teacher(
             teacher, encoder_layers=run_args.student_encoder_layers, decoder_layers=run_args.student_decoder_layers
@@ -167,11 +178,11 @@ def build_trainer(run_args: RunArguments, config):
     return FDistillTrainer(
         model=student,
         teacher_model=teacher,
+        teacher_tokenizer=teacher_tokenizer,
         args=config,
         train_dataset=train,
         eval_dataset=evaluation,
         processing_class=tokenizer,
-        teacher_tokenizer=teacher_tokenizer,
     )
 
 
@@ -191,12 +202,21 @@ def _served_trainer(run_args: RunArguments, config, train, evaluation):
         tokenizer = _loading("tokenizer", source, lambda: AutoTokenizer.from_pretrained(source))
     if tokenizer.pad_token is None:
         raise InputError("the student's tokenizer has no pad token; add one to its tokenizer files (e.g. pad = eos).")
+    teacher_tokenizer = None
+    if run_args.teacher_tokenizer:  # the served teacher's own tokenizer: across tokenizers
+        source = resolve_package_path(run_args.teacher_tokenizer)
+        teacher_tokenizer = _loading("tokenizer", source, lambda: AutoTokenizer.from_pretrained(source))
     if run_args.lora_r:
         from fdistill.lm.student import wrap_with_lora
 
         student = wrap_with_lora(student, r=run_args.lora_r, alpha=run_args.lora_alpha)
     return FDistillTrainer(
-        model=student, args=config, train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer
+        model=student,
+        teacher_tokenizer=teacher_tokenizer,
+        args=config,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=tokenizer,
     )
 
 

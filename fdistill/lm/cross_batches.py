@@ -33,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from fdistill.errors import InputError
@@ -59,8 +60,9 @@ def wants_cross(settings, student_tokenizer, teacher_tokenizer) -> bool:
 
 SUPPORTED = (
     "across tokenizers fdistill trains kl, rkl, js, tvd, uld, hybrid and seqkd (mle needs no teacher), with "
-    "decoder-only models, a teacher model (teacher_model=), offline teacher samples (ids drawn by `fdistill sample` "
-    "with the teacher, or text) or teacher_sampling='online', and student samples drawn in this process"
+    "decoder-only models, a teacher model (teacher_model=) or a served one (teacher_server, kl/rkl/js/tvd), offline "
+    "teacher samples (ids drawn by `fdistill sample` with the teacher, or text) or teacher_sampling='online', and "
+    "student samples drawn in this process"
 )
 
 
@@ -87,8 +89,6 @@ def check_cross(settings, *, is_encoder_decoder: bool, data_collator) -> None:
             "the stored top-k columns and the logits cache are read token by token in one tokenization; pass the "
             "teacher model instead",
         )
-    if settings.teacher_server is not None:
-        refuse("teacher_server is set", "a served teacher is not yet supported across tokenizers; pass teacher_model")
     if settings.student_server is not None:
         refuse("student_server is set", "student samples through vLLM are not yet re-tokenised for the teacher")
     if data_collator is not None and not isinstance(data_collator, CrossCollator):
@@ -127,6 +127,10 @@ def check_teacher_samples(dataset, column: str, teacher_tokenizer, student_token
     )
 
 
+def _is_ids(value) -> bool:
+    return bool(value) and all(isinstance(t, int) for t in value)
+
+
 class CrossCollator:
     """Batches in both tokenizations: the student's keys as :class:`~fdistill.lm.data.DistillCollator` makes them,
     plus the prompts and every completion set in the teacher's tokenization under ``tt_`` keys.
@@ -144,8 +148,16 @@ class CrossCollator:
         return self.student.tokenizer
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Tensor]:
+        """Pad a batch in both tokenizations; prompts given as token ids (one tokenizer's) are one `InputError`."""
         from fdistill.lm.cross_tokenizer import retokenize
 
+        column = self.student.prompt_column
+        ids = [i for i, f in enumerate(features) if isinstance(f.get(column), (list, tuple)) and _is_ids(f[column])]
+        if ids:
+            raise InputError(
+                f"prompt column {column!r}, row {ids[0]}: token ids, which are one tokenizer's; across tokenizers each "
+                "model tokenises the prompt on its own: give the prompts as text or chat messages."
+            )
         batch = self.student(features)
         theirs = self.teacher(features)
         s_tok, t_tok = self.tokenizers.student, self.tokenizers.teacher
@@ -246,6 +258,22 @@ class CrossTokenizers:
     def sampler(self, draw, by: str) -> CrossSampler:
         """``draw`` (a sampler in ``by``'s tokenization) as a :class:`CrossSampler`."""
         return CrossSampler(draw, by, self)
+
+    @staticmethod
+    def served(topk: dict, inputs: dict[str, Tensor]) -> dict:
+        """A served teacher's top k per set (:class:`~fdistill.divergences.TeacherTopK` ``(B, Ct, K)``, of its own
+        tokens, as :func:`fdistill.lm.scoring.served_topk` gives them for :meth:`teacher_view`) as
+        :class:`~fdistill.lm.scoring.Scored` with the teacher's labels at the same width."""
+        from fdistill.lm.scoring import Scored
+
+        out = {}
+        for name, top in topk.items():
+            ids, mask = inputs[f"{TEACHER_TOKENS}{name}_ids"], inputs[f"{TEACHER_TOKENS}{name}_mask"]
+            width = top.ids.shape[1]
+            labels = ids.masked_fill(~mask, -100)[:, :width]
+            labels = torch.nn.functional.pad(labels, (0, width - labels.shape[1]), value=-100)
+            out[name] = Scored(top, labels)
+        return out
 
     @staticmethod
     def teacher_view(inputs: dict[str, Tensor], names: list[str]) -> dict[str, Tensor]:

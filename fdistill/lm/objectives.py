@@ -583,6 +583,7 @@ def student_sample_metrics(
     teacher_lp = output.teacher_label_logprobs
     if isinstance(s.teacher, TeacherTopK):  # a top-k teacher may carry the sampled tokens' log-probabilities
         if s.teacher.token_logprobs is not None:
+            valid = s.teacher_mask  # its own tokens, across tokenizers
             teacher_lp = torch.where(valid, s.teacher.token_logprobs, torch.zeros_like(s.teacher.token_logprobs))
     elif teacher_lp is None and not batch.fused and s.teacher is not None:
         if s.teacher_labels is not None:  # across tokenizers: the teacher's NLL of the text, in its tokenization

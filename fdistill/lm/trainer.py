@@ -221,7 +221,8 @@ class FDistillMixin:
                 "teacher_server scores decoder-only teachers (a vLLM prompt is one token sequence); distil an "
                 "encoder–decoder with teacher_model= instead."
             )
-        return connect(self.distill_args, self.processing_class, vocab_size=vocab_size(self.model))
+        across = self.cross.teacher if self.cross is not None else None  # its token ids sent, its tokenizer checked
+        return connect(self.distill_args, self.processing_class, vocab_size(self.model), teacher_tokenizer=across)
 
     def _connect_student_server(self):
         """The client of ``student_server`` (:class:`fdistill.lm.served.student.StudentServer`); with ``"auto"`` a
@@ -680,6 +681,8 @@ class FDistillMixin:
         elif self.teacher is not None:
             with torch.no_grad():
                 teacher, t_out = score_sets(self.teacher, inputs, names, **how)
+        elif a.teacher_source.is_topk and self.cross is not None:  # the served teacher's top k of its own tokens
+            teacher = self.cross.served(self.score_topk(self.cross.teacher_view(inputs, names), names), inputs)
         elif a.teacher_source.is_topk:  # its top k stand in for its forward
             teacher = {n: Scored(top, student[n].labels) for n, top in self.score_topk(inputs, names).items()}
         counts = {n: self._count(n, inputs, training) for n in names}

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 import transformers
+from datasets import Dataset
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from fdistill import FDistillTrainer
@@ -24,21 +25,19 @@ transformers.logging.set_verbosity_error()
 @pytest.fixture(scope="module")
 def toks():
     """(student's, teacher's) tokenizers: two different hand-made tokenizers over one alphabet."""
-    if hasattr(tiny, "cross_tokenizers"):
-        return tiny.cross_tokenizers()
-    from tokenizers import Tokenizer, pre_tokenizers
-    from tokenizers import models as tm
-    from transformers import PreTrainedTokenizerFast
+    return tiny.cross_tokenizers()
 
-    tok = tiny.tokenizer()
-    words = [w for w in tok.get_vocab() if w not in ("<pad>", "<s>", "</s>", "<unk>")]
-    vocab = {t: i for i, t in enumerate(["<pad>", "<s>", "</s>", "<unk>", *reversed(sorted(words)), "extra"])}
-    b = Tokenizer(tm.WordLevel(vocab, unk_token="<unk>"))
-    b.pre_tokenizer = pre_tokenizers.Whitespace()
-    other = PreTrainedTokenizerFast(
-        tokenizer_object=b, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
-    return tok, other
+
+def strings(n: int, seed: int) -> list[str]:
+    """``n`` texts over the tokenizers' alphabet {a, b, space}, 2–6 characters, each starting with a letter."""
+    g = torch.Generator().manual_seed(seed)
+    return [
+        "ab"[int(torch.randint(0, 2, (1,), generator=g))]
+        + "".join(
+            "ab "[int(i)] for i in torch.randint(0, 3, (int(torch.randint(1, 6, (1,), generator=g)),), generator=g)
+        )
+        for _ in range(n)
+    ]
 
 
 def llama(tokenizer, layers: int, seed: int, init: float = 0.02, dtype=torch.float32) -> LlamaForCausalLM:
@@ -72,7 +71,14 @@ def pair(toks):
     """A 2-layer teacher over the teacher's tokenizer and 16 examples with its offline samples (its ids, recorded)."""
     student_tok, teacher_tok = toks
     teacher = llama(teacher_tok, 2, seed=0, init=0.15)
-    data = tiny.dataset(16, seed=0, teacher=teacher, tok=teacher_tok, max_new_tokens=8)
+    prompts = strings(16, seed=0)
+    data = Dataset.from_dict(
+        {
+            "prompt": prompts,
+            "reference": strings(16, seed=1),
+            "teacher_sample_ids": tiny.sample_ids(teacher, teacher_tok, prompts, 8, seed=0),
+        }
+    )
     return teacher, recorded(data, teacher_tok)
 
 
@@ -286,20 +292,16 @@ def test_unsupported_combinations_are_refused_before_any_work(toks, pair, tmp_pa
     assert not (tmp_path / "out").exists()
 
 
-def test_served_teacher_and_stored_topk_are_refused(toks, pair, tmp_path):
+def test_stored_topk_columns_are_refused(toks, pair, tmp_path):
     student_tok, teacher_tok = toks
-    for settings, named in (
-        (dict(teacher_server="http://127.0.0.1:9"), "teacher_server"),
-        (dict(teacher_topk_columns=True), "teacher_topk_columns"),
-    ):
-        with pytest.raises(InputError, match=named):
-            FDistillTrainer(
-                model=llama(student_tok, 1, seed=1),
-                teacher_tokenizer=teacher_tok,
-                args=config(tmp_path, objective="kl", **settings),
-                train_dataset=pair[1],
-                processing_class=student_tok,
-            )
+    with pytest.raises(InputError, match="teacher_topk_columns"):
+        FDistillTrainer(
+            model=llama(student_tok, 1, seed=1),
+            teacher_tokenizer=teacher_tok,
+            args=config(tmp_path, objective="kl", teacher_topk_columns=True),
+            train_dataset=pair[1],
+            processing_class=student_tok,
+        )
 
 
 def test_teacher_sample_ids_must_be_the_teachers(toks, pair, tmp_path):
@@ -338,3 +340,106 @@ def test_a_custom_collator_and_an_encoder_decoder_are_refused(toks, pair, tmp_pa
             train_dataset=data,
             processing_class=student_tok,
         )
+
+
+def test_prompts_as_token_ids_are_refused(toks, pair, tmp_path):
+    """Token-id prompts are one tokenizer's: refused before any work (each model must tokenise the text itself)."""
+    student_tok, _ = toks
+    teacher, data = pair
+    as_ids = data.map(lambda r: {"prompt": student_tok(r["prompt"])["input_ids"]})
+    with pytest.raises(InputError, match="token ids, which are one tokenizer's"):
+        trainer_for(toks, (teacher, as_ids), tmp_path, objective="kl")
+
+
+# ----------------------------------------------------------------------------- a served teacher across tokenizers
+
+
+@pytest.mark.parametrize("objective", ["kl", "tvd"])
+def test_a_served_teacher_across_tokenizers_is_the_in_process_one_at_full_vocabulary(toks, pair, tmp_path, objective):
+    """teacher_server + teacher_tokenizer: the server is sent the teacher's token ids (its tokenizer checked against
+    teacher_tokenizer) and at K = its vocabulary the loss is the in-process teacher's."""
+    from fake_vllm import FakeVLLM
+    from tolerances import sum_rtol
+
+    student_tok, teacher_tok = toks
+    teacher, data = pair
+    student = llama(student_tok, 1, seed=1)
+    local = trainer_for(toks, pair, tmp_path / "local", student=student, objective=objective)
+    batch = local.data_collator([data[i] for i in range(8)])
+    if "student" in local.objective.scores:
+        torch.manual_seed(0)
+        drawn = local._samplers()["student"](batch["prompt_ids"], batch["prompt_mask"])
+        batch["student_ids"], batch["student_mask"] = drawn.ids, drawn.mask
+        batch[f"{TEACHER_TOKENS}student_ids"], batch[f"{TEACHER_TOKENS}student_mask"] = drawn.teacher_tokens
+    with torch.no_grad():
+        reference = local.compute_loss(student, dict(batch)).item()
+    with FakeVLLM(teacher, teacher_tok) as fake:
+        served = FDistillTrainer(
+            model=student,
+            teacher_tokenizer=teacher_tok,
+            args=config(tmp_path / "served", objective=objective, teacher_server=fake.url, teacher_server_topk=64),
+            train_dataset=data,
+            processing_class=student_tok,
+        )
+        assert served.teacher is None and served.cross is not None
+        with torch.no_grad():
+            got = served.compute_loss(student, dict(batch)).item()
+        sent = [p for body in fake.bodies if body.get("prompt_logprobs") for p in body["prompt"]]
+        first = teacher_tok(data[0]["prompt"])["input_ids"] + data[0]["teacher_sample_ids"]  # the teacher's ids
+        assert first in sent
+    assert got == pytest.approx(reference, rel=sum_rtol(torch.float32, 8 * 16 * len(teacher_tok)))
+
+
+def test_a_served_teacher_with_another_tokenizer_than_teacher_tokenizer_is_refused(toks, pair, tmp_path):
+    from fake_vllm import FakeVLLM
+
+    student_tok, teacher_tok = toks
+    teacher, data = pair
+    with FakeVLLM(llama(student_tok, 1, seed=3), student_tok) as fake:
+        with pytest.raises(InputError, match="differs from teacher_tokenizer"):
+            FDistillTrainer(
+                model=llama(student_tok, 1, seed=1),
+                teacher_tokenizer=teacher_tok,
+                args=config(tmp_path, objective="kl", teacher_server=fake.url),
+                train_dataset=data,
+                processing_class=student_tok,
+            )
+
+
+# ----------------------------------------------------------------------------- the train command
+
+
+def test_the_train_command_trains_a_student_with_its_own_tokenizer(toks, pair, tmp_path):
+    """`fdistill train` with `teacher:` and `student:` folders whose tokenizers differ: each keeps its own, and the
+    run records both (the offline teacher samples read from the saved dataset with its provenance record)."""
+    import yaml
+
+    from fdistill.cli import main
+
+    student_tok, teacher_tok = toks
+    teacher, data = pair
+    for name, model, tokenizer in (
+        ("teacher", teacher, teacher_tok),
+        ("student", llama(student_tok, 1, 1), student_tok),
+    ):
+        model.save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+    data.save_to_disk(str(tmp_path / "samples"))
+    values = dict(
+        teacher=str(tmp_path / "teacher"),
+        student=str(tmp_path / "student"),
+        train_data=str(tmp_path / "samples"),
+        output_dir=str(tmp_path / "run"),
+        objective="kl",
+        max_steps=2,
+        per_device_train_batch_size=4,
+        save_strategy="steps",
+        save_steps=2,
+        report_to="none",
+        use_cpu=True,
+    )
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(values))
+    main(["train", str(tmp_path / "recipe.yaml")])
+    record = json.loads((tmp_path / "run" / "checkpoint-2" / "fdistill_run.json").read_text())
+    assert record["teacher_tokenizer"] == tokenizer_fingerprint(teacher_tok)
+    assert record["tokenizer"] == tokenizer_fingerprint(student_tok)

@@ -196,10 +196,12 @@ class TeacherServer(HttpClient):
                 model.content = model_fingerprint(model.root)["model"]
         return model
 
-    def check_tokenizer(self, tokenizer, probe: str | None = None, vocab_size: int | None = None) -> None:
-        """Refuse, in one line, a server whose tokenizer splits a probe text differently from ``tokenizer``; then
-        check answers against ``vocab_size`` tokens (default: the tokenizer's; the trainer gives the student's
-        logits' width).
+    def check_tokenizer(
+        self, tokenizer, probe: str | None = None, vocab_size: int | None = None, whose: str = "the student's"
+    ) -> None:
+        """Refuse, in one line, a server whose tokenizer splits a probe text differently from ``tokenizer`` (``whose``
+        it is, in the message: the student's, or across tokenizers ``teacher_tokenizer``); then check answers against
+        ``vocab_size`` tokens (default: the tokenizer's; the trainer gives the student's logits' width).
 
         The probe is :data:`PROBE_TEXT` plus the local decoding of ids spread over the whole vocabulary and the
         special tokens, so a shifted, truncated or different vocabulary shows as different ids.
@@ -229,7 +231,7 @@ class TeacherServer(HttpClient):
         if served != local:
             at = next((i for i, (a, b) in enumerate(zip(served, local)) if a != b), min(len(served), len(local)))
             raise InputError(
-                f"the {self.role} server's tokenizer ({self.model.name} at {self.url}) differs from the student's: a probe "
+                f"the {self.role} server's tokenizer ({self.model.name} at {self.url}) differs from {whose}: a probe "
                 f"text is {len(served)} tokens there and {len(local)} here, first different at token {at} "
                 f"({served[at : at + 3]} there, {local[at : at + 3]} here); {self.tokenizer_fix}."
             )
@@ -383,10 +385,12 @@ class TeacherServer(HttpClient):
         return self._map(one, list(zip(names, prompts, seeds)))
 
 
-def connect(args, tokenizer, vocab_size: int | None = None) -> TeacherServer:
+def connect(args, tokenizer, vocab_size: int | None = None, teacher_tokenizer=None) -> TeacherServer:
     """The :class:`TeacherServer` named by the distillation settings ``args`` (``teacher_server`` and its
     options), checked once against the student's ``tokenizer``; answers are checked against ``vocab_size`` tokens
-    (the student's logits' width; default: the tokenizer's)."""
+    (the student's logits' width; default: the tokenizer's). Across tokenizers (:mod:`fdistill.lm.cross_batches`)
+    it is checked against ``teacher_tokenizer`` instead, and answers against that tokenizer's size: the server is
+    sent the teacher's token ids."""
     server = TeacherServer(
         args.teacher_server,
         args.teacher_server_model,
@@ -396,7 +400,11 @@ def connect(args, tokenizer, vocab_size: int | None = None) -> TeacherServer:
         batch_size=args.teacher_server_batch_size,
         concurrency=args.teacher_server_concurrency,
     )
-    server.check_tokenizer(tokenizer, vocab_size=vocab_size)
+    if teacher_tokenizer is not None:
+        server.tokenizer_fix = "serve the teacher whose tokenizer is teacher_tokenizer, or pass the served one's"
+        server.check_tokenizer(teacher_tokenizer, whose="teacher_tokenizer")
+    else:
+        server.check_tokenizer(tokenizer, vocab_size=vocab_size)
     logger.info(
         "teacher served by %s: %s (top %d log-probabilities per position)",
         server.url,
