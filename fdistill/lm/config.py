@@ -300,15 +300,9 @@ class DistillArguments:
     uld_weight: float = field(
         default=1.0,
         metadata={
-            "help": "Weight λ of the ULD term in 'uld': cross-entropy on teacher samples + λ · L1 distance between the "
-            "sorted next-token probabilities (Boizard et al. 2024); >= 0."
-        },
-    )
-    hybrid_divergence: str = field(
-        default="rkl",
-        metadata={
-            "help": "The exact step divergence of 'hybrid' where both tokenizers take the same token ('kl', 'rkl', "
-            "'js' or 'tvd'; ULD elsewhere)."
+            "help": "Weight λ of the distillation term in 'uld' and 'hybrid' (across tokenizers): cross-entropy on "
+            "teacher samples + λ · the ULD term (L1 distance between sorted next-token probabilities, Boizard et al. "
+            "2024) or the GOLD-style hybrid term; >= 0."
         },
     )
     fused_divergence: bool | None = field(

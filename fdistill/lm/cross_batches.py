@@ -79,6 +79,12 @@ def check_cross(settings, *, is_encoder_decoder: bool, data_collator) -> None:
             f"objective {objective.name!r} does not train across tokenizers (Objective.across_tokenizers)",
             "it compares the two models' next-token distributions token by token, which needs one vocabulary",
         )
+    if settings.loss_reduction == "token" and objective.uses_teacher:
+        refuse(
+            "loss_reduction='token'",
+            "the steps are aligned chunks, whose count over a global batch is not known when the batch is drawn; use "
+            "loss_reduction='sequence' (sum over each sequence's chunks, mean over sequences)",
+        )
     if is_encoder_decoder:
         refuse("the models are encoder–decoders", "the alignment is written for decoder-only models")
     if settings.fused_divergence:

@@ -343,14 +343,14 @@ def _cross_f_divergence_loss(kind: str, batch: ScoredBatch, common: dict):
             student_labels=s.labels,
             teacher_labels=s.teacher_labels,
             alignment=s.alignment,
-            vocab_map=s.vocab_map,
             num_items_in_batch=s.count,
             weights=s.weights,
         )
         for n, s in batch.sets.items()
     }
+    vocab_map = next(s.vocab_map for s in batch.sets.values())
     return cross_f_divergence_loss(
-        kind, teacher_samples=sides.get("teacher"), student_samples=sides.get("student"), **common
+        kind, vocab_map=vocab_map, teacher_samples=sides.get("teacher"), student_samples=sides.get("student"), **common
     )
 
 
@@ -472,93 +472,77 @@ class PreDistillation(Objective):
 # ----------------------------------------------------------------------------- across tokenizers
 
 
-class UniversalLogitDistillation(Objective):
-    """ULD (Boizard et al. 2024, "Towards Cross-Tokenizer Distillation: the Universal Logit Distillation Loss",
-    arXiv:2402.12030) on teacher samples: ``CE + uld_weight · Σ_t ‖sort(p_t) − sort(q_t)‖₁``, the cross-entropy of
-    the student on the teacher's samples (re-tokenised for it) plus the L1 distance between the two models'
-    next-token probabilities sorted in decreasing order (the smaller vocabulary zero-padded), positions paired by
-    index (:func:`fdistill.lm.cross_divergences.uld_terms`). Runs on the cross-tokenizer path with any pair of
-    tokenizers (with one tokenizer, positions pair token by token as well).
-    """
+class _CrossEntropyPlus(Objective):
+    """``CE + uld_weight · D`` on teacher samples: the student's cross-entropy on the teacher's samples (re-tokenised
+    for it) plus ``uld_weight`` times a cross-tokenizer distillation term ``D`` (:meth:`terms`), both summed over
+    each sequence (its tokens, its positions or chunks) and averaged over sequences. Runs on the cross-tokenizer path
+    with any two tokenizers; with one tokenizer every position pairs token by token."""
 
-    name, scores = "uld", ("teacher",)
+    scores = ("teacher",)
     across_tokenizers = cross_tokenizer = True
+    sampled_on = "sequences sampled from the teacher"
+    card_settings = ("uld_weight", "loss_temperature")
+    card_intro = (
+        "This model is a student distilled from {who} with the {what} on {sampled_on}, a cross-tokenizer baseline "
+        "run by fdistill beside {paper}."
+    )
+    metric = ""
+
+    def terms(self, s: ScoredSet, args: DistillArguments) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def loss(self, batch: ScoredBatch, args: DistillArguments) -> ObjectiveOutput:
+        s = batch["teacher"]
+        ce = batch.reduce(cross_entropy_terms(s.student, s.labels), "teacher")
+        terms, mask = self.terms(s, args)
+        term = reduce_terms(terms, mask, reduction=batch.reduction, num_items_in_batch=s.count)
+        return ObjectiveOutput(ce + args.uld_weight * term, {"loss_ce": ce, self.metric: term})
+
+
+class UniversalLogitDistillation(_CrossEntropyPlus):
+    """ULD (Boizard et al. 2024, "Towards Cross-Tokenizer Distillation: the Universal Logit Distillation Loss",
+    arXiv:2402.12030): ``CE + uld_weight · Σ_i ‖sort(p_i) − sort(q_i)‖₁`` on teacher samples, the two models'
+    next-token probabilities sorted in decreasing order (the smaller vocabulary zero-padded), the i-th token of each
+    side paired by index (:func:`fdistill.lm.cross_divergences.uld_terms`)."""
+
+    name, metric = "uld", "loss_uld"
     title = "Universal Logit Distillation (ULD, Boizard et al. 2024)"
     meaning = (
         "cross-entropy on teacher samples + uld_weight · L1 distance between the sorted next-token probabilities "
         "of teacher and student, positions paired by index (any two tokenizers)"
     )
-    sampled_on = "sequences sampled from the teacher"
-    card_settings = ("uld_weight", "loss_temperature")
-    card_intro = (
-        "This model is a student distilled from {who} with {what} on {sampled_on}, a cross-tokenizer baseline "
-        "run by fdistill beside {paper}."
-    )
 
-    def loss(self, batch: ScoredBatch, args: DistillArguments) -> ObjectiveOutput:
+    def terms(self, s: ScoredSet, args: DistillArguments) -> tuple[Tensor, Tensor]:
         from fdistill.lm.cross_divergences import uld_terms
 
-        s = batch["teacher"]
-        ce = batch.reduce(cross_entropy_terms(s.student, s.labels), "teacher")
-        terms, mask = uld_terms(s.student, s.teacher, s.labels, s.teacher_labels, temperature=args.loss_temperature)
-        uld = reduce_terms(terms, mask, reduction=batch.reduction, num_items_in_batch=s.count)
-        return ObjectiveOutput(ce + args.uld_weight * uld, {"loss_ce": ce, "loss_uld": uld})
+        return uld_terms(s.student, s.teacher, s.labels, s.teacher_labels, temperature=args.loss_temperature)
 
 
-class Hybrid(Objective):
-    """GOLD-style hybrid (TRL's ``GOLDTrainer``) on online student samples: on aligned chunks that are one token on
-    each side, the exact step divergence ``hybrid_divergence`` between the two next-token distributions projected
-    on the tokens of equal bytes (plus one bucket for the rest); on every other chunk the ULD term
-    (:func:`fdistill.lm.cross_divergences.hybrid_terms`). With one tokenizer every chunk is one token: the exact
-    step divergence throughout.
-    """
+class Hybrid(_CrossEntropyPlus):
+    """GOLD-style hybrid (after TRL's ``GOLDTrainer``): ``CE + uld_weight · Σ_c h_c`` on teacher samples, with ``h_c``
+    the KL between the two next-token distributions projected on the tokens of equal bytes at aligned chunks that are
+    one token on each side, and ULD at every other chunk (:func:`fdistill.lm.cross_divergences.hybrid_terms`). With
+    one tokenizer every chunk is one token: CE + uld_weight · the token-level KL."""
 
-    name, scores = "hybrid", ("student",)
-    across_tokenizers = cross_tokenizer = True
-    importance_weighted = True
+    name, metric = "hybrid", "loss_hybrid"
     title = "GOLD-style hybrid cross-tokenizer loss"
     meaning = (
-        "on online student samples: the exact step divergence where both tokenizers take the same token (projected "
-        "on the shared-bytes vocabulary), ULD elsewhere"
-    )
-    sampled_on = "sequences sampled online from the student"
-    card_settings = ("hybrid_divergence", "loss_temperature")
-    card_intro = (
-        "This model is a student distilled from {who} with the {what} (as TRL's GOLDTrainer) on {sampled_on}, a "
-        "cross-tokenizer baseline run by fdistill beside {paper}."
+        "cross-entropy on teacher samples + uld_weight · (exact projected KL where both tokenizers take one token "
+        "of the same bytes, ULD elsewhere)"
     )
 
-    def loss(self, batch: ScoredBatch, args: DistillArguments) -> ObjectiveOutput:
+    def terms(self, s: ScoredSet, args: DistillArguments) -> tuple[Tensor, Tensor]:
         from fdistill.lm.cross_divergences import hybrid_terms
 
-        s = batch["student"]
-        terms, mask = hybrid_terms(
-            args.hybrid_divergence,
+        return hybrid_terms(
             s.student,
             s.teacher,
             s.labels,
             s.teacher_labels,
             s.alignment,
             s.vocab_map,
-            on="student",
             temperature=args.loss_temperature,
         )
-        loss = reduce_terms(
-            *weighted(terms, mask, _chunk_weights(s, mask)), reduction=batch.reduction, num_items_in_batch=s.count
-        )
-        return ObjectiveOutput(loss, {"loss_on_student_samples": loss})
-
-
-def _chunk_weights(s: ScoredSet, mask: Tensor) -> Tensor | None:
-    """The importance weights of reused student samples ``(B, Cs)`` carried to the chunks ``(B, N)``: each chunk
-    takes the weight of its last student token (the prefix weight up to the chunk's end), None for fresh ones."""
-    if s.weights is None:
-        return None
-    chunks = s.alignment.student_chunks
-    positions = torch.arange(chunks.shape[1], device=chunks.device).expand_as(chunks)
-    last = torch.zeros(mask.shape, dtype=torch.long, device=chunks.device)
-    last = last.scatter_reduce(1, chunks.clamp_min(0), torch.where(chunks >= 0, positions, 0), "amax")
-    return s.weights.gather(1, last)
 
 
 # ----------------------------------------------------------------------------- what the trainer logs of samples

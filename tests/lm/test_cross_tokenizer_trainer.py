@@ -13,8 +13,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from fdistill import FDistillTrainer
 from fdistill import testing as tiny
 from fdistill.errors import InputError
-from fdistill.lm.cross_batches import CrossTokenizers
-from fdistill.lm.data import TEACHER_TOKENS, pad_left, score_completions
+from fdistill.lm.data import TEACHER_TOKENS, DistillCollator, pad_left, score_completions
 from fdistill.lm.loading import tokenizer_fingerprint
 from fdistill.lm.logits_cache import DESCRIPTION_PREFIX
 from fdistill.torch_utils import seeded
@@ -115,6 +114,7 @@ CASES = [
     ("uld", "offline"),
     ("uld", "online"),
     ("hybrid", "offline"),
+    ("hybrid", "online"),
     ("seqkd", "offline"),
 ]
 
@@ -128,7 +128,7 @@ def test_trains_across_tokenizers(toks, pair, tmp_path, objective, sampling):
     teacher = pair[0]  # seqkd loads none (trainer.teacher is None): it reads the teacher's samples only
     frozen = {k: v.clone() for k, v in teacher.state_dict().items()}
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    fixed = sampling == "offline" and objective in ("kl", "uld", "seqkd")
+    fixed = sampling == "offline" and objective in ("kl", "uld", "hybrid", "seqkd")
     if fixed:
         first = trainer.evaluate(pair[1])["eval_loss"]
     trainer.train()
@@ -161,6 +161,62 @@ def test_identical_tokenizers_keep_the_one_tokenizer_path(tok, tmp_path):
         trainer.train()
         logs.append([h["loss"] for h in trainer.state.log_history if "loss" in h])
     assert logs[0] == logs[1]
+
+
+@pytest.mark.parametrize(
+    ("kind", "mixture"), [("kl", "stepwise"), ("rkl", "stepwise"), ("js", "exact"), ("tvd", "stepwise")]
+)
+def test_the_cross_path_with_one_tokenizer_gives_the_one_tokenizer_loss(toks, tmp_path, monkeypatch, kind, mixture):
+    """The cross path forced on with the student's own tokenizer as the teacher's (float64, one batch with teacher and
+    student samples): every chunk is one token, and the trainer's loss is the one-tokenizer path's.
+
+    The samples hold no pad token: a sampled special token other than EOS has no bytes and joins the next chunk
+    (:mod:`fdistill.lm.cross_tokenizer`), so that chunk is two tokens even with one tokenizer."""
+    from tolerances import sum_rtol
+
+    from fdistill.lm.sampling import sample_completions, sampling_config
+
+    tok = toks[0]
+    teacher = llama(tok, 2, seed=0, init=0.15, dtype=torch.float64)
+
+    def draw(model, prompt_ids, prompt_mask):
+        config = sampling_config(model, tok, max_new_tokens=8)
+        config.suppress_tokens = [tok.pad_token_id]
+        with seeded(0):
+            return sample_completions(model, prompt_ids, prompt_mask, config)
+
+    prompts = strings(8, seed=0)
+    data = Dataset.from_dict({"prompt": prompts})
+    prompt_batch = DistillCollator(tok, is_encoder_decoder=False)([{"prompt": p} for p in prompts])
+    ids, mask = draw(teacher, prompt_batch["prompt_ids"], prompt_batch["prompt_mask"])
+    samples = [row[m].tolist() for row, m in zip(ids, mask)]
+    data = recorded(data.add_column("teacher_sample_ids", samples), tok)
+    student = llama(tok, 1, seed=1, dtype=torch.float64)
+    kw = dict(objective=kind, js_mixture=mixture)
+    today = FDistillTrainer(
+        model=student, teacher_model=teacher, args=config(tmp_path, **kw), train_dataset=data, processing_class=tok
+    )
+    monkeypatch.setattr("fdistill.lm.trainer.wants_cross", lambda *a: True)
+    across = FDistillTrainer(
+        model=student,
+        teacher_model=teacher,
+        teacher_tokenizer=tok,
+        args=config(tmp_path, **kw),
+        train_dataset=data,
+        processing_class=tok,
+    )
+    assert today.cross is None and across.cross is not None
+    rows = [data[i] for i in range(8)]
+    batch = across.data_collator(rows)
+    if "student" in across.objective.scores:
+        drawn = across.cross.sampler(lambda *p: draw(student, *p), "student")(batch["prompt_ids"], batch["prompt_mask"])
+        batch["student_ids"], batch["student_mask"] = drawn.ids, drawn.mask
+        batch[f"{TEACHER_TOKENS}student_ids"], batch[f"{TEACHER_TOKENS}student_mask"] = drawn.teacher_tokens
+    plain = {k: v for k, v in batch.items() if not k.startswith(TEACHER_TOKENS)}
+    with torch.no_grad():
+        want = today.compute_loss(student, dict(plain))
+        got = across.compute_loss(student, dict(batch))
+    assert got.item() == pytest.approx(want.item(), rel=sum_rtol(torch.float64, 8 * 16 * len(tok)), abs=1e-12)
 
 
 # ----------------------------------------------------------------------------- the batches
@@ -223,7 +279,7 @@ def test_trainer_loss_is_the_cross_loss_by_hand(toks, pair, tmp_path, kind):
     """One batch in float64: the trainer's loss equals cross_f_divergence_loss called on logits scored by hand and
     alignments made by hand with align_batch (student samples given, so nothing is drawn)."""
     from fdistill.lm.cross_divergences import CrossSampledSequences, cross_f_divergence_loss
-    from fdistill.lm.cross_tokenizer import align_batch, retokenize
+    from fdistill.lm.cross_tokenizer import align_batch, retokenize, vocab_map
 
     student_tok, teacher_tok = toks
     teacher, data = pair
@@ -263,12 +319,16 @@ def test_trainer_loss_is_the_cross_loss_by_hand(toks, pair, tmp_path, kind):
             student_labels=s_labels,
             teacher_labels=t_labels,
             alignment=alignment,
-            vocab_map=CrossTokenizers(student_tok, teacher_tok).vocab_map,
             num_items_in_batch=count,
         )
 
     sides = {n: side(n) for n in trainer.objective.scores}
-    want = cross_f_divergence_loss(kind, teacher_samples=sides.get("teacher"), student_samples=sides.get("student"))
+    want = cross_f_divergence_loss(
+        kind,
+        vocab_map=vocab_map(student_tok, teacher_tok),
+        teacher_samples=sides.get("teacher"),
+        student_samples=sides.get("student"),
+    )
     assert got.dtype == torch.float64
     torch.testing.assert_close(got, want.loss, rtol=1e-10, atol=1e-12)
 
@@ -281,6 +341,7 @@ REFUSED = [
     (dict(objective="engine"), "engine"),
     (dict(objective="predistill"), "predistill"),
     (dict(objective="rkl", student_server="http://127.0.0.1:9"), "student_server"),
+    (dict(objective="tvd", loss_reduction="token"), "loss_reduction='token'"),
 ]
 
 
