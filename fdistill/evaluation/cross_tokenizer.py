@@ -62,9 +62,9 @@ import torch
 
 from fdistill.divergences import token_logprobs
 from fdistill.errors import nonfinite_sampling
+from fdistill.evaluation.metrics import _seeded_or_global
 from fdistill.lm.data import pad_right, score_completions
 from fdistill.lm.sampling import prompt_batches, sample_batches, sampling_config
-from fdistill.torch_utils import model_devices, seeded
 
 
 @dataclass
@@ -110,20 +110,13 @@ def draw_text_samples(
 
     expanded = [p for p in prompts for _ in range(num_samples)]
     config = sampling_config(model, tokenizer, max_new_tokens=max_new_tokens)
-    block = seeded(seed, devices=model_devices(model)) if seed is not None else _no_block()
-    with nonfinite_sampling(who, "evaluation"), block:
+    with nonfinite_sampling(who, "evaluation"), _seeded_or_global(seed, model):
         drawn = sample_batches(
             model, tokenizer, expanded, config, batch_size=batch_size, use_chat_template=use_chat_template
         )
     rows = [row[m].tolist() for ids, mask, _ in drawn for row, m in zip(ids, mask)]
     texts, ended = zip(*(completion_text(tokenizer, r) for r in rows)) if rows else ((), ())
     return TextSamples(expanded, list(texts), list(ended), rows)
-
-
-def _no_block():
-    from contextlib import nullcontext
-
-    return nullcontext()
 
 
 @torch.no_grad()

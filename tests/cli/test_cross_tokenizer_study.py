@@ -5,7 +5,7 @@ import math
 
 import pytest
 import transformers
-from transformers import LlamaConfig, LlamaForCausalLM
+from cross_models import llama_over
 
 from fdistill.errors import InputError
 from fdistill.studies import cross_tokenizer as study
@@ -16,31 +16,13 @@ transformers.logging.set_verbosity_error()
 WORDS = ["ab", "ba", "abba", "b a", "a b", "bab", "aab", "bb a"]
 
 
-def tiny(tok, seed: int) -> LlamaForCausalLM:
-    transformers.set_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        initializer_range=0.1,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=None,
-    )
-    return LlamaForCausalLM(config)
-
-
 @pytest.fixture(scope="module")
 def pair_settings(tmp_path_factory):
     """Study settings on a tiny pair saved as folders: teacher SentencePiece-style, student byte-level BPE."""
     root = tmp_path_factory.mktemp("pair")
     student_tok, teacher_tok = cross_tokenizers()
     for name, tok, seed in (("teacher", teacher_tok, 0), ("student", student_tok, 1)):
-        tiny(tok, seed).save_pretrained(root / name)
+        llama_over(tok, seed).save_pretrained(root / name)
         tok.save_pretrained(root / name)
     rows = [{"prompt": f"{a} {b}", "reference": b} for a in WORDS for b in WORDS[:2]]
     (root / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -9,8 +9,8 @@ import math
 
 import pytest
 import torch
+from cross_models import llama_over
 from tolerances import approx_sums
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from fdistill.evaluation.cross_tokenizer import (
     TextSamples,
@@ -26,29 +26,12 @@ PROMPTS = ["ab", "b a", "abba", "a b b", "ba"]
 SETTINGS = dict(num_samples=3, max_new_tokens=5, batch_size=4)
 
 
-def tiny(tok, seed: int) -> LlamaForCausalLM:
-    """A float64 Llama over ``tok``'s vocabulary with peaked, seed-dependent next-token distributions."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        initializer_range=0.5,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=None,
-    )
-    return LlamaForCausalLM(config).double().eval()
-
-
 @pytest.fixture(scope="module")
 def pair():
     student_tok, teacher_tok = cross_tokenizers()  # byte-level BPE student, SentencePiece-style teacher
-    return tiny(student_tok, 1), tiny(teacher_tok, 2), student_tok, teacher_tok
+    student = llama_over(student_tok, 1, layers=2, init=0.5, dtype=torch.float64)  # peaked: varied samples
+    teacher = llama_over(teacher_tok, 2, layers=2, init=0.5, dtype=torch.float64)
+    return student, teacher, student_tok, teacher_tok
 
 
 def reference_logprob(model, tok, prompt: str, completion: list[int]) -> float:
