@@ -76,6 +76,10 @@ COLUMNS = [
 HIGHER_IS_BETTER = dict(COLUMNS)
 # The verdict's metrics: a kind "beats" a baseline when better on at least one of them and worse on none.
 VERDICT_KEYS = ["kl", "rkl", "js", "tvd", "teacher/chrf"]
+# Bounded divergences at their ceiling (sequence distributions that barely overlap: every sample has |log p − log q|
+# of tens of nats) carry no information; their differences of ~1e-9 are rounding, never a verdict.
+CEILINGS = {"js": math.log(2.0), "tvd": 1.0}
+SATURATED = 1e-6
 TEXT_METRICS = ("chrf", "rouge", "distinct")
 
 
@@ -472,8 +476,6 @@ def _cell(value) -> str:
 
 def _verdict_section(table) -> list[str]:
     """Every f-DISTILL kind against every baseline, paired by seed; the answer to issue 28's question."""
-    from fdistill.studies.paper_claims_report import compare
-
     kinds = [k for k in F_KINDS if k in table]
     baselines = [b for b in BASELINES if b in table]
     lines = [
@@ -493,7 +495,7 @@ def _verdict_section(table) -> list[str]:
     beats: dict[str, list[str]] = {k: [] for k in kinds}
     for k in kinds:
         for b in baselines:
-            results = [compare(table, k, b, key, HIGHER_IS_BETTER[key]) for key in VERDICT_KEYS]
+            results = [_compare(table, k, b, key) for key in VERDICT_KEYS]
             verdicts = [c.verdict for c in results]
             wins = "better" in verdicts and "worse" not in verdicts and "non-finite" not in verdicts
             if wins:
@@ -504,7 +506,9 @@ def _verdict_section(table) -> list[str]:
     winners = [k for k in kinds if required and required <= set(beats[k])]
     lines += [
         "",
-        f"A kind *beats* a baseline when it is better on at least one of {', '.join(VERDICT_KEYS)} and worse on none.",
+        f"A kind *beats* a baseline when it is better on at least one of {', '.join(VERDICT_KEYS)} and worse on none. "
+        "*saturated*: every value of both at the ceiling (JS = log 2, TVD = 1: the two sequence distributions barely "
+        "overlap), so no information.",
         "",
         f"**Answer: {'yes — ' + ', '.join(winners) + ' beat ULD and SeqKD' if winners else 'no'}** "
         f"(kinds that beat ULD and SeqKD at this scale; per kind: "
@@ -512,6 +516,16 @@ def _verdict_section(table) -> list[str]:
         + ").",
     ]
     return lines
+
+
+def _compare(table, a: str, b: str, key: str):
+    """`compare` on ``key``, or a "saturated" tie when every value of both variants sits at the metric's ceiling."""
+    from fdistill.studies.paper_claims_report import Comparison, compare
+
+    values = [m[key] for v in (a, b) for m in table[v].values()]
+    if key in CEILINGS and all(x >= CEILINGS[key] - SATURATED for x in values):
+        return Comparison(0.0, 0.0, math.nan, len(values) // 2, "saturated")
+    return compare(table, a, b, key, HIGHER_IS_BETTER[key])
 
 
 def _gap_section(shared, table) -> list[str]:

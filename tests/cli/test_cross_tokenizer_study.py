@@ -100,3 +100,13 @@ def test_bad_settings_are_refused_before_any_work(tmp_path):
         with pytest.raises(InputError, match=fragment):
             run_study(str(tmp_path / "x"), CrossSettings.quick(**changes))
     assert not (tmp_path / "x").exists()
+
+
+def test_bounded_divergences_at_their_ceiling_are_never_a_verdict():
+    log2 = math.log(2.0)
+    table = {  # JS at log 2 up to rounding, as when the two sequence distributions barely overlap
+        "kl": {s: {"js": log2 - 1e-9 * s, "kl": 60.0 + s} for s in range(3)},
+        "uld": {s: {"js": log2 - 3e-9 * s, "kl": 70.0 + 1.1 * s} for s in range(3)},
+    }
+    assert study._compare(table, "kl", "uld", "js").verdict == "saturated"
+    assert study._compare(table, "kl", "uld", "kl").verdict == "better"  # lower KL, paired over 3 seeds
