@@ -200,34 +200,22 @@ def evaluate_model(
         "mean_output_tokens": gen.new_tokens / len(prompts),
     }
     result.update(_text_scores(gen.texts, references, metrics, bertscore_kwargs, tokenize))
-    if teacher is not None and teacher is not model and tokenizers_differ(tokenizer, teacher_tokenizer):
-        div = cross_sequence_divergences(
-            model,
-            teacher,
-            tokenizer,
-            teacher_tokenizer,
-            prompts,
+    if teacher is not None and teacher is not model:
+        common = dict(
             num_samples=risk_samples,
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
             use_chat_template=use_chat_template,
             seed=seed,
-            teacher_samples=teacher_samples,
         )
-        result.update(div)
-    elif teacher is not None and teacher is not model:
-        div = sequence_divergences(
-            model,
-            teacher,
-            tokenizer,
-            prompts,
-            num_samples=risk_samples,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            use_chat_template=use_chat_template,
-            seed=seed,
-            teacher_completions=teacher_samples,
-        )
+        if tokenizers_differ(tokenizer, teacher_tokenizer):  # on text, each model in its own tokenization
+            div = cross_sequence_divergences(
+                model, teacher, tokenizer, teacher_tokenizer, prompts, teacher_samples=teacher_samples, **common
+            )
+        else:
+            div = sequence_divergences(
+                model, teacher, tokenizer, prompts, teacher_completions=teacher_samples, **common
+            )
         result.update(div)
     return result, gen.texts
 
