@@ -110,3 +110,31 @@ def test_bounded_divergences_at_their_ceiling_are_never_a_verdict():
     }
     assert study._compare(table, "kl", "uld", "js").verdict == "saturated"
     assert study._compare(table, "kl", "uld", "kl").verdict == "better"  # lower KL, paired over 3 seeds
+
+
+def test_a_recipe_student_with_its_own_tokenizer_and_copied_layers_trains_across_tokenizers(tmp_path):
+    """`student:` + `student_layers:` copies the student model's own layers and keeps its tokenizer (the cross path)."""
+    import yaml
+
+    from fdistill.cli.train import build_trainer, load_recipe
+
+    student_tok, teacher_tok = cross_tokenizers()
+    for name, tok, layers in (("teacher", teacher_tok, 1), ("student", student_tok, 2)):
+        llama_over(tok, 0, layers=layers).save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in WORDS))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        yaml.safe_dump(
+            dict(teacher=str(tmp_path / "teacher"), student=str(tmp_path / "student"), student_layers=[1],
+                 train_data=str(data), objective="tvd", teacher_sampling="online", max_steps=1, max_new_tokens=4,
+                 per_device_train_batch_size=4, output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none")
+        )
+    )  # fmt: skip
+    trainer = build_trainer(*load_recipe(str(recipe), []))
+    assert trainer.model.config.num_hidden_layers == 1 and trainer.model.config.vocab_size == len(student_tok)
+    assert trainer.processing_class is not None and trainer.processing_class.get_vocab() == student_tok.get_vocab()
+    assert trainer.cross is not None and trainer.cross.teacher.get_vocab() == teacher_tok.get_vocab()
+    trainer.train()
+    assert trainer.state.global_step == 1
