@@ -46,9 +46,14 @@ def tokenizer() -> PreTrainedTokenizerFast:
 VOCAB = len(SPECIALS) + len(WORDS)
 
 
-def llama(layers: int, seed: int, hidden: int = 32, init: float = 0.02) -> LlamaForCausalLM:
+def llama(layers: int, seed: int, hidden: int = 32, init: float = 0.02, tokenizer=None) -> LlamaForCausalLM:
+    """A tiny Llama over :func:`tokenizer`'s vocabulary, or over ``tokenizer``'s (e.g. one of
+    :func:`cross_tokenizers`: its size and special ids)."""
+    special = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+    if tokenizer is not None:
+        special = {name: getattr(tokenizer, name) for name in special}
     cfg = LlamaConfig(
-        vocab_size=VOCAB,
+        vocab_size=VOCAB if tokenizer is None else len(tokenizer),
         hidden_size=hidden,
         intermediate_size=2 * hidden,
         num_hidden_layers=layers,
@@ -56,10 +61,8 @@ def llama(layers: int, seed: int, hidden: int = 32, init: float = 0.02) -> Llama
         num_key_value_heads=2,
         max_position_embeddings=128,
         initializer_range=init,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
         tie_word_embeddings=False,
+        **special,
     )
     with seeded(seed):
         return LlamaForCausalLM(cfg)

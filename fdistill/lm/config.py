@@ -394,11 +394,11 @@ class DistillArguments:
 
     __str__ = __repr__
 
-    def check_batch_memory(self, vocab_size: int, training_args=None) -> None:
+    def check_batch_memory(self, vocab_size: int, training_args=None, may_fuse: bool = True) -> None:
         """Refuse per-device batch sizes (``training_args``', by default these settings') whose float32 student
         logits at the length limit exceed all the memory here (:func:`fdistill.lm.config_checks.check_batch_memory`).
         Called by the trainer once the model's vocabulary is known, before training."""
-        check_batch_memory(self, vocab_size, training_args)
+        check_batch_memory(self, vocab_size, training_args, may_fuse)
 
     @property
     def objective_spec(self) -> Objective:

@@ -327,7 +327,7 @@ def check_rollout_reuse(settings, objective: Objective) -> None:
 # ------------------------------------------------------------------ the teacher source, resolved once
 
 
-def check_batch_memory(settings, vocab_size: int, training_args=None) -> None:
+def check_batch_memory(settings, vocab_size: int, training_args=None, may_fuse: bool = True) -> None:
     """Refuse per-device batch sizes whose student logits at the length limit exceed all the memory here.
 
     The rule: ``batch × length × vocab_size × 4`` bytes — the float32 student logits of one batch of the longest
@@ -336,14 +336,15 @@ def check_batch_memory(settings, vocab_size: int, training_args=None) -> None:
     activations come on top — must fit in the machine's RAM plus all its GPUs' memory
     (`fdistill.checks.batch_fits`). The batch sizes are ``training_args``' (default: these settings', as in
     `FDistillConfig`). Called by the trainer once the model's vocabulary is known, before training. The fused
-    path (``fused_divergence``: set, or unset on CUDA) never materialises those logits, so it has no such bound.
+    path (``fused_divergence``: set, or unset on CUDA) never materialises those logits, so it has no such bound;
+    ``may_fuse=False`` (across tokenizers, where nothing is fused) checks the logits whatever the settings say.
     """
     import torch
 
     from fdistill.checks import batch_fits
 
     fused = settings.fused_divergence or (settings.fused_divergence is None and torch.cuda.is_available())
-    if fused and settings.objective_spec.fusable and not settings.teacher_source.is_topk:
+    if may_fuse and fused and settings.objective_spec.fusable and not settings.teacher_source.is_topk:
         return
     offline = settings.needs_reference or (settings.needs_teacher_samples and settings.reads_teacher_samples)
     drawn = settings.needs_student_samples or (settings.needs_teacher_samples and not settings.reads_teacher_samples)

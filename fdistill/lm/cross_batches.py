@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from fdistill.errors import InputError
-from fdistill.lm.data import TEACHER_TOKENS, DistillCollator
+from fdistill.lm.data import TEACHER_TOKENS, DistillCollator, _is_token_ids
 
 PROMPT = "prompt"
 
@@ -62,7 +62,7 @@ SUPPORTED = (
     "across tokenizers fdistill trains kl, rkl, js, tvd, uld, hybrid and seqkd (mle needs no teacher), with "
     "decoder-only models, a teacher model (teacher_model=) or a served one (teacher_server, kl/rkl/js/tvd), offline "
     "teacher samples (ids drawn by `fdistill sample` with the teacher, or text) or teacher_sampling='online', and "
-    "student samples drawn in this process"
+    "student samples drawn in this process or by student_server"
 )
 
 
@@ -95,8 +95,6 @@ def check_cross(settings, *, is_encoder_decoder: bool, data_collator) -> None:
             "the stored top-k columns and the logits cache are read token by token in one tokenization; pass the "
             "teacher model instead",
         )
-    if settings.student_server is not None:
-        refuse("student_server is set", "student samples through vLLM are not yet re-tokenised for the teacher")
     if data_collator is not None and not isinstance(data_collator, CrossCollator):
         refuse(
             "a data_collator is given",
@@ -133,10 +131,6 @@ def check_teacher_samples(dataset, column: str, teacher_tokenizer, student_token
     )
 
 
-def _is_ids(value) -> bool:
-    return bool(value) and all(isinstance(t, int) for t in value)
-
-
 class CrossCollator:
     """Batches in both tokenizations: the student's keys as :class:`~fdistill.lm.data.DistillCollator` makes them,
     plus the prompts and every completion set in the teacher's tokenization under ``tt_`` keys.
@@ -151,6 +145,7 @@ class CrossCollator:
 
     @property
     def tokenizer(self):
+        """The student's tokenizer (what the Trainer reads of a collator)."""
         return self.student.tokenizer
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Tensor]:
@@ -158,7 +153,7 @@ class CrossCollator:
         from fdistill.lm.cross_tokenizer import retokenize
 
         column = self.student.prompt_column
-        ids = [i for i, f in enumerate(features) if isinstance(f.get(column), (list, tuple)) and _is_ids(f[column])]
+        ids = [i for i, f in enumerate(features) if f.get(column) and _is_token_ids(f[column])]
         if ids:
             raise InputError(
                 f"prompt column {column!r}, row {ids[0]}: token ids, which are one tokenizer's; across tokenizers each "
@@ -197,10 +192,12 @@ class CrossSampler:
 
     @property
     def prompts(self) -> str:
+        """The batch keys of the prompts it reads: the teacher's tokens (``tt_prompt``) or the student's."""
         return TEACHER_TOKENS + PROMPT if self.by == "teacher" else PROMPT
 
     @property
     def pad_id(self) -> int:
+        """The pad id of its model's prompts (when several micro-batches' prompts are padded together)."""
         return getattr(self.tokenizers, self.by).pad_token_id
 
     def __call__(self, prompt_ids: Tensor, prompt_mask: Tensor):

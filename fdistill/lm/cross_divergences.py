@@ -24,7 +24,7 @@ beyond "this chunk / not this chunk", and, at a one-to-one chunk, "the next toke
 
       P = ( (Σ_{v ∈ b} p_v)_{b ∈ shared},  p(other) ),    Q = ( (Σ_{v ∈ b} q_v)_b,  q(other) ).
 
-  This is GOLD's approximation (Patiño et al. 2025, TRL ``GOLDTrainer``): equal-bytes tokens of two tokenizers are
+  This is GOLD's approximation (Hugging Face TRL's ``GOLDTrainer``, 2025): equal-bytes tokens of two tokenizers are
   *not* the same event (``"the"`` then ``" cat"`` can be one teacher token and two student tokens), and ``other``
   lumps together unrelated outcomes. With a top-k teacher (:class:`~fdistill.divergences.TeacherTopK`) the outcomes
   are the shared buckets of its top-k ids and ``other`` = the rest, the same partition on both sides (the coarse
@@ -39,10 +39,16 @@ beyond "this chunk / not this chunk", and, at a one-to-one chunk, "the next toke
 Relation to the sequence level (honestly): for KL, RKL and JS the same-tokenizer step terms add up in expectation to
 the sequence-level divergence (the paper's Theorem 1). Here they do not: the chunk outcomes are not a common
 sequence of random variables of both models, so ``E Σ_c D(Bern(p_c) ‖ Bern(q_c))`` is neither a decomposition nor,
-in general, a bound of ``D(p ‖ q)`` between the string distributions; it is a surrogate whose every term is 0 exactly
-when ``p_c = q_c`` (and, at one-to-one chunks, when the projected distributions agree). What *is* exact is the sum of
-the log-ratios, ``Σ_c (log p_c − log q_c) = log p(s) − log q(s)``: its sample mean is the Monte Carlo sequence-level
-KL (:func:`sequence_estimates`), and its student gradient on teacher samples, ``−Σ_c ∇ log q_c``, is the exact
+in general, a bound of ``D(p ‖ q)`` between the string distributions. Worse, it is not 0 where the sequence-level
+divergence is: the event "the next tokens are this chunk's" depends on how each tokenizer would cut the rest of the
+text (a tokenizer that merges ``b+a`` never emits the token ``"b"`` followed by the token ``"a"``), and so do the
+projected next-token outcomes. Measured on the tiny tokenizers (``tests/lm/test_cross_divergences.py``, a student with exactly
+the teacher's law over strings, canonical tokenizations only): every sequence-level divergence is 0, the expected
+chunk terms are ≈ 0.15 (JS) and ≈ 0.48 (TVD), and KL/RKL are infinite (a projected outcome that one model's
+tokenizer never takes there). Real LMs put a little mass on non-canonical tokenizations, so the terms are finite,
+but their minimiser is not the teacher. What *is* exact is the sum of the log-ratios,
+``Σ_c (log p_c − log q_c) = log p(s) − log q(s)``: its sample mean is the Monte Carlo sequence-level KL
+(:func:`sequence_estimates`), and its student gradient on teacher samples, ``−Σ_c ∇ log q_c``, is the exact
 sequence-level forward-KL gradient (the cross-entropy of SeqKD). The binarised KL term adds the complement
 ``(1 − p_c) log((1 − p_c)/(1 − q_c))``, a soft-label signal that the cross-entropy lacks.
 
@@ -58,7 +64,7 @@ chunk level): ``w_c = σ(logit β + log p(s_<c) − log q(s_<c))`` from the exac
 exact conditional of the sequence-level mixture ``βp + (1−β)q``.
 
 Baselines: :func:`uld_terms` (Universal Logit Distillation, Boizard et al. 2024, arXiv:2402.12030) and
-:func:`hybrid_terms` (GOLD-style: the projected exact KL at one-to-one chunks, ULD elsewhere). Their objective is
+:func:`hybrid_terms` (GOLD-style: the projected KL at one-to-one chunks, ULD elsewhere). Their objective is
 ``CE(student on teacher samples) + weight · Σ terms`` (the trainer adds the cross-entropy).
 
 Numerics, masks and gradients follow :mod:`fdistill.divergences`: float32 (float64 stays float64), masked chunks
@@ -300,9 +306,20 @@ def _projected_topk(log_q: Tensor, teacher: TeacherTopK, buckets: _Buckets) -> t
 
 
 def _complement(log_probs: Tensor, labels: Tensor) -> Tensor:
-    """``log(1 − p_y) = logsumexp_{v ≠ y} log p_v`` per row, ``(R, V), (R,) → (R,)``: exact however close p_y is to 1
-    (``log1mexp`` of ``log p_y`` would inherit the rounding of ``log p_y ≈ 0``)."""
-    return _logsumexp(log_probs.scatter(-1, labels[:, None], -torch.inf)).squeeze(-1)
+    """``log(1 − p_y)`` per row, ``(R, V), (R,) → (R,)``, exact however close ``p_y`` is to 1.
+
+    ``log1p(−p_y)`` is accurate for ``p_y ≤ ½`` (Mächler 2012); above, ``log1mexp`` of ``log p_y ≈ 0`` would inherit
+    its rounding, so those rows take ``logsumexp_{v ≠ y} log p_v`` (a pass over their vocabulary).
+    """
+    picked = log_probs.gather(-1, labels[:, None]).squeeze(-1)
+    likely = picked > -math.log(2.0)
+    safe = torch.where(likely, torch.full_like(picked, -1.0), picked)  # the unused branch stays finite
+    out = torch.log1p(-torch.exp(safe))
+    if not bool(likely.any()):
+        return out
+    rows = likely.nonzero(as_tuple=True)
+    near = _logsumexp(log_probs[rows].scatter(-1, labels[rows][:, None], -torch.inf)).squeeze(-1)
+    return out.index_put(rows, near)
 
 
 def chunk_complements(token_logprobs: Tensor, token_complements: Tensor, chunks: Tensor, num_chunks: int) -> Tensor:
@@ -356,6 +373,7 @@ def _score(
     num: int,
     temperature: float,
 ) -> _Scored:
+    """Both sides' log-probabilities at the tokens inside chunks, and each chunk's log-probability and complement."""
     if student_labels.shape != student_logits.shape[:-1]:
         raise InputError(
             f"student labels {tuple(student_labels.shape)} do not match student logits "
@@ -417,6 +435,29 @@ def _row_of(rows: tuple[Tensor, Tensor], shape: torch.Size, b: Tensor, pos: Tens
     return lookup[b, pos]
 
 
+@dataclass
+class CrossSampledSequences:
+    """Both models' scores of one batch of sampled completions, each in its own tokenization, and their alignment.
+
+    Attributes:
+        student_logits: ``(B, Cs, Vs)`` student logits at its tokens of the completions.
+        teacher_logits: ``(B, Ct, Vt)`` teacher logits at its tokens, or a :class:`TeacherTopK` of ``(B, Ct, K)``.
+        student_labels, teacher_labels: ``(B, Cs)``, ``(B, Ct)`` each side's tokens.
+        alignment: the chunks (:class:`fdistill.lm.cross_tokenizer.CrossAlignment`).
+        num_items_in_batch: optional global denominator (sequences, or chunks for ``reduction="token"``).
+        weights: optional ``(B, Cs)`` per student token weights (importance weights of reused student samples);
+            a chunk takes the weight of its first student token.
+    """
+
+    student_logits: Tensor
+    teacher_logits: Tensor | TeacherTopK
+    student_labels: Tensor
+    teacher_labels: Tensor
+    alignment: Alignment
+    num_items_in_batch: int | Tensor | None = None
+    weights: Tensor | None = None
+
+
 def cross_step_terms(
     kind: Divergence,
     student_logits: Tensor,
@@ -452,7 +493,41 @@ def cross_step_terms(
 
     Returns:
         ``(terms, mask)``: terms exactly 0 where the mask is False.
+
+    Example:
+        >>> from fdistill import testing
+        >>> from fdistill.lm.cross_tokenizer import align_batch, retokenize, vocab_map
+        >>> tok_s, tok_t = testing.cross_tokenizers()
+        >>> s_ids = torch.tensor([[5, 6, 1]]); s_mask = torch.ones_like(s_ids)  # "ab b" + EOS, student tokens
+        >>> t_ids, t_mask = retokenize(tok_s, tok_t, s_ids, s_mask)  # a|b|' '|b|EOS
+        >>> align = align_batch(tok_s, tok_t, s_ids, s_mask, t_ids, t_mask)
+        >>> s_logits, t_logits = torch.randn(1, 3, len(tok_s)), torch.randn(1, 5, len(tok_t))
+        >>> terms, mask = cross_step_terms(
+        ...     "js", s_logits, t_logits, s_ids, t_ids, align, vocab_map(tok_s, tok_t), on="student")
+        >>> terms.shape, mask.tolist()  # chunks "ab", " b" (binarised) and EOS (one-to-one, projected)
+        (torch.Size([1, 3]), [[True, True, True]])
     """
+    batch = CrossSampledSequences(student_logits, teacher_logits, student_labels, teacher_labels, alignment)
+    terms, layout = _chunk_terms(
+        kind, batch, vocab_map, on=on, js_mixture=js_mixture, js_beta=js_beta, temperature=temperature
+    )
+    return terms, layout.mask
+
+
+def _chunk_terms(
+    kind: str,
+    batch: CrossSampledSequences,
+    vocab_map: SharedVocabulary,
+    *,
+    on: Side,
+    js_mixture: str = "stepwise",
+    js_beta: float = 0.5,
+    temperature: float = 1.0,
+    elsewhere: Literal["binarised", "uld"] = "binarised",
+) -> tuple[Tensor, _Layout]:
+    """:func:`cross_step_terms` (``elsewhere="binarised"``) or :func:`hybrid_terms` (``"uld"``), with the layout."""
+    student_logits, teacher_logits = batch.student_logits, batch.teacher_logits
+    student_labels, teacher_labels, alignment = batch.student_labels, batch.teacher_labels, batch.alignment
     check_kind(kind)
     check_side(on)
     check_temperature(temperature)
@@ -487,37 +562,20 @@ def cross_step_terms(
             log_q = _projected(log_q, buckets.student_ids, buckets.student_bucket, buckets.count)
         terms = terms.index_put(single, _divergence_terms(kind, log_q, log_p, on=on, mixture_weight=select(single)))
     several = (layout.mask & ~layout.one_to_one).nonzero(as_tuple=True)
-    if several[0].numel():
+    if several[0].numel() and elsewhere == "uld":  # the first tokens' next-token distributions
+        b = several[0]
+        log_q = scored.log_q[_row_of(scored.student_rows, student_labels.shape, b, layout.first_student[several])]
+        teacher = scored.log_p[_row_of(scored.teacher_rows, teacher_labels.shape, b, layout.first_teacher[several])]
+        values = _sorted_l1(_sorted_probs(log_q), _teacher_sorted(teacher, 1.0, dtype))  # both already tempered
+        terms = terms.index_put(several, values)
+    elif several[0].numel():
         log_q = torch.stack([scored.student_chunk[several], scored.student_complement[several]], -1)  # Bernoulli
         log_p = torch.stack([scored.teacher_chunk[several], scored.teacher_complement[several]], -1)
         terms = terms.index_put(several, _divergence_terms(kind, log_q, log_p, on=on, mixture_weight=select(several)))
-    return terms, layout.mask
+    return terms, layout
 
 
-@dataclass
-class CrossSampledSequences:
-    """Both models' scores of one batch of sampled completions, each in its own tokenization, and their alignment.
-
-    Attributes:
-        student_logits: ``(B, Cs, Vs)`` student logits at its tokens of the completions.
-        teacher_logits: ``(B, Ct, Vt)`` teacher logits at its tokens, or a :class:`TeacherTopK` of ``(B, Ct, K)``.
-        student_labels, teacher_labels: ``(B, Cs)``, ``(B, Ct)`` each side's tokens.
-        alignment: the chunks (:class:`fdistill.lm.cross_tokenizer.CrossAlignment`).
-        num_items_in_batch: optional global denominator (sequences, or chunks for ``reduction="token"``).
-        weights: optional ``(B, Cs)`` per student token weights (importance weights of reused student samples);
-            a chunk takes the weight of its first student token.
-    """
-
-    student_logits: Tensor
-    teacher_logits: Tensor | TeacherTopK
-    student_labels: Tensor
-    teacher_labels: Tensor
-    alignment: Alignment
-    num_items_in_batch: int | Tensor | None = None
-    weights: Tensor | None = None
-
-
-def _chunk_weights(batch: CrossSampledSequences, mask: Tensor) -> Tensor | None:
+def _chunk_weights(batch: CrossSampledSequences, layout: _Layout) -> Tensor | None:
     """The ``(B, N)`` weight of each chunk: that of its first student token."""
     if batch.weights is None:
         return None
@@ -526,8 +584,7 @@ def _chunk_weights(batch: CrossSampledSequences, mask: Tensor) -> Tensor | None:
             f"weights {tuple(batch.weights.shape)} must have the student tokens' shape "
             f"{tuple(batch.student_labels.shape)} (one weight per student token)."
         )
-    layout = _layout(batch.alignment, batch.student_labels, batch.teacher_labels)
-    return batch.weights.gather(1, layout.first_student).masked_fill(~mask, 0.0)
+    return batch.weights.gather(1, layout.first_student).masked_fill(~layout.mask, 0.0)
 
 
 def cross_f_divergence_loss(
@@ -556,21 +613,11 @@ def cross_f_divergence_loss(
     """
 
     def side_term(side: str, batch: CrossSampledSequences) -> Tensor:
-        terms, mask = cross_step_terms(
-            kind,
-            batch.student_logits,
-            batch.teacher_logits,
-            batch.student_labels,
-            batch.teacher_labels,
-            batch.alignment,
-            vocab_map,
-            on=side,
-            js_mixture=js_mixture,
-            js_beta=js_beta,
-            temperature=temperature,
+        terms, layout = _chunk_terms(
+            kind, batch, vocab_map, on=side, js_mixture=js_mixture, js_beta=js_beta, temperature=temperature
         )
         return reduce_terms(
-            *weighted(terms, mask, _chunk_weights(batch, mask)),
+            *weighted(terms, layout.mask, _chunk_weights(batch, layout)),
             reduction=reduction,
             num_items_in_batch=batch.num_items_in_batch,
         )
@@ -669,29 +716,9 @@ def hybrid_terms(
     unshared ones sorted) at every index-aligned position; here the split is by chunk, so that the exact part is
     taken exactly where both models predict the same bytes. The objective is ``CE + weight · Σ_c terms``.
     """
-    terms, mask = cross_step_terms(
-        "kl",
-        student_logits,
-        teacher_logits,
-        student_labels,
-        teacher_labels,
-        alignment,
-        vocab_map,
-        on="teacher",
-        temperature=temperature,
-    )
-    layout = _layout(alignment, student_labels, teacher_labels)
-    several = (layout.mask & ~layout.one_to_one).nonzero(as_tuple=True)
-    if not several[0].numel():
-        return terms, mask
-    dtype = _compute_dtype(student_logits)
-    b = several[0]
-    student = student_logits[b, layout.first_student[several]]  # (R, Vs)
-    teacher = teacher_logits[(b, layout.first_teacher[several])]
-    values = _sorted_l1(
-        _sorted_probs(_log_probs(student, temperature, dtype)), _teacher_sorted(teacher, temperature, dtype)
-    )
-    return terms.index_put(several, values.to(terms.dtype)), mask
+    batch = CrossSampledSequences(student_logits, teacher_logits, student_labels, teacher_labels, alignment)
+    terms, layout = _chunk_terms("kl", batch, vocab_map, on="teacher", temperature=temperature, elsewhere="uld")
+    return terms, layout.mask
 
 
 # ----------------------------------------------------------------------------- sequence level
@@ -722,9 +749,9 @@ def sequence_estimates(
     scored in canonical tokenization, ``p(s) = p(canonical tokens of s)``, when each model puts (essentially) all of
     its mass on canonical tokenizations, so that the law of the sampled text is ``p(s)``. The marginal over all
     tokenizations of a string, ``Σ_{y: text(y) = s} p(y)``, is left out; a sampled non-canonical tokenization is
-    scored by its canonical one (Cao & Rimell 2021, "You should evaluate your language model on marginal likelihood
-    over tokenisations", and Chirkova et al. 2023, "Should you marginalize over possible tokenizations?", find the gap
-    small for trained LMs: under 0.5% of the log-likelihood for most of their models).
+    scored by its canonical one. Cao & Rimell 2021 ("You should evaluate your language model on marginal likelihood
+    over tokenisations") and Chirkova et al. 2023 ("Should you marginalize over possible tokenizations?") measure
+    this gap; the latter find it small for trained LMs.
     """
     out: dict[str, Tensor] = {}
     teacher = logp_on_p is not None and logq_on_p is not None
@@ -734,6 +761,12 @@ def sequence_estimates(
             "sequence_estimates needs both models' log-probabilities of the teacher samples (logp_on_p, logq_on_p), "
             "of the student samples (logp_on_q, logq_on_q), or both."
         )
+    for name, a, b in (("teacher", logp_on_p, logq_on_p), ("student", logp_on_q, logq_on_q)):
+        if a is not None and b is not None and (a.shape != b.shape or a.dim() != 1):
+            raise InputError(
+                f"the {name} samples' log-probabilities {tuple(a.shape)} and {tuple(b.shape)} must be two 1-D "
+                "tensors of equal length (one value per sample and model)."
+            )
     log2 = math.log(2.0)
     if teacher:
         lp, lq = logp_on_p.detach(), logq_on_p.detach()

@@ -4,38 +4,47 @@ A teacher and a student with different tokenizers see the same completion as dif
 sequence-level log-probabilities are both about one string, so they compare directly; their step-wise terms need steps
 that both models take. This module finds those steps.
 
-Definitions (docs: /work/baseline/XTOK_CONTRACT.md, issue 28):
+Definitions (issue 28; every cross-tokenizer module uses these words):
 
 - **Completion text**: a completion is text. The text join is the sampling model's
   ``tokenizer.decode(ids_without_EOS, skip_special_tokens=True, clean_up_tokenization_spaces=False)``
   (:func:`completion_text`); the other model tokenizes that string on its own, never prompt and completion jointly
-  (each model's prompt keeps its own special tokens and chat template).
+  (each model's prompt keeps its own special tokens, e.g. Gemma's BOS, and its own chat template).
 - **Canonical tokenization** of a text: ``tokenizer(text, add_special_tokens=False)``, then the tokenizer's EOS when
   the completion ended, i.e. the sampler stopped at EOS (:func:`encode_completion`).
 - **Token bytes / byte spans**: every vocabulary id stands for a byte string (:func:`token_bytes`): byte-level BPE
-  (GPT-2, SmolLM2, Llama 3, Qwen) spells bytes in GPT-2's printable table; SentencePiece-style tokenizers (Gemma,
-  Llama 2) write space as ``▁`` and rare bytes as ``<0xNN>`` (byte fallback). Special tokens (EOS, BOS, pad, chat
-  markers) stand for ``b""``. A token's span is its ``(start, end)`` offset in the concatenation of the sequence's
-  token bytes (:func:`token_byte_spans`), which equals ``completion_text.encode("utf-8")``; spans come from the bytes,
-  never from decoded prefixes (decoding a prefix that ends inside a character gives U+FFFD, not its bytes).
+  (GPT-2, SmolLM2) writes bytes in GPT-2's printable alphabet; SentencePiece-style tokenizers (Gemma) write space as
+  ``▁`` and rare bytes as ``<0xNN>`` (byte fallback). Special tokens (EOS, BOS, pad, chat markers) stand for ``b""``.
+  A token's span is its ``(start, end)`` offset in the concatenation of its sequence's token bytes
+  (:func:`token_byte_spans`), which is ``completion_text.encode("utf-8")``; spans come from the bytes, never from
+  decoded prefixes (a prefix that ends inside a character decodes to U+FFFD, not to its bytes).
 - **Chunks** (:func:`align_chunks`): cut the completion's bytes at every offset that ends a token in *both*
   tokenizations; a chunk is the run of tokens of each side between two consecutive cuts, so both sides' tokens of a
   chunk spell the same bytes. A zero-width (special) token joins the chunk of the next token of its side. EOS is its
-  own last chunk when both sides ended. A chunk is **one-to-one** when it holds one token on each side (then the two
-  tokens have equal bytes). The chunk log-probability of a side is the sum of its token log-probs over the chunk,
-  which is exact: ``log p(chunk bytes | bytes before)`` under that model's tokenization of the text.
+  own last chunk when both sides ended. A chunk is **one-to-one** when it holds one token on each side (the two
+  tokens then have equal bytes). A side's chunk log-probability, the sum of its token log-probs over the chunk, is
+  exact: ``log p(chunk bytes | bytes before)`` under that model's tokenization of the text.
 
-When the sides do not spell one string (a sample cut inside a UTF-8 character decodes to U+FFFD, a side was cut
-shorter, one side ended and the other did not), chunks are cut only inside the common byte prefix; tokens past the last
-common cut belong to no chunk (index ``-1``, as padding) and so does an EOS without one on the other side: no chunk
-compares different strings.
+When the sides do not spell one string (a sample cut inside a UTF-8 character decodes to U+FFFD; a side cut shorter;
+one side ended and the other did not), chunks are cut only inside the common byte prefix: tokens past the last common
+cut, and an EOS without one on the other side, are in no chunk (index ``-1``, as padding), so no chunk compares two
+different strings.
 
-Why in-house: no well-kept library aligns two Hugging Face tokenizations at byte offsets as a reusable function. TRL's
-``GOLDTrainer`` merges token spans by greedily matching decoded text inside its trainer (not importable alone, and its
-decoded-prefix matching breaks on characters split across tokens); tokenkit (ALM) computes byte-level chunk alignments
-but inside a JAX training stack, pinned to its own tokenizer wrappers, not a dependency fdistill can take on (and
-not on the package index here). The algorithm is short: tokens' bytes from the vocabulary, cumulative offsets, and
-the intersection of the two sets of token ends.
+Why in-house: no well-kept library aligns two Hugging Face tokenizations at byte offsets.
+
+- TRL's ``GOLDTrainer`` (experimental) builds its alignment groups inside the trainer by decoding every prefix of each
+  sequence (quadratic) and greedily matching the decoded text, which mis-cuts where a character is split across
+  tokens (U+FFFD pieces).
+- tokenkit (Minixhofer, Vulić, Ponti, "Universal Cross-Tokenizer Distillation via Approximate Likelihood Matching",
+  NeurIPS 2025, arXiv:2503.20083; github.com/bminixhofer/tokenkit) aligns chunks on token bytes as we do, but inside
+  its JAX training stack, not packaged for import (the PyPI package of that name is an unrelated metrics tool).
+- NeMo RL's X-Token aligner (arXiv:2605.21699) is a dynamic program over canonicalised token strings inside NeMo RL
+  (Ray, Megatron).
+- pytokenizations (last release 2021) and merge-tokenizers align token *strings* by edit distance / DTW,
+  approximately, after the part that matters here (each token's exact bytes) is done.
+
+The algorithm is short: each id's bytes from the vocabulary, cumulative offsets, the intersection of the two sides'
+token ends.
 """
 
 from __future__ import annotations
@@ -54,8 +63,8 @@ from fdistill.lm.data import pad_right
 
 _BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 _SUPPORTED = (
-    "supported are fast (tokenizers-backed) byte-level BPE tokenizers (GPT-2, SmolLM2, Llama 3, Qwen: a ByteLevel "
-    "decoder) and SentencePiece-style ones (Gemma, Llama 2: '▁' for space, <0xNN> byte fallback)"
+    "supported are fast (tokenizers-backed) byte-level BPE tokenizers (a ByteLevel decoder, e.g. GPT-2, SmolLM2) and "
+    "SentencePiece-style ones that add no dummy-prefix space ('▁' for space, <0xNN> byte fallback, e.g. Gemma 3)"
 )
 # Texts whose canonical tokens must spell exactly their UTF-8 bytes; one a tokenizer cannot round-trip is skipped.
 _PROBES = ("Hello world", "  two  spaces \n\n new line\t", "trailing space ", "héllo 日本 🎉 ok")
@@ -77,13 +86,12 @@ def byte_level_decoder() -> dict[str, int]:
 
 @dataclass(frozen=True)
 class _TokenizerBytes:
-    """What the alignment needs of one tokenizer, computed once: its style, every id's bytes, EOS."""
+    """What the alignment needs of one tokenizer, computed once: its style, every id's bytes, a fingerprint."""
 
     style: str  # "byte_level" | "sentencepiece"
     table: tuple[bytes, ...]
-    eos_id: int | None
     size: int  # len(tokenizer) when computed: a tokenizer given new tokens is read again
-    fingerprint: int
+    fingerprint: int  # hash of the whole backend definition (vocabulary, merges, normalizer, decoder)
 
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -93,19 +101,26 @@ def _name(tokenizer) -> str:
     return getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
 
 
-def _backend_json(tokenizer) -> dict:
+def _backend(tokenizer):
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         raise InputError(
-            f"tokenizer {type(tokenizer).__name__} has no fast (tokenizers) backend, so its token bytes cannot be "
-            f"read: {_SUPPORTED}. Load it with AutoTokenizer.from_pretrained(..., use_fast=True)."
+            f"tokenizer {_name(tokenizer)!r} ({type(tokenizer).__name__}) has no fast (tokenizers) backend, so its "
+            f"token bytes cannot be read: {_SUPPORTED}. Load it with AutoTokenizer.from_pretrained(..., use_fast=True)."
         )
-    return json.loads(backend.to_str())
+    return backend
 
 
-def _style(spec: dict, tokenizer) -> str:
-    decoder = spec.get("decoder") or {}
-    parts = decoder.get("decoders", [decoder]) if decoder.get("type") == "Sequence" else [decoder]
+def _decoder_parts(backend) -> list[dict]:
+    """The backend's decoder as a list of JSON steps (a Sequence's parts, else the one decoder; [] for none)."""
+    if backend.decoder is None:
+        return []
+    decoder = json.loads(backend.decoder.__getstate__())
+    return decoder["decoders"] if decoder.get("type") == "Sequence" else [decoder]
+
+
+def _style(parts: list[dict], tokenizer) -> str:
+    """ "byte_level" (a ByteLevel decoder) or "sentencepiece" (Metaspace, or Replace '▁' → ' '); else InputError."""
     kinds = [p.get("type") for p in parts]
     if "ByteLevel" in kinds:
         return "byte_level"
@@ -115,9 +130,8 @@ def _style(spec: dict, tokenizer) -> str:
     ):
         return "sentencepiece"
     raise InputError(
-        f"tokenizer {type(tokenizer).__name__} ({_name(tokenizer)!r}, decoder "
-        f"{kinds or 'none'}, model {spec.get('model', {}).get('type')}) is not supported for cross-tokenizer "
-        f"alignment: {_SUPPORTED}."
+        f"tokenizer {_name(tokenizer)!r} ({type(tokenizer).__name__}, decoder {kinds or 'none'}, model "
+        f"{type(_backend(tokenizer).model).__name__}) is not supported for cross-tokenizer alignment: {_SUPPORTED}."
     )
 
 
@@ -133,11 +147,13 @@ def _piece_bytes(piece: str, style: str, byte_fallback: bool) -> bytes:
 
 
 def _read(tokenizer) -> _TokenizerBytes:
-    spec = _backend_json(tokenizer)
-    style = _style(spec, tokenizer)
-    model = spec.get("model", {})
-    byte_fallback = bool(model.get("byte_fallback")) or "ByteFallback" in json.dumps(spec.get("decoder"))
-    vocab = tokenizer.backend_tokenizer.get_vocab(with_added_tokens=True)
+    backend = _backend(tokenizer)
+    parts = _decoder_parts(backend)
+    style = _style(parts, tokenizer)
+    byte_fallback = bool(getattr(backend.model, "byte_fallback", False)) or any(
+        p.get("type") == "ByteFallback" for p in parts
+    )
+    vocab = backend.get_vocab(with_added_tokens=True)
     size = max(len(tokenizer), max(vocab.values(), default=-1) + 1)
     added = tokenizer.added_tokens_decoder
     specials = set(tokenizer.all_special_ids) | {i for i, t in added.items() if t.special}
@@ -146,9 +162,7 @@ def _read(tokenizer) -> _TokenizerBytes:
         if i in specials:
             continue
         table[i] = added[i].content.encode("utf-8") if i in added else _piece_bytes(piece, style, byte_fallback)
-    info = _TokenizerBytes(
-        style, tuple(table), tokenizer.eos_token_id, len(tokenizer), hash(json.dumps(spec, sort_keys=True))
-    )
+    info = _TokenizerBytes(style, tuple(table), len(tokenizer), hash(backend.to_str()))
     _check_round_trip(tokenizer, info)
     return info
 
@@ -232,7 +246,10 @@ def token_byte_spans(tokenizer, ids: list[int]) -> list[tuple[int, int]]:
         >>> token_byte_spans(tok_a, [5, 6, 1])  # "ab", " b", </s>
         [(0, 2), (2, 4), (4, 4)]
     """
-    table = _table(tokenizer, ids)
+    return _spans(_table(tokenizer, ids), ids)
+
+
+def _spans(table: tuple[bytes, ...], ids: list[int]) -> list[tuple[int, int]]:
     spans, offset = [], 0
     for i in ids:
         spans.append((offset, offset + len(table[i])))
@@ -244,8 +261,11 @@ def completion_text(tokenizer, ids: list[int]) -> tuple[str, bool]:
     """``(text, ended)``: the completion's text join and whether it ended with the tokenizer's EOS.
 
     ``text = tokenizer.decode(ids before the first EOS, skip_special_tokens=True, clean_up_tokenization_spaces=False)``;
-    ``ids`` hold the completion only (no prompt, no padding); anything after the first EOS is ignored.
+    ``ids`` hold the completion only (no prompt, no padding); anything after the first EOS is ignored. Only
+    ``tokenizer.eos_token_id`` ends a completion: another stop token the sampler was given (a second EOS id of its
+    generation config) is a special token like any other, in no chunk when it ends one side only.
     """
+    _table(tokenizer, ids)
     eos = tokenizer.eos_token_id
     ended = eos is not None and eos in ids
     body = ids[: ids.index(eos)] if ended else ids
@@ -398,14 +418,17 @@ class CrossAlignment:
     num_chunks: torch.Tensor
 
 
-def _rows(ids: torch.Tensor, mask: torch.Tensor, name: str) -> list[list[int]]:
+def _rows(tokenizer, ids: torch.Tensor, mask: torch.Tensor, name: str) -> list[list[int]]:
+    """The completions of a right-padded batch as id lists, each checked against ``tokenizer``'s vocabulary."""
     if ids.dim() != 2 or ids.shape != mask.shape:
         raise InputError(
             f"{name} ids {tuple(ids.shape)} and mask {tuple(mask.shape)} must be (batch, length) of one shape: give "
             "right-padded completion ids and their mask (1 at tokens)."
         )
     keep = mask.bool().cpu()
-    return [row[m].tolist() for row, m in zip(ids.cpu(), keep)]
+    rows = [row[m].tolist() for row, m in zip(ids.cpu(), keep)]
+    _table(tokenizer, [i for row in rows for i in row])
+    return rows
 
 
 def same_tokenization(a, b) -> bool:
@@ -423,7 +446,7 @@ def retokenize(source_tok, target_tok, ids: torch.Tensor, mask: torch.Tensor) ->
     exactly the sampled tokens, as in same-tokenizer distillation. Padding holds the target's pad id (else EOS, else
     0) and mask 0; the width is the longest row (at least 1).
     """
-    rows = _rows(ids, mask, "source")
+    rows = _rows(source_tok, ids, mask, "source")
     same = same_tokenization(source_tok, target_tok)
     out = []
     for row in rows:
@@ -437,13 +460,19 @@ def retokenize(source_tok, target_tok, ids: torch.Tensor, mask: torch.Tensor) ->
     return target_ids.to(ids.device), target_mask.to(ids.device)
 
 
-def _row_alignment(s_tok, t_tok, s_row: list[int], t_row: list[int]) -> tuple[list[int], list[int], int]:
-    """Chunks of one completion; tokens after a side's first EOS belong to no chunk."""
-    cut_s, cut_t = _through_eos(s_row, s_tok.eos_token_id), _through_eos(t_row, t_tok.eos_token_id)
-    s_spans, t_spans = token_byte_spans(s_tok, s_row[:cut_s]), token_byte_spans(t_tok, t_row[:cut_t])
-    s_bytes = b"".join(_info(s_tok).table[i] for i in s_row[:cut_s])
-    t_bytes = b"".join(_info(t_tok).table[i] for i in t_row[:cut_t])
-    common = next((k for k, (x, y) in enumerate(zip(s_bytes, t_bytes)) if x != y), min(len(s_bytes), len(t_bytes)))
+def _row_alignment(
+    s_side: tuple[tuple[bytes, ...], int | None], t_side: tuple[tuple[bytes, ...], int | None], s_row, t_row
+) -> tuple[list[int], list[int], int]:
+    """Chunks of one completion, each side given as (token bytes table, EOS id); tokens after a side's first EOS
+    belong to no chunk."""
+    (s_table, s_eos), (t_table, t_eos) = s_side, t_side
+    cut_s, cut_t = _through_eos(s_row, s_eos), _through_eos(t_row, t_eos)
+    s_spans, t_spans = _spans(s_table, s_row[:cut_s]), _spans(t_table, t_row[:cut_t])
+    s_bytes = b"".join(s_table[i] for i in s_row[:cut_s])
+    t_bytes = b"".join(t_table[i] for i in t_row[:cut_t])
+    common = min(len(s_bytes), len(t_bytes))
+    if s_bytes[:common] != t_bytes[:common]:
+        common = next(k for k, (x, y) in enumerate(zip(s_bytes, t_bytes)) if x != y)
     s_chunks, t_chunks, n = align_chunks(s_spans, t_spans, common_bytes=common)
     return s_chunks + [-1] * (len(s_row) - cut_s), t_chunks + [-1] * (len(t_row) - cut_t), n
 
@@ -474,8 +503,8 @@ def align_batch(
         >>> al.student_chunks.tolist(), al.teacher_chunks.tolist(), al.num_chunks.tolist()
         ([[0, 1, 2]], [[0, 0, 1, 1, 2]], [3])
     """
-    s_rows = _rows(student_ids, student_mask, "student")
-    t_rows = _rows(teacher_ids, teacher_mask, "teacher")
+    s_rows = _rows(student_tok, student_ids, student_mask, "student")
+    t_rows = _rows(teacher_tok, teacher_ids, teacher_mask, "teacher")
     if len(s_rows) != len(t_rows):
         raise InputError(
             f"student batch of {len(s_rows)} rows and teacher batch of {len(t_rows)} rows: give the same completions "
@@ -485,8 +514,10 @@ def align_batch(
     t_out = torch.full(teacher_ids.shape, -1, dtype=torch.long)
     counts = torch.zeros(len(s_rows), dtype=torch.long)
     s_keep, t_keep = student_mask.bool().cpu(), teacher_mask.bool().cpu()
+    s_side = (_info(student_tok).table, student_tok.eos_token_id)
+    t_side = (_info(teacher_tok).table, teacher_tok.eos_token_id)
     for k, (s_row, t_row) in enumerate(zip(s_rows, t_rows)):
-        s_chunks, t_chunks, counts[k] = _row_alignment(student_tok, teacher_tok, s_row, t_row)
+        s_chunks, t_chunks, counts[k] = _row_alignment(s_side, t_side, s_row, t_row)
         s_out[k, s_keep[k]] = torch.tensor(s_chunks, dtype=torch.long)
         t_out[k, t_keep[k]] = torch.tensor(t_chunks, dtype=torch.long)
     device = student_ids.device

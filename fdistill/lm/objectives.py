@@ -489,9 +489,12 @@ class _CrossEntropyPlus(Objective):
     metric = ""
 
     def terms(self, s: ScoredSet, args: DistillArguments) -> tuple[Tensor, Tensor]:
+        """The distillation term ``D`` of the teacher samples ``s``: per-position (or per-chunk) terms and their mask,
+        reduced as the loss reduces them."""
         raise NotImplementedError
 
     def loss(self, batch: ScoredBatch, args: DistillArguments) -> ObjectiveOutput:
+        """``CE + uld_weight · D`` on the teacher samples; logs both parts (``loss_ce`` and :attr:`metric`)."""
         s = batch["teacher"]
         ce = batch.reduce(cross_entropy_terms(s.student, s.labels), "teacher")
         terms, mask = self.terms(s, args)

@@ -152,7 +152,8 @@ class FDistillMixin:
         self._cache = None
         if settings.teacher_source.kind == "columns":
             self._cache = check_caches(kwargs.get("train_dataset"), kwargs.get("eval_dataset"), tokenizer)
-        settings.check_batch_memory(vocab_size(model), train_args)  # batch sizes past any memory: refused now
+        # batch sizes past any memory: refused now (across tokenizers nothing is fused: the logits always count)
+        settings.check_batch_memory(vocab_size(model), train_args, may_fuse=self.cross is None)
         if getattr(train_args, "push_to_hub", False):  # before the Trainer creates the Hub repo: one InputError
             from fdistill.lm.hub import check_hub_push, hub_repo_id
 
@@ -566,7 +567,11 @@ class FDistillMixin:
         pad = self.processing_class.pad_token_id
         samplers, policy = self._samplers(), {"student": self._student_policy_step()}
         if submitted is not None:
-            samplers = {**samplers, "student": submitted.sampler()}
+            drawn_ahead = submitted.sampler()
+            samplers = {
+                **samplers,
+                "student": drawn_ahead if self.cross is None else self.cross.sampler(drawn_ahead, "student"),
+            }
             policy["student"] = submitted.policy_step
         drawn = rollouts.draw_together(batches, samplers, self.args.device, pad, not self.is_encoder_decoder, policy)
         start = 0

@@ -1,6 +1,9 @@
 """Cross-tokenizer f-DISTILL terms (issue 28) against float64 brute force: the same-tokenizer loss when nothing
 differs, the binarised and projected chunk terms, ULD and the hybrid, the top-k teacher, gradients, masks, -inf."""
 
+import doctest
+import itertools
+import math
 from dataclasses import dataclass
 
 import pytest
@@ -9,6 +12,7 @@ from tolerances import approx_sums, sum_rtol
 
 from fdistill.divergences import SampledSequences, TeacherTopK, f_divergence_loss, topk_teacher_logits
 from fdistill.errors import InputError
+from fdistill.lm import cross_divergences
 from fdistill.lm.cross_divergences import (
     CrossSampledSequences,
     chunk_logprobs,
@@ -18,6 +22,9 @@ from fdistill.lm.cross_divergences import (
     sequence_estimates,
     uld_terms,
 )
+from fdistill.lm.cross_tokenizer import align_batch, completion_text, encode_completion, retokenize, vocab_map
+from fdistill.testing import cross_tokenizers
+from tests.lm.test_cross_tokenizer_alignment import HARD_TEXTS, gemma, smollm2  # noqa: F401 (fixtures)
 
 KINDS = ["kl", "rkl", "js", "tvd"]
 CASES = [(k, s) for k in KINDS for s in ("teacher", "student")]
@@ -107,7 +114,7 @@ def brute_projection(p, q, pairs):
 # ----------------------------------------------------------------------------- identical tokenizers
 
 
-def same_vocab_batches(seed, banned=0.0, topk=None):
+def same_vocab_batches(seed, banned=0.0, topk=None, dtype=F64):
     B, T, V = 3, 5, 7
     s = logits(B, T, V, seed=seed, banned=banned)
     t = logits(B, T, V, seed=seed + 1).masked_fill(torch.isneginf(s), -torch.inf)  # both ban the same tokens
@@ -115,18 +122,20 @@ def same_vocab_batches(seed, banned=0.0, topk=None):
     # the sampled tokens are possible under both models
     s = s.scatter(-1, labels.clamp_min(0)[..., None], 1.0)
     t = t.scatter(-1, labels.clamp_min(0)[..., None], 1.0)
+    s, t = s.to(dtype), t.to(dtype)
     teacher = TeacherTopK.from_logits(t, topk, labels) if topk else t
-    weights = torch.rand(B, T, generator=torch.Generator().manual_seed(seed), dtype=F64) + 0.5
+    weights = torch.rand(B, T, generator=torch.Generator().manual_seed(seed), dtype=F64).to(dtype) + 0.5
     return s, teacher, labels, weights, V
 
 
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
 @pytest.mark.parametrize("topk", [None, 3])
 @pytest.mark.parametrize("reduction", ["sequence", "token"])
 @pytest.mark.parametrize("js_mixture", ["stepwise", "exact"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_identical_tokenizers_give_the_same_tokenizer_loss(kind, js_mixture, reduction, topk):
-    s_t, t_t, lab_t, _, V = same_vocab_batches(10, banned=0.2, topk=topk)
-    s_s, t_s, lab_s, weights, _ = same_vocab_batches(20, banned=0.2, topk=topk)
+def test_identical_tokenizers_give_the_same_tokenizer_loss(kind, js_mixture, reduction, topk, dtype):
+    s_t, t_t, lab_t, _, V = same_vocab_batches(10, banned=0.2, topk=topk, dtype=dtype)
+    s_s, t_s, lab_s, weights, _ = same_vocab_batches(20, banned=0.2, topk=topk, dtype=dtype)
     identity = Vocab(torch.arange(V), torch.arange(V))
     items = {"sequence": 5, "token": 17}[reduction]
     common = dict(js_mixture=js_mixture, js_beta=0.3, temperature=1.0 if topk else 1.7, reduction=reduction)
@@ -149,7 +158,8 @@ def test_identical_tokenizers_give_the_same_tokenizer_loss(kind, js_mixture, red
         e, g = getattr(expected, name), getattr(got, name)
         assert (e is None) == (g is None), name
         if e is not None:
-            assert g.item() == approx_sums(e.item(), F64, 15 * (V + 1)), name
+            assert g.dtype == e.dtype == dtype
+            assert g.item() == approx_sums(e.item(), dtype, 15 * (V + 1)), name
     assert torch.isfinite(got.loss)
 
 
@@ -345,6 +355,18 @@ def test_hybrid_is_the_projected_kl_at_one_to_one_chunks_and_uld_elsewhere():
     assert (terms[~mask] == 0).all()
 
 
+def test_hybrid_with_a_top_k_teacher_uses_its_coarse_grained_projection_and_renormalised_top_k():
+    s, t, s_lab, t_lab, align, vocab = two_tokenizer_batch(10)
+    teacher = TeacherTopK.from_logits(t, 4, t_lab)
+    terms, _ = hybrid_terms(s, teacher, s_lab, t_lab, align, vocab)
+    q = torch.softmax(s, -1)
+    kl = brute_chunk_terms("kl", "teacher", s, t, s_lab, t_lab, align, topk_teacher=teacher)
+    assert terms[0, 1].item() == pytest.approx(kl[0, 1].item(), rel=1e-12)
+    dense = torch.softmax(topk_teacher_logits(teacher.ids, teacher.logprobs, VT), -1)
+    assert terms[0, 0].item() == pytest.approx(brute_uld(q[0, 0], dense[0, 0]), rel=1e-12)
+    assert terms[0, 2].item() == pytest.approx(brute_uld(q[0, 3], dense[0, 2]), rel=1e-12)
+
+
 # ----------------------------------------------------------------------------- gradients, masks, -inf
 
 
@@ -488,3 +510,259 @@ def test_sequence_estimates_are_unbiased_by_enumeration_over_a_tabular_pair():
         assert expectation[k].item() == pytest.approx(truth[k].item(), rel=1e-12), k
     assert set(sequence_estimates(logp, logq)) == {"kl"}
     assert set(sequence_estimates(logp_on_q=logp, logq_on_q=logq)) == {"rkl"}
+
+
+# ----------------------------------------------------------------------------- enumeration over two real tokenizers
+
+ALPHABET, MAX_BYTES = "ab ", 4
+
+
+def all_strings():
+    out = [""]
+    for n in range(1, MAX_BYTES + 1):
+        out += ["".join(c) for c in itertools.product(ALPHABET, repeat=n)]
+    return out
+
+
+class CanonicalModel:
+    """A tabular autoregressive model over one tokenizer's ids that puts all its mass on canonical tokenizations of
+    the strings over ``ALPHABET`` of at most ``MAX_BYTES`` bytes, ended by EOS.
+
+    Its support is the trie of the sequences ``encode_completion(tok, s, ended=True)``: at a prefix the next token is
+    one of the trie's children there. The conditionals are random (seeded, float64), or, given a string distribution
+    ``target``, those of ``target`` itself (each child's share of the strings below it): then the model's law of
+    the text is exactly ``target``.
+    """
+
+    def __init__(self, tok, *, seed=0, target=None):
+        self.tok, self.vocab = tok, len(tok)
+        self.paths = {s: tuple(encode_completion(tok, s, True)) for s in all_strings()}
+        children: dict[tuple, set] = {}
+        for path in self.paths.values():
+            for k in range(len(path)):
+                children.setdefault(path[:k], set()).add(path[k])
+        g = torch.Generator().manual_seed(seed)
+        self.table = {}
+        for node in sorted(children):
+            logits = torch.full((self.vocab,), -torch.inf, dtype=F64)
+            kids = sorted(children[node])
+            if target is None:
+                logits[kids] = torch.randn(len(kids), generator=g, dtype=F64) * 1.5
+            else:
+                mass = {
+                    k: sum(target[s] for s, p in self.paths.items() if p[: len(node) + 1] == (*node, k)) for k in kids
+                }
+                logits[kids] = torch.log(torch.tensor([mass[k] for k in kids], dtype=F64))
+            self.table[node] = torch.log_softmax(logits, -1)
+
+    def log_probs(self, prefix):
+        return self.table[tuple(prefix)]
+
+    def token_logprobs(self, ids):
+        return [float(self.log_probs(ids[:k])[ids[k]]) for k in range(len(ids))]
+
+    def sequences(self, prefix=()):
+        """Every token sequence the model emits with positive probability (a walk of its own conditionals)."""
+        lp = self.log_probs(prefix)
+        for token in torch.isfinite(lp).nonzero().flatten().tolist():
+            seq = (*prefix, token)
+            if token == self.tok.eos_token_id:
+                yield seq
+            else:
+                yield from self.sequences(seq)
+
+
+def string_law(model):
+    return {s: math.exp(sum(model.token_logprobs(list(p)))) for s, p in model.paths.items()}
+
+
+def scored_samples(sampler, other, s_is_student):
+    """Every sequence ``sampler`` emits, its probability, its text, and both models' log-probabilities of that text
+    (the sampler's tokens; the other model's canonical re-tokenization), each also summed over the chunks."""
+    rows = []
+    for seq in sampler.sequences():
+        text, ended = completion_text(sampler.tok, list(seq))
+        assert ended
+        own = sampler.token_logprobs(list(seq))
+        theirs_ids = encode_completion(other.tok, text, ended)
+        theirs = other.token_logprobs(theirs_ids)
+        s_ids, t_ids = (list(seq), theirs_ids) if s_is_student else (theirs_ids, list(seq))
+        s_lp, t_lp = (own, theirs) if s_is_student else (theirs, own)
+        align = align_batch(
+            sampler.tok if s_is_student else other.tok,
+            other.tok if s_is_student else sampler.tok,
+            torch.tensor([s_ids]),
+            torch.ones(1, len(s_ids)),
+            torch.tensor([t_ids]),
+            torch.ones(1, len(t_ids)),
+        )
+        n = int(align.num_chunks[0])
+        s_chunks = chunk_logprobs(torch.tensor([s_lp], dtype=F64), align.student_chunks, n)
+        t_chunks = chunk_logprobs(torch.tensor([t_lp], dtype=F64), align.teacher_chunks, n)
+        rows.append(
+            dict(text=text, prob=math.exp(sum(own)), logq=sum(s_lp), logp=sum(t_lp), by_chunks=(t_chunks, s_chunks))
+        )
+    return rows
+
+
+def enumerated_expectation(teacher_rows, student_rows):
+    """E[sequence_estimates] over one teacher sample and one student sample, exactly: the estimators are means, so
+    E = Σ_i p_i est(i, j0) + Σ_j q_j est(i0, j) − est(i0, j0) for any fixed i0, j0 (each half is linear)."""
+
+    def est(i, j):
+        t, s = teacher_rows[i], student_rows[j]
+        one = lambda x: torch.tensor([x], dtype=F64)  # noqa: E731
+        return sequence_estimates(one(t["logp"]), one(t["logq"]), one(s["logp"]), one(s["logq"]))
+
+    base = est(0, 0)
+    out = {k: -base[k] for k in base}
+    for i, row in enumerate(teacher_rows):
+        for k, v in est(i, 0).items():
+            out[k] = out[k] + row["prob"] * v
+    for j, row in enumerate(student_rows):
+        for k, v in est(0, j).items():
+            out[k] = out[k] + row["prob"] * v
+    return out
+
+
+def brute_string_divergences(p, q):
+    """KL, RKL, JS (½KL(p‖m) + ½KL(q‖m), m = ½(p + q)) and TVD (½ Σ|p − q|) between two laws over strings."""
+    kl = sum(p[s] * math.log(p[s] / q[s]) for s in p if p[s] > 0)
+    rkl = sum(q[s] * math.log(q[s] / p[s]) for s in q if q[s] > 0)
+    m = {s: 0.5 * (p[s] + q[s]) for s in p}
+    js = 0.5 * sum(p[s] * math.log(p[s] / m[s]) for s in p if p[s] > 0) + 0.5 * sum(
+        q[s] * math.log(q[s] / m[s]) for s in q if q[s] > 0
+    )
+    return {"kl": kl, "rkl": rkl, "js": js, "tvd": 0.5 * sum(abs(p[s] - q[s]) for s in p)}
+
+
+def test_sequence_estimates_equal_the_string_divergences_by_enumeration_across_two_tokenizers():
+    """Two canonical-only models over the two tiny tokenizers (student: byte-level BPE, teacher: SentencePiece). Their
+    laws over the 121 strings of ≤ 4 bytes are ``p(s) = p(canonical tokens of s + EOS)``; enumerating each model's
+    token sequences, scoring each text in both tokenizations, and taking the exact expectation of the estimators gives
+    the brute-force KL, RKL, JS and TVD between those laws. Chunk sums equal the sequence log-probabilities."""
+    tok_s, tok_t = cross_tokenizers()
+    teacher, student = CanonicalModel(tok_t, seed=1), CanonicalModel(tok_s, seed=2)
+    p, q = string_law(teacher), string_law(student)
+    assert sum(p.values()) == pytest.approx(1.0, rel=1e-12) and sum(q.values()) == pytest.approx(1.0, rel=1e-12)
+    t_rows = scored_samples(teacher, student, s_is_student=False)
+    s_rows = scored_samples(student, teacher, s_is_student=True)
+    assert sorted(r["text"] for r in t_rows) == sorted(all_strings())  # one token sequence per string
+    for row in t_rows + s_rows:
+        t_chunks, s_chunks = row["by_chunks"]
+        assert t_chunks.sum().item() == pytest.approx(row["logp"], rel=1e-12, abs=1e-12)
+        assert s_chunks.sum().item() == pytest.approx(row["logq"], rel=1e-12, abs=1e-12)
+    truth = brute_string_divergences(p, q)
+    got = enumerated_expectation(t_rows, s_rows)
+    for k in truth:
+        assert got[k].item() == pytest.approx(truth[k], rel=1e-10), k
+    assert truth["kl"] > 0.05  # the models differ: the check has something to find
+
+
+def enumerated_batch(sampler, other, student, teacher):
+    """Every sequence ``sampler`` emits as one batch row, scored by both models in their own tokenizations
+    (``other`` re-tokenizes the text canonically), with the alignment and each row's probability under ``sampler``."""
+    s_rows, t_rows, probs = [], [], []
+    for seq in sampler.sequences():
+        text, ended = completion_text(sampler.tok, list(seq))
+        theirs = encode_completion(other.tok, text, ended)
+        s_rows.append(list(seq) if sampler is student else theirs)
+        t_rows.append(theirs if sampler is student else list(seq))
+        probs.append(math.exp(sum(sampler.token_logprobs(list(seq)))))
+
+    def side(model, rows):
+        width = max(map(len, rows))
+        labels = torch.tensor([r + [-100] * (width - len(r)) for r in rows])
+        logits = torch.zeros(len(rows), width, model.vocab, dtype=F64)
+        for b, r in enumerate(rows):
+            for k in range(len(r)):
+                logits[b, k] = model.log_probs(r[:k])
+        return logits, labels
+
+    s_logits, s_lab = side(student, s_rows)
+    t_logits, t_lab = side(teacher, t_rows)
+    align = align_batch(student.tok, teacher.tok, s_lab.clamp_min(0), s_lab >= 0, t_lab.clamp_min(0), t_lab >= 0)
+    return s_logits, t_logits, s_lab, t_lab, align, torch.tensor(probs, dtype=F64)
+
+
+def test_at_equal_string_laws_the_sequence_estimates_vanish_but_the_chunk_terms_do_not():
+    """What the docstring says of the chunk terms, measured: a student with exactly the teacher's law over strings
+    (the same ``p(s)``, another tokenizer) has every sequence-level divergence 0, but its expected chunk terms are
+    not 0 — the chunk events and the projected next-token outcomes depend on each tokenizer's cuts, so they are not
+    the same events for both models (with canonical-only models some projected terms are even infinite). With the
+    same tokenizer the same construction gives 0: the terms are then the exact f-DISTILL ones."""
+    tok_s, tok_t = cross_tokenizers()
+    teacher = CanonicalModel(tok_t, seed=1)
+    p = string_law(teacher)
+    for stok, should_vanish in ((tok_t, True), (tok_s, False)):
+        student = CanonicalModel(stok, target=p)
+        q = string_law(student)
+        assert all(q[s] == pytest.approx(p[s], rel=1e-12) for s in p)
+        if should_vanish:
+            vocab = Vocab(torch.arange(len(stok)), torch.arange(len(stok)))
+        else:
+            vocab = vocab_map(stok, tok_t)
+        t_rows = scored_samples(teacher, student, s_is_student=False)
+        s_rows = scored_samples(student, teacher, s_is_student=True)
+        for k, v in enumerated_expectation(t_rows, s_rows).items():
+            assert abs(v.item()) < 1e-12, k
+        for kind in ("js", "tvd"):
+            for on, sampler, other in (("teacher", teacher, student), ("student", student, teacher)):
+                s_logits, t_logits, s_lab, t_lab, align, probs = enumerated_batch(sampler, other, student, teacher)
+                terms, _ = cross_step_terms(kind, s_logits, t_logits, s_lab, t_lab, align, vocab, on=on)
+                expected = (probs * terms.sum(-1)).sum().item()
+                if should_vanish:
+                    assert abs(expected) < 1e-12, (kind, on)
+                else:
+                    assert expected > 0.1, (kind, on)  # measured: js ≈ 0.147, tvd ≈ 0.476 (both sides)
+
+
+def test_the_docstring_examples_run():
+    result = doctest.testmod(cross_divergences, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 6 and result.failed == 0
+
+
+# ----------------------------------------------------------------------------- the real pair (slow)
+
+
+@pytest.mark.slow
+def test_real_pair_terms_are_finite_and_see_both_kinds_of_chunk(smollm2, gemma):  # noqa: F811
+    """SmolLM2 (student) and Gemma 3 (teacher) tokenizers on hard texts, random float32 logits of the real
+    vocabulary sizes: every term finite, one-to-one and longer chunks both present, the top-k teacher and the
+    baselines run; and SmolLM2 against itself with its identity map gives the same-tokenizer loss."""
+    rows = [encode_completion(smollm2, text, True) for text in HARD_TEXTS]
+    width = max(map(len, rows))
+    pad = smollm2.pad_token_id
+    s_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+    s_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    t_ids, t_mask = retokenize(smollm2, gemma, s_ids, s_mask)
+    align = align_batch(smollm2, gemma, s_ids, s_mask, t_ids, t_mask)
+    s_lab = s_ids.masked_fill(s_mask == 0, -100)
+    t_lab = t_ids.masked_fill(t_mask == 0, -100)
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(*s_ids.shape, len(smollm2), generator=g).requires_grad_()
+    t = torch.randn(*t_ids.shape, len(gemma), generator=g)
+    vocab = vocab_map(smollm2, gemma)
+    assert len(vocab) > 10000
+    for teacher in (t, TeacherTopK.from_logits(t, 20, t_lab)):
+        for kind, on in CASES:
+            terms, mask = cross_step_terms(kind, s, teacher, s_lab, t_lab, align, vocab, on=on, js_mixture="exact")
+            assert torch.isfinite(terms).all() and (terms[~mask] == 0).all()
+        hybrid, _ = hybrid_terms(s, teacher, s_lab, t_lab, align, vocab)
+        uld, _ = uld_terms(s, teacher, s_lab, t_lab)
+        (terms.sum() + hybrid.sum() + uld.sum()).backward()
+        assert torch.isfinite(s.grad).all()
+    layout_sizes = [(align.student_chunks[b] == c).sum() for b in range(len(rows)) for c in range(align.num_chunks[b])]
+    assert 1 in {int(n) for n in layout_sizes} and max(int(n) for n in layout_sizes) > 1
+    same = identity_alignment(s_lab)
+    identity = Vocab(torch.arange(len(smollm2)), torch.arange(len(smollm2)))
+    t_same = torch.randn(*s.shape, generator=g)
+    got = cross_f_divergence_loss(
+        "tvd",
+        vocab_map=identity,
+        teacher_samples=CrossSampledSequences(s, t_same, s_lab, s_lab, same),
+        student_samples=CrossSampledSequences(s, t_same, s_lab, s_lab, same),
+    ).loss
+    batch = SampledSequences(s, t_same, s_lab)
+    expected = f_divergence_loss("tvd", teacher_samples=batch, student_samples=batch).loss
+    assert got.item() == approx_sums(expected.item(), torch.float32, int(s_mask.sum()) * len(smollm2))

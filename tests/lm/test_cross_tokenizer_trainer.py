@@ -8,10 +8,11 @@ import pytest
 import torch
 import transformers
 from datasets import Dataset
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from fdistill import FDistillTrainer
 from fdistill import testing as tiny
+from fdistill.divergences import token_logprobs
 from fdistill.errors import InputError
 from fdistill.lm.data import TEACHER_TOKENS, DistillCollator, pad_left, score_completions
 from fdistill.lm.loading import tokenizer_fingerprint
@@ -40,23 +41,8 @@ def strings(n: int, seed: int) -> list[str]:
 
 
 def llama(tokenizer, layers: int, seed: int, init: float = 0.02, dtype=torch.float32) -> LlamaForCausalLM:
-    """A tiny Llama over ``tokenizer``'s vocabulary (its special ids in the config)."""
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        initializer_range=init,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
-    )
-    with seeded(seed):
-        return LlamaForCausalLM(config).to(dtype)
+    """A tiny Llama over ``tokenizer``'s vocabulary (:func:`fdistill.testing.llama`), in ``dtype``."""
+    return tiny.llama(layers, seed, init=init, tokenizer=tokenizer).to(dtype)
 
 
 def recorded(data, tokenizer):
@@ -125,6 +111,11 @@ def test_trains_across_tokenizers(toks, pair, tmp_path, objective, sampling):
     samples) the objective's own loss goes down."""
     trainer = trainer_for(toks, pair, tmp_path, objective=objective, teacher_sampling=sampling, max_steps=12)
     assert trainer.cross is not None
+    if objective in ("uld", "hybrid"):  # the model card names the objective and its weight
+        from fdistill.lm.hub import save_model_card
+
+        card = save_model_card(trainer, write=False)
+        assert trainer.objective.title in card and "uld_weight" in card
     teacher = pair[0]  # seqkd loads none (trainer.teacher is None): it reads the teacher's samples only
     frozen = {k: v.clone() for k, v in teacher.state_dict().items()}
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
@@ -331,6 +322,11 @@ def test_trainer_loss_is_the_cross_loss_by_hand(toks, pair, tmp_path, kind):
     )
     assert got.dtype == torch.float64
     torch.testing.assert_close(got, want.loss, rtol=1e-10, atol=1e-12)
+    if "student" in sides:  # the logged teacher NLL of the student samples: in the teacher's own tokens
+        s = sides["student"]
+        nll = -token_logprobs(s.teacher_logits, s.teacher_labels).sum(-1).mean()
+        logged = trainer._metrics["train" if student.training else "eval"]["teacher_nll_of_student_samples"][-1]
+        assert logged == pytest.approx(nll.item(), rel=1e-6)
 
 
 # ----------------------------------------------------------------------------- refusals, before any work
@@ -340,7 +336,6 @@ REFUSED = [
     (dict(objective="kl", fused_divergence=True), "fused_divergence"),
     (dict(objective="engine"), "engine"),
     (dict(objective="predistill"), "predistill"),
-    (dict(objective="rkl", student_server="http://127.0.0.1:9"), "student_server"),
     (dict(objective="tvd", loss_reduction="token"), "loss_reduction='token'"),
 ]
 
@@ -451,6 +446,35 @@ def test_a_served_teacher_across_tokenizers_is_the_in_process_one_at_full_vocabu
     assert got == pytest.approx(reference, rel=sum_rtol(torch.float32, 8 * 16 * len(teacher_tok)))
 
 
+@pytest.mark.parametrize("overlap", [False, True])
+def test_student_samples_through_a_student_server_across_tokenizers(toks, pair, tmp_path, overlap):
+    """student_server: the served student's samples are re-tokenised for the teacher. Greedy, training takes the very
+    steps of in-process sampling (bit for bit); sampled with rollout_overlap (drawn ahead, reused), it trains with
+    importance weights."""
+    from fake_vllm import FakeVLLM
+
+    student_tok, _ = toks
+    kw = dict(objective="rkl", max_steps=3, student_do_sample=False)
+    if overlap:
+        kw.update(student_do_sample=True, steps_per_generation=2, rollout_overlap=True)
+    runs = {}
+    with FakeVLLM(llama(student_tok, 1, seed=9), student_tok, name="student") as fake:
+        for where in ("served",) if overlap else ("local", "served"):
+            extra = {"student_server": fake.url, "student_server_timeout": 4.0} if where == "served" else {}
+            trainer = trainer_for(toks, pair, tmp_path / where, **kw, **extra)
+            trainer.train()
+            runs[where] = ([h["loss"] for h in trainer.state.log_history if "loss" in h], trainer)
+        assert len([b for b in fake.bodies if "seed" in b]) >= 3 * 8  # the student samples came from the server
+    losses, trainer = runs["served"]
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+    if overlap:
+        assert any(h.get("rollout/staleness", 0) >= 1 for h in trainer.state.log_history)
+    else:
+        assert losses == runs["local"][0]
+        for a, b in zip(trainer.model.parameters(), runs["local"][1].model.parameters()):
+            assert torch.equal(a, b)
+
+
 def test_a_served_teacher_with_another_tokenizer_than_teacher_tokenizer_is_refused(toks, pair, tmp_path):
     from fake_vllm import FakeVLLM
 
@@ -504,3 +528,62 @@ def test_the_train_command_trains_a_student_with_its_own_tokenizer(toks, pair, t
     record = json.loads((tmp_path / "run" / "checkpoint-2" / "fdistill_run.json").read_text())
     assert record["teacher_tokenizer"] == tokenizer_fingerprint(teacher_tok)
     assert record["tokenizer"] == tokenizer_fingerprint(student_tok)
+
+
+def test_hybrid_with_one_tokenizer_is_cross_entropy_plus_the_kl(toks, tmp_path):
+    """uld and hybrid always take the cross path; with one tokenizer every chunk is one token, so hybrid is
+    CE + uld_weight · KL(p‖q) on the teacher samples: seqkd's loss plus uld_weight times kl's (float64)."""
+    from tolerances import sum_rtol
+
+    tok = toks[0]
+    teacher = llama(tok, 2, seed=0, init=0.15, dtype=torch.float64)
+    prompts = strings(8, seed=0)
+    samples = [s for s in tiny.sample_ids(teacher, tok, prompts, 8, 0)]
+    samples = [[t for t in s if t != tok.pad_token_id] or [tok.eos_token_id] for s in samples]  # no zero-width token
+    data = recorded(Dataset.from_dict({"prompt": prompts, "teacher_sample_ids": samples}), tok)
+    student = llama(tok, 1, seed=1, dtype=torch.float64)
+    losses = {}
+    for objective in ("hybrid", "seqkd", "kl"):
+        trainer = FDistillTrainer(
+            model=student,
+            teacher_model=teacher,
+            args=config(tmp_path, objective=objective, uld_weight=0.7),
+            train_dataset=data,
+            processing_class=tok,
+        )
+        assert (trainer.cross is not None) == (objective == "hybrid")
+        with torch.no_grad():
+            losses[objective] = trainer.compute_loss(student, trainer.data_collator([data[i] for i in range(8)])).item()
+    want = losses["seqkd"] + 0.7 * losses["kl"]
+    assert losses["hybrid"] == pytest.approx(want, rel=sum_rtol(torch.float64, 8 * 8 * len(tok)))
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(objective="rkl"),
+        dict(objective="tvd", teacher_sampling="online", gradient_accumulation_steps=2, per_device_train_batch_size=4),
+    ],
+)
+def test_reused_student_samples_are_reweighted_across_tokenizers(toks, pair, tmp_path, settings):
+    """steps_per_generation=2: the second step scores the first step's samples (in both tokenizations), weighted;
+    online teacher samples are drawn for the whole group from the teacher's own prompts, padded with its pad id."""
+    trainer = trainer_for(toks, pair, tmp_path, steps_per_generation=2, max_steps=4, **settings)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 4 and all(torch.isfinite(torch.tensor(h["loss"])) for h in logs)
+    assert logs[1]["rollout/staleness"] == 1 and 0 < logs[1]["rollout/ess"] <= 1
+
+
+def test_batch_memory_counts_the_logits_across_tokenizers(monkeypatch):
+    """Nothing is fused across tokenizers, so a batch whose logits exceed all memory is refused even where the
+    settings would fuse (fused_divergence unset on CUDA, or set)."""
+    import fdistill.checks
+    from fdistill.lm.config import DistillArguments
+
+    monkeypatch.setattr(fdistill.checks, "machine_memory_bytes", lambda: 2**30)
+    settings = DistillArguments(objective="kl", max_target_length=64, fused_divergence=True)
+    args = type("Args", (), {"per_device_train_batch_size": 65, "per_device_eval_batch_size": 8})()
+    settings.check_batch_memory(2**16, args)  # would be fused: not bounded by the logits
+    with pytest.raises(InputError, match="per_device_train_batch_size=65 cannot fit"):
+        settings.check_batch_memory(2**16, args, may_fuse=False)
