@@ -5,8 +5,8 @@ import math
 
 import pytest
 import transformers
-from cross_models import llama_over
 
+from fdistill import testing as tiny
 from fdistill.errors import InputError
 from fdistill.studies import cross_tokenizer as study
 from fdistill.studies.cross_tokenizer import VARIANTS, CrossSettings, run_study
@@ -22,7 +22,7 @@ def pair_settings(tmp_path_factory):
     root = tmp_path_factory.mktemp("pair")
     student_tok, teacher_tok = cross_tokenizers()
     for name, tok, seed in (("teacher", teacher_tok, 0), ("student", student_tok, 1)):
-        llama_over(tok, seed).save_pretrained(root / name)
+        tiny.llama(1, seed=seed, hidden=16, init=0.1, tokenizer=tok).save_pretrained(root / name)
         tok.save_pretrained(root / name)
     rows = [{"prompt": f"{a} {b}", "reference": b} for a in WORDS for b in WORDS[:2]]
     (root / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -120,7 +120,7 @@ def test_a_recipe_student_with_its_own_tokenizer_and_copied_layers_trains_across
 
     student_tok, teacher_tok = cross_tokenizers()
     for name, tok, layers in (("teacher", teacher_tok, 1), ("student", student_tok, 2)):
-        llama_over(tok, 0, layers=layers).save_pretrained(tmp_path / name)
+        tiny.llama(layers, seed=0, hidden=16, init=0.1, tokenizer=tok).save_pretrained(tmp_path / name)
         tok.save_pretrained(tmp_path / name)
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in WORDS))

@@ -9,9 +9,9 @@ import math
 
 import pytest
 import torch
-from cross_models import llama_over
 from tolerances import approx_sums
 
+from fdistill import testing as tiny
 from fdistill.evaluation.cross_tokenizer import (
     TextSamples,
     cross_sequence_divergences,
@@ -29,8 +29,10 @@ SETTINGS = dict(num_samples=3, max_new_tokens=5, batch_size=4)
 @pytest.fixture(scope="module")
 def pair():
     student_tok, teacher_tok = cross_tokenizers()  # byte-level BPE student, SentencePiece-style teacher
-    student = llama_over(student_tok, 1, layers=2, init=0.5, dtype=torch.float64)  # peaked: varied samples
-    teacher = llama_over(teacher_tok, 2, layers=2, init=0.5, dtype=torch.float64)
+    student = (
+        tiny.llama(2, seed=1, hidden=16, init=0.5, tokenizer=student_tok).double().eval()
+    )  # peaked: varied samples
+    teacher = tiny.llama(2, seed=2, hidden=16, init=0.5, tokenizer=teacher_tok).double().eval()
     return student, teacher, student_tok, teacher_tok
 
 
