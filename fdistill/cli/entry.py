@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
 def _parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction, dict]:
     """The parser with the language-model sub-commands, its sub-parsers, and their run functions by name."""
     import fdistill.cli
-    from fdistill.cli import demo, paper_claims
+    from fdistill.cli import cross_tokenizer, demo, paper_claims
 
     parser = argparse.ArgumentParser(
         prog="fdistill",
@@ -168,12 +168,18 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction, dict
         "paper-claims", help="every objective × seeds on the packaged SmolLM2 teacher: the f-DISTILL claims, tested"
     )
     paper_claims.add_arguments(c)
+    x = sub.add_parser(
+        "cross-tokenizer",
+        help="a teacher and a student with different tokenizers (Gemma 3 270M -> SmolLM2): f-DISTILL vs ULD, SeqKD",
+    )
+    cross_tokenizer.add_arguments(x)
     runs = {
         "sample": sample.run_sample,
         "train": train.run_train,
         "evaluate": _main_process_only(evaluate.run_evaluate),
         "demo": demo.run_from_args,
         "paper-claims": paper_claims.run_from_args,
+        "cross-tokenizer": cross_tokenizer.run_from_args,
     }
     return parser, sub, runs
 

@@ -208,7 +208,13 @@ def _evaluate_models(args, specs: dict[str, str], prompts: list, references: dic
         model, model_tokenizer = load_model_and_tokenizer(path)
         _check_room(model, model_tokenizer, prompts, args, name)
         results[name], _ = evaluate_model(
-            model, model_tokenizer, prompts, {**references, **against}, teacher=teacher, **common
+            model,
+            model_tokenizer,
+            prompts,
+            {**references, **against},
+            teacher=teacher,
+            teacher_tokenizer=tokenizer,  # another tokenizer: the divergences on text (fdistill.evaluation.cross_tokenizer)
+            **common,
         )
     return results
 

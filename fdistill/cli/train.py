@@ -39,10 +39,16 @@ class RunArguments:
     )
     teacher_gguf_file: str | None = field(default=None, metadata={"help": "GGUF file inside `teacher`."})
     student: str | None = field(
-        default=None, metadata={"help": "An existing student (Hub name or folder); else copied from the teacher."}
+        default=None,
+        metadata={
+            "help": "An existing student (Hub name, folder or pkg:NAME; GGUF: the folder), with its own tokenizer: "
+            "another tokenizer than the teacher's distils across tokenizers. Else copied from the teacher."
+        },
     )
+    student_gguf_file: str | None = field(default=None, metadata={"help": "GGUF file inside `student`."})
     student_layers: list[int] | None = field(
-        default=None, metadata={"help": "Teacher layers copied into a decoder-only student."}
+        default=None,
+        metadata={"help": "Layers copied into a decoder-only student: of `student` when given, else of the teacher."},
     )
     student_encoder_layers: list[int] | None = field(
         default=None, metadata={"help": "Teacher encoder layers copied (encoder–decoders)."}
@@ -147,8 +153,16 @@ def build_trainer(run_args: RunArguments, config):
         raise InputError("the teacher's tokenizer has no pad token; add one to its tokenizer files (e.g. pad = eos).")
     teacher_tokenizer = None
     if run_args.student:
-        student, student_tokenizer = load_model_and_tokenizer(run_args.student, dtype=run_args.model_dtype)
-        if tokenizers_differ(tokenizer, student_tokenizer):  # each its own: across tokenizers (issue 28)
+        student, student_tokenizer = load_model_and_tokenizer(
+            run_args.student, gguf_file=run_args.student_gguf_file, dtype=run_args.model_dtype
+        )
+        if run_args.student_layers:  # a smaller student made of the given model's layers
+            student = create_student_from_teacher(student, layers=run_args.student_layers)
+        if tokenizers_differ(student_tokenizer, tokenizer):  # each its own: across tokenizers (issue 28)
+            if student_tokenizer.pad_token is None:
+                raise InputError(
+                    "the student's tokenizer has no pad token; add one to its tokenizer files (e.g. pad = eos)."
+                )
             logger.info("the student's tokenizer differs from the teacher's: distilling across tokenizers")
             tokenizer, teacher_tokenizer = student_tokenizer, tokenizer
     elif teacher.config.is_encoder_decoder:

