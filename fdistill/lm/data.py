@@ -350,10 +350,15 @@ def score_shared_prompts(
     ids :func:`scoring_inputs` gives the whole sequence. The first label's predictor is the prompt's last position.
     Causal attention makes this the concatenated forward's arithmetic: logits and hidden states equal it to float
     rounding (the matmuls are blocked over other shapes). Encoder–decoder: the encoder reads the ``B`` prompts once
-    and its output is tiled to the ``n·B`` decoder rows. Returns None, before any work, for models this cannot serve:
-    gradient checkpointing (transformers turns the cache off in training), and models wrapped for distributed
-    training (DDP, FSDP, DeepSpeed), whose wrappers expect one forward per backward.
+    and its output is tiled to the ``n·B`` decoder rows. Returns None, before any work, for a single set (nothing to
+    share: the one forward is the cheaper) and for models this cannot serve: gradient checkpointing (transformers
+    turns the cache off in training), and models wrapped for distributed training (DDP, FSDP, DeepSpeed), whose
+    wrappers expect one forward per backward.
     """
+    b, p = prompt_ids.shape
+    n = ids.shape[0] // b
+    if n < 2:
+        return None
     base = base_model(model)
     checkpointing = getattr(base, "is_activation_checkpointing", None)  # transformers >= 5.25; older: the old name
     if hasattr(model, "module") or (base.is_gradient_checkpointing if checkpointing is None else checkpointing):
@@ -361,8 +366,6 @@ def score_shared_prompts(
     if type(model).__name__.startswith("FSDP"):  # FSDP2 (fully_shard) changes the module's class in place
         return None
     config = base.config
-    b, p = prompt_ids.shape
-    n = ids.shape[0] // b
     inputs = scoring_inputs(
         prompt_ids.repeat(n, 1),
         prompt_mask.repeat(n, 1),
