@@ -15,6 +15,12 @@ repeat (their order flips every repeat) so that load from other processes hits b
 medians and the median of the per-repeat ratios.
 
     python scripts/bench_scoring.py --out docs/trainer/bench_scoring_cpu.md
+
+``--rollouts ROW ...`` times whole on-policy steps instead: ``scripts/bench_rollouts.py``'s rows (its shared stages,
+cached in ``--work``; its CPU or GPU preset) for ``--objective``, each row trained once per path per repeat, the paths
+alternating:
+
+    python scripts/bench_scoring.py --rollouts in-process k=4 --work runs/bench_rollouts
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from unittest import mock
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_rollouts (--rollouts)
 
 from fdistill.lm import scoring  # noqa: E402
 from fdistill.lm.config import FDistillConfig  # noqa: E402
@@ -46,6 +53,10 @@ def parse(argv=None):
     p.add_argument("--objective", default="tvd")
     p.add_argument("--repeats", type=int, default=7, help="timed repeats of each path (after one untimed)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rollouts", nargs="+", help="bench_rollouts.py rows to time as whole steps (e.g. in-process k=4)")
+    p.add_argument(
+        "--work", default="runs/bench_rollouts", help="--rollouts: bench_rollouts.py's cache of shared stages"
+    )
     p.add_argument("--out", help="write the table here (Markdown)")
     return p.parse_args(argv)
 
@@ -117,25 +128,75 @@ def step(student, teacher, inputs, names, objective, args, pad: int) -> float:
     return loss.item()
 
 
+PATHS = {"repeated prompt (before)": True, "shared prompt (now)": False}  # name: repeated_prompts(on)
+
+
+def alternating(repeats: int):
+    """``(repeat, path name, repeated)`` with the two paths' order flipped every repeat."""
+    for r in range(repeats):
+        for name in list(PATHS) if r % 2 == 0 else list(reversed(PATHS)):
+            yield r, name, PATHS[name]
+
+
+def rollout_steps(o) -> str:
+    """s/step of bench_rollouts.py's rows under each path (its timing: warm-up steps untimed), alternating."""
+    import bench_rollouts as bench
+
+    argv = ["--objective", o.objective, "--rows", *o.rollouts, "--no-trl", "--work", o.work]
+    b = bench.parse_args(argv)
+    bench.transformers.logging.set_verbosity_error()
+    shared = bench.load_shared(b)
+    times = {(row, name): [] for row in o.rollouts for name in PATHS}
+    for _, name, on in alternating(o.repeats):
+        for row in o.rollouts:
+            with repeated_prompts(on):
+                result = bench.run_fdistill_row(b, shared, o.objective, row)
+            if "s_per_step" not in result:
+                raise RuntimeError(f"row {row}: {result}")
+            times[row, name].append(result["s_per_step"])
+            print(row, name, f"{result['s_per_step']:.3f} s/step", flush=True)
+    lines = [
+        f"Command: `python scripts/bench_scoring.py {' '.join(sys.argv[1:])}`",
+        "",
+        f"bench_rollouts.py rows for {o.objective}: batch {b.batch}, completions ≤ {b.completion} tokens, prompts ≤ "
+        f"{b.prompt} tokens, {b.warmup} warm-up + {b.steps} timed steps per row and path, {o.repeats} repeats "
+        f"(paths alternating), torch threads {torch.get_num_threads()}.",
+        "",
+        "| row | repeated prompt s/step | shared prompt s/step | before/now |",
+        "| --- | --- | --- | --- |",
+    ]
+    for row in o.rollouts:
+        old, new = (statistics.median(times[row, name]) for name in PATHS)
+        lines.append(f"| {row} | {old:.3f} | {new:.3f} | {old / new:.2f}× |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     o = parse(argv)
+    text = rollout_steps(o) if o.rollouts else micro_batch_steps(o)
+    print(text)
+    if o.out:
+        tmp = Path(o.out).with_suffix(".tmp")
+        tmp.write_text(text + "\n")
+        tmp.replace(o.out)
+
+
+def micro_batch_steps(o) -> str:
+    """Time one micro-batch's scoring under each path, alternating."""
     teacher, student, tok = models()
     args = FDistillConfig(output_dir="/tmp/bench_scoring", objective=o.objective, report_to=[])
     objective = get_objective(o.objective)
     names = [n for n in ("reference", "teacher", "student") if n in objective.scores][: o.sets]
     inputs = micro_batch(o, tok.vocab_size if hasattr(tok, "vocab_size") else len(tok), tok.pad_token_id)
     inputs = {k: v for k, v in inputs.items() if k.split("_")[0] in names or k.startswith("prompt")}
-    paths = {"repeated prompt (before)": True, "shared prompt (now)": False}
-    times = {name: [] for name in paths}
+    times = {name: [] for name in PATHS}
     losses = {}
-    for r in range(o.repeats + 1):
-        order = list(paths) if r % 2 == 0 else list(reversed(paths))
-        for name in order:
-            with repeated_prompts(paths[name]):
-                start = time.perf_counter()
-                losses[name] = step(student, teacher, inputs, names, objective, args, tok.pad_token_id)
-                if r:  # the first repeat warms up
-                    times[name].append(time.perf_counter() - start)
+    for r, name, on in alternating(o.repeats + 1):
+        with repeated_prompts(on):
+            start = time.perf_counter()
+            losses[name] = step(student, teacher, inputs, names, objective, args, tok.pad_token_id)
+            if r:  # the first repeat warms up
+                times[name].append(time.perf_counter() - start)
     old, new = times["repeated prompt (before)"], times["shared prompt (now)"]
     ratios = [a / b for a, b in zip(old, new)]
     lo, hi = losses.values()
@@ -144,9 +205,9 @@ def main(argv=None) -> None:
         "| --- | --- | --- |",
         *(f"| {name} | {statistics.median(t):.3f} | {min(t):.3f} |" for name, t in times.items()),
     ]
-    text = "\n".join(
+    return "\n".join(
         [
-            f"Command: `python scripts/bench_scoring.py {' '.join(sys.argv[1:])}`".replace(" `", "`", 0),
+            f"Command: `python scripts/bench_scoring.py {' '.join(sys.argv[1:])}`",
             "",
             f"Objective {o.objective}, sets {names}, batch {o.batch}, prompts ≤ {o.prompt} tokens, completions ≤ "
             f"{o.completion} tokens, {o.repeats} timed repeats (interleaved), torch threads "
@@ -160,11 +221,6 @@ def main(argv=None) -> None:
             f"Loss before {lo:.8g}, now {hi:.8g} (relative difference {abs(lo - hi) / abs(lo):.1e}).",
         ]
     )
-    print(text)
-    if o.out:
-        tmp = Path(o.out).with_suffix(".tmp")
-        tmp.write_text(text + "\n")
-        tmp.replace(o.out)
 
 
 if __name__ == "__main__":
