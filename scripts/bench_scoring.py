@@ -53,6 +53,7 @@ def parse(argv=None):
     p.add_argument("--objective", default="tvd")
     p.add_argument("--repeats", type=int, default=7, help="timed repeats of each path (after one untimed)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice, the cores)")
     p.add_argument("--rollouts", nargs="+", help="bench_rollouts.py rows to time as whole steps (e.g. in-process k=4)")
     p.add_argument(
         "--work", default="runs/bench_rollouts", help="--rollouts: bench_rollouts.py's cache of shared stages"
@@ -173,6 +174,8 @@ def rollout_steps(o) -> str:
 
 def main(argv=None) -> None:
     o = parse(argv)
+    if o.threads:
+        torch.set_num_threads(o.threads)
     text = rollout_steps(o) if o.rollouts else micro_batch_steps(o)
     print(text)
     if o.out:
@@ -218,6 +221,7 @@ def micro_batch_steps(o) -> str:
             f"Speed-up before/now: median of per-repeat ratios {statistics.median(ratios):.2f}× "
             f"(range {min(ratios):.2f}–{max(ratios):.2f}); ratio of medians "
             f"{statistics.median(old) / statistics.median(new):.2f}×.",
+            "Per repeat (before / now, s): " + ", ".join(f"{a:.1f} / {b:.1f}" for a, b in zip(old, new)) + ".",
             f"Loss before {lo:.8g}, now {hi:.8g} (relative difference {abs(lo - hi) / abs(lo):.1e}).",
         ]
     )
