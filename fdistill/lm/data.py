@@ -11,6 +11,7 @@ forward kwargs of either architecture and says which logits score which completi
 
 from __future__ import annotations
 
+import inspect
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -331,6 +332,88 @@ def score_completions(
         decoder_start_token_id=getattr(config, "decoder_start_token_id", None),
     )
     outputs = model(**inputs.model_kwargs, output_hidden_states=output_hidden_states, use_cache=False)
+    return inputs.logits(outputs), inputs.labels, outputs
+
+
+def score_shared_prompts(
+    model,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    ids: Tensor,
+    mask: Tensor,
+    *,
+    pad_token_id: int,
+    output_hidden_states: bool = False,
+) -> tuple[Tensor, Tensor, Any] | None:
+    """:func:`score_completions` of completion sets stacked along the batch (``ids`` ``(n·B, C)``, set-major, as
+    :func:`cat_completions` makes them) that all continue the same ``B`` prompts, reading each prompt once.
+
+    Decoder-only: one forward over the ``(B, P)`` prompts keeps their key/value cache (with the graph when gradients
+    are on, so the loss still differentiates through the prompt positions); the cache is tiled to the ``n·B`` rows
+    and one forward over the completions continues it, with the prompts' attention mask prepended and the position
+    ids :func:`scoring_inputs` gives the whole sequence. The first label's predictor is the prompt's last position.
+    Causal attention makes this the concatenated forward's arithmetic: logits and hidden states equal it to float
+    rounding (the matmuls are blocked over other shapes). Encoder–decoder: the encoder reads the ``B`` prompts once
+    and its output is tiled to the ``n·B`` decoder rows. Returns None, before any work, for a single set (nothing to
+    share: the one forward is the cheaper) and for models this cannot serve: gradient checkpointing (transformers
+    turns the cache off in training), and models wrapped for distributed training (DDP, FSDP, DeepSpeed), whose
+    wrappers expect one forward per backward.
+    """
+    b, p = prompt_ids.shape
+    n = ids.shape[0] // b
+    if n < 2:
+        return None
+    base = base_model(model)
+    checkpointing = getattr(base, "is_activation_checkpointing", None)  # transformers >= 5.25; older: the old name
+    if hasattr(model, "module") or (base.is_gradient_checkpointing if checkpointing is None else checkpointing):
+        return None
+    if type(model).__name__.startswith("FSDP"):  # FSDP2 (fully_shard) changes the module's class in place
+        return None
+    config = base.config
+    inputs = scoring_inputs(
+        prompt_ids.repeat(n, 1),
+        prompt_mask.repeat(n, 1),
+        ids,
+        mask,
+        is_encoder_decoder=bool(config.is_encoder_decoder),
+        pad_token_id=pad_token_id,
+        decoder_start_token_id=getattr(config, "decoder_start_token_id", None),
+    )
+    kwargs = inputs.model_kwargs
+    rows = torch.arange(b, device=prompt_ids.device).repeat(n)  # row i·B + j of the stacked sets reads prompt j
+    if not inputs.decoder_only:
+        encoder = model.get_encoder()(
+            input_ids=prompt_ids, attention_mask=prompt_mask.long(), output_hidden_states=output_hidden_states
+        )
+        tiled = {k: v[rows] if torch.is_tensor(v) else tuple(h[rows] for h in v) for k, v in encoder.items()}
+        kwargs = {k: v for k, v in kwargs.items() if k != "input_ids"}
+        outputs = model(
+            **kwargs, encoder_outputs=type(encoder)(**tiled), output_hidden_states=output_hidden_states, use_cache=False
+        )
+        return inputs.logits(outputs), inputs.labels, outputs
+    prompt = model(
+        input_ids=prompt_ids,
+        attention_mask=kwargs["attention_mask"][:b, :p],
+        position_ids=kwargs["position_ids"][:b, :p],
+        logits_to_keep=1,
+        output_hidden_states=output_hidden_states,
+        use_cache=True,
+    )
+    renamed = "cache" in inspect.signature(base.forward).parameters  # transformers >= 5.25 renamed past_key_values
+    cache = prompt.cache if renamed else prompt.past_key_values
+    cache.batch_select_indices(rows)
+    rest = model(
+        input_ids=kwargs["input_ids"][:, p:],
+        attention_mask=kwargs["attention_mask"],
+        position_ids=kwargs["position_ids"][:, p:],
+        **{"cache" if renamed else "past_key_values": cache},
+        output_hidden_states=output_hidden_states,
+        use_cache=True,
+    )
+    hidden = None
+    if output_hidden_states:  # the whole sequence's, as the concatenated forward gives them
+        hidden = tuple(torch.cat([h[rows], r], 1) for h, r in zip(prompt.hidden_states, rest.hidden_states))
+    outputs = type(rest)(logits=torch.cat([prompt.logits[rows], rest.logits], 1), hidden_states=hidden)
     return inputs.logits(outputs), inputs.labels, outputs
 
 

@@ -1,9 +1,10 @@
 """Scoring a micro-batch: the student's and the teacher's numbers on every completion set the objective scores.
 
-One forward per model over the completion sets concatenated along the batch (:func:`score_sets`: logits, or with
-the fused divergence the LM-head inputs), or the teacher's top-k log-probabilities in place of its forward — stored
-beside the offline teacher samples (:func:`stored_topk`) or from a vLLM server (:func:`served_topk`) — put together
-as one :class:`~fdistill.lm.objectives.ScoredBatch` (:func:`scored_batch`). Then the NaN/inf check of what was scored
+Per model, the prompts read once and the completion sets concatenated along the batch continuing them
+(:func:`score_sets`: logits, or with the fused divergence the LM-head inputs from one forward that repeats the prompts),
+or the teacher's top-k log-probabilities in place of its forward — stored beside the offline teacher samples
+(:func:`stored_topk`) or from a vLLM server (:func:`served_topk`) — put together as one
+:class:`~fdistill.lm.objectives.ScoredBatch` (:func:`scored_batch`). Then the NaN/inf check of what was scored
 (:func:`nonfinite_problem`) and, with ``on_nonfinite='skip'``, the tally of dropped micro-batches (:class:`SkipTally`).
 """
 
@@ -19,7 +20,7 @@ from fdistill.divergences import TeacherTopK, nonfinite_positions
 from fdistill.errors import InputError, nonfinite_cause
 from fdistill.kernels import capture_head_inputs, check_head, output_head
 from fdistill.lm.checkpoints import resume_advice
-from fdistill.lm.data import cat_completions, score_completions, scoring_inputs
+from fdistill.lm.data import cat_completions, score_completions, score_shared_prompts, scoring_inputs
 from fdistill.lm.objectives import ScoredBatch, ScoredSet
 from fdistill.torch_utils import base_model
 
@@ -44,7 +45,9 @@ def score_sets(
     hidden: bool = False,
     fused: bool = False,
 ) -> tuple[dict[str, Scored], Any]:
-    """One forward of ``model`` over the completion sets ``names`` (concatenated along the batch).
+    """The forwards of ``model`` over the completion sets ``names`` (concatenated along the batch): the prompts once,
+    their key/value cache (or encoder output) shared by every set (:func:`~fdistill.lm.data.score_shared_prompts`);
+    with ``fused``, or a model that cannot share them, one forward with the prompts repeated per set.
 
     Returns per-name :class:`Scored` slices ``(logits (B, C, V), labels (B, C))`` and the model outputs;
     with ``fused`` the LM-head inputs ``(B, C, H)`` stand in for the logits, which are never computed.
@@ -58,8 +61,11 @@ def score_sets(
         with capture_head_inputs(model) as captured:
             _, labels, outputs = score_completions(*args, pad_token_id=pad)
         logits = captured[-1][:, :-1] if not is_encoder_decoder else captured[-1]  # the labels' predictors
-    else:
-        logits, labels, outputs = score_completions(*args, pad_token_id=pad, output_hidden_states=hidden)
+    else:  # each prompt read once for all the sets when the model allows (score_shared_prompts), else repeated
+        shared = score_shared_prompts(
+            model, inputs["prompt_ids"], inputs["prompt_mask"], ids, mask, pad_token_id=pad, output_hidden_states=hidden
+        )
+        logits, labels, outputs = shared or score_completions(*args, pad_token_id=pad, output_hidden_states=hidden)
         if shared_vocab_size is not None:  # heads padded to different sizes: the tokenizer's tokens only
             logits = logits[..., :shared_vocab_size]
     b = inputs["prompt_ids"].shape[0]

@@ -1,0 +1,138 @@
+"""Each prompt read once for every completion set (``fdistill.lm.data.score_shared_prompts``): the same logits,
+hidden states and gradients as the forward that repeats the prompt per set, on tiny Llama, GPT-2, BART and T5 models
+with left-padded prompts and right-padded completion sets of different lengths; and the models it leaves to that
+forward."""
+
+import pytest
+import torch
+from torch import nn
+
+from fdistill import testing as tiny
+from fdistill.lm.data import cat_completions, pad_left, pad_right, score_completions, score_shared_prompts
+from fdistill.lm.scoring import score_sets
+from tests.tolerances import sum_rtol
+
+ARCHS = ("llama", "gpt2", "bart", "t5")
+
+
+def batch(sets: int = 2, seed: int = 1) -> dict[str, torch.Tensor]:
+    """Three prompts of 5, 2 and 7 tokens (left-padded) and ``sets`` completion sets of other lengths, one of them
+    a single token (right-padded to lengths that differ between sets)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rows(*lengths):
+        return [torch.randint(3, tiny.VOCAB, (n,), generator=g).tolist() for n in lengths]
+
+    out = dict(zip(("prompt_ids", "prompt_mask"), pad_left(rows(5, 2, 7), 0)))
+    for i, lengths in enumerate([(4, 1, 6), (3, 8, 2), (2, 2, 5)][:sets]):
+        out[f"set{i}_ids"], out[f"set{i}_mask"] = pad_right(rows(*lengths), 0)
+    return out
+
+
+def both(model, inputs, sets: int, hidden: bool = False):
+    """(repeated-prompt scoring, shared-prompt scoring) of the stacked sets: ``(logits, labels, outputs)`` each."""
+    ids, mask = cat_completions([(inputs[f"set{i}_ids"], inputs[f"set{i}_mask"]) for i in range(sets)], 0)
+    p_ids, p_mask = inputs["prompt_ids"], inputs["prompt_mask"]
+    old = score_completions(
+        model, p_ids.repeat(sets, 1), p_mask.repeat(sets, 1), ids, mask, pad_token_id=0, output_hidden_states=hidden
+    )
+    new = score_shared_prompts(model, p_ids, p_mask, ids, mask, pad_token_id=0, output_hidden_states=hidden)
+    return old, new
+
+
+def close(actual, expected, terms: int, scale: float | None = None):
+    """Equal up to another summation order of ``terms`` values of their dtype, relative to ``scale`` (default: the
+    largest magnitude in ``expected``)."""
+    rtol = sum_rtol(expected.dtype, terms)
+    scale = expected.abs().max().item() if scale is None else scale
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * scale)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("sets", [2, 3])
+def test_logits_and_hidden_states_equal_the_repeated_prompt_forward(arch, sets):
+    model = getattr(tiny, arch)(2, seed=0, init=0.3).eval()
+    inputs = batch(sets)
+    with torch.no_grad():
+        (old_logits, old_labels, old_out), (new_logits, new_labels, new_out) = both(model, inputs, sets, hidden=True)
+    assert new_logits.shape == old_logits.shape and torch.equal(new_labels, old_labels)
+    close(new_logits, old_logits, terms=32 * 4)
+    key = "hidden_states" if arch in ("llama", "gpt2") else "decoder_hidden_states"
+    old_hidden, new_hidden = getattr(old_out, key), getattr(new_out, key)
+    assert len(new_hidden) == len(old_hidden) == 3
+    for old_h, new_h in zip(old_hidden, new_hidden):  # the whole sequence's, as predistill reads them
+        assert new_h.shape == old_h.shape
+        close(new_h, old_h, terms=32 * 4)
+    assert new_out.logits.shape == old_out.logits.shape  # what compute_loss(return_outputs=True) hands on
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_gradients_equal_autograd_of_the_repeated_prompt_forward(arch):
+    """The loss differentiates through the prompt positions (the cache or encoder output carries the graph)."""
+    inputs, weights = batch(2), torch.randn(6, 8, tiny.VOCAB, generator=torch.Generator().manual_seed(3))
+    grads = []
+    for use in (0, 1):
+        model = getattr(tiny, arch)(2, seed=0, init=0.3)
+        logits, labels, _ = both(model, inputs, 2)[use]
+        loss = (logits.log_softmax(-1) * weights * (labels != -100)[..., None]).sum()
+        loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    old, new = grads
+    assert new.keys() == old.keys()
+    embedding = next(n for n in old if "emb" in n or "shared" in n or "wte" in n)
+    assert old[embedding].abs().sum() > 0  # the prompt tokens' rows get gradient
+    scale = max(g.abs().max().item() for g in old.values())  # some are 0 but for rounding (a key's bias)
+    for name in old:
+        close(new[name], old[name], terms=6 * 16 * tiny.VOCAB, scale=scale)
+
+
+class Wrapped(nn.Module):
+    """A distributed wrapper's shape (DDP, DeepSpeed: the model under ``.module``)."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, **kwargs):
+        return self.module(**kwargs)
+
+
+@pytest.mark.parametrize("leave", ["wrapped", "checkpointing", "one set"])
+def test_what_cannot_share_the_prompt_is_scored_by_the_repeated_forward(leave):
+    """Distributed wrappers expect one forward per backward, gradient checkpointing turns the cache off, and one set
+    has nothing to share: the shared path declines (None) before any forward, and score_sets scores as before (one
+    set: bit-identical to the forward over ``[prompt | completion]``)."""
+    model = tiny.llama(2, seed=0, init=0.3)
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    if leave == "checkpointing":
+        getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
+    elif leave == "wrapped":
+        model = Wrapped(model)
+    inputs = batch(2)
+    names = ["set0"] if leave == "one set" else ["set0", "set1"]
+    ids, mask = cat_completions([(inputs[f"{n}_ids"], inputs[f"{n}_mask"]) for n in names], 0)
+    assert score_shared_prompts(model, inputs["prompt_ids"], inputs["prompt_mask"], ids, mask, pad_token_id=0) is None
+    assert calls == []
+    scored, outputs = score_sets(model, inputs, names, pad_token_id=0, is_encoder_decoder=False, shared_vocab_size=None)
+    sets = len(names)
+    assert calls == [1] and outputs.logits.shape == (3 * sets, ids.shape[1] + 1, tiny.VOCAB)  # the prompts repeated
+    if leave == "one set":
+        expected, _, _ = score_completions(
+            model, inputs["prompt_ids"], inputs["prompt_mask"], ids, mask, pad_token_id=0
+        )
+        assert torch.equal(scored["set0"].values, expected)
+
+
+def test_score_sets_reads_each_prompt_once():
+    """Two forwards per model whatever the number of sets: the (B, P) prompts, then the (n·B, C) completions."""
+    model = tiny.llama(2, seed=0, init=0.3)
+    shapes = []
+    model.register_forward_pre_hook(
+        lambda _, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
+    scored, _ = score_sets(
+        model, batch(3), ["set0", "set1", "set2"], pad_token_id=0, is_encoder_decoder=False, shared_vocab_size=None
+    )
+    assert shapes == [(3, 7), (9, 8)]
+    assert [s.values.shape for s in scored.values()] == [(3, 8, tiny.VOCAB)] * 3
