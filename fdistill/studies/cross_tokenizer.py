@@ -44,7 +44,7 @@ import torch
 
 from fdistill.checks import output_folder
 from fdistill.errors import invalid
-from fdistill.studies.paper_claims import Variant, _write_json, check_settings_record
+from fdistill.studies.paper_claims import Variant, _write_json, check_settings_record, sample_study_teacher
 
 logger = logging.getLogger(__name__)
 
@@ -212,21 +212,15 @@ class Shared:
 
     def _sample_teacher(self, train_pairs: list[dict]) -> None:
         """One offline teacher sample per training prompt, in the teacher's ids (cached in ``out/teacher_samples``)."""
-        from datasets import Dataset
-
-        from fdistill.lm.sampling import OfflineSamplingSettings, sample_offline
-
         s = self.settings
         start = time.perf_counter()
-        sampling = OfflineSamplingSettings(
-            max_new_tokens=s.max_new_tokens, batch_size=s.sample_batch_size, seed=s.data_seed, use_chat_template=False
-        )
-        self.train_data = sample_offline(
+        self.train_data = sample_study_teacher(
             self.teacher,
             self.teacher_tokenizer,
-            Dataset.from_list(train_pairs),
-            str(self.out / "teacher_samples"),
-            sampling,
+            train_pairs,
+            self.out,
+            s,
+            use_chat_template=False,
             teacher_id=s.teacher + (f"/{s.teacher_gguf_file}" if s.teacher_gguf_file else ""),
             show_progress=False,
         )

