@@ -1,5 +1,7 @@
 """The `fdistill` command: sampling (one and two processes), training from a recipe, clear errors."""
 
+import argparse
+import contextlib
 import os
 import shutil
 import subprocess
@@ -128,6 +130,25 @@ def test_two_process_training_equals_one_process(teacher_dir, tmp_path):
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert_same_step(tmp_path, teacher)
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_command_ends_the_process_group_it_started(monkeypatch, fails):
+    """A process that exits with its gloo group alive can abort at shutdown (SIGABRT, "terminate called without an
+    active exception", seen in CI under `accelerate launch`): the command ends its group, on success and on error."""
+    import torch.distributed as dist
+
+    from fdistill.cli import entry
+
+    def command(args):
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        assert dist.is_initialized()
+        if fails:
+            raise ValueError("bad input")
+
+    with pytest.raises(SystemExit) if fails else contextlib.nullcontext():
+        entry._run(command, argparse.Namespace(command="train"))
+    assert not dist.is_initialized()
 
 
 def test_research_commands_are_imported_only_when_chosen_and_name_their_extra(monkeypatch, capsys):
