@@ -51,6 +51,7 @@ import sys
 import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -76,6 +77,10 @@ ROWS: dict[str, dict] = {
     "k=4": {"steps_per_generation": 4},
     "overlap": {"student_server": SERVER, "rollout_overlap": True},
     "server, k=4": {"student_server": SERVER, "steps_per_generation": 4},
+    # bfloat16 arithmetic (the precision GPU runs use): the student under autocast, the teacher cast to bfloat16
+    "bf16": {"bf16": True, "teacher_dtype": "bfloat16"},
+    "bf16, k=2": {"bf16": True, "teacher_dtype": "bfloat16", "steps_per_generation": 2},
+    "bf16, k=4": {"bf16": True, "teacher_dtype": "bfloat16", "steps_per_generation": 4},
 }
 QUALITY_VARIANTS = ("in-process", "server", "k=2", "k=4", "overlap")
 QUALITY_KEYS = ("r_llh_token", "r_cvg_token", "kl", "rkl", "js", "tvd_bound")
@@ -278,6 +283,17 @@ def check_out(o) -> None:
 # ----------------------------------------------------------------------------- speed rows
 
 
+@contextmanager
+def teacher_kept(shared):
+    """The shared teacher as it was after the row: the trainer casts a teacher it is given to ``teacher_dtype`` in
+    place (as the Trainer moves a model), and the next row must start from the same teacher."""
+    dtype = next(shared.teacher.parameters()).dtype
+    try:
+        yield
+    finally:
+        shared.teacher.to(dtype=dtype)
+
+
 def run_fdistill_row(o, shared, objective: str, name: str) -> dict:
     """One fdistill row: the shared start, the row's settings; "unavailable" when the installed fdistill lacks them."""
     settings = row_settings(name, o.student_server)
@@ -286,7 +302,7 @@ def run_fdistill_row(o, shared, objective: str, name: str) -> dict:
         return {"unavailable": why}
     shared.student.load_state_dict(shared.start_state)
     torch.manual_seed(o.seed)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, teacher_kept(shared):
         try:
             trainer = fdistill_trainer(
                 o,
@@ -419,7 +435,7 @@ def quality_run(o, shared, objective: str, variant: str, seed: int) -> dict:
     shared.student.load_state_dict(shared.start_state)
     timer = StepTimer(warmup=1)  # the steps after the first: no set-up (a server's start-up) in s/step
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, teacher_kept(shared):
         shared.train_fn(
             shared.student,
             shared.teacher,

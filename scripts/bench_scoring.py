@@ -3,7 +3,7 @@
 fdistill scores every completion set an objective needs (tvd and js: the teacher's samples and the student's) by
 both models. The shared path (:func:`fdistill.lm.data.score_shared_prompts`) runs each model over the ``B`` prompts
 once and continues their key/value cache with all ``n·B`` completions; the repeated path (what fdistill did before,
-and still does with the fused divergence or a model that cannot share the prompt) runs one forward over
+and still does for a model that cannot share the prompt) runs one forward over
 ``[prompt | completion]`` for every set. Both give the same loss to float rounding; this measures the time.
 
 The demo's models: the packaged SmolLM2-135M-Instruct teacher (GGUF) and the 4-layer student made from it by layer
@@ -15,6 +15,9 @@ repeat (their order flips every repeat) so that load from other processes hits b
 medians and the median of the per-repeat ratios.
 
     python scripts/bench_scoring.py --out docs/trainer/bench_scoring_cpu.md
+
+``--fused`` times the same with the fused divergence (the LM heads record their inputs; the CUDA default), where the
+shared path joins the LM-head inputs instead of the logits.
 
 ``--rollouts ROW ...`` times whole on-policy steps instead: ``scripts/bench_rollouts.py``'s rows (its shared stages,
 cached in ``--work``; its CPU or GPU preset) for ``--objective``, each row trained once per path per repeat, the paths
@@ -54,6 +57,7 @@ def parse(argv=None):
     p.add_argument("--repeats", type=int, default=7, help="timed repeats of each path (after one untimed)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice, the cores)")
+    p.add_argument("--fused", action="store_true", help="the fused divergence's path (LM-head inputs, no logits)")
     p.add_argument("--rollouts", nargs="+", help="bench_rollouts.py rows to time as whole steps (e.g. in-process k=4)")
     p.add_argument(
         "--work", default="runs/bench_rollouts", help="--rollouts: bench_rollouts.py's cache of shared stages"
@@ -106,9 +110,10 @@ def repeated_prompts(on: bool):
         yield
 
 
-def step(student, teacher, inputs, names, objective, args, pad: int) -> float:
-    """Student forward + backward and teacher forward on the sets ``names``, the objective's loss; returns it."""
-    how = dict(pad_token_id=pad, is_encoder_decoder=False, shared_vocab_size=None)
+def step(student, teacher, inputs, names, objective, args, pad: int, fused: bool = False) -> float:
+    """Student forward + backward and teacher forward on the sets ``names``, the objective's loss; returns it.
+    ``fused``: the LM heads record their inputs and the fused divergence takes the loss (the CUDA default)."""
+    how = dict(pad_token_id=pad, is_encoder_decoder=False, shared_vocab_size=None, fused=fused)
     s, s_out = scoring.score_sets(student, inputs, names, **how)
     with torch.no_grad():
         t, t_out = scoring.score_sets(teacher, inputs, names, **how)
@@ -118,7 +123,7 @@ def step(student, teacher, inputs, names, objective, args, pad: int) -> float:
         t,
         counts,
         reduction=args.loss_reduction,
-        heads=None,
+        heads=scoring.fused_heads(student, teacher, None) if fused else None,
         outputs=(s_out, t_out),
         student_config=student.config,
         is_encoder_decoder=False,
@@ -197,7 +202,7 @@ def micro_batch_steps(o) -> str:
     for r, name, on in alternating(o.repeats + 1):
         with repeated_prompts(on):
             start = time.perf_counter()
-            losses[name] = step(student, teacher, inputs, names, objective, args, tok.pad_token_id)
+            losses[name] = step(student, teacher, inputs, names, objective, args, tok.pad_token_id, o.fused)
             if r:  # the first repeat warms up
                 times[name].append(time.perf_counter() - start)
     old, new = times["repeated prompt (before)"], times["shared prompt (now)"]
@@ -213,7 +218,8 @@ def micro_batch_steps(o) -> str:
             f"Command: `python scripts/bench_scoring.py {' '.join(sys.argv[1:])}`",
             "",
             f"Objective {o.objective}, sets {names}, batch {o.batch}, prompts ≤ {o.prompt} tokens, completions ≤ "
-            f"{o.completion} tokens, {o.repeats} timed repeats (interleaved), torch threads "
+            f"{o.completion} tokens, {'fused divergence, ' if o.fused else ''}{o.repeats} timed repeats "
+            f"(interleaved), torch threads "
             f"{torch.get_num_threads()}, CPUs {os.cpu_count()}.",
             "",
             *rows,

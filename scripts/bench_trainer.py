@@ -257,8 +257,7 @@ def fdistill_trainer(
         max_new_tokens=o.completion,
         max_target_length=o.completion,
         fused_divergence=fused,
-        **{"max_prompt_length": o.prompt, **settings},
-        **training_args(o, out_dir),
+        **{**training_args(o, out_dir), "max_prompt_length": o.prompt, **settings},  # a row's settings win
     )
     trainer = FDistillTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data, processing_class=tok)
     for cfg in (trainer.student_generation_config, trainer.teacher_generation_config):

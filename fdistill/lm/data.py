@@ -344,6 +344,7 @@ def score_shared_prompts(
     *,
     pad_token_id: int,
     output_hidden_states: bool = False,
+    head_inputs: list[Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Any] | None:
     """:func:`score_completions` of completion sets stacked along the batch (``ids`` ``(n·B, C)``, set-major, as
     :func:`cat_completions` makes them) that all continue the same ``B`` prompts, reading each prompt once.
@@ -358,6 +359,11 @@ def score_shared_prompts(
     share: the one forward is the cheaper) and for models this cannot serve: gradient checkpointing (transformers
     turns the cache off in training), and models wrapped for distributed training (DDP, FSDP, DeepSpeed), whose
     wrappers expect one forward per backward.
+
+    ``head_inputs``: the list :func:`fdistill.kernels.capture_head_inputs` yields, when the LM head only records its
+    inputs (the fused divergence). Their ``(n·B, C, H)`` rows that predict the labels are returned in the logits'
+    place, joined from the two forwards as the logits would be, and the model's placeholder logits are dropped
+    unjoined, so no ``(n·B, C, V)`` tensor is ever made.
     """
     b, p = prompt_ids.shape
     n = ids.shape[0] // b
@@ -390,7 +396,7 @@ def score_shared_prompts(
         outputs = model(
             **kwargs, encoder_outputs=type(encoder)(**tiled), output_hidden_states=output_hidden_states, use_cache=False
         )
-        return inputs.logits(outputs), inputs.labels, outputs
+        return (inputs.logits(outputs) if head_inputs is None else head_inputs[-1]), inputs.labels, outputs
     prompt = model(
         input_ids=prompt_ids,
         attention_mask=kwargs["attention_mask"][:b, :p],
@@ -413,6 +419,9 @@ def score_shared_prompts(
     hidden = None
     if output_hidden_states:  # the whole sequence's, as the concatenated forward gives them
         hidden = tuple(torch.cat([h[rows], r], 1) for h, r in zip(prompt.hidden_states, rest.hidden_states))
+    if head_inputs is not None:  # the LM head's inputs of the prompts' last position, then of the completions
+        predictors = torch.cat([head_inputs[-2][rows], head_inputs[-1]], 1)[:, :-1]
+        return predictors, inputs.labels, type(rest)(logits=rest.logits, hidden_states=hidden)
     outputs = type(rest)(logits=torch.cat([prompt.logits[rows], rest.logits], 1), hidden_states=hidden)
     return inputs.logits(outputs), inputs.labels, outputs
 

@@ -1,7 +1,7 @@
 """Scoring a micro-batch: the student's and the teacher's numbers on every completion set the objective scores.
 
 Per model, the prompts read once and the completion sets concatenated along the batch continuing them
-(:func:`score_sets`: logits, or with the fused divergence the LM-head inputs from one forward that repeats the prompts),
+(:func:`score_sets`: logits, or with the fused divergence the LM-head inputs in their place),
 or the teacher's top-k log-probabilities in place of its forward — stored beside the offline teacher samples
 (:func:`stored_topk`) or from a vLLM server (:func:`served_topk`) — put together as one
 :class:`~fdistill.lm.objectives.ScoredBatch` (:func:`scored_batch`). Then the NaN/inf check of what was scored
@@ -46,8 +46,8 @@ def score_sets(
     fused: bool = False,
 ) -> tuple[dict[str, Scored], Any]:
     """The forwards of ``model`` over the completion sets ``names`` (concatenated along the batch): the prompts once,
-    their key/value cache (or encoder output) shared by every set (:func:`~fdistill.lm.data.score_shared_prompts`);
-    with ``fused``, or a model that cannot share them, one forward with the prompts repeated per set.
+    their key/value cache (or encoder output) shared by every set (:func:`~fdistill.lm.data.score_shared_prompts`,
+    with or without ``fused``); for a model that cannot share them, one forward with the prompts repeated per set.
 
     Returns per-name :class:`Scored` slices ``(logits (B, C, V), labels (B, C))`` and the model outputs;
     with ``fused`` the LM-head inputs ``(B, C, H)`` stand in for the logits, which are never computed.
@@ -57,14 +57,18 @@ def score_sets(
     ids, mask = cat_completions([(inputs[f"{n}_ids"], inputs[f"{n}_mask"]) for n in names], pad)
     repeat = len(names)
     args = (model, inputs["prompt_ids"].repeat(repeat, 1), inputs["prompt_mask"].repeat(repeat, 1), ids, mask)
-    if fused:
+    prompts = (inputs["prompt_ids"], inputs["prompt_mask"], ids, mask)
+    if fused:  # the LM head records its inputs; each prompt read once when the model allows, else repeated
         with capture_head_inputs(model) as captured:
-            _, labels, outputs = score_completions(*args, pad_token_id=pad)
-        logits = captured[-1][:, :-1] if not is_encoder_decoder else captured[-1]  # the labels' predictors
+            shared = score_shared_prompts(model, *prompts, pad_token_id=pad, head_inputs=captured)
+            if shared is None:
+                _, labels, outputs = score_completions(*args, pad_token_id=pad)
+        if shared is None:
+            logits = captured[-1][:, :-1] if not is_encoder_decoder else captured[-1]  # the labels' predictors
+        else:
+            logits, labels, outputs = shared
     else:  # each prompt read once for all the sets when the model allows (score_shared_prompts), else repeated
-        shared = score_shared_prompts(
-            model, inputs["prompt_ids"], inputs["prompt_mask"], ids, mask, pad_token_id=pad, output_hidden_states=hidden
-        )
+        shared = score_shared_prompts(model, *prompts, pad_token_id=pad, output_hidden_states=hidden)
         logits, labels, outputs = shared or score_completions(*args, pad_token_id=pad, output_hidden_states=hidden)
         if shared_vocab_size is not None:  # heads padded to different sizes: the tokenizer's tokens only
             logits = logits[..., :shared_vocab_size]

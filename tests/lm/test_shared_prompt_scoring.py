@@ -136,3 +136,46 @@ def test_score_sets_reads_each_prompt_once():
     )
     assert shapes == [(3, 7), (9, 8)]
     assert [s.values.shape for s in scored.values()] == [(3, 8, tiny.VOCAB)] * 3
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_fused_divergence_reads_each_prompt_once_with_the_same_head_inputs(arch, monkeypatch):
+    """With the fused divergence the LM head only records its inputs: the shared path joins the prompt's last one and
+    the completions' as the logits would be joined (the same ``(n·B, C, H)`` predictors as the repeated forward, to
+    float rounding), never makes the ``(n·B, C, V)`` logits, and gradients flow through the prompt positions."""
+    from fdistill.kernels import head_logits, output_head
+    from fdistill.lm import scoring
+
+    inputs, names = batch(2), ["set0", "set1"]
+    weights = torch.randn(3, 8, tiny.VOCAB, generator=torch.Generator().manual_seed(5))
+    how = dict(pad_token_id=0, is_encoder_decoder=arch in ("bart", "t5"), shared_vocab_size=None, fused=True)
+    runs = []
+    for shared in (False, True):
+        model = getattr(tiny, arch)(2, seed=0, init=0.3)
+        forwards = []
+        model.register_forward_hook(lambda *_, calls=forwards: calls.append(1))
+        with monkeypatch.context() as m:
+            if not shared:
+                m.setattr(scoring, "score_shared_prompts", lambda *a, **k: None)
+            scored, outputs = score_sets(model, inputs, names, **how)
+        head = output_head(model)
+        logits = [head_logits(head, scored[n].values) for n in names]
+        loss = sum(
+            (lg.log_softmax(-1) * weights * (scored[n].labels != -100)[..., None]).sum() for lg, n in zip(logits, names)
+        )
+        loss.backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        runs.append((scored, logits, grads, forwards, outputs))
+    (old, old_logits, old_grads, old_forwards, _), (new, new_logits, new_grads, new_forwards, new_out) = runs
+    decoder_only = arch in ("llama", "gpt2")
+    assert len(old_forwards) == 1 and len(new_forwards) == (2 if decoder_only else 1)
+    if decoder_only:
+        assert new_out.logits.stride()[-1] == 0  # the placeholder's zeros: no (n·B, C, V) tensor was made
+    for n, a, b in zip(names, old_logits, new_logits):
+        assert new[n].values.shape == old[n].values.shape and torch.equal(new[n].labels, old[n].labels)
+        close(new[n].values, old[n].values, terms=32 * 4)
+        close(b, a, terms=32 * 4)
+    assert new_grads.keys() == old_grads.keys()
+    scale = max(g.abs().max().item() for g in old_grads.values())
+    for name in old_grads:
+        close(new_grads[name], old_grads[name], terms=6 * 16 * tiny.VOCAB, scale=scale)
