@@ -1,5 +1,6 @@
 """On-policy steps/s of rkl, js and tvd by rollout backend: in-process generate, the vLLM student server, reused
-rollouts (k = 2, 4), overlapped generation, and TRL's DistillationTrainer; and quality at equal steps (issue 24).
+rollouts (k = 2, 4), overlapped generation, bfloat16 arithmetic (rows "bf16...": the student under autocast, the
+teacher cast), and TRL's DistillationTrainer; and quality at equal steps (issue 24).
 
 The demo's setting (:mod:`fdistill.studies.demo`): the packaged SmolLM2-135M-Instruct teacher (GGUF), chatterbot
 prompts through the chat template, one offline teacher sample per training prompt, the 4-layer copied-layer student
