@@ -25,6 +25,7 @@ from fdistill.lm.data import DistillCollator
 from fdistill.lm.sampling import sample_completions
 from fdistill.lm.served.launch import LocalServer
 from fdistill.lm.served.student import STUDENT_API_KEY_ENV, StudentServer, StudentServerError, student_weights
+from fdistill.lm.student import wrap_with_lora
 
 transformers.logging.set_verbosity_error()
 
@@ -79,8 +80,20 @@ def config(tmp_path, **kw):
     return tiny.config(tmp_path, **{**defaults, **kw})
 
 
-def train(tmp_path, data, tok, teacher, resume=False, callbacks=None, **kw):
-    student = tiny.llama(1, seed=1)
+def lora_student(arch="llama", seed=1, **lora):
+    """A tiny student wrapped with LoRA whose adapters are not zero (B is zero at peft's initialisation, which
+    would make the merged weights the base's and hide a wrong merge)."""
+    model = wrap_with_lora(getattr(tiny, arch)(1, seed=seed), r=4, alpha=8, **lora)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return model
+
+
+def train(tmp_path, data, tok, teacher, resume=False, callbacks=None, student=None, **kw):
+    student = tiny.llama(1, seed=1) if student is None else student
     trainer = FDistillTrainer(
         model=student,
         teacher_model=teacher,
@@ -128,6 +141,83 @@ def test_tied_embeddings_are_written_once(tok):
     assert "lm_head.weight" not in weights and "transformer.wte.weight" in weights
     untied = tiny.llama(1, seed=0)
     assert "lm_head.weight" in student_weights(untied)
+
+
+@pytest.mark.parametrize(
+    "arch,lora",
+    [("llama", {}), ("gpt2", {}), ("llama", {"use_rslora": True}), ("llama", {"modules_to_save": ["lm_head"]})],
+)
+def test_a_lora_students_weights_are_the_base_with_the_adapters_merged(arch, lora):
+    """What a sync sends for a LoRA student equals peft's own merge (merge_and_unload of a copy) under the base
+    checkpoint's names, on Llama and GPT-2 (fan-in/fan-out Conv1D), with rsLoRA and a module_to_save; the trainer's
+    weights are not touched (no merge in place)."""
+    model = lora_student(arch, **lora)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    merged = copy.deepcopy(model).merge_and_unload()
+    expected = student_weights(merged)
+    got = student_weights(model)
+    assert got.keys() == expected.keys()
+    for k in expected:
+        torch.testing.assert_close(got[k], expected[k], rtol=sum_rtol(torch.float32, 8), atol=1e-6)
+    unadapted = student_weights(copy.deepcopy(model).unload())  # the base weights, adapters dropped
+    assert sum(not torch.equal(got[k], unadapted[k]) for k in got) >= 4  # the adapted layers changed
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n])
+
+
+def test_a_lora_student_is_served_through_its_merged_weights(fake, tok, tmp_path):
+    """After a sync the server computes the LoRA student (its log-probabilities), and follows its adapters."""
+    student = lora_student()
+    server = client(fake, student, tok, tmp_path)
+    prompt, completion = [1, 4, 6], [8, 2, 9, 11]
+    local = one_sequence(student, prompt, completion)
+    with student.disable_adapter():
+        without = one_sequence(student, prompt, completion)
+    assert (local - without).abs().max() > 1e-3  # the adapters matter
+    server.sync(student, 0)
+    served = torch.tensor(server.score([prompt], [completion], k=1)[0].token_logprobs)
+    torch.testing.assert_close(served, local, rtol=sum_rtol(torch.float32, 64), atol=1e-6)
+    with torch.no_grad():
+        next(p for n, p in student.named_parameters() if "lora_B" in n).mul_(3.0)
+    moved = one_sequence(student, prompt, completion)
+    server.sync(student, 1)
+    served = torch.tensor(server.score([prompt], [completion], k=1)[0].token_logprobs)
+    torch.testing.assert_close(served, moved, rtol=sum_rtol(torch.float32, 64), atol=1e-6)
+    server.close()
+
+
+def test_auto_serves_a_lora_student_from_its_merged_base_model(tok, tmp_path, monkeypatch):
+    """``student_server="auto"`` saves a LoRA student as the base architecture with the adapters merged (a peft
+    save_pretrained would write the adapters alone, which vLLM cannot serve as the model): the folder loads as a
+    plain transformers model that computes the LoRA student."""
+    from fdistill.lm.served import launch
+
+    started = {}
+    monkeypatch.setattr(launch, "vllm_python", lambda python=None: "python")
+    monkeypatch.setattr(launch, "start_vllm_server", lambda python, folder, **kw: started.update(folder=folder, **kw))
+    model = lora_student()
+    launch.launch_student(model, tok, str(tmp_path / "served"), python=None, max_model_len=64, startup_timeout=1.0)
+    assert started["dtype"] == "float32" and started["env"] == {"VLLM_SERVER_DEV_MODE": "1"}
+    served = transformers.AutoModelForCausalLM.from_pretrained(started["folder"])
+    assert not any("lora" in n for n, _ in served.named_parameters())
+    prompt, completion = [1, 4, 6], [8, 2, 9, 11]
+    torch.testing.assert_close(
+        one_sequence(served, prompt, completion),
+        one_sequence(model, prompt, completion),
+        rtol=sum_rtol(torch.float32, 64),
+        atol=1e-6,
+    )
+
+
+def test_other_adapters_than_lora_are_refused(fake, tok, tmp_path):
+    from peft import IA3Config, get_peft_model
+
+    dora = wrap_with_lora(tiny.llama(1, seed=1), r=4, alpha=8, use_dora=True)
+    with pytest.raises(InputError, match="DoRA adapter 'default'"):
+        client(fake, dora, tok, tmp_path)
+    ia3 = get_peft_model(tiny.llama(1, seed=1), IA3Config(target_modules=["q_proj"], feedforward_modules=[]))
+    with pytest.raises(InputError, match="LoRA adapters only; adapter 'default' is IA3"):
+        client(fake, ia3, tok, tmp_path)
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -196,6 +286,18 @@ def test_training_through_the_server_takes_the_in_process_steps(fake, data, tok,
     # fresh, so no importance weight was formed
     assert not [h for h in trainer.state.log_history if "rollout/staleness" in h]
     assert len([b for b in fake.bodies if "seed" in b]) == 4 * 4  # every student sample came from the server
+
+
+def test_a_lora_student_trains_through_the_server_as_in_process(fake, data, tok, teacher, tmp_path):
+    """Greedy samples of the merged weights are the LoRA student's own: the losses and final adapters are the
+    in-process run's, bit for bit."""
+    local, local_student, _ = train(tmp_path / "local", data, tok, teacher, max_steps=3, student=lora_student())
+    served, served_student, _ = train(
+        tmp_path / "served", data, tok, teacher, max_steps=3, student=lora_student(), student_server=fake.url
+    )
+    assert served == local and len(fake.reloads) == 3
+    for (n, a), b in zip(served_student.named_parameters(), local_student.parameters()):
+        assert torch.equal(a, b), n
 
 
 def test_sync_every_k_steps(fake, data, tok, teacher, tmp_path):

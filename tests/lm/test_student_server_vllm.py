@@ -9,7 +9,8 @@ decoding draws the same completions through the server as in process; ``"auto"``
 PID gone) after training and after an error; a server killed mid-run stops training with the step and the last
 checkpoint named, and the run resumed with a new server ends where an uninterrupted run does.
 
-Three server starts of ~1 minute each on 2 CPU cores (one served by URL for the module, two ``"auto"``). The served
+A LoRA (peft) student is served the same way, through its merged weights. Three server starts of ~1 minute each on
+2 CPU cores (one served by URL for the module, two ``"auto"``). The served
 model is a tiny random float32 Llama (2 layers, hidden 256 — at hidden 64, head size 16, the CPU engine failed on
 its first request here; the 25-token test tokenizer of :mod:`fdistill.testing`), saved with
 save_pretrained; the server starts with VLLM_SERVER_DEV_MODE=1 (its /collective_rpc reloads the weights).
@@ -126,8 +127,9 @@ class _Probe(TrainerCallback):
         self.seen.append((state.global_step, served, local, completion_log_probs(self.initial, self.sequences, 3)))
 
 
-def test_the_server_holds_the_current_student_after_each_sync(server, data, tok, teacher, tmp_path):
-    model = student()
+def train_and_probe(server, data, tok, teacher, tmp_path, model):
+    """Train ``model`` through ``server``; after the syncs of steps 1-3 the server's log-probabilities of fixed
+    completions are the student's, and not the initial weights'. Returns the trainer."""
     probe = _Probe(student())
     trainer = make(tmp_path, data, tok, teacher, model, callbacks=[probe], student_server=server.url)
     probe.trainer = trainer
@@ -136,7 +138,25 @@ def test_the_server_holds_the_current_student_after_each_sync(server, data, tok,
     for step, served, local, initial in probe.seen:
         torch.testing.assert_close(served, local, rtol=0, atol=ATOL)
         assert (served - initial).abs().max() > 50 * ATOL, step  # the weights moved, and the server with them
+    return trainer
+
+
+def test_the_server_holds_the_current_student_after_each_sync(server, data, tok, teacher, tmp_path):
+    trainer = train_and_probe(server, data, tok, teacher, tmp_path, student())
     print("sync seconds:", [round(s, 3) for s in trainer.student_server.sync_seconds])
+
+
+def test_a_lora_student_is_served_through_its_merged_weights(server, data, tok, teacher, tmp_path):
+    """A LoRA (peft) student: each sync sends the base weights with the adapters merged, and after the syncs of
+    steps 1-3 the server's log-probabilities are the LoRA student's (the initial weights': the base model's)."""
+    from fdistill.lm.student import wrap_with_lora
+
+    model = wrap_with_lora(student(), r=4, alpha=8)
+    with torch.no_grad():  # adapters that are not zero from the start (peft starts B at 0)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.05, generator=torch.Generator().manual_seed(2))
+    train_and_probe(server, data, tok, teacher, tmp_path, model)
 
 
 def test_greedy_completions_are_the_same_through_the_server(server, data, tok, teacher, tmp_path):

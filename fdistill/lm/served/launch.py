@@ -188,9 +188,20 @@ def launch_student(
 ) -> LocalServer:
     """``student_server="auto"``: the student saved into ``folder`` (a folder the run owns; save_pretrained, its
     tokenizer beside it) and served from it by vLLM's virtualenv (:func:`vllm_python`) with
-    ``VLLM_SERVER_DEV_MODE=1`` (for ``/collective_rpc`` reload_weights, the weight sync), in the student's dtype."""
+    ``VLLM_SERVER_DEV_MODE=1`` (for ``/collective_rpc`` reload_weights, the weight sync), in the student's dtype.
+    A LoRA (peft) student is saved as its base model with the adapters merged, as every sync sends it."""
     python = vllm_python(python)
-    model.save_pretrained(folder)
+    if hasattr(model, "peft_config"):  # a LoRA student: its base architecture, the adapters merged (the sync's)
+        from safetensors.torch import save_file
+
+        from fdistill.lm.served.student import student_weights
+        from fdistill.torch_utils import base_model
+
+        os.makedirs(folder, exist_ok=True)
+        base_model(model).config.save_pretrained(folder)
+        save_file(student_weights(model), os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+    else:
+        model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     return start_vllm_server(

@@ -45,6 +45,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -93,7 +94,7 @@ def default_weights_root(output_dir: str) -> str:
 
 def check_servable(model, generation_config) -> None:
     """Refuse, in one `InputError` before anything starts, a student or sampling a vLLM server cannot give: beam
-    search, LM-head rows to leave out, an encoder–decoder, a LoRA (peft) student."""
+    search, LM-head rows to leave out, an encoder–decoder, a PEFT adapter other than LoRA (DoRA included)."""
     config = generation_config
     if config.num_beams and config.num_beams > 1:
         raise InputError(
@@ -107,24 +108,77 @@ def check_servable(model, generation_config) -> None:
         )
     if bool(base_model(model).config.is_encoder_decoder):
         raise InputError("student_server serves decoder-only students (a vLLM prompt is one token sequence).")
-    if hasattr(model, "peft_config"):
-        raise InputError(
-            "student_server with a LoRA (peft) student is not supported: sync would need the merged weights (or "
-            "vLLM's runtime LoRA loading); train it with in-process sampling (unset student_server), or merge the "
-            "adapter first (merge_and_unload)."
-        )
+    peft = getattr(unwrapped(model), "peft_config", None)
+    if peft is not None:
+        fix = "train it with in-process sampling (unset student_server), or merge the adapter first (merge_and_unload)"
+        for name, config in peft.items():
+            kind = str(getattr(config.peft_type, "value", config.peft_type))
+            if kind != "LORA":
+                raise InputError(f"student_server takes LoRA adapters only; adapter {name!r} is {kind}: {fix}.")
+            if getattr(config, "use_dora", False):
+                raise InputError(
+                    f"student_server cannot serve the DoRA adapter {name!r} (its merge rescales each weight's "
+                    f"columns, which the sync does not do): {fix}."
+                )
+
+
+def unwrapped(model):
+    """``model`` without distributed wrappers (``.module``), a PEFT model kept as it is."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
 
 
 def student_weights(model) -> dict[str, Tensor]:
     """The student's weights under its checkpoint names, for vLLM's ``load_weights``: a tied LM head is left out
-    (vLLM ties it itself; safetensors refuses shared tensors)."""
+    (vLLM ties it itself; safetensors refuses shared tensors). A LoRA (peft) student gives the weights of its base
+    model with the adapters merged, :func:`merged_lora_weights`: the server runs the base architecture."""
     model = base_model(model)
-    state = model.state_dict()
+    state = merged_lora_weights(model) if any(isinstance(m, _lora_layer()) for m in model.modules()) else None
+    state = model.state_dict() if state is None else state
     head = model.get_output_embeddings()
     if head is not None and getattr(model.config, "tie_word_embeddings", False):
         tied = head.weight.data_ptr()
         state = {k: v for k, v in state.items() if not (k.endswith("weight") and v.data_ptr() == tied and "head" in k)}
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def _lora_layer():
+    """peft's LoRA layer class, or a class nothing is an instance of when peft is not installed."""
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:
+        return type("NoLoraLayer", (), {})
+    return LoraLayer
+
+
+@torch.no_grad()
+def merged_lora_weights(model) -> dict[str, Tensor]:
+    r"""The state dict the base model would have with its LoRA adapters merged, under the base checkpoint's names.
+
+    Each adapted layer's weight is ``W + Σ_a ΔW_a`` over its active, unmerged adapters, ``ΔW_a = (α/r) B_a A_a`` as
+    peft computes it (``get_delta_weight``: scaling, rsLoRA, fan-in/fan-out layouts, embeddings); its bias and every
+    other weight are the base's; ``modules_to_save`` copies stand in for the originals. Computed beside the training
+    weights, never merged in place: merging then unmerging in floating point does not give ``W`` back exactly, and
+    the trainer's weights must not drift because of a sync. ``model``: the transformers model with peft's layers
+    injected (:func:`fdistill.torch_utils.base_model` of a ``PeftModel``).
+    """
+    lora = _lora_layer()
+    state = {}
+    for key, value in model.state_dict().items():
+        if ".lora_" in key or ".original_module." in key:
+            continue  # the adapters themselves (merged below); a module_to_save's frozen original
+        name = re.sub(r"\.modules_to_save\.[^.]+\.", ".", key.replace(".base_layer.", "."))
+        state[name] = value
+    for name, module in model.named_modules():
+        if not isinstance(module, lora) or getattr(module, "merged", False):
+            continue
+        adapters = [a for a in module.active_adapters if a in module.lora_A or a in module.lora_embedding_A]
+        if adapters:
+            base = module.get_base_layer().weight
+            delta = sum(module.get_delta_weight(a).to(torch.float32) for a in adapters)
+            state[f"{name}.weight"] = (base.to(torch.float32) + delta).to(base.dtype)
+    return state
 
 
 class StudentServer(TeacherServer):
