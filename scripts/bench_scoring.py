@@ -16,8 +16,9 @@ medians and the median of the per-repeat ratios.
 
     python scripts/bench_scoring.py --out docs/trainer/bench_scoring_cpu.md
 
-``--fused`` times the same with the fused divergence (the LM heads record their inputs; the CUDA default), where the
-shared path joins the LM-head inputs instead of the logits.
+On a GPU the models are bfloat16 on it (the same command). ``--fused`` times the same with the fused divergence
+(the LM heads record their inputs; the CUDA default), where the shared path joins the LM-head inputs instead of the
+logits.
 
 ``--rollouts ROW ...`` times whole on-policy steps instead: ``scripts/bench_rollouts.py``'s rows (its shared stages,
 cached in ``--work``; its CPU or GPU preset) for ``--objective``, each row trained once per path per repeat, the paths
@@ -66,15 +67,20 @@ def parse(argv=None):
     return p.parse_args(argv)
 
 
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def models():
-    """The demo's teacher and 4-layer copied-layer student, float32 on the CPU."""
+    """The demo's teacher and 4-layer copied-layer student: float32 on the CPU; bfloat16 on a GPU when there is one
+    (as bench_rollouts.py's CUDA preset)."""
     from fdistill.lm.model_loading import load_model_and_tokenizer
     from fdistill.lm.student import create_student_from_teacher
     from fdistill.studies.demo import SMOLLM2, SMOLLM2_GGUF, STUDENT_LAYERS
 
     teacher, tok = load_model_and_tokenizer(SMOLLM2, gguf_file=SMOLLM2_GGUF)
-    teacher.float().eval()
-    student = create_student_from_teacher(teacher, layers=STUDENT_LAYERS).float().train()
+    dtype = torch.bfloat16 if DEVICE.type == "cuda" else torch.float32
+    teacher.to(DEVICE, dtype).eval()
+    student = create_student_from_teacher(teacher, layers=STUDENT_LAYERS).to(DEVICE, dtype).train()
     return teacher, student, tok
 
 
@@ -97,7 +103,7 @@ def micro_batch(o, vocab: int, pad: int) -> dict[str, torch.Tensor]:
     out = dict(zip(("prompt_ids", "prompt_mask"), padded(o.prompt, left=True)))
     for name in ("teacher", "student", "reference")[: o.sets]:
         out[f"{name}_ids"], out[f"{name}_mask"] = padded(o.completion, left=False)
-    return out
+    return {k: v.to(DEVICE) for k, v in out.items()}
 
 
 @contextmanager
@@ -131,7 +137,7 @@ def step(student, teacher, inputs, names, objective, args, pad: int, fused: bool
     loss = objective.loss(batch, args).loss
     loss.backward()
     student.zero_grad(set_to_none=True)
-    return loss.item()
+    return loss.item()  # waits for the device: the step's time is all in
 
 
 PATHS = {"repeated prompt (before)": True, "shared prompt (now)": False}  # name: repeated_prompts(on)
@@ -219,7 +225,7 @@ def micro_batch_steps(o) -> str:
             "",
             f"Objective {o.objective}, sets {names}, batch {o.batch}, prompts ≤ {o.prompt} tokens, completions ≤ "
             f"{o.completion} tokens, {'fused divergence, ' if o.fused else ''}{o.repeats} timed repeats "
-            f"(interleaved), torch threads "
+            f"(interleaved), device {DEVICE.type}, torch threads "
             f"{torch.get_num_threads()}, CPUs {os.cpu_count()}.",
             "",
             *rows,
