@@ -26,9 +26,18 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(P
 
 
 def _interrupt_when(cmd: list[str], ready, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Start ``python -m fdistill.cli *cmd``, send SIGINT as soon as ``ready()`` holds, and wait for it to end."""
+    """Start ``python -m fdistill.cli *cmd``, send SIGINT as soon as ``ready()`` holds, and wait for it to end.
+
+    The child starts with SIGINT's default action, as a command typed at a terminal does: a test run in the
+    background of a non-interactive shell (``nohup ... &``) inherits SIGINT ignored, and Python then installs no
+    KeyboardInterrupt handler, so the signal would be lost (seen when .ci/run itself ran in the background)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "fdistill.cli", *cmd], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "fdistill.cli", *cmd],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + timeout
     while not ready():
