@@ -16,7 +16,8 @@ medians and the median of the per-repeat ratios.
 
     python scripts/bench_scoring.py --out docs/trainer/bench_scoring_cpu.md
 
-On a GPU the models are bfloat16 on it (the same command). ``--fused`` times the same with the fused divergence
+On a GPU the models are bfloat16 on it (the same command); ``--random-weights`` builds a random teacher of the
+packaged one's shape where the package is not installed. ``--fused`` times the same with the fused divergence
 (the LM heads record their inputs; the CUDA default), where the shared path joins the LM-head inputs instead of the
 logits.
 
@@ -58,6 +59,9 @@ def parse(argv=None):
     p.add_argument("--repeats", type=int, default=7, help="timed repeats of each path (after one untimed)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice, the cores)")
+    p.add_argument(
+        "--random-weights", action="store_true", help="a random SmolLM2-135M-shaped teacher instead of the packaged one"
+    )
     p.add_argument("--fused", action="store_true", help="the fused divergence's path (LM-head inputs, no logits)")
     p.add_argument("--rollouts", nargs="+", help="bench_rollouts.py rows to time as whole steps (e.g. in-process k=4)")
     p.add_argument(
@@ -70,18 +74,51 @@ def parse(argv=None):
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def models():
+def models(random_weights: bool = False):
     """The demo's teacher and 4-layer copied-layer student: float32 on the CPU; bfloat16 on a GPU when there is one
-    (as bench_rollouts.py's CUDA preset)."""
-    from fdistill.lm.model_loading import load_model_and_tokenizer
+    (as bench_rollouts.py's CUDA preset). ``random_weights``: a random-weight Llama of SmolLM2-135M's shape instead
+    of the packaged GGUF (for a machine without the package, e.g. a lent GPU: same shapes, so the same time)."""
     from fdistill.lm.student import create_student_from_teacher
-    from fdistill.studies.demo import SMOLLM2, SMOLLM2_GGUF, STUDENT_LAYERS
+    from fdistill.studies.demo import STUDENT_LAYERS
 
-    teacher, tok = load_model_and_tokenizer(SMOLLM2, gguf_file=SMOLLM2_GGUF)
+    teacher, tok = random_smollm2() if random_weights else packaged_smollm2()
     dtype = torch.bfloat16 if DEVICE.type == "cuda" else torch.float32
     teacher.to(DEVICE, dtype).eval()
     student = create_student_from_teacher(teacher, layers=STUDENT_LAYERS).to(DEVICE, dtype).train()
     return teacher, student, tok
+
+
+def packaged_smollm2():
+    from fdistill.lm.model_loading import load_model_and_tokenizer
+    from fdistill.studies.demo import SMOLLM2, SMOLLM2_GGUF
+
+    return load_model_and_tokenizer(SMOLLM2, gguf_file=SMOLLM2_GGUF)
+
+
+def random_smollm2():
+    """A random-weight Llama with SmolLM2-135M-Instruct's configuration, and a stand-in for its tokenizer (the
+    benchmark reads only the vocabulary size and the pad id)."""
+    from types import SimpleNamespace
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=8192,
+        rope_theta=100000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        pad_token_id=2,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config), SimpleNamespace(vocab_size=config.vocab_size, pad_token_id=config.pad_token_id)
 
 
 def micro_batch(o, vocab: int, pad: int) -> dict[str, torch.Tensor]:
@@ -197,7 +234,7 @@ def main(argv=None) -> None:
 
 def micro_batch_steps(o) -> str:
     """Time one micro-batch's scoring under each path, alternating."""
-    teacher, student, tok = models()
+    teacher, student, tok = models(o.random_weights)
     args = FDistillConfig(output_dir="/tmp/bench_scoring", objective=o.objective, report_to=[])
     objective = get_objective(o.objective)
     names = [n for n in ("reference", "teacher", "student") if n in objective.scores][: o.sets]
@@ -224,7 +261,8 @@ def micro_batch_steps(o) -> str:
             f"Command: `python scripts/bench_scoring.py {' '.join(sys.argv[1:])}`",
             "",
             f"Objective {o.objective}, sets {names}, batch {o.batch}, prompts ≤ {o.prompt} tokens, completions ≤ "
-            f"{o.completion} tokens, {'fused divergence, ' if o.fused else ''}{o.repeats} timed repeats "
+            f"{o.completion} tokens, {'random-weight teacher, ' if o.random_weights else ''}"
+            f"{'fused divergence, ' if o.fused else ''}{o.repeats} timed repeats "
             f"(interleaved), device {DEVICE.type}, torch threads "
             f"{torch.get_num_threads()}, CPUs {os.cpu_count()}.",
             "",
