@@ -26,7 +26,7 @@ check() {  # check NAME COMMAND...: run it, its output to $out/NAME.log, its sta
 }
 
 check environment bash -c 'nvidia-smi; python -c "import torch, transformers, triton; print(torch.__version__, transformers.__version__, triton.__version__, torch.cuda.get_device_name())"'
-check test_kernels_gpu python -m pytest -m gpu tests/core/test_kernels.py -q
+check test_kernels_gpu python -m pytest -m gpu tests/core/test_kernels.py -q -rs  # -rs: why any was skipped
 check bench_divergence python scripts/bench_divergence.py --out "$out/bench_divergence_cuda.md"
 trl=()
 python -c "import trl" 2>/dev/null || trl=(--no-trl)
