@@ -11,10 +11,16 @@ from contextlib import ExitStack, contextmanager
 import torch
 
 
-def base_model(model):
-    """The transformers model under PEFT / DDP wrappers (its ``config`` says which architecture it is)."""
+def unwrap(model):
+    """``model`` without distributed wrappers (DDP, accelerate: ``.module``); a PEFT wrapper is kept."""
     while hasattr(model, "module"):
         model = model.module
+    return model
+
+
+def base_model(model):
+    """The transformers model under PEFT / DDP wrappers (its ``config`` says which architecture it is)."""
+    model = unwrap(model)
     if hasattr(model, "get_base_model"):
         model = model.get_base_model()
     return model

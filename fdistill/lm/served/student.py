@@ -61,7 +61,7 @@ from fdistill.lm.sampling import eos_ids
 from fdistill.lm.served.client import PROBE_TEXT, TeacherServer
 from fdistill.lm.served.http import DEFAULT_RETRIES, DEFAULT_TIMEOUT, TeacherServerError
 from fdistill.lm.served.sampling import sample_seed
-from fdistill.torch_utils import base_model
+from fdistill.torch_utils import base_model, unwrap
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def check_servable(model, generation_config) -> None:
         )
     if bool(base_model(model).config.is_encoder_decoder):
         raise InputError("student_server serves decoder-only students (a vLLM prompt is one token sequence).")
-    peft = getattr(unwrapped(model), "peft_config", None)
+    peft = getattr(unwrap(model), "peft_config", None)
     if peft is not None:
         fix = "train it with in-process sampling (unset student_server), or merge the adapter first (merge_and_unload)"
         for name, config in peft.items():
@@ -120,13 +120,6 @@ def check_servable(model, generation_config) -> None:
                     f"student_server cannot serve the DoRA adapter {name!r} (its merge rescales each weight's "
                     f"columns, which the sync does not do): {fix}."
                 )
-
-
-def unwrapped(model):
-    """``model`` without distributed wrappers (``.module``), a PEFT model kept as it is."""
-    while hasattr(model, "module"):
-        model = model.module
-    return model
 
 
 def student_weights(model) -> dict[str, Tensor]:
