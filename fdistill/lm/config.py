@@ -119,6 +119,16 @@ class DistillArguments:
             "by truncated prefix importance weights (importance_weight_cap). 1 = fresh samples every step."
         },
     )
+    num_iterations: int = field(
+        default=1,
+        metadata={
+            "help": "Optimizer steps on each generation's samples (TRL GRPO's num_iterations, μ): the steps of a "
+            "generation group come back μ times in a row, the same prompts with the same samples; the teacher's "
+            "numbers on them are computed once and kept (it is frozen), the student-side terms reweighted by the "
+            "same importance weights. The train sampler repeats each group's prompts μ times (an epoch sees every "
+            "prompt μ times). 1 = every sample trains one step."
+        },
+    )
     rollout_overlap: bool = field(
         default=False,
         metadata={

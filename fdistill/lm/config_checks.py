@@ -276,19 +276,29 @@ def check_fused(settings, objective: Objective) -> None:
 
 
 def check_rollout_reuse(settings, objective: Objective) -> None:
-    """Reused (``steps_per_generation > 1``) or overlapped (``rollout_overlap``) student samples are reweighted by
-    prefix importance weights (:mod:`fdistill.lm.importance`): they need a sampling density (ancestral sampling,
-    no top-k/top-p filter), materialised logits, an objective that applies the weights, and for overlap a server."""
-    k = settings.steps_per_generation
+    """Reused (``steps_per_generation > 1``, ``num_iterations > 1``) or overlapped (``rollout_overlap``) student
+    samples are reweighted by prefix importance weights (:mod:`fdistill.lm.importance`): they need a sampling
+    density (ancestral sampling, no top-k/top-p filter), materialised logits, an objective that applies the weights,
+    and for overlap a server (and no ``num_iterations``: its later passes draw nothing to overlap)."""
+    k, mu = settings.steps_per_generation, settings.num_iterations
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         refuse(settings, "steps_per_generation", "use a whole number >= 1 (1 = fresh samples every step).")
+    if isinstance(mu, bool) or not isinstance(mu, int) or mu < 1:
+        refuse(settings, "num_iterations", "use a whole number >= 1 (1 = every sample trains one step).")
     check_cap(settings.importance_weight_cap)
     server = getattr(settings, "student_server", None)
     if settings.rollout_overlap and server is None:
         refuse(settings, "rollout_overlap", "it draws on the student server while training: set student_server.")
-    if k == 1 and not settings.rollout_overlap:
+    if mu > 1 and settings.rollout_overlap:
+        refuse(
+            settings,
+            "num_iterations",
+            "the steps after a generation's first pass train on samples already drawn, so there is no next draw to "
+            "overlap: use num_iterations=1 with rollout_overlap, or rollout_overlap=False.",
+        )
+    if k == 1 and mu == 1 and not settings.rollout_overlap:
         return
-    setting = "steps_per_generation" if k > 1 else "rollout_overlap"
+    setting = "steps_per_generation" if k > 1 else "num_iterations" if mu > 1 else "rollout_overlap"
     if "student" not in objective.scores:
         refuse(
             settings, setting, f"objective {settings.objective!r} scores no student samples; leave it at its default."

@@ -1,6 +1,7 @@
 """Importance weights for reused (stale) student samples: the prefix ratios, their truncation and their statistics.
 
-With ``steps_per_generation = k`` one generation serves k optimizer steps, and with ``rollout_overlap`` step n+1's
+With ``steps_per_generation = k`` one generation serves k optimizer steps, with ``num_iterations = μ`` each step's
+samples are trained on again at the μ − 1 steps after it, and with ``rollout_overlap`` step n+1's
 samples are drawn while step n trains: the student samples a step scores were drawn by an older student ``q_old``
 (the one of step ``policy_step``), not by the current ``q_θ``. This module gives the weights that make the stale
 estimate estimate the fresh objective, and says how far their truncation moves it.
@@ -72,6 +73,15 @@ top-k pairs and any ``loss_temperature``): ``tvd`` ``½ Σ_v |q − p| ≤ 1``; 
 ``m = βp + (1−β)q ≥ (1−β)q`` gives ``KL(q ‖ m) ≤ log(1/(1−β))`` (``log 2`` at β = ½). Unbounded: ``rkl``
 (``q log(q/p)`` as ``p → 0``), ``engine`` (``−log p``) and the exact JS mixture (``KL(q ‖ m_t) ≤ −log(1 − w_t)``,
 ``w_t → 1`` on prefixes the teacher prefers): for them only the sign of the bias holds.
+
+**Training on the same samples again** (``num_iterations``). The passes after the first score the same samples
+with the same weights; their denominator is the first pass's own loss forward (detached), which *is* the drawing
+policy there (no optimizer step between the draw and that forward). One thing the derivation above assumes does
+not hold for them: θ has since moved along gradients of these very samples, so θ is not independent of them, and
+the weighted estimate at the later passes is not exactly unbiased for ``L(θ)`` — the bias of every scheme that
+takes several optimizer steps on one batch of rollouts (PPO's epochs, Schulman et al. 2017; GRPO's ``μ``, Shao et
+al. 2024). It vanishes as the learning rate does; measure it at your settings (``scripts/bench_rollouts.py
+--quality``) rather than assume it away.
 
 **Denominators of the reduction.** The loss divides by the step's sample count as in the fresh path (sequences, or
 tokens with ``loss_reduction="token"``). With the sequence reduction the corrected estimate is unbiased for L; the

@@ -22,6 +22,12 @@ every step sees exactly the batches it sees with k = 1 — and draws their sampl
 (:func:`draw_together`). Steps after the first score samples of an older policy: :func:`attach` hands the drawing
 policy's log-probabilities to the loss, which reweights them (:mod:`fdistill.lm.importance`). Queued samples live in
 memory only: a checkpoint never records samples drawn and not used; a resumed run draws them again.
+
+Training on the same samples again (``num_iterations = μ``): the train sampler yields each optimizer step's examples
+μ times in a row (:class:`RepeatedSteps`), so the Trainer's loop counts every step and skips correctly on resume;
+a group then spans ``k·μ`` steps, and a step that repeats the one before it draws nothing: it takes that step's
+samples and counts, and the teacher's numbers that step kept (:attr:`PlannedStep.teacher`; the teacher is frozen,
+so what it gave once it gives again). Such a step saves both the student's draw and the teacher's forward.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
@@ -37,7 +43,7 @@ from torch import nn
 from transformers import GenerationConfig
 
 from fdistill.divergences import count_items
-from fdistill.errors import RolloutError, nonfinite_sampling
+from fdistill.errors import InputError, RolloutError, nonfinite_sampling
 from fdistill.lm.data import TEACHER_TOKENS
 from fdistill.lm.sampling import sample_completions, sampling_config
 
@@ -315,12 +321,84 @@ class Submitted:
 @dataclass
 class PlannedStep:
     """One optimizer step of a generation group: its micro-batches (as the Trainer's loop takes them), and once the
-    group is drawn, their samples and the step's global counts."""
+    group is drawn, their samples and the step's global counts. With ``num_iterations``, ``origin`` is the step whose
+    samples a later pass trains on again (None: this step draws its own), and ``teacher`` the teacher's numbers on
+    each micro-batch (by index), kept from the first pass for the next ones (one dict, shared with the origin)."""
 
     batches: list[dict]
     num_items: Any
     samples: list[Drawn] | None = None
     counts: dict[str, torch.Tensor] | None = None
+    origin: PlannedStep | None = None
+    teacher: dict[int, Any] = field(default_factory=dict)
+
+
+def same_batches(a: list[dict], b: list[dict]) -> bool:
+    """Whether two steps' micro-batches hold the same tensors (the same prompts, references, teacher samples)."""
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if x.keys() != y.keys():
+            return False
+        for key, value in x.items():
+            other = y[key]
+            if isinstance(value, torch.Tensor):
+                if not isinstance(other, torch.Tensor) or value.shape != other.shape or not torch.equal(value, other):
+                    return False
+            elif value != other:
+                return False
+    return True
+
+
+class RepeatedSteps(torch.utils.data.Sampler):
+    """The training sampler with ``num_iterations = μ > 1``: the dataset's indices (a permutation drawn from
+    ``seed + epoch``, or in order) cut into blocks of one optimizer step's examples — ``block`` = per-device batch ×
+    gradient accumulation × processes — and each block yielded μ times in a row.
+
+    So the Trainer's loop sees every optimizer step as a step of its own (its epoch length, its logging, its skipping
+    of trained batches on resume all count them), while each step's micro-batches come back for the μ − 1 steps
+    after it; :class:`RolloutGroups` recognises them and trains on the samples already drawn. Processes: the loop's
+    batch sampler hands whole batches out round-robin (accelerate's ``BatchSamplerShard``), so a block of
+    ``batch × accumulation × processes`` examples is exactly one step's micro-batches on every process. A last block
+    shorter than a step is left out (as TRL's ``RepeatSampler`` does): its examples would not make a whole step,
+    and a new permutation is drawn every epoch, so no example is left out for good.
+    """
+
+    def __init__(self, size: int, block: int, repeats: int, shuffle: bool, seed: int):
+        if size < block:
+            raise InputError(
+                f"num_iterations={repeats}: the training set has {size} examples, fewer than one optimizer step's "
+                f"{block} (per-device batch × gradient_accumulation_steps × processes); use more examples or a "
+                "smaller batch."
+            )
+        self.size, self.block, self.repeats, self.shuffle, self.seed, self.epoch = (
+            size,
+            block,
+            repeats,
+            shuffle,
+            seed,
+            0,
+        )
+
+    @property
+    def left_out(self) -> int:
+        """Examples of each epoch that make no whole step (the permutation's last ones)."""
+        return self.size % self.block
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return (self.size // self.block) * self.block * self.repeats
+
+    def __iter__(self):
+        if self.shuffle:
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        else:
+            order = list(range(self.size))
+        for start in range(0, self.size - self.left_out, self.block):
+            for _ in range(self.repeats):
+                yield from order[start : start + self.block]
 
 
 class RolloutGroups:
@@ -337,10 +415,16 @@ class RolloutGroups:
     ``submit(group) -> Submitted`` (its samples are drawn while this group trains); the next group's draw then reads
     that future. :meth:`discard_pending` (at a checkpoint, at the end) cancels it: its steps keep their batches and
     draw their samples when they come.
+
+    With ``num_iterations = μ > 1`` a group spans ``k·μ`` steps (up to the next multiple of ``k·μ``): the epoch
+    iterator yields each step's micro-batches μ times in a row (:class:`RepeatedSteps`), and every step but the
+    first of such a run is a replay of the one before it (:meth:`_link_replays`), which draws nothing: it trains on
+    its origin's samples and counts, and on the teacher's numbers the origin kept. A group taken after a resume may
+    start inside a run: its first step then draws its own samples, and the rest of the run replays it.
     """
 
-    def __init__(self, k: int):
-        self.k = k
+    def __init__(self, k: int, iterations: int = 1):
+        self.k, self.iterations = k, iterations
         self.queue: deque[PlannedStep] = deque()
         self.group: list[PlannedStep] = []
         self.source = None  # the future the current group's samples come from (overlap), or None: drawn here
@@ -358,9 +442,28 @@ class RolloutGroups:
         return group if group[0].batches else []
 
     def _size(self, step: int, max_steps: int) -> int:
-        """Steps from global step ``step`` up to the next multiple of k, and not past ``max_steps``."""
-        size = self.k - step % self.k
+        """Steps from global step ``step`` up to the next multiple of k·μ, and not past ``max_steps``."""
+        period = self.k * self.iterations
+        size = period - step % period
         return min(size, max_steps - step) if max_steps > 0 else size
+
+    def _link_replays(self, group: list[PlannedStep], step: int) -> None:
+        """``num_iterations``: mark each step of ``group`` (the first is global step ``step + 1``) that repeats the
+        step before it — every step not at a multiple of μ, after the group's first — with its origin; a replay
+        whose micro-batches differ from its origin's is refused (the train sampler must repeat them)."""
+        for i, planned in enumerate(group):
+            if i == 0 or (step + i) % self.iterations == 0:
+                continue
+            before = group[i - 1]
+            planned.origin = before.origin or before
+            if not same_batches(planned.batches, planned.origin.batches):
+                raise RolloutError(
+                    f"training step {step + i + 1}: num_iterations={self.iterations} trains each step's samples "
+                    f"again at the next {self.iterations - 1} steps, but this step's micro-batches are not the ones "
+                    "of the step it repeats. fdistill's train sampler repeats them (FDistillMixin._get_train_sampler,"
+                    " rollouts.RepeatedSteps); a get_train_dataloader of your own must too, or use num_iterations=1."
+                )
+            planned.teacher = planned.origin.teacher
 
     def next_step(
         self, iterator, num_batches: int, pull, step: int, chunk: int, max_steps: int, submit=None
@@ -375,6 +478,8 @@ class RolloutGroups:
                 self.group, self.source, self.ahead, self.pending = self.ahead, self.pending, [], None
             else:
                 self.group, self.source = self._take(pull, num_batches, chunk, self._size(step, max_steps)), None
+                if self.iterations > 1:
+                    self._link_replays(self.group, step)
             if not self.group:
                 return PlannedStep([], None)
             self.queue.extend(self.group)
@@ -388,7 +493,10 @@ class RolloutGroups:
         """``(samples, counts)`` of a step of the current group, drawing the whole group on the first call."""
         if planned.samples is None:
             source, self.source = self.source, None
-            draw(self.group, source)
+            draw([p for p in self.group if p.origin is None], source)
+            for p in self.group:
+                if p.origin is not None:  # num_iterations: trains on its origin's samples again
+                    p.samples, p.counts = p.origin.samples, p.origin.counts
         return planned.samples, planned.counts
 
     def discard_pending(self) -> None:

@@ -34,6 +34,7 @@ import os
 import shutil
 import warnings
 from collections import defaultdict
+from typing import Any
 
 import torch
 from torch import nn
@@ -57,7 +58,7 @@ from fdistill.lm.data import DistillCollator
 from fdistill.lm.loading import tokenizer_fingerprint
 from fdistill.lm.logits_cache import check_caches
 from fdistill.lm.objectives import COMPLETION_SETS, ScoredBatch, student_sample_metrics
-from fdistill.lm.rollouts import PlannedStep, RolloutGroups, Sampler, StepSamples
+from fdistill.lm.rollouts import PlannedStep, RepeatedSteps, RolloutGroups, Sampler, StepSamples
 from fdistill.lm.run_record import CHECKPOINT_WRITE_FIX, commit_checkpoint, run_record
 from fdistill.lm.run_record import record_changes as _record_changes
 from fdistill.lm.sampling import sample_completions
@@ -170,10 +171,13 @@ class FDistillMixin:
         self.loss_is_scaled_for_ga = True
         self.objective = settings.objective_spec  # the registered Objective (fdistill.lm.objectives)
         self._step = StepSamples()  # the online samples of the current optimizer step
-        # steps_per_generation > 1 / rollout_overlap: the generation group's steps, taken ahead (fdistill.lm.rollouts)
-        reuse = settings.steps_per_generation > 1 or settings.rollout_overlap
-        self._groups = RolloutGroups(settings.steps_per_generation) if reuse else None
+        # steps_per_generation > 1 / num_iterations > 1 / rollout_overlap: the generation group's steps, taken
+        # ahead (fdistill.lm.rollouts)
+        k, mu = settings.steps_per_generation, settings.num_iterations
+        reuse = k > 1 or mu > 1 or settings.rollout_overlap
+        self._groups = RolloutGroups(k, mu) if reuse else None
         self._planned: PlannedStep | None = None
+        self._slot: tuple[PlannedStep, int] | None = None  # num_iterations: the micro-batch being scored, in its step
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self.student_generation_config = self._student_generation_config()
         self.teacher_generation_config = rollouts.teacher_generation_config(
@@ -493,6 +497,43 @@ class FDistillMixin:
             samplers = {name: self.cross.sampler(draw, name) for name, draw in samplers.items()}
         return samplers
 
+    def _get_train_sampler(self, train_dataset=None):
+        """The Trainer's sampler; with ``num_iterations = μ > 1``, :class:`~fdistill.lm.rollouts.RepeatedSteps`: each
+        optimizer step's examples μ times in a row (shuffled per epoch from ``data_seed``, else ``seed``, unless
+        ``train_sampling_strategy="sequential"``), so that the steps after a step train on its samples again."""
+        mu = self.distill_args.num_iterations
+        if mu == 1:
+            return super()._get_train_sampler(train_dataset)
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        strategy = self.args.train_sampling_strategy
+        if strategy not in ("random", "sequential"):
+            raise InputError(
+                f"num_iterations={mu} repeats each step's examples in its own sampler, which cannot group them by "
+                f"length: use train_sampling_strategy='random' or 'sequential' (it is {strategy!r}), or "
+                "num_iterations=1."
+            )
+        try:
+            size = len(dataset)
+        except TypeError:
+            raise InputError(
+                f"num_iterations={mu} repeats each step's examples, which needs a training set of known length (a "
+                "datasets.Dataset, not an IterableDataset): load it with streaming=False, or use num_iterations=1."
+            ) from None
+        block = self.args.train_batch_size * self.args.gradient_accumulation_steps * max(1, self.args.world_size)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        sampler = RepeatedSteps(size, block, mu, shuffle=strategy == "random", seed=seed)
+        if sampler.left_out:
+            logger.warning(
+                "num_iterations=%d: %d of the %d training examples make no whole step of %d and are left out of each "
+                "epoch (a new permutation every epoch); a training set of a multiple of %d examples uses them all.",
+                mu,
+                sampler.left_out,
+                size,
+                block,
+                block,
+            )
+        return sampler
+
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """Collect the optimizer step's micro-batches; their online samples are drawn at the step's first loss call.
 
@@ -534,7 +575,7 @@ class FDistillMixin:
         group's (:meth:`_draw_group`); in evaluation (or a call outside the training loop) they are drawn here.
         """
         samplers, device = self._samplers(), self.args.device
-        step = None
+        step, self._slot = None, None
         if training and self._step.pending:
             reduction, step = self.distill_args.loss_reduction, self.state.global_step
             if self._groups is None:
@@ -544,6 +585,8 @@ class FDistillMixin:
                 )
             else:
                 drawn = self._step.next(lambda b: self._groups.samples(self._planned, self._draw_group))
+                if self._groups.iterations > 1:
+                    self._slot = (self._planned, self._step.index - 1)
         elif rollouts.missing(inputs, samplers):
             drawn = rollouts.online_samples(inputs, samplers, device)
         else:
@@ -679,18 +722,10 @@ class FDistillMixin:
             fused=fused,
         )
         student, s_out = score_sets(model, inputs, names, **how)
-        teacher, t_out = {}, None
-        if self.teacher is not None and self.cross is not None:  # its own tokens, after its own prompts
-            with torch.no_grad():
-                view = self.cross.teacher_view(inputs, names)
-                teacher, t_out = score_sets(self.teacher, view, names, **{**how, **self.cross.teacher_scoring})
-        elif self.teacher is not None:
-            with torch.no_grad():
-                teacher, t_out = score_sets(self.teacher, inputs, names, **how)
-        elif a.teacher_source.is_topk and self.cross is not None:  # the served teacher's top k of its own tokens
-            teacher = self.cross.served(self.score_topk(self.cross.teacher_view(inputs, names), names), inputs)
-        elif a.teacher_source.is_topk:  # its top k stand in for its forward
-            teacher = {n: Scored(top, student[n].labels) for n, top in self.score_topk(inputs, names).items()}
+        teacher, t_out = self._kept_teacher(), None
+        if teacher is None:  # (num_iterations keeps them for the steps that train on the same samples again)
+            teacher, t_out = self._score_teacher(inputs, names, student, how)
+        self._keep_for_next_passes(teacher, student)
         counts = {n: self._count(n, inputs, training) for n in names}
         batch = scored_batch(
             student,
@@ -707,6 +742,48 @@ class FDistillMixin:
         if "student" in batch.sets:
             batch.sets["student"].weights = self._importance_weights(inputs, student, training)
         return batch
+
+    def _score_teacher(
+        self, inputs: dict[str, torch.Tensor], names: list[str], student: dict[str, Scored], how: dict
+    ) -> tuple[dict[str, Scored], Any]:
+        """The teacher's numbers on the completion sets ``names`` (no gradient) and its model outputs (None when
+        none ran): its forward — on its own tokens across tokenizers — or its top k, stored or served."""
+        a = self.distill_args
+        if self.teacher is not None and self.cross is not None:  # its own tokens, after its own prompts
+            with torch.no_grad():
+                view = self.cross.teacher_view(inputs, names)
+                return score_sets(self.teacher, view, names, **{**how, **self.cross.teacher_scoring})
+        if self.teacher is not None:
+            with torch.no_grad():
+                return score_sets(self.teacher, inputs, names, **how)
+        if a.teacher_source.is_topk and self.cross is not None:  # the served teacher's top k of its own tokens
+            return self.cross.served(self.score_topk(self.cross.teacher_view(inputs, names), names), inputs), None
+        if a.teacher_source.is_topk:  # its top k stand in for its forward
+            return {n: Scored(top, student[n].labels) for n, top in self.score_topk(inputs, names).items()}, None
+        return {}, None
+
+    def _kept_teacher(self) -> dict[str, Scored] | None:
+        """``num_iterations``: the teacher's numbers on this micro-batch, kept by the step that drew its samples;
+        None on the first pass (and outside training)."""
+        if self._slot is None:
+            return None
+        planned, index = self._slot
+        return planned.teacher.get(index)
+
+    def _keep_for_next_passes(self, teacher: dict[str, Scored], student: dict[str, Scored]) -> None:
+        """``num_iterations``, first pass over a micro-batch: keep the teacher's numbers (no gradient; it is
+        frozen) for the passes after it; and, for fresh student samples, their log-probabilities under the student
+        that drew them — this forward's, detached, as the weights' denominator (the loss forward is the drawing
+        policy here: no optimizer step since the draw; it saves the separate forward stale groups take)."""
+        if self._slot is None:
+            return
+        planned, index = self._slot
+        planned.teacher.setdefault(index, teacher)
+        drawn = planned.samples[index]
+        sample = drawn.get("student")
+        if sample is not None and sample.logprobs is None and "student" in student:
+            temperature = self.distill_args.student_sampling_temperature
+            drawn["student"] = sample._replace(logprobs=importance.sampling_logprobs(*student["student"], temperature))
 
     def score_topk(self, inputs: dict[str, torch.Tensor], names: list[str]) -> dict[str, TeacherTopK]:
         """The teacher's top-k log-probabilities at every scored position of the completion sets ``names``.
