@@ -1,6 +1,7 @@
 """On-policy steps/s of rkl, js and tvd by rollout backend: in-process generate, the vLLM student server, reused
 rollouts (k = 2, 4), overlapped generation, bfloat16 arithmetic (rows "bf16...": the student under autocast, the
-teacher cast), and TRL's DistillationTrainer; and quality at equal steps (issue 24).
+teacher cast), each step's samples trained on again (rows "mu=...": ``num_iterations``, the teacher's numbers kept),
+and TRL's DistillationTrainer; and quality at equal steps (issue 24).
 
 The demo's setting (:mod:`fdistill.studies.demo`): the packaged SmolLM2-135M-Instruct teacher (GGUF), chatterbot
 prompts through the chat template, one offline teacher sample per training prompt, the 4-layer copied-layer student
@@ -82,6 +83,11 @@ ROWS: dict[str, dict] = {
     "bf16": {"bf16": True, "teacher_dtype": "bfloat16"},
     "bf16, k=2": {"bf16": True, "teacher_dtype": "bfloat16", "steps_per_generation": 2},
     "bf16, k=4": {"bf16": True, "teacher_dtype": "bfloat16", "steps_per_generation": 4},
+    # each step's samples (and the teacher's numbers on them) trained on again at the next μ − 1 steps
+    "mu=2": {"num_iterations": 2},
+    "mu=3": {"num_iterations": 3},
+    "mu=4": {"num_iterations": 4},
+    "k=2, mu=2": {"steps_per_generation": 2, "num_iterations": 2},
 }
 QUALITY_VARIANTS = ("in-process", "server", "k=2", "k=4", "overlap")
 QUALITY_KEYS = ("r_llh_token", "r_cvg_token", "kl", "rkl", "js", "tvd_bound")

@@ -58,10 +58,11 @@ def _ran(r: dict) -> bool:
 
 def test_speed_rows_run_or_say_why_not(shared, monkeypatch):
     monkeypatch.setenv("FDISTILL_VLLM_PYTHON", "/nonexistent/python")  # "auto" cannot start a server here
-    o = bench.parse_args([*SIZES, "--objective", "rkl", "tvd", "--rows", "in-process", "k=2", "server"])
+    rows = ("in-process", "k=2", "mu=2", "server")
+    o = bench.parse_args([*SIZES, "--objective", "rkl", "tvd", "--rows", *rows])
     results = bench.speed_rows(o, shared)
     trl = importlib.util.find_spec("trl") is not None
-    expected = {f"{obj} / {row}" for obj in ("rkl", "tvd") for row in ("in-process", "k=2", "server")}
+    expected = {f"{obj} / {row}" for obj in ("rkl", "tvd") for row in rows}
     assert set(results) == expected | {f"{obj} / {t}" for obj in ("rkl", "tvd") for t in ("TRL", "TRL + vLLM")}
     for objective in ("rkl", "tvd"):
         r = results[f"{objective} / in-process"]
@@ -69,6 +70,8 @@ def test_speed_rows_run_or_say_why_not(shared, monkeypatch):
         assert 0 < r["mean_length"] <= 4 and 0 < r["generation_share"] <= 1  # the sampler was timed
         reuse = results[f"{objective} / k=2"]
         assert _ran(reuse) or "steps_per_generation" in reuse["unavailable"]
+        again = results[f"{objective} / mu=2"]
+        assert _ran(again) and again["s_per_step"] > 0 and math.isfinite(again["loss"])
         server = results[f"{objective} / server"]  # never run: a missing field, or no vLLM virtualenv
         assert "student_server" in server["unavailable"] or "/nonexistent/python" in server["unavailable"]
     assert "TVD" in results["tvd / TRL"]["unavailable"]
