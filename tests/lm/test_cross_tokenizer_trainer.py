@@ -575,6 +575,21 @@ def test_reused_student_samples_are_reweighted_across_tokenizers(toks, pair, tmp
     assert logs[1]["rollout/staleness"] == 1 and 0 < logs[1]["rollout/ess"] <= 1
 
 
+def test_samples_trained_on_again_across_tokenizers_keep_the_teachers_numbers(toks, pair, tmp_path):
+    """num_iterations=2: the second step of each pair trains on the first's samples (both tokenizations) with the
+    teacher's numbers it kept — the same losses as recomputing them — and weights them."""
+    runs = {}
+    for keep in (True, False):
+        trainer = trainer_for(toks, pair, tmp_path / str(keep), objective="tvd", num_iterations=2, max_steps=4)
+        if not keep:
+            trainer._kept_teacher = lambda: None
+        trainer.train()
+        runs[keep] = [h for h in trainer.state.log_history if "loss" in h]
+    logs = runs[True]
+    assert [h["rollout/staleness"] for h in logs] == [0, 1, 0, 1] and 0 < logs[1]["rollout/ess"] < 1
+    assert [h["loss"] for h in logs] == [h["loss"] for h in runs[False]]
+
+
 def test_batch_memory_counts_the_logits_across_tokenizers(monkeypatch):
     """Nothing is fused across tokenizers, so a batch whose logits exceed all memory is refused even where the
     settings would fuse (fused_divergence unset on CUDA, or set)."""

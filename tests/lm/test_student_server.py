@@ -504,3 +504,22 @@ def test_overlap_and_reuse_through_the_real_client(fake, data, tok, teacher, tmp
     )
     logged = {h["step"]: h for h in trainer.state.log_history if "loss" in h}
     assert [logged[s].get("rollout/staleness", 0) for s in sorted(logged)] == [0, 1, 0, 1]
+    # num_iterations=2: steps 2 and 4 train on the samples of steps 1 and 3, weighted by the server's log-probs
+    asked = {}
+    for name, kw in (("k2", dict(steps_per_generation=2)), ("mu2", dict(num_iterations=2))):
+        before = len([b for b in fake.bodies if "seed" in b])
+        _, _, trainer = train(
+            tmp_path / f"{name}-count",
+            data,
+            tok,
+            teacher,
+            student_server=fake.url,
+            max_steps=4,
+            student_do_sample=True,
+            **kw,
+        )
+        asked[name] = len([b for b in fake.bodies if "seed" in b]) - before
+    logged = {h["step"]: h for h in trainer.state.log_history if "loss" in h}
+    assert [logged[s]["rollout/staleness"] for s in sorted(logged)] == [0, 1, 0, 1]
+    assert 0 < logged[2]["rollout/ess"] <= 1 and trainer.student_server.closed
+    assert asked["mu2"] * 2 == asked["k2"] > 0  # half the prompts drawn for: each sample trains two steps
