@@ -88,6 +88,7 @@ ROWS: dict[str, dict] = {
     "mu=3": {"num_iterations": 3},
     "mu=4": {"num_iterations": 4},
     "k=2, mu=2": {"steps_per_generation": 2, "num_iterations": 2},
+    "bf16, mu=4": {"bf16": True, "teacher_dtype": "bfloat16", "num_iterations": 4},
 }
 QUALITY_VARIANTS = ("in-process", "server", "k=2", "k=4", "overlap")
 QUALITY_KEYS = ("r_llh_token", "r_cvg_token", "kl", "rkl", "js", "tvd_bound")
