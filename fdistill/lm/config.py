@@ -230,7 +230,8 @@ class DistillArguments:
         default=1,
         metadata={
             "help": "Optimizer steps between weight syncs to student_server (1: every step, the samples always the "
-            "current student's); the first sync comes before the first sample."
+            "current student's); the first sync comes before the first sample. With generation groups "
+            "(steps_per_generation, num_iterations) a sync comes only before a group's draw."
         },
     )
     student_server_timeout: float = field(

@@ -918,16 +918,21 @@ def _positions(model) -> int:
 
 class _StudentServerSync(TrainerCallback):
     """Syncs the trainer's ``student_server`` at the end of every ``student_sync_every``-th optimizer step (not after
-    the last: nothing samples from it)."""
+    the last: nothing samples from it). With generation groups (``steps_per_generation``, ``num_iterations``) the
+    server draws only at a group's first step, so the weights go over only before one: at the end of a step that
+    closes a group, when a step due by ``student_sync_every`` has come since the last sync."""
 
     def __init__(self, trainer: FDistillMixin):
         self.trainer = trainer
 
     def on_step_end(self, args, state, control, **kwargs):
-        server = self.trainer.student_server
-        due = state.global_step % self.trainer.distill_args.student_sync_every == 0
-        if server is not None and not server.closed and due and state.global_step < state.max_steps:
-            self.trainer.sync_student_server(state.global_step)
+        server, step = self.trainer.student_server, state.global_step
+        if server is None or server.closed or step >= state.max_steps:
+            return
+        every, groups = self.trainer.distill_args.student_sync_every, self.trainer._groups
+        draws_next = groups is None or step % (groups.k * groups.iterations) == 0
+        if draws_next and step // every * every > server.synced_step:
+            self.trainer.sync_student_server(step)
 
 
 class FDistillTrainer(FDistillMixin, Seq2SeqTrainer):

@@ -305,6 +305,21 @@ def test_sync_every_k_steps(fake, data, tok, teacher, tmp_path):
     assert [Path(p).name for p in fake.reloads] == ["step-0", "step-2", "step-4"]
 
 
+@pytest.mark.parametrize(
+    "kw,synced",
+    [
+        (dict(steps_per_generation=2), ["step-0", "step-2", "step-4"]),
+        (dict(num_iterations=2, student_sync_every=3), ["step-0", "step-4"]),
+        (dict(num_iterations=3), ["step-0", "step-3"]),
+    ],
+)
+def test_weights_go_over_only_before_a_draw(fake, data, tok, teacher, tmp_path, kw, synced):
+    """With generation groups the server draws at a group's first step only: it is synced at the end of the step
+    before one (when a step due by student_sync_every has come since the last sync), never between."""
+    train(tmp_path, data, tok, teacher, max_steps=6, student_server=fake.url, student_do_sample=True, **kw)
+    assert [Path(p).name for p in fake.reloads] == synced
+
+
 # ----------------------------------------------------------------------------- failures
 
 
