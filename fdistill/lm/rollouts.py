@@ -441,10 +441,14 @@ class RolloutGroups:
             group.append(planned)
         return group if group[0].batches else []
 
+    @property
+    def period(self) -> int:
+        """Steps between two draws: k·μ (groups start at its multiples)."""
+        return self.k * self.iterations
+
     def _size(self, step: int, max_steps: int) -> int:
         """Steps from global step ``step`` up to the next multiple of k·μ, and not past ``max_steps``."""
-        period = self.k * self.iterations
-        size = period - step % period
+        size = self.period - step % self.period
         return min(size, max_steps - step) if max_steps > 0 else size
 
     def _link_replays(self, group: list[PlannedStep], step: int) -> None:

@@ -930,7 +930,7 @@ class _StudentServerSync(TrainerCallback):
         if server is None or server.closed or step >= state.max_steps:
             return
         every, groups = self.trainer.distill_args.student_sync_every, self.trainer._groups
-        draws_next = groups is None or step % (groups.k * groups.iterations) == 0
+        draws_next = groups is None or step % groups.period == 0
         if draws_next and step // every * every > server.synced_step:
             self.trainer.sync_student_server(step)
 
