@@ -273,8 +273,11 @@ def completion_text(tokenizer, ids: list[int]) -> tuple[str, bool]:
 
 
 def encode_completion(tokenizer, text: str, ended: bool) -> list[int]:
-    """The canonical tokens of a completion: ``tokenizer(text, add_special_tokens=False)`` then EOS if ``ended``."""
-    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    """The canonical tokens of a completion: ``tokenizer(text, add_special_tokens=False)`` then EOS if ``ended``.
+
+    Text that spells a special token (a student that wrote the characters ``</s>``) stays text
+    (``split_special_tokens=True``): only ``ended`` puts the EOS token in."""
+    ids = list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
     if ended:
         if tokenizer.eos_token_id is None:
             raise InputError(
