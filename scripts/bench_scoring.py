@@ -21,6 +21,12 @@ packaged one's shape where the package is not installed. ``--fused`` times the s
 (the LM heads record their inputs; the CUDA default), where the shared path joins the LM-head inputs instead of the
 logits.
 
+``--compare split-head`` times instead each set's logits from the model's checked LM head
+(:func:`fdistill.lm.scoring.split_head`, the default since 2026-12-04) against the logits joined from the two
+forwards and sliced per set (before; what models whose head does not check still get):
+
+    python scripts/bench_scoring.py --compare split-head --prompt 64 --completion 32
+
 ``--rollouts ROW ...`` times whole on-policy steps instead: ``scripts/bench_rollouts.py``'s rows (its shared stages,
 cached in ``--work``; its CPU or GPU preset) for ``--objective``, each row trained once per path per repeat, the paths
 alternating:
@@ -31,6 +37,7 @@ alternating:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -63,6 +70,7 @@ def parse(argv=None):
         "--random-weights", action="store_true", help="a random SmolLM2-135M-shaped teacher instead of the packaged one"
     )
     p.add_argument("--fused", action="store_true", help="the fused divergence's path (LM-head inputs, no logits)")
+    p.add_argument("--compare", choices=sorted(COMPARISONS), default="shared-prompt", help="which two paths to time")
     p.add_argument("--rollouts", nargs="+", help="bench_rollouts.py rows to time as whole steps (e.g. in-process k=4)")
     p.add_argument(
         "--work", default="runs/bench_rollouts", help="--rollouts: bench_rollouts.py's cache of shared stages"
@@ -130,22 +138,38 @@ def micro_batch(o, vocab: int, pad: int) -> dict[str, torch.Tensor]:
 
 
 @contextmanager
-def repeated_prompts(on: bool):
+def repeated_prompts():
     """The repeated-prompt path: the shared one declines every model (as it does for the ones it cannot serve)."""
-    if not on:
-        yield
-        return
     with mock.patch.object(scoring, "score_shared_prompts", lambda *args, **kwargs: None):
         yield
 
 
-def step(student, teacher, inputs, names, objective, args, pad: int, fused: bool = False) -> float:
+@contextmanager
+def joined_logits():
+    """The joined-logits path: no LM head is split per set (as for a model whose head does not check)."""
+    from fdistill.lm import trainer
+
+    with (
+        mock.patch.object(scoring, "split_head", lambda *a, **k: None),
+        mock.patch.object(trainer, "split_head", lambda *a, **k: None),
+    ):
+        yield
+
+
+COMPARISONS = {  # --compare: (path before, path now), each a name and the context it runs in
+    "shared-prompt": (("repeated prompt (before)", repeated_prompts), ("shared prompt (now)", contextlib.nullcontext)),
+    "split-head": (("joined logits (before)", joined_logits), ("per-set logits (now)", contextlib.nullcontext)),
+}
+
+
+def step(student, teacher, inputs, names, objective, args, pad: int, fused: bool = False, heads=(None, None)) -> float:
     """Student forward + backward and teacher forward on the sets ``names``, the objective's loss; returns it.
-    ``fused``: the LM heads record their inputs and the fused divergence takes the loss (the CUDA default)."""
+    ``fused``: the LM heads record their inputs and the fused divergence takes the loss (the CUDA default).
+    ``heads``: the student's and the teacher's split LM heads (:func:`fdistill.lm.scoring.split_head`) or None."""
     how = dict(pad_token_id=pad, is_encoder_decoder=False, shared_vocab_size=None, fused=fused)
-    s, s_out = scoring.score_sets(student, inputs, names, **how)
+    s, s_out = scoring.score_sets(student, inputs, names, **how, head=heads[0])
     with torch.no_grad():
-        t, t_out = scoring.score_sets(teacher, inputs, names, **how)
+        t, t_out = scoring.score_sets(teacher, inputs, names, **how, head=heads[1])
     counts = {n: inputs[f"{n}_mask"].sum().float() for n in names}
     batch = scoring.scored_batch(
         s,
@@ -163,14 +187,11 @@ def step(student, teacher, inputs, names, objective, args, pad: int, fused: bool
     return loss.item()  # waits for the device: the step's time is all in
 
 
-PATHS = {"repeated prompt (before)": True, "shared prompt (now)": False}  # name: repeated_prompts(on)
-
-
-def alternating(repeats: int):
-    """``(repeat, path name, repeated)`` with the two paths' order flipped every repeat."""
+def alternating(repeats: int, paths):
+    """``(repeat, path name, its context)`` with the two ``paths``' order flipped every repeat."""
     for r in range(repeats):
-        for name in list(PATHS) if r % 2 == 0 else list(reversed(PATHS)):
-            yield r, name, PATHS[name]
+        for name, context in paths if r % 2 == 0 else list(reversed(paths)):
+            yield r, name, context
 
 
 def rollout_steps(o) -> str:
@@ -181,10 +202,11 @@ def rollout_steps(o) -> str:
     b = bench.parse_args(argv)
     bench.transformers.logging.set_verbosity_error()
     shared = bench.load_shared(b)
-    times = {(row, name): [] for row in o.rollouts for name in PATHS}
-    for _, name, on in alternating(o.repeats):
+    paths = COMPARISONS[o.compare]
+    times = {(row, name): [] for row in o.rollouts for name, _ in paths}
+    for _, name, context in alternating(o.repeats, paths):
         for row in o.rollouts:
-            with repeated_prompts(on):
+            with context():
                 result = bench.run_fdistill_row(b, shared, o.objective, row)
             if "s_per_step" not in result:
                 raise RuntimeError(f"row {row}: {result}")
@@ -197,11 +219,11 @@ def rollout_steps(o) -> str:
         f"{b.prompt} tokens, {b.warmup} warm-up + {b.steps} timed steps per row and path, {o.repeats} repeats "
         f"(paths alternating), torch threads {torch.get_num_threads()}.",
         "",
-        "| row | repeated prompt s/step | shared prompt s/step | before/now |",
+        f"| row | {paths[0][0]} s/step | {paths[1][0]} s/step | before/now |",
         "| --- | --- | --- | --- |",
     ]
     for row in o.rollouts:
-        old, new = (statistics.median(times[row, name]) for name in PATHS)
+        old, new = (statistics.median(times[row, name]) for name, _ in paths)
         lines.append(f"| {row} | {old:.3f} | {new:.3f} | {old / new:.2f}× |")
     return "\n".join(lines)
 
@@ -226,17 +248,23 @@ def micro_batch_steps(o) -> str:
     names = [n for n in ("reference", "teacher", "student") if n in objective.scores][: o.sets]
     inputs = micro_batch(o, tok.vocab_size if hasattr(tok, "vocab_size") else len(tok), tok.pad_token_id)
     inputs = {k: v for k, v in inputs.items() if k.split("_")[0] in names or k.startswith("prompt")}
-    times = {name: [] for name in PATHS}
-    losses = {}
-    for r, name, on in alternating(o.repeats + 1):
-        with repeated_prompts(on):
+    paths = COMPARISONS[o.compare]
+    times = {name: [] for name, _ in paths}
+    losses, heads = {}, {}
+    pad = tok.pad_token_id
+    for r, name, context in alternating(o.repeats + 1, paths):
+        with context():
+            if name not in heads:  # checked once, as the trainer does (untimed)
+                heads[name] = [
+                    None if o.fused else scoring.split_head(m, inputs, names[0], pad, False) for m in (student, teacher)
+                ]
             start = time.perf_counter()
-            losses[name] = step(student, teacher, inputs, names, objective, args, tok.pad_token_id, o.fused)
+            losses[name] = step(student, teacher, inputs, names, objective, args, pad, o.fused, heads[name])
             if r:  # the first repeat warms up
                 times[name].append(time.perf_counter() - start)
-    old, new = times["repeated prompt (before)"], times["shared prompt (now)"]
+    old, new = (times[name] for name, _ in paths)
     ratios = [a / b for a, b in zip(old, new)]
-    lo, hi = losses.values()
+    lo, hi = (losses[name] for name, _ in paths)
     rows = [
         "| path | median s | min s |",
         "| --- | --- | --- |",

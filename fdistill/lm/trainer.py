@@ -43,6 +43,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from fdistill.divergences import IGNORE_INDEX, TeacherTopK, count_items
 from fdistill.errors import InputError, NonFiniteError, see
+from fdistill.kernels import output_head
 from fdistill.lm import importance, rollouts
 from fdistill.lm.checkpoints import (
     RUN_RECORD,
@@ -72,6 +73,7 @@ from fdistill.lm.scoring import (
     score_sets,
     scored_batch,
     served_topk,
+    split_head,
     stored_topk,
 )
 from fdistill.lm.trainer_setup import (
@@ -188,6 +190,7 @@ class FDistillMixin:
             vocab_size=self.shared_vocab_size,
         )
         self._heads_checked = False
+        self._split_heads: dict[str, bool] = {}  # per model: whether score_sets may apply its head per set
         self._record: dict | None = None  # see _run_record
         self._skips = SkipTally()  # on_nonfinite='skip': what was dropped, for the logs
         # A vLLM server drawing the student's samples (student_server; fdistill.lm.served.student), made last
@@ -706,6 +709,17 @@ class FDistillMixin:
             self._heads_checked = True
         return True
 
+    def _split_head(self, model: nn.Module, role: str, inputs: dict[str, torch.Tensor], name: str):
+        """The LM head with which :func:`~fdistill.lm.scoring.score_sets` computes each set's logits on its own
+        (checked once per ``role``, on one example), or None: sharded heads (FSDP, DeepSpeed) and heads that do not
+        rebuild the model's own logits keep the model's joined logits."""
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return None
+        if role not in self._split_heads:
+            pad = self.processing_class.pad_token_id
+            self._split_heads[role] = split_head(model, inputs, name, pad, self.is_encoder_decoder) is not None
+        return output_head(model) if self._split_heads[role] else None
+
     def score_batch(self, model: nn.Module, inputs: dict[str, torch.Tensor], training: bool) -> ScoredBatch:
         """The forwards of one micro-batch: every completion set the objective scores, by the student (with
         gradient) and the teacher (without; or its stored top-k log-probabilities), as one :class:`ScoredBatch`
@@ -721,7 +735,8 @@ class FDistillMixin:
             hidden=hidden,
             fused=fused,
         )
-        student, s_out = score_sets(model, inputs, names, **how)
+        head = None if fused or hidden else self._split_head(model, "student", inputs, names[0])
+        student, s_out = score_sets(model, inputs, names, **how, head=head)
         teacher, t_out = self._kept_teacher(), None
         if teacher is None:  # (num_iterations keeps them for the steps that train on the same samples again)
             teacher, t_out = self._score_teacher(inputs, names, student, how)
@@ -754,8 +769,11 @@ class FDistillMixin:
                 view = self.cross.teacher_view(inputs, names)
                 return score_sets(self.teacher, view, names, **{**how, **self.cross.teacher_scoring})
         if self.teacher is not None:
+            head = (
+                None if how["fused"] or how["hidden"] else self._split_head(self.teacher, "teacher", inputs, names[0])
+            )
             with torch.no_grad():
-                return score_sets(self.teacher, inputs, names, **how)
+                return score_sets(self.teacher, inputs, names, **how, head=head)
         if a.teacher_source.is_topk and self.cross is not None:  # the served teacher's top k of its own tokens
             return self.cross.served(self.score_topk(self.cross.teacher_view(inputs, names), names), inputs), None
         if a.teacher_source.is_topk:  # its top k stand in for its forward

@@ -179,3 +179,54 @@ def test_the_fused_divergence_reads_each_prompt_once_with_the_same_head_inputs(a
     scale = max(g.abs().max().item() for g in old_grads.values())
     for name in old_grads:
         close(new_grads[name], old_grads[name], terms=6 * 16 * tiny.VOCAB, scale=scale)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("vocab", [None, tiny.VOCAB - 3])
+def test_a_checked_head_gives_each_set_its_own_logits(arch, vocab):
+    """With the model's checked LM head (``split_head``) each set's logits are the head on that set's rows alone: a
+    tensor of its own (no view of joined ``(n·B, C, V)`` logits, so the backward pass zero-fills no full-size
+    gradient per slice), equal to the joined path's logits and gradients to float rounding; with
+    ``shared_vocab_size`` the head's first rows only."""
+    from fdistill.lm.scoring import split_head
+
+    inputs, names = batch(2), ["set0", "set1"]
+    weights = torch.randn(3, 8, vocab or tiny.VOCAB, generator=torch.Generator().manual_seed(5))
+    how = dict(pad_token_id=0, is_encoder_decoder=arch in ("bart", "t5"), shared_vocab_size=vocab)
+    runs = []
+    for split in (False, True):
+        model = getattr(tiny, arch)(2, seed=0, init=0.3)
+        head = split_head(model, inputs, "set0", 0, how["is_encoder_decoder"]) if split else None
+        assert split is (head is not None)
+        scored, _ = score_sets(model, inputs, names, **how, head=head)
+        loss = sum((scored[n].values.log_softmax(-1) * weights[:, : scored[n].values.shape[1]]).sum() for n in names)
+        loss.backward()
+        runs.append((scored, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    (old, old_grads), (new, new_grads) = runs
+    for n in names:
+        values = new[n].values
+        assert values.shape == old[n].values.shape == (3, values.shape[1], vocab or tiny.VOCAB)
+        assert values._base is None and values.is_contiguous()  # its own tensor, not a slice of joined logits
+        assert torch.equal(new[n].labels, old[n].labels)
+        close(values, old[n].values, terms=32 * 4)
+    assert new_grads.keys() == old_grads.keys()
+    scale = max(g.abs().max().item() for g in old_grads.values())
+    for name in old_grads:
+        close(new_grads[name], old_grads[name], terms=6 * 16 * tiny.VOCAB, scale=scale)
+
+
+def test_a_head_that_does_not_rebuild_the_logits_is_not_split():
+    """A model that post-processes its logits in a way the head does not know keeps the joined path (None)."""
+    from fdistill.lm.scoring import split_head
+
+    model = tiny.llama(2, seed=0, init=0.3)
+    forward = model.forward
+
+    def doubled(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        out.logits = out.logits * 2.0
+        return out
+
+    model.forward = doubled
+    assert split_head(model, batch(2), "set0", 0, False) is None
+    assert split_head(tiny.llama(2, seed=0, init=0.3), batch(2), "set0", 0, False) is not None

@@ -354,6 +354,45 @@ def test_fused_divergence_step_equals_the_logits_step(tok, tmp_path, arch, objec
             assert logs[1][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
 
 
+@pytest.mark.parametrize("arch,objective", [("llama", "tvd"), ("bart", "js")])
+def test_per_set_logits_step_equals_the_joined_logits_step(tok, tmp_path, arch, objective, monkeypatch):
+    """Each set's logits from the checked LM head (``fdistill.lm.scoring.split_head``, the default for both models)
+    take the same optimizer step and log the same as the model's joined logits sliced per set."""
+    from fdistill.lm import trainer as trainer_module
+
+    teacher = getattr(tiny, arch)(2, seed=0)
+    data = tiny.dataset(8, seed=3, teacher=teacher, tok=tok)
+    params, logs = [], []
+    for split in (False, True):
+        if not split:
+            monkeypatch.setattr(trainer_module, "split_head", lambda *a, **k: None)
+        student = getattr(tiny, arch)(1, seed=1)
+        args = config(
+            tmp_path / str(split),
+            objective=objective,
+            max_steps=1,
+            logging_steps=1,
+            student_do_sample=False,
+            optim="sgd",
+            learning_rate=1.0,
+            max_grad_norm=1e9,
+        )
+        trainer = FDistillTrainer(
+            model=student, teacher_model=teacher, args=args, train_dataset=data, processing_class=tok
+        )
+        trainer.train()
+        monkeypatch.undo()
+        assert trainer._split_heads == {"student": split, "teacher": split}
+        params.append(torch.cat([p.detach().flatten() for p in student.parameters()]))
+        logs.append(next(h for h in trainer.state.log_history if "loss" in h))
+    start = torch.cat([p.detach().flatten() for p in getattr(tiny, arch)(1, seed=1).parameters()])
+    assert (params[0] - start).abs().max() > 1e-3
+    torch.testing.assert_close(params[1], params[0], rtol=1e-4, atol=1e-5)
+    for key, value in logs[0].items():
+        if key.startswith(("loss", "student_", "teacher_nll")):
+            assert logs[1][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+
+
 def test_fused_divergence_refuses_baselines(tmp_path):
     with pytest.raises(ValueError, match="fused_divergence"):
         config(tmp_path, objective="engine", fused_divergence=True)
