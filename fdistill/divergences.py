@@ -244,26 +244,83 @@ def step_divergence(
     check_temperature(temperature)
     _check_same_vocab(student_logits, teacher_logits)
     dtype = _compute_dtype(student_logits)
-    log_q = _log_probs(student_logits, temperature, dtype)  # (..., V)
     log_p = _log_probs(teacher_logits, temperature, dtype)  # (..., V)
+    if torch.is_grad_enabled() and student_logits.requires_grad and not log_p.requires_grad:
+        return _StepTerms.apply(student_logits, log_p, kind, on, mixture_weight, temperature)
+    log_q = _log_probs(student_logits, temperature, dtype)  # (..., V)
     return _divergence_terms(kind, log_q, log_p, on=on, mixture_weight=mixture_weight)
 
 
+class _StepTerms(torch.autograd.Function):
+    """:func:`step_divergence` of a student that needs a gradient and a teacher that does not (every training
+    step): the terms of :func:`_divergence_terms`, and their logit gradient in closed form instead of autograd's
+    chain through ``log_softmax``, ``exp`` and the term (a third of the passes over ``(..., V)``, and two saved
+    tensors instead of five).
+
+    With ``a = log q``, ``q = softmax(z/T)`` and ``∂q_u/∂z_v = q_u (δ_uv − q_v) / T``, every term's gradient is
+
+        ∂term/∂z_v = (c_v − q_v Σ_u c_u) / T,   c_u = q_u ∂term/∂q_u,
+
+    with ``c`` from :func:`_divergence_terms` (its table; the Triton kernel uses the same,
+    :mod:`fdistill.kernels.triton_divergence`). The mixture weight carries no gradient, as before.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, log_p, kind, on, mixture_weight, temperature):
+        log_q = _log_probs(logits, temperature, log_p.dtype)
+        terms, c = _divergence_terms(kind, log_q, log_p, on=on, mixture_weight=mixture_weight, coefficients=True)
+        ctx.save_for_backward(log_q.exp_(), c)  # log_q is not needed again: q in its place
+        ctx.temperature, ctx.dtype = temperature, logits.dtype
+        return terms
+
+    @staticmethod
+    def backward(ctx, grad_terms):
+        q, c = ctx.saved_tensors
+        grad = torch.addcmul(c, q, c.sum(-1, keepdim=True), value=-1.0)  # saved tensors stay as they are
+        grad.mul_(grad_terms.unsqueeze(-1) / ctx.temperature)
+        return grad.to(ctx.dtype), None, None, None, None, None
+
+
 def _divergence_terms(
-    kind: str, log_q: Tensor, log_p: Tensor, *, on: Side, mixture_weight: Tensor | float | MixtureLogit | None
-) -> Tensor:
+    kind: str,
+    log_q: Tensor,
+    log_p: Tensor,
+    *,
+    on: Side,
+    mixture_weight: Tensor | float | MixtureLogit | None,
+    coefficients: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """The step terms of the module table from normalised log-probabilities ``(..., n) → (...)``.
 
     The one place the four formulas are written; :func:`step_divergence` feeds it the full
     distributions, :func:`topk_step_divergence` the coarse-grained ones (n = K + 1).
+
+    ``coefficients``: also return ``c = q ⊙ ∂term/∂q`` ``(..., n)``, from which :class:`_StepTerms` gets the logit
+    gradient (``a = log q``, ``b = log p``; ``u = (1 − w) q / m``, the student's share of the mixture; every ``c``
+    is 0 where its weight ``q`` or ``p`` is 0):
+
+    ===========  ======================  =====================
+    term         value                   ``c``
+    ===========  ======================  =====================
+    kl           ``Σ p (b − a)``         ``−p``
+    rkl          ``Σ q (a − b)``         ``q (a − b)``
+    tvd          ``½ Σ |q − p|``         ``½ q sign(q − p)``
+    js, teacher  ``Σ p (b − log m)``     ``−p u``
+    js, student  ``Σ q (a − log m)``     ``q (a − log m − u)``
+    ===========  ======================  =====================
     """
     dtype = log_q.dtype
     if kind == "kl":
-        return _xlogy_ratio(log_p, log_q).sum(-1)
+        terms = _xlogy_ratio(log_p, log_q).sum(-1)
+        return (terms, log_p.exp().neg_()) if coefficients else terms
     if kind == "rkl":
-        return _xlogy_ratio(log_q, log_p).sum(-1)
+        ratio = _xlogy_ratio(log_q, log_p)
+        return (ratio.sum(-1), ratio) if coefficients else ratio.sum(-1)
     if kind == "tvd":
-        return 0.5 * (log_q.exp() - log_p.exp()).abs().sum(-1)
+        q = log_q.exp()
+        diff = q - log_p.exp()
+        terms = 0.5 * torch.linalg.vector_norm(diff, 1, -1)  # Σ|q − p| in one pass, no |q − p| tensor
+        return (terms, diff.sign_().mul_(q).mul_(0.5)) if coefficients else terms
 
     # js: log m = logaddexp(log w + log p, log(1 − w) + log q), formed in log space.
     if mixture_weight is None:
@@ -283,9 +340,13 @@ def _divergence_terms(
     # so feed it zeros there: the term's weight (p or q) is 0 at such tokens anyway.
     both_banned = torch.isneginf(log_p) & torch.isneginf(log_q)
     log_m = torch.logaddexp(log_wp.masked_fill(both_banned, 0.0), log_wq.masked_fill(both_banned, 0.0))
-    if on == "teacher":
-        return _xlogy_ratio(log_p, log_m).sum(-1)
-    return _xlogy_ratio(log_q, log_m).sum(-1)
+    ratio = _xlogy_ratio(log_p, log_m) if on == "teacher" else _xlogy_ratio(log_q, log_m)
+    if not coefficients:
+        return ratio.sum(-1)
+    share = (log_wq - log_m).exp_().masked_fill_(torch.isneginf(log_m), 0.0)  # u = (1 − w) q / m; 0 where m = 0
+    weight = log_p.exp() if on == "teacher" else log_q.exp()
+    c = weight.mul_(share).neg_() if on == "teacher" else share.mul_(weight).neg_().add_(ratio)
+    return ratio.sum(-1), c
 
 
 def token_logprobs(
