@@ -49,6 +49,7 @@ import importlib.util
 import json
 import math
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -109,6 +110,12 @@ def parse_args(argv=None):
     p.add_argument("--student-server", default="auto", help='"auto" (vLLM from its virtualenv) or a URL')
     p.add_argument("--no-trl", action="store_true", help="skip the TRL rows")
     p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="speed: run every row this many times, the rows' order reversed every other repeat; report the median",
+    )
+    p.add_argument(
         "--exact-length",
         action="store_true",
         help="force --completion tokens (min_new_tokens) where the backend takes it: in-process and TRL only",
@@ -128,8 +135,11 @@ def parse_args(argv=None):
             setattr(o, k, v)
     o.objective = o.objective or (["tvd"] if o.quality else list(OBJECTIVES))
     o.rows = o.rows or (list(QUALITY_VARIANTS) if o.quality else list(ROWS))
-    if min(o.warmup, o.steps, o.quality_steps, o.predistill_steps, o.train_prompts, o.eval_prompts) < 1:
-        p.error("use positive --warmup, --steps, --quality-steps, --predistill-steps, --train-prompts, --eval-prompts")
+    if min(o.warmup, o.steps, o.quality_steps, o.predistill_steps, o.train_prompts, o.eval_prompts, o.repeats) < 1:
+        p.error(
+            "use positive --warmup, --steps, --quality-steps, --predistill-steps, --train-prompts, --eval-prompts, "
+            "--repeats"
+        )
     if o.quality and (len(o.seeds) < 2 or len(set(o.seeds)) != len(o.seeds)):
         p.error("--quality pairs seeds: give at least two distinct --seeds (three or more to resolve differences)")
     o.prompt = 256  # FDistillConfig's default max_prompt_length (chat-template prompts)
@@ -370,7 +380,11 @@ def run_trl_row(o, shared, beta: float, vllm: bool = False) -> dict:
 
 
 def speed_rows(o, shared) -> dict[str, dict]:
-    """Every requested row, objective by objective, side by side in this process: ``{"objective / row": result}``."""
+    """Every requested row, objective by objective, side by side in this process: ``{"objective / row": result}``.
+
+    ``--repeats N``: each objective's rows run N times, in reversed order every other repeat, so that load from
+    other processes hits every row alike; a row's result is its median repeat's, with every repeat's s/step in
+    ``s_per_step_repeats`` (the ratios of the table are then medians of per-repeat ratios, :func:`_speedup`)."""
     results = {}
     for objective in o.objective:
         jobs = [(name, run_fdistill_row, (o, shared, objective, name)) for name in o.rows]
@@ -381,10 +395,28 @@ def speed_rows(o, shared) -> dict[str, dict]:
                     jobs.append((label, dict, ({"unavailable": "TRL's DistillationTrainer has no TVD objective"},)))
                 else:
                     jobs.append((label, run_trl_row, (o, shared, beta, vllm)))
-        for name, job, job_args in jobs:
-            results[f"{objective} / {name}"] = r = job(*job_args)
-            print(f"{objective} / {name}", json.dumps({k: _round(v) for k, v in r.items()}), flush=True)
+        runs = {name: [] for name, _, _ in jobs}
+        for repeat in range(o.repeats):
+            for name, job, job_args in jobs if repeat % 2 == 0 else jobs[::-1]:
+                runs[name].append(r := job(*job_args))
+                which = f" (repeat {repeat + 1})" if o.repeats > 1 else ""
+                print(f"{objective} / {name}{which}", json.dumps({k: _round(v) for k, v in r.items()}), flush=True)
+        for name, _, _ in jobs:
+            results[f"{objective} / {name}"] = _median_run(runs[name])
     return results
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """One row's repeats as one result: the repeat of median s/step (the lower one of an even count), with every
+    repeat's s/step; a repeat that did not run (unavailable, failed) makes the row that result."""
+    failed = [r for r in runs if "s_per_step" not in r]
+    if failed:
+        return failed[0]
+    ordered = sorted(runs, key=lambda r: r["s_per_step"])
+    result = dict(ordered[(len(ordered) - 1) // 2])
+    if len(runs) > 1:
+        result["s_per_step_repeats"] = [r["s_per_step"] for r in runs]
+    return result
 
 
 def _round(v):
@@ -413,7 +445,14 @@ def speed_table(o, results: dict[str, dict]) -> str:
         )
     lines += [
         "",
-        "× in-process, × TRL: that row's s/step ÷ this row's, same objective, same run. Generation share: time inside the "
+        "× in-process, × TRL: that row's s/step ÷ this row's, same objective, same run"
+        + (
+            f" (s/step: the median of {o.repeats} repeats, rows in alternating order; ×: the median of the per-repeat "
+            "ratios)"
+            if o.repeats > 1
+            else ""
+        )
+        + ". Generation share: time inside the "
         "student sampler over the timed steps' time (overlap: the time waited for the background draw). "
         f"len: mean student completion length trained on ({LENGTHS[o.exact_length]}). "
         "Loss: fdistill sums over positions, averaged over sequences; "
@@ -423,7 +462,13 @@ def speed_table(o, results: dict[str, dict]) -> str:
 
 
 def _speedup(base: dict, row: dict) -> str:
-    return f"{base['s_per_step'] / row['s_per_step']:.2f}" if "s_per_step" in base else "n/a"
+    """``base``'s s/step over ``row``'s: with repeats the median of the per-repeat ratios (same repeat, rows run
+    next to each other), else the one ratio."""
+    if "s_per_step" not in base:
+        return "n/a"
+    if "s_per_step_repeats" in base and "s_per_step_repeats" in row:
+        return f"{statistics.median(b / r for b, r in zip(base['s_per_step_repeats'], row['s_per_step_repeats'])):.2f}"
+    return f"{base['s_per_step'] / row['s_per_step']:.2f}"
 
 
 def _row_label(objective: str, name: str, server: str) -> str:

@@ -27,6 +27,9 @@ forwards and sliced per set (before; what models whose head does not check still
 
     python scripts/bench_scoring.py --compare split-head --prompt 64 --completion 32
 
+``--compare closed-form`` times the step terms' closed-form logit gradient (``fdistill.divergences._StepTerms``,
+since 2026-12-04) against autograd through them (before).
+
 ``--rollouts ROW ...`` times whole on-policy steps instead: ``scripts/bench_rollouts.py``'s rows (its shared stages,
 cached in ``--work``; its CPU or GPU preset) for ``--objective``, each row trained once per path per repeat, the paths
 alternating:
@@ -156,9 +159,26 @@ def joined_logits():
         yield
 
 
+@contextmanager
+def autograd_terms():
+    """The step terms differentiated by autograd (before): no closed-form logit gradient (``_StepTerms``)."""
+    from fdistill import divergences as d
+
+    def through_autograd(logits, log_p, kind, on, mixture_weight, temperature):
+        log_q = d._log_probs(logits, temperature, log_p.dtype)
+        return d._divergence_terms(kind, log_q, log_p, on=on, mixture_weight=mixture_weight)
+
+    with mock.patch.object(d._StepTerms, "apply", through_autograd):
+        yield
+
+
 COMPARISONS = {  # --compare: (path before, path now), each a name and the context it runs in
     "shared-prompt": (("repeated prompt (before)", repeated_prompts), ("shared prompt (now)", contextlib.nullcontext)),
     "split-head": (("joined logits (before)", joined_logits), ("per-set logits (now)", contextlib.nullcontext)),
+    "closed-form": (
+        ("autograd terms (before)", autograd_terms),
+        ("closed-form gradient (now)", contextlib.nullcontext),
+    ),
 }
 
 

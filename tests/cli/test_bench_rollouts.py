@@ -135,3 +135,35 @@ def test_the_quality_table_pairs_each_variant_with_in_process_by_seed():
     cells = k2.strip("|").split("|")[1:]
     assert "-0.5" in cells[0] and "better" in cells[0] and all("tie" in c for c in cells[1:])
     assert "| server | not available: no vLLM here |" in table
+
+
+def test_repeats_alternate_the_rows_and_report_medians(shared, monkeypatch):
+    """--repeats N runs every row N times, the order reversed every other repeat; a row reports its median repeat
+    and the ratios are medians of per-repeat ratios."""
+    order = []
+    real = bench.run_fdistill_row
+
+    def logged(o, shared_, objective, name):
+        order.append(name)
+        return real(o, shared_, objective, name)
+
+    monkeypatch.setattr(bench, "run_fdistill_row", logged)
+    o = bench.parse_args([*SIZES, "--objective", "rkl", "--rows", "in-process", "mu=2", "--no-trl", "--repeats", "3"])
+    results = bench.speed_rows(o, shared)
+    assert order == ["in-process", "mu=2", "mu=2", "in-process", "in-process", "mu=2"]
+    for row in ("in-process", "mu=2"):
+        r = results[f"rkl / {row}"]
+        assert len(r["s_per_step_repeats"]) == 3 and r["s_per_step"] == sorted(r["s_per_step_repeats"])[1]
+    base, again = (results[f"rkl / {row}"]["s_per_step_repeats"] for row in ("in-process", "mu=2"))
+    expected = sorted(b / a for b, a in zip(base, again))[1]
+    assert bench._speedup(results["rkl / in-process"], results["rkl / mu=2"]) == f"{expected:.2f}"
+    assert "median of 3 repeats" in bench.speed_table(o, results)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--repeats", "0"])
+
+
+def test_a_row_that_fails_in_any_repeat_is_reported_as_failed():
+    ok = {"s_per_step": 1.0}
+    assert bench._median_run([ok, {"error": "boom"}, ok]) == {"error": "boom"}
+    assert bench._median_run([{"s_per_step": 3.0}, {"s_per_step": 1.0}, {"s_per_step": 2.0}])["s_per_step"] == 2.0
+    assert bench._median_run([ok]) == ok  # one repeat: as before, no repeat list

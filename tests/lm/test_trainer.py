@@ -314,6 +314,39 @@ def test_compute_metrics_on_generated_replies(tok, tmp_path):
     assert 0 <= metrics["eval_bleu"] <= 100
 
 
+def _one_sgd_step(tok, out_dir, arch, teacher, data, **settings):
+    """One greedy-sample SGD step (lr 1, no clipping) of a fresh 1-layer student: the trainer, the student's weights
+    after it (flattened) and the step's log."""
+    student = getattr(tiny, arch)(1, seed=1)
+    args = config(
+        out_dir,
+        max_steps=1,
+        logging_steps=1,
+        student_do_sample=False,
+        optim="sgd",
+        learning_rate=1.0,
+        max_grad_norm=1e9,
+        **settings,
+    )
+    trainer = FDistillTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data, processing_class=tok)
+    trainer.train()
+    params = torch.cat([p.detach().flatten() for p in student.parameters()])
+    return trainer, params, next(h for h in trainer.state.log_history if "loss" in h)
+
+
+def _assert_same_step(arch, before, after):
+    """Two runs of :func:`_one_sgd_step` moved the student (the first one did move it) to the same weights and
+    logged the same loss and sample metrics, to float32 rounding of a different summation order."""
+    (_, params_a, log_a), (_, params_b, log_b) = before, after
+    start = torch.cat([p.detach().flatten() for p in getattr(tiny, arch)(1, seed=1).parameters()])
+    assert (params_a - start).abs().max() > 1e-3
+    torch.testing.assert_close(params_b, params_a, rtol=1e-4, atol=1e-5)
+    assert log_b["loss"] == pytest.approx(log_a["loss"], rel=1e-4)
+    for key, value in log_a.items():
+        if key.startswith(("loss_on", "student_", "teacher_nll")):
+            assert log_b[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+
+
 @pytest.mark.parametrize(
     "arch,objective,mixture",
     [("llama", "js", "exact"), ("bart", "tvd", "stepwise"), ("t5", "rkl", "stepwise"), ("gpt2", "kl", "stepwise")],
@@ -322,36 +355,12 @@ def test_fused_divergence_step_equals_the_logits_step(tok, tmp_path, arch, objec
     """fused_divergence=True (hidden states + LM heads, no logits) takes the same optimizer step and logs the same."""
     teacher = getattr(tiny, arch)(2, seed=0)
     data = tiny.dataset(8, seed=3, teacher=teacher, tok=tok)
-    params, logs = [], []
+    runs = []
     for fused in (False, True):
-        student = getattr(tiny, arch)(1, seed=1)
-        args = config(
-            tmp_path / str(fused),
-            objective=objective,
-            js_mixture=mixture,
-            max_steps=1,
-            logging_steps=1,
-            student_do_sample=False,
-            optim="sgd",
-            learning_rate=1.0,
-            max_grad_norm=1e9,
-            fused_divergence=fused,
-            fused_chunk_size=7,
-        )
-        trainer = FDistillTrainer(
-            model=student, teacher_model=teacher, args=args, train_dataset=data, processing_class=tok
-        )
-        trainer.train()
-        assert trainer._heads_checked == fused  # the fused path ran (and checked both heads) only when asked
-        params.append(torch.cat([p.detach().flatten() for p in student.parameters()]))
-        logs.append(next(h for h in trainer.state.log_history if "loss" in h))
-    start = torch.cat([p.detach().flatten() for p in getattr(tiny, arch)(1, seed=1).parameters()])
-    assert (params[0] - start).abs().max() > 1e-3
-    torch.testing.assert_close(params[1], params[0], rtol=1e-4, atol=1e-5)
-    assert logs[1]["loss"] == pytest.approx(logs[0]["loss"], rel=1e-4)
-    for key, value in logs[0].items():
-        if key.startswith(("loss_on", "student_", "teacher_nll")):
-            assert logs[1][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+        settings = dict(objective=objective, js_mixture=mixture, fused_divergence=fused, fused_chunk_size=7)
+        runs.append(_one_sgd_step(tok, tmp_path / str(fused), arch, teacher, data, **settings))
+        assert runs[-1][0]._heads_checked == fused  # the fused path ran (and checked both heads) only when asked
+    _assert_same_step(arch, *runs)
 
 
 @pytest.mark.parametrize("arch,objective", [("llama", "tvd"), ("bart", "js")])
@@ -362,35 +371,14 @@ def test_per_set_logits_step_equals_the_joined_logits_step(tok, tmp_path, arch, 
 
     teacher = getattr(tiny, arch)(2, seed=0)
     data = tiny.dataset(8, seed=3, teacher=teacher, tok=tok)
-    params, logs = [], []
+    runs = []
     for split in (False, True):
-        if not split:
-            monkeypatch.setattr(trainer_module, "split_head", lambda *a, **k: None)
-        student = getattr(tiny, arch)(1, seed=1)
-        args = config(
-            tmp_path / str(split),
-            objective=objective,
-            max_steps=1,
-            logging_steps=1,
-            student_do_sample=False,
-            optim="sgd",
-            learning_rate=1.0,
-            max_grad_norm=1e9,
-        )
-        trainer = FDistillTrainer(
-            model=student, teacher_model=teacher, args=args, train_dataset=data, processing_class=tok
-        )
-        trainer.train()
-        monkeypatch.undo()
-        assert trainer._split_heads == {"student": split, "teacher": split}
-        params.append(torch.cat([p.detach().flatten() for p in student.parameters()]))
-        logs.append(next(h for h in trainer.state.log_history if "loss" in h))
-    start = torch.cat([p.detach().flatten() for p in getattr(tiny, arch)(1, seed=1).parameters()])
-    assert (params[0] - start).abs().max() > 1e-3
-    torch.testing.assert_close(params[1], params[0], rtol=1e-4, atol=1e-5)
-    for key, value in logs[0].items():
-        if key.startswith(("loss", "student_", "teacher_nll")):
-            assert logs[1][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+        with monkeypatch.context() as m:
+            if not split:
+                m.setattr(trainer_module, "split_head", lambda *a, **k: None)
+            runs.append(_one_sgd_step(tok, tmp_path / str(split), arch, teacher, data, objective=objective))
+        assert runs[-1][0]._split_heads == {"student": split, "teacher": split}
+    _assert_same_step(arch, *runs)
 
 
 def test_fused_divergence_refuses_baselines(tmp_path):
