@@ -254,8 +254,8 @@ def step_divergence(
 class _StepTerms(torch.autograd.Function):
     """:func:`step_divergence` of a student that needs a gradient and a teacher that does not (every training
     step): the terms of :func:`_divergence_terms`, and their logit gradient in closed form instead of autograd's
-    chain through ``log_softmax``, ``exp`` and the term (a third of the passes over ``(..., V)``, and two saved
-    tensors instead of five).
+    chain through ``log_softmax``, ``exp`` and the term: fewer passes over ``(..., V)``, and only ``q`` and ``c``
+    kept for the backward pass (``scripts/bench_divergence.py --methods naive,autograd`` measures both).
 
     With ``a = log q``, ``q = softmax(z/T)`` and ``∂q_u/∂z_v = q_u (δ_uv − q_v) / T``, every term's gradient is
 

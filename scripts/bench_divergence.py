@@ -12,7 +12,8 @@ GPU (the issue's full shapes, bfloat16):
 
 Each row is one forward+backward of ``Σ_n term_n`` with gradients w.r.t. the student's hidden
 states and LM-head weight, on random inputs (hidden ~ N(0, 1), heads ~ N(0, 0.02²)).
-Methods: ``naive`` (both logits materialised, ``fdistill.divergences.step_divergence``),
+Methods: ``naive`` (both logits materialised, ``fdistill.divergences.step_divergence``: its closed-form logit
+gradient), ``autograd`` (the same terms differentiated by autograd, as before 2026-12-04),
 ``fused`` (``fdistill.kernels.fused_divergence``, backend "auto"), ``trl``
 (``ChunkedDivergenceFunction``), ``liger`` (``LigerFusedLinearJSDLoss``, chunked torch) and
 ``liger-triton`` (``LigerFusedLinearJSD``, CUDA only). TRL and Liger compute the generalised
@@ -45,7 +46,7 @@ from fdistill.kernels import LinearHead, fused_divergence
 SHAPES = {"small": (576, 576, 49152), "large": (2048, 4096, 128256)}  # (H_s, H_t, V): SmolLM2-135M; 8B -> 1B
 KINDS = ("kl", "rkl", "js", "tvd")
 JSD = "jsd½"  # the generalised JSD (β = ½) of TRL and Liger
-METHODS = ("naive", "fused", "trl", "liger", "liger-triton")
+METHODS = ("naive", "autograd", "fused", "trl", "liger", "liger-triton")
 CPU_TOKENS = {"small": 1024, "large": 128}  # ~10 minutes for the whole table on 2 cores
 
 
@@ -60,6 +61,19 @@ def naive(kind, x, args):
         halves = [step_divergence("js", z_s, z_t, on=side) for side in ("teacher", "student")]
         return (0.5 * (halves[0] + halves[1])).sum()
     return step_divergence(kind, z_s, z_t, on=args.on).sum()
+
+
+def autograd(kind, x, args):
+    """``naive`` with the step terms differentiated by autograd: what ``step_divergence`` did before its closed-form
+    logit gradient (2026-12-04); the same terms."""
+    from fdistill.divergences import _divergence_terms, _log_probs
+
+    z_s = x.h_s @ x.w_s.T
+    with torch.no_grad():
+        z_t = x.h_t @ x.w_t.T
+    dtype = torch.float64 if z_s.dtype == torch.float64 else torch.float32
+    log_q, log_p = _log_probs(z_s, 1.0, dtype), _log_probs(z_t, 1.0, dtype)
+    return _divergence_terms(kind, log_q, log_p, on=args.on, mixture_weight=None).sum()
 
 
 def fused(kind, x, args):
@@ -92,7 +106,14 @@ def liger_triton(kind, x, args):
     return LigerFusedLinearJSD(jsd_beta=0.5)(x.h_s, x.w_s, x.h_t, x.w_t, None) * x.h_s.shape[0]
 
 
-FUNCTIONS = {"naive": naive, "fused": fused, "trl": trl, "liger": liger, "liger-triton": liger_triton}
+FUNCTIONS = {
+    "naive": naive,
+    "autograd": autograd,
+    "fused": fused,
+    "trl": trl,
+    "liger": liger,
+    "liger-triton": liger_triton,
+}
 
 
 # ----------------------------------------------------------------------------- measurement
@@ -344,8 +365,8 @@ def main():
         x = make_inputs(n, shape, dtype, device)
         refs = {}
         for method in methods:
-            method_kinds = kinds if method in ("naive", "fused") else [JSD]
-            if method == "naive" and any(m not in ("naive", "fused") for m in methods):
+            method_kinds = kinds if method in ("naive", "autograd", "fused") else [JSD]
+            if method == "naive" and any(m not in ("naive", "autograd", "fused") for m in methods):
                 method_kinds = [*kinds, JSD]
             for kind in method_kinds:
                 row = dict(shape=name, n=n, method=method, kind=kind, roofline_ms=roofline_ms, ref=refs.get(kind))
