@@ -711,9 +711,10 @@ class FDistillMixin:
 
     def _split_head(self, model: nn.Module, role: str, inputs: dict[str, torch.Tensor], name: str):
         """The LM head with which :func:`~fdistill.lm.scoring.score_sets` computes each set's logits on its own
-        (checked once per ``role``, on one example), or None: sharded heads (FSDP, DeepSpeed) and heads that do not
-        rebuild the model's own logits keep the model's joined logits."""
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+        (checked once per ``role``, on one example), or None: sharded heads (FSDP, DeepSpeed), models wrapped for
+        distributed training (DDP expects each parameter used inside its forward, once per backward) and heads that
+        do not rebuild the model's own logits keep the model's joined logits."""
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled or hasattr(model, "module"):
             return None
         if role not in self._split_heads:
             pad = self.processing_class.pad_token_id
