@@ -198,6 +198,31 @@ class FDistillMixin:
 
     # ------------------------------------------------------------------ setup and validation
 
+    def _build_accelerator_args(self, **kwargs) -> dict[str, Any]:
+        """The Trainer's accelerator arguments, with DDP's unused-parameter search off when the fused divergence
+        runs and ``ddp_find_unused_parameters`` is unset.
+
+        The fused path applies the student's LM head outside the model's forward (the head only records its inputs
+        there). DDP's search, the Trainer's default for a transformers model, then marks the head unused when the
+        forward ends, and the backward that does use it stops with "marked as ready twice". Every parameter of a
+        distilled student takes part in the loss, so the search has nothing to find; set
+        ``ddp_find_unused_parameters=False`` (or ``fused_divergence=False``) if yours says otherwise."""
+        args = super()._build_accelerator_args(**kwargs)
+        settings = self.distill_args
+        if self.cross is not None or not fused_wanted(settings.objective_spec, settings, self.args.device, False):
+            return args
+        if self.args.ddp_find_unused_parameters and self.args.world_size > 1:
+            raise InputError(
+                "fused_divergence with ddp_find_unused_parameters=True under DDP: the fused path applies the LM head "
+                "outside the model's forward, which DDP's unused-parameter search marks unused, and the backward "
+                "fails. Set ddp_find_unused_parameters=False (or leave it unset), or fused_divergence=False."
+            )
+        if self.args.ddp_find_unused_parameters is None:
+            for handler in args.get("kwargs_handlers", []):
+                if hasattr(handler, "find_unused_parameters"):
+                    handler.find_unused_parameters = False
+        return args
+
     def _prepare_teacher(self, teacher: PreTrainedModel | str | None, teacher_tokenizer=None) -> nn.Module:
         """The teacher (:func:`fdistill.lm.trainer_setup.load_teacher`), on the student's device or sharded as the
         student is; heads padded to different sizes set ``shared_vocab_size`` (and the collator's id limit)."""

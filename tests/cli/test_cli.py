@@ -118,12 +118,18 @@ def test_two_processes_give_the_same_dataset_as_one(teacher_dir, prompts_file, t
     assert one["teacher_sample_ids"] == two["teacher_sample_ids"] and one["prompt"] == two["prompt"]
 
 
-def test_two_process_training_equals_one_process(teacher_dir, tmp_path):
-    """DDP on 2 CPU processes × batch 4 takes the same optimizer step as 1 process × batch 8 (global counts)."""
+@pytest.mark.parametrize("fused", [False, True], ids=["logits", "fused"])
+def test_two_process_training_equals_one_process(teacher_dir, tmp_path, fused):
+    """DDP on 2 CPU processes × batch 4 takes the same optimizer step as 1 process × batch 8 (global counts); with
+    the fused divergence too (the CUDA default), whose LM head runs outside the model's forward: the trainer turns
+    DDP's unused-parameter search off, which would mark the head unused and fail the backward."""
     data = tmp_path / "data.jsonl"
     teacher = transformers.AutoModelForCausalLM.from_pretrained(teacher_dir)
     tiny.dataset(8, seed=9, teacher=teacher, tok=tiny.tokenizer()).to_json(str(data))
     recipes = write_recipes(tmp_path, teacher_dir, data)
+    if fused:
+        for recipe in recipes.values():
+            recipe.write_text(yaml.safe_dump({**yaml.safe_load(recipe.read_text()), "fused_divergence": True}))
     main(["train", str(recipes["one"])])
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     cmd = _launch_two(shutil.which("accelerate")) + ["train", str(recipes["two"])]

@@ -381,6 +381,31 @@ def test_per_set_logits_step_equals_the_joined_logits_step(tok, tmp_path, arch, 
     _assert_same_step(arch, *runs)
 
 
+def test_fused_divergence_under_ddp_turns_the_unused_parameter_search_off(tok, tmp_path, monkeypatch):
+    """The fused path applies the LM head outside the forward: DDP's unused-parameter search is turned off when unset
+    (the two-process run is in tests/cli/test_cli.py), and set to True under several processes it is refused before
+    any work, naming the fix."""
+    from fdistill import FDistillConfig
+
+    teacher = tiny.llama(2, seed=0)
+    data = tiny.dataset(8, seed=3, teacher=teacher, tok=tok)
+
+    def build(**settings):
+        args = config(tmp_path, **{"objective": "kl", "max_steps": 1, "fused_divergence": True, **settings})
+        return FDistillTrainer(
+            model=tiny.llama(1, seed=1), teacher_model=teacher, args=args, train_dataset=data, processing_class=tok
+        )
+
+    def find_unused(trainer):
+        return trainer.accelerator.ddp_handler.find_unused_parameters
+
+    assert find_unused(build()) is False
+    assert find_unused(build(fused_divergence=False)) is True  # the Trainer's default stays for the logits path
+    monkeypatch.setattr(FDistillConfig, "world_size", property(lambda self: 2))
+    with pytest.raises(ValueError, match="ddp_find_unused_parameters=False"):  # InputError is a ValueError
+        build(ddp_find_unused_parameters=True)
+
+
 def test_fused_divergence_refuses_baselines(tmp_path):
     with pytest.raises(ValueError, match="fused_divergence"):
         config(tmp_path, objective="engine", fused_divergence=True)
