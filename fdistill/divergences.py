@@ -247,7 +247,13 @@ def step_divergence(
     log_p = _log_probs(teacher_logits, temperature, dtype)  # (..., V)
     if torch.is_grad_enabled() and student_logits.requires_grad and not log_p.requires_grad:
         return _StepTerms.apply(student_logits, log_p, kind, on, mixture_weight, temperature)
-    log_q = _log_probs(student_logits, temperature, dtype)  # (..., V)
+    return _autograd_terms(student_logits, log_p, kind, on, mixture_weight, temperature)
+
+
+def _autograd_terms(student_logits, log_p, kind, on, mixture_weight, temperature) -> Tensor:
+    """The step terms from the student's logits and the teacher's log-probabilities, differentiated (if at all) by
+    autograd; :class:`_StepTerms` takes the same arguments and gives the closed-form gradient instead."""
+    log_q = _log_probs(student_logits, temperature, log_p.dtype)  # (..., V)
     return _divergence_terms(kind, log_q, log_p, on=on, mixture_weight=mixture_weight)
 
 

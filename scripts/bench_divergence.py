@@ -66,14 +66,13 @@ def naive(kind, x, args):
 def autograd(kind, x, args):
     """``naive`` with the step terms differentiated by autograd: what ``step_divergence`` did before its closed-form
     logit gradient (2026-12-04); the same terms."""
-    from fdistill.divergences import _divergence_terms, _log_probs
+    from fdistill.divergences import _autograd_terms, _log_probs
 
     z_s = x.h_s @ x.w_s.T
     with torch.no_grad():
         z_t = x.h_t @ x.w_t.T
-    dtype = torch.float64 if z_s.dtype == torch.float64 else torch.float32
-    log_q, log_p = _log_probs(z_s, 1.0, dtype), _log_probs(z_t, 1.0, dtype)
-    return _divergence_terms(kind, log_q, log_p, on=args.on, mixture_weight=None).sum()
+    log_p = _log_probs(z_t, 1.0, torch.float64 if z_s.dtype == torch.float64 else torch.float32)
+    return _autograd_terms(z_s, log_p, kind, args.on, None, 1.0).sum()
 
 
 def fused(kind, x, args):

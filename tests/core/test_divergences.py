@@ -114,11 +114,9 @@ def test_closed_form_gradient_of_half_logits_is_their_dtype(kind, on, dtype):
     x = s.clone().requires_grad_()
     step_divergence(kind, x, t, on=on).sum().backward()
     y = s.float().requires_grad_()
-    from fdistill.divergences import _divergence_terms, _log_probs
+    from fdistill.divergences import _autograd_terms, _log_probs
 
-    _divergence_terms(
-        kind, _log_probs(y, 1.0, torch.float32), _log_probs(t, 1.0, torch.float32), on=on, mixture_weight=None
-    ).sum().backward()
+    _autograd_terms(y, _log_probs(t, 1.0, torch.float32), kind, on, None, 1.0).sum().backward()
     assert x.grad.dtype == dtype
     torch.testing.assert_close(
         x.grad.float(),
