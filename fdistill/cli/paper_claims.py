@@ -47,6 +47,19 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--steps", type=int, default=None, help=f"f-DISTILL steps per run (default {defaults.distill_steps})"
     )
+    parser.add_argument(
+        "--num-iterations",
+        type=int,
+        default=None,
+        help="μ: optimizer steps on each generation of student samples, importance-reweighted (every variant "
+        f"but kl and seqkd; default {defaults.num_iterations} = fresh samples every step)",
+    )
+    parser.add_argument(
+        "--curve-every",
+        type=int,
+        default=None,
+        help=f"steps between learning-curve points on the held-out start (default {defaults.curve_every})",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, same code path (a few minutes)")
     parser.add_argument("--cache-dir", default=None, help="where the converted GGUF teacher is cached")
     parser.add_argument(
@@ -59,13 +72,24 @@ def add_arguments(parser) -> None:
 
 def run_from_args(args) -> None:
     output_folder("--out", args.out)
-    for name in ("steps", "threads"):  # 0 is a count too: refused, never read as "not given"
+    for name in (
+        "steps",
+        "threads",
+        "num_iterations",
+        "curve_every",
+    ):  # 0 is a count too: refused, never read as "not given"
         if getattr(args, name) is not None:
-            whole_number(f"--{name}", getattr(args, name))
+            whole_number(f"--{name.replace('_', '-')}", getattr(args, name))
     settings = ClaimsSettings.quick() if args.quick else ClaimsSettings()
     changes = {
         k: v
-        for k, v in (("seeds", args.seeds), ("variants", args.variants), ("distill_steps", args.steps))
+        for k, v in (
+            ("seeds", args.seeds),
+            ("variants", args.variants),
+            ("distill_steps", args.steps),
+            ("num_iterations", args.num_iterations),
+            ("curve_every", args.curve_every),
+        )
         if v is not None
     }
     settings = replace(settings, **changes)

@@ -11,7 +11,10 @@ What it runs (the demo's teacher, data and student; :mod:`fdistill.studies.demo`
 2. every variant in :data:`VARIANTS` (kl, rkl, js with the exact and the step-wise mixture, tvd, seqkd, engine,
    and tvd with the teacher re-sampled online every step) for every seed, with the same budget. The seed sets
    the data order and the student-sample RNG (``FDistillConfig.seed``); the starting point is shared.
-   Every ``curve_every`` steps a callback scores the held-out start of the prompts (a learning curve);
+   Every ``curve_every`` steps a callback scores the held-out start of the prompts (a learning curve).
+   ``num_iterations = μ > 1`` trains each generation of student samples μ steps in the variants whose objective
+   reweights reused samples by prefix importance weights (rkl, js, js_stepwise, tvd, tvd_online, engine;
+   :mod:`fdistill.lm.importance`), the same μ for each; kl and seqkd draw nothing to reuse;
 3. each student evaluated on the held-out prompts by :func:`fdistill.evaluation.report.evaluate_model`:
    sequence-level KL / RKL / JS / TVD-bound Monte Carlo estimates, R_llh and R_cvg per token, BLEU / ROUGE-L /
    BERTScore against the teacher's greedy replies and the corpus references, distinct-n; one shared set of
@@ -100,6 +103,9 @@ class ClaimsSettings:
     distill_steps: int = 16
     distill_lr: float = 2e-4
     curve_every: int = 8
+    # μ (``FDistillConfig.num_iterations``) of the variants whose objective reweights reused student samples (all
+    # but kl and seqkd): each generation trains μ steps. 1 = fresh samples every step.
+    num_iterations: int = 1
     bertscore: bool = True
     data_seed: int = 0  # the prompt split, the offline teacher samples and the pre-distillation
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
@@ -137,7 +143,7 @@ class ClaimsSettings:
         for name in ("train_prompts", "eval_prompts", "curve_prompts", "max_new_tokens", "sample_batch_size"):
             if getattr(self, name) < 1:
                 raise invalid(name, getattr(self, name), "use a positive integer.")
-        for name in ("batch_size", "predistill_steps", "distill_steps", "curve_every"):
+        for name in ("batch_size", "predistill_steps", "distill_steps", "curve_every", "num_iterations"):
             if getattr(self, name) < 1:
                 raise invalid(name, getattr(self, name), "use a positive integer.")
         if self.curve_prompts > self.eval_prompts or self.curve_prompts % self.sample_batch_size:
@@ -378,6 +384,8 @@ def run_one(shared: Shared, name: str, seed: int) -> dict:
     """Train variant ``name`` with ``seed`` from the shared start, evaluate it and return its record."""
     from transformers import TrainerCallback
 
+    from fdistill.lm.objectives import get_objective
+
     s, variant = shared.settings, VARIANTS[name]
     curve: list[dict] = []
 
@@ -390,6 +398,10 @@ def run_one(shared: Shared, name: str, seed: int) -> dict:
                 scores = shared.held_out_scores(model, s.curve_prompts)
                 curve.append({"step": state.global_step, **scores, "seconds": time.perf_counter() - began})
 
+    overrides = dict(variant.overrides)
+    spec = get_objective(variant.objective)
+    if s.num_iterations > 1 and "student" in spec.scores and spec.importance_weighted:
+        overrides["num_iterations"] = s.num_iterations
     shared.student.load_state_dict(shared.start_state)
     start = time.perf_counter()
     trainer = shared.train_fn(
@@ -404,7 +416,7 @@ def run_one(shared: Shared, name: str, seed: int) -> dict:
         lr=s.distill_lr,
         seed=seed,
         callbacks=[HeldOutCurve()],
-        **dict(variant.overrides),
+        **overrides,
     )
     seconds = time.perf_counter() - start
     start = time.perf_counter()
@@ -413,7 +425,7 @@ def run_one(shared: Shared, name: str, seed: int) -> dict:
         "variant": name,
         "seed": seed,
         "objective": variant.objective,
-        "overrides": dict(variant.overrides),
+        "overrides": overrides,
         "metrics": metrics,
         "curve": curve,
         "train_log": [e for e in trainer.state.log_history if "loss" in e],
@@ -431,7 +443,9 @@ def check_settings_record(out: Path, fixed: dict) -> None:
     record = out / "settings.json"
     if record.exists():
         before = json.loads(record.read_text())
-        changed = {k: (before.get(k), v) for k, v in fixed.items() if before.get(k) != v}
+        # A setting added after the record was made reads as its default (the value those runs used).
+        recorded = {k: before.get(k, getattr(ClaimsSettings, k, None)) for k in fixed}
+        changed = {k: (recorded[k], v) for k, v in fixed.items() if recorded[k] != v}
         if changed:
             raise InputError(
                 f"{out} holds runs made with other settings ({', '.join(f'{k}: {a} → {b}' for k, (a, b) in changed.items())}): "

@@ -292,7 +292,14 @@ def _results_section(settings: ClaimsSettings, runs: list[dict], table, baseline
         f"{settings.eval_prompts} held-out prompts, replies ≤ {settings.max_new_tokens} tokens, pre-distillation "
         f"{settings.predistill_steps} steps (shared start), then {steps} steps of each variant at lr "
         f"{settings.distill_lr}, batch {settings.batch_size}; seeds {settings.seeds} (data order and sampling RNG; "
-        "the teacher, its samples and the start are shared).",
+        "the teacher, its samples and the start are shared)."
+        + (
+            f" Each generation of student samples trains μ = {settings.num_iterations} steps, reweighted by "
+            "truncated prefix importance weights, in every variant that scores student samples (all but kl "
+            "and seqkd; `FDistillConfig.num_iterations`)."
+            if settings.num_iterations > 1
+            else ""
+        ),
         "",
         "## Results (mean ± std over seeds)",
         "",

@@ -175,3 +175,45 @@ def test_tiny_study_end_to_end_resumes_and_refuses_other_settings(tmp_path, monk
     assert [r["metrics"] for r in again["runs"]] == [r["metrics"] for r in result["runs"]]
     with pytest.raises(InputError, match="distill_steps: 2 → 3"):
         run_claims(str(out), ClaimsSettings(**{**tiny.__dict__, "distill_steps": 3}))
+
+
+def test_num_iterations_reaches_only_the_variants_that_reweight_reused_student_samples(tmp_path):
+    """μ > 1 is passed to the trainer of every variant whose objective applies importance weights to student
+    samples; kl and seqkd (no student samples) train as before."""
+    from types import SimpleNamespace
+
+    from fdistill.studies.paper_claims import run_one
+
+    seen = {}
+
+    def train_fn(student, teacher, tokenizer, data, out, demo, *, objective, steps, lr, seed, callbacks, **overrides):
+        seen[out.split("/")[-2]] = overrides
+        return SimpleNamespace(state=SimpleNamespace(log_history=[{"loss": 1.0}]))
+
+    shared = SimpleNamespace(
+        settings=ClaimsSettings(num_iterations=3),
+        student=SimpleNamespace(load_state_dict=lambda state: None),
+        start_state={},
+        train_fn=train_fn,
+        teacher=None,
+        tokenizer=None,
+        train_data=None,
+        out=tmp_path,
+        demo=None,
+        evaluate=lambda model: {"kl": 1.0},
+    )
+    records = {name: run_one(shared, name, 0) for name in VARIANTS}
+    reweighted = {"rkl", "js", "js_stepwise", "tvd", "tvd_online", "engine"}
+    for name, variant in VARIANTS.items():
+        expected = dict(variant.overrides) | ({"num_iterations": 3} if name in reweighted else {})
+        assert seen[name] == expected and records[name]["overrides"] == expected, name
+
+
+def test_a_folder_recorded_before_a_setting_existed_reads_it_as_its_default(tmp_path):
+    from fdistill.studies.paper_claims import check_settings_record
+
+    fixed = ClaimsSettings().fixed()
+    (tmp_path / "settings.json").write_text(json.dumps({k: v for k, v in fixed.items() if k != "num_iterations"}))
+    check_settings_record(tmp_path, fixed)  # the old record's runs used μ = 1: accepted
+    with pytest.raises(InputError, match="num_iterations: 1 → 2"):
+        check_settings_record(tmp_path, ClaimsSettings(num_iterations=2).fixed())
