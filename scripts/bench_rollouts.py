@@ -283,7 +283,11 @@ def load_shared(o, settings=None):
     settings.check()
     work = Path(output_folder("work", o.work))
     work.mkdir(parents=True, exist_ok=True)
-    fixed = {k: v for k, v in settings.fixed().items() if k not in ("distill_steps", "distill_lr", "curve_every")}
+    fixed = {
+        k: v
+        for k, v in settings.fixed().items()
+        if k not in ("distill_steps", "distill_lr", "curve_every", "num_iterations")
+    }
     record = work / "settings.json"
     if record.exists() and json.loads(record.read_text()) != fixed:
         raise InputError(
