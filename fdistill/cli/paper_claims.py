@@ -72,12 +72,8 @@ def add_arguments(parser) -> None:
 
 def run_from_args(args) -> None:
     output_folder("--out", args.out)
-    for name in (
-        "steps",
-        "threads",
-        "num_iterations",
-        "curve_every",
-    ):  # 0 is a count too: refused, never read as "not given"
+    counts = ("steps", "threads", "num_iterations", "curve_every")
+    for name in counts:  # 0 is a count too: refused, never read as "not given"
         if getattr(args, name) is not None:
             whole_number(f"--{name.replace('_', '-')}", getattr(args, name))
     settings = ClaimsSettings.quick() if args.quick else ClaimsSettings()

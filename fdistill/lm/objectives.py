@@ -206,6 +206,12 @@ class Objective:
     across_tokenizers: bool = False
     cross_tokenizer: bool = False
 
+    @property
+    def reweights_reused_samples(self) -> bool:
+        """Whether reused student samples (``steps_per_generation``, ``num_iterations``, ``rollout_overlap``) can
+        train it: it scores student samples and applies their importance weights."""
+        return "student" in self.scores and self.importance_weighted
+
     def check(self, args: DistillArguments) -> None:
         """Refuse settings that make no sense for this objective (called by `DistillArguments.__post_init__`)."""
 

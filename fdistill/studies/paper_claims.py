@@ -399,8 +399,7 @@ def run_one(shared: Shared, name: str, seed: int) -> dict:
                 curve.append({"step": state.global_step, **scores, "seconds": time.perf_counter() - began})
 
     overrides = dict(variant.overrides)
-    spec = get_objective(variant.objective)
-    if s.num_iterations > 1 and "student" in spec.scores and spec.importance_weighted:
+    if s.num_iterations > 1 and get_objective(variant.objective).reweights_reused_samples:
         overrides["num_iterations"] = s.num_iterations
     shared.student.load_state_dict(shared.start_state)
     start = time.perf_counter()
