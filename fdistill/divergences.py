@@ -856,8 +856,11 @@ def _side_terms(
         )
     mask = sequence_mask(batch.labels, ignore_index)
     rows = mask.nonzero(as_tuple=True)  # only unmasked positions are ever read
-    student = batch.student_logits[rows]  # (N, V)
-    teacher = batch.teacher_logits[rows]  # (N, V), or a TeacherTopK of (N, K)
+    # Every position scored (e.g. student samples that all ran to max_new_tokens): (N, V) views of the logits, not
+    # gathered copies, so neither the forward copy nor the backward's zero-filled scatter over (B, T, V) is made.
+    whole = rows[0].numel() == mask.numel()
+    student = _rows(batch.student_logits, rows, whole)  # (N, V)
+    teacher = _rows(batch.teacher_logits, rows, whole)  # (N, V), or a TeacherTopK of (N, K)
 
     def sampled_logprobs() -> tuple[Tensor, Tensor]:  # (B, T), read at the unmasked positions only
         labels = batch.labels[rows]
@@ -883,8 +886,18 @@ def _side_terms(
         )  # (N,)
     else:
         terms = step_divergence(kind, student, teacher, on=on, mixture_weight=weight, temperature=temperature)  # (N,)
+    if whole:
+        return terms.view(mask.shape), mask
     full = torch.zeros(mask.shape, dtype=terms.dtype, device=terms.device).index_put(rows, terms)  # (B, T)
     return full, mask
+
+
+def _rows(values: Tensor | TeacherTopK, rows: tuple[Tensor, ...], whole: bool) -> Tensor | TeacherTopK:
+    """``values`` ``(B, T, …)`` at the unmasked positions ``rows``, ``(N, …)``: a view when ``whole`` (every position
+    is one of them, in the same row-major order), else a gathered copy."""
+    if whole and isinstance(values, Tensor):
+        return values.reshape(-1, values.shape[-1])
+    return values[rows]
 
 
 def f_divergence_loss(

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from tolerances import sum_rtol
 
 from fdistill.divergences import (
     SampledSequences,
@@ -247,6 +248,49 @@ def test_masked_positions_contribute_exactly_zero(kind, mixture):
         if side.student_logits.grad is not None:
             assert (side.student_logits.grad[side.labels == -100] == 0).all()
             assert torch.isfinite(side.student_logits.grad).all()
+
+
+@pytest.mark.parametrize("mixture", ["stepwise", "exact"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_position_scored_takes_views_and_gives_the_gathered_paths_loss_and_gradient(kind, mixture):
+    """A batch with no masked position reads its logits as views (no gather, no scatter in the backward pass); the
+    same batch with a padded column appended takes the gathered path. Same loss and logit gradient, and the loss
+    is the float64 brute-force value."""
+    b, t, v = 3, 4, 7
+    sides = {}
+    for name, seed in (("teacher", 90), ("student", 91)):
+        s, te = logits(b, t, v, seed=seed), logits(b, t, v, seed=seed + 10)
+        labels = torch.randint(0, v, (b, t), generator=torch.Generator().manual_seed(seed))
+        sides[name] = (s, te, labels)
+
+    def loss_and_grads(pad: bool):
+        samples, leaves = {}, {}
+        for name, (s, te, labels) in sides.items():
+            if pad:  # one more position, masked: the gathered path
+                s, te = torch.cat([s, torch.full((b, 1, v), float("nan"))], 1), torch.cat([te, te[:, :1]], 1)
+                labels = torch.cat([labels, torch.full((b, 1), -100)], 1)
+            leaves[name] = s.clone().requires_grad_()
+            samples[name] = SampledSequences(leaves[name], te, labels)
+        out = f_divergence_loss(
+            kind, teacher_samples=samples["teacher"], student_samples=samples["student"], js_mixture=mixture
+        )
+        out.loss.backward()
+        return out.loss, {n: leaf.grad[:, :t] for n, leaf in leaves.items() if leaf.grad is not None}
+
+    whole, whole_grads = loss_and_grads(pad=False)
+    gathered, gathered_grads = loss_and_grads(pad=True)
+    torch.testing.assert_close(whole, gathered, rtol=sum_rtol(torch.float32, t * v), atol=0.0)
+    assert whole_grads.keys() == gathered_grads.keys() and whole_grads  # the sides the divergence uses
+    for name in whole_grads:
+        torch.testing.assert_close(whole_grads[name], gathered_grads[name], rtol=sum_rtol(torch.float32, v), atol=1e-7)
+    if mixture == "stepwise":  # the exact mixture's prefix weight is checked against its own reference elsewhere
+        weights = {"kl": (1.0, 0.0), "rkl": (0.0, 1.0), "js": (0.5, 0.5), "tvd": (0.5, 0.5)}[kind]
+        reference = sum(
+            w * naive(kind, sides[name][0], sides[name][1], name).sum() / b
+            for w, name in zip(weights, ("teacher", "student"))
+            if w
+        )
+        assert whole.item() == pytest.approx(reference.item(), rel=1e-5)
 
 
 def test_combined_loss_uses_the_right_sides():
