@@ -52,7 +52,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -245,16 +245,40 @@ def step_divergence(
     _check_same_vocab(student_logits, teacher_logits)
     dtype = _compute_dtype(student_logits)
     log_p = _log_probs(teacher_logits, temperature, dtype)  # (..., V)
+    return _terms(kind, student_logits, log_p, on, mixture_weight, temperature)[0]
+
+
+def _terms(
+    kind: str, student_logits: Tensor, log_p: Tensor, on: Side, mixture_weight, temperature: float, entropy=False
+) -> tuple[Tensor, Tensor | None]:
+    """:func:`step_divergence`'s terms from the teacher's normalised log-probabilities ``log_p``; and with
+    ``entropy`` the student's entropies ``H(q_t)`` (at the same temperature, no gradient), else None.
+
+    The entropies come from the ``log q`` the terms are formed from (:func:`_entropy`): one pass over ``(..., V)``,
+    where :func:`token_entropy` takes its own softmax (the logged ``student_entropy``; ≈ 60 ms of a 2 s step of the
+    demo's models on 2 CPU cores)."""
     if torch.is_grad_enabled() and student_logits.requires_grad and not log_p.requires_grad:
-        return _StepTerms.apply(student_logits, log_p, kind, on, mixture_weight, temperature)
-    return _autograd_terms(student_logits, log_p, kind, on, mixture_weight, temperature)
+        return _StepTerms.apply(student_logits, log_p, kind, on, mixture_weight, temperature, entropy)
+    return _autograd_terms(student_logits, log_p, kind, on, mixture_weight, temperature, entropy)
 
 
-def _autograd_terms(student_logits, log_p, kind, on, mixture_weight, temperature) -> Tensor:
-    """The step terms from the student's logits and the teacher's log-probabilities, differentiated (if at all) by
-    autograd; :class:`_StepTerms` takes the same arguments and gives the closed-form gradient instead."""
+def _entropy(q: Tensor, log_q: Tensor) -> Tensor:
+    """``H = −Σ_v q log q`` from ``q`` and ``log q``, ``(..., V) → (...)``, with ``0 · log 0 = 0`` (a banned token's
+    ``−inf`` is clamped to the dtype's lowest value, whose product with 0 is 0). Overwrites ``log_q``."""
+    return torch.linalg.vecdot(q, log_q.clamp_min_(torch.finfo(log_q.dtype).min)).neg_()
+
+
+def _autograd_terms(student_logits, log_p, kind, on, mixture_weight, temperature, entropy=False):
+    """The step terms (and with ``entropy`` the student's entropies, else None) from the student's logits and the
+    teacher's log-probabilities, differentiated (if at all) by autograd; :class:`_StepTerms` takes the same
+    arguments and gives the closed-form gradient instead."""
     log_q = _log_probs(student_logits, temperature, log_p.dtype)  # (..., V)
-    return _divergence_terms(kind, log_q, log_p, on=on, mixture_weight=mixture_weight)
+    terms = _divergence_terms(kind, log_q, log_p, on=on, mixture_weight=mixture_weight)
+    if not entropy:
+        return terms, None
+    with torch.no_grad():
+        log_q = log_q.detach().clone()
+        return terms, _entropy(log_q.exp(), log_q)
 
 
 class _StepTerms(torch.autograd.Function):
@@ -272,19 +296,25 @@ class _StepTerms(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits, log_p, kind, on, mixture_weight, temperature):
+    def forward(ctx, logits, log_p, kind, on, mixture_weight, temperature, entropy=False):
         log_q = _log_probs(logits, temperature, log_p.dtype)
         terms, c = _divergence_terms(kind, log_q, log_p, on=on, mixture_weight=mixture_weight, coefficients=True)
-        ctx.save_for_backward(log_q.exp_(), c)  # log_q is not needed again: q in its place
+        if entropy:  # (q beside log q: no higher peak than _divergence_terms' own temporaries)
+            q = log_q.exp()
+            entropies = _entropy(q, log_q)
+            ctx.mark_non_differentiable(entropies)
+        else:
+            q, entropies = log_q.exp_(), None  # log_q is not needed again: q in its place
+        ctx.save_for_backward(q, c)
         ctx.temperature, ctx.dtype = temperature, logits.dtype
-        return terms
+        return terms, entropies
 
     @staticmethod
-    def backward(ctx, grad_terms):
+    def backward(ctx, grad_terms, _grad_entropies=None):
         q, c = ctx.saved_tensors
         grad = torch.addcmul(c, q, c.sum(-1, keepdim=True), value=-1.0)  # saved tensors stay as they are
         grad.mul_(grad_terms.unsqueeze(-1) / ctx.temperature)
-        return grad.to(ctx.dtype), None, None, None, None, None
+        return grad.to(ctx.dtype), None, None, None, None, None, None
 
 
 def _divergence_terms(
@@ -820,6 +850,8 @@ class DivergenceLoss:
     loss: Tensor
     teacher_term: Tensor | None
     student_term: Tensor | None
+    student_entropies: Tensor | None = None  # (B, T) on the student's samples, with sample_details
+    teacher_label_logprobs: Tensor | None = None  # (B, T) the teacher's of the student's tokens, with sample_details
 
 
 def side_weight(kind: str, side: Side, beta: float) -> float:
@@ -838,8 +870,11 @@ def _side_terms(
     temperature: float,
     ignore_index: int,
     teacher_topk_mode: str,
-) -> tuple[Tensor, Tensor]:
-    """Per-position terms ``(B, T)`` (exactly 0 at masked positions) and the mask for one side."""
+    details: bool = False,
+) -> _SideTerms:
+    """Per-position terms ``(B, T)`` (exactly 0 at masked positions) and the mask for one side; with ``details``
+    (a teacher with logits: its top k have no full distribution here) also the student's entropies and the
+    teacher's log-probabilities of the sampled tokens, at the loss temperature, from the same log-softmaxes."""
     topk = isinstance(batch.teacher_logits, TeacherTopK)
     if topk:
         if batch.teacher_logits.ids.shape[:-1] != batch.student_logits.shape[:-1]:
@@ -875,21 +910,35 @@ def _side_terms(
         else:
             lp_p = _log_probs(teacher, temperature, _compute_dtype(teacher)).gather(-1, labels[:, None]).squeeze(-1)
         lp_q = _log_probs(student, temperature, _compute_dtype(student)).gather(-1, labels[:, None]).squeeze(-1)
-        full_p = torch.zeros(mask.shape, dtype=lp_p.dtype, device=lp_p.device).index_put(rows, lp_p)
-        full_q = torch.zeros(mask.shape, dtype=lp_q.dtype, device=lp_q.device).index_put(rows, lp_q)
-        return full_p, full_q
+        return _scatter(lp_p, mask, rows), _scatter(lp_q, mask, rows)
 
     weight = side_mixture_weight(kind, js_mixture, js_beta, mask, sampled_logprobs, lambda logit: logit[rows])
+    entropies = teacher_lp = None
     if topk:
         terms = topk_step_divergence(
             kind, student, teacher, on=on, mode=teacher_topk_mode, mixture_weight=weight, temperature=temperature
         )  # (N,)
-    else:
-        terms = step_divergence(kind, student, teacher, on=on, mixture_weight=weight, temperature=temperature)  # (N,)
-    if whole:
-        return terms.view(mask.shape), mask
-    full = torch.zeros(mask.shape, dtype=terms.dtype, device=terms.device).index_put(rows, terms)  # (B, T)
-    return full, mask
+    else:  # step_divergence, its checks made above
+        log_p = _log_probs(teacher, temperature, _compute_dtype(student))  # (N, V)
+        terms, entropies = _terms(kind, student, log_p, on, weight, temperature, entropy=details)  # (N,)
+        if details:
+            teacher_lp = log_p.gather(-1, batch.labels[rows][:, None]).squeeze(-1)
+    place = (lambda x: x.view(mask.shape)) if whole else (lambda x: _scatter(x, mask, rows))  # (N,) -> (B, T)
+    return _SideTerms(*(None if x is None else place(x) for x in (terms, entropies, teacher_lp)), mask)
+
+
+class _SideTerms(NamedTuple):
+    """What :func:`_side_terms` gives for one side: ``(B, T)`` tensors, exactly 0 at masked positions."""
+
+    terms: Tensor
+    entropies: Tensor | None
+    teacher_label_logprobs: Tensor | None
+    mask: Tensor
+
+
+def _scatter(values: Tensor, mask: Tensor, rows: tuple[Tensor, ...]) -> Tensor:
+    """``(N,)`` values at the unmasked positions ``rows`` as ``(B, T)``, 0 elsewhere."""
+    return torch.zeros(mask.shape, dtype=values.dtype, device=values.device).index_put(rows, values)
 
 
 def _rows(values: Tensor | TeacherTopK, rows: tuple[Tensor, ...], whole: bool) -> Tensor | TeacherTopK:
@@ -911,6 +960,7 @@ def f_divergence_loss(
     reduction: Literal["sequence", "token"] = "sequence",
     ignore_index: int = IGNORE_INDEX,
     teacher_topk_mode: Literal["tail", "renormalised"] = "tail",
+    sample_details: bool = False,
 ) -> DivergenceLoss:
     """The f-DISTILL objective for one batch (paper Eqs. 6–10, with Eq. 12 for ``js_mixture="exact"``).
 
@@ -932,39 +982,49 @@ def f_divergence_loss(
         reduction: ``"sequence"`` (sum over positions, mean over sequences) or ``"token"``.
         teacher_topk_mode: for sides whose teacher is a :class:`TeacherTopK`: ``"tail"`` (the coarse-grained
             lower bound) or ``"renormalised"`` (see :func:`topk_step_divergence`).
+        sample_details: also give, for the student's samples (when the objective scores them against a teacher
+            with logits), the student's entropies ``H(q_t)`` and the teacher's log-probabilities of the sampled
+            tokens ``log p_t(y_t)``, ``(B, T)`` at the loss temperature (0 at masked positions), from the
+            log-softmaxes the terms are formed from (what the trainer logs; no separate pass over the logits).
 
     Returns:
-        :class:`DivergenceLoss` with the combined ``loss`` and each side's reduced term.
+        :class:`DivergenceLoss` with the combined ``loss`` and each side's reduced term (and the details).
     """
     if teacher_topk_mode not in TOPK_MODES:
         raise InputError(
             f"unknown teacher_topk_mode {teacher_topk_mode!r}; choose 'tail' (the lower bound) or 'renormalised'."
         )
-    return assemble_loss(
+    details: dict[str, _SideTerms] = {}
+
+    def side_term(side: Side, batch: SampledSequences) -> Tensor:
+        side_terms = _side_terms(
+            kind,
+            batch,
+            on=side,
+            js_mixture=js_mixture,
+            js_beta=js_beta,
+            temperature=temperature,
+            ignore_index=ignore_index,
+            teacher_topk_mode=teacher_topk_mode,
+            details=sample_details and side == "student",
+        )
+        details[side] = side_terms
+        terms, mask = weighted(side_terms.terms, side_terms.mask, batch.weights)
+        return reduce_terms(terms, mask, reduction=reduction, num_items_in_batch=batch.num_items_in_batch)
+
+    out = assemble_loss(
         kind,
         {"teacher": teacher_samples, "student": student_samples},
-        lambda side, batch: reduce_terms(
-            *weighted(
-                *_side_terms(
-                    kind,
-                    batch,
-                    on=side,
-                    js_mixture=js_mixture,
-                    js_beta=js_beta,
-                    temperature=temperature,
-                    ignore_index=ignore_index,
-                    teacher_topk_mode=teacher_topk_mode,
-                ),
-                batch.weights,
-            ),
-            reduction=reduction,
-            num_items_in_batch=batch.num_items_in_batch,
-        ),
+        side_term,
         js_mixture=js_mixture,
         js_beta=js_beta,
         temperature=temperature,
         needs="the {side}'s sampled sequences scored by both models",
     )
+    if "student" in details:
+        out.student_entropies = details["student"].entropies
+        out.teacher_label_logprobs = details["student"].teacher_label_logprobs
+    return out
 
 
 def assemble_loss(

@@ -155,7 +155,9 @@ class ObjectiveOutput:
     ``metrics`` keys starting with ``loss_`` are reduced terms (``loss_on_teacher_samples``,
     ``loss_on_student_samples``, ``loss_mle``, ...). ``student_entropies`` (the student's per-position entropies
     on its own samples) and ``teacher_label_logprobs`` (the teacher's log-probabilities of those samples' tokens)
-    are filled by the fused pass, which never forms the logits they would otherwise come from.
+    are filled by the fused pass, which never forms the logits they would otherwise come from, and by the
+    f-divergences on logits from the log-softmaxes their terms are formed from (loss temperature 1), which saves
+    :func:`student_sample_metrics` its own passes over the ``(B, C, V)`` logits.
     """
 
     loss: Tensor
@@ -325,13 +327,17 @@ class FDivergence(Objective):
                 n: SampledSequences(s.student, s.teacher, s.labels, num_items_in_batch=s.count, weights=s.weights)
                 for n, s in batch.sets.items()
             }
+            untempered = args.loss_temperature == 1.0  # the logged sample metrics are of the untempered models
             out = f_divergence_loss(
                 self.name,
                 teacher_samples=sides.get("teacher"),
                 student_samples=sides.get("student"),
                 teacher_topk_mode=args.teacher_topk_mode,
+                sample_details=untempered,
                 **common,
             )
+            if untempered:  # the sample metrics, from the log-softmaxes of the terms (None where it had none)
+                entropies, teacher_lp = out.student_entropies, out.teacher_label_logprobs
         metrics = {}
         if out.teacher_term is not None:
             metrics["loss_on_teacher_samples"] = out.teacher_term

@@ -117,7 +117,7 @@ def test_closed_form_gradient_of_half_logits_is_their_dtype(kind, on, dtype):
     y = s.float().requires_grad_()
     from fdistill.divergences import _autograd_terms, _log_probs
 
-    _autograd_terms(y, _log_probs(t, 1.0, torch.float32), kind, on, None, 1.0).sum().backward()
+    _autograd_terms(y, _log_probs(t, 1.0, torch.float32), kind, on, None, 1.0)[0].sum().backward()
     assert x.grad.dtype == dtype
     torch.testing.assert_close(
         x.grad.float(),
@@ -291,6 +291,45 @@ def test_every_position_scored_takes_views_and_gives_the_gathered_paths_loss_and
             if w
         )
         assert whole.item() == pytest.approx(reference.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("grad", [True, False], ids=["closed-form", "no-grad"])
+@pytest.mark.parametrize("kind", ["rkl", "js", "tvd"])
+def test_sample_details_are_the_entropy_and_teacher_logprobs_and_change_nothing_else(kind, grad):
+    """sample_details: the student's entropies and the teacher's log-probabilities of the sampled tokens on the
+    student's samples, from the terms' log-softmaxes, equal the float64 brute force (0 at masked positions; a
+    banned token gives no NaN); the loss and its gradient are those without details."""
+    t_side, s_side = batch(seed=110), batch(seed=120)
+    with torch.no_grad():
+        s_side.student_logits[0, 3, 2] = float("-inf")  # a banned token at a scored position: 0 · log 0 = 0
+    results = []
+    for details in (False, True):
+        for side in (t_side, s_side):
+            side.student_logits = side.student_logits.detach().requires_grad_(grad)
+        with torch.set_grad_enabled(grad):
+            out = f_divergence_loss(kind, teacher_samples=t_side, student_samples=s_side, sample_details=details)
+        if grad:
+            out.loss.backward()
+        results.append(
+            (out, [None if x.student_logits.grad is None else x.student_logits.grad for x in (t_side, s_side)])
+        )
+    (plain, plain_grads), (detailed, detailed_grads) = results
+    assert plain.student_entropies is None and plain.teacher_label_logprobs is None
+    assert torch.equal(plain.loss, detailed.loss)  # the same arithmetic; details are read off it
+    for a, b in zip(plain_grads, detailed_grads):
+        assert (a is None) == (b is None) and (a is None or torch.equal(a, b))
+    mask = s_side.labels != -100
+    q = torch.softmax(s_side.student_logits.detach().double(), -1)
+    entropy = -torch.where(q > 0, q * q.log(), torch.zeros_like(q)).sum(-1)
+    log_p = torch.log_softmax(s_side.teacher_logits.double(), -1)
+    picked = log_p.gather(-1, s_side.labels.clamp_min(0)[..., None]).squeeze(-1)
+    assert torch.isfinite(detailed.student_entropies).all()
+    torch.testing.assert_close(
+        detailed.student_entropies.double(), torch.where(mask, entropy, 0.0), rtol=1e-5, atol=1e-5
+    )
+    torch.testing.assert_close(
+        detailed.teacher_label_logprobs.double(), torch.where(mask, picked, 0.0), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_combined_loss_uses_the_right_sides():

@@ -116,3 +116,31 @@ def test_registry_errors_name_the_fix():
 
     with pytest.raises(InputError, match=r"odd.scores=\('teachers',\) is not valid"):
         register_objective(Odd())
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+@pytest.mark.parametrize("kind", ["rkl", "js", "tvd"])
+def test_logged_sample_metrics_from_the_terms_equal_their_own_passes(tmp_path, kind, temperature):
+    """The f-divergence objectives hand the logged student_entropy and teacher_nll_of_student_samples over from the
+    terms' log-softmaxes (loss temperature 1; a tempered loss leaves them to student_sample_metrics' own passes, as
+    the metrics are of the untempered models): the same numbers as those passes."""
+    from fdistill.lm.objectives import ScoredBatch, ScoredSet, student_sample_metrics
+
+    g = torch.Generator().manual_seed(5)
+    v = 19
+    labels = torch.randint(0, v, (3, 6), generator=g)
+    labels[1, 4:] = -100
+    sets = {
+        n: ScoredSet(torch.randn(3, 6, v, generator=g).requires_grad_(), torch.randn(3, 6, v, generator=g), labels, 3)
+        for n in OBJECTIVES[kind].scores
+    }
+    batch = ScoredBatch(sets)
+    args = tiny.config(tmp_path, objective=kind, loss_temperature=temperature)
+    out = OBJECTIVES[kind].loss(batch, args)
+    assert (out.student_entropies is not None) == (temperature == 1.0)
+    own = ObjectiveOutput(out.loss)  # nothing handed over: the metrics take their own passes
+    sample_mask = (labels != -100).long()
+    handed, computed = student_sample_metrics(batch, out, sample_mask), student_sample_metrics(batch, own, sample_mask)
+    assert handed.keys() == computed.keys() >= {"student_entropy", "teacher_nll_of_student_samples"}
+    for key in handed:
+        torch.testing.assert_close(handed[key], computed[key], rtol=1e-5, atol=1e-5)
