@@ -121,13 +121,14 @@ def _log_probs(logits: Tensor, temperature: float, dtype: torch.dtype) -> Tensor
     return torch.log_softmax(logits, dim=-1)
 
 
-def _xlogy_ratio(log_a: Tensor, log_b: Tensor) -> Tensor:
-    """Element-wise ``a · (log a − log b)`` with the convention ``0 · log 0 = 0``.
+def _xlogy_ratio(log_a: Tensor, log_b: Tensor, a: Tensor | None = None) -> Tensor:
+    """Element-wise ``a · (log a − log b)`` with the convention ``0 · log 0 = 0`` (``a = exp(log_a)``, computed
+    here unless the caller has it).
 
     The difference is zeroed *before* the product where ``a = 0``, so neither the value
     nor the gradient sees ``0 · ∞`` (torch.where alone would give NaN gradients).
     """
-    a = log_a.exp()
+    a = log_a.exp() if a is None else a
     diff = torch.where(a > 0, log_a - log_b, 0.0)
     return a * diff
 
@@ -372,16 +373,20 @@ def _divergence_terms(
     log_w, log_1mw = _mixture_logs(w)
     log_wp = log_p + log_w  # (..., V)
     log_wq = log_q + log_1mw  # (..., V)
-    # A token banned by both models has m = 0; logaddexp(-inf, -inf) has a NaN gradient,
-    # so feed it zeros there: the term's weight (p or q) is 0 at such tokens anyway.
-    both_banned = torch.isneginf(log_p) & torch.isneginf(log_q)
-    log_m = torch.logaddexp(log_wp.masked_fill(both_banned, 0.0), log_wq.masked_fill(both_banned, 0.0))
-    ratio = _xlogy_ratio(log_p, log_m) if on == "teacher" else _xlogy_ratio(log_q, log_m)
+    if coefficients:  # the closed form, which autograd never differentiates: logaddexp(-inf, -inf) = -inf is right
+        log_m = torch.logaddexp(log_wp, log_wq)
+    else:
+        # A token banned by both models has m = 0; logaddexp(-inf, -inf) has a NaN gradient,
+        # so feed it zeros there: the term's weight (p or q) is 0 at such tokens anyway.
+        both_banned = torch.isneginf(log_p) & torch.isneginf(log_q)
+        log_m = torch.logaddexp(log_wp.masked_fill(both_banned, 0.0), log_wq.masked_fill(both_banned, 0.0))
+    log_a = log_p if on == "teacher" else log_q  # the side's own distribution, the term's weight
+    a = log_a.exp()
+    ratio = _xlogy_ratio(log_a, log_m, a)
     if not coefficients:
         return ratio.sum(-1)
     share = (log_wq - log_m).exp_().masked_fill_(torch.isneginf(log_m), 0.0)  # u = (1 − w) q / m; 0 where m = 0
-    weight = log_p.exp() if on == "teacher" else log_q.exp()
-    c = weight.mul_(share).neg_() if on == "teacher" else share.mul_(weight).neg_().add_(ratio)
+    c = a.mul_(share).neg_() if on == "teacher" else share.mul_(a).neg_().add_(ratio)
     return ratio.sum(-1), c
 
 
