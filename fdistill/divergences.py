@@ -299,13 +299,15 @@ class _StepTerms(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, log_p, kind, on, mixture_weight, temperature, entropy=False):
         log_q = _log_probs(logits, temperature, log_p.dtype)
-        terms, c = _divergence_terms(kind, log_q, log_p, on=on, mixture_weight=mixture_weight, coefficients=True)
-        if entropy:  # (q beside log q: no higher peak than _divergence_terms' own temporaries)
-            q = log_q.exp()
+        q = None if kind == "kl" else log_q.exp()  # one exp for the terms, the entropies and the backward pass
+        terms, c = _divergence_terms(kind, log_q, log_p, on=on, mixture_weight=mixture_weight, coefficients=True, q=q)
+        if q is None:  # kl's terms read p only: q after them, in log_q's place unless the entropies need log_q
+            q = log_q.exp() if entropy else log_q.exp_()
+        entropies = None
+        if entropy:
             entropies = _entropy(q, log_q)
             ctx.mark_non_differentiable(entropies)
-        else:
-            q, entropies = log_q.exp_(), None  # log_q is not needed again: q in its place
+        del log_q
         ctx.save_for_backward(q, c)
         ctx.temperature, ctx.dtype = temperature, logits.dtype
         return terms, entropies
@@ -326,14 +328,15 @@ def _divergence_terms(
     on: Side,
     mixture_weight: Tensor | float | MixtureLogit | None,
     coefficients: bool = False,
+    q: Tensor | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """The step terms of the module table from normalised log-probabilities ``(..., n) → (...)``.
 
     The one place the four formulas are written; :func:`step_divergence` feeds it the full
     distributions, :func:`topk_step_divergence` the coarse-grained ones (n = K + 1).
 
-    ``coefficients``: also return ``c = q ⊙ ∂term/∂q`` ``(..., n)``, from which :class:`_StepTerms` gets the logit
-    gradient (``a = log q``, ``b = log p``; ``u = (1 − w) q / m``, the student's share of the mixture; every ``c``
+    ``q``: ``exp(log_q)`` when the caller has it (never written to here). ``coefficients``: also return
+    ``c = q ⊙ ∂term/∂q`` ``(..., n)``, from which :class:`_StepTerms` gets the logit gradient (``a = log q``, ``b = log p``; ``u = (1 − w) q / m``, the student's share of the mixture; every ``c``
     is 0 where its weight ``q`` or ``p`` is 0):
 
     ===========  ======================  =====================
@@ -348,13 +351,14 @@ def _divergence_terms(
     """
     dtype = log_q.dtype
     if kind == "kl":
-        terms = _xlogy_ratio(log_p, log_q).sum(-1)
-        return (terms, log_p.exp().neg_()) if coefficients else terms
+        p = log_p.exp()
+        terms = _xlogy_ratio(log_p, log_q, p).sum(-1)
+        return (terms, p.neg_()) if coefficients else terms
+    q = log_q.exp() if q is None else q
     if kind == "rkl":
-        ratio = _xlogy_ratio(log_q, log_p)
+        ratio = _xlogy_ratio(log_q, log_p, q)
         return (ratio.sum(-1), ratio) if coefficients else ratio.sum(-1)
     if kind == "tvd":
-        q = log_q.exp()
         diff = q - log_p.exp()
         terms = 0.5 * torch.linalg.vector_norm(diff, 1, -1)  # Σ|q − p| in one pass, no |q − p| tensor
         return (terms, diff.sign_().mul_(q).mul_(0.5)) if coefficients else terms
@@ -381,7 +385,7 @@ def _divergence_terms(
         both_banned = torch.isneginf(log_p) & torch.isneginf(log_q)
         log_m = torch.logaddexp(log_wp.masked_fill(both_banned, 0.0), log_wq.masked_fill(both_banned, 0.0))
     log_a = log_p if on == "teacher" else log_q  # the side's own distribution, the term's weight
-    a = log_a.exp()
+    a = log_p.exp() if on == "teacher" else q
     ratio = _xlogy_ratio(log_a, log_m, a)
     if not coefficients:
         return ratio.sum(-1)
