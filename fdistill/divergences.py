@@ -336,8 +336,9 @@ def _divergence_terms(
     distributions, :func:`topk_step_divergence` the coarse-grained ones (n = K + 1).
 
     ``q``: ``exp(log_q)`` when the caller has it (never written to here). ``coefficients``: also return
-    ``c = q ⊙ ∂term/∂q`` ``(..., n)``, from which :class:`_StepTerms` gets the logit gradient (``a = log q``, ``b = log p``; ``u = (1 − w) q / m``, the student's share of the mixture; every ``c``
-    is 0 where its weight ``q`` or ``p`` is 0):
+    ``c = q ⊙ ∂term/∂q`` ``(..., n)``, from which :class:`_StepTerms` gets the logit gradient (``a = log q``,
+    ``b = log p``; ``u = (1 − w) q / m``, the student's share of the mixture; every ``c`` is 0 where its weight
+    ``q`` or ``p`` is 0):
 
     ===========  ======================  =====================
     term         value                   ``c``
