@@ -88,6 +88,7 @@ ROWS: dict[str, dict] = {
     "mu=2": {"num_iterations": 2},
     "mu=3": {"num_iterations": 3},
     "mu=4": {"num_iterations": 4},
+    "mu=6": {"num_iterations": 6},  # --steps 24 times whole cycles of 4, 6 and 8 alike
     "mu=8": {"num_iterations": 8},  # time it over >= 16 steps (two generations), as the smaller ones over 8
     "k=2, mu=2": {"steps_per_generation": 2, "num_iterations": 2},
     "bf16, mu=4": {"bf16": True, "teacher_dtype": "bfloat16", "num_iterations": 4},
