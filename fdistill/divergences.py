@@ -698,13 +698,11 @@ def topk_teacher_logits(topk_ids: Tensor, topk_logprobs: Tensor, vocab_size: int
 
 
 def token_entropy(logits: Tensor, *, temperature: float = 1.0) -> Tensor:
-    """Entropy ``H(q_t) = −Σ_v q log q`` of each position's distribution, ``(..., V) → (...)``.
-
-    ``Σ_v entr(q_v)`` with ``torch.special.entr`` (``−x log x``, 0 at ``x = 0``: banned tokens add nothing): two passes
-    over ``(..., V)`` where ``q · log q`` from ``log_softmax`` takes six."""
+    """Entropy ``H(q_t) = −Σ_v q log q`` of each position's distribution, ``(..., V) → (...)``: :func:`_entropy`
+    (the one formula, which the step terms also use) of ``log_softmax(logits / T)``; banned tokens add nothing."""
     check_temperature(temperature)
-    logits = logits.to(_compute_dtype(logits))
-    return torch.special.entr(torch.softmax(logits / temperature if temperature != 1.0 else logits, -1)).sum(-1)
+    log_q = _log_probs(logits, temperature, _compute_dtype(logits))
+    return _entropy(log_q.exp(), log_q)
 
 
 # ----------------------------------------------------------------------------- baseline terms
