@@ -253,9 +253,10 @@ def test_masked_positions_contribute_exactly_zero(kind, mixture):
 @pytest.mark.parametrize("mixture", ["stepwise", "exact"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_position_scored_takes_views_and_gives_the_gathered_paths_loss_and_gradient(kind, mixture):
-    """A batch with no masked position reads its logits as views (no gather, no scatter in the backward pass); the
-    same batch with a padded column appended takes the gathered path. Same loss and logit gradient, and the loss
-    is the float64 brute-force value."""
+    """Three layouts of the same batch give the same loss and logit gradient, the float64 brute-force loss, and
+    exactly 0 gradient at the padding, whose logits are NaN: no masked position (views of the logits); one padded
+    column (4 of 5 positions scored: views, the padding's terms and gradient set to 0); four padded columns (4 of
+    8: gathered rows)."""
     b, t, v = 3, 4, 7
     sides = {}
     for name, seed in (("teacher", 90), ("student", 91)):
@@ -263,26 +264,33 @@ def test_every_position_scored_takes_views_and_gives_the_gathered_paths_loss_and
         labels = torch.randint(0, v, (b, t), generator=torch.Generator().manual_seed(seed))
         sides[name] = (s, te, labels)
 
-    def loss_and_grads(pad: bool):
+    def loss_and_grads(pad: int):
         samples, leaves = {}, {}
         for name, (s, te, labels) in sides.items():
-            if pad:  # one more position, masked: the gathered path
-                s, te = torch.cat([s, torch.full((b, 1, v), float("nan"))], 1), torch.cat([te, te[:, :1]], 1)
-                labels = torch.cat([labels, torch.full((b, 1), -100)], 1)
+            s = torch.cat([s, torch.full((b, pad, v), float("nan"))], 1)
+            te = torch.cat([te, torch.full((b, pad, v), float("nan"))], 1)
+            labels = torch.cat([labels, torch.full((b, pad), -100)], 1)
             leaves[name] = s.clone().requires_grad_()
             samples[name] = SampledSequences(leaves[name], te, labels)
         out = f_divergence_loss(
             kind, teacher_samples=samples["teacher"], student_samples=samples["student"], js_mixture=mixture
         )
         out.loss.backward()
-        return out.loss, {n: leaf.grad[:, :t] for n, leaf in leaves.items() if leaf.grad is not None}
+        grads = {n: leaf.grad for n, leaf in leaves.items() if leaf.grad is not None}
+        for grad in grads.values():
+            assert torch.equal(grad[:, t:], torch.zeros_like(grad[:, t:]))  # the padding's, exactly
+        return out.loss, {n: grad[:, :t] for n, grad in grads.items()}
 
-    whole, whole_grads = loss_and_grads(pad=False)
-    gathered, gathered_grads = loss_and_grads(pad=True)
-    torch.testing.assert_close(whole, gathered, rtol=sum_rtol(torch.float32, t * v), atol=0.0)
-    assert whole_grads.keys() == gathered_grads.keys() and whole_grads  # the sides the divergence uses
-    for name in whole_grads:
-        torch.testing.assert_close(whole_grads[name], gathered_grads[name], rtol=sum_rtol(torch.float32, v), atol=1e-7)
+    whole, whole_grads = loss_and_grads(pad=0)
+    assert whole_grads  # the sides the divergence uses
+    for pad in (1, 4):
+        padded, padded_grads = loss_and_grads(pad)
+        torch.testing.assert_close(whole, padded, rtol=sum_rtol(torch.float32, t * v), atol=0.0)
+        assert whole_grads.keys() == padded_grads.keys()
+        for name in whole_grads:
+            torch.testing.assert_close(
+                whole_grads[name], padded_grads[name], rtol=sum_rtol(torch.float32, v), atol=1e-7
+            )
     if mixture == "stepwise":  # the exact mixture's prefix weight is checked against its own reference elsewhere
         weights = {"kl": (1.0, 0.0), "rkl": (0.0, 1.0), "js": (0.5, 0.5), "tvd": (0.5, 0.5)}[kind]
         reference = sum(
@@ -293,15 +301,21 @@ def test_every_position_scored_takes_views_and_gives_the_gathered_paths_loss_and
         assert whole.item() == pytest.approx(reference.item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("prompt", [2, 0], ids=["gathered-rows", "views"])
 @pytest.mark.parametrize("grad", [True, False], ids=["closed-form", "no-grad"])
 @pytest.mark.parametrize("kind", ["rkl", "js", "tvd"])
-def test_sample_details_are_the_entropy_and_teacher_logprobs_and_change_nothing_else(kind, grad):
+def test_sample_details_are_the_entropy_and_teacher_logprobs_and_change_nothing_else(kind, grad, prompt):
     """sample_details: the student's entropies and the teacher's log-probabilities of the sampled tokens on the
-    student's samples, from the terms' log-softmaxes, equal the float64 brute force (0 at masked positions; a
-    banned token gives no NaN); the loss and its gradient are those without details."""
-    t_side, s_side = batch(seed=110), batch(seed=120)
+    student's samples, from the terms' log-softmaxes, equal the float64 brute force (0 at masked positions, whose
+    logits are NaN when most positions are scored and the logits are read as views; a banned token gives no
+    NaN); the loss and its gradient are those without details."""
+    t_side, s_side = batch(seed=110, prompt=prompt), batch(seed=120, prompt=prompt)
     with torch.no_grad():
         s_side.student_logits[0, 3, 2] = float("-inf")  # a banned token at a scored position: 0 · log 0 = 0
+        if not prompt:  # 22 of 24 positions scored: views, and the two masked positions' logits unread
+            for side in (t_side, s_side):
+                side.student_logits[side.labels == -100] = float("nan")
+                side.teacher_logits[side.labels == -100] = float("nan")
     results = []
     for details in (False, True):
         for side in (t_side, s_side):
@@ -323,7 +337,8 @@ def test_sample_details_are_the_entropy_and_teacher_logprobs_and_change_nothing_
     entropy = -torch.where(q > 0, q * q.log(), torch.zeros_like(q)).sum(-1)
     log_p = torch.log_softmax(s_side.teacher_logits.double(), -1)
     picked = log_p.gather(-1, s_side.labels.clamp_min(0)[..., None]).squeeze(-1)
-    assert torch.isfinite(detailed.student_entropies).all()
+    assert torch.isfinite(detailed.student_entropies).all() and torch.isfinite(detailed.teacher_label_logprobs).all()
+    assert torch.isfinite(detailed.loss) and all(g is None or torch.isfinite(g).all() for g in detailed_grads)
     torch.testing.assert_close(
         detailed.student_entropies.double(), torch.where(mask, entropy, 0.0), rtol=1e-5, atol=1e-5
     )
