@@ -184,10 +184,10 @@ def test_the_fused_divergence_reads_each_prompt_once_with_the_same_head_inputs(a
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("vocab", [None, tiny.VOCAB - 3])
 def test_a_checked_head_gives_each_set_its_own_logits(arch, vocab):
-    """With the model's checked LM head (``split_head``) each set's logits are the head on that set's rows alone: a
-    tensor of its own (no view of joined ``(n·B, C, V)`` logits, so the backward pass zero-fills no full-size
-    gradient per slice), equal to the joined path's logits and gradients to float rounding; with
-    ``shared_vocab_size`` the head's first rows only."""
+    """With the model's checked LM head (``split_head``) the sets' logits are one head product split per set:
+    contiguous chunks whose backward is one split (a cat of the sets' gradients), not slices of the model's joined
+    ``(n·B, C + 1, V)`` logits (whose backward zero-fills a full-size gradient per slice); equal to the joined
+    path's logits and gradients to float rounding; with ``shared_vocab_size`` the head's first rows only."""
     from fdistill.lm.scoring import split_head
 
     inputs, names = batch(2), ["set0", "set1"]
@@ -206,7 +206,8 @@ def test_a_checked_head_gives_each_set_its_own_logits(arch, vocab):
     for n in names:
         values = new[n].values
         assert values.shape == old[n].values.shape == (3, values.shape[1], vocab or tiny.VOCAB)
-        assert values._base is None and values.is_contiguous()  # its own tensor, not a slice of joined logits
+        assert values.is_contiguous() and values.grad_fn.name() == "SplitBackward0"  # a chunk, not a slice
+        assert old[n].values.grad_fn.name() != "SplitBackward0"
         assert torch.equal(new[n].labels, old[n].labels)
         close(values, old[n].values, terms=32 * 4)
     assert new_grads.keys() == old_grads.keys()
