@@ -88,8 +88,7 @@ def score_sets(
         head = head.first_rows(shared_vocab_size)
     # One head matmul for every set, split (not sliced) per set: the backward pass joins the sets' logit gradients
     # with one cat, where slices would each fill a full-size zero tensor, and the head weight's gradient is one
-    # product, not one per set added up (≈ 15 % of the head's forward + backward for two (8, 32) sets of the
-    # demo's student on 2 CPU cores).
+    # product, not one per set added up.
     sets = head_logits(head, logits).split(b)
     return {n: Scored(x, labels[r]) for (n, r), x in zip(rows.items(), sets)}, outputs
 
