@@ -273,19 +273,12 @@ def _terms(
     demo's models on 2 CPU cores).
 
     ``padding``: ``(N,)`` bool, True at rows (of ``(N, V)`` inputs) that are not scored, whose logits may hold
-    anything, NaN included; their terms and entropies are exactly 0 and so is the gradient they give, which only
-    the closed form (:class:`_StepTerms`) can promise: callers pass ``padding`` only when the teacher needs no
-    gradient (:func:`_side_terms`)."""
+    anything, NaN included: the gradient they give is exactly 0, which only the closed form (:class:`_StepTerms`)
+    can promise, so callers pass ``padding`` only when the teacher needs no gradient, and zero those rows' values
+    themselves (:func:`_side_terms`)."""
     if torch.is_grad_enabled() and student_logits.requires_grad and not log_p.requires_grad:
-        terms, entropies = _StepTerms.apply(
-            student_logits, log_p, kind, on, mixture_weight, temperature, entropy, padding
-        )
-    else:
-        terms, entropies = _autograd_terms(student_logits, log_p, kind, on, mixture_weight, temperature, entropy)
-    if padding is not None:
-        terms = terms.masked_fill(padding, 0.0)
-        entropies = None if entropies is None else entropies.masked_fill(padding, 0.0)
-    return terms, entropies
+        return _StepTerms.apply(student_logits, log_p, kind, on, mixture_weight, temperature, entropy, padding)
+    return _autograd_terms(student_logits, log_p, kind, on, mixture_weight, temperature, entropy)
 
 
 def _entropy(q: Tensor, log_q: Tensor) -> Tensor:
@@ -942,9 +935,9 @@ def _side_terms(
     padding = None if whole or not dense else ~mask.reshape(-1)
     student = _rows(batch.student_logits, rows, dense)  # (N, V)
     teacher = _rows(batch.teacher_logits, rows, dense)  # (N, V), or a TeacherTopK of (N, K)
-    labels = batch.labels[rows] if not dense else torch.where(mask, batch.labels, 0).reshape(-1)  # (N,)
+    labels = torch.where(mask, batch.labels, 0).reshape(-1) if dense else batch.labels[rows]  # (N,)
 
-    def place(x: Tensor) -> Tensor:  # (N,) -> (B, T), 0 at the unscored positions
+    def place(x: Tensor) -> Tensor:  # (N,) -> (B, T), exactly 0 at the unscored positions, whatever x holds there
         if whole:
             return x.view(mask.shape)
         return torch.where(mask, x.view(mask.shape), 0.0) if dense else _scatter(x, mask, rows)

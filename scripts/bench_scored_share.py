@@ -54,6 +54,8 @@ def main() -> None:
     parser.add_argument("--shape", type=int, nargs=3, default=[8, 32, 49152], metavar=("B", "T", "V"))
     parser.add_argument("--repeats", type=int, default=4)
     args = parser.parse_args()
+    if not all(0 < share <= 1 for share in args.shares) or args.repeats < 1 or min(args.shape) < 1:
+        parser.error("use --shares in (0, 1], --repeats >= 1 and a --shape of positive sizes")
     print(f"threads {torch.get_num_threads()}, shape {tuple(args.shape)}, threshold {divergences._DENSE_SHARE}")
     print("| kind | scored share | gathered ms | views ms | views faster by |")
     print("|---|---|---|---|---|")
