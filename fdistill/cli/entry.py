@@ -208,16 +208,28 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
 def _run_in_group(run, args: argparse.Namespace) -> None:
     """Run the command, then end this process's `torch.distributed` group if the command started one.
 
-    Under `accelerate launch` a process that exits with its gloo group still alive can abort at interpreter shutdown
-    ("terminate called without an active exception", SIGABRT: the group's C++ threads outlive the objects they use),
-    which turns a finished run into a failed launch about one time in ten on CPU.
-    `destroy_process_group` is local (no collective), so it is safe on the error path too.
+    Under `accelerate launch` on CPU, a process can abort at interpreter shutdown ("terminate called without an active
+    exception", SIGABRT) after a run that finished: a gloo worker thread still holds the last reference to a
+    collective's tensors, and freeing them needs the GIL, which a thread can no longer take once Python is
+    finalizing. DTensor's caches keep the group (and so its worker threads) alive past `destroy_process_group`.
+    So a finished run first waits at a barrier: every process's collectives are complete and their tensors freed by
+    the workers (this thread waits without the GIL), then the group ends. On the error path only the local
+    `destroy_process_group` runs: a barrier there would wait for processes that may never come.
     """
     try:
         run(args)
-    finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+    except BaseException:
+        _end_group(finished=False)
+        raise
+    _end_group(finished=True)
+
+
+def _end_group(finished: bool) -> None:
+    """End the default process group if one was started; after a finished run, all processes meet at a barrier first."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if finished:
+            torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def _run(run, args: argparse.Namespace) -> None:

@@ -5,6 +5,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 import transformers
@@ -157,10 +158,78 @@ def test_a_command_ends_the_process_group_it_started(monkeypatch, fails):
     assert not dist.is_initialized()
 
 
+# One process of a 2-process gloo group running a command through `fdistill.cli.entry._run`; argv: store rank mode.
+# ok: rank 1's command ends 1 s after rank 0's, and rank 0 writes whether rank 1 had finished when its own _run
+# returned. error: rank 0's command fails at once; rank 1's fails once it sees rank 0 out of _run (or after 30 s).
+_GROUP_MEMBER = """
+import argparse, os, sys, time
+import torch.distributed as dist
+from fdistill.cli import entry
+
+store, rank, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+folder = os.path.dirname(store)
+
+def command(args):
+    dist.init_process_group("gloo", init_method="file://" + store, rank=rank, world_size=2)
+    if mode == "ok" and rank == 1:
+        time.sleep(1.0)
+        open(os.path.join(folder, "rank1-finished"), "w").close()
+    if mode == "error" and rank == 1:
+        for _ in range(300):  # until rank 0 is out of _run (up to 30 s)
+            if os.path.exists(os.path.join(folder, "rank0-out")):
+                open(os.path.join(folder, "rank1-saw-rank0-out"), "w").close()
+                break
+            time.sleep(0.1)
+    if mode == "error":
+        raise ValueError(f"rank {rank} failed")
+
+try:
+    entry._run(command, argparse.Namespace(command="train"))
+finally:
+    if rank == 0:
+        seen = os.path.exists(os.path.join(folder, "rank1-finished"))
+        with open(os.path.join(folder, "rank0-out"), "w") as f:
+            f.write(str(seen))
+"""
+
+
+@pytest.mark.parametrize("mode", ["ok", "error"])
+def test_a_finished_command_waits_for_every_process_and_a_failed_one_for_none(tmp_path, mode):
+    """A finished command meets the other processes at a barrier before it ends the group, so no collective is
+    still held by a gloo worker when Python shuts down (the rare SIGABRT at exit under `accelerate launch`, reproduced
+    about 1 time in 20 before the barrier); a failed command ends its group at once and never waits for processes
+    that may not come."""
+    script = tmp_path / "member.py"
+    script.write_text(_GROUP_MEMBER)
+    store = tmp_path / "store"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    members = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(store), str(rank), mode],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    try:
+        ended = [m.communicate(timeout=120) for m in members]
+    finally:  # a process waiting at a barrier for one that left would otherwise outlive the test
+        for m in members:
+            m.kill()
+    codes = [m.returncode for m in members]
+    assert codes == ([0, 0] if mode == "ok" else [2, 2]), (codes, ended)
+    if mode == "error":  # each process's one line, from the CLI's error rule
+        assert all(f"fdistill train: error: rank {rank} failed" in ended[rank][1] for rank in (0, 1)), ended
+    if mode == "ok":  # rank 0 left _run only after rank 1's command had finished: the barrier
+        assert (tmp_path / "rank0-out").read_text() == "True"
+    else:  # rank 0 left _run while rank 1's command still ran: no barrier on the error path
+        assert (tmp_path / "rank1-saw-rank0-out").exists()
+
+
 def test_research_commands_are_imported_only_when_chosen_and_name_their_extra(monkeypatch, capsys):
     """`fdistill sample` imports no research module; a research command whose package is missing names the extra."""
-    import sys
-
     for name in [m for m in sys.modules if m.startswith("fdistill.diffusion")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "diffusers", None)  # as if `pip install fdistill` without [diffusion]
