@@ -20,17 +20,18 @@ import socket
 import subprocess
 import sys
 import time
-
-import yaml
+from pathlib import Path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests"))  # two_processes.py, which the launched test imports too
 LAUNCHED = os.path.join(ROOT, "tests", "lm", "test_fsdp.py")  # chooses FSDP on a CPU process group, then `fdistill`
 RECIPE = os.path.join(ROOT, "recipes", "accelerate", "fsdp.yaml")
 
 
 def _prepare(work: str) -> str:
-    """A tiny teacher, 8 examples and a 2-process × batch 4 recipe in ``work``; returns the recipe's path."""
+    """The test's tiny teacher, 8 examples and its 2-process × batch 4 recipe, in ``work``; returns the recipe."""
     import transformers
+    from two_processes import write_recipes  # tests/two_processes.py: the recipes the 2-process tests run
 
     from fdistill import testing as tiny
 
@@ -41,27 +42,7 @@ def _prepare(work: str) -> str:
     tiny.tokenizer().save_pretrained(teacher_dir)
     data = os.path.join(work, "data.jsonl")
     tiny.dataset(8, seed=9, teacher=teacher, tok=tiny.tokenizer()).to_json(data)
-    recipe = os.path.join(work, "two.yaml")
-    settings = {
-        "teacher": teacher_dir,
-        "train_data": data,
-        "output_dir": os.path.join(work, "out"),
-        "student_layers": [1],
-        "objective": "kl",
-        "max_steps": 1,
-        "per_device_train_batch_size": 4,
-        "max_new_tokens": 6,
-        "optim": "sgd",
-        "use_cpu": True,
-        "report_to": [],
-        "save_strategy": "no",
-        "disable_tqdm": True,
-        "dataloader_drop_last": True,
-        "overwrite_output_dir": True,
-    }
-    with open(recipe, "w") as f:
-        yaml.safe_dump(settings, f)
-    return recipe
+    return str(write_recipes(Path(work), teacher_dir, data)["two"])
 
 
 def _free_port() -> str:
@@ -80,6 +61,8 @@ def _ending(stderr: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from fdistill.storage import atomic_write
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--times", type=int, default=40, help="launches (default 40)")
     parser.add_argument("--work", required=True, help="a folder of this script's own (emptied first)")
@@ -106,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     endings: collections.Counter = collections.Counter()
     for i in range(1, args.times + 1):
         command = [accelerate, "launch", "--config_file", RECIPE, "--num_processes", "2", "--mixed_precision", "no"]
-        command += ["--main_process_port", _free_port(), LAUNCHED, "train", recipe]
+        command += ["--main_process_port", _free_port(), LAUNCHED, "train", recipe, "overwrite_output_dir=true"]
         start = time.perf_counter()
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
         seconds = time.perf_counter() - start
@@ -115,8 +98,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         ending = _ending(done.stderr)
         endings[ending] += 1
-        with open(os.path.join(args.work, f"failure-{i}.txt"), "w") as f:
-            f.write(done.stderr)
+        atomic_write(os.path.join(args.work, f"failure-{i}.txt"), done.stderr)
         print(f"launch {i}: FAILED, exit {done.returncode}: {ending} ({seconds:.1f} s)", flush=True)
         if args.stop_at_first:
             args.times = i
